@@ -1,0 +1,203 @@
+//! The one error type of corvid.
+//!
+//! Every failure a request can meet — a malformed request, a refused token, an origin that is
+//! down — is an [`Error`]: a [`Kind`] (what went wrong, which decides the HTTP status), a
+//! [`Side`] (whose fault it is, for logs and metrics), whether retrying could help, and a
+//! one-sentence message for the client. The mapping from kind to status lives in exactly one
+//! place, [`Kind::status`], and the JSON error body in [`Error::json_body`], so every route
+//! answers errors the same way (see INTERFACE.md, "Errors").
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// What went wrong; decides the HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kind {
+    /// Malformed request: bad framing, bad path, bad header (400).
+    BadRequest,
+    /// No or invalid credentials (401).
+    Unauthenticated,
+    /// Valid credentials without the right (403).
+    Forbidden,
+    /// No such route, or the origin says the object does not exist (404).
+    NotFound,
+    /// Method not allowed on this route (405).
+    MethodNotAllowed,
+    /// Request body larger than we accept (413).
+    PayloadTooLarge,
+    /// Request line / URI too long (414).
+    UriTooLong,
+    /// Header section too large or too many header fields (431).
+    HeaderFieldsTooLarge,
+    /// Range not satisfiable (416).
+    RangeNotSatisfiable,
+    /// A precondition failed (412).
+    PreconditionFailed,
+    /// A transfer coding or feature we do not implement (501).
+    NotImplemented,
+    /// HTTP version other than 1.0/1.1 (505).
+    VersionNotSupported,
+    /// Origin unreachable or answered something we cannot use (502).
+    BadGateway,
+    /// Not ready, or shutting down (503).
+    Unavailable,
+    /// Origin did not answer in time (504).
+    GatewayTimeout,
+    /// A bug or resource failure on our side (500).
+    Internal,
+}
+
+impl Kind {
+    /// The single place where an error kind becomes an HTTP status.
+    pub const fn status(self) -> u16 {
+        match self {
+            Kind::BadRequest => 400,
+            Kind::Unauthenticated => 401,
+            Kind::Forbidden => 403,
+            Kind::NotFound => 404,
+            Kind::MethodNotAllowed => 405,
+            Kind::PayloadTooLarge => 413,
+            Kind::UriTooLong => 414,
+            Kind::HeaderFieldsTooLarge => 431,
+            Kind::RangeNotSatisfiable => 416,
+            Kind::PreconditionFailed => 412,
+            Kind::NotImplemented => 501,
+            Kind::VersionNotSupported => 505,
+            Kind::BadGateway => 502,
+            Kind::Unavailable => 503,
+            Kind::GatewayTimeout => 504,
+            Kind::Internal => 500,
+        }
+    }
+
+    /// Short machine-readable name used as `"error"` in JSON bodies.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::BadRequest => "bad_request",
+            Kind::Unauthenticated => "unauthenticated",
+            Kind::Forbidden => "forbidden",
+            Kind::NotFound => "not_found",
+            Kind::MethodNotAllowed => "method_not_allowed",
+            Kind::PayloadTooLarge => "payload_too_large",
+            Kind::UriTooLong => "uri_too_long",
+            Kind::HeaderFieldsTooLarge => "header_fields_too_large",
+            Kind::RangeNotSatisfiable => "range_not_satisfiable",
+            Kind::PreconditionFailed => "precondition_failed",
+            Kind::NotImplemented => "not_implemented",
+            Kind::VersionNotSupported => "http_version_not_supported",
+            Kind::BadGateway => "bad_gateway",
+            Kind::Unavailable => "unavailable",
+            Kind::GatewayTimeout => "gateway_timeout",
+            Kind::Internal => "internal",
+        }
+    }
+}
+
+/// Whose fault an error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The downstream client sent something wrong.
+    Client,
+    /// The origin (S3) failed or misbehaved.
+    Upstream,
+    /// corvid itself.
+    Internal,
+}
+
+/// The error type carried through corvid.
+#[derive(Debug, Clone)]
+pub struct Error {
+    kind: Kind,
+    side: Side,
+    retryable: bool,
+    message: Cow<'static, str>,
+}
+
+/// Result alias over [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A new error; `retryable` is false.
+    pub fn new(kind: Kind, side: Side, message: impl Into<Cow<'static, str>>) -> Self {
+        Error {
+            kind,
+            side,
+            retryable: false,
+            message: message.into(),
+        }
+    }
+
+    /// A client-side error (malformed or refused request).
+    pub fn client(kind: Kind, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(kind, Side::Client, message)
+    }
+
+    /// An upstream (origin) error.
+    pub fn upstream(kind: Kind, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(kind, Side::Upstream, message)
+    }
+
+    /// An internal error (500).
+    pub fn internal(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(Kind::Internal, Side::Internal, message)
+    }
+
+    /// Marks the error as one that a retry could cure (e.g. a dead pooled connection).
+    pub fn retryable(mut self) -> Self {
+        self.retryable = true;
+        self
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+
+    /// The JSON error body: `{"error": kind, "message": ..., "request_id": ...}`.
+    pub fn json_body(&self, request_id: &str) -> String {
+        serde_json::json!({
+            "error": self.kind.name(),
+            "message": self.message,
+            "request_id": request_id,
+        })
+        .to_string()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.kind.name(), self.status(), self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_mapping_and_body() {
+        let e = Error::client(Kind::UriTooLong, "request line too long");
+        assert_eq!(e.status(), 414);
+        let v: serde_json::Value = serde_json::from_str(&e.json_body("r1")).unwrap();
+        assert_eq!(v["error"], "uri_too_long");
+        assert_eq!(v["message"], "request line too long");
+        assert_eq!(v["request_id"], "r1");
+        assert!(!e.is_retryable());
+        assert!(Error::upstream(Kind::BadGateway, "x").retryable().is_retryable());
+    }
+}
