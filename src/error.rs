@@ -24,6 +24,8 @@ pub enum Kind {
     NotFound,
     /// Method not allowed on this route (405).
     MethodNotAllowed,
+    /// The request (head or body) did not arrive in time (408).
+    RequestTimeout,
     /// Request body larger than we accept (413).
     PayloadTooLarge,
     /// Request line / URI too long (414).
@@ -57,6 +59,7 @@ impl Kind {
             Kind::Forbidden => 403,
             Kind::NotFound => 404,
             Kind::MethodNotAllowed => 405,
+            Kind::RequestTimeout => 408,
             Kind::PayloadTooLarge => 413,
             Kind::UriTooLong => 414,
             Kind::HeaderFieldsTooLarge => 431,
@@ -79,6 +82,7 @@ impl Kind {
             Kind::Forbidden => "forbidden",
             Kind::NotFound => "not_found",
             Kind::MethodNotAllowed => "method_not_allowed",
+            Kind::RequestTimeout => "request_timeout",
             Kind::PayloadTooLarge => "payload_too_large",
             Kind::UriTooLong => "uri_too_long",
             Kind::HeaderFieldsTooLarge => "header_fields_too_large",
@@ -112,6 +116,7 @@ pub struct Error {
     side: Side,
     retryable: bool,
     message: Cow<'static, str>,
+    allow: Option<&'static str>,
 }
 
 /// Result alias over [`Error`].
@@ -125,6 +130,7 @@ impl Error {
             side,
             retryable: false,
             message: message.into(),
+            allow: None,
         }
     }
 
@@ -147,6 +153,18 @@ impl Error {
     pub fn retryable(mut self) -> Self {
         self.retryable = true;
         self
+    }
+
+    /// A 405 for a route that allows `allow` (the `Allow` header value).
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut e = Self::client(Kind::MethodNotAllowed, format!("allowed methods: {allow}"));
+        e.allow = Some(allow);
+        e
+    }
+
+    /// The `Allow` header value for a 405.
+    pub fn allow(&self) -> Option<&'static str> {
+        self.allow
     }
 
     pub fn kind(&self) -> Kind {

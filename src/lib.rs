@@ -1,11 +1,20 @@
 //! corvid: a thread-per-core caching proxy for S3-compatible object storage.
 //!
-//! See `ARCHITECTURE` notes in the README and each module's docs for what it owns.
+//! One request, end to end: [`runtime`] workers accept connections; [`http::conn`] reads and
+//! frames requests; [`handler`] routes them ([`router`]) to the internal endpoints or to
+//! [`proxy`], which signs ([`s3::sigv4`]) and sends ([`s3::client`]) the upstream request and
+//! streams the answer back. [`error`] is the one error type; [`config`] the TOML contract.
 
 pub mod config;
+pub mod cors;
 pub mod error;
+pub mod handler;
 pub mod http;
+pub mod metrics;
+pub mod net;
+pub mod proxy;
 pub mod router;
+pub mod runtime;
 pub mod s3;
 
 pub use error::{Error, Kind, Result, Side};

@@ -1,1 +1,68 @@
-fn main(){}
+//! The `corvid` command: `serve` runs the proxy, `check` validates a config.
+//!
+//! Exit codes: 0 after a clean shutdown or a valid config; 1 on a config or start-up error
+//! (the message names the cause); 2 on usage errors (clap's convention).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use corvid::config::Config;
+
+#[derive(Parser)]
+#[command(name = "corvid", version, about = "Thread-per-core caching proxy for S3")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy in the foreground (logs to stderr; RUST_LOG sets the level)
+    Serve {
+        /// Configuration file (TOML)
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print what is wrong
+    Check {
+        /// Configuration file (TOML)
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: invalid configuration:\n{e}", config.display());
+                ExitCode::from(1)
+            }
+        },
+        Command::Serve { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: invalid configuration:\n{e}", config.display());
+                    return ExitCode::from(1);
+                }
+            };
+            match corvid::runtime::serve(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("cannot start: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

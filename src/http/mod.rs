@@ -1,6 +1,9 @@
-//! HTTP/1.1: sans-IO request parsing and framing rules, response heads, chunked codec, and the
-//! connection loop that drives them over a socket.
+//! HTTP/1.1: sans-IO request parsing and framing rules ([`request`]), response heads
+//! ([`response`]), the chunked codec ([`chunked`]), and the IO edge that drives them over a
+//! socket ([`conn`], [`respond`]).
 
 pub mod chunked;
+pub mod conn;
 pub mod request;
+pub mod respond;
 pub mod response;

@@ -1,3 +1,9 @@
-//! S3 origin access: SigV4 signing, upstream request building, the pooled HTTP/1.1 client.
+//! S3 origin access: SigV4 signing ([`sigv4`]), upstream request building ([`request`]), the
+//! pooled HTTP/1.1 client ([`client`]), TLS ([`tls`]) and origin address/reachability
+//! ([`origins`]).
 
+pub mod client;
+pub mod origins;
+pub mod request;
 pub mod sigv4;
+pub mod tls;

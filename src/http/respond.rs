@@ -1,0 +1,102 @@
+//! Writing responses to the client: the common head lines every answer carries, JSON error
+//! answers (the one place an [`Error`] becomes bytes on the wire), small complete answers, and
+//! writes bounded by `server.send_timeout`.
+
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use std::time::SystemTime;
+
+use crate::error::Error;
+use crate::http::conn::{Request, RequestId, Sent};
+use crate::http::response::{end_head, write_header, write_header_u64, write_status_line};
+use crate::runtime::worker::Worker;
+
+/// Starts a response head in `out` (cleared first): status line, Date, Server, X-Request-Id and,
+/// when the connection will close, `Connection: close`.
+pub fn head_start(out: &mut Vec<u8>, w: &Worker, status: u16, id: &RequestId, close: bool) {
+    out.clear();
+    write_status_line(out, status);
+    {
+        let mut date = w.date.borrow_mut();
+        write_header(out, "Date", date.get(SystemTime::now()));
+    }
+    write_header(out, "Server", b"corvid");
+    write_header(out, "X-Request-Id", id.as_str().as_bytes());
+    if close {
+        write_header(out, "Connection", b"close");
+    }
+}
+
+/// Writes all of `out` within the send timeout, then clears it. The buffer is kept for reuse.
+pub async fn flush<S: AsyncWriteRent>(w: &Worker, io: &mut S, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let buf = std::mem::take(out);
+    match monoio::time::timeout(w.shared.config.server.send_timeout, io.write_all(buf)).await {
+        Ok((res, mut buf)) => {
+            buf.clear();
+            *out = buf;
+            res.map(|_| ())
+        }
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client did not read the response in time",
+        )),
+    }
+}
+
+/// Answers `err` as a short JSON body (no body for HEAD).
+pub async fn error<S: AsyncWriteRent>(
+    w: &Worker,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    id: RequestId,
+    close: bool,
+    head_only: bool,
+    err: &Error,
+) -> std::io::Result<()> {
+    if err.status() >= 500 {
+        log::warn!("request {}: {err}", id.as_str());
+    } else {
+        log::debug!("request {}: {err}", id.as_str());
+    }
+    let body = err.json_body(id.as_str());
+    head_start(out, w, err.status(), &id, close);
+    if let Some(allow) = err.allow() {
+        write_header(out, "Allow", allow.as_bytes());
+    }
+    write_header(out, "Content-Type", b"application/json");
+    write_header_u64(out, "Content-Length", body.len() as u64);
+    write_header(out, "Cache-Control", b"no-store");
+    end_head(out);
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    flush(w, io, out).await
+}
+
+/// Answers a complete small response.
+pub async fn simple<S: AsyncWriteRent>(
+    w: &Worker,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    req: &Request<'_>,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+) -> Result<Sent, Error> {
+    head_start(out, w, status, &req.id, req.close);
+    if !content_type.is_empty() {
+        write_header(out, "Content-Type", content_type.as_bytes());
+    }
+    for (n, v) in extra {
+        write_header(out, n, v.as_bytes());
+    }
+    if status != 204 && status != 304 {
+        write_header_u64(out, "Content-Length", body.len() as u64);
+    }
+    end_head(out);
+    if !req.is_head() {
+        out.extend_from_slice(body);
+    }
+    let abort = flush(w, io, out).await.is_err();
+    Ok(Sent { status, abort })
+}

@@ -1,0 +1,299 @@
+//! Prometheus metrics: per-worker slots written without contention, summed when `/metrics` is
+//! scraped.
+//!
+//! Each worker owns one [`WorkerMetrics`] (relaxed atomics on its own cache lines), so the hot
+//! path never shares a counter with another core. The registry holds every worker's slots plus
+//! the label values (bucket names) and renders the text exposition format 0.0.4. Names and
+//! labels follow INTERFACE.md; new series may be added, existing ones never renamed.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::http::request::Method;
+
+/// Histogram bucket upper bounds, in seconds.
+pub const LATENCY_BOUNDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Method label values; requests with other methods count under "other".
+const METHODS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "other"];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Upstream outcome label values: a status class, a timeout, or another error.
+const OUTCOMES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "timeout", "error"];
+
+/// What an upstream request ended with.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamOutcome {
+    Status(u16),
+    Timeout,
+    Error,
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BOUNDS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The counters one worker writes. Bucket index `buckets.len()` means "no bucket" (internal
+/// routes, unroutable requests), labelled `bucket=""`.
+pub struct WorkerMetrics {
+    nbuckets: usize,
+    requests: Vec<AtomicU64>,
+    request_duration: Vec<Histogram>,
+    upstream: Vec<AtomicU64>,
+    upstream_duration: Vec<Histogram>,
+    connections_open: AtomicI64,
+}
+
+impl WorkerMetrics {
+    fn new(nbuckets: usize) -> Self {
+        let slots = nbuckets + 1;
+        WorkerMetrics {
+            nbuckets,
+            requests: (0..slots * METHODS.len() * CLASSES.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            request_duration: (0..slots).map(|_| Histogram::default()).collect(),
+            upstream: (0..nbuckets * OUTCOMES.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            upstream_duration: (0..nbuckets).map(|_| Histogram::default()).collect(),
+            connections_open: AtomicI64::new(0),
+        }
+    }
+
+    /// Counts one answered request. `bucket` is None for internal routes.
+    pub fn request(&self, bucket: Option<usize>, method: Method, status: u16, took: Duration) {
+        let b = bucket.unwrap_or(self.nbuckets);
+        let m = match method {
+            Method::Get => 0,
+            Method::Head => 1,
+            Method::Options => 2,
+            _ => 3,
+        };
+        let c = (status / 100).clamp(1, 5) as usize - 1;
+        self.requests[(b * METHODS.len() + m) * CLASSES.len() + c].fetch_add(1, Ordering::Relaxed);
+        self.request_duration[b].observe(took);
+    }
+
+    pub fn upstream(&self, bucket: usize, outcome: UpstreamOutcome, took: Duration) {
+        let o = match outcome {
+            UpstreamOutcome::Status(s) => (s / 100).clamp(1, 5) as usize - 1,
+            UpstreamOutcome::Timeout => 5,
+            UpstreamOutcome::Error => 6,
+        };
+        self.upstream[bucket * OUTCOMES.len() + o].fetch_add(1, Ordering::Relaxed);
+        self.upstream_duration[bucket].observe(took);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// All workers' metric slots and the label values.
+pub struct Registry {
+    bucket_names: Vec<String>,
+    workers: Vec<WorkerMetrics>,
+}
+
+impl Registry {
+    pub fn new(bucket_names: Vec<String>, workers: usize) -> Self {
+        let n = bucket_names.len();
+        Registry {
+            bucket_names,
+            workers: (0..workers).map(|_| WorkerMetrics::new(n)).collect(),
+        }
+    }
+
+    pub fn worker(&self, i: usize) -> &WorkerMetrics {
+        &self.workers[i]
+    }
+
+    fn bucket_label(&self, b: usize) -> &str {
+        self.bucket_names.get(b).map(String::as_str).unwrap_or("")
+    }
+
+    fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+        self.workers.iter().map(f).sum()
+    }
+
+    /// Renders the Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let nb = self.bucket_names.len();
+
+        header(&mut out, "corvid_build_info", "gauge", "corvid build information");
+        let _ = writeln!(
+            out,
+            "corvid_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+
+        header(
+            &mut out,
+            "corvid_requests_total",
+            "counter",
+            "Requests answered, by bucket, method and status class",
+        );
+        for b in 0..=nb {
+            for (m, method) in METHODS.iter().enumerate() {
+                for (c, class) in CLASSES.iter().enumerate() {
+                    let i = (b * METHODS.len() + m) * CLASSES.len() + c;
+                    let v = self.sum(|w| w.requests[i].load(Ordering::Relaxed));
+                    if v > 0 {
+                        let _ = writeln!(
+                            out,
+                            "corvid_requests_total{{bucket=\"{}\",method=\"{method}\",status=\"{class}\"}} {v}",
+                            escape(self.bucket_label(b))
+                        );
+                    }
+                }
+            }
+        }
+
+        header(
+            &mut out,
+            "corvid_request_duration_seconds",
+            "histogram",
+            "Time from a complete request head to the end of the response",
+        );
+        for b in 0..=nb {
+            self.histogram(&mut out, "corvid_request_duration_seconds", b, |w| {
+                &w.request_duration[b]
+            });
+        }
+
+        header(
+            &mut out,
+            "corvid_upstream_requests_total",
+            "counter",
+            "Requests sent to origins, by bucket and outcome",
+        );
+        for b in 0..nb {
+            for (o, outcome) in OUTCOMES.iter().enumerate() {
+                let v = self.sum(|w| w.upstream[b * OUTCOMES.len() + o].load(Ordering::Relaxed));
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "corvid_upstream_requests_total{{bucket=\"{}\",outcome=\"{outcome}\"}} {v}",
+                        escape(self.bucket_label(b))
+                    );
+                }
+            }
+        }
+
+        header(
+            &mut out,
+            "corvid_upstream_duration_seconds",
+            "histogram",
+            "Time from sending an upstream request to its complete response head",
+        );
+        for b in 0..nb {
+            self.histogram(&mut out, "corvid_upstream_duration_seconds", b, |w| {
+                &w.upstream_duration[b]
+            });
+        }
+
+        header(
+            &mut out,
+            "corvid_connections_open",
+            "gauge",
+            "Client connections currently open",
+        );
+        let open: i64 = self
+            .workers
+            .iter()
+            .map(|w| w.connections_open.load(Ordering::Relaxed))
+            .sum();
+        let _ = writeln!(out, "corvid_connections_open {open}");
+        out
+    }
+
+    fn histogram(
+        &self,
+        out: &mut String,
+        name: &str,
+        b: usize,
+        h: impl Fn(&WorkerMetrics) -> &Histogram,
+    ) {
+        let count = self.sum(|w| h(w).count.load(Ordering::Relaxed));
+        if count == 0 {
+            return;
+        }
+        let label = escape(self.bucket_label(b));
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BOUNDS.iter().enumerate() {
+            cumulative += self.sum(|w| h(w).buckets[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{bucket=\"{label}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(out, "{name}_bucket{{bucket=\"{label}\",le=\"+Inf\"}} {count}");
+        let sum = self.sum(|w| h(w).sum_nanos.load(Ordering::Relaxed)) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{bucket=\"{label}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{bucket=\"{label}\"}} {count}");
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escapes a label value per the text format (backslash, quote, newline).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_workers_and_renders_labels() {
+        let r = Registry::new(vec!["assets".into()], 2);
+        r.worker(0)
+            .request(Some(0), Method::Get, 200, Duration::from_millis(2));
+        r.worker(1)
+            .request(Some(0), Method::Get, 206, Duration::from_millis(3));
+        r.worker(1)
+            .request(None, Method::Head, 404, Duration::from_micros(50));
+        r.worker(0)
+            .upstream(0, UpstreamOutcome::Timeout, Duration::from_secs(1));
+        r.worker(0).connection_opened();
+        let text = r.render();
+        assert!(text.contains(
+            "corvid_requests_total{bucket=\"assets\",method=\"GET\",status=\"2xx\"} 2"
+        ));
+        assert!(text.contains("corvid_requests_total{bucket=\"\",method=\"HEAD\",status=\"4xx\"} 1"));
+        assert!(text.contains("corvid_upstream_requests_total{bucket=\"assets\",outcome=\"timeout\"} 1"));
+        assert!(text.contains("corvid_request_duration_seconds_count{bucket=\"assets\"} 2"));
+        assert!(text.contains("corvid_request_duration_seconds_bucket{bucket=\"assets\",le=\"0.0025\"} 1"));
+        assert!(text.contains("corvid_connections_open 1"));
+        assert!(text.contains("corvid_build_info{version=\""));
+    }
+}

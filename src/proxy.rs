@@ -1,0 +1,274 @@
+//! The object route: forward a GET/HEAD to the bucket's origin and stream the answer back.
+//!
+//! This is the pass-through path; the cache tiers slot in front of [`fetch_origin`] (lookup)
+//! and around the body loop in [`stream_body`] (fill), without changing either.
+//!
+//! Origin answers are mapped so that clients see corvid's contract, not S3's XML:
+//! 200/206/304 pass through with the headers in [`PASSED_HEADERS`] and `x-amz-meta-*`;
+//! 403, 404, 412 and 416 keep their status with a JSON error body; any other status
+//! (S3's 400 for a bad request we built, 301 for a wrong region, 5xx) becomes 502, since the
+//! client can do nothing about it.
+
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::time::Instant;
+
+use crate::cors;
+use crate::error::{Error, Kind};
+use crate::http::conn::{Request, Sent};
+use crate::http::request::Method;
+use crate::http::respond;
+use crate::http::response::{end_head, write_header, write_header_u64, UpstreamHead};
+use crate::metrics::UpstreamOutcome;
+use crate::router::forwarded_query;
+use crate::runtime::worker::Worker;
+use crate::s3::client::Body;
+use crate::s3::request::{build_request, ObjectRequest, FORWARDED_HEADERS};
+
+/// Origin response headers passed to the client (lowercase), besides `x-amz-meta-*`.
+pub const PASSED_HEADERS: [&str; 10] = [
+    "content-type",
+    "content-range",
+    "etag",
+    "last-modified",
+    "cache-control",
+    "content-encoding",
+    "content-disposition",
+    "content-language",
+    "expires",
+    "x-amz-version-id",
+];
+
+/// Body bytes moved per read/write; bounds the memory one streaming response holds.
+pub const STREAM_CHUNK: usize = 64 * 1024;
+/// An origin error body up to this size is read and dropped so the connection can be reused.
+const MAX_DRAINED_ERROR_BODY: u64 = 64 * 1024;
+
+pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
+    w: &Rc<Worker>,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    req: &Request<'_>,
+    bucket: usize,
+    key: &str,
+    query: Option<&str>,
+) -> Result<Sent, Error> {
+    let cfg = &w.shared.config.buckets[bucket];
+    match req.method() {
+        Method::Get | Method::Head => {}
+        Method::Options => return options(w, io, out, req, bucket).await,
+        _ => return Err(Error::method_not_allowed("GET, HEAD, OPTIONS")),
+    }
+    let params = forwarded_query(query)?;
+    let mut forwarded: Vec<(&'static str, &str)> = Vec::new();
+    for name in FORWARDED_HEADERS {
+        if let Some(v) = req.header(name) {
+            let v = std::str::from_utf8(v)
+                .map_err(|_| Error::client(Kind::BadRequest, "header value is not valid UTF-8"))?;
+            forwarded.push((name, v));
+        }
+    }
+    let (head, body) = fetch_origin(w, bucket, req.is_head(), key, &params, &forwarded).await?;
+
+    match head.status {
+        200 | 206 | 304 => {}
+        status => {
+            drain_error_body(body).await;
+            return Err(map_origin_status(status));
+        }
+    }
+
+    let cors_origin = cfg
+        .cors
+        .as_ref()
+        .zip(req.header_str("origin"))
+        .and_then(|(c, o)| cors::allow_origin(c, o));
+    let length = if head.status == 304 {
+        None
+    } else if req.is_head() {
+        head.header("content-length").and_then(|v| v.parse::<u64>().ok())
+    } else {
+        body.content_length()
+    };
+    // Unknown length (a chunked or close-delimited origin answer): re-chunk for HTTP/1.1
+    // clients, close-delimit for HTTP/1.0 ones.
+    let has_body = !req.is_head() && head.status != 304;
+    let chunked = has_body && length.is_none() && req.head.minor_version() == 1;
+    let close = req.close || (has_body && length.is_none() && !chunked);
+
+    respond::head_start(out, w, head.status, &req.id, close);
+    for (name, value) in &head.headers {
+        if PASSED_HEADERS.contains(&name.as_str()) || name.starts_with("x-amz-meta-") {
+            write_header(out, name, value.as_bytes());
+        }
+    }
+    if let Some(n) = length {
+        write_header_u64(out, "Content-Length", n);
+    }
+    if chunked {
+        write_header(out, "Transfer-Encoding", b"chunked");
+    }
+    write_header(out, "Accept-Ranges", b"bytes");
+    write_header(out, "X-Cache", b"MISS");
+    if let Some(o) = cors_origin {
+        write_header(out, "Access-Control-Allow-Origin", o.as_bytes());
+        write_header(out, "Access-Control-Expose-Headers", cors::EXPOSE_HEADERS.as_bytes());
+        write_header(out, "Vary", b"Origin");
+    }
+    end_head(out);
+
+    let status = head.status;
+    if !has_body {
+        let abort = respond::flush(w, io, out).await.is_err();
+        return Ok(Sent { status, abort });
+    }
+    let abort = stream_body(w, io, out, body, chunked).await.is_err();
+    Ok(Sent { status, abort: abort || close })
+}
+
+/// Signs and sends the upstream request; returns the origin's head and body.
+async fn fetch_origin(
+    w: &Rc<Worker>,
+    bucket: usize,
+    is_head: bool,
+    key: &str,
+    query: &[(String, String)],
+    headers: &[(&'static str, &str)],
+) -> Result<(UpstreamHead, Body), Error> {
+    let cfg = &w.shared.config.buckets[bucket];
+    let wb = &w.buckets[bucket];
+    let mut request = Vec::with_capacity(1024);
+    build_request(
+        cfg,
+        &wb.signer,
+        &ObjectRequest {
+            method: if is_head { "HEAD" } else { "GET" },
+            key,
+            query,
+            headers,
+        },
+        SystemTime::now(),
+        &mut request,
+    );
+    let t0 = Instant::now();
+    let (res, _) = wb.pool.send(request, is_head, &wb.timeouts).await;
+    let outcome = match &res {
+        Ok((h, _)) => UpstreamOutcome::Status(h.status),
+        Err(e) if e.kind() == Kind::GatewayTimeout => UpstreamOutcome::Timeout,
+        Err(_) => UpstreamOutcome::Error,
+    };
+    w.metrics().upstream(bucket, outcome, t0.elapsed());
+    res
+}
+
+/// Streams the origin body to the client, `out` already holding the response head: each read
+/// from the origin is written before the next read (backpressure: a slow client slows the
+/// origin read, corvid never buffers the object). Errors mean the response is cut short.
+async fn stream_body<S: AsyncWriteRent>(
+    w: &Worker,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    mut body: Body,
+    chunked: bool,
+) -> Result<(), ()> {
+    let mut piece: Vec<u8> = Vec::new();
+    loop {
+        let n = if chunked {
+            piece.clear();
+            piece.reserve(STREAM_CHUNK);
+            let (res, p) = body.read_into(std::mem::take(&mut piece)).await;
+            piece = p;
+            let n = res.map_err(|e| log::warn!("origin body: {e}"))?;
+            if n > 0 {
+                out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                out.extend_from_slice(&piece);
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            n
+        } else {
+            if out.capacity() - out.len() < STREAM_CHUNK / 2 {
+                out.reserve(STREAM_CHUNK);
+            }
+            let (res, o) = body.read_into(std::mem::take(out)).await;
+            *out = o;
+            res.map_err(|e| log::warn!("origin body: {e}"))?
+        };
+        if !out.is_empty() {
+            respond::flush(w, io, out).await.map_err(|_| ())?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads a small origin error body to its end so the connection returns to the pool.
+async fn drain_error_body(mut body: Body) {
+    if body.content_length().is_none_or(|n| n > MAX_DRAINED_ERROR_BODY) {
+        return;
+    }
+    let mut scratch = Vec::with_capacity(MAX_DRAINED_ERROR_BODY as usize);
+    while !body.is_done() {
+        scratch.clear();
+        let (res, s) = body.read_into(scratch).await;
+        scratch = s;
+        if !matches!(res, Ok(n) if n > 0) {
+            return;
+        }
+    }
+}
+
+/// The client-facing error for an origin status other than 200/206/304.
+pub fn map_origin_status(status: u16) -> Error {
+    match status {
+        403 => Error::upstream(Kind::Forbidden, "the origin refused access to this object"),
+        404 => Error::upstream(Kind::NotFound, "no such object"),
+        412 => Error::upstream(Kind::PreconditionFailed, "a precondition of the request failed"),
+        416 => Error::upstream(Kind::RangeNotSatisfiable, "the requested range is not satisfiable"),
+        s => Error::upstream(Kind::BadGateway, format!("the origin answered with status {s}")),
+    }
+}
+
+/// `OPTIONS` on an object route: a CORS preflight for buckets with `cors`, else the allowed
+/// methods.
+async fn options<S: AsyncWriteRent>(
+    w: &Rc<Worker>,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    req: &Request<'_>,
+    bucket: usize,
+) -> Result<Sent, Error> {
+    let allow = [("Allow", "GET, HEAD, OPTIONS")];
+    let Some(cfg) = w.shared.config.buckets[bucket].cors.as_ref() else {
+        return respond::simple(w, io, out, req, 204, "", b"", &allow).await;
+    };
+    let headers = cors::preflight(
+        cfg,
+        req.header_str("origin"),
+        req.header_str("access-control-request-method"),
+        req.header_str("access-control-request-headers"),
+    )?;
+    let mut extra: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    extra.extend_from_slice(&allow);
+    respond::simple(w, io, out, req, 204, "", b"", &extra).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_status_mapping() {
+        assert_eq!(map_origin_status(403).status(), 403);
+        assert_eq!(map_origin_status(404).status(), 404);
+        assert_eq!(map_origin_status(412).status(), 412);
+        assert_eq!(map_origin_status(416).status(), 416);
+        assert_eq!(map_origin_status(400).status(), 502);
+        assert_eq!(map_origin_status(301).status(), 502);
+        assert_eq!(map_origin_status(503).status(), 502);
+    }
+}

@@ -1,0 +1,282 @@
+//! Worker threads and their lifecycle.
+//!
+//! `serve` builds what all workers share ([`Shared`]), starts one thread per worker — pinned to
+//! a core, running its own monoio runtime (io_uring, or the legacy epoll driver where io_uring
+//! cannot be set up) with its own SO_REUSEPORT listener — and then waits for SIGTERM/SIGINT.
+//! Shutdown goes over the control bus: every worker gets a `Shutdown` command, stops accepting,
+//! lets in-flight requests finish within `server.shutdown_grace`, and exits; `serve` returns
+//! once all have. A second signal exits at once.
+//!
+//! The control bus is one flume channel per worker: flume's async receive wakes a monoio task
+//! from another thread (monoio's `sync` feature), which crossbeam's blocking channels cannot.
+
+pub mod signal;
+pub mod worker;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::ServerName;
+
+use crate::config::{Addressing, Config, Scheme};
+use crate::http::request::Limits;
+use crate::metrics::Registry;
+use crate::router::Router;
+use crate::s3::origins::Origins;
+
+/// How often the origin monitor re-resolves endpoints and re-checks reachability.
+pub const ORIGIN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Read-only state shared by every worker (one `Arc`): the config snapshot, the router, TLS
+/// configs, origin addresses and the metric slots that `/metrics` sums.
+pub struct Shared {
+    pub config: Config,
+    pub router: Router,
+    pub limits: Limits,
+    pub origins: Arc<Origins>,
+    /// Per bucket: the TLS client config and the name to verify, for https endpoints.
+    pub client_tls: Vec<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>>,
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    pub metrics: Registry,
+    pub shutting_down: AtomicBool,
+    pub workers: usize,
+    pub started: Instant,
+    /// Random-ish per-process tag that makes request ids unique across restarts.
+    pub instance_tag: u32,
+}
+
+/// Commands sent to every worker over the control bus.
+#[derive(Debug, Clone)]
+pub enum Control {
+    Shutdown,
+}
+
+impl Shared {
+    /// Builds the shared state: TLS configs are loaded and endpoints resolved here, at start.
+    pub fn new(config: Config) -> Result<Arc<Shared>, String> {
+        let workers = match config.server.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        };
+        let prefixes: Vec<&str> = config.buckets.iter().map(|b| b.prefix.as_str()).collect();
+        let router = Router::new(&prefixes);
+        let mut client_tls = Vec::with_capacity(config.buckets.len());
+        for b in &config.buckets {
+            client_tls.push(match b.endpoint.scheme {
+                Scheme::Http => None,
+                Scheme::Https => {
+                    let cfg = crate::s3::tls::client_config(b.ca_file.as_deref())
+                        .map_err(|e| format!("buckets.{}: ca_file: {e}", b.name))?;
+                    let host = match b.addressing {
+                        Addressing::Path => b.endpoint.host.clone(),
+                        Addressing::Virtual => format!("{}.{}", b.bucket, b.endpoint.host),
+                    };
+                    let name = ServerName::try_from(host.clone())
+                        .map_err(|e| format!("buckets.{}: endpoint host {host:?}: {e}", b.name))?;
+                    Some((cfg, name))
+                }
+            });
+        }
+        let server_tls = match &config.server.tls {
+            None => None,
+            Some(t) => Some(
+                crate::s3::tls::server_config(&t.cert, &t.key)
+                    .map_err(|e| format!("server.tls: {e}"))?,
+            ),
+        };
+        let origins = Origins::new(config.buckets.iter().map(|b| &b.endpoint));
+        origins.refresh_all();
+        for (i, b) in config.buckets.iter().enumerate() {
+            if let Some(e) = origins.get(i).last_error() {
+                log::warn!("bucket {}: origin {} not reachable yet: {e}", b.name, b.endpoint.authority());
+            }
+        }
+        let metrics = Registry::new(config.buckets.iter().map(|b| b.name.clone()).collect(), workers);
+        let limits = Limits {
+            max_request_line: config.server.max_request_line,
+            max_header_bytes: config.server.max_header_bytes,
+            max_headers: config.server.max_headers,
+        };
+        let instance_tag = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ (std::process::id() as u64).rotate_left(32)) as u32;
+        Ok(Arc::new(Shared {
+            config,
+            router,
+            limits,
+            origins,
+            client_tls,
+            server_tls,
+            metrics,
+            shutting_down: AtomicBool::new(false),
+            workers,
+            started: Instant::now(),
+            instance_tag,
+        }))
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs the proxy until SIGTERM/SIGINT and a clean drain. Errors are start-up failures.
+pub fn serve(config: Config) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    // Registered before any worker starts so an early signal is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+
+    let shared = Shared::new(config)?;
+    let stop_monitor = Arc::new(AtomicBool::new(false));
+    shared
+        .origins
+        .spawn_monitor(ORIGIN_CHECK_INTERVAL, Arc::clone(&stop_monitor));
+
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+    let mut controls = Vec::new();
+    let mut handles = Vec::new();
+    for id in 0..shared.workers {
+        let (tx, rx) = flume::unbounded::<Control>();
+        controls.push(tx);
+        let shared = Arc::clone(&shared);
+        let core = if cores.is_empty() {
+            None
+        } else {
+            Some(cores[id % cores.len()])
+        };
+        let ready_tx = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("corvid-worker-{id}"))
+            .spawn(move || worker_thread(id, shared, core, rx, ready_tx))
+            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+
+    let mut startup_error = None;
+    for _ in 0..shared.workers {
+        match ready_rx.recv() {
+            Ok(Ok(msg)) => log::info!("{msg}"),
+            Ok(Err(e)) => {
+                startup_error.get_or_insert(e);
+            }
+            Err(_) => {
+                startup_error.get_or_insert("a worker thread died during start-up".into());
+            }
+        }
+    }
+
+    if startup_error.is_none() {
+        log::info!(
+            "corvid {} listening on {}{} with {} worker(s)",
+            env!("CARGO_PKG_VERSION"),
+            shared.config.server.listen,
+            if shared.server_tls.is_some() { " (TLS)" } else { "" },
+            shared.workers
+        );
+        if let Some(sig) = signals.forever().next() {
+            log::info!("signal {sig} received: shutting down (grace {:?})", shared.config.server.shutdown_grace);
+        }
+        // A second signal during the drain exits at once.
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                log::warn!("second signal: exiting without waiting for connections");
+                std::process::exit(1);
+            }
+        });
+    }
+
+    shared.shutting_down.store(true, Ordering::Relaxed);
+    for c in &controls {
+        let _ = c.send(Control::Shutdown);
+    }
+    for h in handles {
+        if h.join().is_err() {
+            log::error!("a worker thread panicked");
+        }
+    }
+    stop_monitor.store(true, Ordering::Relaxed);
+    match startup_error {
+        Some(e) => Err(e),
+        None => {
+            log::info!("shutdown complete");
+            Ok(())
+        }
+    }
+}
+
+fn worker_thread(
+    id: usize,
+    shared: Arc<Shared>,
+    core: Option<core_affinity::CoreId>,
+    control: flume::Receiver<Control>,
+    ready: std::sync::mpsc::Sender<Result<String, String>>,
+) {
+    let pinned = core.map(core_affinity::set_for_current).unwrap_or(false);
+    // CORVID_DRIVER=legacy forces the epoll driver (for comparison runs and tests of the fallback).
+    let force_legacy = std::env::var("CORVID_DRIVER").is_ok_and(|v| v == "legacy");
+    if !force_legacy {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .with_entries(1024)
+            .build()
+        {
+            Ok(mut rt) => {
+                return rt.block_on(worker_main(id, shared, control, ready, "io_uring", pinned));
+            }
+            Err(e) => log::warn!("worker {id}: io_uring unavailable ({e}); using the legacy driver"),
+        }
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => rt.block_on(worker_main(id, shared, control, ready, "legacy (epoll)", pinned)),
+        Err(e) => {
+            let _ = ready.send(Err(format!("worker {id}: cannot build a runtime: {e}")));
+        }
+    }
+}
+
+async fn worker_main(
+    id: usize,
+    shared: Arc<Shared>,
+    control: flume::Receiver<Control>,
+    ready: std::sync::mpsc::Sender<Result<String, String>>,
+    driver: &'static str,
+    pinned: bool,
+) {
+    let listener = match worker::bind(&shared) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!(
+                "cannot listen on {}: {e}",
+                shared.config.server.listen
+            )));
+            return;
+        }
+    };
+    let w = worker::Worker::new(id, shared);
+    let w2 = std::rc::Rc::clone(&w);
+    monoio::spawn(async move {
+        while let Ok(cmd) = control.recv_async().await {
+            match cmd {
+                Control::Shutdown => w2.shutdown.fire(),
+            }
+        }
+        // The sender is gone: the process is ending.
+        w2.shutdown.fire();
+    });
+    let _ = ready.send(Ok(format!(
+        "worker {id}: {driver} driver{}",
+        if pinned { ", pinned" } else { "" }
+    )));
+    worker::run(w, listener).await;
+}

@@ -1,0 +1,200 @@
+//! One worker: its per-thread context and its accept loop.
+//!
+//! A [`Worker`] is built inside its own thread and shared by that thread's tasks through an
+//! `Rc` (ARCHITECTURE rule 1): upstream pools, signers with their signing-key caches, the Date
+//! header cache and the request-id counter never cross threads. What is shared across workers
+//! lives in [`Shared`](super::Shared) behind an `Arc`.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use monoio::net::{ListenerOpts, TcpListener};
+use monoio::time::Instant;
+use monoio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::signal::LocalSignal;
+use super::Shared;
+use crate::http::response::DateCache;
+use crate::metrics::WorkerMetrics;
+use crate::net::MaybeTls;
+use crate::s3::client::{Pool, Timeouts};
+use crate::s3::sigv4::{Credentials, Signer};
+
+/// Per-bucket state of one worker.
+pub struct WorkerBucket {
+    pub signer: Signer,
+    pub pool: Rc<Pool>,
+    pub timeouts: Timeouts,
+}
+
+/// The context every task of one worker shares.
+pub struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub buckets: Vec<WorkerBucket>,
+    /// Fired when shutdown begins: stop accepting, close idle connections.
+    pub shutdown: LocalSignal,
+    pub connections: Cell<usize>,
+    pub date: RefCell<DateCache>,
+    next_request: Cell<u64>,
+}
+
+impl Worker {
+    pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Worker> {
+        let buckets = shared
+            .config
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| WorkerBucket {
+                signer: Signer::new(
+                    Credentials {
+                        access_key: b.access_key.clone(),
+                        secret_key: b.secret_key.clone(),
+                        session_token: b.session_token.clone(),
+                    },
+                    &b.region,
+                    "s3",
+                ),
+                pool: Pool::new(
+                    Arc::clone(shared.origins.get(i)),
+                    shared.client_tls[i]
+                        .as_ref()
+                        .map(|(cfg, name)| (TlsConnector::from(Arc::clone(cfg)), name.clone())),
+                    b.max_idle_connections,
+                ),
+                timeouts: Timeouts {
+                    connect: b.connect_timeout,
+                    first_byte: b.first_byte_timeout,
+                    read: b.read_timeout,
+                },
+            })
+            .collect();
+        Rc::new(Worker {
+            id,
+            shared,
+            buckets,
+            shutdown: LocalSignal::default(),
+            connections: Cell::new(0),
+            date: RefCell::new(DateCache::default()),
+            next_request: Cell::new(0),
+        })
+    }
+
+    pub fn metrics(&self) -> &WorkerMetrics {
+        self.shared.metrics.worker(self.id)
+    }
+
+    /// A fresh request id: process tag, worker, counter — unique across workers and restarts.
+    pub fn next_request_id(&self) -> crate::http::conn::RequestId {
+        let n = self.next_request.get();
+        self.next_request.set(n + 1);
+        crate::http::conn::RequestId::generate(self.shared.instance_tag, self.id as u16, n)
+    }
+}
+
+/// Binds this worker's listener (SO_REUSEPORT: every worker has its own accept queue).
+pub fn bind(shared: &Shared) -> std::io::Result<TcpListener> {
+    let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096);
+    TcpListener::bind_with_config(shared.config.server.listen, &opts)
+}
+
+/// The accept loop; returns once shutdown has begun and connections drained (or the grace
+/// period ran out).
+pub async fn run(w: Rc<Worker>, listener: TcpListener) {
+    let acceptor = w.shared.server_tls.as_ref().map(|c| TlsAcceptor::from(Arc::clone(c)));
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = w.shutdown.wait() => None,
+        };
+        let (stream, _peer) = match accepted {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                // EMFILE and friends: back off briefly instead of spinning on the error.
+                log::warn!("worker {}: accept failed: {e}", w.id);
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if w.connections.get() >= w.shared.config.server.max_connections {
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let w2 = Rc::clone(&w);
+        let acceptor = acceptor.clone();
+        monoio::spawn(async move {
+            w2.connections.set(w2.connections.get() + 1);
+            w2.metrics().connection_opened();
+            let w3 = Rc::clone(&w2);
+            let conn = async move {
+                let io = match acceptor {
+                    None => MaybeTls::Plain(stream),
+                    Some(acceptor) => {
+                        let t = w3.shared.config.server.header_timeout;
+                        match monoio::time::timeout(t, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => MaybeTls::Tls(Box::new(s)),
+                            Ok(Err(e)) => {
+                                log::debug!("TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                };
+                crate::http::conn::serve(w3, io).await;
+            };
+            if let Err(panic) = (CatchUnwind(Box::pin(conn))).await {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                log::error!(
+                    "worker {}: a connection panicked and was closed: {msg}",
+                    w2.id
+                );
+            }
+            w2.metrics().connection_closed();
+            w2.connections.set(w2.connections.get() - 1);
+        });
+    }
+    drop(listener);
+    let deadline = Instant::now() + w.shared.config.server.shutdown_grace;
+    // Connections finish their current request and close; wait for them up to the grace period.
+    while w.connections.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if w.connections.get() > 0 {
+        log::warn!(
+            "worker {}: grace period over, closing {} connection(s)",
+            w.id,
+            w.connections.get()
+        );
+    }
+}
+
+/// Runs a connection future, turning a panic into an `Err` so one bad request cannot take the
+/// worker's other connections down with it (ARCHITECTURE rule 8: catch per connection). The
+/// panicking connection is dropped, which closes its sockets.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(p) => Poll::Ready(Err(p)),
+        }
+    }
+}

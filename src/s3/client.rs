@@ -1,0 +1,536 @@
+//! The upstream HTTP/1.1 client of one worker: keep-alive connection pools per bucket, plain
+//! TCP or rustls, request send with one retry on a dead pooled connection, response-head
+//! reading under the first-byte timeout, and a body reader that streams with backpressure.
+//!
+//! Decisions:
+//! - Pools are per bucket (each bucket has its own endpoint, TLS trust and credentials), LIFO
+//!   (the most recently used connection is the one least likely to have been closed by the
+//!   origin), and drop connections idle for longer than [`POOL_IDLE_TIMEOUT`] — S3 closes idle
+//!   connections after about 20 s, so older ones would mostly fail.
+//! - A request is retried once, on a fresh connection, when a *reused* connection fails before
+//!   any byte of the response arrived (the origin closed it while it sat in the pool). GET and
+//!   HEAD are idempotent, so this is always safe.
+//! - Timeouts: `connect_timeout` covers TCP connect + TLS handshake, `first_byte_timeout` covers
+//!   sending the request and receiving the whole response head, `read_timeout` the gap between
+//!   body reads. Expiry maps to 504 before the head reached the client; the connection is never
+//!   reused after a timeout.
+//! - Sockets have TCP_NODELAY, and TCP_QUICKACK before every read (see [`crate::net::set_quickack`]).
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use monoio_rustls::{ClientTlsStream, TlsConnector};
+use rustls_pki_types::ServerName;
+
+use crate::error::{Error, Kind};
+use crate::http::chunked::ChunkedDecoder;
+use crate::http::response::{parse_response, ResponseFraming, UpstreamHead};
+use crate::net::{set_quickack, MaybeTls};
+use crate::s3::origins::OriginState;
+
+/// Idle pooled connections older than this are closed instead of reused.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest upstream response head we accept.
+pub const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
+/// Initial size of the buffer a response head is read into.
+const HEAD_BUF: usize = 16 * 1024;
+
+/// Per-bucket upstream timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub read: Duration,
+}
+
+/// One upstream connection.
+pub struct Conn {
+    io: MaybeTls<ClientTlsStream<TcpStream>>,
+    fd: RawFd,
+}
+
+impl Conn {
+    async fn read_into<B: IoBufMut>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+        set_quickack(self.fd);
+        self.io.read(buf).await
+    }
+}
+
+/// The pool and connection settings of one bucket, on one worker.
+pub struct Pool {
+    origin: Arc<OriginState>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    idle: RefCell<Vec<(Conn, Instant)>>,
+    max_idle: usize,
+    next_addr: Cell<usize>,
+}
+
+impl Pool {
+    /// `tls`: the connector and the server name to verify, for https endpoints.
+    pub fn new(
+        origin: Arc<OriginState>,
+        tls: Option<(TlsConnector, ServerName<'static>)>,
+        max_idle: usize,
+    ) -> Rc<Pool> {
+        Rc::new(Pool {
+            origin,
+            tls,
+            idle: RefCell::new(Vec::new()),
+            max_idle,
+            next_addr: Cell::new(0),
+        })
+    }
+
+    /// Number of idle connections currently pooled.
+    pub fn idle_len(&self) -> usize {
+        self.idle.borrow().len()
+    }
+
+    fn take(&self) -> Option<Conn> {
+        let mut idle = self.idle.borrow_mut();
+        let now = Instant::now();
+        while let Some((conn, since)) = idle.pop() {
+            if now.duration_since(since) < POOL_IDLE_TIMEOUT {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, conn: Conn) {
+        let mut idle = self.idle.borrow_mut();
+        if idle.len() < self.max_idle {
+            idle.push((conn, Instant::now()));
+        }
+    }
+
+    /// Closes every idle connection (used on shutdown and by tests).
+    pub fn clear(&self) {
+        self.idle.borrow_mut().clear();
+    }
+
+    async fn connect(&self, t: &Timeouts) -> Result<Conn, Error> {
+        let addrs = self.origin.addrs();
+        if addrs.is_empty() {
+            return Err(Error::upstream(
+                Kind::BadGateway,
+                "the origin's address could not be resolved",
+            ));
+        }
+        let i = self.next_addr.get();
+        self.next_addr.set(i.wrapping_add(1));
+        let addr = addrs[i % addrs.len()];
+        let deadline = Instant::now() + t.connect;
+        let tcp = match monoio::time::timeout_at(deadline, TcpStream::connect_addr(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(Error::upstream(
+                    Kind::BadGateway,
+                    format!("cannot connect to the origin: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err(Error::upstream(
+                    Kind::GatewayTimeout,
+                    "connecting to the origin timed out",
+                ))
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let fd = tcp.as_raw_fd();
+        let io = match &self.tls {
+            None => MaybeTls::Plain(tcp),
+            Some((connector, name)) => {
+                match monoio::time::timeout_at(deadline, connector.connect(name.clone(), tcp)).await
+                {
+                    Ok(Ok(s)) => MaybeTls::Tls(Box::new(s)),
+                    Ok(Err(e)) => {
+                        return Err(Error::upstream(
+                            Kind::BadGateway,
+                            format!("TLS handshake with the origin failed: {e}"),
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(Error::upstream(
+                            Kind::GatewayTimeout,
+                            "TLS handshake with the origin timed out",
+                        ))
+                    }
+                }
+            }
+        };
+        Ok(Conn { io, fd })
+    }
+
+    /// Sends `request` (a complete, signed request head) and reads the response head.
+    ///
+    /// Returns the request buffer for reuse along with the result.
+    pub async fn send(
+        self: &Rc<Self>,
+        request: Vec<u8>,
+        is_head: bool,
+        t: &Timeouts,
+    ) -> (Result<(UpstreamHead, Body), Error>, Vec<u8>) {
+        let mut request = request;
+        let mut allow_retry = true;
+        loop {
+            let (mut conn, reused) = match self.take() {
+                Some(c) => (c, true),
+                None => match self.connect(t).await {
+                    Ok(c) => (c, false),
+                    Err(e) => return (Err(e), request),
+                },
+            };
+            let deadline = Instant::now() + t.first_byte;
+            let (res, back) = match monoio::time::timeout_at(deadline, conn.io.write_all(request))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    // The buffer went with the cancelled write; callers rebuild it.
+                    return (
+                        Err(Error::upstream(
+                            Kind::GatewayTimeout,
+                            "sending the request to the origin timed out",
+                        )),
+                        Vec::new(),
+                    );
+                }
+            };
+            request = back;
+            if let Err(e) = res {
+                if reused && allow_retry {
+                    allow_retry = false;
+                    continue;
+                }
+                return (
+                    Err(Error::upstream(
+                        Kind::BadGateway,
+                        format!("sending the request to the origin failed: {e}"),
+                    )),
+                    request,
+                );
+            }
+            match read_head(&mut conn, is_head, deadline).await {
+                Ok((head, buf, consumed)) => {
+                    let body = Body::new(Rc::clone(self), conn, &head, buf, consumed, t.read);
+                    return (Ok((head, body)), request);
+                }
+                Err(HeadError::ClosedBeforeAnyByte) if reused && allow_retry => {
+                    allow_retry = false;
+                    continue;
+                }
+                Err(HeadError::ClosedBeforeAnyByte) => {
+                    return (
+                        Err(Error::upstream(
+                            Kind::BadGateway,
+                            "the origin closed the connection without answering",
+                        )),
+                        request,
+                    )
+                }
+                Err(HeadError::Failed(e)) => return (Err(e), request),
+            }
+        }
+    }
+}
+
+enum HeadError {
+    ClosedBeforeAnyByte,
+    Failed(Error),
+}
+
+async fn read_head(
+    conn: &mut Conn,
+    is_head: bool,
+    deadline: Instant,
+) -> Result<(UpstreamHead, Vec<u8>, usize), HeadError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(HEAD_BUF);
+    loop {
+        if buf.len() == buf.capacity() {
+            if buf.capacity() >= MAX_UPSTREAM_HEAD {
+                return Err(HeadError::Failed(Error::upstream(
+                    Kind::BadGateway,
+                    "the origin's response head is too large",
+                )));
+            }
+            buf.reserve(buf.capacity());
+        }
+        let len = buf.len();
+        let cap = buf.capacity();
+        let (res, slice) =
+            match monoio::time::timeout_at(deadline, conn.read_into(buf.slice_mut(len..cap))).await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(HeadError::Failed(Error::upstream(
+                        Kind::GatewayTimeout,
+                        "the origin did not answer in time",
+                    )))
+                }
+            };
+        buf = slice.into_inner();
+        match res {
+            Ok(0) if buf.is_empty() => return Err(HeadError::ClosedBeforeAnyByte),
+            Ok(0) => {
+                return Err(HeadError::Failed(Error::upstream(
+                    Kind::BadGateway,
+                    "the origin closed the connection mid-answer",
+                )))
+            }
+            Ok(_) => {}
+            Err(e) if buf.is_empty() && is_reset(&e) => return Err(HeadError::ClosedBeforeAnyByte),
+            Err(e) => {
+                return Err(HeadError::Failed(Error::upstream(
+                    Kind::BadGateway,
+                    format!("reading the origin's answer failed: {e}"),
+                )))
+            }
+        }
+        match parse_response(&buf, is_head, MAX_UPSTREAM_HEAD) {
+            Ok(Some((head, consumed))) => return Ok((head, buf, consumed)),
+            Ok(None) => {}
+            Err(e) => return Err(HeadError::Failed(e)),
+        }
+    }
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+    )
+}
+
+enum BodyState {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+/// The body of an upstream response. Reading it to the end returns the connection to its pool
+/// (when the origin allows keep-alive); dropping it early closes the connection.
+pub struct Body {
+    pool: Rc<Pool>,
+    conn: Option<Conn>,
+    keep_alive: bool,
+    /// Bytes read past the head (or, for chunked bodies, raw bytes not yet decoded).
+    pending: Vec<u8>,
+    pos: usize,
+    state: BodyState,
+    read_timeout: Duration,
+}
+
+impl Body {
+    fn new(
+        pool: Rc<Pool>,
+        conn: Conn,
+        head: &UpstreamHead,
+        buf: Vec<u8>,
+        consumed: usize,
+        read_timeout: Duration,
+    ) -> Body {
+        let state = match head.framing {
+            ResponseFraming::None => BodyState::Done,
+            ResponseFraming::Length(0) => BodyState::Done,
+            ResponseFraming::Length(n) => BodyState::Length(n),
+            ResponseFraming::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
+            ResponseFraming::UntilClose => BodyState::UntilClose,
+        };
+        let mut body = Body {
+            pool,
+            conn: Some(conn),
+            keep_alive: head.keep_alive && !matches!(state, BodyState::UntilClose),
+            pending: buf,
+            pos: consumed,
+            state,
+            read_timeout,
+        };
+        if matches!(body.state, BodyState::Done) {
+            body.finish();
+        }
+        body
+    }
+
+    /// The body length announced by the origin, when it announced one.
+    pub fn content_length(&self) -> Option<u64> {
+        match self.state {
+            BodyState::Length(n) => Some(n),
+            BodyState::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, BodyState::Done)
+    }
+
+    fn finish(&mut self) {
+        self.state = BodyState::Done;
+        if let Some(conn) = self.conn.take() {
+            // Bytes beyond the body would be a protocol error on the origin's side: do not
+            // reuse such a connection.
+            if self.keep_alive && self.pos == self.pending.len() {
+                self.pool.put(conn);
+            }
+        }
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending.len() - self.pos
+    }
+
+    /// Appends the next piece of the body to `out` (at most its spare capacity; `out` must have
+    /// spare capacity). Returns the number of bytes appended, 0 at the end of the body.
+    pub async fn read_into(&mut self, mut out: Vec<u8>) -> (Result<usize, Error>, Vec<u8>) {
+        debug_assert!(out.capacity() > out.len());
+        loop {
+            let spare = out.capacity() - out.len();
+            match &mut self.state {
+                BodyState::Done => return (Ok(0), out),
+                BodyState::Length(remaining) => {
+                    let want = (*remaining).min(spare as u64) as usize;
+                    let got = if self.pending_len() > 0 {
+                        let n = want.min(self.pending_len());
+                        out.extend_from_slice(&self.pending[self.pos..self.pos + n]);
+                        self.pos += n;
+                        n
+                    } else {
+                        let (res, o) = self.read_raw_into(out, want).await;
+                        out = o;
+                        match res {
+                            Ok(0) => {
+                                return (Err(truncated()), out);
+                            }
+                            Ok(n) => n,
+                            Err(e) => return (Err(e), out),
+                        }
+                    };
+                    let BodyState::Length(remaining) = &mut self.state else {
+                        unreachable!("state changed during read")
+                    };
+                    *remaining -= got as u64;
+                    if *remaining == 0 {
+                        self.finish();
+                    }
+                    return (Ok(got), out);
+                }
+                BodyState::UntilClose => {
+                    if self.pending_len() > 0 {
+                        let n = spare.min(self.pending_len());
+                        out.extend_from_slice(&self.pending[self.pos..self.pos + n]);
+                        self.pos += n;
+                        return (Ok(n), out);
+                    }
+                    let (res, o) = self.read_raw_into(out, spare).await;
+                    out = o;
+                    return match res {
+                        Ok(0) => {
+                            self.finish();
+                            (Ok(0), out)
+                        }
+                        other => (other, out),
+                    };
+                }
+                BodyState::Chunked(decoder) => {
+                    if self.pos < self.pending.len() {
+                        let end = self.pending.len().min(self.pos + spare);
+                        let step = match decoder.decode(&self.pending[self.pos..end]) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                self.conn = None;
+                                return (
+                                    Err(Error::upstream(
+                                        Kind::BadGateway,
+                                        format!("bad chunked body from the origin: {}", e.message()),
+                                    )),
+                                    out,
+                                );
+                            }
+                        };
+                        let data = (self.pos + step.data.start)..(self.pos + step.data.end);
+                        out.extend_from_slice(&self.pending[data]);
+                        self.pos += step.consumed;
+                        if step.done {
+                            self.finish();
+                            if step.data.is_empty() {
+                                return (Ok(0), out);
+                            }
+                        }
+                        if !step.data.is_empty() {
+                            return (Ok(step.data.len()), out);
+                        }
+                        if step.consumed > 0 {
+                            continue;
+                        }
+                    }
+                    // Need more raw bytes: refill `pending` from the socket.
+                    let mut pending = std::mem::take(&mut self.pending);
+                    pending.drain(..self.pos);
+                    self.pos = 0;
+                    if pending.capacity() - pending.len() < 4096 {
+                        pending.reserve(64 * 1024);
+                    }
+                    let room = pending.capacity() - pending.len();
+                    let (res, p) = self.read_raw_into(pending, room).await;
+                    self.pending = p;
+                    match res {
+                        Ok(0) => return (Err(truncated()), out),
+                        Ok(_) => continue,
+                        Err(e) => return (Err(e), out),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads at most `max` bytes from the socket, appending to `buf`.
+    async fn read_raw_into(&mut self, buf: Vec<u8>, max: usize) -> (Result<usize, Error>, Vec<u8>) {
+        let Some(conn) = self.conn.as_mut() else {
+            return (Err(truncated()), buf);
+        };
+        let len = buf.len();
+        let fut = conn.read_into(buf.slice_mut(len..len + max));
+        match monoio::time::timeout(self.read_timeout, fut).await {
+            Ok((Ok(n), slice)) => (Ok(n), slice.into_inner()),
+            Ok((Err(e), slice)) => {
+                self.conn = None;
+                (
+                    Err(Error::upstream(
+                        Kind::BadGateway,
+                        format!("reading the body from the origin failed: {e}"),
+                    )),
+                    slice.into_inner(),
+                )
+            }
+            Err(_) => {
+                self.conn = None;
+                (
+                    Err(Error::upstream(
+                        Kind::GatewayTimeout,
+                        "the origin stalled while sending the body",
+                    )),
+                    Vec::with_capacity(len + max),
+                )
+            }
+        }
+    }
+}
+
+fn truncated() -> Error {
+    Error::upstream(
+        Kind::BadGateway,
+        "the origin closed the connection before the end of the body",
+    )
+}
