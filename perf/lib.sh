@@ -1,0 +1,41 @@
+# Helpers shared by the perf scripts (sourced).
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_http URL: polls until the URL answers (any status), at most ~20 s.
+wait_http() {
+  for _ in $(seq 1 200); do
+    if curl -s -o /dev/null "$1"; then return 0; fi
+    sleep 0.1
+  done
+  echo "timed out waiting for $1" >&2
+  return 1
+}
+
+# run_wrk LABEL URL: runs wrk and prints "LABEL req/s p50 p99" (latencies in ms).
+run_wrk() {
+  local label=$1 url=$2 out
+  out=$(wrk -t"${THREADS}" -c"${CONNS}" -d"${DURATION}" --latency "$url")
+  echo "$out" > "$WORK/wrk-$(echo "$label" | tr ' /' '__').txt"
+  local rps p50 p99 errors
+  rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+  printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$rps" "$(to_ms "$p50")" "$(to_ms "$p99")" "$errors"
+}
+
+# to_ms 1.23ms|456.00us|1.2s -> milliseconds
+to_ms() {
+  python3 - "$1" <<'PY'
+import sys, re
+v = sys.argv[1]
+m = re.match(r'([0-9.]+)(us|ms|s)$', v)
+if not m:
+    print(v); sys.exit()
+n, u = float(m.group(1)), m.group(2)
+print(f"{n / 1000 if u == 'us' else n * 1000 if u == 's' else n:.3f}")
+PY
+}
