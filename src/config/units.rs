@@ -227,7 +227,7 @@ mod tests {
             Ok(Duration::from_secs(u64::MAX))
         );
         assert!(parse_duration("18446744073709551616s").unwrap_err().contains("too large"));
-        assert!(parse_duration("213503982334601d").unwrap_err().contains("too large"));
+        assert!(parse_duration("213503982334602d").unwrap_err().contains("too large"));
         assert!(parse_duration(&"9".repeat(50)).unwrap_err().contains("too large"));
         assert_eq!(duration_from_int(5), Ok(Duration::from_secs(5)));
         assert!(duration_from_int(-5).is_err());
