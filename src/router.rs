@@ -1,1 +1,569 @@
-//! (placeholder, being written)
+//! Request path → route: which internal endpoint or which bucket and object key a request is
+//! for. Pure string work, no IO, no allocation beyond the one `String` of the decoded key.
+//!
+//! The router owns the rules that decide what object a URL names, so it is also where paths
+//! that could name something unintended are refused: dot segments (raw or percent-encoded,
+//! since a key `a/%2e%2e/b` could be normalised into a different object by a later hop), NUL,
+//! malformed percent-encoding and keys that are not UTF-8 are all `400 Bad Request`.
+//!
+//! # Rules and decisions
+//!
+//! * Internal routes are matched first and exactly: `/health`, `/ready`, `/metrics`, and
+//!   `/admin` or `/admin/...`. Config guarantees no bucket prefix's first segment is one of
+//!   these, so the order cannot hide a bucket. `Route::Admin::rest` is the **raw** remainder
+//!   (still percent-encoded), because the admin API splits it into segments before decoding.
+//! * Bucket prefixes are compared against the raw path, on whole segments: `/img` matches
+//!   `/img/x` but never `/images/x`; the longest matching prefix wins (`/a/b` over `/a` for
+//!   `/a/b/c`). A path equal to a prefix, or the prefix plus `/`, names no object: `404`.
+//!   Given prefixes `/a` and `/a/b`, `/a/b` is the empty key of `/a/b` (404), not key `b` of `/a`.
+//! * The key is everything after `prefix/`, percent-decoded exactly once. `+` stays `+` (a path
+//!   is not form data). Consecutive slashes are kept (`a//b` is a legal S3 key), as is a leading
+//!   slash (`/assets//x` is key `/x`).
+//! * A request-target with a `#` fragment is refused, as are control characters and spaces
+//!   (they cannot appear in a well-formed request line). Absolute-form targets
+//!   (`http://host/p`) are accepted with any host: which host a request was addressed to is not
+//!   the router's business. An empty query (`/p?`) is `Some("")`.
+//! * Query parameters forwarded upstream: `versionId` and the six S3 `response-*` overrides;
+//!   everything else is dropped. Names and values are percent-decoded and `+` is a literal `+`
+//!   (not a space), matching how S3 and SigV4 canonicalisation read a query, so a signed
+//!   upstream request carries exactly what the client meant. Malformed percent-encoding anywhere
+//!   in the query is `400`, even in a parameter that would be dropped (a malformed request is
+//!   malformed). A forwarded value that is not UTF-8 or contains a control character is `400`,
+//!   since `response-*` values become response headers (no header injection). A forwarded
+//!   parameter given twice is `400` (ambiguous). The result is sorted by name, the order both
+//!   SigV4 canonical queries and cache keys want.
+
+use std::collections::HashMap;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+
+use crate::error::{Error, Kind};
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Ready,
+    Metrics,
+    /// `/admin` (rest `""`) or `/admin/...`; `rest` is the raw path after `/admin`, e.g.
+    /// `/cache/purge/b/k`.
+    Admin {
+        rest: String,
+    },
+    /// An object: bucket index (as in the config's `buckets`) and the decoded key.
+    Object {
+        bucket: usize,
+        key: String,
+    },
+}
+
+/// Maps request paths to routes; built once from the bucket prefixes.
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// Prefix → bucket index.
+    by_prefix: HashMap<Box<str>, usize>,
+    /// `has_len[n]`: some prefix is `n` bytes long. Lets `route` skip hashing candidate
+    /// prefixes of lengths no bucket has, which is most of them.
+    has_len: Vec<bool>,
+}
+
+/// The set `encode_key` escapes: everything but RFC 3986 unreserved characters and `/`.
+pub const KEY_ENCODE_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// Query parameters forwarded upstream, sorted.
+const FORWARDED_PARAMS: [&str; 7] = [
+    "response-cache-control",
+    "response-content-disposition",
+    "response-content-encoding",
+    "response-content-language",
+    "response-content-type",
+    "response-expires",
+    "versionId",
+];
+
+fn bad_request(message: &'static str) -> Error {
+    Error::client(Kind::BadRequest, message)
+}
+
+fn not_found() -> Error {
+    Error::client(Kind::NotFound, "no such route")
+}
+
+impl Router {
+    /// `prefixes[i]` is bucket i's prefix (validated by config: starts with `/`, no trailing
+    /// `/`, unique). Should a prefix repeat anyway, the first bucket with it wins.
+    pub fn new(prefixes: &[&str]) -> Router {
+        let max_len = prefixes.iter().map(|p| p.len()).max().unwrap_or(0);
+        let mut has_len = vec![false; max_len + 1];
+        let mut by_prefix = HashMap::with_capacity(prefixes.len());
+        for (i, p) in prefixes.iter().enumerate() {
+            has_len[p.len()] = true;
+            by_prefix.entry(Box::from(*p)).or_insert(i);
+        }
+        Router { by_prefix, has_len }
+    }
+
+    /// Routes the raw path of a request-target (no query); see the module docs for the rules.
+    pub fn route(&self, path: &str) -> Result<Route, Error> {
+        match path {
+            "/health" => return Ok(Route::Health),
+            "/ready" => return Ok(Route::Ready),
+            "/metrics" => return Ok(Route::Metrics),
+            _ => {}
+        }
+        if let Some(rest) = path.strip_prefix("/admin") {
+            if rest.is_empty() || rest.starts_with('/') {
+                return Ok(Route::Admin {
+                    rest: rest.to_owned(),
+                });
+            }
+        }
+        if !path.starts_with('/') {
+            return Err(bad_request("path must start with '/'"));
+        }
+        let (bucket, end) = self.longest_prefix(path).ok_or_else(not_found)?;
+        // `end` is the prefix length: the path ends there or continues with '/'.
+        let raw_key = path.get(end + 1..).unwrap_or("");
+        if raw_key.is_empty() {
+            return Err(Error::client(Kind::NotFound, "no object key in path"));
+        }
+        let key = decode_key(raw_key)?;
+        Ok(Route::Object { bucket, key })
+    }
+
+    /// The bucket whose prefix is the longest whole-segment prefix of `path`, and its length.
+    fn longest_prefix(&self, path: &str) -> Option<(usize, usize)> {
+        let bytes = path.as_bytes();
+        let max_len = self.has_len.len() - 1;
+        let lookup = |n: usize| -> Option<(usize, usize)> {
+            if self.has_len[n] {
+                self.by_prefix.get(&path[..n]).map(|&b| (b, n))
+            } else {
+                None
+            }
+        };
+        if bytes.len() <= max_len {
+            if let Some(hit) = lookup(bytes.len()) {
+                return Some(hit);
+            }
+        }
+        // Candidate ends: each '/' (after the leading one) within reach of the longest prefix,
+        // longest first.
+        let window = &bytes[..bytes.len().min(max_len + 1)];
+        memchr::memrchr_iter(b'/', window)
+            .take_while(|&i| i > 0)
+            .find_map(lookup)
+    }
+
+    /// Number of buckets the router was built with.
+    pub fn len(&self) -> usize {
+        self.by_prefix.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_prefix.is_empty()
+    }
+}
+
+/// Splits a request-target into (path, query). Accepts origin-form (`/p?q`) and absolute-form
+/// (`http://host/p?q`; no path gives `/`). Anything else, a `#` fragment, or control characters
+/// or spaces → 400.
+pub fn split_target(target: &str) -> Result<(&str, Option<&str>), Error> {
+    if target.bytes().any(|b| b == b'#') {
+        return Err(bad_request("request-target must not contain a fragment"));
+    }
+    if target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(bad_request(
+            "request-target contains a control character or space",
+        ));
+    }
+    let rest = if target.starts_with('/') {
+        target
+    } else if let Some(after) = strip_scheme(target) {
+        let end = after.find(['/', '?']).unwrap_or(after.len());
+        if end == 0 {
+            return Err(bad_request("absolute-form request-target has no host"));
+        }
+        match &after[end..] {
+            "" => return Ok(("/", None)),
+            r if r.starts_with('?') => return Ok(("/", Some(&r[1..]))),
+            r => r,
+        }
+    } else {
+        return Err(bad_request(
+            "request-target must be origin-form (/path) or absolute-form (http://host/path)",
+        ));
+    };
+    Ok(match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    })
+}
+
+fn strip_scheme(target: &str) -> Option<&str> {
+    for scheme in ["http://", "https://"] {
+        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            return Some(&target[scheme.len()..]);
+        }
+    }
+    None
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Strict percent-decoding into `out`: every `%` must start a `%XX` escape.
+fn percent_decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+    let mut rest = raw;
+    while let Some(i) = memchr::memchr(b'%', rest) {
+        out.extend_from_slice(&rest[..i]);
+        let byte = match rest.get(i + 1..i + 3) {
+            Some(&[h, l]) => hex_val(h).zip(hex_val(l)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        out.push(byte.ok_or_else(|| bad_request("malformed percent-encoding"))?);
+        rest = &rest[i + 3..];
+    }
+    out.extend_from_slice(rest);
+    Ok(())
+}
+
+/// Checks percent-encoding syntax without decoding.
+fn check_percent(raw: &[u8]) -> Result<(), Error> {
+    let mut rest = raw;
+    while let Some(i) = memchr::memchr(b'%', rest) {
+        match rest.get(i + 1..i + 3) {
+            Some(&[h, l]) if hex_val(h).is_some() && hex_val(l).is_some() => rest = &rest[i + 3..],
+            _ => return Err(bad_request("malformed percent-encoding")),
+        }
+    }
+    Ok(())
+}
+
+/// Percent-decodes an object key once and checks it: valid escapes, UTF-8, no NUL, no `.` or
+/// `..` segment. The router's decoder, public for fuzzing and tests.
+pub fn decode_key(raw: &str) -> Result<String, Error> {
+    let mut out = Vec::with_capacity(raw.len());
+    percent_decode_into(raw.as_bytes(), &mut out)?;
+    if memchr::memchr(0, &out).is_some() {
+        return Err(bad_request("object key must not contain NUL"));
+    }
+    let key =
+        String::from_utf8(out).map_err(|_| bad_request("object key is not valid UTF-8"))?;
+    if key.split('/').any(|s| s == "." || s == "..") {
+        return Err(bad_request(
+            "object key must not contain \".\" or \"..\" segments",
+        ));
+    }
+    Ok(key)
+}
+
+/// Percent-encodes a key for a URL path: everything but unreserved characters and `/`
+/// ([`KEY_ENCODE_SET`]). `decode_key(&encode_key(k)) == k` for every valid key.
+pub fn encode_key(key: &str) -> String {
+    percent_encoding::utf8_percent_encode(key, KEY_ENCODE_SET).to_string()
+}
+
+/// From the raw query string, the decoded parameters forwarded upstream (`versionId`, the S3
+/// `response-*` overrides), sorted by name; see the module docs for the decoding rules.
+pub fn forwarded_query(query: Option<&str>) -> Result<Vec<(String, String)>, Error> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let Some(query) = query else {
+        return Ok(out);
+    };
+    let mut buf = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        buf.clear();
+        percent_decode_into(raw_name.as_bytes(), &mut buf)?;
+        let Some(&name) = std::str::from_utf8(&buf)
+            .ok()
+            .and_then(|n| FORWARDED_PARAMS.iter().find(|p| **p == n))
+        else {
+            // Dropped, but still held to well-formed escapes.
+            check_percent(raw_value.as_bytes())?;
+            continue;
+        };
+        let mut value = Vec::with_capacity(raw_value.len());
+        percent_decode_into(raw_value.as_bytes(), &mut value)?;
+        let value = String::from_utf8(value)
+            .map_err(|_| bad_request("query parameter value is not valid UTF-8"))?;
+        if value.chars().any(char::is_control) {
+            return Err(bad_request(
+                "query parameter value contains a control character",
+            ));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(bad_request("query parameter given more than once"));
+        }
+        out.push((name.to_owned(), value));
+    }
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn router() -> Router {
+        Router::new(&["/assets", "/img", "/a", "/a/b", "/v1/media/photos"])
+    }
+
+    fn obj(bucket: usize, key: &str) -> Route {
+        Route::Object {
+            bucket,
+            key: key.to_owned(),
+        }
+    }
+
+    fn kind(r: Result<Route, Error>) -> Kind {
+        r.expect_err("expected an error").kind()
+    }
+
+    #[test]
+    fn internal_routes() {
+        let r = router();
+        assert_eq!(r.route("/health").unwrap(), Route::Health);
+        assert_eq!(r.route("/ready").unwrap(), Route::Ready);
+        assert_eq!(r.route("/metrics").unwrap(), Route::Metrics);
+        assert_eq!(
+            r.route("/admin").unwrap(),
+            Route::Admin { rest: "".into() }
+        );
+        assert_eq!(
+            r.route("/admin/").unwrap(),
+            Route::Admin { rest: "/".into() }
+        );
+        assert_eq!(
+            r.route("/admin/cache/purge/b/k%20x").unwrap(),
+            Route::Admin {
+                rest: "/cache/purge/b/k%20x".into()
+            }
+        );
+        // Exact matches only.
+        for p in ["/health/", "/healthz", "/metrics/x", "/administrator", "/Health"] {
+            assert_eq!(kind(r.route(p)), Kind::NotFound, "{p}");
+        }
+    }
+
+    #[test]
+    fn longest_whole_segment_prefix() {
+        let r = router();
+        assert_eq!(r.route("/assets/logo.png").unwrap(), obj(0, "logo.png"));
+        assert_eq!(r.route("/img/x").unwrap(), obj(1, "x"));
+        assert_eq!(kind(r.route("/images/x")), Kind::NotFound);
+        assert_eq!(kind(r.route("/imgx")), Kind::NotFound);
+        assert_eq!(r.route("/a/x").unwrap(), obj(2, "x"));
+        assert_eq!(r.route("/a/b/c").unwrap(), obj(3, "c"));
+        assert_eq!(r.route("/a/bc").unwrap(), obj(2, "bc"));
+        assert_eq!(r.route("/a/b/c/d/e").unwrap(), obj(3, "c/d/e"));
+        assert_eq!(r.route("/v1/media/photos/2024/cat.jpg").unwrap(), obj(4, "2024/cat.jpg"));
+        assert_eq!(kind(r.route("/v1/media/x")), Kind::NotFound);
+        assert_eq!(kind(r.route("/")), Kind::NotFound);
+        assert_eq!(kind(r.route("/nope/x")), Kind::NotFound);
+    }
+
+    #[test]
+    fn empty_key_is_not_found() {
+        let r = router();
+        for p in ["/assets", "/assets/", "/a/b", "/a/b/", "/a/"] {
+            assert_eq!(kind(r.route(p)), Kind::NotFound, "{p}");
+        }
+    }
+
+    #[test]
+    fn key_decoding() {
+        let r = router();
+        assert_eq!(r.route("/assets/a%20b").unwrap(), obj(0, "a b"));
+        assert_eq!(r.route("/assets/a+b").unwrap(), obj(0, "a+b"));
+        assert_eq!(r.route("/assets/a%2Bb").unwrap(), obj(0, "a+b"));
+        assert_eq!(r.route("/assets/caf%C3%A9/%E2%9C%93").unwrap(), obj(0, "café/✓"));
+        assert_eq!(r.route("/assets/a%2Fb").unwrap(), obj(0, "a/b"));
+        // Decoded once only.
+        assert_eq!(r.route("/assets/a%2520b").unwrap(), obj(0, "a%20b"));
+        assert_eq!(r.route("/assets/!*'()[]$&,;=@:").unwrap(), obj(0, "!*'()[]$&,;=@:"));
+        assert_eq!(r.route("/assets/a//b").unwrap(), obj(0, "a//b"));
+        assert_eq!(r.route("/assets//x").unwrap(), obj(0, "/x"));
+        assert_eq!(r.route("/assets/dir/").unwrap(), obj(0, "dir/"));
+        assert_eq!(r.route("/assets/.hidden/..x/x..").unwrap(), obj(0, ".hidden/..x/x.."));
+        let long = "k".repeat(1024);
+        assert_eq!(r.route(&format!("/assets/{long}")).unwrap(), obj(0, &long));
+        let enc = "%C3%A9".repeat(150);
+        assert_eq!(r.route(&format!("/assets/{enc}")).unwrap(), obj(0, &"é".repeat(150)));
+    }
+
+    #[test]
+    fn bad_keys() {
+        let r = router();
+        for p in [
+            "/assets/%",
+            "/assets/%2",
+            "/assets/%zz",
+            "/assets/a%g0",
+            "/assets/%FF",
+            "/assets/%C3",
+            "/assets/a%00b",
+            "/assets/a\0b",
+            "/assets/.",
+            "/assets/..",
+            "/assets/a/../b",
+            "/assets/a/./b",
+            "/assets/a/..",
+            "/assets/%2e",
+            "/assets/%2e%2E",
+            "/assets/a/%2E%2e/b",
+            "/assets/a%2F..%2Fb",
+            "/assets/.%2e/x",
+        ] {
+            assert_eq!(kind(r.route(p)), Kind::BadRequest, "{p:?}");
+        }
+        assert_eq!(kind(r.route("assets/x")), Kind::BadRequest);
+        assert_eq!(kind(r.route("")), Kind::BadRequest);
+    }
+
+    #[test]
+    fn no_prefixes() {
+        let r = Router::new(&[]);
+        assert!(r.is_empty());
+        assert_eq!(r.route("/health").unwrap(), Route::Health);
+        assert_eq!(kind(r.route("/x/y")), Kind::NotFound);
+    }
+
+    #[test]
+    fn duplicate_prefix_first_wins() {
+        let r = Router::new(&["/x", "/x"]);
+        assert_eq!(r.route("/x/k").unwrap(), obj(0, "k"));
+    }
+
+    #[test]
+    fn split_targets() {
+        assert_eq!(split_target("/p").unwrap(), ("/p", None));
+        assert_eq!(split_target("/p?q=1&r").unwrap(), ("/p", Some("q=1&r")));
+        assert_eq!(split_target("/p?").unwrap(), ("/p", Some("")));
+        assert_eq!(split_target("/p?a?b").unwrap(), ("/p", Some("a?b")));
+        assert_eq!(split_target("http://h/p?q").unwrap(), ("/p", Some("q")));
+        assert_eq!(split_target("HTTPS://h:8443/a/b").unwrap(), ("/a/b", None));
+        assert_eq!(split_target("http://h").unwrap(), ("/", None));
+        assert_eq!(split_target("http://h?x=1").unwrap(), ("/", Some("x=1")));
+        assert_eq!(split_target("http://[::1]:80/k").unwrap(), ("/k", None));
+        for bad in [
+            "*", "p", "", "?q", "http://", "http:///p", "ftp://h/p", "/p#f", "/p?q#f",
+            "http://h/p#", "/a b", "/a\tb", "/a\x7f", "h/p",
+        ] {
+            assert_eq!(
+                split_target(bad).unwrap_err().kind(),
+                Kind::BadRequest,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn decode_key_direct() {
+        assert_eq!(decode_key("a%41").unwrap(), "aA");
+        assert_eq!(decode_key("").unwrap(), "");
+        assert_eq!(decode_key("%").unwrap_err().kind(), Kind::BadRequest);
+    }
+
+    #[test]
+    fn forwarded_params() {
+        assert!(forwarded_query(None).unwrap().is_empty());
+        assert!(forwarded_query(Some("")).unwrap().is_empty());
+        let q = forwarded_query(Some(
+            "versionId=v%2B1&x-id=GetObject&response-content-type=text%2Fplain%3B%20charset%3Dutf-8\
+             &response-content-disposition=attachment%3B%20filename%3D%22a+b.txt%22&&foo",
+        ))
+        .unwrap();
+        assert_eq!(
+            q,
+            vec![
+                (
+                    "response-content-disposition".into(),
+                    "attachment; filename=\"a+b.txt\"".into()
+                ),
+                (
+                    "response-content-type".into(),
+                    "text/plain; charset=utf-8".into()
+                ),
+                ("versionId".into(), "v+1".into()),
+            ]
+        );
+        let all = forwarded_query(Some(
+            "response-expires=0&response-cache-control=no-cache&response-content-language=en\
+             &response-content-encoding=gzip&versionId",
+        ))
+        .unwrap();
+        assert_eq!(all.len(), 5);
+        assert_eq!(all[4], ("versionId".into(), "".into()));
+        // Encoded names are decoded before matching; names are case-sensitive.
+        assert_eq!(
+            forwarded_query(Some("version%49d=x&VERSIONID=y")).unwrap(),
+            vec![("versionId".into(), "x".into())]
+        );
+    }
+
+    #[test]
+    fn forwarded_param_errors() {
+        for bad in [
+            "versionId=%",
+            "versionId=%zz",
+            "other=%4",
+            "%=x",
+            "versionId=%FF",
+            "response-content-type=a%0D%0AX-Evil:%201",
+            "response-content-type=a%00",
+            "versionId=1&versionId=2",
+        ] {
+            assert_eq!(
+                forwarded_query(Some(bad)).unwrap_err().kind(),
+                Kind::BadRequest,
+                "{bad:?}"
+            );
+        }
+        // Non-UTF-8 in a dropped parameter is fine as long as it is well-formed.
+        assert!(forwarded_query(Some("x=%FF")).unwrap().is_empty());
+    }
+
+    /// Keys without NUL and without "." / ".." segments.
+    fn valid_key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-zA-Z0-9/ +!*'()\\[\\]$&,;=@:%.~_-]{1,64}",
+            proptest::collection::vec("[a-z.]{0,3}|\u{e9}|\u{1F600}|%|\\+", 1..20)
+                .prop_map(|parts| parts.join("/")),
+        ]
+        .prop_filter("valid key", |k| {
+            !k.is_empty() && !k.contains('\0') && !k.split('/').any(|s| s == "." || s == "..")
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn encoded_key_routes_to_itself(key in valid_key()) {
+            let r = Router::new(&["/b", "/other"]);
+            let path = format!("/b/{}", encode_key(&key));
+            prop_assert_eq!(r.route(&path).unwrap(), obj(0, &key));
+            prop_assert_eq!(decode_key(&encode_key(&key)).unwrap(), key);
+        }
+
+        #[test]
+        fn decode_never_panics(s in "[%0-9a-fA-F/.a-z\\x00]{0,32}") {
+            let _ = decode_key(&s);
+            let _ = forwarded_query(Some(&s));
+            let _ = split_target(&s);
+        }
+    }
+}

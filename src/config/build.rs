@@ -1,0 +1,857 @@
+//! From a parsed TOML table to the public config types: one function per section, each taking
+//! every key it knows (so leftovers are reported as unknown) and checking each value, then the
+//! cross-section rules. Every check records its problem and carries on, so one run reports all.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use super::walk::{Ctx, Section};
+use super::*;
+
+/// Internal routes a bucket prefix must not shadow (first path segment).
+const RESERVED_SEGMENTS: [&str; 4] = ["health", "ready", "metrics", "admin"];
+const MAX_WORKERS: usize = 1024;
+const MAX_HEADERS_CAP: usize = 256;
+const MAX_HEAD_LIMIT: u64 = 1 << 20;
+
+fn check<T>(cx: &mut Ctx, key: &str, r: Result<T, String>) -> Option<T> {
+    r.map_err(|e| cx.problem(key, e)).ok()
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    cx: &mut Ctx,
+    key: &str,
+    v: T,
+    min: T,
+    max: T,
+) -> Option<T> {
+    if v < min || v > max {
+        cx.problem(key, format!("must be between {min} and {max} (got {v})"));
+        return None;
+    }
+    Some(v)
+}
+
+fn positive_size(cx: &mut Ctx, key: &str, v: Value) -> Option<u64> {
+    let n = cx.size(key, v)?;
+    if n == 0 {
+        cx.problem(key, "must be greater than 0");
+        return None;
+    }
+    Some(n)
+}
+
+/// A head-size limit as usize, 1 B ..= 1 MiB: these size per-connection buffers.
+fn head_limit(cx: &mut Ctx, key: &str, v: Value) -> Option<usize> {
+    let n = cx.size(key, v)?;
+    if n == 0 || n > MAX_HEAD_LIMIT {
+        cx.problem(
+            key,
+            format!(
+                "must be between 1B and 1MiB (got {})",
+                units::format_size(n)
+            ),
+        );
+        return None;
+    }
+    usize::try_from(n).ok()
+}
+
+fn section_with<'a, T>(
+    build: impl FnOnce(&mut Ctx<'a>, Section) -> Option<T>,
+) -> impl FnOnce(&mut Ctx<'a>, &str, Value) -> Option<T> {
+    move |cx, key, v| {
+        let s = cx.section(key, v)?;
+        build(cx, s)
+    }
+}
+
+pub fn config(cx: &mut Ctx, table: Table) -> Option<Config> {
+    let mut root = Section::new(String::new(), table);
+    let jwt_present = root.has("jwt");
+    let server = root.req(cx, "server", section_with(server));
+    let buckets = root.req(cx, "buckets", |cx, k, v| buckets(cx, k, v, jwt_present));
+    let jwt = root.opt(cx, "jwt", section_with(jwt));
+    let admin_present = root.has("admin");
+    let admin = root.opt(cx, "admin", section_with(admin));
+    let cache_present = root.has("cache");
+    let cache_config = root.opt(cx, "cache", section_with(cache));
+    let cache_config = if cache_present {
+        cache_config
+    } else {
+        cache(cx, Section::new("cache".into(), Table::new()))
+    };
+    root.finish(cx);
+
+    if admin_present && !jwt_present {
+        cx.problem(
+            "admin",
+            "[admin] requires a [jwt] section: admin requests are authorised by a JWT claim",
+        );
+    }
+    if let (Some(server), Some(admin)) = (&server, &admin) {
+        if admin.listen == Some(server.listen) {
+            cx.problem(
+                "admin.listen",
+                "must differ from server.listen (omit it to serve the admin API there)",
+            );
+        }
+    }
+    Some(Config {
+        server: server?,
+        buckets: buckets?,
+        jwt,
+        admin,
+        cache: cache_config?,
+    })
+}
+
+fn server(cx: &mut Ctx, mut s: Section) -> Option<ServerConfig> {
+    let listen = s.req(cx, "listen", Ctx::socket_addr);
+    let workers = s.or(cx, "workers", 0, |cx, k, v| {
+        let n = cx.count(k, v)?;
+        in_range(cx, k, n, 0, MAX_WORKERS)
+    });
+    let tls = s.opt(cx, "tls", section_with(tls));
+    let tls_ok = tls.is_some() || !s.has("tls");
+    let header_timeout = s.or(cx, "header_timeout", secs(10), Ctx::timeout);
+    let idle_timeout = s.or(cx, "idle_timeout", secs(60), Ctx::timeout);
+    let max_header_bytes = s.or(cx, "max_header_bytes", 16 << 10, head_limit);
+    let max_headers = s.or(cx, "max_headers", 100, |cx, k, v| {
+        let n = cx.count(k, v)?;
+        in_range(cx, k, n, 1, MAX_HEADERS_CAP)
+    });
+    let max_request_line = s.or(cx, "max_request_line", 8 << 10, head_limit);
+    let send_timeout = s.or(cx, "send_timeout", secs(60), Ctx::timeout);
+    let shutdown_grace = s.or(cx, "shutdown_grace", secs(30), Ctx::duration);
+    let max_connections = s.or(cx, "max_connections", 10_000, |cx, k, v| {
+        let n = cx.count(k, v)?;
+        in_range(cx, k, n, 1, usize::MAX)
+    });
+    s.finish(cx);
+    if !tls_ok {
+        return None;
+    }
+    Some(ServerConfig {
+        listen: listen?,
+        workers: workers?,
+        tls,
+        header_timeout: header_timeout?,
+        idle_timeout: idle_timeout?,
+        max_header_bytes: max_header_bytes?,
+        max_headers: max_headers?,
+        max_request_line: max_request_line?,
+        send_timeout: send_timeout?,
+        shutdown_grace: shutdown_grace?,
+        max_connections: max_connections?,
+    })
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn tls(cx: &mut Ctx, mut s: Section) -> Option<TlsConfig> {
+    let cert = s.req(cx, "cert", Ctx::existing_file);
+    let key = s.req(cx, "key", Ctx::existing_file);
+    s.finish(cx);
+    Some(TlsConfig {
+        cert: cert?,
+        key: key?,
+    })
+}
+
+fn buckets(cx: &mut Ctx, key: &str, v: Value, jwt_present: bool) -> Option<Vec<BucketConfig>> {
+    let list = cx.array(key, v, |cx, k, v| {
+        let s = cx.section(k, v)?;
+        bucket(cx, s, jwt_present)
+    });
+    let list = list?;
+    if list.is_empty() {
+        cx.problem(key, "at least one bucket is required");
+        return None;
+    }
+    let mut ok = true;
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut prefixes: HashMap<&str, usize> = HashMap::new();
+    for (i, b) in list.iter().enumerate() {
+        if let Some(first) = names.insert(&b.name, i) {
+            names.insert(&b.name, first);
+            cx.problem(
+                &format!("{key}[{i}].name"),
+                format!("duplicate name `{}` (also buckets[{first}])", b.name),
+            );
+            ok = false;
+        }
+        if let Some(first) = prefixes.insert(&b.prefix, i) {
+            prefixes.insert(&b.prefix, first);
+            cx.problem(
+                &format!("{key}[{i}].prefix"),
+                format!("duplicate prefix `{}` (also buckets[{first}])", b.prefix),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(list)
+}
+
+fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfig> {
+    let name = s.req(cx, "name", |cx, k, v| {
+        let n = cx.nonempty(k, v)?;
+        check(cx, k, validate_name(&n).map(|()| n))
+    });
+    let prefix = s.req(cx, "prefix", |cx, k, v| {
+        let p = cx.string(k, v)?;
+        check(cx, k, validate_prefix(&p).map(|()| p))
+    });
+    let endpoint = s.req(cx, "endpoint", |cx, k, v| {
+        let e = cx.nonempty(k, v)?;
+        check(cx, k, parse_endpoint(&e))
+    });
+    let region = s.req(cx, "region", |cx, k, v| {
+        let r = cx.nonempty(k, v)?;
+        check(cx, k, validate_region(&r).map(|()| r))
+    });
+    let addressing = s.or(cx, "addressing", Addressing::Path, |cx, k, v| {
+        match cx.string(k, v)?.as_str() {
+            "path" => Some(Addressing::Path),
+            "virtual" => Some(Addressing::Virtual),
+            other => {
+                cx.problem(
+                    k,
+                    format!("`{other}` is not an addressing style (expected \"path\" or \"virtual\")"),
+                );
+                None
+            }
+        }
+    });
+    let bucket_key = s.key("bucket");
+    let bucket = s.req(cx, "bucket", |cx, k, v| {
+        let b = cx.nonempty(k, v)?;
+        check(cx, k, validate_bucket_name(&b, Addressing::Path).map(|()| b))
+    });
+    if let (Some(b), Some(Addressing::Virtual)) = (&bucket, addressing) {
+        if let Err(e) = validate_bucket_name(b, Addressing::Virtual) {
+            cx.problem(&bucket_key, e);
+        }
+    }
+    let access_key = s.req(cx, "access_key", credential);
+    let secret_key = s.req(cx, "secret_key", credential);
+    let token_present = s.has("session_token");
+    let session_token = s.opt(cx, "session_token", credential);
+    let ca_key = s.key("ca_file");
+    let ca_present = s.has("ca_file");
+    let ca_file = s.opt(cx, "ca_file", Ctx::existing_file);
+    if let (Some(_), Some(e)) = (&ca_file, &endpoint) {
+        if e.scheme == Scheme::Http {
+            cx.problem(&ca_key, "only meaningful for an https:// endpoint");
+        }
+    }
+    let auth_key = s.key("auth");
+    let auth = s.or(cx, "auth", false, Ctx::boolean);
+    if auth == Some(true) && !jwt_present {
+        cx.problem(&auth_key, "auth = true requires a [jwt] section");
+    }
+    let ttl_present = s.has("ttl");
+    let ttl = s.opt(cx, "ttl", Ctx::timeout);
+    let cors_present = s.has("cors");
+    let cors = s.opt(cx, "cors", section_with(cors));
+    let connect_timeout = s.or(cx, "connect_timeout", secs(5), Ctx::timeout);
+    let first_byte_timeout = s.or(cx, "first_byte_timeout", secs(30), Ctx::timeout);
+    let read_timeout = s.or(cx, "read_timeout", secs(30), Ctx::timeout);
+    let max_idle_connections = s.or(cx, "max_idle_connections", 64, Ctx::count);
+    s.finish(cx);
+
+    // An optional key that was present but invalid has already been reported; fail the bucket.
+    if (token_present && session_token.is_none())
+        || (ca_present && ca_file.is_none())
+        || (ttl_present && ttl.is_none())
+        || (cors_present && cors.is_none())
+    {
+        return None;
+    }
+    Some(BucketConfig {
+        name: name?,
+        prefix: prefix?,
+        endpoint: endpoint?,
+        region: region?,
+        bucket: bucket?,
+        access_key: access_key?,
+        secret_key: secret_key?,
+        session_token,
+        addressing: addressing?,
+        ca_file,
+        auth: auth?,
+        ttl,
+        cors,
+        connect_timeout: connect_timeout?,
+        first_byte_timeout: first_byte_timeout?,
+        read_timeout: read_timeout?,
+        max_idle_connections: max_idle_connections?,
+    })
+}
+
+/// Credentials and tokens: non-empty, and no whitespace or control characters — most often a
+/// trailing newline that came in through `${ENV}` from a file, which would break signing.
+fn credential(cx: &mut Ctx, key: &str, v: Value) -> Option<String> {
+    let c = cx.nonempty(key, v)?;
+    if c.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        cx.problem(
+            key,
+            "contains whitespace or control characters (a trailing newline from the environment?)",
+        );
+        return None;
+    }
+    Some(c)
+}
+
+fn cors(cx: &mut Ctx, mut s: Section) -> Option<CorsConfig> {
+    let allow_origins = s.req(cx, "allow_origins", |cx, k, v| {
+        let list = cx.array(k, v, |cx, k, v| {
+            let o = cx.nonempty(k, v)?;
+            check(cx, k, validate_origin(&o).map(|()| o))
+        })?;
+        if list.is_empty() {
+            cx.problem(k, "must list at least one origin (or \"*\")");
+            return None;
+        }
+        Some(list)
+    });
+    let max_age_present = s.has("max_age");
+    let max_age = s.opt(cx, "max_age", Ctx::duration);
+    s.finish(cx);
+    if max_age_present && max_age.is_none() {
+        return None;
+    }
+    Some(CorsConfig {
+        allow_origins: allow_origins?,
+        max_age,
+    })
+}
+
+fn jwt(cx: &mut Ctx, mut s: Section) -> Option<JwtConfig> {
+    let algorithm = s.req(cx, "algorithm", |cx, k, v| {
+        let a = cx.string(k, v)?;
+        let found = JwtAlgorithm::ALL.into_iter().find(|x| x.as_str() == a);
+        if found.is_none() {
+            let names: Vec<&str> = JwtAlgorithm::ALL.iter().map(|x| x.as_str()).collect();
+            cx.problem(
+                k,
+                format!(
+                    "`{a}` is not a supported algorithm (expected one of {})",
+                    names.join(", ")
+                ),
+            );
+        }
+        found
+    });
+    let (secret_key, pk_key, jwks_key) = (s.key("secret"), s.key("public_key"), s.key("jwks_file"));
+    let (has_secret, has_pk, has_jwks) = (s.has("secret"), s.has("public_key"), s.has("jwks_file"));
+    let secret = s.opt(cx, "secret", Ctx::nonempty);
+    let public_key = s.opt(cx, "public_key", Ctx::existing_file);
+    let jwks_file = s.opt(cx, "jwks_file", Ctx::existing_file);
+    let token_sources = s.or(cx, "token_sources", vec![TokenSource::Bearer], |cx, k, v| {
+        let list = cx.array(k, v, |cx, k, v| {
+            let t = cx.string(k, v)?;
+            check(cx, k, parse_token_source(&t))
+        })?;
+        if list.is_empty() {
+            cx.problem(k, "must name at least one source (default [\"bearer\"])");
+            return None;
+        }
+        Some(list)
+    });
+    let issuer_present = s.has("issuer");
+    let issuer = s.opt(cx, "issuer", Ctx::nonempty);
+    let audience = s.or(cx, "audience", Vec::new(), |cx, k, v| match v {
+        Value::Array(_) => cx.array(k, v, Ctx::nonempty),
+        v => cx.nonempty(k, v).map(|a| vec![a]),
+    });
+    let leeway = s.or(cx, "leeway", secs(30), Ctx::duration);
+    let path = s.path().to_owned();
+    s.finish(cx);
+
+    let algorithm = algorithm?;
+    let key = if algorithm.is_hmac() {
+        for (present, k) in [(has_pk, &pk_key), (has_jwks, &jwks_key)] {
+            if present {
+                cx.problem(
+                    k,
+                    format!("not used by {}; HMAC algorithms use `secret`", algorithm.as_str()),
+                );
+            }
+        }
+        if !has_secret {
+            cx.problem(&secret_key, format!("required for {}", algorithm.as_str()));
+        }
+        let secret = secret?;
+        let min = algorithm.min_secret_len();
+        if secret.len() < min {
+            cx.problem(
+                &secret_key,
+                format!(
+                    "too short for {}: {} bytes, at least {min} required (RFC 7518 §3.2)",
+                    algorithm.as_str(),
+                    secret.len()
+                ),
+            );
+            return None;
+        }
+        if has_pk || has_jwks {
+            return None;
+        }
+        JwtKey::Secret(secret)
+    } else {
+        if has_secret {
+            cx.problem(
+                &secret_key,
+                format!(
+                    "not used by {}; use `public_key` or `jwks_file`",
+                    algorithm.as_str()
+                ),
+            );
+        }
+        match (has_pk, has_jwks) {
+            (false, false) => {
+                cx.problem(
+                    &path,
+                    format!(
+                        "{} needs one of `public_key` or `jwks_file`",
+                        algorithm.as_str()
+                    ),
+                );
+                return None;
+            }
+            (true, true) => {
+                cx.problem(&jwks_key, "set only one of `public_key` or `jwks_file`");
+                return None;
+            }
+            (true, false) => JwtKey::PublicKey(public_key?),
+            (false, true) => JwtKey::JwksFile(jwks_file?),
+        }
+    };
+    if issuer_present && issuer.is_none() {
+        return None;
+    }
+    Some(JwtConfig {
+        algorithm,
+        key,
+        token_sources: token_sources?,
+        issuer,
+        audience: audience?,
+        leeway: leeway?,
+    })
+}
+
+fn admin(cx: &mut Ctx, mut s: Section) -> Option<AdminConfig> {
+    let claim = s.req(
+        cx,
+        "claim",
+        section_with(|cx, mut c: Section| {
+            let name = c.req(cx, "name", Ctx::nonempty);
+            let value = c.req(cx, "value", Ctx::nonempty);
+            c.finish(cx);
+            Some(ClaimMatch {
+                name: name?,
+                value: value?,
+            })
+        }),
+    );
+    let allow_networks = s.or(cx, "allow_networks", Vec::new(), |cx, k, v| {
+        let list = cx.array(k, v, |cx, k, v| {
+            let c = cx.string(k, v)?;
+            check(cx, k, Cidr::parse(c.trim()))
+        })?;
+        if list.is_empty() {
+            cx.problem(
+                k,
+                "must not be empty (omit the key to allow any network)",
+            );
+            return None;
+        }
+        Some(list)
+    });
+    let listen_present = s.has("listen");
+    let listen = s.opt(cx, "listen", Ctx::socket_addr);
+    s.finish(cx);
+    if listen_present && listen.is_none() {
+        return None;
+    }
+    Some(AdminConfig {
+        claim: claim?,
+        allow_networks: allow_networks?,
+        listen,
+    })
+}
+
+fn cache(cx: &mut Ctx, mut s: Section) -> Option<CacheConfig> {
+    let ttl = s.or(cx, "ttl", secs(3600), Ctx::timeout);
+    let max_object_size = s.or(cx, "max_object_size", 16 << 20, positive_size);
+    let write_policy = s.or(cx, "write_policy", WritePolicy::WriteThrough, |cx, k, v| {
+        match cx.string(k, v)?.as_str() {
+            "write-through" => Some(WritePolicy::WriteThrough),
+            "write-behind" => Some(WritePolicy::WriteBehind),
+            other => {
+                cx.problem(
+                    k,
+                    format!(
+                        "`{other}` is not a write policy (expected \"write-through\" or \"write-behind\")"
+                    ),
+                );
+                None
+            }
+        }
+    });
+    let sie_present = s.has("stale_if_error");
+    let stale_if_error = s.opt(cx, "stale_if_error", Ctx::duration);
+    let swr_present = s.has("stale_while_revalidate");
+    let stale_while_revalidate = s.opt(cx, "stale_while_revalidate", Ctx::duration);
+    let memory = s.or(
+        cx,
+        "memory",
+        MemoryConfig {
+            capacity: 256 << 20,
+        },
+        section_with(|cx, mut m: Section| {
+            let capacity = m.or(cx, "capacity", 256 << 20, Ctx::size);
+            m.finish(cx);
+            Some(MemoryConfig {
+                capacity: capacity?,
+            })
+        }),
+    );
+    let disk_present = s.has("disk");
+    let disk = s.opt(cx, "disk", section_with(disk));
+    let redis_present = s.has("redis");
+    let redis = s.opt(cx, "redis", section_with(redis));
+    s.finish(cx);
+    if (sie_present && stale_if_error.is_none())
+        || (swr_present && stale_while_revalidate.is_none())
+        || (disk_present && disk.is_none())
+        || (redis_present && redis.is_none())
+    {
+        return None;
+    }
+    Some(CacheConfig {
+        ttl: ttl?,
+        max_object_size: max_object_size?,
+        write_policy: write_policy?,
+        stale_if_error,
+        stale_while_revalidate,
+        memory: memory?,
+        disk,
+        redis,
+    })
+}
+
+fn disk(cx: &mut Ctx, mut s: Section) -> Option<DiskConfig> {
+    let dir = s.req(cx, "dir", Ctx::path);
+    let capacity = s.req(cx, "capacity", positive_size);
+    let segment_key = s.key("segment_size");
+    let segment_size = s.or(cx, "segment_size", 64 << 20, positive_size);
+    s.finish(cx);
+    let (capacity, segment_size) = (capacity?, segment_size?);
+    if segment_size > capacity {
+        cx.problem(
+            &segment_key,
+            format!(
+                "must not exceed capacity ({} > {})",
+                units::format_size(segment_size),
+                units::format_size(capacity)
+            ),
+        );
+        return None;
+    }
+    Some(DiskConfig {
+        dir: dir?,
+        capacity,
+        segment_size,
+    })
+}
+
+fn redis(cx: &mut Ctx, mut s: Section) -> Option<RedisConfig> {
+    let url = s.req(cx, "url", |cx, k, v| {
+        let u = cx.nonempty(k, v)?;
+        check(cx, k, parse_redis_url(&u))
+    });
+    let max_object_size = s.or(cx, "max_object_size", 4 << 20, positive_size);
+    let timeout = s.or(cx, "timeout", Duration::from_millis(50), Ctx::timeout);
+    s.finish(cx);
+    let mut r = url?;
+    r.max_object_size = max_object_size?;
+    r.timeout = timeout?;
+    Some(r)
+}
+
+// ---- value rules (pure, `Err` is the problem message) ----
+
+fn validate_name(name: &str) -> Result<(), String> {
+    if name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        Ok(())
+    } else {
+        Err(format!("`{name}` may contain only A-Z a-z 0-9 _ . -"))
+    }
+}
+
+/// Characters a prefix may contain: those that appear unencoded in a request path (RFC 3986
+/// `pchar` minus `%`, plus `/`), since prefixes are matched against the raw path.
+fn prefix_char_ok(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b)
+}
+
+pub(crate) fn validate_prefix(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("`{p}` must start with '/'"));
+    }
+    if p == "/" {
+        return Err("must not be \"/\" (it would shadow the internal routes)".into());
+    }
+    if p.ends_with('/') {
+        return Err(format!("`{p}` must not end with '/'"));
+    }
+    if p.contains("//") {
+        return Err(format!("`{p}` must not contain \"//\""));
+    }
+    for c in ['%', '?', '#'] {
+        if p.contains(c) {
+            return Err(format!("`{p}` must not contain '{c}'"));
+        }
+    }
+    if let Some(c) = p.chars().find(|&c| !c.is_ascii() || !prefix_char_ok(c as u8)) {
+        return Err(format!(
+            "`{p}` contains {c:?}; a prefix is matched against the raw request path, so it may \
+             contain only A-Z a-z 0-9 - . _ ~ ! $ & ' ( ) * + , ; = : @ and '/'"
+        ));
+    }
+    let mut segments = p[1..].split('/');
+    if segments.clone().any(|s| s == "." || s == "..") {
+        return Err(format!("`{p}` must not contain \".\" or \"..\" segments"));
+    }
+    let first = segments.next().unwrap_or("");
+    if RESERVED_SEGMENTS.contains(&first) {
+        return Err(format!(
+            "`{p}` would shadow the internal route /{first} (first segment must not be one of {})",
+            RESERVED_SEGMENTS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn validate_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    if host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        Ok(())
+    } else {
+        Err(format!("`{host}` is not a valid host name"))
+    }
+}
+
+/// `host[:port]` or `[v6][:port]` → (host without brackets, lower-cased; port if given).
+fn parse_authority(authority: &str) -> Result<(String, Option<u16>), String> {
+    if authority.contains('@') {
+        return Err("must not contain credentials (user@)".into());
+    }
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (v6, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{authority}`: unclosed '['"))?;
+        v6.parse::<Ipv6Addr>()
+            .map_err(|_| format!("`{v6}` is not an IPv6 address"))?;
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("`{authority}`: unexpected text after ']'"))?,
+            ),
+        };
+        (v6, port)
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => {
+                if p.contains(':') {
+                    return Err(format!(
+                        "`{authority}`: an IPv6 address must be in brackets, e.g. [::1]:9000"
+                    ));
+                }
+                validate_host(h)?;
+                (h, Some(p))
+            }
+            None => {
+                validate_host(authority)?;
+                (authority, None)
+            }
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+            _ => return Err(format!("`{p}` is not a valid port (1-65535)")),
+        },
+    };
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+pub(crate) fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("`{url}` must start with http:// or https://"))?;
+    let scheme = if scheme.eq_ignore_ascii_case("http") {
+        Scheme::Http
+    } else if scheme.eq_ignore_ascii_case("https") {
+        Scheme::Https
+    } else {
+        return Err(format!("`{url}`: scheme must be http or https"));
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if !(tail.is_empty() || tail == "/") {
+        return Err(format!(
+            "`{url}` must not have a path, query or fragment (just scheme://host[:port])"
+        ));
+    }
+    let (host, port) = parse_authority(authority).map_err(|e| format!("`{url}`: {e}"))?;
+    Ok(Endpoint {
+        scheme,
+        host,
+        port: port.unwrap_or(scheme.default_port()),
+    })
+}
+
+fn validate_region(r: &str) -> Result<(), String> {
+    if r.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        Ok(())
+    } else {
+        Err(format!("`{r}` may contain only A-Z a-z 0-9 - _ ."))
+    }
+}
+
+fn validate_bucket_name(b: &str, addressing: Addressing) -> Result<(), String> {
+    if b.contains('/') || b.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`{b}` must not contain '/', whitespace or control characters"
+        ));
+    }
+    if addressing == Addressing::Virtual {
+        let dns_ok = (3..=63).contains(&b.len())
+            && b.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+            && b.as_bytes()[0].is_ascii_alphanumeric()
+            && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
+            && !b.contains("..")
+            && b.parse::<Ipv4Addr>().is_err();
+        if !dns_ok {
+            return Err(format!(
+                "`{b}` is not DNS-compatible, as addressing = \"virtual\" requires (3-63 of \
+                 a-z 0-9 . -, starting and ending with a letter or digit, no \"..\", not an IP \
+                 address); use addressing = \"path\""
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_origin(o: &str) -> Result<(), String> {
+    if o == "*" {
+        return Ok(());
+    }
+    if o.ends_with('/') {
+        return Err(format!(
+            "`{o}` must not end with '/' (browsers send Origin as scheme://host[:port])"
+        ));
+    }
+    parse_endpoint(o).map(|_| ()).map_err(|e| {
+        format!("{e}; an origin is \"*\" or scheme://host[:port], e.g. \"https://example.com\"")
+    })
+}
+
+fn parse_token_source(t: &str) -> Result<TokenSource, String> {
+    if t == "bearer" {
+        return Ok(TokenSource::Bearer);
+    }
+    if let Some(name) = t.strip_prefix("query:") {
+        if name.is_empty() || name.contains(['&', '=', '#', '%', '+']) || name.contains(char::is_whitespace) {
+            return Err(format!("`{t}`: invalid query parameter name"));
+        }
+        return Ok(TokenSource::Query(name.to_owned()));
+    }
+    if let Some(name) = t.strip_prefix("header:") {
+        return http::HeaderName::from_bytes(name.as_bytes())
+            .map(TokenSource::Header)
+            .map_err(|_| format!("`{t}`: `{name}` is not a valid header name"));
+    }
+    Err(format!(
+        "`{t}` is not a token source (expected \"bearer\", \"query:NAME\" or \"header:NAME\")"
+    ))
+}
+
+pub(crate) fn parse_redis_url(url: &str) -> Result<RedisConfig, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| "must start with redis:// or rediss://".to_string())?;
+    let tls = match scheme {
+        "redis" => false,
+        "rediss" => true,
+        _ => return Err(format!("scheme `{scheme}` must be redis or rediss")),
+    };
+    if rest.contains(['?', '#']) {
+        return Err("must not have a query or fragment".into());
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let decode = |s: &str| -> Result<String, String> {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| "credentials are not valid UTF-8 after percent-decoding".to_string())
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(u) => {
+            let (user, pass) = match u.split_once(':') {
+                Some((a, b)) => (a, Some(b)),
+                None => (u, None),
+            };
+            let user = (!user.is_empty()).then(|| decode(user)).transpose()?;
+            let pass = pass.map(decode).transpose()?;
+            (user, pass)
+        }
+    };
+    let (host, port) = parse_authority(hostport)?;
+    let db = match path {
+        "" | "/" => 0,
+        p => p[1..]
+            .parse::<u32>()
+            .map_err(|_| format!("path `{p}` must be a database number, e.g. /0"))?,
+    };
+    Ok(RedisConfig {
+        url: url.to_owned(),
+        tls,
+        host,
+        port: port.unwrap_or(6379),
+        username,
+        password,
+        db,
+        max_object_size: 4 << 20,
+        timeout: Duration::from_millis(50),
+    })
+}

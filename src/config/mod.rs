@@ -1,0 +1,702 @@
+//! The TOML configuration: its schema, defaults, and validation.
+//!
+//! This module owns turning a config file into a [`Config`] that the rest of corvid can trust
+//! without re-checking: every address parsed, every size and duration in machine units, every
+//! referenced file present, every cross-key rule (a bucket with `auth = true` needs `[jwt]`, a
+//! bucket prefix may not shadow an internal route, ...) enforced. A config that loads is one the
+//! server can start with; a config that does not yields a [`ConfigError`] listing **every**
+//! problem found, each as `key.path: what is wrong`, so an operator fixes them in one pass.
+//!
+//! Pipeline: TOML text → `toml::Table` (syntax errors carry line and column) → a hand-written
+//! walker ([`walk`]) that takes each known key, expands `${ENV}` in its string value ([`env`]),
+//! converts it (sizes and durations via [`units`]), checks it, and reports leftovers as unknown
+//! keys → the public types below. See `examples/corvid.example.toml` for a commented example of
+//! every key.
+//!
+//! # Defaults (for every optional key)
+//!
+//! | key | default |
+//! | --- | --- |
+//! | `server.workers` | `0` = one per available core (max 1024) |
+//! | `server.tls` | absent = plain HTTP |
+//! | `server.header_timeout` | `10s` |
+//! | `server.idle_timeout` | `60s` |
+//! | `server.send_timeout` | `60s` |
+//! | `server.max_header_bytes` | `16KiB` (1 B ..= 1 MiB) |
+//! | `server.max_request_line` | `8KiB` (1 B ..= 1 MiB) |
+//! | `server.max_headers` | `100` (1 ..= 256: the parser uses a fixed array) |
+//! | `server.max_connections` | `10000` per worker (> 0) |
+//! | `server.shutdown_grace` | `30s` (0 allowed: close at once) |
+//! | `buckets[].addressing` | `"path"` |
+//! | `buckets[].auth` | `false` |
+//! | `buckets[].ttl` | absent = `cache.ttl` |
+//! | `buckets[].connect_timeout` | `5s` |
+//! | `buckets[].first_byte_timeout` | `30s` |
+//! | `buckets[].read_timeout` | `30s` |
+//! | `buckets[].max_idle_connections` | `64` per worker (0 = no pooling) |
+//! | `buckets[].cors.max_age` | absent = no `Access-Control-Max-Age` |
+//! | `jwt.token_sources` | `["bearer"]` |
+//! | `jwt.leeway` | `30s` |
+//! | `jwt.audience` / `jwt.issuer` | absent = not checked |
+//! | `admin.allow_networks` | absent = any network (the JWT claim is the gate) |
+//! | `admin.listen` | absent = served on `server.listen` |
+//! | `cache.ttl` | `1h` |
+//! | `cache.max_object_size` | `16MiB` |
+//! | `cache.write_policy` | `"write-through"` |
+//! | `cache.stale_if_error`, `cache.stale_while_revalidate` | absent = off |
+//! | `cache.memory.capacity` | `256MiB` (also when `[cache]` or `[cache.memory]` is absent) |
+//! | `cache.disk` | absent = tier disabled |
+//! | `cache.disk.segment_size` | `64MiB` |
+//! | `cache.redis` | absent = tier disabled |
+//! | `cache.redis.max_object_size` | `4MiB` |
+//! | `cache.redis.timeout` | `50ms` |
+//!
+//! # Decisions where the spec is silent
+//!
+//! * **Sizes / durations**: see [`units`] (fractions allowed if exact, binary units only, a
+//!   bare number means bytes / seconds). **`${ENV}`**: see [`env`] (`$${` escapes).
+//! * **Counts** (`workers`, `max_headers`, ...) also accept a string of digits so that they can
+//!   come from `${ENV}`; booleans must be real TOML booleans.
+//! * **Timeouts** must be > 0. `shutdown_grace`, `jwt.leeway`, `cors.max_age`,
+//!   `stale_if_error` and `stale_while_revalidate` may be 0. TTLs (`cache.ttl`, `buckets[].ttl`)
+//!   must be > 0.
+//! * **Relative paths** (`tls.cert`, `ca_file`, `jwt.public_key`, `cache.disk.dir`, ...) are
+//!   resolved against the config file's directory by [`Config::load`] (and
+//!   [`Config::from_toml_str_in`]); [`Config::from_toml_str`] leaves them relative to the
+//!   working directory. Files named by the config must exist at load time; `cache.disk.dir`
+//!   need not (the disk tier may create it).
+//! * **Bucket prefixes** are matched against the raw (still percent-encoded) request path, so a
+//!   prefix must be written as it appears on the wire: only `A-Z a-z 0-9 - . _ ~ ! $ & ' ( ) * +
+//!   , ; = : @` and `/`. The internal-route check is case-sensitive, like the router.
+//! * **Bucket names at the origin**: always non-empty without `/`, whitespace or control
+//!   characters; with `addressing = "virtual"` additionally DNS-compatible (3–63 of `a-z 0-9 . -`,
+//!   starting and ending alphanumeric, no `..`, not an IPv4 address).
+//! * **`ca_file` with an `http://` endpoint** is an error rather than silently ignored.
+//! * **Endpoints** may not carry userinfo, a path (other than `/`), a query or a fragment; the
+//!   scheme is case-insensitive and the host is lower-cased.
+//! * **CORS origins** are `"*"` or `http(s)://host[:port]` exactly as browsers send `Origin`
+//!   (no path, no trailing `/`); the list must not be empty.
+//! * **JWT**: HMAC secrets must be at least as long as the hash output (32/48/64 bytes for
+//!   HS256/384/512), as RFC 7518 §3.2 requires; the secret is used as raw UTF-8 bytes. `secret`
+//!   with an asymmetric algorithm, or `public_key`/`jwks_file` with HS*, is an error.
+//!   `audience` may be a string or an array of strings.
+//! * **`[admin]` requires `[jwt]`**, since admin requests are authorised by a JWT claim.
+//!   `admin.listen` must differ from `server.listen`. `allow_networks`, if present, must not be
+//!   empty (omit it to allow any network); a bare address means a single host (`/32`, `/128`),
+//!   and a CIDR with host bits set (`10.1.0.0/8`) is an error, since it is usually a typo.
+//! * **Redis URL**: `redis://` or `rediss://` (TLS), optional `user:password@` (percent-decoded),
+//!   host (IPv6 bracketed), optional port (default 6379), optional `/DB` number; no query.
+//! * **Secrets** (`secret_key`, `session_token`, `jwt.secret`, the redis password) are redacted
+//!   from `Debug` output so a logged config does not leak them.
+
+mod build;
+pub mod env;
+pub mod units;
+mod walk;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub server: ServerConfig,
+    /// At least one; order matters only for the bucket index used by the router.
+    pub buckets: Vec<BucketConfig>,
+    pub jwt: Option<JwtConfig>,
+    pub admin: Option<AdminConfig>,
+    pub cache: CacheConfig,
+}
+
+/// `[server]`: the listener and the limits on client connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// 0 = one worker per available core; see [`ServerConfig::worker_count`].
+    pub workers: usize,
+    pub tls: Option<TlsConfig>,
+    /// Max time to receive a complete request head.
+    pub header_timeout: Duration,
+    /// Max time a keep-alive connection may sit between requests.
+    pub idle_timeout: Duration,
+    /// Max size of a request head (request line + headers); larger → 431.
+    pub max_header_bytes: usize,
+    /// Max number of header fields; larger → 431. At most 256.
+    pub max_headers: usize,
+    /// Max length of the request line; longer → 414.
+    pub max_request_line: usize,
+    /// Max time a write to a client may stall.
+    pub send_timeout: Duration,
+    /// How long in-flight requests may finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Max concurrent client connections per worker.
+    pub max_connections: usize,
+}
+
+impl ServerConfig {
+    /// The number of worker threads to run: `workers`, or the available parallelism if 0.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// HTTPS on a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One `[[buckets]]` block: a URL prefix mapped to a bucket at an S3 origin.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BucketConfig {
+    /// Identifier for the admin API and metric labels: `[A-Za-z0-9_.-]+`, unique.
+    pub name: String,
+    /// URL path prefix, e.g. `/assets`; see the module docs for the rules.
+    pub prefix: String,
+    pub endpoint: Endpoint,
+    pub region: String,
+    /// Bucket name at the origin.
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub session_token: Option<String>,
+    pub addressing: Addressing,
+    /// Extra CA bundle to trust for this origin (https only).
+    pub ca_file: Option<PathBuf>,
+    /// Requests need a valid JWT.
+    pub auth: bool,
+    /// Overrides `cache.ttl` for this bucket.
+    pub ttl: Option<Duration>,
+    pub cors: Option<CorsConfig>,
+    pub connect_timeout: Duration,
+    /// Max time from sending a request to the origin until the first byte of its response.
+    pub first_byte_timeout: Duration,
+    /// Max gap between body bytes from the origin.
+    pub read_timeout: Duration,
+    /// Max pooled idle connections to the origin, per worker.
+    pub max_idle_connections: usize,
+}
+
+impl fmt::Debug for BucketConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BucketConfig")
+            .field("name", &self.name)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &Redacted)
+            .field("session_token", &self.session_token.as_ref().map(|_| Redacted))
+            .field("addressing", &self.addressing)
+            .field("ca_file", &self.ca_file)
+            .field("auth", &self.auth)
+            .field("ttl", &self.ttl)
+            .field("cors", &self.cors)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("max_idle_connections", &self.max_idle_connections)
+            .finish()
+    }
+}
+
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// An origin's scheme, host and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub scheme: Scheme,
+    /// Lower-cased host name or IP address; IPv6 without brackets.
+    pub host: String,
+    /// Explicit port, or 80/443 by scheme.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `host[:port]` as sent in `Host` headers: the port is omitted when it is the scheme's
+    /// default, and an IPv6 address is bracketed.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == self.scheme.default_port() {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme.as_str(), self.authority())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub const fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// How the bucket is addressed at the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Addressing {
+    /// `https://endpoint/bucket/key`.
+    #[default]
+    Path,
+    /// `https://bucket.endpoint/key`.
+    Virtual,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// `"*"` or exact origins (`https://example.com`, `http://localhost:3000`).
+    pub allow_origins: Vec<String>,
+    pub max_age: Option<Duration>,
+}
+
+impl CorsConfig {
+    /// Whether `origin` (a request's `Origin` header) is allowed.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allow_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+}
+
+/// `[jwt]`: how tokens are verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtConfig {
+    pub algorithm: JwtAlgorithm,
+    pub key: JwtKey,
+    /// Where to look for the token, in order; the first present wins.
+    pub token_sources: Vec<TokenSource>,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values; empty = not checked.
+    pub audience: Vec<String>,
+    /// Clock skew tolerated on `exp` / `nbf`.
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwtAlgorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    pub const ALL: [JwtAlgorithm; 10] = [
+        JwtAlgorithm::HS256,
+        JwtAlgorithm::HS384,
+        JwtAlgorithm::HS512,
+        JwtAlgorithm::RS256,
+        JwtAlgorithm::RS384,
+        JwtAlgorithm::RS512,
+        JwtAlgorithm::PS256,
+        JwtAlgorithm::ES256,
+        JwtAlgorithm::ES384,
+        JwtAlgorithm::EdDSA,
+    ];
+
+    /// The JOSE `alg` name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JwtAlgorithm::HS256 => "HS256",
+            JwtAlgorithm::HS384 => "HS384",
+            JwtAlgorithm::HS512 => "HS512",
+            JwtAlgorithm::RS256 => "RS256",
+            JwtAlgorithm::RS384 => "RS384",
+            JwtAlgorithm::RS512 => "RS512",
+            JwtAlgorithm::PS256 => "PS256",
+            JwtAlgorithm::ES256 => "ES256",
+            JwtAlgorithm::ES384 => "ES384",
+            JwtAlgorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    /// HMAC algorithms take a shared secret; the others a public key.
+    pub const fn is_hmac(self) -> bool {
+        matches!(
+            self,
+            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
+        )
+    }
+
+    /// RFC 7518 §3.2: an HMAC key at least as long as the hash output. 0 for non-HMAC.
+    pub const fn min_secret_len(self) -> usize {
+        match self {
+            JwtAlgorithm::HS256 => 32,
+            JwtAlgorithm::HS384 => 48,
+            JwtAlgorithm::HS512 => 64,
+            _ => 0,
+        }
+    }
+}
+
+/// The key material tokens are verified with.
+#[derive(Clone, PartialEq, Eq)]
+pub enum JwtKey {
+    /// HS*: the shared secret (raw UTF-8 bytes).
+    Secret(String),
+    /// RS*/PS*/ES*/EdDSA: a PEM public key file.
+    PublicKey(PathBuf),
+    /// RS*/PS*/ES*/EdDSA: a JWKS file (keys chosen by `kid`).
+    JwksFile(PathBuf),
+}
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwtKey::Secret(_) => f.debug_tuple("Secret").field(&Redacted).finish(),
+            JwtKey::PublicKey(p) => f.debug_tuple("PublicKey").field(p).finish(),
+            JwtKey::JwksFile(p) => f.debug_tuple("JwksFile").field(p).finish(),
+        }
+    }
+}
+
+/// Where a request's token is taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// A query parameter, e.g. `?token=...` (name compared after percent-decoding).
+    Query(String),
+    /// A request header (the whole value is the token).
+    Header(http::HeaderName),
+}
+
+/// `[admin]`: who may use the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// The JWT claim an admin token must carry.
+    pub claim: ClaimMatch,
+    /// Client networks allowed; empty = any.
+    pub allow_networks: Vec<Cidr>,
+    /// A separate listener for the admin API; `None` = served on `server.listen`.
+    pub listen: Option<SocketAddr>,
+}
+
+impl AdminConfig {
+    /// Whether a client at `ip` may use the admin API (network check only).
+    pub fn network_allowed(&self, ip: IpAddr) -> bool {
+        self.allow_networks.is_empty() || self.allow_networks.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// A claim that must equal a value (string claims, or a string inside an array claim).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimMatch {
+    pub name: String,
+    pub value: String,
+}
+
+/// An IP network: address and prefix length, host bits zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// Parses `"10.0.0.0/8"`, `"::1/128"`, or a bare address (a single host).
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr_part, len_part) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr_part
+            .parse()
+            .map_err(|_| format!("`{s}` is not a CIDR network (e.g. \"10.0.0.0/8\")"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match len_part {
+            None => max,
+            Some(l) => match l.parse::<u8>() {
+                Ok(n) if n <= max && !l.starts_with('+') => n,
+                _ => return Err(format!("`{s}`: prefix length must be 0..={max}")),
+            },
+        };
+        let cidr = Cidr { addr, prefix_len };
+        let masked = cidr.network();
+        if masked != addr {
+            return Err(format!(
+                "`{s}` has host bits set (did you mean \"{masked}/{prefix_len}\"?)"
+            ));
+        }
+        Ok(cidr)
+    }
+
+    /// The address with host bits cleared.
+    fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
+    }
+
+    /// Whether `ip` is inside this network. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, as
+    /// seen on dual-stack sockets) match IPv4 networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        if ip.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        Cidr {
+            addr: ip,
+            prefix_len: self.prefix_len,
+        }
+        .network()
+            == self.addr
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// `[cache]` and its tiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Freshness lifetime when the origin gives none (and the default for buckets).
+    pub ttl: Duration,
+    /// Objects larger than this are streamed through, not cached.
+    pub max_object_size: u64,
+    pub write_policy: WritePolicy,
+    /// Serve a stale copy for this long past expiry if the origin fails.
+    pub stale_if_error: Option<Duration>,
+    /// Serve a stale copy for this long past expiry while refreshing in the background.
+    pub stale_while_revalidate: Option<Duration>,
+    pub memory: MemoryConfig,
+    pub disk: Option<DiskConfig>,
+    pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WritePolicy {
+    /// Fill lower tiers before the response completes.
+    #[default]
+    WriteThrough,
+    /// Fill lower tiers in the background.
+    WriteBehind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Bytes; 0 disables the tier.
+    pub capacity: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub dir: PathBuf,
+    pub capacity: u64,
+    /// 0 < segment_size <= capacity.
+    pub segment_size: u64,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// The URL as configured (after `${ENV}` expansion).
+    pub url: String,
+    /// `rediss://`.
+    pub tls: bool,
+    /// Host name or IP (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Database number from the URL path; 0 if absent.
+    pub db: u32,
+    pub max_object_size: u64,
+    /// Per-operation timeout; a slow Redis counts as a miss.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("tls", &self.tls)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| Redacted))
+            .field("db", &self.db)
+            .field("max_object_size", &self.max_object_size)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Everything wrong with a config, one [`Problem`] per key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+/// One thing wrong: the key path (`buckets[1].prefix`, `""` for the file as a whole) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn single(key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![Problem {
+                key: key.to_owned(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates the config file at `path`, with `${ENV}` from the process
+    /// environment and relative paths resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::single("", format!("cannot read config file `{}`: {e}", path.display()))
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let env = |name: &str| std::env::var(name).ok();
+        Self::parse(&text, &env, Some(base))
+    }
+
+    /// Parses and validates config text; relative paths stay relative to the working directory.
+    pub fn from_toml_str(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Self::parse(text, env, None)
+    }
+
+    /// Like [`Config::from_toml_str`], resolving relative paths against `base_dir`.
+    pub fn from_toml_str_in(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        base_dir: &Path,
+    ) -> Result<Config, ConfigError> {
+        Self::parse(text, env, Some(base_dir))
+    }
+
+    fn parse(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        base_dir: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let (line, col) = line_col(text, span.start);
+                    format!(" at line {line}, column {col}")
+                })
+                .unwrap_or_default();
+            ConfigError::single("", format!("TOML syntax error{at}: {}", e.message().trim()))
+        })?;
+        let mut cx = walk::Ctx::new(env, base_dir);
+        let config = build::config(&mut cx, table);
+        match config {
+            Some(c) if cx.problems.is_empty() => Ok(c),
+            _ => {
+                debug_assert!(!cx.problems.is_empty(), "a failed build must say why");
+                Err(ConfigError {
+                    problems: cx.problems,
+                })
+            }
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, col)
+}
