@@ -2,5 +2,6 @@
 //! connection loop that drives them over a socket.
 
 pub mod chunked;
+mod headers;
 pub mod request;
 pub mod response;
