@@ -4,6 +4,7 @@
 
 pub mod chunked;
 pub mod conn;
+mod headers;
 pub mod request;
 pub mod respond;
 pub mod response;
