@@ -1,0 +1,88 @@
+//! Shared integration-test harness for corvid.
+//!
+//! * [`Origin`]: in-process s3s-fs S3 server with SigV4 verification,
+//!   request counting/recording and fault injection.
+//! * [`S3Client`]: independent aws-sigv4 client used to seed the origin.
+//! * [`TlsTerminator`], [`TestCa`], [`generate_server_cert_files`]: TLS bits.
+//! * [`Corvid`]: the real binary as a child process.
+//! * [`http`]: raw HTTP/1.1 client for exact-bytes tests.
+//! * [`StallServer`], [`RefuseAddr`]: broken upstreams.
+
+// Each test module uses a different subset of the harness; unused helpers
+// and re-exports are expected, not dead code to delete.
+#![allow(dead_code, unused_imports)]
+
+pub mod http;
+pub mod net;
+pub mod origin;
+pub mod proc;
+pub mod s3client;
+pub mod tls;
+
+pub use net::{free_port, is_refused, wait_until, RefuseAddr, StallServer};
+pub use origin::{Origin, OriginConfig, RecordedRequest, ACCESS_KEY, REGION, SECRET_KEY};
+pub use proc::{Corvid, Readiness};
+pub use s3client::{encode_key, S3Client};
+pub use tls::{generate_server_cert_files, CertPair, ServerCertFiles, TestCa, TlsTerminator};
+
+/// Quotes a string as a TOML basic string.
+pub fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// `[server]` block listening on 127.0.0.1:`port` with 2 workers.
+pub fn server_toml(port: u16) -> String {
+    format!("[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 2\n")
+}
+
+/// `[[buckets]]` block serving origin bucket `name` under `prefix`.
+pub fn bucket_toml(name: &str, prefix: &str, origin: &Origin) -> String {
+    bucket_toml_for(name, prefix, &origin.endpoint(), name, "")
+}
+
+/// `[[buckets]]` block for any endpoint (TLS terminator, stall server,
+/// refused port, ...) with the harness keys; `extra` is appended verbatim
+/// inside the block (e.g. `ca_file = "..."`, `addressing = "path"`).
+pub fn bucket_toml_for(
+    name: &str,
+    prefix: &str,
+    endpoint: &str,
+    bucket: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "\n[[buckets]]\nname = {}\nprefix = {}\nendpoint = {}\nregion = {}\nbucket = {}\naccess_key = {}\nsecret_key = {}\n{extra}\n",
+        toml_str(name),
+        toml_str(prefix),
+        toml_str(endpoint),
+        toml_str(REGION),
+        toml_str(bucket),
+        toml_str(ACCESS_KEY),
+        toml_str(SECRET_KEY),
+    )
+}
+
+/// `[[buckets]]` block reaching `origin` bucket `name` through `tls`
+/// (https endpoint, `ca_file` pointing at the terminator's CA).
+pub fn bucket_toml_tls(name: &str, prefix: &str, tls: &TlsTerminator) -> String {
+    let extra = format!(
+        "ca_file = {}",
+        toml_str(&tls.ca_pem_path().to_string_lossy())
+    );
+    bucket_toml_for(name, prefix, &tls.endpoint(), name, &extra)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so large test objects are
+/// incompressible and reproducible without a rand dependency.
+pub fn pattern_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -1,0 +1,581 @@
+//! A local S3 origin: s3s-fs on a tokio runtime in its own std thread, with
+//! SigV4 verification on, wrapped in a thin hyper service that counts and
+//! records request heads and can inject faults.
+//!
+//! Tokio lives only here (dev-only); corvid itself never sees it.
+//!
+//! s3s-fs quirks worth knowing when writing tests:
+//! * objects are plain files at `<dir>/<bucket>/<key>`, and the metadata
+//!   sidecar is ONE file named after base64(bucket)+base64(key), so keys
+//!   longer than ~160 bytes fail with 500 InternalError (ENAMETOOLONG);
+//!   keys ending in `/` become directories, `.`/`..`/empty segments are
+//!   resolved as paths. [`KeyMappingFs`] works around all of this by storing
+//!   such keys under a hash (see there).
+//! * bucket names are validated AWS-style (3-63 chars, lower case, ...);
+//!   short names like "b" get 400 InvalidBucketName.
+//! * Content-Type, Cache-Control, Content-Disposition, Content-Encoding,
+//!   Content-Language, Expires and x-amz-meta-* are stored in a JSON sidecar
+//!   and returned on GET/HEAD; without a stored Content-Type none is sent.
+//! * GET streams the file in 4 KiB reads, so very large objects are served
+//!   at tens-to-hundreds of MiB/s, not at disk speed.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use s3s::auth::SimpleAuth;
+use s3s::service::{S3Service, S3ServiceBuilder};
+
+use s3s::dto;
+use s3s::{S3Request, S3Response, S3Result};
+use sha2::{Digest, Sha256};
+
+use super::http::RawResponse;
+use super::s3client::S3Client;
+
+pub const ACCESS_KEY: &str = "AKIACORVIDTEST000001";
+/// Contains `/` and `+` like real AWS secrets, so escaping bugs show up.
+pub const SECRET_KEY: &str = "corvid/Test+Secret/Key0000000000000000000";
+pub const REGION: &str = "us-east-1";
+
+/// How many request heads are remembered (oldest dropped first).
+const RECENT_LIMIT: usize = 1000;
+
+/// One request head as the origin received it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Raw (still percent-encoded) path.
+    pub path: String,
+    /// Raw query string without `?`, if any.
+    pub query: Option<String>,
+    /// Header names lower-cased (hyper normalises them), values lossy UTF-8.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RecordedRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A canned failure the origin returns instead of calling s3s.
+#[derive(Clone, Debug)]
+struct Fault {
+    remaining: u32,
+    status: u16,
+}
+
+#[derive(Default)]
+struct StatsInner {
+    counts: HashMap<String, u64>,
+    recent: VecDeque<RecordedRequest>,
+    fault: Option<Fault>,
+    delay: Duration,
+}
+
+#[derive(Default)]
+struct Stats(Mutex<StatsInner>);
+
+impl Stats {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatsInner> {
+        // A panicking test thread must not make every later assertion fail
+        // with a poison error that hides the real one.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Keys s3s-fs cannot store as-is (too long for its sidecar file names, or
+/// not a clean relative path) are stored under `~corvid-mapped/<sha256>`.
+/// The mapping happens after signature verification, so clients (corvid)
+/// still sign and send the real key; only the on-disk name changes.
+/// ListObjects shows mapped names for such keys.
+pub fn storage_key(key: &str) -> String {
+    let clean = key.len() <= 100
+        && !key.is_empty()
+        && !key.starts_with('/')
+        && !key.ends_with('/')
+        && key.split('/').all(|seg| {
+            !seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with(".bucket-")
+        });
+    if clean {
+        key.to_owned()
+    } else {
+        format!(
+            "~corvid-mapped/{}",
+            hex::encode(Sha256::digest(key.as_bytes()))
+        )
+    }
+}
+
+/// s3s-fs with [`storage_key`] applied to object operations.
+pub struct KeyMappingFs {
+    inner: s3s_fs::FileSystem,
+}
+
+impl KeyMappingFs {
+    pub fn new(root: &Path) -> Self {
+        KeyMappingFs {
+            inner: s3s_fs::FileSystem::new(root).expect("s3s-fs root"),
+        }
+    }
+}
+
+fn map_key<T>(mut req: S3Request<T>, key: impl FnOnce(&mut T) -> &mut String) -> S3Request<T> {
+    let k = key(&mut req.input);
+    *k = storage_key(k);
+    req
+}
+
+#[async_trait::async_trait]
+impl s3s::S3 for KeyMappingFs {
+    async fn create_bucket(
+        &self,
+        req: S3Request<dto::CreateBucketInput>,
+    ) -> S3Result<S3Response<dto::CreateBucketOutput>> {
+        self.inner.create_bucket(req).await
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<dto::DeleteBucketInput>,
+    ) -> S3Result<S3Response<dto::DeleteBucketOutput>> {
+        self.inner.delete_bucket(req).await
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<dto::HeadBucketInput>,
+    ) -> S3Result<S3Response<dto::HeadBucketOutput>> {
+        self.inner.head_bucket(req).await
+    }
+
+    async fn list_buckets(
+        &self,
+        req: S3Request<dto::ListBucketsInput>,
+    ) -> S3Result<S3Response<dto::ListBucketsOutput>> {
+        self.inner.list_buckets(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<dto::ListObjectsV2Input>,
+    ) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
+        self.inner.list_objects_v2(req).await
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<dto::GetObjectInput>,
+    ) -> S3Result<S3Response<dto::GetObjectOutput>> {
+        self.inner.get_object(map_key(req, |i| &mut i.key)).await
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<dto::HeadObjectInput>,
+    ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
+        self.inner.head_object(map_key(req, |i| &mut i.key)).await
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<dto::PutObjectInput>,
+    ) -> S3Result<S3Response<dto::PutObjectOutput>> {
+        self.inner.put_object(map_key(req, |i| &mut i.key)).await
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<dto::DeleteObjectInput>,
+    ) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
+        self.inner.delete_object(map_key(req, |i| &mut i.key)).await
+    }
+}
+
+/// hyper service in front of s3s: record, maybe delay/fail, then delegate.
+#[derive(Clone)]
+struct Recorder {
+    inner: S3Service,
+    stats: Arc<Stats>,
+}
+
+type BoxFut = Pin<Box<dyn Future<Output = Result<s3s::HttpResponse, s3s::HttpError>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for Recorder {
+    type Response = s3s::HttpResponse;
+    type Error = s3s::HttpError;
+    type Future = BoxFut;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let rec = RecordedRequest {
+            method: req.method().as_str().to_owned(),
+            path: req.uri().path().to_owned(),
+            query: req.uri().query().map(str::to_owned),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+        };
+        let (fault_status, delay) = {
+            let mut s = self.stats.lock();
+            *s.counts.entry(rec.method.clone()).or_default() += 1;
+            if s.recent.len() == RECENT_LIMIT {
+                s.recent.pop_front();
+            }
+            s.recent.push_back(rec);
+            let status = match &mut s.fault {
+                Some(f) if f.remaining > 0 => {
+                    f.remaining -= 1;
+                    Some(f.status)
+                }
+                _ => None,
+            };
+            (status, s.delay)
+        };
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = fault_status {
+                let body = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InjectedFault</Code><Message>injected {status}</Message></Error>"
+                );
+                let resp = hyper::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/xml")
+                    .body(s3s::Body::from(body))
+                    .expect("fault response");
+                return Ok(resp);
+            }
+            hyper::service::Service::call(&inner, req).await
+        })
+    }
+}
+
+/// Options for [`Origin::start_with`].
+#[derive(Clone, Debug)]
+pub struct OriginConfig {
+    /// Where to listen; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Data directory; `None` uses a fresh temp dir removed on drop.
+    pub dir: Option<PathBuf>,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir: None,
+            access_key: ACCESS_KEY.to_owned(),
+            secret_key: SECRET_KEY.to_owned(),
+        }
+    }
+}
+
+enum DataDir {
+    Temp(tempfile::TempDir),
+    Fixed(PathBuf),
+}
+
+impl DataDir {
+    fn path(&self) -> &Path {
+        match self {
+            DataDir::Temp(t) => t.path(),
+            DataDir::Fixed(p) => p,
+        }
+    }
+}
+
+struct Running {
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+/// The in-process S3 origin.
+pub struct Origin {
+    addr: SocketAddr,
+    data: DataDir,
+    access_key: String,
+    secret_key: String,
+    stats: Arc<Stats>,
+    running: Option<Running>,
+}
+
+impl Origin {
+    /// Starts on 127.0.0.1:<free port> with [`ACCESS_KEY`]/[`SECRET_KEY`]
+    /// and a fresh temp data dir.
+    pub fn start() -> Origin {
+        Self::start_with(OriginConfig::default())
+    }
+
+    /// Starts on a specific port (e.g. one a previous origin used).
+    pub fn start_on(port: u16) -> Origin {
+        Self::start_with(OriginConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            ..OriginConfig::default()
+        })
+    }
+
+    pub fn start_with(cfg: OriginConfig) -> Origin {
+        let data = match cfg.dir {
+            Some(p) => {
+                std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {p:?}: {e}"));
+                DataDir::Fixed(p)
+            }
+            None => DataDir::Temp(
+                tempfile::Builder::new()
+                    .prefix("corvid-origin-")
+                    .tempdir()
+                    .expect("origin temp dir"),
+            ),
+        };
+        let mut origin = Origin {
+            addr: cfg.listen,
+            data,
+            access_key: cfg.access_key,
+            secret_key: cfg.secret_key,
+            stats: Arc::new(Stats::default()),
+            running: None,
+        };
+        origin.spawn_server(cfg.listen);
+        origin
+    }
+
+    fn spawn_server(&mut self, listen: SocketAddr) {
+        // Bind synchronously so the port is known (and bind errors surface)
+        // before start() returns; std sets SO_REUSEADDR on Unix, which lets
+        // a restarted origin reclaim its old port despite TIME_WAIT.
+        let listener =
+            StdListener::bind(listen).unwrap_or_else(|e| panic!("origin bind {listen}: {e}"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        self.addr = listener.local_addr().expect("local_addr");
+
+        let mut builder = S3ServiceBuilder::new(KeyMappingFs::new(self.data.path()));
+        builder.set_auth(SimpleAuth::from_single(
+            self.access_key.as_str(),
+            self.secret_key.as_str(),
+        ));
+        let service = Recorder {
+            inner: builder.build(),
+            stats: self.stats.clone(),
+        };
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("origin-{}", self.addr.port()))
+            .spawn(move || serve(listener, service, rx))
+            .expect("spawn origin thread");
+        self.running = Some(Running {
+            shutdown: tx,
+            thread,
+        });
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn access_key(&self) -> &str {
+        &self.access_key
+    }
+
+    pub fn secret_key(&self) -> &str {
+        &self.secret_key
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// An independent (aws-sigv4) client for this origin.
+    pub fn client(&self) -> S3Client {
+        S3Client::new(self.addr, &self.access_key, &self.secret_key)
+    }
+
+    pub fn create_bucket(&self, name: &str) {
+        self.client().create_bucket(name);
+    }
+
+    pub fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        self.put_with(bucket, key, body, None, &[]);
+    }
+
+    /// PUT with Content-Type and extra headers (x-amz-meta-*, cache-control,
+    /// content-disposition, ...), all covered by the signature. Large bodies
+    /// (hundreds of MiB) go out in one write with an UNSIGNED-PAYLOAD hash;
+    /// the socket timeout is raised for them.
+    pub fn put_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: &[u8],
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+    ) {
+        let client = self.client().with_timeout(Duration::from_secs(120));
+        client.put_object(bucket, key, body, content_type, headers);
+    }
+
+    /// Signed GET straight to the origin (bypassing corvid).
+    pub fn get(&self, bucket: &str, key: &str) -> RawResponse {
+        self.client().get_object(bucket, key, &[])
+    }
+
+    pub fn delete(&self, bucket: &str, key: &str) {
+        let r = self.client().delete_object(bucket, key);
+        assert!(
+            matches!(r.status, 200 | 204),
+            "delete {bucket}/{key}: {}",
+            r.status
+        );
+    }
+
+    /// Requests seen with this method (e.g. "GET", "HEAD", "PUT").
+    pub fn count(&self, method: &str) -> u64 {
+        self.stats.lock().counts.get(method).copied().unwrap_or(0)
+    }
+
+    /// Requests seen, all methods.
+    pub fn total_count(&self) -> u64 {
+        self.stats.lock().counts.values().sum()
+    }
+
+    /// Recent request heads, oldest first (at most 1000).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.stats.lock().recent.iter().cloned().collect()
+    }
+
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        self.stats.lock().recent.back().cloned()
+    }
+
+    /// Recorded requests of one method, oldest first.
+    pub fn requests_with(&self, method: &str) -> Vec<RecordedRequest> {
+        self.stats
+            .lock()
+            .recent
+            .iter()
+            .filter(|r| r.method == method)
+            .cloned()
+            .collect()
+    }
+
+    /// Zeroes counters and forgets recorded requests (e.g. after seeding).
+    pub fn reset_counts(&self) {
+        let mut s = self.stats.lock();
+        s.counts.clear();
+        s.recent.clear();
+    }
+
+    /// The next `n` requests get `status` with an S3-style XML error body
+    /// instead of reaching s3s (they are still counted and recorded).
+    pub fn fail_next(&self, n: u32, status: u16) {
+        self.stats.lock().fault = Some(Fault {
+            remaining: n,
+            status,
+        });
+    }
+
+    /// Delay every response head by `d` (zero disables).
+    pub fn set_delay(&self, d: Duration) {
+        self.stats.lock().delay = d;
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Stops serving: the listener is closed and open connections are
+    /// dropped before this returns, so the port refuses connections
+    /// afterwards. Data (and counters) are kept for [`Origin::restart`].
+    pub fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            let _ = r.shutdown.send(());
+            r.thread.join().expect("origin thread panicked");
+        }
+    }
+
+    /// Starts again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn_server(self.addr);
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            let _ = r.shutdown.send(());
+            // Don't turn an in-progress panic into an abort via a second one.
+            let _ = r.thread.join();
+        }
+    }
+}
+
+fn serve(listener: StdListener, service: Recorder, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("origin-worker")
+        .enable_all()
+        .build()
+        .expect("origin runtime");
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                accepted = listener.accept() => {
+                    let Ok((sock, _)) = accepted else { continue };
+                    let _ = sock.set_nodelay(true);
+                    let svc = service.clone();
+                    tokio::spawn(async move {
+                        // auto = HTTP/1.1 (and h2 prior knowledge); errors
+                        // here are client disconnects, which tests provoke
+                        // on purpose.
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(sock), svc)
+                            .await;
+                    });
+                }
+            }
+        }
+        // listener dropped here: the port closes before connections do.
+    });
+    // Dropping the runtime cancels every connection task, closing their
+    // sockets; the bound keeps a stuck blocking file read from hanging stop().
+    rt.shutdown_timeout(Duration::from_secs(5));
+}

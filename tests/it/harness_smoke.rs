@@ -1,0 +1,400 @@
+//! Tests of the harness itself, so a failing corvid test can be trusted to
+//! be corvid's fault.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use crate::common::http::{self, Conn, Framing};
+use crate::common::*;
+
+/// Keys that stress path encoding. The long ones only work because the
+/// origin stores them under a hash (s3s-fs alone fails above ~160 bytes).
+fn tricky_keys() -> Vec<String> {
+    let long = (0..4)
+        .map(|i| format!("{i}-{}", "x".repeat(190)))
+        .collect::<Vec<_>>()
+        .join("/");
+    assert!(long.len() > 700);
+    let long_segment = "é".repeat(400);
+    vec![
+        "plain.txt".to_owned(),
+        "with space.txt".to_owned(),
+        "a+b=c.txt".to_owned(),
+        "unicode/ünïcødé-日本語-🦀.txt".to_owned(),
+        "reserved !*'()[]$&,;=@:.txt".to_owned(),
+        "percent%20literal%.txt".to_owned(),
+        "tilde~under_score-dash.txt".to_owned(),
+        "nested/deeper/still/file.bin".to_owned(),
+        "dots/../and/./empty//segments/".to_owned(),
+        long,
+        long_segment,
+    ]
+}
+
+#[test]
+fn origin_round_trips_tricky_keys_and_counts() {
+    let origin = Origin::start();
+    origin.create_bucket("smoke");
+    let keys = tricky_keys();
+    for (i, key) in keys.iter().enumerate() {
+        // Binary bodies (all byte values) catch any text mangling.
+        let mut body = pattern_bytes(1000 + i * 37, i as u64 + 1);
+        body.extend_from_slice(key.as_bytes());
+        origin.put("smoke", key, &body);
+        let r = origin.get("smoke", key);
+        assert_eq!(r.status, 200, "GET {key:?}: {}", r.text());
+        assert!(r.body == body, "body mismatch for {key:?}");
+        assert_eq!(
+            r.header("content-length"),
+            Some(body.len().to_string().as_str())
+        );
+        assert!(r.header("etag").is_some());
+    }
+    let n = keys.len() as u64;
+    assert_eq!(
+        origin.count("PUT"),
+        n + 1,
+        "bucket create + one PUT per key"
+    );
+    assert_eq!(origin.count("GET"), n);
+    assert_eq!(origin.count("HEAD"), 0);
+
+    // The recorder sees the raw path exactly as the client encoded it.
+    let last = origin.last_request().expect("recorded");
+    assert_eq!(last.method, "GET");
+    assert_eq!(
+        last.path,
+        format!("/smoke/{}", encode_key(keys.last().unwrap()))
+    );
+    assert!(last
+        .header("authorization")
+        .is_some_and(|a| a.starts_with("AWS4-HMAC-SHA256 ")));
+    let spaced = origin
+        .requests_with("GET")
+        .into_iter()
+        .find(|r| r.path.contains("with%20space"))
+        .expect("request for the spaced key");
+    assert_eq!(spaced.path, "/smoke/with%20space.txt");
+
+    origin.reset_counts();
+    assert_eq!(origin.total_count(), 0);
+    assert!(origin.requests().is_empty());
+}
+
+#[test]
+fn origin_metadata_head_range_and_404() {
+    let origin = Origin::start();
+    origin.create_bucket("meta");
+    origin.put_with(
+        "meta",
+        "doc.json",
+        br#"{"hello":"world"}"#,
+        Some("application/json"),
+        &[
+            ("x-amz-meta-color", "blue"),
+            ("cache-control", "max-age=60"),
+        ],
+    );
+    origin.put("meta", "untyped", b"0123456789");
+
+    let c = origin.client();
+    let r = c.get_object("meta", "doc.json", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("x-amz-meta-color"), Some("blue"));
+    assert_eq!(r.header("cache-control"), Some("max-age=60"));
+
+    let h = c.head_object("meta", "doc.json", &[]);
+    assert_eq!(h.status, 200);
+    assert!(h.body.is_empty());
+    assert_eq!(h.framing, Framing::None);
+    assert_eq!(h.header("content-length"), Some("17"));
+
+    // Recorded so tests can check what corvid forwarded.
+    let r = c.get_object("meta", "untyped", &[("range", "bytes=2-5")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, b"2345");
+    assert_eq!(r.header("content-range"), Some("bytes 2-5/10"));
+    assert_eq!(
+        origin.last_request().unwrap().header("range"),
+        Some("bytes=2-5")
+    );
+    // s3s-fs stores no default content type.
+    eprintln!("untyped content-type: {:?}", r.header("content-type"));
+
+    let r = c.get_object("meta", "missing", &[]);
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("NoSuchKey"), "{}", r.text());
+    let r = c.get_object("no-such-bucket", "k", &[]);
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn origin_rejects_bad_signatures() {
+    let origin = Origin::start();
+    origin.create_bucket("auth");
+    origin.put("auth", "secret.txt", b"top secret");
+
+    let wrong = S3Client::new(origin.addr(), ACCESS_KEY, "not-the-secret");
+    let r = wrong.get_object("auth", "secret.txt", &[]);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("SignatureDoesNotMatch"), "{}", r.text());
+
+    let unknown = S3Client::new(origin.addr(), "AKIAUNKNOWN", SECRET_KEY);
+    assert_eq!(unknown.get_object("auth", "secret.txt", &[]).status, 403);
+
+    // Anonymous request: no Authorization at all.
+    let r = http::get(origin.addr(), "/auth/secret.txt", &[]);
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // Signed for one key, sent for another: path is covered by the signature.
+    let head = origin
+        .client()
+        .signed_head("GET", "/auth/secret.txt", &[], &[]);
+    let tampered =
+        String::from_utf8(head)
+            .unwrap()
+            .replacen("/auth/secret.txt", "/auth/other.txt", 1);
+    let r = http::send_raw(origin.addr(), tampered.as_bytes());
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    assert_eq!(origin.count("GET"), 4);
+    assert_eq!(origin.get("auth", "secret.txt").body, b"top secret");
+}
+
+#[test]
+fn origin_fault_injection_and_delay() {
+    let origin = Origin::start();
+    origin.create_bucket("fault");
+    origin.put("fault", "k", b"v");
+    origin.fail_next(2, 503);
+    assert_eq!(origin.get("fault", "k").status, 503);
+    let r = origin.get("fault", "k");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("InjectedFault"));
+    assert_eq!(origin.get("fault", "k").status, 200);
+    assert_eq!(origin.count("GET"), 3);
+
+    origin.set_delay(Duration::from_millis(300));
+    let t = Instant::now();
+    assert_eq!(origin.get("fault", "k").status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    origin.set_delay(Duration::ZERO);
+}
+
+#[test]
+fn origin_stop_refuses_and_restart_keeps_data() {
+    let mut origin = Origin::start();
+    origin.create_bucket("stop");
+    origin.put("stop", "k", b"persisted");
+    // An idle keep-alive connection must be closed by stop(), not linger.
+    let mut idle = Conn::connect(origin.addr());
+    let r = idle.request("GET", "/stop/k", &[]);
+    assert_eq!(r.status, 403);
+
+    let addr = origin.addr();
+    origin.stop();
+    assert!(is_refused(addr), "port still accepting after stop()");
+    idle.set_timeout(Duration::from_secs(5));
+    assert!(idle.closed_by_peer(), "idle connection survived stop()");
+
+    origin.restart();
+    assert_eq!(origin.addr(), addr);
+    assert_eq!(origin.get("stop", "k").body, b"persisted");
+}
+
+#[test]
+fn origin_large_object_round_trip() {
+    // Big enough to notice pathological slowness, small enough for CI in
+    // the dev profile. Prints throughput for the report.
+    let size = 64 << 20;
+    let body = pattern_bytes(size, 42);
+    let origin = Origin::start();
+    origin.create_bucket("big");
+    let t = Instant::now();
+    origin.put("big", "blob.bin", &body);
+    let put = t.elapsed();
+    let t = Instant::now();
+    let r = origin.get("big", "blob.bin");
+    let get = t.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(r.body == body, "large body mismatch");
+    let mib = (size >> 20) as f64;
+    eprintln!(
+        "64 MiB: PUT {:.0} MiB/s, GET {:.0} MiB/s",
+        mib / put.as_secs_f64(),
+        mib / get.as_secs_f64()
+    );
+}
+
+#[test]
+fn stall_server_holds_connections_without_answering() {
+    let stall = StallServer::start();
+    let mut conn = Conn::connect(stall.addr());
+    conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(stall.wait_accepted(1, Duration::from_secs(5)));
+    conn.set_timeout(Duration::from_millis(300));
+    let err = conn.try_read_response().expect_err("stall server answered");
+    assert!(http::is_timeout(&err), "expected a timeout, got {err}");
+    // Still open: a further wait times out rather than seeing EOF.
+    assert!(!conn.closed_by_peer());
+}
+
+#[test]
+fn refuse_addr_is_refused() {
+    let r = RefuseAddr::new();
+    assert!(is_refused(r.addr()));
+    assert!(r.endpoint().starts_with("http://127.0.0.1:"));
+    assert_ne!(free_port(), 0);
+}
+
+#[test]
+fn tls_terminator_forwards_signed_get() {
+    let origin = Origin::start();
+    origin.create_bucket("tls");
+    origin.put("tls", "dir/obj with space", b"over tls");
+    let tls = TlsTerminator::start(origin.addr());
+    assert!(tls.ca_pem_path().exists());
+    let pem = std::fs::read_to_string(tls.ca_pem_path()).unwrap();
+    assert!(pem.contains("BEGIN CERTIFICATE"));
+
+    for name in ["localhost", "127.0.0.1"] {
+        let client =
+            S3Client::new(tls.addr(), ACCESS_KEY, SECRET_KEY).with_tls(tls.client_config(), name);
+        let r = client.get_object("tls", "dir/obj with space", &[]);
+        assert_eq!(r.status, 200, "via {name}: {}", r.text());
+        assert_eq!(r.body, b"over tls");
+    }
+    assert_eq!(origin.count("GET"), 2);
+    assert_eq!(tls.connections(), 2);
+
+    // A client trusting a different CA must fail the handshake.
+    let other = TestCa::new();
+    let res = Conn::connect_tls(tls.addr(), other.client_config(), "localhost");
+    assert!(res.is_err(), "handshake with an untrusted CA succeeded");
+}
+
+#[test]
+fn server_cert_files_serve_tls() {
+    let files = generate_server_cert_files();
+    for p in [&files.ca_pem, &files.cert_pem, &files.key_pem] {
+        assert!(p.exists(), "{p:?}");
+    }
+    let pair = CertPair {
+        cert_pem: std::fs::read_to_string(&files.cert_pem).unwrap(),
+        key_pem: std::fs::read_to_string(&files.key_pem).unwrap(),
+    };
+    let server_cfg = tls::server_config(&pair);
+
+    // A one-shot blocking TLS server: answers one request with 200.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ServerConnection::new(server_cfg).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        let mut buf = [0u8; 1024];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .unwrap();
+        s.flush().unwrap();
+    });
+    let r = http::https_get(addr, files.client_config.clone(), "localhost", "/", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"ok");
+    server.join().unwrap();
+}
+
+/// Reads `requests` request heads from the first connection, writes
+/// `response` verbatim, then closes (which ends a close-delimited body).
+fn canned_server(response: &'static [u8], requests: usize) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.windows(4).filter(|w| w == b"\r\n\r\n").count() < requests {
+            let n = s.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let _ = s.write_all(response);
+    });
+    addr
+}
+
+#[test]
+fn raw_client_parses_framings_and_pipelines() {
+    // Chunked with extensions and a trailer, then a HEAD response carrying a
+    // Content-Length but no body, then a close-delimited body: all on one
+    // connection, read in order.
+    let addr = canned_server(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n\
+          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n\
+          HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n\
+          HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\nbye",
+        3,
+    );
+    let mut c = Conn::connect(addr);
+    c.send_request("GET", "/a", &[], &[]);
+    c.send_request("HEAD", "/b", &[], &[]);
+    c.send_request("GET", "/c", &[], &[]);
+    let a = c.read_response();
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"hello world"[..]));
+    assert_eq!(a.framing, Framing::Chunked);
+    assert_eq!(a.header("x-a"), Some("1"));
+    assert_eq!(a.trailers, vec![("X-Trailer".to_owned(), "t".to_owned())]);
+    let b = c.read_response();
+    assert_eq!(b.framing, Framing::None);
+    assert_eq!(b.header("Content-Length"), Some("1234"));
+    assert!(b.body.is_empty());
+    let d = c.read_response();
+    assert_eq!((d.status, d.body.as_slice()), (404, &b"bye"[..]));
+    assert_eq!(d.framing, Framing::Close);
+    assert!(d.connection_close());
+}
+
+#[test]
+fn raw_client_reads_body_incrementally() {
+    let addr = canned_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789",
+        1,
+    );
+    let mut c = Conn::connect(addr);
+    c.send_request("GET", "/", &[], &[]);
+    let head = c.read_head();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.framing, Framing::ContentLength(10));
+    assert_eq!(c.read_body_chunk(4), b"0123");
+    assert!(!c.body_done());
+    assert_eq!(c.read_body_to_end(), b"456789");
+    assert!(c.body_done());
+    assert!(c.read_body_chunk(4).is_empty());
+}
+
+#[test]
+fn bucket_toml_is_valid_toml() {
+    let origin = Origin::start();
+    let cfg = format!(
+        "{}{}",
+        server_toml(free_port()),
+        bucket_toml("b\"q", "/b", &origin)
+    );
+    let v: toml::Value = cfg.parse().expect("valid toml");
+    let b = &v["buckets"][0];
+    assert_eq!(b["name"].as_str(), Some("b\"q"));
+    assert_eq!(b["endpoint"].as_str(), Some(origin.endpoint().as_str()));
+    assert_eq!(b["secret_key"].as_str(), Some(SECRET_KEY));
+    assert_eq!(v["server"]["workers"].as_integer(), Some(2));
+}

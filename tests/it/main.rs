@@ -1,0 +1,6 @@
+//! corvid integration tests: the one test binary (`cargo test --test it`).
+//! Keeping a single binary avoids re-linking the heavy dev-dependency tree
+//! (tokio, hyper, s3s) once per test file.
+
+mod common;
+mod harness_smoke;
