@@ -351,7 +351,7 @@ mod tests {
     #[test]
     fn request_ids() {
         let id = RequestId::generate(0xdeadbeef, 3, 42);
-        assert_eq!(id.as_str(), "deadbeef030000000002a");
+        assert_eq!(id.as_str(), "deadbeef03000000002a");
         assert_eq!(RequestId::from_client(b"abc-123_x.y").unwrap().as_str(), "abc-123_x.y");
         assert!(RequestId::from_client(b"bad id").is_none());
         assert!(RequestId::from_client(b"").is_none());

@@ -4,3 +4,4 @@
 
 mod common;
 mod harness_smoke;
+mod passthrough;
