@@ -8,30 +8,6 @@ use std::time::{Duration, Instant};
 use crate::common::http::{self, Conn, Framing};
 use crate::common::*;
 
-/// Keys that stress path encoding. The long ones only work because the
-/// origin stores them under a hash (s3s-fs alone fails above ~160 bytes).
-fn tricky_keys() -> Vec<String> {
-    let long = (0..4)
-        .map(|i| format!("{i}-{}", "x".repeat(190)))
-        .collect::<Vec<_>>()
-        .join("/");
-    assert!(long.len() > 700);
-    let long_segment = "é".repeat(400);
-    vec![
-        "plain.txt".to_owned(),
-        "with space.txt".to_owned(),
-        "a+b=c.txt".to_owned(),
-        "unicode/ünïcødé-日本語-🦀.txt".to_owned(),
-        "reserved !*'()[]$&,;=@:.txt".to_owned(),
-        "percent%20literal%.txt".to_owned(),
-        "tilde~under_score-dash.txt".to_owned(),
-        "nested/deeper/still/file.bin".to_owned(),
-        "dots/../and/./empty//segments/".to_owned(),
-        long,
-        long_segment,
-    ]
-}
-
 #[test]
 fn origin_round_trips_tricky_keys_and_counts() {
     let origin = Origin::start();
