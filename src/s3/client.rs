@@ -383,6 +383,12 @@ impl Body {
             // reuse such a connection.
             if self.keep_alive && self.pos == self.pending.len() {
                 self.pool.put(conn);
+            } else {
+                log::debug!(
+                    "upstream connection not reused (keep-alive {}, {} stray bytes)",
+                    self.keep_alive,
+                    self.pending.len() - self.pos
+                );
             }
         }
     }

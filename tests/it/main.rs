@@ -5,3 +5,5 @@
 mod common;
 mod harness_smoke;
 mod passthrough;
+mod streaming;
+mod tls;
