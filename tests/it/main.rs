@@ -4,6 +4,7 @@
 
 mod common;
 mod harness_smoke;
+mod hostile;
 mod lifecycle;
 mod passthrough;
 mod streaming;
