@@ -30,9 +30,14 @@ pub fn preflight<'a>(
     request_method: Option<&str>,
     request_headers: Option<&'a str>,
 ) -> Result<Vec<(&'static str, String)>, Error> {
-    let origin = origin.ok_or_else(|| Error::client(Kind::BadRequest, "preflight without Origin"))?;
-    let allowed = allow_origin(cfg, origin)
-        .ok_or_else(|| Error::client(Kind::Forbidden, "origin not allowed by this bucket's CORS policy"))?;
+    let origin =
+        origin.ok_or_else(|| Error::client(Kind::BadRequest, "preflight without Origin"))?;
+    let allowed = allow_origin(cfg, origin).ok_or_else(|| {
+        Error::client(
+            Kind::Forbidden,
+            "origin not allowed by this bucket's CORS policy",
+        )
+    })?;
     match request_method {
         Some("GET") | Some("HEAD") => {}
         Some(_) => {
@@ -50,7 +55,10 @@ pub fn preflight<'a>(
     }
     let mut out = vec![
         ("Access-Control-Allow-Origin", allowed.to_string()),
-        ("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS".to_string()),
+        (
+            "Access-Control-Allow-Methods",
+            "GET, HEAD, OPTIONS".to_string(),
+        ),
         ("Vary", "Origin".to_string()),
     ];
     if let Some(h) = request_headers {
@@ -87,7 +95,10 @@ mod tests {
     #[test]
     fn origins() {
         let c = cfg(&["https://a.example"]);
-        assert_eq!(allow_origin(&c, "https://a.example"), Some("https://a.example"));
+        assert_eq!(
+            allow_origin(&c, "https://a.example"),
+            Some("https://a.example")
+        );
         assert_eq!(allow_origin(&c, "https://b.example"), None);
         assert_eq!(allow_origin(&cfg(&["*"]), "https://b.example"), Some("*"));
     }
@@ -95,11 +106,34 @@ mod tests {
     #[test]
     fn preflight_rules() {
         let c = cfg(&["https://a.example"]);
-        let h = preflight(&c, Some("https://a.example"), Some("GET"), Some("range, if-none-match")).unwrap();
-        assert!(h.iter().any(|(n, v)| *n == "Access-Control-Allow-Headers" && v == "range, if-none-match"));
-        assert!(h.iter().any(|(n, v)| *n == "Access-Control-Max-Age" && v == "3600"));
-        assert_eq!(preflight(&c, Some("https://x"), Some("GET"), None).unwrap_err().status(), 403);
-        assert_eq!(preflight(&c, Some("https://a.example"), Some("PUT"), None).unwrap_err().status(), 403);
-        assert_eq!(preflight(&c, None, Some("GET"), None).unwrap_err().status(), 400);
+        let h = preflight(
+            &c,
+            Some("https://a.example"),
+            Some("GET"),
+            Some("range, if-none-match"),
+        )
+        .unwrap();
+        assert!(h
+            .iter()
+            .any(|(n, v)| *n == "Access-Control-Allow-Headers" && v == "range, if-none-match"));
+        assert!(h
+            .iter()
+            .any(|(n, v)| *n == "Access-Control-Max-Age" && v == "3600"));
+        assert_eq!(
+            preflight(&c, Some("https://x"), Some("GET"), None)
+                .unwrap_err()
+                .status(),
+            403
+        );
+        assert_eq!(
+            preflight(&c, Some("https://a.example"), Some("PUT"), None)
+                .unwrap_err()
+                .status(),
+            403
+        );
+        assert_eq!(
+            preflight(&c, None, Some("GET"), None).unwrap_err().status(),
+            400
+        );
     }
 }

@@ -197,7 +197,13 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.kind.name(), self.status(), self.message)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.kind.name(),
+            self.status(),
+            self.message
+        )
     }
 }
 
@@ -216,6 +222,8 @@ mod tests {
         assert_eq!(v["message"], "request line too long");
         assert_eq!(v["request_id"], "r1");
         assert!(!e.is_retryable());
-        assert!(Error::upstream(Kind::BadGateway, "x").retryable().is_retryable());
+        assert!(Error::upstream(Kind::BadGateway, "x")
+            .retryable()
+            .is_retryable());
     }
 }

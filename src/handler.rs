@@ -28,7 +28,17 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     }
     match route {
         Route::Health => {
-            respond::simple(w, io, out, req, 200, "application/json", br#"{"status":"ok"}"#, &[]).await
+            respond::simple(
+                w,
+                io,
+                out,
+                req,
+                200,
+                "application/json",
+                br#"{"status":"ok"}"#,
+                &[],
+            )
+            .await
         }
         Route::Ready => ready(w, io, out, req).await,
         Route::Metrics => {
@@ -89,5 +99,15 @@ async fn ready<S: AsyncWriteRent>(
     })
     .to_string();
     let status = if ok { 200 } else { 503 };
-    respond::simple(w, io, out, req, status, "application/json", body.as_bytes(), &[("Cache-Control", "no-store")]).await
+    respond::simple(
+        w,
+        io,
+        out,
+        req,
+        status,
+        "application/json",
+        body.as_bytes(),
+        &[("Cache-Control", "no-store")],
+    )
+    .await
 }

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use corvid::config::Config;
 
 #[derive(Parser)]
-#[command(name = "corvid", version, about = "Thread-per-core caching proxy for S3")]
+#[command(
+    name = "corvid",
+    version,
+    about = "Thread-per-core caching proxy for S3"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -143,7 +143,12 @@ impl Registry {
         let mut out = String::with_capacity(4096);
         let nb = self.bucket_names.len();
 
-        header(&mut out, "corvid_build_info", "gauge", "corvid build information");
+        header(
+            &mut out,
+            "corvid_build_info",
+            "gauge",
+            "corvid build information",
+        );
         let _ = writeln!(
             out,
             "corvid_build_info{{version=\"{}\"}} 1",
@@ -250,7 +255,10 @@ impl Registry {
                 "{name}_bucket{{bucket=\"{label}\",le=\"{bound}\"}} {cumulative}"
             );
         }
-        let _ = writeln!(out, "{name}_bucket{{bucket=\"{label}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{bucket=\"{label}\",le=\"+Inf\"}} {count}"
+        );
         let sum = self.sum(|w| h(w).sum_nanos.load(Ordering::Relaxed)) as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum{{bucket=\"{label}\"}} {sum}");
         let _ = writeln!(out, "{name}_count{{bucket=\"{label}\"}} {count}");
@@ -286,13 +294,16 @@ mod tests {
             .upstream(0, UpstreamOutcome::Timeout, Duration::from_secs(1));
         r.worker(0).connection_opened();
         let text = r.render();
-        assert!(text.contains(
-            "corvid_requests_total{bucket=\"assets\",method=\"GET\",status=\"2xx\"} 2"
-        ));
-        assert!(text.contains("corvid_requests_total{bucket=\"\",method=\"HEAD\",status=\"4xx\"} 1"));
-        assert!(text.contains("corvid_upstream_requests_total{bucket=\"assets\",outcome=\"timeout\"} 1"));
+        assert!(text
+            .contains("corvid_requests_total{bucket=\"assets\",method=\"GET\",status=\"2xx\"} 2"));
+        assert!(
+            text.contains("corvid_requests_total{bucket=\"\",method=\"HEAD\",status=\"4xx\"} 1")
+        );
+        assert!(text
+            .contains("corvid_upstream_requests_total{bucket=\"assets\",outcome=\"timeout\"} 1"));
         assert!(text.contains("corvid_request_duration_seconds_count{bucket=\"assets\"} 2"));
-        assert!(text.contains("corvid_request_duration_seconds_bucket{bucket=\"assets\",le=\"0.0025\"} 1"));
+        assert!(text
+            .contains("corvid_request_duration_seconds_bucket{bucket=\"assets\",le=\"0.0025\"} 1"));
         assert!(text.contains("corvid_connections_open 1"));
         assert!(text.contains("corvid_build_info{version=\""));
     }

@@ -88,7 +88,8 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
     let length = if head.status == 304 {
         None
     } else if req.is_head() {
-        head.header("content-length").and_then(|v| v.parse::<u64>().ok())
+        head.header("content-length")
+            .and_then(|v| v.parse::<u64>().ok())
     } else {
         body.content_length()
     };
@@ -114,7 +115,11 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
     write_header(out, "X-Cache", b"MISS");
     if let Some(o) = cors_origin {
         write_header(out, "Access-Control-Allow-Origin", o.as_bytes());
-        write_header(out, "Access-Control-Expose-Headers", cors::EXPOSE_HEADERS.as_bytes());
+        write_header(
+            out,
+            "Access-Control-Expose-Headers",
+            cors::EXPOSE_HEADERS.as_bytes(),
+        );
         write_header(out, "Vary", b"Origin");
     }
     end_head(out);
@@ -125,7 +130,10 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
         return Ok(Sent { status, abort });
     }
     let abort = stream_body(w, io, out, body, chunked).await.is_err();
-    Ok(Sent { status, abort: abort || close })
+    Ok(Sent {
+        status,
+        abort: abort || close,
+    })
 }
 
 /// Signs and sends the upstream request; returns the origin's head and body.
@@ -208,7 +216,10 @@ async fn stream_body<S: AsyncWriteRent>(
 
 /// Reads a small origin error body to its end so the connection returns to the pool.
 async fn drain_error_body(mut body: Body) {
-    if body.content_length().is_none_or(|n| n > MAX_DRAINED_ERROR_BODY) {
+    if body
+        .content_length()
+        .is_none_or(|n| n > MAX_DRAINED_ERROR_BODY)
+    {
         return;
     }
     let mut scratch = Vec::with_capacity(MAX_DRAINED_ERROR_BODY as usize);
@@ -227,9 +238,18 @@ pub fn map_origin_status(status: u16) -> Error {
     match status {
         403 => Error::upstream(Kind::Forbidden, "the origin refused access to this object"),
         404 => Error::upstream(Kind::NotFound, "no such object"),
-        412 => Error::upstream(Kind::PreconditionFailed, "a precondition of the request failed"),
-        416 => Error::upstream(Kind::RangeNotSatisfiable, "the requested range is not satisfiable"),
-        s => Error::upstream(Kind::BadGateway, format!("the origin answered with status {s}")),
+        412 => Error::upstream(
+            Kind::PreconditionFailed,
+            "a precondition of the request failed",
+        ),
+        416 => Error::upstream(
+            Kind::RangeNotSatisfiable,
+            "the requested range is not satisfiable",
+        ),
+        s => Error::upstream(
+            Kind::BadGateway,
+            format!("the origin answered with status {s}"),
+        ),
     }
 }
 

@@ -167,7 +167,10 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S) 
                 }
                 ReadOutcome::Timeout if !idle => {
                     let id = w.next_request_id();
-                    let e = Error::client(Kind::RequestTimeout, "the request head did not arrive in time");
+                    let e = Error::client(
+                        Kind::RequestTimeout,
+                        "the request head did not arrive in time",
+                    );
                     let _ = respond::error(&w, &mut io, &mut out, id, true, false, &e).await;
                     return;
                 }
@@ -193,7 +196,10 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S) 
             _ if !reads => close = true,
             BodyFraming::Length(n) if n > MAX_DISCARDED_BODY => {
                 close = true;
-                early = Some(Error::client(Kind::PayloadTooLarge, "request body too large"));
+                early = Some(Error::client(
+                    Kind::PayloadTooLarge,
+                    "request body too large",
+                ));
             }
             framing => {
                 let (res, b) = discard_body(&w, &mut io, buf, consumed, framing, started).await;
@@ -318,7 +324,10 @@ async fn discard_body<S: AsyncReadRent>(
             }
             if total > MAX_DISCARDED_BODY {
                 return (
-                    Err(Some(Error::client(Kind::PayloadTooLarge, "request body too large"))),
+                    Err(Some(Error::client(
+                        Kind::PayloadTooLarge,
+                        "request body too large",
+                    ))),
                     buf,
                 );
             }
@@ -335,7 +344,10 @@ async fn discard_body<S: AsyncReadRent>(
             ReadOutcome::Data => {}
             ReadOutcome::Timeout => {
                 return (
-                    Err(Some(Error::client(Kind::RequestTimeout, "the request body did not arrive in time"))),
+                    Err(Some(Error::client(
+                        Kind::RequestTimeout,
+                        "the request body did not arrive in time",
+                    ))),
                     buf,
                 )
             }
@@ -352,7 +364,10 @@ mod tests {
     fn request_ids() {
         let id = RequestId::generate(0xdeadbeef, 3, 42);
         assert_eq!(id.as_str(), "deadbeef03000000002a");
-        assert_eq!(RequestId::from_client(b"abc-123_x.y").unwrap().as_str(), "abc-123_x.y");
+        assert_eq!(
+            RequestId::from_client(b"abc-123_x.y").unwrap().as_str(),
+            "abc-123_x.y"
+        );
         assert!(RequestId::from_client(b"bad id").is_none());
         assert!(RequestId::from_client(b"").is_none());
         assert!(RequestId::from_client(&[b'a'; 65]).is_none());

@@ -27,7 +27,11 @@ pub fn head_start(out: &mut Vec<u8>, w: &Worker, status: u16, id: &RequestId, cl
 }
 
 /// Writes all of `out` within the send timeout, then clears it. The buffer is kept for reuse.
-pub async fn flush<S: AsyncWriteRent>(w: &Worker, io: &mut S, out: &mut Vec<u8>) -> std::io::Result<()> {
+pub async fn flush<S: AsyncWriteRent>(
+    w: &Worker,
+    io: &mut S,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
     let buf = std::mem::take(out);
     match monoio::time::timeout(w.shared.config.server.send_timeout, io.write_all(buf)).await {
         Ok((res, mut buf)) => {

@@ -91,10 +91,17 @@ impl Shared {
         origins.refresh_all();
         for (i, b) in config.buckets.iter().enumerate() {
             if let Some(e) = origins.get(i).last_error() {
-                log::warn!("bucket {}: origin {} not reachable yet: {e}", b.name, b.endpoint.authority());
+                log::warn!(
+                    "bucket {}: origin {} not reachable yet: {e}",
+                    b.name,
+                    b.endpoint.authority()
+                );
             }
         }
-        let metrics = Registry::new(config.buckets.iter().map(|b| b.name.clone()).collect(), workers);
+        let metrics = Registry::new(
+            config.buckets.iter().map(|b| b.name.clone()).collect(),
+            workers,
+        );
         let limits = Limits {
             max_request_line: config.server.max_request_line,
             max_header_bytes: config.server.max_header_bytes,
@@ -178,11 +185,18 @@ pub fn serve(config: Config) -> Result<(), String> {
             "corvid {} listening on {}{} with {} worker(s)",
             env!("CARGO_PKG_VERSION"),
             shared.config.server.listen,
-            if shared.server_tls.is_some() { " (TLS)" } else { "" },
+            if shared.server_tls.is_some() {
+                " (TLS)"
+            } else {
+                ""
+            },
             shared.workers
         );
         if let Some(sig) = signals.forever().next() {
-            log::info!("signal {sig} received: shutting down (grace {:?})", shared.config.server.shutdown_grace);
+            log::info!(
+                "signal {sig} received: shutting down (grace {:?})",
+                shared.config.server.shutdown_grace
+            );
         }
         // A second signal during the drain exits at once.
         std::thread::spawn(move || {
@@ -231,14 +245,23 @@ fn worker_thread(
             Ok(mut rt) => {
                 return rt.block_on(worker_main(id, shared, control, ready, "io_uring", pinned));
             }
-            Err(e) => log::warn!("worker {id}: io_uring unavailable ({e}); using the legacy driver"),
+            Err(e) => {
+                log::warn!("worker {id}: io_uring unavailable ({e}); using the legacy driver")
+            }
         }
     }
     match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()
     {
-        Ok(mut rt) => rt.block_on(worker_main(id, shared, control, ready, "legacy (epoll)", pinned)),
+        Ok(mut rt) => rt.block_on(worker_main(
+            id,
+            shared,
+            control,
+            ready,
+            "legacy (epoll)",
+            pinned,
+        )),
         Err(e) => {
             let _ = ready.send(Err(format!("worker {id}: cannot build a runtime: {e}")));
         }

@@ -87,7 +87,11 @@ mod tests {
                 assert!(w.as_mut().poll(&mut cx).is_pending());
                 assert_eq!(s.waiters.borrow().len(), 1);
             }
-            assert_eq!(s.waiters.borrow().len(), 0, "dropped waiter removed its slot");
+            assert_eq!(
+                s.waiters.borrow().len(),
+                0,
+                "dropped waiter removed its slot"
+            );
             s.fire();
             s.wait().await;
             assert!(s.is_fired());

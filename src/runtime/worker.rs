@@ -101,14 +101,21 @@ impl Worker {
 
 /// Binds this worker's listener (SO_REUSEPORT: every worker has its own accept queue).
 pub fn bind(shared: &Shared) -> std::io::Result<TcpListener> {
-    let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096);
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(4096);
     TcpListener::bind_with_config(shared.config.server.listen, &opts)
 }
 
 /// The accept loop; returns once shutdown has begun and connections drained (or the grace
 /// period ran out).
 pub async fn run(w: Rc<Worker>, listener: TcpListener) {
-    let acceptor = w.shared.server_tls.as_ref().map(|c| TlsAcceptor::from(Arc::clone(c)));
+    let acceptor = w
+        .shared
+        .server_tls
+        .as_ref()
+        .map(|c| TlsAcceptor::from(Arc::clone(c)));
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => Some(r),

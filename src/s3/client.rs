@@ -190,21 +190,20 @@ impl Pool {
                 },
             };
             let deadline = Instant::now() + t.first_byte;
-            let (res, back) = match monoio::time::timeout_at(deadline, conn.io.write_all(request))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => {
-                    // The buffer went with the cancelled write; callers rebuild it.
-                    return (
-                        Err(Error::upstream(
-                            Kind::GatewayTimeout,
-                            "sending the request to the origin timed out",
-                        )),
-                        Vec::new(),
-                    );
-                }
-            };
+            let (res, back) =
+                match monoio::time::timeout_at(deadline, conn.io.write_all(request)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // The buffer went with the cancelled write; callers rebuild it.
+                        return (
+                            Err(Error::upstream(
+                                Kind::GatewayTimeout,
+                                "sending the request to the origin timed out",
+                            )),
+                            Vec::new(),
+                        );
+                    }
+                };
             request = back;
             if let Err(e) = res {
                 if reused && allow_retry {
@@ -459,7 +458,10 @@ impl Body {
                                 return (
                                     Err(Error::upstream(
                                         Kind::BadGateway,
-                                        format!("bad chunked body from the origin: {}", e.message()),
+                                        format!(
+                                            "bad chunked body from the origin: {}",
+                                            e.message()
+                                        ),
                                     )),
                                     out,
                                 );

@@ -92,7 +92,11 @@ pub fn build_request(
         header(out, "x-amz-security-token", token);
     }
     header(out, "authorization", &sig.authorization);
-    header(out, "user-agent", concat!("corvid/", env!("CARGO_PKG_VERSION")));
+    header(
+        out,
+        "user-agent",
+        concat!("corvid/", env!("CARGO_PKG_VERSION")),
+    );
     out.extend_from_slice(b"\r\n");
 }
 

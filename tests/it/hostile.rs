@@ -29,9 +29,15 @@ fn expect_rejected(corvid: &Corvid, name: &str, raw: &[u8], status: u16, closes:
     assert_eq!(r.status, status, "{name}: {}", r.text());
     let v: serde_json::Value = serde_json::from_slice(&r.body)
         .unwrap_or_else(|_| panic!("{name}: error body is not JSON: {}", r.text()));
-    assert!(v["error"].is_string() && v["request_id"].is_string(), "{name}");
+    assert!(
+        v["error"].is_string() && v["request_id"].is_string(),
+        "{name}"
+    );
     if closes {
-        assert!(c.closed_by_peer(), "{name}: connection should be closed after a framing error");
+        assert!(
+            c.closed_by_peer(),
+            "{name}: connection should be closed after a framing error"
+        );
     } else {
         // The head was well framed: the connection stays usable.
         assert_eq!(c.request("GET", "/hst/k", &[]).body, b"fine", "{name}");
@@ -42,10 +48,15 @@ fn expect_rejected(corvid: &Corvid, name: &str, raw: &[u8], status: u16, closes:
 fn framing_rules_each_get_their_status() {
     let (_origin, corvid) = start();
     let long_target = format!("GET /hst/{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000));
-    let big_header = format!("GET /hst/k HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(17 * 1024));
+    let big_header = format!(
+        "GET /hst/k HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(17 * 1024)
+    );
     let many_headers = format!(
         "GET /hst/k HTTP/1.1\r\nHost: x\r\n{}\r\n",
-        (0..120).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()
+        (0..120)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
     );
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("CL and TE together", b"GET /hst/k HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
@@ -81,9 +92,18 @@ fn framing_rules_each_get_their_status() {
     }
     // Well-framed requests with an unusable target: 400, connection kept.
     for (name, raw) in [
-        ("asterisk target on GET", &b"GET * HTTP/1.1\r\nHost: x\r\n\r\n"[..]),
-        ("relative target", &b"GET hst/k HTTP/1.1\r\nHost: x\r\n\r\n"[..]),
-        ("fragment in target", &b"GET /hst/k#frag HTTP/1.1\r\nHost: x\r\n\r\n"[..]),
+        (
+            "asterisk target on GET",
+            &b"GET * HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        ),
+        (
+            "relative target",
+            &b"GET hst/k HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        ),
+        (
+            "fragment in target",
+            &b"GET /hst/k#frag HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        ),
     ] {
         expect_rejected(&corvid, name, raw, 400, false);
     }
@@ -159,6 +179,9 @@ fn http10_and_absolute_form() {
     let (_origin, corvid) = start();
     let r = http::send_raw(corvid.addr(), b"GET /hst/k HTTP/1.0\r\n\r\n");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"fine"[..]));
-    let r = http::send_raw(corvid.addr(), b"GET http://example.com/hst/k HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let r = http::send_raw(
+        corvid.addr(),
+        b"GET http://example.com/hst/k HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    );
     assert_eq!((r.status, r.body.as_slice()), (200, &b"fine"[..]));
 }

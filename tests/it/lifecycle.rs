@@ -22,16 +22,33 @@ fn check_and_version_and_usage() {
     let dir = tempfile::tempdir().unwrap();
     let good = write_config(
         &dir,
-        &format!("{}{}", server_toml(8080), bucket_toml_for("b1", "/b1", "http://127.0.0.1:9", "b1", "")),
+        &format!(
+            "{}{}",
+            server_toml(8080),
+            bucket_toml_for("b1", "/b1", "http://127.0.0.1:9", "b1", "")
+        ),
     );
-    let out = corvid_cmd().args(["check", "--config"]).arg(&good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = corvid_cmd()
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let bad = write_config(
         &dir,
         "[server]\nlisten = \"127.0.0.1:8080\"\nheader_timeout = \"ten seconds\"\n\n[[buckets]]\nname = \"b\"\nprefix = \"/admin\"\nendpoint = \"ftp://x\"\nregion = \"r\"\nbucket = \"bb\"\naccess_key = \"${CORVID_TEST_UNSET_VAR}\"\nsecret_key = \"s\"\nbogus = 1\n",
     );
-    let out = corvid_cmd().args(["check", "-c"]).arg(&bad).output().unwrap();
+    let out = corvid_cmd()
+        .args(["check", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
@@ -44,7 +61,11 @@ fn check_and_version_and_usage() {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
     // serve refuses the same config with exit 1 and the same explanation.
-    let out = corvid_cmd().args(["serve", "-c"]).arg(&bad).output().unwrap();
+    let out = corvid_cmd()
+        .args(["serve", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("buckets[0].prefix"));
 
@@ -53,7 +74,10 @@ fn check_and_version_and_usage() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
     let out = corvid_cmd().arg("serve").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "usage error");
-    let out = corvid_cmd().args(["check", "-c", "/nonexistent/corvid.toml"]).output().unwrap();
+    let out = corvid_cmd()
+        .args(["check", "-c", "/nonexistent/corvid.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -66,7 +90,9 @@ fn port_in_use_is_a_startup_error() {
         server_toml(port),
         bucket_toml_for("b1", "/b1", "http://127.0.0.1:9", "b1", "")
     ));
-    let status = c.wait_exit(Duration::from_secs(10)).expect("corvid should exit");
+    let status = c
+        .wait_exit(Duration::from_secs(10))
+        .expect("corvid should exit");
     assert_eq!(status.code(), Some(1));
     assert!(c.stderr().contains("cannot listen"), "{}", c.stderr());
 }
@@ -76,14 +102,25 @@ fn health_ready_and_metrics() {
     let origin = Origin::start();
     origin.create_bucket("obs");
     origin.put("obs", "k", b"value");
-    let corvid = Corvid::start(&format!("{}{}", server_toml(free_port()), bucket_toml("obs", "/obs", &origin)));
+    let corvid = Corvid::start(&format!(
+        "{}{}",
+        server_toml(free_port()),
+        bucket_toml("obs", "/obs", &origin)
+    ));
     let h = http::get(corvid.addr(), "/health", &[]);
     assert_eq!((h.status, h.text().as_str()), (200, r#"{"status":"ok"}"#));
     let r = http::get(corvid.addr(), "/ready", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["buckets"]["obs"]["reachable"], true);
-    assert_eq!(http::send_raw(corvid.addr(), b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").status, 405);
+    assert_eq!(
+        http::send_raw(
+            corvid.addr(),
+            b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        )
+        .status,
+        405
+    );
 
     for _ in 0..3 {
         assert_eq!(http::get(corvid.addr(), "/obs/k", &[]).status, 200);
@@ -91,7 +128,10 @@ fn health_ready_and_metrics() {
     assert_eq!(http::get(corvid.addr(), "/obs/missing", &[]).status, 404);
     let m = http::get(corvid.addr(), "/metrics", &[]);
     assert_eq!(m.status, 200);
-    assert!(m.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(m
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let text = m.text();
     for needle in [
         "corvid_requests_total{bucket=\"obs\",method=\"GET\",status=\"2xx\"} 3",
@@ -132,7 +172,9 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
     let r = inflight.join().unwrap();
     assert_eq!(r.status, 200, "in-flight request completed");
     assert_eq!(r.body, b"finished");
-    let status = corvid.wait_exit(Duration::from_secs(10)).expect("corvid exits after the drain");
+    let status = corvid
+        .wait_exit(Duration::from_secs(10))
+        .expect("corvid exits after the drain");
     assert_eq!(status.code(), Some(0), "{}", corvid.stderr());
     assert!(idle.closed_by_peer());
     assert!(is_refused(addr), "no longer accepting");

@@ -19,7 +19,13 @@ fn setup_with(bucket: &str, bucket_extra: &str, extra_toml: &str) -> Setup {
     let cfg = format!(
         "{}{}{}",
         server_toml(free_port()),
-        bucket_toml_for(bucket, &format!("/{bucket}"), &origin.endpoint(), bucket, bucket_extra),
+        bucket_toml_for(
+            bucket,
+            &format!("/{bucket}"),
+            &origin.endpoint(),
+            bucket,
+            bucket_extra
+        ),
         extra_toml
     );
     let corvid = Corvid::start(&cfg);
@@ -89,7 +95,13 @@ fn tricky_keys_end_to_end() {
         assert_eq!(r.status, 200, "{path}");
         assert_eq!(r.body, b"same");
     }
-    for bad in ["/keys/dots/../x", "/keys/a/./b", "/keys/%2e%2E/x", "/keys/nul%00byte", "/keys/bad%zzenc"] {
+    for bad in [
+        "/keys/dots/../x",
+        "/keys/a/./b",
+        "/keys/%2e%2E/x",
+        "/keys/nul%00byte",
+        "/keys/bad%zzenc",
+    ] {
         let r = http::get(s.corvid.addr(), bad, &[]);
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
         assert_eq!(json(&r)["error"], "bad_request");
@@ -105,11 +117,17 @@ fn ranges_and_conditionals_pass_through() {
     assert_eq!(r.status, 206);
     assert_eq!(r.body, b"2345");
     assert_eq!(r.header("content-range"), Some("bytes 2-5/10"));
-    assert_eq!(s.origin.last_request().unwrap().header("range"), Some("bytes=2-5"));
+    assert_eq!(
+        s.origin.last_request().unwrap().header("range"),
+        Some("bytes=2-5")
+    );
     let r = http::get(addr, "/cond/digits", &[("range", "bytes=-3")]);
     assert_eq!((r.status, r.body.as_slice()), (206, &b"789"[..]));
 
-    let etag = http::get(addr, "/cond/digits", &[]).header("etag").unwrap().to_string();
+    let etag = http::get(addr, "/cond/digits", &[])
+        .header("etag")
+        .unwrap()
+        .to_string();
     let last_modified = http::head(addr, "/cond/digits", &[])
         .header("last-modified")
         .unwrap()
@@ -125,7 +143,10 @@ fn ranges_and_conditionals_pass_through() {
     ] {
         let r = http::get(addr, "/cond/digits", &[(name, value)]);
         assert_eq!(s.origin.last_request().unwrap().header(name), Some(value));
-        let direct = s.origin.client().get_object("cond", "digits", &[(name, value)]);
+        let direct = s
+            .origin
+            .client()
+            .get_object("cond", "digits", &[(name, value)]);
         assert_eq!(r.status, direct.status, "{name}");
     }
     // The origin's 304 and 412 answers reach the client as such.
@@ -198,10 +219,17 @@ fn client_credentials_and_query_do_not_leak_upstream() {
         ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("content-type"), Some("text/plain"), "response-* override applied");
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain"),
+        "response-* override applied"
+    );
     let up = s.origin.last_request().unwrap();
     let auth = up.header("authorization").unwrap();
-    assert!(auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/")), "{auth}");
+    assert!(
+        auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/")),
+        "{auth}"
+    );
     assert!(up.header("cookie").is_none());
     assert!(up.header("x-amz-security-token").is_none());
     assert!(up.header("proxy-authorization").is_none());
@@ -216,7 +244,8 @@ fn client_credentials_and_query_do_not_leak_upstream() {
 fn keep_alive_and_pipelining_answer_in_order() {
     let s = setup("pipe");
     for i in 0..3 {
-        s.origin.put("pipe", &format!("o{i}"), format!("body-{i}").as_bytes());
+        s.origin
+            .put("pipe", &format!("o{i}"), format!("body-{i}").as_bytes());
     }
     let mut c = Conn::connect(s.corvid.addr());
     for i in 0..3 {
@@ -250,10 +279,17 @@ fn write_methods_get_405_and_options_without_cors() {
         assert_eq!(r.status, 405, "{m}");
         assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"));
     }
-    let r = http::send_raw(s.corvid.addr(), b"OPTIONS /rdo/k HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = http::send_raw(
+        s.corvid.addr(),
+        b"OPTIONS /rdo/k HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
     assert_eq!(r.status, 204);
     assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"));
-    assert_eq!(s.origin.total_count(), 1, "only the bucket creation reached the origin");
+    assert_eq!(
+        s.origin.total_count(),
+        1,
+        "only the bucket creation reached the origin"
+    );
 }
 
 #[test]
@@ -269,7 +305,10 @@ fn cors_preflight_and_simple_requests() {
         b"OPTIONS /web/img.png HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: GET\r\nAccess-Control-Request-Headers: range\r\n\r\n",
     );
     assert_eq!(pre.status, 204, "{}", pre.text());
-    assert_eq!(pre.header("access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(
+        pre.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
     assert_eq!(pre.header("access-control-allow-headers"), Some("range"));
     assert_eq!(pre.header("access-control-max-age"), Some("3600"));
     let denied = http::send_raw(
@@ -277,9 +316,20 @@ fn cors_preflight_and_simple_requests() {
         b"OPTIONS /web/img.png HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: GET\r\n\r\n",
     );
     assert_eq!(denied.status, 403);
-    let r = http::get(s.corvid.addr(), "/web/img.png", &[("origin", "https://app.example")]);
-    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example"));
-    let r = http::get(s.corvid.addr(), "/web/img.png", &[("origin", "https://evil.example")]);
+    let r = http::get(
+        s.corvid.addr(),
+        "/web/img.png",
+        &[("origin", "https://app.example")],
+    );
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let r = http::get(
+        s.corvid.addr(),
+        "/web/img.png",
+        &[("origin", "https://evil.example")],
+    );
     assert_eq!(r.status, 200);
     assert!(r.header("access-control-allow-origin").is_none());
 }
@@ -296,7 +346,13 @@ fn dead_and_stalled_origins_map_to_502_and_504() {
         server_toml(free_port()),
         bucket_toml("live", "/live", &origin),
         bucket_toml_for("dead", "/dead", &refused.endpoint(), "dead", ""),
-        bucket_toml_for("slow", "/slow", &stall.endpoint(), "slow", "first_byte_timeout = \"500ms\""),
+        bucket_toml_for(
+            "slow",
+            "/slow",
+            &stall.endpoint(),
+            "slow",
+            "first_byte_timeout = \"500ms\""
+        ),
     );
     let corvid = Corvid::start(&cfg);
     let r = http::get(corvid.addr(), "/dead/k", &[]);

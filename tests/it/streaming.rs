@@ -26,7 +26,10 @@ fn large_object_streams_byte_exact_with_bounded_memory() {
     c.send(b"GET /big/model.bin HTTP/1.1\r\nHost: x\r\n\r\n");
     let head = c.read_head();
     assert_eq!(head.status, 200);
-    assert_eq!(head.header("content-length"), Some(SIZE.to_string().as_str()));
+    assert_eq!(
+        head.header("content-length"),
+        Some(SIZE.to_string().as_str())
+    );
 
     let mut got = Vec::with_capacity(SIZE);
     got.extend_from_slice(&c.read_body_chunk(1 << 20));
@@ -49,8 +52,14 @@ fn large_object_streams_byte_exact_with_bounded_memory() {
     eprintln!("rss baseline {baseline} KiB, peak while paused {paused_peak} KiB, VmHWM {peak} KiB");
     // Socket buffers hold a few MiB; the object is 300 MiB. 64 MiB of growth would already
     // mean corvid buffers far more than one chunk.
-    assert!(growth < 64 * 1024, "RSS grew by {growth} KiB while the client was paused");
-    assert!(peak < baseline + 64 * 1024, "peak RSS {peak} KiB (baseline {baseline} KiB)");
+    assert!(
+        growth < 64 * 1024,
+        "RSS grew by {growth} KiB while the client was paused"
+    );
+    assert!(
+        peak < baseline + 64 * 1024,
+        "peak RSS {peak} KiB (baseline {baseline} KiB)"
+    );
     // The connection is still usable afterwards.
     origin.put("big", "small", b"ok");
     assert_eq!(c.request("GET", "/big/small", &[]).body, b"ok");

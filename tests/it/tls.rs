@@ -50,13 +50,23 @@ fn https_listener() {
         bucket_toml("tlsl", "/tlsl", &origin),
     );
     let corvid = Corvid::start_with(&cfg, Readiness::Https(certs.client_config.clone()), &[]);
-    let r = http::https_get(corvid.addr(), certs.client_config.clone(), "localhost", "/tlsl/k", &[]);
+    let r = http::https_get(
+        corvid.addr(),
+        certs.client_config.clone(),
+        "localhost",
+        "/tlsl/k",
+        &[],
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"over tls");
     let mut c = Conn::connect_tls(corvid.addr(), certs.client_config.clone(), "localhost").unwrap();
     assert_eq!(c.request("GET", "/health", &[]).status, 200);
     assert_eq!(c.request("GET", "/tlsl/k", &[]).body, b"over tls");
     // Plain HTTP on the TLS port gets no answer it could mistake for a response.
-    let r = http::try_send_raw(corvid.addr(), b"GET /tlsl/k HTTP/1.1\r\nHost: x\r\n\r\n", std::time::Duration::from_secs(5));
+    let r = http::try_send_raw(
+        corvid.addr(),
+        b"GET /tlsl/k HTTP/1.1\r\nHost: x\r\n\r\n",
+        std::time::Duration::from_secs(5),
+    );
     assert!(r.is_err() || r.unwrap().status != 200);
 }

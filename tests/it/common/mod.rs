@@ -110,4 +110,3 @@ pub fn tricky_keys() -> Vec<String> {
         long_segment,
     ]
 }
-
