@@ -374,3 +374,23 @@ fn bucket_toml_is_valid_toml() {
     assert_eq!(b["secret_key"].as_str(), Some(SECRET_KEY));
     assert_eq!(v["server"]["workers"].as_integer(), Some(2));
 }
+
+#[test]
+fn corvid_runner_reaps_a_process_that_exits() {
+    // An invalid config (workers has the wrong type) must make corvid exit;
+    // this exercises spawn / config file / stderr capture / wait_exit
+    // without depending on the proxy working.
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\nworkers = \"lots\"\n",
+        free_port()
+    );
+    let mut corvid = Corvid::spawn(&cfg);
+    assert!(corvid.config_path().exists());
+    assert_eq!(corvid.config(), cfg);
+    let status = corvid.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some(),
+        "corvid kept running with an invalid config"
+    );
+    let _ = corvid.stderr();
+}

@@ -20,7 +20,10 @@ pub mod s3client;
 pub mod tls;
 
 pub use net::{free_port, is_refused, wait_until, RefuseAddr, StallServer};
-pub use origin::{Origin, OriginConfig, RecordedRequest, ACCESS_KEY, REGION, SECRET_KEY};
+pub use origin::{
+    pattern_bytes, storage_key, Origin, OriginConfig, RecordedRequest, ACCESS_KEY, REGION,
+    SECRET_KEY,
+};
 pub use proc::{Corvid, Readiness};
 pub use s3client::{encode_key, S3Client};
 pub use tls::{generate_server_cert_files, CertPair, ServerCertFiles, TestCa, TlsTerminator};
@@ -70,21 +73,6 @@ pub fn bucket_toml_tls(name: &str, prefix: &str, tls: &TlsTerminator) -> String 
         toml_str(&tls.ca_pem_path().to_string_lossy())
     );
     bucket_toml_for(name, prefix, &tls.endpoint(), name, &extra)
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so large test objects are
-/// incompressible and reproducible without a rand dependency.
-pub fn pattern_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Keys that stress path encoding. The long ones only work because the

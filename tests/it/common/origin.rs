@@ -579,3 +579,18 @@ fn serve(listener: StdListener, service: Recorder, mut stop: tokio::sync::onesho
     // sockets; the bound keeps a stuck blocking file read from hanging stop().
     rt.shutdown_timeout(Duration::from_secs(5));
 }
+
+/// Deterministic pseudo-random bytes (xorshift), so large test objects are
+/// incompressible and reproducible without a rand dependency.
+pub fn pattern_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

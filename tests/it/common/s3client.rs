@@ -45,6 +45,14 @@ pub fn encode_query_component(s: &str) -> String {
     encode_key(s).replace('/', "%2F")
 }
 
+/// Who signs, and for which region.
+#[derive(Clone, Copy, Debug)]
+pub struct Creds<'a> {
+    pub access_key: &'a str,
+    pub secret_key: &'a str,
+    pub region: &'a str,
+}
+
 /// Signs a request and returns the headers to add (`authorization`,
 /// `x-amz-date`, `x-amz-content-sha256`, ...). `url` must be absolute and
 /// already percent-encoded; `headers` must include `host`.
@@ -53,13 +61,11 @@ pub fn sign_request(
     url: &str,
     headers: &[(&str, &str)],
     body: SignableBody<'_>,
-    access_key: &str,
-    secret_key: &str,
-    region: &str,
+    creds: Creds<'_>,
     time: SystemTime,
 ) -> Vec<(String, String)> {
     let identity: Identity =
-        Credentials::new(access_key, secret_key, None, None, "corvid-it").into();
+        Credentials::new(creds.access_key, creds.secret_key, None, None, "corvid-it").into();
     let mut settings = SigningSettings::default();
     // S3 specifics: the path is canonicalised exactly as sent (single
     // encoding, no dot-segment normalisation) and x-amz-content-sha256 is a
@@ -69,7 +75,7 @@ pub fn sign_request(
     settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
     let params = v4::SigningParams::builder()
         .identity(&identity)
-        .region(region)
+        .region(creds.region)
         .name("s3")
         .time(time)
         .settings(settings)
@@ -158,9 +164,11 @@ impl S3Client {
             &url,
             &all,
             payload,
-            &self.access_key,
-            &self.secret_key,
-            &self.region,
+            Creds {
+                access_key: &self.access_key,
+                secret_key: &self.secret_key,
+                region: &self.region,
+            },
             SystemTime::now(),
         );
         let mut wire: Vec<(&str, &str)> = all;
