@@ -9,7 +9,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use crate::error::{Error, Kind};
 use crate::http::conn::{Request, RequestLog, Sent};
 use crate::http::request::Method;
-use crate::http::respond;
+use crate::http::respond::{self, Reply};
 use crate::router::{split_target, Route};
 use crate::runtime::worker::Worker;
 
@@ -28,17 +28,13 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     }
     match route {
         Route::Health => {
-            respond::simple(
-                w,
-                io,
-                out,
-                req,
-                200,
-                "application/json",
-                br#"{"status":"ok"}"#,
-                &[],
-            )
-            .await
+            let reply = Reply {
+                status: 200,
+                content_type: "application/json",
+                body: br#"{"status":"ok"}"#,
+                extra: &[],
+            };
+            respond::simple(w, io, out, req, reply).await
         }
         Route::Ready => ready(w, io, out, req).await,
         Route::Metrics => {
@@ -48,10 +44,12 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
                 io,
                 out,
                 req,
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                text.as_bytes(),
-                &[("Cache-Control", "no-store")],
+                Reply {
+                    status: 200,
+                    content_type: "text/plain; version=0.0.4; charset=utf-8",
+                    body: text.as_bytes(),
+                    extra: &[("Cache-Control", "no-store")],
+                },
             )
             .await
         }
@@ -104,10 +102,12 @@ async fn ready<S: AsyncWriteRent>(
         io,
         out,
         req,
-        status,
-        "application/json",
-        body.as_bytes(),
-        &[("Cache-Control", "no-store")],
+        Reply {
+            status,
+            content_type: "application/json",
+            body: body.as_bytes(),
+            extra: &[("Cache-Control", "no-store")],
+        },
     )
     .await
 }

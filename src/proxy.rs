@@ -19,7 +19,7 @@ use crate::cors;
 use crate::error::{Error, Kind};
 use crate::http::conn::{Request, Sent};
 use crate::http::request::Method;
-use crate::http::respond;
+use crate::http::respond::{self, Reply};
 use crate::http::response::{end_head, write_header, write_header_u64, UpstreamHead};
 use crate::metrics::UpstreamOutcome;
 use crate::router::forwarded_query;
@@ -264,7 +264,13 @@ async fn options<S: AsyncWriteRent>(
 ) -> Result<Sent, Error> {
     let allow = [("Allow", "GET, HEAD, OPTIONS")];
     let Some(cfg) = w.shared.config.buckets[bucket].cors.as_ref() else {
-        return respond::simple(w, io, out, req, 204, "", b"", &allow).await;
+        let reply = Reply {
+            status: 204,
+            content_type: "",
+            body: b"",
+            extra: &allow,
+        };
+        return respond::simple(w, io, out, req, reply).await;
     };
     let headers = cors::preflight(
         cfg,
@@ -274,7 +280,13 @@ async fn options<S: AsyncWriteRent>(
     )?;
     let mut extra: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     extra.extend_from_slice(&allow);
-    respond::simple(w, io, out, req, 204, "", b"", &extra).await
+    let reply = Reply {
+        status: 204,
+        content_type: "",
+        body: b"",
+        extra: &extra,
+    };
+    respond::simple(w, io, out, req, reply).await
 }
 
 #[cfg(test)]

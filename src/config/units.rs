@@ -69,7 +69,7 @@ pub fn duration_from_int(n: i64) -> Result<Duration, String> {
 pub fn format_size(bytes: u64) -> String {
     for &(unit, factor) in SIZE_UNITS.iter().rev() {
         let factor = factor as u64;
-        if bytes >= factor && bytes % factor == 0 {
+        if bytes >= factor && bytes.is_multiple_of(factor) {
             return format!("{}{unit}", bytes / factor);
         }
     }
@@ -141,7 +141,7 @@ fn parse_scaled(
         let frac: u128 = frac_digits.parse().map_err(|_| too_large())?;
         let scale = 10u128.pow(frac_digits.len() as u32);
         let scaled = frac * factor;
-        if scaled % scale != 0 {
+        if !scaled.is_multiple_of(scale) {
             return Err(format!("`{s}` is not a whole number of {base_name}"));
         }
         total = total.checked_add(scaled / scale).ok_or_else(too_large)?;

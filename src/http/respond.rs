@@ -76,30 +76,36 @@ pub async fn error<S: AsyncWriteRent>(
     flush(w, io, out).await
 }
 
-/// Answers a complete small response.
+/// A complete small response: status, content type ("" for none), body, extra headers.
+pub struct Reply<'a> {
+    pub status: u16,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    pub extra: &'a [(&'a str, &'a str)],
+}
+
+/// Answers a complete small response (no body for HEAD, none at all for 204/304).
 pub async fn simple<S: AsyncWriteRent>(
     w: &Worker,
     io: &mut S,
     out: &mut Vec<u8>,
     req: &Request<'_>,
-    status: u16,
-    content_type: &str,
-    body: &[u8],
-    extra: &[(&str, &str)],
+    reply: Reply<'_>,
 ) -> Result<Sent, Error> {
+    let status = reply.status;
     head_start(out, w, status, &req.id, req.close);
-    if !content_type.is_empty() {
-        write_header(out, "Content-Type", content_type.as_bytes());
+    if !reply.content_type.is_empty() {
+        write_header(out, "Content-Type", reply.content_type.as_bytes());
     }
-    for (n, v) in extra {
+    for (n, v) in reply.extra {
         write_header(out, n, v.as_bytes());
     }
     if status != 204 && status != 304 {
-        write_header_u64(out, "Content-Length", body.len() as u64);
+        write_header_u64(out, "Content-Length", reply.body.len() as u64);
     }
     end_head(out);
     if !req.is_head() {
-        out.extend_from_slice(body);
+        out.extend_from_slice(reply.body);
     }
     let abort = flush(w, io, out).await.is_err();
     Ok(Sent { status, abort })
