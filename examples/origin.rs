@@ -45,6 +45,10 @@ struct Args {
     /// Create the bucket and a few sample objects.
     #[arg(long)]
     seed: bool,
+    /// Extra object to create in the bucket, as KEY=SIZE (bytes of deterministic data);
+    /// repeatable. Used by the perf scripts.
+    #[arg(long = "object", value_name = "KEY=SIZE")]
+    objects: Vec<String>,
 }
 
 /// Sample objects: (key, content type, body).
@@ -86,11 +90,21 @@ fn main() {
         secret_key: args.secret_key.clone(),
     });
 
-    if args.seed {
+    if args.seed || !args.objects.is_empty() {
         let client = origin.client();
         client.create_bucket(&args.bucket);
-        for (key, ct, body) in samples() {
-            client.put_object(&args.bucket, key, &body, Some(ct), &[]);
+        if args.seed {
+            for (key, ct, body) in samples() {
+                client.put_object(&args.bucket, key, &body, Some(ct), &[]);
+            }
+        }
+        for spec in &args.objects {
+            let (key, size) = spec
+                .split_once('=')
+                .and_then(|(k, n)| Some((k, n.parse::<usize>().ok()?)))
+                .unwrap_or_else(|| panic!("--object wants KEY=SIZE, got {spec:?}"));
+            let body = origin::pattern_bytes(size, size as u64);
+            client.put_object(&args.bucket, key, &body, Some("application/octet-stream"), &[]);
         }
     }
 

@@ -14,10 +14,11 @@ wait_http() {
   return 1
 }
 
-# run_wrk LABEL URL: runs wrk and prints "LABEL req/s p50 p99" (latencies in ms).
+# run_wrk LABEL URL [wrk args...]: runs wrk and prints "LABEL req/s p50 p99" (latencies in ms).
 run_wrk() {
   local label=$1 url=$2 out
-  out=$(wrk -t"${THREADS}" -c"${CONNS}" -d"${DURATION}" --latency "$url")
+  shift 2
+  out=$(wrk -t"${THREADS}" -c"${CONNS}" -d"${DURATION}" --latency "$@" "$url")
   echo "$out" > "$WORK/wrk-$(echo "$label" | tr ' /' '__').txt"
   local rps p50 p99 errors
   rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')

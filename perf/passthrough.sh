@@ -5,8 +5,9 @@
 #   perf/passthrough.sh                 # defaults: wrk -t2 -c64 -d10s
 #   DURATION=30s CONNS=128 perf/passthrough.sh
 #
-# The origin runs without signature checking here (--no-auth) so that the direct run and the
-# proxied run cost the origin the same work; corvid still signs every request as in production.
+# The origin checks signatures in both runs: the direct run sends headers signed once up front
+# (examples/sign_headers.rs; valid for the origin's 15-minute clock-skew window), corvid signs
+# every request itself as in production. So both runs cost the origin the same work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
@@ -16,7 +17,8 @@ CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 WORKERS=${WORKERS:-2}
 
-cargo build --release --bin corvid --example origin >/dev/null 2>&1 || cargo build --release --bin corvid --example origin
+build="cargo build --release --bin corvid --example origin --example sign_headers"
+$build >/dev/null 2>&1 || $build
 
 WORK=$(mktemp -d)
 pids=()
@@ -24,10 +26,12 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 origin_port=$(free_port)
-target/release/examples/origin --dir "$WORK/data" --listen "127.0.0.1:$origin_port" --no-auth \
+target/release/examples/origin --dir "$WORK/data" --listen "127.0.0.1:$origin_port" \
   --bucket perf --object 1k=1024 --object 1m=1048576 >"$WORK/origin.log" 2>&1 &
 pids+=($!)
-wait_http "http://127.0.0.1:$origin_port/"
+for _ in $(seq 1 300); do grep -q '^ready' "$WORK/origin.log" && break; sleep 0.1; done
+access_key=$(awk -F' = ' '/^access_key/ {print $2}' "$WORK/origin.log")
+secret_key=$(awk -F' = ' '/^secret_key/ {print $2}' "$WORK/origin.log")
 
 corvid_port=$(free_port)
 cat >"$WORK/corvid.toml" <<TOML
@@ -41,8 +45,8 @@ prefix = "/perf"
 endpoint = "http://127.0.0.1:$origin_port"
 region = "us-east-1"
 bucket = "perf"
-access_key = "AKIDPERF"
-secret_key = "perf-secret"
+access_key = "$access_key"
+secret_key = "$secret_key"
 TOML
 RUST_LOG=warn target/release/corvid serve -c "$WORK/corvid.toml" 2>"$WORK/corvid.log" &
 pids+=($!)
@@ -52,9 +56,9 @@ echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m) $(nproc) cores; wrk -t$THREADS -
 printf 'run\treq/s\tp50 ms\tp99 ms\terrors\n'
 for size in 1k 1m; do
   # Warm both paths (connection pools, page cache) before measuring.
-  curl -s -o /dev/null "http://127.0.0.1:$origin_port/perf/$size"
   curl -s -o /dev/null "http://127.0.0.1:$corvid_port/perf/$size"
-  o=$(run_wrk "origin $size" "http://127.0.0.1:$origin_port/perf/$size")
+  sig=$(target/release/examples/sign_headers "127.0.0.1:$origin_port" "/perf/$size" "$access_key" "$secret_key")
+  o=$(eval run_wrk "'origin $size'" "http://127.0.0.1:$origin_port/perf/$size" "$sig")
   c=$(run_wrk "corvid $size" "http://127.0.0.1:$corvid_port/perf/$size")
   echo "$o"
   echo "$c"
