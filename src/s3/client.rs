@@ -344,7 +344,7 @@ impl Body {
             ResponseFraming::None => BodyState::Done,
             ResponseFraming::Length(0) => BodyState::Done,
             ResponseFraming::Length(n) => BodyState::Length(n),
-            ResponseFraming::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
+            ResponseFraming::Chunked => BodyState::Chunked(ChunkedDecoder::upstream()),
             ResponseFraming::UntilClose => BodyState::UntilClose,
         };
         let mut body = Body {
