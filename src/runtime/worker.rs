@@ -205,3 +205,35 @@ impl<F: Future> Future for CatchUnwind<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A panicking connection task is contained: its neighbours on the same worker finish.
+    #[test]
+    fn a_panicking_connection_does_not_stop_the_others() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let done = Rc::new(Cell::new(0));
+            let d = Rc::clone(&done);
+            let survivor = monoio::spawn(async move {
+                monoio::time::sleep(Duration::from_millis(20)).await;
+                d.set(d.get() + 1);
+            });
+            let bad = monoio::spawn(CatchUnwind(Box::pin(async {
+                monoio::time::sleep(Duration::from_millis(5)).await;
+                panic!("boom");
+            })));
+            let caught = bad.await;
+            let msg = caught.unwrap_err();
+            assert_eq!(msg.downcast_ref::<&str>(), Some(&"boom"));
+            survivor.await;
+            assert_eq!(done.get(), 1);
+        });
+    }
+}
