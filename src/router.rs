@@ -206,12 +206,13 @@ pub fn split_target(target: &str) -> Result<(&str, Option<&str>), Error> {
 }
 
 fn strip_scheme(target: &str) -> Option<&str> {
-    for scheme in ["http://", "https://"] {
-        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
-            return Some(&target[scheme.len()..]);
-        }
-    }
-    None
+    // `get`, not indexing: the target may hold multi-byte characters (found by fuzzing).
+    ["http://", "https://"].into_iter().find_map(|scheme| {
+        target
+            .get(..scheme.len())
+            .filter(|head| head.eq_ignore_ascii_case(scheme))
+            .map(|_| &target[scheme.len()..])
+    })
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -462,6 +463,8 @@ mod tests {
         for bad in [
             "*", "p", "", "?q", "http://", "http:///p", "ftp://h/p", "/p#f", "/p?q#f",
             "http://h/p#", "/a b", "/a\tb", "/a\x7f", "h/p",
+            // Fuzz regression: a multi-byte character straddling the scheme length.
+            "'a/a/a\u{35e}\u{41e}\u{41f}\u{40b}E/admin", "\u{e9}\u{e9}\u{e9}\u{e9}",
         ] {
             assert_eq!(
                 split_target(bad).unwrap_err().kind(),
