@@ -1,7 +1,7 @@
 //! Routing cost per request: the prefix match among 1, 10 and 100 buckets, and decoding a
 //! long percent-encoded key (the worst realistic case for `decode_key`).
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use corvid::router::{decode_key, encode_key, Router};
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 
 fn prefixes(n: usize) -> Vec<String> {
     // A mix of depths, like a real deployment: /bucket-i and /team-j/bucket-i.

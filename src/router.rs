@@ -260,8 +260,7 @@ pub fn decode_key(raw: &str) -> Result<String, Error> {
     if memchr::memchr(0, &out).is_some() {
         return Err(bad_request("object key must not contain NUL"));
     }
-    let key =
-        String::from_utf8(out).map_err(|_| bad_request("object key is not valid UTF-8"))?;
+    let key = String::from_utf8(out).map_err(|_| bad_request("object key is not valid UTF-8"))?;
     if key.split('/').any(|s| s == "." || s == "..") {
         return Err(bad_request(
             "object key must not contain \".\" or \"..\" segments",
@@ -340,10 +339,7 @@ mod tests {
         assert_eq!(r.route("/health").unwrap(), Route::Health);
         assert_eq!(r.route("/ready").unwrap(), Route::Ready);
         assert_eq!(r.route("/metrics").unwrap(), Route::Metrics);
-        assert_eq!(
-            r.route("/admin").unwrap(),
-            Route::Admin { rest: "".into() }
-        );
+        assert_eq!(r.route("/admin").unwrap(), Route::Admin { rest: "".into() });
         assert_eq!(
             r.route("/admin/").unwrap(),
             Route::Admin { rest: "/".into() }
@@ -355,7 +351,13 @@ mod tests {
             }
         );
         // Exact matches only.
-        for p in ["/health/", "/healthz", "/metrics/x", "/administrator", "/Health"] {
+        for p in [
+            "/health/",
+            "/healthz",
+            "/metrics/x",
+            "/administrator",
+            "/Health",
+        ] {
             assert_eq!(kind(r.route(p)), Kind::NotFound, "{p}");
         }
     }
@@ -371,7 +373,10 @@ mod tests {
         assert_eq!(r.route("/a/b/c").unwrap(), obj(3, "c"));
         assert_eq!(r.route("/a/bc").unwrap(), obj(2, "bc"));
         assert_eq!(r.route("/a/b/c/d/e").unwrap(), obj(3, "c/d/e"));
-        assert_eq!(r.route("/v1/media/photos/2024/cat.jpg").unwrap(), obj(4, "2024/cat.jpg"));
+        assert_eq!(
+            r.route("/v1/media/photos/2024/cat.jpg").unwrap(),
+            obj(4, "2024/cat.jpg")
+        );
         assert_eq!(kind(r.route("/v1/media/x")), Kind::NotFound);
         assert_eq!(kind(r.route("/")), Kind::NotFound);
         assert_eq!(kind(r.route("/nope/x")), Kind::NotFound);
@@ -391,19 +396,31 @@ mod tests {
         assert_eq!(r.route("/assets/a%20b").unwrap(), obj(0, "a b"));
         assert_eq!(r.route("/assets/a+b").unwrap(), obj(0, "a+b"));
         assert_eq!(r.route("/assets/a%2Bb").unwrap(), obj(0, "a+b"));
-        assert_eq!(r.route("/assets/caf%C3%A9/%E2%9C%93").unwrap(), obj(0, "café/✓"));
+        assert_eq!(
+            r.route("/assets/caf%C3%A9/%E2%9C%93").unwrap(),
+            obj(0, "café/✓")
+        );
         assert_eq!(r.route("/assets/a%2Fb").unwrap(), obj(0, "a/b"));
         // Decoded once only.
         assert_eq!(r.route("/assets/a%2520b").unwrap(), obj(0, "a%20b"));
-        assert_eq!(r.route("/assets/!*'()[]$&,;=@:").unwrap(), obj(0, "!*'()[]$&,;=@:"));
+        assert_eq!(
+            r.route("/assets/!*'()[]$&,;=@:").unwrap(),
+            obj(0, "!*'()[]$&,;=@:")
+        );
         assert_eq!(r.route("/assets/a//b").unwrap(), obj(0, "a//b"));
         assert_eq!(r.route("/assets//x").unwrap(), obj(0, "/x"));
         assert_eq!(r.route("/assets/dir/").unwrap(), obj(0, "dir/"));
-        assert_eq!(r.route("/assets/.hidden/..x/x..").unwrap(), obj(0, ".hidden/..x/x.."));
+        assert_eq!(
+            r.route("/assets/.hidden/..x/x..").unwrap(),
+            obj(0, ".hidden/..x/x..")
+        );
         let long = "k".repeat(1024);
         assert_eq!(r.route(&format!("/assets/{long}")).unwrap(), obj(0, &long));
         let enc = "%C3%A9".repeat(150);
-        assert_eq!(r.route(&format!("/assets/{enc}")).unwrap(), obj(0, &"é".repeat(150)));
+        assert_eq!(
+            r.route(&format!("/assets/{enc}")).unwrap(),
+            obj(0, &"é".repeat(150))
+        );
     }
 
     #[test]
@@ -461,10 +478,23 @@ mod tests {
         assert_eq!(split_target("http://h?x=1").unwrap(), ("/", Some("x=1")));
         assert_eq!(split_target("http://[::1]:80/k").unwrap(), ("/k", None));
         for bad in [
-            "*", "p", "", "?q", "http://", "http:///p", "ftp://h/p", "/p#f", "/p?q#f",
-            "http://h/p#", "/a b", "/a\tb", "/a\x7f", "h/p",
+            "*",
+            "p",
+            "",
+            "?q",
+            "http://",
+            "http:///p",
+            "ftp://h/p",
+            "/p#f",
+            "/p?q#f",
+            "http://h/p#",
+            "/a b",
+            "/a\tb",
+            "/a\x7f",
+            "h/p",
             // Fuzz regression: a multi-byte character straddling the scheme length.
-            "'a/a/a\u{35e}\u{41e}\u{41f}\u{40b}E/admin", "\u{e9}\u{e9}\u{e9}\u{e9}",
+            "'a/a/a\u{35e}\u{41e}\u{41f}\u{40b}E/admin",
+            "\u{e9}\u{e9}\u{e9}\u{e9}",
         ] {
             assert_eq!(
                 split_target(bad).unwrap_err().kind(),

@@ -222,7 +222,9 @@ fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfi
             other => {
                 cx.problem(
                     k,
-                    format!("`{other}` is not an addressing style (expected \"path\" or \"virtual\")"),
+                    format!(
+                        "`{other}` is not an addressing style (expected \"path\" or \"virtual\")"
+                    ),
                 );
                 None
             }
@@ -231,7 +233,11 @@ fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfi
     let bucket_key = s.key("bucket");
     let bucket = s.req(cx, "bucket", |cx, k, v| {
         let b = cx.nonempty(k, v)?;
-        check(cx, k, validate_bucket_name(&b, Addressing::Path).map(|()| b))
+        check(
+            cx,
+            k,
+            validate_bucket_name(&b, Addressing::Path).map(|()| b),
+        )
     });
     if let (Some(b), Some(Addressing::Virtual)) = (&bucket, addressing) {
         if let Err(e) = validate_bucket_name(b, Addressing::Virtual) {
@@ -353,17 +359,22 @@ fn jwt(cx: &mut Ctx, mut s: Section) -> Option<JwtConfig> {
     let secret = s.opt(cx, "secret", Ctx::nonempty);
     let public_key = s.opt(cx, "public_key", Ctx::existing_file);
     let jwks_file = s.opt(cx, "jwks_file", Ctx::existing_file);
-    let token_sources = s.or(cx, "token_sources", vec![TokenSource::Bearer], |cx, k, v| {
-        let list = cx.array(k, v, |cx, k, v| {
-            let t = cx.string(k, v)?;
-            check(cx, k, parse_token_source(&t))
-        })?;
-        if list.is_empty() {
-            cx.problem(k, "must name at least one source (default [\"bearer\"])");
-            return None;
-        }
-        Some(list)
-    });
+    let token_sources = s.or(
+        cx,
+        "token_sources",
+        vec![TokenSource::Bearer],
+        |cx, k, v| {
+            let list = cx.array(k, v, |cx, k, v| {
+                let t = cx.string(k, v)?;
+                check(cx, k, parse_token_source(&t))
+            })?;
+            if list.is_empty() {
+                cx.problem(k, "must name at least one source (default [\"bearer\"])");
+                return None;
+            }
+            Some(list)
+        },
+    );
     let issuer_present = s.has("issuer");
     let issuer = s.opt(cx, "issuer", Ctx::nonempty);
     let audience = s.or(cx, "audience", Vec::new(), |cx, k, v| match v {
@@ -380,7 +391,10 @@ fn jwt(cx: &mut Ctx, mut s: Section) -> Option<JwtConfig> {
             if present {
                 cx.problem(
                     k,
-                    format!("not used by {}; HMAC algorithms use `secret`", algorithm.as_str()),
+                    format!(
+                        "not used by {}; HMAC algorithms use `secret`",
+                        algorithm.as_str()
+                    ),
                 );
             }
         }
@@ -466,10 +480,7 @@ fn admin(cx: &mut Ctx, mut s: Section) -> Option<AdminConfig> {
             check(cx, k, Cidr::parse(c.trim()))
         })?;
         if list.is_empty() {
-            cx.problem(
-                k,
-                "must not be empty (omit the key to allow any network)",
-            );
+            cx.problem(k, "must not be empty (omit the key to allow any network)");
             return None;
         }
         Some(list)
@@ -623,7 +634,10 @@ pub(crate) fn validate_prefix(p: &str) -> Result<(), String> {
             return Err(format!("`{p}` must not contain '{c}'"));
         }
     }
-    if let Some(c) = p.chars().find(|&c| !c.is_ascii() || !prefix_char_ok(c as u8)) {
+    if let Some(c) = p
+        .chars()
+        .find(|&c| !c.is_ascii() || !prefix_char_ok(c as u8))
+    {
         return Err(format!(
             "`{p}` contains {c:?}; a prefix is matched against the raw request path, so it may \
              contain only A-Z a-z 0-9 - . _ ~ ! $ & ' ( ) * + , ; = : @ and '/'"
@@ -783,7 +797,10 @@ fn parse_token_source(t: &str) -> Result<TokenSource, String> {
         return Ok(TokenSource::Bearer);
     }
     if let Some(name) = t.strip_prefix("query:") {
-        if name.is_empty() || name.contains(['&', '=', '#', '%', '+']) || name.contains(char::is_whitespace) {
+        if name.is_empty()
+            || name.contains(['&', '=', '#', '%', '+'])
+            || name.contains(char::is_whitespace)
+        {
             return Err(format!("`{t}`: invalid query parameter name"));
         }
         return Ok(TokenSource::Query(name.to_owned()));

@@ -117,7 +117,10 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert_eq!(run("${NOPE}").unwrap_err(), "environment variable `NOPE` is not set");
+        assert_eq!(
+            run("${NOPE}").unwrap_err(),
+            "environment variable `NOPE` is not set"
+        );
         let e = run("${X}-${Y}-${X}").unwrap_err();
         assert_eq!(e, "environment variables `X`, `Y` are not set");
         assert!(run("${A").unwrap_err().contains("unterminated"));

@@ -197,7 +197,10 @@ impl fmt::Debug for BucketConfig {
             .field("bucket", &self.bucket)
             .field("access_key", &self.access_key)
             .field("secret_key", &Redacted)
-            .field("session_token", &self.session_token.as_ref().map(|_| Redacted))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| Redacted),
+            )
             .field("addressing", &self.addressing)
             .field("ca_file", &self.ca_file)
             .field("auth", &self.auth)
@@ -473,7 +476,9 @@ impl Cidr {
     fn network(&self) -> IpAddr {
         match self.addr {
             IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix_len))
+                    .unwrap_or(0);
                 IpAddr::V4((u32::from(a) & mask).into())
             }
             IpAddr::V6(a) => {
@@ -636,7 +641,10 @@ impl Config {
     /// environment and relative paths resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::single("", format!("cannot read config file `{}`: {e}", path.display()))
+            ConfigError::single(
+                "",
+                format!("cannot read config file `{}`: {e}", path.display()),
+            )
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
         let env = |name: &str| std::env::var(name).ok();

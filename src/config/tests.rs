@@ -61,7 +61,9 @@ fn has_problem(text: &str, key: &str, needle: &str) {
         ps.iter()
             .any(|p| p.key == key && p.message.contains(needle)),
         "no problem `{key}: ...{needle}...` in:\n{}\n--- config ---\n{text}",
-        ConfigError { problems: ps.clone() }
+        ConfigError {
+            problems: ps.clone()
+        }
     );
 }
 
@@ -154,12 +156,11 @@ fn every_key_happy_path() {
     for f in ["cert.pem", "key.pem", "ca.pem", "jwks.json"] {
         std::fs::write(dir.path().join(f), "x").unwrap();
     }
-    let text = format!(
-        r#"
+    let text = r#"
 [server]
 listen = "[::]:8443"
-workers = "${{WORKERS}}"
-tls = {{ cert = "cert.pem", key = "key.pem" }}
+workers = "${WORKERS}"
+tls = { cert = "cert.pem", key = "key.pem" }
 header_timeout = "5s"
 idle_timeout = "2m"
 max_header_bytes = "32KiB"
@@ -175,14 +176,14 @@ prefix = "/v1/assets"
 endpoint = "HTTPS://MinIO.Local:9000/"
 region = "garage"
 bucket = "my.bucket-1"
-access_key = "${{AK}}"
-secret_key = "${{SK}}"
+access_key = "${AK}"
+secret_key = "${SK}"
 session_token = "tok"
 addressing = "virtual"
 ca_file = "ca.pem"
 auth = true
 ttl = "10m"
-cors = {{ allow_origins = ["https://example.com", "http://localhost:3000", "*"], max_age = "1h" }}
+cors = { allow_origins = ["https://example.com", "http://localhost:3000", "*"], max_age = "1h" }
 connect_timeout = "250ms"
 first_byte_timeout = 10
 read_timeout = "1m"
@@ -206,7 +207,7 @@ audience = ["corvid", "other"]
 leeway = "0s"
 
 [admin]
-claim = {{ name = "role", value = "admin" }}
+claim = { name = "role", value = "admin" }
 allow_networks = ["127.0.0.0/8", "10.0.0.0/8", "::1/128", "fd00::/8", "192.168.1.7"]
 listen = "127.0.0.1:9090"
 
@@ -218,7 +219,7 @@ stale_if_error = "5m"
 stale_while_revalidate = "30s"
 
 [cache.memory]
-capacity = "${{SIZE}}"
+capacity = "${SIZE}"
 
 [cache.disk]
 dir = "cache"
@@ -229,10 +230,8 @@ segment_size = "50GiB"
 url = "rediss://user:p%40ss@redis.local:6380/2"
 max_object_size = "1MiB"
 timeout = "20ms"
-"#
-    );
-    let c = Config::from_toml_str_in(&text, &test_env, dir.path())
-        .unwrap_or_else(|e| panic!("{e}"));
+"#;
+    let c = Config::from_toml_str_in(text, &test_env, dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let s = &c.server;
     assert_eq!(s.listen, "[::]:8443".parse().unwrap());
     assert_eq!(s.workers, 4);
@@ -262,7 +261,10 @@ timeout = "20ms"
     assert_eq!(b.secret_key, "secretfromenv");
     assert_eq!(b.session_token.as_deref(), Some("tok"));
     assert_eq!(b.addressing, Addressing::Virtual);
-    assert_eq!(b.ca_file.as_deref(), Some(dir.path().join("ca.pem").as_path()));
+    assert_eq!(
+        b.ca_file.as_deref(),
+        Some(dir.path().join("ca.pem").as_path())
+    );
     assert!(b.auth);
     assert_eq!(b.ttl, Some(Duration::from_secs(600)));
     let cors = b.cors.as_ref().unwrap();
@@ -291,7 +293,10 @@ timeout = "20ms"
         ]
     );
     assert_eq!(jwt.issuer.as_deref(), Some("https://issuer.example"));
-    assert_eq!(jwt.audience, vec!["corvid".to_string(), "other".to_string()]);
+    assert_eq!(
+        jwt.audience,
+        vec!["corvid".to_string(), "other".to_string()]
+    );
     assert_eq!(jwt.leeway, Duration::ZERO);
 
     let admin = c.admin.as_ref().unwrap();
@@ -356,10 +361,15 @@ fn jwt_variants() {
     let dir = tempfile::tempdir().unwrap();
     let pem = dir.path().join("pub.pem");
     std::fs::write(&pem, "x").unwrap();
-    for alg in ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"] {
+    for alg in [
+        "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
+    ] {
         let c = ok(&with_bucket(
             "",
-            &format!("[jwt]\nalgorithm = \"{alg}\"\npublic_key = {:?}", pem.display().to_string()),
+            &format!(
+                "[jwt]\nalgorithm = \"{alg}\"\npublic_key = {:?}",
+                pem.display().to_string()
+            ),
         ));
         let jwt = c.jwt.unwrap();
         assert_eq!(jwt.algorithm.as_str(), alg);
@@ -370,17 +380,45 @@ fn jwt_variants() {
 #[test]
 fn endpoints() {
     let cases = [
-        ("http://localhost:9000", Scheme::Http, "localhost", 9000, "localhost:9000"),
-        ("http://127.0.0.1", Scheme::Http, "127.0.0.1", 80, "127.0.0.1"),
+        (
+            "http://localhost:9000",
+            Scheme::Http,
+            "localhost",
+            9000,
+            "localhost:9000",
+        ),
+        (
+            "http://127.0.0.1",
+            Scheme::Http,
+            "127.0.0.1",
+            80,
+            "127.0.0.1",
+        ),
         ("http://h:80/", Scheme::Http, "h", 80, "h"),
         ("https://h:443", Scheme::Https, "h", 443, "h"),
         ("https://h:80", Scheme::Https, "h", 80, "h:80"),
-        ("https://[2001:db8::1]", Scheme::Https, "2001:db8::1", 443, "[2001:db8::1]"),
-        ("http://[::1]:8080/", Scheme::Http, "::1", 8080, "[::1]:8080"),
+        (
+            "https://[2001:db8::1]",
+            Scheme::Https,
+            "2001:db8::1",
+            443,
+            "[2001:db8::1]",
+        ),
+        (
+            "http://[::1]:8080/",
+            Scheme::Http,
+            "::1",
+            8080,
+            "[::1]:8080",
+        ),
     ];
     for (url, scheme, host, port, authority) in cases {
         let e = build::parse_endpoint(url).unwrap_or_else(|e| panic!("{url}: {e}"));
-        assert_eq!((e.scheme, e.host.as_str(), e.port), (scheme, host, port), "{url}");
+        assert_eq!(
+            (e.scheme, e.host.as_str(), e.port),
+            (scheme, host, port),
+            "{url}"
+        );
         assert_eq!(e.authority(), authority, "{url}");
     }
     assert_eq!(
@@ -395,17 +433,35 @@ fn cidrs() {
     assert!(c.contains("10.255.0.1".parse().unwrap()));
     assert!(!c.contains("11.0.0.0".parse().unwrap()));
     assert!(!c.contains("::1".parse().unwrap()));
-    assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
-    assert!(Cidr::parse("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
+    assert!(Cidr::parse("0.0.0.0/0")
+        .unwrap()
+        .contains("8.8.8.8".parse().unwrap()));
+    assert!(Cidr::parse("::/0")
+        .unwrap()
+        .contains("2001:db8::1".parse().unwrap()));
     let v6 = Cidr::parse("fd00::/8").unwrap();
     assert!(v6.contains("fd12::1".parse().unwrap()));
     assert_eq!(v6.to_string(), "fd00::/8");
     let host = Cidr::parse("::1").unwrap();
-    assert_eq!((host.addr, host.prefix_len), ("::1".parse::<IpAddr>().unwrap(), 128));
-    for bad in ["10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0/8", "x/8", "10.0.0.0/-1", "10.0.0.0/+8", ""] {
+    assert_eq!(
+        (host.addr, host.prefix_len),
+        ("::1".parse::<IpAddr>().unwrap(), 128)
+    );
+    for bad in [
+        "10.0.0.0/33",
+        "::/129",
+        "10.0.0.0/",
+        "10.0.0/8",
+        "x/8",
+        "10.0.0.0/-1",
+        "10.0.0.0/+8",
+        "",
+    ] {
         assert!(Cidr::parse(bad).is_err(), "{bad}");
     }
-    assert!(Cidr::parse("10.1.0.0/8").unwrap_err().contains("did you mean \"10.0.0.0/8\""));
+    assert!(Cidr::parse("10.1.0.0/8")
+        .unwrap_err()
+        .contains("did you mean \"10.0.0.0/8\""));
 }
 
 #[test]
@@ -423,22 +479,22 @@ fn example_config_parses() {
     assert!(c.jwt.is_some() && c.admin.is_some());
     // Without the environment, every ${VAR} is reported (and nothing else).
     let e = Config::from_toml_str(&text, &|_| None).unwrap_err();
-    assert!(e
-        .problems
-        .iter()
-        .all(|p| p.message.contains("is not set")), "{e}");
+    assert!(
+        e.problems.iter().all(|p| p.message.contains("is not set")),
+        "{e}"
+    );
 }
 
 // ---------- env interpolation ----------
 
 #[test]
 fn env_interpolation() {
-    let c = ok(&with_bucket(
-        "",
-        "",
-    )
-    .replace("\"https://s3.us-east-1.amazonaws.com\"", "\"http://${HOST}:${PORT}/\"")
-    .replace("\"AKIDEXAMPLE\"", "\"pre-${AK}-post\""));
+    let c = ok(&with_bucket("", "")
+        .replace(
+            "\"https://s3.us-east-1.amazonaws.com\"",
+            "\"http://${HOST}:${PORT}/\"",
+        )
+        .replace("\"AKIDEXAMPLE\"", "\"pre-${AK}-post\""));
     let b = &c.buckets[0];
     assert_eq!(b.endpoint.host, "minio.local");
     assert_eq!(b.endpoint.port, 9000);
@@ -450,7 +506,10 @@ fn env_interpolation() {
         "",
     )
     .replace("region = \"us-east-1\"\n", ""));
-    assert_eq!(c.buckets[0].cors.as_ref().unwrap().allow_origins, ["https://minio.local"]);
+    assert_eq!(
+        c.buckets[0].cors.as_ref().unwrap().allow_origins,
+        ["https://minio.local"]
+    );
     let c = ok(&minimal().replace("\"wJalrXUtnFEMI\"", "\"a$${b}\""));
     assert_eq!(c.buckets[0].secret_key, "a${b}");
 }
@@ -505,7 +564,10 @@ fn toml_syntax_error_has_line_and_column() {
     assert_eq!(e.problems.len(), 1);
     assert_eq!(e.problems[0].key, "");
     let msg = &e.problems[0].message;
-    assert!(msg.starts_with("TOML syntax error at line 3, column"), "{msg}");
+    assert!(
+        msg.starts_with("TOML syntax error at line 3, column"),
+        "{msg}"
+    );
     let e = parse("[server]\nlisten = 1\n[server]\n").unwrap_err();
     assert!(e.problems[0].message.contains("line 3"), "{e}");
 }
@@ -517,7 +579,10 @@ fn load_reads_file_and_resolves_relative_paths() {
     let file = dir.path().join("corvid.toml");
     std::fs::write(&file, with_bucket("ca_file = \"ca.pem\"", "")).unwrap();
     let c = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.buckets[0].ca_file.as_deref(), Some(dir.path().join("ca.pem").as_path()));
+    assert_eq!(
+        c.buckets[0].ca_file.as_deref(),
+        Some(dir.path().join("ca.pem").as_path())
+    );
 
     let missing = dir.path().join("nope.toml");
     let e = Config::load(&missing).unwrap_err();
@@ -541,24 +606,48 @@ fn unknown_key_at_each_level() {
         dir.path().join("k.pem").display().to_string()
     );
     let cases: Vec<(String, &str)> = vec![
-        (format!("{}\nbogus = 1", minimal()).replace("[server]", "bogus = 1\n[server]"), "bogus"),
+        (
+            format!("{}\nbogus = 1", minimal()).replace("[server]", "bogus = 1\n[server]"),
+            "bogus",
+        ),
         (with_server("bogus = 1"), "server.bogus"),
         (with_server(&tls), "server.tls.bogus"),
         (with_bucket("bogus = 1", ""), "buckets[0].bogus"),
-        (with_bucket("cors = { allow_origins = [\"*\"], bogus = 1 }", ""), "buckets[0].cors.bogus"),
+        (
+            with_bucket("cors = { allow_origins = [\"*\"], bogus = 1 }", ""),
+            "buckets[0].cors.bogus",
+        ),
         (with_bucket("", &format!("{JWT}bogus = 1")), "jwt.bogus"),
         (
-            with_bucket("", &format!("{JWT}[admin]\nclaim = {{ name = \"r\", value = \"a\" }}\nbogus = 1")),
+            with_bucket(
+                "",
+                &format!("{JWT}[admin]\nclaim = {{ name = \"r\", value = \"a\" }}\nbogus = 1"),
+            ),
             "admin.bogus",
         ),
         (
-            with_bucket("", &format!("{JWT}[admin]\nclaim = {{ name = \"r\", value = \"a\", bogus = 1 }}")),
+            with_bucket(
+                "",
+                &format!("{JWT}[admin]\nclaim = {{ name = \"r\", value = \"a\", bogus = 1 }}"),
+            ),
             "admin.claim.bogus",
         ),
         (with_bucket("", "[cache]\nbogus = 1"), "cache.bogus"),
-        (with_bucket("", "[cache.memory]\nbogus = 1"), "cache.memory.bogus"),
-        (with_bucket("", "[cache.disk]\ndir = \"/d\"\ncapacity = \"1GiB\"\nbogus = 1"), "cache.disk.bogus"),
-        (with_bucket("", "[cache.redis]\nurl = \"redis://r\"\nbogus = 1"), "cache.redis.bogus"),
+        (
+            with_bucket("", "[cache.memory]\nbogus = 1"),
+            "cache.memory.bogus",
+        ),
+        (
+            with_bucket(
+                "",
+                "[cache.disk]\ndir = \"/d\"\ncapacity = \"1GiB\"\nbogus = 1",
+            ),
+            "cache.disk.bogus",
+        ),
+        (
+            with_bucket("", "[cache.redis]\nurl = \"redis://r\"\nbogus = 1"),
+            "cache.redis.bogus",
+        ),
     ];
     for (text, key) in cases {
         has_problem(&text, key, "unknown key");
@@ -567,8 +656,16 @@ fn unknown_key_at_each_level() {
 
 #[test]
 fn unknown_key_suggestions() {
-    has_problem(&with_server("idle_timout = \"5s\""), "server.idle_timout", "did you mean `idle_timeout`?");
-    has_problem(&with_server("zzz = 1"), "server.zzz", "known keys here: header_timeout");
+    has_problem(
+        &with_server("idle_timout = \"5s\""),
+        "server.idle_timout",
+        "did you mean `idle_timeout`?",
+    );
+    has_problem(
+        &with_server("zzz = 1"),
+        "server.zzz",
+        "known keys here: header_timeout",
+    );
     has_problem(&with_server("\"a.b\" = 1"), "server.\"a.b\"", "unknown key");
 }
 
@@ -576,78 +673,252 @@ fn unknown_key_suggestions() {
 
 #[test]
 fn required_keys() {
-    has_problem(&BUCKET.to_string(), "server", "required key is missing");
+    has_problem(BUCKET, "server", "required key is missing");
     has_problem(SERVER, "buckets", "required key is missing");
-    has_problem(&with_server("").replace("listen = \"127.0.0.1:8080\"", ""), "server.listen", "required");
-    for key in ["name", "prefix", "endpoint", "region", "bucket", "access_key", "secret_key"] {
+    has_problem(
+        &with_server("").replace("listen = \"127.0.0.1:8080\"", ""),
+        "server.listen",
+        "required",
+    );
+    for key in [
+        "name",
+        "prefix",
+        "endpoint",
+        "region",
+        "bucket",
+        "access_key",
+        "secret_key",
+    ] {
         let text: String = minimal()
             .lines()
             .filter(|l| !l.starts_with(&format!("{key} =")))
             .collect::<Vec<_>>()
             .join("\n");
-        has_problem(&text, &format!("buckets[0].{key}"), "required key is missing");
+        has_problem(
+            &text,
+            &format!("buckets[0].{key}"),
+            "required key is missing",
+        );
     }
-    has_problem(&with_bucket("", "[jwt]\nsecret = \"x\""), "jwt.algorithm", "required");
-    has_problem(&with_bucket("", &format!("{JWT}[admin]\n")), "admin.claim", "required");
-    has_problem(&with_bucket("", &format!("{JWT}[admin]\nclaim = {{ name = \"r\" }}")), "admin.claim.value", "required");
-    has_problem(&with_bucket("", "[cache.disk]\ncapacity = 1"), "cache.disk.dir", "required");
-    has_problem(&with_bucket("", "[cache.disk]\ndir = \"/d\""), "cache.disk.capacity", "required");
-    has_problem(&with_bucket("", "[cache.redis]\n"), "cache.redis.url", "required");
-    has_problem(&with_bucket("cors = {}", ""), "buckets[0].cors.allow_origins", "required");
+    has_problem(
+        &with_bucket("", "[jwt]\nsecret = \"x\""),
+        "jwt.algorithm",
+        "required",
+    );
+    has_problem(
+        &with_bucket("", &format!("{JWT}[admin]\n")),
+        "admin.claim",
+        "required",
+    );
+    has_problem(
+        &with_bucket("", &format!("{JWT}[admin]\nclaim = {{ name = \"r\" }}")),
+        "admin.claim.value",
+        "required",
+    );
+    has_problem(
+        &with_bucket("", "[cache.disk]\ncapacity = 1"),
+        "cache.disk.dir",
+        "required",
+    );
+    has_problem(
+        &with_bucket("", "[cache.disk]\ndir = \"/d\""),
+        "cache.disk.capacity",
+        "required",
+    );
+    has_problem(
+        &with_bucket("", "[cache.redis]\n"),
+        "cache.redis.url",
+        "required",
+    );
+    has_problem(
+        &with_bucket("cors = {}", ""),
+        "buckets[0].cors.allow_origins",
+        "required",
+    );
 }
 
 #[test]
 fn type_errors() {
-    has_problem(&with_server("workers = true"), "server.workers", "expected a non-negative integer, found boolean true");
-    has_problem(&with_server("workers = \"four\""), "server.workers", "not a non-negative integer");
-    has_problem(&with_server("workers = -1"), "server.workers", "must not be negative");
-    has_problem(&minimal().replace("\"127.0.0.1:8080\"", "8080"), "server.listen", "expected a string, found integer 8080");
-    has_problem(&with_bucket("auth = \"true\"", ""), "buckets[0].auth", "expected true or false");
-    has_problem(&with_server("idle_timeout = 1.5"), "server.idle_timeout", "found float 1.5");
-    has_problem(&with_server("max_header_bytes = [1]"), "server.max_header_bytes", "found array");
-    has_problem(&with_server("tls = \"yes\""), "server.tls", "expected a table");
-    has_problem(&format!("server = 1\n{BUCKET}"), "server", "expected a table");
-    has_problem(&format!("buckets = {{}}\n{SERVER}"), "buckets", "expected an array");
-    has_problem(&format!("buckets = [1]\n{SERVER}"), "buckets[0]", "expected a table");
-    has_problem(&with_bucket("", "[cache]\nttl = 1979-05-27"), "cache.ttl", "found datetime");
+    has_problem(
+        &with_server("workers = true"),
+        "server.workers",
+        "expected a non-negative integer, found boolean true",
+    );
+    has_problem(
+        &with_server("workers = \"four\""),
+        "server.workers",
+        "not a non-negative integer",
+    );
+    has_problem(
+        &with_server("workers = -1"),
+        "server.workers",
+        "must not be negative",
+    );
+    has_problem(
+        &minimal().replace("\"127.0.0.1:8080\"", "8080"),
+        "server.listen",
+        "expected a string, found integer 8080",
+    );
+    has_problem(
+        &with_bucket("auth = \"true\"", ""),
+        "buckets[0].auth",
+        "expected true or false",
+    );
+    has_problem(
+        &with_server("idle_timeout = 1.5"),
+        "server.idle_timeout",
+        "found float 1.5",
+    );
+    has_problem(
+        &with_server("max_header_bytes = [1]"),
+        "server.max_header_bytes",
+        "found array",
+    );
+    has_problem(
+        &with_server("tls = \"yes\""),
+        "server.tls",
+        "expected a table",
+    );
+    has_problem(
+        &format!("server = 1\n{BUCKET}"),
+        "server",
+        "expected a table",
+    );
+    has_problem(
+        &format!("buckets = {{}}\n{SERVER}"),
+        "buckets",
+        "expected an array",
+    );
+    has_problem(
+        &format!("buckets = [1]\n{SERVER}"),
+        "buckets[0]",
+        "expected a table",
+    );
+    has_problem(
+        &with_bucket("", "[cache]\nttl = 1979-05-27"),
+        "cache.ttl",
+        "found datetime",
+    );
 }
 
 #[test]
 fn server_rules() {
-    for bad in ["\"localhost:8080\"", "\"0.0.0.0\"", "\":::8080\"", "\"0.0.0.0:99999\"", "\"\""] {
-        has_problem(&minimal().replace("\"127.0.0.1:8080\"", bad), "server.listen", "not a socket address");
+    for bad in [
+        "\"localhost:8080\"",
+        "\"0.0.0.0\"",
+        "\":::8080\"",
+        "\"0.0.0.0:99999\"",
+        "\"\"",
+    ] {
+        has_problem(
+            &minimal().replace("\"127.0.0.1:8080\"", bad),
+            "server.listen",
+            "not a socket address",
+        );
     }
-    has_problem(&with_server("workers = 5000"), "server.workers", "between 0 and 1024");
-    has_problem(&with_server("max_headers = 257"), "server.max_headers", "between 1 and 256");
-    has_problem(&with_server("max_headers = 0"), "server.max_headers", "between 1 and 256");
-    has_problem(&with_server("max_header_bytes = 0"), "server.max_header_bytes", "between 1B and 1MiB");
-    has_problem(&with_server("max_request_line = \"2MiB\""), "server.max_request_line", "between 1B and 1MiB");
-    has_problem(&with_server("max_connections = 0"), "server.max_connections", "between 1");
+    has_problem(
+        &with_server("workers = 5000"),
+        "server.workers",
+        "between 0 and 1024",
+    );
+    has_problem(
+        &with_server("max_headers = 257"),
+        "server.max_headers",
+        "between 1 and 256",
+    );
+    has_problem(
+        &with_server("max_headers = 0"),
+        "server.max_headers",
+        "between 1 and 256",
+    );
+    has_problem(
+        &with_server("max_header_bytes = 0"),
+        "server.max_header_bytes",
+        "between 1B and 1MiB",
+    );
+    has_problem(
+        &with_server("max_request_line = \"2MiB\""),
+        "server.max_request_line",
+        "between 1B and 1MiB",
+    );
+    has_problem(
+        &with_server("max_connections = 0"),
+        "server.max_connections",
+        "between 1",
+    );
     for key in ["header_timeout", "idle_timeout", "send_timeout"] {
-        has_problem(&with_server(&format!("{key} = \"0s\"")), &format!("server.{key}"), "greater than 0");
-        has_problem(&with_server(&format!("{key} = 0")), &format!("server.{key}"), "greater than 0");
+        has_problem(
+            &with_server(&format!("{key} = \"0s\"")),
+            &format!("server.{key}"),
+            "greater than 0",
+        );
+        has_problem(
+            &with_server(&format!("{key} = 0")),
+            &format!("server.{key}"),
+            "greater than 0",
+        );
     }
-    has_problem(&with_server("shutdown_grace = \"-1s\""), "server.shutdown_grace", "negative");
-    has_problem(&with_server("header_timeout = \"10 sec\""), "server.header_timeout", "unknown unit `sec`");
+    has_problem(
+        &with_server("shutdown_grace = \"-1s\""),
+        "server.shutdown_grace",
+        "negative",
+    );
+    has_problem(
+        &with_server("header_timeout = \"10 sec\""),
+        "server.header_timeout",
+        "unknown unit `sec`",
+    );
     has_problem(
         &with_server("tls = { cert = \"/definitely/not/here.pem\", key = \"/nope.pem\" }"),
         "server.tls.cert",
         "cannot read `/definitely/not/here.pem`",
     );
-    has_problem(&with_server("tls = { cert = \"/\", key = \"/nope.pem\" }"), "server.tls.cert", "not a regular file");
-    has_problem(&with_server("tls = { cert = \"/\", key = \"/nope.pem\" }"), "server.tls.key", "cannot read");
-    has_problem(&with_server("tls = { cert = \"\" }"), "server.tls.cert", "must not be empty");
+    has_problem(
+        &with_server("tls = { cert = \"/\", key = \"/nope.pem\" }"),
+        "server.tls.cert",
+        "not a regular file",
+    );
+    has_problem(
+        &with_server("tls = { cert = \"/\", key = \"/nope.pem\" }"),
+        "server.tls.key",
+        "cannot read",
+    );
+    has_problem(
+        &with_server("tls = { cert = \"\" }"),
+        "server.tls.cert",
+        "must not be empty",
+    );
 }
 
 #[test]
 fn bucket_name_rules() {
-    has_problem(&minimal().replace("name = \"assets\"", "name = \"a b\""), "buckets[0].name", "may contain only");
-    has_problem(&minimal().replace("name = \"assets\"", "name = \"\""), "buckets[0].name", "must not be empty");
+    has_problem(
+        &minimal().replace("name = \"assets\"", "name = \"a b\""),
+        "buckets[0].name",
+        "may contain only",
+    );
+    has_problem(
+        &minimal().replace("name = \"assets\"", "name = \"\""),
+        "buckets[0].name",
+        "must not be empty",
+    );
     let two = format!("{}{}", minimal(), BUCKET.replace("/assets", "/other"));
-    has_problem(&two, "buckets[1].name", "duplicate name `assets` (also buckets[0])");
+    has_problem(
+        &two,
+        "buckets[1].name",
+        "duplicate name `assets` (also buckets[0])",
+    );
     let two = format!("{}{}", minimal(), BUCKET.replace("\"assets\"", "\"other\""));
-    has_problem(&two, "buckets[1].prefix", "duplicate prefix `/assets` (also buckets[0])");
-    has_problem(&format!("buckets = []\n{SERVER}"), "buckets", "at least one bucket");
+    has_problem(
+        &two,
+        "buckets[1].prefix",
+        "duplicate prefix `/assets` (also buckets[0])",
+    );
+    has_problem(
+        &format!("buckets = []\n{SERVER}"),
+        "buckets",
+        "at least one bucket",
+    );
 }
 
 #[test]
@@ -680,7 +951,16 @@ fn prefix_rules() {
             needle,
         );
     }
-    for good in ["/a", "/a/b/c", "/healthz", "/administration", "/v1.0/a-b_c~d", "/x/!$&'()*+,;=:@", "/.well-known", "/..x"] {
+    for good in [
+        "/a",
+        "/a/b/c",
+        "/healthz",
+        "/administration",
+        "/v1.0/a-b_c~d",
+        "/x/!$&'()*+,;=:@",
+        "/.well-known",
+        "/..x",
+    ] {
         ok(&minimal().replace("prefix = \"/assets\"", &format!("prefix = \"{good}\"")));
     }
 }
@@ -716,24 +996,70 @@ fn endpoint_rules() {
 
 #[test]
 fn bucket_field_rules() {
-    has_problem(&minimal().replace("\"us-east-1\"", "\"us east\""), "buckets[0].region", "may contain only");
-    has_problem(&minimal().replace("\"us-east-1\"", "\"\""), "buckets[0].region", "must not be empty");
-    has_problem(&minimal().replace("\"my-assets\"", "\"a/b\""), "buckets[0].bucket", "must not contain '/'");
-    has_problem(&minimal().replace("\"my-assets\"", "\"\""), "buckets[0].bucket", "must not be empty");
-    for bad in ["My-Assets", "ab", "a..b", "-ab", "ab-", "192.168.1.1", "a_b", &"a".repeat(64)] {
+    has_problem(
+        &minimal().replace("\"us-east-1\"", "\"us east\""),
+        "buckets[0].region",
+        "may contain only",
+    );
+    has_problem(
+        &minimal().replace("\"us-east-1\"", "\"\""),
+        "buckets[0].region",
+        "must not be empty",
+    );
+    has_problem(
+        &minimal().replace("\"my-assets\"", "\"a/b\""),
+        "buckets[0].bucket",
+        "must not contain '/'",
+    );
+    has_problem(
+        &minimal().replace("\"my-assets\"", "\"\""),
+        "buckets[0].bucket",
+        "must not be empty",
+    );
+    for bad in [
+        "My-Assets",
+        "ab",
+        "a..b",
+        "-ab",
+        "ab-",
+        "192.168.1.1",
+        "a_b",
+        &"a".repeat(64),
+    ] {
         has_problem(
-            &with_bucket("addressing = \"virtual\"", "").replace("\"my-assets\"", &format!("{bad:?}")),
+            &with_bucket("addressing = \"virtual\"", "")
+                .replace("\"my-assets\"", &format!("{bad:?}")),
             "buckets[0].bucket",
             "not DNS-compatible",
         );
     }
     // Path-style accepts legacy names.
     ok(&minimal().replace("\"my-assets\"", "\"My_Legacy.Bucket\""));
-    has_problem(&with_bucket("addressing = \"host\"", ""), "buckets[0].addressing", "not an addressing style");
-    has_problem(&with_bucket("session_token = \"\"", ""), "buckets[0].session_token", "must not be empty");
-    has_problem(&with_bucket("session_token = \"a b\"", ""), "buckets[0].session_token", "whitespace");
-    has_problem(&minimal().replace("\"AKIDEXAMPLE\"", "\"AK ID\""), "buckets[0].access_key", "whitespace");
-    has_problem(&with_bucket("ca_file = \"/nope/ca.pem\"", ""), "buckets[0].ca_file", "cannot read");
+    has_problem(
+        &with_bucket("addressing = \"host\"", ""),
+        "buckets[0].addressing",
+        "not an addressing style",
+    );
+    has_problem(
+        &with_bucket("session_token = \"\"", ""),
+        "buckets[0].session_token",
+        "must not be empty",
+    );
+    has_problem(
+        &with_bucket("session_token = \"a b\"", ""),
+        "buckets[0].session_token",
+        "whitespace",
+    );
+    has_problem(
+        &minimal().replace("\"AKIDEXAMPLE\"", "\"AK ID\""),
+        "buckets[0].access_key",
+        "whitespace",
+    );
+    has_problem(
+        &with_bucket("ca_file = \"/nope/ca.pem\"", ""),
+        "buckets[0].ca_file",
+        "cannot read",
+    );
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, "x").unwrap();
@@ -743,18 +1069,42 @@ fn bucket_field_rules() {
         "buckets[0].ca_file",
         "only meaningful for an https:// endpoint",
     );
-    has_problem(&with_bucket("auth = true", ""), "buckets[0].auth", "requires a [jwt] section");
-    has_problem(&with_bucket("ttl = 0", ""), "buckets[0].ttl", "greater than 0");
-    has_problem(&with_bucket("ttl = \"1y\"", ""), "buckets[0].ttl", "unknown unit `y`");
+    has_problem(
+        &with_bucket("auth = true", ""),
+        "buckets[0].auth",
+        "requires a [jwt] section",
+    );
+    has_problem(
+        &with_bucket("ttl = 0", ""),
+        "buckets[0].ttl",
+        "greater than 0",
+    );
+    has_problem(
+        &with_bucket("ttl = \"1y\"", ""),
+        "buckets[0].ttl",
+        "unknown unit `y`",
+    );
     for key in ["connect_timeout", "first_byte_timeout", "read_timeout"] {
-        has_problem(&with_bucket(&format!("{key} = \"0ms\""), ""), &format!("buckets[0].{key}"), "greater than 0");
+        has_problem(
+            &with_bucket(&format!("{key} = \"0ms\""), ""),
+            &format!("buckets[0].{key}"),
+            "greater than 0",
+        );
     }
-    has_problem(&with_bucket("max_idle_connections = -1", ""), "buckets[0].max_idle_connections", "negative");
+    has_problem(
+        &with_bucket("max_idle_connections = -1", ""),
+        "buckets[0].max_idle_connections",
+        "negative",
+    );
 }
 
 #[test]
 fn cors_rules() {
-    has_problem(&with_bucket("cors = { allow_origins = [] }", ""), "buckets[0].cors.allow_origins", "at least one origin");
+    has_problem(
+        &with_bucket("cors = { allow_origins = [] }", ""),
+        "buckets[0].cors.allow_origins",
+        "at least one origin",
+    );
     let cases = [
         ("https://example.com/", "must not end with '/'"),
         ("example.com", "an origin is \"*\""),
@@ -763,7 +1113,10 @@ fn cors_rules() {
     ];
     for (origin, needle) in cases {
         has_problem(
-            &with_bucket(&format!("cors = {{ allow_origins = [\"*\", {origin:?}] }}"), ""),
+            &with_bucket(
+                &format!("cors = {{ allow_origins = [\"*\", {origin:?}] }}"),
+                "",
+            ),
             "buckets[0].cors.allow_origins[1]",
             needle,
         );
@@ -773,7 +1126,10 @@ fn cors_rules() {
         "buckets[0].cors.max_age",
         "negative",
     );
-    let c = ok(&with_bucket("cors = { allow_origins = [\"https://A.example\"], max_age = 0 }", ""));
+    let c = ok(&with_bucket(
+        "cors = { allow_origins = [\"https://A.example\"], max_age = 0 }",
+        "",
+    ));
     let cors = c.buckets[0].cors.clone().unwrap();
     assert!(cors.allows("https://a.example"));
     assert!(!cors.allows("https://b.example"));
@@ -783,56 +1139,188 @@ fn cors_rules() {
 #[test]
 fn jwt_rules() {
     let jwt = |body: &str| with_bucket("", &format!("[jwt]\n{body}"));
-    has_problem(&jwt("algorithm = \"none\"\nsecret = \"x\""), "jwt.algorithm", "not a supported algorithm");
-    has_problem(&jwt("algorithm = \"hs256\"\nsecret = \"x\""), "jwt.algorithm", "expected one of HS256");
-    has_problem(&jwt("algorithm = \"HS256\""), "jwt.secret", "required for HS256");
-    has_problem(&jwt("algorithm = \"HS256\"\nsecret = \"short\""), "jwt.secret", "at least 32 required");
-    has_problem(&jwt(&format!("algorithm = \"HS384\"\nsecret = \"{}\"", "x".repeat(47))), "jwt.secret", "at least 48");
-    has_problem(&jwt(&format!("algorithm = \"HS512\"\nsecret = \"{}\"", "x".repeat(63))), "jwt.secret", "at least 64");
-    has_problem(&jwt("algorithm = \"HS256\"\nsecret = \"\""), "jwt.secret", "must not be empty");
-    has_problem(&jwt("algorithm = \"HS256\"\nsecret = \"${JWT_SECRET}\"\npublic_key = \"/nope\""), "jwt.public_key", "not used by HS256");
-    has_problem(&jwt("algorithm = \"RS256\""), "jwt", "RS256 needs one of `public_key` or `jwks_file`");
-    has_problem(&jwt("algorithm = \"RS256\"\nsecret = \"x\"\npublic_key = \"/nope\""), "jwt.secret", "not used by RS256");
-    has_problem(&jwt("algorithm = \"RS256\"\npublic_key = \"/nope\""), "jwt.public_key", "cannot read");
-    has_problem(&jwt("algorithm = \"RS256\"\njwks_file = \"/nope\""), "jwt.jwks_file", "cannot read");
-    has_problem(&jwt("algorithm = \"RS256\"\npublic_key = \"/a\"\njwks_file = \"/b\""), "jwt.jwks_file", "set only one");
-    let sources = |s: &str| jwt(&format!("algorithm = \"HS256\"\nsecret = \"${{JWT_SECRET}}\"\ntoken_sources = {s}"));
+    has_problem(
+        &jwt("algorithm = \"none\"\nsecret = \"x\""),
+        "jwt.algorithm",
+        "not a supported algorithm",
+    );
+    has_problem(
+        &jwt("algorithm = \"hs256\"\nsecret = \"x\""),
+        "jwt.algorithm",
+        "expected one of HS256",
+    );
+    has_problem(
+        &jwt("algorithm = \"HS256\""),
+        "jwt.secret",
+        "required for HS256",
+    );
+    has_problem(
+        &jwt("algorithm = \"HS256\"\nsecret = \"short\""),
+        "jwt.secret",
+        "at least 32 required",
+    );
+    has_problem(
+        &jwt(&format!(
+            "algorithm = \"HS384\"\nsecret = \"{}\"",
+            "x".repeat(47)
+        )),
+        "jwt.secret",
+        "at least 48",
+    );
+    has_problem(
+        &jwt(&format!(
+            "algorithm = \"HS512\"\nsecret = \"{}\"",
+            "x".repeat(63)
+        )),
+        "jwt.secret",
+        "at least 64",
+    );
+    has_problem(
+        &jwt("algorithm = \"HS256\"\nsecret = \"\""),
+        "jwt.secret",
+        "must not be empty",
+    );
+    has_problem(
+        &jwt("algorithm = \"HS256\"\nsecret = \"${JWT_SECRET}\"\npublic_key = \"/nope\""),
+        "jwt.public_key",
+        "not used by HS256",
+    );
+    has_problem(
+        &jwt("algorithm = \"RS256\""),
+        "jwt",
+        "RS256 needs one of `public_key` or `jwks_file`",
+    );
+    has_problem(
+        &jwt("algorithm = \"RS256\"\nsecret = \"x\"\npublic_key = \"/nope\""),
+        "jwt.secret",
+        "not used by RS256",
+    );
+    has_problem(
+        &jwt("algorithm = \"RS256\"\npublic_key = \"/nope\""),
+        "jwt.public_key",
+        "cannot read",
+    );
+    has_problem(
+        &jwt("algorithm = \"RS256\"\njwks_file = \"/nope\""),
+        "jwt.jwks_file",
+        "cannot read",
+    );
+    has_problem(
+        &jwt("algorithm = \"RS256\"\npublic_key = \"/a\"\njwks_file = \"/b\""),
+        "jwt.jwks_file",
+        "set only one",
+    );
+    let sources = |s: &str| {
+        jwt(&format!(
+            "algorithm = \"HS256\"\nsecret = \"${{JWT_SECRET}}\"\ntoken_sources = {s}"
+        ))
+    };
     has_problem(&sources("[]"), "jwt.token_sources", "at least one source");
-    has_problem(&sources("[\"cookie:x\"]"), "jwt.token_sources[0]", "not a token source");
-    has_problem(&sources("[\"bearer\", \"query:\"]"), "jwt.token_sources[1]", "invalid query parameter name");
-    has_problem(&sources("[\"query:a&b\"]"), "jwt.token_sources[0]", "invalid query parameter name");
-    has_problem(&sources("[\"header:bad header\"]"), "jwt.token_sources[0]", "not a valid header name");
-    has_problem(&sources("[\"header:\"]"), "jwt.token_sources[0]", "not a valid header name");
-    has_problem(&sources("\"bearer\""), "jwt.token_sources", "expected an array");
-    let more = |s: &str| jwt(&format!("algorithm = \"HS256\"\nsecret = \"${{JWT_SECRET}}\"\n{s}"));
+    has_problem(
+        &sources("[\"cookie:x\"]"),
+        "jwt.token_sources[0]",
+        "not a token source",
+    );
+    has_problem(
+        &sources("[\"bearer\", \"query:\"]"),
+        "jwt.token_sources[1]",
+        "invalid query parameter name",
+    );
+    has_problem(
+        &sources("[\"query:a&b\"]"),
+        "jwt.token_sources[0]",
+        "invalid query parameter name",
+    );
+    has_problem(
+        &sources("[\"header:bad header\"]"),
+        "jwt.token_sources[0]",
+        "not a valid header name",
+    );
+    has_problem(
+        &sources("[\"header:\"]"),
+        "jwt.token_sources[0]",
+        "not a valid header name",
+    );
+    has_problem(
+        &sources("\"bearer\""),
+        "jwt.token_sources",
+        "expected an array",
+    );
+    let more = |s: &str| {
+        jwt(&format!(
+            "algorithm = \"HS256\"\nsecret = \"${{JWT_SECRET}}\"\n{s}"
+        ))
+    };
     has_problem(&more("issuer = \"\""), "jwt.issuer", "must not be empty");
-    has_problem(&more("audience = [\"a\", \"\"]"), "jwt.audience[1]", "must not be empty");
+    has_problem(
+        &more("audience = [\"a\", \"\"]"),
+        "jwt.audience[1]",
+        "must not be empty",
+    );
     has_problem(&more("audience = 3"), "jwt.audience", "expected a string");
     has_problem(&more("leeway = \"soon\""), "jwt.leeway", "not a number");
 }
 
 #[test]
 fn admin_rules() {
-    let admin = |body: &str| with_bucket("", &format!("{JWT}[admin]\nclaim = {{ name = \"role\", value = \"admin\" }}\n{body}"));
+    let admin = |body: &str| {
+        with_bucket(
+            "",
+            &format!("{JWT}[admin]\nclaim = {{ name = \"role\", value = \"admin\" }}\n{body}"),
+        )
+    };
     ok(&admin(""));
     has_problem(
-        &with_bucket("", "[admin]\nclaim = { name = \"role\", value = \"admin\" }"),
+        &with_bucket(
+            "",
+            "[admin]\nclaim = { name = \"role\", value = \"admin\" }",
+        ),
         "admin",
         "requires a [jwt] section",
     );
-    has_problem(&admin("allow_networks = []"), "admin.allow_networks", "must not be empty");
-    has_problem(&admin("allow_networks = [\"10.0.0.0/8\", \"10.0.0.1/8\"]"), "admin.allow_networks[1]", "host bits set");
-    has_problem(&admin("allow_networks = [\"10.0.0.0/40\"]"), "admin.allow_networks[0]", "prefix length must be 0..=32");
-    has_problem(&admin("allow_networks = [\"localhost\"]"), "admin.allow_networks[0]", "not a CIDR");
-    has_problem(&admin("listen = \"127.0.0.1:8080\""), "admin.listen", "must differ from server.listen");
-    has_problem(&admin("listen = \"nope\""), "admin.listen", "not a socket address");
     has_problem(
-        &with_bucket("", &format!("{JWT}[admin]\nclaim = {{ name = \"\", value = \"admin\" }}")),
+        &admin("allow_networks = []"),
+        "admin.allow_networks",
+        "must not be empty",
+    );
+    has_problem(
+        &admin("allow_networks = [\"10.0.0.0/8\", \"10.0.0.1/8\"]"),
+        "admin.allow_networks[1]",
+        "host bits set",
+    );
+    has_problem(
+        &admin("allow_networks = [\"10.0.0.0/40\"]"),
+        "admin.allow_networks[0]",
+        "prefix length must be 0..=32",
+    );
+    has_problem(
+        &admin("allow_networks = [\"localhost\"]"),
+        "admin.allow_networks[0]",
+        "not a CIDR",
+    );
+    has_problem(
+        &admin("listen = \"127.0.0.1:8080\""),
+        "admin.listen",
+        "must differ from server.listen",
+    );
+    has_problem(
+        &admin("listen = \"nope\""),
+        "admin.listen",
+        "not a socket address",
+    );
+    has_problem(
+        &with_bucket(
+            "",
+            &format!("{JWT}[admin]\nclaim = {{ name = \"\", value = \"admin\" }}"),
+        ),
         "admin.claim.name",
         "must not be empty",
     );
     has_problem(
-        &with_bucket("", &format!("{JWT}[admin]\nclaim = {{ name = \"role\", value = true }}")),
+        &with_bucket(
+            "",
+            &format!("{JWT}[admin]\nclaim = {{ name = \"role\", value = true }}"),
+        ),
         "admin.claim.value",
         "expected a string",
     );
@@ -842,20 +1330,74 @@ fn admin_rules() {
 fn cache_rules() {
     let cache = |body: &str| with_bucket("", body);
     has_problem(&cache("[cache]\nttl = 0"), "cache.ttl", "greater than 0");
-    has_problem(&cache("[cache]\nmax_object_size = 0"), "cache.max_object_size", "greater than 0");
-    has_problem(&cache("[cache]\nmax_object_size = \"1KB\""), "cache.max_object_size", "unknown unit `KB`");
-    has_problem(&cache("[cache]\nmax_object_size = \"99999999999TiB\""), "cache.max_object_size", "too large");
-    has_problem(&cache("[cache]\nwrite_policy = \"write-back\""), "cache.write_policy", "not a write policy");
-    has_problem(&cache("[cache]\nstale_if_error = -5"), "cache.stale_if_error", "negative");
-    has_problem(&cache("[cache]\nstale_while_revalidate = \"x\""), "cache.stale_while_revalidate", "not a number");
-    ok(&cache("[cache]\nstale_if_error = 0\nstale_while_revalidate = \"0s\""));
-    has_problem(&cache("[cache.memory]\ncapacity = -1"), "cache.memory.capacity", "negative");
-    has_problem(&cache("[cache]\nmemory = 5"), "cache.memory", "expected a table");
-    let disk = |body: &str| cache(&format!("[cache.disk]\ndir = \"/var/cache/corvid\"\n{body}"));
-    has_problem(&disk("capacity = 0"), "cache.disk.capacity", "greater than 0");
-    has_problem(&disk("capacity = \"1GiB\"\nsegment_size = 0"), "cache.disk.segment_size", "greater than 0");
-    has_problem(&disk("capacity = \"32MiB\""), "cache.disk.segment_size", "must not exceed capacity (64MiB > 32MiB)");
-    has_problem(&cache("[cache.disk]\ndir = \"\"\ncapacity = 1"), "cache.disk.dir", "must not be empty");
+    has_problem(
+        &cache("[cache]\nmax_object_size = 0"),
+        "cache.max_object_size",
+        "greater than 0",
+    );
+    has_problem(
+        &cache("[cache]\nmax_object_size = \"1KB\""),
+        "cache.max_object_size",
+        "unknown unit `KB`",
+    );
+    has_problem(
+        &cache("[cache]\nmax_object_size = \"99999999999TiB\""),
+        "cache.max_object_size",
+        "too large",
+    );
+    has_problem(
+        &cache("[cache]\nwrite_policy = \"write-back\""),
+        "cache.write_policy",
+        "not a write policy",
+    );
+    has_problem(
+        &cache("[cache]\nstale_if_error = -5"),
+        "cache.stale_if_error",
+        "negative",
+    );
+    has_problem(
+        &cache("[cache]\nstale_while_revalidate = \"x\""),
+        "cache.stale_while_revalidate",
+        "not a number",
+    );
+    ok(&cache(
+        "[cache]\nstale_if_error = 0\nstale_while_revalidate = \"0s\"",
+    ));
+    has_problem(
+        &cache("[cache.memory]\ncapacity = -1"),
+        "cache.memory.capacity",
+        "negative",
+    );
+    has_problem(
+        &cache("[cache]\nmemory = 5"),
+        "cache.memory",
+        "expected a table",
+    );
+    let disk = |body: &str| {
+        cache(&format!(
+            "[cache.disk]\ndir = \"/var/cache/corvid\"\n{body}"
+        ))
+    };
+    has_problem(
+        &disk("capacity = 0"),
+        "cache.disk.capacity",
+        "greater than 0",
+    );
+    has_problem(
+        &disk("capacity = \"1GiB\"\nsegment_size = 0"),
+        "cache.disk.segment_size",
+        "greater than 0",
+    );
+    has_problem(
+        &disk("capacity = \"32MiB\""),
+        "cache.disk.segment_size",
+        "must not exceed capacity (64MiB > 32MiB)",
+    );
+    has_problem(
+        &cache("[cache.disk]\ndir = \"\"\ncapacity = 1"),
+        "cache.disk.dir",
+        "must not be empty",
+    );
     let c = ok(&disk("capacity = \"1GiB\"\nsegment_size = \"1MiB\""));
     assert_eq!(c.cache.disk.unwrap().segment_size, 1 << 20);
     let c = ok(&disk("capacity = \"1GiB\""));
@@ -863,10 +1405,24 @@ fn cache_rules() {
 
     let redis = |url: &str| cache(&format!("[cache.redis]\nurl = {url:?}"));
     let r = ok(&redis("redis://127.0.0.1")).cache.redis.unwrap();
-    assert_eq!((r.tls, r.host.as_str(), r.port, r.db), (false, "127.0.0.1", 6379, 0));
-    assert_eq!((r.max_object_size, r.timeout), (4 << 20, Duration::from_millis(50)));
+    assert_eq!(
+        (r.tls, r.host.as_str(), r.port, r.db),
+        (false, "127.0.0.1", 6379, 0)
+    );
+    assert_eq!(
+        (r.max_object_size, r.timeout),
+        (4 << 20, Duration::from_millis(50))
+    );
     let r = ok(&redis("redis://:pw@[::1]:7000/")).cache.redis.unwrap();
-    assert_eq!((r.host.as_str(), r.port, r.username.as_deref(), r.password.as_deref()), ("::1", 7000, None, Some("pw")));
+    assert_eq!(
+        (
+            r.host.as_str(),
+            r.port,
+            r.username.as_deref(),
+            r.password.as_deref()
+        ),
+        ("::1", 7000, None, Some("pw"))
+    );
     assert!(!format!("{r:?}").contains("pw"));
     for (url, needle) in [
         ("http://r", "scheme `http` must be redis or rediss"),
@@ -878,16 +1434,23 @@ fn cache_rules() {
     ] {
         has_problem(&redis(url), "cache.redis.url", needle);
     }
-    has_problem(&cache("[cache.redis]\nurl = \"redis://r\"\ntimeout = 0"), "cache.redis.timeout", "greater than 0");
-    has_problem(&cache("[cache.redis]\nurl = \"redis://r\"\nmax_object_size = 0"), "cache.redis.max_object_size", "greater than 0");
+    has_problem(
+        &cache("[cache.redis]\nurl = \"redis://r\"\ntimeout = 0"),
+        "cache.redis.timeout",
+        "greater than 0",
+    );
+    has_problem(
+        &cache("[cache.redis]\nurl = \"redis://r\"\nmax_object_size = 0"),
+        "cache.redis.max_object_size",
+        "greater than 0",
+    );
 }
 
 // ---------- all problems at once ----------
 
 #[test]
 fn multiple_problems_reported_together() {
-    let text = format!(
-        r#"
+    let text = r#"
 bogus_top = 1
 [server]
 listen = "nope"
@@ -900,7 +1463,7 @@ prefix = "/health"
 endpoint = "ftp://x"
 region = "r"
 bucket = "b"
-access_key = "${{UNSET_AK}}"
+access_key = "${UNSET_AK}"
 secret_key = "s"
 auth = true
 
@@ -917,9 +1480,8 @@ ttl = "1 fortnight"
 [cache.disk]
 dir = "/d"
 capacity = "1MiB"
-"#
-    );
-    let e = parse(&text).unwrap_err();
+"#;
+    let e = parse(text).unwrap_err();
     let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
     for expected in [
         "bogus_top",

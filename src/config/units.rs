@@ -69,7 +69,7 @@ pub fn duration_from_int(n: i64) -> Result<Duration, String> {
 pub fn format_size(bytes: u64) -> String {
     for &(unit, factor) in SIZE_UNITS.iter().rev() {
         let factor = factor as u64;
-        if bytes >= factor && bytes % factor == 0 {
+        if bytes >= factor && bytes.is_multiple_of(factor) {
             return format!("{}{unit}", bytes / factor);
         }
     }
@@ -89,13 +89,7 @@ fn parse_scaled(
     if s.starts_with('-') {
         return Err(format!("`{s}` must not be negative"));
     }
-    let unit_list = || {
-        units
-            .iter()
-            .map(|(u, _)| *u)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let unit_list = || units.iter().map(|(u, _)| *u).collect::<Vec<_>>().join(", ");
     let int_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let int_digits = &s[..int_end];
     let mut rest = &s[int_end..];
@@ -147,7 +141,7 @@ fn parse_scaled(
         let frac: u128 = frac_digits.parse().map_err(|_| too_large())?;
         let scale = 10u128.pow(frac_digits.len() as u32);
         let scaled = frac * factor;
-        if scaled % scale != 0 {
+        if !scaled.is_multiple_of(scale) {
             return Err(format!("`{s}` is not a whole number of {base_name}"));
         }
         total = total.checked_add(scaled / scale).ok_or_else(too_large)?;
@@ -192,11 +186,18 @@ mod tests {
         assert!(parse_size("-5").unwrap_err().contains("negative"));
         // Overflow: u64::MAX bytes is fine, one more is not; huge digit strings do not panic.
         assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
-        assert!(parse_size("18446744073709551616").unwrap_err().contains("too large"));
+        assert!(parse_size("18446744073709551616")
+            .unwrap_err()
+            .contains("too large"));
         assert!(parse_size("16777216TiB").unwrap_err().contains("too large"));
-        assert!(parse_size(&"9".repeat(60)).unwrap_err().contains("too large"));
+        assert!(parse_size(&"9".repeat(60))
+            .unwrap_err()
+            .contains("too large"));
         assert!(parse_size(&format!("1.{}MiB", "0".repeat(19))).is_err());
-        assert_eq!(size_from_int(-1).unwrap_err(), "a size must not be negative");
+        assert_eq!(
+            size_from_int(-1).unwrap_err(),
+            "a size must not be negative"
+        );
         assert_eq!(size_from_int(7), Ok(7));
     }
 
@@ -218,7 +219,18 @@ mod tests {
     #[test]
     fn duration_errors() {
         for bad in [
-            "", "-1s", "s", "1sec", "1S", "1H", "1us", "1ns", "1h30m", "0.0000000001s", "1.", "1e3s",
+            "",
+            "-1s",
+            "s",
+            "1sec",
+            "1S",
+            "1H",
+            "1us",
+            "1ns",
+            "1h30m",
+            "0.0000000001s",
+            "1.",
+            "1e3s",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
@@ -226,9 +238,15 @@ mod tests {
             parse_duration("18446744073709551615s"),
             Ok(Duration::from_secs(u64::MAX))
         );
-        assert!(parse_duration("18446744073709551616s").unwrap_err().contains("too large"));
-        assert!(parse_duration("213503982334602d").unwrap_err().contains("too large"));
-        assert!(parse_duration(&"9".repeat(50)).unwrap_err().contains("too large"));
+        assert!(parse_duration("18446744073709551616s")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_duration("213503982334602d")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_duration(&"9".repeat(50))
+            .unwrap_err()
+            .contains("too large"));
         assert_eq!(duration_from_int(5), Ok(Duration::from_secs(5)));
         assert!(duration_from_int(-5).is_err());
     }

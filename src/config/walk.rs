@@ -117,7 +117,11 @@ impl<'a> Ctx<'a> {
             Value::Integer(n) => units::size_from_int(n),
             Value::String(_) => units::parse_size(&self.string(key, v)?),
             other => {
-                self.type_error(key, "a size (integer bytes or a string like \"16MiB\")", &other);
+                self.type_error(
+                    key,
+                    "a size (integer bytes or a string like \"16MiB\")",
+                    &other,
+                );
                 return None;
             }
         };
