@@ -206,12 +206,13 @@ pub fn split_target(target: &str) -> Result<(&str, Option<&str>), Error> {
 }
 
 fn strip_scheme(target: &str) -> Option<&str> {
-    for scheme in ["http://", "https://"] {
-        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
-            return Some(&target[scheme.len()..]);
-        }
-    }
-    None
+    // `get`, not indexing: the target may hold multi-byte characters (found by fuzzing).
+    ["http://", "https://"].into_iter().find_map(|scheme| {
+        target
+            .get(..scheme.len())
+            .filter(|head| head.eq_ignore_ascii_case(scheme))
+            .map(|_| &target[scheme.len()..])
+    })
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -225,17 +226,24 @@ fn hex_val(b: u8) -> Option<u8> {
 
 /// Strict percent-decoding into `out`: every `%` must start a `%XX` escape.
 fn percent_decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
-    let mut rest = raw;
-    while let Some(i) = memchr::memchr(b'%', rest) {
-        out.extend_from_slice(&rest[..i]);
-        let byte = match rest.get(i + 1..i + 3) {
-            Some(&[h, l]) => hex_val(h).zip(hex_val(l)).map(|(h, l)| h << 4 | l),
-            _ => None,
-        };
-        out.push(byte.ok_or_else(|| bad_request("malformed percent-encoding"))?);
-        rest = &rest[i + 3..];
+    out.reserve(raw.len());
+    // A plain byte loop beats memchr-per-escape here: keys with unicode or spaces are dense
+    // with escapes, so the runs between them are short.
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b == b'%' {
+            let byte = match raw.get(i + 1..i + 3) {
+                Some(&[h, l]) => hex_val(h).zip(hex_val(l)).map(|(h, l)| h << 4 | l),
+                _ => None,
+            };
+            out.push(byte.ok_or_else(|| bad_request("malformed percent-encoding"))?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
     }
-    out.extend_from_slice(rest);
     Ok(())
 }
 
@@ -491,6 +499,9 @@ mod tests {
             "/a\tb",
             "/a\x7f",
             "h/p",
+            // Fuzz regression: a multi-byte character straddling the scheme length.
+            "'a/a/a\u{35e}\u{41e}\u{41f}\u{40b}E/admin",
+            "\u{e9}\u{e9}\u{e9}\u{e9}",
         ] {
             assert_eq!(
                 split_target(bad).unwrap_err().kind(),

@@ -8,7 +8,7 @@
 //! problem found, each as `key.path: what is wrong`, so an operator fixes them in one pass.
 //!
 //! Pipeline: TOML text → `toml::Table` (syntax errors carry line and column) → a hand-written
-//! walker ([`walk`]) that takes each known key, expands `${ENV}` in its string value ([`env`]),
+//! walker (`walk.rs`) that takes each known key, expands `${ENV}` in its string value ([`env`](mod@env)),
 //! converts it (sizes and durations via [`units`]), checks it, and reports leftovers as unknown
 //! keys → the public types below. See `examples/corvid.example.toml` for a commented example of
 //! every key.
@@ -54,7 +54,7 @@
 //! # Decisions where the spec is silent
 //!
 //! * **Sizes / durations**: see [`units`] (fractions allowed if exact, binary units only, a
-//!   bare number means bytes / seconds). **`${ENV}`**: see [`env`] (`$${` escapes).
+//!   bare number means bytes / seconds). **`${ENV}`**: see [`env`](mod@env) (`$${` escapes).
 //! * **Counts** (`workers`, `max_headers`, ...) also accept a string of digits so that they can
 //!   come from `${ENV}`; booleans must be real TOML booleans.
 //! * **Timeouts** must be > 0. `shutdown_grace`, `jwt.leeway`, `cors.max_age`,

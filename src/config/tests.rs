@@ -156,12 +156,11 @@ fn every_key_happy_path() {
     for f in ["cert.pem", "key.pem", "ca.pem", "jwks.json"] {
         std::fs::write(dir.path().join(f), "x").unwrap();
     }
-    let text = format!(
-        r#"
+    let text = r#"
 [server]
 listen = "[::]:8443"
-workers = "${{WORKERS}}"
-tls = {{ cert = "cert.pem", key = "key.pem" }}
+workers = "${WORKERS}"
+tls = { cert = "cert.pem", key = "key.pem" }
 header_timeout = "5s"
 idle_timeout = "2m"
 max_header_bytes = "32KiB"
@@ -177,14 +176,14 @@ prefix = "/v1/assets"
 endpoint = "HTTPS://MinIO.Local:9000/"
 region = "garage"
 bucket = "my.bucket-1"
-access_key = "${{AK}}"
-secret_key = "${{SK}}"
+access_key = "${AK}"
+secret_key = "${SK}"
 session_token = "tok"
 addressing = "virtual"
 ca_file = "ca.pem"
 auth = true
 ttl = "10m"
-cors = {{ allow_origins = ["https://example.com", "http://localhost:3000", "*"], max_age = "1h" }}
+cors = { allow_origins = ["https://example.com", "http://localhost:3000", "*"], max_age = "1h" }
 connect_timeout = "250ms"
 first_byte_timeout = 10
 read_timeout = "1m"
@@ -208,7 +207,7 @@ audience = ["corvid", "other"]
 leeway = "0s"
 
 [admin]
-claim = {{ name = "role", value = "admin" }}
+claim = { name = "role", value = "admin" }
 allow_networks = ["127.0.0.0/8", "10.0.0.0/8", "::1/128", "fd00::/8", "192.168.1.7"]
 listen = "127.0.0.1:9090"
 
@@ -220,7 +219,7 @@ stale_if_error = "5m"
 stale_while_revalidate = "30s"
 
 [cache.memory]
-capacity = "${{SIZE}}"
+capacity = "${SIZE}"
 
 [cache.disk]
 dir = "cache"
@@ -231,10 +230,8 @@ segment_size = "50GiB"
 url = "rediss://user:p%40ss@redis.local:6380/2"
 max_object_size = "1MiB"
 timeout = "20ms"
-"#
-    );
-    let c =
-        Config::from_toml_str_in(&text, &test_env, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+"#;
+    let c = Config::from_toml_str_in(text, &test_env, dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let s = &c.server;
     assert_eq!(s.listen, "[::]:8443".parse().unwrap());
     assert_eq!(s.workers, 4);
@@ -676,7 +673,7 @@ fn unknown_key_suggestions() {
 
 #[test]
 fn required_keys() {
-    has_problem(&BUCKET.to_string(), "server", "required key is missing");
+    has_problem(BUCKET, "server", "required key is missing");
     has_problem(SERVER, "buckets", "required key is missing");
     has_problem(
         &with_server("").replace("listen = \"127.0.0.1:8080\"", ""),
@@ -1453,8 +1450,7 @@ fn cache_rules() {
 
 #[test]
 fn multiple_problems_reported_together() {
-    let text = format!(
-        r#"
+    let text = r#"
 bogus_top = 1
 [server]
 listen = "nope"
@@ -1467,7 +1463,7 @@ prefix = "/health"
 endpoint = "ftp://x"
 region = "r"
 bucket = "b"
-access_key = "${{UNSET_AK}}"
+access_key = "${UNSET_AK}"
 secret_key = "s"
 auth = true
 
@@ -1484,9 +1480,8 @@ ttl = "1 fortnight"
 [cache.disk]
 dir = "/d"
 capacity = "1MiB"
-"#
-    );
-    let e = parse(&text).unwrap_err();
+"#;
+    let e = parse(text).unwrap_err();
     let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
     for expected in [
         "bogus_top",
