@@ -104,7 +104,13 @@ fn main() {
                 .and_then(|(k, n)| Some((k, n.parse::<usize>().ok()?)))
                 .unwrap_or_else(|| panic!("--object wants KEY=SIZE, got {spec:?}"));
             let body = origin::pattern_bytes(size, size as u64);
-            client.put_object(&args.bucket, key, &body, Some("application/octet-stream"), &[]);
+            client.put_object(
+                &args.bucket,
+                key,
+                &body,
+                Some("application/octet-stream"),
+                &[],
+            );
         }
     }
 
