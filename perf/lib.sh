@@ -18,7 +18,7 @@ wait_http() {
 run_wrk() {
   local label=$1 url=$2 out
   shift 2
-  out=$(wrk -t"${THREADS}" -c"${CONNS}" -d"${DURATION}" --latency "$@" "$url")
+  out=$(${WRK_PREFIX:-} wrk -t"${THREADS}" -c"${CONNS}" -d"${DURATION}" --latency "$@" "$url")
   echo "$out" > "$WORK/wrk-$(echo "$label" | tr ' /' '__').txt"
   local rps p50 p99 errors
   rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')

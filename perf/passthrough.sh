@@ -2,8 +2,14 @@
 # Pass-through load test: wrk against corvid in front of the local s3s-fs origin, and against
 # the origin directly, in one run, for 1 KiB and 1 MiB objects. Prints a table with the ratio.
 #
-#   perf/passthrough.sh                 # defaults: wrk -t2 -c64 -d10s
-#   DURATION=30s CONNS=128 perf/passthrough.sh
+#   perf/passthrough.sh                          # both layouts, wrk -t2 -c64 -d10s
+#   LAYOUTS=isolated DURATION=30s perf/passthrough.sh
+#
+# Layouts (this machine has 2 cores, and wrk, the origin and corvid all need CPU):
+#   isolated  the origin alone on core 1; wrk and corvid (workers = 1) share core 0. This models
+#             production, where S3 runs on other machines and does not lose CPU to the proxy.
+#   shared    no pinning; corvid runs `WORKERS` workers (default 2) and competes with the origin
+#             for the same two cores — the worst case for the proxy.
 #
 # The origin checks signatures in both runs: the direct run sends headers signed once up front
 # (examples/sign_headers.rs; valid for the origin's 15-minute clock-skew window), corvid signs
@@ -16,6 +22,8 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 WORKERS=${WORKERS:-2}
+LAYOUTS=${LAYOUTS:-"isolated shared"}
+SIZES=${SIZES:-"1k 1m"}
 
 build="cargo build --release --bin corvid --example origin --example sign_headers"
 $build >/dev/null 2>&1 || $build
@@ -25,19 +33,29 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-origin_port=$(free_port)
-target/release/examples/origin --dir "$WORK/data" --listen "127.0.0.1:$origin_port" \
-  --bucket perf --object 1k=1024 --object 1m=1048576 >"$WORK/origin.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 300); do grep -q '^ready' "$WORK/origin.log" && break; sleep 0.1; done
-access_key=$(awk -F' = ' '/^access_key/ {print $2}' "$WORK/origin.log")
-secret_key=$(awk -F' = ' '/^secret_key/ {print $2}' "$WORK/origin.log")
+echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m), $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
+echo "# wrk -t$THREADS -c$CONNS -d$DURATION --latency"
+printf 'layout\trun\treq/s\tp50 ms\tp99 ms\terrors\n'
+for layout in $LAYOUTS; do
+  if [ "$layout" = isolated ]; then
+    pin_origin="taskset -c 1"; pin_front="taskset -c 0"; workers=1
+  else
+    pin_origin=""; pin_front=""; workers=$WORKERS
+  fi
+  origin_port=$(free_port)
+  $pin_origin target/release/examples/origin --dir "$WORK/data-$layout" --listen "127.0.0.1:$origin_port" \
+    --bucket perf --object 1k=1024 --object 1m=1048576 >"$WORK/origin-$layout.log" 2>&1 &
+  origin_pid=$!
+  pids+=($origin_pid)
+  for _ in $(seq 1 300); do grep -q '^ready' "$WORK/origin-$layout.log" && break; sleep 0.1; done
+  access_key=$(awk -F' = ' '/^access_key/ {print $2}' "$WORK/origin-$layout.log")
+  secret_key=$(awk -F' = ' '/^secret_key/ {print $2}' "$WORK/origin-$layout.log")
 
-corvid_port=$(free_port)
-cat >"$WORK/corvid.toml" <<TOML
+  corvid_port=$(free_port)
+  cat >"$WORK/corvid-$layout.toml" <<TOML
 [server]
 listen = "127.0.0.1:$corvid_port"
-workers = $WORKERS
+workers = $workers
 
 [[buckets]]
 name = "perf"
@@ -48,23 +66,24 @@ bucket = "perf"
 access_key = "$access_key"
 secret_key = "$secret_key"
 TOML
-RUST_LOG=warn target/release/corvid serve -c "$WORK/corvid.toml" 2>"$WORK/corvid.log" &
-pids+=($!)
-wait_http "http://127.0.0.1:$corvid_port/health"
+  RUST_LOG=warn $pin_front target/release/corvid serve -c "$WORK/corvid-$layout.toml" 2>"$WORK/corvid-$layout.log" &
+  corvid_pid=$!
+  pids+=($corvid_pid)
+  wait_http "http://127.0.0.1:$corvid_port/health"
 
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m) $(nproc) cores; wrk -t$THREADS -c$CONNS -d$DURATION --latency; corvid workers=$WORKERS"
-printf 'run\treq/s\tp50 ms\tp99 ms\terrors\n'
-for size in 1k 1m; do
-  # Warm both paths (connection pools, page cache) before measuring.
-  curl -s -o /dev/null "http://127.0.0.1:$corvid_port/perf/$size"
-  sig=$(target/release/examples/sign_headers "127.0.0.1:$origin_port" "/perf/$size" "$access_key" "$secret_key")
-  o=$(eval run_wrk "'origin $size'" "http://127.0.0.1:$origin_port/perf/$size" "$sig")
-  c=$(run_wrk "corvid $size" "http://127.0.0.1:$corvid_port/perf/$size")
-  echo "$o"
-  echo "$c"
-  python3 - "$o" "$c" <<'PY'
+  for size in $SIZES; do
+    # Warm corvid's upstream pool and the origin's page cache before measuring.
+    curl -s -o /dev/null "http://127.0.0.1:$corvid_port/perf/$size"
+    sig=$(target/release/examples/sign_headers "127.0.0.1:$origin_port" "/perf/$size" "$access_key" "$secret_key")
+    o=$(eval WRK_PREFIX="'$pin_front'" run_wrk "'origin $size'" "http://127.0.0.1:$origin_port/perf/$size" "$sig")
+    c=$(WRK_PREFIX="$pin_front" run_wrk "corvid $size" "http://127.0.0.1:$corvid_port/perf/$size")
+    printf '%s\t%s\n%s\t%s\n' "$layout" "$o" "$layout" "$c"
+    python3 - "$o" "$c" "$layout" <<'PY'
 import sys
 o = float(sys.argv[1].split('\t')[1]); c = float(sys.argv[2].split('\t')[1])
-print(f"ratio corvid/origin {sys.argv[1].split()[1]}: {c / o:.2f}x")
+print(f"{sys.argv[3]}\tratio corvid/origin {sys.argv[1].split()[1]}: {c / o:.2f}x")
 PY
+  done
+  kill "$corvid_pid" "$origin_pid" 2>/dev/null || true
+  wait "$corvid_pid" "$origin_pid" 2>/dev/null || true
 done

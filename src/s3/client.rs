@@ -58,8 +58,15 @@ pub struct Conn {
 }
 
 impl Conn {
-    async fn read_into<B: IoBufMut>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+    /// Reads part of a response head. Quick ACKs here release the origin's Nagle-held body
+    /// segment at once; body reads go without them (the ACK rides on the next request or
+    /// the delayed-ACK timer, and saves a packet per segment).
+    async fn read_head_into<B: IoBufMut>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
         set_quickack(self.fd);
+        self.io.read(buf).await
+    }
+
+    async fn read_into<B: IoBufMut>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
         self.io.read(buf).await
     }
 }
@@ -266,7 +273,8 @@ async fn read_head(
         let len = buf.len();
         let cap = buf.capacity();
         let (res, slice) =
-            match monoio::time::timeout_at(deadline, conn.read_into(buf.slice_mut(len..cap))).await
+            match monoio::time::timeout_at(deadline, conn.read_head_into(buf.slice_mut(len..cap)))
+                .await
             {
                 Ok(r) => r,
                 Err(_) => {
