@@ -24,8 +24,12 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 step "cargo test"
-cargo test --all-targets 2>&1 | tee /tmp/corvid-test.log
-# Benches are compiled above (--all-targets) but not timed here; `cargo bench` runs them.
+log=$(mktemp)
+# Benches run once each in test mode (a smoke check); `cargo bench` times them.
+cargo test --all-targets 2>&1 | tee "$log"
+passed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/) s += $i} END {print s + 0}' "$log")
+failed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) s += $i} END {print s + 0}' "$log")
+rm -f "$log"
 
 if [ "$FUZZ_SECONDS" != "0" ]; then
   if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -40,3 +44,4 @@ if [ "$FUZZ_SECONDS" != "0" ]; then
 fi
 
 step "all tests passed"
+echo "tests: $passed passed, $failed failed"
