@@ -1,0 +1,8 @@
+//! The cache tiers: [`memory`] (sharded, shared by all workers), [`disk`] (mmap-backed
+//! segments that survive restarts) and [`redis`] (shared by several instances).
+//!
+//! (Being built: see issue 4.)
+
+pub mod disk;
+pub mod memory;
+pub mod redis;
