@@ -27,19 +27,29 @@ use crate::runtime::worker::Worker;
 use crate::s3::client::Body;
 use crate::s3::request::{build_request, ObjectRequest, FORWARDED_HEADERS};
 
-/// Origin response headers passed to the client (lowercase), besides `x-amz-meta-*`.
-pub const PASSED_HEADERS: [&str; 10] = [
-    "content-type",
-    "content-range",
-    "etag",
-    "last-modified",
-    "cache-control",
-    "content-encoding",
-    "content-disposition",
-    "content-language",
-    "expires",
-    "x-amz-version-id",
+/// Origin response headers passed to the client, besides `x-amz-meta-*`: (lowercase name as
+/// parsed, the spelling corvid writes).
+pub const PASSED_HEADERS: [(&str, &str); 10] = [
+    ("content-type", "Content-Type"),
+    ("content-range", "Content-Range"),
+    ("etag", "ETag"),
+    ("last-modified", "Last-Modified"),
+    ("cache-control", "Cache-Control"),
+    ("content-encoding", "Content-Encoding"),
+    ("content-disposition", "Content-Disposition"),
+    ("content-language", "Content-Language"),
+    ("expires", "Expires"),
+    ("x-amz-version-id", "x-amz-version-id"),
 ];
+
+/// The spelling corvid writes for a passed origin header, or None when it is not passed.
+pub fn passed_header_name(lowercase: &str) -> Option<&str> {
+    PASSED_HEADERS
+        .iter()
+        .find(|(l, _)| *l == lowercase)
+        .map(|(_, display)| *display)
+        .or_else(|| lowercase.starts_with("x-amz-meta-").then_some(lowercase))
+}
 
 /// Body bytes moved per read/write; bounds the memory one streaming response holds.
 pub const STREAM_CHUNK: usize = 64 * 1024;
@@ -101,8 +111,8 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
 
     respond::head_start(out, w, head.status, &req.id, close);
     for (name, value) in &head.headers {
-        if PASSED_HEADERS.contains(&name.as_str()) || name.starts_with("x-amz-meta-") {
-            write_header(out, name, value.as_bytes());
+        if let Some(display) = passed_header_name(name) {
+            write_header(out, display, value.as_bytes());
         }
     }
     if let Some(n) = length {

@@ -3,8 +3,10 @@
 //! socket ([`conn`], [`respond`]).
 
 pub mod chunked;
+pub mod conditional;
 pub mod conn;
 mod headers;
+pub mod range;
 pub mod request;
 pub mod respond;
 pub mod response;
