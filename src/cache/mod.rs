@@ -4,5 +4,7 @@
 //! (Being built: see issue 4.)
 
 pub mod disk;
+pub mod entry;
 pub mod memory;
+pub mod policy;
 pub mod redis;

@@ -1,0 +1,243 @@
+//! A cached object: its metadata and its body, and the one byte encoding that the disk and
+//! Redis tiers store (pure functions, zero-copy decode).
+//!
+//! Metadata keeps the origin headers a client must see again (the ones the proxy passes:
+//! Content-Type, ETag, Last-Modified, Cache-Control, Content-Encoding, Content-Disposition,
+//! Content-Language, Expires, x-amz-version-id, x-amz-meta-*), the fill time (for `Age`) and
+//! the freshness deadline. The header lines are rendered once, when the entry is made, so a hit
+//! copies one prepared block into the response head instead of formatting each header.
+//!
+//! Encoding (all integers little-endian):
+//!
+//! | field | size |
+//! |---|---|
+//! | magic `CVE1` | 4 |
+//! | stored_at_ms | 8 |
+//! | expires_at_ms | 8 |
+//! | header count | 2 |
+//! | per header: name length (2), name, value length (4), value | … |
+//! | body length | 8 |
+//! | body | body length |
+//!
+//! Integrity is the storing tier's business (the disk tier checksums whole entries); decode only
+//! guarantees it never panics and never returns a body past the input.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::http::response::write_header;
+
+const MAGIC: &[u8; 4] = b"CVE1";
+
+/// Metadata of a cached object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// Passed origin headers: (spelling corvid writes, value).
+    pub headers: Vec<(String, String)>,
+    /// When the entry was filled from the origin (unix ms), for `Age`.
+    pub stored_at_ms: u64,
+    /// Fresh until (unix ms); after that a request revalidates.
+    pub expires_at_ms: u64,
+    /// The header lines rendered once (`Name: value\r\n`…).
+    block: Vec<u8>,
+}
+
+impl Meta {
+    pub fn new(headers: Vec<(String, String)>, stored_at_ms: u64, expires_at_ms: u64) -> Meta {
+        let mut block = Vec::with_capacity(headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum());
+        for (n, v) in &headers {
+            write_header(&mut block, n, v.as_bytes());
+        }
+        Meta {
+            headers,
+            stored_at_ms,
+            expires_at_ms,
+            block,
+        }
+    }
+
+    /// The same metadata with another freshness deadline (after a 304 revalidation).
+    pub fn refreshed(&self, expires_at_ms: u64) -> Meta {
+        Meta {
+            expires_at_ms,
+            ..self.clone()
+        }
+    }
+
+    /// The prepared header lines.
+    pub fn header_block(&self) -> &[u8] {
+        &self.block
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn etag(&self) -> Option<&str> {
+        self.header("etag")
+    }
+
+    pub fn last_modified(&self) -> Option<&str> {
+        self.header("last-modified")
+    }
+
+    pub fn is_fresh(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_at_ms
+    }
+}
+
+/// A cached object: shared metadata and a reference-counted body (never copied per request).
+#[derive(Debug, Clone)]
+pub struct CachedObject {
+    pub meta: Arc<Meta>,
+    pub body: Bytes,
+}
+
+impl CachedObject {
+    /// Bytes charged against a tier's capacity: body, headers and a fixed overhead.
+    pub fn weight(&self) -> usize {
+        self.body.len() + self.meta.block.len() * 2 + 256
+    }
+}
+
+/// Encodes `obj` for the disk and Redis tiers.
+pub fn encode(obj: &CachedObject) -> Vec<u8> {
+    let m = &obj.meta;
+    let mut out = Vec::with_capacity(40 + m.block.len() + obj.body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&m.stored_at_ms.to_le_bytes());
+    out.extend_from_slice(&m.expires_at_ms.to_le_bytes());
+    out.extend_from_slice(&(m.headers.len() as u16).to_le_bytes());
+    for (n, v) in &m.headers {
+        out.extend_from_slice(&(n.len() as u16).to_le_bytes());
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.extend_from_slice(&(obj.body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&obj.body);
+    out
+}
+
+/// Decodes an encoded object; the body is a slice of `bytes` (no copy).
+pub fn decode(bytes: Bytes) -> Option<CachedObject> {
+    let mut r = Reader { b: &bytes, pos: 0 };
+    if r.take(4)? != MAGIC {
+        return None;
+    }
+    let stored_at_ms = r.u64()?;
+    let expires_at_ms = r.u64()?;
+    let count = r.u16()? as usize;
+    let mut headers = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let n = r.u16()? as usize;
+        let name = std::str::from_utf8(r.take(n)?).ok()?.to_string();
+        let n = r.u32()? as usize;
+        let value = std::str::from_utf8(r.take(n)?).ok()?.to_string();
+        if !valid_header(&name, &value) {
+            return None;
+        }
+        headers.push((name, value));
+    }
+    let len = r.u64()?;
+    let start = r.pos;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    if end != bytes.len() {
+        return None;
+    }
+    Some(CachedObject {
+        meta: Arc::new(Meta::new(headers, stored_at_ms, expires_at_ms)),
+        body: bytes.slice(start..end),
+    })
+}
+
+/// A stored header must still be writable as a header line (defence against bad bytes).
+fn valid_header(name: &str, value: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.b.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn obj() -> CachedObject {
+        CachedObject {
+            meta: Arc::new(Meta::new(
+                vec![
+                    ("Content-Type".into(), "image/png".into()),
+                    ("ETag".into(), "\"abc\"".into()),
+                    ("x-amz-meta-owner".into(), "ünï".into()),
+                ],
+                1_700_000_000_000,
+                1_700_000_060_000,
+            )),
+            body: Bytes::from_static(b"\x00\x01binary body\xff"),
+        }
+    }
+
+    #[test]
+    fn round_trip_zero_copy() {
+        let o = obj();
+        let enc = Bytes::from(encode(&o));
+        let d = decode(enc.clone()).unwrap();
+        assert_eq!(*d.meta, *o.meta);
+        assert_eq!(d.body, o.body);
+        assert_eq!(d.meta.etag(), Some("\"abc\""));
+        assert_eq!(d.meta.header_block(), b"Content-Type: image/png\r\nETag: \"abc\"\r\nx-amz-meta-owner: \xc3\xbcn\xc3\xaf\r\n");
+        // The body points into the encoded buffer.
+        assert_eq!(d.body.as_ptr(), enc[enc.len() - o.body.len()..].as_ptr());
+    }
+
+    #[test]
+    fn freshness_and_refresh() {
+        let o = obj();
+        assert!(o.meta.is_fresh(1_700_000_059_999));
+        assert!(!o.meta.is_fresh(1_700_000_060_000));
+        let r = o.meta.refreshed(2_000_000_000_000);
+        assert!(r.is_fresh(1_800_000_000_000));
+        assert_eq!(r.header_block(), o.meta.header_block());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics_on_mutations(cut in 0usize..200, flip in 0usize..200, bit in 0u8..8) {
+            let mut enc = encode(&obj());
+            if flip < enc.len() { enc[flip] ^= 1 << bit; }
+            let cut = cut.min(enc.len());
+            let _ = decode(Bytes::from(enc[..cut].to_vec()));
+            let _ = decode(Bytes::from(enc));
+        }
+    }
+}
