@@ -5,6 +5,7 @@
 
 pub mod disk;
 pub mod entry;
+pub mod inflight;
 pub mod memory;
 pub mod policy;
 pub mod redis;
