@@ -38,7 +38,7 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
         }
         Route::Ready => ready(w, io, out, req).await,
         Route::Metrics => {
-            let text = w.shared.metrics.render();
+            let text = w.shared.metrics.render(&w.shared.tiers);
             respond::simple(
                 w,
                 io,

@@ -10,6 +10,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::cache::tiered::{Layer, Tiers};
 use crate::http::request::Method;
 
 /// Histogram bucket upper bounds, in seconds.
@@ -59,6 +60,12 @@ pub struct WorkerMetrics {
     upstream: Vec<AtomicU64>,
     upstream_duration: Vec<Histogram>,
     connections_open: AtomicI64,
+    /// Per bucket × layer.
+    cache_hits: Vec<AtomicU64>,
+    cache_misses: Vec<AtomicU64>,
+    coalesced: Vec<AtomicU64>,
+    /// Per layer.
+    cache_errors: [AtomicU64; 3],
 }
 
 impl WorkerMetrics {
@@ -75,6 +82,12 @@ impl WorkerMetrics {
                 .collect(),
             upstream_duration: (0..nbuckets).map(|_| Histogram::default()).collect(),
             connections_open: AtomicI64::new(0),
+            cache_hits: (0..nbuckets * Layer::ALL.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            cache_misses: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
+            coalesced: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
+            cache_errors: Default::default(),
         }
     }
 
@@ -100,6 +113,22 @@ impl WorkerMetrics {
         };
         self.upstream[bucket * OUTCOMES.len() + o].fetch_add(1, Ordering::Relaxed);
         self.upstream_duration[bucket].observe(took);
+    }
+
+    pub fn cache_hit(&self, bucket: usize, layer: Layer) {
+        self.cache_hits[bucket * Layer::ALL.len() + layer.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn cache_miss(&self, bucket: usize) {
+        self.cache_misses[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn coalesced(&self, bucket: usize) {
+        self.coalesced[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn cache_error(&self, layer: Layer) {
+        self.cache_errors[layer.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_opened(&self) {
@@ -139,7 +168,7 @@ impl Registry {
     }
 
     /// Renders the Prometheus text exposition format 0.0.4.
-    pub fn render(&self) -> String {
+    pub fn render(&self, tiers: &Tiers) -> String {
         let mut out = String::with_capacity(4096);
         let nb = self.bucket_names.len();
 
@@ -222,6 +251,106 @@ impl Registry {
 
         header(
             &mut out,
+            "corvid_cache_hits_total",
+            "counter",
+            "Requests answered from a cache tier, by layer and bucket",
+        );
+        for b in 0..nb {
+            for layer in Layer::ALL {
+                let i = b * Layer::ALL.len() + layer.index();
+                let v = self.sum(|w| w.cache_hits[i].load(Ordering::Relaxed));
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "corvid_cache_hits_total{{layer=\"{}\",bucket=\"{}\"}} {v}",
+                        layer.name(),
+                        escape(self.bucket_label(b))
+                    );
+                }
+            }
+        }
+        for (name, help, f) in [
+            (
+                "corvid_cache_misses_total",
+                "Cacheable requests not found in any tier",
+                (|w: &WorkerMetrics, b: usize| w.cache_misses[b].load(Ordering::Relaxed))
+                    as fn(&WorkerMetrics, usize) -> u64,
+            ),
+            (
+                "corvid_coalesced_requests_total",
+                "Requests that joined another request's origin fetch",
+                |w: &WorkerMetrics, b: usize| w.coalesced[b].load(Ordering::Relaxed),
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            for b in 0..nb {
+                let v = self.sum(|w| f(w, b));
+                let _ = writeln!(
+                    out,
+                    "{name}{{bucket=\"{}\"}} {v}",
+                    escape(self.bucket_label(b))
+                );
+            }
+        }
+        header(
+            &mut out,
+            "corvid_cache_entries",
+            "gauge",
+            "Entries held, by layer",
+        );
+        for layer in Layer::ALL {
+            let _ = writeln!(
+                out,
+                "corvid_cache_entries{{layer=\"{}\"}} {}",
+                layer.name(),
+                tiers.usage(layer).0
+            );
+        }
+        header(
+            &mut out,
+            "corvid_cache_bytes",
+            "gauge",
+            "Bytes held, by layer",
+        );
+        for layer in Layer::ALL {
+            let _ = writeln!(
+                out,
+                "corvid_cache_bytes{{layer=\"{}\"}} {}",
+                layer.name(),
+                tiers.usage(layer).1
+            );
+        }
+        header(
+            &mut out,
+            "corvid_cache_evictions_total",
+            "counter",
+            "Entries evicted by a tier's policy",
+        );
+        for layer in Layer::ALL {
+            let _ = writeln!(
+                out,
+                "corvid_cache_evictions_total{{layer=\"{}\"}} {}",
+                layer.name(),
+                tiers.evictions(layer)
+            );
+        }
+        header(
+            &mut out,
+            "corvid_cache_errors_total",
+            "counter",
+            "Failed tier operations (treated as misses)",
+        );
+        for layer in Layer::ALL {
+            let v = self.sum(|w| w.cache_errors[layer.index()].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "corvid_cache_errors_total{{layer=\"{}\"}} {v}",
+                layer.name()
+            );
+        }
+
+        header(
+            &mut out,
             "corvid_connections_open",
             "gauge",
             "Client connections currently open",
@@ -293,7 +422,15 @@ mod tests {
         r.worker(0)
             .upstream(0, UpstreamOutcome::Timeout, Duration::from_secs(1));
         r.worker(0).connection_opened();
-        let text = r.render();
+        r.worker(1).cache_hit(0, Layer::Disk);
+        r.worker(0).cache_miss(0);
+        let tiers = Tiers::new(&crate::config::Config::from_toml_str(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[[buckets]]\nname = \"assets\"\nprefix = \"/a\"\nendpoint = \"http://127.0.0.1:9\"\nregion = \"r\"\nbucket = \"bkt\"\naccess_key = \"a\"\nsecret_key = \"s\"\n",
+            &|_| None,
+        )
+        .unwrap()
+        .cache);
+        let text = r.render(&tiers);
         assert!(text
             .contains("corvid_requests_total{bucket=\"assets\",method=\"GET\",status=\"2xx\"} 2"));
         assert!(
@@ -306,5 +443,9 @@ mod tests {
             .contains("corvid_request_duration_seconds_bucket{bucket=\"assets\",le=\"0.0025\"} 1"));
         assert!(text.contains("corvid_connections_open 1"));
         assert!(text.contains("corvid_build_info{version=\""));
+        assert!(text.contains("corvid_cache_hits_total{layer=\"disk\",bucket=\"assets\"} 1"));
+        assert!(text.contains("corvid_cache_misses_total{bucket=\"assets\"} 1"));
+        assert!(text.contains("corvid_coalesced_requests_total{bucket=\"assets\"} 0"));
+        assert!(text.contains("corvid_cache_entries{layer=\"memory\"} 0"));
     }
 }

@@ -15,9 +15,15 @@ use std::time::SystemTime;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::time::Instant;
 
+use crate::cache::entry::{CachedObject, Meta};
+use crate::cache::inflight::Role;
+use crate::cache::policy::cache_key;
+use crate::cache::tiered::Layer;
 use crate::cors;
 use crate::error::{Error, Kind};
+use crate::http::conditional::{self, Conditionals, Precondition};
 use crate::http::conn::{Request, Sent};
+use crate::http::range::{self, RangeDecision};
 use crate::http::request::Method;
 use crate::http::respond::{self, Reply};
 use crate::http::response::{end_head, write_header, write_header_u64, UpstreamHead};
@@ -65,13 +71,255 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
     key: &str,
     query: Option<&str>,
 ) -> Result<Sent, Error> {
-    let cfg = &w.shared.config.buckets[bucket];
     match req.method() {
         Method::Get | Method::Head => {}
         Method::Options => return options(w, io, out, req, bucket).await,
         _ => return Err(Error::method_not_allowed("GET, HEAD, OPTIONS")),
     }
     let params = forwarded_query(query)?;
+    let tiers = &w.shared.tiers;
+    if !tiers.enabled() {
+        return pass_through(w, io, out, req, bucket, key, &params, XCache::Bypass).await;
+    }
+    let ckey = cache_key(&w.shared.config.buckets[bucket].name, key, &params);
+    let now = now_ms();
+    if let Some(hit) = tiers.lookup(&ckey) {
+        if hit.obj.meta.is_fresh(now) {
+            w.metrics().cache_hit(bucket, hit.layer);
+            return serve_cached(
+                w,
+                io,
+                out,
+                req,
+                bucket,
+                &hit.obj,
+                XCache::Hit,
+                Some(hit.layer),
+            )
+            .await;
+        }
+        return crate::revalidate::revalidate(w, io, out, req, bucket, key, &params, &ckey, hit)
+            .await;
+    }
+    w.metrics().cache_miss(bucket);
+    // Ranges and HEADs of uncached objects go to the origin as they are (not cached); a full
+    // GET fills the cache, coalesced with every concurrent request for the same key.
+    if req.method() == Method::Get && req.header("range").is_none() {
+        match tiers.inflight.join(&ckey) {
+            Role::Leader(leader) => {
+                return crate::fill::lead(w, io, out, req, bucket, key, &params, &ckey, leader)
+                    .await
+            }
+            Role::Follower(sub) => {
+                w.metrics().coalesced(bucket);
+                if let Some(result) = crate::fill::follow(w, io, out, req, bucket, sub).await {
+                    return result;
+                }
+                // The leader's answer is not cacheable: fetch our own.
+            }
+        }
+    }
+    pass_through(w, io, out, req, bucket, key, &params, XCache::Miss).await
+}
+
+/// The `X-Cache` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XCache {
+    Hit,
+    Miss,
+    Revalidated,
+    Stale,
+    Bypass,
+}
+
+impl XCache {
+    pub fn as_bytes(self) -> &'static [u8] {
+        match self {
+            XCache::Hit => b"HIT",
+            XCache::Miss => b"MISS",
+            XCache::Revalidated => b"REVALIDATED",
+            XCache::Stale => b"STALE",
+            XCache::Bypass => b"BYPASS",
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Answers from a cached object: client conditionals (304/412), ranges (206/416), HEAD, and
+/// otherwise the whole body — written together with the head in one vectored write, never
+/// copied.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_cached<S: AsyncWriteRent>(
+    w: &Rc<Worker>,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    req: &Request<'_>,
+    bucket: usize,
+    obj: &CachedObject,
+    xcache: XCache,
+    layer: Option<Layer>,
+) -> Result<Sent, Error> {
+    let meta = &obj.meta;
+    let len = obj.body.len() as u64;
+    let (status, body) =
+        match conditional::evaluate(&client_conditionals(req), meta.etag(), meta.last_modified()) {
+            Precondition::Failed => {
+                return Err(Error::client(
+                    Kind::PreconditionFailed,
+                    "a precondition of the request failed",
+                ))
+            }
+            Precondition::NotModified => (304, None),
+            Precondition::Proceed => {
+                let allowed = range::if_range_allows(
+                    req.header("if-range"),
+                    meta.etag(),
+                    meta.last_modified(),
+                );
+                match range::evaluate(req.header("range").filter(|_| allowed), len) {
+                    RangeDecision::Full => (200, Some((0, len))),
+                    RangeDecision::Partial { start, end } => (206, Some((start, end + 1))),
+                    RangeDecision::Unsatisfiable => {
+                        return Err(Error::client(
+                            Kind::RangeNotSatisfiable,
+                            format!("the object has {len} bytes"),
+                        ))
+                    }
+                }
+            }
+        };
+    write_object_head(w, out, req, bucket, status, meta, xcache, layer);
+    if let Some((start, end)) = body {
+        if status == 206 {
+            let mut buf = itoa_buf();
+            let cr = format_content_range(&mut buf, start, end - 1, len);
+            write_header(out, "Content-Range", cr);
+        }
+        write_header_u64(out, "Content-Length", end - start);
+    }
+    end_head(out);
+    let send_body = body.filter(|(s, e)| !req.is_head() && e > s);
+    let abort = match send_body {
+        None => respond::flush(w, io, out).await.is_err(),
+        Some((start, end)) => {
+            let mut hb = w.head_body();
+            hb.set(out, obj.body.slice(start as usize..end as usize));
+            let write = hb.write_all(io);
+            let (res, mut hb) =
+                match monoio::time::timeout(w.shared.config.server.send_timeout, write).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Ok(Sent {
+                            status,
+                            abort: true,
+                        })
+                    }
+                };
+            hb.take_head(out);
+            w.return_head_body(hb);
+            res.is_err()
+        }
+    };
+    Ok(Sent { status, abort })
+}
+
+/// The head lines shared by every answer that comes from (or goes into) the cache: status,
+/// the stored origin headers, `Accept-Ranges`, `Age`, `X-Cache`, `X-Cache-Layer`, CORS.
+/// The caller adds the length headers and ends the head.
+#[allow(clippy::too_many_arguments)]
+pub fn write_object_head(
+    w: &Worker,
+    out: &mut Vec<u8>,
+    req: &Request<'_>,
+    bucket: usize,
+    status: u16,
+    meta: &Meta,
+    xcache: XCache,
+    layer: Option<Layer>,
+) {
+    respond::head_start(out, w, status, &req.id, req.close);
+    out.extend_from_slice(meta.header_block());
+    write_header(out, "Accept-Ranges", b"bytes");
+    if xcache != XCache::Miss {
+        let age = now_ms().saturating_sub(meta.stored_at_ms) / 1000;
+        write_header_u64(out, "Age", age);
+    }
+    write_header(out, "X-Cache", xcache.as_bytes());
+    if let Some(l) = layer {
+        write_header(out, "X-Cache-Layer", l.name().as_bytes());
+    }
+    write_cors(w, out, req, bucket);
+}
+
+fn write_cors(w: &Worker, out: &mut Vec<u8>, req: &Request<'_>, bucket: usize) {
+    let allowed = w.shared.config.buckets[bucket]
+        .cors
+        .as_ref()
+        .zip(req.header_str("origin"))
+        .and_then(|(c, o)| cors::allow_origin(c, o));
+    if let Some(o) = allowed {
+        write_header(out, "Access-Control-Allow-Origin", o.as_bytes());
+        write_header(
+            out,
+            "Access-Control-Expose-Headers",
+            cors::EXPOSE_HEADERS.as_bytes(),
+        );
+        write_header(out, "Vary", b"Origin");
+    }
+}
+
+/// The client's conditional headers.
+pub fn client_conditionals<'a>(req: &'a Request<'_>) -> Conditionals<'a> {
+    Conditionals {
+        if_match: req.header("if-match"),
+        if_none_match: req.header("if-none-match"),
+        if_modified_since: req.header("if-modified-since"),
+        if_unmodified_since: req.header("if-unmodified-since"),
+    }
+}
+
+fn itoa_buf() -> [u8; 72] {
+    [0u8; 72]
+}
+
+/// `bytes first-last/len` into `buf`, without allocating.
+fn format_content_range(buf: &mut [u8; 72], first: u64, last: u64, len: u64) -> &[u8] {
+    use std::io::Write;
+    let mut c = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(c, "bytes {first}-{last}/{len}");
+    let n = c.position() as usize;
+    &buf[..n]
+}
+
+/// The origin's passed headers, in the spelling corvid writes, for a cache entry.
+pub fn stored_headers(head: &UpstreamHead) -> Vec<(String, String)> {
+    head.headers
+        .iter()
+        .filter(|(n, _)| n != "content-range")
+        .filter_map(|(n, v)| passed_header_name(n).map(|d| (d.to_string(), v.clone())))
+        .collect()
+}
+
+/// Forwards the request to the origin as it is (client conditionals and range included) and
+/// streams the answer back; nothing is cached.
+#[allow(clippy::too_many_arguments)]
+pub async fn pass_through<S: AsyncWriteRent>(
+    w: &Rc<Worker>,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    req: &Request<'_>,
+    bucket: usize,
+    key: &str,
+    params: &[(String, String)],
+    xcache: XCache,
+) -> Result<Sent, Error> {
     let mut forwarded: Vec<(&'static str, &str)> = Vec::new();
     for name in FORWARDED_HEADERS {
         if let Some(v) = req.header(name) {
@@ -80,8 +328,22 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
             forwarded.push((name, v));
         }
     }
-    let (head, body) = fetch_origin(w, bucket, req.is_head(), key, &params, &forwarded).await?;
+    let (head, body) = fetch_origin(w, bucket, req.is_head(), key, params, &forwarded).await?;
+    respond_upstream(w, io, out, req, bucket, head, body, xcache).await
+}
 
+/// Writes an origin answer to the client (status mapping, passed headers, streaming body).
+#[allow(clippy::too_many_arguments)]
+pub async fn respond_upstream<S: AsyncWriteRent>(
+    w: &Rc<Worker>,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    req: &Request<'_>,
+    bucket: usize,
+    head: UpstreamHead,
+    body: Body,
+    xcache: XCache,
+) -> Result<Sent, Error> {
     match head.status {
         200 | 206 | 304 => {}
         status => {
@@ -89,12 +351,6 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
             return Err(map_origin_status(status));
         }
     }
-
-    let cors_origin = cfg
-        .cors
-        .as_ref()
-        .zip(req.header_str("origin"))
-        .and_then(|(c, o)| cors::allow_origin(c, o));
     let length = if head.status == 304 {
         None
     } else if req.is_head() {
@@ -122,16 +378,8 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
         write_header(out, "Transfer-Encoding", b"chunked");
     }
     write_header(out, "Accept-Ranges", b"bytes");
-    write_header(out, "X-Cache", b"MISS");
-    if let Some(o) = cors_origin {
-        write_header(out, "Access-Control-Allow-Origin", o.as_bytes());
-        write_header(
-            out,
-            "Access-Control-Expose-Headers",
-            cors::EXPOSE_HEADERS.as_bytes(),
-        );
-        write_header(out, "Vary", b"Origin");
-    }
+    write_header(out, "X-Cache", xcache.as_bytes());
+    write_cors(w, out, req, bucket);
     end_head(out);
 
     let status = head.status;
@@ -147,7 +395,7 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
 }
 
 /// Signs and sends the upstream request; returns the origin's head and body.
-async fn fetch_origin(
+pub async fn fetch_origin(
     w: &Rc<Worker>,
     bucket: usize,
     is_head: bool,
@@ -225,7 +473,7 @@ async fn stream_body<S: AsyncWriteRent>(
 }
 
 /// Reads a small origin error body to its end so the connection returns to the pool.
-async fn drain_error_body(mut body: Body) {
+pub async fn drain_error_body(mut body: Body) {
     if body
         .content_length()
         .is_none_or(|n| n > MAX_DRAINED_ERROR_BODY)

@@ -45,7 +45,8 @@ pub struct Meta {
 
 impl Meta {
     pub fn new(headers: Vec<(String, String)>, stored_at_ms: u64, expires_at_ms: u64) -> Meta {
-        let mut block = Vec::with_capacity(headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum());
+        let mut block =
+            Vec::with_capacity(headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum());
         for (n, v) in &headers {
             write_header(&mut block, n, v.as_bytes());
         }
@@ -215,7 +216,10 @@ mod tests {
         assert_eq!(*d.meta, *o.meta);
         assert_eq!(d.body, o.body);
         assert_eq!(d.meta.etag(), Some("\"abc\""));
-        assert_eq!(d.meta.header_block(), b"Content-Type: image/png\r\nETag: \"abc\"\r\nx-amz-meta-owner: \xc3\xbcn\xc3\xaf\r\n");
+        assert_eq!(
+            d.meta.header_block(),
+            b"Content-Type: image/png\r\nETag: \"abc\"\r\nx-amz-meta-owner: \xc3\xbcn\xc3\xaf\r\n"
+        );
         // The body points into the encoded buffer.
         assert_eq!(d.body.as_ptr(), enc[enc.len() - o.body.len()..].as_ptr());
     }

@@ -202,7 +202,10 @@ impl Leader<'_> {
         if !self.closed {
             self.closed = true;
             let mut shard = self.table.shard(&self.key);
-            if shard.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.fill)) {
+            if shard
+                .get(&self.key)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
+            {
                 shard.remove(&self.key);
             }
         }
@@ -292,22 +295,35 @@ mod tests {
             assert_eq!(f.join().unwrap(), b"abcdef");
         }
         assert!(table.is_empty());
-        assert!(matches!(table.join(b"k"), Role::Leader(_)), "a finished fill is gone");
+        assert!(
+            matches!(table.join(b"k"), Role::Leader(_)),
+            "a finished fill is gone"
+        );
     }
 
     #[test]
     fn dropped_leader_fails_followers_and_bypass_is_terminal() {
         let table = Inflight::default();
-        let Role::Leader(leader) = table.join(b"a") else { panic!() };
-        let Role::Follower(mut sub) = table.join(b"a") else { panic!() };
+        let Role::Leader(leader) = table.join(b"a") else {
+            panic!()
+        };
+        let Role::Follower(mut sub) = table.join(b"a") else {
+            panic!()
+        };
         drop(leader);
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build().unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap();
         rt.block_on(async {
             assert!(matches!(sub.next_event().await, Event::Failed(_)));
             assert!(matches!(sub.next_event().await, Event::Failed(_)));
         });
-        let Role::Leader(leader) = table.join(b"b") else { panic!() };
-        let Role::Follower(mut sub) = table.join(b"b") else { panic!() };
+        let Role::Leader(leader) = table.join(b"b") else {
+            panic!()
+        };
+        let Role::Follower(mut sub) = table.join(b"b") else {
+            panic!()
+        };
         leader.bypass();
         rt.block_on(async {
             assert!(matches!(sub.next_event().await, Event::Bypass));

@@ -9,3 +9,4 @@ pub mod inflight;
 pub mod memory;
 pub mod policy;
 pub mod redis;
+pub mod tiered;

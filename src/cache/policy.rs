@@ -60,7 +60,12 @@ pub fn freshness(cache_control: Option<&str>, configured: Duration) -> Option<Du
     if no_cache {
         return Some(Duration::ZERO);
     }
-    Some(s_maxage.or(max_age).map(Duration::from_secs).unwrap_or(configured))
+    Some(
+        s_maxage
+            .or(max_age)
+            .map(Duration::from_secs)
+            .unwrap_or(configured),
+    )
 }
 
 #[cfg(test)]
@@ -75,9 +80,18 @@ mod tests {
         assert_eq!(freshness(Some("public"), TTL), Some(TTL));
         assert_eq!(freshness(Some("no-store"), TTL), None);
         assert_eq!(freshness(Some("max-age=60, private"), TTL), None);
-        assert_eq!(freshness(Some("max-age=60"), TTL), Some(Duration::from_secs(60)));
-        assert_eq!(freshness(Some("max-age=60, s-maxage=5"), TTL), Some(Duration::from_secs(5)));
-        assert_eq!(freshness(Some("S-MAXAGE=\"7\""), TTL), Some(Duration::from_secs(7)));
+        assert_eq!(
+            freshness(Some("max-age=60"), TTL),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            freshness(Some("max-age=60, s-maxage=5"), TTL),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            freshness(Some("S-MAXAGE=\"7\""), TTL),
+            Some(Duration::from_secs(7))
+        );
         assert_eq!(freshness(Some("no-cache"), TTL), Some(Duration::ZERO));
         assert_eq!(freshness(Some("max-age=bogus"), TTL), Some(TTL));
     }

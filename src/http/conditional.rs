@@ -36,7 +36,11 @@ impl Conditionals<'_> {
 }
 
 /// Evaluates `c` against the stored validators.
-pub fn evaluate(c: &Conditionals<'_>, etag: Option<&str>, last_modified: Option<&str>) -> Precondition {
+pub fn evaluate(
+    c: &Conditionals<'_>,
+    etag: Option<&str>,
+    last_modified: Option<&str>,
+) -> Precondition {
     let lm = last_modified.and_then(parse_date);
     if let Some(v) = c.if_match {
         if !list_matches(v, etag, false) {
@@ -112,26 +116,54 @@ mod tests {
 
     #[test]
     fn none_match_and_modified_since() {
-        assert_eq!(evaluate(&c(None, Some("\"abc\""), None, None), E, LM), NotModified);
-        assert_eq!(evaluate(&c(None, Some("W/\"abc\""), None, None), E, LM), NotModified);
-        assert_eq!(evaluate(&c(None, Some("\"x\", \"abc\""), None, None), E, LM), NotModified);
-        assert_eq!(evaluate(&c(None, Some("*"), None, None), E, LM), NotModified);
-        assert_eq!(evaluate(&c(None, Some("\"x\""), None, None), E, LM), Proceed);
+        assert_eq!(
+            evaluate(&c(None, Some("\"abc\""), None, None), E, LM),
+            NotModified
+        );
+        assert_eq!(
+            evaluate(&c(None, Some("W/\"abc\""), None, None), E, LM),
+            NotModified
+        );
+        assert_eq!(
+            evaluate(&c(None, Some("\"x\", \"abc\""), None, None), E, LM),
+            NotModified
+        );
+        assert_eq!(
+            evaluate(&c(None, Some("*"), None, None), E, LM),
+            NotModified
+        );
+        assert_eq!(
+            evaluate(&c(None, Some("\"x\""), None, None), E, LM),
+            Proceed
+        );
         let later = Some("Thu, 02 Jan 2025 00:00:00 GMT");
         let earlier = Some("Tue, 31 Dec 2024 00:00:00 GMT");
         assert_eq!(evaluate(&c(None, None, later, None), E, LM), NotModified);
         assert_eq!(evaluate(&c(None, None, LM, None), E, LM), NotModified);
         assert_eq!(evaluate(&c(None, None, earlier, None), E, LM), Proceed);
         // If-None-Match takes precedence over If-Modified-Since.
-        assert_eq!(evaluate(&c(None, Some("\"x\""), later, None), E, LM), Proceed);
-        assert_eq!(evaluate(&c(None, None, Some("garbage"), None), E, LM), Proceed);
+        assert_eq!(
+            evaluate(&c(None, Some("\"x\""), later, None), E, LM),
+            Proceed
+        );
+        assert_eq!(
+            evaluate(&c(None, None, Some("garbage"), None), E, LM),
+            Proceed
+        );
     }
 
     #[test]
     fn match_and_unmodified_since() {
-        assert_eq!(evaluate(&c(Some("\"abc\""), None, None, None), E, LM), Proceed);
+        assert_eq!(
+            evaluate(&c(Some("\"abc\""), None, None, None), E, LM),
+            Proceed
+        );
         assert_eq!(evaluate(&c(Some("\"x\""), None, None, None), E, LM), Failed);
-        assert_eq!(evaluate(&c(Some("W/\"abc\""), None, None, None), E, LM), Failed, "strong comparison");
+        assert_eq!(
+            evaluate(&c(Some("W/\"abc\""), None, None, None), E, LM),
+            Failed,
+            "strong comparison"
+        );
         assert_eq!(evaluate(&c(Some("*"), None, None, None), E, LM), Proceed);
         assert_eq!(evaluate(&c(Some("*"), None, None, None), None, LM), Failed);
         let earlier = Some("Tue, 31 Dec 2024 00:00:00 GMT");

@@ -10,3 +10,4 @@ pub mod range;
 pub mod request;
 pub mod respond;
 pub mod response;
+pub mod vectored;

@@ -45,7 +45,10 @@ pub fn evaluate(range: Option<&[u8]>, len: u64) -> RangeDecision {
                     end: len - 1,
                 },
                 // More digits than u64 holds: the whole object.
-                Err(_) => RangeDecision::Partial { start: 0, end: len - 1 },
+                Err(_) => RangeDecision::Partial {
+                    start: 0,
+                    end: len - 1,
+                },
             }
         }
         (false, _) if digits(first) && (last.is_empty() || digits(last)) => {
@@ -72,7 +75,11 @@ pub fn evaluate(range: Option<&[u8]>, len: u64) -> RangeDecision {
 
 /// `If-Range`: the range applies only when the validator matches the stored one (a strong
 /// ETag comparison, or an exact Last-Modified date); otherwise the full object is sent.
-pub fn if_range_allows(if_range: Option<&[u8]>, etag: Option<&str>, last_modified: Option<&str>) -> bool {
+pub fn if_range_allows(
+    if_range: Option<&[u8]>,
+    etag: Option<&str>,
+    last_modified: Option<&str>,
+) -> bool {
     let Some(v) = if_range.and_then(|v| std::str::from_utf8(v).ok()) else {
         return true;
     };
@@ -123,7 +130,10 @@ mod tests {
         assert_eq!(ev("bytes=+1-2", 10), Full);
         assert_eq!(evaluate(None, 10), Full);
         assert_eq!(ev("bytes=99999999999999999999999-", 10), Unsatisfiable);
-        assert_eq!(ev("bytes=0-99999999999999999999999", 10), Partial { start: 0, end: 9 });
+        assert_eq!(
+            ev("bytes=0-99999999999999999999999", 10),
+            Partial { start: 0, end: 9 }
+        );
     }
 
     #[test]
@@ -133,7 +143,15 @@ mod tests {
         assert!(if_range_allows(Some(b"\"abc\""), e, lm));
         assert!(!if_range_allows(Some(b"\"abd\""), e, lm));
         assert!(!if_range_allows(Some(b"W/\"abc\""), e, lm));
-        assert!(if_range_allows(Some(b"Tue, 01 Jan 2030 00:00:00 GMT"), e, lm));
-        assert!(!if_range_allows(Some(b"Wed, 02 Jan 2030 00:00:00 GMT"), e, lm));
+        assert!(if_range_allows(
+            Some(b"Tue, 01 Jan 2030 00:00:00 GMT"),
+            e,
+            lm
+        ));
+        assert!(!if_range_allows(
+            Some(b"Wed, 02 Jan 2030 00:00:00 GMT"),
+            e,
+            lm
+        ));
     }
 }

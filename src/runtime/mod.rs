@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
 
+use crate::cache::tiered::Tiers;
 use crate::config::{Addressing, Config, Scheme};
 use crate::http::request::Limits;
 use crate::metrics::Registry;
@@ -39,6 +40,8 @@ pub struct Shared {
     pub client_tls: Vec<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>>,
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
     pub metrics: Registry,
+    /// The cache tiers and the coalescing table, shared by every worker.
+    pub tiers: Arc<Tiers>,
     pub shutting_down: AtomicBool,
     pub workers: usize,
     pub started: Instant,
@@ -112,7 +115,9 @@ impl Shared {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ (std::process::id() as u64).rotate_left(32)) as u32;
+        let tiers = Tiers::new(&config.cache);
         Ok(Arc::new(Shared {
+            tiers,
             config,
             router,
             limits,

@@ -6,6 +6,7 @@
 //! lives in [`Shared`](super::Shared) behind an `Arc`.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -21,6 +22,7 @@ use monoio_rustls::{TlsAcceptor, TlsConnector};
 use super::signal::LocalSignal;
 use super::Shared;
 use crate::http::response::DateCache;
+use crate::http::vectored::HeadBody;
 use crate::metrics::WorkerMetrics;
 use crate::net::MaybeTls;
 use crate::s3::client::{Pool, Timeouts};
@@ -43,6 +45,10 @@ pub struct Worker {
     pub connections: Cell<usize>,
     pub date: RefCell<DateCache>,
     next_request: Cell<u64>,
+    /// Reusable head+body vectored-write buffers (the hit path allocates none once warm).
+    head_bodies: RefCell<Vec<HeadBody>>,
+    /// Keys being revalidated in the background by this worker.
+    pub revalidating: RefCell<HashSet<Vec<u8>>>,
 }
 
 impl Worker {
@@ -84,7 +90,21 @@ impl Worker {
             connections: Cell::new(0),
             date: RefCell::new(DateCache::default()),
             next_request: Cell::new(0),
+            head_bodies: RefCell::new(Vec::new()),
+            revalidating: RefCell::new(HashSet::new()),
         })
+    }
+
+    /// A vectored-write buffer from this worker's free list.
+    pub fn head_body(&self) -> HeadBody {
+        self.head_bodies.borrow_mut().pop().unwrap_or_default()
+    }
+
+    pub fn return_head_body(&self, hb: HeadBody) {
+        let mut list = self.head_bodies.borrow_mut();
+        if list.len() < 1024 {
+            list.push(hb);
+        }
     }
 
     pub fn metrics(&self) -> &WorkerMetrics {

@@ -136,8 +136,12 @@ fn health_ready_and_metrics() {
     for needle in [
         "corvid_requests_total{bucket=\"obs\",method=\"GET\",status=\"2xx\"} 3",
         "corvid_requests_total{bucket=\"obs\",method=\"GET\",status=\"4xx\"} 1",
-        "corvid_upstream_requests_total{bucket=\"obs\",outcome=\"2xx\"} 3",
+        // One fill, two memory hits; the 404 is not cached.
+        "corvid_upstream_requests_total{bucket=\"obs\",outcome=\"2xx\"} 1",
         "corvid_upstream_requests_total{bucket=\"obs\",outcome=\"4xx\"} 1",
+        "corvid_cache_hits_total{layer=\"memory\",bucket=\"obs\"} 2",
+        "corvid_cache_misses_total{bucket=\"obs\"} 2",
+        "corvid_cache_entries{layer=\"memory\"} 1",
         "corvid_request_duration_seconds_count{bucket=\"obs\"} 4",
         "corvid_build_info{version=",
         "corvid_connections_open 1",
