@@ -91,6 +91,8 @@ struct StatsInner {
     recent: VecDeque<RecordedRequest>,
     fault: Option<Fault>,
     delay: Duration,
+    /// Answers turned into 304/412 by conditional evaluation, by status.
+    conditional: HashMap<u16, u64>,
 }
 
 #[derive(Default)]
@@ -242,6 +244,21 @@ impl hyper::service::Service<Request<Incoming>> for Recorder {
                 })
                 .collect(),
         };
+        // s3s-fs ignores conditional headers on GET/HEAD; real S3 honours them. Evaluate
+        // If-None-Match / If-Match here, on the answer s3s produced, so the origin behaves like
+        // S3 on the wire (a matching If-None-Match gets a bodiless 304).
+        let if_none_match = req
+            .headers()
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let if_match = req
+            .headers()
+            .get("if-match")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let conditional_read = matches!(req.method().as_str(), "GET" | "HEAD");
+        let stats = self.stats.clone();
         let (fault_status, delay) = {
             let mut s = self.stats.lock();
             *s.counts.entry(rec.method.clone()).or_default() += 1;
@@ -274,7 +291,42 @@ impl hyper::service::Service<Request<Incoming>> for Recorder {
                     .expect("fault response");
                 return Ok(resp);
             }
-            hyper::service::Service::call(&inner, req).await
+            let resp = hyper::service::Service::call(&inner, req).await?;
+            if !conditional_read || resp.status() != hyper::StatusCode::OK {
+                return Ok(resp);
+            }
+            let etag = resp
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let matches = |list: &str| {
+                let bare = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+                list.trim() == "*"
+                    || etag
+                        .as_deref()
+                        .is_some_and(|e| list.split(',').any(|c| bare(c) == bare(e)))
+            };
+            let status = if if_match.as_deref().is_some_and(|l| !matches(l)) {
+                Some(hyper::StatusCode::PRECONDITION_FAILED)
+            } else if if_none_match.as_deref().is_some_and(matches) {
+                Some(hyper::StatusCode::NOT_MODIFIED)
+            } else {
+                None
+            };
+            let Some(status) = status else {
+                return Ok(resp);
+            };
+            *stats.lock().conditional.entry(status.as_u16()).or_default() += 1;
+            let mut builder = hyper::Response::builder().status(status);
+            for name in ["etag", "last-modified", "cache-control", "expires"] {
+                if let Some(v) = resp.headers().get(name) {
+                    builder = builder.header(name, v);
+                }
+            }
+            Ok(builder
+                .body(s3s::Body::empty())
+                .expect("conditional response"))
         })
     }
 }
@@ -467,6 +519,16 @@ impl Origin {
     /// Requests seen with this method (e.g. "GET", "HEAD", "PUT").
     pub fn count(&self, method: &str) -> u64 {
         self.stats.lock().counts.get(method).copied().unwrap_or(0)
+    }
+
+    /// Conditional answers (304 or 412) the origin gave instead of the object.
+    pub fn conditional_count(&self, status: u16) -> u64 {
+        self.stats
+            .lock()
+            .conditional
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Requests seen, all methods.

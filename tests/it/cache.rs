@@ -1,0 +1,277 @@
+//! The cache in the request path, against the signature-verifying origin: fills and hits,
+//! HEAD/ranges/conditionals answered from cache, coalescing, freshness and revalidation,
+//! stale-if-error, and what is not cached.
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use crate::common::http::{self, Conn};
+use crate::common::*;
+
+fn start(bucket: &str, bucket_extra: &str, extra: &str) -> (Origin, Corvid) {
+    let origin = Origin::start();
+    origin.create_bucket(bucket);
+    let corvid = Corvid::start(&format!(
+        "{}{}{}",
+        server_toml(free_port()),
+        bucket_toml_for(
+            bucket,
+            &format!("/{bucket}"),
+            &origin.endpoint(),
+            bucket,
+            bucket_extra
+        ),
+        extra
+    ));
+    (origin, corvid)
+}
+
+/// Polls `path` until `X-Cache` is no longer HIT (the entry went stale), bounded.
+fn get_after_expiry(addr: std::net::SocketAddr, path: &str) -> http::RawResponse {
+    for _ in 0..200 {
+        let r = http::get(addr, path, &[]);
+        if r.header("x-cache") != Some("HIT") {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{path} stayed fresh for 4 s");
+}
+
+#[test]
+fn miss_fills_then_memory_hits_with_head_ranges_and_conditionals() {
+    let (origin, corvid) = start("hit", "", "");
+    let body = pattern_bytes(100_000, 3);
+    origin.put_with(
+        "hit",
+        "a/b.bin",
+        &body,
+        Some("application/x-b"),
+        &[("x-amz-meta-k", "v")],
+    );
+    let addr = corvid.addr();
+    let r = http::get(addr, "/hit/a/b.bin", &[]);
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("MISS")));
+    assert!(r.body == body);
+    let r = http::get(addr, "/hit/a/b.bin", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-cache"), Some("HIT"));
+    assert_eq!(r.header("x-cache-layer"), Some("memory"));
+    assert!(r.header("age").is_some());
+    assert_eq!(r.header("content-type"), Some("application/x-b"));
+    assert_eq!(r.header("x-amz-meta-k"), Some("v"));
+    assert!(r.body == body);
+    let etag = r.header("etag").unwrap().to_string();
+    let lm = r.header("last-modified").unwrap().to_string();
+
+    let h = http::head(addr, "/hit/a/b.bin", &[]);
+    assert_eq!(
+        (h.status, h.header("content-length"), h.header("x-cache")),
+        (200, Some("100000"), Some("HIT"))
+    );
+    let r = http::get(addr, "/hit/a/b.bin", &[("range", "bytes=10-19")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("bytes 10-19/100000"));
+    assert_eq!(r.body, &body[10..20]);
+    let r = http::get(addr, "/hit/a/b.bin", &[("range", "bytes=-5")]);
+    assert_eq!((r.status, r.body.as_slice()), (206, &body[99_995..]));
+    let r = http::get(addr, "/hit/a/b.bin", &[("range", "bytes=200000-")]);
+    assert_eq!(r.status, 416);
+    let r = http::get(addr, "/hit/a/b.bin", &[("range", "bytes=0-1,5-6")]);
+    assert_eq!(r.status, 200, "multi-range gets the whole object");
+    let r = http::get(
+        addr,
+        "/hit/a/b.bin",
+        &[("range", "bytes=0-9"), ("if-range", "\"stale\"")],
+    );
+    assert_eq!(r.status, 200, "If-Range mismatch gets the whole object");
+    let r = http::get(addr, "/hit/a/b.bin", &[("if-none-match", &etag)]);
+    assert_eq!((r.status, r.body.len()), (304, 0));
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    let r = http::get(addr, "/hit/a/b.bin", &[("if-modified-since", &lm)]);
+    assert_eq!(r.status, 304);
+    let r = http::get(addr, "/hit/a/b.bin", &[("if-match", "\"other\"")]);
+    assert_eq!(r.status, 412);
+    assert_eq!(
+        origin.count("GET"),
+        1,
+        "everything after the fill came from memory"
+    );
+    assert_eq!(origin.count("HEAD"), 0);
+}
+
+#[test]
+fn concurrent_misses_coalesce_into_one_origin_get() {
+    let (origin, corvid) = start("coal", "", "");
+    let body = Arc::new(pattern_bytes(4 << 20, 9));
+    origin.put("coal", "big.bin", &body);
+    // A slow origin head keeps the fill open while all requests arrive.
+    origin.set_delay(Duration::from_millis(500));
+    let before = origin.count("GET");
+    let n = 200;
+    let barrier = Arc::new(Barrier::new(n));
+    let addr = corvid.addr();
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (barrier, body) = (Arc::clone(&barrier), Arc::clone(&body));
+            std::thread::spawn(move || {
+                let mut c = Conn::connect(addr);
+                c.set_timeout(Duration::from_secs(30));
+                barrier.wait();
+                let r = c.request("GET", "/coal/big.bin", &[]);
+                assert_eq!(r.status, 200);
+                assert!(r.body == *body, "follower body differs");
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        origin.count("GET") - before,
+        1,
+        "exactly one origin GET for 200 concurrent misses"
+    );
+    let m = http::get(addr, "/metrics", &[]).text();
+    let coalesced: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("corvid_coalesced_requests_total{bucket=\"coal\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let hits: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("corvid_cache_hits_total{layer=\"memory\",bucket=\"coal\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        coalesced + hits,
+        n as u64 - 1,
+        "every other request followed the fill or hit the entry"
+    );
+    assert!(coalesced > 0);
+}
+
+#[test]
+fn stale_entries_revalidate_with_one_conditional_request() {
+    let (origin, corvid) = start("reval", "ttl = \"300ms\"", "");
+    origin.put("reval", "k", b"version one");
+    let addr = corvid.addr();
+    assert_eq!(
+        http::get(addr, "/reval/k", &[]).header("x-cache"),
+        Some("MISS")
+    );
+    let r = get_after_expiry(addr, "/reval/k");
+    assert_eq!(r.header("x-cache"), Some("REVALIDATED"), "{:?}", r.headers);
+    assert_eq!(r.body, b"version one");
+    assert_eq!(
+        origin.conditional_count(304),
+        1,
+        "unchanged: one conditional GET answered 304"
+    );
+    let last = origin.last_request().unwrap();
+    assert!(last.header("if-none-match").is_some());
+    assert_eq!(
+        http::get(addr, "/reval/k", &[]).header("x-cache"),
+        Some("HIT"),
+        "refreshed"
+    );
+
+    // Changed at the origin: served after expiry.
+    origin.put("reval", "k", b"version two!");
+    let r = get_after_expiry(addr, "/reval/k");
+    assert_eq!(r.body, b"version two!");
+    assert_eq!(http::get(addr, "/reval/k", &[]).body, b"version two!");
+
+    // Deleted at the origin: 404 after expiry, and the entry is gone.
+    origin.delete("reval", "k");
+    let r = get_after_expiry(addr, "/reval/k");
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn stale_if_error_serves_the_old_copy_when_the_origin_is_down() {
+    let (mut origin, corvid) = start(
+        "sie",
+        "ttl = \"200ms\"",
+        "\n[cache]\nstale_if_error = \"1h\"\n",
+    );
+    origin.put("sie", "k", b"still here");
+    let addr = corvid.addr();
+    assert_eq!(http::get(addr, "/sie/k", &[]).status, 200);
+    origin.stop();
+    let r = get_after_expiry(addr, "/sie/k");
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("STALE")));
+    assert_eq!(r.body, b"still here");
+    // Without the entry, the origin being down is a 502.
+    assert_eq!(http::get(addr, "/sie/other", &[]).status, 502);
+}
+
+#[test]
+fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
+    let (origin, corvid) = start(
+        "swr",
+        "ttl = \"200ms\"",
+        "\n[cache]\nstale_while_revalidate = \"1h\"\n",
+    );
+    origin.put("swr", "k", b"old");
+    let addr = corvid.addr();
+    assert_eq!(http::get(addr, "/swr/k", &[]).status, 200);
+    origin.put("swr", "k", b"new");
+    let r = get_after_expiry(addr, "/swr/k");
+    assert_eq!(
+        (r.header("x-cache"), r.body.as_slice()),
+        (Some("STALE"), &b"old"[..])
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || http::get(addr, "/swr/k", &[])
+            .body
+            == b"new"),
+        "the background revalidation stored the new version"
+    );
+}
+
+#[test]
+fn uncacheable_answers_are_not_stored() {
+    let (origin, corvid) = start("unc", "", "\n[cache]\nmax_object_size = \"64KiB\"\n");
+    origin.put_with(
+        "unc",
+        "private",
+        b"p",
+        None,
+        &[("cache-control", "no-store")],
+    );
+    origin.put("unc", "large", &pattern_bytes(100_000, 1));
+    origin.put("unc", "small", b"s");
+    let addr = corvid.addr();
+    for path in ["/unc/private", "/unc/large"] {
+        for _ in 0..2 {
+            let r = http::get(addr, path, &[]);
+            assert_eq!(
+                (r.status, r.header("x-cache")),
+                (200, Some("MISS")),
+                "{path}"
+            );
+        }
+    }
+    assert_eq!(http::get(addr, "/unc/large", &[]).body.len(), 100_000);
+    // Ranges and HEADs of uncached objects go to the origin and do not fill.
+    assert_eq!(
+        http::get(addr, "/unc/small", &[("range", "bytes=0-0")]).status,
+        206
+    );
+    assert_eq!(http::head(addr, "/unc/small", &[]).status, 200);
+    assert_eq!(
+        http::get(addr, "/unc/small", &[]).header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        http::get(addr, "/unc/small", &[]).header("x-cache"),
+        Some("HIT")
+    );
+    // Variants are separate entries.
+    let r = http::get(addr, "/unc/small?response-content-type=text%2Fx-v", &[]);
+    assert_eq!(
+        (r.header("x-cache"), r.header("content-type")),
+        (Some("MISS"), Some("text/x-v"))
+    );
+}
