@@ -123,11 +123,10 @@ pub async fn fill_from<S: AsyncWriteRent>(
         }
         end_head(out);
         if matches!(plan, ClientPlan::HeadOnly) || len == 0 {
-            if respond::flush(w, io, out).await.is_err() {
-                plan = ClientPlan::Nothing;
-            } else if matches!(plan, ClientPlan::HeadOnly) {
-                plan = ClientPlan::Nothing;
-            }
+            // The head is the whole answer (a 304, a HEAD, an empty object): nothing more to
+            // send whatever the flush did.
+            let _ = respond::flush(w, io, out).await;
+            plan = ClientPlan::Nothing;
         }
     }
 
@@ -190,7 +189,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
     if let Some(l) = leader {
         l.end();
     }
-    let client_done = matches!(plan, ClientPlan::Body) || status != 200;
+    let client_done = matches!(plan, ClientPlan::Body) || status != 200 || len == 0 || req.is_head();
     Ok(Sent {
         status,
         abort: !client_done,
