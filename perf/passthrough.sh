@@ -65,6 +65,10 @@ region = "us-east-1"
 bucket = "perf"
 access_key = "$access_key"
 secret_key = "$secret_key"
+
+# Pass-through is what this script measures: no cache tier.
+[cache.memory]
+capacity = 0
 TOML
   RUST_LOG=warn $pin_front target/release/corvid serve -c "$WORK/corvid-$layout.toml" 2>"$WORK/corvid-$layout.log" &
   corvid_pid=$!
