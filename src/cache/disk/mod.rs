@@ -1,0 +1,661 @@
+//! The disk tier: an append-only log of fixed-size, memory-mapped segment files with an
+//! in-memory index, shared by all workers through an `Arc<DiskCache>`.
+//!
+//! # Modules
+//!
+//! | module      | owns                                                                     |
+//! |-------------|--------------------------------------------------------------------------|
+//! | [`format`]  | the on-disk encoding (field tables there); pure functions, fuzzed         |
+//! | [`segment`] | one file: create, map, copy records in, slice values out                  |
+//! | [`index`]   | the sharded key → slot map                                                |
+//! | [`recover`] | rebuilding the index from the files at start-up, and what it drops        |
+//! | [`reclaim`] | FIFO reclaim of whole segments when `capacity` is reached                 |
+//!
+//! # Writing
+//!
+//! An insert encodes its header (computing the CRCs from the caller's buffers), then reserves
+//! `padded_len` bytes in the active segment under a short mutex (a bump of the write cursor),
+//! copies header, key and value into the map *outside* the lock, and only then publishes the
+//! slot in the index: a reader can never see a half-written value. If the active segment has
+//! no room, the reservation rolls over: it creates the next segment file (`open(O_CREAT|O_EXCL)`,
+//! `ftruncate` to full size — sparse — and `mmap`; tens of microseconds of blocking syscalls on
+//! the inserting worker, under the ring lock, once per `segment_size` bytes written) and picks
+//! the oldest segments to reclaim, which the inserting thread then retires after releasing the
+//! lock (see [`reclaim`] for that cost).
+//!
+//! When two inserts of one key race, the one with the later position in the log wins in the
+//! index too (a publish never replaces a slot with a later position), so the running index and
+//! the one recovery would rebuild agree.
+//!
+//! A fresh process never appends to a segment it found at start-up: it starts a new one at the
+//! first insert. Appending after a recovered tail could leave old, once-unreachable records
+//! after the new ones, which a later recovery would replay out of order.
+//!
+//! # Reading
+//!
+//! [`DiskCache::get`] is one shard read-lock and a hash lookup; the value is a `Bytes` sliced
+//! from the segment's mapping (no copy, no allocation), and it keeps that mapping alive after
+//! the segment is reclaimed (on Linux an unlinked file's mapping stays readable). Touching a
+//! value whose pages are not in the page cache is a major fault that stalls the worker's whole
+//! event loop; [`DiskHit::is_resident`] tells the caller beforehand (`mincore`), and
+//! [`DiskCache::locate`] + [`Location::verify`] let it read a cold value with a positioned
+//! read (io_uring) instead, checking it against the entry's checksums.
+//!
+//! Hits are not checksummed (that would cost a CRC of the value per hit); integrity is checked
+//! once, by recovery, when the data comes back from the disk after a restart. Between the two,
+//! the data lives in the page cache under the kernel's protection.
+//!
+//! # Durability and crash model
+//!
+//! Writes are page-cache writes: no `fsync`/`msync` per entry and none when a segment fills
+//! (on Linux `msync(MS_ASYNC)` does nothing for a shared file mapping: dirty pages are already
+//! tracked and written back after `vm.dirty_expire_centisecs`, so it would be a syscall for
+//! nothing). Consequences:
+//!
+//! - **Process crash or kill**: nothing completed is lost; the page cache holds it. An insert
+//!   interrupted mid-copy leaves a record whose body CRC fails (dropped by recovery), or an
+//!   all-zero header if it had not started copying (recovery stops reading that segment
+//!   there; later records in it are lost — a cache may lose entries, never serve bad ones).
+//! - **Power failure / kernel crash**: anything written in the last ~30 s may be lost, in any
+//!   order at page granularity: torn records are rejected by their CRCs. Removals
+//!   (tombstones), expiry updates (touch records) and `clear` may also be lost, so an entry
+//!   removed shortly before a power failure can come back. [`DiskCache::flush`] narrows that
+//!   window when the caller needs it (e.g. on graceful shutdown).
+//! - If a newer version of a key is damaged, recovery serves the newest *intact* version it
+//!   finds, which may be an older one. It is still a value that was stored for that key, with
+//!   its own expiry.
+//!
+//! # Decisions where the spec is silent
+//!
+//! - **`set_expiry`** appends a 56-byte *touch* record (key + target segment id/offset + new
+//!   expiry) and updates the index; it survives a restart. Rewriting the expiry in place would
+//!   need the expiry outside the checksum (so a flipped bit could extend an entry forever) or
+//!   a checksum rewrite racing with readers of the header.
+//! - **`remove` / `remove_if`** append one tombstone per removed key; tombstones survive as
+//!   long as needed because reclaim is FIFO (any older copy of the key is reclaimed first).
+//! - **`clear`** deletes every segment file and `fsync`s the directory; it is durable.
+//! - **Expiry**: an entry is expired when `expires_at_ms <= now`. Expired entries stay in the
+//!   index (and count in `len`/`bytes`) until replaced, removed or reclaimed, so that
+//!   [`DiskCache::get_stale`] + `set_expiry` can revalidate them.
+//! - **Accounting**: `bytes()` is the space taken by live entries (records with headers and
+//!   padding); `disk_bytes()` is the segment files' total size, which reclaim keeps at or
+//!   below `capacity`. Tombstones, touches and replaced versions occupy the log until their
+//!   segment is reclaimed.
+//! - **Limits**: `segment_size` must be a multiple of 8 between 4 KiB and 4 GiB (offsets are
+//!   32-bit), `capacity` at least two segments; keys up to 64 KiB.
+//!
+//! # Assumptions
+//!
+//! Corvid owns `dir`. Another process truncating a mapped segment file would turn reads of the
+//! lost range into `SIGBUS`; deleting or replacing files is harmless to a running cache.
+
+pub mod format;
+pub mod index;
+pub mod reclaim;
+pub mod recover;
+pub mod segment;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use format::{Kind, ENTRY_HEADER_LEN, MAX_KEY_LEN, SEGMENT_HEADER_LEN};
+use index::{Index, Slot};
+use reclaim::Counters;
+use segment::Segment;
+
+/// Where and how big.
+#[derive(Clone, Debug)]
+pub struct DiskOptions {
+    /// Directory of the segment files; created if missing. Corvid must own it.
+    pub dir: PathBuf,
+    /// Upper bound on the segment files' total size, in bytes (≥ 2 × `segment_size`).
+    pub capacity: u64,
+    /// Size of each segment file (multiple of 8, 4 KiB ..= 4 GiB). Bounds the largest value.
+    pub segment_size: u64,
+}
+
+/// What [`DiskCache::open`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Valid segment files replayed.
+    pub segments: usize,
+    /// Live entries in the rebuilt index.
+    pub entries: u64,
+    /// Records dropped because a checksum failed or a header was invalid.
+    pub dropped_corrupt: u64,
+    /// Records dropped because they were cut short (truncated file or unfinished write).
+    pub dropped_torn: u64,
+    /// Entries dropped because they had expired.
+    pub dropped_expired: u64,
+    /// Space taken by the live entries.
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// Files in `dir` that are not valid segments (left in place).
+    pub ignored_files: usize,
+    /// Value records replaced by a later record for the same key.
+    pub superseded: u64,
+    /// Entries removed by tombstones.
+    pub removed: u64,
+}
+
+/// Entries and bytes removed by an operation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemovalStats {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// A value served from the disk tier.
+#[derive(Clone, Debug)]
+pub struct DiskHit {
+    /// Zero-copy view into the segment's mapping; keeps it alive.
+    pub value: Bytes,
+    pub expires_at_ms: u64,
+    pub written_at_ms: u64,
+}
+
+impl DiskHit {
+    /// Whether every page of the value is in the page cache, so touching it cannot block on
+    /// the disk. (It can still be evicted a moment later; this is a hint, not a guarantee.)
+    pub fn is_resident(&self) -> bool {
+        resident(&self.value)
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions; _SC_PAGESIZE is always supported on Linux.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+fn resident(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    let page = page_size();
+    let start = value.as_ptr() as usize & !(page - 1);
+    let end = value.as_ptr() as usize + value.len();
+    // Query in chunks so the result vector lives on the stack.
+    const CHUNK_PAGES: usize = 256;
+    let mut vec = [0u8; CHUNK_PAGES];
+    let mut at = start;
+    while at < end {
+        let len = (end - at).min(CHUNK_PAGES * page);
+        let pages = len.div_ceil(page);
+        // SAFETY: `value` lies inside a mapping that starts on a page boundary (segments are
+        // mapped whole from offset 0), so rounding its start down to a page stays inside that
+        // mapping, which `value` keeps alive; [at, at + len) is thus mapped. mincore reads the
+        // page tables only and writes `pages` ≤ CHUNK_PAGES bytes into `vec`.
+        let rc = unsafe { libc::mincore(at as *mut libc::c_void, len, vec.as_mut_ptr()) };
+        if rc != 0 || vec[..pages].iter().any(|b| b & 1 == 0) {
+            return false;
+        }
+        at += len;
+    }
+    true
+}
+
+/// Where an entry lives on disk, for reading its value with a positioned read instead of
+/// touching the mapping (see [`DiskHit::is_resident`]).
+#[derive(Clone, Debug)]
+pub struct Location {
+    /// The segment file. It may be unlinked (reclaimed) by the time it is opened; prefer
+    /// [`Location::file`], which stays readable.
+    pub path: PathBuf,
+    /// The segment file, open for reading; valid after the file is unlinked.
+    pub file: Arc<File>,
+    pub segment_id: u64,
+    /// File offset of the entry's header.
+    pub record_offset: u64,
+    /// Header + key + value (no padding): read this many bytes at `record_offset` for
+    /// [`Location::verify`].
+    pub record_len: u64,
+    /// File offset and length of just the value.
+    pub value_offset: u64,
+    pub value_len: u64,
+    pub expires_at_ms: u64,
+    pub written_at_ms: u64,
+}
+
+/// Why a record read through a [`Location`] was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyError {
+    /// The bytes do not decode (damaged, or a short read).
+    Decode(format::DecodeError),
+    /// A valid record, but not the one the location describes.
+    Mismatch,
+}
+
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifyError::Decode(e) => write!(f, "disk record: {e}"),
+            VerifyError::Mismatch => f.write_str("disk record is not the one located"),
+        }
+    }
+}
+
+impl std::error::Error for VerifyError {}
+
+impl Location {
+    /// Checks `record` (the `record_len` bytes read at `record_offset`) against its header's
+    /// checksums and against this location (`key`, lengths, write time). Returns the value's
+    /// range within `record`, so a `Bytes` buffer can be sliced without copying.
+    pub fn verify(&self, key: &[u8], record: &[u8]) -> Result<Range<usize>, VerifyError> {
+        let e = format::decode(record, self.record_len as usize).map_err(VerifyError::Decode)?;
+        let matches = e.header.kind == Kind::Value
+            && e.key == key
+            && u64::from(e.header.value_len) == self.value_len
+            && e.header.written_at_ms == self.written_at_ms;
+        if !matches {
+            return Err(VerifyError::Mismatch);
+        }
+        let start = ENTRY_HEADER_LEN + key.len();
+        Ok(start..start + e.value.len())
+    }
+}
+
+/// The segments in write order and the write cursor.
+struct Ring {
+    /// Full (or recovered) segments, oldest first.
+    sealed: VecDeque<Arc<Segment>>,
+    /// The segment being appended to; `None` until the first write after open or clear.
+    active: Option<Arc<Segment>>,
+    /// Next free offset in `active`.
+    cursor: usize,
+    next_id: u64,
+    /// Total size of the files of `sealed` and `active`.
+    disk_bytes: u64,
+}
+
+/// The disk tier. `Send + Sync`; share it through an `Arc`.
+pub struct DiskCache {
+    dir: PathBuf,
+    capacity: u64,
+    segment_size: u64,
+    index: Index,
+    ring: Mutex<Ring>,
+    counters: Counters,
+    evictions: AtomicU64,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+impl DiskCache {
+    /// Opens (creating `dir` if needed) and rebuilds the index. Blocking: called at start-up,
+    /// off the workers. Reads every segment in full (see [`recover`]).
+    pub fn open(opts: DiskOptions) -> io::Result<(DiskCache, RecoveryReport)> {
+        if opts.segment_size % 8 != 0
+            || opts.segment_size < 4096
+            || opts.segment_size > u64::from(u32::MAX)
+        {
+            return Err(invalid(
+                "disk cache: segment_size must be a multiple of 8 in 4 KiB ..= 4 GiB",
+            ));
+        }
+        if opts.capacity < 2 * opts.segment_size {
+            return Err(invalid(
+                "disk cache: capacity must hold at least two segments",
+            ));
+        }
+        std::fs::create_dir_all(&opts.dir)?;
+        let rec = recover::recover(&opts.dir)?;
+        let disk_bytes = rec.segments.iter().map(|s| s.len() as u64).sum();
+        let cache = DiskCache {
+            dir: opts.dir,
+            capacity: opts.capacity,
+            segment_size: opts.segment_size,
+            index: rec.index,
+            ring: Mutex::new(Ring {
+                sealed: rec.segments,
+                active: None,
+                cursor: 0,
+                next_id: rec.next_id,
+                disk_bytes,
+            }),
+            counters: Counters {
+                entries: AtomicU64::new(rec.live_entries),
+                bytes: AtomicU64::new(rec.live_bytes),
+            },
+            evictions: AtomicU64::new(0),
+        };
+        // A smaller capacity than last time: shed the oldest segments now.
+        let victims = {
+            let mut ring = cache.lock_ring();
+            let Ring {
+                sealed, disk_bytes, ..
+            } = &mut *ring;
+            reclaim::make_room(sealed, disk_bytes, 0, cache.capacity)
+        };
+        cache.evict(&victims);
+        Ok((cache, rec.report))
+    }
+
+    fn lock_ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The fresh, unexpired entry for `key`. No I/O except what touching the value's pages
+    /// may cause later (see [`DiskHit::is_resident`]).
+    pub fn get(&self, key: &[u8]) -> Option<DiskHit> {
+        self.lookup(key, Some(now_ms()))
+    }
+
+    /// Like [`DiskCache::get`] but also returns expired entries still held, for revalidation
+    /// (a 304 then calls [`DiskCache::set_expiry`]).
+    pub fn get_stale(&self, key: &[u8]) -> Option<DiskHit> {
+        self.lookup(key, None)
+    }
+
+    fn lookup(&self, key: &[u8], now: Option<u64>) -> Option<DiskHit> {
+        let shard = self.index.read(key);
+        let slot = shard.get(key)?;
+        if now.is_some_and(|now| slot.expires_at_ms <= now) {
+            return None;
+        }
+        Some(DiskHit {
+            value: slot
+                .segment
+                .bytes(slot.value_offset(), slot.value_len as usize),
+            expires_at_ms: slot.expires_at_ms,
+            written_at_ms: slot.written_at_ms,
+        })
+    }
+
+    /// Where `key`'s (unexpired) value lives on disk, for a positioned read.
+    pub fn locate(&self, key: &[u8]) -> Option<Location> {
+        let now = now_ms();
+        let shard = self.index.read(key);
+        let slot = shard.get(key).filter(|s| s.expires_at_ms > now)?;
+        let seg = &slot.segment;
+        Some(Location {
+            path: seg.path.clone(),
+            file: seg.file.clone(),
+            segment_id: seg.id,
+            record_offset: u64::from(slot.offset),
+            record_len: (ENTRY_HEADER_LEN + slot.key_len as usize + slot.value_len as usize)
+                as u64,
+            value_offset: slot.value_offset() as u64,
+            value_len: u64::from(slot.value_len),
+            expires_at_ms: slot.expires_at_ms,
+            written_at_ms: slot.written_at_ms,
+        })
+    }
+
+    /// Appends; replaces any older entry for the key. `Ok(false)` if the record cannot fit in
+    /// a segment (value larger than `segment_size` minus headers) or the key is over 64 KiB.
+    /// May block briefly when it fills the active segment (see the module docs).
+    pub fn insert(&self, key: &[u8], value: &[u8], expires_at_ms: u64) -> io::Result<bool> {
+        if !self.fits(key.len(), value.len()) {
+            return Ok(false);
+        }
+        let (seg, offset, written_at_ms) = self.append(Kind::Value, key, value, expires_at_ms)?;
+        let slot = Slot {
+            segment: seg,
+            offset,
+            key_len: key.len() as u32,
+            value_len: value.len() as u32,
+            expires_at_ms,
+            written_at_ms,
+        };
+        self.publish(key, slot);
+        Ok(true)
+    }
+
+    fn fits(&self, key_len: usize, value_len: usize) -> bool {
+        key_len <= MAX_KEY_LEN
+            && value_len as u64 <= self.segment_size
+            && format::padded_len(key_len, value_len) as u64
+                <= self.segment_size - SEGMENT_HEADER_LEN as u64
+    }
+
+    /// Writes one record and returns where, and its write time. The copy happens outside
+    /// every lock.
+    fn append(
+        &self,
+        kind: Kind,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: u64,
+    ) -> io::Result<(Arc<Segment>, u32, u64)> {
+        let written_at_ms = now_ms();
+        let header = format::encode_header(kind, key, value, expires_at_ms, written_at_ms);
+        let len = format::padded_len(key.len(), value.len());
+        let (seg, offset) = self.reserve(len)?;
+        // SAFETY: `reserve` handed this range to this call alone; the segment was created by
+        // this process (recovered segments are never active), so it is mapped writable.
+        unsafe { seg.write(offset, &[&header, key, value]) };
+        Ok((seg, offset as u32, written_at_ms))
+    }
+
+    /// Reserves `len` bytes in the active segment, rolling over (and reclaiming) if needed.
+    fn reserve(&self, len: usize) -> io::Result<(Arc<Segment>, usize)> {
+        let mut ring = self.lock_ring();
+        if let Some(active) = ring.active.clone() {
+            if ring.cursor + len <= active.len() {
+                let at = ring.cursor;
+                ring.cursor += len;
+                return Ok((active, at));
+            }
+        }
+        // Create first: if it fails, nothing has changed.
+        let fresh = Arc::new(Segment::create(
+            &self.dir,
+            ring.next_id,
+            self.segment_size,
+        )?);
+        ring.next_id += 1;
+        let victims = {
+            let r = &mut *ring;
+            if let Some(full) = r.active.take() {
+                r.sealed.push_back(full);
+            }
+            let victims = reclaim::make_room(
+                &mut r.sealed,
+                &mut r.disk_bytes,
+                fresh.len() as u64,
+                self.capacity,
+            );
+            r.disk_bytes += fresh.len() as u64;
+            r.active = Some(fresh.clone());
+            r.cursor = SEGMENT_HEADER_LEN + len;
+            victims
+        };
+        // Retiring takes index locks and unlinks: not under the ring lock.
+        drop(ring);
+        self.evict(&victims);
+        Ok((fresh, SEGMENT_HEADER_LEN))
+    }
+
+    fn evict(&self, victims: &[Arc<Segment>]) {
+        let s = self.retire_all(victims);
+        self.evictions.fetch_add(s.entries, Ordering::Relaxed);
+    }
+
+    fn retire_all(&self, victims: &[Arc<Segment>]) -> RemovalStats {
+        let mut total = RemovalStats::default();
+        for v in victims {
+            let s = reclaim::retire(v, &self.index, &self.counters);
+            total.entries += s.entries;
+            total.bytes += s.bytes;
+        }
+        total
+    }
+
+    /// Makes a written record visible, unless its segment was reclaimed meanwhile or a later
+    /// write of the key is already visible.
+    fn publish(&self, key: &[u8], slot: Slot) {
+        let seg = slot.segment.clone();
+        let mut published = seg.published.lock().unwrap_or_else(|e| e.into_inner());
+        if published.retired {
+            return;
+        }
+        let key: Arc<[u8]> = Arc::from(key);
+        let offset = slot.offset;
+        let added = slot.padded_len();
+        let mut shard = self.index.write(&key);
+        match shard.get_mut(&key) {
+            Some(old) if old.position() > slot.position() => return,
+            Some(old) => {
+                let freed = old.padded_len();
+                *old = slot;
+                self.counters.bytes.fetch_add(added, Ordering::Relaxed);
+                self.counters.bytes.fetch_sub(freed, Ordering::Relaxed);
+            }
+            None => {
+                shard.insert(key.clone(), slot);
+                self.counters.entries.fetch_add(1, Ordering::Relaxed);
+                self.counters.bytes.fetch_add(added, Ordering::Relaxed);
+            }
+        }
+        drop(shard);
+        published.keys.push((key, offset));
+    }
+
+    /// Updates only the expiry of a present entry (expired or not), e.g. after a 304
+    /// revalidation. Appends a small touch record so the new expiry survives a restart.
+    pub fn set_expiry(&self, key: &[u8], expires_at_ms: u64) -> bool {
+        let target = {
+            let mut shard = self.index.write(key);
+            let Some(slot) = shard.get_mut(key) else {
+                return false;
+            };
+            if slot.segment.is_retired() {
+                return false;
+            }
+            slot.expires_at_ms = expires_at_ms;
+            slot.position()
+        };
+        let payload = format::touch_payload(target.0, target.1);
+        if let Err(e) = self.append(Kind::Touch, key, &payload, expires_at_ms) {
+            log::warn!("disk cache: could not persist an expiry update: {e}");
+        }
+        true
+    }
+
+    /// Removes the key's entry; appends a tombstone so it stays removed after a restart.
+    pub fn remove(&self, key: &[u8]) -> bool {
+        let Some(slot) = self.index.write(key).remove(key) else {
+            return false;
+        };
+        self.counters.entries.fetch_sub(1, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_sub(slot.padded_len(), Ordering::Relaxed);
+        self.tombstone(key);
+        true
+    }
+
+    fn tombstone(&self, key: &[u8]) {
+        // Written after the index removal, so it lands after every record it removes.
+        if let Err(e) = self.append(Kind::Tombstone, key, &[], 0) {
+            log::warn!("disk cache: could not persist a removal: {e}");
+        }
+    }
+
+    /// Removes every entry whose key matches (purge by bucket or prefix), durably. `pred`
+    /// runs under each shard's write lock in turn (a walk of 1/64 of the index at a time).
+    pub fn remove_if(&self, pred: impl Fn(&[u8]) -> bool) -> RemovalStats {
+        let mut stats = RemovalStats::default();
+        for i in 0..self.index.shard_count() {
+            let removed: Vec<(Arc<[u8]>, Slot)> =
+                self.index.shard(i).extract_if(|k, _| pred(k)).collect();
+            for (key, slot) in removed {
+                stats.entries += 1;
+                stats.bytes += slot.padded_len();
+                drop(slot);
+                self.tombstone(&key);
+            }
+        }
+        self.counters
+            .entries
+            .fetch_sub(stats.entries, Ordering::Relaxed);
+        self.counters.bytes.fetch_sub(stats.bytes, Ordering::Relaxed);
+        stats
+    }
+
+    /// Removes everything: deletes every segment file and syncs the directory, so it is
+    /// durable even across a power failure.
+    pub fn clear(&self) -> RemovalStats {
+        let victims: Vec<Arc<Segment>> = {
+            let mut ring = self.lock_ring();
+            ring.disk_bytes = 0;
+            ring.cursor = 0;
+            let active = ring.active.take();
+            ring.sealed.drain(..).chain(active).collect()
+        };
+        let stats = self.retire_all(&victims);
+        if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+            log::warn!("disk cache: could not sync {}: {e}", self.dir.display());
+        }
+        stats
+    }
+
+    /// Writes every segment's dirty pages back and waits. Blocking; for graceful shutdown or
+    /// when the caller wants recent writes to survive a power failure.
+    pub fn flush(&self) -> io::Result<()> {
+        let segs: Vec<Arc<Segment>> = {
+            let ring = self.lock_ring();
+            ring.sealed.iter().chain(&ring.active).cloned().collect()
+        };
+        segs.iter().try_for_each(|s| s.flush())
+    }
+
+    /// Live entries (including expired ones not yet dropped).
+    pub fn len(&self) -> u64 {
+        self.counters.entries.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Space taken by live entries' records.
+    pub fn bytes(&self) -> u64 {
+        self.counters.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Total size of the segment files (≤ `capacity`).
+    pub fn disk_bytes(&self) -> u64 {
+        self.lock_ring().disk_bytes
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Entries dropped by reclaim since open.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Number of segment files.
+    pub fn segments(&self) -> usize {
+        let ring = self.lock_ring();
+        ring.sealed.len() + usize::from(ring.active.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+//! One segment file: creating it, mapping it, copying records into it and slicing values out.
+//!
+//! A segment is created at its full size (`set_len`, a sparse file) and mapped once, whole, for
+//! its lifetime: the mapping never moves, so a `Bytes` sliced out of it stays valid for as long
+//! as it lives, and because that `Bytes` holds an `Arc` of the mapping, the mapping outlives the
+//! segment's removal from the cache. On Linux an unlinked file's pages stay readable through an
+//! existing mapping, so reclaiming (deleting) a segment never invalidates a value a reader holds.
+//!
+//! Bytes of a segment are written exactly once: the writer reserves a range under the cache's
+//! ring lock (see [`super`]), copies into it without a lock, and only then publishes it in the
+//! index. Published ranges are immutable from then on; this is what makes handing out
+//! references into the map sound while other threads write other ranges.
+//!
+//! Segments found at start-up are mapped read-only (nothing is ever appended to them again).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use memmap2::{MmapOptions, MmapRaw};
+
+use super::format::{self, SegmentHeader, SEGMENT_HEADER_LEN};
+
+const PREFIX: &str = "seg-";
+const SUFFIX: &str = ".corvid";
+
+/// The file name of segment `id`: fixed width hex, so a directory listing sorts by id.
+pub fn file_name(id: u64) -> String {
+    format!("{PREFIX}{id:016x}{SUFFIX}")
+}
+
+/// The id a segment file name claims, or `None` if the name is not a segment's.
+pub fn parse_file_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Owns the mapping for `Bytes::from_owner`.
+struct MapOwner(Arc<MmapRaw>);
+
+impl AsRef<[u8]> for MapOwner {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the pointer and length describe a live mapping (kept alive by the `Arc`).
+        // `Bytes::from_owner` calls this once, when the segment is constructed and before any
+        // range of it is reserved by a writer, to learn the pointer and length; afterwards
+        // `Bytes` only dereferences sub-ranges that [`Segment::bytes`] hands out, and those are
+        // published, never-again-written ranges. Read-only segments are never written at all.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), self.0.len()) }
+    }
+}
+
+/// Keys published into a segment, so reclaiming it can find its index entries without reading
+/// the file (which would fault its pages in from disk on an inserting worker).
+#[derive(Default)]
+pub struct Published {
+    /// Set once the segment is being reclaimed; publishing into it is refused from then on.
+    pub retired: bool,
+    /// (key, entry offset) of every value record published here.
+    pub keys: Vec<(Arc<[u8]>, u32)>,
+}
+
+/// A mapped segment file.
+pub struct Segment {
+    pub id: u64,
+    pub path: PathBuf,
+    /// Kept open so a [`super::Location`] can be read with positioned reads even after the
+    /// file has been unlinked by reclaim.
+    pub file: Arc<File>,
+    map: Arc<MmapRaw>,
+    /// The whole mapping as `Bytes`, so a hit is an atomic increment and no allocation.
+    whole: Bytes,
+    pub published: Mutex<Published>,
+    /// Mirrors `published.retired` for lock-free checks.
+    retired: AtomicBool,
+}
+
+impl Segment {
+    /// Creates segment `id` in `dir` at `size` bytes and writes its header. Blocking: a file
+    /// creation and a `set_len` (metadata only, the file is sparse) plus an `mmap`.
+    pub fn create(dir: &Path, id: u64, size: u64) -> io::Result<Segment> {
+        let path = dir.join(file_name(id));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        file.set_len(size)?;
+        let map = MmapOptions::new().map_raw(&file)?;
+        let header = format::encode_segment_header(SegmentHeader { id, size });
+        // SAFETY: the mapping is `size` ≥ SEGMENT_HEADER_LEN bytes (checked by the caller's
+        // options validation), freshly created and not yet shared with anyone.
+        unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), header.len()) };
+        Ok(Segment::new(id, path, file, map))
+    }
+
+    /// Maps an existing segment file read-only. `Ok(None)` if it is not one of ours (bad
+    /// header, or an id that does not match its name) or is too short to hold a header.
+    pub fn open_existing(path: &Path, id: u64) -> io::Result<Option<Segment>> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        if len < SEGMENT_HEADER_LEN as u64 || len > u64::from(u32::MAX) {
+            return Ok(None);
+        }
+        let map = MmapOptions::new().map_raw_read_only(&file)?;
+        let seg = Segment::new(id, path.to_path_buf(), file, map);
+        match format::decode_segment_header(seg.slice(0, SEGMENT_HEADER_LEN)) {
+            Some(h) if h.id == id => Ok(Some(seg)),
+            _ => Ok(None),
+        }
+    }
+
+    fn new(id: u64, path: PathBuf, file: File, map: MmapRaw) -> Segment {
+        let map = Arc::new(map);
+        Segment {
+            id,
+            path,
+            file: Arc::new(file),
+            whole: Bytes::from_owner(MapOwner(map.clone())),
+            map,
+            published: Mutex::new(Published::default()),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// Length of the mapping (the file's length when it was mapped).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// A slice of bytes that are no longer written to: published ranges, or anything of a
+    /// read-only segment. Callers uphold that; it is not checked.
+    pub fn slice(&self, start: usize, len: usize) -> &[u8] {
+        assert!(start.checked_add(len).is_some_and(|end| end <= self.len()));
+        // SAFETY: in bounds (asserted); the mapping lives as long as `self`; and by this
+        // function's contract the range is not being written (see the module docs: every byte
+        // is written once, before publication). Corvid owns the directory: another process
+        // truncating the file would turn these reads into SIGBUS, an assumption documented in
+        // the parent module.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), len) }
+    }
+
+    /// A zero-copy `Bytes` of a published range; it keeps the mapping alive.
+    pub fn bytes(&self, start: usize, len: usize) -> Bytes {
+        self.whole.slice(start..start + len)
+    }
+
+    /// Copies `parts` back to back into the map at `offset`.
+    ///
+    /// # Safety
+    /// `offset .. offset + total length of parts` must be within the segment and reserved by
+    /// the caller alone (nobody else reads or writes it until the caller publishes it), and the
+    /// segment must have been created by [`Segment::create`] (mapped writable).
+    pub unsafe fn write(&self, offset: usize, parts: &[&[u8]]) {
+        let mut at = offset;
+        for p in parts {
+            debug_assert!(at + p.len() <= self.len());
+            // SAFETY: the caller reserved this range exclusively (function contract), so no
+            // reference to it exists and no other thread touches it; source and destination
+            // cannot overlap because `p` is not in a reserved, unpublished range.
+            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), self.map.as_mut_ptr().add(at), p.len()) };
+            at += p.len();
+        }
+    }
+
+    /// Marks the segment retired; returns the keys published into it. After this returns no
+    /// further key is published into it (see `publish` in the parent module).
+    pub fn retire(&self) -> Vec<(Arc<[u8]>, u32)> {
+        let mut p = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        p.retired = true;
+        self.retired.store(true, Ordering::Release);
+        std::mem::take(&mut p.keys)
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Writes the segment's dirty pages back and waits (`msync(MS_SYNC)`). Blocking.
+    pub fn flush(&self) -> io::Result<()> {
+        self.map.flush()
+    }
+
+    /// Address of the mapping, for residency checks.
+    pub fn base_ptr(&self) -> *const u8 {
+        self.map.as_ptr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_strays_are_rejected() {
+        assert_eq!(parse_file_name(&file_name(0x1234)), Some(0x1234));
+        assert_eq!(parse_file_name("seg-12.corvid"), None);
+        assert_eq!(parse_file_name("seg-000000000000001g.corvid"), None);
+        assert_eq!(parse_file_name("notes.txt"), None);
+    }
+
+    #[test]
+    fn created_segment_reopens_and_a_foreign_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = Segment::create(dir.path(), 7, 4096).unwrap();
+        let rec = format::encode(format::Kind::Value, b"k", b"v", 1, 2);
+        // SAFETY: fresh segment, range reserved by this test alone.
+        unsafe { seg.write(SEGMENT_HEADER_LEN, &[&rec]) };
+        let path = seg.path.clone();
+        drop(seg);
+        let again = Segment::open_existing(&path, 7).unwrap().unwrap();
+        let e = format::decode(again.slice(SEGMENT_HEADER_LEN, rec.len()), 4096).unwrap();
+        assert_eq!(e.value, b"v");
+        assert!(Segment::open_existing(&path, 8).unwrap().is_none());
+    }
+}
