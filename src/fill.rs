@@ -189,7 +189,8 @@ pub async fn fill_from<S: AsyncWriteRent>(
     if let Some(l) = leader {
         l.end();
     }
-    let client_done = matches!(plan, ClientPlan::Body) || status != 200 || len == 0 || req.is_head();
+    let client_done =
+        matches!(plan, ClientPlan::Body) || status != 200 || len == 0 || req.is_head();
     Ok(Sent {
         status,
         abort: !client_done,

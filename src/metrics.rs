@@ -341,13 +341,28 @@ impl Registry {
             "Failed tier operations (treated as misses)",
         );
         for layer in Layer::ALL {
-            let v = self.sum(|w| w.cache_errors[layer.index()].load(Ordering::Relaxed));
+            let mut v = self.sum(|w| w.cache_errors[layer.index()].load(Ordering::Relaxed));
+            if layer == Layer::Disk {
+                v += tiers.disk_errors.load(Ordering::Relaxed);
+            }
             let _ = writeln!(
                 out,
                 "corvid_cache_errors_total{{layer=\"{}\"}} {v}",
                 layer.name()
             );
         }
+
+        header(
+            &mut out,
+            "corvid_cache_write_behind_dropped_total",
+            "counter",
+            "Write-behind disk writes dropped because the queue was full",
+        );
+        let _ = writeln!(
+            out,
+            "corvid_cache_write_behind_dropped_total {}",
+            tiers.dropped_writes.load(Ordering::Relaxed)
+        );
 
         header(
             &mut out,
@@ -429,7 +444,8 @@ mod tests {
             &|_| None,
         )
         .unwrap()
-        .cache);
+        .cache)
+        .unwrap();
         let text = r.render(&tiers);
         assert!(text
             .contains("corvid_requests_total{bucket=\"assets\",method=\"GET\",status=\"2xx\"} 2"));

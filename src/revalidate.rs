@@ -92,7 +92,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
         304 => {
             drain_error_body(body).await;
             let obj = refreshed(w, bucket, &hit.obj, &head);
-            w.shared.tiers.store(ckey, obj.clone());
+            w.shared.tiers.refresh(ckey, obj.clone());
             serve_cached(
                 w,
                 io,

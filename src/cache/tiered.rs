@@ -1,23 +1,40 @@
 //! The tiers together: lookup order, promotion, write policy, purge.
 //!
-//! Lookup goes memory → disk → Redis; a hit in a lower tier is promoted into the tiers above
-//! it. A fill is written to every enabled tier (`write-through`, before the fill is announced
-//! complete) — `write-behind` is accepted by the config and currently behaves the same for the
-//! memory tier (the only one that is always synchronous). Deletes and clears act on every
-//! tier and report how many entries they removed.
+//! Lookup goes memory → disk (→ Redis, per worker, in [`crate::cache::redis`]); a hit in a
+//! lower tier is promoted into the tiers above it. A fill is written to every enabled tier:
+//! with `write-through` the disk write happens before the fill is announced complete; with
+//! `write-behind` the memory tier is written at once and the disk write goes to a bounded
+//! queue served by one background thread — when the queue is full the write is dropped and
+//! counted, never blocking a request.
+//!
+//! Freshness on disk is the disk index's expiry (the entry's freshness deadline): a 304
+//! revalidation moves it with [`DiskCache::set_expiry`] and never rewrites the body. Stale
+//! entries stay on disk for revalidation until reclaimed.
+//!
+//! Cold disk pages: touching an mmap page that is not resident would block the whole worker
+//! on a disk read, so a disk hit whose value is not in the page cache (`mincore`) is read with
+//! a positioned read through the worker's io_uring instead, verified against the record's
+//! checksum, and only then served.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::cache::entry::CachedObject;
+use bytes::Bytes;
+
+use crate::cache::disk::{DiskCache, DiskHit, DiskOptions};
+use crate::cache::entry::{self, CachedObject};
 use crate::cache::inflight::Inflight;
 use crate::cache::memory::{MemoryCache, Weighted};
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, WritePolicy};
 
 impl Weighted for CachedObject {
     fn weight(&self) -> usize {
         CachedObject::weight(self)
     }
 }
+
+/// Pending background disk writes at most (write-behind).
+pub const WRITE_BEHIND_QUEUE: usize = 1024;
 
 /// Which tier answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,81 +73,239 @@ pub struct Removed {
     pub bytes: u64,
 }
 
+impl std::ops::AddAssign for Removed {
+    fn add_assign(&mut self, o: Removed) {
+        self.entries += o.entries;
+        self.bytes += o.bytes;
+    }
+}
+
 /// The shared tiers (one per process).
 pub struct Tiers {
     pub memory: MemoryCache<CachedObject>,
+    pub disk: Option<Arc<DiskCache>>,
     pub inflight: Inflight,
     /// Largest object stored (`cache.max_object_size`).
     pub max_object_size: u64,
+    write_behind: Option<crossbeam_channel::Sender<(Vec<u8>, CachedObject)>>,
+    /// Write-behind writes dropped because the queue was full, and failed disk writes.
+    pub dropped_writes: AtomicU64,
+    pub disk_errors: Arc<AtomicU64>,
 }
 
 impl Tiers {
-    pub fn new(cfg: &CacheConfig) -> Arc<Tiers> {
+    /// Builds the tiers; opens the disk tier (blocking: start-up only) and logs its recovery.
+    pub fn new(cfg: &CacheConfig) -> Result<Arc<Tiers>, String> {
         let memory = MemoryCache::new(cfg.memory.capacity)
             .with_max_object_size(cfg.max_object_size.min(cfg.memory.capacity));
-        Arc::new(Tiers {
+        let disk = match &cfg.disk {
+            None => None,
+            Some(d) => {
+                let (disk, report) = DiskCache::open(DiskOptions {
+                    dir: d.dir.clone(),
+                    capacity: d.capacity,
+                    segment_size: d.segment_size,
+                })
+                .map_err(|e| format!("cache.disk: cannot open {}: {e}", d.dir.display()))?;
+                log::info!(
+                    "disk tier {}: {} entries in {} segments recovered in {:?} ({} corrupt, {} torn, {} expired dropped)",
+                    d.dir.display(),
+                    report.entries,
+                    report.segments,
+                    report.elapsed,
+                    report.dropped_corrupt,
+                    report.dropped_torn,
+                    report.dropped_expired
+                );
+                Some(Arc::new(disk))
+            }
+        };
+        let disk_errors = Arc::new(AtomicU64::new(0));
+        let write_behind = match (&disk, cfg.write_policy) {
+            (Some(disk), WritePolicy::WriteBehind) => {
+                let (tx, rx) =
+                    crossbeam_channel::bounded::<(Vec<u8>, CachedObject)>(WRITE_BEHIND_QUEUE);
+                let (disk, errors) = (Arc::clone(disk), Arc::clone(&disk_errors));
+                std::thread::Builder::new()
+                    .name("corvid-disk-writer".into())
+                    .spawn(move || {
+                        for (key, obj) in rx {
+                            write_disk(&disk, &key, &obj, &errors);
+                        }
+                    })
+                    .map_err(|e| format!("cannot start the disk writer thread: {e}"))?;
+                Some(tx)
+            }
+            _ => None,
+        };
+        Ok(Arc::new(Tiers {
             memory,
+            disk,
             inflight: Inflight::default(),
             max_object_size: cfg.max_object_size,
-        })
+            write_behind,
+            dropped_writes: AtomicU64::new(0),
+            disk_errors,
+        }))
     }
 
     /// Whether any tier can hold objects.
     pub fn enabled(&self) -> bool {
-        self.memory.capacity() > 0
+        self.memory.capacity() > 0 || self.disk.is_some()
     }
 
-    pub fn lookup(&self, key: &[u8]) -> Option<Hit> {
-        self.memory.get(key).map(|obj| Hit {
+    /// Memory, then disk (promoting a disk hit into memory).
+    pub async fn lookup(&self, key: &[u8]) -> Option<Hit> {
+        if let Some(obj) = self.memory.get(key) {
+            return Some(Hit {
+                obj,
+                layer: Layer::Memory,
+            });
+        }
+        let disk = self.disk.as_ref()?;
+        let hit = disk.get_stale(key)?;
+        let value = self.disk_value(disk, key, hit.clone()).await?;
+        let Some(mut obj) = entry::decode(value) else {
+            // A record that passed the disk checksum but is not an entry: not ours to serve.
+            self.disk_errors.fetch_add(1, Ordering::Relaxed);
+            disk.remove(key);
+            return None;
+        };
+        if obj.meta.expires_at_ms != hit.expires_at_ms {
+            obj.meta = Arc::new(obj.meta.refreshed(hit.expires_at_ms));
+        }
+        self.memory.insert(key, obj.clone());
+        Some(Hit {
             obj,
-            layer: Layer::Memory,
+            layer: Layer::Disk,
         })
     }
 
-    /// Stores a filled (or revalidated) object in every tier.
+    /// The value of a disk hit: the mapping itself when resident, else a verified positioned
+    /// read through io_uring (so a cold page never stalls the worker).
+    async fn disk_value(&self, disk: &DiskCache, key: &[u8], hit: DiskHit) -> Option<Bytes> {
+        if hit.is_resident() {
+            return Some(hit.value);
+        }
+        let Some(loc) = disk.locate(key) else {
+            // Stale and cold: rare; touch the mapping.
+            return Some(hit.value);
+        };
+        let file = loc.file.try_clone().ok()?;
+        let file = monoio::fs::File::from_std(file).ok()?;
+        let buf = Vec::with_capacity(loc.record_len as usize);
+        let (res, buf) = file.read_exact_at(buf, loc.record_offset).await;
+        let _ = file.close().await;
+        if res.is_err() {
+            self.disk_errors.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        match loc.verify(key, &buf) {
+            Ok(range) => Some(Bytes::from(buf).slice(range)),
+            Err(e) => {
+                log::warn!("disk tier: {e}; dropping the entry");
+                self.disk_errors.fetch_add(1, Ordering::Relaxed);
+                disk.remove(key);
+                None
+            }
+        }
+    }
+
+    /// Stores a filled object in every tier, per the write policy.
     pub fn store(&self, key: &[u8], obj: CachedObject) {
+        self.memory.insert(key, obj.clone());
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        match &self.write_behind {
+            None => write_disk(disk, key, &obj, &self.disk_errors),
+            Some(tx) => {
+                if tx.try_send((key.to_vec(), obj)).is_err() {
+                    self.dropped_writes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// A revalidated object: new freshness, same body — the disk body is not rewritten.
+    pub fn refresh(&self, key: &[u8], obj: CachedObject) {
+        let expires = obj.meta.expires_at_ms;
         self.memory.insert(key, obj);
+        if let Some(disk) = &self.disk {
+            disk.set_expiry(key, expires);
+        }
     }
 
     pub fn remove(&self, key: &[u8]) -> Removed {
-        match self.memory.remove(key) {
-            Some(obj) => Removed {
+        let mut r = Removed::default();
+        if let Some(obj) = self.memory.remove(key) {
+            r += Removed {
                 entries: 1,
                 bytes: obj.weight() as u64,
-            },
-            None => Removed::default(),
+            };
         }
+        if let Some(disk) = &self.disk {
+            if disk.remove(key) && r.entries == 0 {
+                r.entries = 1;
+            }
+        }
+        r
     }
 
-    /// Removes every entry whose key starts with `prefix`.
+    /// Removes every entry whose key starts with `prefix`, in every tier.
     pub fn remove_prefix(&self, prefix: &[u8]) -> Removed {
-        let r = self.memory.remove_if(|k| k.starts_with(prefix));
-        Removed {
-            entries: r.entries,
-            bytes: r.bytes,
+        let m = self.memory.remove_if(|k| k.starts_with(prefix));
+        let mut r = Removed {
+            entries: m.entries,
+            bytes: m.bytes,
+        };
+        if let Some(disk) = &self.disk {
+            let d = disk.remove_if(|k| k.starts_with(prefix));
+            r += Removed {
+                entries: d.entries,
+                bytes: d.bytes,
+            };
         }
+        r
     }
 
     pub fn clear(&self) -> Removed {
-        let r = self.memory.clear();
-        Removed {
-            entries: r.entries,
-            bytes: r.bytes,
+        let m = self.memory.clear();
+        let mut r = Removed {
+            entries: m.entries,
+            bytes: m.bytes,
+        };
+        if let Some(disk) = &self.disk {
+            let d = disk.clear();
+            r += Removed {
+                entries: d.entries,
+                bytes: d.bytes,
+            };
         }
+        r
     }
 
-    /// (entries, bytes) held by `layer`.
+    /// (entries, bytes) held by `layer` (Redis is not counted here).
     pub fn usage(&self, layer: Layer) -> (u64, u64) {
-        match layer {
-            Layer::Memory => (self.memory.len(), self.memory.bytes()),
+        match (layer, &self.disk) {
+            (Layer::Memory, _) => (self.memory.len(), self.memory.bytes()),
+            (Layer::Disk, Some(d)) => (d.len(), d.bytes()),
             _ => (0, 0),
         }
     }
 
     pub fn evictions(&self, layer: Layer) -> u64 {
-        match layer {
-            Layer::Memory => self.memory.evictions(),
+        match (layer, &self.disk) {
+            (Layer::Memory, _) => self.memory.evictions(),
+            (Layer::Disk, Some(d)) => d.evictions(),
             _ => 0,
         }
+    }
+}
+
+fn write_disk(disk: &DiskCache, key: &[u8], obj: &CachedObject, errors: &AtomicU64) {
+    if let Err(e) = disk.insert(key, &entry::encode(obj), obj.meta.expires_at_ms) {
+        errors.fetch_add(1, Ordering::Relaxed);
+        log::warn!("disk tier write failed: {e}");
     }
 }

@@ -115,7 +115,7 @@ impl Shared {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ (std::process::id() as u64).rotate_left(32)) as u32;
-        let tiers = Tiers::new(&config.cache);
+        let tiers = Tiers::new(&config.cache)?;
         Ok(Arc::new(Shared {
             tiers,
             config,

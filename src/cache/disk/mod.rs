@@ -394,8 +394,7 @@ impl DiskCache {
             file: seg.file.clone(),
             segment_id: seg.id,
             record_offset: u64::from(slot.offset),
-            record_len: (ENTRY_HEADER_LEN + slot.key_len as usize + slot.value_len as usize)
-                as u64,
+            record_len: (ENTRY_HEADER_LEN + slot.key_len as usize + slot.value_len as usize) as u64,
             value_offset: slot.value_offset() as u64,
             value_len: u64::from(slot.value_len),
             expires_at_ms: slot.expires_at_ms,
@@ -460,11 +459,7 @@ impl DiskCache {
             }
         }
         // Create first: if it fails, nothing has changed.
-        let fresh = Arc::new(Segment::create(
-            &self.dir,
-            ring.next_id,
-            self.segment_size,
-        )?);
+        let fresh = Arc::new(Segment::create(&self.dir, ring.next_id, self.segment_size)?);
         ring.next_id += 1;
         let victims = {
             let r = &mut *ring;
@@ -591,7 +586,9 @@ impl DiskCache {
         self.counters
             .entries
             .fetch_sub(stats.entries, Ordering::Relaxed);
-        self.counters.bytes.fetch_sub(stats.bytes, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_sub(stats.bytes, Ordering::Relaxed);
         stats
     }
 

@@ -134,7 +134,9 @@ fn replay(seg: &Arc<Segment>, index: &mut Index, report: &mut RecoveryReport) {
                 report.dropped_torn += 1;
                 break;
             }
-            Err(DecodeError::BadHeader | DecodeError::HeaderChecksum | DecodeError::Implausible) => {
+            Err(
+                DecodeError::BadHeader | DecodeError::HeaderChecksum | DecodeError::Implausible,
+            ) => {
                 report.dropped_corrupt += 1;
                 break;
             }
@@ -142,9 +144,12 @@ fn replay(seg: &Arc<Segment>, index: &mut Index, report: &mut RecoveryReport) {
                 let h = format::decode_header(&data[off..], max_record)
                     .expect("decode checked this header");
                 off += h.padded_len();
-                let nothing_after = data
-                    .get(off..)
-                    .is_none_or(|rest| matches!(format::decode_header(rest, max_record), Err(DecodeError::Empty)));
+                let nothing_after = data.get(off..).is_none_or(|rest| {
+                    matches!(
+                        format::decode_header(rest, max_record),
+                        Err(DecodeError::Empty)
+                    )
+                });
                 if nothing_after {
                     report.dropped_torn += 1;
                 } else {

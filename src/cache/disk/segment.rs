@@ -163,7 +163,9 @@ impl Segment {
             // SAFETY: the caller reserved this range exclusively (function contract), so no
             // reference to it exists and no other thread touches it; source and destination
             // cannot overlap because `p` is not in a reserved, unpublished range.
-            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), self.map.as_mut_ptr().add(at), p.len()) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(p.as_ptr(), self.map.as_mut_ptr().add(at), p.len())
+            };
             at += p.len();
         }
     }
