@@ -3,6 +3,7 @@
 //! (tokio, hyper, s3s) once per test file.
 
 mod cache;
+mod disk;
 mod common;
 mod harness_smoke;
 mod hostile;
