@@ -1,0 +1,644 @@
+//! The Redis tier client against a real `redis-server` (each test starts its own on a free
+//! loopback port): round trips, TTLs, prefix deletion, pipelining, and the failure model (Redis
+//! absent, killed, stalled, restarted), and pub/sub between two clients.
+//!
+//! Needs `redis-server` on PATH (Debian: `apt-get install redis-server`).
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use corvid::cache::redis::{subscribe, RedisClient, RedisError, RedisOptions, StopSignal};
+
+/// A redis-server child process, killed on drop.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    extra: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let port = free_port();
+        let mut s = Server {
+            child: None,
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        s.restart();
+        s
+    }
+
+    /// (Re)starts the server on the same port and waits until it answers PING.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "server still running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(self._dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): the Redis tier tests need it on PATH \
+                     (Debian/Ubuntu: apt-get install redis-server)"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.answers_ping() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING within 10 s"
+            );
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("redis-server exited at start: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn answers_ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let auth = self
+            .extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .map(|i| self.extra[i + 1].clone());
+        if let Some(pw) = auth {
+            let _ = write!(s, "*2\r\n$4\r\nAUTH\r\n${}\r\n{}\r\n", pw.len(), pw);
+            let mut buf = [0u8; 5];
+            if s.read_exact(&mut buf).is_err() {
+                return false;
+            }
+        }
+        if s.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        self.child.as_ref().expect("server not running").id() as libc::pid_t
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL, works on a stopped process too
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run<F: Future>(f: F) -> F::Output {
+    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("monoio runtime")
+        .block_on(f)
+}
+
+/// Options for the functional tests: a generous timeout (debug builds on a busy 2-core
+/// machine move 4 MiB values slowly); the failure tests set their own.
+fn opts(url: String) -> RedisOptions {
+    let mut o = RedisOptions::new(url);
+    o.timeout = Duration::from_secs(5);
+    o
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, for at most `limit`.
+async fn poll_until<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_add(seed)).collect()
+}
+
+#[test]
+fn get_set_del_round_trip_binary_values() {
+    let server = Server::start(&[]);
+    run(async {
+        let c = RedisClient::new(opts(server.url())).unwrap();
+        assert_eq!(c.get(b"missing").await.unwrap(), None);
+        let all_bytes: Vec<u8> = (0..=255u8).collect();
+        let sizes = [0, 1, 255, 256, 8191, 8192, 65_536, 1 << 20, 4 << 20];
+        for (i, &len) in sizes.iter().enumerate() {
+            let key = [b"bin\0\r\n key ".as_slice(), &all_bytes, &[i as u8]].concat();
+            let value = pattern(len, i as u8);
+            c.set(&key, &value, Duration::from_secs(60)).await.unwrap();
+            let got = c.get(&key).await.unwrap().expect("value present");
+            assert_eq!(got.len(), len);
+            assert!(got == value, "value of {len} bytes differs");
+        }
+        let too_big = vec![0u8; (4 << 20) + 1];
+        assert!(matches!(
+            c.set(b"big", &too_big, Duration::from_secs(1)).await,
+            Err(RedisError::Protocol(_))
+        ));
+        // A refused value does not take the tier down.
+        assert!(c.is_up());
+
+        c.set(b"k", b"v", Duration::from_secs(60)).await.unwrap();
+        assert!(c.del(b"k").await.unwrap());
+        assert!(!c.del(b"k").await.unwrap());
+        assert_eq!(c.get(b"k").await.unwrap(), None);
+        assert_eq!(c.errors(), 1);
+    });
+}
+
+#[test]
+fn keys_carry_the_prefix_and_error_replies_fail_only_the_op() {
+    let server = Server::start(&[]);
+    run(async {
+        let c = RedisClient::new(opts(server.url())).unwrap();
+        c.set(b"k", b"v", Duration::from_secs(60)).await.unwrap();
+        let raw = c.command(redis::cmd("GET").arg("corvid:k")).await.unwrap();
+        assert_eq!(raw, redis::Value::BulkString(b"v".to_vec()));
+        // A wrong-type error reply: Err(Server), the client stays up.
+        c.command(redis::cmd("LPUSH").arg("corvid:list").arg("x"))
+            .await
+            .unwrap();
+        assert!(matches!(c.get(b"list").await, Err(RedisError::Server(_))));
+        assert!(c.is_up());
+        assert_eq!(c.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    });
+}
+
+#[test]
+fn ttl_expiry_and_pexpire() {
+    let server = Server::start(&[]);
+    run(async {
+        let c = RedisClient::new(opts(server.url())).unwrap();
+        let start = Instant::now();
+        c.set(b"short", b"x", Duration::from_millis(100))
+            .await
+            .unwrap();
+        poll_until(Duration::from_secs(3), "key expired", || async {
+            c.get(b"short").await.unwrap().is_none().then_some(())
+        })
+        .await;
+        assert!(start.elapsed() >= Duration::from_millis(90));
+
+        c.set(b"long", b"y", Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert!(c
+            .pexpire(b"long", Duration::from_millis(100))
+            .await
+            .unwrap());
+        let pttl = c
+            .command(redis::cmd("PTTL").arg("corvid:long"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(pttl, redis::Value::Int(ms) if (0..=100).contains(&ms)),
+            "{pttl:?}"
+        );
+        poll_until(
+            Duration::from_secs(3),
+            "key expired after pexpire",
+            || async { c.get(b"long").await.unwrap().is_none().then_some(()) },
+        )
+        .await;
+        assert!(!c.pexpire(b"long", Duration::from_secs(1)).await.unwrap());
+
+        // Refreshing extends the life of a key.
+        c.set(b"kept", b"z", Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert!(c.pexpire(b"kept", Duration::from_secs(600)).await.unwrap());
+        let pttl = c
+            .command(redis::cmd("PTTL").arg("corvid:kept"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(pttl, redis::Value::Int(ms) if ms > 500_000),
+            "{pttl:?}"
+        );
+    });
+}
+
+#[test]
+fn del_prefix_deletes_exactly_the_prefixed_keys() {
+    let server = Server::start(&[]);
+    run(async {
+        let c = RedisClient::new(opts(server.url())).unwrap();
+        let mut other = opts(server.url());
+        other.key_prefix = "other:".into();
+        let other = RedisClient::new(other).unwrap();
+        let ttl = Duration::from_secs(600);
+        // 2500 keys under the prefix: several SCAN pages and UNLINK batches.
+        for i in 0..2500 {
+            c.set(format!("b*k[t]/a?\\{i}").as_bytes(), b"1", ttl)
+                .await
+                .unwrap();
+        }
+        // Keys an unescaped glob would also match.
+        let survivors: [&[u8]; 6] = [
+            b"bXk[t]/a?\\1",
+            b"b*kt/a?\\1",
+            b"b*k[t]/aX\\1",
+            b"b*k[t]/a?X1",
+            b"b*k[t]/a?",
+            b"a/b*k[t]/a?\\1",
+        ];
+        for k in survivors {
+            c.set(k, b"keep", ttl).await.unwrap();
+        }
+        other.set(b"b*k[t]/a?\\1", b"other", ttl).await.unwrap();
+
+        assert_eq!(c.del_prefix(b"b*k[t]/a?\\").await.unwrap(), 2500);
+        for i in [0, 1, 999, 2499] {
+            assert_eq!(
+                c.get(format!("b*k[t]/a?\\{i}").as_bytes()).await.unwrap(),
+                None
+            );
+        }
+        for k in survivors {
+            assert!(
+                c.get(k).await.unwrap().is_some(),
+                "{:?} deleted",
+                Bytes::copy_from_slice(k)
+            );
+        }
+        assert!(other.get(b"b*k[t]/a?\\1").await.unwrap().is_some());
+        assert_eq!(c.del_prefix(b"b*k[t]/a?\\").await.unwrap(), 0);
+        // The empty prefix is everything under the client's key prefix.
+        assert_eq!(c.del_prefix(b"").await.unwrap(), survivors.len() as u64);
+        assert!(other.get(b"b*k[t]/a?\\1").await.unwrap().is_some());
+    });
+}
+
+#[test]
+fn pipelining_200_concurrent_tasks_on_one_connection() {
+    let server = Server::start(&[]);
+    run(async {
+        let c = RedisClient::new(opts(server.url())).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200usize {
+            let c = c.clone();
+            tasks.push(monoio::spawn(async move {
+                let key = format!("p{i}");
+                // Mixed sizes so that replies straddle read boundaries.
+                let value = pattern(1 + (i * 997) % 70_000, i as u8);
+                c.set(key.as_bytes(), &value, Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                let got = c.get(key.as_bytes()).await.unwrap().unwrap();
+                assert!(got == value, "task {i} got the wrong value");
+                let miss = c.get(format!("absent{i}").as_bytes()).await.unwrap();
+                assert!(miss.is_none());
+                i
+            }));
+        }
+        let mut sum = 0;
+        for t in tasks {
+            sum += t.await;
+        }
+        assert_eq!(sum, 199 * 200 / 2);
+        assert_eq!(c.errors(), 0);
+        // One connection served all 600 commands (the test's own PINGs are closed by now).
+        let info = c.command(redis::cmd("INFO").arg("clients")).await.unwrap();
+        let redis::Value::BulkString(info) = info else {
+            panic!("INFO reply {info:?}")
+        };
+        let info = String::from_utf8(info).unwrap();
+        assert!(info.contains("connected_clients:1\r\n"), "{info}");
+    });
+}
+
+#[test]
+fn redis_down_at_start_fails_fast() {
+    let port = free_port(); // nothing listens there
+    run(async {
+        let mut o = RedisOptions::new(format!("redis://127.0.0.1:{port}"));
+        o.timeout = Duration::from_millis(50);
+        let c = RedisClient::new(o).unwrap();
+        let start = Instant::now();
+        let mut down = 0;
+        for i in 0..100 {
+            let r = if i % 2 == 0 {
+                c.get(b"k").await.map(|_| ())
+            } else {
+                c.set(b"k", b"v", Duration::from_secs(1)).await
+            };
+            match r {
+                Err(RedisError::Down) => down += 1,
+                Err(_) => {}
+                Ok(_) => panic!("op succeeded with no server"),
+            }
+        }
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(500), "100 ops took {took:?}");
+        assert!(down >= 98, "only {down} ops failed fast");
+        assert!(!c.is_up());
+        assert_eq!(c.errors(), 100);
+    });
+}
+
+#[test]
+fn redis_killed_mid_run_then_restarted() {
+    let mut server = Server::start(&[]);
+    let timeout = Duration::from_millis(200);
+    run(async {
+        let mut o = RedisOptions::new(server.url());
+        o.timeout = timeout;
+        o.backoff_max = Duration::from_millis(400);
+        let c = RedisClient::new(o).unwrap();
+        c.set(b"k", b"v", Duration::from_secs(60)).await.unwrap();
+
+        // 20 tasks hammering the client while the server is SIGKILLed under them.
+        let stop = StopSignal::new();
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (c, stop) = (c.clone(), stop.clone());
+            tasks.push(monoio::spawn(async move {
+                let (mut ok, mut slowest_err) = (0u32, Duration::ZERO);
+                while !stop.is_stopped() {
+                    let t = Instant::now();
+                    match c.get(b"k").await {
+                        Ok(_) => ok += 1,
+                        Err(_) => slowest_err = slowest_err.max(t.elapsed()),
+                    }
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
+                (ok, slowest_err)
+            }));
+        }
+        monoio::time::sleep(Duration::from_millis(50)).await;
+        server.kill();
+        let killed = Instant::now();
+        poll_until(Duration::from_secs(2), "client noticed", || async {
+            (!c.is_up()).then_some(())
+        })
+        .await;
+        assert!(killed.elapsed() <= timeout + Duration::from_millis(100));
+        monoio::time::sleep(Duration::from_millis(300)).await;
+        stop.stop();
+        for t in tasks {
+            let (ok, slowest_err) = t.await;
+            assert!(ok > 0, "no op succeeded before the kill");
+            assert!(
+                slowest_err <= timeout + Duration::from_millis(100),
+                "{slowest_err:?}"
+            );
+        }
+        // Later ops: fail fast or at worst at the timeout.
+        for _ in 0..20 {
+            let t = Instant::now();
+            assert!(c.get(b"k").await.is_err());
+            assert!(t.elapsed() <= timeout + Duration::from_millis(100));
+        }
+
+        server.restart();
+        let restarted = Instant::now();
+        poll_until(Duration::from_secs(5), "client recovered", || async {
+            c.set(b"k2", b"v2", Duration::from_secs(60)).await.ok()
+        })
+        .await;
+        // Backoff is capped at 400 ms here.
+        assert!(restarted.elapsed() < Duration::from_millis(400) + timeout * 2);
+        assert!(c.is_up());
+        assert_eq!(c.get(b"k2").await.unwrap().as_deref(), Some(&b"v2"[..]));
+        // The server restarted empty (no persistence).
+        assert_eq!(c.get(b"k").await.unwrap(), None);
+    });
+}
+
+#[test]
+fn stalled_redis_times_out_at_the_timeout_then_recovers() {
+    let server = Server::start(&[]);
+    let timeout = Duration::from_millis(100);
+    run(async {
+        let mut o = RedisOptions::new(server.url());
+        o.timeout = timeout;
+        o.backoff_initial = Duration::from_millis(50);
+        o.backoff_max = Duration::from_millis(200);
+        let c = RedisClient::new(o).unwrap();
+        c.set(b"k", b"v", Duration::from_secs(60)).await.unwrap();
+
+        server.signal(libc::SIGSTOP);
+        // Concurrent in-flight ops all end at the timeout, not later.
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let c = c.clone();
+            tasks.push(monoio::spawn(async move {
+                let t = Instant::now();
+                let r = c.get(b"k").await;
+                (r.map(|_| ()), t.elapsed())
+            }));
+        }
+        for t in tasks {
+            let (r, took) = t.await;
+            assert!(matches!(r, Err(RedisError::Timeout)), "{r:?}");
+            assert!(took >= timeout - Duration::from_millis(5), "{took:?}");
+            assert!(took <= timeout + Duration::from_millis(60), "{took:?}");
+        }
+        assert!(start.elapsed() <= timeout + Duration::from_millis(80));
+        assert!(!c.is_up());
+        // While down: fast failures; probes (a fresh connection each) time out again.
+        let t = Instant::now();
+        assert!(matches!(c.get(b"k").await, Err(RedisError::Down)));
+        assert!(t.elapsed() < Duration::from_millis(10));
+        poll_until(Duration::from_secs(2), "a probe timed out", || async {
+            let t = Instant::now();
+            match c.get(b"k").await {
+                Err(RedisError::Timeout) => {
+                    assert!(t.elapsed() <= timeout + Duration::from_millis(60));
+                    Some(())
+                }
+                Err(_) => None,
+                Ok(_) => panic!("a stopped server answered"),
+            }
+        })
+        .await;
+
+        server.signal(libc::SIGCONT);
+        let resumed = Instant::now();
+        poll_until(Duration::from_secs(3), "client recovered", || async {
+            c.get(b"k").await.ok()
+        })
+        .await;
+        assert!(resumed.elapsed() < Duration::from_millis(200) + timeout * 2);
+        assert!(c.is_up());
+        assert_eq!(c.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    });
+}
+
+#[test]
+fn debug_sleep_times_out_ops_but_not_later() {
+    let server = Server::start(&["--enable-debug-command", "yes"]);
+    run(async {
+        let mut o = RedisOptions::new(server.url());
+        o.timeout = Duration::from_millis(100);
+        let c = RedisClient::new(o).unwrap();
+        let staller = RedisClient::new(opts(server.url())).unwrap();
+        c.set(b"k", b"v", Duration::from_secs(60)).await.unwrap();
+        let sleeper = monoio::spawn(async move {
+            staller
+                .command(redis::cmd("DEBUG").arg("SLEEP").arg("0.5"))
+                .await
+        });
+        // Let the DEBUG SLEEP reach the server first.
+        monoio::time::sleep(Duration::from_millis(50)).await;
+        let t = Instant::now();
+        assert!(matches!(c.get(b"k").await, Err(RedisError::Timeout)));
+        assert!(
+            t.elapsed() < Duration::from_millis(160),
+            "{:?}",
+            t.elapsed()
+        );
+        sleeper.await.unwrap();
+        poll_until(Duration::from_secs(3), "client recovered", || async {
+            c.get(b"k").await.ok()
+        })
+        .await;
+    });
+}
+
+#[test]
+fn auth_and_select_from_the_url() {
+    let server = Server::start(&["--requirepass", "s3cr:t@"]);
+    run(async {
+        let base = format!("redis://:s3cr%3At%40@127.0.0.1:{}", server.port);
+        let db2 = RedisClient::new(opts(format!("{base}/2"))).unwrap();
+        let db0 = RedisClient::new(opts(base.clone())).unwrap();
+        db2.set(b"k", b"in db 2", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            db2.get(b"k").await.unwrap().as_deref(),
+            Some(&b"in db 2"[..])
+        );
+        assert_eq!(db0.get(b"k").await.unwrap(), None);
+
+        let wrong =
+            RedisClient::new(opts(format!("redis://:nope@127.0.0.1:{}", server.port))).unwrap();
+        match wrong.get(b"k").await {
+            Err(RedisError::Protocol(m)) => assert!(m.contains("AUTH"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!wrong.is_up());
+        let anonymous = RedisClient::new(opts(server.url())).unwrap();
+        assert!(matches!(
+            anonymous.get(b"k").await,
+            Err(RedisError::Server(_))
+        ));
+    });
+}
+
+#[test]
+fn two_clients_share_entries_and_purges_via_pubsub() {
+    let mut server = Server::start(&[]);
+    run(async {
+        let mut o = opts(server.url());
+        o.backoff_max = Duration::from_millis(200);
+        let a = RedisClient::new(o.clone()).unwrap();
+        let b = RedisClient::new(o.clone()).unwrap();
+        a.set(b"shared", b"from a", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            b.get(b"shared").await.unwrap().as_deref(),
+            Some(&b"from a"[..])
+        );
+
+        let got: Rc<RefCell<Vec<Bytes>>> = Rc::default();
+        let stop = StopSignal::new();
+        let sub = monoio::spawn(subscribe(
+            o.clone(),
+            "corvid:purge".into(),
+            {
+                let got = Rc::clone(&got);
+                move |m| got.borrow_mut().push(m)
+            },
+            stop.clone(),
+        ));
+        let subscribed =
+            || async { (a.subscribers("corvid:purge").await.ok()? >= 1).then_some(()) };
+        poll_until(Duration::from_secs(3), "subscription active", subscribed).await;
+        a.publish("corvid:purge", b"purge \x00/bucket/key")
+            .await
+            .unwrap();
+        poll_until(Duration::from_secs(3), "message delivered", || async {
+            (!got.borrow().is_empty()).then_some(())
+        })
+        .await;
+        assert_eq!(
+            got.borrow()[0],
+            Bytes::from_static(b"purge \x00/bucket/key")
+        );
+
+        // The subscriber survives a Redis restart by itself.
+        server.kill();
+        server.restart();
+        poll_until(Duration::from_secs(5), "resubscribed", || async {
+            (a.subscribers("corvid:purge").await.ok()? >= 1).then_some(())
+        })
+        .await;
+        a.publish("corvid:purge", b"second").await.unwrap();
+        poll_until(
+            Duration::from_secs(3),
+            "second message delivered",
+            || async { (got.borrow().len() == 2).then_some(()) },
+        )
+        .await;
+        assert_eq!(got.borrow()[1], Bytes::from_static(b"second"));
+
+        stop.stop();
+        monoio::time::timeout(Duration::from_secs(1), sub)
+            .await
+            .expect("subscribe returns once stopped");
+    });
+}
