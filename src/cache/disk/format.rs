@@ -366,7 +366,10 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip_and_damage() {
-        let h = SegmentHeader { id: 42, size: 1 << 26 };
+        let h = SegmentHeader {
+            id: 42,
+            size: 1 << 26,
+        };
         let b = encode_segment_header(h);
         assert_eq!(decode_segment_header(&b), Some(h));
         for i in 0..36 {

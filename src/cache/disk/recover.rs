@@ -134,7 +134,9 @@ fn replay(seg: &Arc<Segment>, index: &mut Index, report: &mut RecoveryReport) {
                 report.dropped_torn += 1;
                 break;
             }
-            Err(DecodeError::BadHeader | DecodeError::HeaderChecksum | DecodeError::Implausible) => {
+            Err(
+                DecodeError::BadHeader | DecodeError::HeaderChecksum | DecodeError::Implausible,
+            ) => {
                 report.dropped_corrupt += 1;
                 break;
             }
@@ -142,9 +144,12 @@ fn replay(seg: &Arc<Segment>, index: &mut Index, report: &mut RecoveryReport) {
                 let h = format::decode_header(&data[off..], max_record)
                     .expect("decode checked this header");
                 off += h.padded_len();
-                let nothing_after = data
-                    .get(off..)
-                    .is_none_or(|rest| matches!(format::decode_header(rest, max_record), Err(DecodeError::Empty)));
+                let nothing_after = data.get(off..).is_none_or(|rest| {
+                    matches!(
+                        format::decode_header(rest, max_record),
+                        Err(DecodeError::Empty)
+                    )
+                });
                 if nothing_after {
                     report.dropped_torn += 1;
                 } else {
@@ -173,11 +178,16 @@ fn apply(
                 expires_at_ms: e.header.expires_at_ms,
                 written_at_ms: e.header.written_at_ms,
             };
-            if let Some(old) = map.get_mut(e.key) {
-                *old = slot;
-                report.superseded += 1;
-            } else {
-                map.insert(Arc::from(e.key), slot);
+            // One hash per record (`entry`), at the price of a key allocation that is wasted
+            // when the key was already present; rebuild time is dominated by hashing.
+            match map.entry(Arc::from(e.key)) {
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    o.insert(slot);
+                    report.superseded += 1;
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(slot);
+                }
             }
         }
         Kind::Tombstone => {

@@ -133,6 +133,11 @@ impl Segment {
         self.map.len()
     }
 
+    /// Never true for a valid segment (it holds at least its header).
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
     /// A slice of bytes that are no longer written to: published ranges, or anything of a
     /// read-only segment. Callers uphold that; it is not checked.
     pub fn slice(&self, start: usize, len: usize) -> &[u8] {
@@ -163,7 +168,9 @@ impl Segment {
             // SAFETY: the caller reserved this range exclusively (function contract), so no
             // reference to it exists and no other thread touches it; source and destination
             // cannot overlap because `p` is not in a reserved, unpublished range.
-            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), self.map.as_mut_ptr().add(at), p.len()) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(p.as_ptr(), self.map.as_mut_ptr().add(at), p.len())
+            };
             at += p.len();
         }
     }
