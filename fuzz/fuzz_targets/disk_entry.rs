@@ -17,6 +17,9 @@ fuzz_target!(|data: &[u8]| {
             e.header.expires_at_ms,
             e.header.written_at_ms,
         );
-        assert_eq!(&again[..e.header.record_len()], &data[..e.header.record_len()]);
+        assert_eq!(
+            &again[..e.header.record_len()],
+            &data[..e.header.record_len()]
+        );
     }
 });
