@@ -40,22 +40,42 @@ fn disk_hits_promote_and_survive_a_restart() {
     }
     let fills = origin.count("GET");
     let r = http::get(addr, "/dsk/obj-0", &[]);
-    assert_eq!((r.header("x-cache"), r.header("x-cache-layer")), (Some("HIT"), Some("disk")), "evicted from memory, still on disk");
+    assert_eq!(
+        (r.header("x-cache"), r.header("x-cache-layer")),
+        (Some("HIT"), Some("disk")),
+        "evicted from memory, still on disk"
+    );
     assert!(r.body == objects[0].1);
     let r = http::get(addr, "/dsk/obj-0", &[]);
     assert_eq!(r.header("x-cache-layer"), Some("memory"), "promoted");
     let r = http::get(addr, "/dsk/obj-0", &[("range", "bytes=100-199")]);
-    assert_eq!((r.status, r.body.as_slice()), (206, &objects[0].1[100..200]));
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (206, &objects[0].1[100..200])
+    );
 
-    assert_eq!(corvid.terminate(Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
+    assert_eq!(
+        corvid
+            .terminate(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
     let corvid = Corvid::start(&config(port, &origin, dir.path(), "\"64KiB\""));
     for (k, b) in &objects {
         let r = http::get(corvid.addr(), &format!("/dsk/{k}"), &[]);
         assert_eq!(r.status, 200);
-        assert!(matches!(r.header("x-cache-layer"), Some("disk") | Some("memory")), "{k}: {:?}", r.header("x-cache"));
+        assert!(
+            matches!(r.header("x-cache-layer"), Some("disk") | Some("memory")),
+            "{k}: {:?}",
+            r.header("x-cache")
+        );
         assert!(r.body == *b, "{k}");
     }
-    assert_eq!(origin.count("GET"), fills, "after the restart everything came from disk");
+    assert_eq!(
+        origin.count("GET"),
+        fills,
+        "after the restart everything came from disk"
+    );
     assert!(corvid.stderr().contains("disk tier"), "recovery is logged");
 }
 
@@ -65,7 +85,11 @@ fn crash_and_corruption_never_serve_bad_bytes() {
     origin.create_bucket("dsk");
     let n = 120;
     for i in 0..n {
-        origin.put("dsk", &format!("k{i}"), &pattern_bytes(5_000 + (i * 977) % 40_000, i as u64 + 7));
+        origin.put(
+            "dsk",
+            &format!("k{i}"),
+            &pattern_bytes(5_000 + (i * 977) % 40_000, i as u64 + 7),
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -76,14 +100,23 @@ fn crash_and_corruption_never_serve_bad_bytes() {
         .map(|t| {
             std::thread::spawn(move || {
                 for i in (t..n).step_by(4) {
-                    if http::try_request(addr, "GET", &format!("/dsk/k{i}"), &[], Duration::from_secs(5)).is_err() {
+                    if http::try_request(
+                        addr,
+                        "GET",
+                        &format!("/dsk/k{i}"),
+                        &[],
+                        Duration::from_secs(5),
+                    )
+                    .is_err()
+                    {
                         return;
                     }
                 }
             })
         })
         .collect();
-    assert!(wait_until(Duration::from_secs(20), || origin.count("GET") >= (n as u64) / 2));
+    assert!(wait_until(Duration::from_secs(20), || origin.count("GET")
+        >= (n as u64) / 2));
     corvid.signal(libc::SIGKILL);
     for f in fillers {
         let _ = f.join();
@@ -115,7 +148,12 @@ fn crash_and_corruption_never_serve_bad_bytes() {
     }
     let last = segments.last().unwrap();
     let len = std::fs::metadata(last).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(last).unwrap().set_len(len * 2 / 3).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(len * 2 / 3)
+        .unwrap();
 
     let corvid = Corvid::start(&config(port, &origin, dir.path(), "0"));
     let mut from_disk = 0;
@@ -124,10 +162,21 @@ fn crash_and_corruption_never_serve_bad_bytes() {
         let r = http::get(corvid.addr(), &format!("/dsk/{key}"), &[]);
         assert_eq!(r.status, 200, "{key}");
         let expected = origin.get("dsk", &key).body;
-        assert!(r.body == expected, "{key} served corrupted bytes (x-cache {:?})", r.header("x-cache"));
+        assert!(
+            r.body == expected,
+            "{key} served corrupted bytes (x-cache {:?})",
+            r.header("x-cache")
+        );
         if r.header("x-cache-layer") == Some("disk") {
             from_disk += 1;
         }
     }
-    eprintln!("{from_disk} of {n} objects survived on disk; {}", corvid.stderr().lines().find(|l| l.contains("disk tier")).unwrap_or(""));
+    eprintln!(
+        "{from_disk} of {n} objects survived on disk; {}",
+        corvid
+            .stderr()
+            .lines()
+            .find(|l| l.contains("disk tier"))
+            .unwrap_or("")
+    );
 }

@@ -3,8 +3,8 @@
 //! (tokio, hyper, s3s) once per test file.
 
 mod cache;
-mod disk;
 mod common;
+mod disk;
 mod harness_smoke;
 mod hostile;
 mod lifecycle;

@@ -54,6 +54,12 @@ pub struct Index {
     hasher: RandomState,
 }
 
+impl Default for Index {
+    fn default() -> Index {
+        Index::new()
+    }
+}
+
 impl Index {
     pub fn new() -> Index {
         Index {

@@ -95,6 +95,7 @@ pub mod reclaim;
 pub mod recover;
 pub mod segment;
 
+use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
@@ -171,13 +172,16 @@ impl DiskHit {
 }
 
 fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions; _SC_PAGESIZE is always supported on Linux.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as usize
-    } else {
-        4096
-    }
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions; _SC_PAGESIZE is always supported on Linux.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if p > 0 {
+            p as usize
+        } else {
+            4096
+        }
+    })
 }
 
 fn resident(value: &[u8]) -> bool {
@@ -306,7 +310,7 @@ impl DiskCache {
     /// Opens (creating `dir` if needed) and rebuilds the index. Blocking: called at start-up,
     /// off the workers. Reads every segment in full (see [`recover`]).
     pub fn open(opts: DiskOptions) -> io::Result<(DiskCache, RecoveryReport)> {
-        if opts.segment_size % 8 != 0
+        if !opts.segment_size.is_multiple_of(8)
             || opts.segment_size < 4096
             || opts.segment_size > u64::from(u32::MAX)
         {
@@ -510,16 +514,15 @@ impl DiskCache {
         let offset = slot.offset;
         let added = slot.padded_len();
         let mut shard = self.index.write(&key);
-        match shard.get_mut(&key) {
-            Some(old) if old.position() > slot.position() => return,
-            Some(old) => {
-                let freed = old.padded_len();
-                *old = slot;
+        match shard.entry(key.clone()) {
+            Entry::Occupied(o) if o.get().position() > slot.position() => return,
+            Entry::Occupied(mut o) => {
+                let freed = o.insert(slot).padded_len();
                 self.counters.bytes.fetch_add(added, Ordering::Relaxed);
                 self.counters.bytes.fetch_sub(freed, Ordering::Relaxed);
             }
-            None => {
-                shard.insert(key.clone(), slot);
+            Entry::Vacant(v) => {
+                v.insert(slot);
                 self.counters.entries.fetch_add(1, Ordering::Relaxed);
                 self.counters.bytes.fetch_add(added, Ordering::Relaxed);
             }

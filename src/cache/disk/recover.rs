@@ -178,11 +178,16 @@ fn apply(
                 expires_at_ms: e.header.expires_at_ms,
                 written_at_ms: e.header.written_at_ms,
             };
-            if let Some(old) = map.get_mut(e.key) {
-                *old = slot;
-                report.superseded += 1;
-            } else {
-                map.insert(Arc::from(e.key), slot);
+            // One hash per record (`entry`), at the price of a key allocation that is wasted
+            // when the key was already present; rebuild time is dominated by hashing.
+            match map.entry(Arc::from(e.key)) {
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    o.insert(slot);
+                    report.superseded += 1;
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(slot);
+                }
             }
         }
         Kind::Tombstone => {

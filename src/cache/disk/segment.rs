@@ -133,6 +133,11 @@ impl Segment {
         self.map.len()
     }
 
+    /// Never true for a valid segment (it holds at least its header).
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
     /// A slice of bytes that are no longer written to: published ranges, or anything of a
     /// read-only segment. Callers uphold that; it is not checked.
     pub fn slice(&self, start: usize, len: usize) -> &[u8] {
