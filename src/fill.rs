@@ -17,6 +17,9 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::{Event, Leader, Subscription};
 use crate::cache::policy;
+use crate::cache::redis_tier;
+use crate::cache::tiered::{Hit, Layer};
+use crate::config::WritePolicy;
 use crate::error::{Error, Kind};
 use crate::http::conditional::{self, Precondition};
 use crate::http::conn::{Request, Sent};
@@ -27,6 +30,7 @@ use crate::proxy::{
     respond_upstream, stored_headers, write_object_head, XCache,
 };
 use crate::runtime::worker::Worker;
+use crate::runtime::worker::MAX_REDIS_BEHIND;
 use crate::s3::client::Body;
 
 /// Leads the fill of a missing key: one origin GET for everyone who asks meanwhile.
@@ -179,13 +183,15 @@ pub async fn fill_from<S: AsyncWriteRent>(
     {
         plan = ClientPlan::Nothing;
     }
-    w.shared.tiers.store(
+    store_everywhere(
+        w,
         ckey,
         CachedObject {
             meta,
             body: Bytes::from(all),
         },
-    );
+    )
+    .await;
     if let Some(l) = leader {
         l.end();
     }
@@ -308,6 +314,91 @@ pub async fn follow<S: AsyncWriteRent>(
                     abort: true,
                 }));
             }
+        }
+    }
+}
+
+/// Stores a filled object in the shared tiers and in Redis (awaited with write-through,
+/// in the background with write-behind).
+pub async fn store_everywhere(w: &Rc<Worker>, ckey: &[u8], obj: CachedObject) {
+    w.shared.tiers.store(ckey, obj.clone());
+    let Some(client) = w.redis.clone() else {
+        return;
+    };
+    let cache = &w.shared.config.cache;
+    let Some(rcfg) = cache.redis.as_ref() else {
+        return;
+    };
+    let (max, retain, now) = (rcfg.max_object_size, redis_tier::retain(cache), now_ms());
+    match cache.write_policy {
+        WritePolicy::WriteThrough => {
+            if redis_tier::store(&client, ckey, &obj, max, retain, now)
+                .await
+                .is_err()
+            {
+                w.metrics().cache_error(Layer::Redis);
+            }
+        }
+        WritePolicy::WriteBehind => {
+            if w.redis_behind.get() >= MAX_REDIS_BEHIND {
+                w.metrics().cache_error(Layer::Redis);
+                return;
+            }
+            w.redis_behind.set(w.redis_behind.get() + 1);
+            let (w, key) = (Rc::clone(w), ckey.to_vec());
+            monoio::spawn(async move {
+                if redis_tier::store(&client, &key, &obj, max, retain, now)
+                    .await
+                    .is_err()
+                {
+                    w.metrics().cache_error(Layer::Redis);
+                }
+                w.redis_behind.set(w.redis_behind.get() - 1);
+            });
+        }
+    }
+}
+
+/// A revalidated object: new freshness everywhere, body untouched.
+pub async fn refresh_everywhere(w: &Rc<Worker>, ckey: &[u8], obj: CachedObject) {
+    w.shared.tiers.refresh(ckey, obj.clone());
+    if let Some(client) = &w.redis {
+        let retain = redis_tier::retain(&w.shared.config.cache);
+        if redis_tier::refresh(client, ckey, &obj, retain, now_ms())
+            .await
+            .is_err()
+        {
+            w.metrics().cache_error(Layer::Redis);
+        }
+    }
+}
+
+/// Removes a key from every tier (the origin said 404).
+pub async fn remove_everywhere(w: &Rc<Worker>, ckey: &[u8]) {
+    w.shared.tiers.remove(ckey);
+    if let Some(client) = &w.redis {
+        if client.del(ckey).await.is_err() {
+            w.metrics().cache_error(Layer::Redis);
+        }
+    }
+}
+
+/// Looks a key up in Redis (after memory and disk missed) and promotes a hit.
+pub async fn redis_lookup(w: &Rc<Worker>, ckey: &[u8]) -> Option<Hit> {
+    let client = w.redis.as_ref()?;
+    let retain = redis_tier::retain(&w.shared.config.cache);
+    match redis_tier::lookup(client, &w.redis_prefix, ckey, retain, now_ms()).await {
+        Ok(Some(obj)) => {
+            w.shared.tiers.store(ckey, obj.clone());
+            Some(Hit {
+                obj,
+                layer: Layer::Redis,
+            })
+        }
+        Ok(None) => None,
+        Err(_) => {
+            w.metrics().cache_error(Layer::Redis);
+            None
         }
     }
 }

@@ -83,7 +83,11 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
     }
     let ckey = cache_key(&w.shared.config.buckets[bucket].name, key, &params);
     let now = now_ms();
-    if let Some(hit) = tiers.lookup(&ckey).await {
+    let hit = match tiers.lookup(&ckey).await {
+        Some(hit) => Some(hit),
+        None => crate::fill::redis_lookup(w, &ckey).await,
+    };
+    if let Some(hit) = hit {
         if hit.obj.meta.is_fresh(now) {
             w.metrics().cache_hit(bucket, hit.layer);
             return serve_cached(

@@ -92,7 +92,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
         304 => {
             drain_error_body(body).await;
             let obj = refreshed(w, bucket, &hit.obj, &head);
-            w.shared.tiers.refresh(ckey, obj.clone());
+            crate::fill::refresh_everywhere(w, ckey, obj.clone()).await;
             serve_cached(
                 w,
                 io,
@@ -108,7 +108,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
         200 => crate::fill::fill_from(w, io, out, req, bucket, ckey, head, body, None).await,
         404 => {
             drain_error_body(body).await;
-            w.shared.tiers.remove(ckey);
+            crate::fill::remove_everywhere(w, ckey).await;
             Err(map_origin_status(404))
         }
         s => {
@@ -203,7 +203,7 @@ fn refresh_in_background(
             Ok((head, body)) => {
                 drain_error_body(body).await;
                 if head.status == 404 {
-                    w.shared.tiers.remove(&ckey);
+                    crate::fill::remove_everywhere(&w, &ckey).await;
                 }
             }
             Err(e) if e.kind() == Kind::GatewayTimeout || e.kind() == Kind::BadGateway => {

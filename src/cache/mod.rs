@@ -9,4 +9,5 @@ pub mod inflight;
 pub mod memory;
 pub mod policy;
 pub mod redis;
+pub mod redis_tier;
 pub mod tiered;

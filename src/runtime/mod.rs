@@ -115,6 +115,11 @@ impl Shared {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ (std::process::id() as u64).rotate_left(32)) as u32;
+        if let Some(r) = &config.cache.redis {
+            // Parse the URL now so that a bad one is a start-up error, not a silent miss.
+            crate::cache::redis::RedisClient::new(worker::redis_options(r))
+                .map_err(|e| format!("cache.redis.url: {e}"))?;
+        }
         let tiers = Tiers::new(&config.cache)?;
         Ok(Arc::new(Shared {
             tiers,

@@ -21,6 +21,7 @@ use monoio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::signal::LocalSignal;
 use super::Shared;
+use crate::cache::redis::{RedisClient, RedisOptions};
 use crate::http::response::DateCache;
 use crate::http::vectored::HeadBody;
 use crate::metrics::WorkerMetrics;
@@ -49,6 +50,24 @@ pub struct Worker {
     head_bodies: RefCell<Vec<HeadBody>>,
     /// Keys being revalidated in the background by this worker.
     pub revalidating: RefCell<HashSet<Vec<u8>>>,
+    /// This worker's Redis client, when the Redis tier is enabled.
+    pub redis: Option<RedisClient>,
+    /// The Redis key prefix (the client adds it to GET/SET; raw commands need it spelled out).
+    pub redis_prefix: String,
+    /// Background Redis writes in flight (write-behind), bounded by [`MAX_REDIS_BEHIND`].
+    pub redis_behind: Cell<usize>,
+}
+
+/// Write-behind Redis writes one worker keeps in flight at most; more are dropped and counted.
+pub const MAX_REDIS_BEHIND: usize = 256;
+
+/// The Redis client options for `cfg` (shared by start-up validation and the workers).
+pub fn redis_options(cfg: &crate::config::RedisConfig) -> RedisOptions {
+    RedisOptions {
+        timeout: cfg.timeout,
+        max_value_size: usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX),
+        ..RedisOptions::new(cfg.url.clone())
+    }
 }
 
 impl Worker {
@@ -82,8 +101,23 @@ impl Worker {
                 },
             })
             .collect();
+        let redis = shared.config.cache.redis.as_ref().and_then(|r| {
+            RedisClient::new(redis_options(r))
+                .map_err(|e| log::error!("worker {id}: redis tier disabled: {e}"))
+                .ok()
+        });
+        let redis_prefix = shared
+            .config
+            .cache
+            .redis
+            .as_ref()
+            .map(|r| redis_options(r).key_prefix)
+            .unwrap_or_default();
         Rc::new(Worker {
             id,
+            redis,
+            redis_prefix,
+            redis_behind: Cell::new(0),
             shared,
             buckets,
             shutdown: LocalSignal::default(),

@@ -9,5 +9,6 @@ mod harness_smoke;
 mod hostile;
 mod lifecycle;
 mod passthrough;
+mod redis;
 mod streaming;
 mod tls;

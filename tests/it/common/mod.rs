@@ -16,6 +16,7 @@ pub mod http;
 pub mod net;
 pub mod origin;
 pub mod proc;
+pub mod redis_server;
 pub mod s3client;
 pub mod tls;
 

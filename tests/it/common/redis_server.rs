@@ -19,7 +19,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start(extra: &[&str]) -> RedisServer {
-        let port = free_port();
+        Self::start_on(free_port(), extra)
+    }
+
+    /// Starts on a given port (e.g. one a corvid instance was already pointed at).
+    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
         let mut s = RedisServer {
             child: None,
             port,

@@ -1,0 +1,91 @@
+//! The Redis tier in the request path: key, value and TTL conventions on top of the per-worker
+//! [`RedisClient`](crate::cache::redis::RedisClient).
+//!
+//! - Key: corvid's cache key behind the client's key prefix; value: the [`entry`] encoding.
+//! - A Redis key lives `retain` past its entry's freshness (see [`retain`]) so that stale
+//!   copies can still be revalidated. The freshness deadline is derived from the key's
+//!   remaining TTL (`PTTL`, pipelined with the `GET`), so a revalidation refreshes it with one
+//!   `PEXPIRE` and never sends the body again — for every instance sharing the Redis.
+//! - Every failure (down, timeout, protocol) is counted and treated as a miss or a skipped
+//!   write: Redis never fails a client request.
+
+use std::time::Duration;
+
+use crate::cache::entry::{self, CachedObject};
+use crate::cache::redis::{RedisClient, RedisError};
+use crate::config::CacheConfig;
+
+/// How long an entry stays in Redis past its freshness: long enough for the configured
+/// stale-serving windows, and at least an hour so revalidation can avoid refetching bodies.
+pub fn retain(cfg: &CacheConfig) -> Duration {
+    [cfg.stale_if_error, cfg.stale_while_revalidate]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or_default()
+        .max(Duration::from_secs(3600))
+}
+
+/// Looks `key` up. `Ok(None)` is a miss; undecodable values count as misses too.
+pub async fn lookup(
+    client: &RedisClient,
+    key_prefix: &str,
+    key: &[u8],
+    retain: Duration,
+    now_ms: u64,
+) -> Result<Option<CachedObject>, RedisError> {
+    let mut full = Vec::with_capacity(key_prefix.len() + key.len());
+    full.extend_from_slice(key_prefix.as_bytes());
+    full.extend_from_slice(key);
+    let pttl = redis::cmd("PTTL").arg(full).clone();
+    let (value, ttl) = monoio::join!(client.get(key), client.command(&pttl));
+    let Some(bytes) = value? else {
+        return Ok(None);
+    };
+    let Some(mut obj) = entry::decode(bytes) else {
+        return Ok(None);
+    };
+    if let Ok(redis::Value::Int(ms)) = ttl {
+        if ms > 0 {
+            let expires = (now_ms + ms as u64).saturating_sub(retain.as_millis() as u64);
+            obj.meta = std::sync::Arc::new(obj.meta.refreshed(expires));
+        }
+    }
+    Ok(Some(obj))
+}
+
+/// The key TTL for an entry: its remaining freshness plus `retain`.
+fn ttl(obj: &CachedObject, retain: Duration, now_ms: u64) -> Duration {
+    Duration::from_millis(obj.meta.expires_at_ms.saturating_sub(now_ms)) + retain
+}
+
+/// Stores `obj` unless it is larger than the tier's `max_object_size`.
+pub async fn store(
+    client: &RedisClient,
+    key: &[u8],
+    obj: &CachedObject,
+    max_object_size: u64,
+    retain: Duration,
+    now_ms: u64,
+) -> Result<(), RedisError> {
+    if obj.body.len() as u64 > max_object_size {
+        return Ok(());
+    }
+    client
+        .set(key, &entry::encode(obj), ttl(obj, retain, now_ms))
+        .await
+}
+
+/// Moves the entry's freshness after a revalidation (no body transfer).
+pub async fn refresh(
+    client: &RedisClient,
+    key: &[u8],
+    obj: &CachedObject,
+    retain: Duration,
+    now_ms: u64,
+) -> Result<(), RedisError> {
+    client
+        .pexpire(key, ttl(obj, retain, now_ms))
+        .await
+        .map(|_| ())
+}
