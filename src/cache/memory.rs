@@ -82,6 +82,10 @@ const SMALL_PERCENT: u64 = 10;
 const MAX_FREQ: u8 = 3;
 /// A small-queue entry read at least this often since insertion is promoted to main.
 const PROMOTE_FREQ: u8 = 1;
+/// Ghost length as a percentage of main's entry count. The paper uses 100%; on the Zipf
+/// traces 50% was 0.2–0.5 points better in every row (200% and 400% were worse), since
+/// a shorter ghost lets fewer once-evicted keys skip the small queue's filter.
+const GHOST_PERCENT: usize = 50;
 /// The ghost never shrinks below this many hashes, so tiny caches still learn.
 const MIN_GHOST: usize = 64;
 
@@ -399,7 +403,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
                     p.main.push(meta, IN_MAIN);
                     continue;
                 }
-                let limit = (p.main.live as usize).max(MIN_GHOST);
+                let limit = (p.main.live as usize * GHOST_PERCENT / 100).max(MIN_GHOST);
                 p.ghost.insert(meta.hash, limit);
                 meta
             } else {
