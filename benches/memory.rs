@@ -19,10 +19,11 @@ fn key(i: usize) -> Vec<u8> {
 
 fn filled(capacity: u64) -> (MemoryCache<Bytes>, Vec<Vec<u8>>) {
     let cache = MemoryCache::new(capacity);
-    let body = Bytes::from(vec![7u8; 1024]);
     let keys: Vec<_> = (0..KEYS).map(key).collect();
     for k in &keys {
-        assert!(cache.insert(k, body.clone()));
+        // A body per key, as in the proxy: a shared one would make every hit bump the
+        // same reference count.
+        assert!(cache.insert(k, Bytes::from(vec![7u8; 1024])));
     }
     (cache, keys)
 }

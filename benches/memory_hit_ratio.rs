@@ -92,25 +92,33 @@ fn trace(alpha: f64, seed: u64) -> Trace {
     }
 }
 
-/// Byte-bounded LRU: hash map into a slab-backed doubly linked list.
+/// Byte-bounded LRU, or SIEVE (NSDI '24) when `sieve`: hash map into a slab-backed
+/// doubly linked list. SIEVE marks hits instead of moving them; its hand walks from the
+/// tail towards the head, clearing marks, and evicts the first unmarked entry.
 struct Lru {
     map: HashMap<u32, usize>,
-    nodes: Vec<(u32, u64, usize, usize)>, // key, charge, prev, next
+    nodes: Vec<(u32, u64, usize, usize)>, // key, charge, prev (towards head), next
+    visited: Vec<bool>,
     free: Vec<usize>,
     head: usize, // most recent
     tail: usize,
+    hand: usize,
+    sieve: bool,
     bytes: u64,
     capacity: u64,
 }
 const NIL: usize = usize::MAX;
 impl Lru {
-    fn new(capacity: u64) -> Self {
+    fn new(capacity: u64, sieve: bool) -> Self {
         Lru {
             map: HashMap::new(),
             nodes: Vec::new(),
+            visited: Vec::new(),
             free: Vec::new(),
             head: NIL,
             tail: NIL,
+            hand: NIL,
+            sieve,
             bytes: 0,
             capacity,
         }
@@ -142,8 +150,12 @@ impl Lru {
     fn get(&mut self, k: u32) -> bool {
         match self.map.get(&k) {
             Some(&i) => {
-                self.unlink(i);
-                self.push_front(i);
+                if self.sieve {
+                    self.visited[i] = true;
+                } else {
+                    self.unlink(i);
+                    self.push_front(i);
+                }
                 true
             }
             None => false,
@@ -161,14 +173,31 @@ impl Lru {
             }
             None => {
                 self.nodes.push(node);
+                self.visited.push(false);
                 self.nodes.len() - 1
             }
         };
+        self.visited[i] = false;
         self.map.insert(k, i);
         self.push_front(i);
         self.bytes += charge;
         while self.bytes > self.capacity {
-            let t = self.tail;
+            let mut t = self.tail;
+            if self.sieve {
+                t = if self.hand == NIL {
+                    self.tail
+                } else {
+                    self.hand
+                };
+                while self.visited[t] {
+                    self.visited[t] = false;
+                    t = self.nodes[t].2;
+                    if t == NIL {
+                        t = self.tail;
+                    }
+                }
+                self.hand = self.nodes[t].2;
+            }
             self.unlink(t);
             self.map.remove(&self.nodes[t].0);
             self.bytes -= self.nodes[t].1;
@@ -200,8 +229,8 @@ impl Score {
     }
 }
 
-fn run_lru(t: &Trace, capacity: u64) -> Score {
-    let mut lru = Lru::new(capacity);
+fn run_list(t: &Trace, capacity: u64, sieve: bool) -> Score {
+    let mut lru = Lru::new(capacity, sieve);
     let mut s = Score::default();
     for &k in &t.requests {
         let size = t.sizes[k as usize];
@@ -233,20 +262,22 @@ fn main() {
     let start = Instant::now();
     println!("request hit ratio (byte hit ratio); {REQUESTS} requests over {KEYS} keys");
     println!(
-        "{:>5} {:>8} | {:>15} | {:>18} | {:>18} | {:>7}",
-        "alpha", "capacity", "LRU", "ours (64 shards)", "ours (1 shard)", "Δ req"
+        "{:>5} {:>8} | {:>15} | {:>15} | {:>18} | {:>18} | {:>7}",
+        "alpha", "capacity", "LRU", "SIEVE", "ours (64 shards)", "ours (1 shard)", "Δ LRU"
     );
     for alpha in [0.8, 1.0] {
         let t = trace(alpha, 0x5eed_0000 + (alpha * 10.0) as u64);
         for pct in [1u64, 10] {
             let cap = t.total_bytes * pct / 100;
-            let lru = run_lru(&t, cap);
+            let lru = run_list(&t, cap, false);
+            let sieve = run_list(&t, cap, true);
             let sharded = run_ours(&t, cap, 64);
             let single = run_ours(&t, cap, 1);
             println!(
-                "{alpha:>5} {:>7}% | {:>15} | {:>18} | {:>18} | {:>+6.1}",
+                "{alpha:>5} {:>7}% | {:>15} | {:>15} | {:>18} | {:>18} | {:>+6.1}",
                 pct,
                 lru.show(),
+                sieve.show(),
                 sharded.show(),
                 single.show(),
                 100.0 * (sharded.hits as f64 - lru.hits as f64) / REQUESTS as f64

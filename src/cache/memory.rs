@@ -93,12 +93,10 @@ const IN_SMALL: u8 = 0;
 const IN_MAIN: u8 = 1;
 const DEAD: u8 = 2;
 
-/// Policy state of one entry, shared between its table slot (for hits) and the FIFO that
-/// holds it (for eviction), so eviction can read frequencies without shard locks.
+/// Queue state of one entry, shared by its table slot and the FIFO that holds it. The
+/// slot's `Arc` is only compared by address (to find a victim), never read on a hit.
 struct Meta {
     hash: u64,
-    /// Bumped by readers without exclusive access; lost updates only make it less precise.
-    freq: AtomicU8,
     /// `IN_SMALL`, `IN_MAIN` or `DEAD`; written only under the policy lock.
     queue: AtomicU8,
     /// Bytes charged for the entry; written only under the policy lock.
@@ -106,6 +104,22 @@ struct Meta {
 }
 
 impl Meta {
+    fn charge(&self) -> u64 {
+        self.charge.load(Relaxed)
+    }
+}
+
+/// The frequency lives here rather than in [`Meta`] so that a hit touches one cache line
+/// fewer; eviction reads it under the shard lock it needs anyway to remove a victim.
+struct Entry<V> {
+    key: Box<[u8]>,
+    value: V,
+    /// Bumped by readers under a shared lock; lost updates only make it less precise.
+    freq: AtomicU8,
+    meta: Arc<Meta>,
+}
+
+impl<V> Entry<V> {
     #[inline]
     fn touch(&self) {
         // Load-then-store rather than fetch_add: a saturated hot key is then never written,
@@ -115,15 +129,6 @@ impl Meta {
             self.freq.store(f + 1, Relaxed);
         }
     }
-    fn charge(&self) -> u64 {
-        self.charge.load(Relaxed)
-    }
-}
-
-struct Entry<V> {
-    key: Box<[u8]>,
-    value: V,
-    meta: Arc<Meta>,
 }
 
 /// Aligned so that two shards' lock words never share a cache line.
@@ -321,7 +326,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         let hash = self.hash(key);
         let table = self.shard(hash).table.read();
         let entry = table.find(hash, |e| &*e.key == key)?;
-        entry.meta.touch();
+        entry.touch();
         Some(entry.value.clone())
     }
 
@@ -344,7 +349,6 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             Box::<[u8]>::from(key),
             Arc::new(Meta {
                 hash,
-                freq: AtomicU8::new(0),
                 queue: AtomicU8::new(DEAD),
                 charge: AtomicU64::new(charge),
             }),
@@ -373,6 +377,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
                     v.insert(Entry {
                         key,
                         value,
+                        freq: AtomicU8::new(0),
                         meta: meta.clone(),
                     });
                     drop(table);
@@ -392,36 +397,42 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         true
     }
 
-    /// Evicts until the budget holds. Called with the policy lock held; each victim takes
-    /// its shard's write lock only for the table removal.
+    /// Evicts until the budget holds. Called with the policy lock held; each candidate
+    /// takes its shard's write lock only to read its frequency and maybe remove it.
     fn evict(&self, p: &mut Policy, out: &mut Vec<Entry<V>>) {
         while p.bytes > self.capacity {
-            let meta = if p.small.bytes > self.small_target || p.main.live == 0 {
-                let Some(meta) = p.small.pop() else { break };
-                if meta.freq.load(Relaxed) >= PROMOTE_FREQ {
-                    meta.freq.store(0, Relaxed);
-                    p.main.push(meta, IN_MAIN);
-                    continue;
-                }
-                let limit = (p.main.live as usize * GHOST_PERCENT / 100).max(MIN_GHOST);
-                p.ghost.insert(meta.hash, limit);
-                meta
+            let from_small = p.small.bytes > self.small_target || p.main.live == 0;
+            let popped = if from_small {
+                p.small.pop()
             } else {
-                let Some(meta) = p.main.pop() else { break };
-                let f = meta.freq.load(Relaxed);
-                if f > 0 {
-                    meta.freq.store(f - 1, Relaxed);
+                p.main.pop()
+            };
+            let Some(meta) = popped else { break };
+            let mut table = self.shard(meta.hash).table.write();
+            // A queued Meta always has its table entry (both change under the policy lock).
+            if let Ok(slot) = table.find_entry(meta.hash, |e| Arc::ptr_eq(&e.meta, &meta)) {
+                let freq = &slot.get().freq;
+                let f = freq.load(Relaxed);
+                if from_small && f >= PROMOTE_FREQ {
+                    freq.store(0, Relaxed);
+                    drop(table);
                     p.main.push(meta, IN_MAIN);
                     continue;
                 }
-                meta
-            };
-            meta.queue.store(DEAD, Relaxed);
-            let mut table = self.shard(meta.hash).table.write();
-            if let Ok(o) = table.find_entry(meta.hash, |e| Arc::ptr_eq(&e.meta, &meta)) {
-                out.push(o.remove().0);
+                if !from_small && f > 0 {
+                    freq.store(f - 1, Relaxed);
+                    drop(table);
+                    p.main.push(meta, IN_MAIN);
+                    continue;
+                }
+                out.push(slot.remove().0);
             }
             drop(table);
+            if from_small {
+                let limit = (p.main.live as usize * GHOST_PERCENT / 100).max(MIN_GHOST);
+                p.ghost.insert(meta.hash, limit);
+            }
+            meta.queue.store(DEAD, Relaxed);
             p.len -= 1;
             p.bytes -= meta.charge();
             self.evictions.fetch_add(1, Relaxed);
