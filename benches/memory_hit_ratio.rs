@@ -3,8 +3,10 @@
 //! Zipf(α) traces of 1,000,000 requests over 100,000 keys; each key has a fixed size drawn
 //! log-normally (median 16 KiB, σ = 1.5) and clamped to 1 KiB–1 MiB. Every request is a
 //! `get`, and a miss is followed by an `insert`, as the proxy does. Capacities are a
-//! fraction of the total bytes of all keys. Both caches charge `size + key length` and
-//! refuse objects above capacity / 8.
+//! fraction of the total bytes of all keys. Compared: a plain LRU and SIEVE of equal byte
+//! capacity, `MemoryCache` with 64 shards and with 1, and a simulation of the alternative
+//! sharding (S3-FIFO queues per shard with a global eviction hand). All charge
+//! `size + key length` and refuse objects above capacity / 8.
 //!
 //! Run with `cargo bench --bench memory_hit_ratio`.
 
@@ -258,28 +260,170 @@ fn run_ours(t: &Trace, capacity: u64, shards: usize) -> Score {
     s
 }
 
+/// The alternative design: S3-FIFO queues per shard (64), one global byte counter, and an
+/// eviction hand that takes one victim from each shard in turn. Simulated here (not in the
+/// crate) to measure what it would cost in hit ratio against `MemoryCache`'s global queues.
+struct ShardedHand {
+    shards: Vec<HandShard>,
+    /// Per key: 0 absent, 1 in small, 2 in main; and its 2-bit frequency.
+    place: Vec<u8>,
+    freq: Vec<u8>,
+    charge: Vec<u64>,
+    bytes: u64,
+    capacity: u64,
+    hand: usize,
+}
+
+#[derive(Default)]
+struct HandShard {
+    small: std::collections::VecDeque<u32>,
+    main: std::collections::VecDeque<u32>,
+    small_bytes: u64,
+    main_bytes: u64,
+    ghost: std::collections::VecDeque<u32>,
+    ghost_set: HashMap<u32, u32>,
+}
+
+impl ShardedHand {
+    fn new(capacity: u64) -> Self {
+        ShardedHand {
+            shards: (0..64).map(|_| HandShard::default()).collect(),
+            place: vec![0; KEYS],
+            freq: vec![0; KEYS],
+            charge: vec![0; KEYS],
+            bytes: 0,
+            capacity,
+            hand: 0,
+        }
+    }
+    fn shard(k: u32) -> usize {
+        (k.wrapping_mul(0x9E37_79B9) >> 26) as usize
+    }
+    fn get(&mut self, k: u32) -> bool {
+        let hit = self.place[k as usize] != 0;
+        if hit {
+            self.freq[k as usize] = (self.freq[k as usize] + 1).min(3);
+        }
+        hit
+    }
+    fn insert(&mut self, k: u32, charge: u64) {
+        if charge > self.capacity / 8 {
+            return;
+        }
+        let sh = &mut self.shards[Self::shard(k)];
+        let (ki, c) = (k as usize, charge);
+        self.charge[ki] = c;
+        self.freq[ki] = 0;
+        if sh.ghost_set.contains_key(&k) {
+            sh.main.push_back(k);
+            sh.main_bytes += c;
+            self.place[ki] = 2;
+        } else {
+            sh.small.push_back(k);
+            sh.small_bytes += c;
+            self.place[ki] = 1;
+        }
+        self.bytes += c;
+        while self.bytes > self.capacity {
+            self.hand = (self.hand + 1) % self.shards.len();
+            self.evict_one(self.hand);
+        }
+    }
+    /// Runs this shard's S3-FIFO until it evicts one entry (or is empty).
+    fn evict_one(&mut self, s: usize) {
+        let sh = &mut self.shards[s];
+        loop {
+            let total = sh.small_bytes + sh.main_bytes;
+            if total == 0 {
+                return;
+            }
+            if sh.small_bytes > total / 10 || sh.main.is_empty() {
+                let k = sh.small.pop_front().unwrap();
+                let ki = k as usize;
+                sh.small_bytes -= self.charge[ki];
+                if self.freq[ki] >= 1 {
+                    self.freq[ki] = 0;
+                    sh.main.push_back(k);
+                    sh.main_bytes += self.charge[ki];
+                    self.place[ki] = 2;
+                    continue;
+                }
+                *sh.ghost_set.entry(k).or_insert(0) += 1;
+                sh.ghost.push_back(k);
+                while sh.ghost.len() > (sh.main.len() / 2).max(4) {
+                    let g = sh.ghost.pop_front().unwrap();
+                    let n = sh.ghost_set.get_mut(&g).unwrap();
+                    *n -= 1;
+                    if *n == 0 {
+                        sh.ghost_set.remove(&g);
+                    }
+                }
+                self.place[ki] = 0;
+                self.bytes -= self.charge[ki];
+                return;
+            }
+            let k = sh.main.pop_front().unwrap();
+            let ki = k as usize;
+            if self.freq[ki] > 0 {
+                self.freq[ki] -= 1;
+                sh.main.push_back(k);
+                continue;
+            }
+            sh.main_bytes -= self.charge[ki];
+            self.place[ki] = 0;
+            self.bytes -= self.charge[ki];
+            return;
+        }
+    }
+}
+
+fn run_hand(t: &Trace, capacity: u64) -> Score {
+    let mut c = ShardedHand::new(capacity);
+    let mut s = Score::default();
+    for &k in &t.requests {
+        let size = t.sizes[k as usize];
+        let hit = c.get(k);
+        if !hit {
+            c.insert(k, size as u64 + t.keys[k as usize].len() as u64);
+        }
+        s.record(hit, size);
+    }
+    s
+}
+
 fn main() {
     let start = Instant::now();
     println!("request hit ratio (byte hit ratio); {REQUESTS} requests over {KEYS} keys");
     println!(
-        "{:>5} {:>8} | {:>15} | {:>15} | {:>18} | {:>18} | {:>7}",
-        "alpha", "capacity", "LRU", "SIEVE", "ours (64 shards)", "ours (1 shard)", "Δ LRU"
+        "{:>5} {:>14} | {:>15} | {:>15} | {:>18} | {:>18} | {:>18} | {:>7}",
+        "alpha",
+        "capacity (MiB)",
+        "LRU",
+        "SIEVE",
+        "ours (64 shards)",
+        "ours (1 shard)",
+        "per-shard + hand",
+        "Δ LRU"
     );
     for alpha in [0.8, 1.0] {
         let t = trace(alpha, 0x5eed_0000 + (alpha * 10.0) as u64);
-        for pct in [1u64, 10] {
-            let cap = t.total_bytes * pct / 100;
+        // 0.1% is a few tens of MiB: the "small cache" case.
+        for pct in [0.1, 1.0, 10.0] {
+            let cap = (t.total_bytes as f64 * pct / 100.0) as u64;
             let lru = run_list(&t, cap, false);
             let sieve = run_list(&t, cap, true);
             let sharded = run_ours(&t, cap, 64);
             let single = run_ours(&t, cap, 1);
+            let hand = run_hand(&t, cap);
             println!(
-                "{alpha:>5} {:>7}% | {:>15} | {:>15} | {:>18} | {:>18} | {:>+6.1}",
+                "{alpha:>5} {:>5}% {:>7} | {:>15} | {:>15} | {:>18} | {:>18} | {:>18} | {:>+6.1}",
                 pct,
+                format!("({})", cap >> 20),
                 lru.show(),
                 sieve.show(),
                 sharded.show(),
                 single.show(),
+                hand.show(),
                 100.0 * (sharded.hits as f64 - lru.hits as f64) / REQUESTS as f64
             );
         }
