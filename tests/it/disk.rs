@@ -180,3 +180,41 @@ fn crash_and_corruption_never_serve_bad_bytes() {
             .unwrap_or("")
     );
 }
+
+#[test]
+fn write_behind_fills_memory_at_once_and_disk_in_the_background() {
+    let origin = Origin::start();
+    origin.create_bucket("dsk");
+    origin.put("dsk", "wb", &pattern_bytes(10_000, 5));
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(port, &origin, dir.path(), "\"1MiB\"").replace(
+        "[cache.memory]",
+        "[cache]\nwrite_policy = \"write-behind\"\n\n[cache.memory]",
+    );
+    let mut corvid = Corvid::start(&cfg);
+    assert_eq!(
+        http::get(corvid.addr(), "/dsk/wb", &[]).header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        http::get(corvid.addr(), "/dsk/wb", &[]).header("x-cache-layer"),
+        Some("memory")
+    );
+    // The background writer gets there: the disk tier reports the entry.
+    assert!(wait_until(Duration::from_secs(10), || {
+        http::get(corvid.addr(), "/metrics", &[])
+            .text()
+            .contains("corvid_cache_entries{layer=\"disk\"} 1")
+    }));
+    assert_eq!(
+        corvid
+            .terminate(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    let corvid = Corvid::start(&cfg);
+    let r = http::get(corvid.addr(), "/dsk/wb", &[]);
+    assert_eq!(r.header("x-cache-layer"), Some("disk"));
+    assert!(r.body == pattern_bytes(10_000, 5));
+}
