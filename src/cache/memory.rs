@@ -41,9 +41,10 @@
 //!
 //! A hit is one relaxed byte store into the entry (no list splicing), so `get` needs only
 //! a shared *read* lock. `cargo bench --bench memory -- --warm-up-time 1
-//! --measurement-time 4` on the shared 2-vCPU dev VM (load ≈ 5, so ±30%): `get` hit over
-//! 10,000 entries ≈ 170 ns (cache misses: table slot, key, body refcount), over 64 hot
-//! entries ≈ 60 ns, miss ≈ 45 ns, insert of a new key with eviction ≈ 180 ns. Two threads
+//! --measurement-time 4`, two runs on the shared 2-vCPU dev VM (load 3–5): `get` hit over
+//! 64 hot entries 43–61 ns; over 10,000 entries 170–240 ns (dependent cache misses on the
+//! table slot, the key and the body's refcount; keeping short keys inline in the slot would
+//! save one); miss 33–45 ns; insert of a new key with eviction 120–190 ns. Two threads
 //! reading different keys took 250–580 ns per `get` each, but with two vCPUs shared by
 //! several busy compilers the threads rarely ran at once, so that figure shows nothing
 //! about lock contention; re-measure on an idle many-core machine.
@@ -63,8 +64,8 @@
 //! 0.1%–1% (a 4 MiB cache holds ~100 objects, under two per shard, so each shard's
 //! S3-FIFO has nothing to choose from and the hand evicts almost round-robin), while
 //! the cost lands only on misses — i.e. on requests that are about to wait milliseconds for
-//! the origin anyway (≈ 180 ns for an insert with eviction, above; two threads inserting
-//! at once measured 0.5–0.9 µs per insert each on the loaded 2-vCPU VM, so a few million
+//! the origin anyway (120–190 ns for an insert with eviction, above; two threads inserting
+//! at once measured 0.45–0.95 µs per insert each on the loaded 2-vCPU VM, so millions of
 //! inserts per second in total, far above any origin's miss rate).
 //! Lock order is always policy → one shard; values and keys that leave the cache are
 //! dropped after both locks are released.
@@ -109,8 +110,8 @@ const MAX_FREQ: u8 = 3;
 /// A small-queue entry read at least this often since insertion is promoted to main.
 const PROMOTE_FREQ: u8 = 1;
 /// Ghost length as a percentage of main's entry count. The paper uses 100%; on the Zipf
-/// traces 50% was 0.2–0.5 points better in every row (200% and 400% were worse), since
-/// a shorter ghost lets fewer once-evicted keys skip the small queue's filter.
+/// traces 50% was 0.2–0.5 points better in every row (200% and 400% were worse),
+/// presumably because fewer once-evicted keys then skip the small queue's filter.
 const GHOST_PERCENT: usize = 50;
 /// The ghost never shrinks below this many hashes, so tiny caches still learn.
 const MIN_GHOST: usize = 64;
