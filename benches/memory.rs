@@ -65,7 +65,10 @@ fn single_thread(c: &mut Criterion) {
             black_box(small.insert(&fresh[n], body.clone()))
         })
     });
-    assert!(small.evictions() > 0);
+    // Only meaningful after a real run: `cargo test --benches` runs each bench once.
+    if n > 1100 {
+        assert!(small.evictions() > 0);
+    }
     g.finish();
 }
 
