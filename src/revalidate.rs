@@ -71,66 +71,48 @@ pub async fn revalidate<S: AsyncWriteRent>(
         .etag()
         .map(|e| vec![("if-none-match", e)])
         .unwrap_or_default();
-    let (head, body) = match fetch_origin(w, bucket, false, key, params, &cond).await {
-        Ok(x) => x,
-        Err(e) => {
-            stale_or(e)?;
-            return serve_cached(
-                w,
-                io,
-                out,
-                req,
-                bucket,
-                &hit.obj,
-                XCache::Stale,
-                Some(hit.layer),
-            )
-            .await;
-        }
-    };
-    match head.status {
-        304 => {
-            drain_error_body(body).await;
-            let obj = refreshed(w, bucket, &hit.obj, &head);
-            crate::fill::refresh_everywhere(w, ckey, obj.clone()).await;
-            serve_cached(
-                w,
-                io,
-                out,
-                req,
-                bucket,
-                &obj,
-                XCache::Revalidated,
-                Some(hit.layer),
-            )
-            .await
-        }
-        200 => crate::fill::fill_from(w, io, out, req, bucket, ckey, head, body, None).await,
-        404 => {
-            drain_error_body(body).await;
-            crate::fill::remove_everywhere(w, ckey).await;
-            Err(map_origin_status(404))
-        }
-        s => {
-            drain_error_body(body).await;
-            let e = map_origin_status(s);
-            if s >= 500 {
-                stale_or(e)?;
-                return serve_cached(
-                    w,
-                    io,
-                    out,
-                    req,
-                    bucket,
-                    &hit.obj,
-                    XCache::Stale,
-                    Some(hit.layer),
-                )
-                .await;
+    let failure = match fetch_origin(w, bucket, false, key, params, &cond).await {
+        Err(e) => e,
+        Ok((head, body)) => match head.status {
+            304 => {
+                drain_error_body(body).await;
+                let obj = refreshed(w, bucket, &hit.obj, &head);
+                crate::fill::refresh_everywhere(w, ckey, obj.clone()).await;
+                let layer = Some(hit.layer);
+                return serve_cached(w, io, out, req, bucket, &obj, XCache::Revalidated, layer)
+                    .await;
             }
-            Err(e)
-        }
-    }
+            200 => {
+                return crate::fill::fill_from(w, io, out, req, bucket, ckey, head, body, None)
+                    .await
+            }
+            404 => {
+                drain_error_body(body).await;
+                crate::fill::remove_everywhere(w, ckey).await;
+                return Err(map_origin_status(404));
+            }
+            s => {
+                drain_error_body(body).await;
+                if s < 500 {
+                    return Err(map_origin_status(s));
+                }
+                map_origin_status(s)
+            }
+        },
+    };
+    // The origin failed (unreachable, timed out, 5xx): a stale copy may stand in.
+    stale_or(failure)?;
+    serve_cached(
+        w,
+        io,
+        out,
+        req,
+        bucket,
+        &hit.obj,
+        XCache::Stale,
+        Some(hit.layer),
+    )
+    .await
 }
 
 /// The entry with a new freshness deadline (same body, same headers).
