@@ -74,7 +74,7 @@ RUST_LOG=warn target/release/corvid serve -c "$WORK/signer.toml" 2>"$WORK/signer
 pids+=($!)
 corvid_port=$(free_port)
 corvid_conf "$corvid_port" '"512MiB"' >"$WORK/corvid.toml"
-RUST_LOG=warn target/release/corvid serve -c "$WORK/corvid.toml" 2>"$WORK/corvid.log" &
+RUST_LOG=warn CORVID_PIN=${CORVID_PIN:-1} target/release/corvid serve -c "$WORK/corvid.toml" 2>"$WORK/corvid.log" &
 pids+=($!)
 
 nginx_port=$(free_port)

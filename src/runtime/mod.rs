@@ -243,7 +243,10 @@ fn worker_thread(
     control: flume::Receiver<Control>,
     ready: std::sync::mpsc::Sender<Result<String, String>>,
 ) {
-    let pinned = core.map(core_affinity::set_for_current).unwrap_or(false);
+    // CORVID_PIN=0 leaves workers unpinned (for comparison runs on machines shared with the load
+    // generator, where a pinned worker waits for its core instead of moving).
+    let pin = std::env::var("CORVID_PIN").map_or(true, |v| v != "0");
+    let pinned = pin && core.map(core_affinity::set_for_current).unwrap_or(false);
     // CORVID_DRIVER=legacy forces the epoll driver (for comparison runs and tests of the fallback).
     let force_legacy = std::env::var("CORVID_DRIVER").is_ok_and(|v| v == "legacy");
     if !force_legacy {
