@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Disk-tier hits: corvid with the memory tier off (every hit comes from the mmap'd segments)
+# next to corvid with the memory tier on, in one run. wrk -t2 -c64, 1 KiB / 64 KiB / 1 MiB.
+#
+#   perf/disk_hits.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. perf/lib.sh
+
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+SIZES=${SIZES:-"1k 64k 1m"}
+
+build="cargo build --release --bin corvid --example origin"
+$build >/dev/null 2>&1 || $build
+
+WORK=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+origin_port=$(free_port)
+target/release/examples/origin --dir "$WORK/data" --listen "127.0.0.1:$origin_port" \
+  --bucket perf --object 1k=1024 --object 64k=65536 --object 1m=1048576 >"$WORK/origin.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 300); do grep -q '^ready' "$WORK/origin.log" && break; sleep 0.1; done
+access_key=$(awk -F' = ' '/^access_key/ {print $2}' "$WORK/origin.log")
+secret_key=$(awk -F' = ' '/^secret_key/ {print $2}' "$WORK/origin.log")
+
+start_corvid() { # NAME MEMORY DISKBLOCK -> sets $port (no subshell: it starts a server)
+  port=$(free_port)
+  cat >"$WORK/$1.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+workers = 2
+
+[[buckets]]
+name = "perf"
+prefix = "/perf"
+endpoint = "http://127.0.0.1:$origin_port"
+region = "us-east-1"
+bucket = "perf"
+access_key = "$access_key"
+secret_key = "$secret_key"
+
+[cache.memory]
+capacity = $2
+$3
+TOML
+  RUST_LOG=warn target/release/corvid serve -c "$WORK/$1.toml" 2>"$WORK/$1.log" &
+  pids+=($!)
+}
+start_corvid disk 0 "[cache.disk]
+dir = \"$WORK/disk\"
+capacity = \"1GiB\"
+segment_size = \"64MiB\""
+disk_port=$port
+start_corvid memory '"512MiB"' ""
+mem_port=$port
+wait_http "http://127.0.0.1:$disk_port/health"
+wait_http "http://127.0.0.1:$mem_port/health"
+for size in $SIZES; do
+  for port in $disk_port $mem_port; do
+    curl -s -o /dev/null "http://127.0.0.1:$port/perf/$size"
+  done
+  curl -s -D - -o /dev/null "http://127.0.0.1:$disk_port/perf/$size" | grep -qi '^x-cache-layer: disk' \
+    || { echo "disk-only corvid is not hitting disk" >&2; exit 1; }
+done
+
+echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m), $(nproc) cores; wrk -t$THREADS -c$CONNS -d$DURATION --latency"
+printf 'run\treq/s\tp50 ms\tp99 ms\terrors\n'
+for size in $SIZES; do
+  run_wrk "disk $size" "http://127.0.0.1:$disk_port/perf/$size"
+  run_wrk "memory $size" "http://127.0.0.1:$mem_port/perf/$size"
+done
