@@ -71,6 +71,17 @@ fn disk_hits_promote_and_survive_a_restart() {
         );
         assert!(r.body == *b, "{k}");
     }
+    // Conditionals and ranges are answered from the disk tier too.
+    let etag = http::get(corvid.addr(), "/dsk/obj-5", &[])
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let r = http::get(corvid.addr(), "/dsk/obj-5", &[("if-none-match", &etag)]);
+    assert_eq!(r.status, 304);
+    let r = http::get(corvid.addr(), "/dsk/obj-3", &[("range", "bytes=0-9")]);
+    assert_eq!((r.status, r.body.as_slice()), (206, &objects[3].1[..10]));
+    let r = http::get(corvid.addr(), "/dsk/obj-2", &[("if-match", "\"nope\"")]);
+    assert_eq!(r.status, 412);
     assert_eq!(
         origin.count("GET"),
         fills,

@@ -43,7 +43,12 @@ fn a_second_instance_hits_entries_the_first_one_filled() {
     );
     let r = http::get(b.addr(), "/rds/shared.bin", &[("range", "bytes=0-9")]);
     assert_eq!((r.status, r.body.as_slice()), (206, &body[..10]));
-    assert_eq!(origin.count("GET"), 1, "one origin GET for both instances");
+    let etag = r.header("etag").unwrap().to_string();
+    // A third instance answers a conditional straight from Redis.
+    let c = Corvid::start(&config(free_port(), &origin, &redis.url()));
+    let r = http::get(c.addr(), "/rds/shared.bin", &[("if-none-match", &etag)]);
+    assert_eq!((r.status, r.header("x-cache-layer")), (304, Some("redis")));
+    assert_eq!(origin.count("GET"), 1, "one origin GET for all instances");
 }
 
 #[test]
