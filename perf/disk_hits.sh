@@ -20,13 +20,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-origin_port=$(free_port)
-target/release/examples/origin --dir "$WORK/data" --listen "127.0.0.1:$origin_port" \
-  --bucket perf --object 1k=1024 --object 64k=65536 --object 1m=1048576 >"$WORK/origin.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 300); do grep -q '^ready' "$WORK/origin.log" && break; sleep 0.1; done
-access_key=$(awk -F' = ' '/^access_key/ {print $2}' "$WORK/origin.log")
-secret_key=$(awk -F' = ' '/^secret_key/ {print $2}' "$WORK/origin.log")
+start_origin "$WORK/data" 1k=1024 64k=65536 1m=1048576
+pids+=("$origin_pid")
 
 start_corvid() { # NAME MEMORY DISKBLOCK -> sets $port (no subshell: it starts a server)
   port=$(free_port)

@@ -40,3 +40,20 @@ n, u = float(m.group(1)), m.group(2)
 print(f"{n / 1000 if u == 'us' else n * 1000 if u == 's' else n:.3f}")
 PY
 }
+
+# start_origin DIR OBJECTS...: starts the s3s-fs origin example on a free port with bucket
+# `perf` holding OBJECTS (KEY=SIZE); sets origin_port, origin_pid, access_key, secret_key.
+# PIN_ORIGIN may hold a command prefix such as "taskset -c 1".
+start_origin() {
+  local dir=$1
+  shift
+  local args=()
+  for o in "$@"; do args+=(--object "$o"); done
+  origin_port=$(free_port)
+  ${PIN_ORIGIN:-} target/release/examples/origin --dir "$dir" --listen "127.0.0.1:$origin_port" \
+    --bucket perf "${args[@]}" >"$dir.log" 2>&1 &
+  origin_pid=$!
+  for _ in $(seq 1 300); do grep -q '^ready' "$dir.log" 2>/dev/null && break; sleep 0.1; done
+  access_key=$(awk -F' = ' '/^access_key/ {print $2}' "$dir.log")
+  secret_key=$(awk -F' = ' '/^secret_key/ {print $2}' "$dir.log")
+}

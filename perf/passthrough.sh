@@ -42,14 +42,8 @@ for layout in $LAYOUTS; do
   else
     pin_origin=""; pin_front=""; workers=$WORKERS
   fi
-  origin_port=$(free_port)
-  $pin_origin target/release/examples/origin --dir "$WORK/data-$layout" --listen "127.0.0.1:$origin_port" \
-    --bucket perf --object 1k=1024 --object 1m=1048576 >"$WORK/origin-$layout.log" 2>&1 &
-  origin_pid=$!
-  pids+=($origin_pid)
-  for _ in $(seq 1 300); do grep -q '^ready' "$WORK/origin-$layout.log" && break; sleep 0.1; done
-  access_key=$(awk -F' = ' '/^access_key/ {print $2}' "$WORK/origin-$layout.log")
-  secret_key=$(awk -F' = ' '/^secret_key/ {print $2}' "$WORK/origin-$layout.log")
+  PIN_ORIGIN=$pin_origin start_origin "$WORK/data-$layout" 1k=1024 1m=1048576
+  pids+=("$origin_pid")
 
   corvid_port=$(free_port)
   cat >"$WORK/corvid-$layout.toml" <<TOML
