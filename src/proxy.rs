@@ -202,7 +202,7 @@ pub async fn serve_cached<S: AsyncWriteRent>(
     write_object_head(w, out, req, bucket, status, meta, xcache, layer);
     if let Some((start, end)) = body {
         if status == 206 {
-            let mut buf = itoa_buf();
+            let mut buf = [0u8; 72];
             let cr = format_content_range(&mut buf, start, end - 1, len);
             write_header(out, "Content-Range", cr);
         }
@@ -287,10 +287,6 @@ pub fn client_conditionals<'a>(req: &'a Request<'_>) -> Conditionals<'a> {
         if_modified_since: req.header("if-modified-since"),
         if_unmodified_since: req.header("if-unmodified-since"),
     }
-}
-
-fn itoa_buf() -> [u8; 72] {
-    [0u8; 72]
 }
 
 /// `bytes first-last/len` into `buf`, without allocating.

@@ -53,22 +53,27 @@ pub enum Framing {
     Close,
 }
 
+/// The values of header `name` (case-insensitive) in `headers`, in order. Shared by
+/// [`RawResponse`], [`ResponseHead`] and the origin's recorded requests.
+pub fn header_values<'a, 'n>(
+    headers: &'a [(String, String)],
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+    headers
+        .iter()
+        .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 impl RawResponse {
     /// First header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_values(&self.headers, name).next()
     }
 
     /// All values of a header (case-insensitive), in wire order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_values(&self.headers, name).collect()
     }
 
     pub fn has_header(&self, name: &str) -> bool {
@@ -106,10 +111,7 @@ pub struct ResponseHead {
 
 impl ResponseHead {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_values(&self.headers, name).next()
     }
 }
 
