@@ -25,24 +25,7 @@ pids+=("$origin_pid")
 
 start_corvid() { # NAME MEMORY DISKBLOCK -> sets $port (no subshell: it starts a server)
   port=$(free_port)
-  cat >"$WORK/$1.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-workers = 2
-
-[[buckets]]
-name = "perf"
-prefix = "/perf"
-endpoint = "http://127.0.0.1:$origin_port"
-region = "us-east-1"
-bucket = "perf"
-access_key = "$access_key"
-secret_key = "$secret_key"
-
-[cache.memory]
-capacity = $2
-$3
-TOML
+  corvid_toml "$port" 2 "$2" "$3" >"$WORK/$1.toml"
   RUST_LOG=warn target/release/corvid serve -c "$WORK/$1.toml" 2>"$WORK/$1.log" &
   pids+=($!)
 }

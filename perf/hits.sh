@@ -43,32 +43,12 @@ trap cleanup EXIT
 start_origin "$WORK/data" 1k=1024 64k=65536 1m=1048576
 pids+=("$origin_pid")
 
-corvid_conf() { # PORT MEMORY
-  cat <<TOML
-[server]
-listen = "127.0.0.1:$1"
-workers = 2
-
-[[buckets]]
-name = "perf"
-prefix = "/perf"
-endpoint = "http://127.0.0.1:$origin_port"
-region = "us-east-1"
-bucket = "perf"
-access_key = "$access_key"
-secret_key = "$secret_key"
-
-[cache.memory]
-capacity = $2
-TOML
-}
-
 signer_port=$(free_port)
-corvid_conf "$signer_port" 0 >"$WORK/signer.toml"
+corvid_toml "$signer_port" 2 0 >"$WORK/signer.toml"
 RUST_LOG=warn target/release/corvid serve -c "$WORK/signer.toml" 2>"$WORK/signer.log" &
 pids+=($!)
 corvid_port=$(free_port)
-corvid_conf "$corvid_port" '"512MiB"' >"$WORK/corvid.toml"
+corvid_toml "$corvid_port" 2 '"512MiB"' >"$WORK/corvid.toml"
 RUST_LOG=warn CORVID_PIN=${CORVID_PIN:-1} target/release/corvid serve -c "$WORK/corvid.toml" 2>"$WORK/corvid.log" &
 pids+=($!)
 

@@ -57,3 +57,26 @@ start_origin() {
   access_key=$(awk -F' = ' '/^access_key/ {print $2}' "$dir.log")
   secret_key=$(awk -F' = ' '/^secret_key/ {print $2}' "$dir.log")
 }
+
+# corvid_toml PORT WORKERS MEMORY [EXTRA]: a corvid config serving the origin's `perf` bucket
+# under /perf (uses origin_port, access_key, secret_key from start_origin); EXTRA is appended.
+corvid_toml() {
+  cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+workers = $2
+
+[[buckets]]
+name = "perf"
+prefix = "/perf"
+endpoint = "http://127.0.0.1:$origin_port"
+region = "us-east-1"
+bucket = "perf"
+access_key = "$access_key"
+secret_key = "$secret_key"
+
+[cache.memory]
+capacity = $3
+${4:-}
+TOML
+}

@@ -46,24 +46,8 @@ for layout in $LAYOUTS; do
   pids+=("$origin_pid")
 
   corvid_port=$(free_port)
-  cat >"$WORK/corvid-$layout.toml" <<TOML
-[server]
-listen = "127.0.0.1:$corvid_port"
-workers = $workers
-
-[[buckets]]
-name = "perf"
-prefix = "/perf"
-endpoint = "http://127.0.0.1:$origin_port"
-region = "us-east-1"
-bucket = "perf"
-access_key = "$access_key"
-secret_key = "$secret_key"
-
-# Pass-through is what this script measures: no cache tier.
-[cache.memory]
-capacity = 0
-TOML
+  # Pass-through is what this script measures: no cache tier (memory capacity 0).
+  corvid_toml "$corvid_port" "$workers" 0 >"$WORK/corvid-$layout.toml"
   RUST_LOG=warn $pin_front target/release/corvid serve -c "$WORK/corvid-$layout.toml" 2>"$WORK/corvid-$layout.log" &
   corvid_pid=$!
   pids+=($corvid_pid)
