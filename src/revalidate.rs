@@ -18,7 +18,7 @@ use monoio::io::AsyncWriteRent;
 use crate::cache::entry::CachedObject;
 use crate::cache::policy;
 use crate::cache::tiered::Hit;
-use crate::error::{Error, Kind};
+use crate::error::Error;
 use crate::http::conn::{Request, Sent};
 use crate::http::response::UpstreamHead;
 use crate::proxy::{
@@ -187,9 +187,6 @@ fn refresh_in_background(
                 if head.status == 404 {
                     crate::fill::remove_everywhere(&w, &ckey).await;
                 }
-            }
-            Err(e) if e.kind() == Kind::GatewayTimeout || e.kind() == Kind::BadGateway => {
-                log::warn!("background revalidation failed: {e}");
             }
             Err(e) => log::warn!("background revalidation failed: {e}"),
         }
