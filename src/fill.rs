@@ -22,34 +22,24 @@ use crate::cache::tiered::{Hit, Layer};
 use crate::config::WritePolicy;
 use crate::error::{Error, Kind};
 use crate::http::conditional::{self, Precondition};
-use crate::http::conn::{Request, Sent};
-use crate::http::respond;
+use crate::http::conn::Sent;
 use crate::http::response::{end_head, write_header_u64, UpstreamHead};
 use crate::proxy::{
     client_conditionals, drain_error_body, fetch_origin, map_origin_status, now_ms,
-    respond_upstream, stored_headers, write_object_head, XCache,
+    respond_upstream, send_with_head, stored_headers, write_object_head, Exchange, Target, XCache,
 };
 use crate::runtime::worker::Worker;
 use crate::runtime::worker::MAX_REDIS_BEHIND;
 use crate::s3::client::Body;
 
 /// Leads the fill of a missing key: one origin GET for everyone who asks meanwhile.
-#[allow(clippy::too_many_arguments)]
 pub async fn lead<S: AsyncWriteRent>(
-    w: &Rc<Worker>,
-    io: &mut S,
-    out: &mut Vec<u8>,
-    req: &Request<'_>,
-    bucket: usize,
-    key: &str,
-    params: &[(String, String)],
-    ckey: &[u8],
+    x: &mut Exchange<'_, '_, S>,
+    t: &Target<'_>,
     leader: Leader<'_>,
 ) -> Result<Sent, Error> {
-    match fetch_origin(w, bucket, false, key, params, &[]).await {
-        Ok((head, body)) => {
-            fill_from(w, io, out, req, bucket, ckey, head, body, Some(leader)).await
-        }
+    match fetch_origin(x.w, x.bucket, false, t.key, t.params, &[]).await {
+        Ok((head, body)) => fill_from(x, t.ckey, head, body, Some(leader)).await,
         Err(e) => {
             leader.fail(e.clone());
             Err(e)
@@ -70,18 +60,14 @@ enum ClientPlan {
 /// Stores an origin 200 answer in the cache while streaming it to the client; any other answer
 /// (or an uncacheable 200) is passed through and, for a leader, shared with its followers as
 /// an error or a bypass.
-#[allow(clippy::too_many_arguments)]
 pub async fn fill_from<S: AsyncWriteRent>(
-    w: &Rc<Worker>,
-    io: &mut S,
-    out: &mut Vec<u8>,
-    req: &Request<'_>,
-    bucket: usize,
+    x: &mut Exchange<'_, '_, S>,
     ckey: &[u8],
     head: UpstreamHead,
     mut body: Body,
     leader: Option<Leader<'_>>,
 ) -> Result<Sent, Error> {
+    let (w, req, bucket) = (x.w, x.req, x.bucket);
     if head.status != 200 {
         let e = map_origin_status(head.status);
         drain_error_body(body).await;
@@ -94,7 +80,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
         if let Some(l) = leader {
             l.bypass();
         }
-        return respond_upstream(w, io, out, req, bucket, head, body, XCache::Miss).await;
+        return respond_upstream(x, head, body, XCache::Miss).await;
     };
     if let Some(l) = &leader {
         l.head(Arc::clone(&meta), len);
@@ -110,7 +96,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
                     Kind::PreconditionFailed,
                     "a precondition of the request failed",
                 );
-                let _ = respond::error(w, io, out, req.id, req.close, req.is_head(), &e).await;
+                let _ = x.error(&e).await;
                 ClientPlan::Nothing
             }
             Precondition::NotModified => {
@@ -121,15 +107,15 @@ pub async fn fill_from<S: AsyncWriteRent>(
             Precondition::Proceed => ClientPlan::Body,
         };
     if !matches!(plan, ClientPlan::Nothing) {
-        write_object_head(w, out, req, bucket, status, &meta, XCache::Miss, None);
+        write_object_head(x, status, &meta, XCache::Miss, None);
         if status == 200 {
-            write_header_u64(out, "Content-Length", len);
+            write_header_u64(x.out, "Content-Length", len);
         }
-        end_head(out);
+        end_head(x.out);
         if matches!(plan, ClientPlan::HeadOnly) || len == 0 {
             // The head is the whole answer (a 304, a HEAD, an empty object): nothing more to
             // send whatever the flush did.
-            let _ = respond::flush(w, io, out).await;
+            let _ = x.flush().await;
             plan = ClientPlan::Nothing;
         }
     }
@@ -160,7 +146,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
         if let Some(l) = &leader {
             l.chunk(chunk.clone());
         }
-        if matches!(plan, ClientPlan::Body) && send_chunk(w, io, out, chunk).await.is_err() {
+        if matches!(plan, ClientPlan::Body) && send_chunk(x, chunk).await.is_err() {
             // The client went away; the fill goes on for the cache and the followers.
             plan = ClientPlan::Nothing;
         }
@@ -177,10 +163,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
             abort: true,
         });
     }
-    if !out.is_empty()
-        && matches!(plan, ClientPlan::Body)
-        && respond::flush(w, io, out).await.is_err()
-    {
+    if !x.out.is_empty() && matches!(plan, ClientPlan::Body) && x.flush().await.is_err() {
         plan = ClientPlan::Nothing;
     }
     store_everywhere(
@@ -222,18 +205,25 @@ pub fn cacheable(
     Some((Arc::new(meta), len))
 }
 
+/// A first piece of body at most this large is copied behind the pending head and sent in
+/// one write; a larger one (a whole revalidated object) goes out with the head in one
+/// vectored write instead, uncopied.
+const COPY_WITH_HEAD: usize = 16 * 1024;
+
 /// Sends one piece of body: the first one together with the pending head in `out`.
 async fn send_chunk<S: AsyncWriteRent>(
-    w: &Worker,
-    io: &mut S,
-    out: &mut Vec<u8>,
+    x: &mut Exchange<'_, '_, S>,
     chunk: Bytes,
 ) -> std::io::Result<()> {
-    if !out.is_empty() {
-        out.extend_from_slice(&chunk);
-        return respond::flush(w, io, out).await;
+    if !x.out.is_empty() {
+        if chunk.len() > COPY_WITH_HEAD {
+            return send_with_head(x.w, x.io, x.out, chunk).await;
+        }
+        x.out.extend_from_slice(&chunk);
+        return x.flush().await;
     }
-    match monoio::time::timeout(w.shared.config.server.send_timeout, io.write_all(chunk)).await {
+    let send_timeout = x.w.shared.config.server.send_timeout;
+    match monoio::time::timeout(send_timeout, x.io.write_all(chunk)).await {
         Ok((r, _)) => r.map(|_| ()),
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -245,15 +235,16 @@ async fn send_chunk<S: AsyncWriteRent>(
 /// Follows another request's fill: the same head, then the chunks as they arrive. `None` means
 /// the answer will not be cached and the caller must make its own request.
 pub async fn follow<S: AsyncWriteRent>(
-    w: &Rc<Worker>,
-    io: &mut S,
-    out: &mut Vec<u8>,
-    req: &Request<'_>,
-    bucket: usize,
+    x: &mut Exchange<'_, '_, S>,
     mut sub: Subscription,
 ) -> Option<Result<Sent, Error>> {
-    let (meta, len) = match sub.next_event().await {
-        Event::Head(meta, len) => (meta, len),
+    let req = x.req;
+    let (meta, len, revalidated) = match sub.next_event().await {
+        Event::Head {
+            meta,
+            len,
+            revalidated,
+        } => (meta, len, revalidated),
         Event::Failed(e) => return Some(Err(e)),
         Event::Bypass => return None,
         Event::Chunk(_) | Event::End => {
@@ -273,49 +264,39 @@ pub async fn follow<S: AsyncWriteRent>(
             Precondition::NotModified => 304,
             Precondition::Proceed => 200,
         };
-    write_object_head(w, out, req, bucket, status, &meta, XCache::Miss, None);
+    let xcache = if revalidated {
+        XCache::Revalidated
+    } else {
+        XCache::Miss
+    };
+    write_object_head(x, status, &meta, xcache, None);
     if status == 200 {
-        write_header_u64(out, "Content-Length", len);
+        write_header_u64(x.out, "Content-Length", len);
     }
-    end_head(out);
+    end_head(x.out);
     if status == 304 || req.is_head() || len == 0 {
-        let abort = respond::flush(w, io, out).await.is_err();
+        let abort = x.flush().await.is_err();
         return Some(Ok(Sent { status, abort }));
     }
-    loop {
+    let abort = loop {
         match sub.next_event().await {
             Event::Chunk(c) => {
-                if send_chunk(w, io, out, c).await.is_err() {
-                    return Some(Ok(Sent {
-                        status,
-                        abort: true,
-                    }));
+                if send_chunk(x, c).await.is_err() {
+                    break true;
                 }
             }
-            Event::End => {
-                return Some(Ok(Sent {
-                    status,
-                    abort: false,
-                }))
-            }
+            Event::End => break false,
             Event::Failed(e) => {
                 log::warn!(
                     "request {}: the fill it followed failed: {e}",
                     req.id.as_str()
                 );
-                return Some(Ok(Sent {
-                    status,
-                    abort: true,
-                }));
+                break true;
             }
-            Event::Head(..) | Event::Bypass => {
-                return Some(Ok(Sent {
-                    status,
-                    abort: true,
-                }));
-            }
+            Event::Head { .. } | Event::Bypass => break true,
         }
-    }
+    };
+    Some(Ok(Sent { status, abort }))
 }
 
 /// Stores a filled object in the shared tiers and in Redis (awaited with write-through,

@@ -59,7 +59,14 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
         )),
         Route::Object { bucket, key } => {
             log.bucket = Some(bucket);
-            crate::proxy::serve_object(w, io, out, req, bucket, &key, query).await
+            let mut x = crate::proxy::Exchange {
+                w,
+                io,
+                out,
+                req,
+                bucket,
+            };
+            crate::proxy::serve_object(&mut x, &key, query).await
         }
     }
 }

@@ -12,6 +12,8 @@
 use std::rc::Rc;
 use std::time::SystemTime;
 
+use bytes::Bytes;
+
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::time::Instant;
 
@@ -62,26 +64,79 @@ pub const STREAM_CHUNK: usize = 64 * 1024;
 /// An origin error body up to this size is read and dropped so the connection can be reused.
 const MAX_DRAINED_ERROR_BODY: u64 = 64 * 1024;
 
+/// One object request being answered: the worker answering it, the client stream and the
+/// worker's reusable head buffer the answer goes to, the parsed request and its bucket. The
+/// request-path functions of this module, `fill` and `revalidate` take it instead of the same
+/// five parameters each.
+pub struct Exchange<'a, 'r, S> {
+    pub w: &'a Rc<Worker>,
+    pub io: &'a mut S,
+    /// The response head being built; kept between requests so a hit allocates no head.
+    pub out: &'a mut Vec<u8>,
+    pub req: &'a Request<'r>,
+    /// Index into `config.buckets`.
+    pub bucket: usize,
+}
+
+impl<S: AsyncWriteRent> Exchange<'_, '_, S> {
+    /// Writes the head pending in `out` within the send timeout.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        respond::flush(self.w, self.io, self.out).await
+    }
+
+    /// Answers `e` as a JSON error.
+    pub async fn error(&mut self, e: &Error) -> std::io::Result<()> {
+        let req = self.req;
+        respond::error(
+            self.w,
+            self.io,
+            self.out,
+            req.id,
+            req.close,
+            req.is_head(),
+            e,
+        )
+        .await
+    }
+}
+
+/// The object a request names: its key at the origin, the forwarded query parameters
+/// (`versionId`, `response-*`) and the cache key built from them.
+pub struct Target<'a> {
+    pub key: &'a str,
+    pub params: &'a [(String, String)],
+    pub ckey: &'a [u8],
+}
+
+/// Whether concurrent requests for a key may share one origin GET: a full GET's answer is
+/// what every such request needs; a HEAD or a Range request must never get a full body by
+/// mistake, so those make their own requests.
+pub fn coalescible(req: &Request<'_>) -> bool {
+    req.method() == Method::Get && req.header("range").is_none()
+}
+
 pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
-    w: &Rc<Worker>,
-    io: &mut S,
-    out: &mut Vec<u8>,
-    req: &Request<'_>,
-    bucket: usize,
+    x: &mut Exchange<'_, '_, S>,
     key: &str,
     query: Option<&str>,
 ) -> Result<Sent, Error> {
-    match req.method() {
+    match x.req.method() {
         Method::Get | Method::Head => {}
-        Method::Options => return options(w, io, out, req, bucket).await,
+        Method::Options => return options(x).await,
         _ => return Err(Error::method_not_allowed("GET, HEAD, OPTIONS")),
     }
     let params = forwarded_query(query)?;
+    let w = x.w;
     let tiers = &w.shared.tiers;
     if !tiers.enabled() {
-        return pass_through(w, io, out, req, bucket, key, &params, XCache::Bypass).await;
+        return pass_through(x, key, &params, XCache::Bypass).await;
     }
-    let ckey = cache_key(&w.shared.config.buckets[bucket].name, key, &params);
+    let ckey = cache_key(&w.shared.config.buckets[x.bucket].name, key, &params);
+    let target = Target {
+        key,
+        params: &params,
+        ckey: &ckey,
+    };
     let now = now_ms();
     let hit = match tiers.lookup(&ckey).await {
         Some(hit) => Some(hit),
@@ -89,41 +144,27 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
     };
     if let Some(hit) = hit {
         if hit.obj.meta.is_fresh(now) {
-            w.metrics().cache_hit(bucket, hit.layer);
-            return serve_cached(
-                w,
-                io,
-                out,
-                req,
-                bucket,
-                &hit.obj,
-                XCache::Hit,
-                Some(hit.layer),
-            )
-            .await;
+            w.metrics().cache_hit(x.bucket, hit.layer);
+            return serve_cached(x, &hit.obj, XCache::Hit, Some(hit.layer)).await;
         }
-        return crate::revalidate::revalidate(w, io, out, req, bucket, key, &params, &ckey, hit)
-            .await;
+        return crate::revalidate::revalidate(x, &target, hit).await;
     }
-    w.metrics().cache_miss(bucket);
+    w.metrics().cache_miss(x.bucket);
     // Ranges and HEADs of uncached objects go to the origin as they are (not cached); a full
     // GET fills the cache, coalesced with every concurrent request for the same key.
-    if req.method() == Method::Get && req.header("range").is_none() {
+    if coalescible(x.req) {
         match tiers.inflight.join(&ckey) {
-            Role::Leader(leader) => {
-                return crate::fill::lead(w, io, out, req, bucket, key, &params, &ckey, leader)
-                    .await
-            }
+            Role::Leader(leader) => return crate::fill::lead(x, &target, leader).await,
             Role::Follower(sub) => {
-                w.metrics().coalesced(bucket);
-                if let Some(result) = crate::fill::follow(w, io, out, req, bucket, sub).await {
+                w.metrics().coalesced(x.bucket);
+                if let Some(result) = crate::fill::follow(x, sub).await {
                     return result;
                 }
                 // The leader's answer is not cacheable: fetch our own.
             }
         }
     }
-    pass_through(w, io, out, req, bucket, key, &params, XCache::Miss).await
+    pass_through(x, key, &params, XCache::Miss).await
 }
 
 /// The `X-Cache` values.
@@ -159,17 +200,13 @@ pub fn now_ms() -> u64 {
 /// Answers from a cached object: client conditionals (304/412), ranges (206/416), HEAD, and
 /// otherwise the whole body — written together with the head in one vectored write, never
 /// copied.
-#[allow(clippy::too_many_arguments)]
 pub async fn serve_cached<S: AsyncWriteRent>(
-    w: &Rc<Worker>,
-    io: &mut S,
-    out: &mut Vec<u8>,
-    req: &Request<'_>,
-    bucket: usize,
+    x: &mut Exchange<'_, '_, S>,
     obj: &CachedObject,
     xcache: XCache,
     layer: Option<Layer>,
 ) -> Result<Sent, Error> {
+    let req = x.req;
     let meta = &obj.meta;
     let len = obj.body.len() as u64;
     let (status, body) =
@@ -199,7 +236,8 @@ pub async fn serve_cached<S: AsyncWriteRent>(
                 }
             }
         };
-    write_object_head(w, out, req, bucket, status, meta, xcache, layer);
+    write_object_head(x, status, meta, xcache, layer);
+    let out = &mut *x.out;
     if let Some((start, end)) = body {
         if status == 206 {
             let mut buf = [0u8; 72];
@@ -210,45 +248,61 @@ pub async fn serve_cached<S: AsyncWriteRent>(
     }
     end_head(out);
     let send_body = body.filter(|(s, e)| !req.is_head() && e > s);
-    let abort = match send_body {
-        None => respond::flush(w, io, out).await.is_err(),
+    let result = match send_body {
+        None => x.flush().await,
         Some((start, end)) => {
-            let mut hb = w.head_body();
-            hb.set(out, obj.body.slice(start as usize..end as usize));
-            let write = hb.write_all(io);
-            let (res, mut hb) =
-                match monoio::time::timeout(w.shared.config.server.send_timeout, write).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Ok(Sent {
-                            status,
-                            abort: true,
-                        })
-                    }
-                };
-            hb.take_head(out);
-            w.return_head_body(hb);
-            res.is_err()
+            send_with_head(
+                x.w,
+                x.io,
+                x.out,
+                obj.body.slice(start as usize..end as usize),
+            )
+            .await
         }
     };
-    Ok(Sent { status, abort })
+    Ok(Sent {
+        status,
+        abort: result.is_err(),
+    })
+}
+
+/// Writes the head pending in `out` and `body` in one vectored write within the send
+/// timeout, without copying the body; `out` comes back cleared for reuse.
+pub async fn send_with_head<S: AsyncWriteRent>(
+    w: &Worker,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    body: Bytes,
+) -> std::io::Result<()> {
+    let mut hb = w.head_body();
+    hb.set(out, body);
+    match monoio::time::timeout(w.shared.config.server.send_timeout, hb.write_all(io)).await {
+        Ok((res, mut hb)) => {
+            hb.take_head(out);
+            w.return_head_body(hb);
+            res
+        }
+        // The write future (and the buffer it owned) is gone; the connection is closed after
+        // this, so `out` starts again empty.
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client did not read the response in time",
+        )),
+    }
 }
 
 /// The head lines shared by every answer that comes from (or goes into) the cache: status,
 /// the stored origin headers, `Accept-Ranges`, `Age`, `X-Cache`, `X-Cache-Layer`, CORS.
 /// The caller adds the length headers and ends the head.
-#[allow(clippy::too_many_arguments)]
-pub fn write_object_head(
-    w: &Worker,
-    out: &mut Vec<u8>,
-    req: &Request<'_>,
-    bucket: usize,
+pub fn write_object_head<S>(
+    x: &mut Exchange<'_, '_, S>,
     status: u16,
     meta: &Meta,
     xcache: XCache,
     layer: Option<Layer>,
 ) {
-    respond::head_start(out, w, status, &req.id, req.close);
+    let out = &mut *x.out;
+    respond::head_start(out, x.w, status, &x.req.id, x.req.close);
     out.extend_from_slice(meta.header_block());
     write_header(out, "Accept-Ranges", b"bytes");
     if xcache != XCache::Miss {
@@ -259,7 +313,7 @@ pub fn write_object_head(
     if let Some(l) = layer {
         write_header(out, "X-Cache-Layer", l.name().as_bytes());
     }
-    write_cors(w, out, req, bucket);
+    write_cors(x.w, out, x.req, x.bucket);
 }
 
 fn write_cors(w: &Worker, out: &mut Vec<u8>, req: &Request<'_>, bucket: usize) {
@@ -309,41 +363,33 @@ pub fn stored_headers(head: &UpstreamHead) -> Vec<(String, String)> {
 
 /// Forwards the request to the origin as it is (client conditionals and range included) and
 /// streams the answer back; nothing is cached.
-#[allow(clippy::too_many_arguments)]
 pub async fn pass_through<S: AsyncWriteRent>(
-    w: &Rc<Worker>,
-    io: &mut S,
-    out: &mut Vec<u8>,
-    req: &Request<'_>,
-    bucket: usize,
+    x: &mut Exchange<'_, '_, S>,
     key: &str,
     params: &[(String, String)],
     xcache: XCache,
 ) -> Result<Sent, Error> {
     let mut forwarded: Vec<(&'static str, &str)> = Vec::new();
     for name in FORWARDED_HEADERS {
-        if let Some(v) = req.header(name) {
+        if let Some(v) = x.req.header(name) {
             let v = std::str::from_utf8(v)
                 .map_err(|_| Error::client(Kind::BadRequest, "header value is not valid UTF-8"))?;
             forwarded.push((name, v));
         }
     }
-    let (head, body) = fetch_origin(w, bucket, req.is_head(), key, params, &forwarded).await?;
-    respond_upstream(w, io, out, req, bucket, head, body, xcache).await
+    let is_head = x.req.is_head();
+    let (head, body) = fetch_origin(x.w, x.bucket, is_head, key, params, &forwarded).await?;
+    respond_upstream(x, head, body, xcache).await
 }
 
 /// Writes an origin answer to the client (status mapping, passed headers, streaming body).
-#[allow(clippy::too_many_arguments)]
 pub async fn respond_upstream<S: AsyncWriteRent>(
-    w: &Rc<Worker>,
-    io: &mut S,
-    out: &mut Vec<u8>,
-    req: &Request<'_>,
-    bucket: usize,
+    x: &mut Exchange<'_, '_, S>,
     head: UpstreamHead,
     body: Body,
     xcache: XCache,
 ) -> Result<Sent, Error> {
+    let req = x.req;
     match head.status {
         200 | 206 | 304 => {}
         status => {
@@ -365,7 +411,8 @@ pub async fn respond_upstream<S: AsyncWriteRent>(
     let chunked = has_body && length.is_none() && req.head.minor_version() == 1;
     let close = req.close || (has_body && length.is_none() && !chunked);
 
-    respond::head_start(out, w, head.status, &req.id, close);
+    let out = &mut *x.out;
+    respond::head_start(out, x.w, head.status, &req.id, close);
     for (name, value) in &head.headers {
         if let Some(display) = passed_header_name(name) {
             write_header(out, display, value.as_bytes());
@@ -379,15 +426,15 @@ pub async fn respond_upstream<S: AsyncWriteRent>(
     }
     write_header(out, "Accept-Ranges", b"bytes");
     write_header(out, "X-Cache", xcache.as_bytes());
-    write_cors(w, out, req, bucket);
+    write_cors(x.w, out, req, x.bucket);
     end_head(out);
 
     let status = head.status;
     if !has_body {
-        let abort = respond::flush(w, io, out).await.is_err();
+        let abort = x.flush().await.is_err();
         return Ok(Sent { status, abort });
     }
-    let abort = stream_body(w, io, out, body, chunked).await.is_err();
+    let abort = stream_body(x.w, x.io, x.out, body, chunked).await.is_err();
     Ok(Sent {
         status,
         abort: abort || close,
@@ -513,22 +560,17 @@ pub fn map_origin_status(status: u16) -> Error {
 
 /// `OPTIONS` on an object route: a CORS preflight for buckets with `cors`, else the allowed
 /// methods.
-async fn options<S: AsyncWriteRent>(
-    w: &Rc<Worker>,
-    io: &mut S,
-    out: &mut Vec<u8>,
-    req: &Request<'_>,
-    bucket: usize,
-) -> Result<Sent, Error> {
+async fn options<S: AsyncWriteRent>(x: &mut Exchange<'_, '_, S>) -> Result<Sent, Error> {
     let allow = [("Allow", "GET, HEAD, OPTIONS")];
-    let Some(cfg) = w.shared.config.buckets[bucket].cors.as_ref() else {
+    let req = x.req;
+    let Some(cfg) = x.w.shared.config.buckets[x.bucket].cors.as_ref() else {
         let reply = Reply {
             status: 204,
             content_type: "",
             body: b"",
             extra: &allow,
         };
-        return respond::simple(w, io, out, req, reply).await;
+        return respond::simple(x.w, x.io, x.out, req, reply).await;
     };
     let headers = cors::preflight(
         cfg,
@@ -544,7 +586,7 @@ async fn options<S: AsyncWriteRent>(
         body: b"",
         extra: &extra,
     };
-    respond::simple(w, io, out, req, reply).await
+    respond::simple(x.w, x.io, x.out, req, reply).await
 }
 
 #[cfg(test)]

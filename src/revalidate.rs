@@ -2,12 +2,24 @@
 //! `stale-while-revalidate`.
 //!
 //! A stale entry is revalidated with a conditional GET (`If-None-Match`). A `304` refreshes
-//! the entry's freshness in the cache without moving the body and answers from it
+//! the entry's freshness in every tier without moving the body and answers from it
 //! (`X-Cache: REVALIDATED`); a `200` replaces it (streamed like a fill); a `404` removes it.
 //! When the origin fails or times out and `cache.stale_if_error` covers the entry's age past
 //! expiry, the stale copy is served (`X-Cache: STALE`). With `cache.stale_while_revalidate`,
-//! a stale copy within that window is served at once and one background request per key (per
-//! worker) refreshes it.
+//! a stale copy within that window is served at once and one background request refreshes it.
+//!
+//! # One conditional GET per key
+//! Revalidations are coalesced through the same table as miss fills
+//! ([`crate::cache::inflight`]), across connections and worker cores: the first full GET of a
+//! stale key leads and sends the conditional GET; concurrent full GETs of the key follow it
+//! and answer from what it publishes — on a `304` the confirmed entry as a whole
+//! (`X-Cache: REVALIDATED`), on a `200` the new body as it streams in. When the shared
+//! revalidation fails at the origin, each follower applies `stale_if_error` to its own copy.
+//! HEAD and Range requests revalidate on their own (they must never be answered with a full
+//! body by mistake; the same rule as for misses). A background refresh also holds the key in
+//! the table while it runs, so there is at most one per key in the whole process, and
+//! requests too stale to be served meanwhile follow it (they wait for its whole body on a
+//! `200`, since it reads that without a client to stream to).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,103 +28,99 @@ use bytes::Bytes;
 use monoio::io::AsyncWriteRent;
 
 use crate::cache::entry::CachedObject;
+use crate::cache::inflight::Role;
 use crate::cache::policy;
 use crate::cache::tiered::Hit;
-use crate::error::Error;
-use crate::http::conn::{Request, Sent};
+use crate::error::{Error, Kind};
+use crate::fill::{
+    cacheable, fill_from, follow, refresh_everywhere, remove_everywhere, store_everywhere,
+};
+use crate::http::conn::Sent;
 use crate::http::response::UpstreamHead;
 use crate::proxy::{
-    drain_error_body, fetch_origin, map_origin_status, now_ms, serve_cached, XCache,
+    coalescible, drain_error_body, fetch_origin, map_origin_status, now_ms, serve_cached, Exchange,
+    Target, XCache,
 };
 use crate::runtime::worker::Worker;
+use crate::s3::client::Body;
 
-#[allow(clippy::too_many_arguments)]
 pub async fn revalidate<S: AsyncWriteRent>(
-    w: &Rc<Worker>,
-    io: &mut S,
-    out: &mut Vec<u8>,
-    req: &Request<'_>,
-    bucket: usize,
-    key: &str,
-    params: &[(String, String)],
-    ckey: &[u8],
+    x: &mut Exchange<'_, '_, S>,
+    t: &Target<'_>,
     hit: Hit,
 ) -> Result<Sent, Error> {
+    let (w, bucket) = (x.w, x.bucket);
     let cache = &w.shared.config.cache;
     let stale_ms = now_ms().saturating_sub(hit.obj.meta.expires_at_ms);
     let within =
         |d: Option<std::time::Duration>| d.is_some_and(|d| (stale_ms as u128) < d.as_millis());
+    let layer = Some(hit.layer);
     if within(cache.stale_while_revalidate) {
-        refresh_in_background(w, bucket, key, params, ckey, &hit.obj);
+        refresh_in_background(w, bucket, t, &hit.obj);
         w.metrics().cache_hit(bucket, hit.layer);
-        return serve_cached(
-            w,
-            io,
-            out,
-            req,
-            bucket,
-            &hit.obj,
-            XCache::Stale,
-            Some(hit.layer),
-        )
-        .await;
+        return serve_cached(x, &hit.obj, XCache::Stale, layer).await;
     }
-    let stale_or = |e: Error| -> Result<(), Error> {
-        if within(cache.stale_if_error) {
-            log::warn!("request {}: serving stale: {e}", req.id.as_str());
-            Ok(())
-        } else {
-            Err(e)
+    // An origin failure (unreachable, timed out, 5xx) lets a stale copy stand in.
+    let stale_allowed = |e: &Error| e.status() >= 500 && within(cache.stale_if_error);
+
+    let mut leader = None;
+    if coalescible(x.req) {
+        match w.shared.tiers.inflight.join(t.ckey) {
+            Role::Leader(l) => leader = Some(l),
+            Role::Follower(sub) => {
+                w.metrics().coalesced(bucket);
+                match follow(x, sub).await {
+                    Some(Err(e)) if stale_allowed(&e) => {
+                        log::warn!("request {}: serving stale: {e}", x.req.id.as_str());
+                        return serve_cached(x, &hit.obj, XCache::Stale, layer).await;
+                    }
+                    Some(result) => return result,
+                    // The new answer is not cacheable: ask the origin ourselves.
+                    None => {}
+                }
+            }
         }
-    };
-    let cond: Vec<(&'static str, &str)> = hit
-        .obj
-        .meta
+    }
+
+    let failure =
+        match fetch_origin(w, bucket, false, t.key, t.params, &if_none_match(&hit.obj)).await {
+            Err(e) => e,
+            Ok((head, body)) => match head.status {
+                304 => {
+                    drain_error_body(body).await;
+                    let obj = refreshed(w, bucket, &hit.obj, &head);
+                    refresh_everywhere(w, t.ckey, obj.clone()).await;
+                    if let Some(l) = leader {
+                        l.complete(Arc::clone(&obj.meta), obj.body.clone(), true);
+                    }
+                    return serve_cached(x, &obj, XCache::Revalidated, layer).await;
+                }
+                200 => return fill_from(x, t.ckey, head, body, leader).await,
+                s => {
+                    drain_error_body(body).await;
+                    if s == 404 {
+                        remove_everywhere(w, t.ckey).await;
+                    }
+                    map_origin_status(s)
+                }
+            },
+        };
+    if let Some(l) = leader {
+        l.fail(failure.clone());
+    }
+    if !stale_allowed(&failure) {
+        return Err(failure);
+    }
+    log::warn!("request {}: serving stale: {failure}", x.req.id.as_str());
+    serve_cached(x, &hit.obj, XCache::Stale, layer).await
+}
+
+/// The conditional header of a revalidation: the stored ETag (none: an unconditional GET).
+fn if_none_match(obj: &CachedObject) -> Vec<(&'static str, &str)> {
+    obj.meta
         .etag()
         .map(|e| vec![("if-none-match", e)])
-        .unwrap_or_default();
-    let failure = match fetch_origin(w, bucket, false, key, params, &cond).await {
-        Err(e) => e,
-        Ok((head, body)) => match head.status {
-            304 => {
-                drain_error_body(body).await;
-                let obj = refreshed(w, bucket, &hit.obj, &head);
-                crate::fill::refresh_everywhere(w, ckey, obj.clone()).await;
-                let layer = Some(hit.layer);
-                return serve_cached(w, io, out, req, bucket, &obj, XCache::Revalidated, layer)
-                    .await;
-            }
-            200 => {
-                return crate::fill::fill_from(w, io, out, req, bucket, ckey, head, body, None)
-                    .await
-            }
-            404 => {
-                drain_error_body(body).await;
-                crate::fill::remove_everywhere(w, ckey).await;
-                return Err(map_origin_status(404));
-            }
-            s => {
-                drain_error_body(body).await;
-                if s < 500 {
-                    return Err(map_origin_status(s));
-                }
-                map_origin_status(s)
-            }
-        },
-    };
-    // The origin failed (unreachable, timed out, 5xx): a stale copy may stand in.
-    stale_or(failure)?;
-    serve_cached(
-        w,
-        io,
-        out,
-        req,
-        bucket,
-        &hit.obj,
-        XCache::Stale,
-        Some(hit.layer),
-    )
-    .await
+        .unwrap_or_default()
 }
 
 /// The entry with a new freshness deadline (same body, same headers).
@@ -129,67 +137,87 @@ fn refreshed(w: &Worker, bucket: usize, obj: &CachedObject, head: &UpstreamHead)
     }
 }
 
-/// Revalidates `obj` in a background task, at most one per key on this worker.
-fn refresh_in_background(
-    w: &Rc<Worker>,
-    bucket: usize,
-    key: &str,
-    params: &[(String, String)],
-    ckey: &[u8],
-    obj: &CachedObject,
-) {
-    if !w.revalidating.borrow_mut().insert(ckey.to_vec()) {
+/// Revalidates `obj` in a background task, unless a fill or revalidation of the key is
+/// already running somewhere in the process.
+fn refresh_in_background(w: &Rc<Worker>, bucket: usize, t: &Target<'_>, obj: &CachedObject) {
+    if w.shared.tiers.inflight.contains(t.ckey) {
         return;
     }
     let (w, key, params, ckey, obj) = (
         Rc::clone(w),
-        key.to_string(),
-        params.to_vec(),
-        ckey.to_vec(),
+        t.key.to_string(),
+        t.params.to_vec(),
+        t.ckey.to_vec(),
         obj.clone(),
     );
     monoio::spawn(async move {
-        let cond: Vec<(&'static str, &str)> = obj
-            .meta
-            .etag()
-            .map(|e| vec![("if-none-match", e)])
-            .unwrap_or_default();
-        match fetch_origin(&w, bucket, false, &key, &params, &cond).await {
+        let tiers = Arc::clone(&w.shared.tiers);
+        // Another worker may have started one since the check above.
+        let Role::Leader(leader) = tiers.inflight.join(&ckey) else {
+            return;
+        };
+        match fetch_origin(&w, bucket, false, &key, &params, &if_none_match(&obj)).await {
             Ok((head, body)) if head.status == 304 => {
                 drain_error_body(body).await;
-                w.shared
-                    .tiers
-                    .store(&ckey, refreshed(&w, bucket, &obj, &head));
+                let obj = refreshed(&w, bucket, &obj, &head);
+                refresh_everywhere(&w, &ckey, obj.clone()).await;
+                leader.complete(obj.meta, obj.body, true);
             }
-            Ok((head, mut body)) if head.status == 200 => {
-                if let Some((meta, len)) = crate::fill::cacheable(&w, bucket, &head, &body) {
-                    let mut all = Vec::with_capacity(len as usize);
-                    while !body.is_done() {
-                        let (res, a) = body.read_into(all).await;
-                        all = a;
-                        if !matches!(res, Ok(n) if n > 0) {
-                            break;
-                        }
+            Ok((head, body)) if head.status == 200 => {
+                match read_whole(&w, bucket, &head, body).await {
+                    Ok(Some(obj)) => {
+                        store_everywhere(&w, &ckey, obj.clone()).await;
+                        leader.complete(obj.meta, obj.body, false);
                     }
-                    if all.len() as u64 == len {
-                        w.shared.tiers.store(
-                            &ckey,
-                            CachedObject {
-                                meta,
-                                body: Bytes::from(all),
-                            },
-                        );
-                    }
+                    Ok(None) => leader.bypass(),
+                    Err(e) => leader.fail(e),
                 }
             }
             Ok((head, body)) => {
                 drain_error_body(body).await;
                 if head.status == 404 {
-                    crate::fill::remove_everywhere(&w, &ckey).await;
+                    remove_everywhere(&w, &ckey).await;
                 }
+                leader.fail(map_origin_status(head.status));
             }
-            Err(e) => log::warn!("background revalidation failed: {e}"),
+            Err(e) => {
+                log::warn!("background revalidation failed: {e}");
+                leader.fail(e);
+            }
         }
-        w.revalidating.borrow_mut().remove(&ckey);
     });
+}
+
+/// Reads a cacheable 200 answer whole (no client waits on it). `None` when it may not be
+/// cached; an error when the body ends short.
+async fn read_whole(
+    w: &Worker,
+    bucket: usize,
+    head: &UpstreamHead,
+    mut body: Body,
+) -> Result<Option<CachedObject>, Error> {
+    let Some((meta, len)) = cacheable(w, bucket, head, &body) else {
+        drain_error_body(body).await;
+        return Ok(None);
+    };
+    let mut all = Vec::with_capacity(len as usize);
+    while !body.is_done() {
+        let (res, a) = body.read_into(all).await;
+        all = a;
+        match res {
+            Ok(n) if n > 0 => {}
+            Ok(_) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if all.len() as u64 != len {
+        return Err(Error::upstream(
+            Kind::BadGateway,
+            "the origin sent a short body",
+        ));
+    }
+    Ok(Some(CachedObject {
+        meta,
+        body: Bytes::from(all),
+    }))
 }

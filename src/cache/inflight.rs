@@ -1,4 +1,5 @@
-//! Coalescing of concurrent misses: one origin fetch per key, whichever worker asks.
+//! Coalescing of concurrent misses and revalidations: one origin fetch per key, whichever
+//! worker asks.
 //!
 //! The first request for a missing key becomes the *leader*: it fetches from the origin and
 //! publishes what it receives into a shared [`Fill`] — the response head, then each body chunk
@@ -31,8 +32,13 @@ const SHARDS: usize = 16;
 /// `Failed` / `Bypass` at any point.
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// The origin answered 200 with this metadata and body length.
-    Head(Arc<Meta>, u64),
+    /// The object's metadata and body length: the origin answered 200, or (`revalidated`)
+    /// confirmed a stale entry with a 304.
+    Head {
+        meta: Arc<Meta>,
+        len: u64,
+        revalidated: bool,
+    },
     Chunk(Bytes),
     End,
     /// The fill failed; answer this error.
@@ -174,6 +180,11 @@ impl Inflight {
         })
     }
 
+    /// Whether a fill of `key` is in progress.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.shard(key).contains_key(key)
+    }
+
     /// Number of fills in progress (tests, metrics).
     pub fn len(&self) -> usize {
         self.shards
@@ -212,7 +223,11 @@ impl Leader<'_> {
     }
 
     pub fn head(&self, meta: Arc<Meta>, len: u64) {
-        self.fill.publish(Event::Head(meta, len));
+        self.fill.publish(Event::Head {
+            meta,
+            len,
+            revalidated: false,
+        });
     }
 
     pub fn chunk(&self, data: Bytes) {
@@ -224,6 +239,20 @@ impl Leader<'_> {
     pub fn end(mut self) {
         self.close();
         self.fill.publish(Event::End);
+    }
+
+    /// Publishes a whole object at once — an entry a 304 confirmed, or one a background
+    /// refresh fetched — and ends the fill. Call after the entry was stored, as for `end`.
+    pub fn complete(self, meta: Arc<Meta>, body: Bytes, revalidated: bool) {
+        self.fill.publish(Event::Head {
+            meta,
+            len: body.len() as u64,
+            revalidated,
+        });
+        if !body.is_empty() {
+            self.fill.publish(Event::Chunk(body));
+        }
+        self.end();
     }
 
     pub fn fail(mut self, e: Error) {
@@ -272,7 +301,7 @@ mod tests {
                     .unwrap();
                 rt.block_on(async move {
                     let mut body = Vec::new();
-                    let Event::Head(_, len) = sub.next_event().await else {
+                    let Event::Head { len, .. } = sub.next_event().await else {
                         panic!("head first")
                     };
                     loop {

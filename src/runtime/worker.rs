@@ -6,7 +6,6 @@
 //! lives in [`Shared`](super::Shared) behind an `Arc`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -48,8 +47,6 @@ pub struct Worker {
     next_request: Cell<u64>,
     /// Reusable head+body vectored-write buffers (the hit path allocates none once warm).
     head_bodies: RefCell<Vec<HeadBody>>,
-    /// Keys being revalidated in the background by this worker.
-    pub revalidating: RefCell<HashSet<Vec<u8>>>,
     /// This worker's Redis client, when the Redis tier is enabled.
     pub redis: Option<RedisClient>,
     /// The Redis key prefix (the client adds it to GET/SET; raw commands need it spelled out).
@@ -128,7 +125,6 @@ impl Worker {
             date: RefCell::new(DateCache::default()),
             next_request: Cell::new(0),
             head_bodies: RefCell::new(Vec::new()),
-            revalidating: RefCell::new(HashSet::new()),
         })
     }
 

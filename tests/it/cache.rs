@@ -188,6 +188,68 @@ fn stale_entries_revalidate_with_one_conditional_request() {
     assert_eq!(r.status, 404);
 }
 
+/// `n` clients on their own connections GET `path` at once; returns the responses.
+fn concurrent_gets(addr: std::net::SocketAddr, path: &str, n: usize) -> Vec<http::RawResponse> {
+    let barrier = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (barrier, path) = (Arc::clone(&barrier), path.to_string());
+            std::thread::spawn(move || {
+                let mut c = Conn::connect(addr);
+                c.set_timeout(Duration::from_secs(30));
+                barrier.wait();
+                c.request("GET", &path, &[])
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn concurrent_revalidations_of_a_stale_key_coalesce() {
+    let ttl = Duration::from_millis(300);
+    let (origin, corvid) = start("revco", "ttl = \"300ms\"", "");
+    // Larger than what a follower copies behind its head: exercises the vectored path.
+    let v1 = pattern_bytes(256 << 10, 1);
+    origin.put("revco", "k", &v1);
+    let addr = corvid.addr();
+    assert_eq!(
+        http::get(addr, "/revco/k", &[]).header("x-cache"),
+        Some("MISS")
+    );
+    // Any request would revalidate, so staleness is awaited on the clock, not polled.
+    std::thread::sleep(ttl + Duration::from_millis(100));
+    // A slow origin keeps the conditional GET open while every request arrives.
+    origin.set_delay(Duration::from_millis(400));
+    let (gets, unchanged) = (origin.count("GET"), origin.conditional_count(304));
+    for r in concurrent_gets(addr, "/revco/k", 40) {
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-cache"), Some("REVALIDATED"), "{:?}", r.headers);
+        assert!(r.body == v1, "revalidated body differs");
+    }
+    assert_eq!(
+        origin.count("GET") - gets,
+        1,
+        "one conditional GET for 40 requests"
+    );
+    assert_eq!(origin.conditional_count(304) - unchanged, 1);
+
+    // Changed at the origin: one GET, and every request gets the new body as it streams.
+    let v2 = pattern_bytes(300 << 10, 2);
+    origin.put("revco", "k", &v2);
+    std::thread::sleep(ttl + Duration::from_millis(100));
+    let gets = origin.count("GET");
+    for r in concurrent_gets(addr, "/revco/k", 40) {
+        assert_eq!(r.status, 200);
+        assert!(r.body == v2, "replaced body differs");
+    }
+    assert_eq!(origin.count("GET") - gets, 1, "one GET for 40 requests");
+    assert_eq!(
+        http::get(addr, "/revco/k", &[]).header("x-cache"),
+        Some("HIT")
+    );
+}
+
 #[test]
 fn stale_if_error_serves_the_old_copy_when_the_origin_is_down() {
     let (mut origin, corvid) = start(
@@ -217,16 +279,26 @@ fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
     let addr = corvid.addr();
     assert_eq!(http::get(addr, "/swr/k", &[]).status, 200);
     origin.put("swr", "k", b"new");
-    let r = get_after_expiry(addr, "/swr/k");
-    assert_eq!(
-        (r.header("x-cache"), r.body.as_slice()),
-        (Some("STALE"), &b"old"[..])
-    );
+    std::thread::sleep(Duration::from_millis(300)); // past the TTL
+                                                    // A slow origin keeps the background refresh running while every request arrives.
+    origin.set_delay(Duration::from_millis(300));
+    let gets = origin.count("GET");
+    for r in concurrent_gets(addr, "/swr/k", 20) {
+        assert_eq!(
+            (r.header("x-cache"), r.body.as_slice()),
+            (Some("STALE"), &b"old"[..])
+        );
+    }
     assert!(
         wait_until(Duration::from_secs(5), || http::get(addr, "/swr/k", &[])
             .body
             == b"new"),
         "the background revalidation stored the new version"
+    );
+    assert_eq!(
+        origin.count("GET") - gets,
+        1,
+        "one background request for 20 stale hits"
     );
 }
 

@@ -27,6 +27,11 @@ fn a_second_instance_hits_entries_the_first_one_filled() {
     let b = Corvid::start(&config(free_port(), &origin, &redis.url()));
     let r = http::get(a.addr(), "/rds/shared.bin", &[]);
     assert_eq!((r.status, r.header("x-cache")), (200, Some("MISS")));
+    // The client has the whole body before the fill's SET reaches Redis.
+    assert!(
+        wait_until(Duration::from_secs(5), || redis.key_count() == Some(1)),
+        "the fill reached Redis"
+    );
     let r = http::get(b.addr(), "/rds/shared.bin", &[]);
     assert_eq!(
         (r.header("x-cache"), r.header("x-cache-layer")),

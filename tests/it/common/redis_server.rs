@@ -91,6 +91,24 @@ impl RedisServer {
         s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     }
 
+    /// `DBSIZE`: how many keys the server holds (None when it does not answer).
+    pub fn key_count(&self) -> Option<u64> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.write_all(b"*1\r\n$6\r\nDBSIZE\r\n").ok()?;
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            s.read_exact(&mut byte).ok()?;
+            reply.push(byte[0]);
+        }
+        std::str::from_utf8(reply.strip_prefix(b":")?)
+            .ok()?
+            .trim_end()
+            .parse()
+            .ok()
+    }
+
     pub fn pid(&self) -> libc::pid_t {
         self.child.as_ref().expect("server not running").id() as libc::pid_t
     }
