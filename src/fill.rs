@@ -15,7 +15,7 @@ use bytes::Bytes;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 
 use crate::cache::entry::{CachedObject, Meta};
-use crate::cache::inflight::{Event, Leader, Subscription};
+use crate::cache::inflight::{Event, Leader, Role, Subscription};
 use crate::cache::policy;
 use crate::cache::redis_tier;
 use crate::cache::tiered::{Hit, Layer};
@@ -28,6 +28,7 @@ use crate::proxy::{
     client_conditionals, drain_error_body, fetch_origin, map_origin_status, now_ms,
     respond_upstream, send_with_head, stored_headers, write_object_head, Exchange, Target, XCache,
 };
+use crate::revalidate::{if_none_match, refreshed};
 use crate::runtime::worker::Worker;
 use crate::runtime::worker::MAX_REDIS_BEHIND;
 use crate::s3::client::Body;
@@ -193,8 +194,7 @@ pub fn cacheable(
     head: &UpstreamHead,
     body: &Body,
 ) -> Option<(Arc<Meta>, u64)> {
-    let cache = &w.shared.config.cache;
-    let configured = w.shared.config.buckets[bucket].ttl.unwrap_or(cache.ttl);
+    let configured = w.shared.config.ttl(bucket);
     let ttl = policy::freshness(head.header("cache-control"), configured)?;
     let len = body.content_length()?;
     if len > w.shared.tiers.max_object_size {
@@ -297,6 +297,99 @@ pub async fn follow<S: AsyncWriteRent>(
         }
     };
     Some(Ok(Sent { status, abort }))
+}
+
+/// Fetches a key into the cache in a background task, unless a fill or revalidation of it is
+/// already running somewhere in the process: with `stale`, a revalidation of that entry (a
+/// stale-while-revalidate refresh); without, a fill of the whole object (after a Range miss).
+/// The task leads the key in the coalescing table, so requests that need the object meanwhile
+/// follow it; having no client to stream to, it reads the body whole before publishing it.
+pub fn fill_in_background(
+    w: &Rc<Worker>,
+    bucket: usize,
+    t: &Target<'_>,
+    stale: Option<CachedObject>,
+) {
+    if w.shared.tiers.inflight.contains(t.ckey) {
+        return;
+    }
+    let (w, key, params, ckey) = (
+        Rc::clone(w),
+        t.key.to_string(),
+        t.params.to_vec(),
+        t.ckey.to_vec(),
+    );
+    monoio::spawn(async move {
+        let tiers = Arc::clone(&w.shared.tiers);
+        // Another request may have started one since the check above.
+        let Role::Leader(leader) = tiers.inflight.join(&ckey) else {
+            return;
+        };
+        let cond = stale.as_ref().map(if_none_match).unwrap_or_default();
+        match fetch_origin(&w, bucket, false, &key, &params, &cond).await {
+            Ok((head, body)) if head.status == 304 && stale.is_some() => {
+                drain_error_body(body).await;
+                let obj = refreshed(&w, bucket, stale.as_ref().unwrap(), &head);
+                refresh_everywhere(&w, &ckey, obj.clone()).await;
+                leader.complete(obj.meta, obj.body, true);
+            }
+            Ok((head, body)) if head.status == 200 => {
+                match read_whole(&w, bucket, &head, body).await {
+                    Ok(Some(obj)) => {
+                        store_everywhere(&w, &ckey, obj.clone()).await;
+                        leader.complete(obj.meta, obj.body, false);
+                    }
+                    Ok(None) => leader.bypass(),
+                    Err(e) => leader.fail(e),
+                }
+            }
+            Ok((head, body)) => {
+                drain_error_body(body).await;
+                if head.status == 404 {
+                    remove_everywhere(&w, &ckey).await;
+                }
+                leader.fail(map_origin_status(head.status));
+            }
+            Err(e) => {
+                log::warn!("background fill of a cache entry failed: {e}");
+                leader.fail(e);
+            }
+        }
+    });
+}
+
+/// Reads a cacheable 200 answer whole (no client waits on it). `None` when it may not be
+/// cached; an error when the body ends short.
+async fn read_whole(
+    w: &Worker,
+    bucket: usize,
+    head: &UpstreamHead,
+    mut body: Body,
+) -> Result<Option<CachedObject>, Error> {
+    let Some((meta, len)) = cacheable(w, bucket, head, &body) else {
+        drain_error_body(body).await;
+        return Ok(None);
+    };
+    let mut all = Vec::with_capacity(len as usize);
+    while !body.is_done() {
+        let (res, a) = body.read_into(all).await;
+        all = a;
+        match res {
+            Ok(n) if n > 0 => {}
+            Ok(_) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if all.len() as u64 != len {
+        return Err(Error::upstream(
+            Kind::BadGateway,
+            "the origin sent a short body",
+        ));
+    }
+    Ok(Some(CachedObject {
+        meta,
+        body: Bytes::from(all),
+    }))
 }
 
 /// Stores a filled object in the shared tiers and in Redis (awaited with write-through,

@@ -1,7 +1,10 @@
-//! The object route: forward a GET/HEAD to the bucket's origin and stream the answer back.
+//! The object route: answer a GET/HEAD from the cache tiers or the bucket's origin.
 //!
-//! This is the pass-through path; the cache tiers slot in front of [`fetch_origin`] (lookup)
-//! and around the body loop in [`stream_body`] (fill), without changing either.
+//! [`serve_object`] is the request path: look the key up (memory → disk → Redis); a fresh
+//! hit is answered by [`serve_cached`], a stale one goes to [`crate::revalidate`]; a full GET
+//! miss leads or follows a coalesced fill ([`crate::fill`]); HEAD and Range misses are passed
+//! through as asked (a Range miss may start a background fill of the whole object). With no
+//! cache tier enabled every request is passed through ([`pass_through`]).
 //!
 //! Origin answers are mapped so that clients see corvid's contract, not S3's XML:
 //! 200/206/304 pass through with the headers in [`PASSED_HEADERS`] and `x-amz-meta-*`;
@@ -19,7 +22,7 @@ use monoio::time::Instant;
 
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::Role;
-use crate::cache::policy::cache_key;
+use crate::cache::policy::{self, cache_key};
 use crate::cache::tiered::Layer;
 use crate::cors;
 use crate::error::{Error, Kind};
@@ -164,7 +167,29 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
             }
         }
     }
-    pass_through(x, key, &params, XCache::Miss).await
+    let (head, body) = fetch_as_asked(x, key, &params).await?;
+    if x.req.method() == Method::Get && x.req.header("range").is_some() {
+        fill_after_range_miss(x, &target, &head);
+    }
+    respond_upstream(x, head, body, XCache::Miss).await
+}
+
+/// A Range miss is answered by the origin as asked, and — when the 206 shows the whole object
+/// is cacheable — the whole object is fetched into the cache in the background, so clients
+/// that only ever ask for ranges (parallel downloaders, media players) get hits from then on.
+/// It costs one extra full GET per object, never one per range: the background fill holds the
+/// key in the coalescing table, and an object too large to cache is never fetched whole.
+fn fill_after_range_miss<S>(x: &Exchange<'_, '_, S>, t: &Target<'_>, head: &UpstreamHead) {
+    let w = x.w;
+    let whole = head
+        .header("content-range")
+        .and_then(range::content_range_complete);
+    let cacheable_size = whole.is_some_and(|n| n <= w.shared.tiers.max_object_size);
+    let configured = w.shared.config.ttl(x.bucket);
+    let cacheable_policy = policy::freshness(head.header("cache-control"), configured).is_some();
+    if head.status == 206 && cacheable_size && cacheable_policy {
+        crate::fill::fill_in_background(w, x.bucket, t, None);
+    }
 }
 
 /// The `X-Cache` values.
@@ -369,6 +394,16 @@ pub async fn pass_through<S: AsyncWriteRent>(
     params: &[(String, String)],
     xcache: XCache,
 ) -> Result<Sent, Error> {
+    let (head, body) = fetch_as_asked(x, key, params).await?;
+    respond_upstream(x, head, body, xcache).await
+}
+
+/// Sends the client's request to the origin as it is: its conditionals and range included.
+async fn fetch_as_asked<S>(
+    x: &Exchange<'_, '_, S>,
+    key: &str,
+    params: &[(String, String)],
+) -> Result<(UpstreamHead, Body), Error> {
     let mut forwarded: Vec<(&'static str, &str)> = Vec::new();
     for name in FORWARDED_HEADERS {
         if let Some(v) = x.req.header(name) {
@@ -377,9 +412,7 @@ pub async fn pass_through<S: AsyncWriteRent>(
             forwarded.push((name, v));
         }
     }
-    let is_head = x.req.is_head();
-    let (head, body) = fetch_origin(x.w, x.bucket, is_head, key, params, &forwarded).await?;
-    respond_upstream(x, head, body, xcache).await
+    fetch_origin(x.w, x.bucket, x.req.is_head(), key, params, &forwarded).await
 }
 
 /// Writes an origin answer to the client (status mapping, passed headers, streaming body).

@@ -21,20 +21,16 @@
 //! requests too stale to be served meanwhile follow it (they wait for its whole body on a
 //! `200`, since it reads that without a client to stream to).
 
-use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use monoio::io::AsyncWriteRent;
 
 use crate::cache::entry::CachedObject;
 use crate::cache::inflight::Role;
 use crate::cache::policy;
 use crate::cache::tiered::Hit;
-use crate::error::{Error, Kind};
-use crate::fill::{
-    cacheable, fill_from, follow, refresh_everywhere, remove_everywhere, store_everywhere,
-};
+use crate::error::Error;
+use crate::fill::{fill_from, fill_in_background, follow, refresh_everywhere, remove_everywhere};
 use crate::http::conn::Sent;
 use crate::http::response::UpstreamHead;
 use crate::proxy::{
@@ -42,7 +38,6 @@ use crate::proxy::{
     Target, XCache,
 };
 use crate::runtime::worker::Worker;
-use crate::s3::client::Body;
 
 pub async fn revalidate<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, S>,
@@ -56,7 +51,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
         |d: Option<std::time::Duration>| d.is_some_and(|d| (stale_ms as u128) < d.as_millis());
     let layer = Some(hit.layer);
     if within(cache.stale_while_revalidate) {
-        refresh_in_background(w, bucket, t, &hit.obj);
+        fill_in_background(w, bucket, t, Some(hit.obj.clone()));
         w.metrics().cache_hit(bucket, hit.layer);
         return serve_cached(x, &hit.obj, XCache::Stale, layer).await;
     }
@@ -116,7 +111,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
 }
 
 /// The conditional header of a revalidation: the stored ETag (none: an unconditional GET).
-fn if_none_match(obj: &CachedObject) -> Vec<(&'static str, &str)> {
+pub fn if_none_match(obj: &CachedObject) -> Vec<(&'static str, &str)> {
     obj.meta
         .etag()
         .map(|e| vec![("if-none-match", e)])
@@ -124,9 +119,13 @@ fn if_none_match(obj: &CachedObject) -> Vec<(&'static str, &str)> {
 }
 
 /// The entry with a new freshness deadline (same body, same headers).
-fn refreshed(w: &Worker, bucket: usize, obj: &CachedObject, head: &UpstreamHead) -> CachedObject {
-    let cache = &w.shared.config.cache;
-    let configured = w.shared.config.buckets[bucket].ttl.unwrap_or(cache.ttl);
+pub fn refreshed(
+    w: &Worker,
+    bucket: usize,
+    obj: &CachedObject,
+    head: &UpstreamHead,
+) -> CachedObject {
+    let configured = w.shared.config.ttl(bucket);
     let cc = head
         .header("cache-control")
         .or(obj.meta.header("cache-control"));
@@ -135,89 +134,4 @@ fn refreshed(w: &Worker, bucket: usize, obj: &CachedObject, head: &UpstreamHead)
         meta: Arc::new(obj.meta.refreshed(now_ms() + ttl.as_millis() as u64)),
         body: obj.body.clone(),
     }
-}
-
-/// Revalidates `obj` in a background task, unless a fill or revalidation of the key is
-/// already running somewhere in the process.
-fn refresh_in_background(w: &Rc<Worker>, bucket: usize, t: &Target<'_>, obj: &CachedObject) {
-    if w.shared.tiers.inflight.contains(t.ckey) {
-        return;
-    }
-    let (w, key, params, ckey, obj) = (
-        Rc::clone(w),
-        t.key.to_string(),
-        t.params.to_vec(),
-        t.ckey.to_vec(),
-        obj.clone(),
-    );
-    monoio::spawn(async move {
-        let tiers = Arc::clone(&w.shared.tiers);
-        // Another worker may have started one since the check above.
-        let Role::Leader(leader) = tiers.inflight.join(&ckey) else {
-            return;
-        };
-        match fetch_origin(&w, bucket, false, &key, &params, &if_none_match(&obj)).await {
-            Ok((head, body)) if head.status == 304 => {
-                drain_error_body(body).await;
-                let obj = refreshed(&w, bucket, &obj, &head);
-                refresh_everywhere(&w, &ckey, obj.clone()).await;
-                leader.complete(obj.meta, obj.body, true);
-            }
-            Ok((head, body)) if head.status == 200 => {
-                match read_whole(&w, bucket, &head, body).await {
-                    Ok(Some(obj)) => {
-                        store_everywhere(&w, &ckey, obj.clone()).await;
-                        leader.complete(obj.meta, obj.body, false);
-                    }
-                    Ok(None) => leader.bypass(),
-                    Err(e) => leader.fail(e),
-                }
-            }
-            Ok((head, body)) => {
-                drain_error_body(body).await;
-                if head.status == 404 {
-                    remove_everywhere(&w, &ckey).await;
-                }
-                leader.fail(map_origin_status(head.status));
-            }
-            Err(e) => {
-                log::warn!("background revalidation failed: {e}");
-                leader.fail(e);
-            }
-        }
-    });
-}
-
-/// Reads a cacheable 200 answer whole (no client waits on it). `None` when it may not be
-/// cached; an error when the body ends short.
-async fn read_whole(
-    w: &Worker,
-    bucket: usize,
-    head: &UpstreamHead,
-    mut body: Body,
-) -> Result<Option<CachedObject>, Error> {
-    let Some((meta, len)) = cacheable(w, bucket, head, &body) else {
-        drain_error_body(body).await;
-        return Ok(None);
-    };
-    let mut all = Vec::with_capacity(len as usize);
-    while !body.is_done() {
-        let (res, a) = body.read_into(all).await;
-        all = a;
-        match res {
-            Ok(n) if n > 0 => {}
-            Ok(_) => break,
-            Err(e) => return Err(e),
-        }
-    }
-    if all.len() as u64 != len {
-        return Err(Error::upstream(
-            Kind::BadGateway,
-            "the origin sent a short body",
-        ));
-    }
-    Ok(Some(CachedObject {
-        meta,
-        body: Bytes::from(all),
-    }))
 }

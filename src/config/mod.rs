@@ -637,6 +637,12 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// How long an entry of `bucket` stays fresh when the origin says nothing: the bucket's
+    /// `ttl`, else `cache.ttl`.
+    pub fn ttl(&self, bucket: usize) -> Duration {
+        self.buckets[bucket].ttl.unwrap_or(self.cache.ttl)
+    }
+
     /// Reads and validates the config file at `path`, with `${ENV}` from the process
     /// environment and relative paths resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -16,6 +16,21 @@ pub enum RangeDecision {
     Unsatisfiable,
 }
 
+/// The complete length in an origin's `Content-Range: bytes first-last/complete` (None for
+/// `*` or anything malformed).
+pub fn content_range_complete(value: &str) -> Option<u64> {
+    let (unit, rest) = value.trim().split_once(' ')?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let (_, complete) = rest.trim().split_once('/')?;
+    let complete = complete.trim();
+    if complete.is_empty() || !complete.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    complete.parse().ok()
+}
+
 /// Evaluates `range` (the header value) against an object of `len` bytes.
 pub fn evaluate(range: Option<&[u8]>, len: u64) -> RangeDecision {
     let Some(value) = range.and_then(|r| std::str::from_utf8(r).ok()) else {
@@ -153,5 +168,20 @@ mod tests {
             e,
             lm
         ));
+    }
+
+    #[test]
+    fn complete_length_of_an_origin_content_range() {
+        assert_eq!(content_range_complete("bytes 0-9/12345"), Some(12345));
+        assert_eq!(content_range_complete("Bytes 5-5/6 "), Some(6));
+        assert_eq!(content_range_complete("bytes 0-9/*"), None);
+        assert_eq!(content_range_complete("bytes */100"), Some(100));
+        assert_eq!(content_range_complete("items 0-9/100"), None);
+        assert_eq!(content_range_complete("bytes 0-9/-1"), None);
+        assert_eq!(
+            content_range_complete("bytes 0-9/99999999999999999999999"),
+            None
+        );
+        assert_eq!(content_range_complete("garbage"), None);
     }
 }
