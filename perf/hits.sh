@@ -5,6 +5,10 @@
 #
 #   perf/hits.sh                                  # wrk -t2 -c64 -d10s, sizes 1k 64k 1m, sweep 16..1024
 #   DURATION=5s SWEEP="64 256" perf/hits.sh
+#   SIZES=1k SWEEP= PACES="8 4 2" perf/hits.sh    # also: latency at fixed offered load
+#
+# PACES lists per-connection pauses in ms (perf/paced.lua): each run offers
+# CONNS * 1000 / pace req/s of 1 KiB to every server, so p99s compare at equal load.
 #
 # Needs wrk, nginx and varnish (Debian packages; installed when missing, as root).
 # The peers' backend is a corvid instance with its cache off, which signs requests for the
@@ -18,7 +22,8 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 SIZES=${SIZES:-"1k 64k 1m"}
-SWEEP=${SWEEP:-"16 64 256 1024"}
+SWEEP=${SWEEP-"16 64 256 1024"}
+PACES=${PACES:-}
 ulimit -n 65536 2>/dev/null || true
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -136,4 +141,12 @@ for c in $SWEEP; do
   CONNS=$c run_wrk "nginx 1k c$c" "http://127.0.0.1:$nginx_port/perf/1k"
   CONNS=$c run_wrk "varnish 1k c$c" "http://127.0.0.1:$varnish_port/perf/1k"
   CONNS=$c run_wrk "ceiling 1k c$c" "http://127.0.0.1:$ceiling_port/ceiling"
+done
+for pace in $PACES; do
+  rate=$((CONNS * 1000 / pace))
+  for target in "corvid:$corvid_port/perf/1k" "nginx:$nginx_port/perf/1k" \
+    "varnish:$varnish_port/perf/1k" "ceiling:$ceiling_port/ceiling"; do
+    PACE_MS=$pace run_wrk "${target%%:*} 1k c$CONNS @${rate}/s" "http://127.0.0.1:${target#*:}" \
+      -s perf/paced.lua
+  done
 done
