@@ -7,18 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
 
-DURATION=${DURATION:-10s}
-CONNS=${CONNS:-64}
-THREADS=${THREADS:-2}
 SIZES=${SIZES:-"1k 64k 1m"}
 
-build="cargo build --release --bin corvid --example origin"
-$build >/dev/null 2>&1 || $build
-
-WORK=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+build_release --bin corvid --example origin
+make_workdir
 
 start_origin "$WORK/data" 1k=1024 64k=65536 1m=1048576
 pids+=("$origin_pid")
@@ -46,7 +38,8 @@ for size in $SIZES; do
     || { echo "disk-only corvid is not hitting disk" >&2; exit 1; }
 done
 
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m), $(nproc) cores; wrk -t$THREADS -c$CONNS -d$DURATION --latency"
+machine_line
+echo "# wrk -t$THREADS -c$CONNS -d$DURATION --latency"
 printf 'run\treq/s\tp50 ms\tp99 ms\terrors\n'
 for size in $SIZES; do
   run_wrk "disk $size" "http://127.0.0.1:$disk_port/perf/$size"

@@ -18,9 +18,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
 
-DURATION=${DURATION:-10s}
-CONNS=${CONNS:-64}
-THREADS=${THREADS:-2}
 SIZES=${SIZES:-"1k 64k 1m"}
 SWEEP=${SWEEP-"16 64 256 1024"}
 PACES=${PACES:-}
@@ -31,19 +28,8 @@ if ! need wrk || ! need nginx || ! need varnishd; then
   apt-get update -qq && apt-get install -y -qq wrk nginx varnish >/dev/null
 fi
 
-build="cargo build --release --bin corvid --example origin"
-$build >/dev/null 2>&1 || $build
-
-WORK=$(mktemp -d)
-chmod 755 "$WORK"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+build_release --bin corvid --example origin
+make_workdir
 
 start_origin "$WORK/data" 1k=1024 64k=65536 1m=1048576
 pids+=("$origin_pid")
@@ -127,7 +113,7 @@ done
 first=$(echo "$SIZES" | awk '{print $1}')
 curl -s -D - -o /dev/null "http://127.0.0.1:$corvid_port/perf/$first" | grep -qi '^x-cache: HIT' || { echo "corvid is not hitting" >&2; exit 1; }
 
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m), $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
+machine_line
 echo "# nginx $(nginx -v 2>&1 | sed 's/.*\///'), varnish $(varnishd -V 2>&1 | head -1 | sed 's/.*varnish-\([0-9.]*\).*/\1/'); wrk -t$THREADS -d$DURATION --latency"
 printf 'run\treq/s\tp50 ms\tp99 ms\terrors\n'
 for size in $SIZES; do

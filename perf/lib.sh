@@ -1,4 +1,34 @@
-# Helpers shared by the perf scripts (sourced).
+# Helpers shared by the perf scripts (sourced from the repository root).
+
+# wrk settings every script honours from the environment.
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+
+# build_release ARGS...: `cargo build --release ARGS`, quiet unless it fails.
+build_release() {
+  cargo build --release "$@" >/dev/null 2>&1 || cargo build --release "$@"
+}
+
+# make_workdir: a fresh $WORK (world-readable, for peers' workers) and an EXIT trap that stops
+# every pid in $pids (and nginx, when $WORK/nginx.pid exists) and removes $WORK.
+make_workdir() {
+  WORK=$(mktemp -d)
+  chmod 755 "$WORK"
+  pids=()
+  trap cleanup_workdir EXIT
+}
+cleanup_workdir() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
+# machine_line: "# <date> <arch>, <cores> cores, <cpu model>" for result headers.
+machine_line() {
+  echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m), $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
+}
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'

@@ -18,22 +18,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
 
-DURATION=${DURATION:-10s}
-CONNS=${CONNS:-64}
-THREADS=${THREADS:-2}
 WORKERS=${WORKERS:-2}
 LAYOUTS=${LAYOUTS:-"isolated shared"}
 SIZES=${SIZES:-"1k 1m"}
 
-build="cargo build --release --bin corvid --example origin --example sign_headers"
-$build >/dev/null 2>&1 || $build
+build_release --bin corvid --example origin --example sign_headers
+make_workdir
 
-WORK=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m), $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
+machine_line
 echo "# wrk -t$THREADS -c$CONNS -d$DURATION --latency"
 printf 'layout\trun\treq/s\tp50 ms\tp99 ms\terrors\n'
 for layout in $LAYOUTS; do

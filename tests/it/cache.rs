@@ -8,24 +8,6 @@ use std::time::Duration;
 use crate::common::http::{self, Conn};
 use crate::common::*;
 
-fn start(bucket: &str, bucket_extra: &str, extra: &str) -> (Origin, Corvid) {
-    let origin = Origin::start();
-    origin.create_bucket(bucket);
-    let corvid = Corvid::start(&format!(
-        "{}{}{}",
-        server_toml(free_port()),
-        bucket_toml_for(
-            bucket,
-            &format!("/{bucket}"),
-            &origin.endpoint(),
-            bucket,
-            bucket_extra
-        ),
-        extra
-    ));
-    (origin, corvid)
-}
-
 /// Polls `path` until `X-Cache` is no longer HIT (the entry went stale), bounded.
 fn get_after_expiry(addr: std::net::SocketAddr, path: &str) -> http::RawResponse {
     for _ in 0..200 {
@@ -40,7 +22,7 @@ fn get_after_expiry(addr: std::net::SocketAddr, path: &str) -> http::RawResponse
 
 #[test]
 fn miss_fills_then_memory_hits_with_head_ranges_and_conditionals() {
-    let (origin, corvid) = start("hit", "", "");
+    let (origin, corvid) = origin_and_corvid("hit", "", "");
     let body = pattern_bytes(100_000, 3);
     origin.put_with(
         "hit",
@@ -102,7 +84,7 @@ fn miss_fills_then_memory_hits_with_head_ranges_and_conditionals() {
 
 #[test]
 fn concurrent_misses_coalesce_into_one_origin_get() {
-    let (origin, corvid) = start("coal", "", "");
+    let (origin, corvid) = origin_and_corvid("coal", "", "");
     let body = Arc::new(pattern_bytes(4 << 20, 9));
     origin.put("coal", "big.bin", &body);
     // A slow origin head keeps the fill open while all requests arrive.
@@ -153,7 +135,7 @@ fn concurrent_misses_coalesce_into_one_origin_get() {
 
 #[test]
 fn stale_entries_revalidate_with_one_conditional_request() {
-    let (origin, corvid) = start("reval", "ttl = \"300ms\"", "");
+    let (origin, corvid) = origin_and_corvid("reval", "ttl = \"300ms\"", "");
     origin.put("reval", "k", b"version one");
     let addr = corvid.addr();
     assert_eq!(
@@ -208,7 +190,7 @@ fn concurrent_gets(addr: std::net::SocketAddr, path: &str, n: usize) -> Vec<http
 #[test]
 fn concurrent_revalidations_of_a_stale_key_coalesce() {
     let ttl = Duration::from_millis(300);
-    let (origin, corvid) = start("revco", "ttl = \"300ms\"", "");
+    let (origin, corvid) = origin_and_corvid("revco", "ttl = \"300ms\"", "");
     // Larger than what a follower copies behind its head: exercises the vectored path.
     let v1 = pattern_bytes(256 << 10, 1);
     origin.put("revco", "k", &v1);
@@ -252,7 +234,7 @@ fn concurrent_revalidations_of_a_stale_key_coalesce() {
 
 #[test]
 fn stale_if_error_serves_the_old_copy_when_the_origin_is_down() {
-    let (mut origin, corvid) = start(
+    let (mut origin, corvid) = origin_and_corvid(
         "sie",
         "ttl = \"200ms\"",
         "\n[cache]\nstale_if_error = \"1h\"\n",
@@ -270,7 +252,7 @@ fn stale_if_error_serves_the_old_copy_when_the_origin_is_down() {
 
 #[test]
 fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
-    let (origin, corvid) = start(
+    let (origin, corvid) = origin_and_corvid(
         "swr",
         "ttl = \"200ms\"",
         "\n[cache]\nstale_while_revalidate = \"1h\"\n",
@@ -304,7 +286,7 @@ fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
 
 #[test]
 fn a_range_miss_fills_the_whole_object_in_the_background() {
-    let (origin, corvid) = start("rng", "", "\n[cache]\nmax_object_size = \"1MiB\"\n");
+    let (origin, corvid) = origin_and_corvid("rng", "", "\n[cache]\nmax_object_size = \"1MiB\"\n");
     let small = pattern_bytes(200_000, 5);
     let large = pattern_bytes(2 << 20, 6);
     origin.put("rng", "small", &small);
@@ -347,7 +329,7 @@ fn a_range_miss_fills_the_whole_object_in_the_background() {
 
 #[test]
 fn uncacheable_answers_are_not_stored() {
-    let (origin, corvid) = start("unc", "", "\n[cache]\nmax_object_size = \"64KiB\"\n");
+    let (origin, corvid) = origin_and_corvid("unc", "", "\n[cache]\nmax_object_size = \"64KiB\"\n");
     origin.put_with(
         "unc",
         "private",

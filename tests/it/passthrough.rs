@@ -11,24 +11,8 @@ struct Setup {
     corvid: Corvid,
 }
 
-/// An origin with bucket `bucket` and corvid serving it under `/{bucket}`; `bucket_extra` goes
-/// inside the bucket block, `extra_toml` after it.
 fn setup_with(bucket: &str, bucket_extra: &str, extra_toml: &str) -> Setup {
-    let origin = Origin::start();
-    origin.create_bucket(bucket);
-    let cfg = format!(
-        "{}{}{}",
-        server_toml(free_port()),
-        bucket_toml_for(
-            bucket,
-            &format!("/{bucket}"),
-            &origin.endpoint(),
-            bucket,
-            bucket_extra
-        ),
-        extra_toml
-    );
-    let corvid = Corvid::start(&cfg);
+    let (origin, corvid) = origin_and_corvid(bucket, bucket_extra, extra_toml);
     Setup { origin, corvid }
 }
 

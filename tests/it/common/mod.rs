@@ -66,6 +66,26 @@ pub fn bucket_toml_for(
     )
 }
 
+/// An origin with bucket `bucket` and a corvid serving it under `/{bucket}`; `bucket_extra`
+/// goes inside the bucket block, `extra_toml` after it.
+pub fn origin_and_corvid(bucket: &str, bucket_extra: &str, extra_toml: &str) -> (Origin, Corvid) {
+    let origin = Origin::start();
+    origin.create_bucket(bucket);
+    let corvid = Corvid::start(&format!(
+        "{}{}{}",
+        server_toml(free_port()),
+        bucket_toml_for(
+            bucket,
+            &format!("/{bucket}"),
+            &origin.endpoint(),
+            bucket,
+            bucket_extra
+        ),
+        extra_toml
+    ));
+    (origin, corvid)
+}
+
 /// `[[buckets]]` block reaching `origin` bucket `name` through `tls`
 /// (https endpoint, `ca_file` pointing at the terminator's CA).
 pub fn bucket_toml_tls(name: &str, prefix: &str, tls: &TlsTerminator) -> String {
