@@ -157,12 +157,12 @@ impl Worker {
 }
 
 /// Binds this worker's listener (SO_REUSEPORT: every worker has its own accept queue).
-pub fn bind(shared: &Shared) -> std::io::Result<TcpListener> {
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let opts = ListenerOpts::new()
         .reuse_port(true)
         .reuse_addr(true)
         .backlog(4096);
-    TcpListener::bind_with_config(shared.config.server.listen, &opts)
+    TcpListener::bind_with_config(addr, &opts)
 }
 
 /// The accept loop; returns once shutdown has begun and connections drained (or the grace
