@@ -21,7 +21,10 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     log: &mut RequestLog,
 ) -> Result<Sent, Error> {
     let (path, query) = split_target(req.head.target(req.buf))?;
-    let route = w.shared.router.route(path)?;
+    // The object key is decoded into a recycled buffer, given back after the answer.
+    let mut spare = w.scratch();
+    let route = w.shared.router.route_reusing(path, &mut spare)?;
+    drop(spare);
     if !matches!(route, Route::Object { .. }) && !matches!(req.method(), Method::Get | Method::Head)
     {
         return Err(Error::method_not_allowed("GET, HEAD"));
@@ -59,7 +62,9 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
         )),
         Route::Object { bucket, key } => {
             log.bucket = Some(bucket);
-            crate::proxy::serve_object(w, io, out, req, bucket, &key, query).await
+            let sent = crate::proxy::serve_object(w, io, out, req, bucket, &key, query).await;
+            w.recycle_buf(key.into_bytes());
+            sent
         }
     }
 }

@@ -17,7 +17,7 @@ use monoio::time::Instant;
 
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::Role;
-use crate::cache::policy::cache_key;
+use crate::cache::policy::cache_key_into;
 use crate::cache::tiered::Layer;
 use crate::cors;
 use crate::error::{Error, Kind};
@@ -81,7 +81,14 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
     if !tiers.enabled() {
         return pass_through(w, io, out, req, bucket, key, &params, XCache::Bypass).await;
     }
-    let ckey = cache_key(&w.shared.config.buckets[bucket].name, key, &params);
+    // In a recycled buffer: a hit allocates nothing (issue 4).
+    let mut ckey = w.scratch();
+    cache_key_into(
+        &mut ckey,
+        &w.shared.config.buckets[bucket].name,
+        key,
+        &params,
+    );
     let now = now_ms();
     let hit = match tiers.lookup(&ckey).await {
         Some(hit) => Some(hit),
