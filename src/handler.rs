@@ -21,7 +21,10 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     log: &mut RequestLog,
 ) -> Result<Sent, Error> {
     let (path, query) = split_target(req.head.target(req.buf))?;
-    let route = w.shared.router.route(path)?;
+    // The object key is decoded into a recycled buffer, given back after the answer.
+    let mut spare = w.scratch();
+    let route = w.shared.router.route_reusing(path, &mut spare)?;
+    drop(spare);
     if !matches!(route, Route::Object { .. }) && !matches!(req.method(), Method::Get | Method::Head)
     {
         return Err(Error::method_not_allowed("GET, HEAD"));
@@ -66,7 +69,9 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
                 req,
                 bucket,
             };
-            crate::proxy::serve_object(&mut x, &key, query).await
+            let sent = crate::proxy::serve_object(&mut x, &key, query).await;
+            w.recycle_buf(key.into_bytes());
+            sent
         }
     }
 }

@@ -22,7 +22,7 @@ use monoio::time::Instant;
 
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::Role;
-use crate::cache::policy::{self, cache_key};
+use crate::cache::policy::{self, cache_key_into};
 use crate::cache::tiered::Layer;
 use crate::cors;
 use crate::error::{Error, Kind};
@@ -134,7 +134,14 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
     if !tiers.enabled() {
         return pass_through(x, key, &params, XCache::Bypass).await;
     }
-    let ckey = cache_key(&w.shared.config.buckets[x.bucket].name, key, &params);
+    // In a recycled buffer: a hit allocates nothing (issue 4).
+    let mut ckey = w.scratch();
+    cache_key_into(
+        &mut ckey,
+        &w.shared.config.buckets[x.bucket].name,
+        key,
+        &params,
+    );
     let target = Target {
         key,
         params: &params,

@@ -1,5 +1,6 @@
 //! Request path → route: which internal endpoint or which bucket and object key a request is
-//! for. Pure string work, no IO, no allocation beyond the one `String` of the decoded key.
+//! for. Pure string work, no IO, no allocation beyond the one `String` of the decoded key (and
+//! none with [`Router::route_reusing`], which decodes into a caller's recycled buffer).
 //!
 //! The router owns the rules that decide what object a URL names, so it is also where paths
 //! that could name something unintended are refused: dot segments (raw or percent-encoded,
@@ -35,7 +36,7 @@
 
 use std::collections::HashMap;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{percent_decode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::error::{Error, Kind};
 
@@ -110,6 +111,14 @@ impl Router {
 
     /// Routes the raw path of a request-target (no query); see the module docs for the rules.
     pub fn route(&self, path: &str) -> Result<Route, Error> {
+        self.route_reusing(path, &mut Vec::new())
+    }
+
+    /// [`Router::route`], decoding an object key into `spare`'s allocation: `Route::Object`'s
+    /// `key` takes it over (leaving `spare` empty); other routes and errors leave it in `spare`.
+    /// The request handler lends recycled buffers this way, so that routing to an object
+    /// allocates nothing (a cache hit must not allocate, issue 4).
+    pub fn route_reusing(&self, path: &str, spare: &mut Vec<u8>) -> Result<Route, Error> {
         match path {
             "/health" => return Ok(Route::Health),
             "/ready" => return Ok(Route::Ready),
@@ -132,7 +141,7 @@ impl Router {
         if raw_key.is_empty() {
             return Err(Error::client(Kind::NotFound, "no object key in path"));
         }
-        let key = decode_key(raw_key)?;
+        let key = decode_key_into(raw_key, spare)?;
         Ok(Route::Object { bucket, key })
     }
 
@@ -262,13 +271,23 @@ fn check_percent(raw: &[u8]) -> Result<(), Error> {
 /// Percent-decodes an object key once and checks it: valid escapes, UTF-8, no NUL, no `.` or
 /// `..` segment. The router's decoder, public for fuzzing and tests.
 pub fn decode_key(raw: &str) -> Result<String, Error> {
-    let mut out = Vec::with_capacity(raw.len());
-    percent_decode_into(raw.as_bytes(), &mut out)?;
-    if memchr::memchr(0, &out).is_some() {
+    decode_key_into(raw, &mut Vec::new())
+}
+
+/// [`decode_key`] into `buf`'s allocation (cleared first): the key takes it on success; on
+/// error `buf` keeps it.
+fn decode_key_into(raw: &str, buf: &mut Vec<u8>) -> Result<String, Error> {
+    buf.clear();
+    percent_decode_into(raw.as_bytes(), buf)?;
+    if memchr::memchr(0, buf).is_some() {
         return Err(bad_request("object key must not contain NUL"));
     }
-    let key = String::from_utf8(out).map_err(|_| bad_request("object key is not valid UTF-8"))?;
+    let key = String::from_utf8(std::mem::take(buf)).map_err(|e| {
+        *buf = e.into_bytes();
+        bad_request("object key is not valid UTF-8")
+    })?;
     if key.split('/').any(|s| s == "." || s == "..") {
+        *buf = key.into_bytes();
         return Err(bad_request(
             "object key must not contain \".\" or \"..\" segments",
         ));
@@ -289,14 +308,14 @@ pub fn forwarded_query(query: Option<&str>) -> Result<Vec<(String, String)>, Err
     let Some(query) = query else {
         return Ok(out);
     };
-    let mut buf = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-        buf.clear();
-        percent_decode_into(raw_name.as_bytes(), &mut buf)?;
-        let Some(&name) = std::str::from_utf8(&buf)
-            .ok()
-            .and_then(|n| FORWARDED_PARAMS.iter().find(|p| **p == n))
+        // Compared while decoding, so that a dropped parameter (`?v=3` cache busting on a hit)
+        // allocates nothing.
+        check_percent(raw_name.as_bytes())?;
+        let Some(&name) = FORWARDED_PARAMS
+            .iter()
+            .find(|p| percent_decode(raw_name.as_bytes()).eq(p.bytes()))
         else {
             // Dropped, but still held to well-formed escapes.
             check_percent(raw_value.as_bytes())?;

@@ -13,6 +13,14 @@ use std::time::Duration;
 /// The cache key for an object request.
 pub fn cache_key(bucket: &str, key: &str, query: &[(String, String)]) -> Vec<u8> {
     let mut k = Vec::with_capacity(bucket.len() + key.len() + 1);
+    cache_key_into(&mut k, bucket, key, query);
+    k
+}
+
+/// [`cache_key`] into `k` (cleared first), so that a request can build its key in a recycled
+/// buffer.
+pub fn cache_key_into(k: &mut Vec<u8>, bucket: &str, key: &str, query: &[(String, String)]) {
+    k.clear();
     k.extend_from_slice(bucket.as_bytes());
     k.push(0);
     k.extend_from_slice(key.as_bytes());
@@ -22,7 +30,6 @@ pub fn cache_key(bucket: &str, key: &str, query: &[(String, String)]) -> Vec<u8>
         k.push(b'=');
         k.extend_from_slice(v.as_bytes());
     }
-    k
 }
 
 /// The key prefix that selects every entry of `bucket` whose object key starts with `prefix`.

@@ -1,11 +1,12 @@
 //! Worker threads and their lifecycle.
 //!
-//! `serve` builds what all workers share ([`Shared`]), starts one thread per worker — pinned to
-//! a core, running its own monoio runtime (io_uring, or the legacy epoll driver where io_uring
-//! cannot be set up) with its own SO_REUSEPORT listener — and then waits for SIGTERM/SIGINT.
+//! [`Server::start`] builds what all workers share ([`Shared`]) and starts one thread per
+//! worker — pinned to a core, running its own monoio runtime (io_uring, or the legacy epoll
+//! driver where io_uring cannot be set up) with its own SO_REUSEPORT listener on one shared
+//! port. [`serve`], the CLI's entry, starts a `Server` and waits for SIGTERM/SIGINT.
 //! Shutdown goes over the control bus: every worker gets a `Shutdown` command, stops accepting,
-//! lets in-flight requests finish within `server.shutdown_grace`, and exits; `serve` returns
-//! once all have. A second signal exits at once.
+//! lets in-flight requests finish within `server.shutdown_grace`, and exits; [`Server::stop`]
+//! returns once all have. A second signal exits at once.
 //!
 //! The control bus is one flume channel per worker: flume's async receive wakes a monoio task
 //! from another thread (monoio's `sync` feature), which crossbeam's blocking channels cannot.
@@ -13,8 +14,10 @@
 pub mod signal;
 pub mod worker;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
@@ -142,6 +145,133 @@ impl Shared {
     }
 }
 
+/// A running proxy: the shared state, the worker threads (all listening on one address) and
+/// the origin monitor. [`Server::start`] returns once every worker listens; [`Server::stop`]
+/// (or dropping the value) shuts the workers down over the control bus and joins them.
+///
+/// The CLI drives it from [`serve`]; tests use it to run corvid in-process (pre-filling
+/// [`Shared::tiers`], reaching the workers through [`Server::local_addr`]).
+pub struct Server {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    controls: Vec<flume::Sender<Control>>,
+    handles: Vec<JoinHandle<()>>,
+    stop_monitor: Arc<AtomicBool>,
+}
+
+/// What a worker reports once it listens: a line for the log and its bound address.
+type Started = Result<(String, SocketAddr), String>;
+
+impl Server {
+    /// Builds [`Shared`], starts the origin monitor and the workers, and waits until every
+    /// worker listens. Errors are start-up failures (workers already started are stopped).
+    ///
+    /// Worker 0 binds first and the others bind to the address it got, so that with port 0
+    /// in `server.listen` every worker still shares one port (SO_REUSEPORT).
+    pub fn start(config: Config) -> Result<Server, String> {
+        let shared = Shared::new(config)?;
+        let stop_monitor = Arc::new(AtomicBool::new(false));
+        shared
+            .origins
+            .spawn_monitor(ORIGIN_CHECK_INTERVAL, Arc::clone(&stop_monitor));
+        let mut server = Server {
+            local_addr: shared.config.server.listen,
+            shared,
+            controls: Vec::new(),
+            handles: Vec::new(),
+            stop_monitor,
+        };
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        // Each wait holds no sender of its own, so a worker that dies before reporting ends
+        // the wait instead of hanging it.
+        let (first_tx, first_rx) = std::sync::mpsc::channel::<Started>();
+        server.spawn_worker(0, &cores, server.local_addr, first_tx)?;
+        server.local_addr = started(&first_rx)?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Started>();
+        for id in 1..server.shared.workers {
+            server.spawn_worker(id, &cores, server.local_addr, ready_tx.clone())?;
+        }
+        drop(ready_tx);
+        let mut startup_error = None;
+        for _ in 1..server.shared.workers {
+            if let Err(e) = started(&ready_rx) {
+                startup_error.get_or_insert(e);
+            }
+        }
+        match startup_error {
+            // Dropping `server` stops the workers that did start.
+            Some(e) => Err(e),
+            None => Ok(server),
+        }
+    }
+
+    fn spawn_worker(
+        &mut self,
+        id: usize,
+        cores: &[core_affinity::CoreId],
+        listen: SocketAddr,
+        ready: std::sync::mpsc::Sender<Started>,
+    ) -> Result<(), String> {
+        let (tx, rx) = flume::unbounded::<Control>();
+        let shared = Arc::clone(&self.shared);
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let handle = std::thread::Builder::new()
+            .name(format!("corvid-worker-{id}"))
+            .spawn(move || worker_thread(id, shared, core, listen, rx, ready))
+            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        self.controls.push(tx);
+        self.handles.push(handle);
+        Ok(())
+    }
+
+    /// The state every worker shares (config, cache tiers, metrics).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The address the workers listen on (the bound port when `server.listen` has port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Shuts down: every worker stops accepting, lets in-flight requests finish within
+    /// `server.shutdown_grace`, and exits; returns once all have.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        for c in self.controls.drain(..) {
+            let _ = c.send(Control::Shutdown);
+        }
+        for h in self.handles.drain(..) {
+            if h.join().is_err() {
+                log::error!("a worker thread panicked");
+            }
+        }
+        self.stop_monitor.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// The next worker's start-up report: logs its line and returns its address.
+fn started(ready: &std::sync::mpsc::Receiver<Started>) -> Result<SocketAddr, String> {
+    match ready.recv() {
+        Ok(Ok((msg, addr))) => {
+            log::info!("{msg}");
+            Ok(addr)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("a worker thread died during start-up".into()),
+    }
+}
+
 /// Runs the proxy until SIGTERM/SIGINT and a clean drain. Errors are start-up failures.
 pub fn serve(config: Config) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
@@ -149,99 +279,44 @@ pub fn serve(config: Config) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
-    let shared = Shared::new(config)?;
-    let stop_monitor = Arc::new(AtomicBool::new(false));
-    shared
-        .origins
-        .spawn_monitor(ORIGIN_CHECK_INTERVAL, Arc::clone(&stop_monitor));
-
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
-    let mut controls = Vec::new();
-    let mut handles = Vec::new();
-    for id in 0..shared.workers {
-        let (tx, rx) = flume::unbounded::<Control>();
-        controls.push(tx);
-        let shared = Arc::clone(&shared);
-        let core = if cores.is_empty() {
-            None
+    let server = Server::start(config)?;
+    let shared = server.shared();
+    log::info!(
+        "corvid {} listening on {}{} with {} worker(s)",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr(),
+        if shared.server_tls.is_some() {
+            " (TLS)"
         } else {
-            Some(cores[id % cores.len()])
-        };
-        let ready_tx = ready_tx.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("corvid-worker-{id}"))
-            .spawn(move || worker_thread(id, shared, core, rx, ready_tx))
-            .map_err(|e| format!("cannot start worker thread: {e}"))?;
-        handles.push(handle);
-    }
-    drop(ready_tx);
-
-    let mut startup_error = None;
-    for _ in 0..shared.workers {
-        match ready_rx.recv() {
-            Ok(Ok(msg)) => log::info!("{msg}"),
-            Ok(Err(e)) => {
-                startup_error.get_or_insert(e);
-            }
-            Err(_) => {
-                startup_error.get_or_insert("a worker thread died during start-up".into());
-            }
-        }
-    }
-
-    if startup_error.is_none() {
+            ""
+        },
+        shared.workers
+    );
+    if let Some(sig) = signals.forever().next() {
         log::info!(
-            "corvid {} listening on {}{} with {} worker(s)",
-            env!("CARGO_PKG_VERSION"),
-            shared.config.server.listen,
-            if shared.server_tls.is_some() {
-                " (TLS)"
-            } else {
-                ""
-            },
-            shared.workers
+            "signal {sig} received: shutting down (grace {:?})",
+            shared.config.server.shutdown_grace
         );
-        if let Some(sig) = signals.forever().next() {
-            log::info!(
-                "signal {sig} received: shutting down (grace {:?})",
-                shared.config.server.shutdown_grace
-            );
+    }
+    // A second signal during the drain exits at once.
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            log::warn!("second signal: exiting without waiting for connections");
+            std::process::exit(1);
         }
-        // A second signal during the drain exits at once.
-        std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
-                log::warn!("second signal: exiting without waiting for connections");
-                std::process::exit(1);
-            }
-        });
-    }
-
-    shared.shutting_down.store(true, Ordering::Relaxed);
-    for c in &controls {
-        let _ = c.send(Control::Shutdown);
-    }
-    for h in handles {
-        if h.join().is_err() {
-            log::error!("a worker thread panicked");
-        }
-    }
-    stop_monitor.store(true, Ordering::Relaxed);
-    match startup_error {
-        Some(e) => Err(e),
-        None => {
-            log::info!("shutdown complete");
-            Ok(())
-        }
-    }
+    });
+    server.stop();
+    log::info!("shutdown complete");
+    Ok(())
 }
 
 fn worker_thread(
     id: usize,
     shared: Arc<Shared>,
     core: Option<core_affinity::CoreId>,
+    listen: SocketAddr,
     control: flume::Receiver<Control>,
-    ready: std::sync::mpsc::Sender<Result<String, String>>,
+    ready: std::sync::mpsc::Sender<Started>,
 ) {
     // CORVID_PIN=0 leaves workers unpinned (for comparison runs on machines shared with the load
     // generator, where a pinned worker waits for its core instead of moving).
@@ -256,7 +331,9 @@ fn worker_thread(
             .build()
         {
             Ok(mut rt) => {
-                return rt.block_on(worker_main(id, shared, control, ready, "io_uring", pinned));
+                return rt.block_on(worker_main(
+                    id, shared, listen, control, ready, "io_uring", pinned,
+                ));
             }
             Err(e) => {
                 log::warn!("worker {id}: io_uring unavailable ({e}); using the legacy driver")
@@ -270,6 +347,7 @@ fn worker_thread(
         Ok(mut rt) => rt.block_on(worker_main(
             id,
             shared,
+            listen,
             control,
             ready,
             "legacy (epoll)",
@@ -284,18 +362,17 @@ fn worker_thread(
 async fn worker_main(
     id: usize,
     shared: Arc<Shared>,
+    listen: SocketAddr,
     control: flume::Receiver<Control>,
-    ready: std::sync::mpsc::Sender<Result<String, String>>,
+    ready: std::sync::mpsc::Sender<Started>,
     driver: &'static str,
     pinned: bool,
 ) {
-    let listener = match worker::bind(&shared) {
-        Ok(l) => l,
+    let bound = worker::bind(listen).and_then(|l| Ok((l.local_addr()?, l)));
+    let (addr, listener) = match bound {
+        Ok(b) => b,
         Err(e) => {
-            let _ = ready.send(Err(format!(
-                "cannot listen on {}: {e}",
-                shared.config.server.listen
-            )));
+            let _ = ready.send(Err(format!("cannot listen on {listen}: {e}")));
             return;
         }
     };
@@ -310,9 +387,12 @@ async fn worker_main(
         // The sender is gone: the process is ending.
         w2.shutdown.fire();
     });
-    let _ = ready.send(Ok(format!(
-        "worker {id}: {driver} driver{}",
-        if pinned { ", pinned" } else { "" }
+    let _ = ready.send(Ok((
+        format!(
+            "worker {id}: {driver} driver{}",
+            if pinned { ", pinned" } else { "" }
+        ),
+        addr,
     )));
     worker::run(w, listener).await;
 }

@@ -47,12 +47,49 @@ pub struct Worker {
     next_request: Cell<u64>,
     /// Reusable head+body vectored-write buffers (the hit path allocates none once warm).
     head_bodies: RefCell<Vec<HeadBody>>,
+    /// Byte buffers lent per request (the decoded object key, the cache key) and given back
+    /// after the answer, for the same reason.
+    spare_bufs: RefCell<Vec<Vec<u8>>>,
     /// This worker's Redis client, when the Redis tier is enabled.
     pub redis: Option<RedisClient>,
     /// The Redis key prefix (the client adds it to GET/SET; raw commands need it spelled out).
     pub redis_prefix: String,
     /// Background Redis writes in flight (write-behind), bounded by [`MAX_REDIS_BEHIND`].
     pub redis_behind: Cell<usize>,
+}
+
+/// Largest buffer [`Worker::recycle_buf`] keeps. An S3 key has at most 1024 bytes, so object
+/// keys and cache keys (bucket name, key, forwarded parameters) nearly always fit; a longer one
+/// costs its request an allocation instead of staying in the list for good.
+pub const MAX_SPARE_BUF: usize = 4096;
+/// Most buffers one worker's free list keeps: two per object request in flight, for up to 512
+/// concurrent requests (at most 4 MiB, typically a few hundred KiB, since keys are short).
+const MAX_SPARE_BUFS: usize = 1024;
+
+/// A byte buffer lent by [`Worker::scratch`] for one request; derefs to the `Vec` and returns
+/// it to the worker's free list when dropped.
+pub struct Scratch<'w> {
+    w: &'w Worker,
+    buf: Vec<u8>,
+}
+
+impl std::ops::Deref for Scratch<'_> {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for Scratch<'_> {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        self.w.recycle_buf(std::mem::take(&mut self.buf));
+    }
 }
 
 /// Write-behind Redis writes one worker keeps in flight at most; more are dropped and counted.
@@ -125,6 +162,7 @@ impl Worker {
             date: RefCell::new(DateCache::default()),
             next_request: Cell::new(0),
             head_bodies: RefCell::new(Vec::new()),
+            spare_bufs: RefCell::new(Vec::new()),
         })
     }
 
@@ -137,6 +175,29 @@ impl Worker {
         let mut list = self.head_bodies.borrow_mut();
         if list.len() < 1024 {
             list.push(hb);
+        }
+    }
+
+    /// An empty byte buffer from this worker's free list (or a new one, unallocated).
+    pub fn spare_buf(&self) -> Vec<u8> {
+        self.spare_bufs.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Gives a buffer back for reuse. Unallocated ones, ones larger than [`MAX_SPARE_BUF`] and
+    /// those past the list's bound are dropped.
+    pub fn recycle_buf(&self, mut buf: Vec<u8>) {
+        let mut list = self.spare_bufs.borrow_mut();
+        if buf.capacity() > 0 && buf.capacity() <= MAX_SPARE_BUF && list.len() < MAX_SPARE_BUFS {
+            buf.clear();
+            list.push(buf);
+        }
+    }
+
+    /// A spare buffer that goes back to the free list when dropped, on every return path.
+    pub fn scratch(&self) -> Scratch<'_> {
+        Scratch {
+            w: self,
+            buf: self.spare_buf(),
         }
     }
 
@@ -153,12 +214,12 @@ impl Worker {
 }
 
 /// Binds this worker's listener (SO_REUSEPORT: every worker has its own accept queue).
-pub fn bind(shared: &Shared) -> std::io::Result<TcpListener> {
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let opts = ListenerOpts::new()
         .reuse_port(true)
         .reuse_addr(true)
         .backlog(4096);
-    TcpListener::bind_with_config(shared.config.server.listen, &opts)
+    TcpListener::bind_with_config(addr, &opts)
 }
 
 /// The accept loop; returns once shutdown has begun and connections drained (or the grace
