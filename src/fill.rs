@@ -4,7 +4,8 @@
 //! The leader reads the origin body into one buffer sized from `Content-Length` (the future
 //! cache entry, so the body is copied once per fill, not per request), hands each new piece to
 //! its followers and its own client, and when the body is complete stores the entry in every
-//! tier before announcing the end (so a request arriving then finds it cached).
+//! tier before passing on the last piece and announcing the end (so whatever a client sends
+//! after receiving its answer finds the entry cached).
 //! If the leader's client goes away mid-body, the fill goes on: followers and the cache still
 //! want the object.
 
@@ -122,7 +123,8 @@ pub async fn fill_from<S: AsyncWriteRent>(
     }
 
     let mut all: Vec<u8> = Vec::with_capacity(len as usize);
-    while !body.is_done() {
+    let mut stored = false;
+    while !stored && !body.is_done() {
         let start = all.len();
         let (res, a) = body.read_into(all).await;
         all = a;
@@ -144,6 +146,18 @@ pub async fn fill_from<S: AsyncWriteRent>(
             }
         };
         let chunk = Bytes::copy_from_slice(&all[start..start + n]);
+        if all.len() as u64 == len {
+            // Stored before the client gets its last bytes, so that whatever the client
+            // sends after this answer finds the entry (on any worker, in any tier written
+            // through).
+            let body = Bytes::from(std::mem::take(&mut all));
+            let obj = CachedObject {
+                meta: Arc::clone(&meta),
+                body,
+            };
+            store_everywhere(w, ckey, obj).await;
+            stored = true;
+        }
         if let Some(l) = &leader {
             l.chunk(chunk.clone());
         }
@@ -152,7 +166,13 @@ pub async fn fill_from<S: AsyncWriteRent>(
             plan = ClientPlan::Nothing;
         }
     }
-    if all.len() as u64 != len {
+    if len == 0 {
+        let empty = CachedObject {
+            meta,
+            body: Bytes::new(),
+        };
+        store_everywhere(w, ckey, empty).await;
+    } else if !stored {
         if let Some(l) = leader {
             l.fail(Error::upstream(
                 Kind::BadGateway,
@@ -167,15 +187,6 @@ pub async fn fill_from<S: AsyncWriteRent>(
     if !x.out.is_empty() && matches!(plan, ClientPlan::Body) && x.flush().await.is_err() {
         plan = ClientPlan::Nothing;
     }
-    store_everywhere(
-        w,
-        ckey,
-        CachedObject {
-            meta,
-            body: Bytes::from(all),
-        },
-    )
-    .await;
     if let Some(l) = leader {
         l.end();
     }
