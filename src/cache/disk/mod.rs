@@ -553,16 +553,16 @@ impl DiskCache {
     }
 
     /// Removes the key's entry; appends a tombstone so it stays removed after a restart.
-    pub fn remove(&self, key: &[u8]) -> bool {
+    /// Returns what went (nothing if the key was absent).
+    pub fn remove(&self, key: &[u8]) -> RemovalStats {
         let Some(slot) = self.index.write(key).remove(key) else {
-            return false;
+            return RemovalStats::default();
         };
+        let bytes = slot.padded_len();
         self.counters.entries.fetch_sub(1, Ordering::Relaxed);
-        self.counters
-            .bytes
-            .fetch_sub(slot.padded_len(), Ordering::Relaxed);
+        self.counters.bytes.fetch_sub(bytes, Ordering::Relaxed);
         self.tombstone(key);
-        true
+        RemovalStats { entries: 1, bytes }
     }
 
     fn tombstone(&self, key: &[u8]) {

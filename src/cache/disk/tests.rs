@@ -88,8 +88,14 @@ fn round_trip_replace_remove() {
     assert_eq!(c.bytes(), format::padded_len(1, 4) as u64);
     assert!(c.insert(b"empty", b"", FAR).unwrap());
     assert_eq!(&c.get(b"empty").unwrap().value[..], b"");
-    assert!(c.remove(b"a"));
-    assert!(!c.remove(b"a"));
+    assert_eq!(
+        c.remove(b"a"),
+        RemovalStats {
+            entries: 1,
+            bytes: format::padded_len(1, 4) as u64
+        }
+    );
+    assert_eq!(c.remove(b"a"), RemovalStats::default());
     assert!(c.get(b"a").is_none());
     assert_eq!(c.len(), 1);
     // Too large for a segment: refused, not an error.
@@ -368,7 +374,7 @@ fn oracle_fuzz_with_reopens() {
             let key = format!("bucket/{}", rng.below(150)).into_bytes();
             match rng.below(12) {
                 0 => {
-                    let was = c.remove(&key);
+                    let was = c.remove(&key).entries == 1;
                     if let Some(m) = oracle.remove(&key) {
                         assert!(was || !exists(m.segment) || m.expires_at_ms == PAST);
                     } else {

@@ -241,10 +241,22 @@ impl RedisClient {
     /// bounded by `timeout`, the whole walk is not (it is as long as the keyspace); it stops at
     /// the first error. Keys added during the walk may survive it (SCAN's guarantee).
     pub async fn del_prefix(&self, prefix: &[u8]) -> Result<u64, RedisError> {
+        let mut deleted = 0;
+        self.del_prefix_counted(prefix, &mut deleted)
+            .await
+            .map(|()| deleted)
+    }
+
+    /// [`del_prefix`](Self::del_prefix), adding to `deleted` batch by batch, so that a caller
+    /// still learns how many keys went when the walk fails part-way.
+    pub async fn del_prefix_counted(
+        &self,
+        prefix: &[u8],
+        deleted: &mut u64,
+    ) -> Result<(), RedisError> {
         let mut pattern = glob_escape(&self.key(prefix));
         pattern.push(b'*');
         let mut cursor: u64 = 0;
-        let mut deleted = 0u64;
         loop {
             let v = self
                 .call(
@@ -264,10 +276,10 @@ impl RedisClient {
                 }
                 let n =
                     resp::int("UNLINK", self.call(&unlink).await?).map_err(|e| self.count(e))?;
-                deleted += n.max(0) as u64;
+                *deleted += n.max(0) as u64;
             }
             if next == 0 {
-                return Ok(deleted);
+                return Ok(());
             }
             cursor = next;
         }
