@@ -1,10 +1,11 @@
 //! The Redis tier: corvid's third cache tier, a real Redis (or Valkey) at `cache.redis.url`
 //! shared by several corvid instances, plus the pub/sub channel they use to broadcast purges.
 //!
-//! This module owns the client side of that: URL parsing ([`url`]), RESP framing over monoio
-//! TCP ([`resp`], with the `redis` crate's command encoding and reply parser, never its
-//! connection layer or runtime), the per-worker pipelined connections ([`conn`]), the up/down
-//! state machine below, and the purge subscriber ([`subscribe`]).
+//! This module owns the client side of that: URL parsing ([`url`]), host name resolution off
+//! the worker thread ([`resolve`]), RESP framing over monoio TCP ([`resp`], with the `redis`
+//! crate's command encoding and reply parser, never its connection layer or runtime), the
+//! per-worker pipelined connections ([`conn`]), the up/down state machine below, and the purge
+//! subscriber ([`subscribe`]).
 //!
 //! # Pipelining
 //! A [`RedisClient`] lives on one worker thread and owns `connections` (default 1) pipelined
@@ -22,8 +23,9 @@
 //! # Failure model
 //! Redis is an optimisation: when it is down or slow, requests go on without it and must never
 //! fail or stall because of it. Hence:
-//! - every operation is bounded by `timeout` (connect + handshake + round trip); a caller's
-//!   request is never held longer than that by this tier;
+//! - every operation is bounded by `timeout` (host name lookup + connect + handshake + round
+//!   trip); a caller's request is never held longer than that by this tier, and a slow DNS
+//!   never blocks the worker thread itself ([`resolve`]);
 //! - on a timeout or an IO/protocol error the operation returns `Err`, its connection is
 //!   closed (never reused after a timeout: replies could be misaligned, and a slow Redis should
 //!   not be fed more work), and the client goes *down*;
@@ -42,6 +44,7 @@
 
 mod conn;
 pub mod pubsub;
+pub mod resolve;
 mod resp;
 pub mod url;
 
