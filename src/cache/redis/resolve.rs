@@ -13,7 +13,7 @@
 //! The caller bounds its wait with its connect timeout, and a dropped wait just drops the
 //! receiver. Lookups queue in a bounded channel and the thread serves them one at a time,
 //! skipping those whose caller has already given up: a hung resolver delays later lookups
-//! instead of multiplying threads, and once [`QUEUE`] lookups wait, further ones fail at once.
+//! instead of multiplying threads, and once `QUEUE` (64) lookups wait, further ones fail at once.
 //!
 //! Nothing is cached: a lookup happens only when a connection is (re)made — at start, and at
 //! most once per backoff step while Redis is down — so following a DNS change (a failover)
