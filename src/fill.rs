@@ -18,6 +18,7 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::{Event, Leader, Role, Subscription};
 use crate::cache::policy;
+use crate::cache::purge::{self, Scope};
 use crate::cache::redis_tier;
 use crate::cache::tiered::{Hit, Layer};
 use crate::config::WritePolicy;
@@ -458,13 +459,16 @@ pub async fn refresh_everywhere(w: &Rc<Worker>, ckey: &[u8], obj: CachedObject) 
     }
 }
 
-/// Removes a key from every tier (the origin said 404).
+/// Removes a key from every tier (the origin said 404): exactly this key, not the object's other
+/// variants (a 404 for one `versionId` says nothing about the others).
 pub async fn remove_everywhere(w: &Rc<Worker>, ckey: &[u8]) {
-    w.shared.tiers.remove(ckey);
-    if let Some(client) = &w.redis {
-        if client.del(ckey).await.is_err() {
-            w.metrics().cache_error(Layer::Redis);
-        }
+    let scope = Scope::Key(ckey.to_vec());
+    if purge::purge(&w.shared.tiers, w.redis.as_ref(), &scope)
+        .await
+        .redis
+        .failed()
+    {
+        w.metrics().cache_error(Layer::Redis);
     }
 }
 

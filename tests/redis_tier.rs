@@ -532,3 +532,43 @@ fn two_clients_share_entries_and_purges_via_pubsub() {
             .expect("subscribe returns once stopped");
     });
 }
+
+#[test]
+fn a_host_name_url_is_resolved_and_used_by_client_and_subscriber() {
+    let server = Server::start(&[]);
+    run(async {
+        // `localhost` is looked up on the resolver thread (it may also name ::1, where nothing
+        // listens: the next address is tried).
+        let o = opts(format!("redis://localhost:{}", server.port));
+        let c = RedisClient::new(o.clone()).unwrap();
+        c.set(b"by-name", b"v", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(c.get(b"by-name").await.unwrap().as_deref(), Some(&b"v"[..]));
+
+        let got: Rc<RefCell<Vec<Bytes>>> = Rc::default();
+        let stop = StopSignal::new();
+        let sub = monoio::spawn(subscribe(
+            o,
+            "corvid:purge".into(),
+            {
+                let got = Rc::clone(&got);
+                move |m| got.borrow_mut().push(m)
+            },
+            stop.clone(),
+        ));
+        poll_until(Duration::from_secs(3), "subscription active", || async {
+            (c.subscribers("corvid:purge").await.ok()? >= 1).then_some(())
+        })
+        .await;
+        c.publish("corvid:purge", b"hello").await.unwrap();
+        poll_until(Duration::from_secs(3), "message delivered", || async {
+            (!got.borrow().is_empty()).then_some(())
+        })
+        .await;
+        stop.stop();
+        monoio::time::timeout(Duration::from_secs(1), sub)
+            .await
+            .expect("subscribe returns once stopped");
+    });
+}

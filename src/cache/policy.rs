@@ -1,7 +1,10 @@
 //! What is cached, under which key, for how long (pure).
 //!
 //! - Keys: `bucket name \0 object key`, plus `\0name=value` for each forwarded query parameter
-//!   (`versionId`, `response-*`), so an override never serves another variant's bytes.
+//!   (`versionId`, `response-*`), so an override never serves another variant's bytes. Bucket
+//!   names (`A-Z a-z 0-9 _ . -`) and object keys (the router refuses NUL) never contain NUL, so
+//!   the separators are unambiguous: `bucket \0` selects one bucket, `bucket \0 key \0` the
+//!   variants of one object.
 //! - Only complete 200 answers to GET are stored, up to `cache.max_object_size`.
 //! - The origin's `Cache-Control` decides, like a shared cache (RFC 9111): `no-store` and
 //!   `private` are not stored; `s-maxage`, else `max-age`, is the freshness lifetime instead of
@@ -39,6 +42,12 @@ pub fn bucket_prefix(bucket: &str, prefix: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(prefix.as_bytes());
     k
+}
+
+/// Whether `ckey` is `plain` (a [`cache_key`] without query) or one of its variants.
+pub fn is_variant_of(ckey: &[u8], plain: &[u8]) -> bool {
+    ckey.strip_prefix(plain)
+        .is_some_and(|rest| rest.is_empty() || rest[0] == 0)
 }
 
 /// The freshness lifetime of a 200 answer with this `Cache-Control`, or None when it must not
@@ -112,5 +121,8 @@ mod tests {
         assert!(v.starts_with(&bucket_prefix("b", "k")));
         assert!(!cache_key("bb", "k", &[]).starts_with(&bucket_prefix("b", "")));
         assert!(!cache_key("b", "x", &[]).starts_with(&bucket_prefix("b", "k")));
+        assert!(is_variant_of(&plain, &plain) && is_variant_of(&v, &plain));
+        assert!(!is_variant_of(&cache_key("b", "kk", &[]), &plain));
+        assert!(!is_variant_of(&cache_key("bb", "k", &[]), &plain));
     }
 }

@@ -1,4 +1,5 @@
-//! The tiers together: lookup order, promotion, write policy, purge.
+//! The tiers together: lookup order, promotion, write policy. (Removal from every tier,
+//! Redis included, is [`crate::cache::purge`].)
 //!
 //! Lookup goes memory → disk (→ Redis, per worker, in [`crate::cache::redis`]); a hit in a
 //! lower tier is promoted into the tiers above it. A fill is written to every enabled tier:
@@ -64,20 +65,6 @@ impl Layer {
 pub struct Hit {
     pub obj: CachedObject,
     pub layer: Layer,
-}
-
-/// Entries and bytes removed by a purge.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Removed {
-    pub entries: u64,
-    pub bytes: u64,
-}
-
-impl std::ops::AddAssign for Removed {
-    fn add_assign(&mut self, o: Removed) {
-        self.entries += o.entries;
-        self.bytes += o.bytes;
-    }
 }
 
 /// The shared tiers (one per process).
@@ -234,55 +221,6 @@ impl Tiers {
         if let Some(disk) = &self.disk {
             disk.set_expiry(key, expires);
         }
-    }
-
-    pub fn remove(&self, key: &[u8]) -> Removed {
-        let mut r = Removed::default();
-        if let Some(obj) = self.memory.remove(key) {
-            r += Removed {
-                entries: 1,
-                bytes: obj.weight() as u64,
-            };
-        }
-        if let Some(disk) = &self.disk {
-            if disk.remove(key) && r.entries == 0 {
-                r.entries = 1;
-            }
-        }
-        r
-    }
-
-    /// Removes every entry whose key starts with `prefix`, in every tier.
-    pub fn remove_prefix(&self, prefix: &[u8]) -> Removed {
-        let m = self.memory.remove_if(|k| k.starts_with(prefix));
-        let mut r = Removed {
-            entries: m.entries,
-            bytes: m.bytes,
-        };
-        if let Some(disk) = &self.disk {
-            let d = disk.remove_if(|k| k.starts_with(prefix));
-            r += Removed {
-                entries: d.entries,
-                bytes: d.bytes,
-            };
-        }
-        r
-    }
-
-    pub fn clear(&self) -> Removed {
-        let m = self.memory.clear();
-        let mut r = Removed {
-            entries: m.entries,
-            bytes: m.bytes,
-        };
-        if let Some(disk) = &self.disk {
-            let d = disk.clear();
-            r += Removed {
-                entries: d.entries,
-                bytes: d.bytes,
-            };
-        }
-        r
     }
 
     /// (entries, bytes) held by `layer` (Redis is not counted here).

@@ -12,9 +12,11 @@
 //!    a [`super::Location`] reader keeps the open file.
 //!
 //! Cost on the inserting worker: one index operation per entry of the victim (a 64 MiB segment
-//! of 4 KiB values is ~16k operations, around a millisecond) plus an `unlink`. The victim's
-//! file is never read, because its keys are remembered in memory (see [`super::segment`]);
-//! reading them back would fault a whole segment in from disk on a worker thread.
+//! of 4 KiB values is ~16k operations, around a millisecond) plus an `unlink` (~25 µs). The
+//! victim's file is never read, because its keys are remembered in memory (see
+//! [`super::segment`]); reading them back would fault a whole segment in from disk on a worker
+//! thread. Unmapping and closing the victim — which frees its pages, milliseconds for a full
+//! segment — is left to the segment thread (`rollover.rs`).
 //!
 //! Why FIFO and not LRU: segments are append-only and reclaimed whole, which needs no
 //! compaction and no per-entry free-space tracking; a hot entry in the oldest segment is lost

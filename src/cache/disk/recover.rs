@@ -4,7 +4,9 @@
 //! are damaged, so it is kept apart from the writer. Rules, in order:
 //!
 //! 1. Only files named `seg-<16 hex digits>.corvid` whose segment header checks and names the
-//!    same id are segments; anything else in the directory is counted and left alone.
+//!    same id are segments; anything else in the directory is counted and left alone, except
+//!    corvid's own leftovers: `seg-<16 hex digits>.corvid.tmp` (a segment whose creation a
+//!    crash interrupted, see [`Segment::create`]) is deleted.
 //! 2. Segments are replayed in id order and records in offset order, which is write order
 //!    (ids only grow; offsets are reserved in increasing order), so later records win.
 //! 3. Per record ([`format::decode`]):
@@ -19,6 +21,12 @@
 //!    expiry of the key's entry *only if* that entry is the one the touch names (segment id and
 //!    offset), so a touch can never extend some other version of the key.
 //! 5. Entries still expired after all touches are applied are dropped.
+//! 6. A segment in which nothing was written — its first record slot is all zeros — is
+//!    deleted. That is the spare a running cache keeps ready for its next roll-over
+//!    (`rollover.rs`), or a segment installed just before a crash. Nothing in it could
+//!    be served (the scan of a segment ends at the first all-zero header), it holds no
+//!    tombstone, and a fresh process never appends to a recovered segment, so keeping it would
+//!    only cost a segment of capacity until reclaim reached it.
 //!
 //! Every record's value is checksummed, so recovery reads every byte of every segment. That is
 //! the price of "never serve damaged data" without paying a CRC on each hit; see the bench for
@@ -56,6 +64,16 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     let mut next_id = 1u64;
     for ent in std::fs::read_dir(dir)? {
         let ent = ent?;
+        let tmp = ent
+            .file_name()
+            .to_str()
+            .and_then(segment::parse_tmp_file_name);
+        if let Some(id) = tmp.filter(|_| ent.file_type().is_ok_and(|t| t.is_file())) {
+            next_id = next_id.max(id.saturating_add(1));
+            std::fs::remove_file(ent.path())?;
+            report.removed_empty += 1;
+            continue;
+        }
         let id = ent.file_name().to_str().and_then(segment::parse_file_name);
         if let Some(id) = id {
             next_id = next_id.max(id.saturating_add(1));
@@ -73,8 +91,13 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
         match Segment::open_existing(&path, id)? {
             Some(seg) => {
                 let seg = Arc::new(seg);
-                replay(&seg, &mut index, &mut report);
-                segments.push_back(seg);
+                if replay(&seg, &mut index, &mut report) {
+                    segments.push_back(seg);
+                } else {
+                    drop(seg);
+                    std::fs::remove_file(&path)?;
+                    report.removed_empty += 1;
+                }
             }
             None => report.ignored_files += 1,
         }
@@ -112,8 +135,9 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     })
 }
 
-/// Replays one segment's records into `index`.
-fn replay(seg: &Arc<Segment>, index: &mut Index, report: &mut RecoveryReport) {
+/// Replays one segment's records into `index`. Returns `false` if nothing was ever written in
+/// it (no record, intact or damaged).
+fn replay(seg: &Arc<Segment>, index: &mut Index, report: &mut RecoveryReport) -> bool {
     let len = seg.len();
     let data = seg.slice(0, len);
     // The size the segment was created with bounds any record; a truncated file is still
@@ -129,6 +153,7 @@ fn replay(seg: &Arc<Segment>, index: &mut Index, report: &mut RecoveryReport) {
                 apply(seg, off as u32, &e, index, report);
                 off += e.header.padded_len();
             }
+            Err(DecodeError::Empty) if off == SEGMENT_HEADER_LEN => return false,
             Err(DecodeError::Empty) => break,
             Err(DecodeError::ShortHeader | DecodeError::Truncated) => {
                 report.dropped_torn += 1;
@@ -158,6 +183,7 @@ fn replay(seg: &Arc<Segment>, index: &mut Index, report: &mut RecoveryReport) {
             }
         }
     }
+    true
 }
 
 fn apply(

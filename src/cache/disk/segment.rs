@@ -26,6 +26,7 @@ use super::format::{self, SegmentHeader, SEGMENT_HEADER_LEN};
 
 const PREFIX: &str = "seg-";
 const SUFFIX: &str = ".corvid";
+const TMP_SUFFIX: &str = ".tmp";
 
 /// The file name of segment `id`: fixed width hex, so a directory listing sorts by id.
 pub fn file_name(id: u64) -> String {
@@ -39,6 +40,16 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
         return None;
     }
     u64::from_str_radix(hex, 16).ok()
+}
+
+/// The name segment `id` has while it is being created.
+pub fn tmp_file_name(id: u64) -> String {
+    format!("{}{TMP_SUFFIX}", file_name(id))
+}
+
+/// The id of a segment left half-created (by a crash) under `name`, or `None`.
+pub fn parse_tmp_file_name(name: &str) -> Option<u64> {
+    parse_file_name(name.strip_suffix(TMP_SUFFIX)?)
 }
 
 /// Owns the mapping for `Bytes::from_owner`.
@@ -82,21 +93,47 @@ pub struct Segment {
 
 impl Segment {
     /// Creates segment `id` in `dir` at `size` bytes and writes its header. Blocking: a file
-    /// creation and a `set_len` (metadata only, the file is sparse) plus an `mmap`.
+    /// creation, a `set_len` (metadata only, the file is sparse), an `mmap` and a `rename` —
+    /// milliseconds on some systems, which is why roll-over asks the segment thread for it
+    /// ahead of time (`rollover.rs`).
+    ///
+    /// The file gets its segment name only once its header is in place (it is created as
+    /// [`tmp_file_name`] and renamed), so a crash mid-creation never leaves a file that looks
+    /// like a segment but is not one; recovery deletes the leftover temporary file.
     pub fn create(dir: &Path, id: u64, size: u64) -> io::Result<Segment> {
+        let tmp = dir.join(tmp_file_name(id));
         let path = dir.join(file_name(id));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(&path)?;
-        file.set_len(size)?;
-        let map = MmapOptions::new().map_raw(&file)?;
-        let header = format::encode_segment_header(SegmentHeader { id, size });
-        // SAFETY: the mapping is `size` ≥ SEGMENT_HEADER_LEN bytes (checked by the caller's
-        // options validation), freshly created and not yet shared with anyone.
-        unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), header.len()) };
-        Ok(Segment::new(id, path, file, map))
+            .open(&tmp)?;
+        let made = (|| {
+            file.set_len(size)?;
+            let map = MmapOptions::new().map_raw(&file)?;
+            let header = format::encode_segment_header(SegmentHeader { id, size });
+            // SAFETY: the mapping is `size` ≥ SEGMENT_HEADER_LEN bytes (checked by the caller's
+            // options validation), freshly created and not yet shared with anyone.
+            unsafe {
+                std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), header.len())
+            };
+            if path.exists() {
+                // `rename` would replace it; ids are never reused, so this is not ours to take.
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} already exists", path.display()),
+                ));
+            }
+            std::fs::rename(&tmp, &path)?;
+            Ok(map)
+        })();
+        match made {
+            Ok(map) => Ok(Segment::new(id, path, file, map)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
     }
 
     /// Maps an existing segment file read-only. `Ok(None)` if it is not one of ours (bad
@@ -209,6 +246,9 @@ mod tests {
         assert_eq!(parse_file_name("seg-12.corvid"), None);
         assert_eq!(parse_file_name("seg-000000000000001g.corvid"), None);
         assert_eq!(parse_file_name("notes.txt"), None);
+        assert_eq!(parse_file_name(&tmp_file_name(9)), None);
+        assert_eq!(parse_tmp_file_name(&tmp_file_name(9)), Some(9));
+        assert_eq!(parse_tmp_file_name(&file_name(9)), None);
     }
 
     #[test]

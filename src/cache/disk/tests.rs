@@ -88,8 +88,14 @@ fn round_trip_replace_remove() {
     assert_eq!(c.bytes(), format::padded_len(1, 4) as u64);
     assert!(c.insert(b"empty", b"", FAR).unwrap());
     assert_eq!(&c.get(b"empty").unwrap().value[..], b"");
-    assert!(c.remove(b"a"));
-    assert!(!c.remove(b"a"));
+    assert_eq!(
+        c.remove(b"a"),
+        RemovalStats {
+            entries: 1,
+            bytes: format::padded_len(1, 4) as u64
+        }
+    );
+    assert_eq!(c.remove(b"a"), RemovalStats::default());
     assert!(c.get(b"a").is_none());
     assert_eq!(c.len(), 1);
     // Too large for a segment: refused, not an error.
@@ -156,7 +162,9 @@ fn reclaims_the_oldest_segment_at_capacity() {
     assert!(c.get(format!("k{}", n - 1).as_bytes()).is_some());
     assert!(c.evictions() > 0);
     assert!(c.bytes() <= c.capacity());
-    assert!(segment_files(dir.path()).len() <= 4);
+    // Four segments, and the spare made ahead of the next roll-over (not counted in capacity:
+    // it holds only its header).
+    assert!(segment_files(dir.path()).len() <= 4 + 1);
     let live = (0..n)
         .filter(|i| c.get(format!("k{i}").as_bytes()).is_some())
         .count() as u64;
@@ -292,7 +300,10 @@ fn remove_if_and_clear_are_durable() {
         let s = c.clear();
         assert_eq!(s.entries, 50);
         assert_eq!((c.len(), c.bytes(), c.disk_bytes()), (0, 0, 0));
-        assert!(segment_files(dir.path()).is_empty());
+        // Every segment that held data is gone; only the empty spare is left.
+        let spare = c.lock_ring().spare.as_ref().map(|s| s.id);
+        let left: Vec<u64> = segment_files(dir.path()).iter().map(|f| f.0).collect();
+        assert_eq!(left, spare.into_iter().collect::<Vec<_>>());
         // Usable after clear.
         c.insert(b"after", b"z", FAR).unwrap();
     }
@@ -368,7 +379,7 @@ fn oracle_fuzz_with_reopens() {
             let key = format!("bucket/{}", rng.below(150)).into_bytes();
             match rng.below(12) {
                 0 => {
-                    let was = c.remove(&key);
+                    let was = c.remove(&key).entries == 1;
                     if let Some(m) = oracle.remove(&key) {
                         assert!(was || !exists(m.segment) || m.expires_at_ms == PAST);
                     } else {
@@ -475,9 +486,18 @@ fn crash_and_corruption_never_serve_wrong_values() {
             std::fs::copy(p, work.path().join(p.file_name().unwrap())).unwrap();
         }
         let segs = segment_files(work.path());
-        // Torn tail: truncate the last segment somewhere in its written part.
+        // Torn tail: truncate the last segment somewhere in its written part. (The very last
+        // file is the empty spare the cache had ready; the last one written to is before it.)
         if rng.below(2) == 0 {
-            let (_, last) = segs.last().unwrap();
+            let (_, last) = segs
+                .iter()
+                .rev()
+                .find(|(_, p)| {
+                    std::fs::read(p).unwrap()[format::SEGMENT_HEADER_LEN..]
+                        .iter()
+                        .any(|&b| b != 0)
+                })
+                .unwrap();
             let used = std::fs::read(last)
                 .unwrap()
                 .iter()
@@ -620,4 +640,137 @@ fn concurrent_inserts_and_gets() {
         .filter(|i| c.get(format!("k{i}").as_bytes()).is_some())
         .count() as u64;
     assert_eq!(live, c.len());
+}
+
+/// Ids of the sealed, active and spare segments, in that order.
+fn ring_ids(c: &DiskCache) -> Vec<u64> {
+    let r = c.lock_ring();
+    r.sealed
+        .iter()
+        .chain(&r.active)
+        .chain(&r.spare)
+        .map(|s| s.id)
+        .collect()
+}
+
+/// Roll-overs install the segment the segment thread made ahead of time: none is created on
+/// the inserting thread while the thread keeps up, and ids stay in write order.
+#[test]
+fn rollovers_take_the_prepared_spare() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = open(&opts(dir.path(), 1 << 14, 4));
+    assert!(
+        c.lock_ring().spare.is_some(),
+        "open prepares the first spare"
+    );
+    let mut created = 0;
+    for i in 0..200u32 {
+        c.insert(format!("k{i}").as_bytes(), &[3u8; 3000], FAR)
+            .unwrap();
+        if c.segments_created() != created {
+            created = c.segments_created();
+            // A worker does not wait; the test does, so that the spare is there in time.
+            c.settle();
+            assert!(c.lock_ring().spare.is_some());
+        }
+    }
+    assert!(created >= 30, "{created} roll-overs");
+    assert_eq!(c.inline_rollovers(), 0);
+    let ids = ring_ids(&c);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert!(c.evictions() > 0);
+    assert!(c.get(b"k199").is_some());
+}
+
+/// A spare that arrives after its roll-over had to create a segment inline would be older than
+/// the active segment: it is deleted on arrival, and everything stays readable and recoverable.
+#[test]
+fn a_late_spare_is_discarded_and_ids_stay_in_write_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path(), 1 << 14, 8);
+    let (c, _) = open(&o);
+    c.insert(b"first", &[1u8; 3000], FAR).unwrap();
+    c.settle();
+    // Pretend the next spare is still being made: take it back and mark its id pending.
+    let late = {
+        let mut r = c.lock_ring();
+        let spare = r.spare.take().expect("spare ready after settle");
+        let id = spare.id;
+        rollover::discard(Arc::into_inner(spare).unwrap());
+        r.spare_pending = Some(id);
+        id
+    };
+    for i in 0..5u32 {
+        c.insert(format!("k{i}").as_bytes(), &[2u8; 3000], FAR)
+            .unwrap();
+    }
+    assert_eq!(c.inline_rollovers(), 1, "the roll-over could not wait");
+    // Now the late spare arrives.
+    rollover::prepare(dir.path(), 1 << 14, &c.ring, late);
+    assert!(!dir.path().join(segment::file_name(late)).exists());
+    c.settle();
+    let ids = ring_ids(&c);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert!(ids.iter().all(|&id| id != late), "{ids:?}");
+    drop(c);
+    let (c, r) = open(&o);
+    assert_eq!(r.entries, 6, "{r:?}");
+    assert_eq!(&c.get(b"first").unwrap().value[..], &[1u8; 3000][..]);
+    assert!(c.get(b"k4").is_some());
+}
+
+/// A crash leaves the spare (a valid, empty segment) on disk, maybe a half-made one (`.tmp`)
+/// and a torn last record: reopening removes the first two, drops the torn record, and serves
+/// everything else exactly as stored; the cache then goes on and survives a clean reopen.
+#[test]
+fn a_crash_with_a_spare_ready_reopens_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path(), 1 << 14, 16);
+    let mut rng = Rng(5);
+    let mut stored = Vec::new();
+    let (c, _) = open(&o);
+    for i in 0..40u32 {
+        let key = format!("k{i}").into_bytes();
+        let len = 1000 + rng.below(2000) as usize;
+        let v = rng.bytes(len);
+        c.insert(&key, &v, FAR).unwrap();
+        stored.push((key, v));
+    }
+    c.settle();
+    let spare = c.lock_ring().spare.as_ref().unwrap().path.clone();
+    assert!(spare.exists());
+    let (torn_key, _) = stored.pop().unwrap();
+    let loc = c.locate(&torn_key).unwrap();
+    // The crash: no destructor runs (the segment thread and the mappings leak with it).
+    std::mem::forget(c);
+    // A spare was being created at that moment...
+    std::fs::write(dir.path().join(segment::tmp_file_name(1000)), [0u8; 100]).unwrap();
+    // ...and the last record was cut half-way.
+    File::options()
+        .write(true)
+        .open(&loc.path)
+        .unwrap()
+        .set_len(loc.record_offset + loc.record_len / 2)
+        .unwrap();
+
+    let (c, r) = open(&o);
+    assert_eq!(r.removed_empty, 2, "the spare and the .tmp: {r:?}");
+    assert_eq!((r.dropped_torn, r.dropped_corrupt), (1, 0), "{r:?}");
+    assert_eq!(r.entries, stored.len() as u64);
+    assert!(!spare.exists());
+    assert!(!dir.path().join(segment::tmp_file_name(1000)).exists());
+    for (k, v) in &stored {
+        assert_eq!(&c.get(k).unwrap().value[..], &v[..]);
+    }
+    assert!(c.get(&torn_key).is_none());
+    // New segments never reuse a removed file's id.
+    assert!(c.lock_ring().spare.as_ref().unwrap().id > 1000);
+
+    c.insert(b"after", b"crash", FAR).unwrap();
+    drop(c);
+    let (c, r) = open(&o);
+    assert_eq!(r.removed_empty, 1, "the second run's spare: {r:?}");
+    assert_eq!(r.entries, stored.len() as u64 + 1);
+    assert_eq!(&c.get(b"after").unwrap().value[..], b"crash");
+    assert_eq!(&c.get(&stored[0].0).unwrap().value[..], &stored[0].1[..]);
 }

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
+use monoio::time::Instant;
 
+use super::resolve;
 use super::resp::{self, RespReader};
 use super::url::Target;
 use super::RedisError;
@@ -90,7 +92,7 @@ impl Conn {
         }
         monoio::spawn(writer(
             Rc::clone(&conn),
-            target.host_port(),
+            target.clone(),
             connect_timeout,
             max_reply,
         ));
@@ -201,10 +203,20 @@ impl Conn {
     }
 }
 
-async fn connect(host_port: &str, timeout: Duration) -> Result<TcpStream, RedisError> {
-    // Hostnames resolve through the system resolver, which blocks this worker; it happens only
-    // when a connection is (re)made, at most once per backoff step while Redis is down.
-    match monoio::time::timeout(timeout, TcpStream::connect(host_port)).await {
+/// Connects to `target` by `deadline`: its host resolved off this thread ([`resolve`]), then
+/// each address in turn until one accepts.
+pub async fn connect(target: &Target, deadline: Instant) -> Result<TcpStream, RedisError> {
+    let attempt = async {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
+        for addr in resolve::resolve(&target.host, target.port).await? {
+            match TcpStream::connect_addr(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    };
+    match monoio::time::timeout_at(deadline, attempt).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)
@@ -214,8 +226,9 @@ async fn connect(host_port: &str, timeout: Duration) -> Result<TcpStream, RedisE
     }
 }
 
-async fn writer(conn: Rc<Conn>, host_port: String, connect_timeout: Duration, max_reply: usize) {
-    let stream = match conn.or_closed(connect(&host_port, connect_timeout)).await {
+async fn writer(conn: Rc<Conn>, target: Target, connect_timeout: Duration, max_reply: usize) {
+    let deadline = Instant::now() + connect_timeout;
+    let stream = match conn.or_closed(connect(&target, deadline)).await {
         None => return,
         Some(Err(e)) => return conn.close(&e),
         Some(Ok(s)) => s,

@@ -1,10 +1,11 @@
 //! The Redis tier: corvid's third cache tier, a real Redis (or Valkey) at `cache.redis.url`
 //! shared by several corvid instances, plus the pub/sub channel they use to broadcast purges.
 //!
-//! This module owns the client side of that: URL parsing ([`url`]), RESP framing over monoio
-//! TCP ([`resp`], with the `redis` crate's command encoding and reply parser, never its
-//! connection layer or runtime), the per-worker pipelined connections ([`conn`]), the up/down
-//! state machine below, and the purge subscriber ([`subscribe`]).
+//! This module owns the client side of that: URL parsing ([`url`]), host name resolution off
+//! the worker thread ([`resolve`]), RESP framing over monoio TCP ([`resp`], with the `redis`
+//! crate's command encoding and reply parser, never its connection layer or runtime), the
+//! per-worker pipelined connections ([`conn`]), the up/down state machine below, and the purge
+//! subscriber ([`subscribe`]).
 //!
 //! # Pipelining
 //! A [`RedisClient`] lives on one worker thread and owns `connections` (default 1) pipelined
@@ -22,8 +23,9 @@
 //! # Failure model
 //! Redis is an optimisation: when it is down or slow, requests go on without it and must never
 //! fail or stall because of it. Hence:
-//! - every operation is bounded by `timeout` (connect + handshake + round trip); a caller's
-//!   request is never held longer than that by this tier;
+//! - every operation is bounded by `timeout` (host name lookup + connect + handshake + round
+//!   trip); a caller's request is never held longer than that by this tier, and a slow DNS
+//!   never blocks the worker thread itself ([`resolve`]);
 //! - on a timeout or an IO/protocol error the operation returns `Err`, its connection is
 //!   closed (never reused after a timeout: replies could be misaligned, and a slow Redis should
 //!   not be fed more work), and the client goes *down*;
@@ -42,6 +44,7 @@
 
 mod conn;
 pub mod pubsub;
+pub mod resolve;
 mod resp;
 pub mod url;
 
@@ -241,10 +244,22 @@ impl RedisClient {
     /// bounded by `timeout`, the whole walk is not (it is as long as the keyspace); it stops at
     /// the first error. Keys added during the walk may survive it (SCAN's guarantee).
     pub async fn del_prefix(&self, prefix: &[u8]) -> Result<u64, RedisError> {
+        let mut deleted = 0;
+        self.del_prefix_counted(prefix, &mut deleted)
+            .await
+            .map(|()| deleted)
+    }
+
+    /// [`del_prefix`](Self::del_prefix), adding to `deleted` batch by batch, so that a caller
+    /// still learns how many keys went when the walk fails part-way.
+    pub async fn del_prefix_counted(
+        &self,
+        prefix: &[u8],
+        deleted: &mut u64,
+    ) -> Result<(), RedisError> {
         let mut pattern = glob_escape(&self.key(prefix));
         pattern.push(b'*');
         let mut cursor: u64 = 0;
-        let mut deleted = 0u64;
         loop {
             let v = self
                 .call(
@@ -264,10 +279,10 @@ impl RedisClient {
                 }
                 let n =
                     resp::int("UNLINK", self.call(&unlink).await?).map_err(|e| self.count(e))?;
-                deleted += n.max(0) as u64;
+                *deleted += n.max(0) as u64;
             }
             if next == 0 {
-                return Ok(deleted);
+                return Ok(());
             }
             cursor = next;
         }

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use super::conn;
 use super::resp::{self, RespReader};
 use super::url::{self, Target};
 use super::{RedisError, RedisOptions};
@@ -145,13 +145,10 @@ async fn session(
     on_subscribed: &mut impl FnMut(),
 ) -> RedisError {
     let deadline = Instant::now() + opts.timeout;
-    let mut stream =
-        match monoio::time::timeout_at(deadline, TcpStream::connect(target.host_port())).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return RedisError::Io(e),
-            Err(_) => return RedisError::Timeout,
-        };
-    let _ = stream.set_nodelay(true);
+    let mut stream = match conn::connect(target, deadline).await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
     let _ = stream.set_tcp_keepalive(
         Some(KEEPALIVE_IDLE),
         Some(KEEPALIVE_INTERVAL),

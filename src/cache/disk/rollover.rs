@@ -1,0 +1,143 @@
+//! Roll-over off the inserting thread: the segment thread creates the next segment before it
+//! is needed (the *spare*) and releases the segments reclaim retires.
+//!
+//! An insert that fills the active segment must install a new one and, at capacity, drop the
+//! oldest. Done on the inserting thread — a worker, in write-through mode — that cost every
+//! other connection of the worker the time of a file creation, `ftruncate` and `mmap`, plus
+//! the `munmap` and `close` that free the victim's pages: milliseconds per roll-over (see the
+//! numbers in [`super`]). So one thread per [`super::DiskCache`] does both:
+//!
+//! - **Spare.** Whenever no spare exists or is being made, the roll-over (and `open`) reserves
+//!   the next segment id and asks this thread to create that segment; the thread hands it
+//!   back under the ring lock. The next roll-over swaps it in: a pointer move. If it is not
+//!   ready in time, the roll-over creates a segment inline as before and counts it
+//!   ([`super::DiskCache::inline_rollovers`]); the late spare, whose id is now older than the
+//!   active segment's, is deleted on arrival (segment ids must follow write order).
+//! - **Release.** Reclaim still unlinks a victim and removes its index entries on the inserting
+//!   thread (tens of microseconds, and it keeps "file gone" meaning "entries gone"); dropping
+//!   the last reference — the `munmap` and `close` that actually free the file's pages — is
+//!   sent here. A reader still holding a value keeps the mapping until it lets go, wherever
+//!   that happens.
+//!
+//! A spare is a sparse file whose only written bytes are its 64-byte segment header. It is not
+//! counted in `disk_bytes` or `segments()` until it becomes active (when reclaim makes room for
+//! it, as for any new segment). A crash leaves it on disk as a valid, empty segment, which
+//! recovery removes ([`super::recover`]); a crash while creating it leaves a `.tmp` file (see
+//! [`Segment::create`]), which recovery removes too.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+
+use super::segment::Segment;
+use super::Ring;
+
+enum Job {
+    /// Create segment `id` as the spare.
+    Prepare(u64),
+    /// Drop these retired segments (unmap and close them, freeing their pages).
+    Release(Vec<Arc<Segment>>),
+    /// Answer once every earlier job is done.
+    Settle(Sender<()>),
+}
+
+/// The segment thread of one cache; stopped and joined on drop.
+pub(super) struct SegmentThread {
+    tx: Option<Sender<Job>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl SegmentThread {
+    pub fn start(dir: PathBuf, size: u64, ring: Arc<Mutex<Ring>>) -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let handle = std::thread::Builder::new()
+            .name("corvid-disk-segments".into())
+            .spawn(move || {
+                for job in rx {
+                    match job {
+                        Job::Prepare(id) => prepare(&dir, size, &ring, id),
+                        Job::Release(segments) => drop(segments),
+                        Job::Settle(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })?;
+        Ok(SegmentThread {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    /// Asks for segment `id` to be created as the spare; `false` if the thread is gone.
+    pub fn prepare(&self, id: u64) -> bool {
+        self.send(Job::Prepare(id)).is_ok()
+    }
+
+    /// Drops `segments` on the segment thread (here if it is gone).
+    pub fn release(&self, segments: Vec<Arc<Segment>>) {
+        if segments.is_empty() {
+            return;
+        }
+        if let Err(job) = self.send(Job::Release(segments)) {
+            drop(job);
+        }
+    }
+
+    /// Blocks until every job sent so far is done.
+    pub fn settle(&self) {
+        let (done, wait) = crossbeam_channel::bounded(1);
+        if self.send(Job::Settle(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
+    fn send(&self, job: Job) -> Result<(), Job> {
+        match &self.tx {
+            Some(tx) => tx.send(job).map_err(|e| e.into_inner()),
+            None => Err(job),
+        }
+    }
+}
+
+impl Drop for SegmentThread {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once it has done what it was given.
+        drop(self.tx.take());
+        if let Some(h) = self.handle.take() {
+            if h.join().is_err() {
+                log::error!("disk cache: the segment thread panicked");
+            }
+        }
+    }
+}
+
+pub(super) fn prepare(dir: &std::path::Path, size: u64, ring: &Mutex<Ring>, id: u64) {
+    let made = Segment::create(dir, id, size);
+    let mut r = ring.lock().unwrap_or_else(|e| e.into_inner());
+    let wanted = r.spare_pending == Some(id);
+    if wanted {
+        r.spare_pending = None;
+    }
+    match made {
+        Ok(seg) if wanted => r.spare = Some(Arc::new(seg)),
+        Ok(seg) => {
+            // An inline roll-over overtook it: its id is older than the active segment's.
+            drop(r);
+            discard(seg);
+        }
+        Err(e) => {
+            drop(r);
+            log::warn!("disk cache: could not prepare the next segment: {e}");
+        }
+    }
+}
+
+/// Deletes a segment nobody uses (a spare that lost its place).
+pub(super) fn discard(seg: Segment) {
+    if let Err(e) = std::fs::remove_file(&seg.path) {
+        log::warn!("disk cache: could not delete {}: {e}", seg.path.display());
+    }
+}

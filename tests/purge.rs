@@ -1,0 +1,342 @@
+//! Purge over the three real tiers: a memory tier, a disk tier in a temporary directory and a
+//! real `redis-server` (started per test on a free loopback port), driven the way a worker
+//! drives them, inside a monoio runtime. Every test fills all three tiers with keys of two
+//! buckets whose names and keys are chosen to trip naive matching — a bucket whose name is a
+//! prefix of the other's, an object key that starts with the other bucket's name, keys full of
+//! Redis glob metacharacters, an object whose name extends another's — purges, and checks both
+//! the returned counts and, tier by tier, what is gone and what is left.
+//!
+//! Needs `redis-server` on PATH (Debian: `apt-get install redis-server`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use corvid::cache::entry::{CachedObject, Meta};
+use corvid::cache::policy::cache_key;
+use corvid::cache::purge::{purge, Purged, RedisPurge, Scope};
+use corvid::cache::redis::{RedisClient, RedisError, RedisOptions};
+use corvid::cache::redis_tier;
+use corvid::cache::tiered::{Layer, Tiers};
+use corvid::config::{CacheConfig, DiskConfig, MemoryConfig, WritePolicy};
+
+#[path = "it/common/redis_server.rs"]
+mod redis_server;
+
+use redis_server::RedisServer;
+
+const MIB: u64 = 1 << 20;
+
+fn run<F: Future>(f: F) -> F::Output {
+    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("monoio runtime")
+        .block_on(f)
+}
+
+fn cache_config(dir: &std::path::Path) -> CacheConfig {
+    CacheConfig {
+        ttl: Duration::from_secs(3600),
+        max_object_size: MIB,
+        write_policy: WritePolicy::WriteThrough,
+        stale_if_error: None,
+        stale_while_revalidate: None,
+        memory: MemoryConfig { capacity: 16 * MIB },
+        disk: Some(DiskConfig {
+            dir: dir.to_path_buf(),
+            capacity: 8 * MIB,
+            segment_size: MIB,
+        }),
+        redis: None,
+    }
+}
+
+/// One cached variant: bucket, object key, forwarded query.
+type Entry = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+/// The keys every test starts from. Buckets `img` and `img2` (`img` is a prefix of `img2`).
+const WORLD: &[Entry] = &[
+    ("img", "logo.png", &[]),
+    ("img", "logo.png", &[("versionId", "7")]),
+    (
+        "img",
+        "logo.png",
+        &[("response-content-type", "text/plain")],
+    ),
+    // Another object whose key extends `logo.png`.
+    ("img", "logo.png.bak", &[]),
+    // Starts with the other bucket's name.
+    ("img", "img2/logo.png", &[]),
+    // Glob metacharacters, and the key an unescaped `a*` prefix pattern would also match.
+    ("img", "a*b?[c]\\d", &[]),
+    ("img", "aXb?[c]\\d", &[]),
+    ("img2", "logo.png", &[]),
+    ("img2", "x", &[("versionId", "1")]),
+];
+
+fn ckey(e: &Entry) -> Vec<u8> {
+    let q: Vec<(String, String)> =
+        e.2.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+    cache_key(e.0, e.1, &q)
+}
+
+fn object(i: usize) -> CachedObject {
+    let now = corvid::cache::disk::now_ms();
+    CachedObject {
+        meta: Arc::new(Meta::new(
+            vec![("ETag".into(), format!("\"{i}\""))],
+            now,
+            now + 3_600_000,
+        )),
+        body: Bytes::from(vec![i as u8; 1000 + 100 * i]),
+    }
+}
+
+struct World {
+    tiers: Arc<Tiers>,
+    redis: RedisClient,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    /// Fresh tiers with every [`WORLD`] entry stored in memory, on disk and in Redis.
+    async fn filled(server: &RedisServer, timeout: Duration) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let tiers = Tiers::new(&cache_config(dir.path())).unwrap();
+        let mut o = RedisOptions::new(server.url());
+        o.timeout = timeout;
+        let redis = RedisClient::new(o).unwrap();
+        let retain = Duration::from_secs(3600);
+        for (i, e) in WORLD.iter().enumerate() {
+            let (k, obj) = (ckey(e), object(i));
+            tiers.store(&k, obj.clone());
+            redis_tier::store(&redis, &k, &obj, 4 * MIB, retain, obj.meta.stored_at_ms)
+                .await
+                .unwrap();
+        }
+        let w = World {
+            tiers,
+            redis,
+            _dir: dir,
+        };
+        for e in WORLD {
+            assert_eq!(w.held(e).await, [true; 3], "{e:?} not stored everywhere");
+        }
+        w
+    }
+
+    /// Whether memory, disk and Redis hold `e`.
+    async fn held(&self, e: &Entry) -> [bool; 3] {
+        let k = ckey(e);
+        [
+            self.tiers.memory.get(&k).is_some(),
+            self.tiers.disk.as_ref().unwrap().get_stale(&k).is_some(),
+            self.redis.get(&k).await.unwrap().is_some(),
+        ]
+    }
+
+    /// Checks that exactly `gone` (indexes into [`WORLD`]) are absent from every tier and
+    /// everything else is still in every tier.
+    async fn check(&self, gone: &[usize], what: &str) {
+        for (i, e) in WORLD.iter().enumerate() {
+            let expect = [!gone.contains(&i); 3];
+            assert_eq!(self.held(e).await, expect, "{what}: {e:?}");
+        }
+    }
+
+    fn usage(&self) -> [(u64, u64); 2] {
+        [
+            self.tiers.usage(Layer::Memory),
+            self.tiers.usage(Layer::Disk),
+        ]
+    }
+
+    /// Purges and checks that the counts returned match what the tiers' own gauges lost.
+    async fn purge(&self, scope: Scope, per_tier: u64) -> Purged {
+        let before = self.usage();
+        let p = purge(&self.tiers, Some(&self.redis), &scope).await;
+        let after = self.usage();
+        assert_eq!(p.memory.entries, before[0].0 - after[0].0, "{scope:?}");
+        assert_eq!(p.memory.bytes, before[0].1 - after[0].1, "{scope:?}");
+        assert_eq!(p.disk.entries, before[1].0 - after[1].0, "{scope:?}");
+        assert_eq!(p.disk.bytes, before[1].1 - after[1].1, "{scope:?}");
+        assert_eq!(
+            (p.memory.entries, p.disk.entries),
+            (per_tier, per_tier),
+            "{scope:?}: {p:?}"
+        );
+        assert!(
+            matches!(p.redis, RedisPurge::Done(n) if n == per_tier),
+            "{scope:?}: {p:?}"
+        );
+        assert_eq!(p.entries(), 3 * per_tier);
+        assert_eq!(p.bytes(), p.memory.bytes + p.disk.bytes);
+        p
+    }
+}
+
+fn object_scope(bucket: &str, key: &str) -> Scope {
+    Scope::Object {
+        bucket: bucket.into(),
+        key: key.into(),
+    }
+}
+
+fn prefix_scope(bucket: &str, prefix: &str) -> Scope {
+    Scope::Prefix {
+        bucket: bucket.into(),
+        prefix: prefix.into(),
+    }
+}
+
+#[test]
+fn an_object_purge_takes_every_variant_from_every_tier() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let w = World::filled(&server, Duration::from_secs(5)).await;
+        let p = w.purge(object_scope("img", "logo.png"), 3).await;
+        assert!(p.bytes() > 3 * 1000);
+        // Not `logo.png.bak`, not `img2`'s `logo.png`.
+        w.check(&[0, 1, 2], "after purging img/logo.png").await;
+        // Nothing left to purge (the admin API answers 404 then).
+        w.purge(object_scope("img", "logo.png"), 0).await;
+        // An object whose key holds glob metacharacters: only itself.
+        w.purge(object_scope("img", "a*b?[c]\\d"), 1).await;
+        w.check(&[0, 1, 2, 5], "after purging img/a*b?[c]\\d").await;
+        // A variant-only object of the other bucket.
+        w.purge(object_scope("img2", "x"), 1).await;
+        w.check(&[0, 1, 2, 5, 8], "after purging img2/x").await;
+    });
+}
+
+#[test]
+fn one_key_purge_leaves_the_other_variants() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let w = World::filled(&server, Duration::from_secs(5)).await;
+        w.purge(Scope::Key(ckey(&WORLD[1])), 1).await;
+        w.check(&[1], "after purging the versionId=7 key").await;
+        w.purge(Scope::Key(ckey(&WORLD[1])), 0).await;
+    });
+}
+
+#[test]
+fn bucket_and_key_prefix_purges_are_exact() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let w = World::filled(&server, Duration::from_secs(5)).await;
+        // `a*` is a literal prefix, not a pattern: `aXb…` stays.
+        w.purge(prefix_scope("img", "a*"), 1).await;
+        w.check(&[5], "after purging img prefix a*").await;
+        // `img2/` inside bucket img, not bucket img2.
+        w.purge(prefix_scope("img", "img2/"), 1).await;
+        w.check(&[4, 5], "after purging img prefix img2/").await;
+        // A prefix takes the variants of the objects under it too.
+        w.purge(prefix_scope("img", "logo"), 4).await;
+        w.check(&[0, 1, 2, 3, 4, 5], "after purging img prefix logo")
+            .await;
+        // The rest of bucket img; img2 (whose name starts with "img") keeps everything.
+        w.purge(prefix_scope("img", ""), 1).await;
+        w.check(&[0, 1, 2, 3, 4, 5, 6], "after purging bucket img")
+            .await;
+        w.purge(prefix_scope("img2", ""), 2).await;
+        w.check(&[0, 1, 2, 3, 4, 5, 6, 7, 8], "after purging bucket img2")
+            .await;
+    });
+}
+
+#[test]
+fn purge_everything_spares_other_users_of_the_redis() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let w = World::filled(&server, Duration::from_secs(5)).await;
+        let raw = |cmd: &str, key: &str| {
+            let mut c = redis::cmd(cmd);
+            c.arg(key);
+            c
+        };
+        for k in ["other:img\0logo.png", "corvid", "corvid;x"] {
+            let mut set = raw("SET", k);
+            set.arg("not corvid's");
+            w.redis.command(&set).await.unwrap();
+        }
+        let disk = w.tiers.disk.as_ref().unwrap();
+        assert!(disk.segments() > 0);
+        w.purge(Scope::All, WORLD.len() as u64).await;
+        w.check(
+            &(0..WORLD.len()).collect::<Vec<_>>(),
+            "after purging everything",
+        )
+        .await;
+        assert_eq!(w.usage(), [(0, 0), (0, 0)]);
+        assert_eq!(disk.segments(), 0);
+        let size = w.redis.command(&redis::cmd("DBSIZE")).await.unwrap();
+        assert_eq!(
+            size,
+            redis::Value::Int(3),
+            "only other users' keys are left"
+        );
+        // Purging an empty cache removes nothing, everywhere.
+        w.purge(Scope::All, 0).await;
+    });
+}
+
+#[test]
+fn with_redis_killed_memory_and_disk_are_still_purged_and_redis_is_reported() {
+    let mut server = RedisServer::start(&[]);
+    let timeout = Duration::from_millis(200);
+    run(async {
+        let w = World::filled(&server, timeout).await;
+        server.kill();
+        let local = |w: &World, e: &Entry| {
+            let k = ckey(e);
+            [
+                w.tiers.memory.get(&k).is_some(),
+                w.tiers.disk.as_ref().unwrap().get_stale(&k).is_some(),
+            ]
+        };
+
+        // The first operation finds the connection dead (or times out): bounded by the timeout.
+        let t = Instant::now();
+        let p = purge(&w.tiers, Some(&w.redis), &object_scope("img", "logo.png")).await;
+        let took = t.elapsed();
+        assert!(took <= timeout + Duration::from_millis(300), "{took:?}");
+        assert_eq!((p.memory.entries, p.disk.entries), (3, 3), "{p:?}");
+        assert!(p.redis.unreachable(), "{p:?}");
+        assert_eq!(p.entries(), 6);
+        for (i, e) in WORLD.iter().enumerate() {
+            assert_eq!(local(&w, e), [i > 2; 2], "{e:?}");
+        }
+
+        // The client is down now: Redis fails at once, memory and disk are emptied.
+        let t = Instant::now();
+        let p = purge(&w.tiers, Some(&w.redis), &Scope::All).await;
+        let took = t.elapsed();
+        assert!(took <= timeout + Duration::from_millis(300), "{took:?}");
+        assert!(
+            matches!(
+                p.redis,
+                RedisPurge::Failed {
+                    deleted: 0,
+                    error: RedisError::Down
+                }
+            ),
+            "{p:?}"
+        );
+        assert_eq!((p.memory.entries, p.disk.entries), (6, 6), "{p:?}");
+        assert_eq!(w.usage(), [(0, 0), (0, 0)]);
+
+        // No Redis tier at all: the same purge, reported as disabled.
+        let p = purge(&w.tiers, None, &Scope::All).await;
+        assert!(matches!(p.redis, RedisPurge::Disabled) && !p.redis.failed());
+        assert_eq!(p.entries(), 0);
+    });
+}
