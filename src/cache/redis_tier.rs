@@ -1,5 +1,5 @@
 //! The Redis tier in the request path: key, value and TTL conventions on top of the per-worker
-//! [`RedisClient`](crate::cache::redis::RedisClient).
+//! [`crate::cache::redis::RedisClient`].
 //!
 //! - Key: corvid's cache key behind the client's key prefix; value: the [`entry`] encoding.
 //! - A Redis key lives `retain` past its entry's freshness (see [`retain`]) so that stale

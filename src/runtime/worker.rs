@@ -3,7 +3,7 @@
 //! A [`Worker`] is built inside its own thread and shared by that thread's tasks through an
 //! `Rc` (ARCHITECTURE rule 1): upstream pools, signers with their signing-key caches, the Date
 //! header cache and the request-id counter never cross threads. What is shared across workers
-//! lives in [`Shared`](super::Shared) behind an `Arc`.
+//! lives in [`super::Shared`] behind an `Arc`.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

@@ -5,7 +5,7 @@
 //!
 //! | module      | owns                                                                     |
 //! |-------------|--------------------------------------------------------------------------|
-//! | [`format`]  | the on-disk encoding (field tables there); pure functions, fuzzed         |
+//! | [`format`](mod@format)| the on-disk encoding (field tables there); pure functions, fuzzed         |
 //! | [`segment`] | one file: create, map, copy records in, slice values out                  |
 //! | [`index`]   | the sharded key → slot map                                                |
 //! | [`recover`] | rebuilding the index from the files at start-up, and what it drops        |

@@ -2,9 +2,9 @@
 //! shared by several corvid instances, plus the pub/sub channel they use to broadcast purges.
 //!
 //! This module owns the client side of that: URL parsing ([`url`]), host name resolution off
-//! the worker thread ([`resolve`]), RESP framing over monoio TCP ([`resp`], with the `redis`
+//! the worker thread ([`resolve`]), RESP framing over monoio TCP (`resp`, with the `redis`
 //! crate's command encoding and reply parser, never its connection layer or runtime), the
-//! per-worker pipelined connections ([`conn`]), the up/down state machine below, and the purge
+//! per-worker pipelined connections (`conn`), the up/down state machine below, and the purge
 //! subscriber ([`subscribe`]).
 //!
 //! # Pipelining
