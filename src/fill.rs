@@ -325,13 +325,14 @@ pub fn fill_in_background(
     if w.shared.tiers.inflight.contains(t.ckey) {
         return;
     }
-    let (w, key, params, ckey) = (
-        Rc::clone(w),
-        t.key.to_string(),
-        t.params.to_vec(),
-        t.ckey.to_vec(),
-    );
+    let owned: Vec<(String, String)> = t
+        .params
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    let (w, key, ckey) = (Rc::clone(w), t.key.to_string(), t.ckey.to_vec());
     monoio::spawn(async move {
+        let params: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (&n[..], &v[..])).collect();
         let tiers = Arc::clone(&w.shared.tiers);
         // Another request may have started one since the check above.
         let Role::Leader(leader) = tiers.inflight.join(&ckey) else {

@@ -107,7 +107,7 @@ impl<S: AsyncWriteRent> Exchange<'_, '_, S> {
 /// (`versionId`, `response-*`) and the cache key built from them.
 pub struct Target<'a> {
     pub key: &'a str,
-    pub params: &'a [(String, String)],
+    pub params: &'a [(&'a str, &'a str)],
     pub ckey: &'a [u8],
 }
 
@@ -128,8 +128,10 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
         Method::Options => return options(x).await,
         _ => return Err(Error::method_not_allowed("GET, HEAD, OPTIONS")),
     }
-    let params = forwarded_query(query)?;
     let w = x.w;
+    // Decoded into a recycled buffer, like the cache key below: a hit allocates nothing.
+    let mut decoded = w.scratch();
+    let params = forwarded_query(query, &mut decoded)?;
     let tiers = &w.shared.tiers;
     if !tiers.enabled() {
         return pass_through(x, key, &params, XCache::Bypass).await;
@@ -398,7 +400,7 @@ pub fn stored_headers(head: &UpstreamHead) -> Vec<(String, String)> {
 pub async fn pass_through<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, S>,
     key: &str,
-    params: &[(String, String)],
+    params: &[(&str, &str)],
     xcache: XCache,
 ) -> Result<Sent, Error> {
     let (head, body) = fetch_as_asked(x, key, params).await?;
@@ -409,7 +411,7 @@ pub async fn pass_through<S: AsyncWriteRent>(
 async fn fetch_as_asked<S>(
     x: &Exchange<'_, '_, S>,
     key: &str,
-    params: &[(String, String)],
+    params: &[(&str, &str)],
 ) -> Result<(UpstreamHead, Body), Error> {
     let mut forwarded: Vec<(&'static str, &str)> = Vec::new();
     for name in FORWARDED_HEADERS {
@@ -487,7 +489,7 @@ pub async fn fetch_origin(
     bucket: usize,
     is_head: bool,
     key: &str,
-    query: &[(String, String)],
+    query: &[(&str, &str)],
     headers: &[(&'static str, &str)],
 ) -> Result<(UpstreamHead, Body), Error> {
     let cfg = &w.shared.config.buckets[bucket];

@@ -36,6 +36,7 @@
 
 use std::collections::HashMap;
 
+use arrayvec::ArrayVec;
 use percent_encoding::{percent_decode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::error::{Error, Kind};
@@ -301,17 +302,25 @@ pub fn encode_key(key: &str) -> String {
     percent_encoding::utf8_percent_encode(key, KEY_ENCODE_SET).to_string()
 }
 
-/// From the raw query string, the decoded parameters forwarded upstream (`versionId`, the S3
-/// `response-*` overrides), sorted by name; see the module docs for the decoding rules.
-pub fn forwarded_query(query: Option<&str>) -> Result<Vec<(String, String)>, Error> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let Some(query) = query else {
-        return Ok(out);
-    };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
+/// The forwarded query parameters of one request (`versionId`, the S3 `response-*`
+/// overrides): canonical name and decoded value, sorted by name. Each name appears at most
+/// once, so they fit a fixed array and parsing them allocates nothing.
+pub type Params<'a> = ArrayVec<(&'static str, &'a str), { FORWARDED_PARAMS.len() }>;
+
+/// From the raw query string, the decoded parameters forwarded upstream, their values decoded
+/// into `scratch` (cleared first; a worker's recycled buffer on the request path); see the
+/// module docs for the decoding rules.
+pub fn forwarded_query<'a>(
+    query: Option<&str>,
+    scratch: &'a mut Vec<u8>,
+) -> Result<Params<'a>, Error> {
+    scratch.clear();
+    let mut spans: ArrayVec<(&'static str, std::ops::Range<usize>), { FORWARDED_PARAMS.len() }> =
+        ArrayVec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
         // Compared while decoding, so that a dropped parameter (`?v=3` cache busting on a hit)
-        // allocates nothing.
+        // costs no copy.
         check_percent(raw_name.as_bytes())?;
         let Some(&name) = FORWARDED_PARAMS
             .iter()
@@ -321,21 +330,27 @@ pub fn forwarded_query(query: Option<&str>) -> Result<Vec<(String, String)>, Err
             check_percent(raw_value.as_bytes())?;
             continue;
         };
-        let mut value = Vec::with_capacity(raw_value.len());
-        percent_decode_into(raw_value.as_bytes(), &mut value)?;
-        let value = String::from_utf8(value)
+        if spans.iter().any(|(n, _)| *n == name) {
+            return Err(bad_request("query parameter given more than once"));
+        }
+        let start = scratch.len();
+        percent_decode_into(raw_value.as_bytes(), scratch)?;
+        // At most one span per name in FORWARDED_PARAMS (checked above): never full.
+        spans.push((name, start..scratch.len()));
+    }
+    let decoded: &'a [u8] = scratch;
+    let mut out = Params::new();
+    for (name, span) in spans {
+        let value = std::str::from_utf8(&decoded[span])
             .map_err(|_| bad_request("query parameter value is not valid UTF-8"))?;
         if value.chars().any(char::is_control) {
             return Err(bad_request(
                 "query parameter value contains a control character",
             ));
         }
-        if out.iter().any(|(n, _)| n == name) {
-            return Err(bad_request("query parameter given more than once"));
-        }
-        out.push((name.to_owned(), value));
+        out.push((name, value));
     }
-    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.sort_unstable_by(|a, b| a.0.cmp(b.0));
     Ok(out)
 }
 
@@ -537,11 +552,21 @@ mod tests {
         assert_eq!(decode_key("%").unwrap_err().kind(), Kind::BadRequest);
     }
 
+    /// `forwarded_query` with owned results, for comparisons.
+    fn fq(query: Option<&str>) -> Result<Vec<(String, String)>, Error> {
+        let mut scratch = Vec::new();
+        let params = forwarded_query(query, &mut scratch)?;
+        Ok(params
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect())
+    }
+
     #[test]
     fn forwarded_params() {
-        assert!(forwarded_query(None).unwrap().is_empty());
-        assert!(forwarded_query(Some("")).unwrap().is_empty());
-        let q = forwarded_query(Some(
+        assert!(fq(None).unwrap().is_empty());
+        assert!(fq(Some("")).unwrap().is_empty());
+        let q = fq(Some(
             "versionId=v%2B1&x-id=GetObject&response-content-type=text%2Fplain%3B%20charset%3Dutf-8\
              &response-content-disposition=attachment%3B%20filename%3D%22a+b.txt%22&&foo",
         ))
@@ -560,7 +585,7 @@ mod tests {
                 ("versionId".into(), "v+1".into()),
             ]
         );
-        let all = forwarded_query(Some(
+        let all = fq(Some(
             "response-expires=0&response-cache-control=no-cache&response-content-language=en\
              &response-content-encoding=gzip&versionId",
         ))
@@ -569,7 +594,7 @@ mod tests {
         assert_eq!(all[4], ("versionId".into(), "".into()));
         // Encoded names are decoded before matching; names are case-sensitive.
         assert_eq!(
-            forwarded_query(Some("version%49d=x&VERSIONID=y")).unwrap(),
+            fq(Some("version%49d=x&VERSIONID=y")).unwrap(),
             vec![("versionId".into(), "x".into())]
         );
     }
@@ -587,13 +612,13 @@ mod tests {
             "versionId=1&versionId=2",
         ] {
             assert_eq!(
-                forwarded_query(Some(bad)).unwrap_err().kind(),
+                fq(Some(bad)).unwrap_err().kind(),
                 Kind::BadRequest,
                 "{bad:?}"
             );
         }
         // Non-UTF-8 in a dropped parameter is fine as long as it is well-formed.
-        assert!(forwarded_query(Some("x=%FF")).unwrap().is_empty());
+        assert!(fq(Some("x=%FF")).unwrap().is_empty());
     }
 
     /// Keys without NUL and without "." / ".." segments.
@@ -621,7 +646,7 @@ mod tests {
         #[test]
         fn decode_never_panics(s in "[%0-9a-fA-F/.a-z\\x00]{0,32}") {
             let _ = decode_key(&s);
-            let _ = forwarded_query(Some(&s));
+            let _ = forwarded_query(Some(&s), &mut Vec::new());
             let _ = split_target(&s);
         }
     }

@@ -12,7 +12,8 @@
 //! listener that records any request bytes, and none may arrive. A keep-alive client sends
 //! warm-up hits (the connection's buffers, the worker's vectored-write box and the date cache
 //! are set up on the first requests), then `N` hits of each kind, and the worker's allocation
-//! count over those hits must be zero.
+//! count over those hits must be zero — including a hit on a `versionId`/`response-*` variant,
+//! whose decoded parameters live in a fixed array and a recycled buffer.
 //!
 //! The window's edges race with the worker (it may still be finishing the request before the
 //! first measured one when the count is read); that only matters if a request allocates at
@@ -338,6 +339,14 @@ fn memory_hits_allocate_nothing_on_the_worker() {
         &cache_key("b", "dir/café au lait.bin", &[]),
         cached(small.clone()),
     );
+    let variant = [
+        ("response-content-type", "text/plain; charset=utf-8"),
+        ("versionId", "v+1"),
+    ];
+    shared.tiers.store(
+        &cache_key("b", "small.bin", &variant),
+        cached(small.clone()),
+    );
 
     let cases = [
         Case {
@@ -378,6 +387,13 @@ fn memory_hits_allocate_nothing_on_the_worker() {
         Case {
             name: "GET 1 KiB, percent-encoded key, dropped query parameter",
             request: b"GET /b/dir/caf%C3%A9%20au%20lait.bin?v=3 HTTP/1.1\r\nHost: corvid\r\n\r\n",
+            status: 200,
+            body: small.clone(),
+            length: Some(SMALL),
+        },
+        Case {
+            name: "GET 1 KiB, versionId and response-content-type (a variant entry)",
+            request: b"GET /b/small.bin?versionId=v%2B1&response-content-type=text%2Fplain%3B%20charset%3Dutf-8 HTTP/1.1\r\nHost: corvid\r\n\r\n",
             status: 200,
             body: small.clone(),
             length: Some(SMALL),

@@ -81,11 +81,7 @@ const WORLD: &[Entry] = &[
 ];
 
 fn ckey(e: &Entry) -> Vec<u8> {
-    let q: Vec<(String, String)> =
-        e.2.iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
-    cache_key(e.0, e.1, &q)
+    cache_key(e.0, e.1, e.2)
 }
 
 fn object(i: usize) -> CachedObject {

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let mut paths = vec![target];
     if let Ok((path, query)) = split_target(target) {
         paths.push(path);
-        let _ = forwarded_query(query);
+        let _ = forwarded_query(query, &mut Vec::new());
     }
     for path in paths {
         if let Ok(Route::Object { key, .. }) = router.route(path) {

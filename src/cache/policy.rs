@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 /// The cache key for an object request.
-pub fn cache_key(bucket: &str, key: &str, query: &[(String, String)]) -> Vec<u8> {
+pub fn cache_key(bucket: &str, key: &str, query: &[(&str, &str)]) -> Vec<u8> {
     let mut k = Vec::with_capacity(bucket.len() + key.len() + 1);
     cache_key_into(&mut k, bucket, key, query);
     k
@@ -22,7 +22,7 @@ pub fn cache_key(bucket: &str, key: &str, query: &[(String, String)]) -> Vec<u8>
 
 /// [`cache_key`] into `k` (cleared first), so that a request can build its key in a recycled
 /// buffer.
-pub fn cache_key_into(k: &mut Vec<u8>, bucket: &str, key: &str, query: &[(String, String)]) {
+pub fn cache_key_into(k: &mut Vec<u8>, bucket: &str, key: &str, query: &[(&str, &str)]) {
     k.clear();
     k.extend_from_slice(bucket.as_bytes());
     k.push(0);
@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn keys_separate_variants_and_prefixes_select() {
         let plain = cache_key("b", "k", &[]);
-        let v = cache_key("b", "k", &[("versionId".into(), "3".into())]);
+        let v = cache_key("b", "k", &[("versionId", "3")]);
         assert_ne!(plain, v);
         assert!(plain.starts_with(&bucket_prefix("b", "")));
         assert!(v.starts_with(&bucket_prefix("b", "k")));

@@ -31,7 +31,7 @@ pub struct ObjectRequest<'a> {
     /// The decoded object key.
     pub key: &'a str,
     /// Decoded query parameters to forward (`versionId`, `response-*`).
-    pub query: &'a [(String, String)],
+    pub query: &'a [(&'a str, &'a str)],
     /// Forwarded client headers (lowercase name, value), a subset of [`FORWARDED_HEADERS`].
     pub headers: &'a [(&'static str, &'a str)],
 }
@@ -54,12 +54,7 @@ pub fn build_request(
             canonical_object_path(None, req.key),
         ),
     };
-    let params: Vec<(&str, &str)> = req
-        .query
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let query = canonical_query(&params);
+    let query = canonical_query(req.query);
 
     let mut signed: Vec<(&str, &str)> = Vec::with_capacity(1 + req.headers.len());
     signed.push(("host", host.as_str()));
