@@ -19,6 +19,7 @@ use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::{Event, Leader, Role, Subscription};
 use crate::cache::policy;
 use crate::cache::purge::{self, Scope};
+use crate::cache::redis::RedisClient;
 use crate::cache::redis_tier;
 use crate::cache::tiered::{Hit, Layer};
 use crate::config::WritePolicy;
@@ -42,7 +43,7 @@ pub async fn lead<S: AsyncWriteRent>(
     leader: Leader<'_>,
 ) -> Result<Sent, Error> {
     match fetch_origin(x.w, x.bucket, false, t.key, t.params, &[]).await {
-        Ok((head, body)) => fill_from(x, t.ckey, head, body, Some(leader)).await,
+        Ok((head, body)) => fill_from(x, t, head, body, Some(leader)).await,
         Err(e) => {
             leader.fail(e.clone());
             Err(e)
@@ -65,12 +66,12 @@ enum ClientPlan {
 /// an error or a bypass.
 pub async fn fill_from<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, S>,
-    ckey: &[u8],
+    t: &Target<'_>,
     head: UpstreamHead,
     mut body: Body,
     leader: Option<Leader<'_>>,
 ) -> Result<Sent, Error> {
-    let (w, req, bucket) = (x.w, x.req, x.bucket);
+    let (w, req, bucket, ckey) = (x.w, x.req, x.bucket, t.ckey);
     if head.status != 200 {
         let e = map_origin_status(head.status);
         drain_error_body(body).await;
@@ -156,7 +157,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
                 meta: Arc::clone(&meta),
                 body,
             };
-            store_everywhere(w, ckey, obj).await;
+            store_everywhere(w, ckey, obj, t.generation).await;
             stored = true;
         }
         if let Some(l) = &leader {
@@ -172,7 +173,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
             meta,
             body: Bytes::new(),
         };
-        store_everywhere(w, ckey, empty).await;
+        store_everywhere(w, ckey, empty, t.generation).await;
     } else if !stored {
         if let Some(l) = leader {
             l.fail(Error::upstream(
@@ -330,7 +331,12 @@ pub fn fill_in_background(
         .iter()
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();
-    let (w, key, ckey) = (Rc::clone(w), t.key.to_string(), t.ckey.to_vec());
+    let (w, key, ckey, since) = (
+        Rc::clone(w),
+        t.key.to_string(),
+        t.ckey.to_vec(),
+        t.generation,
+    );
     monoio::spawn(async move {
         let params: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (&n[..], &v[..])).collect();
         let tiers = Arc::clone(&w.shared.tiers);
@@ -343,13 +349,13 @@ pub fn fill_in_background(
             Ok((head, body)) if head.status == 304 && stale.is_some() => {
                 drain_error_body(body).await;
                 let obj = refreshed(&w, bucket, stale.as_ref().unwrap(), &head);
-                refresh_everywhere(&w, &ckey, obj.clone()).await;
+                refresh_everywhere(&w, &ckey, obj.clone(), since).await;
                 leader.complete(obj.meta, obj.body, true);
             }
             Ok((head, body)) if head.status == 200 => {
                 match read_whole(&w, bucket, &head, body).await {
                     Ok(Some(obj)) => {
-                        store_everywhere(&w, &ckey, obj.clone()).await;
+                        store_everywhere(&w, &ckey, obj.clone(), since).await;
                         leader.complete(obj.meta, obj.body, false);
                     }
                     Ok(None) => leader.bypass(),
@@ -406,9 +412,12 @@ async fn read_whole(
 }
 
 /// Stores a filled object in the shared tiers and in Redis (awaited with write-through,
-/// in the background with write-behind).
-pub async fn store_everywhere(w: &Rc<Worker>, ckey: &[u8], obj: CachedObject) {
-    w.shared.tiers.store(ckey, obj.clone());
+/// in the background with write-behind) — unless a purge began after `since`, the purge
+/// generation the bytes were fetched in (see [`crate::cache::tiered::Tiers::generation`]).
+pub async fn store_everywhere(w: &Rc<Worker>, ckey: &[u8], obj: CachedObject, since: u64) {
+    if !w.shared.tiers.store(ckey, obj.clone(), since) {
+        return;
+    }
     let Some(client) = w.redis.clone() else {
         return;
     };
@@ -419,12 +428,8 @@ pub async fn store_everywhere(w: &Rc<Worker>, ckey: &[u8], obj: CachedObject) {
     let (max, retain, now) = (rcfg.max_object_size, redis_tier::retain(cache), now_ms());
     match cache.write_policy {
         WritePolicy::WriteThrough => {
-            if redis_tier::store(&client, ckey, &obj, max, retain, now)
-                .await
-                .is_err()
-            {
-                w.metrics().cache_error(Layer::Redis);
-            }
+            let stored = redis_tier::store(&client, ckey, &obj, max, retain, now).await;
+            redis_stored(w, &client, ckey, stored, since).await;
         }
         WritePolicy::WriteBehind => {
             if w.redis_behind.get() >= MAX_REDIS_BEHIND {
@@ -434,11 +439,9 @@ pub async fn store_everywhere(w: &Rc<Worker>, ckey: &[u8], obj: CachedObject) {
             w.redis_behind.set(w.redis_behind.get() + 1);
             let (w, key) = (Rc::clone(w), ckey.to_vec());
             monoio::spawn(async move {
-                if redis_tier::store(&client, &key, &obj, max, retain, now)
-                    .await
-                    .is_err()
-                {
-                    w.metrics().cache_error(Layer::Redis);
+                if w.shared.tiers.generation() == since {
+                    let stored = redis_tier::store(&client, &key, &obj, max, retain, now).await;
+                    redis_stored(&w, &client, &key, stored, since).await;
                 }
                 w.redis_behind.set(w.redis_behind.get() - 1);
             });
@@ -446,17 +449,35 @@ pub async fn store_everywhere(w: &Rc<Worker>, ckey: &[u8], obj: CachedObject) {
     }
 }
 
-/// A revalidated object: new freshness everywhere, body untouched.
-pub async fn refresh_everywhere(w: &Rc<Worker>, ckey: &[u8], obj: CachedObject) {
-    w.shared.tiers.refresh(ckey, obj.clone());
+/// After a Redis write: counts a failure, and deletes the key again when a purge began while
+/// the write was on its way (the purge's own walk may have run before the write landed).
+async fn redis_stored<E>(
+    w: &Worker,
+    client: &RedisClient,
+    ckey: &[u8],
+    stored: Result<(), E>,
+    since: u64,
+) {
+    let failed = match stored {
+        Err(_) => true,
+        Ok(()) => w.shared.tiers.generation() != since && client.del(ckey).await.is_err(),
+    };
+    if failed {
+        w.metrics().cache_error(Layer::Redis);
+    }
+}
+
+/// A revalidated object: new freshness everywhere, body untouched (unless a purge began after
+/// `since`, as for [`store_everywhere`]).
+pub async fn refresh_everywhere(w: &Rc<Worker>, ckey: &[u8], obj: CachedObject, since: u64) {
+    w.shared.tiers.refresh(ckey, obj.clone(), since);
     if let Some(client) = &w.redis {
-        let retain = redis_tier::retain(&w.shared.config.cache);
-        if redis_tier::refresh(client, ckey, &obj, retain, now_ms())
-            .await
-            .is_err()
-        {
-            w.metrics().cache_error(Layer::Redis);
+        if w.shared.tiers.generation() != since {
+            return;
         }
+        let retain = redis_tier::retain(&w.shared.config.cache);
+        let refreshed = redis_tier::refresh(client, ckey, &obj, retain, now_ms()).await;
+        redis_stored(w, client, ckey, refreshed, since).await;
     }
 }
 
@@ -473,13 +494,14 @@ pub async fn remove_everywhere(w: &Rc<Worker>, ckey: &[u8]) {
     }
 }
 
-/// Looks a key up in Redis (after memory and disk missed) and promotes a hit.
-pub async fn redis_lookup(w: &Rc<Worker>, ckey: &[u8]) -> Option<Hit> {
+/// Looks a key up in Redis (after memory and disk missed) and promotes a hit (unless a purge
+/// began after `since`).
+pub async fn redis_lookup(w: &Rc<Worker>, ckey: &[u8], since: u64) -> Option<Hit> {
     let client = w.redis.as_ref()?;
     let retain = redis_tier::retain(&w.shared.config.cache);
     match redis_tier::lookup(client, &w.redis_prefix, ckey, retain, now_ms()).await {
         Ok(Some(obj)) => {
-            w.shared.tiers.store(ckey, obj.clone());
+            w.shared.tiers.store(ckey, obj.clone(), since);
             Some(Hit {
                 obj,
                 layer: Layer::Redis,

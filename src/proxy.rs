@@ -109,6 +109,9 @@ pub struct Target<'a> {
     pub key: &'a str,
     pub params: &'a [(&'a str, &'a str)],
     pub ckey: &'a [u8],
+    /// The purge generation when the request began: what it fetches is stored only if no
+    /// purge began since ([`crate::cache::tiered::Tiers::generation`]).
+    pub generation: u64,
 }
 
 /// Whether concurrent requests for a key may share one origin GET: a full GET's answer is
@@ -148,11 +151,12 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
         key,
         params: &params,
         ckey: &ckey,
+        generation: tiers.generation(),
     };
     let now = now_ms();
     let hit = match tiers.lookup(&ckey).await {
         Some(hit) => Some(hit),
-        None => crate::fill::redis_lookup(w, &ckey).await,
+        None => crate::fill::redis_lookup(w, &ckey, target.generation).await,
     };
     if let Some(hit) = hit {
         if hit.obj.meta.is_fresh(now) {

@@ -84,13 +84,13 @@ pub async fn revalidate<S: AsyncWriteRent>(
                 304 => {
                     drain_error_body(body).await;
                     let obj = refreshed(w, bucket, &hit.obj, &head);
-                    refresh_everywhere(w, t.ckey, obj.clone()).await;
+                    refresh_everywhere(w, t.ckey, obj.clone(), t.generation).await;
                     if let Some(l) = leader {
                         l.complete(Arc::clone(&obj.meta), obj.body.clone(), true);
                     }
                     return serve_cached(x, &obj, XCache::Revalidated, layer).await;
                 }
-                200 => return fill_from(x, t.ckey, head, body, leader).await,
+                200 => return fill_from(x, t, head, body, leader).await,
                 s => {
                     drain_error_body(body).await;
                     if s == 404 {

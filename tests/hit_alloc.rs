@@ -331,13 +331,14 @@ fn memory_hits_allocate_nothing_on_the_worker() {
     let large = pattern(LARGE);
     shared
         .tiers
-        .store(&cache_key("b", "small.bin", &[]), cached(small.clone()));
+        .store(&cache_key("b", "small.bin", &[]), cached(small.clone()), 0);
     shared
         .tiers
-        .store(&cache_key("b", "large.bin", &[]), cached(large.clone()));
+        .store(&cache_key("b", "large.bin", &[]), cached(large.clone()), 0);
     shared.tiers.store(
         &cache_key("b", "dir/café au lait.bin", &[]),
         cached(small.clone()),
+        0,
     );
     let variant = [
         ("response-content-type", "text/plain; charset=utf-8"),
@@ -346,6 +347,7 @@ fn memory_hits_allocate_nothing_on_the_worker() {
     shared.tiers.store(
         &cache_key("b", "small.bin", &variant),
         cached(small.clone()),
+        0,
     );
 
     let cases = [

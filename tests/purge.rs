@@ -113,7 +113,7 @@ impl World {
         let retain = Duration::from_secs(3600);
         for (i, e) in WORLD.iter().enumerate() {
             let (k, obj) = (ckey(e), object(i));
-            tiers.store(&k, obj.clone());
+            assert!(tiers.store(&k, obj.clone(), tiers.generation()));
             redis_tier::store(&redis, &k, &obj, 4 * MIB, retain, obj.meta.stored_at_ms)
                 .await
                 .unwrap();
@@ -221,6 +221,31 @@ fn one_key_purge_leaves_the_other_variants() {
         w.purge(Scope::Key(ckey(&WORLD[1])), 1).await;
         w.check(&[1], "after purging the versionId=7 key").await;
         w.purge(Scope::Key(ckey(&WORLD[1])), 0).await;
+    });
+}
+
+#[test]
+fn a_store_that_began_before_a_purge_does_not_undo_it() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let w = World::filled(&server, Duration::from_secs(5)).await;
+        let (k, obj) = (ckey(&WORLD[0]), object(0));
+        // A fill that fetched its bytes before a bucket purge finishes after it.
+        let since = w.tiers.generation();
+        w.purge(prefix_scope("img", ""), 7).await;
+        assert!(
+            !w.tiers.store(&k, obj.clone(), since),
+            "stored after the purge"
+        );
+        w.tiers.refresh(&k, obj.clone(), since);
+        assert_eq!(w.held(&WORLD[0]).await, [false; 3]);
+        // A fill that began after the purge stores as usual.
+        assert!(w.tiers.store(&k, obj.clone(), w.tiers.generation()));
+        assert_eq!(w.held(&WORLD[0]).await[..2], [true, true]);
+        // An origin 404 (one exact key) does not cost the other fills in flight their store.
+        let since = w.tiers.generation();
+        w.purge(Scope::Key(ckey(&WORLD[8])), 1).await;
+        assert!(w.tiers.store(&ckey(&WORLD[1]), object(1), since));
     });
 }
 

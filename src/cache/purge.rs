@@ -42,13 +42,20 @@
 //! the caller's task at the same time. Purges are rare administrative operations; a thread per
 //! purge is cheaper than keeping one idle for them.
 //!
+//! # Fills in flight
+//!
+//! A fill that fetched its bytes before a purge, a write-behind write queued before it, or a
+//! promotion from a lower tier read before it, must not put the purged object back when it
+//! completes. Every purge but one exact key first bumps the tiers' purge generation
+//! ([`Tiers::generation`]); stores carry the generation their bytes were read in and are
+//! dropped (or undone, when the purge began mid-write) once it is stale. An exact-key purge —
+//! what an origin 404 does — does not: ending every fill in flight for a common answer would
+//! be costly, and what they fetched was valid when they fetched it.
+//!
 //! # What a purge does not cover
 //!
-//! A fill that started before the purge stores what it fetched when it completes, and a
-//! write-behind write queued before the purge lands after it: an object purged while its fill
-//! is in flight can reappear with the bytes fetched before the purge. Other corvid instances
-//! sharing the Redis keep their own memory and disk copies until told (pub/sub, see
-//! [`crate::cache::redis::subscribe`]).
+//! Other corvid instances sharing the Redis keep their own memory and disk copies until told
+//! (pub/sub, see [`crate::cache::redis::subscribe`]).
 
 use std::sync::Arc;
 
@@ -194,6 +201,12 @@ impl Purged {
 /// calling worker's client). Never fails: a Redis problem is reported in [`Purged::redis`].
 pub async fn purge(tiers: &Arc<Tiers>, redis: Option<&RedisClient>, scope: &Scope) -> Purged {
     let sel = Selector::new(scope);
+    // Fills and promotions in flight must not put back what this removes. One exact key is
+    // what an origin 404 removes: what other requests fetched before it was valid then, and
+    // ending every fill in flight for that would make a common answer costly.
+    if !matches!(sel, Selector::Exact(_)) {
+        tiers.begin_purge();
+    }
     let redis_part = async {
         match redis {
             None => RedisPurge::Disabled,

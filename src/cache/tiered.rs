@@ -17,7 +17,7 @@
 //! a positioned read through the worker's io_uring instead, verified against the record's
 //! checksum, and only then served.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering, Ordering::SeqCst};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -74,7 +74,9 @@ pub struct Tiers {
     pub inflight: Inflight,
     /// Largest object stored (`cache.max_object_size`).
     pub max_object_size: u64,
-    write_behind: Option<crossbeam_channel::Sender<(Vec<u8>, CachedObject)>>,
+    write_behind: Option<crossbeam_channel::Sender<Pending>>,
+    /// Bumped by every bulk purge before it removes anything; see [`Tiers::generation`].
+    generation: Arc<AtomicU64>,
     /// Write-behind writes dropped because the queue was full, and failed disk writes.
     pub dropped_writes: AtomicU64,
     pub disk_errors: Arc<AtomicU64>,
@@ -108,16 +110,22 @@ impl Tiers {
             }
         };
         let disk_errors = Arc::new(AtomicU64::new(0));
+        let generation = Arc::new(AtomicU64::new(0));
         let write_behind = match (&disk, cfg.write_policy) {
             (Some(disk), WritePolicy::WriteBehind) => {
-                let (tx, rx) =
-                    crossbeam_channel::bounded::<(Vec<u8>, CachedObject)>(WRITE_BEHIND_QUEUE);
+                let (tx, rx) = crossbeam_channel::bounded::<Pending>(WRITE_BEHIND_QUEUE);
                 let (disk, errors) = (Arc::clone(disk), Arc::clone(&disk_errors));
+                let generation = Arc::clone(&generation);
                 std::thread::Builder::new()
                     .name("corvid-disk-writer".into())
                     .spawn(move || {
-                        for (key, obj) in rx {
-                            write_disk(&disk, &key, &obj, &errors);
+                        for (key, obj, since) in rx {
+                            if generation.load(SeqCst) == since {
+                                write_disk(&disk, &key, &obj, &errors);
+                                if generation.load(SeqCst) != since {
+                                    disk.remove(&key);
+                                }
+                            }
                         }
                     })
                     .map_err(|e| format!("cannot start the disk writer thread: {e}"))?;
@@ -131,6 +139,7 @@ impl Tiers {
             inflight: Inflight::default(),
             max_object_size: cfg.max_object_size,
             write_behind,
+            generation,
             dropped_writes: AtomicU64::new(0),
             disk_errors,
         }))
@@ -143,6 +152,7 @@ impl Tiers {
 
     /// Memory, then disk (promoting a disk hit into memory).
     pub async fn lookup(&self, key: &[u8]) -> Option<Hit> {
+        let since = self.generation();
         if let Some(obj) = self.memory.get(key) {
             return Some(Hit {
                 obj,
@@ -161,7 +171,13 @@ impl Tiers {
         if obj.meta.expires_at_ms != hit.expires_at_ms {
             obj.meta = Arc::new(obj.meta.refreshed(hit.expires_at_ms));
         }
-        self.memory.insert(key, obj.clone());
+        // Promoted like a store: a purge that began during the read must not be undone.
+        if self.generation() == since {
+            self.memory.insert(key, obj.clone());
+            if self.generation() != since {
+                self.memory.remove(key);
+            }
+        }
         Some(Hit {
             obj,
             layer: Layer::Disk,
@@ -198,28 +214,68 @@ impl Tiers {
         }
     }
 
-    /// Stores a filled object in every tier, per the write policy.
-    pub fn store(&self, key: &[u8], obj: CachedObject) {
+    /// The purge generation: bumped by every bulk purge before it removes anything. Whoever
+    /// stores bytes read before some moment (a fill's origin GET, a lookup in a lower tier)
+    /// takes the generation at that moment and passes it as `since`; a store whose `since` is
+    /// no longer current is dropped, so a purge is never undone by an older fill or promotion
+    /// finishing after it. The check runs before the write and again after it (undoing the
+    /// write when a purge began in between), which closes the race with a purge's removal pass
+    /// without a lock. A purge thus costs the fills in flight at that moment their store —
+    /// their next request misses once more — which is cheap next to serving purged bytes.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(SeqCst)
+    }
+
+    /// Starts a purge: stores that began before it will not land (see [`Tiers::generation`]).
+    pub fn begin_purge(&self) {
+        self.generation.fetch_add(1, SeqCst);
+    }
+
+    /// Stores a filled object in every tier, per the write policy, unless a purge began after
+    /// `since` (see [`Tiers::generation`]). Returns whether it was stored.
+    pub fn store(&self, key: &[u8], obj: CachedObject, since: u64) -> bool {
+        if self.generation() != since {
+            return false;
+        }
         self.memory.insert(key, obj.clone());
+        if self.generation() != since {
+            self.memory.remove(key);
+            return false;
+        }
         let Some(disk) = &self.disk else {
-            return;
+            return true;
         };
         match &self.write_behind {
-            None => write_disk(disk, key, &obj, &self.disk_errors),
+            None => {
+                write_disk(disk, key, &obj, &self.disk_errors);
+                if self.generation() != since {
+                    self.memory.remove(key);
+                    disk.remove(key);
+                    return false;
+                }
+            }
             Some(tx) => {
-                if tx.try_send((key.to_vec(), obj)).is_err() {
+                if tx.try_send((key.to_vec(), obj, since)).is_err() {
                     self.dropped_writes.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
+        true
     }
 
-    /// A revalidated object: new freshness, same body — the disk body is not rewritten.
-    pub fn refresh(&self, key: &[u8], obj: CachedObject) {
+    /// A revalidated object: new freshness, same body — the disk body is not rewritten. Like
+    /// [`Tiers::store`], dropped when a purge began after `since`.
+    pub fn refresh(&self, key: &[u8], obj: CachedObject, since: u64) {
+        if self.generation() != since {
+            return;
+        }
         let expires = obj.meta.expires_at_ms;
         self.memory.insert(key, obj);
         if let Some(disk) = &self.disk {
             disk.set_expiry(key, expires);
+        }
+        if self.generation() != since {
+            self.memory.remove(key);
         }
     }
 
@@ -240,6 +296,9 @@ impl Tiers {
         }
     }
 }
+
+/// A write-behind disk write: key, object, the generation it was fetched in.
+type Pending = (Vec<u8>, CachedObject, u64);
 
 fn write_disk(disk: &DiskCache, key: &[u8], obj: &CachedObject, errors: &AtomicU64) {
     if let Err(e) = disk.insert(key, &entry::encode(obj), obj.meta.expires_at_ms) {
