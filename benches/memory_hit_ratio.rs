@@ -350,33 +350,68 @@ impl Score {
 }
 
 fn run_list(t: &Trace, capacity: u64, sieve: bool) -> Score {
-    let mut lru = Lru::new(capacity, sieve);
+    replay(t, &mut Lru::new(capacity, sieve))
+}
+
+fn run_ours(t: &Trace, capacity: u64, shards: usize) -> Score {
+    let mut ours = Ours {
+        cache: MemoryCache::with_shards(capacity, shards),
+        t,
+    };
+    replay(t, &mut ours)
+}
+
+/// A cache under test, by dense key id.
+trait Policy {
+    fn get(&mut self, k: u32) -> bool;
+    /// Inserts key `k` charged `charge` bytes (size + key length).
+    fn insert(&mut self, k: u32, charge: u64);
+}
+
+/// Replays `t`: every request is a `get`, and a miss is followed by an `insert`, as the proxy
+/// does.
+fn replay(t: &Trace, c: &mut impl Policy) -> Score {
     let mut s = Score::default();
     for &k in &t.requests {
         let size = t.sizes[k as usize];
-        let hit = lru.get(k);
+        let hit = c.get(k);
         if !hit {
-            lru.insert(k, size as u64 + t.keys[k as usize].len() as u64);
+            c.insert(k, size as u64 + t.keys[k as usize].len() as u64);
         }
         s.record(hit, size);
     }
     s
 }
 
-fn run_ours(t: &Trace, capacity: u64, shards: usize) -> Score {
-    let cache = MemoryCache::with_shards(capacity, shards);
-    let mut s = Score::default();
-    for &k in &t.requests {
-        let size = t.sizes[k as usize];
-        let key = &t.keys[k as usize];
-        let hit = cache.get(key).is_some();
-        if !hit {
-            cache.insert(key, Obj(size));
-        }
-        s.record(hit, size);
-    }
-    s
+/// `MemoryCache` by key id; it charges the key length itself.
+struct Ours<'t> {
+    cache: MemoryCache<Obj>,
+    t: &'t Trace,
 }
+
+impl Policy for Ours<'_> {
+    fn get(&mut self, k: u32) -> bool {
+        self.cache.get(&self.t.keys[k as usize]).is_some()
+    }
+    fn insert(&mut self, k: u32, _charge: u64) {
+        let size = self.t.sizes[k as usize];
+        self.cache.insert(&self.t.keys[k as usize], Obj(size));
+    }
+}
+
+macro_rules! policy_by_inherent_methods {
+    ($($t:ty),*) => {$(
+        impl Policy for $t {
+            fn get(&mut self, k: u32) -> bool {
+                <$t>::get(self, k)
+            }
+            fn insert(&mut self, k: u32, charge: u64) {
+                <$t>::insert(self, k, charge)
+            }
+        }
+    )*};
+}
+policy_by_inherent_methods!(Lru, ShardedHand, Sim);
 
 /// The alternative design: S3-FIFO queues per shard (64), one global byte counter, and an
 /// eviction hand that takes one victim from each shard in turn. Simulated here (not in the
@@ -497,17 +532,7 @@ impl ShardedHand {
 }
 
 fn run_hand(t: &Trace, capacity: u64) -> Score {
-    let mut c = ShardedHand::new(capacity, t.keys.len());
-    let mut s = Score::default();
-    for &k in &t.requests {
-        let size = t.sizes[k as usize];
-        let hit = c.get(k);
-        if !hit {
-            c.insert(k, size as u64 + t.keys[k as usize].len() as u64);
-        }
-        s.record(hit, size);
-    }
-    s
+    replay(t, &mut ShardedHand::new(capacity, t.keys.len()))
 }
 
 /// How the ghost (hashes of keys evicted from the small queue) is bounded.
@@ -710,17 +735,7 @@ impl Sim {
 }
 
 fn run_sim(t: &Trace, capacity: u64, v: Variant) -> Score {
-    let mut c = Sim::new(v, capacity, t.keys.len());
-    let mut s = Score::default();
-    for &k in &t.requests {
-        let size = t.sizes[k as usize];
-        let hit = c.get(k);
-        if !hit {
-            c.insert(k, size as u64 + t.keys[k as usize].len() as u64);
-        }
-        s.record(hit, size);
-    }
-    s
+    replay(t, &mut Sim::new(v, capacity, t.keys.len()))
 }
 
 /// A ceiling for policies that ignore size, on a stationary trace: the trace's most
