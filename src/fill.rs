@@ -18,7 +18,8 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::{Event, Leader, Role, Subscription};
 use crate::cache::policy;
-use crate::cache::purge::{self, Scope};
+use crate::cache::purge::Scope;
+use crate::cache::purge_broadcast;
 use crate::cache::redis::RedisClient;
 use crate::cache::redis_tier;
 use crate::cache::tiered::{Hit, Layer};
@@ -481,15 +482,15 @@ pub async fn refresh_everywhere(w: &Rc<Worker>, ckey: &[u8], obj: CachedObject, 
     }
 }
 
-/// Removes a key from every tier (the origin said 404): exactly this key, not the object's other
-/// variants (a 404 for one `versionId` says nothing about the others).
+/// Removes a key from every tier and every instance sharing the Redis (the origin said 404):
+/// exactly this key, not the object's other variants (a 404 for one `versionId` says nothing
+/// about the others).
 pub async fn remove_everywhere(w: &Rc<Worker>, ckey: &[u8]) {
     let scope = Scope::Key(ckey.to_vec());
-    if purge::purge(&w.shared.tiers, w.redis.as_ref(), &scope)
-        .await
-        .redis
-        .failed()
-    {
+    let (tiers, redis) = (&w.shared.tiers, w.redis.as_ref());
+    let tag = w.shared.instance_tag;
+    let done = purge_broadcast::purge_everywhere(tiers, redis, &w.redis_prefix, tag, &scope).await;
+    if done.purged.redis.failed() {
         w.metrics().cache_error(Layer::Redis);
     }
 }

@@ -6,6 +6,9 @@
 //! Redis glob metacharacters, an object whose name extends another's — purges, and checks both
 //! the returned counts and, tier by tier, what is gone and what is left.
 //!
+//! A last test runs two such "instances" sharing the Redis and checks that a purge on one
+//! reaches the other's memory and disk through the pub/sub announcement.
+//!
 //! Needs `redis-server` on PATH (Debian: `apt-get install redis-server`).
 
 use std::future::Future;
@@ -16,7 +19,8 @@ use bytes::Bytes;
 use corvid::cache::entry::{CachedObject, Meta};
 use corvid::cache::policy::cache_key;
 use corvid::cache::purge::{purge, Purged, RedisPurge, Scope};
-use corvid::cache::redis::{RedisClient, RedisError, RedisOptions};
+use corvid::cache::purge_broadcast;
+use corvid::cache::redis::{subscribe, RedisClient, RedisError, RedisOptions, StopSignal};
 use corvid::cache::redis_tier;
 use corvid::cache::tiered::{Layer, Tiers};
 use corvid::config::{CacheConfig, DiskConfig, MemoryConfig, WritePolicy};
@@ -246,6 +250,62 @@ fn a_store_that_began_before_a_purge_does_not_undo_it() {
         let since = w.tiers.generation();
         w.purge(Scope::Key(ckey(&WORLD[8])), 1).await;
         assert!(w.tiers.store(&ckey(&WORLD[1]), object(1), since));
+    });
+}
+
+#[test]
+fn a_purge_reaches_the_memory_and_disk_of_another_instance() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let (a, b) = (
+            World::filled(&server, Duration::from_secs(5)).await,
+            World::filled(&server, Duration::from_secs(5)).await,
+        );
+        let (tag_a, tag_b) = (0xa, 0xb);
+        let channel = purge_broadcast::channel("corvid:");
+        // Instance b listens the way worker 0 does.
+        let stop = StopSignal::new();
+        let tiers_b = Arc::clone(&b.tiers);
+        let on_message = move |msg| {
+            let tiers = Arc::clone(&tiers_b);
+            monoio::spawn(async move {
+                purge_broadcast::apply(&tiers, tag_b, msg).await;
+            });
+        };
+        let opts = RedisOptions::new(server.url());
+        monoio::spawn(subscribe(opts, channel.clone(), on_message, stop.clone()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.redis.subscribers(&channel).await.unwrap() == 0 {
+            assert!(Instant::now() < deadline, "the subscriber never subscribed");
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let scope = object_scope("img", "logo.png");
+        let done =
+            purge_broadcast::purge_everywhere(&a.tiers, Some(&a.redis), "corvid:", tag_a, &scope)
+                .await;
+        assert_eq!(done.receivers, Some(1), "{done:?}");
+        a.check(&[0, 1, 2], "the purging instance").await;
+        let gone_from_b = |i: usize| {
+            let k = ckey(&WORLD[i]);
+            b.tiers.memory.get(&k).is_none()
+                && b.tiers.disk.as_ref().unwrap().get_stale(&k).is_none()
+        };
+        while !(0..3).all(gone_from_b) {
+            assert!(
+                Instant::now() < deadline,
+                "the other instance kept its copies"
+            );
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Nothing else went, and an instance ignores its own announcements.
+        assert!((3..WORLD.len()).all(|i| !gone_from_b(i)));
+        let own = purge_broadcast::encode(tag_b, &Scope::All);
+        assert!(purge_broadcast::apply(&b.tiers, tag_b, own.into())
+            .await
+            .is_none());
+        assert!((3..WORLD.len()).all(|i| !gone_from_b(i)));
+        stop.stop();
     });
 }
 

@@ -1,9 +1,8 @@
 //! The cache tiers: [`memory`] (sharded, shared by all workers), [`disk`] (mmap-backed
 //! segments that survive restarts) and [`redis`] (shared by several instances); [`tiered`] puts
 //! memory and disk together (lookup, promotion, write policy), [`redis_tier`] adds Redis in the
-//! request path, and [`purge`] removes entries from all three.
-//!
-//! (Being built: see issue 4.)
+//! request path, [`purge`] removes entries from all three, and [`purge_broadcast`] tells the
+//! other instances sharing the Redis to purge their own memory and disk.
 
 pub mod disk;
 pub mod entry;
@@ -11,6 +10,7 @@ pub mod inflight;
 pub mod memory;
 pub mod policy;
 pub mod purge;
+pub mod purge_broadcast;
 pub mod redis;
 pub mod redis_tier;
 pub mod tiered;

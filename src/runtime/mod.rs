@@ -377,6 +377,9 @@ async fn worker_main(
         }
     };
     let w = worker::Worker::new(id, shared);
+    if id == 0 {
+        worker::spawn_purge_subscriber(&w);
+    }
     let w2 = std::rc::Rc::clone(&w);
     monoio::spawn(async move {
         while let Ok(cmd) = control.recv_async().await {

@@ -20,7 +20,8 @@ use monoio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::signal::LocalSignal;
 use super::Shared;
-use crate::cache::redis::{RedisClient, RedisOptions};
+use crate::cache::purge_broadcast;
+use crate::cache::redis::{subscribe, RedisClient, RedisOptions, StopSignal};
 use crate::http::response::DateCache;
 use crate::http::vectored::HeadBody;
 use crate::metrics::WorkerMetrics;
@@ -105,6 +106,31 @@ pub fn redis_options(cfg: &crate::config::RedisConfig) -> RedisOptions {
         max_value_size: usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX),
         ..RedisOptions::new(cfg.url.clone())
     }
+}
+
+/// Applies the purges other instances announce over Redis (see
+/// [`crate::cache::purge_broadcast`]) until this worker shuts down. One subscription per
+/// process is enough, since every worker shares the tiers it purges: worker 0 runs it.
+pub fn spawn_purge_subscriber(w: &Rc<Worker>) {
+    let Some(cfg) = w.shared.config.cache.redis.as_ref() else {
+        return;
+    };
+    let opts = redis_options(cfg);
+    let channel = purge_broadcast::channel(&opts.key_prefix);
+    let (tiers, instance) = (Arc::clone(&w.shared.tiers), w.shared.instance_tag);
+    let stop = StopSignal::new();
+    let on_message = move |msg| {
+        let tiers = Arc::clone(&tiers);
+        monoio::spawn(async move {
+            purge_broadcast::apply(&tiers, instance, msg).await;
+        });
+    };
+    monoio::spawn(subscribe(opts, channel, on_message, stop.clone()));
+    let w = Rc::clone(w);
+    monoio::spawn(async move {
+        w.shutdown.wait().await;
+        stop.stop();
+    });
 }
 
 impl Worker {

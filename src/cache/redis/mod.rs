@@ -288,13 +288,13 @@ impl RedisClient {
         }
     }
 
-    /// `PUBLISH` on `channel` (not key-prefixed).
-    pub async fn publish(&self, channel: &str, message: &[u8]) -> Result<(), RedisError> {
+    /// `PUBLISH` on `channel` (not key-prefixed); returns how many subscribers received it.
+    pub async fn publish(&self, channel: &str, message: &[u8]) -> Result<u64, RedisError> {
         let v = self
             .call(redis::cmd("PUBLISH").arg(channel).arg(message))
             .await?;
         resp::int("PUBLISH", v)
-            .map(|_| ())
+            .map(|n| n.max(0) as u64)
             .map_err(|e| self.count(e))
     }
 
