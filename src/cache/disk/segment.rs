@@ -93,12 +93,12 @@ pub struct Segment {
 
 impl Segment {
     /// Creates segment `id` in `dir` at `size` bytes and writes its header. Blocking: a file
-    /// creation, a `set_len` (metadata only, the file is sparse), an `mmap` and a `rename` —
+    /// creation, a `set_len` (metadata only, the file is sparse), an `mmap` and a link —
     /// milliseconds on some systems, which is why roll-over asks the segment thread for it
     /// ahead of time (`rollover.rs`).
     ///
     /// The file gets its segment name only once its header is in place (it is created as
-    /// [`tmp_file_name`] and renamed), so a crash mid-creation never leaves a file that looks
+    /// [`tmp_file_name`] and linked to its name), so a crash mid-creation never leaves a file that looks
     /// like a segment but is not one; recovery deletes the leftover temporary file.
     pub fn create(dir: &Path, id: u64, size: u64) -> io::Result<Segment> {
         let tmp = dir.join(tmp_file_name(id));
@@ -117,14 +117,12 @@ impl Segment {
             unsafe {
                 std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), header.len())
             };
-            if path.exists() {
-                // `rename` would replace it; ids are never reused, so this is not ours to take.
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} already exists", path.display()),
-                ));
-            }
-            std::fs::rename(&tmp, &path)?;
+            // A hard link, not `rename`: it fails atomically if the name exists (ids are never
+            // reused, so such a file is not ours to replace), where a check before `rename`
+            // would leave a window. A crash before the `.tmp` name is removed leaves a second
+            // link that recovery deletes like any leftover `.tmp`.
+            std::fs::hard_link(&tmp, &path)?;
+            std::fs::remove_file(&tmp)?;
             Ok(map)
         })();
         match made {
