@@ -247,33 +247,37 @@ pub async fn serve_cached<S: AsyncWriteRent>(
     let req = x.req;
     let meta = &obj.meta;
     let len = obj.body.len() as u64;
-    let (status, body) =
-        match conditional::evaluate(&client_conditionals(req), meta.etag(), meta.last_modified()) {
-            Precondition::Failed => {
-                return Err(Error::client(
-                    Kind::PreconditionFailed,
-                    "a precondition of the request failed",
-                ))
-            }
-            Precondition::NotModified => (304, None),
-            Precondition::Proceed => {
-                let allowed = range::if_range_allows(
-                    req.header("if-range"),
-                    meta.etag(),
-                    meta.last_modified(),
-                );
-                match range::evaluate(req.header("range").filter(|_| allowed), len) {
-                    RangeDecision::Full => (200, Some((0, len))),
-                    RangeDecision::Partial { start, end } => (206, Some((start, end + 1))),
-                    RangeDecision::Unsatisfiable => {
-                        return Err(Error::client(
-                            Kind::RangeNotSatisfiable,
-                            format!("the object has {len} bytes"),
-                        ))
-                    }
+    // The validators are looked up only for requests that carry conditionals or an If-Range.
+    let conditionals = client_conditionals(req);
+    let precondition = if conditionals.is_empty() {
+        Precondition::Proceed
+    } else {
+        conditional::evaluate(&conditionals, meta.etag(), meta.last_modified())
+    };
+    let (status, body) = match precondition {
+        Precondition::Failed => {
+            return Err(Error::client(
+                Kind::PreconditionFailed,
+                "a precondition of the request failed",
+            ))
+        }
+        Precondition::NotModified => (304, None),
+        Precondition::Proceed => {
+            let range = req.header("range").filter(|_| {
+                range::if_range_allows(req.header("if-range"), meta.etag(), meta.last_modified())
+            });
+            match range::evaluate(range, len) {
+                RangeDecision::Full => (200, Some((0, len))),
+                RangeDecision::Partial { start, end } => (206, Some((start, end + 1))),
+                RangeDecision::Unsatisfiable => {
+                    return Err(Error::client(
+                        Kind::RangeNotSatisfiable,
+                        format!("the object has {len} bytes"),
+                    ))
                 }
             }
-        };
+        }
+    };
     write_object_head(x, status, meta, xcache, layer);
     let out = &mut *x.out;
     if let Some((start, end)) = body {

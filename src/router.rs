@@ -63,7 +63,9 @@ pub enum Route {
 #[derive(Debug, Clone)]
 pub struct Router {
     /// Prefix → bucket index.
-    by_prefix: HashMap<Box<str>, usize>,
+    /// foldhash, not SipHash: the keys are the configured prefixes (clients cannot add any),
+    /// and the hit path hashes up to one candidate per `/` of the path.
+    by_prefix: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
     /// `has_len[n]`: some prefix is `n` bytes long. Lets `route` skip hashing candidate
     /// prefixes of lengths no bucket has, which is most of them.
     has_len: Vec<bool>,
@@ -102,7 +104,10 @@ impl Router {
     pub fn new(prefixes: &[&str]) -> Router {
         let max_len = prefixes.iter().map(|p| p.len()).max().unwrap_or(0);
         let mut has_len = vec![false; max_len + 1];
-        let mut by_prefix = HashMap::with_capacity(prefixes.len());
+        let mut by_prefix = HashMap::with_capacity_and_hasher(
+            prefixes.len(),
+            foldhash::fast::RandomState::default(),
+        );
         for (i, p) in prefixes.iter().enumerate() {
             has_len[p.len()] = true;
             by_prefix.entry(Box::from(*p)).or_insert(i);

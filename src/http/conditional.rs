@@ -41,13 +41,14 @@ pub fn evaluate(
     etag: Option<&str>,
     last_modified: Option<&str>,
 ) -> Precondition {
-    let lm = last_modified.and_then(parse_date);
+    // Parsed only for a date precondition: most requests carry none.
+    let lm = || last_modified.and_then(parse_date);
     if let Some(v) = c.if_match {
         if !list_matches(v, etag, false) {
             return Precondition::Failed;
         }
     } else if let Some(since) = c.if_unmodified_since.and_then(parse_date_bytes) {
-        if lm.is_none_or(|lm| lm > since) {
+        if lm().is_none_or(|lm| lm > since) {
             return Precondition::Failed;
         }
     }
@@ -56,7 +57,7 @@ pub fn evaluate(
             return Precondition::NotModified;
         }
     } else if let Some(since) = c.if_modified_since.and_then(parse_date_bytes) {
-        if lm.is_some_and(|lm| lm <= since) {
+        if lm().is_some_and(|lm| lm <= since) {
             return Precondition::NotModified;
         }
     }

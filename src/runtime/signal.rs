@@ -14,7 +14,9 @@ use std::task::{Context, Poll, Waker};
 pub struct LocalSignal {
     fired: Cell<bool>,
     next_id: Cell<u64>,
-    waiters: RefCell<HashMap<u64, Waker>>,
+    /// foldhash, not SipHash: every request of a keep-alive connection waits here once (an
+    /// insert and a remove), and the ids are ours, not a client's.
+    waiters: RefCell<HashMap<u64, Waker, foldhash::fast::FixedState>>,
 }
 
 impl LocalSignal {
