@@ -84,6 +84,10 @@ impl RequestId {
         })
     }
 
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ASCII is ever stored.
         std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")

@@ -20,7 +20,7 @@ pub fn head_start(out: &mut Vec<u8>, w: &Worker, status: u16, id: &RequestId, cl
         write_header(out, "Date", date.get(SystemTime::now()));
     }
     write_header(out, "Server", b"corvid");
-    write_header(out, "X-Request-Id", id.as_str().as_bytes());
+    write_header(out, "X-Request-Id", id.as_bytes());
     if close {
         write_header(out, "Connection", b"close");
     }
