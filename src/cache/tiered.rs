@@ -120,12 +120,12 @@ impl Tiers {
                     .name("corvid-disk-writer".into())
                     .spawn(move || {
                         for (key, obj, since) in rx {
-                            if generation.load(SeqCst) == since {
-                                write_disk(&disk, &key, &obj, &errors);
-                                if generation.load(SeqCst) != since {
-                                    disk.remove(&key);
-                                }
-                            }
+                            unless_purged(
+                                &generation,
+                                since,
+                                || write_disk(&disk, &key, &obj, &errors),
+                                || disk.remove(&key),
+                            );
                         }
                     })
                     .map_err(|e| format!("cannot start the disk writer thread: {e}"))?;
@@ -172,12 +172,7 @@ impl Tiers {
             obj.meta = Arc::new(obj.meta.refreshed(hit.expires_at_ms));
         }
         // Promoted like a store: a purge that began during the read must not be undone.
-        if self.generation() == since {
-            self.memory.insert(key, obj.clone());
-            if self.generation() != since {
-                self.memory.remove(key);
-            }
-        }
+        self.insert_memory(key, obj.clone(), since);
         Some(Hit {
             obj,
             layer: Layer::Disk,
@@ -234,12 +229,7 @@ impl Tiers {
     /// Stores a filled object in every tier, per the write policy, unless a purge began after
     /// `since` (see [`Tiers::generation`]). Returns whether it was stored.
     pub fn store(&self, key: &[u8], obj: CachedObject, since: u64) -> bool {
-        if self.generation() != since {
-            return false;
-        }
-        self.memory.insert(key, obj.clone());
-        if self.generation() != since {
-            self.memory.remove(key);
+        if !self.insert_memory(key, obj.clone(), since) {
             return false;
         }
         let Some(disk) = &self.disk else {
@@ -247,12 +237,12 @@ impl Tiers {
         };
         match &self.write_behind {
             None => {
-                write_disk(disk, key, &obj, &self.disk_errors);
-                if self.generation() != since {
+                let write = || write_disk(disk, key, &obj, &self.disk_errors);
+                let undo = || {
                     self.memory.remove(key);
                     disk.remove(key);
-                    return false;
-                }
+                };
+                return unless_purged(&self.generation, since, write, undo);
             }
             Some(tx) => {
                 if tx.try_send((key.to_vec(), obj, since)).is_err() {
@@ -266,17 +256,19 @@ impl Tiers {
     /// A revalidated object: new freshness, same body — the disk body is not rewritten. Like
     /// [`Tiers::store`], dropped when a purge began after `since`.
     pub fn refresh(&self, key: &[u8], obj: CachedObject, since: u64) {
-        if self.generation() != since {
-            return;
-        }
         let expires = obj.meta.expires_at_ms;
-        self.memory.insert(key, obj);
-        if let Some(disk) = &self.disk {
-            disk.set_expiry(key, expires);
+        if self.insert_memory(key, obj, since) {
+            if let Some(disk) = &self.disk {
+                disk.set_expiry(key, expires);
+            }
         }
-        if self.generation() != since {
-            self.memory.remove(key);
-        }
+    }
+
+    /// Inserts into the memory tier unless a purge began after `since`; returns whether the
+    /// entry stands.
+    fn insert_memory(&self, key: &[u8], obj: CachedObject, since: u64) -> bool {
+        let write = || self.memory.insert(key, obj);
+        unless_purged(&self.generation, since, write, || self.memory.remove(key))
     }
 
     /// (entries, bytes) held by `layer` (Redis is not counted here).
@@ -295,6 +287,26 @@ impl Tiers {
             _ => 0,
         }
     }
+}
+
+/// Runs `write` unless a purge began after `since`, and `undo` when one began while it ran;
+/// returns whether the write stands. Checking on both sides closes the race with a purge's
+/// removal pass without a lock (see [`Tiers::generation`]).
+fn unless_purged<W, U>(
+    generation: &AtomicU64,
+    since: u64,
+    write: impl FnOnce() -> W,
+    undo: impl FnOnce() -> U,
+) -> bool {
+    if generation.load(SeqCst) != since {
+        return false;
+    }
+    write();
+    if generation.load(SeqCst) != since {
+        undo();
+        return false;
+    }
+    true
 }
 
 /// A write-behind disk write: key, object, the generation it was fetched in.
