@@ -11,6 +11,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
@@ -32,7 +33,7 @@ use crate::proxy::{
     client_conditionals, drain_error_body, fetch_origin, map_origin_status, now_ms,
     respond_upstream, send_with_head, stored_headers, write_object_head, Exchange, Target, XCache,
 };
-use crate::revalidate::{if_none_match, refreshed};
+use crate::revalidate::{confirmed, if_none_match, rejected};
 use crate::runtime::worker::Worker;
 use crate::runtime::worker::MAX_REDIS_BEHIND;
 use crate::s3::client::Body;
@@ -201,6 +202,15 @@ pub async fn fill_from<S: AsyncWriteRent>(
     })
 }
 
+/// How long an object of `len` bytes answered with `head` may be cached: `None` when its
+/// `Cache-Control` forbids storing it or it exceeds `cache.max_object_size`.
+pub fn storable_for(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Duration> {
+    if len > w.shared.tiers.max_object_size {
+        return None;
+    }
+    policy::freshness(head.header("cache-control"), w.shared.config.ttl(bucket))
+}
+
 /// The entry's metadata and length when this 200 answer may be cached.
 pub fn cacheable(
     w: &Worker,
@@ -208,12 +218,8 @@ pub fn cacheable(
     head: &UpstreamHead,
     body: &Body,
 ) -> Option<(Arc<Meta>, u64)> {
-    let configured = w.shared.config.ttl(bucket);
-    let ttl = policy::freshness(head.header("cache-control"), configured)?;
     let len = body.content_length()?;
-    if len > w.shared.tiers.max_object_size {
-        return None;
-    }
+    let ttl = storable_for(w, bucket, head, len)?;
     let now = now_ms();
     let meta = Meta::new(stored_headers(head), now, now + ttl.as_millis() as u64);
     Some((Arc::new(meta), len))
@@ -345,15 +351,21 @@ pub fn fill_in_background(
         let Role::Leader(leader) = tiers.inflight.join(&ckey) else {
             return;
         };
+        let t = Target {
+            key: &key,
+            params: &params,
+            ckey: &ckey,
+            generation: since,
+        };
         let cond = stale.as_ref().map(if_none_match).unwrap_or_default();
-        match fetch_origin(&w, bucket, false, &key, &params, &cond).await {
-            Ok((head, body)) if head.status == 304 && stale.is_some() => {
-                drain_error_body(body).await;
-                let obj = refreshed(&w, bucket, stale.as_ref().unwrap(), &head);
-                refresh_everywhere(&w, &ckey, obj.clone(), since).await;
-                leader.complete(obj.meta, obj.body, true);
+        match (
+            fetch_origin(&w, bucket, false, &key, &params, &cond).await,
+            &stale,
+        ) {
+            (Ok((head, body)), Some(stale)) if head.status == 304 => {
+                confirmed(&w, bucket, &t, stale, &head, body, Some(leader)).await;
             }
-            Ok((head, body)) if head.status == 200 => {
+            (Ok((head, body)), _) if head.status == 200 => {
                 match read_whole(&w, bucket, &head, body).await {
                     Ok(Some(obj)) => {
                         store_everywhere(&w, &ckey, obj.clone(), since).await;
@@ -363,14 +375,8 @@ pub fn fill_in_background(
                     Err(e) => leader.fail(e),
                 }
             }
-            Ok((head, body)) => {
-                drain_error_body(body).await;
-                if head.status == 404 {
-                    remove_everywhere(&w, &ckey).await;
-                }
-                leader.fail(map_origin_status(head.status));
-            }
-            Err(e) => {
+            (Ok((head, body)), _) => leader.fail(rejected(&w, &ckey, head.status, body).await),
+            (Err(e), _) => {
                 log::warn!("background fill of a cache entry failed: {e}");
                 leader.fail(e);
             }

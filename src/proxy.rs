@@ -22,7 +22,7 @@ use monoio::time::Instant;
 
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::Role;
-use crate::cache::policy::{self, cache_key_into};
+use crate::cache::policy::cache_key_into;
 use crate::cache::tiered::Layer;
 use crate::cors;
 use crate::error::{Error, Kind};
@@ -193,15 +193,12 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
 /// It costs one extra full GET per object, never one per range: the background fill holds the
 /// key in the coalescing table, and an object too large to cache is never fetched whole.
 fn fill_after_range_miss<S>(x: &Exchange<'_, '_, S>, t: &Target<'_>, head: &UpstreamHead) {
-    let w = x.w;
     let whole = head
         .header("content-range")
         .and_then(range::content_range_complete);
-    let cacheable_size = whole.is_some_and(|n| n <= w.shared.tiers.max_object_size);
-    let configured = w.shared.config.ttl(x.bucket);
-    let cacheable_policy = policy::freshness(head.header("cache-control"), configured).is_some();
-    if head.status == 206 && cacheable_size && cacheable_policy {
-        crate::fill::fill_in_background(w, x.bucket, t, None);
+    let storable = whole.and_then(|len| crate::fill::storable_for(x.w, x.bucket, head, len));
+    if head.status == 206 && storable.is_some() {
+        crate::fill::fill_in_background(x.w, x.bucket, t, None);
     }
 }
 

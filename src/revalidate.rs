@@ -21,12 +21,13 @@
 //! requests too stale to be served meanwhile follow it (they wait for its whole body on a
 //! `200`, since it reads that without a client to stream to).
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use monoio::io::AsyncWriteRent;
 
 use crate::cache::entry::CachedObject;
-use crate::cache::inflight::Role;
+use crate::cache::inflight::{Leader, Role};
 use crate::cache::policy;
 use crate::cache::tiered::Hit;
 use crate::error::Error;
@@ -38,6 +39,7 @@ use crate::proxy::{
     Target, XCache,
 };
 use crate::runtime::worker::Worker;
+use crate::s3::client::Body;
 
 pub async fn revalidate<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, S>,
@@ -82,22 +84,11 @@ pub async fn revalidate<S: AsyncWriteRent>(
             Err(e) => e,
             Ok((head, body)) => match head.status {
                 304 => {
-                    drain_error_body(body).await;
-                    let obj = refreshed(w, bucket, &hit.obj, &head);
-                    refresh_everywhere(w, t.ckey, obj.clone(), t.generation).await;
-                    if let Some(l) = leader {
-                        l.complete(Arc::clone(&obj.meta), obj.body.clone(), true);
-                    }
+                    let obj = confirmed(w, bucket, t, &hit.obj, &head, body, leader).await;
                     return serve_cached(x, &obj, XCache::Revalidated, layer).await;
                 }
                 200 => return fill_from(x, t, head, body, leader).await,
-                s => {
-                    drain_error_body(body).await;
-                    if s == 404 {
-                        remove_everywhere(w, t.ckey).await;
-                    }
-                    map_origin_status(s)
-                }
+                s => rejected(w, t.ckey, s, body).await,
             },
         };
     if let Some(l) = leader {
@@ -110,6 +101,36 @@ pub async fn revalidate<S: AsyncWriteRent>(
     serve_cached(x, &hit.obj, XCache::Stale, layer).await
 }
 
+/// A `304` for `stale`: the entry with new freshness, refreshed in every tier (body untouched)
+/// and published whole to the followers of `leader`, if any.
+pub async fn confirmed(
+    w: &Rc<Worker>,
+    bucket: usize,
+    t: &Target<'_>,
+    stale: &CachedObject,
+    head: &UpstreamHead,
+    body: Body,
+    leader: Option<Leader<'_>>,
+) -> CachedObject {
+    drain_error_body(body).await;
+    let obj = refreshed(w, bucket, stale, head);
+    refresh_everywhere(w, t.ckey, obj.clone(), t.generation).await;
+    if let Some(l) = leader {
+        l.complete(Arc::clone(&obj.meta), obj.body.clone(), true);
+    }
+    obj
+}
+
+/// An origin answer to a revalidation that neither confirms nor replaces the entry: a `404`
+/// removes it everywhere; returns the error for the client.
+pub async fn rejected(w: &Rc<Worker>, ckey: &[u8], status: u16, body: Body) -> Error {
+    drain_error_body(body).await;
+    if status == 404 {
+        remove_everywhere(w, ckey).await;
+    }
+    map_origin_status(status)
+}
+
 /// The conditional header of a revalidation: the stored ETag (none: an unconditional GET).
 pub fn if_none_match(obj: &CachedObject) -> Vec<(&'static str, &str)> {
     obj.meta
@@ -119,12 +140,7 @@ pub fn if_none_match(obj: &CachedObject) -> Vec<(&'static str, &str)> {
 }
 
 /// The entry with a new freshness deadline (same body, same headers).
-pub fn refreshed(
-    w: &Worker,
-    bucket: usize,
-    obj: &CachedObject,
-    head: &UpstreamHead,
-) -> CachedObject {
+fn refreshed(w: &Worker, bucket: usize, obj: &CachedObject, head: &UpstreamHead) -> CachedObject {
     let configured = w.shared.config.ttl(bucket);
     let cc = head
         .header("cache-control")
