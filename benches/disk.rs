@@ -81,6 +81,26 @@ fn drop_file_cache(f: &std::fs::File, offset: u64, len: u64) {
     assert_eq!(rc, 0);
 }
 
+/// Total time of `iters` index rebuilds (`DiskCache::open`) of the segments in `dir`, which
+/// hold `entries` entries, each after `before` (which may drop the page cache; not timed).
+fn time_open(dir: &std::path::Path, entries: u64, iters: u64, before: impl Fn()) -> Duration {
+    let mut t = Duration::ZERO;
+    for _ in 0..iters {
+        before();
+        let started = Instant::now();
+        let (cache, report) = DiskCache::open(DiskOptions {
+            dir: dir.to_path_buf(),
+            capacity: 4096 * MIB,
+            segment_size: 64 * MIB,
+        })
+        .unwrap();
+        t += started.elapsed();
+        assert_eq!(report.entries, entries);
+        drop(cache);
+    }
+    t
+}
+
 fn rebuild(c: &mut Criterion) {
     const N: u64 = 1_000_000;
     let dir = tempfile::tempdir().unwrap();
@@ -101,43 +121,17 @@ fn rebuild(c: &mut Criterion) {
     let mut g = c.benchmark_group("disk_rebuild_1M");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(10));
+    let path = dir.path();
     g.bench_function("warm", |b| {
-        b.iter_custom(|iters| {
-            let mut t = Duration::ZERO;
-            for _ in 0..iters {
-                let started = Instant::now();
-                let (cache, report) = DiskCache::open(DiskOptions {
-                    dir: dir.path().to_path_buf(),
-                    capacity: 4096 * MIB,
-                    segment_size: 64 * MIB,
-                })
-                .unwrap();
-                t += started.elapsed();
-                assert_eq!(report.entries, N);
-                drop(cache);
-            }
-            t
-        })
+        b.iter_custom(|iters| time_open(path, N, iters, || {}))
     });
     g.bench_function("cold", |b| {
         b.iter_custom(|iters| {
-            let mut t = Duration::ZERO;
-            for _ in 0..iters {
+            time_open(path, N, iters, || {
                 for f in &files {
                     drop_file_cache(f, 0, 0);
                 }
-                let started = Instant::now();
-                let (cache, report) = DiskCache::open(DiskOptions {
-                    dir: dir.path().to_path_buf(),
-                    capacity: 4096 * MIB,
-                    segment_size: 64 * MIB,
-                })
-                .unwrap();
-                t += started.elapsed();
-                assert_eq!(report.entries, N);
-                drop(cache);
-            }
-            t
+            })
         })
     });
     g.finish();
