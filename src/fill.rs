@@ -26,11 +26,11 @@ use crate::cache::redis_tier;
 use crate::cache::tiered::{Hit, Layer};
 use crate::config::WritePolicy;
 use crate::error::{Error, Kind};
-use crate::http::conditional::{self, Precondition};
+use crate::http::conditional::Precondition;
 use crate::http::conn::Sent;
 use crate::http::response::{end_head, write_header_u64, UpstreamHead};
 use crate::proxy::{
-    client_conditionals, drain_error_body, fetch_origin, map_origin_status, now_ms,
+    client_precondition, drain_error_body, fetch_origin, map_origin_status, now_ms,
     respond_upstream, send_with_head, stored_headers, write_object_head, Exchange, Target, XCache,
 };
 use crate::revalidate::{confirmed, if_none_match, rejected};
@@ -94,24 +94,23 @@ pub async fn fill_from<S: AsyncWriteRent>(
 
     // The client's own preconditions are evaluated against what the origin just sent.
     let mut status = 200;
-    let mut plan =
-        match conditional::evaluate(&client_conditionals(req), meta.etag(), meta.last_modified()) {
-            Precondition::Failed => {
-                status = 412;
-                let e = Error::client(
-                    Kind::PreconditionFailed,
-                    "a precondition of the request failed",
-                );
-                let _ = x.error(&e).await;
-                ClientPlan::Nothing
-            }
-            Precondition::NotModified => {
-                status = 304;
-                ClientPlan::HeadOnly
-            }
-            Precondition::Proceed if req.is_head() => ClientPlan::HeadOnly,
-            Precondition::Proceed => ClientPlan::Body,
-        };
+    let mut plan = match client_precondition(req, &meta) {
+        Precondition::Failed => {
+            status = 412;
+            let e = Error::client(
+                Kind::PreconditionFailed,
+                "a precondition of the request failed",
+            );
+            let _ = x.error(&e).await;
+            ClientPlan::Nothing
+        }
+        Precondition::NotModified => {
+            status = 304;
+            ClientPlan::HeadOnly
+        }
+        Precondition::Proceed if req.is_head() => ClientPlan::HeadOnly,
+        Precondition::Proceed => ClientPlan::Body,
+    };
     if !matches!(plan, ClientPlan::Nothing) {
         write_object_head(x, status, &meta, XCache::Miss, None);
         if status == 200 {
@@ -273,17 +272,16 @@ pub async fn follow<S: AsyncWriteRent>(
             )))
         }
     };
-    let status =
-        match conditional::evaluate(&client_conditionals(req), meta.etag(), meta.last_modified()) {
-            Precondition::Failed => {
-                return Some(Err(Error::client(
-                    Kind::PreconditionFailed,
-                    "a precondition of the request failed",
-                )))
-            }
-            Precondition::NotModified => 304,
-            Precondition::Proceed => 200,
-        };
+    let status = match client_precondition(req, &meta) {
+        Precondition::Failed => {
+            return Some(Err(Error::client(
+                Kind::PreconditionFailed,
+                "a precondition of the request failed",
+            )))
+        }
+        Precondition::NotModified => 304,
+        Precondition::Proceed => 200,
+    };
     let xcache = if revalidated {
         XCache::Revalidated
     } else {

@@ -244,14 +244,7 @@ pub async fn serve_cached<S: AsyncWriteRent>(
     let req = x.req;
     let meta = &obj.meta;
     let len = obj.body.len() as u64;
-    // The validators are looked up only for requests that carry conditionals or an If-Range.
-    let conditionals = client_conditionals(req);
-    let precondition = if conditionals.is_empty() {
-        Precondition::Proceed
-    } else {
-        conditional::evaluate(&conditionals, meta.etag(), meta.last_modified())
-    };
-    let (status, body) = match precondition {
+    let (status, body) = match client_precondition(req, meta) {
         Precondition::Failed => {
             return Err(Error::client(
                 Kind::PreconditionFailed,
@@ -372,14 +365,19 @@ fn write_cors(w: &Worker, out: &mut Vec<u8>, req: &Request<'_>, bucket: usize) {
     }
 }
 
-/// The client's conditional headers.
-pub fn client_conditionals<'a>(req: &'a Request<'_>) -> Conditionals<'a> {
-    Conditionals {
+/// The request's preconditions evaluated against `meta`. The stored validators are looked up
+/// only when the request carries conditionals: most carry none.
+pub fn client_precondition(req: &Request<'_>, meta: &Meta) -> Precondition {
+    let c = Conditionals {
         if_match: req.header("if-match"),
         if_none_match: req.header("if-none-match"),
         if_modified_since: req.header("if-modified-since"),
         if_unmodified_since: req.header("if-unmodified-since"),
+    };
+    if c.is_empty() {
+        return Precondition::Proceed;
     }
+    conditional::evaluate(&c, meta.etag(), meta.last_modified())
 }
 
 /// `bytes first-last/len` into `buf`, without allocating.
