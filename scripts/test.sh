@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, the production dependency rule, unit + integration
-# tests, and a short smoke run of every fuzz target. This is what CI runs (.ci/run).
+# tests, and a short smoke run of every fuzz target. This is what CI runs (.ci/run). It first
+# installs what a fresh machine lacks (redis-server, cargo-fuzz, the rustfmt/clippy components).
 #
 #   scripts/test.sh            everything
 #   FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz smoke runs
@@ -10,6 +11,41 @@ cd "$(dirname "$0")/.."
 FUZZ_SECONDS=${FUZZ_SECONDS:-15}
 
 step() { printf '\n==> %s\n' "$*"; }
+
+# --- set-up: install what a fresh machine lacks (a Rust toolchain is the only prerequisite) ---
+# Root installs directly; anyone else through sudo when it is there. Each tool is checked first,
+# so on a prepared machine this costs nothing.
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else
+    echo "need root (or sudo) to run: $*" >&2
+    return 1
+  fi
+}
+apt_updated=
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "cannot install $* (no apt-get): install it with your package manager" >&2
+    exit 1
+  fi
+  [ -n "$apt_updated" ] || { as_root apt-get update -qq; apt_updated=1; }
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
+# redis-server: the Redis tier's tests start a real one on a free loopback port.
+if ! command -v redis-server >/dev/null 2>&1; then
+  step "installing redis-server"
+  apt_install redis-server
+fi
+for tool in fmt:rustfmt clippy:clippy; do
+  if ! cargo "${tool%%:*}" --version >/dev/null 2>&1; then
+    step "installing the ${tool#*:} component"
+    rustup component add "${tool#*:}"
+  fi
+done
+if [ "$FUZZ_SECONDS" != "0" ] && ! cargo fuzz --version >/dev/null 2>&1; then
+  step "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -32,10 +68,6 @@ failed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/)
 rm -f "$log"
 
 if [ "$FUZZ_SECONDS" != "0" ]; then
-  if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "cargo-fuzz is not installed: cargo install cargo-fuzz" >&2
-    exit 1
-  fi
   for target in $(cd fuzz && ls fuzz_targets | sed 's/\.rs$//'); do
     step "fuzz smoke: $target (${FUZZ_SECONDS}s)"
     (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \

@@ -181,7 +181,7 @@ secret_key = "${SK}"
 session_token = "tok"
 addressing = "virtual"
 ca_file = "ca.pem"
-auth = true
+auth = false
 ttl = "10m"
 cors = { allow_origins = ["https://example.com", "http://localhost:3000", "*"], max_age = "1h" }
 connect_timeout = "250ms"
@@ -265,7 +265,7 @@ timeout = "20ms"
         b.ca_file.as_deref(),
         Some(dir.path().join("ca.pem").as_path())
     );
-    assert!(b.auth);
+    assert!(!b.auth);
     assert_eq!(b.ttl, Some(Duration::from_secs(600)));
     let cors = b.cors.as_ref().unwrap();
     assert_eq!(cors.allow_origins.len(), 3);
@@ -344,7 +344,7 @@ timeout = "20ms"
 
 #[test]
 fn jwt_variants() {
-    let hs = ok(&with_bucket("auth = true", JWT));
+    let hs = ok(&with_bucket("", JWT));
     let jwt = hs.jwt.unwrap();
     assert_eq!(jwt.algorithm, JwtAlgorithm::HS256);
     assert_eq!(jwt.token_sources, vec![TokenSource::Bearer]);
@@ -1074,6 +1074,16 @@ fn bucket_field_rules() {
         "buckets[0].auth",
         "requires a [jwt] section",
     );
+    // Until JWT verification exists, auth = true is refused even with a usable [jwt]: a
+    // private bucket must never be served without checking tokens.
+    for jwt in ["", JWT] {
+        has_problem(
+            &with_bucket("auth = true", jwt),
+            "buckets[0].auth",
+            "JWT verification is not available in this version",
+        );
+    }
+    assert!(!ok(&with_bucket("auth = false", JWT)).buckets[0].auth);
     has_problem(
         &with_bucket("ttl = 0", ""),
         "buckets[0].ttl",
@@ -1500,7 +1510,8 @@ capacity = "1MiB"
     ] {
         assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
     }
-    assert_eq!(keys.len(), 13, "{e}");
+    // buckets[0].auth twice: refused in this version, and no [jwt] section.
+    assert_eq!(keys.len(), 14, "{e}");
     // Display: one `key: problem` per line.
     let shown = e.to_string();
     assert_eq!(shown.lines().count(), e.problems.len());

@@ -183,3 +183,45 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
     assert!(idle.closed_by_peer());
     assert!(is_refused(addr), "no longer accepting");
 }
+
+/// Security never fails open: until JWT verification exists, a bucket with `auth = true` is
+/// refused by `check` and by `serve` (which must not start listening), even with a valid `[jwt]`.
+#[test]
+fn auth_true_is_refused_by_check_and_serve() {
+    let port = free_port();
+    let config = format!(
+        "{}{}\n[jwt]\nalgorithm = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
+        server_toml(port),
+        bucket_toml_for("priv", "/priv", "http://127.0.0.1:9", "priv", "auth = true\n")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &config);
+    let out = corvid_cmd()
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("buckets[0].auth") && err.contains("JWT verification is not available"),
+        "{err}"
+    );
+
+    let mut c = Corvid::spawn(&config);
+    let status = c
+        .wait_exit(Duration::from_secs(10))
+        .expect("serve refuses the config and exits");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        c.stderr().contains("JWT verification is not available"),
+        "{}",
+        c.stderr()
+    );
+    assert!(is_refused(c.addr()), "nothing listens on the port");
+
+    // The same bucket with auth = false starts and serves.
+    let open = config.replace("auth = true", "auth = false");
+    let corvid = Corvid::start(&open);
+    assert_eq!(http::get(corvid.addr(), "/health", &[]).status, 200);
+}
