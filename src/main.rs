@@ -43,7 +43,11 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
+            Ok(cfg) => {
+                // Warnings do not make a config invalid: they say how it will run here.
+                if let Some(w) = corvid::runtime::fd_limit_warning(&cfg) {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

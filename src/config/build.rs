@@ -17,7 +17,6 @@ const MAX_WORKERS: usize = 1024;
 const MAX_HEADERS_CAP: usize = 256;
 const MAX_HEAD_LIMIT: u64 = 1 << 20;
 
-
 /// Why `auth = true` is refused in this version.
 pub(crate) const AUTH_UNAVAILABLE: &str = "JWT verification is not available in this version: \
      a bucket with auth = true would be served without checking tokens, so it is refused \

@@ -150,6 +150,9 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S) 
     let mut head = RequestHead::default();
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut first = true;
+    // When the connection last finished something (accepted, or answered a request): the age
+    // by which idle connections are reclaimed, oldest first (see `runtime::idle`).
+    let mut idle_since = Instant::now();
 
     loop {
         // --- read one request head ---
@@ -178,7 +181,14 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S) 
             if buf.len() == buf.capacity() {
                 buf.reserve(buf.capacity().min(max_buf));
             }
-            let (outcome, b) = read_more(&w, &mut io, buf, deadline, idle).await;
+            // Waiting for a head can be cut short: reclaimed when the worker needs room, and
+            // at shutdown when idle between keep-alive requests (a new connection's first
+            // request and a head in progress still get their answer).
+            let waiting = Waiting {
+                since: head_started.unwrap_or(idle_since),
+                ends_on_shutdown: idle && !first,
+            };
+            let (outcome, b) = read_more(&w, &mut io, buf, deadline, Some(waiting)).await;
             buf = b;
             match outcome {
                 ReadOutcome::Data => {
@@ -262,31 +272,38 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S) 
             return;
         }
         buf.drain(..body_end);
+        idle_since = Instant::now();
     }
 }
 
-/// Reads more bytes into `buf` until `deadline`. When `idle` (no partial request), shutdown
-/// also ends the wait.
+/// How a wait for request-head bytes is registered with the worker's idle connections.
+#[derive(Clone, Copy)]
+struct Waiting {
+    since: Instant,
+    ends_on_shutdown: bool,
+}
+
+/// Reads more bytes into `buf` until `deadline`. With `waiting`, the worker may also end the
+/// wait (reclaimed, or shutdown while idle): that is `ReadOutcome::Shutdown`.
 async fn read_more<S: AsyncReadRent>(
     w: &Worker,
     io: &mut S,
     buf: Vec<u8>,
     deadline: Instant,
-    idle: bool,
+    waiting: Option<Waiting>,
 ) -> (ReadOutcome, Vec<u8>) {
     let len = buf.len();
     let cap = buf.capacity();
-    if idle && w.shutdown.is_fired() {
+    if waiting.is_some_and(|wt| wt.ends_on_shutdown) && w.shutdown.is_fired() {
         return (ReadOutcome::Shutdown, buf);
     }
     let read = monoio::time::timeout_at(deadline, io.read(buf.slice_mut(len..cap)));
-    let result = if idle {
-        monoio::select! {
+    let result = match waiting {
+        Some(wt) => monoio::select! {
             r = read => Some(r),
-            _ = w.shutdown.wait() => None,
-        }
-    } else {
-        Some(read.await)
+            _ = w.idle.wait(wt.since, wt.ends_on_shutdown) => None,
+        },
+        None => Some(read.await),
     };
     match result {
         // The buffer went with the cancelled read; the connection is closing anyway.
@@ -357,7 +374,7 @@ async fn discard_body<S: AsyncReadRent>(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(16 * 1024);
         }
-        let (outcome, b) = read_more(w, io, buf, deadline, false).await;
+        let (outcome, b) = read_more(w, io, buf, deadline, None).await;
         buf = b;
         match outcome {
             ReadOutcome::Data => {}

@@ -6,11 +6,14 @@
 //! port. [`serve`], the CLI's entry, starts a `Server` and waits for SIGTERM/SIGINT.
 //! Shutdown goes over the control bus: every worker gets a `Shutdown` command, stops accepting,
 //! lets in-flight requests finish within `server.shutdown_grace`, and exits; [`Server::stop`]
-//! returns once all have. A second signal exits at once.
+//! returns once all have. A second signal exits at once. SIGHUP is caught and logged (reload is
+//! not available yet) so that it never ends the process.
 //!
 //! The control bus is one flume channel per worker: flume's async receive wakes a monoio task
 //! from another thread (monoio's `sync` feature), which crossbeam's blocking channels cannot.
 
+pub mod fdlimit;
+pub mod idle;
 pub mod signal;
 pub mod worker;
 
@@ -50,6 +53,8 @@ pub struct Shared {
     pub started: Instant,
     /// Random-ish per-process tag that makes request ids unique across restarts.
     pub instance_tag: u32,
+    /// How the open-file limit is shared: the client connections each worker keeps at most.
+    pub fd_budget: fdlimit::Budget,
 }
 
 /// Commands sent to every worker over the control bus.
@@ -58,15 +63,28 @@ pub enum Control {
     Shutdown,
 }
 
+/// `server.workers`, with 0 resolved to the number of available cores.
+pub fn worker_count(config: &Config) -> usize {
+    match config.server.workers {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    }
+}
+
+/// What `corvid check` warns about the open-file limit: the budget `serve` would have, with the
+/// soft limit raised to the hard one as `serve` does.
+pub fn fd_limit_warning(config: &Config) -> Option<String> {
+    let (_, hard) = fdlimit::current().ok()?;
+    let workers = worker_count(config);
+    fdlimit::Budget::new(config, workers, hard).warning(config, workers)
+}
+
 impl Shared {
     /// Builds the shared state: TLS configs are loaded and endpoints resolved here, at start.
     pub fn new(config: Config) -> Result<Arc<Shared>, String> {
-        let workers = match config.server.workers {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            n => n,
-        };
+        let workers = worker_count(&config);
         let prefixes: Vec<&str> = config.buckets.iter().map(|b| b.prefix.as_str()).collect();
         let router = Router::new(&prefixes);
         let mut client_tls = Vec::with_capacity(config.buckets.len());
@@ -124,7 +142,10 @@ impl Shared {
                 .map_err(|e| format!("cache.redis.url: {e}"))?;
         }
         let tiers = Tiers::new(&config.cache)?;
+        let nofile = fdlimit::current().map_or(1024, |(soft, _)| soft);
+        let fd_budget = fdlimit::Budget::new(&config, workers, nofile);
         Ok(Arc::new(Shared {
+            fd_budget,
             tiers,
             config,
             router,
@@ -274,13 +295,25 @@ fn started(ready: &std::sync::mpsc::Receiver<Started>) -> Result<SocketAddr, Str
 
 /// Runs the proxy until SIGTERM/SIGINT and a clean drain. Errors are start-up failures.
 pub fn serve(config: Config) -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    // Registered before any worker starts so an early signal is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // Registered before any worker starts so an early signal is not lost. SIGHUP is caught too:
+    // its default action would end the process, and operators (and `systemctl reload`) send it
+    // out of habit.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
+    match fdlimit::raise_soft_limit() {
+        Ok((before, after)) if before < after => {
+            log::info!("open-file limit raised from {before} to {after} (the hard limit)")
+        }
+        Ok((_, limit)) => log::info!("open-file limit: {limit}"),
+        Err(e) => log::warn!("cannot read or raise the open-file limit: {e}"),
+    }
     let server = Server::start(config)?;
     let shared = server.shared();
+    if let Some(w) = shared.fd_budget.warning(&shared.config, shared.workers) {
+        log::warn!("{w}");
+    }
     log::info!(
         "corvid {} listening on {}{} with {} worker(s)",
         env!("CARGO_PKG_VERSION"),
@@ -292,7 +325,7 @@ pub fn serve(config: Config) -> Result<(), String> {
         },
         shared.workers
     );
-    if let Some(sig) = signals.forever().next() {
+    if let Some(sig) = next_stop(&mut signals) {
         log::info!(
             "signal {sig} received: shutting down (grace {:?})",
             shared.config.server.shutdown_grace
@@ -300,7 +333,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     }
     // A second signal during the drain exits at once.
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if next_stop(&mut signals).is_some() {
             log::warn!("second signal: exiting without waiting for connections");
             std::process::exit(1);
         }
@@ -308,6 +341,22 @@ pub fn serve(config: Config) -> Result<(), String> {
     server.stop();
     log::info!("shutdown complete");
     Ok(())
+}
+
+/// Waits for the next stop signal (SIGTERM/SIGINT); SIGHUPs on the way are logged and otherwise
+/// ignored until reload exists.
+fn next_stop(signals: &mut signal_hook::iterator::Signals) -> Option<libc::c_int> {
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            log::warn!(
+                "SIGHUP received: configuration reload is not available in this version; \
+                 still serving with the running configuration"
+            );
+            continue;
+        }
+        return Some(sig);
+    }
+    None
 }
 
 fn worker_thread(
@@ -384,11 +433,11 @@ async fn worker_main(
     monoio::spawn(async move {
         while let Ok(cmd) = control.recv_async().await {
             match cmd {
-                Control::Shutdown => w2.shutdown.fire(),
+                Control::Shutdown => w2.begin_shutdown(),
             }
         }
         // The sender is gone: the process is ending.
-        w2.shutdown.fire();
+        w2.begin_shutdown();
     });
     let _ = ready.send(Ok((
         format!(

@@ -14,10 +14,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use monoio::net::{ListenerOpts, TcpListener};
+use std::os::fd::AsRawFd;
+
+use monoio::io::Canceller;
+use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use monoio::time::Instant;
 use monoio_rustls::{TlsAcceptor, TlsConnector};
 
+use super::idle::IdleConns;
 use super::signal::LocalSignal;
 use super::Shared;
 use crate::cache::purge_broadcast;
@@ -43,6 +47,9 @@ pub struct Worker {
     pub buckets: Vec<WorkerBucket>,
     /// Fired when shutdown begins: stop accepting, close idle connections.
     pub shutdown: LocalSignal,
+    /// Connections waiting for a request: closed oldest first when room is needed, and the
+    /// keep-alive ones at shutdown.
+    pub idle: IdleConns,
     pub connections: Cell<usize>,
     pub date: RefCell<DateCache>,
     next_request: Cell<u64>,
@@ -184,12 +191,20 @@ impl Worker {
             shared,
             buckets,
             shutdown: LocalSignal::default(),
+            idle: IdleConns::default(),
             connections: Cell::new(0),
             date: RefCell::new(DateCache::default()),
             next_request: Cell::new(0),
             head_bodies: RefCell::new(Vec::new()),
             spare_bufs: RefCell::new(Vec::new()),
         })
+    }
+
+    /// Shutdown begins: the accept loop stops, idle keep-alive connections close, busy ones
+    /// answer with `Connection: close`.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.fire();
+        self.idle.shutdown();
     }
 
     /// A vectored-write buffer from this worker's free list.
@@ -248,73 +263,96 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind_with_config(addr, &opts)
 }
 
+/// Closes this many of the oldest idle connections at a time when accepting fails for lack of
+/// descriptors (nginx frees 32 reusable connections at a time in the same situation).
+const RECLAIM_BATCH: usize = 32;
+/// Longest pause between accept attempts while they fail with nothing to reclaim.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
+/// At most this many already-queued connections are taken over when the listener closes (the
+/// listen backlog).
+const MAX_DRAINED: usize = 4096;
+
 /// The accept loop; returns once shutdown has begun and connections drained (or the grace
 /// period ran out).
+///
+/// Under descriptor pressure it keeps serving: when a worker holds its share of connections
+/// ([`super::fdlimit::Budget::per_worker`]) each new connection closes the oldest idle one, and
+/// when accepting fails for lack of descriptors the oldest idle connections are closed in
+/// batches; only with nothing idle is a new connection refused or accepting retried after a
+/// growing pause. Accept errors are logged once per state change, never per attempt.
 pub async fn run(w: Rc<Worker>, listener: TcpListener) {
     let acceptor = w
         .shared
         .server_tls
         .as_ref()
         .map(|c| TlsAcceptor::from(Arc::clone(c)));
+    let mut log = AcceptLog::default();
+    let mut backoff = Duration::ZERO;
     loop {
+        let canceller = Canceller::new();
+        let accept = listener.cancelable_accept(canceller.handle());
+        let mut accept = std::pin::pin!(accept);
         let accepted = monoio::select! {
-            r = listener.accept() => Some(r),
+            r = accept.as_mut() => Some(r),
             _ = w.shutdown.wait() => None,
         };
-        let (stream, _peer) = match accepted {
-            None => break,
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
-                // EMFILE and friends: back off briefly instead of spinning on the error.
-                log::warn!("worker {}: accept failed: {e}", w.id);
-                monoio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+        let accepted = match accepted {
+            Some(r) => r,
+            None => {
+                // Cancel the accept in flight and wait until the cancellation completed: until
+                // then io_uring holds the listening socket. A connection that raced the
+                // cancellation was accepted, so it is served.
+                let _ = canceller.cancel();
+                if let Ok((stream, _)) = accept.await {
+                    spawn_connection(&w, stream, &acceptor);
+                }
+                break;
             }
         };
-        if w.connections.get() >= w.shared.config.server.max_connections {
-            drop(stream);
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let w2 = Rc::clone(&w);
-        let acceptor = acceptor.clone();
-        monoio::spawn(async move {
-            w2.connections.set(w2.connections.get() + 1);
-            w2.metrics().connection_opened();
-            let w3 = Rc::clone(&w2);
-            let conn = async move {
-                let io = match acceptor {
-                    None => MaybeTls::Plain(stream),
-                    Some(acceptor) => {
-                        let t = w3.shared.config.server.header_timeout;
-                        match monoio::time::timeout(t, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => MaybeTls::Tls(Box::new(s)),
-                            Ok(Err(e)) => {
-                                log::debug!("TLS handshake failed: {e}");
-                                return;
-                            }
-                            Err(_) => return,
-                        }
+        match accepted {
+            Ok((stream, _peer)) => {
+                log.accepted(w.id);
+                backoff = Duration::ZERO;
+                if w.connections.get() >= w.shared.fd_budget.per_worker {
+                    // Full: room for this one comes from the oldest idle connection. With none
+                    // idle, every connection is busy and this one is refused.
+                    let reclaimed = w.idle.reclaim_oldest(1);
+                    log.full(w.id, w.shared.fd_budget.per_worker, reclaimed);
+                    if reclaimed == 0 {
+                        continue;
                     }
-                };
-                crate::http::conn::serve(w3, io).await;
-            };
-            if let Err(panic) = (CatchUnwind(Box::pin(conn))).await {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                log::error!(
-                    "worker {}: a connection panicked and was closed: {msg}",
-                    w2.id
-                );
+                } else {
+                    log.below_limit(w.id);
+                }
+                spawn_connection(&w, stream, &acceptor);
             }
-            w2.metrics().connection_closed();
-            w2.connections.set(w2.connections.get() - 1);
-        });
+            Err(e) => {
+                let out_of_fds = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                let reclaimed = if out_of_fds {
+                    w.idle.reclaim_oldest(RECLAIM_BATCH)
+                } else {
+                    0
+                };
+                log.failed(w.id, &e, reclaimed);
+                // After reclaiming, a short pause lets those connections close (their tasks
+                // run, and io_uring submits the closes); otherwise back off, doubling.
+                let pause = if reclaimed > 0 {
+                    Duration::from_millis(1)
+                } else {
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                    backoff
+                };
+                monoio::select! {
+                    _ = monoio::time::sleep(pause) => {},
+                    _ = w.shutdown.wait() => {},
+                }
+            }
+        }
     }
-    drop(listener);
+    stop_listening(&w, listener, &acceptor).await;
     let deadline = Instant::now() + w.shared.config.server.shutdown_grace;
     // Connections finish their current request and close; wait for them up to the grace period.
     while w.connections.get() > 0 && Instant::now() < deadline {
@@ -326,6 +364,157 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
             w.id,
             w.connections.get()
         );
+    }
+}
+
+/// Stops listening for good, as nginx does at shutdown: connections the kernel already queued
+/// (accepted, from the client's side) are taken over and answered with `Connection: close`;
+/// then `shutdown(2)` takes the socket out of the listening state at once, so that new
+/// connection attempts are refused (or go to another instance sharing the port) instead of
+/// queueing on a socket nobody accepts on; then it is closed.
+async fn stop_listening(w: &Rc<Worker>, listener: TcpListener, acceptor: &Option<TlsAcceptor>) {
+    let fd = listener.as_raw_fd();
+    for _ in 0..MAX_DRAINED {
+        if !readable_now(fd) {
+            break;
+        }
+        match listener.accept().await {
+            Ok((stream, _)) => spawn_connection(w, stream, acceptor),
+            Err(_) => break,
+        }
+    }
+    // SAFETY: `fd` is the listening socket `listener` owns and keeps open until the drop below;
+    // shutdown(2) changes socket state only. On a listening socket, SHUT_RD stops listening
+    // (Linux: inet_shutdown -> tcp_disconnect), even while another reference to the file exists.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+    drop(listener);
+}
+
+/// Whether `fd` is readable right now (for a listener: a connection is queued), without waiting.
+fn readable_now(fd: std::os::fd::RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, count 1, timeout 0: poll(2) only writes `revents`.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & libc::POLLIN != 0
+}
+
+/// Serves one accepted connection in its own task (TLS handshake first, when configured).
+fn spawn_connection(w: &Rc<Worker>, stream: TcpStream, acceptor: &Option<TlsAcceptor>) {
+    let _ = stream.set_nodelay(true);
+    let w2 = Rc::clone(w);
+    let acceptor = acceptor.clone();
+    w2.connections.set(w2.connections.get() + 1);
+    monoio::spawn(async move {
+        w2.metrics().connection_opened();
+        let w3 = Rc::clone(&w2);
+        let conn = async move {
+            let io = match acceptor {
+                None => MaybeTls::Plain(stream),
+                Some(acceptor) => {
+                    let t = w3.shared.config.server.header_timeout;
+                    // A connection still in its handshake is idle too: reclaimable, oldest first.
+                    let since = Instant::now();
+                    let handshake = monoio::select! {
+                        r = monoio::time::timeout(t, acceptor.accept(stream)) => Some(r),
+                        _ = w3.idle.wait(since, false) => None,
+                    };
+                    match handshake {
+                        Some(Ok(Ok(s))) => MaybeTls::Tls(Box::new(s)),
+                        Some(Ok(Err(e))) => {
+                            log::debug!("TLS handshake failed: {e}");
+                            return;
+                        }
+                        Some(Err(_)) | None => return,
+                    }
+                }
+            };
+            crate::http::conn::serve(w3, io).await;
+        };
+        if let Err(panic) = (CatchUnwind(Box::pin(conn))).await {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            log::error!(
+                "worker {}: a connection panicked and was closed: {msg}",
+                w2.id
+            );
+        }
+        w2.metrics().connection_closed();
+        w2.connections.set(w2.connections.get() - 1);
+    });
+}
+
+/// Logs the accept loop's trouble once per state change: when accepting starts failing (and
+/// when it works again, with how many attempts failed and idle connections were closed), and
+/// when the worker reaches its connection limit (and when it is below it again).
+#[derive(Default)]
+struct AcceptLog {
+    /// Failed attempts and idle connections closed since accepting started failing.
+    failing: Option<(u64, u64)>,
+    /// New connections admitted by closing an idle one, and refused, since the limit was hit.
+    full: Option<(u64, u64)>,
+}
+
+impl AcceptLog {
+    fn failed(&mut self, worker: usize, e: &std::io::Error, reclaimed: usize) {
+        match &mut self.failing {
+            Some((n, closed)) => {
+                *n += 1;
+                *closed += reclaimed as u64;
+            }
+            None => {
+                log::warn!(
+                    "worker {worker}: accepting connections failed: {e}; closing idle \
+                     connections to make room and retrying (logged again when it recovers)"
+                );
+                self.failing = Some((1, reclaimed as u64));
+            }
+        }
+    }
+
+    fn accepted(&mut self, worker: usize) {
+        if let Some((n, closed)) = self.failing.take() {
+            log::warn!(
+                "worker {worker}: accepting connections again after {n} failed attempt(s); \
+                 {closed} idle connection(s) closed to make room"
+            );
+        }
+    }
+
+    fn full(&mut self, worker: usize, limit: usize, reclaimed: usize) {
+        let (admitted, refused) = (reclaimed as u64, 1 - reclaimed.min(1) as u64);
+        match &mut self.full {
+            Some((a, r)) => {
+                *a += admitted;
+                *r += refused;
+            }
+            None => {
+                log::warn!(
+                    "worker {worker}: {limit} connections open, its limit (server.max_connections \
+                     or the open-file limit): each new connection closes the oldest idle one \
+                     (logged again when below the limit)"
+                );
+                self.full = Some((admitted, refused));
+            }
+        }
+    }
+
+    fn below_limit(&mut self, worker: usize) {
+        if let Some((admitted, refused)) = self.full.take() {
+            log::warn!(
+                "worker {worker}: below its connection limit again; meanwhile {admitted} idle \
+                 connection(s) closed to make room and {refused} new connection(s) refused \
+                 with none idle"
+            );
+        }
     }
 }
 

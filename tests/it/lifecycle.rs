@@ -192,7 +192,13 @@ fn auth_true_is_refused_by_check_and_serve() {
     let config = format!(
         "{}{}\n[jwt]\nalgorithm = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
         server_toml(port),
-        bucket_toml_for("priv", "/priv", "http://127.0.0.1:9", "priv", "auth = true\n")
+        bucket_toml_for(
+            "priv",
+            "/priv",
+            "http://127.0.0.1:9",
+            "priv",
+            "auth = true\n"
+        )
     );
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(&dir, &config);
