@@ -83,7 +83,7 @@ pub fn current() -> std::io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit before and after.
@@ -93,8 +93,8 @@ pub fn raise_soft_limit() -> std::io::Result<(u64, u64)> {
         return Ok((soft, soft));
     }
     let lim = libc::rlimit {
-        rlim_cur: hard as libc::rlim_t,
-        rlim_max: hard as libc::rlim_t,
+        rlim_cur: hard,
+        rlim_max: hard,
     };
     // SAFETY: setrlimit reads one rlimit from the struct we pass, which lives across the call.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
