@@ -322,7 +322,7 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
                         continue;
                     }
                 } else {
-                    log.below_limit(w.id);
+                    log.below_limit(w.id, w.connections.get(), w.shared.fd_budget.per_worker);
                 }
                 spawn_connection(&w, stream, &acceptor);
             }
@@ -454,43 +454,64 @@ fn spawn_connection(w: &Rc<Worker>, stream: TcpStream, acceptor: &Option<TlsAcce
 
 /// Logs the accept loop's trouble once per state change: when accepting starts failing (and
 /// when it works again, with how many attempts failed and idle connections were closed), and
-/// when the worker reaches its connection limit (and when it is below it again).
+/// when the worker reaches its connection limit (and when it is well below it again). Both ends
+/// have some hysteresis, so a worker hovering at the edge logs a pair of lines, not one per
+/// connection.
 #[derive(Default)]
 struct AcceptLog {
-    /// Failed attempts and idle connections closed since accepting started failing.
-    failing: Option<(u64, u64)>,
+    failing: Option<Failing>,
     /// New connections admitted by closing an idle one, and refused, since the limit was hit.
     full: Option<(u64, u64)>,
 }
 
+struct Failing {
+    attempts: u64,
+    reclaimed: u64,
+    last: Instant,
+}
+
+/// Accepting counts as working again once it succeeds this long after the last failure.
+const RECOVERED_AFTER: Duration = Duration::from_secs(1);
+
 impl AcceptLog {
     fn failed(&mut self, worker: usize, e: &std::io::Error, reclaimed: usize) {
+        let now = Instant::now();
         match &mut self.failing {
-            Some((n, closed)) => {
-                *n += 1;
-                *closed += reclaimed as u64;
+            Some(f) => {
+                f.attempts += 1;
+                f.reclaimed += reclaimed as u64;
+                f.last = now;
             }
             None => {
                 log::warn!(
                     "worker {worker}: accepting connections failed: {e}; closing idle \
                      connections to make room and retrying (logged again when it recovers)"
                 );
-                self.failing = Some((1, reclaimed as u64));
+                self.failing = Some(Failing {
+                    attempts: 1,
+                    reclaimed: reclaimed as u64,
+                    last: now,
+                });
             }
         }
     }
 
     fn accepted(&mut self, worker: usize) {
-        if let Some((n, closed)) = self.failing.take() {
+        if let Some(f) = self
+            .failing
+            .take_if(|f| f.last.elapsed() >= RECOVERED_AFTER)
+        {
             log::warn!(
-                "worker {worker}: accepting connections again after {n} failed attempt(s); \
-                 {closed} idle connection(s) closed to make room"
+                "worker {worker}: accepting connections works again after {} failed \
+                 attempt(s); {} idle connection(s) closed to make room",
+                f.attempts,
+                f.reclaimed
             );
         }
     }
 
     fn full(&mut self, worker: usize, limit: usize, reclaimed: usize) {
-        let (admitted, refused) = (reclaimed as u64, 1 - reclaimed.min(1) as u64);
+        let (admitted, refused) = if reclaimed > 0 { (1, 0) } else { (0, 1) };
         match &mut self.full {
             Some((a, r)) => {
                 *a += admitted;
@@ -498,16 +519,20 @@ impl AcceptLog {
             }
             None => {
                 log::warn!(
-                    "worker {worker}: {limit} connections open, its limit (server.max_connections \
-                     or the open-file limit): each new connection closes the oldest idle one \
-                     (logged again when below the limit)"
+                    "worker {worker}: {limit} connections open, its connection limit \
+                     (server.max_connections or the open-file limit's share): each new \
+                     connection closes the oldest idle one (logged again when well below)"
                 );
                 self.full = Some((admitted, refused));
             }
         }
     }
 
-    fn below_limit(&mut self, worker: usize) {
+    /// A connection was admitted with `open` connections open (below `limit`).
+    fn below_limit(&mut self, worker: usize, open: usize, limit: usize) {
+        if open > limit - limit / 4 {
+            return;
+        }
         if let Some((admitted, refused)) = self.full.take() {
             log::warn!(
                 "worker {worker}: below its connection limit again; meanwhile {admitted} idle \

@@ -8,6 +8,7 @@ mod disk;
 mod harness_smoke;
 mod hostile;
 mod lifecycle;
+mod limits;
 mod passthrough;
 mod redis;
 mod streaming;

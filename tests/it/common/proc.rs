@@ -57,6 +57,21 @@ impl Corvid {
 
     /// Full control: readiness probe and extra environment (e.g. RUST_LOG).
     pub fn start_with(config_toml: &str, ready: Readiness, env: &[(&str, &str)]) -> Corvid {
+        Self::launch(config_toml, ready, env, None)
+    }
+
+    /// Like `start`, with the open-file limit (soft = hard) set to `nofile` in the child before
+    /// it runs corvid.
+    pub fn start_with_nofile(config_toml: &str, nofile: u64) -> Corvid {
+        Self::launch(config_toml, Readiness::Http, &[], Some(nofile))
+    }
+
+    fn launch(
+        config_toml: &str,
+        ready: Readiness,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Corvid {
         let addr = listen_addr(config_toml);
         let dir = tempfile::Builder::new()
             .prefix("corvid-proc-")
@@ -80,6 +95,23 @@ impl Corvid {
         }
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and
+            // touches no memory of the parent's other threads.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd
             .spawn()
@@ -199,6 +231,13 @@ impl Corvid {
     pub fn rss_kib(&self) -> u64 {
         self.proc_status_kib("VmRSS:")
             .expect("VmRSS unavailable (process exited?)")
+    }
+
+    /// Open file descriptors of the process (from /proc).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// Number of threads (from /proc), e.g. to check workers = N.

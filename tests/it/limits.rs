@@ -1,0 +1,132 @@
+//! Running out of descriptors: a flood of connections that never send a request must not lock
+//! real clients out, and must not flood the log.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::common::http;
+use crate::common::*;
+
+/// Opens `n` connections to `addr` and leaves them idle (never sends a byte).
+fn flood(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .collect()
+}
+
+/// Log lines about accepting and the connection limit.
+fn accept_log_lines(corvid: &Corvid) -> usize {
+    corvid
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("accepting connections") || l.contains("connection limit"))
+        .count()
+}
+
+fn flood_config(origin: &Origin) -> String {
+    format!(
+        "{}header_timeout = \"30s\"\n{}",
+        server_toml(free_port()),
+        bucket_toml("flood", "/flood", origin)
+    )
+}
+
+/// soft = hard = 256: each worker's share of client connections is what fits beside the
+/// origin pools. 600 idle connections are more than fit; a real request for an uncached object
+/// (which needs an origin connection too) is still answered promptly.
+#[test]
+fn idle_flood_beyond_the_connection_share_does_not_lock_clients_out() {
+    let origin = Origin::start();
+    origin.create_bucket("flood");
+    let body = pattern_bytes(10_000, 3);
+    origin.put("flood", "real.bin", &body);
+    origin.put("flood", "second.bin", b"second");
+    let corvid = Corvid::start_with_nofile(&flood_config(&origin), 256);
+
+    let idle = flood(corvid.addr(), 600);
+    assert!(idle.len() >= 500, "the kernel queued the flood");
+    let started = Instant::now();
+    let r = http::try_request(
+        corvid.addr(),
+        "GET",
+        "/flood/real.bin",
+        &[],
+        Duration::from_secs(3),
+    )
+    .expect("a real request is answered during the flood");
+    assert_eq!(r.status, 200);
+    assert!(r.body == body);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // And again (a second miss, a new origin request), with the flood still connected.
+    let r = http::try_request(
+        corvid.addr(),
+        "GET",
+        "/flood/second.bin",
+        &[],
+        Duration::from_secs(3),
+    )
+    .expect("a second request is answered too");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"second"[..]));
+    assert!(
+        corvid.open_fds() <= 256,
+        "within the limit: {}",
+        corvid.open_fds()
+    );
+    assert!(
+        corvid.stderr().contains("open-file limit: 256"),
+        "the limit is logged at start:\n{}",
+        corvid.stderr()
+    );
+    let lines = accept_log_lines(&corvid);
+    assert!(
+        (1..=8).contains(&lines),
+        "state changes logged, not attempts: {lines} lines\n{}",
+        corvid.stderr()
+    );
+    drop(idle);
+}
+
+/// A limit so small that the minimal per-worker share does not fit: accepting itself fails
+/// with EMFILE. The oldest idle connections are closed in batches to make room, a real
+/// request (a cache hit: no origin descriptor needed) is answered, and the failures are logged
+/// per state change.
+#[test]
+fn accept_failing_for_lack_of_descriptors_reclaims_idle_connections() {
+    let origin = Origin::start();
+    origin.create_bucket("flood");
+    origin.put("flood", "hot.bin", b"hot object");
+    let config =
+        flood_config(&origin).replace("\n[[buckets]]", "\n[[buckets]]\nmax_idle_connections = 1");
+    let corvid = Corvid::start_with_nofile(&config, 40);
+    let r = http::get(corvid.addr(), "/flood/hot.bin", &[]);
+    assert_eq!(r.status, 200, "warmed into the memory cache");
+
+    let idle = flood(corvid.addr(), 300);
+    for i in 0..3 {
+        let started = Instant::now();
+        let r = http::try_request(
+            corvid.addr(),
+            "GET",
+            "/flood/hot.bin",
+            &[],
+            Duration::from_secs(3),
+        )
+        .unwrap_or_else(|e| panic!("request {i} during the flood: {e}\n{}", corvid.stderr()));
+        assert_eq!(
+            (r.status, r.header("x-cache"), r.body.as_slice()),
+            (200, Some("HIT"), &b"hot object"[..])
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+    let log = corvid.stderr();
+    assert!(
+        log.contains("accepting connections failed"),
+        "EMFILE was hit and logged:\n{log}"
+    );
+    let lines = accept_log_lines(&corvid);
+    assert!(
+        lines <= 12,
+        "state changes logged, not attempts: {lines} lines\n{log}"
+    );
+    drop(idle);
+}
