@@ -489,7 +489,7 @@ fn acl_user_login_from_the_url() {
             c.get(b"k").await.unwrap().as_deref(),
             Some(&b"as alice"[..])
         );
-        let whoami = c.command(&redis::cmd("ACL").arg("WHOAMI")).await.unwrap();
+        let whoami = c.command(redis::cmd("ACL").arg("WHOAMI")).await.unwrap();
         assert_eq!(whoami, redis::Value::BulkString(b"alice".to_vec()));
         // `/1` selected database 1.
         let db1 = c.command(&redis::cmd("DBSIZE")).await.unwrap();

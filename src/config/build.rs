@@ -837,7 +837,16 @@ pub(crate) fn parse_redis_url(url: &str) -> Result<RedisTarget, String> {
         ));
     }
     if !scheme.eq_ignore_ascii_case("redis") {
-        return Err(format!("scheme `{scheme}` is not supported; use redis://"));
+        // Named only when it looks like a scheme (RFC 3986), not like a mangled login.
+        let looks_like_one = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+        return Err(if looks_like_one {
+            format!("scheme `{scheme}` is not supported; use redis://")
+        } else {
+            "must start with redis://, e.g. \"redis://127.0.0.1:6379\"".into()
+        });
     }
     if rest.contains(['?', '#']) {
         return Err(
@@ -888,12 +897,10 @@ pub(crate) fn parse_redis_url(url: &str) -> Result<RedisTarget, String> {
     let (host, port) = parse_authority(hostport)?;
     let db = match path {
         "" | "/" => 0,
-        p => p[1..]
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| p[1..].parse::<u32>().ok())
-            .flatten()
-            .ok_or_else(|| format!("path `{p}` must be a database number, e.g. /0"))?,
+        p => match p[1..].parse::<u32>() {
+            Ok(n) if p[1..].bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err(format!("path `{p}` must be a database number, e.g. /0")),
+        },
     };
     Ok(RedisTarget {
         host,

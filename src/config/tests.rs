@@ -1528,6 +1528,7 @@ fn cache_rules() {
         "redis://:hunter2@r?x",
         "redis://:hunter2%FF@r",
         "rediss://alice:hunter2@r",
+        ":hunter2@r://x",
     ] {
         let e = url.parse::<RedisTarget>().unwrap_err();
         assert!(!e.contains("hunter2") && !e.contains("ter2"), "{url}: {e}");
