@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corvid::cache::redis::{RedisClient, RedisOptions};
+use corvid::config::RedisTarget;
 
 struct Server(Child);
 
@@ -115,13 +116,13 @@ fn main() {
         return;
     }
     let (_server, port) = start_server().expect("start redis-server");
-    let url = format!("redis://127.0.0.1:{port}");
+    let target: RedisTarget = format!("redis://127.0.0.1:{port}").parse().unwrap();
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut opts = RedisOptions::new(url.clone());
+        let mut opts = RedisOptions::new(target.clone());
         opts.timeout = Duration::from_secs(2);
         let c = RedisClient::new(opts.clone()).unwrap();
         let small = vec![7u8; 1024];

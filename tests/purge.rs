@@ -111,7 +111,7 @@ impl World {
     async fn filled(server: &RedisServer, timeout: Duration) -> World {
         let dir = tempfile::tempdir().unwrap();
         let tiers = Tiers::new(&cache_config(dir.path())).unwrap();
-        let mut o = RedisOptions::new(server.url());
+        let mut o = RedisOptions::new(server.url().parse().unwrap());
         o.timeout = timeout;
         let redis = RedisClient::new(o).unwrap();
         let retain = Duration::from_secs(3600);
@@ -272,7 +272,7 @@ fn a_purge_reaches_the_memory_and_disk_of_another_instance() {
                 purge_broadcast::apply(&tiers, tag_b, msg).await;
             });
         };
-        let opts = RedisOptions::new(server.url());
+        let opts = RedisOptions::new(server.url().parse().unwrap());
         monoio::spawn(subscribe(opts, channel.clone(), on_message, stop.clone()));
         let deadline = Instant::now() + Duration::from_secs(10);
         while a.redis.subscribers(&channel).await.unwrap() == 0 {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use corvid::cache::redis::{subscribe, RedisClient, RedisError, RedisOptions, StopSignal};
+use corvid::config::RedisTarget;
 
 // Shared with the corvid integration tests (tests/it), which start Redis the same way.
 #[path = "it/common/redis_server.rs"]
@@ -26,10 +27,15 @@ fn run<F: Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// `cache.redis.url` parsed as the config parses it.
+fn target(url: &str) -> RedisTarget {
+    url.parse().unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
 /// Options for the functional tests: a generous timeout (debug builds on a busy 2-core
 /// machine move 4 MiB values slowly); the failure tests set their own.
 fn opts(url: String) -> RedisOptions {
-    let mut o = RedisOptions::new(url);
+    let mut o = RedisOptions::new(target(&url));
     o.timeout = Duration::from_secs(5);
     o
 }
@@ -251,7 +257,7 @@ fn pipelining_200_concurrent_tasks_on_one_connection() {
 fn redis_down_at_start_fails_fast() {
     let port = free_port(); // nothing listens there
     run(async {
-        let mut o = RedisOptions::new(format!("redis://127.0.0.1:{port}"));
+        let mut o = RedisOptions::new(target(&format!("redis://127.0.0.1:{port}")));
         o.timeout = Duration::from_millis(50);
         let c = RedisClient::new(o).unwrap();
         let start = Instant::now();
@@ -281,7 +287,7 @@ fn redis_killed_mid_run_then_restarted() {
     let mut server = Server::start(&[]);
     let timeout = Duration::from_millis(200);
     run(async {
-        let mut o = RedisOptions::new(server.url());
+        let mut o = RedisOptions::new(target(&server.url()));
         o.timeout = timeout;
         o.backoff_max = Duration::from_millis(400);
         let c = RedisClient::new(o).unwrap();
@@ -350,7 +356,7 @@ fn stalled_redis_times_out_at_the_timeout_then_recovers() {
     let server = Server::start(&[]);
     let timeout = Duration::from_millis(100);
     run(async {
-        let mut o = RedisOptions::new(server.url());
+        let mut o = RedisOptions::new(target(&server.url()));
         o.timeout = timeout;
         o.backoff_initial = Duration::from_millis(50);
         o.backoff_max = Duration::from_millis(200);
@@ -410,7 +416,7 @@ fn stalled_redis_times_out_at_the_timeout_then_recovers() {
 fn debug_sleep_times_out_ops_but_not_later() {
     let server = Server::start(&["--enable-debug-command", "yes"]);
     run(async {
-        let mut o = RedisOptions::new(server.url());
+        let mut o = RedisOptions::new(target(&server.url()));
         o.timeout = Duration::from_millis(100);
         let c = RedisClient::new(o).unwrap();
         let staller = RedisClient::new(opts(server.url())).unwrap();
@@ -465,6 +471,76 @@ fn auth_and_select_from_the_url() {
             anonymous.get(b"k").await,
             Err(RedisError::Server(_))
         ));
+    });
+}
+
+#[test]
+fn acl_user_login_from_the_url() {
+    // Only `AUTH alice se:cr@t/` gets in: the `default` user is off.
+    let server = Server::start_acl_user("alice", "se:cr@t/");
+    run(async {
+        let url = |login: &str| format!("redis://{login}@127.0.0.1:{}/1", server.port);
+        let o = opts(url("alice:se%3Acr%40t%2F"));
+        let c = RedisClient::new(o.clone()).unwrap();
+        c.set(b"k", b"as alice", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.get(b"k").await.unwrap().as_deref(),
+            Some(&b"as alice"[..])
+        );
+        let whoami = c.command(redis::cmd("ACL").arg("WHOAMI")).await.unwrap();
+        assert_eq!(whoami, redis::Value::BulkString(b"alice".to_vec()));
+        // `/1` selected database 1.
+        let db1 = c.command(&redis::cmd("DBSIZE")).await.unwrap();
+        assert_eq!(db1, redis::Value::Int(1));
+        assert_eq!(server.key_count(), Some(0), "database 0 stays empty");
+
+        // The subscriber logs in the same way.
+        let got: Rc<RefCell<Vec<Bytes>>> = Rc::default();
+        let stop = StopSignal::new();
+        let sub = monoio::spawn(subscribe(
+            o,
+            "corvid:purge".into(),
+            {
+                let got = Rc::clone(&got);
+                move |m| got.borrow_mut().push(m)
+            },
+            stop.clone(),
+        ));
+        poll_until(Duration::from_secs(3), "subscription active", || async {
+            (c.subscribers("corvid:purge").await.ok()? >= 1).then_some(())
+        })
+        .await;
+        c.publish("corvid:purge", b"from alice").await.unwrap();
+        poll_until(Duration::from_secs(3), "message delivered", || async {
+            (!got.borrow().is_empty()).then_some(())
+        })
+        .await;
+        stop.stop();
+        monoio::time::timeout(Duration::from_secs(1), sub)
+            .await
+            .expect("subscribe returns once stopped");
+
+        // A wrong password, the password alone (AUTH as `default`, which is off), no login.
+        for login in ["alice:wrong", ":se%3Acr%40t%2F"] {
+            let wrong = RedisClient::new(opts(url(login))).unwrap();
+            match wrong.get(b"k").await {
+                Err(RedisError::Protocol(m)) => assert!(m.contains("AUTH refused"), "{m}"),
+                other => panic!("{login}: {other:?}"),
+            }
+            assert!(
+                !wrong.is_up(),
+                "{login}: a refused login takes the client down"
+            );
+            assert!(matches!(wrong.get(b"k").await, Err(RedisError::Down)));
+        }
+        let anonymous =
+            RedisClient::new(opts(format!("redis://127.0.0.1:{}", server.port))).unwrap();
+        match anonymous.get(b"k").await {
+            Err(RedisError::Server(m)) => assert!(m.contains("NOAUTH"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     });
 }
 

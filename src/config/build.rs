@@ -602,10 +602,11 @@ fn redis(cx: &mut Ctx, mut s: Section) -> Option<RedisConfig> {
     let max_object_size = s.or(cx, "max_object_size", 4 << 20, positive_size);
     let timeout = s.or(cx, "timeout", Duration::from_millis(50), Ctx::timeout);
     s.finish(cx);
-    let mut r = url?;
-    r.max_object_size = max_object_size?;
-    r.timeout = timeout?;
-    Some(r)
+    Some(RedisConfig {
+        target: url?,
+        max_object_size: max_object_size?,
+        timeout: timeout?,
+    })
 }
 
 // ---- value rules (pure, `Err` is the problem message) ----
@@ -826,22 +827,54 @@ fn parse_token_source(t: &str) -> Result<TokenSource, String> {
     ))
 }
 
-pub(crate) fn parse_redis_url(url: &str) -> Result<RedisConfig, String> {
+/// The one parser of `cache.redis.url` (rules in the module docs). No message repeats the
+/// userinfo: `corvid check` prints them.
+pub(crate) fn parse_redis_url(url: &str) -> Result<RedisTarget, String> {
+    const FORMS: &str =
+        "write redis://:PASSWORD@host for a password, or redis://USER:PASSWORD@host for an ACL user";
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| "must start with redis:// or rediss://".to_string())?;
-    let tls = match scheme {
-        "redis" => false,
-        "rediss" => true,
-        _ => return Err(format!("scheme `{scheme}` must be redis or rediss")),
-    };
+        .ok_or_else(|| "must start with redis://, e.g. \"redis://127.0.0.1:6379\"".to_string())?;
+    if scheme.eq_ignore_ascii_case("rediss") {
+        return Err(
+            "rediss://: TLS to Redis is not supported yet (it comes in a later \
+                    release); use redis:// on a trusted network"
+                .into(),
+        );
+    }
+    if scheme.eq_ignore_ascii_case("unix") || scheme.eq_ignore_ascii_case("redis+unix") {
+        return Err(format!(
+            "{scheme}://: Redis over a Unix socket is not supported; use redis://host:port"
+        ));
+    }
+    if !scheme.eq_ignore_ascii_case("redis") {
+        // Named only when it looks like a scheme (RFC 3986), not like a mangled login.
+        let looks_like_one = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+        return Err(if looks_like_one {
+            format!("scheme `{scheme}` is not supported; use redis://")
+        } else {
+            "must start with redis://, e.g. \"redis://127.0.0.1:6379\"".into()
+        });
+    }
     if rest.contains(['?', '#']) {
-        return Err("must not have a query or fragment".into());
+        return Err(
+            "must not have a query or fragment ('?' or '#'): corvid takes no options \
+                    in the URL (a '?' or '#' in a password is written %3F or %23)"
+                .into(),
+        );
     }
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
+    if path.contains('@') {
+        return Err(
+            "a '/' comes before the '@': a '/' in a user name or password is written %2F".into(),
+        );
+    }
     let (userinfo, hostport) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
         None => (None, authority),
@@ -850,36 +883,40 @@ pub(crate) fn parse_redis_url(url: &str) -> Result<RedisConfig, String> {
         percent_encoding::percent_decode_str(s)
             .decode_utf8()
             .map(|c| c.into_owned())
-            .map_err(|_| "credentials are not valid UTF-8 after percent-decoding".to_string())
+            .map_err(|_| {
+                "the user name or password is not valid UTF-8 after percent-decoding".to_string()
+            })
     };
-    let (username, password) = match userinfo {
-        None => (None, None),
+    let auth = match userinfo {
+        None => None,
         Some(u) => {
-            let (user, pass) = match u.split_once(':') {
-                Some((a, b)) => (a, Some(b)),
-                None => (u, None),
+            let Some((user, pass)) = u.split_once(':') else {
+                return Err(format!(
+                    "the login before '@' has no ':', which is ambiguous (redis-rs reads it as a \
+                     user name, redis-cli as a password): {FORMS}"
+                ));
             };
-            let user = (!user.is_empty()).then(|| decode(user)).transpose()?;
-            let pass = pass.map(decode).transpose()?;
-            (user, pass)
+            if pass.is_empty() {
+                return Err(format!("the password before '@' is empty: {FORMS}"));
+            }
+            Some(RedisAuth {
+                username: (!user.is_empty()).then(|| decode(user)).transpose()?,
+                password: decode(pass)?,
+            })
         }
     };
     let (host, port) = parse_authority(hostport)?;
     let db = match path {
         "" | "/" => 0,
-        p => p[1..]
-            .parse::<u32>()
-            .map_err(|_| format!("path `{p}` must be a database number, e.g. /0"))?,
+        p => match p[1..].parse::<u32>() {
+            Ok(n) if p[1..].bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err(format!("path `{p}` must be a database number, e.g. /0")),
+        },
     };
-    Ok(RedisConfig {
-        url: url.to_owned(),
-        tls,
+    Ok(RedisTarget {
         host,
         port: port.unwrap_or(6379),
-        username,
-        password,
+        auth,
         db,
-        max_object_size: 4 << 20,
-        timeout: Duration::from_millis(50),
     })
 }

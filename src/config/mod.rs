@@ -84,8 +84,20 @@
 //!   `admin.listen` must differ from `server.listen`. `allow_networks`, if present, must not be
 //!   empty (omit it to allow any network); a bare address means a single host (`/32`, `/128`),
 //!   and a CIDR with host bits set (`10.1.0.0/8`) is an error, since it is usually a typo.
-//! * **Redis URL**: `redis://` or `rediss://` (TLS), optional `user:password@` (percent-decoded),
-//!   host (IPv6 bracketed), optional port (default 6379), optional `/DB` number; no query.
+//! * **Redis URL** (`cache.redis.url`, parsed once, into [`RedisTarget`]):
+//!   `redis://[[user]:password@]host[:port][/db]`. The scheme is `redis` (case-insensitive);
+//!   `rediss://` (TLS to Redis) is refused because it is not supported yet (it comes later), and
+//!   so are Unix sockets (`unix://`, `redis+unix://`). The host is a name or an IP address, IPv6
+//!   in brackets (`redis://[::1]:6380`); the port defaults to 6379; the path is empty, `/` or a
+//!   database number (`/2`, sent as `SELECT 2`). No query or fragment (`?`/`#`): corvid takes no
+//!   options in the URL. The login follows redis-rs and redis-cli:
+//!   `redis://:password@host` sends `AUTH password` (`requirepass`, or the `default` ACL user),
+//!   `redis://user:password@host` sends `AUTH user password` (an ACL user); both parts are
+//!   percent-decoded, so a `:`, `@`, `/`, `?`, `#` or `%` in them is written `%3A`, `%40`,
+//!   `%2F`, `%3F`, `%23`, `%25`. `redis://secret@host` (no `:`) is refused: redis-rs reads it
+//!   as a user name and redis-cli as a password, and guessing could send a password as a user
+//!   name or silently not log in. An empty password (`redis://user:@host`, `redis://:@host`) is
+//!   refused too. Error messages never repeat the credentials.
 //! * **Secrets** (`secret_key`, `session_token`, `jwt.secret`, the redis password) are redacted
 //!   from `Debug` output so a logged config does not leak them.
 
@@ -555,35 +567,66 @@ pub struct DiskConfig {
     pub segment_size: u64,
 }
 
-#[derive(Clone, PartialEq, Eq)]
+/// `[cache.redis]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// The URL as configured (after `${ENV}` expansion).
-    pub url: String,
-    /// `rediss://`.
-    pub tls: bool,
-    /// Host name or IP (IPv6 without brackets).
-    pub host: String,
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// Database number from the URL path; 0 if absent.
-    pub db: u32,
+    /// The server and the login, parsed from `cache.redis.url`.
+    pub target: RedisTarget,
     pub max_object_size: u64,
     /// Per-operation timeout; a slow Redis counts as a miss.
     pub timeout: Duration,
 }
 
-impl fmt::Debug for RedisConfig {
+/// A parsed `cache.redis.url`: where the Redis server is and how to log into it. The one
+/// parser of Redis URLs is its [`FromStr`](std::str::FromStr) (the rules are in the module
+/// docs); the Redis client takes this value, never the URL text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// Lower-cased host name or IP address; IPv6 without brackets.
+    pub host: String,
+    /// Explicit port, or 6379.
+    pub port: u16,
+    /// `AUTH` on every new connection; `None` = no `AUTH`.
+    pub auth: Option<RedisAuth>,
+    /// Database number from the URL path (`SELECT` when not 0); 0 if absent.
+    pub db: u32,
+}
+
+impl RedisTarget {
+    /// `host:port` with an IPv6 address bracketed (the form `ToSocketAddrs` and logs take).
+    /// Never includes the credentials.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for RedisTarget {
+    type Err = String;
+
+    /// Parses `redis://[[user]:password@]host[:port][/db]`; `Err` is the problem message (which
+    /// never repeats the credentials).
+    fn from_str(url: &str) -> Result<RedisTarget, String> {
+        build::parse_redis_url(url)
+    }
+}
+
+/// The login of a [`RedisTarget`]: `AUTH password` (Redis `requirepass`, or the `default` ACL
+/// user) or `AUTH user password` (an ACL user). A user name always comes with a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisAuth {
+    pub username: Option<String>,
+    pub password: String,
+}
+
+impl fmt::Debug for RedisAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("tls", &self.tls)
-            .field("host", &self.host)
-            .field("port", &self.port)
+        f.debug_struct("RedisAuth")
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| Redacted))
-            .field("db", &self.db)
-            .field("max_object_size", &self.max_object_size)
-            .field("timeout", &self.timeout)
+            .field("password", &Redacted)
             .finish()
     }
 }

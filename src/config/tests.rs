@@ -227,7 +227,7 @@ capacity = "50GiB"
 segment_size = "50GiB"
 
 [cache.redis]
-url = "rediss://user:p%40ss@redis.local:6380/2"
+url = "redis://user:p%40ss@Redis.Local:6380/2"
 max_object_size = "1MiB"
 timeout = "20ms"
 "#;
@@ -326,12 +326,18 @@ timeout = "20ms"
     assert_eq!(disk.capacity, 50 << 30);
     assert_eq!(disk.segment_size, 50 << 30);
     let redis = cache.redis.as_ref().unwrap();
-    assert!(redis.tls);
-    assert_eq!(redis.host, "redis.local");
-    assert_eq!(redis.port, 6380);
-    assert_eq!(redis.username.as_deref(), Some("user"));
-    assert_eq!(redis.password.as_deref(), Some("p@ss"));
-    assert_eq!(redis.db, 2);
+    assert_eq!(
+        redis.target,
+        RedisTarget {
+            host: "redis.local".into(),
+            port: 6380,
+            auth: Some(RedisAuth {
+                username: Some("user".into()),
+                password: "p@ss".into()
+            }),
+            db: 2,
+        }
+    );
     assert_eq!(redis.max_object_size, 1 << 20);
     assert_eq!(redis.timeout, Duration::from_millis(20));
 
@@ -1416,33 +1422,137 @@ fn cache_rules() {
     let redis = |url: &str| cache(&format!("[cache.redis]\nurl = {url:?}"));
     let r = ok(&redis("redis://127.0.0.1")).cache.redis.unwrap();
     assert_eq!(
-        (r.tls, r.host.as_str(), r.port, r.db),
-        (false, "127.0.0.1", 6379, 0)
-    );
-    assert_eq!(
         (r.max_object_size, r.timeout),
         (4 << 20, Duration::from_millis(50))
     );
-    let r = ok(&redis("redis://:pw@[::1]:7000/")).cache.redis.unwrap();
-    assert_eq!(
+    let target = |url: &str| ok(&redis(url)).cache.redis.unwrap().target;
+    let login = |user: Option<&str>, password: &str| {
+        Some(RedisAuth {
+            username: user.map(str::to_owned),
+            password: password.to_owned(),
+        })
+    };
+    let t = |host: &str, port, auth, db| RedisTarget {
+        host: host.to_owned(),
+        port,
+        auth,
+        db,
+    };
+    for (url, want) in [
+        ("redis://127.0.0.1", t("127.0.0.1", 6379, None, 0)),
+        ("redis://cache.internal", t("cache.internal", 6379, None, 0)),
         (
-            r.host.as_str(),
-            r.port,
-            r.username.as_deref(),
-            r.password.as_deref()
+            "REDIS://Cache.Internal:7000",
+            t("cache.internal", 7000, None, 0),
         ),
-        ("::1", 7000, None, Some("pw"))
-    );
-    assert!(!format!("{r:?}").contains("pw"));
+        ("redis://[::1]", t("::1", 6379, None, 0)),
+        ("redis://[::1]:7000/", t("::1", 7000, None, 0)),
+        ("redis://r/0", t("r", 6379, None, 0)),
+        ("redis://r:6380/15", t("r", 6380, None, 15)),
+        ("redis://:pw@r", t("r", 6379, login(None, "pw"), 0)),
+        (
+            "redis://:pw@[::1]:7000/",
+            t("::1", 7000, login(None, "pw"), 0),
+        ),
+        (
+            "redis://alice:secret@r:6380/2",
+            t("r", 6380, login(Some("alice"), "secret"), 2),
+        ),
+        // Percent-decoded; ':' after the first is part of the password; the last '@' ends it.
+        (
+            "redis://al%69ce%3Ax:p%40ss%3Aw%2F%3F%23%25@r",
+            t("r", 6379, login(Some("alice:x"), "p@ss:w/?#%"), 0),
+        ),
+        (
+            "redis://u:a:b@c@r",
+            t("r", 6379, login(Some("u"), "a:b@c"), 0),
+        ),
+        (
+            "redis://:%C3%A9t%C3%A9@r",
+            t("r", 6379, login(None, "été"), 0),
+        ),
+    ] {
+        assert_eq!(target(url), want, "{url}");
+        assert_eq!(url.parse::<RedisTarget>().as_ref(), Ok(&want), "{url}");
+    }
+    assert_eq!(target("redis://[::1]:7000").authority(), "[::1]:7000");
+    assert_eq!(target("redis://r").authority(), "r:6379");
+
+    let tls = "TLS to Redis is not supported yet";
+    let forms = "redis://:PASSWORD@host for a password, or redis://USER:PASSWORD@host";
     for (url, needle) in [
-        ("http://r", "scheme `http` must be redis or rediss"),
+        ("rediss://r", tls),
+        ("rediss://:pw@r:6380/1", tls),
+        ("REDISS://r", tls),
+        ("unix:///run/redis.sock", "Unix socket is not supported"),
+        (
+            "redis+unix:///run/redis.sock",
+            "Unix socket is not supported",
+        ),
+        ("http://r", "scheme `http` is not supported; use redis://"),
         ("127.0.0.1:6379", "must start with redis://"),
         ("redis://", "has no host"),
-        ("redis://r:abc", "not a valid port"),
-        ("redis://r/db", "must be a database number"),
-        ("redis://r?x=1", "query"),
+        ("redis:///0", "has no host"),
+        ("redis://:pw@", "has no host"),
+        ("redis://:6379", "has no host"),
+        ("redis://r:abc", "`abc` is not a valid port"),
+        ("redis://r:0", "`0` is not a valid port"),
+        ("redis://r:65536", "`65536` is not a valid port"),
+        ("redis://r:", "is not a valid port"),
+        ("redis://::1", "IPv6 address must be in brackets"),
+        ("redis://[::1", "unclosed '['"),
+        ("redis://[nope]", "is not an IPv6 address"),
+        ("redis://r r", "is not a valid host name"),
+        ("redis://r/db", "path `/db` must be a database number"),
+        ("redis://r/-1", "must be a database number"),
+        ("redis://r/+1", "must be a database number"),
+        ("redis://r/1/", "must be a database number"),
+        ("redis://r/4294967296", "must be a database number"),
+        ("redis://r?x=1", "must not have a query or fragment"),
+        (
+            "redis://r/0?protocol=resp3",
+            "must not have a query or fragment",
+        ),
+        ("redis://r?", "must not have a query or fragment"),
+        ("redis://r#frag", "must not have a query or fragment"),
+        ("redis://:pa#ss@r", "%23"),
+        ("redis://:pa/ss@r", "%2F"),
+        ("redis://secret@r", "ambiguous"),
+        ("redis://secret@r", forms),
+        ("redis://alice:@r", "password before '@' is empty"),
+        ("redis://:@r", "password before '@' is empty"),
+        ("redis://@r", "ambiguous"),
+        ("redis://:%FF@r", "not valid UTF-8"),
     ] {
         has_problem(&redis(url), "cache.redis.url", needle);
+        let direct = url.parse::<RedisTarget>().unwrap_err();
+        assert!(direct.contains(needle), "{url}: {direct}");
+    }
+    // No message repeats a credential (`corvid check` prints them).
+    for url in [
+        "redis://hunter2@r",
+        "redis://alice:hunter2@r r",
+        "redis://alice:hunter2@r:99999",
+        "redis://:hunter2@r/x",
+        "redis://:hun/ter2@r",
+        "redis://:hunter2@r?x",
+        "redis://:hunter2%FF@r",
+        "rediss://alice:hunter2@r",
+        ":hunter2@r://x",
+    ] {
+        let e = url.parse::<RedisTarget>().unwrap_err();
+        assert!(!e.contains("hunter2") && !e.contains("ter2"), "{url}: {e}");
+        let ps = problems(&redis(url));
+        assert!(
+            ps.iter().all(|p| !p.message.contains("ter2")),
+            "{url}: {ps:?}"
+        );
+    }
+    // Nor does Debug output (logged configs).
+    let c = ok(&redis("redis://alice:hunter2@r"));
+    for dbg in [format!("{c:?}"), format!("{c:#?}")] {
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("alice"), "{dbg}");
     }
     has_problem(
         &cache("[cache.redis]\nurl = \"redis://r\"\ntimeout = 0"),

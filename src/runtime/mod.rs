@@ -137,9 +137,10 @@ impl Shared {
             .unwrap_or(0)
             ^ (std::process::id() as u64).rotate_left(32)) as u32;
         if let Some(r) = &config.cache.redis {
-            // Parse the URL now so that a bad one is a start-up error, not a silent miss.
+            // The config parsed and checked the URL; this checks the options built from it, so
+            // that a bad one is a start-up error rather than a tier silently disabled per worker.
             crate::cache::redis::RedisClient::new(worker::redis_options(r))
-                .map_err(|e| format!("cache.redis.url: {e}"))?;
+                .map_err(|e| format!("cache.redis: {e}"))?;
         }
         let tiers = Tiers::new(&config.cache)?;
         let nofile = fdlimit::current().map_or(1024, |(soft, _)| soft);

@@ -111,7 +111,7 @@ pub fn redis_options(cfg: &crate::config::RedisConfig) -> RedisOptions {
         // queued behind it (64 KiB GETs: 8.5k/s on one connection, 25k/s on two; perf/RESULTS.md).
         connections: 2,
         max_value_size: usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX),
-        ..RedisOptions::new(cfg.url.clone())
+        ..RedisOptions::new(cfg.target.clone())
     }
 }
 

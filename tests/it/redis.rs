@@ -124,3 +124,196 @@ fn redis_has_keys(redis: &RedisServer) -> bool {
     let reply = String::from_utf8_lossy(&buf[..n]);
     reply.starts_with(':') && reply.trim_start_matches(':').trim() != "0"
 }
+
+/// Two corvids log into `redis` with the login in `url`: the first fills Redis, the second
+/// serves from it.
+fn fills_and_serves_with(redis: &RedisServer, url: &str, secret: &str) {
+    let origin = Origin::start();
+    origin.create_bucket("rds");
+    let body = pattern_bytes(20_000, 7);
+    origin.put("rds", "login.bin", &body);
+    let a = Corvid::start(&config(free_port(), &origin, url));
+    let b = Corvid::start(&config(free_port(), &origin, url));
+    let r = http::get(a.addr(), "/rds/login.bin", &[]);
+    assert_eq!(
+        (r.status, r.header("x-cache")),
+        (200, Some("MISS")),
+        "{url}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || redis.key_count() == Some(1)),
+        "{url}: the fill reached Redis"
+    );
+    let r = http::get(b.addr(), "/rds/login.bin", &[]);
+    assert_eq!(
+        (r.status, r.header("x-cache"), r.header("x-cache-layer")),
+        (200, Some("HIT"), Some("redis")),
+        "{url}: {:?}",
+        r.headers
+    );
+    assert!(r.body == body, "{url}");
+    assert_eq!(origin.count("GET"), 1, "{url}");
+    for c in [&a, &b] {
+        let m = http::get(c.addr(), "/metrics", &[]).text();
+        assert!(
+            m.contains("corvid_cache_errors_total{layer=\"redis\"} 0"),
+            "{url}: no Redis errors with the right login\n{m}"
+        );
+        assert!(!c.stderr().contains(secret), "{url}: secret logged");
+    }
+}
+
+#[test]
+fn requirepass_and_acl_user_logins_fill_and_serve_from_redis() {
+    let redis = RedisServer::start(&["--requirepass", "pa:ss@1"]);
+    fills_and_serves_with(
+        &redis,
+        &format!("redis://:pa%3Ass%401@127.0.0.1:{}", redis.port),
+        "pa:ss@1",
+    );
+    let redis = RedisServer::start_acl_user("alice", "s3cret");
+    fills_and_serves_with(
+        &redis,
+        &format!("redis://alice:s3cret@127.0.0.1:{}", redis.port),
+        "s3cret",
+    );
+}
+
+#[test]
+fn a_wrong_login_degrades_to_misses_and_the_origin_still_serves() {
+    let requirepass = RedisServer::start(&["--requirepass", "right"]);
+    let acl = RedisServer::start_acl_user("alice", "right");
+    for (redis, login) in [
+        (&requirepass, ":wr0ngpw"),
+        (&acl, "alice:wr0ngpw"),
+        // The right password without the user logs in as `default`, which is off.
+        (&acl, ":right"),
+    ] {
+        let url = format!("redis://{login}@127.0.0.1:{}", redis.port);
+        let origin = Origin::start();
+        origin.create_bucket("rds");
+        for i in 0..5 {
+            origin.put("rds", &format!("k{i}"), format!("value {i}").as_bytes());
+        }
+        let mut c = Corvid::start(&config(free_port(), &origin, &url));
+        for i in 0..5 {
+            let r = http::get(c.addr(), &format!("/rds/k{i}"), &[]);
+            assert_eq!(
+                (r.status, r.header("x-cache")),
+                (200, Some("MISS")),
+                "{url}: {}",
+                r.text()
+            );
+            assert_eq!(r.body, format!("value {i}").as_bytes(), "{url}");
+        }
+        assert_eq!(origin.count("GET"), 5, "{url}");
+        assert_eq!(redis.key_count(), Some(0), "{url}: nothing reached Redis");
+        let m = http::get(c.addr(), "/metrics", &[]).text();
+        assert!(
+            !m.contains("corvid_cache_errors_total{layer=\"redis\"} 0"),
+            "{url}: the refused login is counted\n{m}"
+        );
+        assert!(c.is_running(), "{url}");
+        let logs = c.stderr();
+        assert!(logs.contains("AUTH refused"), "{url}: {logs}");
+        assert!(
+            !logs.contains("wr0ngpw"),
+            "{url}: the password was logged: {logs}"
+        );
+    }
+}
+
+/// The verdict on a config: `Ok` = valid (check exits 0, serve starts), `Err(output)` = refused
+/// (exit 1 with what was printed).
+fn check_verdict(toml: &str) -> Result<String, String> {
+    let out = check(toml);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    match out.status.code() {
+        Some(0) => Ok(text),
+        Some(1) => Err(text),
+        other => panic!("corvid check exited with {other:?}: {text}"),
+    }
+}
+
+fn serve_verdict(toml: &str) -> Result<String, String> {
+    let mut c = Corvid::spawn(toml);
+    match c.wait_healthy_or_exit() {
+        None => {
+            let status = c.terminate(Duration::from_secs(10));
+            assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", c.stderr());
+            Ok(c.stdout() + &c.stderr())
+        }
+        Some(status) => {
+            let text = c.stdout() + &c.stderr();
+            assert_eq!(status.code(), Some(1), "corvid serve: {text}");
+            Err(text)
+        }
+    }
+}
+
+#[test]
+fn check_and_serve_agree_on_every_redis_url() {
+    let origin = Origin::start();
+    origin.create_bucket("rds");
+    // Nothing listens here: a down Redis is a miss, not a start-up error.
+    let p = redis_port();
+    let valid = [
+        format!("redis://127.0.0.1:{p}"),
+        format!("REDIS://127.0.0.1:{p}/"),
+        format!("redis://:hunter2@127.0.0.1:{p}/1"),
+        format!("redis://alice:hunter2@127.0.0.1:{p}"),
+        format!("redis://al%69ce:hun%40ter2@[::1]:{p}/0"),
+        format!("redis://localhost:{p}"),
+    ];
+    let tls = "TLS to Redis is not supported yet";
+    let invalid = [
+        (format!("rediss://127.0.0.1:{p}"), tls),
+        (format!("rediss://alice:hunter2@127.0.0.1:{p}/1"), tls),
+        (format!("redis://hunter2@127.0.0.1:{p}"), "ambiguous"),
+        (
+            format!("redis://alice:@127.0.0.1:{p}"),
+            "password before '@' is empty",
+        ),
+        ("redis+unix:///tmp/redis.sock".into(), "Unix socket"),
+        (format!("http://127.0.0.1:{p}"), "use redis://"),
+        (format!("redis://127.0.0.1:{p}/?protocol=resp3"), "query"),
+        (
+            format!("redis://:hunter2@127.0.0.1:{p}#x"),
+            "query or fragment",
+        ),
+        (format!("redis://:{p}"), "has no host"),
+        ("redis://127.0.0.1:0".into(), "not a valid port"),
+        (format!("redis://127.0.0.1:{p}/db"), "database number"),
+        ("".into(), "must not be empty"),
+    ];
+    for url in &valid {
+        let toml = config(free_port(), &origin, url);
+        let checked = check_verdict(&toml);
+        let served = serve_verdict(&toml);
+        assert!(checked.is_ok(), "check refused {url}: {checked:?}");
+        assert!(served.is_ok(), "serve refused {url}: {served:?}");
+        for out in [checked.unwrap(), served.unwrap()] {
+            assert!(
+                !out.contains("hunter2") && !out.contains("ter2"),
+                "{url}: {out}"
+            );
+        }
+    }
+    for (url, needle) in &invalid {
+        let toml = config(free_port(), &origin, url);
+        let checked = check_verdict(&toml);
+        let served = serve_verdict(&toml);
+        assert!(checked.is_err(), "check accepted {url}: {checked:?}");
+        assert!(served.is_err(), "serve accepted {url}: {served:?}");
+        for out in [checked.unwrap_err(), served.unwrap_err()] {
+            assert!(
+                out.contains("cache.redis.url: ") && out.contains(needle),
+                "{url}: no `cache.redis.url: ...{needle}...` in {out}"
+            );
+            assert!(
+                !out.contains("hunter2") && !out.contains("ter2"),
+                "{url}: {out}"
+            );
+        }
+    }
+}

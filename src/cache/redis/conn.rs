@@ -26,8 +26,8 @@ use monoio::time::Instant;
 
 use super::resolve;
 use super::resp::{self, RespReader};
-use super::url::Target;
 use super::RedisError;
+use crate::config::RedisTarget;
 
 /// Largest write buffer kept between batches; a batch that carried a big SET gives its memory
 /// back.
@@ -78,7 +78,7 @@ pub struct Conn {
 impl Conn {
     /// Starts a connection to `target`: returns at once; requests can be queued immediately and
     /// are sent once the TCP connection and the AUTH/SELECT handshake are on their way.
-    pub fn open(target: &Target, connect_timeout: Duration, max_reply: usize) -> Rc<Conn> {
+    pub fn open(target: &RedisTarget, connect_timeout: Duration, max_reply: usize) -> Rc<Conn> {
         let conn = Rc::new(Conn {
             closed: Cell::new(false),
             out: RefCell::new(Vec::new()),
@@ -86,7 +86,7 @@ impl Conn {
             writer_waker: RefCell::new(None),
             io_wakers: RefCell::new(Vec::new()),
         });
-        for (name, cmd) in target.handshake() {
+        for (name, cmd) in handshake(target) {
             cmd.write_packed_command(&mut conn.out.borrow_mut());
             conn.pending.borrow_mut().push_back(Pending::Setup(name));
         }
@@ -203,9 +203,30 @@ impl Conn {
     }
 }
 
+/// The commands sent on every new connection to `target`, before anything else: `AUTH [user]
+/// password` when the URL has a login, `SELECT db` when its database is not 0. The name is for
+/// the error when Redis refuses one.
+pub fn handshake(target: &RedisTarget) -> Vec<(&'static str, redis::Cmd)> {
+    let mut cmds = Vec::new();
+    if let Some(login) = &target.auth {
+        let mut auth = redis::cmd("AUTH");
+        if let Some(user) = &login.username {
+            auth.arg(user);
+        }
+        auth.arg(&login.password);
+        cmds.push(("AUTH", auth));
+    }
+    if target.db != 0 {
+        let mut select = redis::cmd("SELECT");
+        select.arg(target.db);
+        cmds.push(("SELECT", select));
+    }
+    cmds
+}
+
 /// Connects to `target` by `deadline`: its host resolved off this thread ([`resolve`]), then
 /// each address in turn until one accepts.
-pub async fn connect(target: &Target, deadline: Instant) -> Result<TcpStream, RedisError> {
+pub async fn connect(target: &RedisTarget, deadline: Instant) -> Result<TcpStream, RedisError> {
     let attempt = async {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
         for addr in resolve::resolve(&target.host, target.port).await? {
@@ -226,7 +247,7 @@ pub async fn connect(target: &Target, deadline: Instant) -> Result<TcpStream, Re
     }
 }
 
-async fn writer(conn: Rc<Conn>, target: Target, connect_timeout: Duration, max_reply: usize) {
+async fn writer(conn: Rc<Conn>, target: RedisTarget, connect_timeout: Duration, max_reply: usize) {
     let deadline = Instant::now() + connect_timeout;
     let stream = match conn.or_closed(connect(&target, deadline)).await {
         None => return,

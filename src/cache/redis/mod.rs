@@ -1,11 +1,13 @@
 //! The Redis tier: corvid's third cache tier, a real Redis (or Valkey) at `cache.redis.url`
 //! shared by several corvid instances, plus the pub/sub channel they use to broadcast purges.
 //!
-//! This module owns the client side of that: URL parsing ([`url`]), host name resolution off
-//! the worker thread ([`resolve`]), RESP framing over monoio TCP (`resp`, with the `redis`
+//! This module owns the client side of that: host name resolution off the worker thread
+//! ([`resolve`]), RESP framing over monoio TCP (`resp`, with the `redis`
 //! crate's command encoding and reply parser, never its connection layer or runtime), the
 //! per-worker pipelined connections (`conn`), the up/down state machine below, and the purge
-//! subscriber ([`subscribe`]).
+//! subscriber ([`subscribe`]). The URL is not parsed here: the config parses it once into a
+//! [`RedisTarget`] (see [`crate::config`] for the rules), which [`RedisOptions`] carries; this
+//! module only turns it into the `AUTH`/`SELECT` handshake of every new connection.
 //!
 //! # Pipelining
 //! A [`RedisClient`] lives on one worker thread and owns `connections` (default 1) pipelined
@@ -46,7 +48,6 @@ mod conn;
 pub mod pubsub;
 pub mod resolve;
 mod resp;
-pub mod url;
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -58,15 +59,15 @@ use bytes::Bytes;
 use monoio::time::Instant;
 
 use self::conn::Conn;
-use self::url::Target;
+use crate::config::RedisTarget;
 
 pub use self::pubsub::{subscribe, StopSignal};
 
 /// Settings of the Redis tier (from `cache.redis.*`).
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://[[user]:password@]host[:port][/db]`.
-    pub url: String,
+    /// The server, login and database (from `cache.redis.url`).
+    pub target: RedisTarget,
     /// Bound on every operation: connecting, the handshake and the round trip.
     pub timeout: Duration,
     /// Largest value corvid stores; larger `set`s are refused without IO.
@@ -85,9 +86,9 @@ pub struct RedisOptions {
 impl RedisOptions {
     /// Options with corvid's defaults: 50 ms timeout, 4 MiB values, prefix `corvid:`, one
     /// connection per worker, backoff 100 ms doubling to 5 s.
-    pub fn new(url: impl Into<String>) -> RedisOptions {
+    pub fn new(target: RedisTarget) -> RedisOptions {
         RedisOptions {
-            url: url.into(),
+            target,
             timeout: Duration::from_millis(50),
             max_value_size: 4 << 20,
             key_prefix: "corvid:".into(),
@@ -155,7 +156,6 @@ struct Health {
 
 struct Inner {
     opts: RedisOptions,
-    target: Target,
     conns: RefCell<Vec<Option<Rc<Conn>>>>,
     next_conn: Cell<usize>,
     health: RefCell<Health>,
@@ -170,17 +170,14 @@ pub struct RedisClient {
 }
 
 impl RedisClient {
-    /// Parses the URL (`redis://` only) and checks the options; does no IO: the first operation
-    /// connects.
+    /// Checks the options; does no IO: the first operation connects.
     pub fn new(opts: RedisOptions) -> Result<RedisClient, String> {
-        let target = url::parse(&opts.url)?;
         if opts.timeout.is_zero() {
             return Err("the redis timeout must be greater than zero".into());
         }
         let n = opts.connections.max(1);
         Ok(RedisClient {
             inner: Rc::new(Inner {
-                target,
                 conns: RefCell::new(vec![None; n]),
                 next_conn: Cell::new(0),
                 health: RefCell::new(Health {
@@ -395,7 +392,11 @@ impl RedisClient {
         match &conns[i] {
             Some(c) if !c.is_closed() => Rc::clone(c),
             _ => {
-                let c = Conn::open(&inner.target, inner.opts.timeout, inner.opts.max_reply());
+                let c = Conn::open(
+                    &inner.opts.target,
+                    inner.opts.timeout,
+                    inner.opts.max_reply(),
+                );
                 conns[i] = Some(Rc::clone(&c));
                 c
             }
@@ -511,10 +512,46 @@ mod tests {
         assert!(parse_scan(Int(3)).is_err());
     }
 
+    fn target(url: &str) -> RedisTarget {
+        url.parse().unwrap()
+    }
+
     #[test]
-    fn new_checks_url_without_io() {
-        assert!(RedisClient::new(RedisOptions::new("redis://127.0.0.1:1")).is_ok());
-        assert!(RedisClient::new(RedisOptions::new("rediss://127.0.0.1:1")).is_err());
+    fn new_checks_options_without_io() {
+        assert!(RedisClient::new(RedisOptions::new(target("redis://127.0.0.1:1"))).is_ok());
+        let mut opts = RedisOptions::new(target("redis://127.0.0.1:1"));
+        opts.timeout = Duration::ZERO;
+        assert!(RedisClient::new(opts).is_err());
+    }
+
+    #[test]
+    fn handshake_follows_the_target() {
+        let names = |url: &str| -> Vec<(&str, Vec<u8>)> {
+            conn::handshake(&target(url))
+                .into_iter()
+                .map(|(n, c)| (n, c.get_packed_command()))
+                .collect()
+        };
+        assert!(names("redis://h").is_empty());
+        assert!(names("redis://h/0").is_empty());
+        let packed = |args: &[&str]| {
+            let mut c = redis::cmd(args[0]);
+            for a in &args[1..] {
+                c.arg(*a);
+            }
+            c.get_packed_command()
+        };
+        assert_eq!(
+            names("redis://:p%40ss@h"),
+            [("AUTH", packed(&["AUTH", "p@ss"]))]
+        );
+        assert_eq!(
+            names("redis://alice:pw@h/3"),
+            [
+                ("AUTH", packed(&["AUTH", "alice", "pw"])),
+                ("SELECT", packed(&["SELECT", "3"]))
+            ]
+        );
     }
 
     #[test]
@@ -524,7 +561,7 @@ mod tests {
             .build();
         rt.unwrap().block_on(async {
             // Port 1 on loopback: connection refused at once.
-            let mut opts = RedisOptions::new("redis://127.0.0.1:1");
+            let mut opts = RedisOptions::new(target("redis://127.0.0.1:1"));
             opts.backoff_initial = Duration::from_secs(60);
             let c = RedisClient::new(opts).unwrap();
             assert!(c.is_up());

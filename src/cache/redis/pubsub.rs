@@ -18,8 +18,8 @@ use monoio::time::Instant;
 
 use super::conn;
 use super::resp::{self, RespReader};
-use super::url::{self, Target};
 use super::{RedisError, RedisOptions};
+use crate::config::RedisTarget;
 
 /// TCP keepalive on the subscription: it is idle for long stretches and has no request timeout,
 /// so a vanished server is only noticed this way (after about 15 s + 3 × 5 s).
@@ -77,20 +77,13 @@ impl StopSignal {
 /// Subscribes to `channel` and calls `on_message` with the payload of every message, in order.
 /// Reconnects (backoff `opts.backoff_initial` doubling to `opts.backoff_max`) whenever the
 /// connection fails, forever; returns only once `stop` is set (promptly: pending IO is
-/// cancelled), or at once if `opts.url` is invalid (logged as an error). Run it as a monoio task.
+/// cancelled). Run it as a monoio task.
 pub async fn subscribe(
     opts: RedisOptions,
     channel: String,
     mut on_message: impl FnMut(Bytes) + 'static,
     stop: StopSignal,
 ) {
-    let target = match url::parse(&opts.url) {
-        Ok(t) => t,
-        Err(e) => {
-            log::error!("redis subscriber not started: {e}");
-            return;
-        }
-    };
     let mut backoff = opts.backoff_initial;
     // None until the first attempt settles, so a subscriber that never connects still warns.
     let mut up: Option<bool> = None;
@@ -106,7 +99,7 @@ pub async fn subscribe(
             }
         };
         let attempt = session(
-            &target,
+            &opts.target,
             &opts,
             &channel,
             &mut on_message,
@@ -138,7 +131,7 @@ pub async fn subscribe(
 
 /// One connection's life: connect, AUTH, SUBSCRIBE, then deliver messages until it fails.
 async fn session(
-    target: &Target,
+    target: &RedisTarget,
     opts: &RedisOptions,
     channel: &str,
     on_message: &mut impl FnMut(Bytes),
@@ -157,7 +150,7 @@ async fn session(
 
     let mut out = Vec::new();
     let mut setup = Vec::new();
-    for (name, cmd) in target.handshake() {
+    for (name, cmd) in conn::handshake(target) {
         if name == "AUTH" {
             cmd.write_packed_command(&mut out);
             setup.push(name);

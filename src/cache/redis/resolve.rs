@@ -34,7 +34,7 @@ struct Lookup {
     reply: flume::Sender<Answer>,
 }
 
-/// The address of an IP-literal host (IPv6 without brackets, as [`super::url`] stores it).
+/// The address of an IP-literal host (IPv6 without brackets, as [`crate::config::RedisTarget`] stores it).
 pub fn literal(host: &str, port: u16) -> Option<SocketAddr> {
     host.parse::<IpAddr>()
         .ok()

@@ -178,6 +178,31 @@ impl Corvid {
         }
     }
 
+    /// For a `spawn`ed corvid: waits until it either answers `GET /health` with 200 (`None`)
+    /// or exits (`Some(status)`), whichever comes first; fails the test after
+    /// [`STARTUP_TIMEOUT`] with neither.
+    pub fn wait_healthy_or_exit(&mut self) -> Option<ExitStatus> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            let probe = http::try_request(self.addr, "GET", "/health", &[], Duration::from_secs(1));
+            if matches!(probe, Ok(ref r) if r.status == 200) {
+                return None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "corvid neither healthy nor exited after {STARTUP_TIMEOUT:?}\n--- stderr ---\n{}",
+                self.stderr()
+            );
+            // Polling backoff, as in `wait_healthy`.
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -305,6 +330,36 @@ impl Drop for Corvid {
         if std::thread::panicking() && std::env::var_os("CORVID_IT_SHOW_STDERR").is_some() {
             eprintln!("--- corvid stderr ---\n{}", self.stderr());
         }
+    }
+}
+
+/// What `corvid check` did with a config.
+pub struct CheckOutcome {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Writes `config_toml` to a temp file and runs `corvid check --config FILE` to completion.
+pub fn check(config_toml: &str) -> CheckOutcome {
+    let dir = tempfile::Builder::new()
+        .prefix("corvid-check-")
+        .tempdir()
+        .expect("corvid temp dir");
+    let config_path = dir.path().join("corvid.toml");
+    std::fs::write(&config_path, config_toml).expect("write config");
+    let out = Command::new(corvid_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&config_path)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {} check: {e}", corvid_bin()));
+    CheckOutcome {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

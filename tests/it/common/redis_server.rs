@@ -14,20 +14,51 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     extra: Vec<String>,
+    /// The login of the helper's own connections (PING, DBSIZE): `(user, password)`.
+    login: Option<(Option<String>, String)>,
     _dir: tempfile::TempDir,
 }
 
 impl RedisServer {
+    /// Starts with `extra` command-line arguments (`--requirepass PW` among them makes the
+    /// helper's own connections log in with that password).
     pub fn start(extra: &[&str]) -> RedisServer {
         Self::start_on(free_port(), extra)
     }
 
     /// Starts on a given port (e.g. one a corvid instance was already pointed at).
     pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        let login = extra
+            .iter()
+            .position(|a| *a == "--requirepass")
+            .map(|i| (None, extra[i + 1].to_string()));
+        Self::start_with_login(port, extra, login)
+    }
+
+    /// Starts with the `default` user disabled and one ACL user `user` with password `password`
+    /// allowed every key, channel and command: only `AUTH user password` gets in.
+    pub fn start_acl_user(user: &str, password: &str) -> RedisServer {
+        let pass = format!(">{password}");
+        let extra = [
+            "--user", "default", "off", "--user", user, "on", &pass, "~*", "&*", "+@all",
+        ];
+        Self::start_with_login(
+            free_port(),
+            &extra,
+            Some((Some(user.to_string()), password.to_string())),
+        )
+    }
+
+    fn start_with_login(
+        port: u16,
+        extra: &[&str],
+        login: Option<(Option<String>, String)>,
+    ) -> RedisServer {
         let mut s = RedisServer {
             child: None,
             port,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            login,
             _dir: tempfile::tempdir().unwrap(),
         };
         s.restart();
@@ -68,45 +99,34 @@ impl RedisServer {
     }
 
     pub fn answers_ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let auth = self
-            .extra
-            .iter()
-            .position(|a| a == "--requirepass")
-            .map(|i| self.extra[i + 1].clone());
-        if let Some(pw) = auth {
-            let _ = write!(s, "*2\r\n$4\r\nAUTH\r\n${}\r\n{}\r\n", pw.len(), pw);
-            let mut buf = [0u8; 5];
-            if s.read_exact(&mut buf).is_err() {
-                return false;
-            }
-        }
-        if s.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 7];
-        s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        self.command(&["PING"]).as_deref() == Some(b"+PONG".as_slice())
     }
 
     /// `DBSIZE`: how many keys the server holds (None when it does not answer).
     pub fn key_count(&self) -> Option<u64> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-        s.write_all(b"*1\r\n$6\r\nDBSIZE\r\n").ok()?;
-        let mut reply = Vec::new();
-        let mut byte = [0u8; 1];
-        while !reply.ends_with(b"\r\n") {
-            s.read_exact(&mut byte).ok()?;
-            reply.push(byte[0]);
-        }
+        let reply = self.command(&["DBSIZE"])?;
         std::str::from_utf8(reply.strip_prefix(b":")?)
             .ok()?
-            .trim_end()
             .parse()
             .ok()
+    }
+
+    /// Sends one command on a fresh connection (logged in first, if the server has a login)
+    /// and returns the first line of the reply without its CRLF (None on any failure).
+    pub fn command(&self, args: &[&str]) -> Option<Vec<u8>> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        if let Some((user, password)) = &self.login {
+            let mut auth = vec!["AUTH"];
+            auth.extend(user.as_deref());
+            auth.push(password);
+            s.write_all(&encode(&auth)).ok()?;
+            if read_line(&mut s)? != b"+OK" {
+                return None;
+            }
+        }
+        s.write_all(&encode(args)).ok()?;
+        read_line(&mut s)
     }
 
     pub fn pid(&self) -> libc::pid_t {
@@ -134,6 +154,27 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A RESP array of bulk strings.
+fn encode(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+/// One reply line, without its CRLF.
+fn read_line(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        s.read_exact(&mut byte).ok()?;
+        line.push(byte[0]);
+    }
+    line.truncate(line.len() - 2);
+    Some(line)
 }
 
 pub fn free_port() -> u16 {
