@@ -11,5 +11,6 @@ mod lifecycle;
 mod limits;
 mod passthrough;
 mod redis;
+mod shutdown;
 mod streaming;
 mod tls;
