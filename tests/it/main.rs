@@ -9,6 +9,7 @@ mod harness_smoke;
 mod hostile;
 mod lifecycle;
 mod passthrough;
+mod pool;
 mod redis;
 mod streaming;
 mod tls;
