@@ -583,3 +583,141 @@ fn truncated() -> Error {
         "the origin closed the connection before the end of the body",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::{Endpoint, Scheme};
+    use crate::s3::origins::Origins;
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        first_byte: Duration::from_secs(5),
+        read: Duration::from_secs(5),
+    };
+
+    /// An origin that keeps idle connections open and, when a request arrives from a peer for
+    /// which `hang_up` is true, closes the connection without answering (a close the liveness
+    /// check cannot see in advance); other requests get `200 ok`. Returns its address and a
+    /// count of the requests received (not of connections: `Origins::refresh_all` connects).
+    fn origin(
+        hang_up: impl Fn(SocketAddr) -> bool + Send + Sync + 'static,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let hang_up = Arc::new(hang_up);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let (count, hang_up) = (Arc::clone(&count), Arc::clone(&hang_up));
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1024];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut b) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => head.extend_from_slice(&b[..k]),
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if !hang_up(s.peer_addr().unwrap()) {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        let _ = s.read(&mut b);
+                    }
+                });
+            }
+        });
+        (addr, requests)
+    }
+
+    fn pool(addr: SocketAddr, idle_timeout: Duration) -> Rc<Pool> {
+        let ep = Endpoint {
+            scheme: Scheme::Http,
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        };
+        let origins = Origins::new([&ep]);
+        origins.refresh_all();
+        Pool::new(Arc::clone(origins.get(0)), None, 8, idle_timeout)
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn get() -> Vec<u8> {
+        b"GET /b/k HTTP/1.1\r\nHost: o\r\n\r\n".to_vec()
+    }
+
+    #[test]
+    fn dead_reused_connection_is_retried_on_a_new_one_not_another_pooled_one() {
+        let doomed = Arc::new(Mutex::new(Vec::new()));
+        let d = Arc::clone(&doomed);
+        let (addr, requests) = origin(move |peer| d.lock().unwrap().contains(&peer));
+        let pool = pool(addr, Duration::from_secs(60));
+        run(async {
+            // Two pooled connections that the origin will drop on their next request.
+            for _ in 0..2 {
+                let c = pool.connect(&TIMEOUTS).await.unwrap();
+                let MaybeTls::Plain(tcp) = &c.io else {
+                    unreachable!("plain http")
+                };
+                doomed.lock().unwrap().push(tcp.local_addr().unwrap());
+                pool.put(c);
+            }
+            let (res, _) = pool.send(get(), false, &TIMEOUTS).await;
+            let (head, mut body) = res.unwrap_or_else(|e| panic!("{}", e.message()));
+            assert_eq!(head.status, 200);
+            let (n, out) = body.read_into(Vec::with_capacity(16)).await;
+            assert_eq!((n.ok(), out.as_slice()), (Some(2), &b"ok"[..]));
+            // The newest pooled connection failed, and the retry went to a new connection: the
+            // older pooled one was not used (it would have failed too, and been dropped).
+            assert_eq!(requests.load(Ordering::SeqCst), 2);
+            assert_eq!(pool.idle_len(), 2, "the older pooled one plus the new one");
+        });
+    }
+
+    #[test]
+    fn a_new_connection_failing_is_not_retried() {
+        let (addr, requests) = origin(|_| true);
+        let pool = pool(addr, Duration::from_secs(60));
+        run(async {
+            let (res, _) = pool.send(get(), false, &TIMEOUTS).await;
+            let e = res.err().expect("the origin never answers");
+            assert!(e.message().contains("without answering"), "{}", e.message());
+            assert_eq!(requests.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    #[test]
+    fn take_drops_expired_connections_and_reuses_live_ones() {
+        let (addr, _) = origin(|_| false);
+        run(async {
+            let short = pool(addr, Duration::from_millis(1));
+            let c = short.connect(&TIMEOUTS).await.unwrap();
+            short.put(c);
+            monoio::time::sleep(Duration::from_millis(20)).await;
+            assert!(short.take().is_none(), "an expired connection was reused");
+            assert_eq!(short.idle_len(), 0);
+
+            let long = pool(addr, Duration::from_secs(60));
+            let c = long.connect(&TIMEOUTS).await.unwrap();
+            long.put(c);
+            assert!(
+                long.take().is_some(),
+                "an idle live connection was not reused"
+            );
+        });
+    }
+}
