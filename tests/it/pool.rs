@@ -50,9 +50,8 @@ fn get_and_head(addr: std::net::SocketAddr, i: usize, cycle: usize, body: &[u8])
     problems
 }
 
-#[test]
-fn origin_closing_idle_connections_never_fails_a_request() {
-    let origin = Origin::start();
+/// Seeds the objects the bursts read.
+fn seed(origin: &Origin) -> Arc<Vec<Vec<u8>>> {
     origin.create_bucket("pool");
     let bodies: Vec<Vec<u8>> = (0..BURST)
         .map(|i| pattern_bytes(1 + i * 7_919, i as u64))
@@ -60,22 +59,20 @@ fn origin_closing_idle_connections_never_fails_a_request() {
     for (i, b) in bodies.iter().enumerate() {
         origin.put("pool", &key(i), b);
     }
-    // The origin closes connections idle for 300 ms; corvid would keep them for 30 s, so
-    // after each idle gap every pooled connection is dead when it is taken.
-    let relay = IdleRelay::start(origin.addr(), Some(Duration::from_millis(300)));
-    let corvid = Corvid::start(&format!(
-        "{}{}{NO_CACHE}",
-        server_toml(free_port()),
-        bucket_toml_for(
-            "pool",
-            "/pool",
-            &relay.endpoint(),
-            "pool",
-            "pool_idle_timeout = \"30s\""
-        ),
-    ));
+    Arc::new(bodies)
+}
+
+/// `[[buckets]]` for `endpoint` keeping pooled connections far longer than the relay does, so
+/// after each idle gap every pooled connection is dead when it is taken.
+fn pool_bucket(endpoint: &str, extra: &str) -> String {
+    let extra = format!("pool_idle_timeout = \"30s\"\n{extra}");
+    bucket_toml_for("pool", "/pool", endpoint, "pool", &extra)
+}
+
+/// Four cycles of a burst of [`BURST`] concurrent client connections, then idleness until the
+/// relay closed every origin connection; asserts that no request failed.
+fn bursts_after_idle(corvid: &Corvid, relay: &IdleRelay, bodies: &Arc<Vec<Vec<u8>>>) {
     let addr = corvid.addr();
-    let bodies = Arc::new(bodies);
     let mut problems = Vec::new();
     for cycle in 0..4 {
         let barrier = Arc::new(Barrier::new(BURST));
@@ -107,6 +104,41 @@ fn origin_closing_idle_connections_never_fails_a_request() {
     );
     // Requests after the first burst found their pooled connections dead and opened new ones.
     assert!(relay.carried() >= 4, "carried {}", relay.carried());
+}
+
+#[test]
+fn origin_closing_idle_connections_never_fails_a_request() {
+    let origin = Origin::start();
+    let bodies = seed(&origin);
+    // The origin closes connections idle for 300 ms.
+    let relay = IdleRelay::start(origin.addr(), Some(Duration::from_millis(300)));
+    let corvid = Corvid::start(&format!(
+        "{}{}{NO_CACHE}",
+        server_toml(free_port()),
+        pool_bucket(&relay.endpoint(), ""),
+    ));
+    bursts_after_idle(&corvid, &relay, &bodies);
+}
+
+/// The same over TLS: the relay closes the TCP connection under the TLS session (no
+/// close_notify), which rustls may report as an unexpected EOF.
+#[test]
+fn https_origin_closing_idle_connections_never_fails_a_request() {
+    let origin = Origin::start();
+    let bodies = seed(&origin);
+    let tls = TlsTerminator::start(origin.addr());
+    let relay = IdleRelay::start(tls.addr(), Some(Duration::from_millis(300)));
+    let ca = format!(
+        "ca_file = {}",
+        toml_str(&tls.ca_pem_path().to_string_lossy())
+    );
+    let endpoint = format!("https://{}", relay.addr());
+    let corvid = Corvid::start(&format!(
+        "{}{}{NO_CACHE}",
+        server_toml(free_port()),
+        pool_bucket(&endpoint, &ca),
+    ));
+    bursts_after_idle(&corvid, &relay, &bodies);
 }
 
 #[test]
