@@ -280,6 +280,8 @@ fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfi
     let first_byte_timeout = s.or(cx, "first_byte_timeout", secs(30), Ctx::timeout);
     let read_timeout = s.or(cx, "read_timeout", secs(30), Ctx::timeout);
     let max_idle_connections = s.or(cx, "max_idle_connections", 64, Ctx::count);
+    // Below the 5 s keep-alive timeout of Node.js and Apache: see the `s3::client` module doc.
+    let pool_idle_timeout = s.or(cx, "pool_idle_timeout", secs(4), Ctx::timeout);
     s.finish(cx);
 
     // An optional key that was present but invalid has already been reported; fail the bucket.
@@ -308,6 +310,7 @@ fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfi
         first_byte_timeout: first_byte_timeout?,
         read_timeout: read_timeout?,
         max_idle_connections: max_idle_connections?,
+        pool_idle_timeout: pool_idle_timeout?,
     })
 }
 

@@ -34,6 +34,7 @@
 //! | `buckets[].first_byte_timeout` | `30s` |
 //! | `buckets[].read_timeout` | `30s` |
 //! | `buckets[].max_idle_connections` | `64` per worker (0 = no pooling) |
+//! | `buckets[].pool_idle_timeout` | `4s` (> 0; to not pool, set `max_idle_connections = 0`) |
 //! | `buckets[].cors.max_age` | absent = no `Access-Control-Max-Age` |
 //! | `jwt.token_sources` | `["bearer"]` |
 //! | `jwt.leeway` | `30s` |
@@ -197,6 +198,8 @@ pub struct BucketConfig {
     pub read_timeout: Duration,
     /// Max pooled idle connections to the origin, per worker.
     pub max_idle_connections: usize,
+    /// Pooled connections idle for longer are closed instead of reused (see `s3::client`).
+    pub pool_idle_timeout: Duration,
 }
 
 impl fmt::Debug for BucketConfig {
@@ -222,6 +225,7 @@ impl fmt::Debug for BucketConfig {
             .field("first_byte_timeout", &self.first_byte_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("max_idle_connections", &self.max_idle_connections)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
             .finish()
     }
 }

@@ -125,6 +125,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(b.first_byte_timeout, Duration::from_secs(30));
     assert_eq!(b.read_timeout, Duration::from_secs(30));
     assert_eq!(b.max_idle_connections, 64);
+    assert_eq!(b.pool_idle_timeout, Duration::from_secs(4));
 
     assert_eq!(c.jwt, None);
     assert_eq!(c.admin, None);
@@ -188,6 +189,7 @@ connect_timeout = "250ms"
 first_byte_timeout = 10
 read_timeout = "1m"
 max_idle_connections = 0
+pool_idle_timeout = "1500ms"
 
 [[buckets]]
 name = "raw"
@@ -275,6 +277,7 @@ timeout = "20ms"
     assert_eq!(b.first_byte_timeout, Duration::from_secs(10));
     assert_eq!(b.read_timeout, Duration::from_secs(60));
     assert_eq!(b.max_idle_connections, 0);
+    assert_eq!(b.pool_idle_timeout, Duration::from_millis(1500));
 
     let raw = &c.buckets[1];
     assert_eq!(raw.endpoint.host, "::1");
@@ -1100,7 +1103,12 @@ fn bucket_field_rules() {
         "buckets[0].ttl",
         "unknown unit `y`",
     );
-    for key in ["connect_timeout", "first_byte_timeout", "read_timeout"] {
+    for key in [
+        "connect_timeout",
+        "first_byte_timeout",
+        "read_timeout",
+        "pool_idle_timeout",
+    ] {
         has_problem(
             &with_bucket(&format!("{key} = \"0ms\""), ""),
             &format!("buckets[0].{key}"),
@@ -1111,6 +1119,30 @@ fn bucket_field_rules() {
         &with_bucket("max_idle_connections = -1", ""),
         "buckets[0].max_idle_connections",
         "negative",
+    );
+}
+
+/// `pool_idle_timeout`: 4 s by default (below Node's and Apache's 5 s keep-alive timeout), any
+/// positive duration, and 0 refused (not pooling is `max_idle_connections = 0`).
+#[test]
+fn pool_idle_timeout_key() {
+    assert_eq!(
+        ok(&minimal()).buckets[0].pool_idle_timeout,
+        Duration::from_secs(4)
+    );
+    let c = ok(&with_bucket("pool_idle_timeout = \"250ms\"", ""));
+    assert_eq!(c.buckets[0].pool_idle_timeout, Duration::from_millis(250));
+    let c = ok(&with_bucket("pool_idle_timeout = 2", ""));
+    assert_eq!(c.buckets[0].pool_idle_timeout, Duration::from_secs(2));
+    has_problem(
+        &with_bucket("pool_idle_timeout = \"soon\"", ""),
+        "buckets[0].pool_idle_timeout",
+        "is not a number followed by a unit",
+    );
+    has_problem(
+        &with_bucket("pool_idle_timeout = 0", ""),
+        "buckets[0].pool_idle_timeout",
+        "greater than 0",
     );
 }
 

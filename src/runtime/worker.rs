@@ -163,6 +163,7 @@ impl Worker {
                         .as_ref()
                         .map(|(cfg, name)| (TlsConnector::from(Arc::clone(cfg)), name.clone())),
                     b.max_idle_connections,
+                    b.pool_idle_timeout,
                 ),
                 timeouts: Timeouts {
                     connect: b.connect_timeout,

@@ -1,15 +1,28 @@
 //! The upstream HTTP/1.1 client of one worker: keep-alive connection pools per bucket, plain
-//! TCP or rustls, request send with one retry on a dead pooled connection, response-head
-//! reading under the first-byte timeout, and a body reader that streams with backpressure.
+//! TCP or rustls, request send with one retry on a new connection when a pooled one turns out
+//! dead, response-head reading under the first-byte timeout, and a body reader that streams
+//! with backpressure.
 //!
 //! Decisions:
-//! - Pools are per bucket (each bucket has its own endpoint, TLS trust and credentials), LIFO
+//! - Pools are per bucket (each bucket has its own endpoint, TLS trust and credentials) and LIFO
 //!   (the most recently used connection is the one least likely to have been closed by the
-//!   origin), and drop connections idle for longer than [`POOL_IDLE_TIMEOUT`] — S3 closes idle
-//!   connections after about 20 s, so older ones would mostly fail.
-//! - A request is retried once, on a fresh connection, when a *reused* connection fails before
-//!   any byte of the response arrived (the origin closed it while it sat in the pool). GET and
-//!   HEAD are idempotent, so this is always safe.
+//!   origin).
+//! - Origins close idle keep-alive connections at their own timeout, often a few seconds, and a
+//!   request must never fail because of that. Three layers:
+//!   1. Connections idle for longer than the bucket's `pool_idle_timeout` are closed, not
+//!      reused. The default, 4 s, is below the 5 s keep-alive timeout of Node.js and Apache,
+//!      the most common short origin-side timeouts, so corvid normally closes a pooled
+//!      connection before the origin does; against S3 (about 20 s) it costs one reconnect
+//!      after 4 s of idleness. It must be > 0: not pooling at all is
+//!      `max_idle_connections = 0`.
+//!   2. Before reuse, a pooled connection is checked without blocking
+//!      ([`crate::net::idle_socket_usable`]): EOF, stray bytes (a TLS close_notify too) or an
+//!      error mean it is dead; it is dropped and the next one tried.
+//!   3. A close the check cannot see yet (in flight, or already buffered inside rustls): when a
+//!      *reused* connection fails on write, or on read before any byte of the response arrived,
+//!      the request is retried once on a *new* connection — never on another pooled one, which
+//!      has most likely been closed by the same timeout. GET and HEAD are idempotent, so this is
+//!      always safe. A timeout is not retried: the origin is slow, not gone.
 //! - Timeouts: `connect_timeout` covers TCP connect + TLS handshake, `first_byte_timeout` covers
 //!   sending the request and receiving the whole response head, `read_timeout` the gap between
 //!   body reads. Expiry maps to 504 before the head reached the client; the connection is never
@@ -33,11 +46,9 @@ use rustls_pki_types::ServerName;
 use crate::error::{Error, Kind};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::response::{parse_response, ResponseFraming, UpstreamHead};
-use crate::net::{set_quickack, MaybeTls};
+use crate::net::{idle_socket_usable, set_quickack, MaybeTls};
 use crate::s3::origins::OriginState;
 
-/// Idle pooled connections older than this are closed instead of reused.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest upstream response head we accept.
 pub const MAX_UPSTREAM_HEAD: usize = 64 * 1024;
 /// Initial size of the buffer a response head is read into.
@@ -75,23 +86,29 @@ impl Conn {
 pub struct Pool {
     origin: Arc<OriginState>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Idle connections with the time each was put back, oldest first (so LIFO pops the newest).
     idle: RefCell<Vec<(Conn, Instant)>>,
     max_idle: usize,
+    /// Idle connections older than this are closed instead of reused.
+    idle_timeout: Duration,
     next_addr: Cell<usize>,
 }
 
 impl Pool {
-    /// `tls`: the connector and the server name to verify, for https endpoints.
+    /// `tls`: the connector and the server name to verify, for https endpoints. `max_idle`
+    /// and `idle_timeout` are the bucket's `max_idle_connections` and `pool_idle_timeout`.
     pub fn new(
         origin: Arc<OriginState>,
         tls: Option<(TlsConnector, ServerName<'static>)>,
         max_idle: usize,
+        idle_timeout: Duration,
     ) -> Rc<Pool> {
         Rc::new(Pool {
             origin,
             tls,
             idle: RefCell::new(Vec::new()),
             max_idle,
+            idle_timeout,
             next_addr: Cell::new(0),
         })
     }
@@ -101,21 +118,34 @@ impl Pool {
         self.idle.borrow().len()
     }
 
+    /// The newest idle connection that is neither expired nor visibly dead; the ones skipped
+    /// are closed.
     fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         let now = Instant::now();
         while let Some((conn, since)) = idle.pop() {
-            if now.duration_since(since) < POOL_IDLE_TIMEOUT {
+            if now.duration_since(since) >= self.idle_timeout {
+                // The rest are older still.
+                idle.clear();
+                return None;
+            }
+            if idle_socket_usable(conn.fd) {
                 return Some(conn);
             }
+            log::debug!("pooled upstream connection closed by the origin while idle");
         }
         None
     }
 
     fn put(&self, conn: Conn) {
         let mut idle = self.idle.borrow_mut();
+        let now = Instant::now();
+        // Close expired connections now rather than when a later take() reaches them.
+        let expired =
+            idle.partition_point(|(_, since)| now.duration_since(*since) >= self.idle_timeout);
+        idle.drain(..expired);
         if idle.len() < self.max_idle {
-            idle.push((conn, Instant::now()));
+            idle.push((conn, now));
         }
     }
 
@@ -187,9 +217,12 @@ impl Pool {
         t: &Timeouts,
     ) -> (Result<(UpstreamHead, Body), Error>, Vec<u8>) {
         let mut request = request;
-        let mut allow_retry = true;
+        // Set once a reused connection failed: the retry goes to a new connection, and a new
+        // connection is never retried, so there is at most one retry.
+        let mut fresh_only = false;
         loop {
-            let (mut conn, reused) = match self.take() {
+            let pooled = if fresh_only { None } else { self.take() };
+            let (mut conn, reused) = match pooled {
                 Some(c) => (c, true),
                 None => match self.connect(t).await {
                     Ok(c) => (c, false),
@@ -213,8 +246,9 @@ impl Pool {
                 };
             request = back;
             if let Err(e) = res {
-                if reused && allow_retry {
-                    allow_retry = false;
+                if reused {
+                    log::debug!("reused upstream connection failed on write ({e}); retrying");
+                    fresh_only = true;
                     continue;
                 }
                 return (
@@ -230,27 +264,24 @@ impl Pool {
                     let body = Body::new(Rc::clone(self), conn, &head, buf, consumed, t.read);
                     return (Ok((head, body)), request);
                 }
-                Err(HeadError::ClosedBeforeAnyByte) if reused && allow_retry => {
-                    allow_retry = false;
+                Err(HeadError::NoAnswer(e)) if reused => {
+                    log::debug!(
+                        "reused upstream connection failed before answering ({e}); retrying"
+                    );
+                    fresh_only = true;
                     continue;
                 }
-                Err(HeadError::ClosedBeforeAnyByte) => {
-                    return (
-                        Err(Error::upstream(
-                            Kind::BadGateway,
-                            "the origin closed the connection without answering",
-                        )),
-                        request,
-                    )
-                }
-                Err(HeadError::Failed(e)) => return (Err(e), request),
+                Err(HeadError::NoAnswer(e) | HeadError::Failed(e)) => return (Err(e), request),
             }
         }
     }
 }
 
 enum HeadError {
-    ClosedBeforeAnyByte,
+    /// The connection ended (EOF or an IO error) before any byte of the response: on a reused
+    /// connection, most likely closed by the origin while pooled, so worth one retry.
+    NoAnswer(Error),
+    /// Anything else, timeouts included: not retried.
     Failed(Error),
 }
 
@@ -286,7 +317,12 @@ async fn read_head(
             };
         buf = slice.into_inner();
         match res {
-            Ok(0) if buf.is_empty() => return Err(HeadError::ClosedBeforeAnyByte),
+            Ok(0) if buf.is_empty() => {
+                return Err(HeadError::NoAnswer(Error::upstream(
+                    Kind::BadGateway,
+                    "the origin closed the connection without answering",
+                )))
+            }
             Ok(0) => {
                 return Err(HeadError::Failed(Error::upstream(
                     Kind::BadGateway,
@@ -294,7 +330,13 @@ async fn read_head(
                 )))
             }
             Ok(_) => {}
-            Err(e) if buf.is_empty() && is_reset(&e) => return Err(HeadError::ClosedBeforeAnyByte),
+            // Any kind: a reset, but also e.g. UnexpectedEof from a TLS stream.
+            Err(e) if buf.is_empty() => {
+                return Err(HeadError::NoAnswer(Error::upstream(
+                    Kind::BadGateway,
+                    format!("reading the origin's answer failed: {e}"),
+                )))
+            }
             Err(e) => {
                 return Err(HeadError::Failed(Error::upstream(
                     Kind::BadGateway,
@@ -308,15 +350,6 @@ async fn read_head(
             Err(e) => return Err(HeadError::Failed(e)),
         }
     }
-}
-
-fn is_reset(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::BrokenPipe
-    )
 }
 
 enum BodyState {
@@ -549,4 +582,142 @@ fn truncated() -> Error {
         Kind::BadGateway,
         "the origin closed the connection before the end of the body",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::{Endpoint, Scheme};
+    use crate::s3::origins::Origins;
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        first_byte: Duration::from_secs(5),
+        read: Duration::from_secs(5),
+    };
+
+    /// An origin that keeps idle connections open and, when a request arrives from a peer for
+    /// which `hang_up` is true, closes the connection without answering (a close the liveness
+    /// check cannot see in advance); other requests get `200 ok`. Returns its address and a
+    /// count of the requests received (not of connections: `Origins::refresh_all` connects).
+    fn origin(
+        hang_up: impl Fn(SocketAddr) -> bool + Send + Sync + 'static,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let hang_up = Arc::new(hang_up);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let (count, hang_up) = (Arc::clone(&count), Arc::clone(&hang_up));
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1024];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut b) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => head.extend_from_slice(&b[..k]),
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if !hang_up(s.peer_addr().unwrap()) {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        let _ = s.read(&mut b);
+                    }
+                });
+            }
+        });
+        (addr, requests)
+    }
+
+    fn pool(addr: SocketAddr, idle_timeout: Duration) -> Rc<Pool> {
+        let ep = Endpoint {
+            scheme: Scheme::Http,
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        };
+        let origins = Origins::new([&ep]);
+        origins.refresh_all();
+        Pool::new(Arc::clone(origins.get(0)), None, 8, idle_timeout)
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn get() -> Vec<u8> {
+        b"GET /b/k HTTP/1.1\r\nHost: o\r\n\r\n".to_vec()
+    }
+
+    #[test]
+    fn dead_reused_connection_is_retried_on_a_new_one_not_another_pooled_one() {
+        let doomed = Arc::new(Mutex::new(Vec::new()));
+        let d = Arc::clone(&doomed);
+        let (addr, requests) = origin(move |peer| d.lock().unwrap().contains(&peer));
+        let pool = pool(addr, Duration::from_secs(60));
+        run(async {
+            // Two pooled connections that the origin will drop on their next request.
+            for _ in 0..2 {
+                let c = pool.connect(&TIMEOUTS).await.unwrap();
+                let MaybeTls::Plain(tcp) = &c.io else {
+                    unreachable!("plain http")
+                };
+                doomed.lock().unwrap().push(tcp.local_addr().unwrap());
+                pool.put(c);
+            }
+            let (res, _) = pool.send(get(), false, &TIMEOUTS).await;
+            let (head, mut body) = res.unwrap_or_else(|e| panic!("{}", e.message()));
+            assert_eq!(head.status, 200);
+            let (n, out) = body.read_into(Vec::with_capacity(16)).await;
+            assert_eq!((n.ok(), out.as_slice()), (Some(2), &b"ok"[..]));
+            // The newest pooled connection failed, and the retry went to a new connection: the
+            // older pooled one was not used (it would have failed too, and been dropped).
+            assert_eq!(requests.load(Ordering::SeqCst), 2);
+            assert_eq!(pool.idle_len(), 2, "the older pooled one plus the new one");
+        });
+    }
+
+    #[test]
+    fn a_new_connection_failing_is_not_retried() {
+        let (addr, requests) = origin(|_| true);
+        let pool = pool(addr, Duration::from_secs(60));
+        run(async {
+            let (res, _) = pool.send(get(), false, &TIMEOUTS).await;
+            let e = res.err().expect("the origin never answers");
+            assert!(e.message().contains("without answering"), "{}", e.message());
+            assert_eq!(requests.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    #[test]
+    fn take_drops_expired_connections_and_reuses_live_ones() {
+        let (addr, _) = origin(|_| false);
+        run(async {
+            let short = pool(addr, Duration::from_millis(1));
+            let c = short.connect(&TIMEOUTS).await.unwrap();
+            short.put(c);
+            monoio::time::sleep(Duration::from_millis(20)).await;
+            assert!(short.take().is_none(), "an expired connection was reused");
+            assert_eq!(short.idle_len(), 0);
+
+            let long = pool(addr, Duration::from_secs(60));
+            let c = long.connect(&TIMEOUTS).await.unwrap();
+            long.put(c);
+            assert!(
+                long.take().is_some(),
+                "an idle live connection was not reused"
+            );
+        });
+    }
 }

@@ -10,6 +10,7 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod passthrough;
+mod pool;
 mod redis;
 mod shutdown;
 mod streaming;

@@ -7,6 +7,7 @@
 //! * [`Corvid`]: the real binary as a child process.
 //! * [`http`]: raw HTTP/1.1 client for exact-bytes tests.
 //! * [`StallServer`], [`RefuseAddr`]: broken upstreams.
+//! * [`IdleRelay`]: a relay that closes idle connections, like an origin's keep-alive timeout.
 
 // Each test module uses a different subset of the harness; unused helpers
 // and re-exports are expected, not dead code to delete.
@@ -17,6 +18,7 @@ pub mod net;
 pub mod origin;
 pub mod proc;
 pub mod redis_server;
+pub mod relay;
 pub mod s3client;
 pub mod tls;
 
@@ -26,6 +28,7 @@ pub use origin::{
     SECRET_KEY,
 };
 pub use proc::{check, CheckOutcome, Corvid, Readiness};
+pub use relay::IdleRelay;
 pub use s3client::{encode_key, S3Client};
 pub use tls::{generate_server_cert_files, CertPair, ServerCertFiles, TestCa, TlsTerminator};
 
