@@ -1,6 +1,12 @@
 //! The connection loop: read request heads, enforce timeouts, discard request bodies, hand each
 //! request to the handler, answer errors, keep the connection alive or close it.
 //!
+//! Waiting for a request head registers the connection with the worker's idle connections
+//! (`runtime::idle`): when the worker runs short of descriptors or reaches its connection limit
+//! the oldest waiting connections are closed, and at shutdown the keep-alive ones are; a new
+//! connection's first request and a head in progress still get their answer, with
+//! `Connection: close`, as does every request answered after shutdown began.
+//!
 //! Pipelined requests are answered strictly in order because one connection handles one request
 //! at a time: bytes after a complete head stay in the buffer and are parsed after the answer.
 //! Timeouts (ARCHITECTURE rule 7): waiting for the first byte of a request uses
@@ -268,7 +274,8 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S) 
         };
         w.metrics()
             .request(log.bucket, method, status, started.elapsed());
-        if !ok || close {
+        // Shutdown may have begun during the answer, whose head then said `Connection: close`.
+        if !ok || close || w.shutdown.is_fired() {
             return;
         }
         buf.drain(..body_end);

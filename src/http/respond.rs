@@ -21,7 +21,8 @@ pub fn head_start(out: &mut Vec<u8>, w: &Worker, status: u16, id: &RequestId, cl
     }
     write_header(out, "Server", b"corvid");
     write_header(out, "X-Request-Id", id.as_bytes());
-    if close {
+    // A request that began before shutdown is the connection's last one too: say so.
+    if close || w.shutdown.is_fired() {
         write_header(out, "Connection", b"close");
     }
 }

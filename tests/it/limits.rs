@@ -72,10 +72,10 @@ fn idle_flood_beyond_the_connection_share_does_not_lock_clients_out() {
         "within the limit: {}",
         corvid.open_fds()
     );
+    let log = corvid.stderr();
     assert!(
-        corvid.stderr().contains("open-file limit: 256"),
-        "the limit is logged at start:\n{}",
-        corvid.stderr()
+        log.contains("open-file limit: 256") && log.contains("do not fit the open-file limit"),
+        "the limit, and that max_connections does not fit it, are logged at start:\n{log}"
     );
     let lines = accept_log_lines(&corvid);
     assert!(
@@ -129,4 +129,53 @@ fn accept_failing_for_lack_of_descriptors_reclaims_idle_connections() {
         "state changes logged, not attempts: {lines} lines\n{log}"
     );
     drop(idle);
+}
+
+/// `corvid check` warns (and still says the config is valid) when `max_connections` x workers
+/// and the pools do not fit the open-file limit it would run with; it is quiet when they fit.
+#[test]
+fn check_warns_when_max_connections_do_not_fit_the_open_file_limit() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let run = |max_connections: usize, nofile: u64| {
+        std::fs::write(
+            &path,
+            format!(
+                "{}max_connections = {max_connections}\n{}",
+                server_toml(8080),
+                bucket_toml_for("b1", "/b1", "http://127.0.0.1:9", "b1", "")
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_corvid"));
+        cmd.args(["check", "-c"]).arg(&path);
+        // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(10_000, 1024);
+    assert_eq!(out.status.code(), Some(0), "a warning, not an error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains("server.max_connections = 10000"),
+        "{err}"
+    );
+    let out = run(100, 1024);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "no warning when it fits"
+    );
 }
