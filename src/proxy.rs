@@ -136,7 +136,8 @@ pub async fn serve_object<S: AsyncReadRent + AsyncWriteRent>(
     let mut decoded = w.scratch();
     let params = forwarded_query(query, &mut decoded)?;
     let tiers = &w.shared.tiers;
-    if !tiers.enabled() {
+    // Redis alone is a cache too (an instance with no memory or disk of its own).
+    if !tiers.enabled() && w.redis.is_none() {
         return pass_through(x, key, &params, XCache::Bypass).await;
     }
     // In a recycled buffer: a hit allocates nothing (issue 4).

@@ -317,3 +317,29 @@ fn check_and_serve_agree_on_every_redis_url() {
         }
     }
 }
+
+/// An instance whose only tier is Redis (memory 0, no disk) still caches: the second request
+/// is a Redis hit, not a bypass to the origin.
+#[test]
+fn redis_as_the_only_tier_caches() {
+    let redis = RedisServer::start(&[]);
+    let origin = Origin::start();
+    origin.create_bucket("rds");
+    origin.put("rds", "only.bin", b"redis only");
+    let corvid = Corvid::start(
+        &config(free_port(), &origin, &redis.url()).replace("capacity = \"16MiB\"", "capacity = 0"),
+    );
+    let r = http::get(corvid.addr(), "/rds/only.bin", &[]);
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("MISS")));
+    assert!(
+        wait_until(Duration::from_secs(5), || redis.key_count() == Some(1)),
+        "the fill reached Redis"
+    );
+    let r = http::get(corvid.addr(), "/rds/only.bin", &[]);
+    assert_eq!(
+        (r.status, r.header("x-cache"), r.header("x-cache-layer")),
+        (200, Some("HIT"), Some("redis"))
+    );
+    assert_eq!(r.body, b"redis only");
+    assert_eq!(origin.count("GET"), 1);
+}
