@@ -10,8 +10,9 @@
 //!   anything cannot lock real clients out: each new connection pushes the oldest idle one out.
 //! - [`IdleConns::shutdown`]: waits between keep-alive requests end at once (and later ones do
 //!   not begin). Connections that have not sent their first request, or are in the middle of a
-//!   head, are left to finish: they were accepted, so they get their answer (bounded by
-//!   `server.header_timeout` and the shutdown grace period).
+//!   head, are left to finish: they were accepted, so they get their answer — if the head
+//!   arrives within a short last call (`worker::LAST_CALL`), after which the accept loop
+//!   reclaims whatever still waits.
 //!
 //! The registry is a map keyed by a counter (foldhash: ids are ours, not a client's): a wait is
 //! one insert and one remove, which reuses the map's capacity, so a keep-alive hit allocates

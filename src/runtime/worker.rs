@@ -269,6 +269,10 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 const RECLAIM_BATCH: usize = 32;
 /// Longest pause between accept attempts while they fail with nothing to reclaim.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
+/// After the listener closed, connections still waiting for a request head get this long to
+/// send it (a client the kernel accepted just before sends within a round trip) before they are
+/// closed, so that idle connections cannot hold the drain up to `server.header_timeout`.
+const LAST_CALL: Duration = Duration::from_secs(1);
 /// At most this many already-queued connections are taken over when the listener closes (the
 /// listen backlog).
 const MAX_DRAINED: usize = 4096;
@@ -354,9 +358,17 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
         }
     }
     stop_listening(&w, listener, &acceptor).await;
-    let deadline = Instant::now() + w.shared.config.server.shutdown_grace;
+    let now = Instant::now();
+    let deadline = now + w.shared.config.server.shutdown_grace;
+    let mut last_call = Some(now + LAST_CALL);
     // Connections finish their current request and close; wait for them up to the grace period.
     while w.connections.get() > 0 && Instant::now() < deadline {
+        if last_call.is_some_and(|t| Instant::now() >= t) {
+            // Whoever has not sent a request head by now (preconnected, or an idle flood) is
+            // not waited for until `header_timeout`.
+            last_call = None;
+            w.idle.reclaim_oldest(usize::MAX);
+        }
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     if w.connections.get() > 0 {

@@ -178,3 +178,35 @@ fn sighup_is_logged_and_the_process_keeps_serving() {
     assert_eq!((r.status, r.header("x-cache")), (200, Some("HIT")));
     assert!(r.body == body);
 }
+
+/// Connections that never send a request do not hold the drain up to `header_timeout`: after a
+/// short last call they are closed and the process exits.
+#[test]
+fn idle_connections_without_a_request_do_not_hold_the_drain() {
+    let mut corvid = Corvid::start(&format!(
+        "{}header_timeout = \"60s\"\nshutdown_grace = \"60s\"\n{}",
+        server_toml(free_port()),
+        bucket_toml_for("b1", "/b1", "http://127.0.0.1:9", "b1", "")
+    ));
+    let idle: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(corvid.addr()).unwrap())
+        .collect();
+    // Every one of them accepted by corvid (the gauge counts open client connections; the
+    // probe's own connection is counted too).
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let m = http::get(corvid.addr(), "/metrics", &[]).text();
+            m.lines()
+                .any(|l| l.starts_with("corvid_connections_open ") && l.ends_with(" 51"))
+        }),
+        "the idle connections were accepted"
+    );
+    let started = std::time::Instant::now();
+    corvid.signal(libc::SIGTERM);
+    let status = corvid
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits long before header_timeout");
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(idle);
+}
