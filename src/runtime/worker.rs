@@ -330,6 +330,12 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
                     log.below_limit(w.id, w.connections.get(), w.shared.fd_budget.per_worker);
                 }
                 spawn_connection(&w, stream, &acceptor);
+                // One accept per turn of the event loop (nginx's `multi_accept off`): the new
+                // connection's task runs — and registers as idle, so it can be reclaimed —
+                // before the next accept, and a deep backlog cannot starve the connections
+                // already open (with the epoll driver an accept of a queued connection never
+                // waits, so without this the loop would drain the whole backlog first).
+                YieldNow(false).await;
             }
             Err(e) => {
                 let out_of_fds = matches!(
@@ -553,6 +559,26 @@ impl AcceptLog {
                  with none idle"
             );
         }
+    }
+}
+
+/// Lets every other ready task of this worker run once before continuing.
+///
+/// A task that wakes itself while being polled is run again first by monoio (its scheduler
+/// puts it at the front of the queue), so the wake comes from a task spawned at the back of the
+/// queue instead: it runs after every task that was ready before it.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        let waker = cx.waker().clone();
+        monoio::spawn(async move { waker.wake() });
+        Poll::Pending
     }
 }
 
