@@ -63,6 +63,10 @@ step "cargo test"
 log=$(mktemp)
 # Benches run once each in test mode (a smoke check); `cargo bench` times them.
 cargo test --all-targets 2>&1 | tee "$log"
+# The accept loop, connection reclaiming and shutdown again on the epoll fallback driver, whose
+# accept of a queued connection never waits (io_uring is the default above).
+step "connection handling on the epoll driver (CORVID_DRIVER=legacy)"
+CORVID_DRIVER=legacy cargo test --test it -- limits:: shutdown:: pool:: 2>&1 | tee -a "$log"
 passed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/) s += $i} END {print s + 0}' "$log")
 failed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) s += $i} END {print s + 0}' "$log")
 rm -f "$log"
