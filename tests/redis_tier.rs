@@ -56,6 +56,35 @@ where
     }
 }
 
+/// Subscribes to `corvid:purge` with `o`, publishes `msg` through `c` once the subscription is
+/// active, and waits until the subscriber got it; then stops the subscriber.
+async fn subscriber_receives(o: RedisOptions, c: &RedisClient, msg: &'static [u8]) {
+    let got: Rc<RefCell<Vec<Bytes>>> = Rc::default();
+    let stop = StopSignal::new();
+    let sub = monoio::spawn(subscribe(
+        o,
+        "corvid:purge".into(),
+        {
+            let got = Rc::clone(&got);
+            move |m| got.borrow_mut().push(m)
+        },
+        stop.clone(),
+    ));
+    poll_until(Duration::from_secs(3), "subscription active", || async {
+        (c.subscribers("corvid:purge").await.ok()? >= 1).then_some(())
+    })
+    .await;
+    c.publish("corvid:purge", msg).await.unwrap();
+    poll_until(Duration::from_secs(3), "message delivered", || async {
+        (got.borrow().first().map(|m| &m[..]) == Some(msg)).then_some(())
+    })
+    .await;
+    stop.stop();
+    monoio::time::timeout(Duration::from_secs(1), sub)
+        .await
+        .expect("subscribe returns once stopped");
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_add(seed)).collect()
 }
@@ -497,30 +526,7 @@ fn acl_user_login_from_the_url() {
         assert_eq!(server.key_count(), Some(0), "database 0 stays empty");
 
         // The subscriber logs in the same way.
-        let got: Rc<RefCell<Vec<Bytes>>> = Rc::default();
-        let stop = StopSignal::new();
-        let sub = monoio::spawn(subscribe(
-            o,
-            "corvid:purge".into(),
-            {
-                let got = Rc::clone(&got);
-                move |m| got.borrow_mut().push(m)
-            },
-            stop.clone(),
-        ));
-        poll_until(Duration::from_secs(3), "subscription active", || async {
-            (c.subscribers("corvid:purge").await.ok()? >= 1).then_some(())
-        })
-        .await;
-        c.publish("corvid:purge", b"from alice").await.unwrap();
-        poll_until(Duration::from_secs(3), "message delivered", || async {
-            (!got.borrow().is_empty()).then_some(())
-        })
-        .await;
-        stop.stop();
-        monoio::time::timeout(Duration::from_secs(1), sub)
-            .await
-            .expect("subscribe returns once stopped");
+        subscriber_receives(o, &c, b"from alice").await;
 
         // A wrong password, the password alone (AUTH as `default`, which is off), no login.
         for login in ["alice:wrong", ":se%3Acr%40t%2F"] {
@@ -622,29 +628,6 @@ fn a_host_name_url_is_resolved_and_used_by_client_and_subscriber() {
             .unwrap();
         assert_eq!(c.get(b"by-name").await.unwrap().as_deref(), Some(&b"v"[..]));
 
-        let got: Rc<RefCell<Vec<Bytes>>> = Rc::default();
-        let stop = StopSignal::new();
-        let sub = monoio::spawn(subscribe(
-            o,
-            "corvid:purge".into(),
-            {
-                let got = Rc::clone(&got);
-                move |m| got.borrow_mut().push(m)
-            },
-            stop.clone(),
-        ));
-        poll_until(Duration::from_secs(3), "subscription active", || async {
-            (c.subscribers("corvid:purge").await.ok()? >= 1).then_some(())
-        })
-        .await;
-        c.publish("corvid:purge", b"hello").await.unwrap();
-        poll_until(Duration::from_secs(3), "message delivered", || async {
-            (!got.borrow().is_empty()).then_some(())
-        })
-        .await;
-        stop.stop();
-        monoio::time::timeout(Duration::from_secs(1), sub)
-            .await
-            .expect("subscribe returns once stopped");
+        subscriber_receives(o, &c, b"hello").await;
     });
 }

@@ -135,7 +135,6 @@ fn accept_failing_for_lack_of_descriptors_reclaims_idle_connections() {
 /// and the pools do not fit the open-file limit it would run with; it is quiet when they fit.
 #[test]
 fn check_warns_when_max_connections_do_not_fit_the_open_file_limit() {
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     let run = |max_connections: usize, nofile: u64| {
@@ -150,19 +149,7 @@ fn check_warns_when_max_connections_do_not_fit_the_open_file_limit() {
         .unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_corvid"));
         cmd.args(["check", "-c"]).arg(&path);
-        // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit {
-                    rlim_cur: nofile,
-                    rlim_max: nofile,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        limit_open_files(&mut cmd, nofile);
         cmd.output().unwrap()
     };
     let out = run(10_000, 1024);

@@ -27,7 +27,7 @@ pub use origin::{
     pattern_bytes, storage_key, Origin, OriginConfig, RecordedRequest, ACCESS_KEY, REGION,
     SECRET_KEY,
 };
-pub use proc::{check, CheckOutcome, Corvid, Readiness};
+pub use proc::{check, limit_open_files, CheckOutcome, Corvid, Readiness};
 pub use relay::IdleRelay;
 pub use s3client::{encode_key, S3Client};
 pub use tls::{generate_server_cert_files, CertPair, ServerCertFiles, TestCa, TlsTerminator};

@@ -97,21 +97,7 @@ impl Corvid {
             cmd.env(k, v);
         }
         if let Some(n) = nofile {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and
-            // touches no memory of the parent's other threads.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            limit_open_files(&mut cmd, n);
         }
         let child = cmd
             .spawn()
@@ -360,6 +346,25 @@ pub fn check(config_toml: &str) -> CheckOutcome {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Makes `cmd`'s child run with the open-file limit soft = hard = `n`.
+pub fn limit_open_files(cmd: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and touches
+    // no memory of the parent's other threads.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
