@@ -3,15 +3,40 @@
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::error::{Error, Kind};
-use crate::http::conn::{Request, RequestLog, Sent};
+use crate::http::conn::{App, Request, RequestLog, Sent};
+use crate::http::env::ConnEnv;
 use crate::http::request::Method;
 use crate::http::respond::{self, Reply};
 use crate::router::{split_target, Route};
 use crate::runtime::worker::Worker;
+
+/// The public application of a worker: internal endpoints and the object proxy.
+pub struct ObjectApp(pub Rc<Worker>);
+
+impl App for ObjectApp {
+    fn env(&self) -> &ConnEnv {
+        &self.0.http
+    }
+
+    async fn handle<S: AsyncReadRent + AsyncWriteRent>(
+        &self,
+        io: &mut S,
+        out: &mut Vec<u8>,
+        req: &Request<'_>,
+        log: &mut RequestLog,
+    ) -> Result<Sent, Error> {
+        handle(&self.0, io, out, req, log).await
+    }
+
+    fn finished(&self, log: &RequestLog, method: Method, status: u16, took: Duration) {
+        self.0.metrics().request(log.bucket, method, status, took);
+    }
+}
 
 pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     w: &Rc<Worker>,
@@ -37,13 +62,13 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
                 body: br#"{"status":"ok"}"#,
                 extra: &[],
             };
-            respond::simple(w, io, out, req, reply).await
+            respond::simple(&w.http, io, out, req, reply).await
         }
         Route::Ready => ready(w, io, out, req).await,
         Route::Metrics => {
             let text = w.shared.metrics.render(&w.shared.tiers);
             respond::simple(
-                w,
+                &w.http,
                 io,
                 out,
                 req,
@@ -110,7 +135,7 @@ async fn ready<S: AsyncWriteRent>(
     .to_string();
     let status = if ok { 200 } else { 503 };
     respond::simple(
-        w,
+        &w.http,
         io,
         out,
         req,

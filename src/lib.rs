@@ -19,5 +19,6 @@ pub mod revalidate;
 pub mod router;
 pub mod runtime;
 pub mod s3;
+pub mod signal;
 
 pub use error::{Error, Kind, Result, Side};

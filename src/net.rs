@@ -10,6 +10,23 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 
+/// A client connection the HTTP loop serves (see `http::conn::serve`).
+pub trait ClientIo: AsyncReadRent + AsyncWriteRent {
+    /// The socket to wait on for readability while idle, without a read buffer: the TCP stream
+    /// of a plain connection. `None` for TLS, whose library may already hold received bytes
+    /// that the socket no longer shows (such a connection waits in a read instead).
+    fn idle_wait_socket(&self) -> Option<&TcpStream>;
+}
+
+impl<T: AsyncReadRent + AsyncWriteRent> ClientIo for MaybeTls<T> {
+    fn idle_wait_socket(&self) -> Option<&TcpStream> {
+        match self {
+            MaybeTls::Plain(s) => Some(s),
+            MaybeTls::Tls(_) => None,
+        }
+    }
+}
+
 /// A TCP stream, with or without TLS on top. `T` is a monoio-rustls client or server stream.
 pub enum MaybeTls<T> {
     Plain(TcpStream),

@@ -84,14 +84,14 @@ pub struct Exchange<'a, 'r, S> {
 impl<S: AsyncWriteRent> Exchange<'_, '_, S> {
     /// Writes the head pending in `out` within the send timeout.
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        respond::flush(self.w, self.io, self.out).await
+        respond::flush(&self.w.http, self.io, self.out).await
     }
 
     /// Answers `e` as a JSON error.
     pub async fn error(&mut self, e: &Error) -> std::io::Result<()> {
         let req = self.req;
         respond::error(
-            self.w,
+            &self.w.http,
             self.io,
             self.out,
             req.id,
@@ -335,7 +335,7 @@ pub fn write_object_head<S>(
     layer: Option<Layer>,
 ) {
     let out = &mut *x.out;
-    respond::head_start(out, x.w, status, &x.req.id, x.req.close);
+    respond::head_start(out, &x.w.http, status, &x.req.id, x.req.close);
     out.extend_from_slice(meta.header_block());
     write_header(out, "Accept-Ranges", b"bytes");
     if xcache != XCache::Miss {
@@ -458,7 +458,7 @@ pub async fn respond_upstream<S: AsyncWriteRent>(
     let close = req.close || (has_body && length.is_none() && !chunked);
 
     let out = &mut *x.out;
-    respond::head_start(out, x.w, head.status, &req.id, close);
+    respond::head_start(out, &x.w.http, head.status, &req.id, close);
     for (name, value) in &head.headers {
         if let Some(display) = passed_header_name(name) {
             write_header(out, display, value.as_bytes());
@@ -557,7 +557,7 @@ async fn stream_body<S: AsyncWriteRent>(
             res.map_err(|e| log::warn!("origin body: {e}"))?
         };
         if !out.is_empty() {
-            respond::flush(w, io, out).await.map_err(|_| ())?;
+            respond::flush(&w.http, io, out).await.map_err(|_| ())?;
         }
         if n == 0 {
             return Ok(());
@@ -616,7 +616,7 @@ async fn options<S: AsyncWriteRent>(x: &mut Exchange<'_, '_, S>) -> Result<Sent,
             body: b"",
             extra: &allow,
         };
-        return respond::simple(x.w, x.io, x.out, req, reply).await;
+        return respond::simple(&x.w.http, x.io, x.out, req, reply).await;
     };
     let headers = cors::preflight(
         cfg,
@@ -632,7 +632,7 @@ async fn options<S: AsyncWriteRent>(x: &mut Exchange<'_, '_, S>) -> Result<Sent,
         body: b"",
         extra: &extra,
     };
-    respond::simple(x.w, x.io, x.out, req, reply).await
+    respond::simple(&x.w.http, x.io, x.out, req, reply).await
 }
 
 #[cfg(test)]

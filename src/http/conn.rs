@@ -1,8 +1,9 @@
-//! The connection loop: read request heads, enforce timeouts, discard request bodies, hand each
-//! request to the handler, answer errors, keep the connection alive or close it.
+//! The connection loop, for any [`App`]: read request heads, enforce timeouts, discard request
+//! bodies, hand each request to the app, answer errors, keep the connection alive or close it.
+//! An idle connection holds no buffer and a small future (see [`serve`]).
 //!
 //! Waiting for a request head registers the connection with the worker's idle connections
-//! (`runtime::idle`): when the worker runs short of descriptors or reaches its connection limit
+//! (`http::idle`): when the worker runs short of descriptors or reaches its connection limit
 //! the oldest waiting connections are closed, and at shutdown the keep-alive ones are; a new
 //! connection's first request and a head in progress still get their answer, with
 //! `Connection: close`, as does every request answered after shutdown began.
@@ -11,7 +12,8 @@
 //! at a time: bytes after a complete head stay in the buffer and are parsed after the answer.
 //! Timeouts (ARCHITECTURE rule 7): waiting for the first byte of a request uses
 //! `server.header_timeout` on a new connection and `server.idle_timeout` between keep-alive
-//! requests; once a request has begun, the whole head must arrive within `header_timeout`
+//! requests (applied by the worker's idle sweep while a plain connection is idle, so at most a
+//! quarter of the shorter timeout late); once a request has begun, the whole head must arrive within `header_timeout`
 //! (slowloris), else 408 and close. Every response write must progress within
 //! `server.send_timeout`.
 //!
@@ -20,7 +22,8 @@
 //! connection closes. Any other method gets its 405 and, when it announced a body, the
 //! connection closes without reading it.
 
-use std::rc::Rc;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -28,14 +31,13 @@ use monoio::time::Instant;
 
 use crate::error::{Error, Kind};
 use crate::http::chunked::ChunkedDecoder;
+use crate::http::env::ConnEnv;
 use crate::http::request::{parse_request, BodyFraming, Method, RequestHead};
 use crate::http::respond;
-use crate::runtime::worker::Worker;
+use crate::net::ClientIo;
 
 /// Largest request body corvid reads and throws away on a GET/HEAD/OPTIONS.
 pub const MAX_DISCARDED_BODY: u64 = 64 * 1024;
-/// Initial read buffer per connection; it grows up to the head limits when needed.
-const INITIAL_BUF: usize = 4096;
 /// Longest client-supplied X-Request-Id that is kept.
 const MAX_REQUEST_ID: usize = 64;
 
@@ -109,6 +111,8 @@ pub struct Request<'a> {
     pub started: Instant,
     /// The connection closes after this answer (client asked, HTTP/1.0, or shutdown).
     pub close: bool,
+    /// The client's address.
+    pub peer: SocketAddr,
 }
 
 impl Request<'_> {
@@ -147,43 +151,156 @@ enum ReadOutcome {
     Failed,
 }
 
-/// Serves one client connection until it closes.
-pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S) {
-    let server = &w.shared.config.server;
-    let limits = &w.shared.limits;
-    let max_buf = limits.max_request_line + limits.max_header_bytes + 2;
-    let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_BUF);
-    let mut head = RequestHead::default();
-    let mut out: Vec<u8> = Vec::with_capacity(1024);
-    let mut first = true;
-    // When the connection last finished something (accepted, or answered a request): the age
-    // by which idle connections are reclaimed, oldest first (see `runtime::idle`).
-    let mut idle_since = Instant::now();
+/// An application served over HTTP/1.1 connections: the object proxy, the admin API. The
+/// connection loop knows nothing of S3 or caches; it hands each parsed request to `handle` and
+/// reports each answered one to `finished`.
+pub trait App {
+    /// What this application's connections share (one per worker).
+    fn env(&self) -> &ConnEnv;
 
+    /// Answers one request on `io`. `out` is a reusable head buffer; `log` is filled in for
+    /// `finished`. An `Err` is answered by the connection loop as a JSON error.
+    fn handle<S: AsyncReadRent + AsyncWriteRent>(
+        &self,
+        io: &mut S,
+        out: &mut Vec<u8>,
+        req: &Request<'_>,
+        log: &mut RequestLog,
+    ) -> impl std::future::Future<Output = Result<Sent, Error>>;
+
+    /// Called once per answered request (including those refused before the handler).
+    fn finished(&self, log: &RequestLog, method: Method, status: u16, took: Duration);
+}
+
+/// How long a plain keep-alive connection waits for its next request in the busy phase (with
+/// its buffers) before it goes idle (without them). Long enough that a client sending requests
+/// back to back never goes idle between them; short enough that idle clients cost little.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// What a connection remembers across its busy and idle phases.
+struct ConnState {
+    peer: SocketAddr,
+    /// No request has been read yet.
+    first: bool,
+    /// When the connection last finished something (accepted, or answered a request): the age
+    /// by which idle connections are reclaimed, oldest first (see `http::idle`).
+    idle_since: Instant,
+}
+
+/// What the busy phase ended with.
+#[derive(PartialEq, Eq)]
+enum Next {
+    /// Answered everything received; wait (without buffers) for the next request.
+    Idle,
+    Close,
+}
+
+/// Serves one client connection until it closes.
+///
+/// A connection alternates between two phases. Idle — waiting for the next request — it holds
+/// no buffer and only a small future: over plain TCP it waits for the socket to become readable
+/// (registered with the worker's idle connections, whose sweep applies the idle and header
+/// timeouts). Busy, it reads and answers requests in a future and with buffers taken from the
+/// worker's [`crate::http::pool::Pools`] and given back when it is idle again. Over TLS the
+/// library may hold received bytes the socket no longer shows, so a TLS connection stays in
+/// the busy phase and waits there, with its buffers.
+pub async fn serve<A: App, S: ClientIo>(app: &A, mut io: S, peer: SocketAddr) {
+    let env = app.env();
+    let mut conn = ConnState {
+        peer,
+        first: true,
+        idle_since: Instant::now(),
+    };
     loop {
+        if let Some(tcp) = io.idle_wait_socket() {
+            let timeout = if conn.first {
+                env.header_timeout
+            } else {
+                env.idle_timeout
+            };
+            if !wait_readable(env, tcp, &conn, conn.idle_since + timeout).await {
+                return;
+            }
+        }
+        let busy = env.pools.place(busy(app, &mut io, &mut conn));
+        if busy.await == Next::Close {
+            return;
+        }
+    }
+}
+
+/// Waits until `tcp` is readable (true), or until the worker releases the wait: reclaimed,
+/// timed out, or shutdown between keep-alive requests (false).
+async fn wait_readable(
+    env: &ConnEnv,
+    tcp: &monoio::net::TcpStream,
+    conn: &ConnState,
+    deadline: Instant,
+) -> bool {
+    let ends_on_shutdown = !conn.first;
+    if ends_on_shutdown && env.shutdown.is_fired() {
+        return false;
+    }
+    monoio::select! {
+        r = tcp.readable(false) => r.is_ok(),
+        _ = env.idle.wait(conn.idle_since, Some(deadline), ends_on_shutdown) => false,
+    }
+}
+
+/// The busy phase: buffers from the pool, requests answered until the connection is idle
+/// (plain TCP, nothing left to parse) or closes; buffers given back.
+async fn busy<A: App, S: ClientIo>(app: &A, io: &mut S, conn: &mut ConnState) -> Next {
+    let env = app.env();
+    let mut buf = env.pools.read_buf();
+    let mut out = env.pools.out_buf();
+    let next = requests(app, io, conn, &mut buf, &mut out).await;
+    env.pools.give_back(buf, out);
+    next
+}
+
+async fn requests<A: App, S: ClientIo>(
+    app: &A,
+    io: &mut S,
+    conn: &mut ConnState,
+    bufref: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Next {
+    let env = app.env();
+    let limits = &env.limits;
+    let max_buf = limits.max_request_line + limits.max_header_bytes + 2;
+    let lean = io.idle_wait_socket().is_some();
+    let mut buf = std::mem::take(bufref);
+    let mut head = RequestHead::default();
+    let next = loop {
         // --- read one request head ---
         let mut head_started = (!buf.is_empty()).then(Instant::now);
         let consumed = loop {
             if !buf.is_empty() {
                 match parse_request(&buf, limits, &mut head) {
-                    Ok(Some(n)) => break n,
+                    Ok(Some(n)) => break Some(Some(n)),
                     Ok(None) => {}
                     Err(e) => {
-                        let id = w.next_request_id();
+                        let id = env.next_request_id();
                         let started = Instant::now();
-                        let _ = respond::error(&w, &mut io, &mut out, id, true, false, &e).await;
-                        w.metrics()
-                            .request(None, Method::Other, e.status(), started.elapsed());
-                        return;
+                        let _ = respond::error(env, io, out, id, true, false, &e).await;
+                        let log = RequestLog::default();
+                        app.finished(&log, Method::Other, e.status(), started.elapsed());
+                        break None;
                     }
                 }
             }
             let idle = buf.is_empty();
-            let deadline = match head_started {
-                Some(t) => t + server.header_timeout,
-                None if first => Instant::now() + server.header_timeout,
-                None => Instant::now() + server.idle_timeout,
+            let mut deadline = match head_started {
+                Some(t) => t + env.header_timeout,
+                None if conn.first => conn.idle_since + env.header_timeout,
+                None => conn.idle_since + env.idle_timeout,
             };
+            // A keep-alive client usually sends its next request at once: wait for it here a
+            // moment (no extra syscall or allocation per request), and only then go idle.
+            let linger = lean && idle && !conn.first && conn.idle_since + LINGER < deadline;
+            if linger {
+                deadline = conn.idle_since + LINGER;
+            }
             if buf.len() == buf.capacity() {
                 buf.reserve(buf.capacity().min(max_buf));
             }
@@ -191,35 +308,43 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S) 
             // at shutdown when idle between keep-alive requests (a new connection's first
             // request and a head in progress still get their answer).
             let waiting = Waiting {
-                since: head_started.unwrap_or(idle_since),
-                ends_on_shutdown: idle && !first,
+                since: head_started.unwrap_or(conn.idle_since),
+                ends_on_shutdown: idle && !conn.first,
             };
-            let (outcome, b) = read_more(&w, &mut io, buf, deadline, Some(waiting)).await;
+            let (outcome, b) = read_more(env, io, buf, deadline, Some(waiting)).await;
             buf = b;
             match outcome {
                 ReadOutcome::Data => {
                     head_started.get_or_insert_with(Instant::now);
                 }
+                ReadOutcome::Timeout if linger => break Some(None),
                 ReadOutcome::Timeout if !idle => {
-                    let id = w.next_request_id();
+                    let id = env.next_request_id();
                     let e = Error::client(
                         Kind::RequestTimeout,
                         "the request head did not arrive in time",
                     );
-                    let _ = respond::error(&w, &mut io, &mut out, id, true, false, &e).await;
-                    return;
+                    let _ = respond::error(env, io, out, id, true, false, &e).await;
+                    break None;
                 }
-                _ => return,
+                _ => break None,
             }
         };
-        first = false;
+        let consumed = match consumed {
+            Some(Some(n)) => n,
+            // Lingered without a request: go idle (the read buffer went with the cancelled
+            // read; the pool makes another when bytes arrive).
+            Some(None) => break Next::Idle,
+            None => break Next::Close,
+        };
+        conn.first = false;
 
         let started = Instant::now();
         let id = head
             .header(&buf, "x-request-id")
             .and_then(RequestId::from_client)
-            .unwrap_or_else(|| w.next_request_id());
-        let mut close = !head.keep_alive() || w.shutdown.is_fired();
+            .unwrap_or_else(|| env.next_request_id());
+        let mut close = !head.keep_alive() || env.shutdown.is_fired();
         let method = head.method();
         let reads = matches!(method, Method::Get | Method::Head | Method::Options);
 
@@ -237,7 +362,7 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S) 
                 ));
             }
             framing => {
-                let (res, b) = discard_body(&w, &mut io, buf, consumed, framing, started).await;
+                let (res, b) = discard_body(env, io, buf, consumed, framing, started).await;
                 buf = b;
                 match res {
                     Ok(end) => body_end = end,
@@ -245,7 +370,7 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S) 
                         close = true;
                         early = Some(e);
                     }
-                    Err(None) => return,
+                    Err(None) => break Next::Close,
                 }
             }
         }
@@ -257,30 +382,32 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(w: Rc<Worker>, mut io: S) 
             id,
             started,
             close,
+            peer: conn.peer,
         };
         let mut log = RequestLog::default();
         let result = match early {
             Some(e) => Err(e),
-            None => crate::handler::handle(&w, &mut io, &mut out, &req, &mut log).await,
+            None => app.handle(io, out, &req, &mut log).await,
         };
         let (status, ok) = match result {
             Ok(sent) => (sent.status, !sent.abort),
             Err(e) => {
-                let ok = respond::error(&w, &mut io, &mut out, id, close, req.is_head(), &e)
+                let ok = respond::error(env, io, out, id, close, req.is_head(), &e)
                     .await
                     .is_ok();
                 (e.status(), ok)
             }
         };
-        w.metrics()
-            .request(log.bucket, method, status, started.elapsed());
+        app.finished(&log, method, status, started.elapsed());
         // Shutdown may have begun during the answer, whose head then said `Connection: close`.
-        if !ok || close || w.shutdown.is_fired() {
-            return;
+        if !ok || close || env.shutdown.is_fired() {
+            break Next::Close;
         }
         buf.drain(..body_end);
-        idle_since = Instant::now();
-    }
+        conn.idle_since = Instant::now();
+    };
+    *bufref = buf;
+    next
 }
 
 /// How a wait for request-head bytes is registered with the worker's idle connections.
@@ -293,7 +420,7 @@ struct Waiting {
 /// Reads more bytes into `buf` until `deadline`. With `waiting`, the worker may also end the
 /// wait (reclaimed, or shutdown while idle): that is `ReadOutcome::Shutdown`.
 async fn read_more<S: AsyncReadRent>(
-    w: &Worker,
+    env: &ConnEnv,
     io: &mut S,
     buf: Vec<u8>,
     deadline: Instant,
@@ -301,14 +428,14 @@ async fn read_more<S: AsyncReadRent>(
 ) -> (ReadOutcome, Vec<u8>) {
     let len = buf.len();
     let cap = buf.capacity();
-    if waiting.is_some_and(|wt| wt.ends_on_shutdown) && w.shutdown.is_fired() {
+    if waiting.is_some_and(|wt| wt.ends_on_shutdown) && env.shutdown.is_fired() {
         return (ReadOutcome::Shutdown, buf);
     }
     let read = monoio::time::timeout_at(deadline, io.read(buf.slice_mut(len..cap)));
     let result = match waiting {
         Some(wt) => monoio::select! {
             r = read => Some(r),
-            _ = w.idle.wait(wt.since, wt.ends_on_shutdown) => None,
+            _ = env.idle.wait(wt.since, None, wt.ends_on_shutdown) => None,
         },
         None => Some(read.await),
     };
@@ -327,14 +454,14 @@ async fn read_more<S: AsyncReadRent>(
 /// (`Some`) or a dead connection (`None`). Discarded bytes past the head are removed from
 /// `buf` as they are consumed, keeping the head's ranges valid.
 async fn discard_body<S: AsyncReadRent>(
-    w: &Worker,
+    env: &ConnEnv,
     io: &mut S,
     mut buf: Vec<u8>,
     start: usize,
     framing: BodyFraming,
     started: Instant,
 ) -> (Result<usize, Option<Error>>, Vec<u8>) {
-    let deadline = started + w.shared.config.server.header_timeout;
+    let deadline = started + env.header_timeout;
     let mut total: u64 = 0;
     let mut remaining = match framing {
         BodyFraming::Length(n) => n,
@@ -381,7 +508,7 @@ async fn discard_body<S: AsyncReadRent>(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(16 * 1024);
         }
-        let (outcome, b) = read_more(w, io, buf, deadline, None).await;
+        let (outcome, b) = read_more(env, io, buf, deadline, None).await;
         buf = b;
         match outcome {
             ReadOutcome::Data => {}

@@ -7,34 +7,34 @@ use std::time::SystemTime;
 
 use crate::error::Error;
 use crate::http::conn::{Request, RequestId, Sent};
+use crate::http::env::ConnEnv;
 use crate::http::response::{end_head, write_header, write_header_u64, write_status_line};
-use crate::runtime::worker::Worker;
 
 /// Starts a response head in `out` (cleared first): status line, Date, Server, X-Request-Id and,
 /// when the connection will close, `Connection: close`.
-pub fn head_start(out: &mut Vec<u8>, w: &Worker, status: u16, id: &RequestId, close: bool) {
+pub fn head_start(out: &mut Vec<u8>, env: &ConnEnv, status: u16, id: &RequestId, close: bool) {
     out.clear();
     write_status_line(out, status);
     {
-        let mut date = w.date.borrow_mut();
+        let mut date = env.date.borrow_mut();
         write_header(out, "Date", date.get(SystemTime::now()));
     }
     write_header(out, "Server", b"corvid");
     write_header(out, "X-Request-Id", id.as_bytes());
     // A request that began before shutdown is the connection's last one too: say so.
-    if close || w.shutdown.is_fired() {
+    if close || env.shutdown.is_fired() {
         write_header(out, "Connection", b"close");
     }
 }
 
 /// Writes all of `out` within the send timeout, then clears it. The buffer is kept for reuse.
 pub async fn flush<S: AsyncWriteRent>(
-    w: &Worker,
+    env: &ConnEnv,
     io: &mut S,
     out: &mut Vec<u8>,
 ) -> std::io::Result<()> {
     let buf = std::mem::take(out);
-    match monoio::time::timeout(w.shared.config.server.send_timeout, io.write_all(buf)).await {
+    match monoio::time::timeout(env.send_timeout, io.write_all(buf)).await {
         Ok((res, mut buf)) => {
             buf.clear();
             *out = buf;
@@ -49,7 +49,7 @@ pub async fn flush<S: AsyncWriteRent>(
 
 /// Answers `err` as a short JSON body (no body for HEAD).
 pub async fn error<S: AsyncWriteRent>(
-    w: &Worker,
+    env: &ConnEnv,
     io: &mut S,
     out: &mut Vec<u8>,
     id: RequestId,
@@ -63,7 +63,7 @@ pub async fn error<S: AsyncWriteRent>(
         log::debug!("request {}: {err}", id.as_str());
     }
     let body = err.json_body(id.as_str());
-    head_start(out, w, err.status(), &id, close);
+    head_start(out, env, err.status(), &id, close);
     if let Some(allow) = err.allow() {
         write_header(out, "Allow", allow.as_bytes());
     }
@@ -74,7 +74,7 @@ pub async fn error<S: AsyncWriteRent>(
     if !head_only {
         out.extend_from_slice(body.as_bytes());
     }
-    flush(w, io, out).await
+    flush(env, io, out).await
 }
 
 /// A complete small response: status, content type ("" for none), body, extra headers.
@@ -87,14 +87,14 @@ pub struct Reply<'a> {
 
 /// Answers a complete small response (no body for HEAD, none at all for 204/304).
 pub async fn simple<S: AsyncWriteRent>(
-    w: &Worker,
+    env: &ConnEnv,
     io: &mut S,
     out: &mut Vec<u8>,
     req: &Request<'_>,
     reply: Reply<'_>,
 ) -> Result<Sent, Error> {
     let status = reply.status;
-    head_start(out, w, status, &req.id, req.close);
+    head_start(out, env, status, &req.id, req.close);
     if !reply.content_type.is_empty() {
         write_header(out, "Content-Type", reply.content_type.as_bytes());
     }
@@ -108,6 +108,6 @@ pub async fn simple<S: AsyncWriteRent>(
     if !req.is_head() {
         out.extend_from_slice(reply.body);
     }
-    let abort = flush(w, io, out).await.is_err();
+    let abort = flush(env, io, out).await.is_err();
     Ok(Sent { status, abort })
 }

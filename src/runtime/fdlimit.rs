@@ -7,7 +7,7 @@
 //! do. [`Budget`] then splits the limit (pure arithmetic, so `corvid check` and start-up agree
 //! and it is testable): a reserve for the origin and Redis pools and the process's own
 //! descriptors, and the rest for client connections, evenly per worker. A worker at its share
-//! closes its oldest idle connections to make room for new ones (`runtime::idle`), so running
+//! closes its oldest idle connections to make room for new ones (`http::idle`), so running
 //! out of descriptors degrades into shorter keep-alive, not into refusing real clients.
 
 use crate::config::Config;

@@ -13,8 +13,6 @@
 //! from another thread (monoio's `sync` feature), which crossbeam's blocking channels cannot.
 
 pub mod fdlimit;
-pub mod idle;
-pub mod signal;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -430,15 +428,17 @@ async fn worker_main(
     if id == 0 {
         worker::spawn_purge_subscriber(&w);
     }
+    let sweeper = std::rc::Rc::clone(&w);
+    monoio::spawn(async move { sweeper.http.sweep().await });
     let w2 = std::rc::Rc::clone(&w);
     monoio::spawn(async move {
         while let Ok(cmd) = control.recv_async().await {
             match cmd {
-                Control::Shutdown => w2.begin_shutdown(),
+                Control::Shutdown => w2.http.begin_shutdown(),
             }
         }
         // The sender is gone: the process is ending.
-        w2.begin_shutdown();
+        w2.http.begin_shutdown();
     });
     let _ = ready.send(Ok((
         format!(

@@ -21,12 +21,10 @@ use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use monoio::time::Instant;
 use monoio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::idle::IdleConns;
-use super::signal::LocalSignal;
 use super::Shared;
 use crate::cache::purge_broadcast;
 use crate::cache::redis::{subscribe, RedisClient, RedisOptions, StopSignal};
-use crate::http::response::DateCache;
+use crate::http::env::ConnEnv;
 use crate::http::vectored::HeadBody;
 use crate::metrics::WorkerMetrics;
 use crate::net::MaybeTls;
@@ -45,14 +43,10 @@ pub struct Worker {
     pub id: usize,
     pub shared: Arc<Shared>,
     pub buckets: Vec<WorkerBucket>,
-    /// Fired when shutdown begins: stop accepting, close idle connections.
-    pub shutdown: LocalSignal,
-    /// Connections waiting for a request: closed oldest first when room is needed, and the
-    /// keep-alive ones at shutdown.
-    pub idle: IdleConns,
+    /// What this worker's connections share: timeouts, Date, request ids, shutdown, idle
+    /// connections, recycled connection memory.
+    pub http: ConnEnv,
     pub connections: Cell<usize>,
-    pub date: RefCell<DateCache>,
-    next_request: Cell<u64>,
     /// Reusable head+body vectored-write buffers (the hit path allocates none once warm).
     head_bodies: RefCell<Vec<HeadBody>>,
     /// Byte buffers lent per request (the decoded object key, the cache key) and given back
@@ -135,7 +129,7 @@ pub fn spawn_purge_subscriber(w: &Rc<Worker>) {
     monoio::spawn(subscribe(opts, channel, on_message, stop.clone()));
     let w = Rc::clone(w);
     monoio::spawn(async move {
-        w.shutdown.wait().await;
+        w.http.shutdown.wait().await;
         stop.stop();
     });
 }
@@ -184,6 +178,12 @@ impl Worker {
             .as_ref()
             .map(|r| redis_options(r).key_prefix)
             .unwrap_or_default();
+        let http = ConnEnv::new(
+            &shared.config.server,
+            shared.limits,
+            shared.instance_tag,
+            id as u16,
+        );
         Rc::new(Worker {
             id,
             redis,
@@ -191,21 +191,11 @@ impl Worker {
             redis_behind: Cell::new(0),
             shared,
             buckets,
-            shutdown: LocalSignal::default(),
-            idle: IdleConns::default(),
+            http,
             connections: Cell::new(0),
-            date: RefCell::new(DateCache::default()),
-            next_request: Cell::new(0),
             head_bodies: RefCell::new(Vec::new()),
             spare_bufs: RefCell::new(Vec::new()),
         })
-    }
-
-    /// Shutdown begins: the accept loop stops, idle keep-alive connections close, busy ones
-    /// answer with `Connection: close`.
-    pub fn begin_shutdown(&self) {
-        self.shutdown.fire();
-        self.idle.shutdown();
     }
 
     /// A vectored-write buffer from this worker's free list.
@@ -245,13 +235,6 @@ impl Worker {
 
     pub fn metrics(&self) -> &WorkerMetrics {
         self.shared.metrics.worker(self.id)
-    }
-
-    /// A fresh request id: process tag, worker, counter — unique across workers and restarts.
-    pub fn next_request_id(&self) -> crate::http::conn::RequestId {
-        let n = self.next_request.get();
-        self.next_request.set(n + 1);
-        crate::http::conn::RequestId::generate(self.shared.instance_tag, self.id as u16, n)
     }
 }
 
@@ -299,7 +282,7 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
         let mut accept = std::pin::pin!(accept);
         let accepted = monoio::select! {
             r = accept.as_mut() => Some(r),
-            _ = w.shutdown.wait() => None,
+            _ = w.http.shutdown.wait() => None,
         };
         let accepted = match accepted {
             Some(r) => r,
@@ -308,20 +291,20 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
                 // then io_uring holds the listening socket. A connection that raced the
                 // cancellation was accepted, so it is served.
                 let _ = canceller.cancel();
-                if let Ok((stream, _)) = accept.await {
-                    spawn_connection(&w, stream, &acceptor);
+                if let Ok((stream, peer)) = accept.await {
+                    spawn_connection(&w, stream, peer, &acceptor);
                 }
                 break;
             }
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 log.accepted(w.id);
                 backoff = Duration::ZERO;
                 if w.connections.get() >= w.shared.fd_budget.per_worker {
                     // Full: room for this one comes from the oldest idle connection. With none
                     // idle, every connection is busy and this one is refused.
-                    let reclaimed = w.idle.reclaim_oldest(1);
+                    let reclaimed = w.http.idle.reclaim_oldest(1);
                     log.full(w.id, w.shared.fd_budget.per_worker, reclaimed);
                     if reclaimed == 0 {
                         continue;
@@ -329,7 +312,7 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
                 } else {
                     log.below_limit(w.id, w.connections.get(), w.shared.fd_budget.per_worker);
                 }
-                spawn_connection(&w, stream, &acceptor);
+                spawn_connection(&w, stream, peer, &acceptor);
                 // One accept per turn of the event loop (nginx's `multi_accept off`): the new
                 // connection's task runs — and registers as idle, so it can be reclaimed —
                 // before the next accept, and a deep backlog cannot starve the connections
@@ -343,7 +326,7 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                 );
                 let reclaimed = if out_of_fds {
-                    w.idle.reclaim_oldest(RECLAIM_BATCH)
+                    w.http.idle.reclaim_oldest(RECLAIM_BATCH)
                 } else {
                     0
                 };
@@ -358,7 +341,7 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
                 };
                 monoio::select! {
                     _ = monoio::time::sleep(pause) => {},
-                    _ = w.shutdown.wait() => {},
+                    _ = w.http.shutdown.wait() => {},
                 }
             }
         }
@@ -373,7 +356,7 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
             // Whoever has not sent a request head by now (preconnected, or an idle flood) is
             // not waited for until `header_timeout`.
             last_call = None;
-            w.idle.reclaim_oldest(usize::MAX);
+            w.http.idle.reclaim_oldest(usize::MAX);
         }
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -398,7 +381,7 @@ async fn stop_listening(w: &Rc<Worker>, listener: TcpListener, acceptor: &Option
             break;
         }
         match listener.accept().await {
-            Ok((stream, _)) => spawn_connection(w, stream, acceptor),
+            Ok((stream, peer)) => spawn_connection(w, stream, peer, acceptor),
             Err(_) => break,
         }
     }
@@ -424,7 +407,12 @@ fn readable_now(fd: std::os::fd::RawFd) -> bool {
 }
 
 /// Serves one accepted connection in its own task (TLS handshake first, when configured).
-fn spawn_connection(w: &Rc<Worker>, stream: TcpStream, acceptor: &Option<TlsAcceptor>) {
+fn spawn_connection(
+    w: &Rc<Worker>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: &Option<TlsAcceptor>,
+) {
     let _ = stream.set_nodelay(true);
     let w2 = Rc::clone(w);
     let acceptor = acceptor.clone();
@@ -436,12 +424,12 @@ fn spawn_connection(w: &Rc<Worker>, stream: TcpStream, acceptor: &Option<TlsAcce
             let io = match acceptor {
                 None => MaybeTls::Plain(stream),
                 Some(acceptor) => {
-                    let t = w3.shared.config.server.header_timeout;
+                    let t = w3.http.header_timeout;
                     // A connection still in its handshake is idle too: reclaimable, oldest first.
                     let since = Instant::now();
                     let handshake = monoio::select! {
                         r = monoio::time::timeout(t, acceptor.accept(stream)) => Some(r),
-                        _ = w3.idle.wait(since, false) => None,
+                        _ = w3.http.idle.wait(since, None, false) => None,
                     };
                     match handshake {
                         Some(Ok(Ok(s))) => MaybeTls::Tls(Box::new(s)),
@@ -453,7 +441,7 @@ fn spawn_connection(w: &Rc<Worker>, stream: TcpStream, acceptor: &Option<TlsAcce
                     }
                 }
             };
-            crate::http::conn::serve(w3, io).await;
+            crate::http::conn::serve(&crate::handler::ObjectApp(w3), io, peer).await;
         };
         if let Err(panic) = (CatchUnwind(Box::pin(conn))).await {
             let msg = panic
