@@ -188,6 +188,9 @@ pub struct BucketConfig {
     pub ca_file: Option<PathBuf>,
     /// Requests need a valid JWT.
     pub auth: bool,
+    /// Rules on the claims of a verified token (`claims = [...]`); all must hold, else 403.
+    /// Empty unless `auth = true` (a rule on a public bucket is a config error).
+    pub claims: Vec<ClaimRule>,
     /// Overrides `cache.ttl` for this bucket.
     pub ttl: Option<Duration>,
     pub cors: Option<CorsConfig>,
@@ -219,6 +222,7 @@ impl fmt::Debug for BucketConfig {
             .field("addressing", &self.addressing)
             .field("ca_file", &self.ca_file)
             .field("auth", &self.auth)
+            .field("claims", &self.claims)
             .field("ttl", &self.ttl)
             .field("cors", &self.cors)
             .field("connect_timeout", &self.connect_timeout)
@@ -342,13 +346,15 @@ pub enum JwtAlgorithm {
     RS384,
     RS512,
     PS256,
+    PS384,
+    PS512,
     ES256,
     ES384,
     EdDSA,
 }
 
 impl JwtAlgorithm {
-    pub const ALL: [JwtAlgorithm; 10] = [
+    pub const ALL: [JwtAlgorithm; 12] = [
         JwtAlgorithm::HS256,
         JwtAlgorithm::HS384,
         JwtAlgorithm::HS512,
@@ -356,6 +362,8 @@ impl JwtAlgorithm {
         JwtAlgorithm::RS384,
         JwtAlgorithm::RS512,
         JwtAlgorithm::PS256,
+        JwtAlgorithm::PS384,
+        JwtAlgorithm::PS512,
         JwtAlgorithm::ES256,
         JwtAlgorithm::ES384,
         JwtAlgorithm::EdDSA,
@@ -371,6 +379,8 @@ impl JwtAlgorithm {
             JwtAlgorithm::RS384 => "RS384",
             JwtAlgorithm::RS512 => "RS512",
             JwtAlgorithm::PS256 => "PS256",
+            JwtAlgorithm::PS384 => "PS384",
+            JwtAlgorithm::PS512 => "PS512",
             JwtAlgorithm::ES256 => "ES256",
             JwtAlgorithm::ES384 => "ES384",
             JwtAlgorithm::EdDSA => "EdDSA",
@@ -444,6 +454,32 @@ impl AdminConfig {
     pub fn network_allowed(&self, ip: IpAddr) -> bool {
         self.allow_networks.is_empty() || self.allow_networks.iter().any(|c| c.contains(ip))
     }
+}
+
+/// One `buckets[].claims` rule: the verified token's claim `name` must pass `test`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRule {
+    pub name: String,
+    pub test: ClaimTest,
+}
+
+/// What a [`ClaimRule`] requires of its claim. A missing claim fails every test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimTest {
+    /// `equals = v`: the claim is a string, number or boolean equal to `v` (same JSON type).
+    Equals(ClaimValue),
+    /// `one_of = [...]`: the claim is a string in the list.
+    OneOf(Vec<String>),
+    /// `contains = "s"`: the claim is an array with the string `s` among its elements.
+    Contains(String),
+}
+
+/// A scalar a claim is compared with (TOML floats are refused: equality on them is fragile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimValue {
+    String(String),
+    Integer(i64),
+    Bool(bool),
 }
 
 /// A claim that must equal a value (string claims, or a string inside an array claim).
