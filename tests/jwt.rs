@@ -252,7 +252,7 @@ fn jwks_kid_selection_and_rotation() {
             "{alg}"
         );
         // One key without a kid: tokens without a kid use it; an unknown kid is refused.
-        let one = jwks_config(alg, dir.path(), &[a.jwk.clone()]);
+        let one = jwks_config(alg, dir.path(), std::slice::from_ref(&a.jwk));
         let v1 = Verifier::new(&one).unwrap();
         assert!(v1.verify(&a.token(None, &c), NOW).is_ok(), "{alg}");
         assert_eq!(

@@ -29,6 +29,7 @@
 //! | `server.shutdown_grace` | `30s` (0 allowed: close at once) |
 //! | `buckets[].addressing` | `"path"` |
 //! | `buckets[].auth` | `false` |
+//! | `buckets[].claims` | `[]` (no rules beyond a valid token) |
 //! | `buckets[].ttl` | absent = `cache.ttl` |
 //! | `buckets[].connect_timeout` | `5s` |
 //! | `buckets[].first_byte_timeout` | `30s` |
@@ -80,7 +81,13 @@
 //! * **JWT**: HMAC secrets must be at least as long as the hash output (32/48/64 bytes for
 //!   HS256/384/512), as RFC 7518 §3.2 requires; the secret is used as raw UTF-8 bytes. `secret`
 //!   with an asymmetric algorithm, or `public_key`/`jwks_file` with HS*, is an error.
-//!   `audience` may be a string or an array of strings.
+//!   `audience` may be a string or a non-empty array of strings; `token_sources` may not name a
+//!   source twice. Key files are only checked to exist here; their contents are parsed by
+//!   `auth::Verifier::new` at start (errors name `jwt.public_key` / `jwt.jwks_file` too).
+//! * **`buckets[].claims`**: an array of `{ name, equals | one_of | contains }` (exactly one
+//!   test each): `equals` a string, integer or boolean (no floats), `one_of` a non-empty list
+//!   of strings, `contains` a string (the claim must be an array holding it). Only allowed with
+//!   `auth = true`, since rules on a public bucket would never be checked.
 //! * **`[admin]` requires `[jwt]`**, since admin requests are authorised by a JWT claim.
 //!   `admin.listen` must differ from `server.listen`. `allow_networks`, if present, must not be
 //!   empty (omit it to allow any network); a bare address means a single host (`/32`, `/128`),
