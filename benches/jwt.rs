@@ -45,7 +45,10 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
-    let header = format!("Bearer {}", jwt_support::key("HS256", 0).token(None, &claims));
+    let header = format!(
+        "Bearer {}",
+        jwt_support::key("HS256", 0).token(None, &claims)
+    );
     let sources = [TokenSource::Bearer];
     g.bench_function("extract/bearer", |b| {
         b.iter(|| {
