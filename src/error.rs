@@ -117,6 +117,8 @@ pub struct Error {
     retryable: bool,
     message: Cow<'static, str>,
     allow: Option<&'static str>,
+    /// `WWW-Authenticate` value of a 401 (RFC 6750 §3); see [`Error::unauthenticated`].
+    www_authenticate: Option<&'static str>,
 }
 
 /// Result alias over [`Error`].
@@ -131,6 +133,7 @@ impl Error {
             retryable: false,
             message: message.into(),
             allow: None,
+            www_authenticate: None,
         }
     }
 
@@ -165,6 +168,19 @@ impl Error {
     /// The `Allow` header value for a 405.
     pub fn allow(&self) -> Option<&'static str> {
         self.allow
+    }
+
+    /// A 401 answered with `WWW-Authenticate: <challenge>` (e.g. `Bearer`, or
+    /// `Bearer error="invalid_token"`), as RFC 7235 §3.1 requires of every 401.
+    pub fn unauthenticated(challenge: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        let mut e = Self::client(Kind::Unauthenticated, message);
+        e.www_authenticate = Some(challenge);
+        e
+    }
+
+    /// The `WWW-Authenticate` header value for a 401.
+    pub fn www_authenticate(&self) -> Option<&'static str> {
+        self.www_authenticate
     }
 
     pub fn kind(&self) -> Kind {
@@ -222,6 +238,12 @@ mod tests {
         assert_eq!(v["message"], "request line too long");
         assert_eq!(v["request_id"], "r1");
         assert!(!e.is_retryable());
+        let e = Error::unauthenticated("Bearer", "no token");
+        assert_eq!((e.status(), e.www_authenticate()), (401, Some("Bearer")));
+        assert_eq!(
+            Error::client(Kind::Forbidden, "no").www_authenticate(),
+            None
+        );
         assert!(Error::upstream(Kind::BadGateway, "x")
             .retryable()
             .is_retryable());

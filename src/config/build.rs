@@ -272,6 +272,20 @@ fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfi
             cx.problem(&auth_key, "auth = true requires a [jwt] section");
         }
     }
+    let claims_key = s.key("claims");
+    let claims_present = s.has("claims");
+    let claims = s.or(cx, "claims", Vec::new(), |cx, k, v| {
+        cx.array(k, v, |cx, k, v| {
+            let r = cx.section(k, v)?;
+            claim_rule(cx, r)
+        })
+    });
+    if claims_present && auth == Some(false) {
+        cx.problem(
+            &claims_key,
+            "only checked on a bucket with auth = true (set auth = true, or remove the rules)",
+        );
+    }
     let ttl_present = s.has("ttl");
     let ttl = s.opt(cx, "ttl", Ctx::timeout);
     let cors_present = s.has("cors");
@@ -304,6 +318,7 @@ fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfi
         addressing: addressing?,
         ca_file,
         auth: auth?,
+        claims: claims?,
         ttl,
         cors,
         connect_timeout: connect_timeout?,
@@ -312,6 +327,54 @@ fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfi
         max_idle_connections: max_idle_connections?,
         pool_idle_timeout: pool_idle_timeout?,
     })
+}
+
+/// One `claims` rule: `{ name = "...", equals = v | one_of = [...] | contains = "..." }`.
+pub(super) fn claim_rule(cx: &mut Ctx, mut s: Section) -> Option<ClaimRule> {
+    let name = s.req(cx, "name", Ctx::nonempty);
+    let tests = ["equals", "one_of", "contains"];
+    let given: Vec<&str> = tests.into_iter().filter(|t| s.has(t)).collect();
+    let path = s.path().to_owned();
+    let equals = s.opt(cx, "equals", |cx, k, v| match v {
+        Value::String(_) => cx.string(k, v).map(ClaimValue::String),
+        Value::Integer(n) => Some(ClaimValue::Integer(n)),
+        Value::Boolean(b) => Some(ClaimValue::Bool(b)),
+        _ => {
+            cx.problem(k, "must be a string, an integer or a boolean");
+            None
+        }
+    });
+    let one_of = s.opt(cx, "one_of", |cx, k, v| {
+        let list = cx.array(k, v, Ctx::string)?;
+        if list.is_empty() {
+            cx.problem(k, "must list at least one value");
+            return None;
+        }
+        Some(list)
+    });
+    let contains = s.opt(cx, "contains", Ctx::string);
+    s.finish(cx);
+    if given.len() != 1 {
+        cx.problem(
+            &path,
+            format!(
+                "needs exactly one of `equals`, `one_of` or `contains` (got {})",
+                if given.is_empty() {
+                    "none".to_owned()
+                } else {
+                    given.join(", ")
+                }
+            ),
+        );
+        return None;
+    }
+    let test = match (equals, one_of, contains) {
+        (Some(v), None, None) => ClaimTest::Equals(v),
+        (None, Some(l), None) => ClaimTest::OneOf(l),
+        (None, None, Some(c)) => ClaimTest::Contains(c),
+        _ => return None,
+    };
+    Some(ClaimRule { name: name?, test })
 }
 
 /// Credentials and tokens: non-empty, and no whitespace or control characters — most often a
@@ -386,13 +449,26 @@ fn jwt(cx: &mut Ctx, mut s: Section) -> Option<JwtConfig> {
                 cx.problem(k, "must name at least one source (default [\"bearer\"])");
                 return None;
             }
+            for (i, t) in list.iter().enumerate() {
+                if list[..i].contains(t) {
+                    cx.problem(&format!("{k}[{i}]"), "names the same source twice");
+                    return None;
+                }
+            }
             Some(list)
         },
     );
     let issuer_present = s.has("issuer");
     let issuer = s.opt(cx, "issuer", Ctx::nonempty);
     let audience = s.or(cx, "audience", Vec::new(), |cx, k, v| match v {
-        Value::Array(_) => cx.array(k, v, Ctx::nonempty),
+        Value::Array(_) => {
+            let list = cx.array(k, v, Ctx::nonempty)?;
+            if list.is_empty() {
+                cx.problem(k, "must not be empty (omit the key to not check `aud`)");
+                return None;
+            }
+            Some(list)
+        }
         v => cx.nonempty(k, v).map(|a| vec![a]),
     });
     let leeway = s.or(cx, "leeway", secs(30), Ctx::duration);

@@ -29,6 +29,7 @@
 //! | `server.shutdown_grace` | `30s` (0 allowed: close at once) |
 //! | `buckets[].addressing` | `"path"` |
 //! | `buckets[].auth` | `false` |
+//! | `buckets[].claims` | `[]` (no rules beyond a valid token) |
 //! | `buckets[].ttl` | absent = `cache.ttl` |
 //! | `buckets[].connect_timeout` | `5s` |
 //! | `buckets[].first_byte_timeout` | `30s` |
@@ -80,7 +81,13 @@
 //! * **JWT**: HMAC secrets must be at least as long as the hash output (32/48/64 bytes for
 //!   HS256/384/512), as RFC 7518 §3.2 requires; the secret is used as raw UTF-8 bytes. `secret`
 //!   with an asymmetric algorithm, or `public_key`/`jwks_file` with HS*, is an error.
-//!   `audience` may be a string or an array of strings.
+//!   `audience` may be a string or a non-empty array of strings; `token_sources` may not name a
+//!   source twice. Key files are only checked to exist here; their contents are parsed by
+//!   `auth::Verifier::new` at start (errors name `jwt.public_key` / `jwt.jwks_file` too).
+//! * **`buckets[].claims`**: an array of `{ name, equals | one_of | contains }` (exactly one
+//!   test each): `equals` a string, integer or boolean (no floats), `one_of` a non-empty list
+//!   of strings, `contains` a string (the claim must be an array holding it). Only allowed with
+//!   `auth = true`, since rules on a public bucket would never be checked.
 //! * **`[admin]` requires `[jwt]`**, since admin requests are authorised by a JWT claim.
 //!   `admin.listen` must differ from `server.listen`. `allow_networks`, if present, must not be
 //!   empty (omit it to allow any network); a bare address means a single host (`/32`, `/128`),
@@ -188,6 +195,9 @@ pub struct BucketConfig {
     pub ca_file: Option<PathBuf>,
     /// Requests need a valid JWT.
     pub auth: bool,
+    /// Rules on the claims of a verified token (`claims = [...]`); all must hold, else 403.
+    /// Empty unless `auth = true` (a rule on a public bucket is a config error).
+    pub claims: Vec<ClaimRule>,
     /// Overrides `cache.ttl` for this bucket.
     pub ttl: Option<Duration>,
     pub cors: Option<CorsConfig>,
@@ -219,6 +229,7 @@ impl fmt::Debug for BucketConfig {
             .field("addressing", &self.addressing)
             .field("ca_file", &self.ca_file)
             .field("auth", &self.auth)
+            .field("claims", &self.claims)
             .field("ttl", &self.ttl)
             .field("cors", &self.cors)
             .field("connect_timeout", &self.connect_timeout)
@@ -342,13 +353,15 @@ pub enum JwtAlgorithm {
     RS384,
     RS512,
     PS256,
+    PS384,
+    PS512,
     ES256,
     ES384,
     EdDSA,
 }
 
 impl JwtAlgorithm {
-    pub const ALL: [JwtAlgorithm; 10] = [
+    pub const ALL: [JwtAlgorithm; 12] = [
         JwtAlgorithm::HS256,
         JwtAlgorithm::HS384,
         JwtAlgorithm::HS512,
@@ -356,6 +369,8 @@ impl JwtAlgorithm {
         JwtAlgorithm::RS384,
         JwtAlgorithm::RS512,
         JwtAlgorithm::PS256,
+        JwtAlgorithm::PS384,
+        JwtAlgorithm::PS512,
         JwtAlgorithm::ES256,
         JwtAlgorithm::ES384,
         JwtAlgorithm::EdDSA,
@@ -371,6 +386,8 @@ impl JwtAlgorithm {
             JwtAlgorithm::RS384 => "RS384",
             JwtAlgorithm::RS512 => "RS512",
             JwtAlgorithm::PS256 => "PS256",
+            JwtAlgorithm::PS384 => "PS384",
+            JwtAlgorithm::PS512 => "PS512",
             JwtAlgorithm::ES256 => "ES256",
             JwtAlgorithm::ES384 => "ES384",
             JwtAlgorithm::EdDSA => "EdDSA",
@@ -444,6 +461,32 @@ impl AdminConfig {
     pub fn network_allowed(&self, ip: IpAddr) -> bool {
         self.allow_networks.is_empty() || self.allow_networks.iter().any(|c| c.contains(ip))
     }
+}
+
+/// One `buckets[].claims` rule: the verified token's claim `name` must pass `test`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRule {
+    pub name: String,
+    pub test: ClaimTest,
+}
+
+/// What a [`ClaimRule`] requires of its claim. A missing claim fails every test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimTest {
+    /// `equals = v`: the claim is a string, number or boolean equal to `v` (same JSON type).
+    Equals(ClaimValue),
+    /// `one_of = [...]`: the claim is a string in the list.
+    OneOf(Vec<String>),
+    /// `contains = "s"`: the claim is an array with the string `s` among its elements.
+    Contains(String),
+}
+
+/// A scalar a claim is compared with (TOML floats are refused: equality on them is fragile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimValue {
+    String(String),
+    Integer(i64),
+    Bool(bool),
 }
 
 /// A claim that must equal a value (string claims, or a string inside an array claim).

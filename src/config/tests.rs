@@ -371,7 +371,7 @@ fn jwt_variants() {
     let pem = dir.path().join("pub.pem");
     std::fs::write(&pem, "x").unwrap();
     for alg in [
-        "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
     ] {
         let c = ok(&with_bucket(
             "",
@@ -1661,4 +1661,170 @@ capacity = "1MiB"
         assert_eq!(line, format!("{}: {}", p.key, p.message));
     }
     let _: &dyn std::error::Error = &e;
+}
+
+/// Parses one `claims` element on its own (a bucket with rules needs `auth = true`, which is
+/// refused until verification is wired into the request path, so the whole config never loads).
+fn claim_rule(text: &str) -> Result<ClaimRule, Vec<Problem>> {
+    let table: toml::Table = text.parse().unwrap();
+    let env = |_: &str| None;
+    let mut cx = walk::Ctx::new(&env, None);
+    let r = build::claim_rule(&mut cx, walk::Section::new("r".into(), table));
+    match r {
+        Some(r) if cx.problems.is_empty() => Ok(r),
+        _ => Err(cx.problems),
+    }
+}
+
+#[test]
+fn claim_rules() {
+    let rule = |t: &str| claim_rule(t).unwrap_or_else(|p| panic!("{t}: {p:?}"));
+    let eq = |name: &str, v: ClaimValue| ClaimRule {
+        name: name.into(),
+        test: ClaimTest::Equals(v),
+    };
+    assert_eq!(
+        rule("name = \"tenant\"\nequals = \"acme\""),
+        eq("tenant", ClaimValue::String("acme".into()))
+    );
+    assert_eq!(
+        rule("name = \"level\"\nequals = 3"),
+        eq("level", ClaimValue::Integer(3))
+    );
+    assert_eq!(
+        rule("name = \"staff\"\nequals = true"),
+        eq("staff", ClaimValue::Bool(true))
+    );
+    assert_eq!(
+        rule("name = \"tier\"\none_of = [\"gold\", \"silver\"]").test,
+        ClaimTest::OneOf(vec!["gold".into(), "silver".into()])
+    );
+    assert_eq!(
+        rule("name = \"groups\"\ncontains = \"readers\"").test,
+        ClaimTest::Contains("readers".into())
+    );
+    let bad = |t: &str, key: &str, needle: &str| {
+        let ps = claim_rule(t).expect_err(t);
+        assert!(
+            ps.iter()
+                .any(|p| p.key == key && p.message.contains(needle)),
+            "{t}: wanted {key}: ...{needle}..., got {ps:?}"
+        );
+    };
+    bad("equals = \"x\"", "r.name", "");
+    bad("name = \"\"\nequals = \"x\"", "r.name", "must not be empty");
+    bad(
+        "name = \"a\"",
+        "r",
+        "exactly one of `equals`, `one_of` or `contains` (got none)",
+    );
+    bad(
+        "name = \"a\"\nequals = \"x\"\ncontains = \"y\"",
+        "r",
+        "got equals, contains",
+    );
+    bad(
+        "name = \"a\"\nequals = 1.5",
+        "r.equals",
+        "string, an integer or a boolean",
+    );
+    bad(
+        "name = \"a\"\nequals = [\"x\"]",
+        "r.equals",
+        "string, an integer or a boolean",
+    );
+    bad(
+        "name = \"a\"\none_of = []",
+        "r.one_of",
+        "at least one value",
+    );
+    bad("name = \"a\"\none_of = \"x\"", "r.one_of", "an array");
+    bad("name = \"a\"\none_of = [1]", "r.one_of[0]", "a string");
+    bad("name = \"a\"\ncontains = 2", "r.contains", "a string");
+    bad(
+        "name = \"a\"\nequals = \"x\"\nbogus = 1",
+        "r.bogus",
+        "unknown",
+    );
+}
+
+#[test]
+fn bucket_claims() {
+    let rules = "claims = [{ name = \"tenant\", equals = \"acme\" }, \
+                 { name = \"tier\", one_of = [\"gold\", \"silver\"] }, \
+                 { name = \"groups\", contains = \"readers\" }]";
+    // Valid rules on an auth bucket: the only problem is the refusal of auth = true itself.
+    let ps = problems(&with_bucket(&format!("auth = true\n{rules}"), JWT));
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(ps[0].key, "buckets[0].auth");
+    assert_eq!(ps[0].message, build::AUTH_UNAVAILABLE);
+    // Rules on a public bucket would never be checked.
+    for extra in ["", "auth = false\n"] {
+        has_problem(
+            &with_bucket(&format!("{extra}{rules}"), JWT),
+            "buckets[0].claims",
+            "only checked on a bucket with auth = true",
+        );
+    }
+    // Errors in a rule name the rule's index.
+    has_problem(
+        &with_bucket(
+            "auth = true\nclaims = [{ name = \"a\", equals = \"x\" }, { name = \"b\" }]",
+            JWT,
+        ),
+        "buckets[0].claims[1]",
+        "exactly one of",
+    );
+    has_problem(
+        &with_bucket("auth = true\nclaims = [{ name = \"a\", one_of = [] }]", JWT),
+        "buckets[0].claims[0].one_of",
+        "at least one value",
+    );
+    has_problem(
+        &with_bucket("auth = true\nclaims = { name = \"a\" }", JWT),
+        "buckets[0].claims",
+        "an array",
+    );
+    // Without rules the list is empty.
+    assert!(ok(&minimal()).buckets[0].claims.is_empty());
+}
+
+#[test]
+fn jwt_lists() {
+    let jwt = |body: &str| with_bucket("", &format!("{JWT}{body}"));
+    has_problem(&jwt("audience = []"), "jwt.audience", "must not be empty");
+    has_problem(
+        &jwt("token_sources = [\"bearer\", \"query:t\", \"bearer\"]"),
+        "jwt.token_sources[2]",
+        "same source twice",
+    );
+    has_problem(
+        &jwt("token_sources = [\"header:X-T\", \"header:x-t\"]"),
+        "jwt.token_sources[1]",
+        "same source twice",
+    );
+    let c = ok(&jwt(
+        "audience = [\"a\", \"b\"]\ntoken_sources = [\"query:t\", \"header:x-t\"]",
+    ));
+    assert_eq!(
+        c.jwt.unwrap().audience,
+        vec!["a".to_string(), "b".to_string()]
+    );
+}
+
+#[test]
+fn pss_algorithms_are_known() {
+    for alg in JwtAlgorithm::ALL {
+        assert_eq!(
+            JwtAlgorithm::ALL
+                .iter()
+                .filter(|a| a.as_str() == alg.as_str())
+                .count(),
+            1
+        );
+    }
+    assert!(JwtAlgorithm::ALL.iter().any(|a| a.as_str() == "PS384"));
+    assert!(JwtAlgorithm::ALL.iter().any(|a| a.as_str() == "PS512"));
+    assert!(!JwtAlgorithm::PS512.is_hmac());
+    assert_eq!(JwtAlgorithm::PS384.min_secret_len(), 0);
 }
