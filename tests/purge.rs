@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use corvid::cache::entry::{CachedObject, Meta};
 use corvid::cache::policy::cache_key;
-use corvid::cache::purge::{purge, Purged, RedisPurge, Scope};
+use corvid::cache::purge::{purge, purge_as, Mode, Purged, RedisPurge, Scope};
 use corvid::cache::purge_broadcast;
 use corvid::cache::redis::{subscribe, RedisClient, RedisError, RedisOptions, StopSignal};
 use corvid::cache::redis_tier;
@@ -141,6 +141,66 @@ impl World {
             self.tiers.disk.as_ref().unwrap().get_stale(&k).is_some(),
             self.redis.get(&k).await.unwrap().is_some(),
         ]
+    }
+
+    /// Whether memory, disk and Redis hold `e` as fresh (each must hold it).
+    async fn fresh(&self, e: &Entry) -> [bool; 3] {
+        let k = ckey(e);
+        let now = corvid::cache::disk::now_ms();
+        let mem = self.tiers.memory.get(&k).expect("held in memory");
+        let disk = self.tiers.disk.as_ref().unwrap();
+        let on_disk = disk.get_stale(&k).expect("held on disk");
+        // The fresh-only disk lookup agrees with the index's expiry.
+        assert_eq!(disk.get(&k).is_some(), on_disk.expires_at_ms > now);
+        let retain = Duration::from_secs(3600);
+        let redis = redis_tier::lookup(&self.redis, "corvid:", &k, retain, now)
+            .await
+            .unwrap()
+            .expect("held in Redis");
+        [
+            mem.meta.is_fresh(now),
+            on_disk.expires_at_ms > now,
+            redis.meta.is_fresh(now),
+        ]
+    }
+
+    /// Checks that exactly `stale` (indexes into [`WORLD`]) are stale in every tier, and
+    /// everything is still held everywhere.
+    async fn check_stale(&self, stale: &[usize], what: &str) {
+        for (i, e) in WORLD.iter().enumerate() {
+            assert_eq!(self.held(e).await, [true; 3], "{what}: {e:?}");
+            let expect = [!stale.contains(&i); 3];
+            assert_eq!(self.fresh(e).await, expect, "{what}: {e:?}");
+        }
+    }
+
+    /// Soft-purges and checks the counts: `per_tier` entries marked in each tier, nothing
+    /// removed (the gauges do not move).
+    async fn soft_purge(&self, scope: Scope, per_tier: u64) -> Purged {
+        let before = self.usage();
+        let p = purge_as(&self.tiers, Some(&self.redis), &scope, Mode::Soft).await;
+        assert_eq!(
+            self.usage(),
+            before,
+            "{scope:?}: a soft purge removed something"
+        );
+        assert_eq!(p.mode, Mode::Soft);
+        assert_eq!(
+            (p.memory.entries, p.disk.entries),
+            (per_tier, per_tier),
+            "{scope:?}: {p:?}"
+        );
+        assert!(
+            matches!(p.redis, RedisPurge::Done(n) if n == per_tier),
+            "{scope:?}: {p:?}"
+        );
+        assert_eq!(p.entries(), 3 * per_tier);
+        assert_eq!(
+            per_tier > 0,
+            p.memory.bytes > 0 && p.disk.bytes > 0,
+            "{p:?}"
+        );
+        p
     }
 
     /// Checks that exactly `gone` (indexes into [`WORLD`]) are absent from every tier and
@@ -419,5 +479,162 @@ fn with_redis_killed_memory_and_disk_are_still_purged_and_redis_is_reported() {
         let p = purge(&w.tiers, None, &Scope::All).await;
         assert!(matches!(p.redis, RedisPurge::Disabled) && !p.redis.failed());
         assert_eq!(p.entries(), 0);
+    });
+}
+
+#[test]
+fn a_soft_purge_marks_an_object_stale_in_every_tier_and_keeps_it() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let w = World::filled(&server, Duration::from_secs(5)).await;
+        w.check_stale(&[], "filled").await;
+        let p = w.soft_purge(object_scope("img", "logo.png"), 3).await;
+        // The bytes reported are what the tiers hold for them.
+        let held: u64 = (0..3)
+            .map(|i| {
+                let k = ckey(&WORLD[i]);
+                w.tiers.memory.get(&k).unwrap().weight() as u64 + k.len() as u64
+            })
+            .sum();
+        assert_eq!(p.memory.bytes, held);
+        w.check_stale(&[0, 1, 2], "after soft-purging img/logo.png")
+            .await;
+
+        // A lookup finds the entry but not fresh: the request path revalidates it.
+        let k = ckey(&WORLD[0]);
+        let now = corvid::cache::disk::now_ms();
+        let hit = w.tiers.lookup(&k).await.expect("still cached");
+        assert_eq!(hit.layer, Layer::Memory);
+        assert!(!hit.obj.meta.is_fresh(now));
+        // Stale since the purge, not since the epoch: stale-while-revalidate windows apply
+        // from the purge on.
+        assert!(now - hit.obj.meta.expires_at_ms < 10_000);
+        // Promoted from disk, it is still stale.
+        w.tiers.memory.remove(&k);
+        let hit = w.tiers.lookup(&k).await.expect("on disk");
+        assert_eq!(hit.layer, Layer::Disk);
+        assert!(!hit.obj.meta.is_fresh(now));
+        assert!(!w.tiers.memory.get(&k).unwrap().meta.is_fresh(now));
+
+        // Marking again counts the same entries (still cached: the admin API answers 200),
+        // and never moves a deadline later.
+        let before = w.tiers.memory.get(&k).unwrap().meta.expires_at_ms;
+        w.soft_purge(object_scope("img", "logo.png"), 3).await;
+        assert_eq!(w.tiers.memory.get(&k).unwrap().meta.expires_at_ms, before);
+        // An object not cached: nothing marked (404).
+        w.soft_purge(object_scope("img", "nope"), 0).await;
+        // One exact key.
+        w.soft_purge(Scope::Key(ckey(&WORLD[7])), 1).await;
+        w.check_stale(&[0, 1, 2, 7], "after soft-purging one key")
+            .await;
+        // A revalidation (a 304) that began after the purge makes it fresh again.
+        let since = w.tiers.generation();
+        w.tiers.refresh(&ckey(&WORLD[7]), object(7), since);
+        assert_eq!(w.fresh(&WORLD[7]).await[..2], [true, true]);
+    });
+}
+
+#[test]
+fn soft_purges_of_a_prefix_a_bucket_and_everything() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let w = World::filled(&server, Duration::from_secs(5)).await;
+        w.soft_purge(prefix_scope("img", "a*"), 1).await;
+        w.check_stale(&[5], "after soft-purging img prefix a*")
+            .await;
+        w.soft_purge(prefix_scope("img", "logo"), 4).await;
+        w.check_stale(&[0, 1, 2, 3, 5], "after soft-purging img prefix logo")
+            .await;
+        // The whole bucket img: img2 (whose name starts with "img") stays fresh.
+        w.soft_purge(prefix_scope("img", ""), 7).await;
+        w.check_stale(&[0, 1, 2, 3, 4, 5, 6], "after soft-purging bucket img")
+            .await;
+        w.soft_purge(Scope::All, WORLD.len() as u64).await;
+        w.check_stale(
+            &(0..WORLD.len()).collect::<Vec<_>>(),
+            "after soft-purging everything",
+        )
+        .await;
+        // A hard purge still removes soft-purged entries.
+        w.purge(Scope::All, WORLD.len() as u64).await;
+    });
+}
+
+#[test]
+fn a_fill_that_began_before_a_soft_purge_does_not_undo_it() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let w = World::filled(&server, Duration::from_secs(5)).await;
+        let (k, obj) = (ckey(&WORLD[0]), object(0));
+        // A fill and a revalidation whose origin answers came before the purge.
+        let since = w.tiers.generation();
+        w.soft_purge(object_scope("img", "logo.png"), 3).await;
+        assert!(!w.tiers.store(&k, obj.clone(), since), "stored fresh bytes");
+        w.tiers.refresh(&k, obj.clone(), since);
+        w.check_stale(&[0, 1, 2], "after the late fill").await;
+        // Even for one exact key (unlike a hard purge of one key, what an origin 404 does).
+        let since = w.tiers.generation();
+        w.soft_purge(Scope::Key(ckey(&WORLD[8])), 1).await;
+        assert!(!w.tiers.store(&ckey(&WORLD[8]), object(8), since));
+        w.check_stale(&[0, 1, 2, 8], "after the late fill of one key")
+            .await;
+    });
+}
+
+#[test]
+fn a_soft_purge_reaches_the_memory_and_disk_of_another_instance() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let (a, b) = (
+            World::filled(&server, Duration::from_secs(5)).await,
+            World::filled(&server, Duration::from_secs(5)).await,
+        );
+        let (tag_a, tag_b) = (0xa, 0xb);
+        let channel = purge_broadcast::channel("corvid:");
+        let stop = StopSignal::new();
+        let tiers_b = Arc::clone(&b.tiers);
+        let on_message = move |msg| {
+            let tiers = Arc::clone(&tiers_b);
+            monoio::spawn(async move {
+                purge_broadcast::apply(&tiers, tag_b, msg).await;
+            });
+        };
+        let opts = RedisOptions::new(server.url().parse().unwrap());
+        monoio::spawn(subscribe(opts, channel.clone(), on_message, stop.clone()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.redis.subscribers(&channel).await.unwrap() == 0 {
+            assert!(Instant::now() < deadline, "the subscriber never subscribed");
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let scope = prefix_scope("img", "logo");
+        let done = purge_broadcast::purge_everywhere_as(
+            &a.tiers,
+            Some(&a.redis),
+            "corvid:",
+            tag_a,
+            &scope,
+            Mode::Soft,
+        )
+        .await;
+        assert_eq!(done.receivers, Some(1), "{done:?}");
+        assert_eq!(done.purged.entries(), 12, "{done:?}");
+        a.check_stale(&[0, 1, 2, 3], "the purging instance").await;
+        let stale_in_b = |i: usize| {
+            let k = ckey(&WORLD[i]);
+            let now = corvid::cache::disk::now_ms();
+            let disk = b.tiers.disk.as_ref().unwrap();
+            !b.tiers.memory.get(&k).unwrap().meta.is_fresh(now) && disk.get(&k).is_none()
+        };
+        while !(0..4).all(stale_in_b) {
+            assert!(
+                Instant::now() < deadline,
+                "the other instance kept fresh copies"
+            );
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Redis is shared: b sees it stale too; everything else is fresh and everything held.
+        b.check_stale(&[0, 1, 2, 3], "the other instance").await;
+        stop.stop();
     });
 }

@@ -13,4 +13,5 @@ pub mod purge;
 pub mod purge_broadcast;
 pub mod redis;
 pub mod redis_tier;
+pub mod stats;
 pub mod tiered;
