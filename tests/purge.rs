@@ -638,3 +638,193 @@ fn a_soft_purge_reaches_the_memory_and_disk_of_another_instance() {
         stop.stop();
     });
 }
+
+/// Stats: tiers told about buckets `img` and `img2`, a small memory tier, no Redis, and the
+/// request counters of one worker moved the way the request path moves them
+/// (`proxy::serve_object`, `proxy::serve_cached`, the fill's body reads).
+#[test]
+fn stats_are_exact_per_tier_and_per_bucket() {
+    use corvid::cache::stats::Buckets;
+    use corvid::metrics::Registry;
+
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = cache_config(dir.path());
+        cfg.memory.capacity = 16 << 10;
+        cfg.max_object_size = 8 << 10;
+        let names = vec!["img".to_string(), "img2".to_string()];
+        let tiers = Tiers::with_buckets(&cfg, Buckets::new(names.clone())).unwrap();
+        let registry = Registry::new(names, 1);
+        let w = registry.worker(0);
+        let bucket_of = |b: &str| usize::from(b == "img2");
+        let body_len = |key: &str| match key {
+            "a" => 1000,
+            "b" => 1100,
+            "c" => 1200,
+            "x" => 500,
+            _ => 3000,
+        };
+        // One GET: a fresh hit is answered from its tier, a miss is filled from the "origin".
+        let get = |bucket: &'static str, key: &'static str| {
+            let tiers = &tiers;
+            async move {
+                let (b, k) = (bucket_of(bucket), cache_key(bucket, key, &[]));
+                let now = corvid::cache::disk::now_ms();
+                match tiers.lookup(&k).await {
+                    Some(hit) if hit.obj.meta.is_fresh(now) => {
+                        w.cache_hit(b, hit.layer);
+                        w.cache_hit_bytes(b, hit.layer, hit.obj.body.len() as u64);
+                        Some(hit.layer)
+                    }
+                    Some(_) => panic!("stale"),
+                    None => {
+                        w.cache_miss(b);
+                        let len = body_len(key);
+                        w.upstream_bytes(b, len as u64);
+                        let obj = CachedObject {
+                            meta: Arc::new(Meta::new(vec![], now, now + 3_600_000)),
+                            body: Bytes::from(vec![7u8; len]),
+                        };
+                        assert!(tiers.store(&k, obj, tiers.generation()));
+                        None
+                    }
+                }
+            }
+        };
+        let (m, d) = (Some(Layer::Memory), Some(Layer::Disk));
+        assert_eq!(get("img", "a").await, None);
+        assert_eq!(get("img", "a").await, m);
+        assert_eq!(get("img", "a").await, m);
+        assert_eq!(get("img", "b").await, None);
+        assert_eq!(get("img", "c").await, None);
+        assert_eq!(get("img2", "x").await, None);
+        assert_eq!(get("img2", "x").await, m);
+        // Gone from memory, found on disk and promoted.
+        tiers.memory.remove(&cache_key("img", "b", &[]));
+        assert_eq!(get("img", "b").await, d);
+        assert_eq!(get("img", "b").await, m);
+
+        let disk = tiers.disk.as_ref().unwrap();
+        let charge = |bucket: &str, key: &str| {
+            let k = cache_key(bucket, key, &[]);
+            tiers.memory.get(&k).unwrap().weight() as u64 + k.len() as u64
+        };
+        let s = registry.cache_stats(&tiers, false);
+        // Tiers.
+        let mem = &s.layers.memory;
+        assert_eq!((mem.entries, mem.capacity), (Some(4), Some(16 << 10)));
+        let img_mem_bytes = charge("img", "a") + charge("img", "b") + charge("img", "c");
+        assert_eq!(mem.bytes, Some(img_mem_bytes + charge("img2", "x")));
+        assert_eq!((mem.hits, mem.misses, mem.evictions), (4, 5, Some(0)));
+        assert_eq!(mem.hit_ratio, Some(4.0 / 9.0));
+        assert_eq!(mem.bytes_served, 2 * 1000 + 1100 + 500);
+        let dl = &s.layers.disk;
+        assert_eq!((dl.entries, dl.bytes), (Some(4), Some(disk.bytes())));
+        assert_eq!(dl.capacity, Some(8 * MIB));
+        assert_eq!((dl.hits, dl.misses, dl.bytes_served), (1, 4, 1100));
+        assert_eq!(dl.hit_ratio, Some(0.2));
+        let r = &s.layers.redis;
+        assert_eq!((r.entries, r.bytes, r.capacity), (None, None, None));
+        assert_eq!((r.hits, r.misses, r.hit_ratio), (0, 0, None));
+        // Totals.
+        let t = &s.totals;
+        assert_eq!((t.entries, t.hits, t.misses), (8, 5, 4));
+        assert_eq!(t.bytes, mem.bytes.unwrap() + disk.bytes());
+        assert_eq!(t.hit_ratio, Some(5.0 / 9.0));
+        assert_eq!(t.bytes_served, 2 * 1000 + 2 * 1100 + 500);
+        assert_eq!(t.origin_bytes, 1000 + 1100 + 1200 + 500);
+        // Buckets, kept apart.
+        let img = &s.buckets["img"];
+        assert_eq!((img.totals.hits, img.totals.misses), (4, 3));
+        assert_eq!(img.totals.hit_ratio, Some(4.0 / 7.0));
+        assert_eq!(img.totals.bytes_served, 2 * 1000 + 2 * 1100);
+        assert_eq!(img.totals.origin_bytes, 3300);
+        assert_eq!(img.layers.memory.entries, Some(3));
+        assert_eq!(img.layers.memory.bytes, Some(img_mem_bytes));
+        assert_eq!((img.layers.memory.hits, img.layers.memory.misses), (3, 4));
+        assert_eq!(
+            (img.layers.disk.entries, img.layers.disk.hits),
+            (Some(3), 1)
+        );
+        assert_eq!(img.layers.disk.bytes_served, 1100);
+        assert_eq!(img.layers.redis.entries, None);
+        let img2 = &s.buckets["img2"];
+        assert_eq!((img2.totals.hits, img2.totals.misses), (1, 1));
+        assert_eq!(
+            (img2.totals.bytes_served, img2.totals.origin_bytes),
+            (500, 500)
+        );
+        assert_eq!(img2.layers.memory.entries, Some(1));
+        assert_eq!(img2.layers.memory.bytes, Some(charge("img2", "x")));
+        assert_eq!(img2.layers.disk.entries, Some(1));
+        assert_eq!(
+            img.layers.disk.bytes.unwrap() + img2.layers.disk.bytes.unwrap(),
+            disk.bytes()
+        );
+        assert_eq!(img.totals.entries + img2.totals.entries, t.entries);
+        assert_eq!(img.totals.bytes + img2.totals.bytes, t.bytes);
+
+        // The JSON the admin route renders.
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["totals"]["hits"], 5);
+        assert_eq!(json["layers"]["memory"]["capacity"], 16 << 10);
+        assert!(json["layers"]["redis"]["entries"].is_null());
+        assert_eq!(json["buckets"]["img"]["origin_bytes"], 3300);
+        assert_eq!(json["buckets"]["img2"]["layers"]["memory"]["entries"], 1);
+        for field in [
+            "entries",
+            "bytes",
+            "hits",
+            "misses",
+            "evictions",
+            "hit_ratio",
+            "bytes_served",
+            "origin_bytes",
+        ] {
+            assert!(json["totals"].get(field).is_some(), "totals.{field}");
+            assert!(
+                json["buckets"]["img"].get(field).is_some(),
+                "bucket {field}"
+            );
+        }
+
+        // Evictions: img2 fillers until the memory tier evicts; each evicted key counts in
+        // its own bucket.
+        const FILLERS: [&str; 8] = ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7"];
+        for f in FILLERS {
+            assert_eq!(get("img2", f).await, None);
+        }
+        let absent = |bucket: &str, keys: &[&str]| {
+            keys.iter()
+                .filter(|k| tiers.memory.get(&cache_key(bucket, k, &[])).is_none())
+                .count() as u64
+        };
+        let (gone_img, gone_img2) = (
+            absent("img", &["a", "b", "c"]),
+            absent("img2", &[&["x"][..], &FILLERS[..]].concat()),
+        );
+        let s = registry.cache_stats(&tiers, false);
+        assert!(s.layers.memory.evictions.unwrap() > 0);
+        assert_eq!(s.layers.memory.evictions, Some(gone_img + gone_img2));
+        assert_eq!(s.buckets["img"].layers.memory.evictions, Some(gone_img));
+        assert_eq!(s.buckets["img2"].layers.memory.evictions, Some(gone_img2));
+        assert_eq!(s.buckets["img2"].totals.evictions, gone_img2);
+        assert_eq!(
+            s.buckets["img"].layers.memory.entries,
+            Some(3 - gone_img),
+            "{s:?}"
+        );
+        assert_eq!(s.layers.memory.entries, Some(4 + 8 - gone_img - gone_img2));
+        assert_eq!(s.buckets["img2"].totals.origin_bytes, 500 + 8 * 3000);
+        assert_eq!(s.buckets["img2"].layers.disk.entries, Some(9));
+
+        // A purge moves the counts too: bucket img is emptied, img2 keeps its own.
+        purge(&tiers, None, &prefix_scope("img", "")).await;
+        let s2 = registry.cache_stats(&tiers, false);
+        let img = &s2.buckets["img"].layers;
+        assert_eq!((img.memory.entries, img.memory.bytes), (Some(0), Some(0)));
+        assert_eq!((img.disk.entries, img.disk.bytes), (Some(0), Some(0)));
+        assert_eq!(s2.buckets["img2"].layers, s.buckets["img2"].layers);
+        assert_eq!(s2.layers.disk.bytes, s2.buckets["img2"].layers.disk.bytes);
+    });
+}
