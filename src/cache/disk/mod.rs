@@ -310,6 +310,9 @@ struct Ring {
     spare_pending: Option<u64>,
 }
 
+/// Where a record is: segment id and offset within it ([`Slot::position`]).
+type Position = (u64, u32);
+
 /// The disk tier. `Send + Sync`; share it through an `Arc`.
 pub struct DiskCache {
     dir: PathBuf,
@@ -689,7 +692,7 @@ impl DiskCache {
         };
         for i in shards {
             // Touch records are appended after the shard lock is released.
-            let mut touched: Vec<(Arc<[u8]>, (u64, u32))> = Vec::new();
+            let mut touched: Vec<(Arc<[u8]>, Position)> = Vec::new();
             {
                 let mut shard = self.index.shard(i);
                 for (k, slot) in shard.iter_mut() {
