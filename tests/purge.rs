@@ -828,3 +828,61 @@ fn stats_are_exact_per_tier_and_per_bucket() {
         assert_eq!(s2.layers.disk.bytes, s2.buckets["img2"].layers.disk.bytes);
     });
 }
+
+/// The disk tier's per-bucket counts: evictions by reclaim land in the evicted entry's
+/// bucket, and a reopened tier recounts what recovery found.
+#[test]
+fn disk_bucket_counts_follow_reclaim_and_survive_a_restart() {
+    use corvid::cache::stats::{Buckets, Usage};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cache_config(dir.path());
+    cfg.memory.capacity = 0;
+    cfg.disk.as_mut().unwrap().segment_size = 4096;
+    cfg.disk.as_mut().unwrap().capacity = 3 * 4096;
+    let buckets = || Buckets::new(["img", "img2"]);
+    let obj = |len: usize| {
+        let now = corvid::cache::disk::now_ms();
+        CachedObject {
+            meta: Arc::new(Meta::new(vec![], now, now + 3_600_000)),
+            body: Bytes::from(vec![1u8; len]),
+        }
+    };
+    let usage = |t: &Tiers, b: &str| t.disk.as_ref().unwrap().usage_of(b).unwrap();
+    let (img, img2) = {
+        let tiers = Tiers::with_buckets(&cfg, buckets()).unwrap();
+        // Oldest first: img's entries go to reclaim before img2's.
+        for i in 0..6 {
+            assert!(tiers.store(&cache_key("img", &format!("k{i}"), &[]), obj(1500), 0));
+        }
+        for i in 0..6 {
+            assert!(tiers.store(&cache_key("img2", &format!("k{i}"), &[]), obj(1500), 0));
+        }
+        let disk = tiers.disk.as_ref().unwrap();
+        assert!(disk.evictions() > 0);
+        let (img, img2) = (usage(&tiers, "img"), usage(&tiers, "img2"));
+        assert_eq!(img.evictions + img2.evictions, disk.evictions());
+        assert!(img.evictions > 0);
+        // Every insert is either still held or was evicted, in its own bucket.
+        assert_eq!(img.entries + img.evictions, 6, "{img:?}");
+        assert_eq!(img2.entries + img2.evictions, 6, "{img2:?}");
+        assert_eq!(img.entries + img2.entries, disk.len());
+        assert_eq!(img.bytes + img2.bytes, disk.bytes());
+        let held = |b: &str| {
+            (0..6)
+                .filter(|i| {
+                    disk.get_stale(&cache_key(b, &format!("k{i}"), &[]))
+                        .is_some()
+                })
+                .count() as u64
+        };
+        assert_eq!((held("img"), held("img2")), (img.entries, img2.entries));
+        disk.settle();
+        (img, img2)
+    };
+    // Reopened: the same entries and bytes per bucket (evictions start again from 0).
+    let tiers = Tiers::with_buckets(&cfg, buckets()).unwrap();
+    let again = |u: Usage| Usage { evictions: 0, ..u };
+    assert_eq!(usage(&tiers, "img"), again(img));
+    assert_eq!(usage(&tiers, "img2"), again(img2));
+}

@@ -821,6 +821,37 @@ mod tests {
     }
 
     #[test]
+    fn updates_in_place_and_bucket_counts_stay_exact() {
+        let c = MemoryCache::with_shards(1 << 20, 16)
+            .with_buckets(crate::cache::stats::Buckets::new(["a", "b"]));
+        for i in 0..30u64 {
+            let k = format!("{}\0{i}", if i % 3 == 0 { "a" } else { "b" });
+            assert!(c.insert(k.as_bytes(), obj(i, 100)));
+        }
+        let a = c.usage_of("a").unwrap();
+        assert_eq!((a.entries, a.bytes), (10, 10 * 100 + 4 * 3 + 6 * 4));
+        // One key, then every key of bucket a: values replaced, charges moved.
+        assert!(c.update(b"a\x000", |v| Some(obj(v.id + 1000, 200))));
+        assert!(!c.update(b"a\x00nope", |v| Some(v.clone())));
+        assert_eq!(c.get(b"a\x000"), Some(obj(1000, 200)));
+        let s = c.update_if(|k| k.starts_with(b"a\0"), |v| Some(obj(v.id, 150)));
+        assert_eq!(s.entries, 10);
+        assert_eq!(c.get(b"a\x003"), Some(obj(3, 150)));
+        // `None` keeps the value but still counts the match.
+        let s = c.update_if(|k| k.starts_with(b"b\0"), |_| None);
+        assert_eq!(s.entries, 20);
+        c.check_invariants();
+        let (a, b) = (c.usage_of("a").unwrap(), c.usage_of("b").unwrap());
+        assert_eq!(a.entries + b.entries, c.len());
+        assert_eq!(a.bytes + b.bytes, c.bytes());
+        assert_eq!(b.bytes, s.bytes);
+        c.remove(b"b\x001");
+        assert_eq!(c.usage_of("b").unwrap().entries, 19);
+        c.clear();
+        assert_eq!(c.usage_of("a").unwrap(), Default::default());
+    }
+
+    #[test]
     fn oversized_not_admitted_and_replaces_stale() {
         let c = MemoryCache::with_shards(8000, 4);
         assert_eq!(c.max_object_size(), 1000);

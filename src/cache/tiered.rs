@@ -11,6 +11,8 @@
 //! Freshness on disk is the disk index's expiry (the entry's freshness deadline): a 304
 //! revalidation moves it with [`DiskCache::set_expiry`] and never rewrites the body. Stale
 //! entries stay on disk for revalidation until reclaimed.
+//! A soft purge lowers the same expiry ([`DiskCache::mark_stale_if`]), so a disk hit — and the
+//! copy it promotes into memory — reads as stale (see [`crate::cache::purge`]).
 //!
 //! Cold disk pages: touching an mmap page that is not resident would block the whole worker
 //! on a disk read, so a disk hit whose value is not in the page cache (`mincore`) is read with
