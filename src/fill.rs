@@ -133,7 +133,10 @@ pub async fn fill_from<S: AsyncWriteRent>(
         all = a;
         let n = match res {
             Ok(0) => break,
-            Ok(n) => n,
+            Ok(n) => {
+                w.metrics().upstream_bytes(bucket, n as u64);
+                n
+            }
             Err(e) => {
                 log::warn!(
                     "request {}: filling from the origin failed: {e}",
@@ -399,7 +402,7 @@ async fn read_whole(
         let (res, a) = body.read_into(all).await;
         all = a;
         match res {
-            Ok(n) if n > 0 => {}
+            Ok(n) if n > 0 => w.metrics().upstream_bytes(bucket, n as u64),
             Ok(_) => break,
             Err(e) => return Err(e),
         }

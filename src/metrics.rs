@@ -10,6 +10,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::cache::stats::{RequestCounts, Stats};
 use crate::cache::tiered::{Layer, Tiers};
 use crate::http::request::Method;
 
@@ -62,6 +63,10 @@ pub struct WorkerMetrics {
     connections_open: AtomicI64,
     /// Per bucket × layer.
     cache_hits: Vec<AtomicU64>,
+    /// Body bytes served from cache entries, per bucket × layer.
+    cache_hit_bytes: Vec<AtomicU64>,
+    /// Object body bytes received from the origin, per bucket.
+    upstream_bytes: Vec<AtomicU64>,
     cache_misses: Vec<AtomicU64>,
     coalesced: Vec<AtomicU64>,
     /// Per layer.
@@ -85,6 +90,10 @@ impl WorkerMetrics {
             cache_hits: (0..nbuckets * Layer::ALL.len())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            cache_hit_bytes: (0..nbuckets * Layer::ALL.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            upstream_bytes: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             cache_misses: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             coalesced: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             cache_errors: Default::default(),
@@ -117,6 +126,17 @@ impl WorkerMetrics {
 
     pub fn cache_hit(&self, bucket: usize, layer: Layer) {
         self.cache_hits[bucket * Layer::ALL.len() + layer.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` body bytes written to a client from an entry of `layer`.
+    pub fn cache_hit_bytes(&self, bucket: usize, layer: Layer, n: u64) {
+        self.cache_hit_bytes[bucket * Layer::ALL.len() + layer.index()]
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` object body bytes received from `bucket`'s origin.
+    pub fn upstream_bytes(&self, bucket: usize, n: u64) {
+        self.upstream_bytes[bucket].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn cache_miss(&self, bucket: usize) {
@@ -165,6 +185,32 @@ impl Registry {
 
     fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
         self.workers.iter().map(f).sum()
+    }
+
+    /// Bucket `b`'s request counters summed over the workers: what `/metrics` renders as
+    /// `corvid_cache_hits_total`, `corvid_cache_misses_total`, `corvid_cache_hit_bytes_total`
+    /// and `corvid_upstream_bytes_total`.
+    pub fn request_counts(&self, b: usize) -> RequestCounts {
+        let mut c = RequestCounts::default();
+        for layer in Layer::ALL {
+            let i = b * Layer::ALL.len() + layer.index();
+            c.hits[layer.index()] = self.sum(|w| w.cache_hits[i].load(Ordering::Relaxed));
+            c.bytes_served[layer.index()] =
+                self.sum(|w| w.cache_hit_bytes[i].load(Ordering::Relaxed));
+        }
+        c.misses = self.sum(|w| w.cache_misses[b].load(Ordering::Relaxed));
+        c.origin_bytes = self.sum(|w| w.upstream_bytes[b].load(Ordering::Relaxed));
+        c
+    }
+
+    /// The cache statistics snapshot (`GET /admin/cache/stats`; JSON shape in
+    /// [`crate::cache::stats`]), from the same counters `/metrics` renders. `redis`: whether a
+    /// Redis tier is configured.
+    pub fn cache_stats(&self, tiers: &Tiers, redis: bool) -> Stats {
+        let counts: Vec<RequestCounts> = (0..self.bucket_names.len())
+            .map(|b| self.request_counts(b))
+            .collect();
+        Stats::build(tiers, redis, &self.bucket_names, &counts)
     }
 
     /// Renders the Prometheus text exposition format 0.0.4.
@@ -269,12 +315,37 @@ impl Registry {
                 }
             }
         }
+        header(
+            &mut out,
+            "corvid_cache_hit_bytes_total",
+            "counter",
+            "Body bytes served from a cache tier (the egress saved), by layer and bucket",
+        );
+        for b in 0..nb {
+            for layer in Layer::ALL {
+                let i = b * Layer::ALL.len() + layer.index();
+                let v = self.sum(|w| w.cache_hit_bytes[i].load(Ordering::Relaxed));
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "corvid_cache_hit_bytes_total{{layer=\"{}\",bucket=\"{}\"}} {v}",
+                        layer.name(),
+                        escape(self.bucket_label(b))
+                    );
+                }
+            }
+        }
         for (name, help, f) in [
+            (
+                "corvid_upstream_bytes_total",
+                "Object body bytes received from origins",
+                (|w: &WorkerMetrics, b: usize| w.upstream_bytes[b].load(Ordering::Relaxed))
+                    as fn(&WorkerMetrics, usize) -> u64,
+            ),
             (
                 "corvid_cache_misses_total",
                 "Cacheable requests not found in any tier",
-                (|w: &WorkerMetrics, b: usize| w.cache_misses[b].load(Ordering::Relaxed))
-                    as fn(&WorkerMetrics, usize) -> u64,
+                |w: &WorkerMetrics, b: usize| w.cache_misses[b].load(Ordering::Relaxed),
             ),
             (
                 "corvid_coalesced_requests_total",
@@ -439,6 +510,9 @@ mod tests {
         r.worker(0).connection_opened();
         r.worker(1).cache_hit(0, Layer::Disk);
         r.worker(0).cache_miss(0);
+        r.worker(1).cache_hit_bytes(0, Layer::Disk, 100);
+        r.worker(0).cache_hit_bytes(0, Layer::Disk, 23);
+        r.worker(0).upstream_bytes(0, 4096);
         let tiers = Tiers::new(&crate::config::Config::from_toml_str(
             "[server]\nlisten = \"127.0.0.1:1\"\n[[buckets]]\nname = \"assets\"\nprefix = \"/a\"\nendpoint = \"http://127.0.0.1:9\"\nregion = \"r\"\nbucket = \"bkt\"\naccess_key = \"a\"\nsecret_key = \"s\"\n",
             &|_| None,
@@ -463,5 +537,17 @@ mod tests {
         assert!(text.contains("corvid_cache_misses_total{bucket=\"assets\"} 1"));
         assert!(text.contains("corvid_coalesced_requests_total{bucket=\"assets\"} 0"));
         assert!(text.contains("corvid_cache_entries{layer=\"memory\"} 0"));
+        assert!(text.contains("corvid_cache_hit_bytes_total{layer=\"disk\",bucket=\"assets\"} 123"));
+        assert!(text.contains("corvid_upstream_bytes_total{bucket=\"assets\"} 4096"));
+        assert!(text.contains("corvid_cache_evictions_total{layer=\"memory\"} 0"));
+        // The stats snapshot reads the same counters.
+        let stats = r.cache_stats(&tiers, false);
+        let a = &stats.buckets["assets"];
+        assert_eq!((a.totals.hits, a.totals.misses), (1, 1));
+        assert_eq!(a.totals.bytes_served, 123);
+        assert_eq!(a.layers.disk.bytes_served, 123);
+        assert_eq!(a.totals.origin_bytes, 4096);
+        assert_eq!(a.totals.hit_ratio, Some(0.5));
+        assert_eq!(stats.totals.origin_bytes, 4096);
     }
 }

@@ -281,6 +281,11 @@ pub async fn serve_cached<S: AsyncWriteRent>(
     }
     end_head(out);
     let send_body = body.filter(|(s, e)| !req.is_head() && e > s);
+    if let (Some((start, end)), Some(layer)) = (send_body, layer) {
+        // Bytes served from cache (`corvid_cache_hit_bytes_total`, stats `bytes_served`):
+        // one relaxed add in this worker's slot, nothing allocated.
+        x.w.metrics().cache_hit_bytes(x.bucket, layer, end - start);
+    }
     let result = match send_body {
         None => x.flush().await,
         Some((start, end)) => {
@@ -480,7 +485,9 @@ pub async fn respond_upstream<S: AsyncWriteRent>(
         let abort = x.flush().await.is_err();
         return Ok(Sent { status, abort });
     }
-    let abort = stream_body(x.w, x.io, x.out, body, chunked).await.is_err();
+    let abort = stream_body(x.w, x.bucket, x.io, x.out, body, chunked)
+        .await
+        .is_err();
     Ok(Sent {
         status,
         abort: abort || close,
@@ -527,6 +534,7 @@ pub async fn fetch_origin(
 /// origin read, corvid never buffers the object). Errors mean the response is cut short.
 async fn stream_body<S: AsyncWriteRent>(
     w: &Worker,
+    bucket: usize,
     io: &mut S,
     out: &mut Vec<u8>,
     mut body: Body,
@@ -540,6 +548,7 @@ async fn stream_body<S: AsyncWriteRent>(
             let (res, p) = body.read_into(std::mem::take(&mut piece)).await;
             piece = p;
             let n = res.map_err(|e| log::warn!("origin body: {e}"))?;
+            w.metrics().upstream_bytes(bucket, n as u64);
             if n > 0 {
                 out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
                 out.extend_from_slice(&piece);
@@ -554,7 +563,9 @@ async fn stream_body<S: AsyncWriteRent>(
             }
             let (res, o) = body.read_into(std::mem::take(out)).await;
             *out = o;
-            res.map_err(|e| log::warn!("origin body: {e}"))?
+            let n = res.map_err(|e| log::warn!("origin body: {e}"))?;
+            w.metrics().upstream_bytes(bucket, n as u64);
+            n
         };
         if !out.is_empty() {
             respond::flush(&w.http, io, out).await.map_err(|_| ())?;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use corvid::cache::entry::{CachedObject, Meta};
 use corvid::cache::policy::cache_key;
-use corvid::cache::purge::{purge, Purged, RedisPurge, Scope};
+use corvid::cache::purge::{purge, purge_as, Mode, Purged, RedisPurge, Scope};
 use corvid::cache::purge_broadcast;
 use corvid::cache::redis::{subscribe, RedisClient, RedisError, RedisOptions, StopSignal};
 use corvid::cache::redis_tier;
@@ -141,6 +141,66 @@ impl World {
             self.tiers.disk.as_ref().unwrap().get_stale(&k).is_some(),
             self.redis.get(&k).await.unwrap().is_some(),
         ]
+    }
+
+    /// Whether memory, disk and Redis hold `e` as fresh (each must hold it).
+    async fn fresh(&self, e: &Entry) -> [bool; 3] {
+        let k = ckey(e);
+        let now = corvid::cache::disk::now_ms();
+        let mem = self.tiers.memory.get(&k).expect("held in memory");
+        let disk = self.tiers.disk.as_ref().unwrap();
+        let on_disk = disk.get_stale(&k).expect("held on disk");
+        // The fresh-only disk lookup agrees with the index's expiry.
+        assert_eq!(disk.get(&k).is_some(), on_disk.expires_at_ms > now);
+        let retain = Duration::from_secs(3600);
+        let redis = redis_tier::lookup(&self.redis, "corvid:", &k, retain, now)
+            .await
+            .unwrap()
+            .expect("held in Redis");
+        [
+            mem.meta.is_fresh(now),
+            on_disk.expires_at_ms > now,
+            redis.meta.is_fresh(now),
+        ]
+    }
+
+    /// Checks that exactly `stale` (indexes into [`WORLD`]) are stale in every tier, and
+    /// everything is still held everywhere.
+    async fn check_stale(&self, stale: &[usize], what: &str) {
+        for (i, e) in WORLD.iter().enumerate() {
+            assert_eq!(self.held(e).await, [true; 3], "{what}: {e:?}");
+            let expect = [!stale.contains(&i); 3];
+            assert_eq!(self.fresh(e).await, expect, "{what}: {e:?}");
+        }
+    }
+
+    /// Soft-purges and checks the counts: `per_tier` entries marked in each tier, nothing
+    /// removed (the gauges do not move).
+    async fn soft_purge(&self, scope: Scope, per_tier: u64) -> Purged {
+        let before = self.usage();
+        let p = purge_as(&self.tiers, Some(&self.redis), &scope, Mode::Soft).await;
+        assert_eq!(
+            self.usage(),
+            before,
+            "{scope:?}: a soft purge removed something"
+        );
+        assert_eq!(p.mode, Mode::Soft);
+        assert_eq!(
+            (p.memory.entries, p.disk.entries),
+            (per_tier, per_tier),
+            "{scope:?}: {p:?}"
+        );
+        assert!(
+            matches!(p.redis, RedisPurge::Done(n) if n == per_tier),
+            "{scope:?}: {p:?}"
+        );
+        assert_eq!(p.entries(), 3 * per_tier);
+        assert_eq!(
+            per_tier > 0,
+            p.memory.bytes > 0 && p.disk.bytes > 0,
+            "{p:?}"
+        );
+        p
     }
 
     /// Checks that exactly `gone` (indexes into [`WORLD`]) are absent from every tier and
@@ -420,4 +480,409 @@ fn with_redis_killed_memory_and_disk_are_still_purged_and_redis_is_reported() {
         assert!(matches!(p.redis, RedisPurge::Disabled) && !p.redis.failed());
         assert_eq!(p.entries(), 0);
     });
+}
+
+#[test]
+fn a_soft_purge_marks_an_object_stale_in_every_tier_and_keeps_it() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let w = World::filled(&server, Duration::from_secs(5)).await;
+        w.check_stale(&[], "filled").await;
+        let p = w.soft_purge(object_scope("img", "logo.png"), 3).await;
+        // The bytes reported are what the tiers hold for them.
+        let held: u64 = (0..3)
+            .map(|i| {
+                let k = ckey(&WORLD[i]);
+                w.tiers.memory.get(&k).unwrap().weight() as u64 + k.len() as u64
+            })
+            .sum();
+        assert_eq!(p.memory.bytes, held);
+        w.check_stale(&[0, 1, 2], "after soft-purging img/logo.png")
+            .await;
+
+        // A lookup finds the entry but not fresh: the request path revalidates it.
+        let k = ckey(&WORLD[0]);
+        let now = corvid::cache::disk::now_ms();
+        let hit = w.tiers.lookup(&k).await.expect("still cached");
+        assert_eq!(hit.layer, Layer::Memory);
+        assert!(!hit.obj.meta.is_fresh(now));
+        // Stale since the purge, not since the epoch: stale-while-revalidate windows apply
+        // from the purge on.
+        assert!(now - hit.obj.meta.expires_at_ms < 10_000);
+        // Promoted from disk, it is still stale.
+        w.tiers.memory.remove(&k);
+        let hit = w.tiers.lookup(&k).await.expect("on disk");
+        assert_eq!(hit.layer, Layer::Disk);
+        assert!(!hit.obj.meta.is_fresh(now));
+        assert!(!w.tiers.memory.get(&k).unwrap().meta.is_fresh(now));
+
+        // Marking again counts the same entries (still cached: the admin API answers 200),
+        // and never moves a deadline later.
+        let before = w.tiers.memory.get(&k).unwrap().meta.expires_at_ms;
+        w.soft_purge(object_scope("img", "logo.png"), 3).await;
+        assert_eq!(w.tiers.memory.get(&k).unwrap().meta.expires_at_ms, before);
+        // An object not cached: nothing marked (404).
+        w.soft_purge(object_scope("img", "nope"), 0).await;
+        // One exact key.
+        w.soft_purge(Scope::Key(ckey(&WORLD[7])), 1).await;
+        w.check_stale(&[0, 1, 2, 7], "after soft-purging one key")
+            .await;
+        // A revalidation (a 304) that began after the purge makes it fresh again.
+        let since = w.tiers.generation();
+        w.tiers.refresh(&ckey(&WORLD[7]), object(7), since);
+        assert_eq!(w.fresh(&WORLD[7]).await[..2], [true, true]);
+    });
+}
+
+#[test]
+fn soft_purges_of_a_prefix_a_bucket_and_everything() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let w = World::filled(&server, Duration::from_secs(5)).await;
+        w.soft_purge(prefix_scope("img", "a*"), 1).await;
+        w.check_stale(&[5], "after soft-purging img prefix a*")
+            .await;
+        w.soft_purge(prefix_scope("img", "logo"), 4).await;
+        w.check_stale(&[0, 1, 2, 3, 5], "after soft-purging img prefix logo")
+            .await;
+        // The whole bucket img: img2 (whose name starts with "img") stays fresh.
+        w.soft_purge(prefix_scope("img", ""), 7).await;
+        w.check_stale(&[0, 1, 2, 3, 4, 5, 6], "after soft-purging bucket img")
+            .await;
+        w.soft_purge(Scope::All, WORLD.len() as u64).await;
+        w.check_stale(
+            &(0..WORLD.len()).collect::<Vec<_>>(),
+            "after soft-purging everything",
+        )
+        .await;
+        // A hard purge still removes soft-purged entries.
+        w.purge(Scope::All, WORLD.len() as u64).await;
+    });
+}
+
+#[test]
+fn a_fill_that_began_before_a_soft_purge_does_not_undo_it() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let w = World::filled(&server, Duration::from_secs(5)).await;
+        let (k, obj) = (ckey(&WORLD[0]), object(0));
+        // A fill and a revalidation whose origin answers came before the purge.
+        let since = w.tiers.generation();
+        w.soft_purge(object_scope("img", "logo.png"), 3).await;
+        assert!(!w.tiers.store(&k, obj.clone(), since), "stored fresh bytes");
+        w.tiers.refresh(&k, obj.clone(), since);
+        w.check_stale(&[0, 1, 2], "after the late fill").await;
+        // Even for one exact key (unlike a hard purge of one key, what an origin 404 does).
+        let since = w.tiers.generation();
+        w.soft_purge(Scope::Key(ckey(&WORLD[8])), 1).await;
+        assert!(!w.tiers.store(&ckey(&WORLD[8]), object(8), since));
+        w.check_stale(&[0, 1, 2, 8], "after the late fill of one key")
+            .await;
+    });
+}
+
+#[test]
+fn a_soft_purge_reaches_the_memory_and_disk_of_another_instance() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let (a, b) = (
+            World::filled(&server, Duration::from_secs(5)).await,
+            World::filled(&server, Duration::from_secs(5)).await,
+        );
+        let (tag_a, tag_b) = (0xa, 0xb);
+        let channel = purge_broadcast::channel("corvid:");
+        let stop = StopSignal::new();
+        let tiers_b = Arc::clone(&b.tiers);
+        let on_message = move |msg| {
+            let tiers = Arc::clone(&tiers_b);
+            monoio::spawn(async move {
+                purge_broadcast::apply(&tiers, tag_b, msg).await;
+            });
+        };
+        let opts = RedisOptions::new(server.url().parse().unwrap());
+        monoio::spawn(subscribe(opts, channel.clone(), on_message, stop.clone()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.redis.subscribers(&channel).await.unwrap() == 0 {
+            assert!(Instant::now() < deadline, "the subscriber never subscribed");
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let scope = prefix_scope("img", "logo");
+        let done = purge_broadcast::purge_everywhere_as(
+            &a.tiers,
+            Some(&a.redis),
+            "corvid:",
+            tag_a,
+            &scope,
+            Mode::Soft,
+        )
+        .await;
+        assert_eq!(done.receivers, Some(1), "{done:?}");
+        assert_eq!(done.purged.entries(), 12, "{done:?}");
+        a.check_stale(&[0, 1, 2, 3], "the purging instance").await;
+        let stale_in_b = |i: usize| {
+            let k = ckey(&WORLD[i]);
+            let now = corvid::cache::disk::now_ms();
+            let disk = b.tiers.disk.as_ref().unwrap();
+            !b.tiers.memory.get(&k).unwrap().meta.is_fresh(now) && disk.get(&k).is_none()
+        };
+        while !(0..4).all(stale_in_b) {
+            assert!(
+                Instant::now() < deadline,
+                "the other instance kept fresh copies"
+            );
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Redis is shared: b sees it stale too; everything else is fresh and everything held.
+        b.check_stale(&[0, 1, 2, 3], "the other instance").await;
+        stop.stop();
+    });
+}
+
+/// Stats: tiers told about buckets `img` and `img2`, a small memory tier, no Redis, and the
+/// request counters of one worker moved the way the request path moves them
+/// (`proxy::serve_object`, `proxy::serve_cached`, the fill's body reads).
+#[test]
+fn stats_are_exact_per_tier_and_per_bucket() {
+    use corvid::cache::stats::Buckets;
+    use corvid::metrics::Registry;
+
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = cache_config(dir.path());
+        cfg.memory.capacity = 16 << 10;
+        cfg.max_object_size = 8 << 10;
+        let names = vec!["img".to_string(), "img2".to_string()];
+        let tiers = Tiers::with_buckets(&cfg, Buckets::new(names.clone())).unwrap();
+        let registry = Registry::new(names, 1);
+        let w = registry.worker(0);
+        let bucket_of = |b: &str| usize::from(b == "img2");
+        let body_len = |key: &str| match key {
+            "a" => 1000,
+            "b" => 1100,
+            "c" => 1200,
+            "x" => 500,
+            _ => 3000,
+        };
+        // One GET: a fresh hit is answered from its tier, a miss is filled from the "origin".
+        let get = |bucket: &'static str, key: &'static str| {
+            let tiers = &tiers;
+            async move {
+                let (b, k) = (bucket_of(bucket), cache_key(bucket, key, &[]));
+                let now = corvid::cache::disk::now_ms();
+                match tiers.lookup(&k).await {
+                    Some(hit) if hit.obj.meta.is_fresh(now) => {
+                        w.cache_hit(b, hit.layer);
+                        w.cache_hit_bytes(b, hit.layer, hit.obj.body.len() as u64);
+                        Some(hit.layer)
+                    }
+                    Some(_) => panic!("stale"),
+                    None => {
+                        w.cache_miss(b);
+                        let len = body_len(key);
+                        w.upstream_bytes(b, len as u64);
+                        let obj = CachedObject {
+                            meta: Arc::new(Meta::new(vec![], now, now + 3_600_000)),
+                            body: Bytes::from(vec![7u8; len]),
+                        };
+                        assert!(tiers.store(&k, obj, tiers.generation()));
+                        None
+                    }
+                }
+            }
+        };
+        let (m, d) = (Some(Layer::Memory), Some(Layer::Disk));
+        assert_eq!(get("img", "a").await, None);
+        assert_eq!(get("img", "a").await, m);
+        assert_eq!(get("img", "a").await, m);
+        assert_eq!(get("img", "b").await, None);
+        assert_eq!(get("img", "c").await, None);
+        assert_eq!(get("img2", "x").await, None);
+        assert_eq!(get("img2", "x").await, m);
+        // Gone from memory, found on disk and promoted.
+        tiers.memory.remove(&cache_key("img", "b", &[]));
+        assert_eq!(get("img", "b").await, d);
+        assert_eq!(get("img", "b").await, m);
+
+        let disk = tiers.disk.as_ref().unwrap();
+        let charge = |bucket: &str, key: &str| {
+            let k = cache_key(bucket, key, &[]);
+            tiers.memory.get(&k).unwrap().weight() as u64 + k.len() as u64
+        };
+        let s = registry.cache_stats(&tiers, false);
+        // Tiers.
+        let mem = &s.layers.memory;
+        assert_eq!((mem.entries, mem.capacity), (Some(4), Some(16 << 10)));
+        let img_mem_bytes = charge("img", "a") + charge("img", "b") + charge("img", "c");
+        assert_eq!(mem.bytes, Some(img_mem_bytes + charge("img2", "x")));
+        assert_eq!((mem.hits, mem.misses, mem.evictions), (4, 5, Some(0)));
+        assert_eq!(mem.hit_ratio, Some(4.0 / 9.0));
+        assert_eq!(mem.bytes_served, 2 * 1000 + 1100 + 500);
+        let dl = &s.layers.disk;
+        assert_eq!((dl.entries, dl.bytes), (Some(4), Some(disk.bytes())));
+        assert_eq!(dl.capacity, Some(8 * MIB));
+        assert_eq!((dl.hits, dl.misses, dl.bytes_served), (1, 4, 1100));
+        assert_eq!(dl.hit_ratio, Some(0.2));
+        let r = &s.layers.redis;
+        assert_eq!((r.entries, r.bytes, r.capacity), (None, None, None));
+        assert_eq!((r.hits, r.misses, r.hit_ratio), (0, 0, None));
+        // Totals.
+        let t = &s.totals;
+        assert_eq!((t.entries, t.hits, t.misses), (8, 5, 4));
+        assert_eq!(t.bytes, mem.bytes.unwrap() + disk.bytes());
+        assert_eq!(t.hit_ratio, Some(5.0 / 9.0));
+        assert_eq!(t.bytes_served, 2 * 1000 + 2 * 1100 + 500);
+        assert_eq!(t.origin_bytes, 1000 + 1100 + 1200 + 500);
+        // Buckets, kept apart.
+        let img = &s.buckets["img"];
+        assert_eq!((img.totals.hits, img.totals.misses), (4, 3));
+        assert_eq!(img.totals.hit_ratio, Some(4.0 / 7.0));
+        assert_eq!(img.totals.bytes_served, 2 * 1000 + 2 * 1100);
+        assert_eq!(img.totals.origin_bytes, 3300);
+        assert_eq!(img.layers.memory.entries, Some(3));
+        assert_eq!(img.layers.memory.bytes, Some(img_mem_bytes));
+        assert_eq!((img.layers.memory.hits, img.layers.memory.misses), (3, 4));
+        assert_eq!(
+            (img.layers.disk.entries, img.layers.disk.hits),
+            (Some(3), 1)
+        );
+        assert_eq!(img.layers.disk.bytes_served, 1100);
+        assert_eq!(img.layers.redis.entries, None);
+        let img2 = &s.buckets["img2"];
+        assert_eq!((img2.totals.hits, img2.totals.misses), (1, 1));
+        assert_eq!(
+            (img2.totals.bytes_served, img2.totals.origin_bytes),
+            (500, 500)
+        );
+        assert_eq!(img2.layers.memory.entries, Some(1));
+        assert_eq!(img2.layers.memory.bytes, Some(charge("img2", "x")));
+        assert_eq!(img2.layers.disk.entries, Some(1));
+        assert_eq!(
+            img.layers.disk.bytes.unwrap() + img2.layers.disk.bytes.unwrap(),
+            disk.bytes()
+        );
+        assert_eq!(img.totals.entries + img2.totals.entries, t.entries);
+        assert_eq!(img.totals.bytes + img2.totals.bytes, t.bytes);
+
+        // The JSON the admin route renders.
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["totals"]["hits"], 5);
+        assert_eq!(json["layers"]["memory"]["capacity"], 16 << 10);
+        assert!(json["layers"]["redis"]["entries"].is_null());
+        assert_eq!(json["buckets"]["img"]["origin_bytes"], 3300);
+        assert_eq!(json["buckets"]["img2"]["layers"]["memory"]["entries"], 1);
+        for field in [
+            "entries",
+            "bytes",
+            "hits",
+            "misses",
+            "evictions",
+            "hit_ratio",
+            "bytes_served",
+            "origin_bytes",
+        ] {
+            assert!(json["totals"].get(field).is_some(), "totals.{field}");
+            assert!(
+                json["buckets"]["img"].get(field).is_some(),
+                "bucket {field}"
+            );
+        }
+
+        // Evictions: img2 fillers until the memory tier evicts; each evicted key counts in
+        // its own bucket.
+        const FILLERS: [&str; 8] = ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7"];
+        for f in FILLERS {
+            assert_eq!(get("img2", f).await, None);
+        }
+        let absent = |bucket: &str, keys: &[&str]| {
+            keys.iter()
+                .filter(|k| tiers.memory.get(&cache_key(bucket, k, &[])).is_none())
+                .count() as u64
+        };
+        let (gone_img, gone_img2) = (
+            absent("img", &["a", "b", "c"]),
+            absent("img2", &[&["x"][..], &FILLERS[..]].concat()),
+        );
+        let s = registry.cache_stats(&tiers, false);
+        assert!(s.layers.memory.evictions.unwrap() > 0);
+        assert_eq!(s.layers.memory.evictions, Some(gone_img + gone_img2));
+        assert_eq!(s.buckets["img"].layers.memory.evictions, Some(gone_img));
+        assert_eq!(s.buckets["img2"].layers.memory.evictions, Some(gone_img2));
+        assert_eq!(s.buckets["img2"].totals.evictions, gone_img2);
+        assert_eq!(
+            s.buckets["img"].layers.memory.entries,
+            Some(3 - gone_img),
+            "{s:?}"
+        );
+        assert_eq!(s.layers.memory.entries, Some(4 + 8 - gone_img - gone_img2));
+        assert_eq!(s.buckets["img2"].totals.origin_bytes, 500 + 8 * 3000);
+        assert_eq!(s.buckets["img2"].layers.disk.entries, Some(9));
+
+        // A purge moves the counts too: bucket img is emptied, img2 keeps its own.
+        purge(&tiers, None, &prefix_scope("img", "")).await;
+        let s2 = registry.cache_stats(&tiers, false);
+        let img = &s2.buckets["img"].layers;
+        assert_eq!((img.memory.entries, img.memory.bytes), (Some(0), Some(0)));
+        assert_eq!((img.disk.entries, img.disk.bytes), (Some(0), Some(0)));
+        assert_eq!(s2.buckets["img2"].layers, s.buckets["img2"].layers);
+        assert_eq!(s2.layers.disk.bytes, s2.buckets["img2"].layers.disk.bytes);
+    });
+}
+
+/// The disk tier's per-bucket counts: evictions by reclaim land in the evicted entry's
+/// bucket, and a reopened tier recounts what recovery found.
+#[test]
+fn disk_bucket_counts_follow_reclaim_and_survive_a_restart() {
+    use corvid::cache::stats::{Buckets, Usage};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cache_config(dir.path());
+    cfg.memory.capacity = 0;
+    cfg.disk.as_mut().unwrap().segment_size = 4096;
+    cfg.disk.as_mut().unwrap().capacity = 3 * 4096;
+    let buckets = || Buckets::new(["img", "img2"]);
+    let obj = |len: usize| {
+        let now = corvid::cache::disk::now_ms();
+        CachedObject {
+            meta: Arc::new(Meta::new(vec![], now, now + 3_600_000)),
+            body: Bytes::from(vec![1u8; len]),
+        }
+    };
+    let usage = |t: &Tiers, b: &str| t.disk.as_ref().unwrap().usage_of(b).unwrap();
+    let (img, img2) = {
+        let tiers = Tiers::with_buckets(&cfg, buckets()).unwrap();
+        // Oldest first: img's entries go to reclaim before img2's.
+        for i in 0..6 {
+            assert!(tiers.store(&cache_key("img", &format!("k{i}"), &[]), obj(1500), 0));
+        }
+        for i in 0..6 {
+            assert!(tiers.store(&cache_key("img2", &format!("k{i}"), &[]), obj(1500), 0));
+        }
+        let disk = tiers.disk.as_ref().unwrap();
+        assert!(disk.evictions() > 0);
+        let (img, img2) = (usage(&tiers, "img"), usage(&tiers, "img2"));
+        assert_eq!(img.evictions + img2.evictions, disk.evictions());
+        assert!(img.evictions > 0);
+        // Every insert is either still held or was evicted, in its own bucket.
+        assert_eq!(img.entries + img.evictions, 6, "{img:?}");
+        assert_eq!(img2.entries + img2.evictions, 6, "{img2:?}");
+        assert_eq!(img.entries + img2.entries, disk.len());
+        assert_eq!(img.bytes + img2.bytes, disk.bytes());
+        let held = |b: &str| {
+            (0..6)
+                .filter(|i| {
+                    disk.get_stale(&cache_key(b, &format!("k{i}"), &[]))
+                        .is_some()
+                })
+                .count() as u64
+        };
+        assert_eq!((held("img"), held("img2")), (img.entries, img2.entries));
+        disk.settle();
+        (img, img2)
+    };
+    // Reopened: the same entries and bytes per bucket (evictions start again from 0).
+    let tiers = Tiers::with_buckets(&cfg, buckets()).unwrap();
+    let again = |u: Usage| Usage { evictions: 0, ..u };
+    assert_eq!(usage(&tiers, "img"), again(img));
+    assert_eq!(usage(&tiers, "img2"), again(img2));
 }

@@ -103,6 +103,15 @@ impl CachedObject {
     pub fn weight(&self) -> usize {
         self.body.len() + self.meta.block.len() * 2 + 256
     }
+
+    /// The same entry, stale from `at_ms` on (soft purge): `None` when it already is (its
+    /// deadline is never moved later). Same body, same headers, so the same weight.
+    pub fn stale_since(&self, at_ms: u64) -> Option<CachedObject> {
+        (self.meta.expires_at_ms > at_ms).then(|| CachedObject {
+            meta: Arc::new(self.meta.refreshed(at_ms)),
+            body: self.body.clone(),
+        })
+    }
 }
 
 /// Encodes `obj` for the disk and Redis tiers.

@@ -129,6 +129,8 @@ use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 
+use crate::cache::stats::{BucketUsage, Buckets, Usage};
+
 /// What a cached value costs in bytes (body + metadata + per-entry overhead estimate).
 pub trait Weighted {
     fn weight(&self) -> usize;
@@ -180,6 +182,8 @@ struct Meta {
     queue: AtomicU8,
     /// Bytes charged for the entry; written only under the policy lock.
     charge: AtomicU64,
+    /// The entry's bucket ([`crate::cache::stats::Buckets`]), found once at insertion.
+    class: u32,
 }
 
 impl Meta {
@@ -314,7 +318,7 @@ struct Policy {
 }
 
 impl Policy {
-    fn forget(&mut self, meta: &Meta) {
+    fn forget(&mut self, meta: &Meta, usage: &BucketUsage) {
         match meta.queue.load(Relaxed) {
             IN_SMALL => self.small.forget(meta),
             IN_MAIN => self.main.forget(meta),
@@ -322,6 +326,7 @@ impl Policy {
         }
         self.len -= 1;
         self.bytes -= meta.charge();
+        usage.removed(meta.class as usize, meta.charge(), false);
     }
 }
 
@@ -337,6 +342,8 @@ pub struct MemoryCache<V: Clone + Weighted> {
     len: AtomicU64,
     bytes: AtomicU64,
     evictions: AtomicU64,
+    /// Entries, bytes and evictions per bucket; moved under the policy lock, never on a hit.
+    usage: BucketUsage,
 }
 
 impl<V: Clone + Weighted> MemoryCache<V> {
@@ -367,7 +374,21 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             len: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            usage: BucketUsage::new(Buckets::none()),
         }
+    }
+
+    /// Counts entries, bytes and evictions per bucket of `buckets` (see
+    /// [`crate::cache::stats`]). Call before inserting anything.
+    pub fn with_buckets(mut self, buckets: Arc<Buckets>) -> Self {
+        debug_assert!(self.is_empty());
+        self.usage = BucketUsage::new(buckets);
+        self
+    }
+
+    /// A bucket's share of the cache; `None` when the cache was not told about the bucket.
+    pub fn usage_of(&self, bucket: &str) -> Option<Usage> {
+        self.usage.by_name(bucket)
     }
 
     /// Sets the largest admitted entry charge (clamped to the capacity).
@@ -430,6 +451,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
                 hash,
                 queue: AtomicU8::new(DEAD),
                 charge: AtomicU64::new(charge),
+                class: self.usage.class(key) as u32,
             }),
         ));
         let mut old_value = None;
@@ -449,6 +471,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
                     };
                     fifo.bytes = fifo.bytes - old + charge;
                     p.bytes = p.bytes - old + charge;
+                    self.usage.resized(meta.class as usize, old, charge);
                     drop(table);
                 }
                 TableEntry::Vacant(v) => {
@@ -460,6 +483,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
                         meta: meta.clone(),
                     });
                     drop(table);
+                    self.usage.added(meta.class as usize, charge);
                     if p.ghost.contains(hash) {
                         p.main.push(meta, IN_MAIN);
                     } else {
@@ -514,6 +538,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             meta.queue.store(DEAD, Relaxed);
             p.len -= 1;
             p.bytes -= meta.charge();
+            self.usage.removed(meta.class as usize, meta.charge(), true);
             self.evictions.fetch_add(1, Relaxed);
         }
         debug_assert!(p.bytes <= self.capacity, "queues empty but bytes left");
@@ -537,7 +562,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             let mut table = self.shard(hash).table.write();
             let entry = table.find_entry(hash, |e| &*e.key == key).ok()?.remove().0;
             drop(table);
-            p.forget(&entry.meta);
+            p.forget(&entry.meta, &self.usage);
             self.publish(&p);
             entry
         };
@@ -561,7 +586,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
                 removed.extend(table.extract_if(|e| pred(&e.key)));
                 drop(table);
                 for e in &removed {
-                    p.forget(&e.meta);
+                    p.forget(&e.meta, &self.usage);
                     stats.entries += 1;
                     stats.bytes += e.meta.charge();
                 }
@@ -569,6 +594,89 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             }
             removed.clear();
         }
+        stats
+    }
+
+    /// Replaces the value of `key` in place with `f(old)` when that is `Some` (keeping its
+    /// place in the queues and its frequency); returns whether the key was present. The new
+    /// value's charge replaces the old one.
+    pub fn update(&self, key: &[u8], f: impl Fn(&V) -> Option<V>) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
+        let hash = self.hash(key);
+        let stats = self.update_in(self.shard(hash), Some(hash), &|k| k == key, &f);
+        stats.entries > 0
+    }
+
+    /// [`update`](Self::update) for every entry whose key matches (soft purge by bucket, by
+    /// prefix, or of everything). Shard by shard, like [`remove_if`](Self::remove_if).
+    /// Returns the entries that matched and the bytes charged for them.
+    pub fn update_if(
+        &self,
+        pred: impl Fn(&[u8]) -> bool,
+        f: impl Fn(&V) -> Option<V>,
+    ) -> RemovalStats {
+        let mut stats = RemovalStats::default();
+        if self.capacity == 0 {
+            return stats;
+        }
+        for shard in self.shards.iter() {
+            let s = self.update_in(shard, None, &pred, &f);
+            stats.entries += s.entries;
+            stats.bytes += s.bytes;
+        }
+        stats
+    }
+
+    /// Applies `f` to the entries of `shard` whose key matches `pred` (only the one with
+    /// `hash`, when given), under the policy lock and the shard's write lock; the old values
+    /// are dropped after unlocking. Returns what matched (charges after the update).
+    fn update_in(
+        &self,
+        shard: &Shard<V>,
+        hash: Option<u64>,
+        pred: &dyn Fn(&[u8]) -> bool,
+        f: &dyn Fn(&V) -> Option<V>,
+    ) -> RemovalStats {
+        let mut stats = RemovalStats::default();
+        let mut old = Vec::new();
+        let mut p = self.policy.lock();
+        let mut table = shard.table.write();
+        let mut apply = |e: &mut Entry<V>| {
+            let charge = match f(&e.value) {
+                None => e.meta.charge(),
+                Some(new) => {
+                    let charge = (new.weight() as u64).saturating_add(e.key.len() as u64);
+                    let was = e.meta.charge.swap(charge, Relaxed);
+                    let fifo = match e.meta.queue.load(Relaxed) {
+                        IN_SMALL => &mut p.small,
+                        _ => &mut p.main,
+                    };
+                    fifo.bytes = fifo.bytes - was + charge;
+                    p.bytes = p.bytes - was + charge;
+                    self.usage.resized(e.meta.class as usize, was, charge);
+                    old.push(std::mem::replace(&mut e.value, new));
+                    charge
+                }
+            };
+            stats.entries += 1;
+            stats.bytes += charge;
+        };
+        match hash {
+            Some(h) => {
+                if let Some(e) = table.find_mut(h, |e| pred(&e.key)) {
+                    apply(e);
+                }
+            }
+            None => table.iter_mut().filter(|e| pred(&e.key)).for_each(apply),
+        }
+        drop(table);
+        let mut evicted = Vec::new();
+        self.evict(&mut p, &mut evicted);
+        self.publish(&p);
+        drop(p);
+        drop((old, evicted));
         stats
     }
 
@@ -710,6 +818,37 @@ mod tests {
         assert_eq!(rest.bytes, total - expect.bytes);
         assert_eq!((c.len(), c.bytes()), (0, 0));
         c.check_invariants();
+    }
+
+    #[test]
+    fn updates_in_place_and_bucket_counts_stay_exact() {
+        let c = MemoryCache::with_shards(1 << 20, 16)
+            .with_buckets(crate::cache::stats::Buckets::new(["a", "b"]));
+        for i in 0..30u64 {
+            let k = format!("{}\0{i}", if i % 3 == 0 { "a" } else { "b" });
+            assert!(c.insert(k.as_bytes(), obj(i, 100)));
+        }
+        let a = c.usage_of("a").unwrap();
+        assert_eq!((a.entries, a.bytes), (10, 10 * 100 + 4 * 3 + 6 * 4));
+        // One key, then every key of bucket a: values replaced, charges moved.
+        assert!(c.update(b"a\x000", |v| Some(obj(v.id + 1000, 200))));
+        assert!(!c.update(b"a\x00nope", |v| Some(v.clone())));
+        assert_eq!(c.get(b"a\x000"), Some(obj(1000, 200)));
+        let s = c.update_if(|k| k.starts_with(b"a\0"), |v| Some(obj(v.id, 150)));
+        assert_eq!(s.entries, 10);
+        assert_eq!(c.get(b"a\x003"), Some(obj(3, 150)));
+        // `None` keeps the value but still counts the match.
+        let s = c.update_if(|k| k.starts_with(b"b\0"), |_| None);
+        assert_eq!(s.entries, 20);
+        c.check_invariants();
+        let (a, b) = (c.usage_of("a").unwrap(), c.usage_of("b").unwrap());
+        assert_eq!(a.entries + b.entries, c.len());
+        assert_eq!(a.bytes + b.bytes, c.bytes());
+        assert_eq!(b.bytes, s.bytes);
+        c.remove(b"b\x001");
+        assert_eq!(c.usage_of("b").unwrap().entries, 19);
+        c.clear();
+        assert_eq!(c.usage_of("a").unwrap(), Default::default());
     }
 
     #[test]

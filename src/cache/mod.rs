@@ -1,8 +1,10 @@
 //! The cache tiers: [`memory`] (sharded, shared by all workers), [`disk`] (mmap-backed
 //! segments that survive restarts) and [`redis`] (shared by several instances); [`tiered`] puts
 //! memory and disk together (lookup, promotion, write policy), [`redis_tier`] adds Redis in the
-//! request path, [`purge`] removes entries from all three, and [`purge_broadcast`] tells the
-//! other instances sharing the Redis to purge their own memory and disk.
+//! request path, [`purge`] removes entries from all three (or, soft, marks them stale), and
+//! [`purge_broadcast`] tells the other instances sharing the Redis to purge their own memory
+//! and disk; [`stats`] counts what each tier holds per bucket and builds the admin stats
+//! snapshot.
 
 pub mod disk;
 pub mod entry;
@@ -13,4 +15,5 @@ pub mod purge;
 pub mod purge_broadcast;
 pub mod redis;
 pub mod redis_tier;
+pub mod stats;
 pub mod tiered;

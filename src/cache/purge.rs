@@ -52,12 +52,50 @@
 //! what an origin 404 does — does not: ending every fill in flight for a common answer would
 //! be costly, and what they fetched was valid when they fetched it.
 //!
+//! # Soft purge
+//!
+//! [`Mode::Soft`] marks the matching entries stale instead of removing them: the next request
+//! for one revalidates with the origin (`If-None-Match` with the stored ETag), and a `304`
+//! keeps the stored body (`X-Cache: REVALIDATED`) — "refresh what changed" without every
+//! object of a bucket being fetched again at once. Each tier keeps freshness in one place,
+//! and a soft purge moves exactly that, to *now* (a deadline already past stays):
+//!
+//! - **memory**: the entry is replaced in place by a copy whose [`Meta`](crate::cache::entry::Meta) says
+//!   `expires_at_ms = now` (same `Arc`'d body, same charge, same queue position); the `Meta`
+//!   is immutable and shared with requests in flight, so a copy rather than a flag — the hit
+//!   path stays one load of `expires_at_ms`, with no extra atomic to read.
+//! - **disk**: records in segments are immutable, but freshness is read from the index's
+//!   expiry (a disk hit, and its promotion into memory, take the index's deadline, not the
+//!   record's): the index expiry is lowered and a touch record persists it, as a 304
+//!   revalidation does. Recovery drops entries that are expired at start-up, so after a
+//!   restart a soft-purged disk entry is gone (a miss), never fresh.
+//! - **Redis**: freshness is the key's TTL minus the retention ([`Tiers::redis_retain`]):
+//!   a script cuts each matching key's TTL to the retention (longer TTLs only), so every
+//!   instance reads it as stale from now on and it stays available for revalidation.
+//!
+//! Lower tiers promote what they read with their own deadline, so a promoted copy is stale
+//! too. Stale-serving rules see the entry as *stale since the purge*: with
+//! `cache.stale_while_revalidate` configured a request within that window of the purge is
+//! answered with the stale copy (`X-Cache: STALE`) while one background request revalidates
+//! it — the configured trade; without it every request revalidates first. `stale_if_error`
+//! likewise lets the stale copy stand in when the origin fails within its window.
+//!
+//! Counts: each tier reports the entries that matched (all stale now, whether this purge or
+//! an earlier deadline made them so) and, for memory and disk, their bytes — still held.
+//!
+//! Fills in flight: a soft purge bumps the purge generation like a hard one (every scope,
+//! one exact key included: only the admin API soft-purges), so a fill or a revalidation whose
+//! bytes or `304` came before the purge cannot store a fresh entry over the stale mark;
+//! when such a store raced the marking walk it is undone by removal, so that key ends up
+//! purged hard (a miss), never fresh.
+//!
 //! # What a purge does not cover
 //!
 //! Other corvid instances sharing the Redis keep their own memory and disk copies until told
 //! (pub/sub, see [`crate::cache::redis::subscribe`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cache::disk::DiskCache;
 use crate::cache::memory::RemovalStats;
@@ -111,7 +149,29 @@ impl Selector {
     }
 }
 
-/// Entries and bytes one tier removed.
+/// Remove the matching entries, or mark them stale (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    #[default]
+    Hard,
+    Soft,
+}
+
+impl Mode {
+    pub fn soft(soft: bool) -> Mode {
+        if soft {
+            Mode::Soft
+        } else {
+            Mode::Hard
+        }
+    }
+
+    pub fn is_soft(self) -> bool {
+        self == Mode::Soft
+    }
+}
+
+/// Entries and bytes one tier removed (for a soft purge: marked stale, and still held).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Removed {
     pub entries: u64,
@@ -136,14 +196,14 @@ impl From<crate::cache::disk::RemovalStats> for Removed {
     }
 }
 
-/// What the purge did in Redis.
+/// What the purge did in Redis (for a soft purge, "deleted" means marked stale).
 #[derive(Debug)]
 pub enum RedisPurge {
     /// No Redis tier is configured.
     Disabled,
-    /// Every matching key was deleted: this many.
+    /// Every matching key was deleted (or marked): this many.
     Done(u64),
-    /// The purge stopped at `error`; `deleted` keys had gone before it.
+    /// The purge stopped at `error`; `deleted` keys had gone (or been marked) before it.
     Failed { deleted: u64, error: RedisError },
 }
 
@@ -176,9 +236,10 @@ impl RedisPurge {
     }
 }
 
-/// What a purge removed, per tier.
+/// What a purge removed (or, soft, marked stale), per tier.
 #[derive(Debug)]
 pub struct Purged {
+    pub mode: Mode,
     pub memory: Removed,
     pub disk: Removed,
     pub redis: RedisPurge,
@@ -191,7 +252,8 @@ impl Purged {
         self.memory.entries + self.disk.entries + self.redis.deleted()
     }
 
-    /// Bytes freed in the memory and disk tiers (Redis does not report sizes).
+    /// Bytes freed in the memory and disk tiers (Redis does not report sizes); for a soft
+    /// purge, the bytes of the entries marked (still held).
     pub fn bytes(&self) -> u64 {
         self.memory.bytes + self.disk.bytes
     }
@@ -199,53 +261,133 @@ impl Purged {
 
 /// Purges `scope` from the shared tiers and, when given, from Redis through `redis` (the
 /// calling worker's client). Never fails: a Redis problem is reported in [`Purged::redis`].
+/// A hard purge; [`purge_as`] chooses.
 pub async fn purge(tiers: &Arc<Tiers>, redis: Option<&RedisClient>, scope: &Scope) -> Purged {
+    purge_as(tiers, redis, scope, Mode::Hard).await
+}
+
+/// [`purge`] with a [`Mode`]: removes the matching entries, or marks them stale (see the
+/// module docs).
+pub async fn purge_as(
+    tiers: &Arc<Tiers>,
+    redis: Option<&RedisClient>,
+    scope: &Scope,
+    mode: Mode,
+) -> Purged {
     let sel = Selector::new(scope);
     // Fills and promotions in flight must not put back what this removes. One exact key is
     // what an origin 404 removes: what other requests fetched before it was valid then, and
-    // ending every fill in flight for that would make a common answer costly.
-    if !matches!(sel, Selector::Exact(_)) {
+    // ending every fill in flight for that would make a common answer costly. A soft purge
+    // is an administrator's, always.
+    if mode.is_soft() || !matches!(sel, Selector::Exact(_)) {
         tiers.begin_purge();
     }
+    // Stale from this moment on.
+    let at = now_ms();
     let redis_part = async {
         match redis {
             None => RedisPurge::Disabled,
+            Some(client) if mode.is_soft() => {
+                soft_purge_redis(client, &sel, tiers.redis_retain).await
+            }
             Some(client) => purge_redis(client, &sel).await,
         }
     };
-    let ((memory, disk), redis) = monoio::join!(purge_local(tiers, &sel), redis_part);
+    let ((memory, disk), redis) = monoio::join!(purge_local(tiers, &sel, mode, at), redis_part);
     Purged {
+        mode,
         memory,
         disk,
         redis,
     }
 }
 
+fn now_ms() -> u64 {
+    crate::cache::disk::now_ms()
+}
+
 /// The memory and disk part: inline for one key, else on a helper thread (see the module
 /// docs), falling back to inline if no thread can be started.
-async fn purge_local(tiers: &Arc<Tiers>, sel: &Selector) -> (Removed, Removed) {
+async fn purge_local(
+    tiers: &Arc<Tiers>,
+    sel: &Selector,
+    mode: Mode,
+    at: u64,
+) -> (Removed, Removed) {
+    if mode.is_soft() {
+        return soft_purge_local(tiers, sel, at).await;
+    }
     if let Selector::Exact(_) = sel {
         return purge_local_now(tiers, sel);
     }
-    let (tx, rx) = flume::bounded(1);
     let (t, s) = (Arc::clone(tiers), sel.clone());
+    on_helper(move || purge_local_now(&t, &s))
+        .await
+        .unwrap_or_else(|| purge_local_now(tiers, sel))
+}
+
+/// The soft memory and disk part, placed like the hard one.
+async fn soft_purge_local(tiers: &Arc<Tiers>, sel: &Selector, at: u64) -> (Removed, Removed) {
+    if let Selector::Exact(_) = sel {
+        return soft_purge_local_now(tiers, sel, at);
+    }
+    let (t, s) = (Arc::clone(tiers), sel.clone());
+    on_helper(move || soft_purge_local_now(&t, &s, at))
+        .await
+        .unwrap_or_else(|| soft_purge_local_now(tiers, sel, at))
+}
+
+fn soft_purge_local_now(tiers: &Tiers, sel: &Selector, at: u64) -> (Removed, Removed) {
+    let stale = |obj: &crate::cache::entry::CachedObject| obj.stale_since(at);
+    let memory = match sel {
+        Selector::Exact(k) => {
+            let mut found = Removed::default();
+            if tiers.memory.update(k, stale) {
+                // Charged as before (same body and headers): what `bytes()` counts for it.
+                found.entries = 1;
+                found.bytes = tiers
+                    .memory
+                    .get(k)
+                    .map_or(0, |o| o.weight() as u64 + k.len() as u64);
+            }
+            found
+        }
+        _ => tiers.memory.update_if(|k| sel.matches(k), stale).into(),
+    };
+    let disk = tiers
+        .disk
+        .as_deref()
+        .map(|d| match sel {
+            Selector::Exact(k) => d.mark_stale(k, at).into(),
+            _ => d.mark_stale_if(|k| sel.matches(k), at).into(),
+        })
+        .unwrap_or_default();
+    (memory, disk)
+}
+
+/// Runs `work` on a short-lived helper thread; `None` if no thread could be started (the
+/// caller then runs it inline). A dead helper is logged and counts as nothing done.
+async fn on_helper(
+    work: impl FnOnce() -> (Removed, Removed) + Send + 'static,
+) -> Option<(Removed, Removed)> {
+    let (tx, rx) = flume::bounded(1);
     let spawned = std::thread::Builder::new()
         .name("corvid-purge".into())
         .spawn(move || {
-            let _ = tx.send(purge_local_now(&t, &s));
+            let _ = tx.send(work());
         });
     match spawned {
         // flume's async receive wakes this monoio task from the helper thread.
         Ok(_) => match rx.recv_async().await {
-            Ok(r) => r,
+            Ok(r) => Some(r),
             Err(_) => {
                 log::error!("purge: the helper thread died; memory and disk may be partly purged");
-                (Removed::default(), Removed::default())
+                Some((Removed::default(), Removed::default()))
             }
         },
         Err(e) => {
             log::warn!("purge: cannot start a helper thread ({e}); purging on this thread");
-            purge_local_now(tiers, sel)
+            None
         }
     }
 }
@@ -302,6 +444,45 @@ async fn purge_redis(client: &RedisClient, sel: &Selector) -> RedisPurge {
     match result {
         Ok(()) => RedisPurge::Done(deleted),
         Err(error) => RedisPurge::Failed { deleted, error },
+    }
+}
+
+/// Marks the matching Redis keys stale: their TTL cut to `retain` (see the module docs).
+async fn soft_purge_redis(client: &RedisClient, sel: &Selector, retain: Duration) -> RedisPurge {
+    let mut marked = 0u64;
+    let result = async {
+        match sel {
+            Selector::Exact(k) => {
+                marked += u64::from(client.mark_stale(k, retain).await?);
+                Ok(())
+            }
+            Selector::Object(plain) => {
+                marked += u64::from(client.mark_stale(plain, retain).await?);
+                let mut variants = plain.clone();
+                variants.push(0);
+                client
+                    .mark_stale_prefix_counted(&variants, retain, &mut marked)
+                    .await
+            }
+            Selector::Prefix(p) => {
+                client
+                    .mark_stale_prefix_counted(p, retain, &mut marked)
+                    .await
+            }
+            Selector::All => {
+                client
+                    .mark_stale_prefix_counted(b"", retain, &mut marked)
+                    .await
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => RedisPurge::Done(marked),
+        Err(error) => RedisPurge::Failed {
+            deleted: marked,
+            error,
+        },
     }
 }
 

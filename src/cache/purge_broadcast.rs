@@ -14,6 +14,13 @@
 //!   never contain NUL (config and router refuse it), so the fields split unambiguously. A
 //!   subscriber ignores its own instance's messages and anything it cannot decode (a newer
 //!   version's message is logged and skipped, never half-applied).
+//! - **Soft purges** (entries marked stale, [`crate::cache::purge::Mode::Soft`]) are sent as
+//!   `corvid-purge/2 \0 <instance> \0 <mode> \0 <kind> \0 <fields>`, mode `s` (soft) or
+//!   `h` (hard; decoded, never sent). Hard purges are still sent as `corvid-purge/1`, byte for
+//!   byte as before, so instances of an older version keep applying them during a rolling
+//!   upgrade; such an instance skips (and logs) a soft purge — serving its copies as fresh
+//!   until their TTL, as it would if it had missed the message — rather than applying it as
+//!   a hard one. A `/1` message always decodes as a hard purge.
 //! - **Delivery** is Redis pub/sub's: at most once, and only to instances subscribed at that
 //!   moment ([`crate::cache::redis::subscribe`] logs the subscription's losses and
 //!   recoveries). An instance that misses a purge serves its copy until the entry's TTL, as it
@@ -23,24 +30,35 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::cache::purge::{purge, Purged, Scope};
+use crate::cache::purge::{purge_as, Mode, Purged, Scope};
 use crate::cache::redis::RedisClient;
 use crate::cache::tiered::Tiers;
 
 const MAGIC: &[u8] = b"corvid-purge/1";
+/// Messages with a mode field (soft purges).
+const MAGIC_V2: &[u8] = b"corvid-purge/2";
 
 /// The channel for purges among instances using `key_prefix`.
 pub fn channel(key_prefix: &str) -> String {
     format!("{key_prefix}purge")
 }
 
-/// The message announcing that `instance` purged `scope`.
+/// The message announcing that `instance` purged `scope` (hard).
 pub fn encode(instance: u32, scope: &Scope) -> Vec<u8> {
+    encode_as(instance, scope, Mode::Hard)
+}
+
+/// The message announcing that `instance` purged `scope` in `mode`: a `/1` message for a
+/// hard purge, a `/2` one for a soft purge (see the module docs).
+pub fn encode_as(instance: u32, scope: &Scope, mode: Mode) -> Vec<u8> {
     let mut m = Vec::with_capacity(64);
-    m.extend_from_slice(MAGIC);
+    m.extend_from_slice(if mode.is_soft() { MAGIC_V2 } else { MAGIC });
     m.push(0);
     m.extend_from_slice(format!("{instance:08x}").as_bytes());
     m.push(0);
+    if mode.is_soft() {
+        m.extend_from_slice(b"s\0");
+    }
     match scope {
         Scope::Key(k) => {
             m.extend_from_slice(b"k\0");
@@ -60,12 +78,34 @@ fn fields(m: &mut Vec<u8>, kind: u8, a: &str, b: &str) {
     m.extend_from_slice(b.as_bytes());
 }
 
-/// The publishing instance and the scope of a message; `None` when it is not one (or not of
-/// this version).
+/// The publishing instance and the scope of a hard-purge message; `None` when it is not one
+/// (see [`decode_as`] for every message).
 pub fn decode(msg: &[u8]) -> Option<(u32, Scope)> {
-    let rest = msg.strip_prefix(MAGIC)?.strip_prefix(b"\0")?;
+    match decode_as(msg)? {
+        (instance, scope, Mode::Hard) => Some((instance, scope)),
+        _ => None,
+    }
+}
+
+/// The publishing instance, scope and mode of a message; `None` when it is not one (or of a
+/// version this one does not know). `/1` messages are hard purges.
+pub fn decode_as(msg: &[u8]) -> Option<(u32, Scope, Mode)> {
+    let (v2, rest) = match msg.strip_prefix(MAGIC) {
+        Some(rest) => (false, rest),
+        None => (true, msg.strip_prefix(MAGIC_V2)?),
+    };
+    let rest = rest.strip_prefix(b"\0")?;
     let (instance, rest) = split_nul(rest)?;
     let instance = u32::from_str_radix(std::str::from_utf8(instance).ok()?, 16).ok()?;
+    let (mode, rest) = if v2 {
+        match split_nul(rest)? {
+            (b"s", rest) => (Mode::Soft, rest),
+            (b"h", rest) => (Mode::Hard, rest),
+            _ => return None,
+        }
+    } else {
+        (Mode::Hard, rest)
+    };
     let (kind, rest) = split_nul(rest)?;
     let two = |rest: &[u8]| -> Option<(String, String)> {
         let (a, b) = split_nul(rest)?;
@@ -86,7 +126,7 @@ pub fn decode(msg: &[u8]) -> Option<(u32, Scope)> {
         b"a" if rest.is_empty() => Scope::All,
         _ => return None,
     };
-    Some((instance, scope))
+    Some((instance, scope, mode))
 }
 
 fn split_nul(b: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -111,11 +151,24 @@ pub async fn purge_everywhere(
     instance: u32,
     scope: &Scope,
 ) -> Broadcast {
-    let purged = purge(tiers, redis, scope).await;
+    purge_everywhere_as(tiers, redis, key_prefix, instance, scope, Mode::Hard).await
+}
+
+/// [`purge_everywhere`] with a [`Mode`]: a soft purge marks the entries stale here and in
+/// Redis, and every other instance marks its own memory and disk copies.
+pub async fn purge_everywhere_as(
+    tiers: &Arc<Tiers>,
+    redis: Option<&RedisClient>,
+    key_prefix: &str,
+    instance: u32,
+    scope: &Scope,
+    mode: Mode,
+) -> Broadcast {
+    let purged = purge_as(tiers, redis, scope, mode).await;
     let receivers = match redis {
         None => None,
         Some(client) => {
-            let msg = encode(instance, scope);
+            let msg = encode_as(instance, scope, mode);
             match client.publish(&channel(key_prefix), &msg).await {
                 Ok(n) => Some(n),
                 Err(e) => {
@@ -128,12 +181,13 @@ pub async fn purge_everywhere(
     Broadcast { purged, receivers }
 }
 
-/// Applies another instance's announced purge to this instance's memory and disk tiers.
-/// Returns what it removed, or `None` for this instance's own messages and undecodable ones.
+/// Applies another instance's announced purge (hard or soft) to this instance's memory and
+/// disk tiers. Returns what it removed or marked, or `None` for this instance's own messages
+/// and undecodable ones.
 pub async fn apply(tiers: &Arc<Tiers>, instance: u32, msg: Bytes) -> Option<Purged> {
-    let Some((from, scope)) = decode(&msg) else {
+    let Some((from, scope, mode)) = decode_as(&msg) else {
         log::warn!(
-            "ignoring a message on the purge channel that is not a corvid-purge/1 purge ({} bytes)",
+            "ignoring a message on the purge channel that is not a corvid-purge/1 or /2 purge ({} bytes)",
             msg.len()
         );
         return None;
@@ -141,8 +195,8 @@ pub async fn apply(tiers: &Arc<Tiers>, instance: u32, msg: Bytes) -> Option<Purg
     if from == instance {
         return None;
     }
-    let purged = purge(tiers, None, &scope).await;
-    log::debug!("applied instance {from:08x}'s purge of {scope:?}: {purged:?}");
+    let purged = purge_as(tiers, None, &scope, mode).await;
+    log::debug!("applied instance {from:08x}'s {mode:?} purge of {scope:?}: {purged:?}");
     Some(purged)
 }
 
@@ -169,8 +223,27 @@ mod tests {
             Scope::All,
         ];
         for s in scopes {
-            assert_eq!(decode(&encode(0xdead_beef, &s)), Some((0xdead_beef, s)));
+            let soft = encode_as(0xdead_beef, &s, Mode::Soft);
+            assert!(soft.starts_with(b"corvid-purge/2\0deadbeef\0s\0"));
+            assert_eq!(decode_as(&soft), Some((0xdead_beef, s.clone(), Mode::Soft)));
+            // A soft purge is not a hard one to a reader of hard purges only.
+            assert_eq!(decode(&soft), None);
+            let hard = encode(0xdead_beef, &s);
+            // Hard purges stay version-1 messages, readable by older instances.
+            assert_eq!(hard, encode_as(0xdead_beef, &s, Mode::Hard));
+            assert!(hard.starts_with(b"corvid-purge/1\0"));
+            assert_eq!(decode_as(&hard), Some((0xdead_beef, s.clone(), Mode::Hard)));
+            assert_eq!(decode(&hard), Some((0xdead_beef, s)));
         }
+        // A version-2 hard purge (never sent, accepted) and a version-1 message as before.
+        assert_eq!(
+            decode_as(b"corvid-purge/2\x0000000001\0h\0a\0"),
+            Some((1, Scope::All, Mode::Hard))
+        );
+        assert_eq!(
+            decode_as(b"corvid-purge/1\x0000000001\0a\0"),
+            Some((1, Scope::All, Mode::Hard))
+        );
     }
 
     #[test]
@@ -178,7 +251,10 @@ mod tests {
         for bad in [
             &b""[..],
             b"hello",
-            b"corvid-purge/2\x00000000001\0a\0",
+            b"corvid-purge/3\x00000000001\0a\0",
+            b"corvid-purge/2\x0000000001\0a\0",
+            b"corvid-purge/2\x0000000001\0x\0a\0",
+            b"corvid-purge/2\x0000000001\0s\0",
             b"corvid-purge/1\0zz\0a\0",
             b"corvid-purge/1\x0000000001\0x\0",
             b"corvid-purge/1\x0000000001\0k\0",

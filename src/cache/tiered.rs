@@ -11,6 +11,8 @@
 //! Freshness on disk is the disk index's expiry (the entry's freshness deadline): a 304
 //! revalidation moves it with [`DiskCache::set_expiry`] and never rewrites the body. Stale
 //! entries stay on disk for revalidation until reclaimed.
+//! A soft purge lowers the same expiry ([`DiskCache::mark_stale_if`]), so a disk hit — and the
+//! copy it promotes into memory — reads as stale (see [`crate::cache::purge`]).
 //!
 //! Cold disk pages: touching an mmap page that is not resident would block the whole worker
 //! on a disk read, so a disk hit whose value is not in the page cache (`mincore`) is read with
@@ -19,6 +21,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering, Ordering::SeqCst};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -26,6 +29,8 @@ use crate::cache::disk::{DiskCache, DiskHit, DiskOptions};
 use crate::cache::entry::{self, CachedObject};
 use crate::cache::inflight::Inflight;
 use crate::cache::memory::{MemoryCache, Weighted};
+use crate::cache::redis_tier;
+use crate::cache::stats::Buckets;
 use crate::config::{CacheConfig, WritePolicy};
 
 impl Weighted for CachedObject {
@@ -80,13 +85,27 @@ pub struct Tiers {
     /// Write-behind writes dropped because the queue was full, and failed disk writes.
     pub dropped_writes: AtomicU64,
     pub disk_errors: Arc<AtomicU64>,
+    /// How long a Redis key outlives its entry's freshness ([`redis_tier::retain`]): a soft
+    /// purge cuts a Redis TTL to this, which reads as "stale since now".
+    pub redis_retain: Duration,
+    /// The configured bucket names, by index (per-bucket stats, [`crate::cache::stats`]).
+    buckets: Arc<Buckets>,
 }
 
 impl Tiers {
     /// Builds the tiers; opens the disk tier (blocking: start-up only) and logs its recovery.
+    /// Per-bucket entries and bytes are not tracked (everything counts as "other"); see
+    /// [`Tiers::with_buckets`].
     pub fn new(cfg: &CacheConfig) -> Result<Arc<Tiers>, String> {
+        Tiers::with_buckets(cfg, Buckets::none())
+    }
+
+    /// [`Tiers::new`], counting entries, bytes and evictions per bucket of `buckets` (the
+    /// configured bucket names, `Buckets::new(config.buckets.iter().map(|b| &b.name))`).
+    pub fn with_buckets(cfg: &CacheConfig, buckets: Arc<Buckets>) -> Result<Arc<Tiers>, String> {
         let memory = MemoryCache::new(cfg.memory.capacity)
-            .with_max_object_size(cfg.max_object_size.min(cfg.memory.capacity));
+            .with_max_object_size(cfg.max_object_size.min(cfg.memory.capacity))
+            .with_buckets(Arc::clone(&buckets));
         let disk = match &cfg.disk {
             None => None,
             Some(d) => {
@@ -96,6 +115,7 @@ impl Tiers {
                     segment_size: d.segment_size,
                 })
                 .map_err(|e| format!("cache.disk: cannot open {}: {e}", d.dir.display()))?;
+                let disk = disk.with_buckets(Arc::clone(&buckets));
                 log::info!(
                     "disk tier {}: {} entries in {} segments recovered in {:?} ({} corrupt, {} torn, {} expired dropped)",
                     d.dir.display(),
@@ -142,7 +162,14 @@ impl Tiers {
             generation,
             dropped_writes: AtomicU64::new(0),
             disk_errors,
+            redis_retain: redis_tier::retain(cfg),
+            buckets,
         }))
+    }
+
+    /// The bucket table the tiers count per-bucket usage with.
+    pub fn buckets(&self) -> &Arc<Buckets> {
+        &self.buckets
     }
 
     /// Whether any tier can hold objects.

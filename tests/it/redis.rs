@@ -343,3 +343,89 @@ fn redis_as_the_only_tier_caches() {
     assert_eq!(r.body, b"redis only");
     assert_eq!(origin.count("GET"), 1);
 }
+
+/// The value of one Prometheus sample line (`name{labels} value`), 0 when absent.
+fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_soft_purge_announced_by_another_instance_makes_the_next_get_revalidate() {
+    use corvid::cache::purge::{Mode, Scope};
+    use corvid::cache::purge_broadcast;
+
+    let redis = RedisServer::start(&[]);
+    let origin = Origin::start();
+    origin.create_bucket("rds");
+    let body = pattern_bytes(20_000, 9);
+    origin.put("rds", "soft.bin", &body);
+    let a = Corvid::start(&config(free_port(), &origin, &redis.url()));
+    let r = http::get(a.addr(), "/rds/soft.bin", &[]);
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("MISS")));
+    let r = http::get(a.addr(), "/rds/soft.bin", &[]);
+    assert_eq!(r.header("x-cache"), Some("HIT"));
+    let m = http::get(a.addr(), "/metrics", &[]).text();
+    assert_eq!(
+        sample(&m, "corvid_upstream_bytes_total{bucket=\"rds\"}"),
+        20_000
+    );
+    let hit_bytes = "corvid_cache_hit_bytes_total{layer=\"memory\",bucket=\"rds\"}";
+    assert_eq!(sample(&m, hit_bytes), 20_000);
+
+    // Another instance (tag 0x1234) soft-purged the object: it announces it on the channel.
+    let scope = Scope::Object {
+        bucket: "rds".into(),
+        key: "soft.bin".into(),
+    };
+    let msg = purge_broadcast::encode_as(0x1234, &scope, Mode::Soft);
+    let msg = String::from_utf8(msg).unwrap();
+    let channel = purge_broadcast::channel("corvid:");
+    assert!(
+        wait_until(Duration::from_secs(5), || redis
+            .command(&["PUBLISH", &channel, &msg])
+            .as_deref()
+            == Some(b":1".as_slice())),
+        "corvid's subscriber never received the announcement"
+    );
+    let (gets, unchanged) = (origin.count("GET"), origin.conditional_count(304));
+    // Applied asynchronously: the entry is still there, so a GET is a HIT until then.
+    let mut r = http::get(a.addr(), "/rds/soft.bin", &[]);
+    for _ in 0..100 {
+        if r.header("x-cache") != Some("HIT") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        r = http::get(a.addr(), "/rds/soft.bin", &[]);
+    }
+    assert_eq!(r.header("x-cache"), Some("REVALIDATED"), "{:?}", r.headers);
+    assert!(r.body == body);
+    assert_eq!(
+        origin.conditional_count(304) - unchanged,
+        1,
+        "one 304, no body"
+    );
+    assert_eq!(origin.count("GET") - gets, 1);
+    assert!(origin
+        .last_request()
+        .unwrap()
+        .header("if-none-match")
+        .is_some());
+    let r = http::get(a.addr(), "/rds/soft.bin", &[]);
+    assert_eq!(r.header("x-cache"), Some("HIT"), "fresh again");
+    let m = http::get(a.addr(), "/metrics", &[]).text();
+    // Nothing more came from the origin; every answer since the fill came from cache.
+    assert_eq!(
+        sample(&m, "corvid_upstream_bytes_total{bucket=\"rds\"}"),
+        20_000
+    );
+    let hits = sample(
+        &m,
+        "corvid_cache_hits_total{layer=\"memory\",bucket=\"rds\"}",
+    );
+    // HITs (the revalidation counts as no hit) and the revalidated answer's body.
+    assert_eq!(sample(&m, hit_bytes), (hits + 1) * 20_000);
+}

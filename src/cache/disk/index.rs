@@ -72,6 +72,11 @@ impl Index {
         (self.hasher.hash_one(key) as usize) & (SHARDS - 1)
     }
 
+    /// The shard holding `key`, for [`Index::shard`].
+    pub fn shard_index(&self, key: &[u8]) -> usize {
+        self.shard_of(key)
+    }
+
     /// Read lock on the shard holding `key`. Poisoning is ignored: a panic elsewhere cannot
     /// leave a `HashMap` half-updated in a way that matters to a cache.
     pub fn read(&self, key: &[u8]) -> RwLockReadGuard<'_, Map> {

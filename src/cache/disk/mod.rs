@@ -124,6 +124,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::cache::stats::{BucketUsage, Buckets, Usage};
 use format::{Kind, ENTRY_HEADER_LEN, MAX_KEY_LEN, SEGMENT_HEADER_LEN};
 use index::{Index, Slot};
 use reclaim::Counters;
@@ -309,6 +310,9 @@ struct Ring {
     spare_pending: Option<u64>,
 }
 
+/// Where a record is: segment id and offset within it ([`Slot::position`]).
+type Position = (u64, u32);
+
 /// The disk tier. `Send + Sync`; share it through an `Arc`.
 pub struct DiskCache {
     dir: PathBuf,
@@ -382,7 +386,7 @@ impl DiskCache {
         }));
         let segment_thread =
             SegmentThread::start(opts.dir.clone(), opts.segment_size, Arc::clone(&ring))?;
-        let cache = DiskCache {
+        let mut cache = DiskCache {
             dir: opts.dir,
             capacity: opts.capacity,
             segment_size: opts.segment_size,
@@ -391,12 +395,14 @@ impl DiskCache {
             counters: Counters {
                 entries: AtomicU64::new(rec.live_entries),
                 bytes: AtomicU64::new(rec.live_bytes),
+                usage: BucketUsage::new(Buckets::none()),
             },
             evictions: AtomicU64::new(0),
             segments_created: AtomicU64::new(0),
             inline_rollovers: AtomicU64::new(0),
             segment_thread,
         };
+        cache.count_buckets(Buckets::none());
         // A smaller capacity than last time: shed the oldest segments now.
         let victims = {
             let mut ring = cache.lock_ring();
@@ -407,6 +413,28 @@ impl DiskCache {
         };
         cache.evict(victims);
         Ok((cache, rec.report))
+    }
+
+    /// Counts entries, bytes and evictions per bucket of `buckets` from now on, starting
+    /// from what the index holds (see [`crate::cache::stats`]). Before the cache is shared.
+    pub fn with_buckets(mut self, buckets: Arc<Buckets>) -> DiskCache {
+        self.count_buckets(buckets);
+        self
+    }
+
+    fn count_buckets(&mut self, buckets: Arc<Buckets>) {
+        let usage = BucketUsage::new(buckets);
+        for shard in self.index.shards_mut() {
+            for (key, slot) in shard.iter() {
+                usage.added(usage.class(key), slot.padded_len());
+            }
+        }
+        self.counters.usage = usage;
+    }
+
+    /// A bucket's share of the tier; `None` when the cache was not told about the bucket.
+    pub fn usage_of(&self, bucket: &str) -> Option<Usage> {
+        self.counters.usage.by_name(bucket)
     }
 
     fn lock_ring(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -570,15 +598,15 @@ impl DiskCache {
     /// Retires reclaim's victims (index entries and files) and hands them to the segment
     /// thread to be unmapped.
     fn evict(&self, victims: Vec<Arc<Segment>>) {
-        let s = self.retire_all(&victims);
+        let s = self.retire_all(&victims, true);
         self.evictions.fetch_add(s.entries, Ordering::Relaxed);
         self.segment_thread.release(victims);
     }
 
-    fn retire_all(&self, victims: &[Arc<Segment>]) -> RemovalStats {
+    fn retire_all(&self, victims: &[Arc<Segment>], evicted: bool) -> RemovalStats {
         let mut total = RemovalStats::default();
         for v in victims {
-            let s = reclaim::retire(v, &self.index, &self.counters);
+            let s = reclaim::retire(v, &self.index, &self.counters, evicted);
             total.entries += s.entries;
             total.bytes += s.bytes;
         }
@@ -596,6 +624,7 @@ impl DiskCache {
         let key: Arc<[u8]> = Arc::from(key);
         let offset = slot.offset;
         let added = slot.padded_len();
+        let class = self.counters.usage.class(&key);
         let mut shard = self.index.write(&key);
         match shard.entry(key.clone()) {
             Entry::Occupied(o) if o.get().position() > slot.position() => return,
@@ -603,11 +632,13 @@ impl DiskCache {
                 let freed = o.insert(slot).padded_len();
                 self.counters.bytes.fetch_add(added, Ordering::Relaxed);
                 self.counters.bytes.fetch_sub(freed, Ordering::Relaxed);
+                self.counters.usage.resized(class, freed, added);
             }
             Entry::Vacant(v) => {
                 v.insert(slot);
                 self.counters.entries.fetch_add(1, Ordering::Relaxed);
                 self.counters.bytes.fetch_add(added, Ordering::Relaxed);
+                self.counters.usage.added(class, added);
             }
         }
         drop(shard);
@@ -635,6 +666,57 @@ impl DiskCache {
         true
     }
 
+    /// Soft purge of one key: its entry's expiry becomes at most `at_ms` (already-stale entries
+    /// keep theirs), persisted like [`DiskCache::set_expiry`]. Entries in segments are
+    /// immutable; the index's expiry is what freshness is read from. Returns the entry marked
+    /// (nothing if the key was absent).
+    pub fn mark_stale(&self, key: &[u8], at_ms: u64) -> RemovalStats {
+        self.mark_stale_where(Some(key), &|k| k == key, at_ms)
+    }
+
+    /// [`DiskCache::mark_stale`] for every entry whose key matches, one shard at a time.
+    pub fn mark_stale_if(&self, pred: impl Fn(&[u8]) -> bool, at_ms: u64) -> RemovalStats {
+        self.mark_stale_where(None, &pred, at_ms)
+    }
+
+    fn mark_stale_where(
+        &self,
+        key: Option<&[u8]>,
+        pred: &dyn Fn(&[u8]) -> bool,
+        at_ms: u64,
+    ) -> RemovalStats {
+        let mut stats = RemovalStats::default();
+        let shards: Vec<usize> = match key {
+            Some(k) => vec![self.index.shard_index(k)],
+            None => (0..self.index.shard_count()).collect(),
+        };
+        for i in shards {
+            // Touch records are appended after the shard lock is released.
+            let mut touched: Vec<(Arc<[u8]>, Position)> = Vec::new();
+            {
+                let mut shard = self.index.shard(i);
+                for (k, slot) in shard.iter_mut() {
+                    if !pred(k) || slot.segment.is_retired() {
+                        continue;
+                    }
+                    stats.entries += 1;
+                    stats.bytes += slot.padded_len();
+                    if slot.expires_at_ms > at_ms {
+                        slot.expires_at_ms = at_ms;
+                        touched.push((k.clone(), slot.position()));
+                    }
+                }
+            }
+            for (k, (segment, offset)) in touched {
+                let payload = format::touch_payload(segment, offset);
+                if let Err(e) = self.append(Kind::Touch, &k, &payload, at_ms) {
+                    log::warn!("disk cache: could not persist a soft purge: {e}");
+                }
+            }
+        }
+        stats
+    }
+
     /// Removes the key's entry; appends a tombstone so it stays removed after a restart.
     /// Returns what went (nothing if the key was absent).
     pub fn remove(&self, key: &[u8]) -> RemovalStats {
@@ -644,6 +726,8 @@ impl DiskCache {
         let bytes = slot.padded_len();
         self.counters.entries.fetch_sub(1, Ordering::Relaxed);
         self.counters.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let usage = &self.counters.usage;
+        usage.removed(usage.class(key), bytes, false);
         self.tombstone(key);
         RemovalStats { entries: 1, bytes }
     }
@@ -665,6 +749,8 @@ impl DiskCache {
             for (key, slot) in removed {
                 stats.entries += 1;
                 stats.bytes += slot.padded_len();
+                let usage = &self.counters.usage;
+                usage.removed(usage.class(&key), slot.padded_len(), false);
                 drop(slot);
                 self.tombstone(&key);
             }
@@ -689,7 +775,7 @@ impl DiskCache {
             let active = ring.active.take();
             ring.sealed.drain(..).chain(active).collect()
         };
-        let stats = self.retire_all(&victims);
+        let stats = self.retire_all(&victims, false);
         self.segment_thread.release(victims);
         if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
             log::warn!("disk cache: could not sync {}: {e}", self.dir.display());

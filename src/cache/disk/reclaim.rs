@@ -29,6 +29,7 @@ use std::sync::Arc;
 use super::index::Index;
 use super::segment::Segment;
 use super::RemovalStats;
+use crate::cache::stats::BucketUsage;
 
 /// Pops the oldest segments from `sealed` until `needed` more bytes fit in `capacity` given
 /// `disk_bytes` in use (which it lowers accordingly). Returns the victims, oldest first.
@@ -53,10 +54,13 @@ pub fn make_room(
 pub struct Counters {
     pub entries: AtomicU64,
     pub bytes: AtomicU64,
+    /// The same per bucket, with evictions ([`crate::cache::stats`]).
+    pub usage: BucketUsage,
 }
 
 /// Retires `seg`: drops its entries from `index` and deletes its file. Returns what was dropped.
-pub fn retire(seg: &Segment, index: &Index, counters: &Counters) -> RemovalStats {
+/// `evicted`: whether that is reclaim (counted as evictions per bucket) rather than a purge.
+pub fn retire(seg: &Segment, index: &Index, counters: &Counters, evicted: bool) -> RemovalStats {
     let mut stats = RemovalStats::default();
     for (key, offset) in seg.retire() {
         let mut shard = index.write(&key);
@@ -68,6 +72,8 @@ pub fn retire(seg: &Segment, index: &Index, counters: &Counters) -> RemovalStats
             drop(shard);
             stats.entries += 1;
             stats.bytes += slot.padded_len();
+            let class = counters.usage.class(&key);
+            counters.usage.removed(class, slot.padded_len(), evicted);
         }
     }
     counters.entries.fetch_sub(stats.entries, Ordering::Relaxed);

@@ -254,6 +254,49 @@ impl RedisClient {
         prefix: &[u8],
         deleted: &mut u64,
     ) -> Result<(), RedisError> {
+        self.walk_prefix(prefix, deleted, "UNLINK", |keys| {
+            let mut unlink = redis::cmd("UNLINK");
+            for k in keys {
+                unlink.arg(&k[..]);
+            }
+            unlink
+        })
+        .await
+    }
+
+    /// Soft purge of one key: its TTL becomes at most `ttl` (a longer TTL is cut to it, a
+    /// shorter one stays), atomically in one script. With `ttl` the tier's retention past
+    /// freshness ([`crate::cache::redis_tier::retain`]) the entry reads as stale from now
+    /// on, for every instance, while it stays available for revalidation. `true` when the
+    /// key exists.
+    pub async fn mark_stale(&self, key: &[u8], ttl: Duration) -> Result<bool, RedisError> {
+        let cmd = mark_stale_cmd(&[self.key(key)], ttl);
+        let n = resp::int("EVAL", self.call(&cmd).await?).map_err(|e| self.count(e))?;
+        Ok(n > 0)
+    }
+
+    /// [`mark_stale`](Self::mark_stale) for every key starting with `prefix`, walked like
+    /// [`del_prefix`](Self::del_prefix) (one script per `SCAN` batch); adds the keys marked
+    /// to `marked` batch by batch.
+    pub async fn mark_stale_prefix_counted(
+        &self,
+        prefix: &[u8],
+        ttl: Duration,
+        marked: &mut u64,
+    ) -> Result<(), RedisError> {
+        self.walk_prefix(prefix, marked, "EVAL", |keys| mark_stale_cmd(keys, ttl))
+            .await
+    }
+
+    /// `SCAN MATCH <escaped prefix>* COUNT 1000`, running `op(batch)` (which answers an
+    /// integer, added to `counted`) on each non-empty batch of full keys.
+    async fn walk_prefix(
+        &self,
+        prefix: &[u8],
+        counted: &mut u64,
+        what: &str,
+        op: impl Fn(&[Vec<u8>]) -> redis::Cmd,
+    ) -> Result<(), RedisError> {
         let mut pattern = glob_escape(&self.key(prefix));
         pattern.push(b'*');
         let mut cursor: u64 = 0;
@@ -270,13 +313,8 @@ impl RedisClient {
                 .await?;
             let (next, keys) = parse_scan(v).map_err(|e| self.count(e))?;
             if !keys.is_empty() {
-                let mut unlink = redis::cmd("UNLINK");
-                for k in &keys {
-                    unlink.arg(&k[..]);
-                }
-                let n =
-                    resp::int("UNLINK", self.call(&unlink).await?).map_err(|e| self.count(e))?;
-                *deleted += n.max(0) as u64;
+                let n = resp::int(what, self.call(&op(&keys)).await?).map_err(|e| self.count(e))?;
+                *counted += n.max(0) as u64;
             }
             if next == 0 {
                 return Ok(());
@@ -437,6 +475,28 @@ impl RedisClient {
             }
         }
     }
+}
+
+/// Cuts the TTL of each existing key of `KEYS` to at most `ARGV[1]` ms; answers how many
+/// existed.
+const MARK_STALE: &str = "local n = 0 \
+for _, k in ipairs(KEYS) do \
+  local t = redis.call('PTTL', k) \
+  if t ~= -2 then \
+    n = n + 1 \
+    if t == -1 or t > tonumber(ARGV[1]) then redis.call('PEXPIRE', k, ARGV[1]) end \
+  end \
+end \
+return n";
+
+fn mark_stale_cmd(keys: &[Vec<u8>], ttl: Duration) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(MARK_STALE).arg(keys.len());
+    for k in keys {
+        cmd.arg(&k[..]);
+    }
+    cmd.arg(ttl_ms(ttl));
+    cmd
 }
 
 fn ttl_ms(ttl: Duration) -> u64 {

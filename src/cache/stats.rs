@@ -1,0 +1,439 @@
+//! Exact cache statistics: what each tier holds per bucket, and the snapshot the admin API
+//! renders as JSON (`GET /admin/cache/stats`).
+//!
+//! # Where each number comes from
+//!
+//! - **entries, bytes, evictions per tier and bucket**: [`BucketUsage`] counters that the
+//!   memory and disk tiers move as they insert, replace, remove and evict — never on a hit.
+//!   The memory tier moves them under the policy lock it already holds for those operations;
+//!   the disk tier where it moves its own entry and byte counters (publish, removal, reclaim,
+//!   and once at open for what recovery found). The bucket of an entry is its cache key up to
+//!   the first NUL ([`crate::cache::policy`]), mapped to an index once per insert through the
+//!   [`Buckets`] table built from the configured bucket names at start; the memory tier keeps
+//!   that index in the entry, so removals and evictions do not look it up again. Keys of
+//!   buckets the table does not know (none, when the tiers were built without a bucket list)
+//!   count in one "other" slot, which appears in the tier totals but under no bucket name.
+//! - **hits, misses, bytes_served, origin_bytes**: the per-worker request counters of
+//!   [`crate::metrics`] (the same ones `/metrics` renders as `corvid_cache_hits_total`,
+//!   `corvid_cache_misses_total`, `corvid_cache_hit_bytes_total` and
+//!   `corvid_upstream_bytes_total`), summed over the workers when the snapshot is taken; the
+//!   registry hands them in as [`RequestCounts`], so the two views always agree.
+//! - **capacity**: the tier's configured byte budget.
+//!
+//! Definitions: a *hit* of a tier is a request answered from an entry of that tier (fresh, or
+//! stale served under `stale-while-revalidate`); a *miss* is a cacheable request no tier held.
+//! A stale entry that was revalidated with the origin counts as neither (its answer's body
+//! still counts in `bytes_served`: the origin sent none). A tier's `misses` are the requests
+//! that looked in it and went on: the hits of the tiers below it plus the misses. `hit_ratio`
+//! is `hits / (hits + misses)`, `null` before any lookup. `bytes_served` counts body bytes
+//! written to clients from cache entries (HIT, STALE and REVALIDATED answers), by the tier the
+//! entry came from; `origin_bytes` the object body bytes received from the origin (fills,
+//! pass-through, revalidations that got a new body; not error bodies).
+//!
+//! Redis is shared by every instance: its entry count and size are not knowable from one of
+//! them (a `DBSIZE` would count other users' keys and every instance's writes). So Redis
+//! `entries`, `bytes`, `evictions` and `capacity` are `null`; its `hits` and `bytes_served`
+//! are this instance's.
+//!
+//! # JSON shape
+//!
+//! ```json
+//! {
+//!   "totals": {"entries": 12, "bytes": 40960, "hits": 30, "misses": 12, "evictions": 1,
+//!              "hit_ratio": 0.714, "bytes_served": 102400, "origin_bytes": 49152},
+//!   "layers": {
+//!     "memory": {"entries": 10, "bytes": 30000, "capacity": 1073741824, "hits": 25,
+//!                "misses": 17, "evictions": 1, "hit_ratio": 0.595, "bytes_served": 90000},
+//!     "disk":   {...same fields...},
+//!     "redis":  {"entries": null, "bytes": null, "capacity": null, "hits": 0, "misses": 12,
+//!                "evictions": null, "hit_ratio": 0.0, "bytes_served": 0}
+//!   },
+//!   "buckets": {
+//!     "assets": {"entries": 7, "bytes": 20000, "hits": 20, "misses": 5, "evictions": 1,
+//!                "hit_ratio": 0.8, "bytes_served": 80000, "origin_bytes": 30000,
+//!                "layers": {"memory": {...}, "disk": {...}, "redis": {...}}}
+//!   }
+//! }
+//! ```
+//!
+//! `totals.entries`/`bytes` (and a bucket's) are the memory and disk tiers' summed: an object
+//! held by both counts twice, as in the per-tier purge counts ([`crate::cache::purge`]).
+//! A disabled tier reports zeros with `capacity: 0` (memory) or `null` (disk, Redis).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::cache::tiered::{Layer, Tiers};
+
+/// Bucket names → indices, built once from the configured buckets. Index `len()` is the
+/// "other" slot (keys of no known bucket).
+#[derive(Debug, Default)]
+pub struct Buckets {
+    names: Vec<String>,
+    index: HashMap<Box<[u8]>, usize>,
+}
+
+impl Buckets {
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Arc<Buckets> {
+        let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (Box::<[u8]>::from(n.as_bytes()), i))
+            .collect();
+        Arc::new(Buckets { names, index })
+    }
+
+    /// No bucket known: every key counts in the "other" slot.
+    pub fn none() -> Arc<Buckets> {
+        Arc::new(Buckets::default())
+    }
+
+    /// The bucket index of a cache key (`len()` for an unknown bucket).
+    pub fn of_key(&self, key: &[u8]) -> usize {
+        let name = key.split(|&b| b == 0).next().unwrap_or(key);
+        self.index.get(name).copied().unwrap_or(self.names.len())
+    }
+
+    /// The index of a bucket name, if known.
+    pub fn of_name(&self, name: &str) -> Option<usize> {
+        self.index.get(name.as_bytes()).copied()
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Known buckets (the "other" slot not counted).
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// One bucket's counters in one tier; aligned so two buckets' counters never share a line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Slot {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    evictions: AtomicU64,
+}
+
+/// What one tier holds per bucket: entries, bytes and evictions (relaxed atomics).
+#[derive(Debug)]
+pub struct BucketUsage {
+    buckets: Arc<Buckets>,
+    slots: Box<[Slot]>,
+}
+
+/// One bucket's share of a tier.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub entries: u64,
+    pub bytes: u64,
+    pub evictions: u64,
+}
+
+impl BucketUsage {
+    pub fn new(buckets: Arc<Buckets>) -> BucketUsage {
+        let slots = (0..=buckets.len()).map(|_| Slot::default()).collect();
+        BucketUsage { buckets, slots }
+    }
+
+    pub fn buckets(&self) -> &Arc<Buckets> {
+        &self.buckets
+    }
+
+    /// The bucket index of a cache key.
+    pub fn class(&self, key: &[u8]) -> usize {
+        self.buckets.of_key(key)
+    }
+
+    /// One entry of `bytes` added to bucket `class`.
+    pub fn added(&self, class: usize, bytes: u64) {
+        let s = &self.slots[class];
+        s.entries.fetch_add(1, Relaxed);
+        s.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// One entry of `bytes` gone from bucket `class` (removed, or evicted when `evicted`).
+    pub fn removed(&self, class: usize, bytes: u64, evicted: bool) {
+        let s = &self.slots[class];
+        s.entries.fetch_sub(1, Relaxed);
+        s.bytes.fetch_sub(bytes, Relaxed);
+        if evicted {
+            s.evictions.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// An entry of bucket `class` replaced: its size went from `old` to `new` bytes.
+    pub fn resized(&self, class: usize, old: u64, new: u64) {
+        let s = &self.slots[class];
+        s.bytes.fetch_add(new, Relaxed);
+        s.bytes.fetch_sub(old, Relaxed);
+    }
+
+    /// Bucket `class`'s share (`class == buckets().len()`: the "other" slot).
+    pub fn get(&self, class: usize) -> Usage {
+        let s = &self.slots[class];
+        Usage {
+            entries: s.entries.load(Relaxed),
+            bytes: s.bytes.load(Relaxed),
+            evictions: s.evictions.load(Relaxed),
+        }
+    }
+
+    /// A bucket's share by name; `None` when this tier does not know the bucket.
+    pub fn by_name(&self, name: &str) -> Option<Usage> {
+        self.buckets.of_name(name).map(|i| self.get(i))
+    }
+
+    /// Resets every slot to zero (when the tier is emptied wholesale before recounting).
+    pub fn reset(&self) {
+        for s in self.slots.iter() {
+            s.entries.store(0, Relaxed);
+            s.bytes.store(0, Relaxed);
+        }
+    }
+}
+
+/// One bucket's request counters summed over the workers (from [`crate::metrics`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// Requests answered from each tier, by [`Layer::index`].
+    pub hits: [u64; 3],
+    pub misses: u64,
+    /// Body bytes served from each tier's entries, by [`Layer::index`].
+    pub bytes_served: [u64; 3],
+    pub origin_bytes: u64,
+}
+
+/// The whole snapshot; see the module docs for the JSON shape.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Stats {
+    pub totals: Totals,
+    pub layers: Layers,
+    pub buckets: BTreeMap<String, BucketStats>,
+}
+
+/// Counters summed over the tiers (instance-wide, or one bucket's).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Totals {
+    pub entries: u64,
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub hit_ratio: Option<f64>,
+    pub bytes_served: u64,
+    pub origin_bytes: u64,
+}
+
+/// The three tiers.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Layers {
+    pub memory: LayerStats,
+    pub disk: LayerStats,
+    pub redis: LayerStats,
+}
+
+impl Layers {
+    pub fn get(&self, layer: Layer) -> &LayerStats {
+        match layer {
+            Layer::Memory => &self.memory,
+            Layer::Disk => &self.disk,
+            Layer::Redis => &self.redis,
+        }
+    }
+}
+
+/// One tier (instance-wide, or one bucket's share). `None` (JSON `null`) where this instance
+/// cannot know the number (Redis sizes, a bucket the tiers were not told about).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct LayerStats {
+    pub entries: Option<u64>,
+    pub bytes: Option<u64>,
+    pub capacity: Option<u64>,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: Option<u64>,
+    pub hit_ratio: Option<f64>,
+    pub bytes_served: u64,
+}
+
+/// One bucket: its totals flattened in, and its share of each tier.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct BucketStats {
+    #[serde(flatten)]
+    pub totals: Totals,
+    pub layers: Layers,
+}
+
+fn ratio(hits: u64, misses: u64) -> Option<f64> {
+    let n = hits + misses;
+    (n > 0).then(|| hits as f64 / n as f64)
+}
+
+/// Which tiers a request looks in, in order.
+fn enabled(tiers: &Tiers, redis: bool) -> [bool; 3] {
+    [tiers.memory.capacity() > 0, tiers.disk.is_some(), redis]
+}
+
+/// A tier's `misses`: the requests that looked in it and went on (hits of the enabled tiers
+/// below it, plus the requests that missed every tier).
+fn layer_misses(on: [bool; 3], layer: Layer, c: &RequestCounts) -> u64 {
+    if !on[layer.index()] {
+        return 0;
+    }
+    let below: u64 = (layer.index() + 1..3)
+        .filter(|&i| on[i])
+        .map(|i| c.hits[i])
+        .sum();
+    below + c.misses
+}
+
+impl Stats {
+    /// Builds the snapshot from the tiers' usage counters and the request counters of each
+    /// bucket in `names` (`counts[i]` for `names[i]`). `redis`: whether a Redis tier is
+    /// configured.
+    pub fn build(tiers: &Tiers, redis: bool, names: &[String], counts: &[RequestCounts]) -> Stats {
+        let on = enabled(tiers, redis);
+        let mut all = RequestCounts::default();
+        for c in counts {
+            for i in 0..3 {
+                all.hits[i] += c.hits[i];
+                all.bytes_served[i] += c.bytes_served[i];
+            }
+            all.misses += c.misses;
+            all.origin_bytes += c.origin_bytes;
+        }
+        let whole = |layer: Layer| -> Option<Usage> {
+            match layer {
+                Layer::Memory => Some(Usage {
+                    entries: tiers.memory.len(),
+                    bytes: tiers.memory.bytes(),
+                    evictions: tiers.memory.evictions(),
+                }),
+                Layer::Disk => Some(
+                    tiers
+                        .disk
+                        .as_ref()
+                        .map(|d| Usage {
+                            entries: d.len(),
+                            bytes: d.bytes(),
+                            evictions: d.evictions(),
+                        })
+                        .unwrap_or_default(),
+                ),
+                Layer::Redis => None,
+            }
+        };
+        let capacity = |layer: Layer| match layer {
+            Layer::Memory => Some(tiers.memory.capacity()),
+            Layer::Disk => tiers.disk.as_ref().map(|d| d.capacity()),
+            Layer::Redis => None,
+        };
+        let layers = |usage: &dyn Fn(Layer) -> Option<Usage>, c: &RequestCounts, cap: bool| {
+            let one = |layer: Layer| {
+                let u = usage(layer);
+                let (hits, misses) = (c.hits[layer.index()], layer_misses(on, layer, c));
+                LayerStats {
+                    entries: u.map(|u| u.entries),
+                    bytes: u.map(|u| u.bytes),
+                    capacity: if cap { capacity(layer) } else { None },
+                    hits,
+                    misses,
+                    evictions: u.map(|u| u.evictions),
+                    hit_ratio: ratio(hits, misses),
+                    bytes_served: c.bytes_served[layer.index()],
+                }
+            };
+            Layers {
+                memory: one(Layer::Memory),
+                disk: one(Layer::Disk),
+                redis: one(Layer::Redis),
+            }
+        };
+        let totals = |l: &Layers, c: &RequestCounts| {
+            let sum = |f: fn(&LayerStats) -> Option<u64>| {
+                [l.memory, l.disk].iter().filter_map(f).sum::<u64>()
+            };
+            let hits = c.hits.iter().sum::<u64>();
+            Totals {
+                entries: sum(|s| s.entries),
+                bytes: sum(|s| s.bytes),
+                hits,
+                misses: c.misses,
+                evictions: sum(|s| s.evictions),
+                hit_ratio: ratio(hits, c.misses),
+                bytes_served: c.bytes_served.iter().sum(),
+                origin_bytes: c.origin_bytes,
+            }
+        };
+
+        let top = layers(&whole, &all, true);
+        let mut buckets = BTreeMap::new();
+        for (name, c) in names.iter().zip(counts) {
+            let share = |layer: Layer| -> Option<Usage> {
+                match layer {
+                    Layer::Memory => tiers.memory.usage_of(name),
+                    Layer::Disk => match &tiers.disk {
+                        Some(d) => d.usage_of(name),
+                        None => Some(Usage::default()),
+                    },
+                    Layer::Redis => None,
+                }
+            };
+            let l = layers(&share, c, false);
+            buckets.insert(
+                name.clone(),
+                BucketStats {
+                    totals: totals(&l, c),
+                    layers: l,
+                },
+            );
+        }
+        Stats {
+            totals: totals(&top, &all),
+            layers: top,
+            buckets,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_their_bucket() {
+        let b = Buckets::new(["img", "img2"]);
+        assert_eq!(b.of_key(b"img\0a"), 0);
+        assert_eq!(b.of_key(b"img2\0img\0x"), 1);
+        assert_eq!(b.of_key(b"im\0a"), 2);
+        assert_eq!(b.of_key(b"img"), 0);
+        assert_eq!(Buckets::none().of_key(b"img\0a"), 0);
+        let u = BucketUsage::new(b);
+        u.added(1, 10);
+        u.added(1, 5);
+        u.resized(1, 5, 7);
+        u.removed(1, 10, true);
+        assert_eq!(
+            u.by_name("img2"),
+            Some(Usage {
+                entries: 1,
+                bytes: 7,
+                evictions: 1
+            })
+        );
+        assert_eq!(u.by_name("nope"), None);
+        assert_eq!(u.get(2), Usage::default());
+    }
+}
