@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
+use arrayvec::ArrayVec;
+
+use crate::auth::{extract, AuthFailure};
 use crate::error::{Error, Kind};
 use crate::http::conn::{App, Request, RequestLog, Sent};
 use crate::http::env::ConnEnv;
@@ -87,6 +90,15 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
         )),
         Route::Object { bucket, key } => {
             log.bucket = Some(bucket);
+            // Every request of a private bucket is checked, cache hits and coalesced followers
+            // included: this runs before any cache lookup.
+            if w.shared.config.buckets[bucket].auth {
+                if let Err(f) = authorize(w, req, query, bucket) {
+                    w.recycle_buf(key.into_bytes());
+                    w.metrics().auth_failure(f);
+                    return Err(f.into());
+                }
+            }
             let mut x = crate::proxy::Exchange {
                 w,
                 io,
@@ -99,6 +111,45 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
             sent
         }
     }
+}
+
+/// Checks the token of a request for `bucket` (which has `auth = true`): found in the
+/// configured sources, verified (through this worker's token cache), the bucket's claim rules
+/// held. The token itself goes no further: the forwarded query keeps only `versionId` and
+/// `response-*` (`router::forwarded_query`), so a query token never reaches the origin or the
+/// cache key, and headers are never forwarded.
+fn authorize(
+    w: &Worker,
+    req: &Request<'_>,
+    query: Option<&str>,
+    bucket: usize,
+) -> Result<(), AuthFailure> {
+    // Config guarantees [jwt] when a bucket has auth = true; without a verifier, refuse.
+    let (Some(jwt), Some(verifier)) = (w.shared.config.jwt.as_ref(), w.shared.verifier.as_ref())
+    else {
+        return Err(AuthFailure::Signature);
+    };
+    let header = |name: &str| {
+        let mut values = ArrayVec::<&[u8], 4>::new();
+        for (n, v) in req.head.headers(req.buf) {
+            if n.eq_ignore_ascii_case(name) && values.try_push(v).is_err() {
+                break;
+            }
+        }
+        values
+    };
+    let found = extract(&jwt.token_sources, header, query.unwrap_or(""))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    w.tokens
+        .check(
+            verifier,
+            &found.token,
+            now,
+            &w.shared.config.buckets[bucket].claims,
+        )
+        .map(|_| ())
 }
 
 /// `/ready`: 200 while workers run and every origin answered the last check; 503 otherwise or

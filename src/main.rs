@@ -44,6 +44,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
+                // The key files' contents are parsed as `serve` does at start.
+                if let Some(Err(e)) = cfg.jwt.as_ref().map(corvid::auth::Verifier::new) {
+                    eprintln!("{}: invalid configuration:\n{e}", config.display());
+                    return ExitCode::from(1);
+                }
                 // Warnings do not make a config invalid: they say how it will run here.
                 if let Some(w) = corvid::runtime::fd_limit_warning(&cfg) {
                     eprintln!("{}: warning: {w}", config.display());

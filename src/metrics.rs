@@ -6,6 +6,7 @@
 //! the label values (bucket names) and renders the text exposition format 0.0.4. Names and
 //! labels follow INTERFACE.md; new series may be added, existing ones never renamed.
 
+use crate::auth::AuthFailure;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -71,6 +72,8 @@ pub struct WorkerMetrics {
     coalesced: Vec<AtomicU64>,
     /// Per layer.
     cache_errors: [AtomicU64; 3],
+    /// Per [`AuthFailure::ALL`] entry.
+    auth_failures: [AtomicU64; AuthFailure::ALL.len()],
 }
 
 impl WorkerMetrics {
@@ -97,6 +100,7 @@ impl WorkerMetrics {
             cache_misses: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             coalesced: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             cache_errors: Default::default(),
+            auth_failures: Default::default(),
         }
     }
 
@@ -145,6 +149,13 @@ impl WorkerMetrics {
 
     pub fn coalesced(&self, bucket: usize) {
         self.coalesced[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request refused by authentication (label `reason`).
+    pub fn auth_failure(&self, failure: AuthFailure) {
+        if let Some(i) = AuthFailure::ALL.iter().position(|f| *f == failure) {
+            self.auth_failures[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn cache_error(&self, layer: Layer) {
@@ -403,6 +414,20 @@ impl Registry {
                 "corvid_cache_evictions_total{{layer=\"{}\"}} {}",
                 layer.name(),
                 tiers.evictions(layer)
+            );
+        }
+        header(
+            &mut out,
+            "corvid_auth_failures_total",
+            "counter",
+            "Requests refused by JWT authentication, by reason",
+        );
+        for (i, f) in AuthFailure::ALL.iter().enumerate() {
+            let v = self.sum(|w| w.auth_failures[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "corvid_auth_failures_total{{reason=\"{}\"}} {v}",
+                f.reason()
             );
         }
         header(

@@ -17,11 +17,6 @@ const MAX_WORKERS: usize = 1024;
 const MAX_HEADERS_CAP: usize = 256;
 const MAX_HEAD_LIMIT: u64 = 1 << 20;
 
-/// Why `auth = true` is refused in this version.
-pub(crate) const AUTH_UNAVAILABLE: &str = "JWT verification is not available in this version: \
-     a bucket with auth = true would be served without checking tokens, so it is refused \
-     (set auth = false, or upgrade to a version that verifies JWTs)";
-
 fn check<T>(cx: &mut Ctx, key: &str, r: Result<T, String>) -> Option<T> {
     r.map_err(|e| cx.problem(key, e)).ok()
 }
@@ -263,14 +258,9 @@ fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfi
     }
     let auth_key = s.key("auth");
     let auth = s.or(cx, "auth", false, Ctx::boolean);
-    if auth == Some(true) {
-        // Security never fails open: until tokens are verified, a private bucket is refused
-        // rather than served to anyone (`corvid check` and `corvid serve` agree, both load
-        // the config through here).
-        cx.problem(&auth_key, AUTH_UNAVAILABLE);
-        if !jwt_present {
-            cx.problem(&auth_key, "auth = true requires a [jwt] section");
-        }
+    // Security never fails open: a private bucket without a way to verify tokens is an error.
+    if auth == Some(true) && !jwt_present {
+        cx.problem(&auth_key, "auth = true requires a [jwt] section");
     }
     let claims_key = s.key("claims");
     let claims_present = s.has("claims");

@@ -1083,15 +1083,7 @@ fn bucket_field_rules() {
         "buckets[0].auth",
         "requires a [jwt] section",
     );
-    // Until JWT verification exists, auth = true is refused even with a usable [jwt]: a
-    // private bucket must never be served without checking tokens.
-    for jwt in ["", JWT] {
-        has_problem(
-            &with_bucket("auth = true", jwt),
-            "buckets[0].auth",
-            "JWT verification is not available in this version",
-        );
-    }
+    assert!(ok(&with_bucket("auth = true", JWT)).buckets[0].auth);
     assert!(!ok(&with_bucket("auth = false", JWT)).buckets[0].auth);
     has_problem(
         &with_bucket("ttl = 0", ""),
@@ -1652,8 +1644,7 @@ capacity = "1MiB"
     ] {
         assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
     }
-    // buckets[0].auth twice: refused in this version, and no [jwt] section.
-    assert_eq!(keys.len(), 14, "{e}");
+    assert_eq!(keys.len(), 13, "{e}");
     // Display: one `key: problem` per line.
     let shown = e.to_string();
     assert_eq!(shown.lines().count(), e.problems.len());
@@ -1753,11 +1744,8 @@ fn bucket_claims() {
     let rules = "claims = [{ name = \"tenant\", equals = \"acme\" }, \
                  { name = \"tier\", one_of = [\"gold\", \"silver\"] }, \
                  { name = \"groups\", contains = \"readers\" }]";
-    // Valid rules on an auth bucket: the only problem is the refusal of auth = true itself.
-    let ps = problems(&with_bucket(&format!("auth = true\n{rules}"), JWT));
-    assert_eq!(ps.len(), 1, "{ps:?}");
-    assert_eq!(ps[0].key, "buckets[0].auth");
-    assert_eq!(ps[0].message, build::AUTH_UNAVAILABLE);
+    let c = ok(&with_bucket(&format!("auth = true\n{rules}"), JWT));
+    assert_eq!(c.buckets[0].claims.len(), 3);
     // Rules on a public bucket would never be checked.
     for extra in ["", "auth = false\n"] {
         has_problem(

@@ -53,6 +53,9 @@ pub struct Shared {
     pub instance_tag: u32,
     /// How the open-file limit is shared: the client connections each worker keeps at most.
     pub fd_budget: fdlimit::Budget,
+    /// `[jwt]`'s keys, parsed once at start: checks tokens for buckets with `auth = true` and
+    /// for the admin API.
+    pub verifier: Option<crate::auth::Verifier>,
 }
 
 /// Commands sent to every worker over the control bus.
@@ -140,11 +143,21 @@ impl Shared {
             crate::cache::redis::RedisClient::new(worker::redis_options(r))
                 .map_err(|e| format!("cache.redis: {e}"))?;
         }
-        let tiers = Tiers::new(&config.cache)?;
+        // The tiers count entries and bytes per bucket (for the admin stats).
+        let tiers = Tiers::with_buckets(
+            &config.cache,
+            crate::cache::stats::Buckets::new(config.buckets.iter().map(|b| b.name.clone())),
+        )?;
         let nofile = fdlimit::current().map_or(1024, |(soft, _)| soft);
         let fd_budget = fdlimit::Budget::new(&config, workers, nofile);
+        let verifier = config
+            .jwt
+            .as_ref()
+            .map(crate::auth::Verifier::new)
+            .transpose()?;
         Ok(Arc::new(Shared {
             fd_budget,
+            verifier,
             tiers,
             config,
             router,

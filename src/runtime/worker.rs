@@ -46,6 +46,8 @@ pub struct Worker {
     /// What this worker's connections share: timeouts, Date, request ids, shutdown, idle
     /// connections, recycled connection memory.
     pub http: ConnEnv,
+    /// Tokens this worker verified recently (no lock: per worker).
+    pub tokens: crate::auth::TokenCache,
     pub connections: Cell<usize>,
     /// Reusable head+body vectored-write buffers (the hit path allocates none once warm).
     head_bodies: RefCell<Vec<HeadBody>>,
@@ -192,6 +194,7 @@ impl Worker {
             shared,
             buckets,
             http,
+            tokens: crate::auth::TokenCache::default(),
             connections: Cell::new(0),
             head_bodies: RefCell::new(Vec::new()),
             spare_bufs: RefCell::new(Vec::new()),

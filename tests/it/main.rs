@@ -2,11 +2,14 @@
 //! Keeping a single binary avoids re-linking the heavy dev-dependency tree
 //! (tokio, hyper, s3s) once per test file.
 
+mod auth;
 mod cache;
 mod common;
 mod disk;
 mod harness_smoke;
 mod hostile;
+#[path = "../jwt_support/mod.rs"]
+mod jwt_support;
 mod lifecycle;
 mod limits;
 mod passthrough;
