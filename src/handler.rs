@@ -18,10 +18,20 @@ use crate::http::respond::{self, Reply};
 use crate::router::{split_target, Route};
 use crate::runtime::worker::Worker;
 
-/// The public application of a worker: internal endpoints and the object proxy.
-pub struct ObjectApp(pub Rc<Worker>);
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `server.listen`: objects and the internal routes — but not `/admin` and `/metrics`
+    /// when `admin.listen` is set.
+    Public,
+    /// `admin.listen`: `/admin`, `/metrics`, `/health`, `/ready` only.
+    Admin,
+}
 
-impl App for ObjectApp {
+/// A worker's application on one of its listeners.
+pub struct WorkerApp(pub Rc<Worker>, pub Surface);
+
+impl App for WorkerApp {
     fn env(&self) -> &ConnEnv {
         &self.0.http
     }
@@ -33,16 +43,21 @@ impl App for ObjectApp {
         req: &Request<'_>,
         log: &mut RequestLog,
     ) -> Result<Sent, Error> {
-        handle(&self.0, io, out, req, log).await
+        handle(&self.0, self.1, io, out, req, log).await
     }
 
     fn finished(&self, log: &RequestLog, method: Method, status: u16, took: Duration) {
-        self.0.metrics().request(log.bucket, method, status, took);
+        let m = self.0.metrics();
+        m.request(log.bucket, method, status, took);
+        if let Some(route) = log.admin_route {
+            m.admin_request(route, status);
+        }
     }
 }
 
 pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     w: &Rc<Worker>,
+    surface: Surface,
     io: &mut S,
     out: &mut Vec<u8>,
     req: &Request<'_>,
@@ -53,7 +68,25 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
     let mut spare = w.scratch();
     let route = w.shared.router.route_reusing(path, &mut spare)?;
     drop(spare);
-    if !matches!(route, Route::Object { .. }) && !matches!(req.method(), Method::Get | Method::Head)
+    let separate_admin = w
+        .shared
+        .config
+        .admin
+        .as_ref()
+        .is_some_and(|a| a.listen.is_some());
+    let elsewhere = match (&route, surface) {
+        (Route::Admin { .. } | Route::Metrics, Surface::Public) => separate_admin,
+        (Route::Object { .. }, Surface::Admin) => true,
+        _ => false,
+    };
+    if elsewhere {
+        if let Route::Object { key, .. } = route {
+            w.recycle_buf(key.into_bytes());
+        }
+        return Err(Error::client(Kind::NotFound, "not served on this listener"));
+    }
+    if !matches!(route, Route::Object { .. } | Route::Admin { .. })
+        && !matches!(req.method(), Method::Get | Method::Head)
     {
         return Err(Error::method_not_allowed("GET, HEAD"));
     }
@@ -84,10 +117,10 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
             )
             .await
         }
-        Route::Admin { .. } => Err(Error::client(
-            Kind::NotFound,
-            "the admin API is not available in this version",
-        )),
+        Route::Admin { rest } => {
+            log.admin_route = Some(crate::admin::route_label(&rest));
+            crate::admin::handle(w, io, out, req, &rest, query).await
+        }
         Route::Object { bucket, key } => {
             log.bucket = Some(bucket);
             // Every request of a private bucket is checked, cache hits and coalesced followers

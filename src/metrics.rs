@@ -74,7 +74,16 @@ pub struct WorkerMetrics {
     cache_errors: [AtomicU64; 3],
     /// Per [`AuthFailure::ALL`] entry.
     auth_failures: [AtomicU64; AuthFailure::ALL.len()],
+    /// Per [`PURGE_SCOPES`] × (hard, soft).
+    purges: [AtomicU64; PURGE_SCOPES.len() * 2],
+    /// Per [`ADMIN_ROUTES`] × status class.
+    admin_requests: [AtomicU64; ADMIN_ROUTES.len() * CLASSES.len()],
 }
+
+/// `scope` label values of `corvid_purges_total`.
+pub const PURGE_SCOPES: [&str; 4] = ["all", "bucket", "prefix", "object"];
+/// `route` label values of `corvid_admin_requests_total`.
+pub const ADMIN_ROUTES: [&str; 4] = ["purge", "stats", "reload", "other"];
 
 impl WorkerMetrics {
     fn new(nbuckets: usize) -> Self {
@@ -101,6 +110,8 @@ impl WorkerMetrics {
             coalesced: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             cache_errors: Default::default(),
             auth_failures: Default::default(),
+            purges: Default::default(),
+            admin_requests: Default::default(),
         }
     }
 
@@ -149,6 +160,20 @@ impl WorkerMetrics {
 
     pub fn coalesced(&self, bucket: usize) {
         self.coalesced[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A purge through the admin API (`scope` one of [`PURGE_SCOPES`]).
+    pub fn purge(&self, scope: &str, soft: bool) {
+        if let Some(i) = PURGE_SCOPES.iter().position(|s| *s == scope) {
+            self.purges[i * 2 + soft as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An answered admin request (`route` one of [`ADMIN_ROUTES`]).
+    pub fn admin_request(&self, route: &str, status: u16) {
+        let r = ADMIN_ROUTES.iter().position(|x| *x == route).unwrap_or(3);
+        let c = (status / 100).clamp(1, 5) as usize - 1;
+        self.admin_requests[r * CLASSES.len() + c].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request refused by authentication (label `reason`).
@@ -415,6 +440,37 @@ impl Registry {
                 layer.name(),
                 tiers.evictions(layer)
             );
+        }
+        header(
+            &mut out,
+            "corvid_purges_total",
+            "counter",
+            "Purges through the admin API, by scope and softness",
+        );
+        for (i, scope) in PURGE_SCOPES.iter().enumerate() {
+            for (j, soft) in ["false", "true"].iter().enumerate() {
+                let v = self.sum(|w| w.purges[i * 2 + j].load(Ordering::Relaxed));
+                let _ = writeln!(
+                    out,
+                    "corvid_purges_total{{scope=\"{scope}\",soft=\"{soft}\"}} {v}"
+                );
+            }
+        }
+        header(
+            &mut out,
+            "corvid_admin_requests_total",
+            "counter",
+            "Admin API requests, by route and status class",
+        );
+        for (r, route) in ADMIN_ROUTES.iter().enumerate() {
+            for (c, class) in CLASSES.iter().enumerate() {
+                let v =
+                    self.sum(|w| w.admin_requests[r * CLASSES.len() + c].load(Ordering::Relaxed));
+                let _ = writeln!(
+                    out,
+                    "corvid_admin_requests_total{{route=\"{route}\",status=\"{class}\"}} {v}"
+                );
+            }
         }
         header(
             &mut out,

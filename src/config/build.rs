@@ -565,10 +565,19 @@ fn admin(cx: &mut Ctx, mut s: Section) -> Option<AdminConfig> {
         }
         Some(list)
     });
+    let listen_key = s.key("listen");
     let listen_present = s.has("listen");
     let listen = s.opt(cx, "listen", Ctx::socket_addr);
     s.finish(cx);
     if listen_present && listen.is_none() {
+        return None;
+    }
+    // Every worker binds the admin address itself, so it needs a fixed port.
+    if listen.is_some_and(|a| a.port() == 0) {
+        cx.problem(
+            &listen_key,
+            "needs a port (0 would give each worker its own)",
+        );
         return None;
     }
     Some(AdminConfig {

@@ -141,6 +141,8 @@ pub struct Sent {
 #[derive(Default)]
 pub struct RequestLog {
     pub bucket: Option<usize>,
+    /// For admin requests: the bounded route label.
+    pub admin_route: Option<&'static str>,
 }
 
 enum ReadOutcome {

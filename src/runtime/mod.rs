@@ -25,6 +25,7 @@ use rustls_pki_types::ServerName;
 
 use crate::cache::tiered::Tiers;
 use crate::config::{Addressing, Config, Scheme};
+use crate::handler::Surface;
 use crate::http::request::Limits;
 use crate::metrics::Registry;
 use crate::router::Router;
@@ -437,6 +438,17 @@ async fn worker_main(
             return;
         }
     };
+    // The admin listener, when `admin.listen` is set: same SO_REUSEPORT scheme, its own port.
+    let admin = match shared.config.admin.as_ref().and_then(|a| a.listen) {
+        None => None,
+        Some(at) => match worker::bind(at) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot listen on {at} (admin.listen): {e}")));
+                return;
+            }
+        },
+    };
     let w = worker::Worker::new(id, shared);
     if id == 0 {
         worker::spawn_purge_subscriber(&w);
@@ -460,5 +472,14 @@ async fn worker_main(
         ),
         addr,
     )));
-    worker::run(w, listener).await;
+    match admin {
+        None => worker::run(w, listener, Surface::Public).await,
+        Some(admin) => {
+            let w2 = std::rc::Rc::clone(&w);
+            monoio::join!(
+                worker::run(w, listener, Surface::Public),
+                worker::run(w2, admin, Surface::Admin)
+            );
+        }
+    }
 }

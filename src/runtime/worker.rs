@@ -24,6 +24,7 @@ use monoio_rustls::{TlsAcceptor, TlsConnector};
 use super::Shared;
 use crate::cache::purge_broadcast;
 use crate::cache::redis::{subscribe, RedisClient, RedisOptions, StopSignal};
+use crate::handler::{Surface, WorkerApp};
 use crate::http::env::ConnEnv;
 use crate::http::vectored::HeadBody;
 use crate::metrics::WorkerMetrics;
@@ -271,12 +272,13 @@ const MAX_DRAINED: usize = 4096;
 /// when accepting fails for lack of descriptors the oldest idle connections are closed in
 /// batches; only with nothing idle is a new connection refused or accepting retried after a
 /// growing pause. Accept errors are logged once per state change, never per attempt.
-pub async fn run(w: Rc<Worker>, listener: TcpListener) {
-    let acceptor = w
-        .shared
-        .server_tls
-        .as_ref()
-        .map(|c| TlsAcceptor::from(Arc::clone(c)));
+pub async fn run(w: Rc<Worker>, listener: TcpListener, surface: Surface) {
+    // TLS is for the public listener; the admin listener is plain (typically loopback).
+    let acceptor = match surface {
+        Surface::Public => w.shared.server_tls.as_ref(),
+        Surface::Admin => None,
+    }
+    .map(|c| TlsAcceptor::from(Arc::clone(c)));
     let mut log = AcceptLog::default();
     let mut backoff = Duration::ZERO;
     loop {
@@ -295,7 +297,7 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
                 // cancellation was accepted, so it is served.
                 let _ = canceller.cancel();
                 if let Ok((stream, peer)) = accept.await {
-                    spawn_connection(&w, stream, peer, &acceptor);
+                    spawn_connection(&w, stream, peer, &acceptor, surface);
                 }
                 break;
             }
@@ -315,7 +317,7 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
                 } else {
                     log.below_limit(w.id, w.connections.get(), w.shared.fd_budget.per_worker);
                 }
-                spawn_connection(&w, stream, peer, &acceptor);
+                spawn_connection(&w, stream, peer, &acceptor, surface);
                 // One accept per turn of the event loop (nginx's `multi_accept off`): the new
                 // connection's task runs — and registers as idle, so it can be reclaimed —
                 // before the next accept, and a deep backlog cannot starve the connections
@@ -349,7 +351,7 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
             }
         }
     }
-    stop_listening(&w, listener, &acceptor).await;
+    stop_listening(&w, listener, &acceptor, surface).await;
     let now = Instant::now();
     let deadline = now + w.shared.config.server.shutdown_grace;
     let mut last_call = Some(now + LAST_CALL);
@@ -377,14 +379,19 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener) {
 /// then `shutdown(2)` takes the socket out of the listening state at once, so that new
 /// connection attempts are refused (or go to another instance sharing the port) instead of
 /// queueing on a socket nobody accepts on; then it is closed.
-async fn stop_listening(w: &Rc<Worker>, listener: TcpListener, acceptor: &Option<TlsAcceptor>) {
+async fn stop_listening(
+    w: &Rc<Worker>,
+    listener: TcpListener,
+    acceptor: &Option<TlsAcceptor>,
+    surface: Surface,
+) {
     let fd = listener.as_raw_fd();
     for _ in 0..MAX_DRAINED {
         if !readable_now(fd) {
             break;
         }
         match listener.accept().await {
-            Ok((stream, peer)) => spawn_connection(w, stream, peer, acceptor),
+            Ok((stream, peer)) => spawn_connection(w, stream, peer, acceptor, surface),
             Err(_) => break,
         }
     }
@@ -415,6 +422,7 @@ fn spawn_connection(
     stream: TcpStream,
     peer: std::net::SocketAddr,
     acceptor: &Option<TlsAcceptor>,
+    surface: Surface,
 ) {
     let _ = stream.set_nodelay(true);
     let w2 = Rc::clone(w);
@@ -444,7 +452,7 @@ fn spawn_connection(
                     }
                 }
             };
-            crate::http::conn::serve(&crate::handler::ObjectApp(w3), io, peer).await;
+            crate::http::conn::serve(&WorkerApp(w3, surface), io, peer).await;
         };
         if let Err(panic) = (CatchUnwind(Box::pin(conn))).await {
             let msg = panic

@@ -2,6 +2,7 @@
 //! Keeping a single binary avoids re-linking the heavy dev-dependency tree
 //! (tokio, hyper, s3s) once per test file.
 
+mod admin;
 mod auth;
 mod cache;
 mod common;

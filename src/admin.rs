@@ -1,0 +1,323 @@
+//! The admin API: purges (hard and soft) and cache statistics, behind `[admin]`.
+//!
+//! Routes (INTERFACE.md):
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /admin/cache/purge` | everything, every tier |
+//! | `POST /admin/cache/purge/{bucket}` | one bucket (404 unknown); `?prefix=p`: keys starting with `p` |
+//! | `POST /admin/cache/purge/{bucket}/{key...}` | one object, every variant (404 when not cached) |
+//! | `...?soft=true` on any purge | mark stale instead of remove: the next request revalidates |
+//! | `GET /admin/cache/stats` | totals, `layers`, `buckets` (see `cache::stats`) |
+//! | `GET /admin/cache/stats/{bucket}` | one bucket (404 unknown) |
+//!
+//! Who may: first the client's network (`admin.allow_networks`, 403 before any token work),
+//! then a JWT from `[jwt]`'s sources carrying `admin.claim` (none or invalid → 401, valid
+//! without the claim → 403). Without `[admin]` the routes do not exist (404).
+//!
+//! A purge answers `{"purged": N, "bytes": B, "soft": bool, "layers": {"memory": {"entries",
+//! "bytes"}, "disk": {...}, "redis": {"entries", "reachable"}}, "instances": R}`: entries and
+//! bytes per tier (an entry held by two tiers counts in both) and in total, whether Redis was
+//! reachable (`null` without a Redis tier), and how many instances heard the announcement
+//! (`null` without Redis). It reaches every instance sharing the Redis tier through the purge
+//! broadcast; an instance not subscribed at that moment misses it (see README).
+//!
+//! Path segments are percent-decoded once, like object keys (`+` is a literal plus); the
+//! `prefix` query value too.
+
+use std::rc::Rc;
+
+use monoio::io::AsyncWriteRent;
+use percent_encoding::percent_decode_str;
+use serde_json::json;
+
+use crate::auth::{extract, AuthFailure};
+use crate::cache::purge::{Mode, Purged, Scope};
+use crate::cache::purge_broadcast::purge_everywhere_as;
+use crate::error::{Error, Kind};
+use crate::http::conn::{Request, Sent};
+use crate::http::request::Method;
+use crate::http::respond::{self, Reply};
+use crate::runtime::worker::Worker;
+
+/// The bounded `route` label of `corvid_admin_requests_total`.
+pub fn route_label(rest: &str) -> &'static str {
+    if rest.starts_with("/cache/purge") {
+        "purge"
+    } else if rest.starts_with("/cache/stats") {
+        "stats"
+    } else if rest.starts_with("/reload") {
+        "reload"
+    } else {
+        "other"
+    }
+}
+
+/// What an admin path asks for (after `/admin`).
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    Purge(Target),
+    Stats(Option<String>),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    All,
+    Bucket(String),
+    Object(String, String),
+}
+
+fn decode(s: &str) -> Result<String, Error> {
+    percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| Error::client(Kind::BadRequest, "the admin path is not valid UTF-8"))
+}
+
+/// Parses the raw path after `/admin` (pure).
+fn parse(rest: &str) -> Result<Action, Error> {
+    let not_found = || Error::client(Kind::NotFound, "no such admin route");
+    let rest = rest.strip_prefix("/cache/").ok_or_else(not_found)?;
+    let (what, tail) = match rest.split_once('/') {
+        Some((w, t)) => (w, Some(t)),
+        None => (rest, None),
+    };
+    match (what, tail) {
+        ("purge", None) => Ok(Action::Purge(Target::All)),
+        ("purge", Some(t)) => match t.split_once('/') {
+            None if !t.is_empty() => Ok(Action::Purge(Target::Bucket(decode(t)?))),
+            Some((b, key)) if !b.is_empty() && !key.is_empty() => {
+                Ok(Action::Purge(Target::Object(decode(b)?, decode(key)?)))
+            }
+            _ => Err(not_found()),
+        },
+        ("stats", None) => Ok(Action::Stats(None)),
+        ("stats", Some(b)) if !b.is_empty() && !b.contains('/') => {
+            Ok(Action::Stats(Some(decode(b)?)))
+        }
+        _ => Err(not_found()),
+    }
+}
+
+/// `soft` and `prefix` from the query (pure). `soft` is true for `true`/`1`.
+fn query_options(query: Option<&str>) -> Result<(bool, Option<String>), Error> {
+    let mut soft = false;
+    let mut prefix = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "soft" => soft = matches!(value, "true" | "1"),
+            "prefix" => prefix = Some(decode(value)?),
+            _ => {}
+        }
+    }
+    Ok((soft, prefix))
+}
+
+/// Network, then token, then the admin claim.
+fn authorize(w: &Worker, req: &Request<'_>, query: Option<&str>) -> Result<(), Error> {
+    let shared = &w.shared;
+    let (Some(admin), Some(jwt), Some(verifier)) = (
+        shared.config.admin.as_ref(),
+        shared.config.jwt.as_ref(),
+        shared.verifier.as_ref(),
+    ) else {
+        return Err(Error::client(
+            Kind::NotFound,
+            "the admin API is not configured ([admin])",
+        ));
+    };
+    if !admin.network_allowed(req.peer.ip()) {
+        return Err(Error::client(
+            Kind::Forbidden,
+            "the admin API is not open to this client's network",
+        ));
+    }
+    let header = |name: &str| {
+        req.head
+            .headers(req.buf)
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .collect::<Vec<_>>()
+    };
+    let checked = extract(&jwt.token_sources, header, query.unwrap_or("")).and_then(|found| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        w.tokens
+            .check_admin(verifier, &found.token, now, &admin.claim)
+            .map(|_| ())
+    });
+    checked.map_err(|f: AuthFailure| {
+        w.metrics().auth_failure(f);
+        f.into()
+    })
+}
+
+/// Answers an admin request; `rest` is the raw path after `/admin`.
+pub async fn handle<S: AsyncWriteRent>(
+    w: &Rc<Worker>,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    req: &Request<'_>,
+    rest: &str,
+    query: Option<&str>,
+) -> Result<Sent, Error> {
+    authorize(w, req, query)?;
+    let action = parse(rest)?;
+    let body = match action {
+        Action::Purge(target) => {
+            if req.method() != Method::Post {
+                return Err(Error::method_not_allowed("POST"));
+            }
+            purge(w, target, query).await?
+        }
+        Action::Stats(bucket) => {
+            if !matches!(req.method(), Method::Get | Method::Head) {
+                return Err(Error::method_not_allowed("GET, HEAD"));
+            }
+            stats(w, bucket)?
+        }
+    };
+    respond::simple(
+        &w.http,
+        io,
+        out,
+        req,
+        Reply {
+            status: 200,
+            content_type: "application/json",
+            body: body.as_bytes(),
+            extra: &[("Cache-Control", "no-store")],
+        },
+    )
+    .await
+}
+
+fn unknown_bucket(name: &str) -> Error {
+    Error::client(Kind::NotFound, format!("no bucket named {name:?}"))
+}
+
+async fn purge(w: &Rc<Worker>, target: Target, query: Option<&str>) -> Result<String, Error> {
+    let (soft, prefix) = query_options(query)?;
+    let known = |b: &str| w.shared.config.buckets.iter().any(|c| c.name == b);
+    let (scope, label) = match target {
+        Target::All => (Scope::All, "all"),
+        Target::Bucket(bucket) if !known(&bucket) => return Err(unknown_bucket(&bucket)),
+        Target::Bucket(bucket) => {
+            let label = if prefix.is_some() { "prefix" } else { "bucket" };
+            let prefix = prefix.unwrap_or_default();
+            (Scope::Prefix { bucket, prefix }, label)
+        }
+        Target::Object(bucket, _) if !known(&bucket) => return Err(unknown_bucket(&bucket)),
+        Target::Object(bucket, key) => (Scope::Object { bucket, key }, "object"),
+    };
+    let done = purge_everywhere_as(
+        &w.shared.tiers,
+        w.redis.as_ref(),
+        &w.redis_prefix,
+        w.shared.instance_tag,
+        &scope,
+        Mode::soft(soft),
+    )
+    .await;
+    w.metrics().purge(label, soft);
+    if label == "object" && done.purged.entries() == 0 {
+        return Err(Error::client(Kind::NotFound, "the object was not cached"));
+    }
+    Ok(purge_json(&done.purged, soft, done.receivers))
+}
+
+fn purge_json(p: &Purged, soft: bool, receivers: Option<u64>) -> String {
+    let redis_configured = !matches!(p.redis, crate::cache::purge::RedisPurge::Disabled);
+    json!({
+        "purged": p.entries(),
+        "bytes": p.bytes(),
+        "soft": soft,
+        "layers": {
+            "memory": {"entries": p.memory.entries, "bytes": p.memory.bytes},
+            "disk": {"entries": p.disk.entries, "bytes": p.disk.bytes},
+            "redis": {
+                "entries": p.redis.deleted(),
+                "reachable": redis_configured.then_some(!p.redis.unreachable()),
+                "complete": redis_configured.then_some(!p.redis.failed()),
+            },
+        },
+        "instances": receivers,
+    })
+    .to_string()
+}
+
+fn stats(w: &Worker, bucket: Option<String>) -> Result<String, Error> {
+    let shared = &w.shared;
+    let stats = shared
+        .metrics
+        .cache_stats(&shared.tiers, shared.config.cache.redis.is_some());
+    match bucket {
+        None => serde_json::to_string(&stats),
+        Some(name) => match stats.buckets.get(&name) {
+            Some(b) => serde_json::to_string(b),
+            None => return Err(unknown_bucket(&name)),
+        },
+    }
+    .map_err(|e| Error::internal(format!("stats: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let p = |s: &str| parse(s).map_err(|e| e.status());
+        assert_eq!(p("/cache/purge"), Ok(Action::Purge(Target::All)));
+        assert_eq!(
+            p("/cache/purge/assets"),
+            Ok(Action::Purge(Target::Bucket("assets".into())))
+        );
+        assert_eq!(
+            p("/cache/purge/assets/img/a%20b+c.png"),
+            Ok(Action::Purge(Target::Object(
+                "assets".into(),
+                "img/a b+c.png".into()
+            )))
+        );
+        assert_eq!(p("/cache/stats"), Ok(Action::Stats(None)));
+        assert_eq!(
+            p("/cache/stats/assets"),
+            Ok(Action::Stats(Some("assets".into())))
+        );
+        for bad in [
+            "",
+            "/",
+            "/cache",
+            "/cache/",
+            "/cache/purge/",
+            "/cache/purge//k",
+            "/cache/stats/a/b",
+            "/reload",
+            "/cache/other",
+        ] {
+            assert_eq!(p(bad), Err(404), "{bad}");
+        }
+        assert_eq!(p("/cache/purge/%ff"), Err(400));
+        assert_eq!(route_label("/cache/purge/x"), "purge");
+        assert_eq!(route_label("/cache/stats"), "stats");
+        assert_eq!(route_label("/whatever"), "other");
+    }
+
+    #[test]
+    fn options() {
+        assert_eq!(query_options(None).unwrap(), (false, None));
+        assert_eq!(
+            query_options(Some("soft=true&prefix=img%2Fa")).unwrap(),
+            (true, Some("img/a".into()))
+        );
+        assert_eq!(query_options(Some("soft=1")).unwrap(), (true, None));
+        assert_eq!(
+            query_options(Some("soft=false&x=y")).unwrap(),
+            (false, None)
+        );
+        assert!(query_options(Some("prefix=%ff")).is_err());
+    }
+}
