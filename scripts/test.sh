@@ -36,6 +36,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
   step "installing redis-server"
   apt_install redis-server
 fi
+# promtool (Debian package prometheus): the metrics test lints a live scrape with it.
+if ! command -v promtool >/dev/null 2>&1; then
+  step "installing promtool (prometheus)"
+  apt_install prometheus
+fi
 for tool in fmt:rustfmt clippy:clippy; do
   if ! cargo "${tool%%:*}" --version >/dev/null 2>&1; then
     step "installing the ${tool#*:} component"

@@ -13,6 +13,7 @@ mod hostile;
 mod jwt_support;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod passthrough;
 mod pool;
 mod redis;
