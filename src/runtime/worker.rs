@@ -22,8 +22,9 @@ use monoio::time::Instant;
 use monoio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::Shared;
+use crate::cache::purge;
 use crate::cache::purge_broadcast;
-use crate::cache::redis::{subscribe, RedisClient, RedisOptions, StopSignal};
+use crate::cache::redis::{subscribe_with, RedisClient, RedisOptions, StopSignal};
 use crate::handler::{Surface, WorkerApp};
 use crate::http::env::ConnEnv;
 use crate::http::vectored::HeadBody;
@@ -129,7 +130,27 @@ pub fn spawn_purge_subscriber(w: &Rc<Worker>) {
             purge_broadcast::apply(&tiers, instance, msg).await;
         });
     };
-    monoio::spawn(subscribe(opts, channel, on_message, stop.clone()));
+    // Purges announced while the subscription was down were missed: on its return every
+    // local entry (memory and disk) is marked stale, so each is revalidated with the origin on
+    // its next request (a 304 keeps the body) instead of served possibly purged until its TTL.
+    let tiers2 = Arc::clone(&w.shared.tiers);
+    let on_resubscribed = move || {
+        let tiers = Arc::clone(&tiers2);
+        monoio::spawn(async move {
+            let p = purge::purge_as(&tiers, None, &purge::Scope::All, purge::Mode::Soft).await;
+            log::warn!(
+                "purge subscription was down: {} local entries marked stale (purges may have been missed)",
+                p.entries()
+            );
+        });
+    };
+    monoio::spawn(subscribe_with(
+        opts,
+        channel,
+        on_message,
+        on_resubscribed,
+        stop.clone(),
+    ));
     let w = Rc::clone(w);
     monoio::spawn(async move {
         w.http.shutdown.wait().await;

@@ -429,3 +429,33 @@ fn a_soft_purge_announced_by_another_instance_makes_the_next_get_revalidate() {
     // HITs (the revalidation counts as no hit) and the revalidated answer's body.
     assert_eq!(sample(&m, hit_bytes), (hits + 1) * 20_000);
 }
+
+/// Purges announced while an instance's subscription was down are lost, so when it is back the
+/// instance marks its local entries stale: the next request revalidates instead of serving a
+/// copy that may have been purged elsewhere.
+#[test]
+fn local_entries_are_revalidated_after_the_purge_subscription_was_down() {
+    let mut redis = RedisServer::start(&[]);
+    let origin = Origin::start();
+    origin.create_bucket("rds");
+    origin.put("rds", "k", b"value");
+    let corvid = Corvid::start(&config(free_port(), &origin, &redis.url()));
+    let r = http::get(corvid.addr(), "/rds/k", &[]);
+    assert_eq!(r.header("x-cache"), Some("MISS"));
+    let r = http::get(corvid.addr(), "/rds/k", &[]);
+    assert_eq!(r.header("x-cache"), Some("HIT"));
+    redis.kill();
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(15), || corvid
+            .stderr()
+            .contains("local entries marked stale")),
+        "the subscription came back:\n{}",
+        corvid.stderr()
+    );
+    let before = origin.conditional_count(304);
+    let r = http::get(corvid.addr(), "/rds/k", &[]);
+    assert_eq!(r.header("x-cache"), Some("REVALIDATED"), "{:?}", r.headers);
+    assert_eq!(r.body, b"value");
+    assert_eq!(origin.conditional_count(304), before + 1);
+}

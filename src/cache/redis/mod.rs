@@ -61,7 +61,7 @@ use monoio::time::Instant;
 use self::conn::Conn;
 use crate::config::RedisTarget;
 
-pub use self::pubsub::{subscribe, StopSignal};
+pub use self::pubsub::{subscribe, subscribe_with, StopSignal};
 
 /// Settings of the Redis tier (from `cache.redis.*`).
 #[derive(Debug, Clone)]

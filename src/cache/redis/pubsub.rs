@@ -81,7 +81,19 @@ impl StopSignal {
 pub async fn subscribe(
     opts: RedisOptions,
     channel: String,
+    on_message: impl FnMut(Bytes) + 'static,
+    stop: StopSignal,
+) {
+    subscribe_with(opts, channel, on_message, || {}, stop).await
+}
+
+/// [`subscribe`], calling `on_resubscribed` each time the subscription is back after it was
+/// down (not on the first subscription): messages published meanwhile were lost.
+pub async fn subscribe_with(
+    opts: RedisOptions,
+    channel: String,
     mut on_message: impl FnMut(Bytes) + 'static,
+    mut on_resubscribed: impl FnMut() + 'static,
     stop: StopSignal,
 ) {
     let mut backoff = opts.backoff_initial;
@@ -94,6 +106,7 @@ pub async fn subscribe(
             if up != Some(true) {
                 if up.is_some() {
                     log::info!("redis subscription to {channel:?} back");
+                    on_resubscribed();
                 }
                 up = Some(true);
             }
