@@ -98,7 +98,7 @@ time.sleep(60)  # held open until the script kills this process
 PY
   local client=$!
   for _ in $(seq 1 600); do [ -f "$WORK/hold-$label" ] && break; sleep 0.1; done
-  sleep 2  # let corvid's connections go idle (100 ms linger) and the allocator settle
+  sleep 2  # let corvid's connections go idle (20 ms linger) and the allocator settle
   after=$(rss_kib "$@")
   kill "$client" 2>/dev/null || true
   wait "$client" 2>/dev/null || true

@@ -177,7 +177,7 @@ pub trait App {
 /// How long a plain keep-alive connection waits for its next request in the busy phase (with
 /// its buffers) before it goes idle (without them). Long enough that a client sending requests
 /// back to back never goes idle between them; short enough that idle clients cost little.
-const LINGER: Duration = Duration::from_millis(100);
+const LINGER: Duration = Duration::from_millis(20);
 
 /// What a connection remembers across its busy and idle phases.
 struct ConnState {

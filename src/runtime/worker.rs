@@ -459,8 +459,11 @@ fn spawn_connection(
                     let t = w3.http.header_timeout;
                     // A connection still in its handshake is idle too: reclaimable, oldest first.
                     let since = Instant::now();
+                    // Boxed: the handshake's state (~2.5 KiB) would otherwise be part of
+                    // every connection's task for its whole life, TLS or not.
+                    let accept = Box::pin(monoio::time::timeout(t, acceptor.accept(stream)));
                     let handshake = monoio::select! {
-                        r = monoio::time::timeout(t, acceptor.accept(stream)) => Some(r),
+                        r = accept => Some(r),
                         _ = w3.http.idle.wait(since, None, false) => None,
                     };
                     match handshake {
