@@ -174,9 +174,13 @@ pub trait App {
     fn finished(&self, log: &RequestLog, method: Method, status: u16, took: Duration);
 }
 
-/// How long a plain keep-alive connection waits for its next request in the busy phase (with
-/// its buffers) before it goes idle (without them). Long enough that a client sending requests
-/// back to back never goes idle between them; short enough that idle clients cost little.
+/// Whether a plain keep-alive connection goes idle (buffers given back) between requests after
+/// [`LINGER`]. Off: going idle cancels the lingering read, and on io_uring a request arriving
+/// shortly after that cancellation was lost (reproduced with a 50 ms gap between two requests:
+/// the second one never answered). Until the idle wait can be entered without cancelling a
+/// read, connections wait between requests in the busy phase; only new connections wait idle.
+const IDLE_BETWEEN_REQUESTS: bool = false;
+/// How long a keep-alive connection would wait busy before going idle (see above).
 const LINGER: Duration = Duration::from_millis(20);
 
 /// What a connection remembers across its busy and idle phases.
@@ -270,7 +274,6 @@ async fn requests<A: App, S: ClientIo>(
     let env = app.env();
     let limits = &env.limits;
     let max_buf = limits.max_request_line + limits.max_header_bytes + 2;
-    let lean = io.idle_wait_socket().is_some();
     let mut buf = std::mem::take(bufref);
     let mut head = RequestHead::default();
     let next = loop {
@@ -292,17 +295,26 @@ async fn requests<A: App, S: ClientIo>(
                 }
             }
             let idle = buf.is_empty();
-            let mut deadline = match head_started {
+            let deadline = match head_started {
                 Some(t) => t + env.header_timeout,
                 None if conn.first => conn.idle_since + env.header_timeout,
                 None => conn.idle_since + env.idle_timeout,
             };
-            // A keep-alive client usually sends its next request at once: wait for it here a
-            // moment (no extra syscall or allocation per request), and only then go idle.
-            let linger = lean && idle && !conn.first && conn.idle_since + LINGER < deadline;
-            if linger {
-                deadline = conn.idle_since + LINGER;
-            }
+            // Between keep-alive requests the connection waits here, in a read with its
+            // buffers. Going idle without them (as before the first request) would need this
+            // read cancelled first; on io_uring a cancelled read raced a request arriving
+            // ~tens of ms later and lost it (perf notes, issue 9), so it is not done until the
+            // idle wait can be made safe.
+            let linger = IDLE_BETWEEN_REQUESTS
+                && idle
+                && !conn.first
+                && io.idle_wait_socket().is_some()
+                && conn.idle_since + LINGER < deadline;
+            let deadline = if linger {
+                conn.idle_since + LINGER
+            } else {
+                deadline
+            };
             if buf.len() == buf.capacity() {
                 buf.reserve(buf.capacity().min(max_buf));
             }

@@ -183,3 +183,25 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
     assert!(idle.closed_by_peer());
     assert!(is_refused(addr), "no longer accepting");
 }
+
+/// Keep-alive clients with think time between requests are answered every time (a request
+/// sent some tens of milliseconds after the previous answer was once lost on io_uring).
+#[test]
+fn keep_alive_requests_after_pauses_are_answered() {
+    let corvid = Corvid::start(&format!(
+        "{}{}",
+        server_toml(free_port()),
+        bucket_toml_for("b1", "/b1", "http://127.0.0.1:9", "b1", "")
+    ));
+    let mut c = Conn::connect(corvid.addr());
+    c.set_timeout(Duration::from_secs(5));
+    // The pauses are the stimulus (the client's think time), not synchronisation.
+    for pause_ms in [0u64, 5, 30, 100, 300] {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        assert_eq!(
+            c.request("GET", "/health", &[]).status,
+            200,
+            "after {pause_ms} ms"
+        );
+    }
+}
