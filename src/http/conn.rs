@@ -174,13 +174,15 @@ pub trait App {
     fn finished(&self, log: &RequestLog, method: Method, status: u16, took: Duration);
 }
 
-/// Whether a plain keep-alive connection goes idle (buffers given back) between requests after
-/// [`LINGER`]. Off: going idle cancels the lingering read, and on io_uring a request arriving
-/// shortly after that cancellation was lost (reproduced with a 50 ms gap between two requests:
-/// the second one never answered). Until the idle wait can be entered without cancelling a
-/// read, connections wait between requests in the busy phase; only new connections wait idle.
-const IDLE_BETWEEN_REQUESTS: bool = false;
-/// How long a keep-alive connection would wait busy before going idle (see above).
+/// Whether a plain keep-alive connection goes idle (buffers and busy state given back) when no
+/// request follows within [`LINGER`] of an answer. The linger waits for readability, never in a
+/// read: an earlier version lingered in a timed read and cancelled it to go idle, and on
+/// io_uring a request arriving after that cancellation was lost (two requests 50 ms apart: the
+/// second was never answered; `lifecycle::keep_alive_requests_after_pauses_are_answered`).
+const IDLE_BETWEEN_REQUESTS: bool = true;
+/// How long a keep-alive connection stays busy waiting for its next request before it goes
+/// idle: short, so that idle clients cost little; a client sending requests back to back
+/// rarely waits that long.
 const LINGER: Duration = Duration::from_millis(20);
 
 /// What a connection remembers across its busy and idle phases.
@@ -305,16 +307,20 @@ async fn requests<A: App, S: ClientIo>(
             // read cancelled first; on io_uring a cancelled read raced a request arriving
             // ~tens of ms later and lost it (perf notes, issue 9), so it is not done until the
             // idle wait can be made safe.
-            let linger = IDLE_BETWEEN_REQUESTS
-                && idle
-                && !conn.first
-                && io.idle_wait_socket().is_some()
-                && conn.idle_since + LINGER < deadline;
-            let deadline = if linger {
-                conn.idle_since + LINGER
-            } else {
-                deadline
-            };
+            let linger = IDLE_BETWEEN_REQUESTS && idle && !conn.first;
+            if linger {
+                if let Some(tcp) = io.idle_wait_socket() {
+                    // Wait for readability, not in a read: when the linger ends nothing that
+                    // consumes bytes is cancelled.
+                    let ready = monoio::select! {
+                        r = tcp.readable(false) => r.is_ok(),
+                        _ = monoio::time::sleep(LINGER) => false,
+                    };
+                    if !ready {
+                        break Some(None);
+                    }
+                }
+            }
             if buf.len() == buf.capacity() {
                 buf.reserve(buf.capacity().min(max_buf));
             }
