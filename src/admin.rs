@@ -133,17 +133,9 @@ fn authorize(w: &Worker, req: &Request<'_>, query: Option<&str>) -> Result<(), E
             "the admin API is not open to this client's network",
         ));
     }
-    let header = |name: &str| {
-        req.head
-            .headers(req.buf)
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-            .collect::<Vec<_>>()
-    };
+    let header = |name: &str| req.header_values(name);
     let checked = extract(&jwt.token_sources, header, query.unwrap_or("")).and_then(|found| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::proxy::now_ms() / 1000;
         w.tokens
             .check_admin(verifier, &found.token, now, &admin.claim)
             .map(|_| ())
@@ -184,12 +176,7 @@ pub async fn handle<S: AsyncWriteRent>(
         io,
         out,
         req,
-        Reply {
-            status: 200,
-            content_type: "application/json",
-            body: body.as_bytes(),
-            extra: &[("Cache-Control", "no-store")],
-        },
+        Reply::no_store(200, "application/json", body.as_bytes()),
     )
     .await
 }

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
-use arrayvec::ArrayVec;
-
 use crate::auth::{extract, AuthFailure};
 use crate::error::{Error, Kind};
 use crate::http::conn::{App, Request, RequestLog, Sent};
@@ -108,12 +106,11 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
                 io,
                 out,
                 req,
-                Reply {
-                    status: 200,
-                    content_type: "text/plain; version=0.0.4; charset=utf-8",
-                    body: text.as_bytes(),
-                    extra: &[("Cache-Control", "no-store")],
-                },
+                Reply::no_store(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text.as_bytes(),
+                ),
             )
             .await
         }
@@ -162,19 +159,12 @@ fn authorize(
     else {
         return Err(AuthFailure::Signature);
     };
-    let header = |name: &str| {
-        let mut values = ArrayVec::<&[u8], 4>::new();
-        for (n, v) in req.head.headers(req.buf) {
-            if n.eq_ignore_ascii_case(name) && values.try_push(v).is_err() {
-                break;
-            }
-        }
-        values
-    };
-    let found = extract(&jwt.token_sources, header, query.unwrap_or(""))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let found = extract(
+        &jwt.token_sources,
+        |name| req.header_values(name),
+        query.unwrap_or(""),
+    )?;
+    let now = crate::proxy::now_ms() / 1000;
     w.tokens
         .check(
             verifier,
@@ -223,12 +213,7 @@ async fn ready<S: AsyncWriteRent>(
         io,
         out,
         req,
-        Reply {
-            status,
-            content_type: "application/json",
-            body: body.as_bytes(),
-            extra: &[("Cache-Control", "no-store")],
-        },
+        Reply::no_store(status, "application/json", body.as_bytes()),
     )
     .await
 }

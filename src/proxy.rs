@@ -225,12 +225,9 @@ impl XCache {
     }
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch (the disk tier's clock, one for the whole process).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::cache::disk::now_ms()
 }
 
 /// Answers from a cached object: client conditionals (304/412), ranges (206/416), HEAD, and

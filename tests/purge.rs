@@ -313,6 +313,39 @@ fn a_store_that_began_before_a_purge_does_not_undo_it() {
     });
 }
 
+/// Subscribes instance `b` (tag `tag_b`) to `channel` the way worker 0 does, and waits until
+/// the subscription is active (seen from `a`'s Redis client). Returns the stop signal and the
+/// deadline (10 s from the start) that bounds this wait and the test's later ones.
+async fn listen_like_worker_0(
+    server: &RedisServer,
+    a: &World,
+    b: &World,
+    tag_b: u32,
+    channel: &str,
+) -> (StopSignal, Instant) {
+    let stop = StopSignal::new();
+    let tiers_b = Arc::clone(&b.tiers);
+    let on_message = move |msg| {
+        let tiers = Arc::clone(&tiers_b);
+        monoio::spawn(async move {
+            purge_broadcast::apply(&tiers, tag_b, msg).await;
+        });
+    };
+    let opts = RedisOptions::new(server.url().parse().unwrap());
+    monoio::spawn(subscribe(
+        opts,
+        channel.to_string(),
+        on_message,
+        stop.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.redis.subscribers(channel).await.unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the subscriber never subscribed");
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (stop, deadline)
+}
+
 #[test]
 fn a_purge_reaches_the_memory_and_disk_of_another_instance() {
     let server = RedisServer::start(&[]);
@@ -324,21 +357,7 @@ fn a_purge_reaches_the_memory_and_disk_of_another_instance() {
         let (tag_a, tag_b) = (0xa, 0xb);
         let channel = purge_broadcast::channel("corvid:");
         // Instance b listens the way worker 0 does.
-        let stop = StopSignal::new();
-        let tiers_b = Arc::clone(&b.tiers);
-        let on_message = move |msg| {
-            let tiers = Arc::clone(&tiers_b);
-            monoio::spawn(async move {
-                purge_broadcast::apply(&tiers, tag_b, msg).await;
-            });
-        };
-        let opts = RedisOptions::new(server.url().parse().unwrap());
-        monoio::spawn(subscribe(opts, channel.clone(), on_message, stop.clone()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while a.redis.subscribers(&channel).await.unwrap() == 0 {
-            assert!(Instant::now() < deadline, "the subscriber never subscribed");
-            monoio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let (stop, deadline) = listen_like_worker_0(&server, &a, &b, tag_b, &channel).await;
 
         let scope = object_scope("img", "logo.png");
         let done =
@@ -591,21 +610,7 @@ fn a_soft_purge_reaches_the_memory_and_disk_of_another_instance() {
         );
         let (tag_a, tag_b) = (0xa, 0xb);
         let channel = purge_broadcast::channel("corvid:");
-        let stop = StopSignal::new();
-        let tiers_b = Arc::clone(&b.tiers);
-        let on_message = move |msg| {
-            let tiers = Arc::clone(&tiers_b);
-            monoio::spawn(async move {
-                purge_broadcast::apply(&tiers, tag_b, msg).await;
-            });
-        };
-        let opts = RedisOptions::new(server.url().parse().unwrap());
-        monoio::spawn(subscribe(opts, channel.clone(), on_message, stop.clone()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while a.redis.subscribers(&channel).await.unwrap() == 0 {
-            assert!(Instant::now() < deadline, "the subscriber never subscribed");
-            monoio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let (stop, deadline) = listen_like_worker_0(&server, &a, &b, tag_b, &channel).await;
 
         let scope = prefix_scope("img", "logo");
         let done = purge_broadcast::purge_everywhere_as(

@@ -25,6 +25,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use arrayvec::ArrayVec;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::time::Instant;
@@ -127,6 +128,17 @@ impl Request<'_> {
     }
     pub fn is_head(&self) -> bool {
         self.head.method() == Method::Head
+    }
+    /// The values of every field line named `name` (ASCII case-insensitive), at most 4: enough
+    /// to tell one from several (e.g. a duplicated token header), without allocating.
+    pub fn header_values(&self, name: &str) -> ArrayVec<&[u8], 4> {
+        let mut values = ArrayVec::new();
+        for (n, v) in self.head.headers(self.buf) {
+            if n.eq_ignore_ascii_case(name) && values.try_push(v).is_err() {
+                break;
+            }
+        }
+        values
     }
 }
 
@@ -337,7 +349,6 @@ async fn requests<A: App, S: ClientIo>(
                 ReadOutcome::Data => {
                     head_started.get_or_insert_with(Instant::now);
                 }
-                ReadOutcome::Timeout if linger => break Some(None),
                 ReadOutcome::Timeout if !idle => {
                     let id = env.next_request_id();
                     let e = Error::client(

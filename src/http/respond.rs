@@ -88,6 +88,18 @@ pub struct Reply<'a> {
     pub extra: &'a [(&'a str, &'a str)],
 }
 
+impl<'a> Reply<'a> {
+    /// A reply no cache may keep (`Cache-Control: no-store`): readiness, metrics, admin answers.
+    pub fn no_store(status: u16, content_type: &'a str, body: &'a [u8]) -> Reply<'a> {
+        Reply {
+            status,
+            content_type,
+            body,
+            extra: &[("Cache-Control", "no-store")],
+        }
+    }
+}
+
 /// Answers a complete small response (no body for HEAD, none at all for 204/304).
 pub async fn simple<S: AsyncWriteRent>(
     env: &ConnEnv,
