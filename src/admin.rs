@@ -33,12 +33,11 @@ use serde_json::json;
 
 use crate::auth::{extract, AuthFailure};
 use crate::cache::purge::{Mode, Purged, Scope};
-use crate::cache::purge_broadcast::purge_everywhere_as;
 use crate::error::{Error, Kind};
 use crate::http::conn::{Request, Sent};
 use crate::http::request::Method;
 use crate::http::respond::{self, Reply};
-use crate::runtime::worker::Worker;
+use crate::context::Worker;
 
 /// The bounded `route` label of `corvid_admin_requests_total`.
 pub fn route_label(rest: &str) -> &'static str {
@@ -135,7 +134,7 @@ fn authorize(w: &Worker, req: &Request<'_>, query: Option<&str>) -> Result<(), E
     }
     let header = |name: &str| req.header_values(name);
     let checked = extract(&jwt.token_sources, header, query.unwrap_or("")).and_then(|found| {
-        let now = crate::proxy::now_ms() / 1000;
+        let now = w.clock().now_secs();
         w.tokens
             .check_admin(verifier, &found.token, now, &admin.claim)
             .map(|_| ())
@@ -199,15 +198,7 @@ async fn purge(w: &Rc<Worker>, target: Target, query: Option<&str>) -> Result<St
         Target::Object(bucket, _) if !known(&bucket) => return Err(unknown_bucket(&bucket)),
         Target::Object(bucket, key) => (Scope::Object { bucket, key }, "object"),
     };
-    let done = purge_everywhere_as(
-        &w.shared.tiers,
-        w.redis.as_ref(),
-        &w.redis_prefix,
-        w.shared.instance_tag,
-        &scope,
-        Mode::soft(soft),
-    )
-    .await;
+    let done = w.cache.purge_everywhere(&scope, Mode::soft(soft)).await;
     w.metrics().purge(label, soft);
     if label == "object" && done.purged.entries() == 0 {
         return Err(Error::client(Kind::NotFound, "the object was not cached"));

@@ -1,5 +1,5 @@
 //! Request dispatch: route the request, then hand it to the internal endpoints or the object
-//! proxy. Internal routes answer GET and HEAD only.
+//! path ([`crate::object`]). Internal routes answer GET and HEAD only.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -14,7 +14,7 @@ use crate::http::env::ConnEnv;
 use crate::http::request::Method;
 use crate::http::respond::{self, Reply};
 use crate::router::{split_target, Route};
-use crate::runtime::worker::Worker;
+use crate::context::Worker;
 
 /// Which listener a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,14 +129,14 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
                     return Err(f.into());
                 }
             }
-            let mut x = crate::proxy::Exchange {
+            let mut x = crate::object::exchange::Exchange {
                 w,
                 io,
                 out,
                 req,
                 bucket,
             };
-            let sent = crate::proxy::serve_object(&mut x, &key, query).await;
+            let sent = crate::object::serve(&mut x, &key, query).await;
             w.recycle_buf(key.into_bytes());
             sent
         }
@@ -164,7 +164,7 @@ fn authorize(
         |name| req.header_values(name),
         query.unwrap_or(""),
     )?;
-    let now = crate::proxy::now_ms() / 1000;
+    let now = w.clock().now_secs();
     w.tokens
         .check(
             verifier,

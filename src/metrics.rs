@@ -70,8 +70,6 @@ pub struct WorkerMetrics {
     upstream_bytes: Vec<AtomicU64>,
     cache_misses: Vec<AtomicU64>,
     coalesced: Vec<AtomicU64>,
-    /// Per layer.
-    cache_errors: [AtomicU64; 3],
     /// Per [`AuthFailure::ALL`] entry.
     auth_failures: [AtomicU64; AuthFailure::ALL.len()],
     /// Per [`PURGE_SCOPES`] × (hard, soft).
@@ -108,7 +106,6 @@ impl WorkerMetrics {
             upstream_bytes: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             cache_misses: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             coalesced: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
-            cache_errors: Default::default(),
             auth_failures: Default::default(),
             purges: Default::default(),
             admin_requests: Default::default(),
@@ -181,10 +178,6 @@ impl WorkerMetrics {
         if let Some(i) = AuthFailure::ALL.iter().position(|f| *f == failure) {
             self.auth_failures[i].fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    pub fn cache_error(&self, layer: Layer) {
-        self.cache_errors[layer.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_opened(&self) {
@@ -493,10 +486,11 @@ impl Registry {
             "Failed tier operations (treated as misses)",
         );
         for layer in Layer::ALL {
-            let mut v = self.sum(|w| w.cache_errors[layer.index()].load(Ordering::Relaxed));
-            if layer == Layer::Disk {
-                v += tiers.disk_errors.load(Ordering::Relaxed);
-            }
+            let v = match layer {
+                Layer::Disk => tiers.disk_errors.load(Ordering::Relaxed),
+                Layer::Redis => tiers.redis_errors.load(Ordering::Relaxed),
+                Layer::Memory => 0,
+            };
             let _ = writeln!(
                 out,
                 "corvid_cache_errors_total{{layer=\"{}\"}} {v}",

@@ -301,7 +301,7 @@ fn a_store_that_began_before_a_purge_does_not_undo_it() {
             !w.tiers.store(&k, obj.clone(), since),
             "stored after the purge"
         );
-        w.tiers.refresh(&k, obj.clone(), since);
+        w.tiers.refresh(&k, obj.clone(), since, false);
         assert_eq!(w.held(&WORLD[0]).await, [false; 3]);
         // A fill that began after the purge stores as usual.
         assert!(w.tiers.store(&k, obj.clone(), w.tiers.generation()));
@@ -548,7 +548,7 @@ fn a_soft_purge_marks_an_object_stale_in_every_tier_and_keeps_it() {
             .await;
         // A revalidation (a 304) that began after the purge makes it fresh again.
         let since = w.tiers.generation();
-        w.tiers.refresh(&ckey(&WORLD[7]), object(7), since);
+        w.tiers.refresh(&ckey(&WORLD[7]), object(7), since, false);
         assert_eq!(w.fresh(&WORLD[7]).await[..2], [true, true]);
     });
 }
@@ -589,7 +589,7 @@ fn a_fill_that_began_before_a_soft_purge_does_not_undo_it() {
         let since = w.tiers.generation();
         w.soft_purge(object_scope("img", "logo.png"), 3).await;
         assert!(!w.tiers.store(&k, obj.clone(), since), "stored fresh bytes");
-        w.tiers.refresh(&k, obj.clone(), since);
+        w.tiers.refresh(&k, obj.clone(), since, false);
         w.check_stale(&[0, 1, 2], "after the late fill").await;
         // Even for one exact key (unlike a hard purge of one key, what an origin 404 does).
         let since = w.tiers.generation();

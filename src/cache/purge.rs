@@ -4,7 +4,7 @@
 //!
 //! This module owns the meaning of each [`Scope`] over the key format of [`policy`] and the
 //! order of the work; the tiers only offer "remove this key" and "remove what matches". The
-//! request path (an origin 404 in [`crate::fill::remove_everywhere`]) and the admin API both
+//! request path (an origin 404 in [`super::front::Cache::remove_everywhere`]) and the admin API both
 //! come through here, so the two cannot disagree on what "gone" means.
 //!
 //! # Decisions
@@ -283,7 +283,7 @@ pub async fn purge_as(
         tiers.begin_purge();
     }
     // Stale from this moment on.
-    let at = now_ms();
+    let at = tiers.clock.now_ms();
     let redis_part = async {
         match redis {
             None => RedisPurge::Disabled,
@@ -300,10 +300,6 @@ pub async fn purge_as(
         disk,
         redis,
     }
-}
-
-fn now_ms() -> u64 {
-    crate::cache::disk::now_ms()
 }
 
 /// The memory and disk part: inline for one key, else on a helper thread (see the module

@@ -14,7 +14,7 @@
 //!   buckets the table does not know (none, when the tiers were built without a bucket list)
 //!   count in one "other" slot, which appears in the tier totals but under no bucket name.
 //! - **hits, misses, bytes_served, origin_bytes**: the per-worker request counters of
-//!   [`crate::metrics`] (the same ones `/metrics` renders as `corvid_cache_hits_total`,
+//!   the metrics registry (the same ones `/metrics` renders as `corvid_cache_hits_total`,
 //!   `corvid_cache_misses_total`, `corvid_cache_hit_bytes_total` and
 //!   `corvid_upstream_bytes_total`), summed over the workers when the snapshot is taken; the
 //!   registry hands them in as [`RequestCounts`], so the two views always agree.
@@ -204,7 +204,7 @@ impl BucketUsage {
     }
 }
 
-/// One bucket's request counters summed over the workers (from [`crate::metrics`]).
+/// One bucket's request counters summed over the workers (by the metrics registry).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RequestCounts {
     /// Requests answered from each tier, by [`Layer::index`].

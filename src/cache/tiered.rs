@@ -1,7 +1,7 @@
 //! The tiers together: lookup order, promotion, write policy. (Removal from every tier,
 //! Redis included, is [`crate::cache::purge`].)
 //!
-//! Lookup goes memory → disk (→ Redis, per worker, in [`crate::cache::redis`]); a hit in a
+//! Lookup goes memory → disk (→ Redis, per worker, in the cache front [`super::front`]); a hit in a
 //! lower tier is promoted into the tiers above it. A fill is written to every enabled tier:
 //! with `write-through` the disk write happens before the fill is announced complete; with
 //! `write-behind` the memory tier is written at once and the disk write goes to a bounded
@@ -31,6 +31,7 @@ use crate::cache::inflight::Inflight;
 use crate::cache::memory::{MemoryCache, Weighted};
 use crate::cache::redis_tier;
 use crate::cache::stats::Buckets;
+use crate::clock::Clock;
 use crate::config::{CacheConfig, WritePolicy};
 
 impl Weighted for CachedObject {
@@ -90,6 +91,10 @@ pub struct Tiers {
     pub redis_retain: Duration,
     /// The configured bucket names, by index (per-bucket stats, [`crate::cache::stats`]).
     buckets: Arc<Buckets>,
+    /// Failed Redis operations of every worker (counted by the cache fronts).
+    pub redis_errors: AtomicU64,
+    /// The clock freshness is decided by: soft purges mark entries stale "now" by it.
+    pub clock: Clock,
 }
 
 impl Tiers {
@@ -103,6 +108,15 @@ impl Tiers {
     /// [`Tiers::new`], counting entries, bytes and evictions per bucket of `buckets` (the
     /// configured bucket names, `Buckets::new(config.buckets.iter().map(|b| &b.name))`).
     pub fn with_buckets(cfg: &CacheConfig, buckets: Arc<Buckets>) -> Result<Arc<Tiers>, String> {
+        Tiers::with_clock(cfg, buckets, Clock::system())
+    }
+
+    /// [`Tiers::with_buckets`] deciding freshness by `clock`.
+    pub fn with_clock(
+        cfg: &CacheConfig,
+        buckets: Arc<Buckets>,
+        clock: Clock,
+    ) -> Result<Arc<Tiers>, String> {
         let memory = MemoryCache::new(cfg.memory.capacity)
             .with_max_object_size(cfg.max_object_size.min(cfg.memory.capacity))
             .with_buckets(Arc::clone(&buckets));
@@ -164,6 +178,8 @@ impl Tiers {
             disk_errors,
             redis_retain: redis_tier::retain(cfg),
             buckets,
+            redis_errors: AtomicU64::new(0),
+            clock,
         }))
     }
 
@@ -280,15 +296,22 @@ impl Tiers {
         true
     }
 
-    /// A revalidated object: new freshness, same body — the disk body is not rewritten. Like
-    /// [`Tiers::store`], dropped when a purge began after `since`.
-    pub fn refresh(&self, key: &[u8], obj: CachedObject, since: u64) {
-        let expires = obj.meta.expires_at_ms;
-        if self.insert_memory(key, obj, since) {
-            if let Some(disk) = &self.disk {
-                disk.set_expiry(key, expires);
-            }
+    /// A revalidated object: new freshness and the header fields the `304` updated, same body.
+    /// On disk only the expiry moves (a small touch record, the body is not rewritten) unless
+    /// the stored header fields changed, which rewrites the entry. Like [`Tiers::store`],
+    /// dropped when a purge began after `since`; returns whether it stands.
+    pub fn refresh(&self, key: &[u8], obj: CachedObject, since: u64, fields_changed: bool) -> bool {
+        if fields_changed {
+            return self.store(key, obj, since);
         }
+        let expires = obj.meta.expires_at_ms;
+        if !self.insert_memory(key, obj, since) {
+            return false;
+        }
+        if let Some(disk) = &self.disk {
+            disk.set_expiry(key, expires);
+        }
+        true
     }
 
     /// Inserts into the memory tier unless a purge began after `since`; returns whether the

@@ -12,7 +12,6 @@
 //! The control bus is one flume channel per worker: flume's async receive wakes a monoio task
 //! from another thread (monoio's `sync` feature), which crossbeam's blocking channels cannot.
 
-pub mod fdlimit;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -24,6 +23,9 @@ use std::time::{Duration, Instant};
 use rustls_pki_types::ServerName;
 
 use crate::cache::tiered::Tiers;
+use crate::clock::Clock;
+use crate::context::Shared;
+use crate::fdlimit;
 use crate::config::{Addressing, Config, Scheme};
 use crate::handler::Surface;
 use crate::http::request::Limits;
@@ -33,31 +35,6 @@ use crate::s3::origins::Origins;
 
 /// How often the origin monitor re-resolves endpoints and re-checks reachability.
 pub const ORIGIN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Read-only state shared by every worker (one `Arc`): the config snapshot, the router, TLS
-/// configs, origin addresses and the metric slots that `/metrics` sums.
-pub struct Shared {
-    pub config: Config,
-    pub router: Router,
-    pub limits: Limits,
-    pub origins: Arc<Origins>,
-    /// Per bucket: the TLS client config and the name to verify, for https endpoints.
-    pub client_tls: Vec<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>>,
-    pub server_tls: Option<Arc<rustls::ServerConfig>>,
-    pub metrics: Registry,
-    /// The cache tiers and the coalescing table, shared by every worker.
-    pub tiers: Arc<Tiers>,
-    pub shutting_down: AtomicBool,
-    pub workers: usize,
-    pub started: Instant,
-    /// Random-ish per-process tag that makes request ids unique across restarts.
-    pub instance_tag: u32,
-    /// How the open-file limit is shared: the client connections each worker keeps at most.
-    pub fd_budget: fdlimit::Budget,
-    /// `[jwt]`'s keys, parsed once at start: checks tokens for buckets with `auth = true` and
-    /// for the admin API.
-    pub verifier: Option<crate::auth::Verifier>,
-}
 
 /// Commands sent to every worker over the control bus.
 #[derive(Debug, Clone)]
@@ -85,7 +62,7 @@ pub fn fd_limit_warning(config: &Config) -> Option<String> {
 
 impl Shared {
     /// Builds the shared state: TLS configs are loaded and endpoints resolved here, at start.
-    pub fn new(config: Config) -> Result<Arc<Shared>, String> {
+    pub fn new(config: Config, clock: Clock) -> Result<Arc<Shared>, String> {
         let workers = worker_count(&config);
         let prefixes: Vec<&str> = config.buckets.iter().map(|b| b.prefix.as_str()).collect();
         let router = Router::new(&prefixes);
@@ -141,13 +118,14 @@ impl Shared {
         if let Some(r) = &config.cache.redis {
             // The config parsed and checked the URL; this checks the options built from it, so
             // that a bad one is a start-up error rather than a tier silently disabled per worker.
-            crate::cache::redis::RedisClient::new(worker::redis_options(r))
+            crate::cache::redis::RedisClient::new(crate::context::redis_options(r))
                 .map_err(|e| format!("cache.redis: {e}"))?;
         }
         // The tiers count entries and bytes per bucket (for the admin stats).
-        let tiers = Tiers::with_buckets(
+        let tiers = Tiers::with_clock(
             &config.cache,
             crate::cache::stats::Buckets::new(config.buckets.iter().map(|b| b.name.clone())),
+            clock.clone(),
         )?;
         let nofile = fdlimit::current().map_or(1024, |(soft, _)| soft);
         let fd_budget = fdlimit::Budget::new(&config, workers, nofile);
@@ -171,12 +149,10 @@ impl Shared {
             workers,
             started: Instant::now(),
             instance_tag,
+            clock,
         }))
     }
 
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
 }
 
 /// A running proxy: the shared state, the worker threads (all listening on one address) and
@@ -203,7 +179,13 @@ impl Server {
     /// Worker 0 binds first and the others bind to the address it got, so that with port 0
     /// in `server.listen` every worker still shares one port (SO_REUSEPORT).
     pub fn start(config: Config) -> Result<Server, String> {
-        let shared = Shared::new(config)?;
+        Server::start_with(config, Clock::system())
+    }
+
+    /// [`Server::start`] with another clock: tests pass a [`Clock::manual`] and advance it
+    /// instead of sleeping past TTLs.
+    pub fn start_with(config: Config, clock: Clock) -> Result<Server, String> {
+        let shared = Shared::new(config, clock)?;
         let stop_monitor = Arc::new(AtomicBool::new(false));
         shared
             .origins
@@ -449,7 +431,7 @@ async fn worker_main(
             }
         },
     };
-    let w = worker::Worker::new(id, shared);
+    let w = crate::context::Worker::new(id, shared);
     if id == 0 {
         worker::spawn_purge_subscriber(&w);
     }

@@ -1,11 +1,6 @@
-//! One worker: its per-thread context and its accept loop.
-//!
-//! A [`Worker`] is built inside its own thread and shared by that thread's tasks through an
-//! `Rc` (ARCHITECTURE rule 1): upstream pools, signers with their signing-key caches, the Date
-//! header cache and the request-id counter never cross threads. What is shared across workers
-//! lives in [`super::Shared`] behind an `Arc`.
+//! One worker thread: its accept loop, its connections and its purge subscriber. The worker's
+//! state ([`Worker`], built here inside its thread) is `crate::context`'s.
 
-use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -19,99 +14,14 @@ use std::os::fd::AsRawFd;
 use monoio::io::Canceller;
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use monoio::time::Instant;
-use monoio_rustls::{TlsAcceptor, TlsConnector};
+use monoio_rustls::TlsAcceptor;
 
-use super::Shared;
 use crate::cache::purge;
 use crate::cache::purge_broadcast;
-use crate::cache::redis::{subscribe_with, RedisClient, RedisOptions, StopSignal};
+use crate::cache::redis::{subscribe_with, StopSignal};
+use crate::context::{redis_options, Worker};
 use crate::handler::{Surface, WorkerApp};
-use crate::http::env::ConnEnv;
-use crate::http::vectored::HeadBody;
-use crate::metrics::WorkerMetrics;
 use crate::net::MaybeTls;
-use crate::s3::client::{Pool, Timeouts};
-use crate::s3::sigv4::{Credentials, Signer};
-
-/// Per-bucket state of one worker.
-pub struct WorkerBucket {
-    pub signer: Signer,
-    pub pool: Rc<Pool>,
-    pub timeouts: Timeouts,
-}
-
-/// The context every task of one worker shares.
-pub struct Worker {
-    pub id: usize,
-    pub shared: Arc<Shared>,
-    pub buckets: Vec<WorkerBucket>,
-    /// What this worker's connections share: timeouts, Date, request ids, shutdown, idle
-    /// connections, recycled connection memory.
-    pub http: ConnEnv,
-    /// Tokens this worker verified recently (no lock: per worker).
-    pub tokens: crate::auth::TokenCache,
-    pub connections: Cell<usize>,
-    /// Reusable head+body vectored-write buffers (the hit path allocates none once warm).
-    head_bodies: RefCell<Vec<HeadBody>>,
-    /// Byte buffers lent per request (the decoded object key, the cache key) and given back
-    /// after the answer, for the same reason.
-    spare_bufs: RefCell<Vec<Vec<u8>>>,
-    /// This worker's Redis client, when the Redis tier is enabled.
-    pub redis: Option<RedisClient>,
-    /// The Redis key prefix (the client adds it to GET/SET; raw commands need it spelled out).
-    pub redis_prefix: String,
-    /// Background Redis writes in flight (write-behind), bounded by [`MAX_REDIS_BEHIND`].
-    pub redis_behind: Cell<usize>,
-}
-
-/// Largest buffer [`Worker::recycle_buf`] keeps. An S3 key has at most 1024 bytes, so object
-/// keys and cache keys (bucket name, key, forwarded parameters) nearly always fit; a longer one
-/// costs its request an allocation instead of staying in the list for good.
-pub const MAX_SPARE_BUF: usize = 4096;
-/// Most buffers one worker's free list keeps: two per object request in flight, for up to 512
-/// concurrent requests (at most 4 MiB, typically a few hundred KiB, since keys are short).
-const MAX_SPARE_BUFS: usize = 1024;
-
-/// A byte buffer lent by [`Worker::scratch`] for one request; derefs to the `Vec` and returns
-/// it to the worker's free list when dropped.
-pub struct Scratch<'w> {
-    w: &'w Worker,
-    buf: Vec<u8>,
-}
-
-impl std::ops::Deref for Scratch<'_> {
-    type Target = Vec<u8>;
-    fn deref(&self) -> &Vec<u8> {
-        &self.buf
-    }
-}
-
-impl std::ops::DerefMut for Scratch<'_> {
-    fn deref_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.buf
-    }
-}
-
-impl Drop for Scratch<'_> {
-    fn drop(&mut self) {
-        self.w.recycle_buf(std::mem::take(&mut self.buf));
-    }
-}
-
-/// Write-behind Redis writes one worker keeps in flight at most; more are dropped and counted.
-pub const MAX_REDIS_BEHIND: usize = 256;
-
-/// The Redis client options for `cfg` (shared by start-up validation and the workers).
-pub fn redis_options(cfg: &crate::config::RedisConfig) -> RedisOptions {
-    RedisOptions {
-        timeout: cfg.timeout,
-        // Two pipelined connections per worker: with one, a large value holds up every reply
-        // queued behind it (64 KiB GETs: 8.5k/s on one connection, 25k/s on two; perf/RESULTS.md).
-        connections: 2,
-        max_value_size: usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX),
-        ..RedisOptions::new(cfg.target.clone())
-    }
-}
 
 /// Applies the purges other instances announce over Redis (see
 /// [`crate::cache::purge_broadcast`]) until this worker shuts down. One subscription per
@@ -156,111 +66,6 @@ pub fn spawn_purge_subscriber(w: &Rc<Worker>) {
         w.http.shutdown.wait().await;
         stop.stop();
     });
-}
-
-impl Worker {
-    pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Worker> {
-        let buckets = shared
-            .config
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, b)| WorkerBucket {
-                signer: Signer::new(
-                    Credentials {
-                        access_key: b.access_key.clone(),
-                        secret_key: b.secret_key.clone(),
-                        session_token: b.session_token.clone(),
-                    },
-                    &b.region,
-                    "s3",
-                ),
-                pool: Pool::new(
-                    Arc::clone(shared.origins.get(i)),
-                    shared.client_tls[i]
-                        .as_ref()
-                        .map(|(cfg, name)| (TlsConnector::from(Arc::clone(cfg)), name.clone())),
-                    b.max_idle_connections,
-                    b.pool_idle_timeout,
-                ),
-                timeouts: Timeouts {
-                    connect: b.connect_timeout,
-                    first_byte: b.first_byte_timeout,
-                    read: b.read_timeout,
-                },
-            })
-            .collect();
-        let redis = shared.config.cache.redis.as_ref().and_then(|r| {
-            RedisClient::new(redis_options(r))
-                .map_err(|e| log::error!("worker {id}: redis tier disabled: {e}"))
-                .ok()
-        });
-        let redis_prefix = shared
-            .config
-            .cache
-            .redis
-            .as_ref()
-            .map(|r| redis_options(r).key_prefix)
-            .unwrap_or_default();
-        let http = ConnEnv::new(
-            &shared.config.server,
-            shared.limits,
-            shared.instance_tag,
-            id as u16,
-        );
-        Rc::new(Worker {
-            id,
-            redis,
-            redis_prefix,
-            redis_behind: Cell::new(0),
-            shared,
-            buckets,
-            http,
-            tokens: crate::auth::TokenCache::default(),
-            connections: Cell::new(0),
-            head_bodies: RefCell::new(Vec::new()),
-            spare_bufs: RefCell::new(Vec::new()),
-        })
-    }
-
-    /// A vectored-write buffer from this worker's free list.
-    pub fn head_body(&self) -> HeadBody {
-        self.head_bodies.borrow_mut().pop().unwrap_or_default()
-    }
-
-    pub fn return_head_body(&self, hb: HeadBody) {
-        let mut list = self.head_bodies.borrow_mut();
-        if list.len() < 1024 {
-            list.push(hb);
-        }
-    }
-
-    /// An empty byte buffer from this worker's free list (or a new one, unallocated).
-    pub fn spare_buf(&self) -> Vec<u8> {
-        self.spare_bufs.borrow_mut().pop().unwrap_or_default()
-    }
-
-    /// Gives a buffer back for reuse. Unallocated ones, ones larger than [`MAX_SPARE_BUF`] and
-    /// those past the list's bound are dropped.
-    pub fn recycle_buf(&self, mut buf: Vec<u8>) {
-        let mut list = self.spare_bufs.borrow_mut();
-        if buf.capacity() > 0 && buf.capacity() <= MAX_SPARE_BUF && list.len() < MAX_SPARE_BUFS {
-            buf.clear();
-            list.push(buf);
-        }
-    }
-
-    /// A spare buffer that goes back to the free list when dropped, on every return path.
-    pub fn scratch(&self) -> Scratch<'_> {
-        Scratch {
-            w: self,
-            buf: self.spare_buf(),
-        }
-    }
-
-    pub fn metrics(&self) -> &WorkerMetrics {
-        self.shared.metrics.worker(self.id)
-    }
 }
 
 /// Binds this worker's listener (SO_REUSEPORT: every worker has its own accept queue).

@@ -14,28 +14,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRent;
 
+use super::answer::{client_precondition, write_object_head};
+use super::exchange::{Exchange, OwnedTarget, Target, XCache};
+use super::upstream::{
+    drain_error_body, fetch_origin, map_origin_status, respond_upstream, stored_headers,
+};
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::{Event, Leader, Role, Subscription};
 use crate::cache::policy;
-use crate::cache::purge::Scope;
-use crate::cache::purge_broadcast;
-use crate::cache::redis::RedisClient;
-use crate::cache::redis_tier;
-use crate::cache::tiered::{Hit, Layer};
-use crate::config::WritePolicy;
+use crate::context::Worker;
 use crate::error::{Error, Kind};
 use crate::http::conditional::Precondition;
 use crate::http::conn::Sent;
 use crate::http::response::{end_head, write_header_u64, UpstreamHead};
-use crate::proxy::{
-    client_precondition, drain_error_body, fetch_origin, map_origin_status, now_ms,
-    respond_upstream, send_with_head, stored_headers, write_object_head, Exchange, Target, XCache,
-};
-use crate::revalidate::{confirmed, if_none_match, rejected};
-use crate::runtime::worker::Worker;
-use crate::runtime::worker::MAX_REDIS_BEHIND;
 use crate::s3::client::Body;
 
 /// Leads the fill of a missing key: one origin GET for everyone who asks meanwhile.
@@ -161,13 +154,13 @@ pub async fn fill_from<S: AsyncWriteRent>(
                 meta: Arc::clone(&meta),
                 body,
             };
-            store_everywhere(w, ckey, obj, t.generation).await;
+            w.cache.store(ckey, obj, t.generation).await;
             stored = true;
         }
         if let Some(l) = &leader {
             l.chunk(chunk.clone());
         }
-        if matches!(plan, ClientPlan::Body) && send_chunk(x, chunk).await.is_err() {
+        if matches!(plan, ClientPlan::Body) && x.send_chunk(chunk).await.is_err() {
             // The client went away; the fill goes on for the cache and the followers.
             plan = ClientPlan::Nothing;
         }
@@ -177,7 +170,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
             meta,
             body: Bytes::new(),
         };
-        store_everywhere(w, ckey, empty, t.generation).await;
+        w.cache.store(ckey, empty, t.generation).await;
     } else if !stored {
         if let Some(l) = leader {
             l.fail(Error::upstream(
@@ -207,7 +200,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
 /// How long an object of `len` bytes answered with `head` may be cached: `None` when its
 /// `Cache-Control` forbids storing it or it exceeds `cache.max_object_size`.
 pub fn storable_for(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Duration> {
-    if len > w.shared.tiers.max_object_size {
+    if len > w.cache.max_object_size() {
         return None;
     }
     policy::freshness(head.header("cache-control"), w.shared.config.ttl(bucket))
@@ -222,36 +215,9 @@ pub fn cacheable(
 ) -> Option<(Arc<Meta>, u64)> {
     let len = body.content_length()?;
     let ttl = storable_for(w, bucket, head, len)?;
-    let now = now_ms();
+    let now = w.clock().now_ms();
     let meta = Meta::new(stored_headers(head), now, now + ttl.as_millis() as u64);
     Some((Arc::new(meta), len))
-}
-
-/// A first piece of body at most this large is copied behind the pending head and sent in
-/// one write; a larger one (a whole revalidated object) goes out with the head in one
-/// vectored write instead, uncopied.
-const COPY_WITH_HEAD: usize = 16 * 1024;
-
-/// Sends one piece of body: the first one together with the pending head in `out`.
-async fn send_chunk<S: AsyncWriteRent>(
-    x: &mut Exchange<'_, '_, S>,
-    chunk: Bytes,
-) -> std::io::Result<()> {
-    if !x.out.is_empty() {
-        if chunk.len() > COPY_WITH_HEAD {
-            return send_with_head(x.w, x.io, x.out, chunk).await;
-        }
-        x.out.extend_from_slice(&chunk);
-        return x.flush().await;
-    }
-    let send_timeout = x.w.shared.config.server.send_timeout;
-    match monoio::time::timeout(send_timeout, x.io.write_all(chunk)).await {
-        Ok((r, _)) => r.map(|_| ()),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "client did not read in time",
-        )),
-    }
 }
 
 /// Follows another request's fill: the same head, then the chunks as they arrive. `None` means
@@ -302,7 +268,7 @@ pub async fn follow<S: AsyncWriteRent>(
     let abort = loop {
         match sub.next_event().await {
             Event::Chunk(c) => {
-                if send_chunk(x, c).await.is_err() {
+                if x.send_chunk(c).await.is_err() {
                     break true;
                 }
             }
@@ -320,69 +286,65 @@ pub async fn follow<S: AsyncWriteRent>(
     Some(Ok(Sent { status, abort }))
 }
 
-/// Fetches a key into the cache in a background task, unless a fill or revalidation of it is
-/// already running somewhere in the process: with `stale`, a revalidation of that entry (a
-/// stale-while-revalidate refresh); without, a fill of the whole object (after a Range miss).
-/// The task leads the key in the coalescing table, so requests that need the object meanwhile
-/// follow it; having no client to stream to, it reads the body whole before publishing it.
-pub fn fill_in_background(
-    w: &Rc<Worker>,
-    bucket: usize,
-    t: &Target<'_>,
-    stale: Option<CachedObject>,
-) {
-    if w.shared.tiers.inflight.contains(t.ckey) {
+/// Fetches a whole object into the cache in a background task (after a Range miss), unless a
+/// fill or revalidation of it is already running somewhere in the process. The task leads the
+/// key in the coalescing table, so requests that need the object meanwhile follow it; having
+/// no client to stream to, it reads the body whole before publishing it.
+pub fn fill_in_background(w: &Rc<Worker>, bucket: usize, t: &Target<'_>) {
+    if w.cache.inflight().contains(t.ckey) {
         return;
     }
-    let owned: Vec<(String, String)> = t
-        .params
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
-    let (w, key, ckey, since) = (
-        Rc::clone(w),
-        t.key.to_string(),
-        t.ckey.to_vec(),
-        t.generation,
-    );
+    let (w, owned) = (Rc::clone(w), OwnedTarget::of(t));
     monoio::spawn(async move {
-        let params: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (&n[..], &v[..])).collect();
-        let tiers = Arc::clone(&w.shared.tiers);
+        let params = owned.params();
+        let t = owned.target(&params);
         // Another request may have started one since the check above.
-        let Role::Leader(leader) = tiers.inflight.join(&ckey) else {
+        let Role::Leader(leader) = w.cache.inflight().join(t.ckey) else {
             return;
         };
-        let t = Target {
-            key: &key,
-            params: &params,
-            ckey: &ckey,
-            generation: since,
-        };
-        let cond = stale.as_ref().map(if_none_match).unwrap_or_default();
-        match (
-            fetch_origin(&w, bucket, false, &key, &params, &cond).await,
-            &stale,
-        ) {
-            (Ok((head, body)), Some(stale)) if head.status == 304 => {
-                confirmed(&w, bucket, &t, stale, &head, body, Some(leader)).await;
-            }
-            (Ok((head, body)), _) if head.status == 200 => {
-                match read_whole(&w, bucket, &head, body).await {
-                    Ok(Some(obj)) => {
-                        store_everywhere(&w, &ckey, obj.clone(), since).await;
-                        leader.complete(obj.meta, obj.body, false);
-                    }
-                    Ok(None) => leader.bypass(),
-                    Err(e) => leader.fail(e),
-                }
-            }
-            (Ok((head, body)), _) => leader.fail(rejected(&w, &ckey, head.status, body).await),
-            (Err(e), _) => {
+        match fetch_origin(&w, bucket, false, t.key, t.params, &[]).await {
+            Ok((head, body)) => publish_whole(&w, bucket, &t, head, body, leader).await,
+            Err(e) => {
                 log::warn!("background fill of a cache entry failed: {e}");
                 leader.fail(e);
             }
         }
     });
+}
+
+/// A background task's origin answer: a cacheable `200` is read whole, stored and published
+/// to the followers of `leader`; anything else is their error (or their bypass).
+pub async fn publish_whole(
+    w: &Rc<Worker>,
+    bucket: usize,
+    t: &Target<'_>,
+    head: UpstreamHead,
+    body: Body,
+    leader: Leader<'_>,
+) {
+    if head.status != 200 {
+        leader.fail(rejected(w, t.ckey, head.status, body).await);
+        return;
+    }
+    match read_whole(w, bucket, &head, body).await {
+        Ok(Some(obj)) => {
+            w.cache.store(t.ckey, obj.clone(), t.generation).await;
+            leader.complete(obj.meta, obj.body, false);
+        }
+        Ok(None) => leader.bypass(),
+        Err(e) => leader.fail(e),
+    }
+}
+
+/// An origin answer that neither confirms nor replaces an entry: a `404` removes the key
+/// everywhere (exactly this key: a 404 for one `versionId` says nothing about the others);
+/// returns the error for the client.
+pub async fn rejected(w: &Rc<Worker>, ckey: &[u8], status: u16, body: Body) -> Error {
+    drain_error_body(body).await;
+    if status == 404 {
+        w.cache.remove_everywhere(ckey).await;
+    }
+    map_origin_status(status)
 }
 
 /// Reads a cacheable 200 answer whole (no client waits on it). `None` when it may not be
@@ -419,106 +381,3 @@ async fn read_whole(
     }))
 }
 
-/// Stores a filled object in the shared tiers and in Redis (awaited with write-through,
-/// in the background with write-behind) — unless a purge began after `since`, the purge
-/// generation the bytes were fetched in (see [`crate::cache::tiered::Tiers::generation`]).
-pub async fn store_everywhere(w: &Rc<Worker>, ckey: &[u8], obj: CachedObject, since: u64) {
-    if !w.shared.tiers.store(ckey, obj.clone(), since) {
-        return;
-    }
-    let Some(client) = w.redis.clone() else {
-        return;
-    };
-    let cache = &w.shared.config.cache;
-    let Some(rcfg) = cache.redis.as_ref() else {
-        return;
-    };
-    let (max, retain, now) = (rcfg.max_object_size, redis_tier::retain(cache), now_ms());
-    match cache.write_policy {
-        WritePolicy::WriteThrough => {
-            let stored = redis_tier::store(&client, ckey, &obj, max, retain, now).await;
-            redis_stored(w, &client, ckey, stored, since).await;
-        }
-        WritePolicy::WriteBehind => {
-            if w.redis_behind.get() >= MAX_REDIS_BEHIND {
-                w.metrics().cache_error(Layer::Redis);
-                return;
-            }
-            w.redis_behind.set(w.redis_behind.get() + 1);
-            let (w, key) = (Rc::clone(w), ckey.to_vec());
-            monoio::spawn(async move {
-                if w.shared.tiers.generation() == since {
-                    let stored = redis_tier::store(&client, &key, &obj, max, retain, now).await;
-                    redis_stored(&w, &client, &key, stored, since).await;
-                }
-                w.redis_behind.set(w.redis_behind.get() - 1);
-            });
-        }
-    }
-}
-
-/// After a Redis write: counts a failure, and deletes the key again when a purge began while
-/// the write was on its way (the purge's own walk may have run before the write landed).
-async fn redis_stored<E>(
-    w: &Worker,
-    client: &RedisClient,
-    ckey: &[u8],
-    stored: Result<(), E>,
-    since: u64,
-) {
-    let failed = match stored {
-        Err(_) => true,
-        Ok(()) => w.shared.tiers.generation() != since && client.del(ckey).await.is_err(),
-    };
-    if failed {
-        w.metrics().cache_error(Layer::Redis);
-    }
-}
-
-/// A revalidated object: new freshness everywhere, body untouched (unless a purge began after
-/// `since`, as for [`store_everywhere`]).
-pub async fn refresh_everywhere(w: &Rc<Worker>, ckey: &[u8], obj: CachedObject, since: u64) {
-    w.shared.tiers.refresh(ckey, obj.clone(), since);
-    if let Some(client) = &w.redis {
-        if w.shared.tiers.generation() != since {
-            return;
-        }
-        let retain = redis_tier::retain(&w.shared.config.cache);
-        let refreshed = redis_tier::refresh(client, ckey, &obj, retain, now_ms()).await;
-        redis_stored(w, client, ckey, refreshed, since).await;
-    }
-}
-
-/// Removes a key from every tier and every instance sharing the Redis (the origin said 404):
-/// exactly this key, not the object's other variants (a 404 for one `versionId` says nothing
-/// about the others).
-pub async fn remove_everywhere(w: &Rc<Worker>, ckey: &[u8]) {
-    let scope = Scope::Key(ckey.to_vec());
-    let (tiers, redis) = (&w.shared.tiers, w.redis.as_ref());
-    let tag = w.shared.instance_tag;
-    let done = purge_broadcast::purge_everywhere(tiers, redis, &w.redis_prefix, tag, &scope).await;
-    if done.purged.redis.failed() {
-        w.metrics().cache_error(Layer::Redis);
-    }
-}
-
-/// Looks a key up in Redis (after memory and disk missed) and promotes a hit (unless a purge
-/// began after `since`).
-pub async fn redis_lookup(w: &Rc<Worker>, ckey: &[u8], since: u64) -> Option<Hit> {
-    let client = w.redis.as_ref()?;
-    let retain = redis_tier::retain(&w.shared.config.cache);
-    match redis_tier::lookup(client, &w.redis_prefix, ckey, retain, now_ms()).await {
-        Ok(Some(obj)) => {
-            w.shared.tiers.store(ckey, obj.clone(), since);
-            Some(Hit {
-                obj,
-                layer: Layer::Redis,
-            })
-        }
-        Ok(None) => None,
-        Err(_) => {
-            w.metrics().cache_error(Layer::Redis);
-            None
-        }
-    }
-}

@@ -15,7 +15,7 @@ use crate::config::Config;
 /// Descriptors the process holds besides connections: stdio, each worker's io_uring and
 /// eventfds, the signal pipe, resolver and disk threads' files. Generous on purpose.
 const BASE_RESERVE: u64 = 64;
-/// Redis connections per worker: two pipelined (see `worker::redis_options`) and the purge
+/// Redis connections per worker: two pipelined (see `context::redis_options`) and the purge
 /// subscriber (worker 0 only, counted for all).
 const REDIS_PER_WORKER: u64 = 3;
 /// The smallest share of client connections a worker gets, even under a tiny limit (it then

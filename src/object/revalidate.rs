@@ -10,7 +10,7 @@
 //!
 //! # One conditional GET per key
 //! Revalidations are coalesced through the same table as miss fills
-//! ([`crate::cache::inflight`]), across connections and worker cores: the first full GET of a
+//! (`cache::inflight`), across connections and worker cores: the first full GET of a
 //! stale key leads and sends the conditional GET; concurrent full GETs of the key follow it
 //! and answer from what it publishes — on a `304` the confirmed entry as a whole
 //! (`X-Cache: REVALIDATED`), on a `200` the new body as it streams in. When the shared
@@ -26,19 +26,18 @@ use std::sync::Arc;
 
 use monoio::io::AsyncWriteRent;
 
+use super::answer::serve_cached;
+use super::exchange::{coalescible, Exchange, OwnedTarget, Target, XCache};
+use super::fill::{fill_from, follow, publish_whole, rejected};
+use super::upstream::{drain_error_body, fetch_origin};
 use crate::cache::entry::CachedObject;
 use crate::cache::inflight::{Leader, Role};
 use crate::cache::policy;
 use crate::cache::tiered::Hit;
+use crate::context::Worker;
 use crate::error::Error;
-use crate::fill::{fill_from, fill_in_background, follow, refresh_everywhere, remove_everywhere};
 use crate::http::conn::Sent;
 use crate::http::response::UpstreamHead;
-use crate::proxy::{
-    coalescible, drain_error_body, fetch_origin, map_origin_status, now_ms, serve_cached, Exchange,
-    Target, XCache,
-};
-use crate::runtime::worker::Worker;
 use crate::s3::client::Body;
 
 pub async fn revalidate<S: AsyncWriteRent>(
@@ -48,12 +47,12 @@ pub async fn revalidate<S: AsyncWriteRent>(
 ) -> Result<Sent, Error> {
     let (w, bucket) = (x.w, x.bucket);
     let cache = &w.shared.config.cache;
-    let stale_ms = now_ms().saturating_sub(hit.obj.meta.expires_at_ms);
+    let stale_ms = w.clock().now_ms().saturating_sub(hit.obj.meta.expires_at_ms);
     let within =
         |d: Option<std::time::Duration>| d.is_some_and(|d| (stale_ms as u128) < d.as_millis());
     let layer = Some(hit.layer);
     if within(cache.stale_while_revalidate) {
-        fill_in_background(w, bucket, t, Some(hit.obj.clone()));
+        refresh_in_background(w, bucket, t, hit.obj.clone());
         w.metrics().cache_hit(bucket, hit.layer);
         return serve_cached(x, &hit.obj, XCache::Stale, layer).await;
     }
@@ -62,7 +61,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
 
     let mut leader = None;
     if coalescible(x.req) {
-        match w.shared.tiers.inflight.join(t.ckey) {
+        match w.cache.inflight().join(t.ckey) {
             Role::Leader(l) => leader = Some(l),
             Role::Follower(sub) => {
                 w.metrics().coalesced(bucket);
@@ -80,7 +79,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
     }
 
     let failure =
-        match fetch_origin(w, bucket, false, t.key, t.params, &if_none_match(&hit.obj)).await {
+        match fetch_origin(w, bucket, false, t.key, t.params, &validators(&hit.obj)).await {
             Err(e) => e,
             Ok((head, body)) => match head.status {
                 304 => {
@@ -114,29 +113,57 @@ pub async fn confirmed(
 ) -> CachedObject {
     drain_error_body(body).await;
     let obj = refreshed(w, bucket, stale, head);
-    refresh_everywhere(w, t.ckey, obj.clone(), t.generation).await;
+    let changed = obj.meta.headers != stale.meta.headers;
+    w.cache
+        .refresh(t.ckey, obj.clone(), t.generation, changed)
+        .await;
     if let Some(l) = leader {
         l.complete(Arc::clone(&obj.meta), obj.body.clone(), true);
     }
     obj
 }
 
-/// An origin answer to a revalidation that neither confirms nor replaces the entry: a `404`
-/// removes it everywhere; returns the error for the client.
-pub async fn rejected(w: &Rc<Worker>, ckey: &[u8], status: u16, body: Body) -> Error {
-    drain_error_body(body).await;
-    if status == 404 {
-        remove_everywhere(w, ckey).await;
+/// The conditional headers of a revalidation (RFC 9111 §4.3.1): the stored ETag as
+/// `If-None-Match`, the stored Last-Modified as `If-Modified-Since` (both when both are
+/// stored, as nginx sends them; the origin evaluates If-None-Match first). None: an
+/// unconditional GET.
+pub fn validators(obj: &CachedObject) -> Vec<(&'static str, &str)> {
+    let mut v = Vec::with_capacity(2);
+    if let Some(e) = obj.meta.etag() {
+        v.push(("if-none-match", e));
     }
-    map_origin_status(status)
+    if let Some(lm) = obj.meta.last_modified() {
+        v.push(("if-modified-since", lm));
+    }
+    v
 }
 
-/// The conditional header of a revalidation: the stored ETag (none: an unconditional GET).
-pub fn if_none_match(obj: &CachedObject) -> Vec<(&'static str, &str)> {
-    obj.meta
-        .etag()
-        .map(|e| vec![("if-none-match", e)])
-        .unwrap_or_default()
+/// Revalidates a stale entry in a background task (stale-while-revalidate), unless a fill or
+/// revalidation of the key is already running somewhere in the process. The task leads the
+/// key in the coalescing table, so requests too stale to be served meanwhile follow it.
+pub fn refresh_in_background(w: &Rc<Worker>, bucket: usize, t: &Target<'_>, stale: CachedObject) {
+    if w.cache.inflight().contains(t.ckey) {
+        return;
+    }
+    let (w, owned) = (Rc::clone(w), OwnedTarget::of(t));
+    monoio::spawn(async move {
+        let params = owned.params();
+        let t = owned.target(&params);
+        let Role::Leader(leader) = w.cache.inflight().join(t.ckey) else {
+            return;
+        };
+        let cond = validators(&stale);
+        match fetch_origin(&w, bucket, false, t.key, t.params, &cond).await {
+            Ok((head, body)) if head.status == 304 => {
+                confirmed(&w, bucket, &t, &stale, &head, body, Some(leader)).await;
+            }
+            Ok((head, body)) => publish_whole(&w, bucket, &t, head, body, leader).await,
+            Err(e) => {
+                log::warn!("background revalidation of a cache entry failed: {e}");
+                leader.fail(e);
+            }
+        }
+    });
 }
 
 /// The entry with a new freshness deadline (same body, same headers).
@@ -147,7 +174,10 @@ fn refreshed(w: &Worker, bucket: usize, obj: &CachedObject, head: &UpstreamHead)
         .or(obj.meta.header("cache-control"));
     let ttl = policy::freshness(cc, configured).unwrap_or(configured);
     CachedObject {
-        meta: Arc::new(obj.meta.refreshed(now_ms() + ttl.as_millis() as u64)),
+        meta: Arc::new(
+            obj.meta
+                .refreshed(w.clock().now_ms() + ttl.as_millis() as u64),
+        ),
         body: obj.body.clone(),
     }
 }

@@ -1,0 +1,242 @@
+//! The state a request runs with: [`Shared`] (one per process, behind an `Arc`) and
+//! [`Worker`] (one per worker thread, behind an `Rc`).
+//!
+//! A [`Worker`] is built inside its own thread and shared by that thread's tasks through an
+//! `Rc` (ARCHITECTURE rule 1): upstream pools, signers with their signing-key caches, the cache
+//! front with its Redis client, the Date header cache and the request-id counter never cross
+//! threads. What is shared across workers lives in [`Shared`]. `runtime` builds both and runs
+//! the accept loops; the request path (`handler`, `object`, `admin`) only reads them, so this
+//! module sits below all of them and imports none.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use monoio_rustls::TlsConnector;
+use rustls_pki_types::ServerName;
+
+use crate::cache::redis::RedisOptions;
+use crate::cache::tiered::Tiers;
+use crate::cache::Cache;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::fdlimit;
+use crate::http::env::ConnEnv;
+use crate::http::request::Limits;
+use crate::http::vectored::HeadBody;
+use crate::metrics::{Registry, WorkerMetrics};
+use crate::router::Router;
+use crate::s3::client::{Pool, Timeouts};
+use crate::s3::origins::Origins;
+use crate::s3::sigv4::{Credentials, Signer};
+
+/// Read-only state shared by every worker (one `Arc`): the config snapshot, the router, TLS
+/// configs, origin addresses and the metric slots that `/metrics` sums.
+pub struct Shared {
+    pub config: Config,
+    pub router: Router,
+    pub limits: Limits,
+    pub origins: Arc<Origins>,
+    /// Per bucket: the TLS client config and the name to verify, for https endpoints.
+    pub client_tls: Vec<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>>,
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    pub metrics: Registry,
+    /// The cache tiers and the coalescing table, shared by every worker.
+    pub tiers: Arc<Tiers>,
+    pub shutting_down: AtomicBool,
+    pub workers: usize,
+    pub started: Instant,
+    /// Random-ish per-process tag that makes request ids unique across restarts.
+    pub instance_tag: u32,
+    /// How the open-file limit is shared: the client connections each worker keeps at most.
+    pub fd_budget: fdlimit::Budget,
+    /// `[jwt]`'s keys, parsed once at start: checks tokens for buckets with `auth = true` and
+    /// for the admin API.
+    pub verifier: Option<crate::auth::Verifier>,
+    /// The clock freshness is decided by (the system's, or a test's; [`crate::clock`]).
+    pub clock: Clock,
+}
+
+/// Per-bucket state of one worker.
+pub struct WorkerBucket {
+    pub signer: Signer,
+    pub pool: Rc<Pool>,
+    pub timeouts: Timeouts,
+}
+
+/// The context every task of one worker shares.
+pub struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub buckets: Vec<WorkerBucket>,
+    /// What this worker's connections share: timeouts, Date, request ids, shutdown, idle
+    /// connections, recycled connection memory.
+    pub http: ConnEnv,
+    /// Tokens this worker verified recently (no lock: per worker).
+    pub tokens: crate::auth::TokenCache,
+    pub connections: Cell<usize>,
+    /// Reusable head+body vectored-write buffers (the hit path allocates none once warm).
+    head_bodies: RefCell<Vec<HeadBody>>,
+    /// Byte buffers lent per request (the decoded object key, the cache key) and given back
+    /// after the answer, for the same reason.
+    spare_bufs: RefCell<Vec<Vec<u8>>>,
+    /// This worker's front over the three tiers (the shared ones and its Redis client).
+    pub cache: Cache,
+}
+
+/// Largest buffer [`Worker::recycle_buf`] keeps. An S3 key has at most 1024 bytes, so object
+/// keys and cache keys (bucket name, key, forwarded parameters) nearly always fit; a longer one
+/// costs its request an allocation instead of staying in the list for good.
+pub const MAX_SPARE_BUF: usize = 4096;
+/// Most buffers one worker's free list keeps: two per object request in flight, for up to 512
+/// concurrent requests (at most 4 MiB, typically a few hundred KiB, since keys are short).
+const MAX_SPARE_BUFS: usize = 1024;
+
+/// A byte buffer lent by [`Worker::scratch`] for one request; derefs to the `Vec` and returns
+/// it to the worker's free list when dropped.
+pub struct Scratch<'w> {
+    w: &'w Worker,
+    buf: Vec<u8>,
+}
+
+impl std::ops::Deref for Scratch<'_> {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for Scratch<'_> {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        self.w.recycle_buf(std::mem::take(&mut self.buf));
+    }
+}
+
+/// The Redis client options for `cfg` (shared by start-up validation and the workers).
+pub fn redis_options(cfg: &crate::config::RedisConfig) -> RedisOptions {
+    RedisOptions {
+        timeout: cfg.timeout,
+        // Two pipelined connections per worker: with one, a large value holds up every reply
+        // queued behind it (64 KiB GETs: 8.5k/s on one connection, 25k/s on two; perf/RESULTS.md).
+        connections: 2,
+        max_value_size: usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX),
+        ..RedisOptions::new(cfg.target.clone())
+    }
+}
+
+impl Worker {
+    pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Worker> {
+        let buckets = shared
+            .config
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| WorkerBucket {
+                signer: Signer::new(
+                    Credentials {
+                        access_key: b.access_key.clone(),
+                        secret_key: b.secret_key.clone(),
+                        session_token: b.session_token.clone(),
+                    },
+                    &b.region,
+                    "s3",
+                ),
+                pool: Pool::new(
+                    Arc::clone(shared.origins.get(i)),
+                    shared.client_tls[i]
+                        .as_ref()
+                        .map(|(cfg, name)| (TlsConnector::from(Arc::clone(cfg)), name.clone())),
+                    b.max_idle_connections,
+                    b.pool_idle_timeout,
+                ),
+                timeouts: Timeouts {
+                    connect: b.connect_timeout,
+                    first_byte: b.first_byte_timeout,
+                    read: b.read_timeout,
+                },
+            })
+            .collect();
+        let cache = Cache::new(
+            Arc::clone(&shared.tiers),
+            &shared.config.cache,
+            shared.config.cache.redis.as_ref().map(redis_options),
+            shared.instance_tag,
+        );
+        let http = ConnEnv::new(
+            &shared.config.server,
+            shared.limits,
+            shared.instance_tag,
+            id as u16,
+        );
+        Rc::new(Worker {
+            id,
+            cache,
+            shared,
+            buckets,
+            http,
+            tokens: crate::auth::TokenCache::default(),
+            connections: Cell::new(0),
+            head_bodies: RefCell::new(Vec::new()),
+            spare_bufs: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// A vectored-write buffer from this worker's free list.
+    pub fn head_body(&self) -> HeadBody {
+        self.head_bodies.borrow_mut().pop().unwrap_or_default()
+    }
+
+    pub fn return_head_body(&self, hb: HeadBody) {
+        let mut list = self.head_bodies.borrow_mut();
+        if list.len() < 1024 {
+            list.push(hb);
+        }
+    }
+
+    /// An empty byte buffer from this worker's free list (or a new one, unallocated).
+    pub fn spare_buf(&self) -> Vec<u8> {
+        self.spare_bufs.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Gives a buffer back for reuse. Unallocated ones, ones larger than [`MAX_SPARE_BUF`] and
+    /// those past the list's bound are dropped.
+    pub fn recycle_buf(&self, mut buf: Vec<u8>) {
+        let mut list = self.spare_bufs.borrow_mut();
+        if buf.capacity() > 0 && buf.capacity() <= MAX_SPARE_BUF && list.len() < MAX_SPARE_BUFS {
+            buf.clear();
+            list.push(buf);
+        }
+    }
+
+    /// A spare buffer that goes back to the free list when dropped, on every return path.
+    pub fn scratch(&self) -> Scratch<'_> {
+        Scratch {
+            w: self,
+            buf: self.spare_buf(),
+        }
+    }
+
+    pub fn metrics(&self) -> &WorkerMetrics {
+        self.shared.metrics.worker(self.id)
+    }
+
+    /// The clock freshness and token expiry are decided by.
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+}
+
+impl Shared {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+

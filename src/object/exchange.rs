@@ -1,0 +1,202 @@
+//! One object request being answered, and the writes every answer shares.
+//!
+//! [`Exchange`] bundles what each step of the object path needs (the worker, the client
+//! stream, the reusable head buffer, the parsed request, its bucket); [`Target`] is the object
+//! the request names and its cache key. The writes here — the head alone, the head with a body
+//! in one vectored write, one more piece of body — all run within `server.send_timeout`, in
+//! one place.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+
+use crate::context::Worker;
+use crate::cors;
+use crate::error::Error;
+use crate::http::conn::Request;
+use crate::http::request::Method;
+use crate::http::respond;
+use crate::http::response::write_header;
+
+/// Body bytes moved per read/write; bounds the memory one streaming response holds.
+pub const STREAM_CHUNK: usize = 64 * 1024;
+
+/// One object request being answered: the worker answering it, the client stream and the
+/// worker's reusable head buffer the answer goes to, the parsed request and its bucket.
+pub struct Exchange<'a, 'r, S> {
+    pub w: &'a Rc<Worker>,
+    pub io: &'a mut S,
+    /// The response head being built; kept between requests so a hit allocates no head.
+    pub out: &'a mut Vec<u8>,
+    pub req: &'a Request<'r>,
+    /// Index into `config.buckets`.
+    pub bucket: usize,
+}
+
+impl<S: AsyncWriteRent> Exchange<'_, '_, S> {
+    /// Writes the head pending in `out` within the send timeout.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        respond::flush(&self.w.http, self.io, self.out).await
+    }
+
+    /// Answers `e` as a JSON error.
+    pub async fn error(&mut self, e: &Error) -> std::io::Result<()> {
+        let req = self.req;
+        respond::error(
+            &self.w.http,
+            self.io,
+            self.out,
+            req.id,
+            req.close,
+            req.is_head(),
+            e,
+        )
+        .await
+    }
+
+    /// Writes the head pending in `out` and `body` in one vectored write within the send
+    /// timeout, without copying the body; `out` comes back cleared for reuse.
+    pub async fn send_with_head(&mut self, body: Bytes) -> std::io::Result<()> {
+        let w = self.w;
+        let mut hb = w.head_body();
+        hb.set(self.out, body);
+        let timeout = w.shared.config.server.send_timeout;
+        match monoio::time::timeout(timeout, hb.write_all(self.io)).await {
+            Ok((res, mut hb)) => {
+                hb.take_head(self.out);
+                w.return_head_body(hb);
+                res
+            }
+            // The write future (and the buffer it owned) is gone; the connection is closed
+            // after this, so `out` starts again empty.
+            Err(_) => Err(timed_out()),
+        }
+    }
+
+    /// Sends one piece of body: the first one together with the pending head in `out`.
+    pub async fn send_chunk(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            if chunk.len() > COPY_WITH_HEAD {
+                return self.send_with_head(chunk).await;
+            }
+            self.out.extend_from_slice(&chunk);
+            return self.flush().await;
+        }
+        let send_timeout = self.w.shared.config.server.send_timeout;
+        match monoio::time::timeout(send_timeout, self.io.write_all(chunk)).await {
+            Ok((r, _)) => r.map(|_| ()),
+            Err(_) => Err(timed_out()),
+        }
+    }
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "client did not read the response in time",
+    )
+}
+
+/// A first piece of body at most this large is copied behind the pending head and sent in
+/// one write; a larger one (a whole revalidated object) goes out with the head in one
+/// vectored write instead, uncopied.
+const COPY_WITH_HEAD: usize = 16 * 1024;
+
+impl<S> Exchange<'_, '_, S> {
+    /// The CORS headers for this request's `Origin`, when its bucket allows it.
+    pub fn write_cors(&mut self) {
+        let allowed = self.w.shared.config.buckets[self.bucket]
+            .cors
+            .as_ref()
+            .zip(self.req.header_str("origin"))
+            .and_then(|(c, o)| cors::allow_origin(c, o));
+        if let Some(o) = allowed {
+            let out = &mut *self.out;
+            write_header(out, "Access-Control-Allow-Origin", o.as_bytes());
+            write_header(
+                out,
+                "Access-Control-Expose-Headers",
+                cors::EXPOSE_HEADERS.as_bytes(),
+            );
+            write_header(out, "Vary", b"Origin");
+        }
+    }
+}
+
+/// The object a request names: its key at the origin, the forwarded query parameters
+/// (`versionId`, `response-*`) and the cache key built from them.
+pub struct Target<'a> {
+    pub key: &'a str,
+    pub params: &'a [(&'a str, &'a str)],
+    pub ckey: &'a [u8],
+    /// The purge generation when the request began: what it fetches is stored only if no
+    /// purge began since (`cache::tiered::Tiers::generation`).
+    pub generation: u64,
+}
+
+/// A [`Target`] that owns its parts, for a background task that outlives the request.
+pub struct OwnedTarget {
+    pub key: String,
+    pub params: Vec<(String, String)>,
+    pub ckey: Vec<u8>,
+    pub generation: u64,
+}
+
+impl OwnedTarget {
+    pub fn of(t: &Target<'_>) -> OwnedTarget {
+        OwnedTarget {
+            key: t.key.to_string(),
+            params: t
+                .params
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            ckey: t.ckey.to_vec(),
+            generation: t.generation,
+        }
+    }
+
+    /// The parameters borrowed, for [`OwnedTarget::target`].
+    pub fn params(&self) -> Vec<(&str, &str)> {
+        self.params.iter().map(|(n, v)| (&n[..], &v[..])).collect()
+    }
+
+    pub fn target<'a>(&'a self, params: &'a [(&'a str, &'a str)]) -> Target<'a> {
+        Target {
+            key: &self.key,
+            params,
+            ckey: &self.ckey,
+            generation: self.generation,
+        }
+    }
+}
+
+/// Whether concurrent requests for a key may share one origin GET: a full GET's answer is
+/// what every such request needs; a HEAD or a Range request must never get a full body by
+/// mistake, so those make their own requests.
+pub fn coalescible(req: &Request<'_>) -> bool {
+    req.method() == Method::Get && req.header("range").is_none()
+}
+
+/// The `X-Cache` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XCache {
+    Hit,
+    Miss,
+    Revalidated,
+    Stale,
+    Bypass,
+}
+
+impl XCache {
+    pub fn as_bytes(self) -> &'static [u8] {
+        match self {
+            XCache::Hit => b"HIT",
+            XCache::Miss => b"MISS",
+            XCache::Revalidated => b"REVALIDATED",
+            XCache::Stale => b"STALE",
+            XCache::Bypass => b"BYPASS",
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The object request path: a GET or HEAD of `/<bucket prefix>/<key>` answered from the
+//! cache or the bucket's origin.
+//!
+//! The flow is one way, each step in its own module, none importing one above it:
+//!
+//! ```text
+//! serve (this module: method, target, lookup)
+//!   ├─ fresh entry ─────────────► answer      (conditionals, ranges, HEAD, body from cache)
+//!   ├─ stale entry ─────────────► revalidate  (conditional GET, stale-while-revalidate,
+//!   │                               │          stale-if-error; coalesced)
+//!   │                               ▼
+//!   ├─ miss, full GET ──────────► fill        (one origin GET per key, streamed to the client
+//!   │                               │          and its followers while it is stored)
+//!   │                               ▼
+//!   └─ HEAD/Range miss, bypass ─► upstream    (sign, send, pass the answer through)
+//!                                   ▼
+//!                                exchange     (the request being answered, timed writes)
+//! ```
+//!
+//! The cache itself — lookup order, promotion, write policy, purge generation — is
+//! `cache::Cache`, reached through the worker ([`crate::context::Worker::cache`]).
+
+pub mod answer;
+pub mod exchange;
+pub mod fill;
+pub mod revalidate;
+pub mod upstream;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+
+use crate::cache::inflight::Role;
+use crate::cache::policy::cache_key_into;
+use crate::error::Error;
+use crate::http::conn::Sent;
+use crate::http::range;
+use crate::http::request::Method;
+use crate::http::respond::{self, Reply};
+use crate::http::response::UpstreamHead;
+use crate::router::forwarded_query;
+use crate::cors;
+use answer::serve_cached;
+use exchange::{coalescible, Exchange, Target, XCache};
+use upstream::{fetch_as_asked, pass_through, respond_upstream};
+
+/// Answers one object request (see the module docs for the flow).
+pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
+    x: &mut Exchange<'_, '_, S>,
+    key: &str,
+    query: Option<&str>,
+) -> Result<Sent, Error> {
+    match x.req.method() {
+        Method::Get | Method::Head => {}
+        Method::Options => return options(x).await,
+        _ => return Err(Error::method_not_allowed("GET, HEAD, OPTIONS")),
+    }
+    let w = x.w;
+    // Decoded into a recycled buffer, like the cache key below: a hit allocates nothing.
+    let mut decoded = w.scratch();
+    let params = forwarded_query(query, &mut decoded)?;
+    let cache = &w.cache;
+    if !cache.enabled() {
+        return pass_through(x, key, &params, XCache::Bypass).await;
+    }
+    // In a recycled buffer: a hit allocates nothing (issue 4).
+    let mut ckey = w.scratch();
+    cache_key_into(
+        &mut ckey,
+        &w.shared.config.buckets[x.bucket].name,
+        key,
+        &params,
+    );
+    let target = Target {
+        key,
+        params: &params,
+        ckey: &ckey,
+        generation: cache.generation(),
+    };
+    let now = w.clock().now_ms();
+    if let Some(hit) = cache.lookup(&ckey).await {
+        if hit.obj.meta.is_fresh(now) {
+            w.metrics().cache_hit(x.bucket, hit.layer);
+            return serve_cached(x, &hit.obj, XCache::Hit, Some(hit.layer)).await;
+        }
+        return revalidate::revalidate(x, &target, hit).await;
+    }
+    w.metrics().cache_miss(x.bucket);
+    // Ranges and HEADs of uncached objects go to the origin as they are (not cached); a full
+    // GET fills the cache, coalesced with every concurrent request for the same key.
+    if coalescible(x.req) {
+        match cache.inflight().join(&ckey) {
+            Role::Leader(leader) => return fill::lead(x, &target, leader).await,
+            Role::Follower(sub) => {
+                w.metrics().coalesced(x.bucket);
+                if let Some(result) = fill::follow(x, sub).await {
+                    return result;
+                }
+                // The leader's answer is not cacheable: fetch our own.
+            }
+        }
+    }
+    let (head, body) = fetch_as_asked(x, key, &params).await?;
+    if x.req.method() == Method::Get && x.req.header("range").is_some() {
+        fill_after_range_miss(x, &target, &head);
+    }
+    respond_upstream(x, head, body, XCache::Miss).await
+}
+
+/// A Range miss is answered by the origin as asked, and — when the 206 shows the whole object
+/// is cacheable — the whole object is fetched into the cache in the background, so clients
+/// that only ever ask for ranges (parallel downloaders, media players) get hits from then on.
+/// It costs one extra full GET per object, never one per range: the background fill holds the
+/// key in the coalescing table, and an object too large to cache is never fetched whole.
+fn fill_after_range_miss<S>(x: &Exchange<'_, '_, S>, t: &Target<'_>, head: &UpstreamHead) {
+    let whole = head
+        .header("content-range")
+        .and_then(range::content_range_complete);
+    let storable = whole.and_then(|len| fill::storable_for(x.w, x.bucket, head, len));
+    if head.status == 206 && storable.is_some() {
+        fill::fill_in_background(x.w, x.bucket, t);
+    }
+}
+
+/// `OPTIONS` on an object route: a CORS preflight for buckets with `cors`, else the allowed
+/// methods.
+async fn options<S: AsyncWriteRent>(x: &mut Exchange<'_, '_, S>) -> Result<Sent, Error> {
+    let allow = [("Allow", "GET, HEAD, OPTIONS")];
+    let req = x.req;
+    let Some(cfg) = x.w.shared.config.buckets[x.bucket].cors.as_ref() else {
+        let reply = Reply {
+            status: 204,
+            content_type: "",
+            body: b"",
+            extra: &allow,
+        };
+        return respond::simple(&x.w.http, x.io, x.out, req, reply).await;
+    };
+    let headers = cors::preflight(
+        cfg,
+        req.header_str("origin"),
+        req.header_str("access-control-request-method"),
+        req.header_str("access-control-request-headers"),
+    )?;
+    let mut extra: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    extra.extend_from_slice(&allow);
+    let reply = Reply {
+        status: 204,
+        content_type: "",
+        body: b"",
+        extra: &extra,
+    };
+    respond::simple(&x.w.http, x.io, x.out, req, reply).await
+}
+

@@ -1,0 +1,287 @@
+//! The origin side of the object path: signing and sending the upstream request, passing an
+//! origin answer through to the client, and mapping origin statuses.
+//!
+//! Origin answers are mapped so that clients see corvid's contract, not S3's XML:
+//! 200/206/304 pass through with the headers in [`PASSED_HEADERS`] and `x-amz-meta-*`;
+//! 403, 404, 412 and 416 keep their status with a JSON error body; any other status
+//! (S3's 400 for a bad request we built, 301 for a wrong region, 5xx) becomes 502, since the
+//! client can do nothing about it.
+
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use monoio::io::AsyncWriteRent;
+use monoio::time::Instant;
+
+use super::exchange::{Exchange, XCache, STREAM_CHUNK};
+use crate::context::Worker;
+use crate::error::{Error, Kind};
+use crate::http::conn::Sent;
+use crate::http::respond;
+use crate::http::response::{end_head, write_header, write_header_u64, UpstreamHead};
+use crate::metrics::UpstreamOutcome;
+use crate::s3::client::Body;
+use crate::s3::request::{build_request, ObjectRequest, FORWARDED_HEADERS};
+
+/// Origin response headers passed to the client, besides `x-amz-meta-*`: (lowercase name as
+/// parsed, the spelling corvid writes).
+pub const PASSED_HEADERS: [(&str, &str); 10] = [
+    ("content-type", "Content-Type"),
+    ("content-range", "Content-Range"),
+    ("etag", "ETag"),
+    ("last-modified", "Last-Modified"),
+    ("cache-control", "Cache-Control"),
+    ("content-encoding", "Content-Encoding"),
+    ("content-disposition", "Content-Disposition"),
+    ("content-language", "Content-Language"),
+    ("expires", "Expires"),
+    ("x-amz-version-id", "x-amz-version-id"),
+];
+
+/// The spelling corvid writes for a passed origin header, or None when it is not passed.
+pub fn passed_header_name(lowercase: &str) -> Option<&str> {
+    PASSED_HEADERS
+        .iter()
+        .find(|(l, _)| *l == lowercase)
+        .map(|(_, display)| *display)
+        .or_else(|| lowercase.starts_with("x-amz-meta-").then_some(lowercase))
+}
+
+/// An origin error body up to this size is read and dropped so the connection can be reused.
+const MAX_DRAINED_ERROR_BODY: u64 = 64 * 1024;
+
+/// The origin's passed headers, in the spelling corvid writes, for a cache entry.
+pub fn stored_headers(head: &UpstreamHead) -> Vec<(String, String)> {
+    head.headers
+        .iter()
+        .filter(|(n, _)| n != "content-range")
+        .filter_map(|(n, v)| passed_header_name(n).map(|d| (d.to_string(), v.clone())))
+        .collect()
+}
+
+/// Forwards the request to the origin as it is (client conditionals and range included) and
+/// streams the answer back; nothing is cached.
+pub async fn pass_through<S: AsyncWriteRent>(
+    x: &mut Exchange<'_, '_, S>,
+    key: &str,
+    params: &[(&str, &str)],
+    xcache: XCache,
+) -> Result<Sent, Error> {
+    let (head, body) = fetch_as_asked(x, key, params).await?;
+    respond_upstream(x, head, body, xcache).await
+}
+
+/// Sends the client's request to the origin as it is: its conditionals and range included.
+pub async fn fetch_as_asked<S>(
+    x: &Exchange<'_, '_, S>,
+    key: &str,
+    params: &[(&str, &str)],
+) -> Result<(UpstreamHead, Body), Error> {
+    let mut forwarded: Vec<(&'static str, &str)> = Vec::new();
+    for name in FORWARDED_HEADERS {
+        if let Some(v) = x.req.header(name) {
+            let v = std::str::from_utf8(v)
+                .map_err(|_| Error::client(Kind::BadRequest, "header value is not valid UTF-8"))?;
+            forwarded.push((name, v));
+        }
+    }
+    fetch_origin(x.w, x.bucket, x.req.is_head(), key, params, &forwarded).await
+}
+
+/// Writes an origin answer to the client (status mapping, passed headers, streaming body).
+pub async fn respond_upstream<S: AsyncWriteRent>(
+    x: &mut Exchange<'_, '_, S>,
+    head: UpstreamHead,
+    body: Body,
+    xcache: XCache,
+) -> Result<Sent, Error> {
+    let req = x.req;
+    match head.status {
+        200 | 206 | 304 => {}
+        status => {
+            drain_error_body(body).await;
+            return Err(map_origin_status(status));
+        }
+    }
+    let length = if head.status == 304 {
+        None
+    } else if req.is_head() {
+        head.header("content-length")
+            .and_then(|v| v.parse::<u64>().ok())
+    } else {
+        body.content_length()
+    };
+    // Unknown length (a chunked or close-delimited origin answer): re-chunk for HTTP/1.1
+    // clients, close-delimit for HTTP/1.0 ones.
+    let has_body = !req.is_head() && head.status != 304;
+    let chunked = has_body && length.is_none() && req.head.minor_version() == 1;
+    let close = req.close || (has_body && length.is_none() && !chunked);
+
+    let out = &mut *x.out;
+    respond::head_start(out, &x.w.http, head.status, &req.id, close);
+    for (name, value) in &head.headers {
+        if let Some(display) = passed_header_name(name) {
+            write_header(out, display, value.as_bytes());
+        }
+    }
+    if let Some(n) = length {
+        write_header_u64(out, "Content-Length", n);
+    }
+    if chunked {
+        write_header(out, "Transfer-Encoding", b"chunked");
+    }
+    write_header(out, "Accept-Ranges", b"bytes");
+    write_header(out, "X-Cache", xcache.as_bytes());
+    x.write_cors();
+    end_head(x.out);
+
+    let status = head.status;
+    if !has_body {
+        let abort = x.flush().await.is_err();
+        return Ok(Sent { status, abort });
+    }
+    let abort = stream_body(x.w, x.bucket, x.io, x.out, body, chunked)
+        .await
+        .is_err();
+    Ok(Sent {
+        status,
+        abort: abort || close,
+    })
+}
+
+/// Signs and sends the upstream request; returns the origin's head and body.
+pub async fn fetch_origin(
+    w: &Rc<Worker>,
+    bucket: usize,
+    is_head: bool,
+    key: &str,
+    query: &[(&str, &str)],
+    headers: &[(&'static str, &str)],
+) -> Result<(UpstreamHead, Body), Error> {
+    let cfg = &w.shared.config.buckets[bucket];
+    let wb = &w.buckets[bucket];
+    let mut request = Vec::with_capacity(1024);
+    build_request(
+        cfg,
+        &wb.signer,
+        &ObjectRequest {
+            method: if is_head { "HEAD" } else { "GET" },
+            key,
+            query,
+            headers,
+        },
+        SystemTime::now(),
+        &mut request,
+    );
+    let t0 = Instant::now();
+    let (res, _) = wb.pool.send(request, is_head, &wb.timeouts).await;
+    let outcome = match &res {
+        Ok((h, _)) => UpstreamOutcome::Status(h.status),
+        Err(e) if e.kind() == Kind::GatewayTimeout => UpstreamOutcome::Timeout,
+        Err(_) => UpstreamOutcome::Error,
+    };
+    w.metrics().upstream(bucket, outcome, t0.elapsed());
+    res
+}
+
+/// Streams the origin body to the client, `out` already holding the response head: each read
+/// from the origin is written before the next read (backpressure: a slow client slows the
+/// origin read, corvid never buffers the object). Errors mean the response is cut short.
+async fn stream_body<S: AsyncWriteRent>(
+    w: &Worker,
+    bucket: usize,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    mut body: Body,
+    chunked: bool,
+) -> Result<(), ()> {
+    let mut piece: Vec<u8> = Vec::new();
+    loop {
+        let n = if chunked {
+            piece.clear();
+            piece.reserve(STREAM_CHUNK);
+            let (res, p) = body.read_into(std::mem::take(&mut piece)).await;
+            piece = p;
+            let n = res.map_err(|e| log::warn!("origin body: {e}"))?;
+            w.metrics().upstream_bytes(bucket, n as u64);
+            if n > 0 {
+                out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                out.extend_from_slice(&piece);
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            n
+        } else {
+            if out.capacity() - out.len() < STREAM_CHUNK / 2 {
+                out.reserve(STREAM_CHUNK);
+            }
+            let (res, o) = body.read_into(std::mem::take(out)).await;
+            *out = o;
+            let n = res.map_err(|e| log::warn!("origin body: {e}"))?;
+            w.metrics().upstream_bytes(bucket, n as u64);
+            n
+        };
+        if !out.is_empty() {
+            respond::flush(&w.http, io, out).await.map_err(|_| ())?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads a small origin error body to its end so the connection returns to the pool.
+pub async fn drain_error_body(mut body: Body) {
+    if body
+        .content_length()
+        .is_none_or(|n| n > MAX_DRAINED_ERROR_BODY)
+    {
+        return;
+    }
+    let mut scratch = Vec::with_capacity(MAX_DRAINED_ERROR_BODY as usize);
+    while !body.is_done() {
+        scratch.clear();
+        let (res, s) = body.read_into(scratch).await;
+        scratch = s;
+        if !matches!(res, Ok(n) if n > 0) {
+            return;
+        }
+    }
+}
+
+/// The client-facing error for an origin status other than 200/206/304.
+pub fn map_origin_status(status: u16) -> Error {
+    match status {
+        403 => Error::upstream(Kind::Forbidden, "the origin refused access to this object"),
+        404 => Error::upstream(Kind::NotFound, "no such object"),
+        412 => Error::upstream(
+            Kind::PreconditionFailed,
+            "a precondition of the request failed",
+        ),
+        416 => Error::upstream(
+            Kind::RangeNotSatisfiable,
+            "the requested range is not satisfiable",
+        ),
+        s => Error::upstream(
+            Kind::BadGateway,
+            format!("the origin answered with status {s}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_status_mapping() {
+        assert_eq!(map_origin_status(403).status(), 403);
+        assert_eq!(map_origin_status(404).status(), 404);
+        assert_eq!(map_origin_status(412).status(), 412);
+        assert_eq!(map_origin_status(416).status(), 416);
+        assert_eq!(map_origin_status(400).status(), 502);
+        assert_eq!(map_origin_status(301).status(), 502);
+        assert_eq!(map_origin_status(503).status(), 502);
+    }
+}
