@@ -8,6 +8,7 @@
 
 pub mod disk;
 pub mod entry;
+pub mod freshness;
 pub mod inflight;
 pub mod memory;
 pub mod policy;
