@@ -9,6 +9,7 @@
 
 pub mod disk;
 pub mod entry;
+pub mod freshness;
 pub mod front;
 pub mod inflight;
 pub mod memory;
