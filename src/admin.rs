@@ -33,11 +33,11 @@ use serde_json::json;
 
 use crate::auth::{extract, AuthFailure};
 use crate::cache::purge::{Mode, Purged, Scope};
+use crate::context::Worker;
 use crate::error::{Error, Kind};
 use crate::http::conn::{Request, Sent};
 use crate::http::request::Method;
 use crate::http::respond::{self, Reply};
-use crate::context::Worker;
 
 /// The bounded `route` label of `corvid_admin_requests_total`.
 pub fn route_label(rest: &str) -> &'static str {

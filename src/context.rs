@@ -239,4 +239,3 @@ impl Shared {
         self.shutting_down.load(Ordering::Relaxed)
     }
 }
-

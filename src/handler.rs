@@ -8,13 +8,13 @@ use std::time::Duration;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::auth::{extract, AuthFailure};
+use crate::context::Worker;
 use crate::error::{Error, Kind};
 use crate::http::conn::{App, Request, RequestLog, Sent};
 use crate::http::env::ConnEnv;
 use crate::http::request::Method;
 use crate::http::respond::{self, Reply};
 use crate::router::{split_target, Route};
-use crate::context::Worker;
 
 /// Which listener a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

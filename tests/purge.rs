@@ -42,6 +42,7 @@ fn run<F: Future>(f: F) -> F::Output {
 
 fn cache_config(dir: &std::path::Path) -> CacheConfig {
     CacheConfig {
+        negative_ttl: Duration::ZERO,
         ttl: Duration::from_secs(3600),
         max_object_size: MIB,
         write_policy: WritePolicy::WriteThrough,

@@ -3,9 +3,18 @@
 //!
 //! Metadata keeps the origin headers a client must see again (the ones the proxy passes:
 //! Content-Type, ETag, Last-Modified, Cache-Control, Content-Encoding, Content-Disposition,
-//! Content-Language, Expires, x-amz-version-id, x-amz-meta-*), the fill time (for `Age`) and
-//! the freshness deadline. The header lines are rendered once, when the entry is made, so a hit
-//! copies one prepared block into the response head instead of formatting each header.
+//! Content-Language, Expires, x-amz-version-id, x-amz-meta-*), the moment the response's age
+//! was zero (its *age origin*, RFC 9111 §4.2.3: `Age` is the time since) and the freshness
+//! deadline. The header lines are rendered once, when the entry is made, so a hit copies one
+//! prepared block into the response head instead of formatting each header; the `Cache-Control`
+//! directives are parsed then too ([`crate::cache::freshness`]), so a lookup decides without
+//! parsing.
+//!
+//! `Date` is not stored as a header: the block carries `Date` rendered from the age origin,
+//! which is the origin's `Date` whenever the origin's clock and `Age` agree with ours (the age
+//! origin is derived from them), and stays consistent with the `Age` corvid sends (Date + Age
+//! = now) when they do not. A revalidation moves the age origin, so it moves `Date` with it —
+//! without the stored header fields changing, so tiers keep the body where it is.
 //!
 //! Encoding (all integers little-endian):
 //!
@@ -26,20 +35,29 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::cache::freshness::{self, Directives, Freshness};
 use crate::http::response::write_header;
 
 const MAGIC: &[u8; 4] = b"CVE1";
+/// 9999-12-31T23:59:59Z, the last instant an HTTP-date can name.
+const MAX_HTTP_DATE_MS: u64 = 253_402_300_799_000;
 
 /// Metadata of a cached object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
     /// Passed origin headers: (spelling corvid writes, value).
     pub headers: Vec<(String, String)>,
-    /// When the entry was filled from the origin (unix ms), for `Age`.
+    /// The entry's age origin (unix ms): when its age was zero, for `Age` and `Date`. (The
+    /// name and encoding predate RFC 9111 ages: it was the fill time, which is the age origin of
+    /// a response that arrived with no `Age` and a current `Date`.)
     pub stored_at_ms: u64,
     /// Fresh until (unix ms); after that a request revalidates.
     pub expires_at_ms: u64,
-    /// The header lines rendered once (`Name: value\r\n`…).
+    /// The `Cache-Control` directives of `headers`, parsed once.
+    pub directives: Directives,
+    /// The header lines rendered once (`Name: value\r\n`…), `Date` last.
     block: Vec<u8>,
 }
 
@@ -50,11 +68,29 @@ impl Meta {
         for (n, v) in &headers {
             write_header(&mut block, n, v.as_bytes());
         }
+        // HTTP-dates end at year 9999 (httpdate panics past it): a corrupt time is clamped.
+        let date = UNIX_EPOCH + Duration::from_millis(stored_at_ms.min(MAX_HTTP_DATE_MS));
+        write_header(&mut block, "Date", httpdate::fmt_http_date(date).as_bytes());
+        let directives = freshness::parse_directives(
+            headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
+                .map(|(_, v)| v.as_str()),
+        );
         Meta {
             headers,
             stored_at_ms,
             expires_at_ms,
+            directives,
             block,
+        }
+    }
+
+    /// The entry's freshness as [`crate::cache::freshness`] reads it.
+    pub fn freshness(&self) -> Freshness {
+        Freshness {
+            age_origin_ms: self.stored_at_ms,
+            expires_at_ms: self.expires_at_ms,
         }
     }
 
@@ -66,7 +102,7 @@ impl Meta {
         }
     }
 
-    /// The prepared header lines.
+    /// The prepared header lines (`Date` included).
     pub fn header_block(&self) -> &[u8] {
         &self.block
     }
@@ -227,7 +263,7 @@ mod tests {
         assert_eq!(d.meta.etag(), Some("\"abc\""));
         assert_eq!(
             d.meta.header_block(),
-            b"Content-Type: image/png\r\nETag: \"abc\"\r\nx-amz-meta-owner: \xc3\xbcn\xc3\xaf\r\n"
+            &b"Content-Type: image/png\r\nETag: \"abc\"\r\nx-amz-meta-owner: \xc3\xbcn\xc3\xaf\r\nDate: Tue, 14 Nov 2023 22:13:20 GMT\r\n"[..]
         );
         // The body points into the encoded buffer.
         assert_eq!(d.body.as_ptr(), enc[enc.len() - o.body.len()..].as_ptr());

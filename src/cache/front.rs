@@ -210,7 +210,9 @@ impl Cache {
             return;
         };
         if !r.write_behind {
-            RedisWrite::of(&self.tiers, r).run(key, &obj, since, write).await;
+            RedisWrite::of(&self.tiers, r)
+                .run(key, &obj, since, write)
+                .await;
             return;
         }
         if r.behind.get() >= MAX_REDIS_BEHIND {

@@ -5,13 +5,8 @@
 //!   names (`A-Z a-z 0-9 _ . -`) and object keys (the router refuses NUL) never contain NUL, so
 //!   the separators are unambiguous: `bucket \0` selects one bucket, `bucket \0 key \0` the
 //!   variants of one object.
-//! - Only complete 200 answers to GET are stored, up to `cache.max_object_size`.
-//! - The origin's `Cache-Control` decides, like a shared cache (RFC 9111): `no-store` and
-//!   `private` are not stored; `s-maxage`, else `max-age`, is the freshness lifetime instead of
-//!   the configured TTL; `no-cache` (and `max-age=0`) store the object but revalidate it on
-//!   every request.
-
-use std::time::Duration;
+//! - Only complete 200 answers to GET are stored, up to `cache.max_object_size`; whether and
+//!   for how long the origin's answer may be stored is RFC 9111's ([`super::freshness`]).
 
 /// The cache key for an object request.
 pub fn cache_key(bucket: &str, key: &str, query: &[(&str, &str)]) -> Vec<u8> {
@@ -50,67 +45,9 @@ pub fn is_variant_of(ckey: &[u8], plain: &[u8]) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest[0] == 0)
 }
 
-/// The freshness lifetime of a 200 answer with this `Cache-Control`, or None when it must not
-/// be stored.
-pub fn freshness(cache_control: Option<&str>, configured: Duration) -> Option<Duration> {
-    let Some(cc) = cache_control else {
-        return Some(configured);
-    };
-    let mut max_age = None;
-    let mut s_maxage = None;
-    let mut no_cache = false;
-    for directive in cc.split(',') {
-        let d = directive.trim();
-        let (name, value) = match d.split_once('=') {
-            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
-            None => (d, None),
-        };
-        match name.to_ascii_lowercase().as_str() {
-            "no-store" | "private" => return None,
-            "no-cache" => no_cache = true,
-            "max-age" => max_age = value.and_then(|v| v.parse::<u64>().ok()),
-            "s-maxage" => s_maxage = value.and_then(|v| v.parse::<u64>().ok()),
-            _ => {}
-        }
-    }
-    if no_cache {
-        return Some(Duration::ZERO);
-    }
-    Some(
-        s_maxage
-            .or(max_age)
-            .map(Duration::from_secs)
-            .unwrap_or(configured),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TTL: Duration = Duration::from_secs(3600);
-
-    #[test]
-    fn cache_control_rules() {
-        assert_eq!(freshness(None, TTL), Some(TTL));
-        assert_eq!(freshness(Some("public"), TTL), Some(TTL));
-        assert_eq!(freshness(Some("no-store"), TTL), None);
-        assert_eq!(freshness(Some("max-age=60, private"), TTL), None);
-        assert_eq!(
-            freshness(Some("max-age=60"), TTL),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(
-            freshness(Some("max-age=60, s-maxage=5"), TTL),
-            Some(Duration::from_secs(5))
-        );
-        assert_eq!(
-            freshness(Some("S-MAXAGE=\"7\""), TTL),
-            Some(Duration::from_secs(7))
-        );
-        assert_eq!(freshness(Some("no-cache"), TTL), Some(Duration::ZERO));
-        assert_eq!(freshness(Some("max-age=bogus"), TTL), Some(TTL));
-    }
 
     #[test]
     fn keys_separate_variants_and_prefixes_select() {

@@ -277,7 +277,9 @@ fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfi
         );
     }
     let ttl_present = s.has("ttl");
-    let ttl = s.opt(cx, "ttl", Ctx::timeout);
+    let ttl = s.opt(cx, "ttl", Ctx::duration);
+    let negative_present = s.has("negative_ttl");
+    let negative_ttl = s.opt(cx, "negative_ttl", Ctx::duration);
     let cors_present = s.has("cors");
     let cors = s.opt(cx, "cors", section_with(cors));
     let connect_timeout = s.or(cx, "connect_timeout", secs(5), Ctx::timeout);
@@ -292,6 +294,7 @@ fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfi
     if (token_present && session_token.is_none())
         || (ca_present && ca_file.is_none())
         || (ttl_present && ttl.is_none())
+        || (negative_present && negative_ttl.is_none())
         || (cors_present && cors.is_none())
     {
         return None;
@@ -310,6 +313,7 @@ fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfi
         auth: auth?,
         claims: claims?,
         ttl,
+        negative_ttl,
         cors,
         connect_timeout: connect_timeout?,
         first_byte_timeout: first_byte_timeout?,
@@ -588,7 +592,8 @@ fn admin(cx: &mut Ctx, mut s: Section) -> Option<AdminConfig> {
 }
 
 fn cache(cx: &mut Ctx, mut s: Section) -> Option<CacheConfig> {
-    let ttl = s.or(cx, "ttl", secs(3600), Ctx::timeout);
+    let ttl = s.or(cx, "ttl", secs(3600), Ctx::duration);
+    let negative_ttl = s.or(cx, "negative_ttl", Duration::ZERO, Ctx::duration);
     let max_object_size = s.or(cx, "max_object_size", 16 << 20, positive_size);
     let write_policy = s.or(cx, "write_policy", WritePolicy::WriteThrough, |cx, k, v| {
         match cx.string(k, v)?.as_str() {
@@ -637,6 +642,7 @@ fn cache(cx: &mut Ctx, mut s: Section) -> Option<CacheConfig> {
     }
     Some(CacheConfig {
         ttl: ttl?,
+        negative_ttl: negative_ttl?,
         max_object_size: max_object_size?,
         write_policy: write_policy?,
         stale_if_error,

@@ -60,8 +60,10 @@
 //! * **Counts** (`workers`, `max_headers`, ...) also accept a string of digits so that they can
 //!   come from `${ENV}`; booleans must be real TOML booleans.
 //! * **Timeouts** must be > 0. `shutdown_grace`, `jwt.leeway`, `cors.max_age`,
-//!   `stale_if_error` and `stale_while_revalidate` may be 0. TTLs (`cache.ttl`, `buckets[].ttl`)
-//!   must be > 0.
+//!   `stale_if_error`, `stale_while_revalidate` and the TTLs (`cache.ttl`, `buckets[].ttl`,
+//!   `cache.negative_ttl`, `buckets[].negative_ttl`) may be 0: `ttl = 0` stores responses
+//!   without explicit freshness but revalidates them on every use (a cheap `304` from S3),
+//!   `negative_ttl = 0` (the default) caches no 404s.
 //! * **Relative paths** (`tls.cert`, `ca_file`, `jwt.public_key`, `cache.disk.dir`, ...) are
 //!   resolved against the config file's directory by [`Config::load`] (and
 //!   [`Config::from_toml_str_in`]); [`Config::from_toml_str`] leaves them relative to the
@@ -200,6 +202,8 @@ pub struct BucketConfig {
     pub claims: Vec<ClaimRule>,
     /// Overrides `cache.ttl` for this bucket.
     pub ttl: Option<Duration>,
+    /// Overrides `cache.negative_ttl` for this bucket.
+    pub negative_ttl: Option<Duration>,
     pub cors: Option<CorsConfig>,
     pub connect_timeout: Duration,
     /// Max time from sending a request to the origin until the first byte of its response.
@@ -577,8 +581,11 @@ impl fmt::Display for Cidr {
 /// `[cache]` and its tiers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
-    /// Freshness lifetime when the origin gives none (and the default for buckets).
+    /// Freshness lifetime when the origin gives none (and the default for buckets); zero means
+    /// such responses are stored but revalidated on every use.
     pub ttl: Duration,
+    /// How long an origin `404` is cached (zero: not at all).
+    pub negative_ttl: Duration,
     /// Objects larger than this are streamed through, not cached.
     pub max_object_size: u64,
     pub write_policy: WritePolicy,
@@ -731,6 +738,14 @@ impl Config {
     /// `ttl`, else `cache.ttl`.
     pub fn ttl(&self, bucket: usize) -> Duration {
         self.buckets[bucket].ttl.unwrap_or(self.cache.ttl)
+    }
+
+    /// How long an origin 404 for `bucket` is cached: the bucket's `negative_ttl`, else
+    /// `cache.negative_ttl` (zero: not cached).
+    pub fn negative_ttl(&self, bucket: usize) -> Duration {
+        self.buckets[bucket]
+            .negative_ttl
+            .unwrap_or(self.cache.negative_ttl)
     }
 
     /// Reads and validates the config file at `path`, with `${ENV}` from the process

@@ -1085,10 +1085,15 @@ fn bucket_field_rules() {
     );
     assert!(ok(&with_bucket("auth = true", JWT)).buckets[0].auth);
     assert!(!ok(&with_bucket("auth = false", JWT)).buckets[0].auth);
+    // ttl = 0: stored, revalidated on every use (issue 10); negative_ttl per bucket.
+    let z = ok(&with_bucket("ttl = 0\nnegative_ttl = \"30s\"", ""));
+    assert_eq!(z.buckets[0].ttl, Some(Duration::ZERO));
+    assert_eq!(z.negative_ttl(0), Duration::from_secs(30));
+    assert_eq!(ok(&with_bucket("", "")).negative_ttl(0), Duration::ZERO);
     has_problem(
-        &with_bucket("ttl = 0", ""),
-        "buckets[0].ttl",
-        "greater than 0",
+        &with_bucket("negative_ttl = -1", ""),
+        "buckets[0].negative_ttl",
+        "",
     );
     has_problem(
         &with_bucket("ttl = \"1y\"", ""),
@@ -1369,7 +1374,14 @@ fn admin_rules() {
 #[test]
 fn cache_rules() {
     let cache = |body: &str| with_bucket("", body);
-    has_problem(&cache("[cache]\nttl = 0"), "cache.ttl", "greater than 0");
+    assert_eq!(ok(&cache("[cache]\nttl = 0")).cache.ttl, Duration::ZERO);
+    let n = ok(&cache("[cache]\nnegative_ttl = \"10s\""));
+    assert_eq!(n.cache.negative_ttl, Duration::from_secs(10));
+    has_problem(
+        &cache("[cache]\nnegative_ttl = \"x\""),
+        "cache.negative_ttl",
+        "",
+    );
     has_problem(
         &cache("[cache]\nmax_object_size = 0"),
         "cache.max_object_size",

@@ -13,11 +13,39 @@ use crate::http::response::{end_head, write_header, write_header_u64, write_stat
 /// Starts a response head in `out` (cleared first): status line, Date, Server, X-Request-Id and,
 /// when the connection will close, `Connection: close`.
 pub fn head_start(out: &mut Vec<u8>, env: &ConnEnv, status: u16, id: &RequestId, close: bool) {
+    head_start_dated(out, env, status, id, close, DateField::Now);
+}
+
+/// Where a response's `Date` comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum DateField<'a> {
+    /// corvid's clock (its own answers, and origin answers without a `Date`).
+    Now,
+    /// The origin's (an answer passed through: RFC 9110 §6.6.1, the date is the origin's).
+    Given(&'a [u8]),
+    /// Written by the caller with the rest of the header block (answers from cache, whose
+    /// `Date` is the stored response's).
+    Elsewhere,
+}
+
+/// [`head_start`] with the `Date` from `date`.
+pub fn head_start_dated(
+    out: &mut Vec<u8>,
+    env: &ConnEnv,
+    status: u16,
+    id: &RequestId,
+    close: bool,
+    date: DateField<'_>,
+) {
     out.clear();
     write_status_line(out, status);
-    {
-        let mut date = env.date.borrow_mut();
-        write_header(out, "Date", date.get(SystemTime::now()));
+    match date {
+        DateField::Now => {
+            let mut date = env.date.borrow_mut();
+            write_header(out, "Date", date.get(SystemTime::now()));
+        }
+        DateField::Given(d) => write_header(out, "Date", d),
+        DateField::Elsewhere => {}
     }
     write_header(out, "Server", b"corvid");
     write_header(out, "X-Request-Id", id.as_bytes());

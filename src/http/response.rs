@@ -215,6 +215,9 @@ pub struct UpstreamHead {
     pub framing: ResponseFraming,
     /// Whether the connection may be returned to the pool after the body.
     pub keep_alive: bool,
+    /// When the request this answers was sent (unix ms by the cache's clock; 0 until the
+    /// sender sets it), for the response delay in its age (RFC 9111 §4.2.3).
+    pub sent_at_ms: u64,
 }
 
 impl UpstreamHead {
@@ -223,6 +226,14 @@ impl UpstreamHead {
         self.headers
             .iter()
             .find(|(n, _)| n == lowercase_name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of the field `lowercase_name`, one per field line, in order.
+    pub fn header_values<'a>(&'a self, lowercase_name: &'a str) -> impl Iterator<Item = &'a str> {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == lowercase_name)
             .map(|(_, v)| v.as_str())
     }
 }
@@ -354,6 +365,7 @@ pub fn parse_response(
             headers: fields,
             framing,
             keep_alive,
+            sent_at_ms: 0,
         };
         return Ok(Some((head, at + end)));
     }

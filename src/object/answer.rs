@@ -6,6 +6,7 @@ use monoio::io::AsyncWriteRent;
 
 use super::exchange::{Exchange, XCache};
 use crate::cache::entry::{CachedObject, Meta};
+use crate::cache::freshness;
 use crate::cache::tiered::Layer;
 use crate::error::{Error, Kind};
 use crate::http::conditional::{self, Conditionals, Precondition};
@@ -91,11 +92,15 @@ pub fn write_object_head<S>(
     layer: Option<Layer>,
 ) {
     let out = &mut *x.out;
-    respond::head_start(out, &x.w.http, status, &x.req.id, x.req.close);
+    // The stored response's Date is in the block (see `cache::entry`).
+    let date = respond::DateField::Elsewhere;
+    respond::head_start_dated(out, &x.w.http, status, &x.req.id, x.req.close, date);
     out.extend_from_slice(meta.header_block());
     write_header(out, "Accept-Ranges", b"bytes");
-    if xcache != XCache::Miss {
-        let age = x.w.clock().now_ms().saturating_sub(meta.stored_at_ms) / 1000;
+    // Age (RFC 9111 §5.1): on every answer from cache; on a miss only when the origin's answer
+    // already had one (it came through another cache), which the age origin carries.
+    let age = freshness::current_age_secs(&meta.freshness(), x.w.clock().now_ms());
+    if xcache != XCache::Miss || age > 0 {
         write_header_u64(out, "Age", age);
     }
     write_header(out, "X-Cache", xcache.as_bytes());
@@ -128,4 +133,3 @@ fn format_content_range(buf: &mut [u8; 72], first: u64, last: u64, len: u64) -> 
     let n = c.position() as usize;
     &buf[..n]
 }
-

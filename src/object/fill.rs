@@ -11,19 +11,19 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use monoio::io::AsyncWriteRent;
 
 use super::answer::{client_precondition, write_object_head};
+use super::decide;
 use super::exchange::{Exchange, OwnedTarget, Target, XCache};
 use super::upstream::{
     drain_error_body, fetch_origin, map_origin_status, respond_upstream, stored_headers,
 };
 use crate::cache::entry::{CachedObject, Meta};
+use crate::cache::freshness::Freshness;
 use crate::cache::inflight::{Event, Leader, Role, Subscription};
-use crate::cache::policy;
 use crate::context::Worker;
 use crate::error::{Error, Kind};
 use crate::http::conditional::Precondition;
@@ -197,13 +197,15 @@ pub async fn fill_from<S: AsyncWriteRent>(
     })
 }
 
-/// How long an object of `len` bytes answered with `head` may be cached: `None` when its
-/// `Cache-Control` forbids storing it or it exceeds `cache.max_object_size`.
-pub fn storable_for(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Duration> {
+/// The freshness of an object of `len` bytes answered with `head` (a 200, or a 206 that is
+/// part of it), received now: `None` when RFC 9111 forbids storing it
+/// ([`super::decide::storable`]) or it exceeds `cache.max_object_size`.
+pub fn storable_for(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Freshness> {
     if len > w.cache.max_object_size() {
         return None;
     }
-    policy::freshness(head.header("cache-control"), w.shared.config.ttl(bucket))
+    let policy = decide::policy(&w.shared.config, bucket);
+    decide::storable(head, 200, &policy, w.clock().now_ms()).ok()
 }
 
 /// The entry's metadata and length when this 200 answer may be cached.
@@ -214,9 +216,8 @@ pub fn cacheable(
     body: &Body,
 ) -> Option<(Arc<Meta>, u64)> {
     let len = body.content_length()?;
-    let ttl = storable_for(w, bucket, head, len)?;
-    let now = w.clock().now_ms();
-    let meta = Meta::new(stored_headers(head), now, now + ttl.as_millis() as u64);
+    let f = storable_for(w, bucket, head, len)?;
+    let meta = Meta::new(stored_headers(head), f.age_origin_ms, f.expires_at_ms);
     Some((Arc::new(meta), len))
 }
 
@@ -380,4 +381,3 @@ async fn read_whole(
         body: Bytes::from(all),
     }))
 }
-

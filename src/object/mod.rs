@@ -4,7 +4,7 @@
 //! The flow is one way, each step in its own module, none importing one above it:
 //!
 //! ```text
-//! serve (this module: method, target, lookup)
+//! serve (this module: method, target, lookup, then decide — pure, RFC 9111)
 //!   ├─ fresh entry ─────────────► answer      (conditionals, ranges, HEAD, body from cache)
 //!   ├─ stale entry ─────────────► revalidate  (conditional GET, stale-while-revalidate,
 //!   │                               │          stale-if-error; coalesced)
@@ -21,6 +21,7 @@
 //! `cache::Cache`, reached through the worker ([`crate::context::Worker::cache`]).
 
 pub mod answer;
+pub mod decide;
 pub mod exchange;
 pub mod fill;
 pub mod revalidate;
@@ -30,6 +31,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::cache::inflight::Role;
 use crate::cache::policy::cache_key_into;
+use crate::cors;
 use crate::error::Error;
 use crate::http::conn::Sent;
 use crate::http::range;
@@ -37,8 +39,8 @@ use crate::http::request::Method;
 use crate::http::respond::{self, Reply};
 use crate::http::response::UpstreamHead;
 use crate::router::forwarded_query;
-use crate::cors;
 use answer::serve_cached;
+use decide::Phase;
 use exchange::{coalescible, Exchange, Target, XCache};
 use upstream::{fetch_as_asked, pass_through, respond_upstream};
 
@@ -75,13 +77,37 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
         ckey: &ckey,
         generation: cache.generation(),
     };
-    let now = w.clock().now_ms();
     if let Some(hit) = cache.lookup(&ckey).await {
-        if hit.obj.meta.is_fresh(now) {
-            w.metrics().cache_hit(x.bucket, hit.layer);
-            return serve_cached(x, &hit.obj, XCache::Hit, Some(hit.layer)).await;
+        let now = w.clock().now_ms();
+        let layer = Some(hit.layer);
+        // Fresh is the common case, decided without building the bucket's policy.
+        let phase = if hit.obj.meta.is_fresh(now) {
+            Phase::Fresh
+        } else {
+            let policy = decide::policy(&w.shared.config, x.bucket);
+            decide::decide(Some(&hit.obj.meta), &policy, now)
+        };
+        match phase {
+            Phase::Fresh | Phase::Miss => {
+                w.metrics().cache_hit(x.bucket, hit.layer);
+                return serve_cached(x, &hit.obj, XCache::Hit, layer).await;
+            }
+            Phase::StaleWhileRevalidate => {
+                revalidate::refresh_in_background(w, x.bucket, &target, hit.obj.clone());
+                w.metrics().cache_hit(x.bucket, hit.layer);
+                return serve_cached(x, &hit.obj, XCache::Stale, layer).await;
+            }
+            Phase::Revalidate {
+                stale_if_error_until_ms,
+                must_revalidate,
+            } => {
+                let on_failure = revalidate::OnFailure {
+                    stale_until_ms: stale_if_error_until_ms,
+                    must_revalidate,
+                };
+                return revalidate::revalidate(x, &target, hit, on_failure).await;
+            }
         }
-        return revalidate::revalidate(x, &target, hit).await;
     }
     w.metrics().cache_miss(x.bucket);
     // Ranges and HEADs of uncached objects go to the origin as they are (not cached); a full
@@ -150,4 +176,3 @@ async fn options<S: AsyncWriteRent>(x: &mut Exchange<'_, '_, S>) -> Result<Sent,
     };
     respond::simple(&x.w.http, x.io, x.out, req, reply).await
 }
-

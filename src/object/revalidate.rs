@@ -1,12 +1,18 @@
 //! Stale entries: revalidation with the stored ETag, `stale-if-error`, and
 //! `stale-while-revalidate`.
 //!
-//! A stale entry is revalidated with a conditional GET (`If-None-Match`). A `304` refreshes
-//! the entry's freshness in every tier without moving the body and answers from it
+//! Whether an entry is stale, and what its staleness allows, is decided before this module is
+//! reached ([`super::decide`]); this module carries it out. A stale entry is revalidated with a
+//! conditional GET (`If-None-Match` with the stored ETag, `If-Modified-Since` with the stored
+//! Last-Modified, RFC 9111 §4.3.1). A `304` updates the stored header fields with its own and
+//! computes the freshness anew (§4.3.4; `Age` starts again from the 304), refreshes the entry
+//! in every tier — without moving the body unless header fields changed — and answers from it
 //! (`X-Cache: REVALIDATED`); a `200` replaces it (streamed like a fill); a `404` removes it.
-//! When the origin fails or times out and `cache.stale_if_error` covers the entry's age past
-//! expiry, the stale copy is served (`X-Cache: STALE`). With `cache.stale_while_revalidate`,
-//! a stale copy within that window is served at once and one background request refreshes it.
+//! When the origin fails or times out within the entry's stale-if-error window, the stale copy
+//! is served (`X-Cache: STALE`); an entry that must be revalidated (`must-revalidate`,
+//! `proxy-revalidate`, `s-maxage`, `no-cache`) never is, and answers 504 when the origin cannot
+//! be reached. Within the stale-while-revalidate window a stale copy is served at once and
+//! [`refresh_in_background`] revalidates it.
 //!
 //! # One conditional GET per key
 //! Revalidations are coalesced through the same table as miss fills
@@ -27,37 +33,45 @@ use std::sync::Arc;
 use monoio::io::AsyncWriteRent;
 
 use super::answer::serve_cached;
+use super::decide;
 use super::exchange::{coalescible, Exchange, OwnedTarget, Target, XCache};
 use super::fill::{fill_from, follow, publish_whole, rejected};
-use super::upstream::{drain_error_body, fetch_origin};
+use super::upstream::{drain_error_body, fetch_origin, stored_headers};
 use crate::cache::entry::CachedObject;
 use crate::cache::inflight::{Leader, Role};
-use crate::cache::policy;
 use crate::cache::tiered::Hit;
 use crate::context::Worker;
-use crate::error::Error;
+use crate::error::{Error, Kind, Side};
 use crate::http::conn::Sent;
 use crate::http::response::UpstreamHead;
 use crate::s3::client::Body;
 
+/// How a stale entry may stand in when its revalidation fails (from [`super::decide::Phase`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OnFailure {
+    /// The stale copy may be served for an origin failure until then (unix ms).
+    pub stale_until_ms: Option<u64>,
+    /// Never served stale; an unreachable or timed-out origin is a 504 (RFC 9111 §5.2.2.2).
+    pub must_revalidate: bool,
+}
+
+/// Revalidates a stale entry before answering (see the module docs).
 pub async fn revalidate<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, S>,
     t: &Target<'_>,
     hit: Hit,
+    on_failure: OnFailure,
 ) -> Result<Sent, Error> {
     let (w, bucket) = (x.w, x.bucket);
-    let cache = &w.shared.config.cache;
-    let stale_ms = w.clock().now_ms().saturating_sub(hit.obj.meta.expires_at_ms);
-    let within =
-        |d: Option<std::time::Duration>| d.is_some_and(|d| (stale_ms as u128) < d.as_millis());
     let layer = Some(hit.layer);
-    if within(cache.stale_while_revalidate) {
-        refresh_in_background(w, bucket, t, hit.obj.clone());
-        w.metrics().cache_hit(bucket, hit.layer);
-        return serve_cached(x, &hit.obj, XCache::Stale, layer).await;
-    }
-    // An origin failure (unreachable, timed out, 5xx) lets a stale copy stand in.
-    let stale_allowed = |e: &Error| e.status() >= 500 && within(cache.stale_if_error);
+    // An origin failure (unreachable, timed out, 5xx) lets a stale copy stand in, within the
+    // entry's stale-if-error window.
+    let stale_allowed = |e: &Error| {
+        e.status() >= 500
+            && on_failure
+                .stale_until_ms
+                .is_some_and(|until| w.clock().now_ms() < until)
+    };
 
     let mut leader = None;
     if coalescible(x.req) {
@@ -70,6 +84,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
                         log::warn!("request {}: serving stale: {e}", x.req.id.as_str());
                         return serve_cached(x, &hit.obj, XCache::Stale, layer).await;
                     }
+                    Some(Err(e)) => return Err(must_fail(e, on_failure)),
                     Some(result) => return result,
                     // The new answer is not cacheable: ask the origin ourselves.
                     None => {}
@@ -78,26 +93,38 @@ pub async fn revalidate<S: AsyncWriteRent>(
         }
     }
 
-    let failure =
-        match fetch_origin(w, bucket, false, t.key, t.params, &validators(&hit.obj)).await {
-            Err(e) => e,
-            Ok((head, body)) => match head.status {
-                304 => {
-                    let obj = confirmed(w, bucket, t, &hit.obj, &head, body, leader).await;
-                    return serve_cached(x, &obj, XCache::Revalidated, layer).await;
-                }
-                200 => return fill_from(x, t, head, body, leader).await,
-                s => rejected(w, t.ckey, s, body).await,
-            },
-        };
+    let failure = match fetch_origin(w, bucket, false, t.key, t.params, &validators(&hit.obj)).await
+    {
+        Err(e) => e,
+        Ok((head, body)) => match head.status {
+            304 => {
+                let obj = confirmed(w, bucket, t, &hit.obj, &head, body, leader).await;
+                return serve_cached(x, &obj, XCache::Revalidated, layer).await;
+            }
+            200 => return fill_from(x, t, head, body, leader).await,
+            s => rejected(w, t.ckey, s, body).await,
+        },
+    };
     if let Some(l) = leader {
         l.fail(failure.clone());
     }
     if !stale_allowed(&failure) {
-        return Err(failure);
+        return Err(must_fail(failure, on_failure));
     }
     log::warn!("request {}: serving stale: {failure}", x.req.id.as_str());
     serve_cached(x, &hit.obj, XCache::Stale, layer).await
+}
+
+/// The error for a failed revalidation: a `must-revalidate` entry whose origin could not be
+/// reached (or timed out) answers 504 (RFC 9111 §5.2.2.2); anything else as it came.
+fn must_fail(e: Error, on_failure: OnFailure) -> Error {
+    if on_failure.must_revalidate && e.kind() == Kind::BadGateway && e.side() == Side::Upstream {
+        return Error::upstream(
+            Kind::GatewayTimeout,
+            "the origin could not be reached to revalidate an entry that must be revalidated",
+        );
+    }
+    e
 }
 
 /// A `304` for `stale`: the entry with new freshness, refreshed in every tier (body untouched)
@@ -112,8 +139,31 @@ pub async fn confirmed(
     leader: Option<Leader<'_>>,
 ) -> CachedObject {
     drain_error_body(body).await;
-    let obj = refreshed(w, bucket, stale, head);
-    let changed = obj.meta.headers != stale.meta.headers;
+    let policy = decide::policy(&w.shared.config, bucket);
+    let now = w.clock().now_ms();
+    let update = stored_headers(head);
+    let meta = match decide::after_not_modified(&stale.meta, head, &update, &policy, now) {
+        Ok(meta) => meta,
+        // The confirmation says the response may no longer be stored (`no-store` now): it
+        // still answers this request, and the entry goes.
+        Err(_) => {
+            let meta = Arc::new(stale.meta.refreshed(now));
+            w.cache.remove_everywhere(t.ckey).await;
+            let obj = CachedObject {
+                meta,
+                body: stale.body.clone(),
+            };
+            if let Some(l) = leader {
+                l.complete(Arc::clone(&obj.meta), obj.body.clone(), true);
+            }
+            return obj;
+        }
+    };
+    let changed = meta.headers != stale.meta.headers;
+    let obj = CachedObject {
+        meta,
+        body: stale.body.clone(),
+    };
     w.cache
         .refresh(t.ckey, obj.clone(), t.generation, changed)
         .await;
@@ -164,20 +214,4 @@ pub fn refresh_in_background(w: &Rc<Worker>, bucket: usize, t: &Target<'_>, stal
             }
         }
     });
-}
-
-/// The entry with a new freshness deadline (same body, same headers).
-fn refreshed(w: &Worker, bucket: usize, obj: &CachedObject, head: &UpstreamHead) -> CachedObject {
-    let configured = w.shared.config.ttl(bucket);
-    let cc = head
-        .header("cache-control")
-        .or(obj.meta.header("cache-control"));
-    let ttl = policy::freshness(cc, configured).unwrap_or(configured);
-    CachedObject {
-        meta: Arc::new(
-            obj.meta
-                .refreshed(w.clock().now_ms() + ttl.as_millis() as u64),
-        ),
-        body: obj.body.clone(),
-    }
 }

@@ -118,11 +118,19 @@ pub async fn respond_upstream<S: AsyncWriteRent>(
     let close = req.close || (has_body && length.is_none() && !chunked);
 
     let out = &mut *x.out;
-    respond::head_start(out, &x.w.http, head.status, &req.id, close);
+    // The origin's Date and Age pass through (RFC 9110 §6.6.1, RFC 9111 §5.1).
+    let date = match head.header("date") {
+        Some(d) => respond::DateField::Given(d.as_bytes()),
+        None => respond::DateField::Now,
+    };
+    respond::head_start_dated(out, &x.w.http, head.status, &req.id, close, date);
     for (name, value) in &head.headers {
         if let Some(display) = passed_header_name(name) {
             write_header(out, display, value.as_bytes());
         }
+    }
+    if let Some(age) = head.header("age") {
+        write_header(out, "Age", age.as_bytes());
     }
     if let Some(n) = length {
         write_header_u64(out, "Content-Length", n);
@@ -174,7 +182,11 @@ pub async fn fetch_origin(
         &mut request,
     );
     let t0 = Instant::now();
-    let (res, _) = wb.pool.send(request, is_head, &wb.timeouts).await;
+    let sent_at_ms = w.clock().now_ms();
+    let (mut res, _) = wb.pool.send(request, is_head, &wb.timeouts).await;
+    if let Ok((head, _)) = &mut res {
+        head.sent_at_ms = sent_at_ms;
+    }
     let outcome = match &res {
         Ok((h, _)) => UpstreamOutcome::Status(h.status),
         Err(e) if e.kind() == Kind::GatewayTimeout => UpstreamOutcome::Timeout,

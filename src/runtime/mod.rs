@@ -24,9 +24,9 @@ use rustls_pki_types::ServerName;
 
 use crate::cache::tiered::Tiers;
 use crate::clock::Clock;
+use crate::config::{Addressing, Config, Scheme};
 use crate::context::Shared;
 use crate::fdlimit;
-use crate::config::{Addressing, Config, Scheme};
 use crate::handler::Surface;
 use crate::http::request::Limits;
 use crate::metrics::Registry;
@@ -152,7 +152,6 @@ impl Shared {
             clock,
         }))
     }
-
 }
 
 /// A running proxy: the shared state, the worker threads (all listening on one address) and
