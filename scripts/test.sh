@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, the production dependency rule, unit + integration
 # tests, and a short smoke run of every fuzz target. This is what CI runs (.ci/run). It first
-# installs what a fresh machine lacks (redis-server, cargo-fuzz, the rustfmt/clippy components).
+# installs what a fresh machine lacks (redis-server, promtool, moto, cargo-fuzz, the rustfmt/clippy
+# components).
 #
 #   scripts/test.sh            everything
 #   FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz smoke runs
@@ -40,6 +41,17 @@ fi
 if ! command -v promtool >/dev/null 2>&1; then
   step "installing promtool (prometheus)"
   apt_install prometheus
+fi
+# moto_server (PyPI moto[server]): the RFC 9111 tests' second S3 origin, in a venv under target/
+# (tests/it/common/moto.rs looks for it there; CORVID_MOTO_SERVER overrides).
+moto_venv=target/moto-venv
+if [ ! -x "$moto_venv/bin/moto_server" ]; then
+  step "installing moto[server] into $moto_venv"
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+  fi
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check 'moto[server]'
 fi
 for tool in fmt:rustfmt clippy:clippy; do
   if ! cargo "${tool%%:*}" --version >/dev/null 2>&1; then

@@ -17,6 +17,7 @@ mod metrics;
 mod passthrough;
 mod pool;
 mod redis;
+mod rfc9111;
 mod shutdown;
 mod streaming;
 mod tls;

@@ -8,12 +8,14 @@
 //! * [`http`]: raw HTTP/1.1 client for exact-bytes tests.
 //! * [`StallServer`], [`RefuseAddr`]: broken upstreams.
 //! * [`IdleRelay`]: a relay that closes idle connections, like an origin's keep-alive timeout.
+//! * [`Moto`]: moto's S3 server as a second, independently written origin.
 
 // Each test module uses a different subset of the harness; unused helpers
 // and re-exports are expected, not dead code to delete.
 #![allow(dead_code, unused_imports)]
 
 pub mod http;
+pub mod moto;
 pub mod net;
 pub mod origin;
 pub mod proc;
@@ -22,10 +24,11 @@ pub mod relay;
 pub mod s3client;
 pub mod tls;
 
+pub use moto::Moto;
 pub use net::{free_port, is_refused, wait_until, RefuseAddr, StallServer};
 pub use origin::{
-    pattern_bytes, storage_key, Origin, OriginConfig, RecordedRequest, ACCESS_KEY, REGION,
-    SECRET_KEY,
+    pattern_bytes, storage_key, Origin, OriginConfig, Overrides, RecordedRequest, ACCESS_KEY,
+    REGION, SECRET_KEY,
 };
 pub use proc::{check, limit_open_files, CheckOutcome, Corvid, Readiness};
 pub use relay::IdleRelay;

@@ -1,6 +1,7 @@
 //! A local S3 origin: s3s-fs on a tokio runtime in its own std thread, with
 //! SigV4 verification on, wrapped in a thin hyper service that counts and
-//! records request heads and can inject faults.
+//! records request heads, can inject faults, rewrites chosen objects' response header fields
+//! ([`Overrides`]) and evaluates conditional GET/HEAD requests (RFC 9110 §13.2.2) like S3.
 //!
 //! Tokio lives only here (dev-only); corvid itself never sees it.
 //!
@@ -18,6 +19,11 @@
 //!   and returned on GET/HEAD; without a stored Content-Type none is sent.
 //! * GET streams the file in 4 KiB reads, so very large objects are served
 //!   at tens-to-hundreds of MiB/s, not at disk speed.
+//! * GET/HEAD ignore every conditional header (If-Match, If-None-Match,
+//!   If-Modified-Since, If-Unmodified-Since): s3s passes them to s3s-fs, which
+//!   never answers 304 or 412. The wrapper evaluates them instead ([`precondition`]).
+//! * `Expires` must be a valid HTTP-date at PUT (s3s parses it); an invalid one such
+//!   as `Expires: 0` can only come from an [`Overrides`].
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -69,6 +75,135 @@ impl RecordedRequest {
     pub fn header_all(&self, name: &str) -> Vec<&str> {
         super::http::header_values(&self.headers, name).collect()
     }
+
+    /// The `(bucket, key)` of a path-style object request (percent-decoded), None for bucket
+    /// and service requests.
+    pub fn object(&self) -> Option<(String, String)> {
+        object_of(&self.path)
+    }
+}
+
+/// The `(bucket, key)` a path-style request path names, percent-decoded.
+fn object_of(raw_path: &str) -> Option<(String, String)> {
+    let path = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
+    let (bucket, key) = path.strip_prefix('/')?.split_once('/')?;
+    (!key.is_empty()).then(|| (bucket.to_owned(), key.to_owned()))
+}
+
+/// How the origin rewrites one object's response header fields, after s3s answered (and so
+/// after the signature was verified): on 200 and 206 answers to GET and HEAD, and on the 304s
+/// the wrapper's conditional evaluation sends, which also sees the rewritten `ETag` and
+/// `Last-Modified`. Install with [`Origin::set_headers`]; replacing them between requests
+/// models an origin whose metadata changed.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// Field name (lower case) and the lines it gets, replacing any the answer had.
+    set: Vec<(String, Vec<String>)>,
+    /// Field names (lower case) taken out of the answer.
+    remove: Vec<String>,
+}
+
+impl Overrides {
+    pub fn new() -> Overrides {
+        Overrides::default()
+    }
+
+    /// `name: value`, replacing every line of `name` the answer had.
+    pub fn set(self, name: &str, value: &str) -> Overrides {
+        self.set_lines(name, &[value])
+    }
+
+    /// One line of `name` per value, in order (e.g. two `Cache-Control` lines).
+    pub fn set_lines(mut self, name: &str, values: &[&str]) -> Overrides {
+        let name = name.to_ascii_lowercase();
+        self.remove.retain(|n| *n != name);
+        self.set.retain(|(n, _)| *n != name);
+        self.set
+            .push((name, values.iter().map(|v| (*v).to_owned()).collect()));
+        self
+    }
+
+    /// No `name` line at all (e.g. no `ETag`).
+    pub fn remove(mut self, name: &str) -> Overrides {
+        let name = name.to_ascii_lowercase();
+        self.set.retain(|(n, _)| *n != name);
+        self.remove.push(name);
+        self
+    }
+
+    fn apply(&self, headers: &mut hyper::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name.as_str());
+        }
+        for (name, values) in &self.set {
+            let name = hyper::header::HeaderName::from_bytes(name.as_bytes())
+                .unwrap_or_else(|e| panic!("override header name {name:?}: {e}"));
+            headers.remove(&name);
+            for v in values {
+                let v = hyper::header::HeaderValue::from_str(v)
+                    .unwrap_or_else(|e| panic!("override {name}: {v:?}: {e}"));
+                headers.append(name.clone(), v);
+            }
+        }
+    }
+}
+
+/// Header fields a 304 carries over from the 200 it stands for (RFC 9110 §15.4.5: those a
+/// 200 would carry that describe the representation's metadata, not its content).
+const NOT_MODIFIED_FIELDS: [&str; 8] = [
+    "etag",
+    "last-modified",
+    "cache-control",
+    "expires",
+    "date",
+    "age",
+    "vary",
+    "x-amz-version-id",
+];
+
+/// The members of an `If-Match` / `If-None-Match` list.
+fn entity_tags(list: &str) -> Vec<&str> {
+    list.split(',').map(str::trim).collect()
+}
+
+/// RFC 9110 §13.2.2: the preconditions of a GET/HEAD request (`req`) evaluated, in the order
+/// the RFC gives, against the selected representation's `etag` and `last_modified`: `None` to
+/// send the answer, else 412 or 304 instead. Invalid dates are ignored (§13.1.3, §13.1.4), as
+/// is an If-Modified-Since later than now.
+pub fn precondition(
+    req: &hyper::HeaderMap,
+    etag: Option<&str>,
+    last_modified: Option<&str>,
+) -> Option<u16> {
+    let field = |name: &str| req.get(name).and_then(|v| v.to_str().ok());
+    let date = |name: &str| field(name).and_then(|v| httpdate::parse_http_date(v).ok());
+    let modified = last_modified.and_then(|v| httpdate::parse_http_date(v).ok());
+    // §8.8.3.2: strong comparison needs two strong tags; weak comparison ignores `W/`.
+    let strong_match = |list: &str| {
+        let tags = entity_tags(list);
+        tags == ["*"] || etag.is_some_and(|e| !e.starts_with("W/") && tags.contains(&e))
+    };
+    let weak_match = |list: &str| {
+        let bare = |t: &str| t.trim_start_matches("W/").to_owned();
+        let tags = entity_tags(list);
+        tags == ["*"] || etag.is_some_and(|e| tags.iter().any(|t| bare(t) == bare(e)))
+    };
+    if let Some(list) = field("if-match") {
+        if !strong_match(list) {
+            return Some(412);
+        }
+    } else if let (Some(since), Some(m)) = (date("if-unmodified-since"), modified) {
+        if m > since {
+            return Some(412);
+        }
+    }
+    if let Some(list) = field("if-none-match") {
+        return weak_match(list).then_some(304);
+    }
+    match (date("if-modified-since"), modified) {
+        (Some(since), Some(m)) if since <= std::time::SystemTime::now() && m <= since => Some(304),
+        _ => None,
+    }
 }
 
 /// A canned failure the origin returns instead of calling s3s.
@@ -86,6 +221,8 @@ struct StatsInner {
     delay: Duration,
     /// Answers turned into 304/412 by conditional evaluation, by status.
     conditional: HashMap<u16, u64>,
+    /// Response header rewrites by (bucket, key).
+    overrides: HashMap<(String, String), Overrides>,
 }
 
 #[derive(Default)]
@@ -237,24 +374,19 @@ impl hyper::service::Service<Request<Incoming>> for Recorder {
                 })
                 .collect(),
         };
-        // s3s-fs ignores conditional headers on GET/HEAD; real S3 honours them. Evaluate
-        // If-None-Match / If-Match here, on the answer s3s produced, so the origin behaves like
-        // S3 on the wire (a matching If-None-Match gets a bodiless 304).
-        let if_none_match = req
-            .headers()
-            .get("if-none-match")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let if_match = req
-            .headers()
-            .get("if-match")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let conditional_read = matches!(req.method().as_str(), "GET" | "HEAD");
+        // s3s-fs ignores conditional headers on GET/HEAD; real S3 honours them. They are
+        // evaluated here (RFC 9110 §13.2.2), on the answer s3s produced after this object's
+        // overrides, so the origin behaves like S3 on the wire.
+        let conditionals = req.headers().clone();
+        let read = matches!(req.method().as_str(), "GET" | "HEAD");
         let stats = self.stats.clone();
-        let (fault_status, delay) = {
+        let (fault_status, delay, overrides) = {
             let mut s = self.stats.lock();
             *s.counts.entry(rec.method.clone()).or_default() += 1;
+            let overrides = rec
+                .object()
+                .and_then(|object| s.overrides.get(&object).cloned())
+                .filter(|_| read);
             if s.recent.len() == RECENT_LIMIT {
                 s.recent.pop_front();
             }
@@ -266,7 +398,7 @@ impl hyper::service::Service<Request<Incoming>> for Recorder {
                 }
                 _ => None,
             };
-            (status, s.delay)
+            (status, s.delay, overrides)
         };
         let inner = self.inner.clone();
         Box::pin(async move {
@@ -284,42 +416,37 @@ impl hyper::service::Service<Request<Incoming>> for Recorder {
                     .expect("fault response");
                 return Ok(resp);
             }
-            let resp = hyper::service::Service::call(&inner, req).await?;
-            if !conditional_read || resp.status() != hyper::StatusCode::OK {
+            let mut resp = hyper::service::Service::call(&inner, req).await?;
+            let status = resp.status().as_u16();
+            if !read || !matches!(status, 200 | 206) {
                 return Ok(resp);
             }
-            let etag = resp
-                .headers()
-                .get("etag")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let matches = |list: &str| {
-                let bare = |t: &str| t.trim().trim_start_matches("W/").to_owned();
-                list.trim() == "*"
-                    || etag
-                        .as_deref()
-                        .is_some_and(|e| list.split(',').any(|c| bare(c) == bare(e)))
-            };
-            let status = if if_match.as_deref().is_some_and(|l| !matches(l)) {
-                Some(hyper::StatusCode::PRECONDITION_FAILED)
-            } else if if_none_match.as_deref().is_some_and(matches) {
-                Some(hyper::StatusCode::NOT_MODIFIED)
-            } else {
-                None
-            };
-            let Some(status) = status else {
+            if let Some(o) = &overrides {
+                o.apply(resp.headers_mut());
+            }
+            if status != 200 {
+                return Ok(resp);
+            }
+            let validator = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+            let Some(status) =
+                precondition(&conditionals, validator("etag"), validator("last-modified"))
+            else {
                 return Ok(resp);
             };
-            *stats.lock().conditional.entry(status.as_u16()).or_default() += 1;
-            let mut builder = hyper::Response::builder().status(status);
-            for name in ["etag", "last-modified", "cache-control", "expires"] {
-                if let Some(v) = resp.headers().get(name) {
-                    builder = builder.header(name, v);
+            *stats.lock().conditional.entry(status).or_default() += 1;
+            let mut answer = hyper::Response::builder()
+                .status(status)
+                .body(s3s::Body::empty())
+                .expect("conditional response");
+            for name in NOT_MODIFIED_FIELDS {
+                for v in resp.headers().get_all(name) {
+                    answer.headers_mut().append(name, v.clone());
                 }
             }
-            Ok(builder
-                .body(s3s::Body::empty())
-                .expect("conditional response"))
+            if let Some(o) = &overrides {
+                o.apply(answer.headers_mut());
+            }
+            Ok(answer)
         })
     }
 }
@@ -563,6 +690,34 @@ impl Origin {
             remaining: n,
             status,
         });
+    }
+
+    /// From the next request on, GET/HEAD answers for `bucket`/`key` (200, 206 and 304) have
+    /// their header fields rewritten by `overrides`, replacing any set before.
+    pub fn set_headers(&self, bucket: &str, key: &str, overrides: Overrides) {
+        self.stats
+            .lock()
+            .overrides
+            .insert((bucket.to_owned(), key.to_owned()), overrides);
+    }
+
+    /// Back to s3s's own header fields for `bucket`/`key`.
+    pub fn clear_headers(&self, bucket: &str, key: &str) {
+        self.stats
+            .lock()
+            .overrides
+            .remove(&(bucket.to_owned(), key.to_owned()));
+    }
+
+    /// Recorded requests for one object (any method), oldest first.
+    pub fn requests_for(&self, bucket: &str, key: &str) -> Vec<RecordedRequest> {
+        self.stats
+            .lock()
+            .recent
+            .iter()
+            .filter(|r| r.object().is_some_and(|(b, k)| b == bucket && k == key))
+            .cloned()
+            .collect()
     }
 
     /// Delay every response head by `d` (zero disables).

@@ -129,6 +129,48 @@ impl RedisServer {
         read_line(&mut s)
     }
 
+    /// The values of every key (`KEYS *`, then `GET` each; None when the server does not
+    /// answer), e.g. to wait until an entry's encoding carries a header value.
+    pub fn values(&self) -> Option<Vec<Vec<u8>>> {
+        let keys = match self.reply(&[b"KEYS", b"*"])? {
+            Reply::Array(keys) => keys,
+            _ => return None,
+        };
+        keys.into_iter()
+            .map(|k| match k {
+                Reply::Bulk(Some(k)) => match self.reply(&[b"GET", &k])? {
+                    Reply::Bulk(v) => Some(v.unwrap_or_default()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sends one command (binary arguments) on a fresh connection, logged in first if the
+    /// server has a login, and reads its whole reply.
+    fn reply(&self, args: &[&[u8]]) -> Option<Reply> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        if let Some((user, password)) = &self.login {
+            let mut auth = vec!["AUTH"];
+            auth.extend(user.as_deref());
+            auth.push(password);
+            s.write_all(&encode(&auth)).ok()?;
+            if read_line(&mut s)? != b"+OK" {
+                return None;
+            }
+        }
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        s.write_all(&out).ok()?;
+        read_reply(&mut s)
+    }
+
     pub fn pid(&self) -> libc::pid_t {
         self.child.as_ref().expect("server not running").id() as libc::pid_t
     }
@@ -163,6 +205,37 @@ fn encode(args: &[&str]) -> Vec<u8> {
         out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
     }
     out
+}
+
+/// A RESP2 reply, as far as [`RedisServer::values`] needs one.
+enum Reply {
+    /// `+`, `-` or `:`: the line after the type byte.
+    Line(Vec<u8>),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+fn read_reply(s: &mut TcpStream) -> Option<Reply> {
+    let line = read_line(s)?;
+    let (kind, rest) = line.split_first()?;
+    let len = || std::str::from_utf8(rest).ok()?.parse::<i64>().ok();
+    match kind {
+        b'+' | b'-' | b':' => Some(Reply::Line(rest.to_vec())),
+        b'$' => match usize::try_from(len()?) {
+            Err(_) => Some(Reply::Bulk(None)),
+            Ok(n) => {
+                let mut v = vec![0; n + 2];
+                s.read_exact(&mut v).ok()?;
+                v.truncate(n);
+                Some(Reply::Bulk(Some(v)))
+            }
+        },
+        b'*' => (0..len()?.max(0))
+            .map(|_| read_reply(s))
+            .collect::<Option<_>>()
+            .map(Reply::Array),
+        _ => None,
+    }
 }
 
 /// One reply line, without its CRLF.
