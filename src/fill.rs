@@ -30,8 +30,8 @@ use crate::http::conditional::Precondition;
 use crate::http::conn::Sent;
 use crate::http::response::{end_head, write_header_u64, UpstreamHead};
 use crate::proxy::{
-    client_precondition, drain_error_body, fetch_origin, map_origin_status, now_ms,
-    respond_upstream, send_with_head, stored_headers, write_object_head, Exchange, Target, XCache,
+    client_precondition, drain_error_body, fetch_origin, now_ms, respond_upstream, send_with_head,
+    stored_headers, write_object_head, Exchange, Target, XCache,
 };
 use crate::revalidate::{confirmed, if_none_match, rejected};
 use crate::runtime::worker::Worker;
@@ -75,8 +75,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
 ) -> Result<Sent, Error> {
     let (w, req, bucket, ckey) = (x.w, x.req, x.bucket, t.ckey);
     if head.status != 200 {
-        let e = map_origin_status(head.status);
-        drain_error_body(body).await;
+        let e = crate::origin_error::read_and_map(w, bucket, &head, body).await;
         if let Some(l) = leader {
             l.fail(e.clone());
         }
@@ -376,7 +375,7 @@ pub fn fill_in_background(
                     Err(e) => leader.fail(e),
                 }
             }
-            (Ok((head, body)), _) => leader.fail(rejected(&w, &ckey, head.status, body).await),
+            (Ok((head, body)), _) => leader.fail(rejected(&w, bucket, &ckey, &head, body).await),
             (Err(e), _) => {
                 log::warn!("background fill of a cache entry failed: {e}");
                 leader.fail(e);

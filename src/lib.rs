@@ -16,6 +16,7 @@ pub mod handler;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod origin_error;
 pub mod proxy;
 pub mod revalidate;
 pub mod router;

@@ -35,8 +35,7 @@ use crate::fill::{fill_from, fill_in_background, follow, refresh_everywhere, rem
 use crate::http::conn::Sent;
 use crate::http::response::UpstreamHead;
 use crate::proxy::{
-    coalescible, drain_error_body, fetch_origin, map_origin_status, now_ms, serve_cached, Exchange,
-    Target, XCache,
+    coalescible, drain_error_body, fetch_origin, now_ms, serve_cached, Exchange, Target, XCache,
 };
 use crate::runtime::worker::Worker;
 use crate::s3::client::Body;
@@ -88,7 +87,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
                     return serve_cached(x, &obj, XCache::Revalidated, layer).await;
                 }
                 200 => return fill_from(x, t, head, body, leader).await,
-                s => rejected(w, t.ckey, s, body).await,
+                _ => rejected(w, bucket, t.ckey, &head, body).await,
             },
         };
     if let Some(l) = leader {
@@ -123,12 +122,18 @@ pub async fn confirmed(
 
 /// An origin answer to a revalidation that neither confirms nor replaces the entry: a `404`
 /// removes it everywhere; returns the error for the client.
-pub async fn rejected(w: &Rc<Worker>, ckey: &[u8], status: u16, body: Body) -> Error {
-    drain_error_body(body).await;
-    if status == 404 {
+pub async fn rejected(
+    w: &Rc<Worker>,
+    bucket: usize,
+    ckey: &[u8],
+    head: &UpstreamHead,
+    body: Body,
+) -> Error {
+    let e = crate::origin_error::read_and_map(w, bucket, head, body).await;
+    if head.status == 404 {
         remove_everywhere(w, ckey).await;
     }
-    map_origin_status(status)
+    e
 }
 
 /// The conditional header of a revalidation: the stored ETag (none: an unconditional GET).

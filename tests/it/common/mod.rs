@@ -24,8 +24,8 @@ pub mod tls;
 
 pub use net::{free_port, is_refused, wait_until, RefuseAddr, StallServer};
 pub use origin::{
-    pattern_bytes, storage_key, Origin, OriginConfig, RecordedRequest, ACCESS_KEY, REGION,
-    SECRET_KEY,
+    pattern_bytes, storage_key, FaultReply, Origin, OriginConfig, RecordedRequest, ACCESS_KEY,
+    REGION, SECRET_KEY,
 };
 pub use proc::{check, limit_open_files, CheckOutcome, Corvid, Readiness};
 pub use relay::IdleRelay;
