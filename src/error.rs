@@ -48,6 +48,12 @@ pub enum Kind {
     GatewayTimeout,
     /// A bug or resource failure on our side (500).
     Internal,
+    /// The origin failed with its own `500` (S3 `InternalError`): passed on as 500.
+    OriginInternal,
+    /// The origin answered `503` (S3 `SlowDown`, `ServiceUnavailable`): passed on as 503.
+    OriginUnavailable,
+    /// The origin refused corvid's request with `400` (no region problem): passed on as 400.
+    OriginBadRequest,
 }
 
 impl Kind {
@@ -71,6 +77,9 @@ impl Kind {
             Kind::Unavailable => 503,
             Kind::GatewayTimeout => 504,
             Kind::Internal => 500,
+            Kind::OriginInternal => 500,
+            Kind::OriginUnavailable => 503,
+            Kind::OriginBadRequest => 400,
         }
     }
 
@@ -94,6 +103,9 @@ impl Kind {
             Kind::Unavailable => "unavailable",
             Kind::GatewayTimeout => "gateway_timeout",
             Kind::Internal => "internal",
+            Kind::OriginInternal => "origin_internal_error",
+            Kind::OriginUnavailable => "origin_unavailable",
+            Kind::OriginBadRequest => "origin_bad_request",
         }
     }
 }
@@ -119,6 +131,18 @@ pub struct Error {
     allow: Option<&'static str>,
     /// `WWW-Authenticate` value of a 401 (RFC 6750 §3); see [`Error::unauthenticated`].
     www_authenticate: Option<&'static str>,
+    /// What the origin said about an error it answered (boxed: most errors carry none, and
+    /// an `Error` travels in every `Result` of the request path).
+    origin: Option<Box<OriginDetail>>,
+}
+
+/// The origin's own words on an error answer, passed on to the client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct OriginDetail {
+    /// The S3 error code (`<Code>` of the XML error body), e.g. `SlowDown`.
+    code: Option<String>,
+    /// A validated `Retry-After` value (delta-seconds or HTTP-date) to send to the client.
+    retry_after: Option<String>,
 }
 
 /// Result alias over [`Error`].
@@ -134,6 +158,7 @@ impl Error {
             message: message.into(),
             allow: None,
             www_authenticate: None,
+            origin: None,
         }
     }
 
@@ -183,6 +208,29 @@ impl Error {
         self.www_authenticate
     }
 
+    /// Carries the origin's S3 error code (`"origin_code"` in the JSON body).
+    pub fn with_origin_code(mut self, code: impl Into<String>) -> Self {
+        self.origin.get_or_insert_default().code = Some(code.into());
+        self
+    }
+
+    /// Carries a `Retry-After` value for the client; the caller has validated it
+    /// ([`crate::s3::errors::retry_after`]).
+    pub fn with_retry_after(mut self, value: impl Into<String>) -> Self {
+        self.origin.get_or_insert_default().retry_after = Some(value.into());
+        self
+    }
+
+    /// The origin's S3 error code, when the origin sent one.
+    pub fn origin_code(&self) -> Option<&str> {
+        self.origin.as_ref()?.code.as_deref()
+    }
+
+    /// The `Retry-After` header value of the answer, if any.
+    pub fn retry_after(&self) -> Option<&str> {
+        self.origin.as_ref()?.retry_after.as_deref()
+    }
+
     pub fn kind(&self) -> Kind {
         self.kind
     }
@@ -200,14 +248,18 @@ impl Error {
         self.kind.status()
     }
 
-    /// The JSON error body: `{"error": kind, "message": ..., "request_id": ...}`.
+    /// The JSON error body: `{"error": kind, "message": ..., "request_id": ...}`, plus
+    /// `"origin_code"` when the origin named its error.
     pub fn json_body(&self, request_id: &str) -> String {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "error": self.kind.name(),
             "message": self.message,
             "request_id": request_id,
-        })
-        .to_string()
+        });
+        if let Some(code) = self.origin_code() {
+            v["origin_code"] = code.into();
+        }
+        v.to_string()
     }
 }
 
@@ -247,5 +299,33 @@ mod tests {
         assert!(Error::upstream(Kind::BadGateway, "x")
             .retryable()
             .is_retryable());
+    }
+
+    #[test]
+    fn origin_kinds_and_details() {
+        for (kind, status, name) in [
+            (Kind::OriginInternal, 500, "origin_internal_error"),
+            (Kind::OriginUnavailable, 503, "origin_unavailable"),
+            (Kind::OriginBadRequest, 400, "origin_bad_request"),
+        ] {
+            assert_eq!((kind.status(), kind.name()), (status, name));
+        }
+        let plain = Error::upstream(Kind::NotFound, "no such object");
+        let v: serde_json::Value = serde_json::from_str(&plain.json_body("r")).unwrap();
+        assert!(
+            v.get("origin_code").is_none(),
+            "absent unless the origin sent one"
+        );
+        assert_eq!((plain.origin_code(), plain.retry_after()), (None, None));
+        let e = Error::upstream(Kind::OriginUnavailable, "slow down")
+            .with_origin_code("SlowDown")
+            .with_retry_after("3");
+        let v: serde_json::Value = serde_json::from_str(&e.json_body("r2")).unwrap();
+        assert_eq!(v["origin_code"], "SlowDown");
+        assert_eq!(
+            (v["error"].as_str(), v["request_id"].as_str()),
+            (Some("origin_unavailable"), Some("r2"))
+        );
+        assert_eq!(e.clone().retry_after(), Some("3"));
     }
 }

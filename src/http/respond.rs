@@ -98,6 +98,9 @@ pub async fn error<S: AsyncWriteRent>(
     if let Some(challenge) = err.www_authenticate() {
         write_header(out, "WWW-Authenticate", challenge.as_bytes());
     }
+    if let Some(after) = err.retry_after() {
+        write_header(out, "Retry-After", after.as_bytes());
+    }
     write_header(out, "Content-Type", b"application/json");
     write_header_u64(out, "Content-Length", body.len() as u64);
     write_header(out, "Cache-Control", b"no-store");

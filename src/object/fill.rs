@@ -18,9 +18,8 @@ use monoio::io::AsyncWriteRent;
 use super::answer::{client_precondition, write_object_head};
 use super::decide;
 use super::exchange::{Exchange, OwnedTarget, Target, XCache};
-use super::upstream::{
-    drain_error_body, fetch_origin, map_origin_status, respond_upstream, stored_headers,
-};
+use super::origin_error;
+use super::upstream::{drain_error_body, fetch_origin, respond_upstream, stored_headers};
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::freshness::Freshness;
 use crate::cache::inflight::{Event, Leader, Role, Subscription};
@@ -68,8 +67,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
 ) -> Result<Sent, Error> {
     let (w, req, bucket, ckey) = (x.w, x.req, x.bucket, t.ckey);
     if head.status != 200 {
-        let e = map_origin_status(head.status);
-        drain_error_body(body).await;
+        let e = origin_error::read_and_map(w, bucket, &head, body).await;
         if let Some(l) = leader {
             l.fail(e.clone());
         }
@@ -324,7 +322,7 @@ pub async fn publish_whole(
     leader: Leader<'_>,
 ) {
     if head.status != 200 {
-        leader.fail(rejected(w, t.ckey, head.status, body).await);
+        leader.fail(rejected(w, bucket, t.ckey, &head, body).await);
         return;
     }
     match read_whole(w, bucket, &head, body).await {
@@ -340,12 +338,18 @@ pub async fn publish_whole(
 /// An origin answer that neither confirms nor replaces an entry: a `404` removes the key
 /// everywhere (exactly this key: a 404 for one `versionId` says nothing about the others);
 /// returns the error for the client.
-pub async fn rejected(w: &Rc<Worker>, ckey: &[u8], status: u16, body: Body) -> Error {
-    drain_error_body(body).await;
-    if status == 404 {
+pub async fn rejected(
+    w: &Rc<Worker>,
+    bucket: usize,
+    ckey: &[u8],
+    head: &UpstreamHead,
+    body: Body,
+) -> Error {
+    let e = origin_error::read_and_map(w, bucket, head, body).await;
+    if head.status == 404 {
         w.cache.remove_everywhere(ckey).await;
     }
-    map_origin_status(status)
+    e
 }
 
 /// Reads a cacheable 200 answer whole (no client waits on it). `None` when it may not be

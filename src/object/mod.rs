@@ -14,6 +14,7 @@
 //!   │                               ▼
 //!   └─ HEAD/Range miss, bypass ─► upstream    (sign, send, pass the answer through)
 //!                                   ▼
+//!                                origin_error (an origin's error answer, read and mapped)
 //!                                exchange     (the request being answered, timed writes)
 //! ```
 //!
@@ -24,6 +25,7 @@ pub mod answer;
 pub mod decide;
 pub mod exchange;
 pub mod fill;
+pub mod origin_error;
 pub mod revalidate;
 pub mod upstream;
 

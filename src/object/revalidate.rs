@@ -102,7 +102,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
                 return serve_cached(x, &obj, XCache::Revalidated, layer).await;
             }
             200 => return fill_from(x, t, head, body, leader).await,
-            s => rejected(w, t.ckey, s, body).await,
+            _ => rejected(w, bucket, t.ckey, &head, body).await,
         },
     };
     if let Some(l) = leader {

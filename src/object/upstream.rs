@@ -3,9 +3,8 @@
 //!
 //! Origin answers are mapped so that clients see corvid's contract, not S3's XML:
 //! 200/206/304 pass through with the headers in [`PASSED_HEADERS`] and `x-amz-meta-*`;
-//! 403, 404, 412 and 416 keep their status with a JSON error body; any other status
-//! (S3's 400 for a bad request we built, 301 for a wrong region, 5xx) becomes 502, since the
-//! client can do nothing about it.
+//! any other status becomes a JSON error ([`super::origin_error`] reads the small XML error
+//! body; the table of what each status becomes is in [`crate::s3::errors`]).
 
 use std::rc::Rc;
 use std::time::SystemTime;
@@ -14,6 +13,7 @@ use monoio::io::AsyncWriteRent;
 use monoio::time::Instant;
 
 use super::exchange::{Exchange, XCache, STREAM_CHUNK};
+use super::origin_error;
 use crate::context::Worker;
 use crate::error::{Error, Kind};
 use crate::http::conn::Sent;
@@ -98,10 +98,7 @@ pub async fn respond_upstream<S: AsyncWriteRent>(
     let req = x.req;
     match head.status {
         200 | 206 | 304 => {}
-        status => {
-            drain_error_body(body).await;
-            return Err(map_origin_status(status));
-        }
+        _ => return Err(origin_error::read_and_map(x.w, x.bucket, &head, body).await),
     }
     let length = if head.status == 304 {
         None
@@ -259,41 +256,5 @@ pub async fn drain_error_body(mut body: Body) {
         if !matches!(res, Ok(n) if n > 0) {
             return;
         }
-    }
-}
-
-/// The client-facing error for an origin status other than 200/206/304.
-pub fn map_origin_status(status: u16) -> Error {
-    match status {
-        403 => Error::upstream(Kind::Forbidden, "the origin refused access to this object"),
-        404 => Error::upstream(Kind::NotFound, "no such object"),
-        412 => Error::upstream(
-            Kind::PreconditionFailed,
-            "a precondition of the request failed",
-        ),
-        416 => Error::upstream(
-            Kind::RangeNotSatisfiable,
-            "the requested range is not satisfiable",
-        ),
-        s => Error::upstream(
-            Kind::BadGateway,
-            format!("the origin answered with status {s}"),
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origin_status_mapping() {
-        assert_eq!(map_origin_status(403).status(), 403);
-        assert_eq!(map_origin_status(404).status(), 404);
-        assert_eq!(map_origin_status(412).status(), 412);
-        assert_eq!(map_origin_status(416).status(), 416);
-        assert_eq!(map_origin_status(400).status(), 502);
-        assert_eq!(map_origin_status(301).status(), 502);
-        assert_eq!(map_origin_status(503).status(), 502);
     }
 }

@@ -1,8 +1,9 @@
 //! S3 origin access: SigV4 signing ([`sigv4`]), upstream request building ([`request`]), the
-//! pooled HTTP/1.1 client ([`client`]), TLS ([`tls`]) and origin address/reachability
-//! ([`origins`]).
+//! pooled HTTP/1.1 client ([`client`]), TLS ([`tls`]), origin address/reachability
+//! ([`origins`]) and the meaning of S3 error answers ([`errors`]).
 
 pub mod client;
+pub mod errors;
 pub mod origins;
 pub mod request;
 pub mod sigv4;

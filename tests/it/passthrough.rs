@@ -159,10 +159,16 @@ fn origin_statuses_map_to_json_errors() {
     let v = json(&r);
     assert_eq!(v["error"], "not_found");
     assert_eq!(v["request_id"].as_str(), r.header("x-request-id"));
+    assert_eq!(v["origin_code"], "NoSuchKey");
+    // 503 and 400 keep their status, with the S3 error code (more in origin_errors.rs).
     s.origin.fail_next(1, 503);
     let r = http::get(s.corvid.addr(), "/errs/missing", &[]);
-    assert_eq!(r.status, 502, "origin 5xx is a bad gateway: {}", r.text());
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(json(&r)["error"], "origin_unavailable");
+    assert_eq!(json(&r)["origin_code"], "InjectedFault");
     s.origin.fail_next(1, 400);
+    assert_eq!(http::get(s.corvid.addr(), "/errs/x", &[]).status, 400);
+    s.origin.fail_next(1, 301);
     assert_eq!(http::get(s.corvid.addr(), "/errs/x", &[]).status, 502);
     // Unknown routes.
     let r = http::get(s.corvid.addr(), "/nope/x", &[]);

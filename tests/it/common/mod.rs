@@ -27,8 +27,8 @@ pub mod tls;
 pub use moto::Moto;
 pub use net::{free_port, is_refused, wait_until, RefuseAddr, StallServer};
 pub use origin::{
-    pattern_bytes, storage_key, Origin, OriginConfig, Overrides, RecordedRequest, ACCESS_KEY,
-    REGION, SECRET_KEY,
+    pattern_bytes, storage_key, FaultReply, Origin, OriginConfig, Overrides, RecordedRequest,
+    ACCESS_KEY, REGION, SECRET_KEY,
 };
 pub use proc::{check, limit_open_files, CheckOutcome, Corvid, Readiness};
 pub use relay::IdleRelay;

@@ -210,7 +210,114 @@ pub fn precondition(
 #[derive(Clone, Debug)]
 struct Fault {
     remaining: u32,
-    status: u16,
+    reply: FaultReply,
+}
+
+/// The answer of an injected fault ([`Origin::fail_next_with`]): a status, a body (by default
+/// S3-style XML with the code `InjectedFault`), extra headers, and how the body is framed.
+#[derive(Clone, Debug)]
+pub struct FaultReply {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+    /// Send the body chunked (in two chunks) instead of with a Content-Length, as S3 does
+    /// for most error answers.
+    pub chunked: bool,
+    /// Send the first half of the body, then wait this long before the rest (chunked).
+    pub stall: Option<Duration>,
+}
+
+impl FaultReply {
+    /// `status` with the default `InjectedFault` XML body.
+    pub fn status(status: u16) -> Self {
+        Self::xml(
+            status,
+            &format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InjectedFault</Code><Message>injected {status}</Message></Error>"
+            ),
+        )
+    }
+
+    /// `status` with `body` as `application/xml`.
+    pub fn xml(status: u16, body: &str) -> Self {
+        FaultReply {
+            status,
+            body: body.to_owned(),
+            headers: vec![("content-type".into(), "application/xml".into())],
+            chunked: false,
+            stall: None,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn chunked(mut self) -> Self {
+        self.chunked = true;
+        self
+    }
+
+    pub fn stall(mut self, d: Duration) -> Self {
+        self.stall = Some(d);
+        self.chunked = true;
+        self
+    }
+
+    fn response(&self) -> s3s::HttpResponse {
+        let mut builder = hyper::Response::builder().status(self.status);
+        for (n, v) in &self.headers {
+            builder = builder.header(n.as_str(), v.as_str());
+        }
+        let body = if self.chunked {
+            let bytes = bytes::Bytes::from(self.body.clone());
+            let half = bytes.len() / 2;
+            s3s::Body::http_body(Chunks {
+                first: Some(bytes.slice(..half)),
+                stall: self.stall.map(|d| Box::pin(tokio::time::sleep(d))),
+                rest: Some(bytes.slice(half..)),
+            })
+        } else {
+            s3s::Body::from(self.body.clone())
+        };
+        builder.body(body).expect("fault response")
+    }
+}
+
+/// A body of unknown length (so hyper sends it chunked) in two pieces, maybe with a stall
+/// between them.
+struct Chunks {
+    first: Option<bytes::Bytes>,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    rest: Option<bytes::Bytes>,
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if let Some(first) = self.first.take().filter(|b| !b.is_empty()) {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(first))));
+        }
+        if let Some(stall) = self.stall.as_mut() {
+            if stall.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.stall = None;
+        }
+        Poll::Ready(
+            self.rest
+                .take()
+                .filter(|b| !b.is_empty())
+                .map(|b| Ok(hyper::body::Frame::data(b))),
+        )
+    }
 }
 
 #[derive(Default)]
@@ -380,7 +487,7 @@ impl hyper::service::Service<Request<Incoming>> for Recorder {
         let conditionals = req.headers().clone();
         let read = matches!(req.method().as_str(), "GET" | "HEAD");
         let stats = self.stats.clone();
-        let (fault_status, delay, overrides) = {
+        let (fault, delay, overrides) = {
             let mut s = self.stats.lock();
             *s.counts.entry(rec.method.clone()).or_default() += 1;
             let overrides = rec
@@ -391,30 +498,22 @@ impl hyper::service::Service<Request<Incoming>> for Recorder {
                 s.recent.pop_front();
             }
             s.recent.push_back(rec);
-            let status = match &mut s.fault {
+            let fault = match &mut s.fault {
                 Some(f) if f.remaining > 0 => {
                     f.remaining -= 1;
-                    Some(f.status)
+                    Some(f.reply.clone())
                 }
                 _ => None,
             };
-            (status, s.delay, overrides)
+            (fault, s.delay, overrides)
         };
         let inner = self.inner.clone();
         Box::pin(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            if let Some(status) = fault_status {
-                let body = format!(
-                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InjectedFault</Code><Message>injected {status}</Message></Error>"
-                );
-                let resp = hyper::Response::builder()
-                    .status(status)
-                    .header("content-type", "application/xml")
-                    .body(s3s::Body::from(body))
-                    .expect("fault response");
-                return Ok(resp);
+            if let Some(fault) = fault {
+                return Ok(fault.response());
             }
             let mut resp = hyper::service::Service::call(&inner, req).await?;
             let status = resp.status().as_u16();
@@ -686,9 +785,14 @@ impl Origin {
     /// The next `n` requests get `status` with an S3-style XML error body
     /// instead of reaching s3s (they are still counted and recorded).
     pub fn fail_next(&self, n: u32, status: u16) {
+        self.fail_next_with(n, FaultReply::status(status));
+    }
+
+    /// The next `n` requests get `reply` (status, body, headers) instead of reaching s3s.
+    pub fn fail_next_with(&self, n: u32, reply: FaultReply) {
         self.stats.lock().fault = Some(Fault {
             remaining: n,
-            status,
+            reply,
         });
     }
 
