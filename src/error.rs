@@ -215,7 +215,7 @@ impl Error {
     }
 
     /// Carries a `Retry-After` value for the client; the caller has validated it
-    /// ([`crate::s3::errors::retry_after`]).
+    /// (checked by the S3 error mapping, `s3::errors::retry_after`).
     pub fn with_retry_after(mut self, value: impl Into<String>) -> Self {
         self.origin.get_or_insert_default().retry_after = Some(value.into());
         self

@@ -4,7 +4,7 @@
 //! XML error body, [`retry_after`] validates a `Retry-After` value, and [`origin_error`] turns
 //! an origin status (with the parsed body, two headers and the bucket's configuration) into the
 //! client's [`Error`]. Reading the body — bounded in bytes and time, so that the connection
-//! returns to the pool — happens at the edge, in [`crate::origin_error`].
+//! returns to the pool — happens at the edge, in the object path's `origin_error` module.
 //!
 //! # The mapping
 //! Every origin status other than 200/206/304 (which are passed through) is answered as
@@ -28,7 +28,7 @@
 //! | unreachable, or an answer that is not HTTP | 502 | `bad_gateway` | |
 //!
 //! For a stale cache entry being revalidated, `cache.stale_if_error` lets the stale copy stand
-//! in for any of these with a 5xx status (`crate::revalidate`).
+//! in for any of these with a 5xx status (the object path's `revalidate`).
 
 use std::fmt::Write as _;
 
