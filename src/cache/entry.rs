@@ -20,9 +20,10 @@
 //!
 //! | field | size |
 //! |---|---|
-//! | magic `CVE1` | 4 |
+//! | magic `CVE2` (`CVE1`: the same without status, read as 200) | 4 |
 //! | stored_at_ms | 8 |
 //! | expires_at_ms | 8 |
+//! | status (`CVE2` only): 200, or 404 for a negative entry | 2 |
 //! | header count | 2 |
 //! | per header: name length (2), name, value length (4), value | … |
 //! | body length | 8 |
@@ -40,7 +41,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::cache::freshness::{self, Directives, Freshness};
 use crate::http::response::write_header;
 
-const MAGIC: &[u8; 4] = b"CVE1";
+const MAGIC: &[u8; 4] = b"CVE2";
+/// Entries written before the status field (issue 10) still decode, as 200s.
+const MAGIC_V1: &[u8; 4] = b"CVE1";
 /// 9999-12-31T23:59:59Z, the last instant an HTTP-date can name.
 const MAX_HTTP_DATE_MS: u64 = 253_402_300_799_000;
 
@@ -57,6 +60,9 @@ pub struct Meta {
     pub expires_at_ms: u64,
     /// The `Cache-Control` directives of `headers`, parsed once.
     pub directives: Directives,
+    /// The origin's status: 200, or 404 for a negative entry (`cache.negative_ttl`), which has
+    /// no body and answers the 404 from cache.
+    pub status: u16,
     /// The header lines rendered once (`Name: value\r\n`…), `Date` last.
     block: Vec<u8>,
 }
@@ -82,8 +88,14 @@ impl Meta {
             stored_at_ms,
             expires_at_ms,
             directives,
+            status: 200,
             block,
         }
+    }
+
+    /// The same metadata for an answer with another status (a negative entry's 404).
+    pub fn with_status(self, status: u16) -> Meta {
+        Meta { status, ..self }
     }
 
     /// The entry's freshness as [`crate::cache::freshness`] reads it.
@@ -157,6 +169,7 @@ pub fn encode(obj: &CachedObject) -> Vec<u8> {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&m.stored_at_ms.to_le_bytes());
     out.extend_from_slice(&m.expires_at_ms.to_le_bytes());
+    out.extend_from_slice(&m.status.to_le_bytes());
     out.extend_from_slice(&(m.headers.len() as u16).to_le_bytes());
     for (n, v) in &m.headers {
         out.extend_from_slice(&(n.len() as u16).to_le_bytes());
@@ -172,11 +185,14 @@ pub fn encode(obj: &CachedObject) -> Vec<u8> {
 /// Decodes an encoded object; the body is a slice of `bytes` (no copy).
 pub fn decode(bytes: Bytes) -> Option<CachedObject> {
     let mut r = Reader { b: &bytes, pos: 0 };
-    if r.take(4)? != MAGIC {
-        return None;
-    }
+    let v2 = match r.take(4)? {
+        m if m == MAGIC => true,
+        m if m == MAGIC_V1 => false,
+        _ => return None,
+    };
     let stored_at_ms = r.u64()?;
     let expires_at_ms = r.u64()?;
+    let status = if v2 { r.u16()? } else { 200 };
     let count = r.u16()? as usize;
     let mut headers = Vec::with_capacity(count.min(64));
     for _ in 0..count {
@@ -196,7 +212,7 @@ pub fn decode(bytes: Bytes) -> Option<CachedObject> {
         return None;
     }
     Some(CachedObject {
-        meta: Arc::new(Meta::new(headers, stored_at_ms, expires_at_ms)),
+        meta: Arc::new(Meta::new(headers, stored_at_ms, expires_at_ms).with_status(status)),
         body: bytes.slice(start..end),
     })
 }
@@ -267,6 +283,22 @@ mod tests {
         );
         // The body points into the encoded buffer.
         assert_eq!(d.body.as_ptr(), enc[enc.len() - o.body.len()..].as_ptr());
+    }
+
+    #[test]
+    fn negative_entries_round_trip_and_v1_entries_read_as_200() {
+        let neg = CachedObject {
+            meta: Arc::new(Meta::new(vec![], 1_000, 2_000).with_status(404)),
+            body: Bytes::new(),
+        };
+        let d = decode(Bytes::from(encode(&neg))).unwrap();
+        assert_eq!(d.meta.status, 404);
+        // A CVE1 entry: the v2 encoding without the status field.
+        let mut v1 = encode(&obj());
+        v1[..4].copy_from_slice(MAGIC_V1);
+        v1.drain(20..22);
+        let d = decode(Bytes::from(v1)).unwrap();
+        assert_eq!((d.meta.status, d.body.clone()), (200, obj().body));
     }
 
     #[test]

@@ -67,7 +67,11 @@ pub async fn fill_from<S: AsyncWriteRent>(
 ) -> Result<Sent, Error> {
     let (w, req, bucket, ckey) = (x.w, x.req, x.bucket, t.ckey);
     if head.status != 200 {
+        let negative = (head.status == 404).then(|| negative_entry(w, bucket, &head));
         let e = origin_error::read_and_map(w, bucket, &head, body).await;
+        if let Some(obj) = negative.flatten() {
+            w.cache.store(ckey, obj, t.generation).await;
+        }
         if let Some(l) = leader {
             l.fail(e.clone());
         }
@@ -204,6 +208,22 @@ pub fn storable_for(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) ->
     }
     let policy = decide::policy(&w.shared.config, bucket);
     decide::storable(head, 200, &policy, w.clock().now_ms()).ok()
+}
+
+/// A negative entry for an origin `404` (`cache.negative_ttl`, per bucket `negative_ttl`):
+/// no body, no header fields, fresh for the negative TTL (or less, when the 404 itself says
+/// so). `None` when negative caching is off or the 404 may not be stored. A storm of requests
+/// for a missing key then costs one origin request per negative TTL; purges remove it like
+/// any entry, and once it is stale the next request asks the origin again (a 404 has no
+/// validators to revalidate with).
+fn negative_entry(w: &Worker, bucket: usize, head: &UpstreamHead) -> Option<CachedObject> {
+    let policy = decide::policy(&w.shared.config, bucket);
+    let f = decide::storable(head, 404, &policy, w.clock().now_ms()).ok()?;
+    let meta = Meta::new(Vec::new(), f.age_origin_ms, f.expires_at_ms).with_status(404);
+    Some(CachedObject {
+        meta: Arc::new(meta),
+        body: Bytes::new(),
+    })
 }
 
 /// The entry's metadata and length when this 200 answer may be cached.

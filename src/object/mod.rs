@@ -34,7 +34,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use crate::cache::inflight::Role;
 use crate::cache::policy::cache_key_into;
 use crate::cors;
-use crate::error::Error;
+use crate::error::{Error, Kind};
 use crate::http::conn::Sent;
 use crate::http::range;
 use crate::http::request::Method;
@@ -79,7 +79,16 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
         ckey: &ckey,
         generation: cache.generation(),
     };
-    if let Some(hit) = cache.lookup(&ckey).await {
+    let found = cache.lookup(&ckey).await;
+    let negative = found.as_ref().filter(|h| h.obj.meta.status != 200);
+    if let Some(hit) = negative {
+        // A negative entry answers its 404 while fresh; stale, the key is a miss again.
+        if hit.obj.meta.is_fresh(w.clock().now_ms()) {
+            w.metrics().cache_hit(x.bucket, hit.layer);
+            return Err(Error::upstream(Kind::NotFound, "no such object (cached)"));
+        }
+    }
+    if let Some(hit) = found.filter(|h| h.obj.meta.status == 200) {
         let now = w.clock().now_ms();
         let layer = Some(hit.layer);
         // Fresh is the common case, decided without building the bucket's policy.

@@ -14,6 +14,7 @@ mod jwt_support;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod negative;
 mod origin_errors;
 mod passthrough;
 mod pool;
