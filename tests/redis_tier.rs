@@ -631,3 +631,50 @@ fn a_host_name_url_is_resolved_and_used_by_client_and_subscriber() {
         subscriber_receives(o, &c, b"hello").await;
     });
 }
+
+/// A revalidation refreshes a Redis entry in place: the key's TTL, and the age origin and
+/// deadline inside the value (so another instance reading the copy sees the restarted age),
+/// body and header fields untouched; a key that expired meanwhile is not recreated.
+#[test]
+fn refresh_moves_the_stored_times_in_place() {
+    use corvid::cache::entry::{CachedObject, Meta};
+    use corvid::cache::redis_tier;
+    use std::sync::Arc;
+    let server = Server::start(&[]);
+    run(async {
+        let o = opts(server.url());
+        let prefix = o.key_prefix.clone();
+        let c = RedisClient::new(o).unwrap();
+        let retain = Duration::from_secs(3600);
+        let now = 1_700_000_000_000u64;
+        let headers = vec![("ETag".to_string(), "\"e1\"".to_string())];
+        let old = CachedObject {
+            meta: Arc::new(Meta::new(headers.clone(), now - 7_200_000, now - 3_600_000)),
+            body: Bytes::from_static(b"the body"),
+        };
+        redis_tier::store(&c, b"k", &old, 1 << 20, retain, now)
+            .await
+            .unwrap();
+        let new = CachedObject {
+            meta: Arc::new(Meta::new(headers, now, now + 60_000)),
+            body: old.body.clone(),
+        };
+        redis_tier::refresh(&c, &prefix, b"k", &new, retain, now)
+            .await
+            .unwrap();
+        let got = redis_tier::lookup(&c, &prefix, b"k", retain, now)
+            .await
+            .unwrap()
+            .expect("still stored");
+        assert_eq!(got.meta.stored_at_ms, now, "age origin moved");
+        assert!(got.meta.expires_at_ms > now, "fresh again");
+        assert_eq!(got.body, old.body);
+        assert_eq!(got.meta.etag(), Some("\"e1\""));
+        // Gone meanwhile: nothing is recreated.
+        c.del(b"gone").await.unwrap();
+        redis_tier::refresh(&c, &prefix, b"gone", &new, retain, now)
+            .await
+            .unwrap();
+        assert_eq!(c.get(b"gone").await.unwrap(), None);
+    });
+}

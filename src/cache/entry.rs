@@ -162,6 +162,18 @@ impl CachedObject {
     }
 }
 
+/// Where the age origin and the deadline sit in the encoding (after the magic): a tier that
+/// keeps the encoding as one value can move an entry's times in place ([`encode_times`]).
+pub const TIMES_OFFSET: usize = 4;
+
+/// The age origin and deadline of `m` as they are encoded at [`TIMES_OFFSET`].
+pub fn encode_times(m: &Meta) -> [u8; 16] {
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&m.stored_at_ms.to_le_bytes());
+    t[8..].copy_from_slice(&m.expires_at_ms.to_le_bytes());
+    t
+}
+
 /// Encodes `obj` for the disk and Redis tiers.
 pub fn encode(obj: &CachedObject) -> Vec<u8> {
     let m = &obj.meta;

@@ -222,11 +222,13 @@ impl Cache {
         r.behind.set(r.behind.get() + 1);
         let (tiers, behind, key) = (Arc::clone(&self.tiers), Rc::clone(&r.behind), key.to_vec());
         let (client, max_object_size, retain) = (r.client.clone(), r.max_object_size, r.retain);
+        let prefix = r.prefix.clone();
         monoio::spawn(async move {
             if tiers.generation() == since {
                 let w = RedisWrite {
                     tiers: &tiers,
                     client: &client,
+                    prefix: &prefix,
                     max_object_size,
                     retain,
                 };
@@ -254,6 +256,7 @@ enum Write {
 struct RedisWrite<'a> {
     tiers: &'a Tiers,
     client: &'a RedisClient,
+    prefix: &'a str,
     max_object_size: u64,
     retain: Duration,
 }
@@ -263,6 +266,7 @@ impl<'a> RedisWrite<'a> {
         RedisWrite {
             tiers,
             client: &r.client,
+            prefix: &r.prefix,
             max_object_size: r.max_object_size,
             retain: r.retain,
         }
@@ -273,7 +277,7 @@ impl<'a> RedisWrite<'a> {
         let (c, max, retain) = (self.client, self.max_object_size, self.retain);
         let written = match write {
             Write::Store => redis_tier::store(c, key, obj, max, retain, now).await,
-            Write::Refresh => redis_tier::refresh(c, key, obj, retain, now).await,
+            Write::Refresh => redis_tier::refresh(c, self.prefix, key, obj, retain, now).await,
         };
         // A purge that began while the write was on its way may have walked Redis before the
         // write landed: delete the key again.

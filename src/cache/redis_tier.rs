@@ -76,16 +76,30 @@ pub async fn store(
         .await
 }
 
-/// Moves the entry's freshness after a revalidation (no body transfer).
+/// Moves the entry's freshness after a revalidation, without sending the body again: the key's
+/// TTL (`PEXPIRE`), then — only when the key still exists, so a key that expired meanwhile is
+/// not recreated as a fragment — the entry's age origin and deadline in place (`SETRANGE` over
+/// their fixed offset in the [`entry`] encoding), so that every instance reading the copy sees
+/// the age the revalidation restarted. Header-field changes are not patched here: the cache
+/// front stores the whole entry again for those.
 pub async fn refresh(
     client: &RedisClient,
+    key_prefix: &str,
     key: &[u8],
     obj: &CachedObject,
     retain: Duration,
     now_ms: u64,
 ) -> Result<(), RedisError> {
-    client
-        .pexpire(key, ttl(obj, retain, now_ms))
-        .await
-        .map(|_| ())
+    if !client.pexpire(key, ttl(obj, retain, now_ms)).await? {
+        return Ok(());
+    }
+    let mut full = Vec::with_capacity(key_prefix.len() + key.len());
+    full.extend_from_slice(key_prefix.as_bytes());
+    full.extend_from_slice(key);
+    let cmd = redis::cmd("SETRANGE")
+        .arg(full)
+        .arg(entry::TIMES_OFFSET)
+        .arg(&entry::encode_times(&obj.meta)[..])
+        .clone();
+    client.command(&cmd).await.map(|_| ())
 }
