@@ -1,6 +1,9 @@
 //! The cache in the request path, against the signature-verifying origin: fills and hits,
 //! HEAD/ranges/conditionals answered from cache, coalescing, freshness and revalidation,
 //! stale-if-error, and what is not cached.
+//!
+//! Tests that need an entry to go stale run corvid in-process ([`InProcess`]) and advance its
+//! clock past a realistic TTL; none sleeps past a TTL.
 
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -8,16 +11,16 @@ use std::time::Duration;
 use crate::common::http::{self, Conn};
 use crate::common::*;
 
-/// Polls `path` until `X-Cache` is no longer HIT (the entry went stale), bounded.
-fn get_after_expiry(addr: std::net::SocketAddr, path: &str) -> http::RawResponse {
-    for _ in 0..200 {
-        let r = http::get(addr, path, &[]);
-        if r.header("x-cache") != Some("HIT") {
-            return r;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{path} stayed fresh for 4 s");
+/// The bucket TTL of the tests that let entries go stale: long enough that no request takes
+/// a noticeable part of it.
+const TTL: &str = "ttl = \"1h\"";
+/// How far those tests move corvid's clock to make an entry stale under [`TTL`].
+const PAST_TTL: Duration = Duration::from_secs(2 * 3600);
+
+/// Moves `corvid`'s clock [`PAST_TTL`] and GETs `path`: the request that finds its entry stale.
+fn get_after_expiry(corvid: &InProcess, path: &str) -> http::RawResponse {
+    corvid.advance(PAST_TTL);
+    http::get(corvid.addr(), path, &[])
 }
 
 #[test]
@@ -135,14 +138,14 @@ fn concurrent_misses_coalesce_into_one_origin_get() {
 
 #[test]
 fn stale_entries_revalidate_with_one_conditional_request() {
-    let (origin, corvid) = origin_and_corvid("reval", "ttl = \"300ms\"", "");
+    let (origin, corvid) = origin_and_inprocess("reval", TTL, "");
     origin.put("reval", "k", b"version one");
     let addr = corvid.addr();
     assert_eq!(
         http::get(addr, "/reval/k", &[]).header("x-cache"),
         Some("MISS")
     );
-    let r = get_after_expiry(addr, "/reval/k");
+    let r = get_after_expiry(&corvid, "/reval/k");
     assert_eq!(r.header("x-cache"), Some("REVALIDATED"), "{:?}", r.headers);
     assert_eq!(r.body, b"version one");
     assert_eq!(
@@ -160,13 +163,13 @@ fn stale_entries_revalidate_with_one_conditional_request() {
 
     // Changed at the origin: served after expiry.
     origin.put("reval", "k", b"version two!");
-    let r = get_after_expiry(addr, "/reval/k");
+    let r = get_after_expiry(&corvid, "/reval/k");
     assert_eq!(r.body, b"version two!");
     assert_eq!(http::get(addr, "/reval/k", &[]).body, b"version two!");
 
     // Deleted at the origin: 404 after expiry, and the entry is gone.
     origin.delete("reval", "k");
-    let r = get_after_expiry(addr, "/reval/k");
+    let r = get_after_expiry(&corvid, "/reval/k");
     assert_eq!(r.status, 404);
 }
 
@@ -189,8 +192,7 @@ fn concurrent_gets(addr: std::net::SocketAddr, path: &str, n: usize) -> Vec<http
 
 #[test]
 fn concurrent_revalidations_of_a_stale_key_coalesce() {
-    let ttl = Duration::from_millis(300);
-    let (origin, corvid) = origin_and_corvid("revco", "ttl = \"300ms\"", "");
+    let (origin, corvid) = origin_and_inprocess("revco", TTL, "");
     // Larger than what a follower copies behind its head: exercises the vectored path.
     let v1 = pattern_bytes(256 << 10, 1);
     origin.put("revco", "k", &v1);
@@ -199,8 +201,8 @@ fn concurrent_revalidations_of_a_stale_key_coalesce() {
         http::get(addr, "/revco/k", &[]).header("x-cache"),
         Some("MISS")
     );
-    // Any request would revalidate, so staleness is awaited on the clock, not polled.
-    std::thread::sleep(ttl + Duration::from_millis(100));
+    // Any request would revalidate, so the entry is made stale by the clock, not polled.
+    corvid.advance(PAST_TTL);
     // A slow origin keeps the conditional GET open while every request arrives.
     origin.set_delay(Duration::from_millis(400));
     let (gets, unchanged) = (origin.count("GET"), origin.conditional_count(304));
@@ -219,7 +221,7 @@ fn concurrent_revalidations_of_a_stale_key_coalesce() {
     // Changed at the origin: one GET, and every request gets the new body as it streams.
     let v2 = pattern_bytes(300 << 10, 2);
     origin.put("revco", "k", &v2);
-    std::thread::sleep(ttl + Duration::from_millis(100));
+    corvid.advance(PAST_TTL);
     let gets = origin.count("GET");
     for r in concurrent_gets(addr, "/revco/k", 40) {
         assert_eq!(r.status, 200);
@@ -234,16 +236,14 @@ fn concurrent_revalidations_of_a_stale_key_coalesce() {
 
 #[test]
 fn stale_if_error_serves_the_old_copy_when_the_origin_is_down() {
-    let (mut origin, corvid) = origin_and_corvid(
-        "sie",
-        "ttl = \"200ms\"",
-        "\n[cache]\nstale_if_error = \"1h\"\n",
-    );
+    // The window outlasts PAST_TTL's staleness.
+    let (mut origin, corvid) =
+        origin_and_inprocess("sie", TTL, "\n[cache]\nstale_if_error = \"1d\"\n");
     origin.put("sie", "k", b"still here");
     let addr = corvid.addr();
     assert_eq!(http::get(addr, "/sie/k", &[]).status, 200);
     origin.stop();
-    let r = get_after_expiry(addr, "/sie/k");
+    let r = get_after_expiry(&corvid, "/sie/k");
     assert_eq!((r.status, r.header("x-cache")), (200, Some("STALE")));
     assert_eq!(r.body, b"still here");
     // Without the entry, the origin being down is a 502.
@@ -252,17 +252,15 @@ fn stale_if_error_serves_the_old_copy_when_the_origin_is_down() {
 
 #[test]
 fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
-    let (origin, corvid) = origin_and_corvid(
-        "swr",
-        "ttl = \"200ms\"",
-        "\n[cache]\nstale_while_revalidate = \"1h\"\n",
-    );
+    // The window outlasts PAST_TTL's staleness.
+    let (origin, corvid) =
+        origin_and_inprocess("swr", TTL, "\n[cache]\nstale_while_revalidate = \"1d\"\n");
     origin.put("swr", "k", b"old");
     let addr = corvid.addr();
     assert_eq!(http::get(addr, "/swr/k", &[]).status, 200);
     origin.put("swr", "k", b"new");
-    std::thread::sleep(Duration::from_millis(300)); // past the TTL
-                                                    // A slow origin keeps the background refresh running while every request arrives.
+    corvid.advance(PAST_TTL);
+    // A slow origin keeps the background refresh running while every request arrives.
     origin.set_delay(Duration::from_millis(300));
     let gets = origin.count("GET");
     for r in concurrent_gets(addr, "/swr/k", 20) {
@@ -281,6 +279,59 @@ fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
         origin.count("GET") - gets,
         1,
         "one background request for 20 stale hits"
+    );
+}
+
+/// The injected clock end to end: `Cache-Control: max-age=60` is fresh for 60 s of corvid's
+/// clock, `Age` counts those seconds, and past them one conditional GET revalidates.
+#[test]
+fn max_age_is_fresh_for_that_long_on_the_clock_and_age_follows_it() {
+    let (origin, corvid) = origin_and_inprocess("clk", "", "");
+    origin.put_with(
+        "clk",
+        "k",
+        b"sixty",
+        None,
+        &[("cache-control", "max-age=60")],
+    );
+    let addr = corvid.addr();
+    let age = |r: &http::RawResponse| r.header("age").and_then(|a| a.parse::<u64>().ok());
+    let r = http::get(addr, "/clk/k", &[]);
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("MISS")));
+    let gets = origin.count("GET");
+    let r = http::get(addr, "/clk/k", &[]);
+    assert_eq!((r.header("x-cache"), age(&r)), (Some("HIT"), Some(0)));
+
+    corvid.advance(Duration::from_secs(59));
+    let r = http::get(addr, "/clk/k", &[]);
+    assert_eq!(
+        (r.header("x-cache"), age(&r)),
+        (Some("HIT"), Some(59)),
+        "fresh for 59 s of the clock, and as old: {:?}",
+        r.headers
+    );
+    assert_eq!(origin.count("GET"), gets, "both hits came from memory");
+
+    corvid.advance(Duration::from_secs(2));
+    let r = http::get(addr, "/clk/k", &[]);
+    assert_eq!(r.header("x-cache"), Some("REVALIDATED"), "{:?}", r.headers);
+    assert_eq!(r.body, b"sixty");
+    assert_eq!(origin.count("GET") - gets, 1, "one origin GET past max-age");
+    assert_eq!(
+        origin.conditional_count(304),
+        1,
+        "a conditional one, answered 304"
+    );
+    assert!(origin
+        .last_request()
+        .unwrap()
+        .header("if-none-match")
+        .is_some());
+    let r = http::get(addr, "/clk/k", &[]);
+    assert_eq!(
+        (r.header("x-cache"), age(&r)),
+        (Some("HIT"), Some(0)),
+        "fresh again, as old as the 304"
     );
 }
 

@@ -247,6 +247,91 @@ fn origin_header_overrides_apply_to_200_206_and_304_and_can_change() {
     );
 }
 
+/// `Date` is the wrapper's, stamped on every answer (faults and 404s too), so an override can
+/// take it out; bucket-wide overrides apply to every object of the bucket, under its own.
+#[test]
+fn origin_stamps_date_unless_removed_and_bucket_overrides_layer_under_key_ones() {
+    let origin = Origin::start();
+    origin.create_bucket("dated");
+    origin.put("dated", "a", b"0123456789");
+    origin.put("dated", "b", b"0123456789");
+    let c = origin.client();
+    let one_date = |r: &http::RawResponse| {
+        r.header_all("date").len() == 1
+            && httpdate::parse_http_date(r.header("date").unwrap()).is_ok()
+    };
+    let r = c.get_object("dated", "a", &[]);
+    assert!(one_date(&r), "{:?}", r.headers);
+    let r = c.get_object("dated", "missing", &[]);
+    assert_eq!(r.status, 404);
+    assert!(one_date(&r), "{:?}", r.headers);
+    origin.fail_next(1, 503);
+    let r = c.get_object("dated", "a", &[]);
+    assert_eq!(r.status, 503);
+    assert!(one_date(&r), "{:?}", r.headers);
+
+    origin.set_bucket_headers(
+        "dated",
+        Overrides::new()
+            .remove("date")
+            .set("cache-control", "max-age=1"),
+    );
+    origin.set_headers(
+        "dated",
+        "b",
+        Overrides::new().set("cache-control", "max-age=2"),
+    );
+    for (key, cc) in [("a", "max-age=1"), ("b", "max-age=2")] {
+        for r in [
+            c.get_object("dated", key, &[]),
+            c.head_object("dated", key, &[]),
+            c.get_object("dated", key, &[("range", "bytes=0-1")]),
+            c.get_object("dated", key, &[("if-none-match", "*")]),
+        ] {
+            assert!(matches!(r.status, 200 | 206 | 304), "{key}: {}", r.status);
+            assert_eq!(
+                r.header("date"),
+                None,
+                "{key} {}: {:?}",
+                r.status,
+                r.headers
+            );
+            assert_eq!(r.header_all("cache-control"), [cc], "{key} {}", r.status);
+        }
+    }
+    assert_eq!(origin.conditional_count(304), 2);
+
+    origin.clear_bucket_headers("dated");
+    let r = c.get_object("dated", "a", &[]);
+    assert!(one_date(&r), "{:?}", r.headers);
+    assert_eq!(r.header("cache-control"), None);
+    let r = c.get_object("dated", "b", &[]);
+    assert!(one_date(&r), "{:?}", r.headers);
+    assert_eq!(
+        r.header("cache-control"),
+        Some("max-age=2"),
+        "its own still apply"
+    );
+}
+
+/// The in-process corvid: listens on the port it picked, answers, advances the clock it was
+/// given (its clones share the time) and releases the port when stopped.
+#[test]
+fn in_process_corvid_serves_on_a_manual_clock() {
+    let (origin, corvid) = origin_and_inprocess("inproc", "", "");
+    origin.put("inproc", "k", b"v");
+    assert_ne!(corvid.addr().port(), 0);
+    assert_eq!(http::get(corvid.addr(), "/health", &[]).status, 200);
+    assert_eq!(http::get(corvid.addr(), "/inproc/k", &[]).body, b"v");
+    let clock = corvid.clock().clone();
+    let t0 = clock.now_ms();
+    corvid.advance(Duration::from_secs(3600));
+    assert_eq!(clock.now_ms(), t0 + 3_600_000);
+    let addr = corvid.addr();
+    corvid.stop();
+    assert!(is_refused(addr), "stopped: the port refuses connections");
+}
+
 #[test]
 fn origin_evaluates_preconditions_in_rfc9110_order() {
     let origin = Origin::start();

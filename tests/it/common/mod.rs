@@ -5,6 +5,8 @@
 //! * [`S3Client`]: independent aws-sigv4 client used to seed the origin.
 //! * [`TlsTerminator`], [`TestCa`], [`generate_server_cert_files`]: TLS bits.
 //! * [`Corvid`]: the real binary as a child process.
+//! * [`InProcess`]: corvid in this process on a manual clock, for TTL tests that advance time
+//!   ([`origin_and_inprocess`]; read its module doc about `Date`).
 //! * [`http`]: raw HTTP/1.1 client for exact-bytes tests.
 //! * [`StallServer`], [`RefuseAddr`]: broken upstreams.
 //! * [`IdleRelay`]: a relay that closes idle connections, like an origin's keep-alive timeout.
@@ -15,6 +17,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod http;
+pub mod inproc;
 pub mod moto;
 pub mod net;
 pub mod origin;
@@ -24,6 +27,7 @@ pub mod relay;
 pub mod s3client;
 pub mod tls;
 
+pub use inproc::{origin_and_inprocess, InProcess};
 pub use moto::Moto;
 pub use net::{free_port, is_refused, wait_until, RefuseAddr, StallServer};
 pub use origin::{

@@ -24,6 +24,10 @@
 //!   never answers 304 or 412. The wrapper evaluates them instead ([`precondition`]).
 //! * `Expires` must be a valid HTTP-date at PUT (s3s parses it); an invalid one such
 //!   as `Expires: 0` can only come from an [`Overrides`].
+//!
+//! `Date` is stamped by the wrapper on every answer (hyper's own automatic `Date` is off), so
+//! that an [`Overrides`] can remove it: `Overrides::new().remove("date")` really sends no
+//! `Date`, which tests on an advanced manual clock need (see [`super::InProcess`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -93,7 +97,8 @@ fn object_of(raw_path: &str) -> Option<(String, String)> {
 /// How the origin rewrites one object's response header fields, after s3s answered (and so
 /// after the signature was verified): on 200 and 206 answers to GET and HEAD, and on the 304s
 /// the wrapper's conditional evaluation sends, which also sees the rewritten `ETag` and
-/// `Last-Modified`. Install with [`Origin::set_headers`]; replacing them between requests
+/// `Last-Modified`. Install with [`Origin::set_headers`] (one object) or
+/// [`Origin::set_bucket_headers`] (every object of a bucket); replacing them between requests
 /// models an origin whose metadata changed.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -330,6 +335,22 @@ struct StatsInner {
     conditional: HashMap<u16, u64>,
     /// Response header rewrites by (bucket, key).
     overrides: HashMap<(String, String), Overrides>,
+    /// Response header rewrites for every object of a bucket, applied before the key's own.
+    bucket_overrides: HashMap<String, Overrides>,
+}
+
+impl StatsInner {
+    /// The rewrites for one object: its bucket's, then its own (which win on a shared name).
+    fn overrides_for(&self, object: &(String, String)) -> Vec<Overrides> {
+        [
+            self.bucket_overrides.get(&object.0),
+            self.overrides.get(object),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
 }
 
 #[derive(Default)]
@@ -490,10 +511,10 @@ impl hyper::service::Service<Request<Incoming>> for Recorder {
         let (fault, delay, overrides) = {
             let mut s = self.stats.lock();
             *s.counts.entry(rec.method.clone()).or_default() += 1;
-            let overrides = rec
-                .object()
-                .and_then(|object| s.overrides.get(&object).cloned())
-                .filter(|_| read);
+            let overrides = match rec.object() {
+                Some(object) if read => s.overrides_for(&object),
+                _ => Vec::new(),
+            };
             if s.recent.len() == RECENT_LIMIT {
                 s.recent.pop_front();
             }
@@ -513,14 +534,17 @@ impl hyper::service::Service<Request<Incoming>> for Recorder {
                 tokio::time::sleep(delay).await;
             }
             if let Some(fault) = fault {
-                return Ok(fault.response());
+                let mut resp = fault.response();
+                stamp_date(resp.headers_mut());
+                return Ok(resp);
             }
             let mut resp = hyper::service::Service::call(&inner, req).await?;
+            stamp_date(resp.headers_mut());
             let status = resp.status().as_u16();
             if !read || !matches!(status, 200 | 206) {
                 return Ok(resp);
             }
-            if let Some(o) = &overrides {
+            for o in &overrides {
                 o.apply(resp.headers_mut());
             }
             if status != 200 {
@@ -542,11 +566,21 @@ impl hyper::service::Service<Request<Incoming>> for Recorder {
                     answer.headers_mut().append(name, v.clone());
                 }
             }
-            if let Some(o) = &overrides {
+            for o in &overrides {
                 o.apply(answer.headers_mut());
             }
             Ok(answer)
         })
+    }
+}
+
+/// The `Date` every answer carries (RFC 9110 §6.6.1), stamped here rather than by hyper so
+/// that an [`Overrides`] can take it out again.
+fn stamp_date(headers: &mut hyper::HeaderMap) {
+    if !headers.contains_key(hyper::header::DATE) {
+        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let value = hyper::header::HeaderValue::from_str(&now).expect("an HTTP-date is ASCII");
+        headers.insert(hyper::header::DATE, value);
     }
 }
 
@@ -805,12 +839,30 @@ impl Origin {
             .insert((bucket.to_owned(), key.to_owned()), overrides);
     }
 
-    /// Back to s3s's own header fields for `bucket`/`key`.
+    /// Back to s3s's own header fields for `bucket`/`key` (the bucket's rewrites, if any,
+    /// still apply).
     pub fn clear_headers(&self, bucket: &str, key: &str) {
         self.stats
             .lock()
             .overrides
             .remove(&(bucket.to_owned(), key.to_owned()));
+    }
+
+    /// Like [`Origin::set_headers`] for every object of `bucket`, replacing bucket-wide
+    /// rewrites set before. They are applied first, then the object's own, so where both
+    /// rewrite a field the object's wins. `Overrides::new().remove("date")` here is what tests
+    /// on an advanced manual clock use (see [`super::InProcess`]).
+    pub fn set_bucket_headers(&self, bucket: &str, overrides: Overrides) {
+        self.stats
+            .lock()
+            .bucket_overrides
+            .insert(bucket.to_owned(), overrides);
+    }
+
+    /// Back to s3s's own header fields for the objects of `bucket` (their own rewrites, if
+    /// any, still apply).
+    pub fn clear_bucket_headers(&self, bucket: &str) {
+        self.stats.lock().bucket_overrides.remove(bucket);
     }
 
     /// Recorded requests for one object (any method), oldest first.
@@ -861,6 +913,10 @@ impl Drop for Origin {
 }
 
 fn serve(listener: StdListener, service: Recorder, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    // `Date` comes from the wrapper (`stamp_date`), so that overrides can remove it.
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1().auto_date_header(false);
+    http.http2().auto_date_header(false);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("origin-worker")
@@ -875,14 +931,12 @@ fn serve(listener: StdListener, service: Recorder, mut stop: tokio::sync::onesho
                 accepted = listener.accept() => {
                     let Ok((sock, _)) = accepted else { continue };
                     let _ = sock.set_nodelay(true);
-                    let svc = service.clone();
+                    let (svc, http) = (service.clone(), http.clone());
                     tokio::spawn(async move {
                         // auto = HTTP/1.1 (and h2 prior knowledge); errors
                         // here are client disconnects, which tests provoke
                         // on purpose.
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(sock), svc)
-                            .await;
+                        let _ = http.serve_connection(TokioIo::new(sock), svc).await;
                     });
                 }
             }
