@@ -420,3 +420,37 @@ fn uncacheable_answers_are_not_stored() {
         (Some("MISS"), Some("text/x-v"))
     );
 }
+
+/// `ttl = 0`: responses without explicit freshness are stored but revalidated on every use —
+/// each request costs the origin a `304`, never the body again — while an explicit
+/// `max-age` still makes hits.
+#[test]
+fn ttl_zero_revalidates_every_use_without_refetching_bodies() {
+    let (origin, corvid) = origin_and_corvid("ttlzero", "ttl = \"0s\"", "");
+    let body = pattern_bytes(50_000, 9);
+    origin.put("ttlzero", "plain", &body);
+    origin.put_with(
+        "ttlzero",
+        "explicit",
+        b"fresh for a minute",
+        None,
+        &[("cache-control", "max-age=60")],
+    );
+    let addr = corvid.addr();
+    assert_eq!(
+        http::get(addr, "/ttlzero/plain", &[]).header("x-cache"),
+        Some("MISS")
+    );
+    let before = origin.conditional_count(304);
+    for i in 0..3 {
+        let r = http::get(addr, "/ttlzero/plain", &[]);
+        assert_eq!(r.header("x-cache"), Some("REVALIDATED"), "request {i}");
+        assert!(r.body == body, "request {i}: body differs");
+    }
+    assert_eq!(origin.conditional_count(304) - before, 3, "one 304 per use");
+    http::get(addr, "/ttlzero/explicit", &[]);
+    assert_eq!(
+        http::get(addr, "/ttlzero/explicit", &[]).header("x-cache"),
+        Some("HIT")
+    );
+}
