@@ -17,12 +17,12 @@ use monoio::io::AsyncWriteRent;
 
 use super::answer::{client_precondition, write_object_head};
 use super::decide;
-use super::exchange::{Exchange, OwnedTarget, Target, XCache};
+use super::exchange::{Exchange, Target, XCache};
 use super::origin_error;
 use super::upstream::{drain_error_body, fetch_origin, respond_upstream, stored_headers};
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::freshness::Freshness;
-use crate::cache::inflight::{Event, Leader, Role, Subscription};
+use crate::cache::inflight::{Event, Leader, Subscription};
 use crate::context::Worker;
 use crate::error::{Error, Kind};
 use crate::http::conditional::Precondition;
@@ -303,32 +303,6 @@ pub async fn follow<S: AsyncWriteRent>(
         }
     };
     Some(Ok(Sent { status, abort }))
-}
-
-/// Fetches a whole object into the cache in a background task (after a Range miss), unless a
-/// fill or revalidation of it is already running somewhere in the process. The task leads the
-/// key in the coalescing table, so requests that need the object meanwhile follow it; having
-/// no client to stream to, it reads the body whole before publishing it.
-pub fn fill_in_background(w: &Rc<Worker>, bucket: usize, t: &Target<'_>) {
-    if w.cache.inflight().contains(t.ckey) {
-        return;
-    }
-    let (w, owned) = (Rc::clone(w), OwnedTarget::of(t));
-    monoio::spawn(async move {
-        let params = owned.params();
-        let t = owned.target(&params);
-        // Another request may have started one since the check above.
-        let Role::Leader(leader) = w.cache.inflight().join(t.ckey) else {
-            return;
-        };
-        match fetch_origin(&w, bucket, false, t.key, t.params, &[]).await {
-            Ok((head, body)) => publish_whole(&w, bucket, &t, head, body, leader).await,
-            Err(e) => {
-                log::warn!("background fill of a cache entry failed: {e}");
-                leader.fail(e);
-            }
-        }
-    });
 }
 
 /// A background task's origin answer: a cacheable `200` is read whole, stored and published

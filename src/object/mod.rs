@@ -12,6 +12,8 @@
 //!   ├─ miss, full GET ──────────► fill        (one origin GET per key, streamed to the client
 //!   │                               │          and its followers while it is stored)
 //!   │                               ▼
+//!   ├─ background ──────────────► revalidate / fill (no client waits: stale-while-revalidate,
+//!   │                                          the whole object after a Range miss)
 //!   └─ HEAD/Range miss, bypass ─► upstream    (sign, send, pass the answer through)
 //!                                   ▼
 //!                                origin_error (an origin's error answer, read and mapped)
@@ -22,6 +24,7 @@
 //! `cache::Cache`, reached through the worker ([`crate::context::Worker::cache`]).
 
 pub mod answer;
+pub mod background;
 pub mod decide;
 pub mod exchange;
 pub mod fill;
@@ -104,7 +107,7 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
                 return serve_cached(x, &hit.obj, XCache::Hit, layer).await;
             }
             Phase::StaleWhileRevalidate => {
-                revalidate::refresh_in_background(w, x.bucket, &target, hit.obj.clone());
+                background::fetch(w, x.bucket, &target, Some(hit.obj.clone()));
                 w.metrics().cache_hit(x.bucket, hit.layer);
                 return serve_cached(x, &hit.obj, XCache::Stale, layer).await;
             }
@@ -153,7 +156,7 @@ fn fill_after_range_miss<S>(x: &Exchange<'_, '_, S>, t: &Target<'_>, head: &Upst
         .and_then(range::content_range_complete);
     let storable = whole.and_then(|len| fill::storable_for(x.w, x.bucket, head, len));
     if head.status == 206 && storable.is_some() {
-        fill::fill_in_background(x.w, x.bucket, t);
+        background::fetch(x.w, x.bucket, t, None);
     }
 }
 

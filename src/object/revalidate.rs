@@ -12,7 +12,7 @@
 //! is served (`X-Cache: STALE`); an entry that must be revalidated (`must-revalidate`,
 //! `proxy-revalidate`, `s-maxage`, `no-cache`) never is, and answers 504 when the origin cannot
 //! be reached. Within the stale-while-revalidate window a stale copy is served at once and
-//! [`refresh_in_background`] revalidates it.
+//! `object::background` revalidates it.
 //!
 //! # One conditional GET per key
 //! Revalidations are coalesced through the same table as miss fills
@@ -34,8 +34,8 @@ use monoio::io::AsyncWriteRent;
 
 use super::answer::serve_cached;
 use super::decide;
-use super::exchange::{coalescible, Exchange, OwnedTarget, Target, XCache};
-use super::fill::{fill_from, follow, publish_whole, rejected};
+use super::exchange::{coalescible, Exchange, Target, XCache};
+use super::fill::{fill_from, follow, rejected};
 use super::upstream::{drain_error_body, fetch_origin, stored_headers};
 use crate::cache::entry::CachedObject;
 use crate::cache::inflight::{Leader, Role};
@@ -186,32 +186,4 @@ pub fn validators(obj: &CachedObject) -> Vec<(&'static str, &str)> {
         v.push(("if-modified-since", lm));
     }
     v
-}
-
-/// Revalidates a stale entry in a background task (stale-while-revalidate), unless a fill or
-/// revalidation of the key is already running somewhere in the process. The task leads the
-/// key in the coalescing table, so requests too stale to be served meanwhile follow it.
-pub fn refresh_in_background(w: &Rc<Worker>, bucket: usize, t: &Target<'_>, stale: CachedObject) {
-    if w.cache.inflight().contains(t.ckey) {
-        return;
-    }
-    let (w, owned) = (Rc::clone(w), OwnedTarget::of(t));
-    monoio::spawn(async move {
-        let params = owned.params();
-        let t = owned.target(&params);
-        let Role::Leader(leader) = w.cache.inflight().join(t.ckey) else {
-            return;
-        };
-        let cond = validators(&stale);
-        match fetch_origin(&w, bucket, false, t.key, t.params, &cond).await {
-            Ok((head, body)) if head.status == 304 => {
-                confirmed(&w, bucket, &t, &stale, &head, body, Some(leader)).await;
-            }
-            Ok((head, body)) => publish_whole(&w, bucket, &t, head, body, leader).await,
-            Err(e) => {
-                log::warn!("background revalidation of a cache entry failed: {e}");
-                leader.fail(e);
-            }
-        }
-    });
 }

@@ -1,0 +1,48 @@
+//! Fetches that no client waits for: the whole object after a Range miss, and the
+//! revalidation of a stale entry served meanwhile (stale-while-revalidate).
+//!
+//! Either runs in its own task, unless a fill or revalidation of the key is already running
+//! somewhere in the process. The task leads the key in the coalescing table, so requests that
+//! need the object meanwhile follow it — at most one such fetch per key in the whole process;
+//! having no client to stream to, it reads a `200` body whole before publishing it.
+
+use std::rc::Rc;
+
+use super::exchange::{OwnedTarget, Target};
+use super::fill::publish_whole;
+use super::revalidate::{confirmed, validators};
+use super::upstream::fetch_origin;
+use crate::cache::entry::CachedObject;
+use crate::cache::inflight::Role;
+use crate::context::Worker;
+
+/// Fetches `t` into the cache in the background: the whole object when `stale` is `None`,
+/// else a conditional GET revalidating `stale`.
+pub fn fetch(w: &Rc<Worker>, bucket: usize, t: &Target<'_>, stale: Option<CachedObject>) {
+    if w.cache.inflight().contains(t.ckey) {
+        return;
+    }
+    let (w, owned) = (Rc::clone(w), OwnedTarget::of(t));
+    monoio::spawn(async move {
+        let params = owned.params();
+        let t = owned.target(&params);
+        // Another request may have started one since the check above.
+        let Role::Leader(leader) = w.cache.inflight().join(t.ckey) else {
+            return;
+        };
+        let cond = stale.as_ref().map(validators).unwrap_or_default();
+        match (
+            fetch_origin(&w, bucket, false, t.key, t.params, &cond).await,
+            &stale,
+        ) {
+            (Ok((head, body)), Some(stale)) if head.status == 304 => {
+                confirmed(&w, bucket, &t, stale, &head, body, Some(leader)).await;
+            }
+            (Ok((head, body)), _) => publish_whole(&w, bucket, &t, head, body, leader).await,
+            (Err(e), _) => {
+                log::warn!("background fetch of a cache entry failed: {e}");
+                leader.fail(e);
+            }
+        }
+    });
+}
