@@ -62,17 +62,27 @@ pub async fn flush<S: AsyncWriteRent>(
     out: &mut Vec<u8>,
 ) -> std::io::Result<()> {
     let buf = std::mem::take(out);
-    match monoio::time::timeout(env.send_timeout, io.write_all(buf)).await {
-        Ok((res, mut buf)) => {
-            buf.clear();
-            *out = buf;
-            res.map(|_| ())
-        }
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "client did not read the response in time",
-        )),
-    }
+    let (res, mut buf) = within_send_timeout(env, io.write_all(buf)).await?;
+    buf.clear();
+    *out = buf;
+    res.map(|_| ())
+}
+
+/// Runs a write to the client within `server.send_timeout`: the one place a client that stops
+/// reading is given up on. On expiry the write (and any buffer it owned) is dropped; the
+/// caller closes the connection.
+pub async fn within_send_timeout<T>(
+    env: &ConnEnv,
+    write: impl std::future::Future<Output = T>,
+) -> std::io::Result<T> {
+    monoio::time::timeout(env.send_timeout, write)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client did not read the response in time",
+            )
+        })
 }
 
 /// Answers `err` as a short JSON body (no body for HEAD).

@@ -61,17 +61,12 @@ impl<S: AsyncWriteRent> Exchange<'_, '_, S> {
         let w = self.w;
         let mut hb = w.head_body();
         hb.set(self.out, body);
-        let timeout = w.shared.config.server.send_timeout;
-        match monoio::time::timeout(timeout, hb.write_all(self.io)).await {
-            Ok((res, mut hb)) => {
-                hb.take_head(self.out);
-                w.return_head_body(hb);
-                res
-            }
-            // The write future (and the buffer it owned) is gone; the connection is closed
-            // after this, so `out` starts again empty.
-            Err(_) => Err(timed_out()),
-        }
+        // On a timeout the write (and the buffer it owned) is gone; the connection is closed
+        // after this, so `out` starts again empty.
+        let (res, mut hb) = respond::within_send_timeout(&w.http, hb.write_all(self.io)).await?;
+        hb.take_head(self.out);
+        w.return_head_body(hb);
+        res
     }
 
     /// Sends one piece of body: the first one together with the pending head in `out`.
@@ -83,19 +78,9 @@ impl<S: AsyncWriteRent> Exchange<'_, '_, S> {
             self.out.extend_from_slice(&chunk);
             return self.flush().await;
         }
-        let send_timeout = self.w.shared.config.server.send_timeout;
-        match monoio::time::timeout(send_timeout, self.io.write_all(chunk)).await {
-            Ok((r, _)) => r.map(|_| ()),
-            Err(_) => Err(timed_out()),
-        }
+        let (res, _) = respond::within_send_timeout(&self.w.http, self.io.write_all(chunk)).await?;
+        res.map(|_| ())
     }
-}
-
-fn timed_out() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "client did not read the response in time",
-    )
 }
 
 /// A first piece of body at most this large is copied behind the pending head and sent in
