@@ -8,7 +8,7 @@
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::config::Endpoint;
 
@@ -80,10 +80,7 @@ impl OriginState {
         };
         self.reachable.store(error.is_none(), Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(1);
+        let now = crate::clock::system_now_ms().max(1);
         self.checked_at_ms.store(now, Ordering::Relaxed);
     }
 }

@@ -120,7 +120,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -331,11 +331,10 @@ pub struct DiskCache {
     segment_thread: SegmentThread,
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
+/// Milliseconds since the Unix epoch by the system clock: the disk tier's own bookkeeping
+/// (recovery, reclaiming) runs on real time, not the injectable clock (see `crate::clock`).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::clock::system_now_ms()
 }
 
 fn invalid(msg: &str) -> io::Error {
