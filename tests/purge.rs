@@ -892,3 +892,37 @@ fn disk_bucket_counts_follow_reclaim_and_survive_a_restart() {
     assert_eq!(usage(&tiers, "img"), again(img));
     assert_eq!(usage(&tiers, "img2"), again(img2));
 }
+
+/// A revalidation that leaves the header fields as they were refreshes the disk copy without
+/// rewriting it, and restarts its age there too: after a restart the disk hit carries the new
+/// age origin and deadline.
+#[test]
+fn a_refresh_restarts_the_age_on_disk_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = cache_key("img", "aged.png", &[]);
+    let old = object(3);
+    let origin = old.meta.stored_at_ms;
+    run(async {
+        let tiers = Tiers::new(&cache_config(dir.path())).unwrap();
+        tiers.store(&key, old.clone(), tiers.generation());
+        let m = &old.meta;
+        let refreshed = CachedObject {
+            meta: Arc::new(Meta::new(
+                m.headers.clone(),
+                origin + 7_200_000,
+                origin + 10_800_000,
+            )),
+            body: old.body.clone(),
+        };
+        assert!(tiers.refresh(&key, refreshed, tiers.generation(), false));
+        tiers.disk.as_ref().unwrap().flush().unwrap();
+    });
+    run(async {
+        let tiers = Tiers::new(&cache_config(dir.path())).unwrap();
+        let hit = tiers.lookup(&key).await.expect("on disk");
+        assert_eq!(hit.layer, Layer::Disk);
+        assert_eq!(hit.obj.meta.stored_at_ms, origin + 7_200_000);
+        assert_eq!(hit.obj.meta.expires_at_ms, origin + 10_800_000);
+        assert_eq!(hit.obj.body, old.body);
+    });
+}

@@ -9,7 +9,9 @@
 //! counted, never blocking a request.
 //!
 //! Freshness on disk is the disk index's expiry (the entry's freshness deadline): a 304
-//! revalidation moves it with [`DiskCache::set_expiry`] and never rewrites the body. Stale
+//! revalidation that leaves the stored header fields as they were moves it, and the entry's age
+//! origin in the index's stamp, with [`DiskCache::set_times`] — never rewriting the body; one
+//! that changed header fields stores the entry again. Stale
 //! entries stay on disk for revalidation until reclaimed.
 //! A soft purge lowers the same expiry ([`DiskCache::mark_stale_if`]), so a disk hit — and the
 //! copy it promotes into memory — reads as stale (see [`crate::cache::purge`]).
@@ -26,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::cache::disk::{DiskCache, DiskHit, DiskOptions};
-use crate::cache::entry::{self, CachedObject};
+use crate::cache::entry::{self, CachedObject, Meta};
 use crate::cache::inflight::Inflight;
 use crate::cache::memory::{MemoryCache, Weighted};
 use crate::cache::redis_tier;
@@ -211,7 +213,14 @@ impl Tiers {
             disk.remove(key);
             return None;
         };
-        if obj.meta.expires_at_ms != hit.expires_at_ms {
+        // A revalidation moved the entry's times in the index (its age origin in the stamp),
+        // not in the stored value.
+        let moved_origin = hit.stamp_ms != 0 && hit.stamp_ms != obj.meta.stored_at_ms;
+        if moved_origin {
+            let m = &obj.meta;
+            let meta = Meta::new(m.headers.clone(), hit.stamp_ms, hit.expires_at_ms);
+            obj.meta = Arc::new(meta.with_status(m.status));
+        } else if obj.meta.expires_at_ms != hit.expires_at_ms {
             obj.meta = Arc::new(obj.meta.refreshed(hit.expires_at_ms));
         }
         // Promoted like a store: a purge that began during the read must not be undone.
@@ -304,12 +313,12 @@ impl Tiers {
         if fields_changed {
             return self.store(key, obj, since);
         }
-        let expires = obj.meta.expires_at_ms;
+        let (expires, age_origin) = (obj.meta.expires_at_ms, obj.meta.stored_at_ms);
         if !self.insert_memory(key, obj, since) {
             return false;
         }
         if let Some(disk) = &self.disk {
-            disk.set_expiry(key, expires);
+            disk.set_times(key, expires, Some(age_origin));
         }
         true
     }

@@ -60,7 +60,9 @@ pub const ALIGN: usize = 8;
 /// check on a recovered header.
 pub const MAX_KEY_LEN: usize = 64 * 1024;
 /// Payload length of a touch record.
-pub const TOUCH_PAYLOAD_LEN: usize = 16;
+pub const TOUCH_PAYLOAD_LEN: usize = 24;
+/// Touch records written before the stamp (16 bytes: no stamp) are still read.
+pub const TOUCH_PAYLOAD_LEN_V1: usize = 16;
 
 const SEGMENT_MAGIC: &[u8; 8] = b"CORVIDSG";
 const ENTRY_MAGIC: &[u8; 4] = b"CVDE";
@@ -252,7 +254,10 @@ pub fn decode_header(bytes: &[u8], max_record: usize) -> Result<Header, DecodeEr
         && match kind {
             Kind::Value => true,
             Kind::Tombstone => header.value_len == 0,
-            Kind::Touch => header.value_len as usize == TOUCH_PAYLOAD_LEN,
+            Kind::Touch => matches!(
+                header.value_len as usize,
+                TOUCH_PAYLOAD_LEN | TOUCH_PAYLOAD_LEN_V1
+            ),
         };
     if !plausible {
         return Err(DecodeError::Implausible);
@@ -273,17 +278,24 @@ pub fn decode(bytes: &[u8], max_record: usize) -> Result<Entry<'_>, DecodeError>
     Ok(Entry { header, key, value })
 }
 
-/// The payload of a touch record: which entry the new expiry applies to.
-pub fn touch_payload(segment_id: u64, offset: u32) -> [u8; TOUCH_PAYLOAD_LEN] {
+/// The payload of a touch record: which entry the new expiry applies to, and the entry's new
+/// stamp (0: none; see `DiskHit::stamp_ms`).
+pub fn touch_payload(segment_id: u64, offset: u32, stamp_ms: u64) -> [u8; TOUCH_PAYLOAD_LEN] {
     let mut p = [0u8; TOUCH_PAYLOAD_LEN];
     p[0..8].copy_from_slice(&segment_id.to_le_bytes());
     p[8..16].copy_from_slice(&u64::from(offset).to_le_bytes());
+    p[16..24].copy_from_slice(&stamp_ms.to_le_bytes());
     p
 }
 
-/// Inverse of [`touch_payload`]; `None` if the payload is not 16 bytes.
-pub fn decode_touch_payload(p: &[u8]) -> Option<(u64, u64)> {
-    (p.len() == TOUCH_PAYLOAD_LEN).then(|| (u64_at(p, 0), u64_at(p, 8)))
+/// Inverse of [`touch_payload`]: (segment id, offset, stamp); a 16-byte payload (written
+/// before stamps) has stamp 0. `None` for any other length.
+pub fn decode_touch_payload(p: &[u8]) -> Option<(u64, u64, u64)> {
+    match p.len() {
+        TOUCH_PAYLOAD_LEN => Some((u64_at(p, 0), u64_at(p, 8), u64_at(p, 16))),
+        TOUCH_PAYLOAD_LEN_V1 => Some((u64_at(p, 0), u64_at(p, 8), 0)),
+        _ => None,
+    }
 }
 
 /// A segment file header.
@@ -342,10 +354,15 @@ mod tests {
         let t = encode(Kind::Tombstone, b"k", b"", 0, 1);
         assert_eq!(decode(&t, MAX).unwrap().header.kind, Kind::Tombstone);
 
-        let p = touch_payload(9, 4096);
+        let p = touch_payload(9, 4096, 77);
         let t = encode(Kind::Touch, b"k", &p, 99, 1);
         let e = decode(&t, MAX).unwrap();
-        assert_eq!(decode_touch_payload(e.value), Some((9, 4096)));
+        assert_eq!(decode_touch_payload(e.value), Some((9, 4096, 77)));
+        assert_eq!(
+            decode_touch_payload(&p[..16]),
+            Some((9, 4096, 0)),
+            "v1 payload"
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Slot {
     pub value_len: u32,
     pub expires_at_ms: u64,
     pub written_at_ms: u64,
+    /// The caller's stamp moved with the expiry by a touch (0: none; `DiskHit::stamp_ms`).
+    pub stamp_ms: u64,
 }
 
 impl Slot {

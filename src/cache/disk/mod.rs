@@ -183,6 +183,10 @@ pub struct DiskHit {
     pub value: Bytes,
     pub expires_at_ms: u64,
     pub written_at_ms: u64,
+    /// A time the caller moved together with the expiry ([`DiskCache::set_times`]; 0: never):
+    /// the cache keeps an entry's age origin there, so that a revalidation restarts the age
+    /// on disk too without rewriting the value.
+    pub stamp_ms: u64,
 }
 
 impl DiskHit {
@@ -464,6 +468,7 @@ impl DiskCache {
                 .bytes(slot.value_offset(), slot.value_len as usize),
             expires_at_ms: slot.expires_at_ms,
             written_at_ms: slot.written_at_ms,
+            stamp_ms: slot.stamp_ms,
         })
     }
 
@@ -502,6 +507,7 @@ impl DiskCache {
             value_len: value.len() as u32,
             expires_at_ms,
             written_at_ms,
+            stamp_ms: 0,
         };
         self.publish(key, slot);
         Ok(true)
@@ -647,7 +653,13 @@ impl DiskCache {
     /// Updates only the expiry of a present entry (expired or not), e.g. after a 304
     /// revalidation. Appends a small touch record so the new expiry survives a restart.
     pub fn set_expiry(&self, key: &[u8], expires_at_ms: u64) -> bool {
-        let target = {
+        self.set_times(key, expires_at_ms, None)
+    }
+
+    /// [`DiskCache::set_expiry`], also setting the entry's stamp ([`DiskHit::stamp_ms`]) when
+    /// `stamp_ms` is given; both survive a restart (one touch record).
+    pub fn set_times(&self, key: &[u8], expires_at_ms: u64, stamp_ms: Option<u64>) -> bool {
+        let (target, stamp) = {
             let mut shard = self.index.write(key);
             let Some(slot) = shard.get_mut(key) else {
                 return false;
@@ -656,9 +668,12 @@ impl DiskCache {
                 return false;
             }
             slot.expires_at_ms = expires_at_ms;
-            slot.position()
+            if let Some(s) = stamp_ms {
+                slot.stamp_ms = s;
+            }
+            (slot.position(), slot.stamp_ms)
         };
-        let payload = format::touch_payload(target.0, target.1);
+        let payload = format::touch_payload(target.0, target.1, stamp);
         if let Err(e) = self.append(Kind::Touch, key, &payload, expires_at_ms) {
             log::warn!("disk cache: could not persist an expiry update: {e}");
         }
@@ -691,7 +706,7 @@ impl DiskCache {
         };
         for i in shards {
             // Touch records are appended after the shard lock is released.
-            let mut touched: Vec<(Arc<[u8]>, Position)> = Vec::new();
+            let mut touched: Vec<(Arc<[u8]>, Position, u64)> = Vec::new();
             {
                 let mut shard = self.index.shard(i);
                 for (k, slot) in shard.iter_mut() {
@@ -702,12 +717,12 @@ impl DiskCache {
                     stats.bytes += slot.padded_len();
                     if slot.expires_at_ms > at_ms {
                         slot.expires_at_ms = at_ms;
-                        touched.push((k.clone(), slot.position()));
+                        touched.push((k.clone(), slot.position(), slot.stamp_ms));
                     }
                 }
             }
-            for (k, (segment, offset)) in touched {
-                let payload = format::touch_payload(segment, offset);
+            for (k, (segment, offset), stamp) in touched {
+                let payload = format::touch_payload(segment, offset, stamp);
                 if let Err(e) = self.append(Kind::Touch, &k, &payload, at_ms) {
                     log::warn!("disk cache: could not persist a soft purge: {e}");
                 }

@@ -203,6 +203,7 @@ fn apply(
                 value_len: e.header.value_len,
                 expires_at_ms: e.header.expires_at_ms,
                 written_at_ms: e.header.written_at_ms,
+                stamp_ms: 0,
             };
             // One hash per record (`entry`), at the price of a key allocation that is wasted
             // when the key was already present; rebuild time is dominated by hashing.
@@ -222,12 +223,15 @@ fn apply(
             }
         }
         Kind::Touch => {
-            let Some((seg_id, off)) = format::decode_touch_payload(e.value) else {
+            let Some((seg_id, off, stamp)) = format::decode_touch_payload(e.value) else {
                 return;
             };
             if let Some(slot) = map.get_mut(e.key) {
                 if (slot.segment.id, u64::from(slot.offset)) == (seg_id, off) {
                     slot.expires_at_ms = e.header.expires_at_ms;
+                    if stamp != 0 {
+                        slot.stamp_ms = stamp;
+                    }
                 }
             }
         }

@@ -130,6 +130,26 @@ fn expiry_and_set_expiry_survive_reopen() {
     assert_eq!((&hit.value[..], hit.expires_at_ms), (&b"w"[..], FAR));
 }
 
+/// A revalidation's stamp (the cache's age origin) moves with the expiry and survives a
+/// reopen; an expiry-only touch (a soft purge) keeps the stamp.
+#[test]
+fn stamps_move_with_the_expiry_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path(), 1 << 16, 8);
+    {
+        let (c, _) = open(&o);
+        c.insert(b"k", b"v", PAST).unwrap();
+        assert_eq!(c.get_stale(b"k").unwrap().stamp_ms, 0, "never stamped");
+        assert!(c.set_times(b"k", FAR, Some(1_234)));
+        assert!(c.set_expiry(b"k", FAR - 1));
+        let hit = c.get(b"k").unwrap();
+        assert_eq!((hit.expires_at_ms, hit.stamp_ms), (FAR - 1, 1_234));
+    }
+    let (c, _) = open(&o);
+    let hit = c.get(b"k").unwrap();
+    assert_eq!((hit.expires_at_ms, hit.stamp_ms), (FAR - 1, 1_234));
+}
+
 #[test]
 fn a_touch_never_extends_another_version() {
     let dir = tempfile::tempdir().unwrap();
