@@ -3,6 +3,11 @@
 //! with a resident one (the stall a worker's event loop would suffer).
 //!
 //! Files go to a temporary directory under `$TMPDIR` (ext4 on the dev machine, not tmpfs).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a bench drives corvid from its own threads, not from a worker: it may block"
+)]
+#![allow(clippy::print_stderr, reason = "the bench reports on stderr")]
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};

@@ -9,6 +9,11 @@
 //!
 //! `cargo bench --bench disk_rollover` (files under `$TMPDIR`). Environment: `ROLLOVERS`
 //! (default 300), `SEGMENT_MIB` (8), `VALUE_KIB` (64).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a bench drives corvid from its own threads, not from a worker: it may block"
+)]
+#![allow(clippy::print_stdout, reason = "the report is the bench's output")]
 
 use std::time::{Duration, Instant};
 

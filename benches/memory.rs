@@ -3,6 +3,10 @@
 //! `get`/`insert` from two threads at once (per-operation time, both threads running).
 //!
 //! Run with `cargo bench --bench memory`.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a bench drives corvid from its own threads, not from a worker: it may block"
+)]
 
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};

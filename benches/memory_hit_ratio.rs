@@ -30,6 +30,7 @@
 //! share, ghost sizing, ghost, promotion and frequency rules, an adaptive small queue) on
 //! the same traces with a simulation of the policy, first checked to give exactly
 //! `MemoryCache`'s hits for the shipped parameters.
+#![allow(clippy::print_stdout, reason = "the report is the bench's output")]
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};

@@ -6,6 +6,11 @@
 //! The throughput part also measures the alternative design the client did not take — each
 //! connection carries one request at a time, a small pool of N per worker — as N tasks that each
 //! own a client, so that the two can be compared on the same machine.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a bench drives corvid from its own threads, not from a worker: it may block"
+)]
+#![allow(clippy::print_stdout, reason = "the report is the bench's output")]
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -9,9 +9,20 @@
 //! Runs until SIGINT/SIGTERM. With `--listen 127.0.0.1:0` a free port is
 //! chosen; the `endpoint = ...` line on stdout says which.
 
-// The harness files are shared verbatim with tests/it; this program uses
-// only part of them.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "the harness files are shared verbatim with tests/it; this program uses only part \
+              of them"
+)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a standalone origin server, not corvid's workers: it may block"
+)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool: printing is its output"
+)]
 
 #[path = "../tests/it/common/http.rs"]
 mod http;

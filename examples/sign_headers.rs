@@ -3,6 +3,11 @@
 //! The signature stays valid for the origin's clock-skew window (15 minutes for S3).
 //!
 //! cargo run --example sign_headers -- HOST:PORT /bucket/key ACCESS_KEY SECRET_KEY [REGION]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool: printing is its output"
+)]
 
 use std::time::SystemTime;
 

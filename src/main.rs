@@ -36,6 +36,12 @@ enum Command {
     },
 }
 
+#[expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the CLI's own output: `check`'s verdict on stdout, configuration errors on stderr \
+              (logging is not the channel for them)"
+)]
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))

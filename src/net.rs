@@ -34,7 +34,10 @@ pub enum MaybeTls<T> {
 }
 
 impl<T: AsyncReadRent> AsyncReadRent for MaybeTls<T> {
-    #[allow(clippy::manual_async_fn)]
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "keeps the `-> impl Future` signature monoio's trait declares"
+    )]
     fn read<B: IoBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
         async move {
             match self {
@@ -44,7 +47,10 @@ impl<T: AsyncReadRent> AsyncReadRent for MaybeTls<T> {
         }
     }
 
-    #[allow(clippy::manual_async_fn)]
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "keeps the `-> impl Future` signature monoio's trait declares"
+    )]
     fn readv<B: IoVecBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
         async move {
             match self {
@@ -56,7 +62,10 @@ impl<T: AsyncReadRent> AsyncReadRent for MaybeTls<T> {
 }
 
 impl<T: AsyncWriteRent> AsyncWriteRent for MaybeTls<T> {
-    #[allow(clippy::manual_async_fn)]
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "keeps the `-> impl Future` signature monoio's trait declares"
+    )]
     fn write<B: IoBuf>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
         async move {
             match self {
@@ -66,7 +75,10 @@ impl<T: AsyncWriteRent> AsyncWriteRent for MaybeTls<T> {
         }
     }
 
-    #[allow(clippy::manual_async_fn)]
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "keeps the `-> impl Future` signature monoio's trait declares"
+    )]
     fn writev<B: IoVecBuf>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
         async move {
             match self {
@@ -76,7 +88,10 @@ impl<T: AsyncWriteRent> AsyncWriteRent for MaybeTls<T> {
         }
     }
 
-    #[allow(clippy::manual_async_fn)]
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "keeps the `-> impl Future` signature monoio's trait declares"
+    )]
     fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> {
         async move {
             match self {
@@ -86,7 +101,10 @@ impl<T: AsyncWriteRent> AsyncWriteRent for MaybeTls<T> {
         }
     }
 
-    #[allow(clippy::manual_async_fn)]
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "keeps the `-> impl Future` signature monoio's trait declares"
+    )]
     fn shutdown(&mut self) -> impl Future<Output = std::io::Result<()>> {
         async move {
             match self {
@@ -150,6 +168,7 @@ pub fn idle_socket_usable(fd: RawFd) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests may block")]
 mod tests {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};

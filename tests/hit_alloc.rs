@@ -21,6 +21,11 @@
 //!
 //! Runs on whichever driver the worker picks (io_uring where available); run it with
 //! `CORVID_DRIVER=legacy` to check the epoll fallback.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests run on the harness's threads, not on a worker: they may block"
+)]
+#![allow(clippy::print_stderr, reason = "tests report diagnostics on stderr")]
 #![cfg(target_os = "linux")]
 
 use std::alloc::{GlobalAlloc, Layout, System};

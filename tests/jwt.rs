@@ -3,6 +3,10 @@
 //! yet valid, wrong key, `alg: none`, another algorithm, key confusion, JWKS `kid` selection
 //! and rotation, leeway edges, `iss`/`aud`, claim rules, key loading errors, and that a cache
 //! hit allocates nothing (this binary installs a counting allocator for that).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests run on the harness's threads, not on a worker: they may block"
+)]
 
 mod jwt_support;
 

@@ -10,6 +10,10 @@
 //! reaches the other's memory and disk through the pub/sub announcement.
 //!
 //! Needs `redis-server` on PATH (Debian: `apt-get install redis-server`).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests run on the harness's threads, not on a worker: they may block"
+)]
 
 use std::future::Future;
 use std::sync::Arc;

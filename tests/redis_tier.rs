@@ -3,6 +3,10 @@
 //! absent, killed, stalled, restarted), and pub/sub between two clients.
 //!
 //! Needs `redis-server` on PATH (Debian: `apt-get install redis-server`).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests run on the harness's threads, not on a worker: they may block"
+)]
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -28,6 +28,10 @@
 //! - `post-sts-header-after` (`omit_session_token`) adds the token header after signing, i.e.
 //!   the token is not signed. corvid always signs the token, so this vector is run with
 //!   credentials without a token, which yields the same signature.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests run on the harness's threads, not on a worker: they may block"
+)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -111,6 +111,10 @@ pub(crate) fn load(cfg: &JwtConfig) -> Result<Keys, String> {
     }
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "read once, by `Verifier::new` at start-up"
+)]
 fn pem_key(alg: JwtAlgorithm, path: &Path) -> Result<DecodingKey, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let text = String::from_utf8_lossy(&pem);
@@ -162,6 +166,10 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "read once, by `Verifier::new` at start-up"
+)]
 fn jwks(alg: JwtAlgorithm, path: &Path) -> Result<Vec<(Option<String>, DecodingKey)>, String> {
     let text = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let set: serde_json::Value =

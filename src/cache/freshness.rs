@@ -893,7 +893,7 @@ mod tests {
         let in_30d = date(NOW + 30 * DAY);
         let in_1h = date(NOW + HOUR);
         let month_ago = date(NOW - 30 * DAY);
-        let cases: &[LifetimeCase] = &[
+        let cases: &[LifetimeCase<'_>] = &[
             (
                 "s-maxage over max-age and Expires",
                 &["max-age=20, s-maxage=10"],
@@ -1051,7 +1051,7 @@ mod tests {
     fn s4_2_2_default_only_without_explicit_expiry() {
         let now = date(NOW);
         let past = date(NOW - HOUR);
-        let cases: &[HeuristicCase] = &[
+        let cases: &[HeuristicCase<'_>] = &[
             ("no explicit expiry: default", &[], None, HOUR, HOUR),
             ("default 0: stale at once", &[], None, 0, 0),
             ("max-age=0 forbids default", &["max-age=0"], None, HOUR, 0),
@@ -1085,7 +1085,7 @@ mod tests {
         let ten_min_ago = date(NOW - 600 * S);
         let now = date(NOW);
         let in_1h = date(NOW + HOUR);
-        let cases: &[AgeCase] = &[
+        let cases: &[AgeCase<'_>] = &[
             (
                 "no Age, Date now",
                 &["max-age=3600"],
@@ -1354,7 +1354,7 @@ mod tests {
             stale_if_error_until_ms: until,
             must_revalidate: false,
         };
-        let cases: &[WindowCase] = &[
+        let cases: &[WindowCase<'_>] = &[
             (
                 "directive swr inside",
                 &["stale-while-revalidate=30"],
@@ -1501,7 +1501,7 @@ mod tests {
     fn s3_storing_and_negative_caching() {
         let now = date(NOW);
         let past = date(NOW - HOUR);
-        let cases: &[StoreCase] = &[
+        let cases: &[StoreCase<'_>] = &[
             ("200 stored", 200, &[], None, 0, Ok(HOUR)),
             (
                 "200 no-store",
@@ -1676,7 +1676,7 @@ mod tests {
     #[test]
     fn s4_3_4_updated_headers() {
         type Fields<'a> = &'a [(&'a str, &'a str)];
-        let cases: &[(&str, Fields, Fields, Fields)] = &[
+        let cases: &[(&str, Fields<'_>, Fields<'_>, Fields<'_>)] = &[
             // (name, stored, update, result)
             (
                 "replaced in the stored position",

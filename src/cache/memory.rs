@@ -746,6 +746,7 @@ impl<V: Clone + Weighted> std::fmt::Debug for MemoryCache<V> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests may block")]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -17,12 +17,12 @@ const MAX_WORKERS: usize = 1024;
 const MAX_HEADERS_CAP: usize = 256;
 const MAX_HEAD_LIMIT: u64 = 1 << 20;
 
-fn check<T>(cx: &mut Ctx, key: &str, r: Result<T, String>) -> Option<T> {
+fn check<T>(cx: &mut Ctx<'_>, key: &str, r: Result<T, String>) -> Option<T> {
     r.map_err(|e| cx.problem(key, e)).ok()
 }
 
 fn in_range<T: PartialOrd + std::fmt::Display>(
-    cx: &mut Ctx,
+    cx: &mut Ctx<'_>,
     key: &str,
     v: T,
     min: T,
@@ -35,7 +35,7 @@ fn in_range<T: PartialOrd + std::fmt::Display>(
     Some(v)
 }
 
-fn positive_size(cx: &mut Ctx, key: &str, v: Value) -> Option<u64> {
+fn positive_size(cx: &mut Ctx<'_>, key: &str, v: Value) -> Option<u64> {
     let n = cx.size(key, v)?;
     if n == 0 {
         cx.problem(key, "must be greater than 0");
@@ -45,7 +45,7 @@ fn positive_size(cx: &mut Ctx, key: &str, v: Value) -> Option<u64> {
 }
 
 /// A head-size limit as usize, 1 B ..= 1 MiB: these size per-connection buffers.
-fn head_limit(cx: &mut Ctx, key: &str, v: Value) -> Option<usize> {
+fn head_limit(cx: &mut Ctx<'_>, key: &str, v: Value) -> Option<usize> {
     let n = cx.size(key, v)?;
     if n == 0 || n > MAX_HEAD_LIMIT {
         cx.problem(
@@ -69,7 +69,7 @@ fn section_with<'a, T>(
     }
 }
 
-pub fn config(cx: &mut Ctx, table: Table) -> Option<Config> {
+pub fn config(cx: &mut Ctx<'_>, table: Table) -> Option<Config> {
     let mut root = Section::new(String::new(), table);
     let jwt_present = root.has("jwt");
     let server = root.req(cx, "server", section_with(server));
@@ -109,7 +109,7 @@ pub fn config(cx: &mut Ctx, table: Table) -> Option<Config> {
     })
 }
 
-fn server(cx: &mut Ctx, mut s: Section) -> Option<ServerConfig> {
+fn server(cx: &mut Ctx<'_>, mut s: Section) -> Option<ServerConfig> {
     let listen = s.req(cx, "listen", Ctx::socket_addr);
     let workers = s.or(cx, "workers", 0, |cx, k, v| {
         let n = cx.count(k, v)?;
@@ -154,7 +154,7 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-fn tls(cx: &mut Ctx, mut s: Section) -> Option<TlsConfig> {
+fn tls(cx: &mut Ctx<'_>, mut s: Section) -> Option<TlsConfig> {
     let cert = s.req(cx, "cert", Ctx::existing_file);
     let key = s.req(cx, "key", Ctx::existing_file);
     s.finish(cx);
@@ -164,7 +164,7 @@ fn tls(cx: &mut Ctx, mut s: Section) -> Option<TlsConfig> {
     })
 }
 
-fn buckets(cx: &mut Ctx, key: &str, v: Value, jwt_present: bool) -> Option<Vec<BucketConfig>> {
+fn buckets(cx: &mut Ctx<'_>, key: &str, v: Value, jwt_present: bool) -> Option<Vec<BucketConfig>> {
     let list = cx.array(key, v, |cx, k, v| {
         let s = cx.section(k, v)?;
         bucket(cx, s, jwt_present)
@@ -198,7 +198,7 @@ fn buckets(cx: &mut Ctx, key: &str, v: Value, jwt_present: bool) -> Option<Vec<B
     ok.then_some(list)
 }
 
-fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfig> {
+fn bucket(cx: &mut Ctx<'_>, mut s: Section, jwt_present: bool) -> Option<BucketConfig> {
     let name = s.req(cx, "name", |cx, k, v| {
         let n = cx.nonempty(k, v)?;
         check(cx, k, validate_name(&n).map(|()| n))
@@ -324,7 +324,7 @@ fn bucket(cx: &mut Ctx, mut s: Section, jwt_present: bool) -> Option<BucketConfi
 }
 
 /// One `claims` rule: `{ name = "...", equals = v | one_of = [...] | contains = "..." }`.
-pub(super) fn claim_rule(cx: &mut Ctx, mut s: Section) -> Option<ClaimRule> {
+pub(super) fn claim_rule(cx: &mut Ctx<'_>, mut s: Section) -> Option<ClaimRule> {
     let name = s.req(cx, "name", Ctx::nonempty);
     let tests = ["equals", "one_of", "contains"];
     let given: Vec<&str> = tests.into_iter().filter(|t| s.has(t)).collect();
@@ -373,7 +373,7 @@ pub(super) fn claim_rule(cx: &mut Ctx, mut s: Section) -> Option<ClaimRule> {
 
 /// Credentials and tokens: non-empty, and no whitespace or control characters — most often a
 /// trailing newline that came in through `${ENV}` from a file, which would break signing.
-fn credential(cx: &mut Ctx, key: &str, v: Value) -> Option<String> {
+fn credential(cx: &mut Ctx<'_>, key: &str, v: Value) -> Option<String> {
     let c = cx.nonempty(key, v)?;
     if c.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
         cx.problem(
@@ -385,7 +385,7 @@ fn credential(cx: &mut Ctx, key: &str, v: Value) -> Option<String> {
     Some(c)
 }
 
-fn cors(cx: &mut Ctx, mut s: Section) -> Option<CorsConfig> {
+fn cors(cx: &mut Ctx<'_>, mut s: Section) -> Option<CorsConfig> {
     let allow_origins = s.req(cx, "allow_origins", |cx, k, v| {
         let list = cx.array(k, v, |cx, k, v| {
             let o = cx.nonempty(k, v)?;
@@ -409,7 +409,7 @@ fn cors(cx: &mut Ctx, mut s: Section) -> Option<CorsConfig> {
     })
 }
 
-fn jwt(cx: &mut Ctx, mut s: Section) -> Option<JwtConfig> {
+fn jwt(cx: &mut Ctx<'_>, mut s: Section) -> Option<JwtConfig> {
     let algorithm = s.req(cx, "algorithm", |cx, k, v| {
         let a = cx.string(k, v)?;
         let found = JwtAlgorithm::ALL.into_iter().find(|x| x.as_str() == a);
@@ -544,7 +544,7 @@ fn jwt(cx: &mut Ctx, mut s: Section) -> Option<JwtConfig> {
     })
 }
 
-fn admin(cx: &mut Ctx, mut s: Section) -> Option<AdminConfig> {
+fn admin(cx: &mut Ctx<'_>, mut s: Section) -> Option<AdminConfig> {
     let claim = s.req(
         cx,
         "claim",
@@ -591,7 +591,7 @@ fn admin(cx: &mut Ctx, mut s: Section) -> Option<AdminConfig> {
     })
 }
 
-fn cache(cx: &mut Ctx, mut s: Section) -> Option<CacheConfig> {
+fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
     let ttl = s.or(cx, "ttl", secs(3600), Ctx::duration);
     let negative_ttl = s.or(cx, "negative_ttl", Duration::ZERO, Ctx::duration);
     let max_object_size = s.or(cx, "max_object_size", 16 << 20, positive_size);
@@ -653,7 +653,7 @@ fn cache(cx: &mut Ctx, mut s: Section) -> Option<CacheConfig> {
     })
 }
 
-fn disk(cx: &mut Ctx, mut s: Section) -> Option<DiskConfig> {
+fn disk(cx: &mut Ctx<'_>, mut s: Section) -> Option<DiskConfig> {
     let dir = s.req(cx, "dir", Ctx::path);
     let capacity = s.req(cx, "capacity", positive_size);
     let segment_key = s.key("segment_size");
@@ -678,7 +678,7 @@ fn disk(cx: &mut Ctx, mut s: Section) -> Option<DiskConfig> {
     })
 }
 
-fn redis(cx: &mut Ctx, mut s: Section) -> Option<RedisConfig> {
+fn redis(cx: &mut Ctx<'_>, mut s: Section) -> Option<RedisConfig> {
     let url = s.req(cx, "url", |cx, k, v| {
         let u = cx.nonempty(k, v)?;
         check(cx, k, parse_redis_url(&u))

@@ -117,6 +117,7 @@ pub mod units;
 mod walk;
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests may block")]
 mod tests;
 
 use std::fmt;
@@ -750,6 +751,10 @@ impl Config {
 
     /// Reads and validates the config file at `path`, with `${ENV}` from the process
     /// environment and relative paths resolved against the file's directory.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "config loading: the CLI, before any worker exists"
+    )]
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::single(

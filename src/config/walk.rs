@@ -183,6 +183,10 @@ impl<'a> Ctx<'a> {
     }
 
     /// A path to a file that must exist now (certificates, keys, CA bundles, JWKS).
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "config validation runs while loading, before any worker exists"
+    )]
     pub fn existing_file(&mut self, key: &str, v: Value) -> Option<PathBuf> {
         let p = self.path(key, v)?;
         match std::fs::metadata(&p) {
@@ -312,7 +316,7 @@ impl Section {
     }
 
     /// Reports every key not taken as unknown.
-    pub fn finish(self, cx: &mut Ctx) {
+    pub fn finish(self, cx: &mut Ctx<'_>) {
         for (k, _) in self.table {
             let message = match suggest(&k, &self.known) {
                 Some(s) => format!("unknown key (did you mean `{s}`?)"),

@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(hb.iov[1].iov_len, 3);
         assert_eq!(hb.read_iovec_len(), 1);
         assert_eq!(hb.read_iovec_ptr(), &hb.iov[1] as *const libc::iovec);
-        // SAFETY (test): the iovec points into the body; read 3 bytes of it.
+        // SAFETY: the iovec points into the body, which has 3 bytes left from there.
         let rest = unsafe { std::slice::from_raw_parts(hb.iov[1].iov_base as *const u8, 3) };
         assert_eq!(rest, b"dy!");
         let mut back = Vec::new();

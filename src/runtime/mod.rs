@@ -255,6 +255,10 @@ impl Server {
         self.halt();
     }
 
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "joins the workers from the thread that started them (main, or a test)"
+    )]
     fn halt(&mut self) {
         self.shared.shutting_down.store(true, Ordering::Relaxed);
         for c in self.controls.drain(..) {
@@ -276,6 +280,10 @@ impl Drop for Server {
 }
 
 /// The next worker's start-up report: logs its line and returns its address.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "start-up: the starting thread waits for each worker to listen"
+)]
 fn started(ready: &std::sync::mpsc::Receiver<Started>) -> Result<SocketAddr, String> {
     match ready.recv() {
         Ok(Ok((msg, addr))) => {

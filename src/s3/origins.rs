@@ -59,6 +59,7 @@ impl OriginState {
     }
 
     /// Resolves the host and tries one TCP connect. Blocking: monitor thread or start-up only.
+    #[expect(clippy::disallowed_methods, reason = "monitor thread or start-up")]
     pub fn refresh(&self) {
         let result = (self.host.as_str(), self.port)
             .to_socket_addrs()
@@ -120,6 +121,7 @@ impl Origins {
     }
 
     /// Starts the monitor thread: refresh every `interval` until `stop` is set.
+    #[expect(clippy::disallowed_methods, reason = "sleeps on the monitor thread")]
     pub fn spawn_monitor(self: &Arc<Self>, interval: Duration, stop: Arc<AtomicBool>) {
         let me = Arc::clone(self);
         let spawned = std::thread::Builder::new()

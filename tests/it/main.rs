@@ -1,6 +1,11 @@
 //! corvid integration tests: the one test binary (`cargo test --test it`).
 //! Keeping a single binary avoids re-linking the heavy dev-dependency tree
 //! (tokio, hyper, s3s) once per test file.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests run on the harness's threads, not on a worker: they may block"
+)]
+#![allow(clippy::print_stderr, reason = "tests report diagnostics on stderr")]
 
 mod admin;
 mod auth;

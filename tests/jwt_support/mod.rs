@@ -1,7 +1,14 @@
 //! Test tokens made independently of jsonwebtoken: signed here with `ring` directly, keys
 //! generated per run (EC, Ed25519, HMAC) or read from tests/data/jwt (RSA, see its README).
 //! Shared by tests/jwt.rs, benches/jwt.rs and the unit tests of src/auth.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "shared by tests/jwt.rs, tests/it and benches/jwt.rs, which use different parts"
+)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test support, never on a worker: reads and writes key files"
+)]
 
 use std::path::{Path, PathBuf};
 

@@ -348,6 +348,10 @@ fn invalid(msg: &str) -> io::Error {
 impl DiskCache {
     /// Opens (creating `dir` if needed) and rebuilds the index. Blocking: called at start-up,
     /// off the workers. Reads every segment in full (see [`recover`]).
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "start-up, before the workers start (see the doc above)"
+    )]
     pub fn open(opts: DiskOptions) -> io::Result<(DiskCache, RecoveryReport)> {
         if !opts.segment_size.is_multiple_of(8)
             || opts.segment_size < 4096
@@ -781,6 +785,11 @@ impl DiskCache {
     /// Removes everything: deletes every segment file that holds data and syncs the
     /// directory, so it is durable even across a power failure. (The spare, which holds
     /// nothing, stays for the next write.)
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "purge runs this on a helper thread; ON A WORKER only when that thread cannot \
+                  be started (`purge::purge_local` falls back to running inline)"
+    )]
     pub fn clear(&self) -> RemovalStats {
         let victims: Vec<Arc<Segment>> = {
             let mut ring = self.lock_ring();
@@ -862,4 +871,9 @@ impl DiskCache {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    clippy::print_stderr,
+    reason = "tests may block, and report what they checked on stderr"
+)]
 mod tests;

@@ -57,6 +57,10 @@ pub struct Recovered {
 }
 
 /// Scans `dir` (which must exist) and rebuilds the index.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "recovery runs at start-up, in `DiskCache::open`, before the workers start"
+)]
 pub fn recover(dir: &Path) -> io::Result<Recovered> {
     let started = Instant::now();
     let mut report = RecoveryReport::default();

@@ -87,6 +87,10 @@ impl SegmentThread {
     }
 
     /// Blocks until every job sent so far is done.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "waits for the segment thread: tests, benches and shutdown only, never a worker"
+    )]
     pub fn settle(&self) {
         let (done, wait) = crossbeam_channel::bounded(1);
         if self.send(Job::Settle(done)).is_ok() {
@@ -103,6 +107,10 @@ impl SegmentThread {
 }
 
 impl Drop for SegmentThread {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the last `DiskCache` is dropped after the workers are joined (`Server` holds one)"
+    )]
     fn drop(&mut self) {
         // Closing the channel ends the thread once it has done what it was given.
         drop(self.tx.take());
@@ -136,6 +144,10 @@ pub(super) fn prepare(dir: &std::path::Path, size: u64, ring: &Mutex<Ring>, id: 
 }
 
 /// Deletes a segment nobody uses (a spare that lost its place).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "runs on the segment thread (`prepare`)"
+)]
 pub(super) fn discard(seg: Segment) {
     if let Err(e) = std::fs::remove_file(&seg.path) {
         log::warn!("disk cache: could not delete {}: {e}", seg.path.display());

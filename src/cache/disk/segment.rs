@@ -100,6 +100,11 @@ impl Segment {
     /// The file gets its segment name only once its header is in place (it is created as
     /// [`tmp_file_name`] and linked to its name), so a crash mid-creation never leaves a file that looks
     /// like a segment but is not one; recovery deletes the leftover temporary file.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "on the segment thread and at start-up, except ON A WORKER when a roll-over \
+                  finds no spare ready and creates the segment inline (`inline_rollovers`)"
+    )]
     pub fn create(dir: &Path, id: u64, size: u64) -> io::Result<Segment> {
         let tmp = dir.join(tmp_file_name(id));
         let path = dir.join(file_name(id));
@@ -136,6 +141,7 @@ impl Segment {
 
     /// Maps an existing segment file read-only. `Ok(None)` if it is not one of ours (bad
     /// header, or an id that does not match its name) or is too short to hold a header.
+    #[expect(clippy::disallowed_methods, reason = "recovery at start-up only")]
     pub fn open_existing(path: &Path, id: u64) -> io::Result<Option<Segment>> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
@@ -224,6 +230,10 @@ impl Segment {
     }
 
     /// Writes the segment's dirty pages back and waits (`msync(MS_SYNC)`). Blocking.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "only through `DiskCache::flush`, which no worker calls (tests; meant for shutdown)"
+    )]
     pub fn flush(&self) -> io::Result<()> {
         self.map.flush()
     }

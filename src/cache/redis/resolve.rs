@@ -80,6 +80,10 @@ fn resolver() -> Result<&'static flume::Sender<Lookup>, &'static String> {
                         if l.reply.is_disconnected() {
                             continue;
                         }
+                        #[expect(
+                            clippy::disallowed_methods,
+                            reason = "this is the resolver thread: workers await its answer"
+                        )]
                         let answer = (l.host.as_str(), l.port)
                             .to_socket_addrs()
                             .map(|a| a.collect::<Vec<_>>());

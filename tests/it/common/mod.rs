@@ -12,9 +12,12 @@
 //! * [`IdleRelay`]: a relay that closes idle connections, like an origin's keep-alive timeout.
 //! * [`Moto`]: moto's S3 server as a second, independently written origin.
 
-// Each test module uses a different subset of the harness; unused helpers
-// and re-exports are expected, not dead code to delete.
-#![allow(dead_code, unused_imports)]
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test module uses a different subset of the harness; unused helpers and \
+              re-exports are expected, not dead code to delete"
+)]
 
 pub mod http;
 pub mod inproc;

@@ -2,7 +2,10 @@
 //! `tests/redis_tier.rs` and the corvid integration tests). Needs `redis-server` on PATH
 //! (Debian: `apt-get install redis-server`).
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "shared by tests/redis_tier.rs, tests/purge.rs and tests/it, which use different parts"
+)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
