@@ -561,7 +561,7 @@ mod tests {
     /// Retry-After, words the message must contain).
     #[test]
     // One tuple per row keeps the table readable; a struct would triple its length.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, reason = "a table of test cases")]
     fn statuses_map_as_the_table_says() {
         let cases: [(u16, Option<&str>, Option<&str>, Option<&str>, u16, &str, Option<&str>, Option<&str>, &[&str]); 26] = [
             (503, Some(SLOW_DOWN), None, Some("7"), 503, "origin_unavailable", Some("SlowDown"), Some("7"), &["503", "SlowDown", "reduce your request rate"]),

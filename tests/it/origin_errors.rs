@@ -270,7 +270,7 @@ fn pass_through_gets_ranges_and_heads_map_origin_errors_too() {
         retry_after: Some("2"),
         words: &["SlowDown"],
     };
-    let cases: Vec<PassCase> = vec![
+    let cases: Vec<PassCase<'_>> = vec![
         ("GET 503", "GET", &[], slow_down("2").chunked(), unavailable),
         (
             "range 500",
