@@ -17,6 +17,7 @@ use std::time::Instant;
 use monoio_rustls::TlsConnector;
 use rustls_pki_types::ServerName;
 
+use crate::access_log::{AccessLog, WorkerLog};
 use crate::cache::redis::RedisOptions;
 use crate::cache::tiered::Tiers;
 use crate::cache::Cache;
@@ -57,6 +58,8 @@ pub struct Shared {
     pub verifier: Option<crate::auth::Verifier>,
     /// The clock freshness is decided by (the system's, or a test's; [`crate::clock`]).
     pub clock: Clock,
+    /// The access log's writer, when `[log] access` is on.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Per-bucket state of one worker.
@@ -84,6 +87,8 @@ pub struct Worker {
     spare_bufs: RefCell<Vec<Vec<u8>>>,
     /// This worker's front over the three tiers (the shared ones and its Redis client).
     pub cache: Cache,
+    /// This worker's side of the access log, when `[log] access` is on.
+    pub access: Option<WorkerLog>,
 }
 
 /// Largest buffer [`Worker::recycle_buf`] keeps. An S3 key has at most 1024 bytes, so object
@@ -179,6 +184,12 @@ impl Worker {
         Rc::new(Worker {
             id,
             cache,
+            access: shared.access_log.as_ref().map(|a| {
+                WorkerLog::new(
+                    Arc::clone(a),
+                    shared.instance_tag as u64 ^ (id as u64) << 32,
+                )
+            }),
             shared,
             buckets,
             http,

@@ -3,14 +3,14 @@
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
+use crate::access_log::Line;
 use crate::auth::{extract, AuthFailure};
 use crate::context::Worker;
 use crate::error::{Error, Kind};
-use crate::http::conn::{App, Request, RequestLog, Sent};
+use crate::http::conn::{App, Finished, Request, RequestLog, Sent};
 use crate::http::env::ConnEnv;
 use crate::http::request::Method;
 use crate::http::respond::{self, Reply};
@@ -44,12 +44,45 @@ impl App for WorkerApp {
         handle(&self.0, self.1, io, out, req, log).await
     }
 
-    fn finished(&self, log: &RequestLog, method: Method, status: u16, took: Duration) {
-        let m = self.0.metrics();
-        m.request(log.bucket, method, status, took);
+    fn finished(&self, done: &Finished<'_>) {
+        let (w, log) = (&self.0, done.log);
+        let m = w.metrics();
+        m.request(log.bucket, done.method, done.status, done.took);
         if let Some(route) = log.admin_route {
-            m.admin_request(route, status);
+            m.admin_request(route, done.status);
         }
+        if let Some(access) = &w.access {
+            access.record(&access_line(w, done));
+        }
+    }
+}
+
+/// The access log's line for a finished request. The path is the request target's without
+/// its query, so a token passed as a query parameter is never logged.
+fn access_line<'a>(w: &'a Worker, done: &'a Finished<'a>) -> Line<'a> {
+    let log = done.log;
+    let (path, user_agent) = match done.req {
+        Some(req) => {
+            let target = req.head.target(req.buf);
+            let path = target.split('?').next().unwrap_or(target);
+            (path.as_bytes(), req.header("user-agent"))
+        }
+        None => (&b""[..], None),
+    };
+    Line {
+        time_ms: w.clock().now_ms(),
+        id: done.id.as_bytes(),
+        client: done.peer,
+        method: done.method.as_str(),
+        bucket: log.bucket.map(|b| w.shared.config.buckets[b].name.as_str()),
+        path,
+        status: done.status,
+        bytes: log.bytes,
+        took: done.took,
+        cache: log.cache,
+        layer: log.layer,
+        upstream: log.upstream,
+        user_agent,
     }
 }
 
@@ -135,6 +168,7 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
                 out,
                 req,
                 bucket,
+                log,
             };
             let sent = crate::object::serve(&mut x, &key, query).await;
             w.recycle_buf(key.into_bytes());

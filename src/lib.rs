@@ -5,6 +5,7 @@
 //! [`proxy`], which signs ([`s3::sigv4`]) and sends ([`s3::client`]) the upstream request and
 //! streams the answer back. [`error`] is the one error type; [`config`] the TOML contract.
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod cache;

@@ -9,6 +9,7 @@
 use crate::auth::AuthFailure;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::stats::{RequestCounts, Stats};
@@ -193,6 +194,8 @@ impl WorkerMetrics {
 pub struct Registry {
     bucket_names: Vec<String>,
     workers: Vec<WorkerMetrics>,
+    /// Access log lines dropped (the writer fell behind), when the access log is on.
+    access_log_dropped: Option<Arc<AtomicU64>>,
 }
 
 impl Registry {
@@ -201,7 +204,14 @@ impl Registry {
         Registry {
             bucket_names,
             workers: (0..workers).map(|_| WorkerMetrics::new(n)).collect(),
+            access_log_dropped: None,
         }
+    }
+
+    /// Renders `corvid_access_log_dropped_total` from the access log's counter.
+    pub fn with_access_log(mut self, dropped: Arc<AtomicU64>) -> Self {
+        self.access_log_dropped = Some(dropped);
+        self
     }
 
     pub fn worker(&self, i: usize) -> &WorkerMetrics {
@@ -479,6 +489,18 @@ impl Registry {
                 f.reason()
             );
         }
+        header(
+            &mut out,
+            "corvid_access_log_dropped_total",
+            "counter",
+            "Access log lines dropped because the writer fell behind or a write failed",
+        );
+        let dropped = self
+            .access_log_dropped
+            .as_ref()
+            .map_or(0, |d| d.load(Ordering::Relaxed));
+        let _ = writeln!(out, "corvid_access_log_dropped_total {dropped}");
+
         header(
             &mut out,
             "corvid_cache_errors_total",

@@ -84,7 +84,12 @@ pub fn config(cx: &mut Ctx<'_>, table: Table) -> Option<Config> {
     } else {
         cache(cx, Section::new("cache".into(), Table::new()))
     };
+    let log_present = root.has("log");
+    let log = root.opt(cx, "log", section_with(log));
     root.finish(cx);
+    if log_present && log.is_none() {
+        return None;
+    }
 
     if admin_present && !jwt_present {
         cx.problem(
@@ -106,6 +111,36 @@ pub fn config(cx: &mut Ctx<'_>, table: Table) -> Option<Config> {
         jwt,
         admin,
         cache: cache_config?,
+        log: log.unwrap_or_default(),
+    })
+}
+
+fn log(cx: &mut Ctx<'_>, mut s: Section) -> Option<LogConfig> {
+    let access = s.or(cx, "access", None, |cx, k, v| {
+        let text = cx.string(k, v.clone())?;
+        match text.as_str() {
+            "off" => Some(None),
+            "stdout" => Some(Some(LogSink::Stdout)),
+            "stderr" => Some(Some(LogSink::Stderr)),
+            "" => {
+                cx.problem(k, "expected \"off\", \"stdout\", \"stderr\" or a file path");
+                None
+            }
+            _ => cx.path(k, v).map(|p| Some(LogSink::File(p))),
+        }
+    });
+    let sample = s.or(cx, "sample", 1_000_000, |cx, k, v| match v {
+        Value::Float(f) if (0.0..=1.0).contains(&f) => Some((f * 1e6).round() as u32),
+        Value::Integer(i) if i == 0 || i == 1 => Some(i as u32 * 1_000_000),
+        other => {
+            cx.problem(k, format!("expected a fraction from 0 to 1, found {other}"));
+            None
+        }
+    });
+    s.finish(cx);
+    Some(LogConfig {
+        access: access?,
+        sample_ppm: sample?,
     })
 }
 

@@ -134,6 +134,35 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     pub admin: Option<AdminConfig>,
     pub cache: CacheConfig,
+    pub log: LogConfig,
+}
+
+/// `[log]`: the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Where access log lines go; `None` = off (the default).
+    pub access: Option<LogSink>,
+    /// `sample`: the share of successful (< 400) requests logged, in millionths (1.0 =
+    /// 1,000,000); errors are always logged.
+    pub sample_ppm: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            access: None,
+            sample_ppm: 1_000_000,
+        }
+    }
+}
+
+/// Where the access log is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogSink {
+    Stdout,
+    Stderr,
+    /// Appended to; reopened on SIGUSR1 (after logrotate moved it).
+    File(PathBuf),
 }
 
 /// `[server]`: the listener and the limits on client connections.

@@ -1828,3 +1828,39 @@ fn pss_algorithms_are_known() {
     assert!(!JwtAlgorithm::PS512.is_hmac());
     assert_eq!(JwtAlgorithm::PS384.min_secret_len(), 0);
 }
+
+#[test]
+fn log_section() {
+    let off = ok(&with_bucket("", ""));
+    assert_eq!(off.log.access, None, "the access log is off by default");
+    assert_eq!(off.log.sample_ppm, 1_000_000);
+    let c = ok(&with_bucket(
+        "",
+        "[log]\naccess = \"stderr\"\nsample = 0.25",
+    ));
+    assert_eq!(c.log.access, Some(LogSink::Stderr));
+    assert_eq!(c.log.sample_ppm, 250_000);
+    let c = ok(&with_bucket(
+        "",
+        "[log]\naccess = \"/var/log/corvid/access.log\"",
+    ));
+    assert_eq!(
+        c.log.access,
+        Some(LogSink::File("/var/log/corvid/access.log".into()))
+    );
+    assert_eq!(
+        ok(&with_bucket("", "[log]\naccess = \"off\"")).log.access,
+        None
+    );
+    has_problem(
+        &with_bucket("", "[log]\nsample = 1.5"),
+        "log.sample",
+        "fraction",
+    );
+    has_problem(&with_bucket("", "[log]\naccess = \"\""), "log.access", "");
+    has_problem(
+        &with_bucket("", "[log]\nformat = \"json\""),
+        "log.format",
+        "",
+    );
+}

@@ -155,6 +155,26 @@ pub struct RequestLog {
     pub bucket: Option<usize>,
     /// For admin requests: the bounded route label.
     pub admin_route: Option<&'static str>,
+    /// The answer's `X-Cache` and `X-Cache-Layer`, when it went through the cache path.
+    pub cache: Option<&'static str>,
+    pub layer: Option<&'static str>,
+    /// Body bytes the answer announced (or streamed, when its length was not known).
+    pub bytes: u64,
+    /// The origin's status and time to its response head, when it was asked for this request.
+    pub upstream: Option<(u16, Duration)>,
+}
+
+/// A request the connection loop has answered, for metrics and the access log.
+pub struct Finished<'a> {
+    /// What the application noted while answering.
+    pub log: &'a RequestLog,
+    /// The parsed request (`None` when its head was refused).
+    pub req: Option<&'a Request<'a>>,
+    pub id: &'a RequestId,
+    pub peer: SocketAddr,
+    pub method: Method,
+    pub status: u16,
+    pub took: Duration,
 }
 
 enum ReadOutcome {
@@ -182,8 +202,9 @@ pub trait App {
         log: &mut RequestLog,
     ) -> impl std::future::Future<Output = Result<Sent, Error>>;
 
-    /// Called once per answered request (including those refused before the handler).
-    fn finished(&self, log: &RequestLog, method: Method, status: u16, took: Duration);
+    /// Called once per answered request (including those refused before the handler, which
+    /// have no `req`: their head did not parse).
+    fn finished(&self, done: &Finished<'_>);
 }
 
 /// Whether a plain keep-alive connection goes idle (buffers and busy state given back) when no
@@ -302,8 +323,15 @@ async fn requests<A: App, S: ClientIo>(
                         let id = env.next_request_id();
                         let started = Instant::now();
                         let _ = respond::error(env, io, out, id, true, false, &e).await;
-                        let log = RequestLog::default();
-                        app.finished(&log, Method::Other, e.status(), started.elapsed());
+                        app.finished(&Finished {
+                            log: &RequestLog::default(),
+                            req: None,
+                            id: &id,
+                            peer: conn.peer,
+                            method: Method::Other,
+                            status: e.status(),
+                            took: started.elapsed(),
+                        });
                         break None;
                     }
                 }
@@ -429,7 +457,15 @@ async fn requests<A: App, S: ClientIo>(
                 (e.status(), ok)
             }
         };
-        app.finished(&log, method, status, started.elapsed());
+        app.finished(&Finished {
+            log: &log,
+            req: Some(&req),
+            id: &id,
+            peer: conn.peer,
+            method,
+            status,
+            took: started.elapsed(),
+        });
         // Shutdown may have begun during the answer, whose head then said `Connection: close`.
         if !ok || close || env.shutdown.is_fired() {
             break Next::Close;

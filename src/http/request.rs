@@ -98,6 +98,22 @@ pub enum Method {
 }
 
 impl Method {
+    /// The method's name (`OTHER` for a method corvid does not know).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Options => "OPTIONS",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
+            Method::Connect => "CONNECT",
+            Method::Trace => "TRACE",
+            Method::Other => "OTHER",
+        }
+    }
+
     /// The method named by `token` (exact, case-sensitive match).
     pub fn from_bytes(token: &[u8]) -> Method {
         match token {

@@ -218,6 +218,8 @@ pub struct UpstreamHead {
     /// When the request this answers was sent (unix ms by the cache's clock; 0 until the
     /// sender sets it), for the response delay in its age (RFC 9111 §4.2.3).
     pub sent_at_ms: u64,
+    /// From sending the request to this head (set by the sender), for the access log.
+    pub took: std::time::Duration,
 }
 
 impl UpstreamHead {
@@ -366,6 +368,7 @@ pub fn parse_response(
             framing,
             keep_alive,
             sent_at_ms: 0,
+            took: std::time::Duration::ZERO,
         };
         return Ok(Some((head, at + end)));
     }

@@ -60,6 +60,9 @@ pub async fn serve_cached<S: AsyncWriteRent>(
             write_header(out, "Content-Range", cr);
         }
         write_header_u64(out, "Content-Length", end - start);
+        if !req.is_head() {
+            x.log.bytes = end - start;
+        }
     }
     end_head(out);
     let send_body = body.filter(|(s, e)| !req.is_head() && e > s);
@@ -107,6 +110,7 @@ pub fn write_object_head<S>(
     if let Some(l) = layer {
         write_header(out, "X-Cache-Layer", l.name().as_bytes());
     }
+    x.note_cache(xcache, layer.map(Layer::name));
     x.write_cors();
 }
 

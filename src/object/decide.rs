@@ -160,6 +160,7 @@ mod tests {
             framing: ResponseFraming::Length(0),
             keep_alive: true,
             sent_at_ms: NOW - 40,
+            took: std::time::Duration::ZERO,
         }
     }
 

@@ -14,10 +14,10 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use crate::context::Worker;
 use crate::cors;
 use crate::error::Error;
-use crate::http::conn::Request;
+use crate::http::conn::{Request, RequestLog};
 use crate::http::request::Method;
 use crate::http::respond;
-use crate::http::response::write_header;
+use crate::http::response::{write_header, UpstreamHead};
 
 /// Body bytes moved per read/write; bounds the memory one streaming response holds.
 pub const STREAM_CHUNK: usize = 64 * 1024;
@@ -32,6 +32,8 @@ pub struct Exchange<'a, 'r, S> {
     pub req: &'a Request<'r>,
     /// Index into `config.buckets`.
     pub bucket: usize,
+    /// What the access log and metrics learn about this answer.
+    pub log: &'a mut RequestLog,
 }
 
 impl<S: AsyncWriteRent> Exchange<'_, '_, S> {
@@ -89,6 +91,18 @@ impl<S: AsyncWriteRent> Exchange<'_, '_, S> {
 const COPY_WITH_HEAD: usize = 16 * 1024;
 
 impl<S> Exchange<'_, '_, S> {
+    /// Notes the origin's answer and the cache status for the access log.
+    pub fn note_upstream(&mut self, head: &UpstreamHead, xcache: XCache) {
+        self.log.upstream = Some((head.status, head.took));
+        self.log.cache = Some(xcache.as_str());
+    }
+
+    /// Notes how an answer relates to the cache, for the access log.
+    pub fn note_cache(&mut self, xcache: XCache, layer: Option<&'static str>) {
+        self.log.cache = Some(xcache.as_str());
+        self.log.layer = layer;
+    }
+
     /// The CORS headers for this request's `Origin`, when its bucket allows it.
     pub fn write_cors(&mut self) {
         let allowed = self.w.shared.config.buckets[self.bucket]
@@ -176,12 +190,16 @@ pub enum XCache {
 
 impl XCache {
     pub fn as_bytes(self) -> &'static [u8] {
+        self.as_str().as_bytes()
+    }
+
+    pub fn as_str(self) -> &'static str {
         match self {
-            XCache::Hit => b"HIT",
-            XCache::Miss => b"MISS",
-            XCache::Revalidated => b"REVALIDATED",
-            XCache::Stale => b"STALE",
-            XCache::Bypass => b"BYPASS",
+            XCache::Hit => "HIT",
+            XCache::Miss => "MISS",
+            XCache::Revalidated => "REVALIDATED",
+            XCache::Stale => "STALE",
+            XCache::Bypass => "BYPASS",
         }
     }
 }

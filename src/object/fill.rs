@@ -66,6 +66,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
     leader: Option<Leader<'_>>,
 ) -> Result<Sent, Error> {
     let (w, req, bucket, ckey) = (x.w, x.req, x.bucket, t.ckey);
+    x.note_upstream(&head, XCache::Miss);
     if head.status != 200 {
         let negative = (head.status == 404).then(|| negative_entry(w, bucket, &head));
         let e = origin_error::read_and_map(w, bucket, &head, body).await;
@@ -110,6 +111,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
         write_object_head(x, status, &meta, XCache::Miss, None);
         if status == 200 {
             write_header_u64(x.out, "Content-Length", len);
+            x.log.bytes = if req.is_head() { 0 } else { len };
         }
         end_head(x.out);
         if matches!(plan, ClientPlan::HeadOnly) || len == 0 {
@@ -278,6 +280,7 @@ pub async fn follow<S: AsyncWriteRent>(
     write_object_head(x, status, &meta, xcache, None);
     if status == 200 {
         write_header_u64(x.out, "Content-Length", len);
+        x.log.bytes = if req.is_head() { 0 } else { len };
     }
     end_head(x.out);
     if status == 304 || req.is_head() || len == 0 {

@@ -98,6 +98,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
         Err(e) => e,
         Ok((head, body)) => match head.status {
             304 => {
+                x.note_upstream(&head, XCache::Revalidated);
                 let obj = confirmed(w, bucket, t, &hit.obj, &head, body, leader).await;
                 return serve_cached(x, &obj, XCache::Revalidated, layer).await;
             }

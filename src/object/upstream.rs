@@ -96,6 +96,7 @@ pub async fn respond_upstream<S: AsyncWriteRent>(
     xcache: XCache,
 ) -> Result<Sent, Error> {
     let req = x.req;
+    x.note_upstream(&head, xcache);
     match head.status {
         200 | 206 | 304 => {}
         _ => return Err(origin_error::read_and_map(x.w, x.bucket, &head, body).await),
@@ -132,6 +133,7 @@ pub async fn respond_upstream<S: AsyncWriteRent>(
     if let Some(n) = length {
         write_header_u64(out, "Content-Length", n);
     }
+    x.log.bytes = if has_body { length.unwrap_or(0) } else { 0 };
     if chunked {
         write_header(out, "Transfer-Encoding", b"chunked");
     }
@@ -183,6 +185,7 @@ pub async fn fetch_origin(
     let (mut res, _) = wb.pool.send(request, is_head, &wb.timeouts).await;
     if let Ok((head, _)) = &mut res {
         head.sent_at_ms = sent_at_ms;
+        head.took = t0.elapsed();
     }
     let outcome = match &res {
         Ok((h, _)) => UpstreamOutcome::Status(h.status),

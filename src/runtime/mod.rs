@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
 
+use crate::access_log::AccessLog;
 use crate::cache::tiered::Tiers;
 use crate::clock::Clock;
 use crate::config::{Addressing, Config, Scheme};
@@ -127,6 +128,14 @@ impl Shared {
             crate::cache::stats::Buckets::new(config.buckets.iter().map(|b| b.name.clone())),
             clock.clone(),
         )?;
+        let access_log = match &config.log.access {
+            None => None,
+            Some(sink) => Some(AccessLog::start(sink, config.log.sample_ppm)?),
+        };
+        let metrics = match &access_log {
+            Some(a) => metrics.with_access_log(Arc::clone(&a.dropped)),
+            None => metrics,
+        };
         let nofile = fdlimit::current().map_or(1024, |(soft, _)| soft);
         let fd_budget = fdlimit::Budget::new(&config, workers, nofile);
         let verifier = config
@@ -150,6 +159,7 @@ impl Shared {
             started: Instant::now(),
             instance_tag,
             clock,
+            access_log,
         }))
     }
 }
@@ -269,6 +279,10 @@ impl Server {
                 log::error!("a worker thread panicked");
             }
         }
+        // Every worker flushed its access log buffer on the way out: write it all.
+        if let Some(a) = &self.shared.access_log {
+            a.finish();
+        }
         self.stop_monitor.store(true, Ordering::Relaxed);
     }
 }
@@ -297,11 +311,11 @@ fn started(ready: &std::sync::mpsc::Receiver<Started>) -> Result<SocketAddr, Str
 
 /// Runs the proxy until SIGTERM/SIGINT and a clean drain. Errors are start-up failures.
 pub fn serve(config: Config) -> Result<(), String> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     // Registered before any worker starts so an early signal is not lost. SIGHUP is caught too:
     // its default action would end the process, and operators (and `systemctl reload`) send it
     // out of habit.
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
     match fdlimit::raise_soft_limit() {
@@ -327,7 +341,8 @@ pub fn serve(config: Config) -> Result<(), String> {
         },
         shared.workers
     );
-    if let Some(sig) = next_stop(&mut signals) {
+    let access = shared.access_log.clone();
+    if let Some(sig) = next_stop(&mut signals, access.as_ref()) {
         log::info!(
             "signal {sig} received: shutting down (grace {:?})",
             shared.config.server.shutdown_grace
@@ -335,7 +350,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     }
     // A second signal during the drain exits at once.
     std::thread::spawn(move || {
-        if next_stop(&mut signals).is_some() {
+        if next_stop(&mut signals, access.as_ref()).is_some() {
             log::warn!("second signal: exiting without waiting for connections");
             std::process::exit(1);
         }
@@ -346,9 +361,19 @@ pub fn serve(config: Config) -> Result<(), String> {
 }
 
 /// Waits for the next stop signal (SIGTERM/SIGINT); SIGHUPs on the way are logged and otherwise
-/// ignored until reload exists.
-fn next_stop(signals: &mut signal_hook::iterator::Signals) -> Option<libc::c_int> {
+/// ignored until reload exists; SIGUSR1 reopens the access log file (logrotate).
+fn next_stop(
+    signals: &mut signal_hook::iterator::Signals,
+    access: Option<&Arc<AccessLog>>,
+) -> Option<libc::c_int> {
     for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGUSR1 {
+            match access {
+                Some(a) => a.reopen(),
+                None => log::info!("SIGUSR1 received: no access log file to reopen"),
+            }
+            continue;
+        }
         if sig == signal_hook::consts::SIGHUP {
             log::warn!(
                 "SIGHUP received: configuration reload is not available in this version; \
@@ -444,6 +469,22 @@ async fn worker_main(
     }
     let sweeper = std::rc::Rc::clone(&w);
     monoio::spawn(async move { sweeper.http.sweep().await });
+    if w.access.is_some() {
+        // The access log buffer goes to the writer at least every FLUSH_EVERY.
+        let flusher = std::rc::Rc::clone(&w);
+        monoio::spawn(async move {
+            loop {
+                monoio::select! {
+                    _ = monoio::time::sleep(crate::access_log::FLUSH_EVERY) => {}
+                    _ = flusher.http.shutdown.wait() => break,
+                }
+                if let Some(a) = &flusher.access {
+                    a.flush();
+                }
+            }
+        });
+    }
+    let last = std::rc::Rc::clone(&w);
     let w2 = std::rc::Rc::clone(&w);
     monoio::spawn(async move {
         while let Ok(cmd) = control.recv_async().await {
@@ -470,5 +511,9 @@ async fn worker_main(
                 worker::run(w2, admin, Surface::Admin)
             );
         }
+    }
+    // The lines of the drain's last requests.
+    if let Some(a) = &last.access {
+        a.flush();
     }
 }

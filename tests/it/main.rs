@@ -7,6 +7,7 @@
 )]
 #![allow(clippy::print_stderr, reason = "tests report diagnostics on stderr")]
 
+mod access_log;
 mod admin;
 mod auth;
 mod cache;
