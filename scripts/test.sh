@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, the production dependency rule, unit + integration
-# tests, and a short smoke run of every fuzz target. This is what CI runs (.ci/run). It first
-# installs what a fresh machine lacks (redis-server, promtool, moto, cargo-fuzz, the rustfmt/clippy
-# components).
+# tests, the packaging checks (scripts/check_packaging.sh), and a short smoke run of every fuzz
+# target. This is what CI runs (.ci/run). It first installs what a fresh machine lacks
+# (redis-server, promtool, moto, cargo-fuzz, the rustfmt/clippy components).
 #
 #   scripts/test.sh            everything
 #   FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz smoke runs
@@ -37,7 +37,8 @@ if ! command -v redis-server >/dev/null 2>&1; then
   step "installing redis-server"
   apt_install redis-server
 fi
-# promtool (Debian package prometheus): the metrics test lints a live scrape with it.
+# promtool (Debian package prometheus): the metrics test lints a live scrape with it, and
+# scripts/check_packaging.sh checks and unit-tests the Prometheus rules in packaging/.
 if ! command -v promtool >/dev/null 2>&1; then
   step "installing promtool (prometheus)"
   apt_install prometheus
@@ -87,6 +88,12 @@ CORVID_DRIVER=legacy cargo test --test it -- limits:: shutdown:: pool:: 2>&1 | t
 passed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/) s += $i} END {print s + 0}' "$log")
 failed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) s += $i} END {print s + 0}' "$log")
 rm -f "$log"
+
+# Prometheus rules (promtool check + test rules), the Grafana dashboard (JSON, expressions),
+# metric and label names against src/metrics.rs, the systemd unit (systemd-analyze verify, where
+# it works) and the example production config (`corvid check`, with the binary just built).
+step "packaging checks (scripts/check_packaging.sh)"
+CORVID_BIN="${CARGO_TARGET_DIR:-target}/debug/corvid" scripts/check_packaging.sh
 
 if [ "$FUZZ_SECONDS" != "0" ]; then
   for target in $(cd fuzz && ls fuzz_targets | sed 's/\.rs$//'); do
