@@ -18,7 +18,7 @@ use monoio_rustls::TlsConnector;
 use rustls_pki_types::ServerName;
 
 use crate::access_log::{AccessLog, WorkerLog};
-use crate::cache::redis::RedisOptions;
+use crate::cache::redis::{RedisOptions, RedisTls};
 use crate::cache::tiered::Tiers;
 use crate::cache::Cache;
 use crate::clock::Clock;
@@ -43,6 +43,9 @@ pub struct Shared {
     /// Per bucket: the TLS client config and the name to verify, for https endpoints.
     pub client_tls: Vec<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>>,
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The Redis tier's client options (`cache.redis`), TLS config included, built once at
+    /// start ([`redis_options`]); each worker's client and the purge subscriber clone them.
+    pub redis: Option<RedisOptions>,
     pub metrics: Registry,
     /// The cache tiers and the coalescing table, shared by every worker.
     pub tiers: Arc<Tiers>,
@@ -125,16 +128,27 @@ impl Drop for Scratch<'_> {
     }
 }
 
-/// The Redis client options for `cfg` (shared by start-up validation and the workers).
-pub fn redis_options(cfg: &crate::config::RedisConfig) -> RedisOptions {
-    RedisOptions {
+/// The Redis client options for `cfg`, built once at start-up ([`Shared::redis`]) and cloned by
+/// every worker. For `rediss://` this builds the TLS client config, reading
+/// `cache.redis.ca_file` (blocking file IO: start-up only, never on a worker); `Err` names the
+/// key at fault. `corvid check` calls it too, so a CA file that is not PEM is caught there.
+pub fn redis_options(cfg: &crate::config::RedisConfig) -> Result<RedisOptions, String> {
+    let tls = if cfg.target.tls {
+        let config = crate::s3::tls::client_config(cfg.ca_file.as_deref(), &[])
+            .map_err(|e| format!("cache.redis.ca_file: {e}"))?;
+        Some(RedisTls::new(&cfg.target, config).map_err(|e| format!("cache.redis.url: {e}"))?)
+    } else {
+        None
+    };
+    Ok(RedisOptions {
+        tls,
         timeout: cfg.timeout,
         // Two pipelined connections per worker: with one, a large value holds up every reply
         // queued behind it (64 KiB GETs: 8.5k/s on one connection, 25k/s on two; perf/RESULTS.md).
         connections: 2,
         max_value_size: usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX),
         ..RedisOptions::new(cfg.target.clone())
-    }
+    })
 }
 
 impl Worker {
@@ -172,7 +186,7 @@ impl Worker {
         let cache = Cache::new(
             Arc::clone(&shared.tiers),
             &shared.config.cache,
-            shared.config.cache.redis.as_ref().map(redis_options),
+            shared.redis.clone(),
             shared.instance_tag,
         );
         let http = ConnEnv::new(

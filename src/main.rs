@@ -55,6 +55,11 @@ fn main() -> ExitCode {
                     eprintln!("{}: invalid configuration:\n{e}", config.display());
                     return ExitCode::from(1);
                 }
+                // So is a rediss:// Redis's `ca_file` (the options name the key at fault).
+                if let Some(Err(e)) = cfg.cache.redis.as_ref().map(corvid::context::redis_options) {
+                    eprintln!("{}: invalid configuration:\n{e}", config.display());
+                    return ExitCode::from(1);
+                }
                 // Warnings do not make a config invalid: they say how it will run here.
                 if let Some(w) = corvid::runtime::fd_limit_warning(&cfg) {
                     eprintln!("{}: warning: {w}", config.display());

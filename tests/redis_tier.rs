@@ -1,6 +1,7 @@
 //! The Redis tier client against a real `redis-server` (each test starts its own on a free
 //! loopback port): round trips, TTLs, prefix deletion, pipelining, and the failure model (Redis
-//! absent, killed, stalled, restarted), and pub/sub between two clients.
+//! absent, killed, stalled, restarted), pub/sub between two clients, and all of it over TLS
+//! (`rediss://`) against a TLS-only server with a test CA, including the ways TLS fails.
 //!
 //! Needs `redis-server` on PATH (Debian: `apt-get install redis-server`).
 #![allow(
@@ -14,12 +15,22 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use corvid::cache::redis::{subscribe, RedisClient, RedisError, RedisOptions, StopSignal};
+use corvid::cache::redis::{
+    subscribe, RedisClient, RedisError, RedisOptions, RedisTls, StopSignal,
+};
 use corvid::config::RedisTarget;
 
 // Shared with the corvid integration tests (tests/it), which start Redis the same way.
 #[path = "it/common/redis_server.rs"]
 mod redis_server;
+
+// The integration tests' test PKI (rcgen): a CA and a server certificate for 127.0.0.1.
+#[path = "it/common/tls.rs"]
+#[allow(
+    dead_code,
+    reason = "the TLS terminator and the rest of the helpers serve tests/it, not these tests"
+)]
+mod tls;
 
 use redis_server::{free_port, RedisServer as Server};
 
@@ -681,4 +692,209 @@ fn refresh_moves_the_stored_times_in_place() {
             .unwrap();
         assert_eq!(c.get(b"gone").await.unwrap(), None);
     });
+}
+
+// ---------- TLS (rediss://) ----------
+
+/// A TLS-only redis-server (`--port 0 --tls-port P`) with a fresh test CA; the files must
+/// outlive it.
+fn tls_server(extra: &[&str]) -> (Server, tls::ServerCertFiles) {
+    let files = tls::generate_server_cert_files();
+    let server = Server::start_tls(
+        &files.cert_pem,
+        &files.key_pem,
+        &files.ca_pem,
+        files.client_config.clone(),
+        extra,
+    );
+    (server, files)
+}
+
+/// [`opts`] for a `rediss://` URL, trusting the public roots plus `ca` as corvid builds it.
+fn tls_opts(url: String, ca: Option<&std::path::Path>) -> RedisOptions {
+    let mut o = opts(url);
+    let config = corvid::s3::tls::client_config(ca, &[]).unwrap();
+    o.tls = Some(RedisTls::new(&o.target, config).unwrap());
+    o
+}
+
+#[test]
+fn tls_round_trips_pipelining_and_pubsub() {
+    let (server, files) = tls_server(&[]);
+    assert!(server.url().starts_with("rediss://"));
+    run(async {
+        let o = tls_opts(server.url(), Some(&files.ca_pem));
+        let c = RedisClient::new(o.clone()).unwrap();
+        assert_eq!(c.get(b"missing").await.unwrap(), None);
+        // Around a TLS record (16 KiB) and the session's 64 KiB buffers, and 4 MiB.
+        for (i, len) in [
+            0,
+            1,
+            16_383,
+            16_384,
+            16_385,
+            65_535,
+            65_537,
+            300_000,
+            4 << 20,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let key = format!("tls{i}");
+            let value = pattern(len, i as u8);
+            c.set(key.as_bytes(), &value, Duration::from_secs(60))
+                .await
+                .unwrap();
+            let got = c.get(key.as_bytes()).await.unwrap().expect("value present");
+            assert!(got == value, "value of {len} bytes differs");
+        }
+        // Many tasks pipelined on one TLS connection: the reader and writer halves share the
+        // session, with writes of one batch interleaving reads of another.
+        let mut tasks = Vec::new();
+        for i in 0..100usize {
+            let c = c.clone();
+            tasks.push(monoio::spawn(async move {
+                let key = format!("p{i}");
+                let value = pattern(1 + (i * 997) % 70_000, i as u8);
+                c.set(key.as_bytes(), &value, Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                let got = c.get(key.as_bytes()).await.unwrap().unwrap();
+                assert!(got == value, "task {i} got the wrong value");
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+        assert_eq!(c.errors(), 0);
+        assert!(c.is_up());
+        subscriber_receives(o, &c, b"over tls").await;
+        // By name: `localhost` is in the certificate as a DNS name.
+        let by_name = tls_opts(
+            format!("rediss://localhost:{}", server.port),
+            Some(&files.ca_pem),
+        );
+        let n = RedisClient::new(by_name.clone()).unwrap();
+        assert_eq!(
+            n.get(b"tls1").await.unwrap().as_deref(),
+            Some(&pattern(1, 1)[..])
+        );
+        subscriber_receives(by_name, &n, b"by name").await;
+    });
+    assert_eq!(server.key_count(), Some(109));
+}
+
+#[test]
+fn tls_auth_and_select_from_the_url() {
+    let (server, files) = tls_server(&["--requirepass", "s3cr:t@"]);
+    run(async {
+        let base = format!("rediss://:s3cr%3At%40@127.0.0.1:{}", server.port);
+        let db3 = RedisClient::new(tls_opts(format!("{base}/3"), Some(&files.ca_pem))).unwrap();
+        let db0 = RedisClient::new(tls_opts(base.clone(), Some(&files.ca_pem))).unwrap();
+        db3.set(b"k", b"in db 3", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            db3.get(b"k").await.unwrap().as_deref(),
+            Some(&b"in db 3"[..])
+        );
+        assert_eq!(db0.get(b"k").await.unwrap(), None);
+        let wrong = RedisClient::new(tls_opts(
+            format!("rediss://:nope@127.0.0.1:{}", server.port),
+            Some(&files.ca_pem),
+        ))
+        .unwrap();
+        match wrong.get(b"k").await {
+            Err(RedisError::Protocol(m)) => assert!(m.contains("AUTH"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!wrong.is_up());
+    });
+}
+
+/// Every way TLS can go wrong fails the operation promptly (no hang until the timeout where
+/// the server answers), takes the client down like a refused connection, and is counted.
+#[test]
+fn tls_failures_are_fast_errors_that_take_the_tier_down() {
+    let (server, files) = tls_server(&[]);
+    // A certificate for the IP address 127.0.0.1 only (no DNS name), on a server that also
+    // listens on 127.0.0.2: reached by another address or by a name, it does not match.
+    let other = tls::TestCa::new();
+    let pair = other.leaf(&[], &[std::net::Ipv4Addr::LOCALHOST.into()]);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (cert, key, ca) = (
+        write("cert.pem", &pair.cert_pem),
+        write("key.pem", &pair.key_pem),
+        write("ca.pem", &other.cert_pem()),
+    );
+    let misnamed = Server::start_tls(
+        &cert,
+        &key,
+        &ca,
+        other.client_config(),
+        &["--bind", "127.0.0.1", "127.0.0.2"],
+    );
+    let plain = Server::start(&[]);
+    run(async {
+        let cases = [
+            // The public roots only: the test CA is unknown.
+            (tls_opts(server.url(), None), "UnknownIssuer"),
+            (
+                tls_opts(format!("rediss://127.0.0.2:{}", misnamed.port), Some(&ca)),
+                "not valid for name",
+            ),
+            (
+                tls_opts(format!("rediss://localhost:{}", misnamed.port), Some(&ca)),
+                "not valid for name",
+            ),
+        ];
+        for (mut o, needle) in cases {
+            o.timeout = Duration::from_secs(2);
+            o.backoff_initial = Duration::from_secs(60);
+            let url = o.target.authority();
+            let c = RedisClient::new(o).unwrap();
+            let start = Instant::now();
+            match c.get(b"k").await {
+                Err(RedisError::Tls(m)) => assert!(m.contains(needle), "{url}: {m}"),
+                other => panic!("{url}: {other:?}"),
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "{url}: not prompt"
+            );
+            assert!(!c.is_up(), "{url}");
+            assert!(matches!(c.get(b"k").await, Err(RedisError::Down)), "{url}");
+            assert_eq!(c.errors(), 2, "{url}");
+        }
+        // Mixed-up ports: TLS to a plain Redis (which reads the ClientHello as an inline
+        // command and may wait for its end of line), plain RESP to the TLS port. Never a
+        // success, never a hang past the timeout.
+        for mut o in [
+            tls_opts(format!("rediss://127.0.0.1:{}", plain.port), None),
+            opts(format!("redis://127.0.0.1:{}", server.port)),
+        ] {
+            o.timeout = Duration::from_millis(300);
+            let url = o.target.authority();
+            let c = RedisClient::new(o).unwrap();
+            let start = Instant::now();
+            let r = c.get(b"k").await;
+            assert!(
+                matches!(
+                    r,
+                    Err(RedisError::Tls(_) | RedisError::Timeout | RedisError::Io(_))
+                ),
+                "{url}: {r:?}"
+            );
+            assert!(start.elapsed() < Duration::from_secs(1), "{url}");
+            assert!(!c.is_up(), "{url}");
+        }
+    });
+    assert_eq!(server.key_count(), Some(0));
+    drop(files);
 }

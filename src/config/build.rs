@@ -718,11 +718,24 @@ fn redis(cx: &mut Ctx<'_>, mut s: Section) -> Option<RedisConfig> {
         let u = cx.nonempty(k, v)?;
         check(cx, k, parse_redis_url(&u))
     });
+    let ca_key = s.key("ca_file");
+    let ca_present = s.has("ca_file");
+    let ca_file = s.opt(cx, "ca_file", Ctx::existing_file);
+    if let (Some(_), Some(t)) = (&ca_file, &url) {
+        if !t.tls {
+            cx.problem(&ca_key, "only meaningful for a rediss:// url (TLS)");
+        }
+    }
     let max_object_size = s.or(cx, "max_object_size", 4 << 20, positive_size);
     let timeout = s.or(cx, "timeout", Duration::from_millis(50), Ctx::timeout);
     s.finish(cx);
+    let target = url?;
+    if (ca_present && ca_file.is_none()) || (ca_file.is_some() && !target.tls) {
+        return None;
+    }
     Some(RedisConfig {
-        target: url?,
+        target,
+        ca_file,
         max_object_size: max_object_size?,
         timeout: timeout?,
     })
@@ -954,30 +967,27 @@ pub(crate) fn parse_redis_url(url: &str) -> Result<RedisTarget, String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| "must start with redis://, e.g. \"redis://127.0.0.1:6379\"".to_string())?;
-    if scheme.eq_ignore_ascii_case("rediss") {
-        return Err(
-            "rediss://: TLS to Redis is not supported yet (it comes in a later \
-                    release); use redis:// on a trusted network"
-                .into(),
-        );
-    }
     if scheme.eq_ignore_ascii_case("unix") || scheme.eq_ignore_ascii_case("redis+unix") {
         return Err(format!(
             "{scheme}://: Redis over a Unix socket is not supported; use redis://host:port"
         ));
     }
-    if !scheme.eq_ignore_ascii_case("redis") {
+    let tls = if scheme.eq_ignore_ascii_case("rediss") {
+        true
+    } else if scheme.eq_ignore_ascii_case("redis") {
+        false
+    } else {
         // Named only when it looks like a scheme (RFC 3986), not like a mangled login.
         let looks_like_one = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
             && scheme
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
         return Err(if looks_like_one {
-            format!("scheme `{scheme}` is not supported; use redis://")
+            format!("scheme `{scheme}` is not supported; use redis:// (or rediss:// for TLS)")
         } else {
             "must start with redis://, e.g. \"redis://127.0.0.1:6379\"".into()
         });
-    }
+    };
     if rest.contains(['?', '#']) {
         return Err(
             "must not have a query or fragment ('?' or '#'): corvid takes no options \
@@ -1033,7 +1043,9 @@ pub(crate) fn parse_redis_url(url: &str) -> Result<RedisTarget, String> {
         },
     };
     Ok(RedisTarget {
+        tls,
         host,
+        // 6379 with TLS too: what ElastiCache (in-transit encryption) and Valkey use.
         port: port.unwrap_or(6379),
         auth,
         db,

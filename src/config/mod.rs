@@ -52,6 +52,7 @@
 //! | `cache.redis` | absent = tier disabled |
 //! | `cache.redis.max_object_size` | `4MiB` |
 //! | `cache.redis.timeout` | `50ms` |
+//! | `cache.redis.ca_file` | absent = the public roots only (`rediss://`) |
 //!
 //! # Decisions where the spec is silent
 //!
@@ -95,12 +96,18 @@
 //!   empty (omit it to allow any network); a bare address means a single host (`/32`, `/128`),
 //!   and a CIDR with host bits set (`10.1.0.0/8`) is an error, since it is usually a typo.
 //! * **Redis URL** (`cache.redis.url`, parsed once, into [`RedisTarget`]):
-//!   `redis://[[user]:password@]host[:port][/db]`. The scheme is `redis` (case-insensitive);
-//!   `rediss://` (TLS to Redis) is refused because it is not supported yet (it comes later), and
-//!   so are Unix sockets (`unix://`, `redis+unix://`). The host is a name or an IP address, IPv6
-//!   in brackets (`redis://[::1]:6380`); the port defaults to 6379; the path is empty, `/` or a
-//!   database number (`/2`, sent as `SELECT 2`). No query or fragment (`?`/`#`): corvid takes no
-//!   options in the URL. The login follows redis-rs and redis-cli:
+//!   `redis://[[user]:password@]host[:port][/db]`, or `rediss://` with the same rules for TLS
+//!   to Redis (ElastiCache in-transit encryption, Redis Cloud, Upstash). The scheme is `redis`
+//!   or `rediss` (case-insensitive); Unix sockets (`unix://`, `redis+unix://`) are refused. The
+//!   host is a name or an IP address, IPv6 in brackets (`redis://[::1]:6380`); the port
+//!   defaults to 6379 with or without TLS (ElastiCache serves TLS on 6379; a provider on
+//!   another port, e.g. 6380, is written with it); the path is empty, `/` or a database number
+//!   (`/2`, sent as `SELECT 2`). No query or fragment (`?`/`#`): corvid takes no options in the
+//!   URL. With `rediss://` the server's certificate is verified against the public roots (the
+//!   same Mozilla set as `https://` origins) plus the CAs of `cache.redis.ca_file`, for the
+//!   URL's host: a name against the certificate's DNS names, an IP address literal against its
+//!   IP address SANs. `ca_file` with `redis://` is an error (it would do nothing). The login
+//!   follows redis-rs and redis-cli:
 //!   `redis://:password@host` sends `AUTH password` (`requirepass`, or the `default` ACL user),
 //!   `redis://user:password@host` sends `AUTH user password` (an ACL user); both parts are
 //!   percent-decoded, so a `:`, `@`, `/`, `?`, `#` or `%` in them is written `%3A`, `%40`,
@@ -656,6 +663,9 @@ pub struct DiskConfig {
 pub struct RedisConfig {
     /// The server and the login, parsed from `cache.redis.url`.
     pub target: RedisTarget,
+    /// `cache.redis.ca_file`: a PEM file of CAs trusted for a `rediss://` server in addition
+    /// to the public roots (only with `rediss://`; the file existed at load time).
+    pub ca_file: Option<PathBuf>,
     pub max_object_size: u64,
     /// Per-operation timeout; a slow Redis counts as a miss.
     pub timeout: Duration,
@@ -666,6 +676,9 @@ pub struct RedisConfig {
 /// docs); the Redis client takes this value, never the URL text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisTarget {
+    /// `rediss://`: TLS over the TCP connection, the server's certificate verified for `host`
+    /// (an IP address literal as an IP address SAN).
+    pub tls: bool,
     /// Lower-cased host name or IP address; IPv6 without brackets.
     pub host: String,
     /// Explicit port, or 6379.
@@ -691,7 +704,7 @@ impl RedisTarget {
 impl std::str::FromStr for RedisTarget {
     type Err = String;
 
-    /// Parses `redis://[[user]:password@]host[:port][/db]`; `Err` is the problem message (which
+    /// Parses `redis[s]://[[user]:password@]host[:port][/db]`; `Err` is the problem message (which
     /// never repeats the credentials).
     fn from_str(url: &str) -> Result<RedisTarget, String> {
         build::parse_redis_url(url)

@@ -332,6 +332,7 @@ timeout = "20ms"
     assert_eq!(
         redis.target,
         RedisTarget {
+            tls: false,
             host: "redis.local".into(),
             port: 6380,
             auth: Some(RedisAuth {
@@ -1469,11 +1470,13 @@ fn cache_rules() {
         })
     };
     let t = |host: &str, port, auth, db| RedisTarget {
+        tls: false,
         host: host.to_owned(),
         port,
         auth,
         db,
     };
+    let tls = |t: RedisTarget| RedisTarget { tls: true, ..t };
     for (url, want) in [
         ("redis://127.0.0.1", t("127.0.0.1", 6379, None, 0)),
         ("redis://cache.internal", t("cache.internal", 6379, None, 0)),
@@ -1507,19 +1510,32 @@ fn cache_rules() {
             "redis://:%C3%A9t%C3%A9@r",
             t("r", 6379, login(None, "été"), 0),
         ),
+        // rediss://: the same rules, TLS on; the port is 6379 unless given (as ElastiCache).
+        ("rediss://r", tls(t("r", 6379, None, 0))),
+        ("REDISS://R:6380", tls(t("r", 6380, None, 0))),
+        (
+            "rediss://127.0.0.1:7000/",
+            tls(t("127.0.0.1", 7000, None, 0)),
+        ),
+        ("rediss://[::1]", tls(t("::1", 6379, None, 0))),
+        (
+            "rediss://:pw@r:6380/1",
+            tls(t("r", 6380, login(None, "pw"), 1)),
+        ),
+        (
+            "rediss://default:p%40ss@r/0",
+            tls(t("r", 6379, login(Some("default"), "p@ss"), 0)),
+        ),
     ] {
         assert_eq!(target(url), want, "{url}");
         assert_eq!(url.parse::<RedisTarget>().as_ref(), Ok(&want), "{url}");
     }
     assert_eq!(target("redis://[::1]:7000").authority(), "[::1]:7000");
     assert_eq!(target("redis://r").authority(), "r:6379");
+    assert_eq!(target("rediss://r").authority(), "r:6379");
 
-    let tls = "TLS to Redis is not supported yet";
     let forms = "redis://:PASSWORD@host for a password, or redis://USER:PASSWORD@host";
     for (url, needle) in [
-        ("rediss://r", tls),
-        ("rediss://:pw@r:6380/1", tls),
-        ("REDISS://r", tls),
         ("unix:///run/redis.sock", "Unix socket is not supported"),
         (
             "redis+unix:///run/redis.sock",
@@ -1559,6 +1575,18 @@ fn cache_rules() {
         ("redis://:@r", "password before '@' is empty"),
         ("redis://@r", "ambiguous"),
         ("redis://:%FF@r", "not valid UTF-8"),
+        // rediss:// follows the same login, host, port and db rules.
+        ("rediss://secret@r", "ambiguous"),
+        ("rediss://alice:@r", "password before '@' is empty"),
+        ("rediss://", "has no host"),
+        ("rediss://r:0", "`0` is not a valid port"),
+        ("rediss://r/db", "must be a database number"),
+        (
+            "rediss://r?ssl_cert_reqs=none",
+            "must not have a query or fragment",
+        ),
+        ("redisss://r", "scheme `redisss` is not supported"),
+        ("rediss+unix:///run/redis.sock", "is not supported"),
     ] {
         has_problem(&redis(url), "cache.redis.url", needle);
         let direct = url.parse::<RedisTarget>().unwrap_err();
@@ -1573,7 +1601,9 @@ fn cache_rules() {
         "redis://:hun/ter2@r",
         "redis://:hunter2@r?x",
         "redis://:hunter2%FF@r",
-        "rediss://alice:hunter2@r",
+        "rediss://alice:hunter2@r:0",
+        "rediss://hunter2@r",
+        "rediss://:hunter2@r/x",
         ":hunter2@r://x",
     ] {
         let e = url.parse::<RedisTarget>().unwrap_err();
@@ -1590,6 +1620,62 @@ fn cache_rules() {
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("alice"), "{dbg}");
     }
+    // cache.redis.ca_file: only with rediss://, must exist, relative to the config file.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("redis-ca.pem");
+    std::fs::write(&ca, "x").unwrap();
+    let with_ca = |url: &str, ca: &str| {
+        cache(&format!(
+            "[cache.redis]\nurl = {url:?}\nca_file = {:?}",
+            ca.to_string()
+        ))
+    };
+    let r = ok(&with_ca("rediss://r", &ca.display().to_string()))
+        .cache
+        .redis
+        .unwrap();
+    assert_eq!(
+        (r.target.tls, r.ca_file.as_deref()),
+        (true, Some(ca.as_path()))
+    );
+    assert_eq!(ok(&redis("rediss://r")).cache.redis.unwrap().ca_file, None);
+    assert_eq!(ok(&redis("redis://r")).cache.redis.unwrap().ca_file, None);
+    has_problem(
+        &with_ca("redis://r", &ca.display().to_string()),
+        "cache.redis.ca_file",
+        "only meaningful for a rediss:// url",
+    );
+    has_problem(
+        &with_ca("rediss://r", "/nope/redis-ca.pem"),
+        "cache.redis.ca_file",
+        "cannot read",
+    );
+    has_problem(
+        &with_ca("rediss://r", &dir.path().display().to_string()),
+        "cache.redis.ca_file",
+        "not a regular file",
+    );
+    has_problem(
+        &with_ca("rediss://r", ""),
+        "cache.redis.ca_file",
+        "must not be empty",
+    );
+    // A bad URL and a bad ca_file are both reported.
+    let ps = problems(&with_ca("rediss://r:0", "/nope/redis-ca.pem"));
+    assert!(ps.iter().any(|p| p.key == "cache.redis.url"), "{ps:?}");
+    assert!(ps.iter().any(|p| p.key == "cache.redis.ca_file"), "{ps:?}");
+    let file = dir.path().join("corvid.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n[cache.redis]\nurl = \"rediss://:pw@r\"\nca_file = \"redis-ca.pem\"\n",
+            minimal()
+        ),
+    )
+    .unwrap();
+    let c = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.cache.redis.unwrap().ca_file, Some(ca.clone()));
+
     has_problem(
         &cache("[cache.redis]\nurl = \"redis://r\"\ntimeout = 0"),
         "cache.redis.timeout",

@@ -72,8 +72,11 @@ impl Shared {
             client_tls.push(match b.endpoint.scheme {
                 Scheme::Http => None,
                 Scheme::Https => {
-                    let cfg = crate::s3::tls::client_config(b.ca_file.as_deref())
-                        .map_err(|e| format!("buckets.{}: ca_file: {e}", b.name))?;
+                    let cfg = crate::s3::tls::client_config(
+                        b.ca_file.as_deref(),
+                        crate::s3::tls::ALPN_HTTP1,
+                    )
+                    .map_err(|e| format!("buckets.{}: ca_file: {e}", b.name))?;
                     let host = match b.addressing {
                         Addressing::Path => b.endpoint.host.clone(),
                         Addressing::Virtual => format!("{}.{}", b.bucket, b.endpoint.host),
@@ -116,12 +119,17 @@ impl Shared {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ (std::process::id() as u64).rotate_left(32)) as u32;
-        if let Some(r) = &config.cache.redis {
-            // The config parsed and checked the URL; this checks the options built from it, so
-            // that a bad one is a start-up error rather than a tier silently disabled per worker.
-            crate::cache::redis::RedisClient::new(crate::context::redis_options(r))
-                .map_err(|e| format!("cache.redis: {e}"))?;
-        }
+        // The config parsed and checked the URL; this builds the options from it once (the TLS
+        // config of a rediss:// Redis included) and checks them, so that a bad one is a
+        // start-up error rather than a tier silently disabled per worker.
+        let redis = match &config.cache.redis {
+            None => None,
+            Some(r) => {
+                let opts = crate::context::redis_options(r)?;
+                opts.check().map_err(|e| format!("cache.redis: {e}"))?;
+                Some(opts)
+            }
+        };
         // The tiers count entries and bytes per bucket (for the admin stats).
         let tiers = Tiers::with_clock(
             &config.cache,
@@ -153,6 +161,7 @@ impl Shared {
             origins,
             client_tls,
             server_tls,
+            redis,
             metrics,
             shutting_down: AtomicBool::new(false),
             workers,

@@ -19,7 +19,7 @@ use monoio_rustls::TlsAcceptor;
 use crate::cache::purge;
 use crate::cache::purge_broadcast;
 use crate::cache::redis::{subscribe_with, StopSignal};
-use crate::context::{redis_options, Worker};
+use crate::context::Worker;
 use crate::handler::{Surface, WorkerApp};
 use crate::net::MaybeTls;
 
@@ -27,10 +27,9 @@ use crate::net::MaybeTls;
 /// [`crate::cache::purge_broadcast`]) until this worker shuts down. One subscription per
 /// process is enough, since every worker shares the tiers it purges: worker 0 runs it.
 pub fn spawn_purge_subscriber(w: &Rc<Worker>) {
-    let Some(cfg) = w.shared.config.cache.redis.as_ref() else {
+    let Some(opts) = w.shared.redis.clone() else {
         return;
     };
-    let opts = redis_options(cfg);
     let channel = purge_broadcast::channel(&opts.key_prefix);
     let (tiers, instance) = (Arc::clone(&w.shared.tiers), w.shared.instance_tag);
     let stop = StopSignal::new();

@@ -1,10 +1,12 @@
-//! TLS client configuration for `https://` origins.
+//! TLS configuration: the client side for `https://` origins and `rediss://` Redis, the server
+//! side for the listener.
 //!
-//! One `rustls::ClientConfig` per bucket, built once at start (reading the optional `ca_file`
-//! happens here, never on a worker). Trust is the Mozilla root set from `webpki-roots`, plus the
-//! bucket's private CA when `ca_file` is set — a private CA adds to the public roots rather than
-//! replacing them, so a bucket can move between a private and a public endpoint without a config
-//! change. ALPN offers only `http/1.1`: the upstream client speaks HTTP/1.1.
+//! Client configs are built once at start (reading the optional `ca_file` happens here, never
+//! on a worker): one per https bucket, one for a `rediss://` Redis tier. Trust is the Mozilla
+//! root set from `webpki-roots`, plus the CAs of the `ca_file` when one is set — a private CA
+//! adds to the public roots rather than replacing them, so a bucket or a Redis can move between
+//! a private and a public endpoint without a config change. The caller names the ALPN
+//! protocols: `http/1.1` for origins (the upstream client speaks HTTP/1.1), none for Redis.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,8 +14,12 @@ use std::sync::Arc;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Builds the client config for a bucket.
-pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+/// ALPN of the upstream client's TLS connections to origins.
+pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
+
+/// Builds a client config trusting the public roots plus the CAs in `ca_file` (PEM), offering
+/// `alpn` (none when empty). `Err` names the file and what is wrong with it.
+pub fn client_config(ca_file: Option<&Path>, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -33,7 +39,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 

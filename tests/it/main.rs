@@ -25,6 +25,7 @@ mod origin_errors;
 mod passthrough;
 mod pool;
 mod redis;
+mod redis_tls;
 mod rfc9111;
 mod shutdown;
 mod streaming;

@@ -225,7 +225,7 @@ fn a_wrong_login_degrades_to_misses_and_the_origin_still_serves() {
 
 /// The verdict on a config: `Ok` = valid (check exits 0, serve starts), `Err(output)` = refused
 /// (exit 1 with what was printed).
-fn check_verdict(toml: &str) -> Result<String, String> {
+pub(crate) fn check_verdict(toml: &str) -> Result<String, String> {
     let out = check(toml);
     let text = format!("{}{}", out.stdout, out.stderr);
     match out.status.code() {
@@ -235,7 +235,7 @@ fn check_verdict(toml: &str) -> Result<String, String> {
     }
 }
 
-fn serve_verdict(toml: &str) -> Result<String, String> {
+pub(crate) fn serve_verdict(toml: &str) -> Result<String, String> {
     let mut c = Corvid::spawn(toml);
     match c.wait_healthy_or_exit() {
         None => {
@@ -264,12 +264,13 @@ fn check_and_serve_agree_on_every_redis_url() {
         format!("redis://alice:hunter2@127.0.0.1:{p}"),
         format!("redis://al%69ce:hun%40ter2@[::1]:{p}/0"),
         format!("redis://localhost:{p}"),
+        // TLS (tests/it/redis_tls.rs has a server to talk to).
+        format!("rediss://127.0.0.1:{p}"),
+        format!("REDISS://alice:hunter2@localhost:{p}/1"),
     ];
-    let tls = "TLS to Redis is not supported yet";
     let invalid = [
-        (format!("rediss://127.0.0.1:{p}"), tls),
-        (format!("rediss://alice:hunter2@127.0.0.1:{p}/1"), tls),
         (format!("redis://hunter2@127.0.0.1:{p}"), "ambiguous"),
+        (format!("rediss://hunter2@127.0.0.1:{p}"), "ambiguous"),
         (
             format!("redis://alice:@127.0.0.1:{p}"),
             "password before '@' is empty",

@@ -20,13 +20,12 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use super::resolve;
 use super::resp::{self, RespReader};
-use super::RedisError;
+use super::stream::{self, RedisTls, Stream};
+use super::{resolve, RedisError, RedisOptions};
 use crate::config::RedisTarget;
 
 /// Largest write buffer kept between batches; a batch that carried a big SET gives its memory
@@ -76,9 +75,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Starts a connection to `target`: returns at once; requests can be queued immediately and
-    /// are sent once the TCP connection and the AUTH/SELECT handshake are on their way.
-    pub fn open(target: &RedisTarget, connect_timeout: Duration, max_reply: usize) -> Rc<Conn> {
+    /// Starts a connection to `opts.target`: returns at once; requests can be queued
+    /// immediately and are sent once the connection (TCP, and TLS for `rediss://`) is up and
+    /// the AUTH/SELECT handshake is on its way. Connecting is bounded by `opts.timeout`.
+    pub fn open(opts: &RedisOptions) -> Rc<Conn> {
         let conn = Rc::new(Conn {
             closed: Cell::new(false),
             out: RefCell::new(Vec::new()),
@@ -86,15 +86,16 @@ impl Conn {
             writer_waker: RefCell::new(None),
             io_wakers: RefCell::new(Vec::new()),
         });
-        for (name, cmd) in handshake(target) {
+        for (name, cmd) in handshake(&opts.target) {
             cmd.write_packed_command(&mut conn.out.borrow_mut());
             conn.pending.borrow_mut().push_back(Pending::Setup(name));
         }
         monoio::spawn(writer(
             Rc::clone(&conn),
-            target.clone(),
-            connect_timeout,
-            max_reply,
+            opts.target.clone(),
+            opts.tls.clone(),
+            opts.timeout,
+            opts.max_reply(),
         ));
         conn
     }
@@ -225,31 +226,57 @@ pub fn handshake(target: &RedisTarget) -> Vec<(&'static str, redis::Cmd)> {
 }
 
 /// Connects to `target` by `deadline`: its host resolved off this thread ([`resolve`]), then
-/// each address in turn until one accepts.
-pub async fn connect(target: &RedisTarget, deadline: Instant) -> Result<TcpStream, RedisError> {
+/// each address in turn until one accepts, then, with `tls` (a `rediss://` target), the TLS
+/// handshake. All of it before the one deadline: a TLS handshake (one more round trip with TLS
+/// 1.3, two with 1.2) shares the connect timeout rather than getting one of its own. A failed
+/// handshake is a [`RedisError::Tls`], which takes the tier down like a refused connection.
+pub async fn connect(
+    target: &RedisTarget,
+    tls: Option<&RedisTls>,
+    deadline: Instant,
+) -> Result<Stream, RedisError> {
     let attempt = async {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
-        for addr in resolve::resolve(&target.host, target.port).await? {
+        let mut tcp = None;
+        for addr in resolve::resolve(&target.host, target.port)
+            .await
+            .map_err(RedisError::Io)?
+        {
             match TcpStream::connect_addr(addr).await {
-                Ok(s) => return Ok(s),
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
                 Err(e) => last = e,
             }
         }
-        Err(last)
+        let tcp = tcp.ok_or(RedisError::Io(last))?;
+        let _ = tcp.set_nodelay(true);
+        match tls {
+            None => Ok(Stream::plain(tcp)),
+            Some(tls) => stream::handshake(tcp, tls)
+                .await
+                .map_err(|e| RedisError::Tls(e.to_string())),
+        }
     };
     match monoio::time::timeout_at(deadline, attempt).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-        Ok(Err(e)) => Err(RedisError::Io(e)),
+        Ok(r) => r,
         Err(_) => Err(RedisError::Timeout),
     }
 }
 
-async fn writer(conn: Rc<Conn>, target: RedisTarget, connect_timeout: Duration, max_reply: usize) {
+async fn writer(
+    conn: Rc<Conn>,
+    target: RedisTarget,
+    tls: Option<RedisTls>,
+    connect_timeout: Duration,
+    max_reply: usize,
+) {
     let deadline = Instant::now() + connect_timeout;
-    let stream = match conn.or_closed(connect(&target, deadline)).await {
+    let stream = match conn
+        .or_closed(connect(&target, tls.as_ref(), deadline))
+        .await
+    {
         None => return,
         Some(Err(e)) => return conn.close(&e),
         Some(Ok(s)) => s,
@@ -260,7 +287,7 @@ async fn writer(conn: Rc<Conn>, target: RedisTarget, connect_timeout: Duration, 
     while let Some(batch) = conn.next_batch(&mut spare).await {
         match conn.or_closed(write_half.write_all(batch)).await {
             None => return,
-            Some((Ok(_), mut buf)) => {
+            Some((Ok(()), mut buf)) => {
                 buf.clear();
                 if buf.capacity() > KEEP_OUT_BUF {
                     buf = Vec::new();

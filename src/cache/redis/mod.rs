@@ -2,12 +2,24 @@
 //! shared by several corvid instances, plus the pub/sub channel they use to broadcast purges.
 //!
 //! This module owns the client side of that: host name resolution off the worker thread
-//! ([`resolve`]), RESP framing over monoio TCP (`resp`, with the `redis`
-//! crate's command encoding and reply parser, never its connection layer or runtime), the
-//! per-worker pipelined connections (`conn`), the up/down state machine below, and the purge
-//! subscriber ([`subscribe`]). The URL is not parsed here: the config parses it once into a
-//! [`RedisTarget`] (see [`crate::config`] for the rules), which [`RedisOptions`] carries; this
-//! module only turns it into the `AUTH`/`SELECT` handshake of every new connection.
+//! ([`resolve`]), the byte stream of a connection, plain TCP or TLS for `rediss://` (`stream`),
+//! RESP framing over it (`resp`, with the `redis` crate's command encoding and reply parser,
+//! never its connection layer or runtime), the per-worker pipelined connections (`conn`), the
+//! up/down state machine below, and the purge subscriber ([`subscribe`]). The URL is not parsed
+//! here: the config parses it once into a [`RedisTarget`] (see [`crate::config`] for the
+//! rules), which [`RedisOptions`] carries; this module only turns it into the `AUTH`/`SELECT`
+//! handshake of every new connection.
+//!
+//! # TLS (`rediss://`)
+//! [`RedisOptions::tls`] holds a [`RedisTls`]: the `rustls::ClientConfig` (public roots plus
+//! `cache.redis.ca_file`, built once at start-up by [`crate::s3::tls::client_config`], the
+//! same function that builds the origins' configs) in an `Arc` that every connection of every
+//! worker shares, and the server name to verify (the URL's host; an IP address literal is
+//! verified as an IP address SAN). Each new connection runs the handshake after TCP connect,
+//! within the same `timeout` as the connect (see `conn::connect`). A failed handshake
+//! ([`RedisError::Tls`]: untrusted certificate, wrong name, not a TLS port) is a connection
+//! failure like any other: the operation misses, the tier goes down (logged once) and is
+//! probed again after the backoff.
 //!
 //! # Pipelining
 //! A [`RedisClient`] lives on one worker thread and owns `connections` (default 1) pipelined
@@ -25,9 +37,9 @@
 //! # Failure model
 //! Redis is an optimisation: when it is down or slow, requests go on without it and must never
 //! fail or stall because of it. Hence:
-//! - every operation is bounded by `timeout` (host name lookup + connect + handshake + round
-//!   trip); a caller's request is never held longer than that by this tier, and a slow DNS
-//!   never blocks the worker thread itself ([`resolve`]);
+//! - every operation is bounded by `timeout` (host name lookup + connect + TLS handshake for
+//!   `rediss://` + AUTH/SELECT + round trip); a caller's request is never held longer than
+//!   that by this tier, and a slow DNS never blocks the worker thread itself ([`resolve`]);
 //! - on a timeout or an IO/protocol error the operation returns `Err`, its connection is
 //!   closed (never reused after a timeout: replies could be misaligned, and a slow Redis should
 //!   not be fed more work), and the client goes *down*;
@@ -48,6 +60,7 @@ mod conn;
 pub mod pubsub;
 pub mod resolve;
 mod resp;
+mod stream;
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -62,12 +75,16 @@ use self::conn::Conn;
 use crate::config::RedisTarget;
 
 pub use self::pubsub::{subscribe, subscribe_with, StopSignal};
+pub use self::stream::RedisTls;
 
 /// Settings of the Redis tier (from `cache.redis.*`).
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
     /// The server, login and database (from `cache.redis.url`).
     pub target: RedisTarget,
+    /// TLS to the server: required for a `rediss://` target, refused for `redis://`
+    /// ([`RedisClient::new`] checks). Built once, shared by every connection.
+    pub tls: Option<RedisTls>,
     /// Bound on every operation: connecting, the handshake and the round trip.
     pub timeout: Duration,
     /// Largest value corvid stores; larger `set`s are refused without IO.
@@ -85,10 +102,12 @@ pub struct RedisOptions {
 
 impl RedisOptions {
     /// Options with corvid's defaults: 50 ms timeout, 4 MiB values, prefix `corvid:`, one
-    /// connection per worker, backoff 100 ms doubling to 5 s.
+    /// connection per worker, backoff 100 ms doubling to 5 s, and no TLS (a `rediss://`
+    /// target needs [`tls`](Self::tls) set).
     pub fn new(target: RedisTarget) -> RedisOptions {
         RedisOptions {
             target,
+            tls: None,
             timeout: Duration::from_millis(50),
             max_value_size: 4 << 20,
             key_prefix: "corvid:".into(),
@@ -101,6 +120,19 @@ impl RedisOptions {
     fn max_reply(&self) -> usize {
         self.max_value_size.max(1 << 20) + 64 * 1024
     }
+
+    /// The checks [`RedisClient::new`] makes (no IO): a positive timeout, and TLS settings
+    /// exactly when the target is `rediss://`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.timeout.is_zero() {
+            return Err("the redis timeout must be greater than zero".into());
+        }
+        match (self.target.tls, &self.tls) {
+            (true, None) => Err("a rediss:// target needs TLS settings (RedisOptions::tls)".into()),
+            (false, Some(_)) => Err("TLS settings given for a redis:// (plain) target".into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -110,6 +142,8 @@ pub enum RedisError {
     /// The operation did not complete within `timeout`.
     Timeout,
     Io(io::Error),
+    /// The TLS handshake with a `rediss://` server failed (the message says why).
+    Tls(String),
     /// Redis said something we cannot use (or a value/reply was too large).
     Protocol(String),
     /// Redis answered with an error reply.
@@ -123,6 +157,7 @@ impl RedisError {
             RedisError::Down => RedisError::Down,
             RedisError::Timeout => RedisError::Timeout,
             RedisError::Io(e) => RedisError::Io(io::Error::new(e.kind(), e.to_string())),
+            RedisError::Tls(m) => RedisError::Tls(m.clone()),
             RedisError::Protocol(m) => RedisError::Protocol(m.clone()),
             RedisError::Server(m) => RedisError::Server(m.clone()),
         }
@@ -135,6 +170,7 @@ impl fmt::Display for RedisError {
             RedisError::Down => f.write_str("redis is down (waiting to retry)"),
             RedisError::Timeout => f.write_str("redis timed out"),
             RedisError::Io(e) => write!(f, "redis connection failed: {e}"),
+            RedisError::Tls(m) => write!(f, "redis TLS handshake failed: {m}"),
             RedisError::Protocol(m) => write!(f, "redis protocol error: {m}"),
             RedisError::Server(m) => write!(f, "redis error reply: {m}"),
         }
@@ -172,9 +208,7 @@ pub struct RedisClient {
 impl RedisClient {
     /// Checks the options; does no IO: the first operation connects.
     pub fn new(opts: RedisOptions) -> Result<RedisClient, String> {
-        if opts.timeout.is_zero() {
-            return Err("the redis timeout must be greater than zero".into());
-        }
+        opts.check()?;
         let n = opts.connections.max(1);
         Ok(RedisClient {
             inner: Rc::new(Inner {
@@ -430,11 +464,7 @@ impl RedisClient {
         match &conns[i] {
             Some(c) if !c.is_closed() => Rc::clone(c),
             _ => {
-                let c = Conn::open(
-                    &inner.opts.target,
-                    inner.opts.timeout,
-                    inner.opts.max_reply(),
-                );
+                let c = Conn::open(&inner.opts);
                 conns[i] = Some(Rc::clone(&c));
                 c
             }
@@ -582,6 +612,25 @@ mod tests {
         let mut opts = RedisOptions::new(target("redis://127.0.0.1:1"));
         opts.timeout = Duration::ZERO;
         assert!(RedisClient::new(opts).is_err());
+        // TLS settings exactly for rediss://.
+        let tls = |url: &str| {
+            let config = crate::s3::tls::client_config(None, &[]).unwrap();
+            RedisTls::new(&target(url), config).unwrap()
+        };
+        let opts = RedisOptions::new(target("rediss://127.0.0.1:1"));
+        let e = RedisClient::new(opts.clone()).err().unwrap();
+        assert!(e.contains("needs TLS settings"), "{e}");
+        let opts = RedisOptions {
+            tls: Some(tls("rediss://127.0.0.1:1")),
+            ..opts
+        };
+        assert!(RedisClient::new(opts).is_ok());
+        let opts = RedisOptions {
+            tls: Some(tls("rediss://127.0.0.1:1")),
+            ..RedisOptions::new(target("redis://127.0.0.1:1"))
+        };
+        let e = RedisClient::new(opts).err().unwrap();
+        assert!(e.contains("plain"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,6 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use monoio::io::AsyncWriteRentExt;
 use monoio::time::Instant;
 
 use super::conn;
@@ -96,6 +95,10 @@ pub async fn subscribe_with(
     mut on_resubscribed: impl FnMut() + 'static,
     stop: StopSignal,
 ) {
+    if let Err(e) = opts.check() {
+        log::error!("redis subscription to {channel:?} not started: {e}");
+        return;
+    }
     let mut backoff = opts.backoff_initial;
     // None until the first attempt settles, so a subscriber that never connects still warns.
     let mut up: Option<bool> = None;
@@ -150,16 +153,18 @@ async fn session(
     on_message: &mut impl FnMut(Bytes),
     on_subscribed: &mut impl FnMut(),
 ) -> RedisError {
+    // Connect, TLS handshake (rediss://), AUTH and SUBSCRIBE: all within one `timeout`.
     let deadline = Instant::now() + opts.timeout;
-    let mut stream = match conn::connect(target, deadline).await {
+    let stream = match conn::connect(target, opts.tls.as_ref(), deadline).await {
         Ok(s) => s,
         Err(e) => return e,
     };
-    let _ = stream.set_tcp_keepalive(
+    let _ = stream.tcp().set_tcp_keepalive(
         Some(KEEPALIVE_IDLE),
         Some(KEEPALIVE_INTERVAL),
         Some(KEEPALIVE_RETRIES),
     );
+    let (mut rd, mut wr) = stream.into_split();
 
     let mut out = Vec::new();
     let mut setup = Vec::new();
@@ -174,13 +179,13 @@ async fn session(
         .write_packed_command(&mut out);
     let mut replies = RespReader::new(opts.max_reply());
     let handshake = async {
-        let (res, _) = stream.write_all(out).await;
+        let (res, _) = wr.write_all(out).await;
         res.map_err(RedisError::Io)?;
         for name in setup {
-            resp::check(replies.next(&mut stream).await?)
+            resp::check(replies.next(&mut rd).await?)
                 .map_err(|e| RedisError::Protocol(format!("{name} refused: {e}")))?;
         }
-        match resp::check(replies.next(&mut stream).await?)? {
+        match resp::check(replies.next(&mut rd).await?)? {
             redis::Value::Array(a) if a.first() == Some(&bulk(b"subscribe")) => Ok(()),
             v => Err(resp::unexpected("SUBSCRIBE", &v)),
         }
@@ -192,7 +197,7 @@ async fn session(
     }
     on_subscribed();
     loop {
-        let v = match replies.next(&mut stream).await {
+        let v = match replies.next(&mut rd).await {
             Ok(v) => v,
             Err(e) => return e,
         };

@@ -1,6 +1,8 @@
 //! A real `redis-server` child process on a free loopback port, for tests (shared by
 //! `tests/redis_tier.rs` and the corvid integration tests). Needs `redis-server` on PATH
-//! (Debian: `apt-get install redis-server`).
+//! (Debian: `apt-get install redis-server`; Debian's build has TLS). [`RedisServer::start_tls`]
+//! starts one that speaks only TLS (`--port 0 --tls-port P`), whose helper connections (PING,
+//! DBSIZE, ...) are TLS too.
 
 #![allow(
     dead_code,
@@ -9,7 +11,9 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A redis-server child process, killed on drop.
@@ -19,7 +23,15 @@ pub struct RedisServer {
     extra: Vec<String>,
     /// The login of the helper's own connections (PING, DBSIZE): `(user, password)`.
     login: Option<(Option<String>, String)>,
+    tls: Option<ServerTls>,
     _dir: tempfile::TempDir,
+}
+
+/// A TLS-only server: its `--tls-*` arguments and a client config trusting its CA (for the
+/// helper's own connections).
+struct ServerTls {
+    args: Vec<String>,
+    client: Arc<rustls::ClientConfig>,
 }
 
 impl RedisServer {
@@ -36,6 +48,46 @@ impl RedisServer {
             .position(|a| *a == "--requirepass")
             .map(|i| (None, extra[i + 1].to_string()));
         Self::start_with_login(port, extra, login)
+    }
+
+    /// Starts a TLS-only server (`--port 0 --tls-port P`, no client certificates asked) with
+    /// the PEM files `cert`/`key` (for 127.0.0.1) and `ca`; `client` trusts `ca` and is what
+    /// the helper's own connections use. `extra` as in [`RedisServer::start`].
+    pub fn start_tls(
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+        client: Arc<rustls::ClientConfig>,
+        extra: &[&str],
+    ) -> RedisServer {
+        let login = extra
+            .iter()
+            .position(|a| *a == "--requirepass")
+            .map(|i| (None, extra[i + 1].to_string()));
+        let path = |p: &Path| p.to_str().expect("UTF-8 path").to_string();
+        let tls = ServerTls {
+            args: vec![
+                "--tls-cert-file".into(),
+                path(cert),
+                "--tls-key-file".into(),
+                path(key),
+                "--tls-ca-cert-file".into(),
+                path(ca),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            client,
+        };
+        let mut s = RedisServer {
+            child: None,
+            port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            login,
+            tls: Some(tls),
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        s.restart();
+        s
     }
 
     /// Starts with the `default` user disabled and one ACL user `user` with password `password`
@@ -62,6 +114,7 @@ impl RedisServer {
             port,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             login,
+            tls: None,
             _dir: tempfile::tempdir().unwrap(),
         };
         s.restart();
@@ -71,8 +124,17 @@ impl RedisServer {
     /// (Re)starts the server on the same port and waits until it answers PING.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "server still running");
+        let port = self.port.to_string();
+        let ports = match &self.tls {
+            None => vec!["--port", &port],
+            Some(tls) => {
+                let mut a = vec!["--port", "0", "--tls-port", &port];
+                a.extend(tls.args.iter().map(String::as_str));
+                a
+            }
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--loglevel", "warning"])
             .arg("--dir")
@@ -117,8 +179,7 @@ impl RedisServer {
     /// Sends one command on a fresh connection (logged in first, if the server has a login)
     /// and returns the first line of the reply without its CRLF (None on any failure).
     pub fn command(&self, args: &[&str]) -> Option<Vec<u8>> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        let mut s = self.connect()?;
         if let Some((user, password)) = &self.login {
             let mut auth = vec!["AUTH"];
             auth.extend(user.as_deref());
@@ -153,8 +214,7 @@ impl RedisServer {
     /// Sends one command (binary arguments) on a fresh connection, logged in first if the
     /// server has a login, and reads its whole reply.
     fn reply(&self, args: &[&[u8]]) -> Option<Reply> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        let mut s = self.connect()?;
         if let Some((user, password)) = &self.login {
             let mut auth = vec!["AUTH"];
             auth.extend(user.as_deref());
@@ -174,6 +234,21 @@ impl RedisServer {
         read_reply(&mut s)
     }
 
+    /// A fresh helper connection (TLS for a TLS server), reads bounded to 1 s.
+    fn connect(&self) -> Option<Link> {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+        Some(match &self.tls {
+            None => Link::Plain(s),
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+                let session = rustls::ClientConnection::new(Arc::clone(&tls.client), name).ok()?;
+                Link::Tls(Box::new(rustls::StreamOwned::new(session, s)))
+            }
+        })
+    }
+
     pub fn pid(&self) -> libc::pid_t {
         self.child.as_ref().expect("server not running").id() as libc::pid_t
     }
@@ -190,8 +265,45 @@ impl RedisServer {
         }
     }
 
+    /// `redis://127.0.0.1:PORT`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A helper connection: plain, or TLS (rustls, blocking).
+enum Link {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Link {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.read(buf),
+            Link::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Link {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.write(buf),
+            Link::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Link::Plain(s) => s.flush(),
+            Link::Tls(s) => s.flush(),
+        }
     }
 }
 
@@ -218,7 +330,7 @@ enum Reply {
     Array(Vec<Reply>),
 }
 
-fn read_reply(s: &mut TcpStream) -> Option<Reply> {
+fn read_reply(s: &mut impl Read) -> Option<Reply> {
     let line = read_line(s)?;
     let (kind, rest) = line.split_first()?;
     let len = || std::str::from_utf8(rest).ok()?.parse::<i64>().ok();
@@ -242,7 +354,7 @@ fn read_reply(s: &mut TcpStream) -> Option<Reply> {
 }
 
 /// One reply line, without its CRLF.
-fn read_line(s: &mut TcpStream) -> Option<Vec<u8>> {
+fn read_line(s: &mut impl Read) -> Option<Vec<u8>> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while !line.ends_with(b"\r\n") {
