@@ -114,6 +114,7 @@ impl Stream {
                         raw: Vec::with_capacity(TLS_READ_BUF),
                         pos: 0,
                         ended: false,
+                        failed: None,
                     }),
                     WriteHalf::Tls(TlsWrite {
                         tcp: wr,
@@ -206,6 +207,9 @@ pub struct TlsRead {
     pos: usize,
     /// The session ended: `close_notify` received, or the socket reached EOF.
     ended: bool,
+    /// The session refused a record; reported once the plaintext decrypted before it (often
+    /// in the same socket read) has been delivered.
+    failed: Option<io::Error>,
 }
 
 impl TlsRead {
@@ -236,7 +240,7 @@ impl TlsRead {
                     n += k;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.pos == self.raw.len() {
+                    if self.failed.is_some() || self.pos == self.raw.len() {
                         break;
                     }
                     let k = session.read_tls(&mut &self.raw[self.pos..])?;
@@ -244,9 +248,9 @@ impl TlsRead {
                         return Err(io::Error::other("TLS session took no data"));
                     }
                     self.pos += k;
-                    session
-                        .process_new_packets()
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    if let Err(e) = session.process_new_packets() {
+                        self.failed = Some(io::Error::new(io::ErrorKind::InvalidData, e));
+                    }
                 }
                 // A TCP EOF without close_notify: a plain close (see the module doc).
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
@@ -257,11 +261,17 @@ impl TlsRead {
                     if n > 0 {
                         break;
                     }
-                    return Err(e);
+                    return Err(self.failed.take().unwrap_or(e));
                 }
             }
         }
-        Ok(n)
+        match self.failed.take() {
+            Some(e) if n == 0 => Err(e),
+            failed => {
+                self.failed = failed;
+                Ok(n)
+            }
+        }
     }
 
     async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
