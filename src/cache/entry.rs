@@ -77,12 +77,7 @@ impl Meta {
         // HTTP-dates end at year 9999 (httpdate panics past it): a corrupt time is clamped.
         let date = UNIX_EPOCH + Duration::from_millis(stored_at_ms.min(MAX_HTTP_DATE_MS));
         write_header(&mut block, "Date", httpdate::fmt_http_date(date).as_bytes());
-        let directives = freshness::parse_directives(
-            headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
-                .map(|(_, v)| v.as_str()),
-        );
+        let directives = directives_of(&headers);
         Meta {
             headers,
             stored_at_ms,
@@ -120,10 +115,7 @@ impl Meta {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        field(&self.headers, name)
     }
 
     pub fn etag(&self) -> Option<&str> {
@@ -137,6 +129,24 @@ impl Meta {
     pub fn is_fresh(&self, now_ms: u64) -> bool {
         now_ms < self.expires_at_ms
     }
+}
+
+/// The first value of the field `name` (ASCII case-insensitive) among stored `headers`.
+pub fn field<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The `Cache-Control` directives of stored `headers`, every field line counted.
+pub fn directives_of(headers: &[(String, String)]) -> Directives {
+    freshness::parse_directives(
+        headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
+            .map(|(_, v)| v.as_str()),
+    )
 }
 
 /// A cached object: shared metadata and a reference-counted body (never copied per request).

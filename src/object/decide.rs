@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::cache::entry::Meta;
+use crate::cache::entry::{self, Meta};
 use crate::cache::freshness::{self, Decision, NotStored, Policy, Response, Times};
 use crate::config::Config;
 use crate::http::response::UpstreamHead;
@@ -47,10 +47,6 @@ pub fn decide(entry: Option<&Meta>, policy: &Policy, now_ms: u64) -> Phase {
     let Some(meta) = entry else {
         return Phase::Miss;
     };
-    // The hit path's common case without the policy arithmetic.
-    if now_ms < meta.expires_at_ms {
-        return Phase::Fresh;
-    }
     match freshness::decide(&meta.freshness(), &meta.directives, policy, now_ms) {
         Decision::Fresh => Phase::Fresh,
         Decision::StaleWhileRevalidate => Phase::StaleWhileRevalidate,
@@ -96,23 +92,11 @@ pub fn after_not_modified(
     now_ms: u64,
 ) -> Result<Arc<Meta>, NotStored> {
     let headers = freshness::updated_headers(&stale.headers, stored_304);
-    let field = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
-    let directives = freshness::parse_directives(
-        headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
-            .map(|(_, v)| v.as_str()),
-    );
     let resp = Response {
         // The stored response is what is being refreshed.
         status: 200,
-        directives,
-        expires: field("expires"),
+        directives: entry::directives_of(&headers),
+        expires: entry::field(&headers, "expires"),
         // Date and Age are the 304's: the entry is as old as the origin's confirmation.
         date: head.header("date"),
         age: head.header("age"),

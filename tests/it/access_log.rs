@@ -28,18 +28,11 @@ fn lines(path: &Path, n: usize) -> Vec<Value> {
 }
 
 fn corvid_logging(origin: &Origin, bucket: &str, log: &Path, sample: &str) -> Corvid {
-    Corvid::start(&format!(
-        "{}{}\n[log]\naccess = {}\nsample = {sample}\n",
-        server_toml(free_port()),
-        bucket_toml_for(
-            bucket,
-            &format!("/{bucket}"),
-            &origin.endpoint(),
-            bucket,
-            ""
-        ),
-        toml_str(log.to_str().unwrap()),
-    ))
+    let log_toml = format!(
+        "\n[log]\naccess = {}\nsample = {sample}\n",
+        toml_str(log.to_str().unwrap())
+    );
+    Corvid::start(&one_bucket_toml(free_port(), origin, bucket, "", &log_toml))
 }
 
 #[test]

@@ -22,7 +22,7 @@ use corvid::clock::Clock;
 use corvid::config::Config;
 use corvid::runtime::Server;
 
-use super::{bucket_toml_for, server_toml, Origin, Overrides};
+use super::{one_bucket_toml, Origin, Overrides};
 
 /// A corvid running in this process on a manual clock; stopped on drop.
 pub struct InProcess {
@@ -126,17 +126,6 @@ pub fn origin_and_inprocess(
     let origin = Origin::start();
     origin.create_bucket(bucket);
     origin.set_bucket_headers(bucket, Overrides::new().remove("date"));
-    let corvid = InProcess::start(&format!(
-        "{}{}{}",
-        server_toml(0),
-        bucket_toml_for(
-            bucket,
-            &format!("/{bucket}"),
-            &origin.endpoint(),
-            bucket,
-            bucket_extra
-        ),
-        extra_toml
-    ));
-    (origin, corvid)
+    let toml = one_bucket_toml(0, &origin, bucket, bucket_extra, extra_toml);
+    (origin, InProcess::start(&toml))
 }

@@ -84,9 +84,22 @@ pub fn bucket_toml_for(
 pub fn origin_and_corvid(bucket: &str, bucket_extra: &str, extra_toml: &str) -> (Origin, Corvid) {
     let origin = Origin::start();
     origin.create_bucket(bucket);
-    let corvid = Corvid::start(&format!(
+    let toml = one_bucket_toml(free_port(), &origin, bucket, bucket_extra, extra_toml);
+    (origin, Corvid::start(&toml))
+}
+
+/// A corvid config listening on `port` and serving `origin`'s bucket `bucket` under
+/// `/{bucket}`; `bucket_extra` goes inside the bucket block, `extra_toml` after it.
+pub fn one_bucket_toml(
+    port: u16,
+    origin: &Origin,
+    bucket: &str,
+    bucket_extra: &str,
+    extra_toml: &str,
+) -> String {
+    format!(
         "{}{}{}",
-        server_toml(free_port()),
+        server_toml(port),
         bucket_toml_for(
             bucket,
             &format!("/{bucket}"),
@@ -95,8 +108,7 @@ pub fn origin_and_corvid(bucket: &str, bucket_extra: &str, extra_toml: &str) -> 
             bucket_extra
         ),
         extra_toml
-    ));
-    (origin, corvid)
+    )
 }
 
 /// `[[buckets]]` block reaching `origin` bucket `name` through `tls`

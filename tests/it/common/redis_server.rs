@@ -179,16 +179,7 @@ impl RedisServer {
     /// Sends one command on a fresh connection (logged in first, if the server has a login)
     /// and returns the first line of the reply without its CRLF (None on any failure).
     pub fn command(&self, args: &[&str]) -> Option<Vec<u8>> {
-        let mut s = self.connect()?;
-        if let Some((user, password)) = &self.login {
-            let mut auth = vec!["AUTH"];
-            auth.extend(user.as_deref());
-            auth.push(password);
-            s.write_all(&encode(&auth)).ok()?;
-            if read_line(&mut s)? != b"+OK" {
-                return None;
-            }
-        }
+        let mut s = self.session()?;
         s.write_all(&encode(args)).ok()?;
         read_line(&mut s)
     }
@@ -214,16 +205,7 @@ impl RedisServer {
     /// Sends one command (binary arguments) on a fresh connection, logged in first if the
     /// server has a login, and reads its whole reply.
     fn reply(&self, args: &[&[u8]]) -> Option<Reply> {
-        let mut s = self.connect()?;
-        if let Some((user, password)) = &self.login {
-            let mut auth = vec!["AUTH"];
-            auth.extend(user.as_deref());
-            auth.push(password);
-            s.write_all(&encode(&auth)).ok()?;
-            if read_line(&mut s)? != b"+OK" {
-                return None;
-            }
-        }
+        let mut s = self.session()?;
         let mut out = format!("*{}\r\n", args.len()).into_bytes();
         for a in args {
             out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
@@ -235,6 +217,21 @@ impl RedisServer {
     }
 
     /// A fresh helper connection (TLS for a TLS server), reads bounded to 1 s.
+    /// A fresh connection, logged in first if the server has a login.
+    fn session(&self) -> Option<Link> {
+        let mut s = self.connect()?;
+        if let Some((user, password)) = &self.login {
+            let mut auth = vec!["AUTH"];
+            auth.extend(user.as_deref());
+            auth.push(password);
+            s.write_all(&encode(&auth)).ok()?;
+            if read_line(&mut s)? != b"+OK" {
+                return None;
+            }
+        }
+        Some(s)
+    }
+
     fn connect(&self) -> Option<Link> {
         let s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
