@@ -63,7 +63,7 @@ pub async fn fill_from<S: AsyncWriteRent>(
     t: &Target<'_>,
     head: UpstreamHead,
     mut body: Body,
-    leader: Option<Leader<'_>>,
+    mut leader: Option<Leader<'_>>,
 ) -> Result<Sent, Error> {
     let (w, req, bucket, ckey) = (x.w, x.req, x.bucket, t.ckey);
     x.note_upstream(&head, XCache::Miss);
@@ -163,6 +163,14 @@ pub async fn fill_from<S: AsyncWriteRent>(
         }
         if let Some(l) = &leader {
             l.chunk(chunk.clone());
+        }
+        if stored {
+            // The fill leaves the coalescing table before the client gets its last bytes
+            // too: a request the client sends next must find the stored entry, not join
+            // this fill as a follower (it would be answered as this miss, X-Cache: MISS).
+            if let Some(l) = leader.take() {
+                l.end();
+            }
         }
         if matches!(plan, ClientPlan::Body) && x.send_chunk(chunk).await.is_err() {
             // The client went away; the fill goes on for the cache and the followers.

@@ -132,7 +132,7 @@ fn health_ready_and_metrics() {
         .header("content-type")
         .unwrap()
         .starts_with("text/plain; version=0.0.4"));
-    let text = m.text();
+    let text = metrics_counting(corvid.addr(), 4);
     for needle in [
         "corvid_requests_total{bucket=\"obs\",method=\"GET\",status=\"2xx\"} 3",
         "corvid_requests_total{bucket=\"obs\",method=\"GET\",status=\"4xx\"} 1",

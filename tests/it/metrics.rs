@@ -31,7 +31,7 @@ fn a_live_scrape_passes_promtool_and_counts_the_traffic() {
     }
     assert_eq!(http::head(addr, "/mtr/k", &[]).status, 200);
     assert_eq!(http::get(addr, "/mtr/missing", &[]).status, 404);
-    let text = http::get(addr, "/metrics", &[]).text();
+    let text = metrics_counting(addr, 8);
 
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])

@@ -144,3 +144,23 @@ pub fn tricky_keys() -> Vec<String> {
         long_segment,
     ]
 }
+
+/// The text of `/metrics` once it counts `requests` answered requests in all
+/// (`corvid_requests_total`, every label). A request is counted after its answer is written,
+/// so the last one may still be counting on its worker when a scrape reaches another.
+/// Panics after five seconds, showing the last scrape.
+pub fn metrics_counting(addr: std::net::SocketAddr, requests: u64) -> String {
+    let counted = |t: &str| -> u64 {
+        t.lines()
+            .filter(|l| l.starts_with("corvid_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let mut text = String::new();
+    let done = wait_until(std::time::Duration::from_secs(5), || {
+        text = http::get(addr, "/metrics", &[]).text();
+        counted(&text) >= requests
+    });
+    assert!(done, "{requests} requests never counted:\n{text}");
+    text
+}
