@@ -26,12 +26,13 @@ fn scrape(c: &mut Criterion) {
         let cfg = config(n);
         let tiers = corvid::cache::tiered::Tiers::new(&cfg.cache).unwrap();
         let registry = Registry::new(cfg.buckets.iter().map(|b| b.name.clone()).collect(), 2);
+        let slots: Vec<usize> = (0..n).collect();
         for w in 0..2 {
             for b in 0..n {
                 registry
-                    .worker(w)
+                    .worker(w, &slots)
                     .request(Some(b), Method::Get, 200, Duration::from_micros(300));
-                registry.worker(w).cache_miss(b);
+                registry.worker(w, &slots).cache_miss(b);
             }
         }
         let text = registry.render(&tiers);

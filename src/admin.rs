@@ -10,6 +10,7 @@
 //! | `...?soft=true` on any purge | mark stale instead of remove: the next request revalidates |
 //! | `GET /admin/cache/stats` | totals, `layers`, `buckets` (see `cache::stats`) |
 //! | `GET /admin/cache/stats/{bucket}` | one bucket (404 unknown) |
+//! | `POST /admin/reload` | re-read the config file ([`crate::reload`]): 200 what applied, 422 why refused |
 //!
 //! Who may: first the client's network (`admin.allow_networks`, 403 before any token work),
 //! then a JWT from `[jwt]`'s sources carrying `admin.claim` (none or invalid → 401, valid
@@ -38,6 +39,7 @@ use crate::error::{Error, Kind};
 use crate::http::conn::{Request, Sent};
 use crate::http::request::Method;
 use crate::http::respond::{self, Reply};
+use crate::reload::Outcome;
 
 /// The bounded `route` label of `corvid_admin_requests_total`.
 pub fn route_label(rest: &str) -> &'static str {
@@ -57,6 +59,7 @@ pub fn route_label(rest: &str) -> &'static str {
 enum Action {
     Purge(Target),
     Stats(Option<String>),
+    Reload,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -76,6 +79,9 @@ fn decode(s: &str) -> Result<String, Error> {
 /// Parses the raw path after `/admin` (pure).
 fn parse(rest: &str) -> Result<Action, Error> {
     let not_found = || Error::client(Kind::NotFound, "no such admin route");
+    if rest == "/reload" {
+        return Ok(Action::Reload);
+    }
     let rest = rest.strip_prefix("/cache/").ok_or_else(not_found)?;
     let (what, tail) = match rest.split_once('/') {
         Some((w, t)) => (w, Some(t)),
@@ -169,6 +175,20 @@ pub async fn handle<S: AsyncWriteRent>(
             }
             stats(w, bucket)?
         }
+        Action::Reload => {
+            if req.method() != Method::Post {
+                return Err(Error::method_not_allowed("POST"));
+            }
+            let (status, body) = reload(w).await;
+            return respond::simple(
+                &w.http,
+                io,
+                out,
+                req,
+                Reply::no_store(status, "application/json", body.as_bytes()),
+            )
+            .await;
+        }
     };
     respond::simple(
         &w.http,
@@ -178,6 +198,30 @@ pub async fn handle<S: AsyncWriteRent>(
         Reply::no_store(200, "application/json", body.as_bytes()),
     )
     .await
+}
+
+/// `POST /admin/reload`: asks the reload thread (re-reading the config file blocks, so never
+/// here) and answers its outcome: 200 with what applied and what needs a restart, or 422 with
+/// why the file was refused (the running config stays). 409 where there is no file to re-read
+/// (an in-process server).
+async fn reload(w: &Worker) -> (u16, String) {
+    let Some(requests) = &w.shared.reloads else {
+        let why = "this server was not started from a config file: nothing to reload";
+        return (409, Outcome::Refused(why.into()).to_json().to_string());
+    };
+    let (reply, answer) = flume::bounded(1);
+    let outcome = match requests.send(reply) {
+        Ok(()) => answer.recv_async().await.ok(),
+        Err(_) => None,
+    };
+    match outcome {
+        Some(o @ Outcome::Applied { .. }) => (200, o.to_json().to_string()),
+        Some(o @ Outcome::Refused(_)) => (422, o.to_json().to_string()),
+        None => {
+            let why = "the reload thread is gone (shutting down)";
+            (503, Outcome::Refused(why.into()).to_json().to_string())
+        }
+    }
 }
 
 fn unknown_bucket(name: &str) -> Error {
@@ -228,9 +272,15 @@ fn purge_json(p: &Purged, soft: bool, receivers: Option<u64>) -> String {
 
 fn stats(w: &Worker, bucket: Option<String>) -> Result<String, Error> {
     let shared = &w.shared;
-    let stats = shared
-        .metrics
-        .cache_stats(&shared.tiers, shared.config.cache.redis.is_some());
+    let buckets: Vec<(String, usize)> = shared
+        .config
+        .buckets
+        .iter()
+        .zip(&shared.slots)
+        .map(|(b, s)| (b.name.clone(), *s))
+        .collect();
+    let redis = shared.config.cache.redis.is_some();
+    let stats = shared.metrics.cache_stats(&shared.tiers, redis, &buckets);
     match bucket {
         None => serde_json::to_string(&stats),
         Some(name) => match stats.buckets.get(&name) {
@@ -273,12 +323,13 @@ mod tests {
             "/cache/purge/",
             "/cache/purge//k",
             "/cache/stats/a/b",
-            "/reload",
+            "/reload/x",
             "/cache/other",
         ] {
             assert_eq!(p(bad), Err(404), "{bad}");
         }
         assert_eq!(p("/cache/purge/%ff"), Err(400));
+        assert_eq!(p("/reload"), Ok(Action::Reload));
         assert_eq!(route_label("/cache/purge/x"), "purge");
         assert_eq!(route_label("/cache/stats"), "stats");
         assert_eq!(route_label("/whatever"), "other");

@@ -27,7 +27,8 @@ use crate::fdlimit;
 use crate::http::env::ConnEnv;
 use crate::http::request::Limits;
 use crate::http::vectored::HeadBody;
-use crate::metrics::{Registry, WorkerMetrics};
+use crate::metrics::{Recorder, Registry};
+use crate::reload::Outcome;
 use crate::router::Router;
 use crate::s3::client::{Pool, Timeouts};
 use crate::s3::origins::Origins;
@@ -46,10 +47,15 @@ pub struct Shared {
     /// The Redis tier's client options (`cache.redis`), TLS config included, built once at
     /// start ([`redis_options`]); each worker's client and the purge subscriber clone them.
     pub redis: Option<RedisOptions>,
-    pub metrics: Registry,
+    /// Process-wide: carried from one config generation to the next.
+    pub metrics: Arc<Registry>,
+    /// Per bucket of `config`: its slot in `metrics` (stable per bucket name across reloads).
+    pub slots: Vec<usize>,
+    /// 0 at start, one more per applied reload.
+    pub generation: u64,
     /// The cache tiers and the coalescing table, shared by every worker.
     pub tiers: Arc<Tiers>,
-    pub shutting_down: AtomicBool,
+    pub shutting_down: Arc<AtomicBool>,
     pub workers: usize,
     pub started: Instant,
     /// Random-ish per-process tag that makes request ids unique across restarts.
@@ -63,13 +69,66 @@ pub struct Shared {
     pub clock: Clock,
     /// The access log's writer, when `[log] access` is on.
     pub access_log: Option<Arc<AccessLog>>,
+    /// Where `POST /admin/reload` asks for a reload (`None`: no config file to re-read, as in
+    /// an in-process server).
+    pub reloads: Option<ReloadRequests>,
 }
+
+/// A reload request: the channel its [`Outcome`] is answered on.
+pub type ReloadRequests = flume::Sender<flume::Sender<Outcome>>;
 
 /// Per-bucket state of one worker.
 pub struct WorkerBucket {
     pub signer: Signer,
     pub pool: Rc<Pool>,
     pub timeouts: Timeouts,
+}
+
+impl WorkerBucket {
+    /// Bucket `i` of `shared`'s config on this worker; `reuse`: the same origin's state on the
+    /// previous generation, whose connection pool is kept.
+    fn new(shared: &Shared, i: usize, reuse: Option<&WorkerBucket>) -> WorkerBucket {
+        let b = &shared.config.buckets[i];
+        let pool = match reuse {
+            Some(old) => Rc::clone(&old.pool),
+            None => Pool::new(
+                Arc::clone(shared.origins.get(i)),
+                shared.client_tls[i]
+                    .as_ref()
+                    .map(|(cfg, name)| (TlsConnector::from(Arc::clone(cfg)), name.clone())),
+                b.max_idle_connections,
+                b.pool_idle_timeout,
+            ),
+        };
+        WorkerBucket {
+            signer: Signer::new(
+                Credentials {
+                    access_key: b.access_key.clone(),
+                    secret_key: b.secret_key.clone(),
+                    session_token: b.session_token.clone(),
+                },
+                &b.region,
+                "s3",
+            ),
+            pool,
+            timeouts: Timeouts {
+                connect: b.connect_timeout,
+                first_byte: b.first_byte_timeout,
+                read: b.read_timeout,
+            },
+        }
+    }
+}
+
+/// Whether two bucket configs reach the same origin the same way (so pooled connections to it
+/// stay valid across a reload).
+fn same_origin(a: &crate::config::BucketConfig, b: &crate::config::BucketConfig) -> bool {
+    a.endpoint == b.endpoint
+        && a.addressing == b.addressing
+        && a.bucket == b.bucket
+        && a.ca_file == b.ca_file
+        && a.max_idle_connections == b.max_idle_connections
+        && a.pool_idle_timeout == b.pool_idle_timeout
 }
 
 /// The context every task of one worker shares.
@@ -79,19 +138,39 @@ pub struct Worker {
     pub buckets: Vec<WorkerBucket>,
     /// What this worker's connections share: timeouts, Date, request ids, shutdown, idle
     /// connections, recycled connection memory.
-    pub http: ConnEnv,
+    pub http: Rc<ConnEnv>,
     /// Tokens this worker verified recently (no lock: per worker).
     pub tokens: crate::auth::TokenCache,
-    pub connections: Cell<usize>,
+    pub connections: Rc<Cell<usize>>,
     /// Reusable head+body vectored-write buffers (the hit path allocates none once warm).
-    head_bodies: RefCell<Vec<HeadBody>>,
+    head_bodies: Rc<RefCell<Vec<HeadBody>>>,
     /// Byte buffers lent per request (the decoded object key, the cache key) and given back
     /// after the answer, for the same reason.
-    spare_bufs: RefCell<Vec<Vec<u8>>>,
+    spare_bufs: Rc<RefCell<Vec<Vec<u8>>>>,
     /// This worker's front over the three tiers (the shared ones and its Redis client).
-    pub cache: Cache,
+    pub cache: Rc<Cache>,
     /// This worker's side of the access log, when `[log] access` is on.
-    pub access: Option<WorkerLog>,
+    pub access: Option<Rc<WorkerLog>>,
+}
+
+/// A worker thread's [`Worker`] on the running config generation: a reload puts the next one
+/// here ([`Worker::next`]) and each request takes the one current when it starts, so requests
+/// in flight finish on the config they started with.
+pub struct Current(RefCell<Rc<Worker>>);
+
+impl Current {
+    pub fn new(w: Rc<Worker>) -> Rc<Current> {
+        Rc::new(Current(RefCell::new(w)))
+    }
+
+    pub fn get(&self) -> Rc<Worker> {
+        Rc::clone(&self.0.borrow())
+    }
+
+    /// Switches to the next generation (the previous one lives on in the requests using it).
+    pub fn set(&self, w: Rc<Worker>) {
+        *self.0.borrow_mut() = w;
+    }
 }
 
 /// Largest buffer [`Worker::recycle_buf`] keeps. An S3 key has at most 1024 bytes, so object
@@ -153,35 +232,8 @@ pub fn redis_options(cfg: &crate::config::RedisConfig) -> Result<RedisOptions, S
 
 impl Worker {
     pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Worker> {
-        let buckets = shared
-            .config
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, b)| WorkerBucket {
-                signer: Signer::new(
-                    Credentials {
-                        access_key: b.access_key.clone(),
-                        secret_key: b.secret_key.clone(),
-                        session_token: b.session_token.clone(),
-                    },
-                    &b.region,
-                    "s3",
-                ),
-                pool: Pool::new(
-                    Arc::clone(shared.origins.get(i)),
-                    shared.client_tls[i]
-                        .as_ref()
-                        .map(|(cfg, name)| (TlsConnector::from(Arc::clone(cfg)), name.clone())),
-                    b.max_idle_connections,
-                    b.pool_idle_timeout,
-                ),
-                timeouts: Timeouts {
-                    connect: b.connect_timeout,
-                    first_byte: b.first_byte_timeout,
-                    read: b.read_timeout,
-                },
-            })
+        let buckets = (0..shared.config.buckets.len())
+            .map(|i| WorkerBucket::new(&shared, i, None))
             .collect();
         let cache = Cache::new(
             Arc::clone(&shared.tiers),
@@ -197,20 +249,53 @@ impl Worker {
         );
         Rc::new(Worker {
             id,
-            cache,
+            cache: Rc::new(cache),
             access: shared.access_log.as_ref().map(|a| {
-                WorkerLog::new(
+                Rc::new(WorkerLog::new(
                     Arc::clone(a),
                     shared.instance_tag as u64 ^ (id as u64) << 32,
-                )
+                ))
             }),
             shared,
             buckets,
-            http,
+            http: Rc::new(http),
             tokens: crate::auth::TokenCache::default(),
-            connections: Cell::new(0),
-            head_bodies: RefCell::new(Vec::new()),
-            spare_bufs: RefCell::new(Vec::new()),
+            connections: Rc::new(Cell::new(0)),
+            head_bodies: Rc::new(RefCell::new(Vec::new())),
+            spare_bufs: Rc::new(RefCell::new(Vec::new())),
+        })
+    }
+
+    /// This worker on the next config generation (a reload): per-bucket state built for the
+    /// new buckets (a bucket whose origin did not change keeps its pooled connections), the
+    /// verified-token cache emptied (keys or claims may have changed); the connections, the
+    /// cache front with its Redis client, the access log buffer and the recycled buffers carry
+    /// over. Requests in flight keep the worker they started with.
+    pub fn next(&self, shared: Arc<Shared>) -> Rc<Worker> {
+        let buckets = (0..shared.config.buckets.len())
+            .map(|i| {
+                let b = &shared.config.buckets[i];
+                let same_origin = self
+                    .shared
+                    .config
+                    .buckets
+                    .iter()
+                    .position(|o| o.name == b.name && same_origin(o, b))
+                    .map(|j| &self.buckets[j]);
+                WorkerBucket::new(&shared, i, same_origin)
+            })
+            .collect();
+        Rc::new(Worker {
+            id: self.id,
+            shared,
+            buckets,
+            http: Rc::clone(&self.http),
+            tokens: crate::auth::TokenCache::default(),
+            connections: Rc::clone(&self.connections),
+            head_bodies: Rc::clone(&self.head_bodies),
+            spare_bufs: Rc::clone(&self.spare_bufs),
+            cache: Rc::clone(&self.cache),
+            access: self.access.clone(),
         })
     }
 
@@ -249,8 +334,9 @@ impl Worker {
         }
     }
 
-    pub fn metrics(&self) -> &WorkerMetrics {
-        self.shared.metrics.worker(self.id)
+    /// This worker's counters, bucket indices mapped to this generation's metric slots.
+    pub fn metrics(&self) -> Recorder<'_> {
+        self.shared.metrics.worker(self.id, &self.shared.slots)
     }
 
     /// The clock freshness and token expiry are decided by.

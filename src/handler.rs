@@ -1,6 +1,7 @@
 //! Request dispatch: route the request, then hand it to the internal endpoints or the object
 //! path ([`crate::object`]). Internal routes answer GET and HEAD only.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
@@ -8,7 +9,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::access_log::Line;
 use crate::auth::{extract, AuthFailure};
-use crate::context::Worker;
+use crate::context::{Current, Worker};
 use crate::error::{Error, Kind};
 use crate::http::conn::{App, Finished, Request, RequestLog, Sent};
 use crate::http::env::ConnEnv;
@@ -26,12 +27,33 @@ pub enum Surface {
     Admin,
 }
 
-/// A worker's application on one of its listeners.
-pub struct WorkerApp(pub Rc<Worker>, pub Surface);
+/// A worker's application on one of its listeners, for one connection. Each request runs on
+/// the worker's generation current when it starts ([`Current`]); its `finished` bookkeeping
+/// uses the same one (its bucket index means a bucket of that generation's config).
+pub struct WorkerApp {
+    current: Rc<Current>,
+    /// The connection environment, the same in every generation.
+    env: Rc<ConnEnv>,
+    surface: Surface,
+    /// The generation the request being answered runs on.
+    serving: RefCell<Option<Rc<Worker>>>,
+}
+
+impl WorkerApp {
+    pub fn new(current: Rc<Current>, surface: Surface) -> WorkerApp {
+        let env = Rc::clone(&current.get().http);
+        WorkerApp {
+            current,
+            env,
+            surface,
+            serving: RefCell::new(None),
+        }
+    }
+}
 
 impl App for WorkerApp {
     fn env(&self) -> &ConnEnv {
-        &self.0.http
+        &self.env
     }
 
     async fn handle<S: AsyncReadRent + AsyncWriteRent>(
@@ -41,18 +63,25 @@ impl App for WorkerApp {
         req: &Request<'_>,
         log: &mut RequestLog,
     ) -> Result<Sent, Error> {
-        handle(&self.0, self.1, io, out, req, log).await
+        let w = self.current.get();
+        *self.serving.borrow_mut() = Some(Rc::clone(&w));
+        handle(&w, self.surface, io, out, req, log).await
     }
 
     fn finished(&self, done: &Finished<'_>) {
-        let (w, log) = (&self.0, done.log);
+        let w = self
+            .serving
+            .borrow_mut()
+            .take()
+            .unwrap_or_else(|| self.current.get());
+        let log = done.log;
         let m = w.metrics();
         m.request(log.bucket, done.method, done.status, done.took);
         if let Some(route) = log.admin_route {
             m.admin_request(route, done.status);
         }
         if let Some(access) = &w.access {
-            access.record(&access_line(w, done));
+            access.record(&access_line(&w, done));
         }
     }
 }

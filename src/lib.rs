@@ -2,8 +2,9 @@
 //!
 //! One request, end to end: [`runtime`] workers accept connections; [`http::conn`] reads and
 //! frames requests; [`handler`] routes them ([`router`]) to the internal endpoints or to
-//! [`proxy`], which signs ([`s3::sigv4`]) and sends ([`s3::client`]) the upstream request and
-//! streams the answer back. [`error`] is the one error type; [`config`] the TOML contract.
+//! [`object`], which answers from the cache ([`cache`]) or signs ([`s3::sigv4`]) and sends
+//! ([`s3::client`]) the upstream request and streams the answer back. [`reload`] decides what a
+//! new config file changes while running. [`error`] is the one error type; [`config`] the TOML contract.
 
 pub mod access_log;
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod object;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod s3;

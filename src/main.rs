@@ -80,7 +80,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match corvid::runtime::serve(cfg) {
+            match corvid::runtime::serve(cfg, &config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("cannot start: {e}");

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::stats::{RequestCounts, Stats};
+use crate::cache::stats::{RequestCounts, Stats, RESERVED_BUCKETS};
 use crate::cache::tiered::{Layer, Tiers};
 use crate::http::request::Method;
 
@@ -114,7 +114,7 @@ impl WorkerMetrics {
     }
 
     /// Counts one answered request. `bucket` is None for internal routes.
-    pub fn request(&self, bucket: Option<usize>, method: Method, status: u16, took: Duration) {
+    fn request(&self, bucket: Option<usize>, method: Method, status: u16, took: Duration) {
         let b = bucket.unwrap_or(self.nbuckets);
         let m = match method {
             Method::Get => 0,
@@ -127,7 +127,7 @@ impl WorkerMetrics {
         self.request_duration[b].observe(took);
     }
 
-    pub fn upstream(&self, bucket: usize, outcome: UpstreamOutcome, took: Duration) {
+    fn upstream(&self, bucket: usize, outcome: UpstreamOutcome, took: Duration) {
         let o = match outcome {
             UpstreamOutcome::Status(s) => (s / 100).clamp(1, 5) as usize - 1,
             UpstreamOutcome::Timeout => 5,
@@ -137,26 +137,26 @@ impl WorkerMetrics {
         self.upstream_duration[bucket].observe(took);
     }
 
-    pub fn cache_hit(&self, bucket: usize, layer: Layer) {
+    fn cache_hit(&self, bucket: usize, layer: Layer) {
         self.cache_hits[bucket * Layer::ALL.len() + layer.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// `n` body bytes written to a client from an entry of `layer`.
-    pub fn cache_hit_bytes(&self, bucket: usize, layer: Layer, n: u64) {
+    fn cache_hit_bytes(&self, bucket: usize, layer: Layer, n: u64) {
         self.cache_hit_bytes[bucket * Layer::ALL.len() + layer.index()]
             .fetch_add(n, Ordering::Relaxed);
     }
 
     /// `n` object body bytes received from `bucket`'s origin.
-    pub fn upstream_bytes(&self, bucket: usize, n: u64) {
+    fn upstream_bytes(&self, bucket: usize, n: u64) {
         self.upstream_bytes[bucket].fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn cache_miss(&self, bucket: usize) {
+    fn cache_miss(&self, bucket: usize) {
         self.cache_misses[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn coalesced(&self, bucket: usize) {
+    fn coalesced(&self, bucket: usize) {
         self.coalesced[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -190,21 +190,89 @@ impl WorkerMetrics {
     }
 }
 
+/// One worker's counters as its request path records them: bucket arguments are indices in
+/// the worker's config ([`crate::config::Config::buckets`]), mapped here to the registry's
+/// slots (see [`Registry`]). The methods without a bucket are [`WorkerMetrics`]'s.
+#[derive(Clone, Copy)]
+pub struct Recorder<'a> {
+    m: &'a WorkerMetrics,
+    slots: &'a [usize],
+}
+
+impl std::ops::Deref for Recorder<'_> {
+    type Target = WorkerMetrics;
+    fn deref(&self) -> &WorkerMetrics {
+        self.m
+    }
+}
+
+impl Recorder<'_> {
+    fn slot(&self, bucket: usize) -> usize {
+        self.slots[bucket]
+    }
+
+    /// Counts one answered request. `bucket` is None for internal routes.
+    pub fn request(&self, bucket: Option<usize>, method: Method, status: u16, took: Duration) {
+        self.m
+            .request(bucket.map(|b| self.slot(b)), method, status, took);
+    }
+
+    pub fn upstream(&self, bucket: usize, outcome: UpstreamOutcome, took: Duration) {
+        self.m.upstream(self.slot(bucket), outcome, took);
+    }
+
+    pub fn cache_hit(&self, bucket: usize, layer: Layer) {
+        self.m.cache_hit(self.slot(bucket), layer);
+    }
+
+    /// `n` body bytes written to a client from an entry of `layer`.
+    pub fn cache_hit_bytes(&self, bucket: usize, layer: Layer, n: u64) {
+        self.m.cache_hit_bytes(self.slot(bucket), layer, n);
+    }
+
+    /// `n` object body bytes received from `bucket`'s origin.
+    pub fn upstream_bytes(&self, bucket: usize, n: u64) {
+        self.m.upstream_bytes(self.slot(bucket), n);
+    }
+
+    pub fn cache_miss(&self, bucket: usize) {
+        self.m.cache_miss(self.slot(bucket));
+    }
+
+    pub fn coalesced(&self, bucket: usize) {
+        self.m.coalesced(self.slot(bucket));
+    }
+}
+
 /// All workers' metric slots and the label values.
+///
+/// Per-bucket counters live in *slots* that keep their bucket's name for the life of the
+/// process: the buckets configured at start take the first ones, and a config reload gives a
+/// new bucket the next free slot ([`Registry::slot_for`]; [`RESERVED_BUCKETS`] of them are
+/// allocated up front) and keeps a renamed or removed bucket's series as they were, so
+/// counters never go back. A worker records through a [`Recorder`], which maps its
+/// config's bucket index to the slot.
 pub struct Registry {
-    bucket_names: Vec<String>,
+    /// Slot → bucket name; grows on reloads, never shrinks.
+    bucket_names: parking_lot::RwLock<Vec<String>>,
+    /// Slots allocated per worker; the one past the last (`capacity`) is "no bucket".
+    capacity: usize,
     workers: Vec<WorkerMetrics>,
     /// Access log lines dropped (the writer fell behind), when the access log is on.
     access_log_dropped: Option<Arc<AtomicU64>>,
+    /// `corvid_config_reloads_total` by outcome: applied, refused.
+    reloads: [AtomicU64; 2],
 }
 
 impl Registry {
     pub fn new(bucket_names: Vec<String>, workers: usize) -> Self {
-        let n = bucket_names.len();
+        let capacity = bucket_names.len() + RESERVED_BUCKETS;
         Registry {
-            bucket_names,
-            workers: (0..workers).map(|_| WorkerMetrics::new(n)).collect(),
+            bucket_names: parking_lot::RwLock::new(bucket_names),
+            capacity,
+            workers: (0..workers).map(|_| WorkerMetrics::new(capacity)).collect(),
             access_log_dropped: None,
+            reloads: Default::default(),
         }
     }
 
@@ -214,12 +282,39 @@ impl Registry {
         self
     }
 
-    pub fn worker(&self, i: usize) -> &WorkerMetrics {
-        &self.workers[i]
+    /// Worker `i`'s counters, recorded through `slots` (config bucket index → slot).
+    pub fn worker<'a>(&'a self, i: usize, slots: &'a [usize]) -> Recorder<'a> {
+        Recorder {
+            m: &self.workers[i],
+            slots,
+        }
     }
 
-    fn bucket_label(&self, b: usize) -> &str {
-        self.bucket_names.get(b).map(String::as_str).unwrap_or("")
+    /// The slot of bucket `name`, the next free one when the name is new; `None` when the
+    /// reserve is used up (the reload that asks is refused).
+    pub fn slot_for(&self, name: &str) -> Option<usize> {
+        let mut names = self.bucket_names.write();
+        if let Some(i) = names.iter().position(|n| n == name) {
+            return Some(i);
+        }
+        if names.len() >= self.capacity {
+            return None;
+        }
+        names.push(name.to_owned());
+        Some(names.len() - 1)
+    }
+
+    /// A config reload was applied (`ok`) or refused.
+    pub fn reload(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The slots to render: every named one, then "no bucket", with their labels.
+    fn labelled_slots(&self) -> Vec<(usize, String)> {
+        let names = self.bucket_names.read();
+        let mut v: Vec<(usize, String)> = names.iter().cloned().enumerate().collect();
+        v.push((self.capacity, String::new()));
+        v
     }
 
     fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
@@ -243,19 +338,21 @@ impl Registry {
     }
 
     /// The cache statistics snapshot (`GET /admin/cache/stats`; JSON shape in
-    /// [`crate::cache::stats`]), from the same counters `/metrics` renders. `redis`: whether a
-    /// Redis tier is configured.
-    pub fn cache_stats(&self, tiers: &Tiers, redis: bool) -> Stats {
-        let counts: Vec<RequestCounts> = (0..self.bucket_names.len())
-            .map(|b| self.request_counts(b))
-            .collect();
-        Stats::build(tiers, redis, &self.bucket_names, &counts)
+    /// [`crate::cache::stats`]) of the buckets `buckets` (name, slot) — the running config's —
+    /// from the same counters `/metrics` renders. `redis`: whether a Redis tier is configured.
+    pub fn cache_stats(&self, tiers: &Tiers, redis: bool, buckets: &[(String, usize)]) -> Stats {
+        let counts: Vec<RequestCounts> =
+            buckets.iter().map(|(_, s)| self.request_counts(*s)).collect();
+        let names: Vec<String> = buckets.iter().map(|(n, _)| n.clone()).collect();
+        Stats::build(tiers, redis, &names, &counts)
     }
 
     /// Renders the Prometheus text exposition format 0.0.4.
     pub fn render(&self, tiers: &Tiers) -> String {
         let mut out = String::with_capacity(4096);
-        let nb = self.bucket_names.len();
+        // Slots with their labels: named ones, then "no bucket" (internal routes).
+        let all = self.labelled_slots();
+        let named = &all[..all.len() - 1];
 
         header(
             &mut out,
@@ -275,7 +372,7 @@ impl Registry {
             "counter",
             "Requests answered, by bucket, method and status class",
         );
-        for b in 0..=nb {
+        for (b, label) in all.iter().map(|(b, l)| (*b, l.as_str())) {
             for (m, method) in METHODS.iter().enumerate() {
                 for (c, class) in CLASSES.iter().enumerate() {
                     let i = (b * METHODS.len() + m) * CLASSES.len() + c;
@@ -284,7 +381,7 @@ impl Registry {
                         let _ = writeln!(
                             out,
                             "corvid_requests_total{{bucket=\"{}\",method=\"{method}\",status=\"{class}\"}} {v}",
-                            escape(self.bucket_label(b))
+                            escape(label)
                         );
                     }
                 }
@@ -297,8 +394,8 @@ impl Registry {
             "histogram",
             "Time from a complete request head to the end of the response",
         );
-        for b in 0..=nb {
-            self.histogram(&mut out, "corvid_request_duration_seconds", b, |w| {
+        for (b, label) in all.iter().map(|(b, l)| (*b, l.as_str())) {
+            self.histogram(&mut out, "corvid_request_duration_seconds", label, |w| {
                 &w.request_duration[b]
             });
         }
@@ -309,14 +406,14 @@ impl Registry {
             "counter",
             "Requests sent to origins, by bucket and outcome",
         );
-        for b in 0..nb {
+        for (b, label) in named.iter().map(|(b, l)| (*b, l.as_str())) {
             for (o, outcome) in OUTCOMES.iter().enumerate() {
                 let v = self.sum(|w| w.upstream[b * OUTCOMES.len() + o].load(Ordering::Relaxed));
                 if v > 0 {
                     let _ = writeln!(
                         out,
                         "corvid_upstream_requests_total{{bucket=\"{}\",outcome=\"{outcome}\"}} {v}",
-                        escape(self.bucket_label(b))
+                        escape(label)
                     );
                 }
             }
@@ -328,8 +425,8 @@ impl Registry {
             "histogram",
             "Time from sending an upstream request to its complete response head",
         );
-        for b in 0..nb {
-            self.histogram(&mut out, "corvid_upstream_duration_seconds", b, |w| {
+        for (b, label) in named.iter().map(|(b, l)| (*b, l.as_str())) {
+            self.histogram(&mut out, "corvid_upstream_duration_seconds", label, |w| {
                 &w.upstream_duration[b]
             });
         }
@@ -340,7 +437,7 @@ impl Registry {
             "counter",
             "Requests answered from a cache tier, by layer and bucket",
         );
-        for b in 0..nb {
+        for (b, label) in named.iter().map(|(b, l)| (*b, l.as_str())) {
             for layer in Layer::ALL {
                 let i = b * Layer::ALL.len() + layer.index();
                 let v = self.sum(|w| w.cache_hits[i].load(Ordering::Relaxed));
@@ -349,7 +446,7 @@ impl Registry {
                         out,
                         "corvid_cache_hits_total{{layer=\"{}\",bucket=\"{}\"}} {v}",
                         layer.name(),
-                        escape(self.bucket_label(b))
+                        escape(label)
                     );
                 }
             }
@@ -360,7 +457,7 @@ impl Registry {
             "counter",
             "Body bytes served from a cache tier (the egress saved), by layer and bucket",
         );
-        for b in 0..nb {
+        for (b, label) in named.iter().map(|(b, l)| (*b, l.as_str())) {
             for layer in Layer::ALL {
                 let i = b * Layer::ALL.len() + layer.index();
                 let v = self.sum(|w| w.cache_hit_bytes[i].load(Ordering::Relaxed));
@@ -369,7 +466,7 @@ impl Registry {
                         out,
                         "corvid_cache_hit_bytes_total{{layer=\"{}\",bucket=\"{}\"}} {v}",
                         layer.name(),
-                        escape(self.bucket_label(b))
+                        escape(label)
                     );
                 }
             }
@@ -393,12 +490,12 @@ impl Registry {
             ),
         ] {
             header(&mut out, name, "counter", help);
-            for b in 0..nb {
+            for (b, label) in named.iter().map(|(b, l)| (*b, l.as_str())) {
                 let v = self.sum(|w| f(w, b));
                 let _ = writeln!(
                     out,
                     "{name}{{bucket=\"{}\"}} {v}",
-                    escape(self.bucket_label(b))
+                    escape(label)
                 );
             }
         }
@@ -503,6 +600,17 @@ impl Registry {
 
         header(
             &mut out,
+            "corvid_config_reloads_total",
+            "counter",
+            "Configuration reloads (SIGHUP, POST /admin/reload), applied (ok) or refused (error)",
+        );
+        for (i, outcome) in ["ok", "error"].iter().enumerate() {
+            let v = self.reloads[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "corvid_config_reloads_total{{outcome=\"{outcome}\"}} {v}");
+        }
+
+        header(
+            &mut out,
             "corvid_cache_errors_total",
             "counter",
             "Failed tier operations (treated as misses)",
@@ -551,14 +659,14 @@ impl Registry {
         &self,
         out: &mut String,
         name: &str,
-        b: usize,
+        label: &str,
         h: impl Fn(&WorkerMetrics) -> &Histogram,
     ) {
         let count = self.sum(|w| h(w).count.load(Ordering::Relaxed));
         if count == 0 {
             return;
         }
-        let label = escape(self.bucket_label(b));
+        let label = escape(label);
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BOUNDS.iter().enumerate() {
             cumulative += self.sum(|w| h(w).buckets[i].load(Ordering::Relaxed));
@@ -594,22 +702,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bucket_keeps_its_slot_and_series_across_generations() {
+        let r = Registry::new(vec!["a".into(), "b".into()], 1);
+        r.worker(0, &[0, 1]).cache_miss(1);
+        // The next generation: "b" first, a new "c", "a" removed.
+        let slots: Vec<usize> = ["b", "c"].iter().map(|n| r.slot_for(n).unwrap()).collect();
+        assert_eq!(slots, [1, 2]);
+        r.worker(0, &slots).cache_miss(0);
+        r.worker(0, &slots).cache_miss(1);
+        r.reload(true);
+        let tiers = Tiers::new(&crate::config::Config::from_toml_str(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[[buckets]]\nname = \"a\"\nprefix = \"/a\"\nendpoint = \"http://127.0.0.1:9\"\nregion = \"r\"\nbucket = \"bkt\"\naccess_key = \"a\"\nsecret_key = \"s\"\n",
+            &|_| None,
+        )
+        .unwrap()
+        .cache)
+        .unwrap();
+        let text = r.render(&tiers);
+        assert!(text.contains("corvid_cache_misses_total{bucket=\"b\"} 2"), "{text}");
+        assert!(text.contains("corvid_cache_misses_total{bucket=\"c\"} 1"), "{text}");
+        assert!(text.contains("corvid_cache_misses_total{bucket=\"a\"} 0"), "{text}");
+        assert!(text.contains("corvid_config_reloads_total{outcome=\"ok\"} 1"), "{text}");
+        // The reserve is bounded: a reload adding past it is refused.
+        for i in 0..RESERVED_BUCKETS - 1 {
+            assert!(r.slot_for(&format!("n{i}")).is_some());
+        }
+        assert_eq!(r.slot_for("one-too-many"), None);
+    }
+
+    #[test]
     fn sums_workers_and_renders_labels() {
         let r = Registry::new(vec!["assets".into()], 2);
-        r.worker(0)
+        r.worker(0, &[0])
             .request(Some(0), Method::Get, 200, Duration::from_millis(2));
-        r.worker(1)
+        r.worker(1, &[0])
             .request(Some(0), Method::Get, 206, Duration::from_millis(3));
-        r.worker(1)
+        r.worker(1, &[0])
             .request(None, Method::Head, 404, Duration::from_micros(50));
-        r.worker(0)
+        r.worker(0, &[0])
             .upstream(0, UpstreamOutcome::Timeout, Duration::from_secs(1));
-        r.worker(0).connection_opened();
-        r.worker(1).cache_hit(0, Layer::Disk);
-        r.worker(0).cache_miss(0);
-        r.worker(1).cache_hit_bytes(0, Layer::Disk, 100);
-        r.worker(0).cache_hit_bytes(0, Layer::Disk, 23);
-        r.worker(0).upstream_bytes(0, 4096);
+        r.worker(0, &[0]).connection_opened();
+        r.worker(1, &[0]).cache_hit(0, Layer::Disk);
+        r.worker(0, &[0]).cache_miss(0);
+        r.worker(1, &[0]).cache_hit_bytes(0, Layer::Disk, 100);
+        r.worker(0, &[0]).cache_hit_bytes(0, Layer::Disk, 23);
+        r.worker(0, &[0]).upstream_bytes(0, 4096);
         let tiers = Tiers::new(&crate::config::Config::from_toml_str(
             "[server]\nlisten = \"127.0.0.1:1\"\n[[buckets]]\nname = \"assets\"\nprefix = \"/a\"\nendpoint = \"http://127.0.0.1:9\"\nregion = \"r\"\nbucket = \"bkt\"\naccess_key = \"a\"\nsecret_key = \"s\"\n",
             &|_| None,
@@ -638,7 +775,7 @@ mod tests {
         assert!(text.contains("corvid_upstream_bytes_total{bucket=\"assets\"} 4096"));
         assert!(text.contains("corvid_cache_evictions_total{layer=\"memory\"} 0"));
         // The stats snapshot reads the same counters.
-        let stats = r.cache_stats(&tiers, false);
+        let stats = r.cache_stats(&tiers, false, &[("assets".into(), 0)]);
         let a = &stats.buckets["assets"];
         assert_eq!((a.totals.hits, a.totals.misses), (1, 1));
         assert_eq!(a.totals.bytes_served, 123);

@@ -331,7 +331,7 @@ fn memory_hits_allocate_nothing_on_the_worker() {
     let _ = env_logger::builder().is_test(true).try_init();
     let origin = Origin::start();
     let server = Server::start(config(origin.addr)).unwrap();
-    let shared = Arc::clone(server.shared());
+    let shared = server.shared();
     let small = pattern(SMALL);
     let large = pattern(LARGE);
     shared

@@ -664,8 +664,10 @@ fn stats_are_exact_per_tier_and_per_bucket() {
         cfg.max_object_size = 8 << 10;
         let names = vec!["img".to_string(), "img2".to_string()];
         let tiers = Tiers::with_buckets(&cfg, Buckets::new(names.clone())).unwrap();
-        let registry = Registry::new(names, 1);
-        let w = registry.worker(0);
+        let registry = Registry::new(names.clone(), 1);
+        let slots = [0, 1];
+        let named: Vec<(String, usize)> = names.into_iter().zip(slots).collect();
+        let w = registry.worker(0, &slots);
         let bucket_of = |b: &str| usize::from(b == "img2");
         let body_len = |key: &str| match key {
             "a" => 1000,
@@ -719,7 +721,7 @@ fn stats_are_exact_per_tier_and_per_bucket() {
             let k = cache_key(bucket, key, &[]);
             tiers.memory.get(&k).unwrap().weight() as u64 + k.len() as u64
         };
-        let s = registry.cache_stats(&tiers, false);
+        let s = registry.cache_stats(&tiers, false, &named);
         // Tiers.
         let mem = &s.layers.memory;
         assert_eq!((mem.entries, mem.capacity), (Some(4), Some(16 << 10)));
@@ -813,7 +815,7 @@ fn stats_are_exact_per_tier_and_per_bucket() {
             absent("img", &["a", "b", "c"]),
             absent("img2", &[&["x"][..], &FILLERS[..]].concat()),
         );
-        let s = registry.cache_stats(&tiers, false);
+        let s = registry.cache_stats(&tiers, false, &named);
         assert!(s.layers.memory.evictions.unwrap() > 0);
         assert_eq!(s.layers.memory.evictions, Some(gone_img + gone_img2));
         assert_eq!(s.buckets["img"].layers.memory.evictions, Some(gone_img));
@@ -830,7 +832,7 @@ fn stats_are_exact_per_tier_and_per_bucket() {
 
         // A purge moves the counts too: bucket img is emptied, img2 keeps its own.
         purge(&tiers, None, &prefix_scope("img", "")).await;
-        let s2 = registry.cache_stats(&tiers, false);
+        let s2 = registry.cache_stats(&tiers, false, &named);
         let img = &s2.buckets["img"].layers;
         assert_eq!((img.memory.entries, img.memory.bytes), (Some(0), Some(0)));
         assert_eq!((img.disk.entries, img.disk.bytes), (Some(0), Some(0)));

@@ -68,13 +68,27 @@ use serde::Serialize;
 
 use crate::cache::tiered::{Layer, Tiers};
 
-/// Bucket names → indices, built once from the configured buckets. Index `len()` is the
-/// "other" slot (keys of no known bucket).
+/// Bucket names → indices. Built from the configured buckets at start; a config reload adds
+/// the names of new buckets ([`Buckets::add`]), up to [`RESERVED_BUCKETS`] over the process's
+/// life, and never removes one (a removed bucket's entries keep their counts until they go).
+/// Index [`Buckets::other`] is the "other" slot (keys of no known bucket).
 #[derive(Debug, Default)]
 pub struct Buckets {
+    capacity: usize,
+    table: parking_lot::RwLock<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
     names: Vec<String>,
     index: HashMap<Box<[u8]>, usize>,
 }
+
+/// How many bucket names config reloads may add to the ones known at start, over the
+/// process's life: the per-bucket counters (here and in the metrics registry) are allocated
+/// up front so the paths that move them never allocate or lock for long. A reload adding more
+/// is refused and says that a restart is needed.
+pub const RESERVED_BUCKETS: usize = 64;
 
 impl Buckets {
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Arc<Buckets> {
@@ -84,7 +98,10 @@ impl Buckets {
             .enumerate()
             .map(|(i, n)| (Box::<[u8]>::from(n.as_bytes()), i))
             .collect();
-        Arc::new(Buckets { names, index })
+        Arc::new(Buckets {
+            capacity: names.len() + RESERVED_BUCKETS,
+            table: parking_lot::RwLock::new(Table { names, index }),
+        })
     }
 
     /// No bucket known: every key counts in the "other" slot.
@@ -92,28 +109,52 @@ impl Buckets {
         Arc::new(Buckets::default())
     }
 
-    /// The bucket index of a cache key (`len()` for an unknown bucket).
+    /// The index of the "other" slot (keys of no known bucket); known buckets are below it.
+    pub fn other(&self) -> usize {
+        self.capacity
+    }
+
+    /// The bucket index of a cache key ([`Buckets::other`] for an unknown bucket).
     pub fn of_key(&self, key: &[u8]) -> usize {
         let name = key.split(|&b| b == 0).next().unwrap_or(key);
-        self.index.get(name).copied().unwrap_or(self.names.len())
+        let t = self.table.read();
+        t.index.get(name).copied().unwrap_or(self.capacity)
     }
 
     /// The index of a bucket name, if known.
     pub fn of_name(&self, name: &str) -> Option<usize> {
-        self.index.get(name.as_bytes()).copied()
+        self.table.read().index.get(name.as_bytes()).copied()
     }
 
-    pub fn names(&self) -> &[String] {
-        &self.names
+    /// The index of `name`, given the next free one when it is new; `None` when the
+    /// [`RESERVED_BUCKETS`] are used up. Entries already stored under a name that was not known
+    /// stay counted in the "other" slot.
+    pub fn add(&self, name: &str) -> Option<usize> {
+        let mut t = self.table.write();
+        if let Some(&i) = t.index.get(name.as_bytes()) {
+            return Some(i);
+        }
+        let i = t.names.len();
+        if i >= self.capacity {
+            return None;
+        }
+        t.names.push(name.to_owned());
+        t.index.insert(Box::from(name.as_bytes()), i);
+        Some(i)
+    }
+
+    /// The known names, by index.
+    pub fn names(&self) -> Vec<String> {
+        self.table.read().names.clone()
     }
 
     /// Known buckets (the "other" slot not counted).
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.table.read().names.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.len() == 0
     }
 }
 
@@ -143,7 +184,7 @@ pub struct Usage {
 
 impl BucketUsage {
     pub fn new(buckets: Arc<Buckets>) -> BucketUsage {
-        let slots = (0..=buckets.len()).map(|_| Slot::default()).collect();
+        let slots = (0..=buckets.other()).map(|_| Slot::default()).collect();
         BucketUsage { buckets, slots }
     }
 
@@ -180,7 +221,7 @@ impl BucketUsage {
         s.bytes.fetch_sub(old, Relaxed);
     }
 
-    /// Bucket `class`'s share (`class == buckets().len()`: the "other" slot).
+    /// Bucket `class`'s share (`class == buckets().other()`: the "other" slot).
     pub fn get(&self, class: usize) -> Usage {
         let s = &self.slots[class];
         Usage {
@@ -417,9 +458,13 @@ mod tests {
         let b = Buckets::new(["img", "img2"]);
         assert_eq!(b.of_key(b"img\0a"), 0);
         assert_eq!(b.of_key(b"img2\0img\0x"), 1);
-        assert_eq!(b.of_key(b"im\0a"), 2);
+        assert_eq!(b.of_key(b"im\0a"), b.other());
         assert_eq!(b.of_key(b"img"), 0);
         assert_eq!(Buckets::none().of_key(b"img\0a"), 0);
+        // A reload's new bucket takes the next index; its keys stop counting as "other".
+        assert_eq!(b.add("im"), Some(2));
+        assert_eq!(b.add("img"), Some(0));
+        assert_eq!(b.of_key(b"im\0a"), 2);
         let u = BucketUsage::new(b);
         u.added(1, 10);
         u.added(1, 5);

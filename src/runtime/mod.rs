@@ -31,6 +31,7 @@ use crate::fdlimit;
 use crate::handler::Surface;
 use crate::http::request::Limits;
 use crate::metrics::Registry;
+use crate::reload::Outcome;
 use crate::router::Router;
 use crate::s3::origins::Origins;
 
@@ -38,9 +39,11 @@ use crate::s3::origins::Origins;
 pub const ORIGIN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Commands sent to every worker over the control bus.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Control {
     Shutdown,
+    /// Switch to this config generation between requests (a reload).
+    Reload(Arc<Shared>),
 }
 
 /// `server.workers`, with 0 resolved to the number of available cores.
@@ -61,10 +64,18 @@ pub fn fd_limit_warning(config: &Config) -> Option<String> {
     fdlimit::Budget::new(config, workers, hard).warning(config, workers)
 }
 
-impl Shared {
-    /// Builds the shared state: TLS configs are loaded and endpoints resolved here, at start.
-    pub fn new(config: Config, clock: Clock) -> Result<Arc<Shared>, String> {
-        let workers = worker_count(&config);
+/// What one config generation builds from its buckets and `[jwt]` (see [`Shared::reloaded`]).
+struct PerConfig {
+    router: Router,
+    client_tls: Vec<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>>,
+    origins: Arc<Origins>,
+    verifier: Option<crate::auth::Verifier>,
+}
+
+impl PerConfig {
+    /// Loads the origins' TLS files, the JWT keys, and resolves the endpoints (blocking: the
+    /// starting thread or the reload thread, never a worker).
+    fn build(config: &Config) -> Result<PerConfig, String> {
         let prefixes: Vec<&str> = config.buckets.iter().map(|b| b.prefix.as_str()).collect();
         let router = Router::new(&prefixes);
         let mut client_tls = Vec::with_capacity(config.buckets.len());
@@ -87,13 +98,11 @@ impl Shared {
                 }
             });
         }
-        let server_tls = match &config.server.tls {
-            None => None,
-            Some(t) => Some(
-                crate::s3::tls::server_config(&t.cert, &t.key)
-                    .map_err(|e| format!("server.tls: {e}"))?,
-            ),
-        };
+        let verifier = config
+            .jwt
+            .as_ref()
+            .map(crate::auth::Verifier::new)
+            .transpose()?;
         let origins = Origins::new(config.buckets.iter().map(|b| &b.endpoint));
         origins.refresh_all();
         for (i, b) in config.buckets.iter().enumerate() {
@@ -105,6 +114,48 @@ impl Shared {
                 );
             }
         }
+        Ok(PerConfig {
+            router,
+            client_tls,
+            origins,
+            verifier,
+        })
+    }
+}
+
+/// Each bucket's metric slot, registering new names (in the registry and the tiers' bucket
+/// table). Called once everything else of a generation is built, so a refused reload leaves
+/// no name behind.
+fn bucket_slots(config: &Config, metrics: &Registry, tiers: &Tiers) -> Result<Vec<usize>, String> {
+    config
+        .buckets
+        .iter()
+        .map(|b| {
+            let slot = metrics.slot_for(&b.name);
+            let class = tiers.buckets().add(&b.name);
+            slot.filter(|_| class.is_some()).ok_or_else(|| {
+                format!(
+                    "buckets.{}: more than {} buckets added since start; restart to add more",
+                    b.name,
+                    crate::cache::stats::RESERVED_BUCKETS
+                )
+            })
+        })
+        .collect()
+}
+
+impl Shared {
+    /// Builds the shared state: TLS configs are loaded and endpoints resolved here, at start.
+    pub fn new(config: Config, clock: Clock) -> Result<Arc<Shared>, String> {
+        let workers = worker_count(&config);
+        let per = PerConfig::build(&config)?;
+        let server_tls = match &config.server.tls {
+            None => None,
+            Some(t) => Some(
+                crate::s3::tls::server_config(&t.cert, &t.key)
+                    .map_err(|e| format!("server.tls: {e}"))?,
+            ),
+        };
         let metrics = Registry::new(
             config.buckets.iter().map(|b| b.name.clone()).collect(),
             workers,
@@ -144,31 +195,62 @@ impl Shared {
             Some(a) => metrics.with_access_log(Arc::clone(&a.dropped)),
             None => metrics,
         };
+        let slots = bucket_slots(&config, &metrics, &tiers)?;
         let nofile = fdlimit::current().map_or(1024, |(soft, _)| soft);
         let fd_budget = fdlimit::Budget::new(&config, workers, nofile);
-        let verifier = config
-            .jwt
-            .as_ref()
-            .map(crate::auth::Verifier::new)
-            .transpose()?;
         Ok(Arc::new(Shared {
             fd_budget,
-            verifier,
+            verifier: per.verifier,
             tiers,
             config,
-            router,
+            router: per.router,
             limits,
-            origins,
-            client_tls,
+            origins: per.origins,
+            client_tls: per.client_tls,
             server_tls,
             redis,
-            metrics,
-            shutting_down: AtomicBool::new(false),
+            metrics: Arc::new(metrics),
+            slots,
+            generation: 0,
+            shutting_down: Arc::new(AtomicBool::new(false)),
             workers,
             started: Instant::now(),
             instance_tag,
             clock,
             access_log,
+            reloads: None,
+        }))
+    }
+
+    /// The next generation for `config` (already planned: restart-only settings kept at their
+    /// running values, [`crate::reload::plan`]): what depends on the buckets and `[jwt]` is built
+    /// anew, everything that lives as long as the process (tiers, metrics, access log,
+    /// listeners' settings, Redis options) is carried over. Blocking (endpoint resolution, key
+    /// files): the reload thread only. `Err` names the key at fault; nothing changed then.
+    pub fn reloaded(&self, config: Config) -> Result<Arc<Shared>, String> {
+        let per = PerConfig::build(&config)?;
+        let slots = bucket_slots(&config, &self.metrics, &self.tiers)?;
+        Ok(Arc::new(Shared {
+            fd_budget: self.fd_budget,
+            verifier: per.verifier,
+            tiers: Arc::clone(&self.tiers),
+            config,
+            router: per.router,
+            limits: self.limits,
+            origins: per.origins,
+            client_tls: per.client_tls,
+            server_tls: self.server_tls.clone(),
+            redis: self.redis.clone(),
+            metrics: Arc::clone(&self.metrics),
+            slots,
+            generation: self.generation + 1,
+            shutting_down: Arc::clone(&self.shutting_down),
+            workers: self.workers,
+            started: self.started,
+            instance_tag: self.instance_tag,
+            clock: self.clock.clone(),
+            access_log: self.access_log.clone(),
+            reloads: self.reloads.clone(),
         }))
     }
 }
@@ -180,11 +262,58 @@ impl Shared {
 /// The CLI drives it from [`serve`]; tests use it to run corvid in-process (pre-filling
 /// [`Shared::tiers`], reaching the workers through [`Server::local_addr`]).
 pub struct Server {
+    /// The first generation: what lasts as long as the process is read from it.
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     controls: Vec<flume::Sender<Control>>,
     handles: Vec<JoinHandle<()>>,
-    stop_monitor: Arc<AtomicBool>,
+    /// The running generation and what a reload swaps with it.
+    generations: Arc<Generations>,
+}
+
+/// The running config generation, shared by the [`Server`] and the reload thread.
+struct Generations {
+    current: parking_lot::Mutex<Arc<Shared>>,
+    /// One reload at a time (building a generation resolves endpoints and reads key files).
+    reloading: parking_lot::Mutex<()>,
+    /// The running generation's origin monitor's stop flag.
+    stop_monitor: parking_lot::Mutex<Arc<AtomicBool>>,
+    controls: parking_lot::Mutex<Vec<flume::Sender<Control>>>,
+}
+
+impl Generations {
+    /// Applies `new` (see [`crate::reload`]): validated and built in full first; a refusal
+    /// changes nothing. Counted in `corvid_config_reloads_total`.
+    fn reload(&self, new: Result<Config, String>) -> Outcome {
+        let _one = self.reloading.lock();
+        let running = Arc::clone(&self.current.lock());
+        let built = new.and_then(|config| {
+            let plan = crate::reload::plan(&running.config, config);
+            let next = running.reloaded(plan.config)?;
+            Ok((next, plan.applied, plan.restart_required))
+        });
+        let (next, applied, restart_required) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                running.metrics.reload(false);
+                return Outcome::Refused(e);
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        next.origins
+            .spawn_monitor(ORIGIN_CHECK_INTERVAL, Arc::clone(&stop));
+        let old_stop = std::mem::replace(&mut *self.stop_monitor.lock(), stop);
+        old_stop.store(true, Ordering::Relaxed);
+        *self.current.lock() = Arc::clone(&next);
+        for c in self.controls.lock().iter() {
+            let _ = c.send(Control::Reload(Arc::clone(&next)));
+        }
+        next.metrics.reload(true);
+        Outcome::Applied {
+            applied,
+            restart_required,
+        }
+    }
 }
 
 /// What a worker reports once it listens: a line for the log and its bound address.
@@ -203,17 +332,38 @@ impl Server {
     /// [`Server::start`] with another clock: tests pass a [`Clock::manual`] and advance it
     /// instead of sleeping past TTLs.
     pub fn start_with(config: Config, clock: Clock) -> Result<Server, String> {
-        let shared = Shared::new(config, clock)?;
+        Server::start_full(config, clock, None)
+    }
+
+    /// [`Server::start_with`], with `reloads` the channel `POST /admin/reload` asks on (the CLI
+    /// serves it from the reload thread; see [`serve`]).
+    pub fn start_full(
+        config: Config,
+        clock: Clock,
+        reloads: Option<crate::context::ReloadRequests>,
+    ) -> Result<Server, String> {
+        let mut shared = Shared::new(config, clock)?;
+        if let Some(r) = reloads {
+            if let Some(s) = Arc::get_mut(&mut shared) {
+                s.reloads = Some(r);
+            }
+        }
         let stop_monitor = Arc::new(AtomicBool::new(false));
         shared
             .origins
             .spawn_monitor(ORIGIN_CHECK_INTERVAL, Arc::clone(&stop_monitor));
+        let generations = Arc::new(Generations {
+            current: parking_lot::Mutex::new(Arc::clone(&shared)),
+            reloading: parking_lot::Mutex::new(()),
+            stop_monitor: parking_lot::Mutex::new(stop_monitor),
+            controls: parking_lot::Mutex::new(Vec::new()),
+        });
         let mut server = Server {
             local_addr: shared.config.server.listen,
             shared,
             controls: Vec::new(),
             handles: Vec::new(),
-            stop_monitor,
+            generations,
         };
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         // Each wait holds no sender of its own, so a worker that dies before reporting ends
@@ -235,7 +385,10 @@ impl Server {
         match startup_error {
             // Dropping `server` stops the workers that did start.
             Some(e) => Err(e),
-            None => Ok(server),
+            None => {
+                *server.generations.controls.lock() = server.controls.clone();
+                Ok(server)
+            }
         }
     }
 
@@ -258,9 +411,16 @@ impl Server {
         Ok(())
     }
 
-    /// The state every worker shares (config, cache tiers, metrics).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// The state every worker shares (config, cache tiers, metrics): the running generation.
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.generations.current.lock())
+    }
+
+    /// Reloads with `config` (see [`crate::reload`]): applied in full, or refused with the
+    /// reason and nothing changed. Workers switch between requests. Blocking (endpoint
+    /// resolution, key files): not from a worker.
+    pub fn reload(&self, config: Config) -> Outcome {
+        self.generations.reload(Ok(config))
     }
 
     /// The address the workers listen on (the bound port when `server.listen` has port 0).
@@ -292,7 +452,11 @@ impl Server {
         if let Some(a) = &self.shared.access_log {
             a.finish();
         }
-        self.stop_monitor.store(true, Ordering::Relaxed);
+        self.generations
+            .stop_monitor
+            .lock()
+            .store(true, Ordering::Relaxed);
+        self.generations.controls.lock().clear();
     }
 }
 
@@ -319,7 +483,8 @@ fn started(ready: &std::sync::mpsc::Receiver<Started>) -> Result<SocketAddr, Str
 }
 
 /// Runs the proxy until SIGTERM/SIGINT and a clean drain. Errors are start-up failures.
-pub fn serve(config: Config) -> Result<(), String> {
+/// `path` is the file `config` came from: SIGHUP and `POST /admin/reload` re-read it.
+pub fn serve(config: Config, path: &std::path::Path) -> Result<(), String> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     // Registered before any worker starts so an early signal is not lost. SIGHUP is caught too:
     // its default action would end the process, and operators (and `systemctl reload`) send it
@@ -334,7 +499,9 @@ pub fn serve(config: Config) -> Result<(), String> {
         Ok((_, limit)) => log::info!("open-file limit: {limit}"),
         Err(e) => log::warn!("cannot read or raise the open-file limit: {e}"),
     }
-    let server = Server::start(config)?;
+    let (reload_tx, reload_rx) = flume::unbounded::<flume::Sender<Outcome>>();
+    let server = Server::start_full(config, Clock::system(), Some(reload_tx.clone()))?;
+    spawn_reloader(Arc::clone(&server.generations), path.to_owned(), reload_rx)?;
     let shared = server.shared();
     if let Some(w) = shared.fd_budget.warning(&shared.config, shared.workers) {
         log::warn!("{w}");
@@ -351,7 +518,7 @@ pub fn serve(config: Config) -> Result<(), String> {
         shared.workers
     );
     let access = shared.access_log.clone();
-    if let Some(sig) = next_stop(&mut signals, access.as_ref()) {
+    if let Some(sig) = next_stop(&mut signals, access.as_ref(), &reload_tx) {
         log::info!(
             "signal {sig} received: shutting down (grace {:?})",
             shared.config.server.shutdown_grace
@@ -359,7 +526,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     }
     // A second signal during the drain exits at once.
     std::thread::spawn(move || {
-        if next_stop(&mut signals, access.as_ref()).is_some() {
+        if next_stop(&mut signals, access.as_ref(), &reload_tx).is_some() {
             log::warn!("second signal: exiting without waiting for connections");
             std::process::exit(1);
         }
@@ -369,11 +536,41 @@ pub fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Waits for the next stop signal (SIGTERM/SIGINT); SIGHUPs on the way are logged and otherwise
-/// ignored until reload exists; SIGUSR1 reopens the access log file (logrotate).
+/// The reload thread: re-reads the config file for each request (SIGHUP, `POST
+/// /admin/reload`), applies or refuses it, logs the outcome and answers it. Runs until every
+/// sender is gone (the process is ending).
+fn spawn_reloader(
+    generations: Arc<Generations>,
+    path: std::path::PathBuf,
+    requests: flume::Receiver<flume::Sender<Outcome>>,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("corvid-reload".into())
+        .spawn(move || {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the reload thread waits for requests; never a worker"
+            )]
+            while let Ok(reply) = requests.recv() {
+                let config = Config::load(&path).map_err(|e| e.to_string());
+                let outcome = generations.reload(config);
+                match &outcome {
+                    Outcome::Applied { .. } => log::info!("{}", outcome.describe()),
+                    Outcome::Refused(_) => log::error!("{}", outcome.describe()),
+                }
+                let _ = reply.send(outcome);
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the reload thread: {e}"))
+}
+
+/// Waits for the next stop signal (SIGTERM/SIGINT); a SIGHUP on the way asks the reload thread
+/// for a reload; SIGUSR1 reopens the access log file (logrotate).
 fn next_stop(
     signals: &mut signal_hook::iterator::Signals,
     access: Option<&Arc<AccessLog>>,
+    reloads: &flume::Sender<flume::Sender<Outcome>>,
 ) -> Option<libc::c_int> {
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGUSR1 {
@@ -384,10 +581,10 @@ fn next_stop(
             continue;
         }
         if sig == signal_hook::consts::SIGHUP {
-            log::warn!(
-                "SIGHUP received: configuration reload is not available in this version; \
-                 still serving with the running configuration"
-            );
+            log::info!("SIGHUP received: reloading the configuration");
+            // The outcome is logged by the reload thread; nobody waits for the answer here.
+            let (reply, _) = flume::bounded(1);
+            let _ = reloads.send(reply);
             continue;
         }
         return Some(sig);
@@ -476,33 +673,39 @@ async fn worker_main(
     if id == 0 {
         worker::spawn_purge_subscriber(&w);
     }
-    let sweeper = std::rc::Rc::clone(&w);
-    monoio::spawn(async move { sweeper.http.sweep().await });
-    if w.access.is_some() {
+    // The tasks below use what lasts across config generations (the connection environment,
+    // the access log buffer), never a generation itself.
+    let http = std::rc::Rc::clone(&w.http);
+    let sweeper = std::rc::Rc::clone(&http);
+    monoio::spawn(async move { sweeper.sweep().await });
+    let access = w.access.clone();
+    if let Some(log) = access.clone() {
         // The access log buffer goes to the writer at least every FLUSH_EVERY.
-        let flusher = std::rc::Rc::clone(&w);
+        let http = std::rc::Rc::clone(&http);
         monoio::spawn(async move {
             loop {
                 monoio::select! {
                     _ = monoio::time::sleep(crate::access_log::FLUSH_EVERY) => {}
-                    _ = flusher.http.shutdown.wait() => break,
+                    _ = http.shutdown.wait() => break,
                 }
-                if let Some(a) = &flusher.access {
-                    a.flush();
-                }
+                log.flush();
             }
         });
     }
-    let last = std::rc::Rc::clone(&w);
-    let w2 = std::rc::Rc::clone(&w);
+    let current = crate::context::Current::new(w);
+    let on_control = std::rc::Rc::clone(&current);
     monoio::spawn(async move {
         while let Ok(cmd) = control.recv_async().await {
             match cmd {
-                Control::Shutdown => w2.http.begin_shutdown(),
+                Control::Shutdown => http.begin_shutdown(),
+                Control::Reload(next) => {
+                    let w = on_control.get().next(next);
+                    on_control.set(w);
+                }
             }
         }
         // The sender is gone: the process is ending.
-        w2.http.begin_shutdown();
+        http.begin_shutdown();
     });
     let _ = ready.send(Ok((
         format!(
@@ -512,17 +715,17 @@ async fn worker_main(
         addr,
     )));
     match admin {
-        None => worker::run(w, listener, Surface::Public).await,
+        None => worker::run(current, listener, Surface::Public).await,
         Some(admin) => {
-            let w2 = std::rc::Rc::clone(&w);
+            let c2 = std::rc::Rc::clone(&current);
             monoio::join!(
-                worker::run(w, listener, Surface::Public),
-                worker::run(w2, admin, Surface::Admin)
+                worker::run(current, listener, Surface::Public),
+                worker::run(c2, admin, Surface::Admin)
             );
         }
     }
     // The lines of the drain's last requests.
-    if let Some(a) = &last.access {
+    if let Some(a) = &access {
         a.flush();
     }
 }

@@ -19,7 +19,7 @@ use monoio_rustls::TlsAcceptor;
 use crate::cache::purge;
 use crate::cache::purge_broadcast;
 use crate::cache::redis::{subscribe_with, StopSignal};
-use crate::context::Worker;
+use crate::context::{Current, Worker};
 use crate::handler::{Surface, WorkerApp};
 use crate::net::MaybeTls;
 
@@ -97,7 +97,10 @@ const MAX_DRAINED: usize = 4096;
 /// when accepting fails for lack of descriptors the oldest idle connections are closed in
 /// batches; only with nothing idle is a new connection refused or accepting retried after a
 /// growing pause. Accept errors are logged once per state change, never per attempt.
-pub async fn run(w: Rc<Worker>, listener: TcpListener, surface: Surface) {
+pub async fn run(current: Rc<Current>, listener: TcpListener, surface: Surface) {
+    // What the accept loop reads lasts across config generations (connections, limits,
+    // shutdown); each connection's requests take the current generation themselves.
+    let w = current.get();
     // TLS is for the public listener; the admin listener is plain (typically loopback).
     let acceptor = match surface {
         Surface::Public => w.shared.server_tls.as_ref(),
@@ -122,7 +125,7 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener, surface: Surface) {
                 // cancellation was accepted, so it is served.
                 let _ = canceller.cancel();
                 if let Ok((stream, peer)) = accept.await {
-                    spawn_connection(&w, stream, peer, &acceptor, surface);
+                    spawn_connection(&current, stream, peer, &acceptor, surface);
                 }
                 break;
             }
@@ -142,7 +145,7 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener, surface: Surface) {
                 } else {
                     log.below_limit(w.id, w.connections.get(), w.shared.fd_budget.per_worker);
                 }
-                spawn_connection(&w, stream, peer, &acceptor, surface);
+                spawn_connection(&current, stream, peer, &acceptor, surface);
                 // One accept per turn of the event loop (nginx's `multi_accept off`): the new
                 // connection's task runs — and registers as idle, so it can be reclaimed —
                 // before the next accept, and a deep backlog cannot starve the connections
@@ -176,7 +179,7 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener, surface: Surface) {
             }
         }
     }
-    stop_listening(&w, listener, &acceptor, surface).await;
+    stop_listening(&current, listener, &acceptor, surface).await;
     let now = Instant::now();
     let deadline = now + w.shared.config.server.shutdown_grace;
     let mut last_call = Some(now + LAST_CALL);
@@ -205,7 +208,7 @@ pub async fn run(w: Rc<Worker>, listener: TcpListener, surface: Surface) {
 /// connection attempts are refused (or go to another instance sharing the port) instead of
 /// queueing on a socket nobody accepts on; then it is closed.
 async fn stop_listening(
-    w: &Rc<Worker>,
+    current: &Rc<Current>,
     listener: TcpListener,
     acceptor: &Option<TlsAcceptor>,
     surface: Surface,
@@ -216,7 +219,7 @@ async fn stop_listening(
             break;
         }
         match listener.accept().await {
-            Ok((stream, peer)) => spawn_connection(w, stream, peer, acceptor, surface),
+            Ok((stream, peer)) => spawn_connection(current, stream, peer, acceptor, surface),
             Err(_) => break,
         }
     }
@@ -243,24 +246,31 @@ fn readable_now(fd: std::os::fd::RawFd) -> bool {
 
 /// Serves one accepted connection in its own task (TLS handshake first, when configured).
 fn spawn_connection(
-    w: &Rc<Worker>,
+    current: &Rc<Current>,
     stream: TcpStream,
     peer: std::net::SocketAddr,
     acceptor: &Option<TlsAcceptor>,
     surface: Surface,
 ) {
     let _ = stream.set_nodelay(true);
-    let w2 = Rc::clone(w);
+    let app = WorkerApp::new(Rc::clone(current), surface);
+    // What the connection's own bookkeeping needs, without holding a config generation for
+    // the connection's life (its requests take theirs from `current`).
+    let (id, connections, metrics, http) = {
+        let w = current.get();
+        let metrics = Arc::clone(&w.shared.metrics);
+        (w.id, Rc::clone(&w.connections), metrics, Rc::clone(&w.http))
+    };
     let acceptor = acceptor.clone();
-    w2.connections.set(w2.connections.get() + 1);
+    connections.set(connections.get() + 1);
     monoio::spawn(async move {
-        w2.metrics().connection_opened();
-        let w3 = Rc::clone(&w2);
+        metrics.worker(id, &[]).connection_opened();
+        let http2 = Rc::clone(&http);
         let conn = async move {
             let io = match acceptor {
                 None => MaybeTls::Plain(stream),
                 Some(acceptor) => {
-                    let t = w3.http.header_timeout;
+                    let t = http2.header_timeout;
                     // A connection still in its handshake is idle too: reclaimable, oldest first.
                     let since = Instant::now();
                     // Boxed: the handshake's state (~2.5 KiB) would otherwise be part of
@@ -268,7 +278,7 @@ fn spawn_connection(
                     let accept = Box::pin(monoio::time::timeout(t, acceptor.accept(stream)));
                     let handshake = monoio::select! {
                         r = accept => Some(r),
-                        _ = w3.http.idle.wait(since, None, false) => None,
+                        _ = http2.idle.wait(since, None, false) => None,
                     };
                     match handshake {
                         Some(Ok(Ok(s))) => MaybeTls::Tls(Box::new(s)),
@@ -280,7 +290,7 @@ fn spawn_connection(
                     }
                 }
             };
-            crate::http::conn::serve(&WorkerApp(w3, surface), io, peer).await;
+            crate::http::conn::serve(&app, io, peer).await;
         };
         if let Err(panic) = (CatchUnwind(Box::pin(conn))).await {
             let msg = panic
@@ -290,11 +300,11 @@ fn spawn_connection(
                 .unwrap_or_default();
             log::error!(
                 "worker {}: a connection panicked and was closed: {msg}",
-                w2.id
+                id
             );
         }
-        w2.metrics().connection_closed();
-        w2.connections.set(w2.connections.get() - 1);
+        metrics.worker(id, &[]).connection_closed();
+        connections.set(connections.get() - 1);
     });
 }
 
