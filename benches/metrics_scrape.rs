@@ -29,9 +29,12 @@ fn scrape(c: &mut Criterion) {
         let slots: Vec<usize> = (0..n).collect();
         for w in 0..2 {
             for b in 0..n {
-                registry
-                    .worker(w, &slots)
-                    .request(Some(b), Method::Get, 200, Duration::from_micros(300));
+                registry.worker(w, &slots).request(
+                    Some(b),
+                    Method::Get,
+                    200,
+                    Duration::from_micros(300),
+                );
                 registry.worker(w, &slots).cache_miss(b);
             }
         }

@@ -341,8 +341,10 @@ impl Registry {
     /// [`crate::cache::stats`]) of the buckets `buckets` (name, slot) — the running config's —
     /// from the same counters `/metrics` renders. `redis`: whether a Redis tier is configured.
     pub fn cache_stats(&self, tiers: &Tiers, redis: bool, buckets: &[(String, usize)]) -> Stats {
-        let counts: Vec<RequestCounts> =
-            buckets.iter().map(|(_, s)| self.request_counts(*s)).collect();
+        let counts: Vec<RequestCounts> = buckets
+            .iter()
+            .map(|(_, s)| self.request_counts(*s))
+            .collect();
         let names: Vec<String> = buckets.iter().map(|(n, _)| n.clone()).collect();
         Stats::build(tiers, redis, &names, &counts)
     }
@@ -492,11 +494,7 @@ impl Registry {
             header(&mut out, name, "counter", help);
             for (b, label) in named.iter().map(|(b, l)| (*b, l.as_str())) {
                 let v = self.sum(|w| f(w, b));
-                let _ = writeln!(
-                    out,
-                    "{name}{{bucket=\"{}\"}} {v}",
-                    escape(label)
-                );
+                let _ = writeln!(out, "{name}{{bucket=\"{}\"}} {v}", escape(label));
             }
         }
         header(
@@ -606,7 +604,10 @@ impl Registry {
         );
         for (i, outcome) in ["ok", "error"].iter().enumerate() {
             let v = self.reloads[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "corvid_config_reloads_total{{outcome=\"{outcome}\"}} {v}");
+            let _ = writeln!(
+                out,
+                "corvid_config_reloads_total{{outcome=\"{outcome}\"}} {v}"
+            );
         }
 
         header(
@@ -719,10 +720,22 @@ mod tests {
         .cache)
         .unwrap();
         let text = r.render(&tiers);
-        assert!(text.contains("corvid_cache_misses_total{bucket=\"b\"} 2"), "{text}");
-        assert!(text.contains("corvid_cache_misses_total{bucket=\"c\"} 1"), "{text}");
-        assert!(text.contains("corvid_cache_misses_total{bucket=\"a\"} 0"), "{text}");
-        assert!(text.contains("corvid_config_reloads_total{outcome=\"ok\"} 1"), "{text}");
+        assert!(
+            text.contains("corvid_cache_misses_total{bucket=\"b\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("corvid_cache_misses_total{bucket=\"c\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("corvid_cache_misses_total{bucket=\"a\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("corvid_config_reloads_total{outcome=\"ok\"} 1"),
+            "{text}"
+        );
         // The reserve is bounded: a reload adding past it is refused.
         for i in 0..RESERVED_BUCKETS - 1 {
             assert!(r.slot_for(&format!("n{i}")).is_some());

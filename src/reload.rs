@@ -147,7 +147,11 @@ pub fn plan(running: &Config, mut new: Config) -> Plan {
     note!("cache.stale_if_error", cache.stale_if_error);
     note!("cache.stale_while_revalidate", cache.stale_while_revalidate);
     note!("jwt", jwt);
-    let admin_rest = |c: &Config| c.admin.as_ref().map(|a| (a.claim.clone(), a.allow_networks.clone()));
+    let admin_rest = |c: &Config| {
+        c.admin
+            .as_ref()
+            .map(|a| (a.claim.clone(), a.allow_networks.clone()))
+    };
     if admin_rest(&new) != admin_rest(running) {
         applied.push("admin".to_owned());
     }
@@ -175,9 +179,8 @@ mod tests {
     use super::*;
 
     fn config(extra_server: &str, buckets: &str, rest: &str) -> Config {
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:8080\"\n{extra_server}\n{buckets}\n{rest}\n"
-        );
+        let text =
+            format!("[server]\nlisten = \"127.0.0.1:8080\"\n{extra_server}\n{buckets}\n{rest}\n");
         Config::from_toml_str(&text, &|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 
@@ -192,7 +195,10 @@ mod tests {
     fn the_same_file_changes_nothing() {
         let c = config("", &bucket("a", "/a", ""), "");
         let p = plan(&c, c.clone());
-        assert!(p.applied.is_empty() && p.restart_required.is_empty(), "{p:?}");
+        assert!(
+            p.applied.is_empty() && p.restart_required.is_empty(),
+            "{p:?}"
+        );
         assert_eq!(p.config, c);
     }
 
@@ -207,7 +213,11 @@ mod tests {
         let p = plan(&running, new.clone());
         assert_eq!(
             p.applied,
-            ["buckets.c (added)", "buckets.a (changed)", "buckets.b (removed)"]
+            [
+                "buckets.c (added)",
+                "buckets.a (changed)",
+                "buckets.b (removed)"
+            ]
         );
         assert!(p.restart_required.is_empty());
         assert_eq!(p.config, new);
@@ -215,7 +225,11 @@ mod tests {
 
     #[test]
     fn restart_only_settings_are_reported_and_kept() {
-        let running = config("workers = 2", &bucket("a", "/a", ""), "[cache]\nttl = \"1h\"\n");
+        let running = config(
+            "workers = 2",
+            &bucket("a", "/a", ""),
+            "[cache]\nttl = \"1h\"\n",
+        );
         let mut new = config(
             "workers = 4\nidle_timeout = \"5s\"",
             &bucket("a", "/a", ""),

@@ -6,8 +6,13 @@
 //! port. [`serve`], the CLI's entry, starts a `Server` and waits for SIGTERM/SIGINT.
 //! Shutdown goes over the control bus: every worker gets a `Shutdown` command, stops accepting,
 //! lets in-flight requests finish within `server.shutdown_grace`, and exits; [`Server::stop`]
-//! returns once all have. A second signal exits at once. SIGHUP is caught and logged (reload is
-//! not available yet) so that it never ends the process.
+//! returns once all have. A second signal exits at once.
+//!
+//! **Reload** (SIGHUP, `POST /admin/reload`): the reload thread re-reads the file, plans it
+//! ([`crate::reload`]) and builds the next [`Shared`] generation ([`Shared::reloaded`]) in
+//! full before anything changes; then the origin monitor moves to the new origins and every
+//! worker gets `Control::Reload` and switches between requests ([`crate::context::Current`]).
+//! One reload runs at a time.
 //!
 //! The control bus is one flume channel per worker: flume's async receive wakes a monoio task
 //! from another thread (monoio's `sync` feature), which crossbeam's blocking channels cannot.

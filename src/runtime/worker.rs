@@ -298,10 +298,7 @@ fn spawn_connection(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            log::error!(
-                "worker {}: a connection panicked and was closed: {msg}",
-                id
-            );
+            log::error!("worker {}: a connection panicked and was closed: {msg}", id);
         }
         metrics.worker(id, &[]).connection_closed();
         connections.set(connections.get() - 1);
