@@ -44,9 +44,16 @@ enum Command {
 )]
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    // Without RUST_LOG every record passes the logger's own filter and the level is the
+    // global maximum (info, or `log.level`, which a reload may change); RUST_LOG, when set,
+    // filters as always and wins over `log.level`.
+    let from_env = std::env::var_os("RUST_LOG").is_some();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace"))
         .format_timestamp_millis()
         .init();
+    if !from_env {
+        log::set_max_level(log::LevelFilter::Info);
+    }
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {

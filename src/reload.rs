@@ -12,13 +12,13 @@
 //! Applied at once: `[[buckets]]` (added, removed, changed endpoints, credentials, TTLs, auth,
 //! claims, CORS, timeouts), `[jwt]` (keys and JWKS re-read), `[admin]` `claim` and
 //! `allow_networks` (and `[admin]` added or removed), `cache.ttl`, `cache.negative_ttl`,
-//! `cache.stale_if_error`, `cache.stale_while_revalidate`.
+//! `cache.stale_if_error`, `cache.stale_while_revalidate`, `log.level`.
 //!
 //! Needs a restart (reported by key in the answer and the log, and kept at the running value
 //! until then — never silently ignored): everything under `[server]` (listeners, workers,
 //! TLS, limits, timeouts), `admin.listen`, the tiers (`cache.memory`, `cache.disk`,
-//! `cache.redis`, `cache.max_object_size`, `cache.write_policy`) and `[log]` (the access log's
-//! sink and sampling). The rest of the new file still applies; a zero-downtime replacement
+//! `cache.redis`, `cache.max_object_size`, `cache.write_policy`) and the access log's
+//! `log.access` and `log.sample`. The rest of the new file still applies; a zero-downtime replacement
 //! (README) covers the restart.
 //!
 //! Buckets are matched by `name`: a bucket keeps its metric series and cache entries across
@@ -120,7 +120,8 @@ pub fn plan(running: &Config, mut new: Config) -> Plan {
     keep!("cache.redis", cache.redis);
     keep!("cache.max_object_size", cache.max_object_size);
     keep!("cache.write_policy", cache.write_policy);
-    keep!("log", log);
+    keep!("log.access", log.access);
+    keep!("log.sample", log.sample_ppm);
     let (old_listen, new_listen) = (
         running.admin.as_ref().and_then(|a| a.listen),
         new.admin.as_ref().and_then(|a| a.listen),
@@ -147,6 +148,7 @@ pub fn plan(running: &Config, mut new: Config) -> Plan {
     note!("cache.stale_if_error", cache.stale_if_error);
     note!("cache.stale_while_revalidate", cache.stale_while_revalidate);
     note!("jwt", jwt);
+    note!("log.level", log.level);
     let admin_rest = |c: &Config| {
         c.admin
             .as_ref()
@@ -244,7 +246,7 @@ mod tests {
                 "server.workers",
                 "server.idle_timeout",
                 "cache.memory",
-                "log"
+                "log.access"
             ]
         );
         assert_eq!(p.applied, ["cache.ttl"]);
@@ -253,6 +255,26 @@ mod tests {
         assert_eq!(p.config.cache.memory, running.cache.memory);
         assert_eq!(p.config.log, running.log);
         assert_eq!(p.config.cache.ttl, std::time::Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn the_log_level_applies_the_access_log_waits() {
+        let running = config("", &bucket("a", "/a", ""), "");
+        let new = config(
+            "",
+            &bucket("a", "/a", ""),
+            "[log]\nlevel = \"debug\"\nsample = 0.5\n",
+        );
+        let p = plan(&running, new);
+        assert_eq!(p.applied, ["log.level"]);
+        assert_eq!(p.restart_required, ["log.sample"]);
+        assert_eq!(p.config.log.level, Some(log::LevelFilter::Debug));
+        assert_eq!(p.config.log.sample_ppm, 1_000_000);
+        let bad = "[server]\nlisten = \"127.0.0.1:1\"\n[log]\nlevel = \"loud\"\n";
+        let e = Config::from_toml_str(&format!("{bad}{}", bucket("a", "/a", "")), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log.level") && e.contains("loud"), "{e}");
     }
 
     #[test]

@@ -137,10 +137,24 @@ fn log(cx: &mut Ctx<'_>, mut s: Section) -> Option<LogConfig> {
             None
         }
     });
+    let level = s.or(cx, "level", None, |cx, k, v| {
+        let text = cx.string(k, v)?;
+        match text.parse::<log::LevelFilter>() {
+            Ok(l) => Some(Some(l)),
+            Err(_) => {
+                cx.problem(
+                    k,
+                    format!("expected off, error, warn, info, debug or trace, found {text:?}"),
+                );
+                None
+            }
+        }
+    });
     s.finish(cx);
     Some(LogConfig {
         access: access?,
         sample_ppm: sample?,
+        level: level?,
     })
 }
 

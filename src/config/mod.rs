@@ -152,12 +152,16 @@ pub struct LogConfig {
     /// `sample`: the share of successful (< 400) requests logged, in millionths (1.0 =
     /// 1,000,000); errors are always logged.
     pub sample_ppm: u32,
+    /// `level`: the process's log level (`off` … `trace`); `None` keeps `RUST_LOG`'s, or
+    /// `info`. `RUST_LOG`, when set, wins (it can name levels per module). Applied on reload.
+    pub level: Option<log::LevelFilter>,
 }
 
 impl Default for LogConfig {
     fn default() -> LogConfig {
         LogConfig {
             access: None,
+            level: None,
             sample_ppm: 1_000_000,
         }
     }

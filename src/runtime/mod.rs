@@ -504,6 +504,7 @@ pub fn serve(config: Config, path: &std::path::Path) -> Result<(), String> {
         Ok((_, limit)) => log::info!("open-file limit: {limit}"),
         Err(e) => log::warn!("cannot read or raise the open-file limit: {e}"),
     }
+    apply_log_level(&config.log);
     let (reload_tx, reload_rx) = flume::unbounded::<flume::Sender<Outcome>>();
     let server = Server::start_full(config, Clock::system(), Some(reload_tx.clone()))?;
     spawn_reloader(Arc::clone(&server.generations), path.to_owned(), reload_rx)?;
@@ -541,6 +542,16 @@ pub fn serve(config: Config, path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Sets the process's log level from `log.level` (start and reload), unless `RUST_LOG` is
+/// set: that one, able to name levels per module, wins.
+pub fn apply_log_level(log: &crate::config::LogConfig) {
+    if let Some(level) = log.level {
+        if std::env::var_os("RUST_LOG").is_none() {
+            log::set_max_level(level);
+        }
+    }
+}
+
 /// The reload thread: re-reads the config file for each request (SIGHUP, `POST
 /// /admin/reload`), applies or refuses it, logs the outcome and answers it. Runs until every
 /// sender is gone (the process is ending).
@@ -559,6 +570,9 @@ fn spawn_reloader(
             while let Ok(reply) = requests.recv() {
                 let config = Config::load(&path).map_err(|e| e.to_string());
                 let outcome = generations.reload(config);
+                if matches!(outcome, Outcome::Applied { .. }) {
+                    apply_log_level(&generations.current.lock().config.log);
+                }
                 match &outcome {
                     Outcome::Applied { .. } => log::info!("{}", outcome.describe()),
                     Outcome::Refused(_) => log::error!("{}", outcome.describe()),
