@@ -285,3 +285,34 @@ fn reloads_under_continuous_load_fail_no_request() {
     assert!(ok.load(Ordering::Relaxed) > 200);
     assert_eq!(reloads(addr, "ok"), 10);
 }
+
+/// A request in flight when its bucket is removed finishes on the config it started with
+/// (the origin stalls mid-body for 0.8 s while the reload is applied).
+#[test]
+fn a_request_in_flight_finishes_on_the_config_it_started_with() {
+    let s = Setup::new();
+    let corvid = Corvid::start(&s.config("", "", true, ""));
+    let addr = corvid.addr();
+    let body = "x".repeat(4000);
+    let slow = FaultReply::xml(200, &body).stall(Duration::from_millis(800));
+    s.origin.fail_next_with(1, slow);
+    let in_flight = std::thread::spawn(move || http::get(addr, "/b/k", &[]));
+    let asked = wait_until(Duration::from_secs(10), || {
+        !s.origin.requests_for("bkt-b", "k").is_empty()
+    });
+    assert!(asked, "the origin was asked");
+
+    std::fs::write(corvid.config_path(), s.config("", "", false, "")).unwrap();
+    let (status, v) = admin_reload(addr, &s.admin_token());
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["applied"], json!(["buckets.b (removed)"]));
+    assert_eq!(
+        http::get(addr, "/b/k", &[]).status,
+        404,
+        "b is gone for new requests"
+    );
+
+    let r = in_flight.join().unwrap();
+    assert_eq!((r.status, r.body.len()), (200, body.len()));
+    assert_eq!(r.body, body.as_bytes());
+}
