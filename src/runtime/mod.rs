@@ -11,8 +11,9 @@
 //! **Reload** (SIGHUP, `POST /admin/reload`): the reload thread re-reads the file, plans it
 //! ([`crate::reload`]) and builds the next [`Shared`] generation ([`Shared::reloaded`]) in
 //! full before anything changes; then the origin monitor moves to the new origins and every
-//! worker gets `Control::Reload` and switches between requests ([`crate::context::Current`]).
-//! One reload runs at a time.
+//! worker gets `Control::Reload`, switches between requests ([`crate::context::Current`]) and
+//! acks; the reload is answered once all have (or after 5 s, logged), so a request sent after
+//! the answer runs on the new config. One reload runs at a time.
 //!
 //! The control bus is one flume channel per worker: flume's async receive wakes a monoio task
 //! from another thread (monoio's `sync` feature), which crossbeam's blocking channels cannot.
@@ -40,6 +41,9 @@ use crate::reload::Outcome;
 use crate::router::Router;
 use crate::s3::origins::Origins;
 
+/// How long a reload waits for every worker to switch before answering anyway.
+const RELOAD_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often the origin monitor re-resolves endpoints and re-checks reachability.
 pub const ORIGIN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -47,8 +51,8 @@ pub const ORIGIN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub enum Control {
     Shutdown,
-    /// Switch to this config generation between requests (a reload).
-    Reload(Arc<Shared>),
+    /// Switch to this config generation between requests (a reload), then ack.
+    Reload(Arc<Shared>, flume::Sender<()>),
 }
 
 /// `server.workers`, with 0 resolved to the number of available cores.
@@ -310,8 +314,21 @@ impl Generations {
         let old_stop = std::mem::replace(&mut *self.stop_monitor.lock(), stop);
         old_stop.store(true, Ordering::Relaxed);
         *self.current.lock() = Arc::clone(&next);
-        for c in self.controls.lock().iter() {
-            let _ = c.send(Control::Reload(Arc::clone(&next)));
+        // Answered once every worker switched, so a request sent after the answer runs on
+        // the new config (a worker that does not ack in time is stuck or gone; logged).
+        let (ack, acks) = flume::unbounded();
+        let controls = self.controls.lock().clone();
+        for c in &controls {
+            let _ = c.send(Control::Reload(Arc::clone(&next), ack.clone()));
+        }
+        drop(ack);
+        let deadline = Instant::now() + RELOAD_ACK_TIMEOUT;
+        for _ in &controls {
+            // Blocking: the reload thread (or a test), never a worker.
+            if acks.recv_deadline(deadline).is_err() {
+                log::warn!("reload: a worker did not switch within {RELOAD_ACK_TIMEOUT:?}");
+                break;
+            }
         }
         next.metrics.reload(true);
         Outcome::Applied {
@@ -717,9 +734,10 @@ async fn worker_main(
         while let Ok(cmd) = control.recv_async().await {
             match cmd {
                 Control::Shutdown => http.begin_shutdown(),
-                Control::Reload(next) => {
+                Control::Reload(next, ack) => {
                     let w = on_control.get().next(next);
                     on_control.set(w);
+                    let _ = ack.send(());
                 }
             }
         }
