@@ -26,6 +26,7 @@ mod passthrough;
 mod pool;
 mod redis;
 mod redis_tls;
+mod replace;
 mod rfc9111;
 mod shutdown;
 mod streaming;
