@@ -260,13 +260,42 @@ pub async fn serve<A: App, S: ClientIo>(app: &A, mut io: S, peer: SocketAddr) {
                 env.idle_timeout
             };
             if !wait_readable(env, tcp, &conn, conn.idle_since + timeout).await {
-                return;
+                break;
             }
         }
         let busy = env.pools.place(busy(app, &mut io, &mut conn));
         if busy.await == Next::Close {
-            return;
+            break;
         }
+    }
+    if env.shutdown.is_fired() {
+        lingering_close(&mut io).await;
+    }
+}
+
+/// How long a connection closed at shutdown waits for its client to close after corvid's FIN.
+const LINGERING_CLOSE: Duration = Duration::from_secs(2);
+
+/// Closes a connection corvid ends at shutdown without ever resetting it: FIN first
+/// (`shutdown(SHUT_WR)`), then whatever the client still sends is read and dropped until it
+/// closes too (or [`LINGERING_CLOSE`] passes), and only then the socket is closed.
+///
+/// Closing a socket with unread bytes, or receiving bytes after closing it, makes Linux answer
+/// with a reset; a keep-alive client whose next request crossed corvid's close would then see
+/// `ECONNRESET` instead of the clean EOF on which HTTP/1.1 clients retry an idempotent request
+/// on a new connection (RFC 9112 §9.3.1). This is nginx's lingering close.
+async fn lingering_close<S: ClientIo>(io: &mut S) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGERING_CLOSE;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        match monoio::time::timeout_at(deadline, io.read(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => buf = b,
+            _ => return,
+        }
+        buf.clear();
     }
 }
 
