@@ -1,5 +1,11 @@
 //! One worker thread: its accept loop, its connections and its purge subscriber. The worker's
 //! state ([`Worker`], built here inside its thread) is `crate::context`'s.
+//!
+//! At shutdown a listener never resets a connection the kernel queued for it: it stops taking
+//! new ones first (a SYN-dropping socket filter), serves what is queued and the handshakes in
+//! progress for [`HANDOVER`], and only then closes (see [`stop_listening`]). With another
+//! instance on the port (SO_REUSEPORT), new connections go to it, the dropped SYNs after their
+//! retransmission; with none, they are refused.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -516,6 +522,32 @@ impl<F: Future> Future for CatchUnwind<F> {
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    /// The filter a listener gets at shutdown drops new connection attempts (their SYNs time
+    /// out instead of being queued or refused) and lets an established connection through.
+    #[test]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a unit test on the test harness's thread, not on a worker"
+    )]
+    fn drop_syns_stops_new_connections_only() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut before = std::net::TcpStream::connect(addr).unwrap();
+        let (mut served, _) = listener.accept().unwrap();
+        drop_syns(listener.as_raw_fd()).unwrap();
+        let attempt = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        assert_eq!(
+            attempt.map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::TimedOut),
+            "the SYN was dropped: neither connected nor refused"
+        );
+        before.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        served.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+    }
 
     /// A panicking connection task is contained: its neighbours on the same worker finish.
     #[test]

@@ -43,7 +43,10 @@ struct Tally {
 
 /// How one exchange ended.
 enum Exchange {
-    Answered { tag: String, close: bool },
+    Answered {
+        tag: String,
+        close: bool,
+    },
     /// EOF before any byte of the answer.
     CleanClose,
     /// The request could not be written (the server had closed or reset the connection).
@@ -108,7 +111,8 @@ fn exchange(s: &mut TcpStream, close: bool, body_len: usize) -> Exchange {
 }
 
 fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
-    let s = TcpStream::connect_timeout(&addr, ANSWER_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    let s =
+        TcpStream::connect_timeout(&addr, ANSWER_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
     s.set_write_timeout(Some(ANSWER_TIMEOUT)).unwrap();
     s.set_nodelay(true).unwrap();
@@ -258,7 +262,9 @@ fn a_new_instance_takes_over_under_load_without_a_failed_request() {
     // B on the same address, same config: A is still serving, so readiness is B's own log.
     let mut b = Corvid::start_with(&config, Readiness::None, &[]);
     assert!(
-        wait_until(Duration::from_secs(10), || b.stderr().contains("listening on")),
+        wait_until(Duration::from_secs(10), || b
+            .stderr()
+            .contains("listening on")),
         "B listens:\n{}",
         b.stderr()
     );
@@ -296,8 +302,14 @@ fn a_new_instance_takes_over_under_load_without_a_failed_request() {
         b.stderr()
     );
     assert_ne!(tag_a, tag_b, "two instances");
-    assert!(t.by_instance.get(&tag_a).is_some_and(|&n| n > 0), "A served");
-    assert!(t.by_instance.get(&tag_b).is_some_and(|&n| n > 0), "B served");
+    assert!(
+        t.by_instance.get(&tag_a).is_some_and(|&n| n > 0),
+        "A served"
+    );
+    assert!(
+        t.by_instance.get(&tag_b).is_some_and(|&n| n > 0),
+        "B served"
+    );
     assert!(
         t.by_instance.keys().all(|k| *k == tag_a || *k == tag_b),
         "{:?}",
