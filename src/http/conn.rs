@@ -287,10 +287,14 @@ const LINGERING_CLOSE: Duration = Duration::from_secs(2);
 /// `ECONNRESET` instead of the clean EOF on which HTTP/1.1 clients retry an idempotent request
 /// on a new connection (RFC 9112 §9.3.1). This is nginx's lingering close.
 async fn lingering_close<S: ClientIo>(io: &mut S) {
-    if io.shutdown().await.is_err() {
+    let deadline = Instant::now() + LINGERING_CLOSE;
+    // Over TLS this writes close_notify first, which a client that reads nothing could stall.
+    if !matches!(
+        monoio::time::timeout_at(deadline, io.shutdown()).await,
+        Ok(Ok(()))
+    ) {
         return;
     }
-    let deadline = Instant::now() + LINGERING_CLOSE;
     let mut buf = Vec::with_capacity(4096);
     loop {
         match monoio::time::timeout_at(deadline, io.read(buf)).await {
