@@ -6,7 +6,9 @@
 //! (`http::idle`): when the worker runs short of descriptors or reaches its connection limit
 //! the oldest waiting connections are closed, and at shutdown the keep-alive ones are; a new
 //! connection's first request and a head in progress still get their answer, with
-//! `Connection: close`, as does every request answered after shutdown began.
+//! `Connection: close`, as does every request answered after shutdown began. A connection
+//! closed at shutdown is never reset ([`lingering_close`]): a keep-alive client whose next
+//! request crossed the close sees a clean EOF and can retry it on a new connection.
 //!
 //! Pipelined requests are answered strictly in order because one connection handles one request
 //! at a time: bytes after a complete head stay in the buffer and are parsed after the answer.
@@ -260,13 +262,46 @@ pub async fn serve<A: App, S: ClientIo>(app: &A, mut io: S, peer: SocketAddr) {
                 env.idle_timeout
             };
             if !wait_readable(env, tcp, &conn, conn.idle_since + timeout).await {
-                return;
+                break;
             }
         }
         let busy = env.pools.place(busy(app, &mut io, &mut conn));
         if busy.await == Next::Close {
-            return;
+            break;
         }
+    }
+    if env.shutdown.is_fired() {
+        lingering_close(&mut io).await;
+    }
+}
+
+/// How long a connection closed at shutdown waits for its client to close after corvid's FIN.
+const LINGERING_CLOSE: Duration = Duration::from_secs(2);
+
+/// Closes a connection corvid ends at shutdown without ever resetting it: FIN first
+/// (`shutdown(SHUT_WR)`), then whatever the client still sends is read and dropped until it
+/// closes too (or [`LINGERING_CLOSE`] passes), and only then the socket is closed.
+///
+/// Closing a socket with unread bytes, or receiving bytes after closing it, makes Linux answer
+/// with a reset; a keep-alive client whose next request crossed corvid's close would then see
+/// `ECONNRESET` instead of the clean EOF on which HTTP/1.1 clients retry an idempotent request
+/// on a new connection (RFC 9112 §9.3.1). This is nginx's lingering close.
+async fn lingering_close<S: ClientIo>(io: &mut S) {
+    let deadline = Instant::now() + LINGERING_CLOSE;
+    // Over TLS this writes close_notify first, which a client that reads nothing could stall.
+    if !matches!(
+        monoio::time::timeout_at(deadline, io.shutdown()).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        match monoio::time::timeout_at(deadline, io.read(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => buf = b,
+            _ => return,
+        }
+        buf.clear();
     }
 }
 

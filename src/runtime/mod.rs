@@ -6,7 +6,21 @@
 //! port. [`serve`], the CLI's entry, starts a `Server` and waits for SIGTERM/SIGINT.
 //! Shutdown goes over the control bus: every worker gets a `Shutdown` command, stops accepting,
 //! lets in-flight requests finish within `server.shutdown_grace`, and exits; [`Server::stop`]
-//! returns once all have. A second signal exits at once.
+//! returns once all have. A second signal exits at once. `/ready` answers 503 from the moment
+//! shutdown begins.
+//!
+//! Zero-downtime replacement: a new corvid started on the same address while this one runs
+//! joins the listeners' SO_REUSEPORT group; SIGTERM to the old one then loses no connection.
+//! Each old listener first drops new SYNs (a classic BPF socket filter, no privilege needed:
+//! the client retransmits its SYN, after 1 s on Linux, and it reaches the new instance once
+//! the old listener is gone), accepts and serves, with `Connection: close`, what its queue
+//! holds and the handshakes in progress for a short hand-over, and only then leaves the group
+//! (`shutdown(2)`, which resets whatever is still queued unless `net.ipv4.tcp_migrate_req = 1`;
+//! logged at start). Idle keep-alive connections are closed without a reset (FIN, then what
+//! the client still sends is read and dropped until it closes), so a request that crossed the
+//! close sees a clean EOF, on which HTTP/1.1 clients retry on a new connection; requests in
+//! flight are answered with `Connection: close`. See worker's `stop_listening` and
+//! `http::conn`'s `lingering_close`.
 //!
 //! **Reload** (SIGHUP, `POST /admin/reload`): the reload thread re-reads the file, plans it
 //! ([`crate::reload`]) and builds the next [`Shared`] generation ([`Shared::reloaded`]) in
@@ -521,6 +535,7 @@ pub fn serve(config: Config, path: &std::path::Path) -> Result<(), String> {
         Ok((_, limit)) => log::info!("open-file limit: {limit}"),
         Err(e) => log::warn!("cannot read or raise the open-file limit: {e}"),
     }
+    log_migrate_req();
     apply_log_level(&config.log);
     let (reload_tx, reload_rx) = flume::unbounded::<flume::Sender<Outcome>>();
     let server = Server::start_full(config, Clock::system(), Some(reload_tx.clone()))?;
@@ -557,6 +572,31 @@ pub fn serve(config: Config, path: &std::path::Path) -> Result<(), String> {
     server.stop();
     log::info!("shutdown complete");
     Ok(())
+}
+
+/// Logs `net.ipv4.tcp_migrate_req`, which decides what Linux does with connections still queued
+/// on (or in their handshake with) a listener that closes while others share its port: reset
+/// them (0, the default) or move them to another listener (1). corvid's shutdown does not
+/// depend on it (see [`worker`]'s `stop_listening`), but it covers handshakes slower than the
+/// hand-over too.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "start-up, on the main thread before any worker runs"
+)]
+fn log_migrate_req() {
+    match std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
+        Ok(v) if v.trim() == "1" => log::info!(
+            "net.ipv4.tcp_migrate_req = 1: connections queued on a closing listener move to \
+             another instance on the port"
+        ),
+        Ok(v) => log::info!(
+            "net.ipv4.tcp_migrate_req = {}: at shutdown the listeners stop taking new \
+             connections and serve those already queued before they close (setting it to 1 \
+             also moves handshakes in progress to a new instance on the port)",
+            v.trim()
+        ),
+        Err(e) => log::debug!("net.ipv4.tcp_migrate_req unknown (kernel before 5.14?): {e}"),
+    }
 }
 
 /// Sets the process's log level from `log.level` (start and reload), unless `RUST_LOG` is

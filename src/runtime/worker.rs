@@ -1,5 +1,11 @@
 //! One worker thread: its accept loop, its connections and its purge subscriber. The worker's
 //! state ([`Worker`], built here inside its thread) is `crate::context`'s.
+//!
+//! At shutdown a listener never resets a connection the kernel queued for it: it stops taking
+//! new ones first (a SYN-dropping socket filter), serves what is queued and the handshakes in
+//! progress for [`HANDOVER`], and only then closes (see [`stop_listening`]). With another
+//! instance on the port (SO_REUSEPORT), new connections go to it, the dropped SYNs after their
+//! retransmission; with none, they are refused.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -202,11 +208,26 @@ pub async fn run(current: Rc<Current>, listener: TcpListener, surface: Surface) 
     }
 }
 
-/// Stops listening for good, as nginx does at shutdown: connections the kernel already queued
-/// (accepted, from the client's side) are taken over and answered with `Connection: close`;
-/// then `shutdown(2)` takes the socket out of the listening state at once, so that new
-/// connection attempts are refused (or go to another instance sharing the port) instead of
-/// queueing on a socket nobody accepts on; then it is closed.
+/// Stops listening for good without resetting a connection the kernel queued for it.
+///
+/// Closing (or `shutdown(2)`ing) a listening socket makes Linux reset every connection still in
+/// its accept queue or in its handshake, unless `net.ipv4.tcp_migrate_req = 1` moves them to
+/// another listener of the SO_REUSEPORT group (off by default; setting it needs root). Draining
+/// the queue first leaves a window: a connection queued between the last accept and the close
+/// is reset. So the listener is first closed to *new* connections while it stays open:
+///
+/// 1. a classic BPF socket filter ([`drop_syns`], `SO_ATTACH_FILTER`, unprivileged) drops
+///    every pure SYN that reaches this listener. Its accept queue can then only grow by the
+///    handshakes already in progress; a client whose SYN was dropped retransmits it (after 1 s
+///    on Linux) and by then the listener is gone: the SYN goes to another instance listening on
+///    the port (a zero-downtime replacement), or is refused;
+/// 2. for [`HANDOVER`] (longer than a handshake's round trip) what arrives is accepted and
+///    served, with `Connection: close`;
+/// 3. the queue is drained once more, and `shutdown(2)` takes the socket out of the listening
+///    state and its SO_REUSEPORT group at once; then it is closed.
+///
+/// Where the filter cannot be attached, steps 1–2 are skipped (the old behaviour, with its
+/// window) and that is logged.
 async fn stop_listening(
     current: &Rc<Current>,
     listener: TcpListener,
@@ -214,15 +235,32 @@ async fn stop_listening(
     surface: Surface,
 ) {
     let fd = listener.as_raw_fd();
-    for _ in 0..MAX_DRAINED {
-        if !readable_now(fd) {
-            break;
+    let accept_queued = || async {
+        for _ in 0..MAX_DRAINED {
+            if !readable_now(fd) {
+                break;
+            }
+            match listener.accept().await {
+                Ok((stream, peer)) => spawn_connection(current, stream, peer, acceptor, surface),
+                Err(_) => break,
+            }
         }
-        match listener.accept().await {
-            Ok((stream, peer)) => spawn_connection(current, stream, peer, acceptor, surface),
-            Err(_) => break,
+    };
+    match drop_syns(fd) {
+        Ok(()) => {
+            let end = Instant::now() + HANDOVER;
+            while Instant::now() < end {
+                accept_queued().await;
+                monoio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
+        Err(e) => log::warn!(
+            "worker {}: cannot stop new connections before closing the listener ({e}): \
+             a connection arriving while it closes may be reset",
+            current.get().id
+        ),
     }
+    accept_queued().await;
     // SAFETY: `fd` is the listening socket `listener` owns and keeps open until the drop below;
     // shutdown(2) changes socket state only. On a listening socket, SHUT_RD stops listening
     // (Linux: inet_shutdown -> tcp_disconnect), even while another reference to the file exists.
@@ -230,6 +268,60 @@ async fn stop_listening(
         libc::shutdown(fd, libc::SHUT_RDWR);
     }
     drop(listener);
+}
+
+/// How long a listener closing at shutdown keeps accepting the handshakes that were in progress
+/// when it stopped taking new ones (see [`stop_listening`]): a few round trips of a distant
+/// client.
+const HANDOVER: Duration = Duration::from_millis(250);
+
+/// Attaches a socket filter to the listening socket `fd` that drops pure SYNs (new connection
+/// attempts) and passes everything else (the final ACK of a handshake in progress, data of
+/// connections accepted from it, which inherit the filter).
+///
+/// A socket filter of a TCP socket sees the packet from its TCP header: byte 13 holds the flags.
+fn drop_syns(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    const SYN: u32 = 0x02;
+    const ACK: u32 = 0x10;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut program = [
+        // A = flags byte
+        stmt(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 13),
+        stmt(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, SYN | ACK),
+        // SYN without ACK: drop (return 0); otherwise keep the whole packet.
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: SYN,
+        },
+        stmt(libc::BPF_RET | libc::BPF_K, 0),
+        stmt(libc::BPF_RET | libc::BPF_K, u32::MAX),
+    ];
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `program`, alive for the call; the kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Whether `fd` is readable right now (for a listener: a connection is queued), without waiting.
@@ -437,6 +529,32 @@ impl<F: Future> Future for CatchUnwind<F> {
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    /// The filter a listener gets at shutdown drops new connection attempts (their SYNs time
+    /// out instead of being queued or refused) and lets an established connection through.
+    #[test]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a unit test on the test harness's thread, not on a worker"
+    )]
+    fn drop_syns_stops_new_connections_only() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut before = std::net::TcpStream::connect(addr).unwrap();
+        let (mut served, _) = listener.accept().unwrap();
+        drop_syns(listener.as_raw_fd()).unwrap();
+        let attempt = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        assert_eq!(
+            attempt.map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::TimedOut),
+            "the SYN was dropped: neither connected nor refused"
+        );
+        before.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        served.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+    }
 
     /// A panicking connection task is contained: its neighbours on the same worker finish.
     #[test]

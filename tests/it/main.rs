@@ -27,6 +27,7 @@ mod pool;
 mod redis;
 mod redis_tls;
 mod reload;
+mod replace;
 mod rfc9111;
 mod shutdown;
 mod streaming;

@@ -210,3 +210,30 @@ fn idle_connections_without_a_request_do_not_hold_the_drain() {
     assert!(started.elapsed() < Duration::from_secs(10));
     drop(idle);
 }
+
+/// Load balancers and Kubernetes take an instance out of rotation by its readiness: `/ready`
+/// answers 503 from the moment shutdown begins (here to a request whose head was in progress
+/// when SIGTERM arrived, which the drain still answers), with `Connection: close`.
+#[test]
+fn ready_answers_503_as_soon_as_shutdown_begins() {
+    let origin = Origin::start();
+    origin.create_bucket("rdy");
+    let mut corvid = Corvid::start(&format!(
+        "{}{}",
+        server_toml(free_port()),
+        bucket_toml("rdy", "/rdy", &origin)
+    ));
+    assert_eq!(http::get(corvid.addr(), "/ready", &[]).status, 200);
+    let mut conn = Conn::connect(corvid.addr());
+    conn.send(b"GET /ready HTTP/1.1\r\nHost: corvid\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    corvid.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    conn.send(b"\r\n");
+    let r = conn.read_response();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.connection_close());
+    assert!(r.text().contains("shutting_down"), "{}", r.text());
+    let status = corvid.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+}
