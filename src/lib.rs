@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod cors;
+pub mod credentials;
 pub mod error;
 pub mod fdlimit;
 pub mod handler;

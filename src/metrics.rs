@@ -190,12 +190,22 @@ impl WorkerMetrics {
     }
 }
 
+/// One bucket's credential refresh attempts (`corvid_credentials_refresh_total`): written by
+/// the credentials thread (process-wide, not per worker: there is one writer).
+#[derive(Debug, Default)]
+pub struct RefreshCounts {
+    pub ok: AtomicU64,
+    pub error: AtomicU64,
+}
+
 /// All workers' metric slots and the label values.
 pub struct Registry {
     bucket_names: Vec<String>,
     workers: Vec<WorkerMetrics>,
     /// Access log lines dropped (the writer fell behind), when the access log is on.
     access_log_dropped: Option<Arc<AtomicU64>>,
+    /// Per bucket with a credentials source: its refresh counters.
+    credentials_refresh: Vec<Option<Arc<RefreshCounts>>>,
 }
 
 impl Registry {
@@ -205,7 +215,15 @@ impl Registry {
             bucket_names,
             workers: (0..workers).map(|_| WorkerMetrics::new(n)).collect(),
             access_log_dropped: None,
+            credentials_refresh: Vec::new(),
         }
+    }
+
+    /// Renders `corvid_credentials_refresh_total` from these counters, parallel to the
+    /// bucket names (`None` for buckets with static keys).
+    pub fn with_credentials(mut self, counts: Vec<Option<Arc<RefreshCounts>>>) -> Self {
+        self.credentials_refresh = counts;
+        self
     }
 
     /// Renders `corvid_access_log_dropped_total` from the access log's counter.
@@ -500,6 +518,24 @@ impl Registry {
             .as_ref()
             .map_or(0, |d| d.load(Ordering::Relaxed));
         let _ = writeln!(out, "corvid_access_log_dropped_total {dropped}");
+
+        header(
+            &mut out,
+            "corvid_credentials_refresh_total",
+            "counter",
+            "Fetches of temporary AWS credentials, by bucket and outcome",
+        );
+        for (b, counts) in self.credentials_refresh.iter().enumerate() {
+            let Some(c) = counts else { continue };
+            for (outcome, v) in [("ok", &c.ok), ("error", &c.error)] {
+                let _ = writeln!(
+                    out,
+                    "corvid_credentials_refresh_total{{bucket=\"{}\",outcome=\"{outcome}\"}} {}",
+                    escape(self.bucket_label(b)),
+                    v.load(Ordering::Relaxed)
+                );
+            }
+        }
 
         header(
             &mut out,

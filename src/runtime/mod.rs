@@ -144,6 +144,15 @@ impl Shared {
             Some(a) => metrics.with_access_log(Arc::clone(&a.dropped)),
             None => metrics,
         };
+        // One bounded first fetch per bucket with a credentials source; a failure leaves that
+        // bucket not ready (503) and the refresh thread retrying.
+        let credentials = crate::credentials::cells_for(&config);
+        let metrics = metrics.with_credentials(
+            credentials
+                .iter()
+                .map(|c| c.source.map(|_| Arc::clone(&c.counts)))
+                .collect(),
+        );
         let nofile = fdlimit::current().map_or(1024, |(soft, _)| soft);
         let fd_budget = fdlimit::Budget::new(&config, workers, nofile);
         let verifier = config
@@ -169,6 +178,7 @@ impl Shared {
             instance_tag,
             clock,
             access_log,
+            credentials,
         }))
     }
 }
@@ -185,6 +195,8 @@ pub struct Server {
     controls: Vec<flume::Sender<Control>>,
     handles: Vec<JoinHandle<()>>,
     stop_monitor: Arc<AtomicBool>,
+    /// The `corvid-credentials` thread, when a bucket has a credentials source.
+    refresher: Option<crate::credentials::refresh::Refresher>,
 }
 
 /// What a worker reports once it listens: a line for the log and its bound address.
@@ -208,7 +220,9 @@ impl Server {
         shared
             .origins
             .spawn_monitor(ORIGIN_CHECK_INTERVAL, Arc::clone(&stop_monitor));
+        let refresher = crate::credentials::refresh::Refresher::start(&shared.credentials)?;
         let mut server = Server {
+            refresher,
             local_addr: shared.config.server.listen,
             shared,
             controls: Vec::new(),
@@ -293,6 +307,9 @@ impl Server {
             a.finish();
         }
         self.stop_monitor.store(true, Ordering::Relaxed);
+        if let Some(mut r) = self.refresher.take() {
+            r.stop();
+        }
     }
 }
 
