@@ -4,7 +4,9 @@
 //! A [`Worker`] is built inside its own thread and shared by that thread's tasks through an
 //! `Rc` (ARCHITECTURE rule 1): upstream pools, signers with their signing-key caches, the cache
 //! front with its Redis client, the Date header cache and the request-id counter never cross
-//! threads. What is shared across workers lives in [`Shared`]. `runtime` builds both and runs
+//! threads. What is shared across workers lives in [`Shared`], among it each bucket's
+//! credentials cell ([`crate::credentials::Cell`]), from which a worker rebuilds its signer
+//! when the credentials were renewed ([`WorkerBucket::signer`]). `runtime` builds both and runs
 //! the accept loops; the request path (`handler`, `object`, `admin`) only reads them, so this
 //! module sits below all of them and imports none.
 

@@ -41,8 +41,10 @@
 //!   specific of the two).
 //! * **Secrets**: `Credentials` and [`Lease`] redact the secret and the token in `Debug`; error
 //!   messages name sources, files, URLs and status codes, never key material.
-//! * **Reload**: [`cells_for`] builds one cell per bucket; a later config reload can call
-//!   [`Cell::for_bucket`] for new or changed buckets and keep the cells of unchanged ones.
+//! * **Reload** (not wired yet): [`cells_for`] builds one cell per bucket; a config reload can
+//!   call [`Cell::for_bucket`] for new or changed buckets, keep the `Arc`s of unchanged ones
+//!   (workers holding them keep their signers), and restart [`refresh::Refresher`] with the
+//!   new list (it takes a snapshot of the cells when it starts).
 
 pub mod container;
 pub mod env;

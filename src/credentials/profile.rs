@@ -34,7 +34,7 @@ use super::{Ctx, Lease, Outcome};
 use crate::s3::sigv4::Credentials;
 
 /// How long a `credential_process` may run.
-const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
+pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sections of one INI file: name (as written inside `[...]`, trimmed) → settings.
 pub type Ini = HashMap<String, HashMap<String, String>>;
