@@ -5,7 +5,7 @@
 //!
 //! | source | file | configured when |
 //! |---|---|---|
-//! | `env` | [`env`] | `AWS_ACCESS_KEY_ID` is set |
+//! | `env` | [`env`](mod@env) | `AWS_ACCESS_KEY_ID` is set |
 //! | `profile` | [`profile`] | the profile (config `profile`, else `AWS_PROFILE`, else `default`) has credential settings in `~/.aws/credentials` / `~/.aws/config` |
 //! | `web_identity` | [`sts`] | `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN` are set |
 //! | `ecs` | [`container`] | `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or `_FULL_URI` is set |
