@@ -455,3 +455,110 @@ fn failed_refresh_keeps_old_credentials_then_503_then_recovers() {
     assert!(issuer.failures() >= 1);
     let _: &FakeServer = &ecs;
 }
+
+#[test]
+fn profile_with_a_web_identity_token_file() {
+    let origin = origin();
+    let home = tempfile::tempdir().unwrap();
+    let token_file = home.path().join("token");
+    write(&token_file, "profile-web-identity-token");
+    let role = "arn:aws:iam::123456789012:role/from-profile";
+    let issuer = Issuer::new(&[(ACCESS_KEY_2, SECRET_KEY_2)], Duration::from_secs(3600));
+    let sts = aws_fakes::sts(issuer.clone(), role, token_file.clone());
+    let config_file = home.path().join("aws-config");
+    write(
+        &config_file,
+        &format!(
+            "[profile irsa]\nrole_arn = {role}\nweb_identity_token_file = {}\n\
+             role_session_name = corvid-test\n",
+            token_file.display()
+        ),
+    );
+    let c = start(
+        &config(&origin, "credentials = \"profile\"\nprofile = \"irsa\""),
+        home.path(),
+        &[
+            ("AWS_CONFIG_FILE", &config_file.to_string_lossy()),
+            ("AWS_ENDPOINT_URL_STS", &sts.url()),
+        ],
+    );
+    assert_served(&c);
+    assert_eq!(last_signer(&origin), ACCESS_KEY_2);
+    assert_eq!(
+        sts.requests()[0].form("RoleSessionName").as_deref(),
+        Some("corvid-test")
+    );
+}
+
+#[test]
+fn check_accepts_sources_refuses_both_and_never_prints_secrets() {
+    let origin = origin();
+    let ok = crate::common::check(&config(&origin, "credentials = \"web_identity\""));
+    assert!(ok.status.success(), "{}", ok.stderr);
+    let both = crate::common::check(&config(
+        &origin,
+        &format!(
+            "credentials = \"env\"\naccess_key = {}\nsecret_key = {}",
+            toml_str(ACCESS_KEY),
+            toml_str(SECRET_KEY)
+        ),
+    ));
+    assert!(!both.status.success());
+    assert!(
+        both.stderr.contains("buckets[0].credentials"),
+        "{}",
+        both.stderr
+    );
+    let unknown = crate::common::check(&config(&origin, "credentials = \"vault\""));
+    assert!(!unknown.status.success());
+    assert!(unknown.stderr.contains("not a credentials source"));
+    for out in [&ok, &both, &unknown] {
+        assert!(
+            !out.stdout.contains(SECRET_KEY) && !out.stderr.contains(SECRET_KEY),
+            "{}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn web_identity_rereads_the_token_file_at_each_refresh() {
+    let origin = origin();
+    let home = tempfile::tempdir().unwrap();
+    let token_file = home.path().join("token");
+    write(&token_file, "token-before-rotation");
+    let role = "arn:aws:iam::123456789012:role/corvid";
+    let issuer = Issuer::new(
+        &[(ACCESS_KEY, SECRET_KEY), (ACCESS_KEY_2, SECRET_KEY_2)],
+        Duration::from_secs(3),
+    );
+    let sts = aws_fakes::sts(issuer.clone(), role, token_file.clone());
+    let c = start(
+        &config(&origin, "credentials = \"web_identity\"\nttl = \"0s\""),
+        home.path(),
+        &[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file.to_string_lossy()),
+            ("AWS_ROLE_ARN", role),
+            ("AWS_ENDPOINT_URL_STS", &sts.url()),
+        ],
+    );
+    assert_served(&c);
+    // The kubelet rotates the token; STS only accepts the current one.
+    write(&token_file, "token-after-rotation");
+    assert!(
+        wait_until(Duration::from_secs(10), || issuer.issued() >= 2),
+        "{}",
+        c.stderr()
+    );
+    let last = sts.requests().pop().unwrap();
+    assert_eq!(
+        last.form("WebIdentityToken").as_deref(),
+        Some("token-after-rotation")
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        assert_served(&c);
+        last_signer(&origin) == ACCESS_KEY_2
+    }));
+    assert_eq!(refresh_count(&c, "error"), 0);
+}
