@@ -3,7 +3,8 @@
 //! One request, end to end: [`runtime`] workers accept connections; [`http::conn`] reads and
 //! frames requests; [`handler`] routes them ([`router`]) to the internal endpoints or to
 //! [`proxy`], which signs ([`s3::sigv4`]) and sends ([`s3::client`]) the upstream request and
-//! streams the answer back. [`error`] is the one error type; [`config`] the TOML contract.
+//! streams the answer back, with the AWS credentials [`credentials`] fetches and renews off the
+//! workers. [`error`] is the one error type; [`config`] the TOML contract.
 
 pub mod access_log;
 pub mod admin;

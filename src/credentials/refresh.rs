@@ -156,7 +156,10 @@ fn attempt(s: &mut Slot) {
                     describe_expiry(&lease)
                 );
             }
-            s.next = renew_at(&lease, Instant::now(), SystemTime::now());
+            // At most one fetch a second, even if an endpoint hands out credentials that are
+            // (nearly) expired already.
+            let now = Instant::now();
+            s.next = renew_at(&lease, now, SystemTime::now()).map(|t| t.max(now + MIN_BACKOFF));
             s.failing = false;
             s.backoff = MIN_BACKOFF;
             cell.set(lease);
