@@ -99,6 +99,7 @@ fn main() {
         dir: args.dir.clone(),
         access_key: args.access_key.clone(),
         secret_key: args.secret_key.clone(),
+        extra_keys: Vec::new(),
     });
 
     if args.seed || !args.objects.is_empty() {

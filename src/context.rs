@@ -4,7 +4,9 @@
 //! A [`Worker`] is built inside its own thread and shared by that thread's tasks through an
 //! `Rc` (ARCHITECTURE rule 1): upstream pools, signers with their signing-key caches, the cache
 //! front with its Redis client, the Date header cache and the request-id counter never cross
-//! threads. What is shared across workers lives in [`Shared`]. `runtime` builds both and runs
+//! threads. What is shared across workers lives in [`Shared`], among it each bucket's
+//! credentials cell ([`crate::credentials::Cell`]), from which a worker rebuilds its signer
+//! when the credentials were renewed ([`WorkerBucket::signer`]). `runtime` builds both and runs
 //! the accept loops; the request path (`handler`, `object`, `admin`) only reads them, so this
 //! module sits below all of them and imports none.
 
@@ -12,7 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use monoio_rustls::TlsConnector;
 use rustls_pki_types::ServerName;
@@ -23,6 +25,7 @@ use crate::cache::tiered::Tiers;
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::credentials;
 use crate::fdlimit;
 use crate::http::env::ConnEnv;
 use crate::http::request::Limits;
@@ -32,7 +35,8 @@ use crate::reload::Outcome;
 use crate::router::Router;
 use crate::s3::client::{Pool, Timeouts};
 use crate::s3::origins::Origins;
-use crate::s3::sigv4::{Credentials, Signer};
+use crate::s3::sigv4::Signer;
+use crate::Error;
 
 /// Read-only state shared by every worker (one `Arc`): the config snapshot, the router, TLS
 /// configs, origin addresses and the metric slots that `/metrics` sums.
@@ -72,6 +76,9 @@ pub struct Shared {
     /// Where `POST /admin/reload` asks for a reload (`None`: no config file to re-read, as in
     /// an in-process server).
     pub reloads: Option<ReloadRequests>,
+    /// Per bucket (parallel to `config.buckets`): its current AWS credentials, renewed by the
+    /// `corvid-credentials` thread ([`crate::credentials`]).
+    pub credentials: Vec<Arc<credentials::Cell>>,
 }
 
 /// A reload request: the channel its [`Outcome`] is answered on.
@@ -79,7 +86,14 @@ pub type ReloadRequests = flume::Sender<flume::Sender<Outcome>>;
 
 /// Per-bucket state of one worker.
 pub struct WorkerBucket {
-    pub signer: Signer,
+    /// This worker's signer (and signing-key cache) for the lease of generation `seen`; `None`
+    /// until the bucket has had credentials. Read through [`WorkerBucket::signer`].
+    signer: RefCell<Option<Signer>>,
+    /// The credentials cell's generation `signer` was built from.
+    seen: Cell<u64>,
+    /// When the signer's credentials expire (`None`: never).
+    expires_at: Cell<Option<SystemTime>>,
+    credentials: Arc<credentials::Cell>,
     pub pool: Rc<Pool>,
     pub timeouts: Timeouts,
 }
@@ -101,21 +115,40 @@ impl WorkerBucket {
             ),
         };
         WorkerBucket {
-            signer: Signer::new(
-                Credentials {
-                    access_key: b.access_key.clone(),
-                    secret_key: b.secret_key.clone(),
-                    session_token: b.session_token.clone(),
-                },
-                &b.region,
-                "s3",
-            ),
+            signer: RefCell::new(None),
+            seen: Cell::new(0),
+            expires_at: Cell::new(None),
+            credentials: Arc::clone(&shared.credentials[i]),
             pool,
             timeouts: Timeouts {
                 connect: b.connect_timeout,
                 first_byte: b.first_byte_timeout,
                 read: b.read_timeout,
             },
+        }
+    }
+
+    /// The signer for the bucket's current credentials, rebuilt when the shared cell moved to
+    /// a new lease (one `Relaxed` load when it did not). `Err` is the 503 of a bucket whose
+    /// credentials are missing or expired. The borrow must end before the next `.await`.
+    pub fn signer(&self, now: SystemTime) -> Result<std::cell::Ref<'_, Signer>, Error> {
+        let generation = self.credentials.generation();
+        if generation != self.seen.get() {
+            if let Some(lease) = self.credentials.lease() {
+                *self.signer.borrow_mut() = Some(Signer::new(
+                    lease.credentials.clone(),
+                    &self.credentials.region,
+                    "s3",
+                ));
+                self.expires_at.set(lease.expires_at);
+            }
+            self.seen.set(generation);
+        }
+        let valid = self.expires_at.get().is_none_or(|e| now < e);
+        match std::cell::Ref::filter_map(self.signer.borrow(), Option::as_ref) {
+            Ok(signer) if valid => Ok(signer),
+            Ok(_) => Err(Error::no_credentials(&self.credentials.bucket, "expired")),
+            Err(_) => Err(Error::no_credentials(&self.credentials.bucket, "none")),
         }
     }
 }

@@ -177,6 +177,22 @@ impl Error {
         Self::new(Kind::Internal, Side::Internal, message)
     }
 
+    /// A 503 for a bucket without valid AWS credentials (never obtained, or expired and not
+    /// renewed): corvid does not send unsigned requests. `state` is `"none"` or `"expired"`.
+    pub fn no_credentials(bucket: &str, state: &str) -> Self {
+        let why = if state == "expired" {
+            "its AWS credentials expired and could not be renewed yet"
+        } else {
+            "no AWS credentials could be obtained for it yet"
+        };
+        Self::new(
+            Kind::Unavailable,
+            Side::Internal,
+            format!("bucket {bucket} is unavailable: {why}"),
+        )
+        .retryable()
+    }
+
     /// Marks the error as one that a retry could cure (e.g. a dead pooled connection).
     pub fn retryable(mut self) -> Self {
         self.retryable = true;

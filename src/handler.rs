@@ -238,7 +238,8 @@ fn authorize(
         .map(|_| ())
 }
 
-/// `/ready`: 200 while workers run and every origin answered the last check; 503 otherwise or
+/// `/ready`: 200 while workers run, every origin answered the last check and every bucket has
+/// valid credentials (`"credentials": "ok" | "none" | "expired"` per bucket); 503 otherwise or
 /// while shutting down. The body details each bucket.
 async fn ready<S: AsyncWriteRent>(
     w: &Rc<Worker>,
@@ -249,9 +250,12 @@ async fn ready<S: AsyncWriteRent>(
     let shared = &w.shared;
     let mut buckets = serde_json::Map::new();
     let mut all = true;
+    let now = std::time::SystemTime::now();
     for (i, b) in shared.config.buckets.iter().enumerate() {
         let o = shared.origins.get(i);
-        all &= o.reachable();
+        let cell = &shared.credentials[i];
+        let credentials = cell.state(now);
+        all &= o.reachable() && credentials == crate::credentials::State::Ok;
         buckets.insert(
             b.name.clone(),
             serde_json::json!({
@@ -259,6 +263,8 @@ async fn ready<S: AsyncWriteRent>(
                 "reachable": o.reachable(),
                 "checked_at_unix_ms": o.checked_at_ms(),
                 "error": o.last_error(),
+                "credentials": credentials.as_str(),
+                "credentials_source": cell.source_name(),
             }),
         );
     }

@@ -3,8 +3,9 @@
 //! One request, end to end: [`runtime`] workers accept connections; [`http::conn`] reads and
 //! frames requests; [`handler`] routes them ([`router`]) to the internal endpoints or to
 //! [`object`], which answers from the cache ([`cache`]) or signs ([`s3::sigv4`]) and sends
-//! ([`s3::client`]) the upstream request and streams the answer back. [`reload`] decides what a
-//! new config file changes while running. [`error`] is the one error type; [`config`] the TOML contract.
+//! ([`s3::client`]) the upstream request and streams the answer back, with the AWS credentials
+//! [`credentials`] fetches and renews off the workers. [`reload`] decides what a new config file
+//! changes while running. [`error`] is the one error type; [`config`] the TOML contract.
 
 pub mod access_log;
 pub mod admin;
@@ -14,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod cors;
+pub mod credentials;
 pub mod error;
 pub mod fdlimit;
 pub mod handler;

@@ -244,6 +244,14 @@ impl Recorder<'_> {
     }
 }
 
+/// One bucket's credential refresh attempts (`corvid_credentials_refresh_total`): written by
+/// the credentials thread (process-wide, not per worker: there is one writer).
+#[derive(Debug, Default)]
+pub struct RefreshCounts {
+    pub ok: AtomicU64,
+    pub error: AtomicU64,
+}
+
 /// All workers' metric slots and the label values.
 ///
 /// Per-bucket counters live in *slots* that keep their bucket's name for the life of the
@@ -262,6 +270,9 @@ pub struct Registry {
     access_log_dropped: Option<Arc<AtomicU64>>,
     /// `corvid_config_reloads_total` by outcome: applied, refused.
     reloads: [AtomicU64; 2],
+    /// By slot: the refresh counters of the bucket's credentials source, when it has one
+    /// (set for each config generation, [`Registry::set_credentials`]).
+    credentials_refresh: parking_lot::RwLock<Vec<Option<Arc<RefreshCounts>>>>,
 }
 
 impl Registry {
@@ -273,6 +284,15 @@ impl Registry {
             workers: (0..workers).map(|_| WorkerMetrics::new(capacity)).collect(),
             access_log_dropped: None,
             reloads: Default::default(),
+            credentials_refresh: parking_lot::RwLock::new(vec![None; capacity]),
+        }
+    }
+
+    /// The refresh counters rendered as `corvid_credentials_refresh_total` for the bucket in
+    /// `slot` (`None`: static keys, no series), set by each config generation.
+    pub fn set_credentials(&self, slot: usize, counts: Option<Arc<RefreshCounts>>) {
+        if let Some(c) = self.credentials_refresh.write().get_mut(slot) {
+            *c = counts;
         }
     }
 
@@ -608,6 +628,25 @@ impl Registry {
                 out,
                 "corvid_config_reloads_total{{outcome=\"{outcome}\"}} {v}"
             );
+        }
+
+        header(
+            &mut out,
+            "corvid_credentials_refresh_total",
+            "counter",
+            "Fetches of temporary AWS credentials, by bucket and outcome",
+        );
+        let refresh = self.credentials_refresh.read();
+        for (b, label) in named.iter().map(|(b, l)| (*b, l.as_str())) {
+            let Some(c) = &refresh[b] else { continue };
+            for (outcome, v) in [("ok", &c.ok), ("error", &c.error)] {
+                let _ = writeln!(
+                    out,
+                    "corvid_credentials_refresh_total{{bucket=\"{}\",outcome=\"{outcome}\"}} {}",
+                    escape(label),
+                    v.load(Ordering::Relaxed)
+                );
+            }
         }
 
         header(

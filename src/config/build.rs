@@ -293,10 +293,7 @@ fn bucket(cx: &mut Ctx<'_>, mut s: Section, jwt_present: bool) -> Option<BucketC
             cx.problem(&bucket_key, e);
         }
     }
-    let access_key = s.req(cx, "access_key", credential);
-    let secret_key = s.req(cx, "secret_key", credential);
-    let token_present = s.has("session_token");
-    let session_token = s.opt(cx, "session_token", credential);
+    let credentials = bucket_credentials(cx, &mut s);
     let ca_key = s.key("ca_file");
     let ca_present = s.has("ca_file");
     let ca_file = s.opt(cx, "ca_file", Ctx::existing_file);
@@ -340,8 +337,7 @@ fn bucket(cx: &mut Ctx<'_>, mut s: Section, jwt_present: bool) -> Option<BucketC
     s.finish(cx);
 
     // An optional key that was present but invalid has already been reported; fail the bucket.
-    if (token_present && session_token.is_none())
-        || (ca_present && ca_file.is_none())
+    if (ca_present && ca_file.is_none())
         || (ttl_present && ttl.is_none())
         || (negative_present && negative_ttl.is_none())
         || (cors_present && cors.is_none())
@@ -354,9 +350,7 @@ fn bucket(cx: &mut Ctx<'_>, mut s: Section, jwt_present: bool) -> Option<BucketC
         endpoint: endpoint?,
         region: region?,
         bucket: bucket?,
-        access_key: access_key?,
-        secret_key: secret_key?,
-        session_token,
+        credentials: credentials?,
         addressing: addressing?,
         ca_file,
         auth: auth?,
@@ -422,6 +416,87 @@ pub(super) fn claim_rule(cx: &mut Ctx<'_>, mut s: Section) -> Option<ClaimRule> 
 
 /// Credentials and tokens: non-empty, and no whitespace or control characters — most often a
 /// trailing newline that came in through `${ENV}` from a file, which would break signing.
+/// A bucket's credentials: static `access_key` + `secret_key` (+ `session_token`), or a
+/// `credentials` source (+ `profile`), or neither: the `"chain"` default. Both forms together
+/// is an error naming `credentials`, and so is half a static pair.
+fn bucket_credentials(cx: &mut Ctx<'_>, s: &mut Section) -> Option<BucketCredentials> {
+    let source_key = s.key("credentials");
+    let profile_key = s.key("profile");
+    let keys_given = s.has("access_key") || s.has("secret_key") || s.has("session_token");
+    let source_given = s.has("credentials");
+    let source = s.opt(cx, "credentials", |cx, k, v| {
+        let name = cx.string(k, v)?;
+        match CredentialSource::parse(&name) {
+            Some(src) => Some(src),
+            None => {
+                cx.problem(
+                    k,
+                    format!(
+                        "`{name}` is not a credentials source (expected \"env\", \"profile\", \
+                         \"web_identity\", \"ecs\", \"imds\" or \"chain\")"
+                    ),
+                );
+                None
+            }
+        }
+    });
+    let profile_given = s.has("profile");
+    let profile = s.opt(cx, "profile", |cx, k, v| {
+        let p = cx.nonempty(k, v)?;
+        if p.chars()
+            .any(|ch| ch.is_whitespace() || ch.is_control() || ch == ']')
+        {
+            cx.problem(
+                k,
+                "not a profile name (whitespace, control characters or `]`)",
+            );
+            return None;
+        }
+        Some(p)
+    });
+    if keys_given {
+        let access_key = s.req(cx, "access_key", credential);
+        let secret_key = s.req(cx, "secret_key", credential);
+        let token_present = s.has("session_token");
+        let session_token = s.opt(cx, "session_token", credential);
+        if source_given {
+            cx.problem(
+                &source_key,
+                "give either static keys (access_key, secret_key) or a credentials source, \
+                 not both",
+            );
+            return None;
+        }
+        if profile_given {
+            cx.problem(
+                &profile_key,
+                "only used with credentials = \"profile\" or \"chain\"",
+            );
+            return None;
+        }
+        if token_present && session_token.is_none() {
+            return None;
+        }
+        return Some(BucketCredentials::Static {
+            access_key: access_key?,
+            secret_key: secret_key?,
+            session_token,
+        });
+    }
+    if (source_given && source.is_none()) || (profile_given && profile.is_none()) {
+        return None;
+    }
+    let source = source.unwrap_or(CredentialSource::Chain);
+    if profile.is_some() && !matches!(source, CredentialSource::Profile | CredentialSource::Chain) {
+        cx.problem(
+            &profile_key,
+            "only used with credentials = \"profile\" or \"chain\"",
+        );
+        return None;
+    }
+    Some(BucketCredentials::Source { source, profile })
+}
+
 fn credential(cx: &mut Ctx<'_>, key: &str, v: Value) -> Option<String> {
     let c = cx.nonempty(key, v)?;
     if c.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {

@@ -27,6 +27,8 @@
 //! | `server.max_headers` | `100` (1 ..= 256: the parser uses a fixed array) |
 //! | `server.max_connections` | `10000` per worker (> 0) |
 //! | `server.shutdown_grace` | `30s` (0 allowed: close at once) |
+//! | `buckets[].credentials` | `"chain"` when no `access_key`/`secret_key` is given |
+//! | `buckets[].profile` | `AWS_PROFILE`, else `default` |
 //! | `buckets[].addressing` | `"path"` |
 //! | `buckets[].auth` | `false` |
 //! | `buckets[].claims` | `[]` (no rules beyond a valid token) |
@@ -115,6 +117,11 @@
 //!   as a user name and redis-cli as a password, and guessing could send a password as a user
 //!   name or silently not log in. An empty password (`redis://user:@host`, `redis://:@host`) is
 //!   refused too. Error messages never repeat the credentials.
+//! * **Credentials**: either static `access_key` + `secret_key` (+ `session_token`), or
+//!   `credentials = "env" | "profile" | "web_identity" | "ecs" | "imds" | "chain"` (+ `profile`
+//!   for `"profile"`/`"chain"`); with neither, `"chain"`. Both at once is an error naming
+//!   `credentials`; `profile` with static keys or another source is an error. The sources,
+//!   the chain's order and the refresh are described in `crate::credentials`.
 //! * **Secrets** (`secret_key`, `session_token`, `jwt.secret`, the redis password) are redacted
 //!   from `Debug` output so a logged config does not leak them.
 
@@ -230,9 +237,8 @@ pub struct BucketConfig {
     pub region: String,
     /// Bucket name at the origin.
     pub bucket: String,
-    pub access_key: String,
-    pub secret_key: String,
-    pub session_token: Option<String>,
+    /// How corvid signs its requests to this bucket's origin.
+    pub credentials: BucketCredentials,
     pub addressing: Addressing,
     /// Extra CA bundle to trust for this origin (https only).
     pub ca_file: Option<PathBuf>,
@@ -265,12 +271,7 @@ impl fmt::Debug for BucketConfig {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("bucket", &self.bucket)
-            .field("access_key", &self.access_key)
-            .field("secret_key", &Redacted)
-            .field(
-                "session_token",
-                &self.session_token.as_ref().map(|_| Redacted),
-            )
+            .field("credentials", &self.credentials)
             .field("addressing", &self.addressing)
             .field("ca_file", &self.ca_file)
             .field("auth", &self.auth)
@@ -283,6 +284,91 @@ impl fmt::Debug for BucketConfig {
             .field("max_idle_connections", &self.max_idle_connections)
             .field("pool_idle_timeout", &self.pool_idle_timeout)
             .finish()
+    }
+}
+
+/// A bucket's credentials (`access_key`/`secret_key`/`session_token`, or `credentials` and
+/// `profile`). `Debug` redacts the secret and the token.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BucketCredentials {
+    /// Static keys from the config file (or its `${ENV}`).
+    Static {
+        access_key: String,
+        secret_key: String,
+        session_token: Option<String>,
+    },
+    /// Fetched (and refreshed) at run time by `crate::credentials` from `source`.
+    Source {
+        source: CredentialSource,
+        /// `profile = "..."`: the profile `"profile"` and `"chain"` read (else `AWS_PROFILE`,
+        /// else `default`).
+        profile: Option<String>,
+    },
+}
+
+impl fmt::Debug for BucketCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BucketCredentials::Static {
+                access_key,
+                session_token,
+                ..
+            } => f
+                .debug_struct("Static")
+                .field("access_key", access_key)
+                .field("secret_key", &Redacted)
+                .field("session_token", &session_token.as_ref().map(|_| Redacted))
+                .finish(),
+            BucketCredentials::Source { source, profile } => f
+                .debug_struct("Source")
+                .field("source", source)
+                .field("profile", profile)
+                .finish(),
+        }
+    }
+}
+
+/// `buckets[].credentials`: where temporary (or static) AWS credentials come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialSource {
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
+    Env,
+    /// `~/.aws/credentials` and `~/.aws/config` (static keys, `credential_process`, web identity).
+    Profile,
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN` through STS (EKS IRSA).
+    WebIdentity,
+    /// The ECS / EKS Pod Identity container endpoint.
+    Ecs,
+    /// The EC2 instance metadata service (IMDSv2).
+    Imds,
+    /// env → profile → web_identity → ecs → imds: the first that is configured.
+    Chain,
+}
+
+impl CredentialSource {
+    /// The config spelling, e.g. `"web_identity"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialSource::Env => "env",
+            CredentialSource::Profile => "profile",
+            CredentialSource::WebIdentity => "web_identity",
+            CredentialSource::Ecs => "ecs",
+            CredentialSource::Imds => "imds",
+            CredentialSource::Chain => "chain",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CredentialSource> {
+        [
+            CredentialSource::Env,
+            CredentialSource::Profile,
+            CredentialSource::WebIdentity,
+            CredentialSource::Ecs,
+            CredentialSource::Imds,
+            CredentialSource::Chain,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
     }
 }
 

@@ -113,9 +113,9 @@ fn minimal_config_gets_documented_defaults() {
     );
     assert_eq!(b.region, "us-east-1");
     assert_eq!(b.bucket, "my-assets");
-    assert_eq!(b.access_key, "AKIDEXAMPLE");
-    assert_eq!(b.secret_key, "wJalrXUtnFEMI");
-    assert_eq!(b.session_token, None);
+    assert_eq!(keys(b).0, "AKIDEXAMPLE");
+    assert_eq!(keys(b).1, "wJalrXUtnFEMI");
+    assert_eq!(keys(b).2, None);
     assert_eq!(b.addressing, Addressing::Path);
     assert_eq!(b.ca_file, None);
     assert!(!b.auth);
@@ -259,9 +259,9 @@ timeout = "20ms"
     assert_eq!(b.endpoint.authority(), "minio.local:9000");
     assert_eq!(b.region, "garage");
     assert_eq!(b.bucket, "my.bucket-1");
-    assert_eq!(b.access_key, "AKIDFROMENV");
-    assert_eq!(b.secret_key, "secretfromenv");
-    assert_eq!(b.session_token.as_deref(), Some("tok"));
+    assert_eq!(keys(b).0, "AKIDFROMENV");
+    assert_eq!(keys(b).1, "secretfromenv");
+    assert_eq!(keys(b).2, Some("tok"));
     assert_eq!(b.addressing, Addressing::Virtual);
     assert_eq!(
         b.ca_file.as_deref(),
@@ -508,7 +508,7 @@ fn env_interpolation() {
     let b = &c.buckets[0];
     assert_eq!(b.endpoint.host, "minio.local");
     assert_eq!(b.endpoint.port, 9000);
-    assert_eq!(b.access_key, "pre-AKIDFROMENV-post");
+    assert_eq!(keys(b).0, "pre-AKIDFROMENV-post");
 
     // Arrays, and the escape.
     let c = ok(&with_bucket(
@@ -521,7 +521,7 @@ fn env_interpolation() {
         ["https://minio.local"]
     );
     let c = ok(&minimal().replace("\"wJalrXUtnFEMI\"", "\"a$${b}\""));
-    assert_eq!(c.buckets[0].secret_key, "a${b}");
+    assert_eq!(keys(&c.buckets[0]).1, "a${b}");
 }
 
 #[test]
@@ -1948,5 +1948,83 @@ fn log_section() {
         &with_bucket("", "[log]\nformat = \"json\""),
         "log.format",
         "",
+    );
+}
+
+/// A bucket's static keys (panics for a credentials source).
+fn keys(b: &BucketConfig) -> (&str, &str, Option<&str>) {
+    match &b.credentials {
+        BucketCredentials::Static {
+            access_key,
+            secret_key,
+            session_token,
+        } => (access_key, secret_key, session_token.as_deref()),
+        other => panic!("not static keys: {other:?}"),
+    }
+}
+
+#[test]
+fn credentials_sources() {
+    let no_keys = minimal()
+        .replace("access_key = \"AKIDEXAMPLE\"\n", "")
+        .replace("secret_key = \"wJalrXUtnFEMI\"\n", "");
+    let c = ok(&no_keys);
+    assert_eq!(
+        c.buckets[0].credentials,
+        BucketCredentials::Source {
+            source: CredentialSource::Chain,
+            profile: None
+        },
+        "neither keys nor a source: the chain"
+    );
+    for name in ["env", "profile", "web_identity", "ecs", "imds", "chain"] {
+        let c = ok(&format!("{no_keys}credentials = \"{name}\"\n"));
+        let BucketCredentials::Source { source, .. } = &c.buckets[0].credentials else {
+            panic!("{name}: not a source");
+        };
+        assert_eq!(source.as_str(), name);
+    }
+    let c = ok(&format!(
+        "{no_keys}credentials = \"profile\"\nprofile = \"prod\"\n"
+    ));
+    assert_eq!(
+        c.buckets[0].credentials,
+        BucketCredentials::Source {
+            source: CredentialSource::Profile,
+            profile: Some("prod".into())
+        }
+    );
+    ok(&format!("{no_keys}profile = \"prod\"\n"));
+    has_problem(
+        &format!("{no_keys}credentials = \"vault\"\n"),
+        "buckets[0].credentials",
+        "not a credentials source",
+    );
+    has_problem(
+        &with_bucket("credentials = \"env\"", ""),
+        "buckets[0].credentials",
+        "not both",
+    );
+    has_problem(
+        &with_bucket("profile = \"prod\"", ""),
+        "buckets[0].profile",
+        "only used with",
+    );
+    has_problem(
+        &format!("{no_keys}credentials = \"imds\"\nprofile = \"prod\"\n"),
+        "buckets[0].profile",
+        "only used with",
+    );
+    has_problem(
+        &format!("{no_keys}session_token = \"t\"\n"),
+        "buckets[0].access_key",
+        "required",
+    );
+    // Debug output of a config never shows the secret.
+    let c = ok(&with_bucket("session_token = \"tok-secret\"", ""));
+    let dbg = format!("{c:?}");
+    assert!(
+        !dbg.contains("wJalrXUtnFEMI") && !dbg.contains("tok-secret"),
+        "{dbg}"
     );
 }

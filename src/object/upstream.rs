@@ -168,16 +168,17 @@ pub async fn fetch_origin(
     let cfg = &w.shared.config.buckets[bucket];
     let wb = &w.buckets[bucket];
     let mut request = Vec::with_capacity(1024);
+    let now = SystemTime::now();
     build_request(
         cfg,
-        &wb.signer,
+        &*wb.signer(now)?,
         &ObjectRequest {
             method: if is_head { "HEAD" } else { "GET" },
             key,
             query,
             headers,
         },
-        SystemTime::now(),
+        now,
         &mut request,
     );
     let t0 = Instant::now();

@@ -146,6 +146,17 @@ impl PerConfig {
     }
 }
 
+/// Points each bucket's slot at its credentials cell's refresh counters (static keys: none).
+fn show_refresh_counts(
+    metrics: &Registry,
+    slots: &[usize],
+    cells: &[Arc<crate::credentials::Cell>],
+) {
+    for (slot, cell) in slots.iter().zip(cells) {
+        metrics.set_credentials(*slot, cell.source.map(|_| Arc::clone(&cell.counts)));
+    }
+}
+
 /// Each bucket's metric slot, registering new names (in the registry and the tiers' bucket
 /// table). Called once everything else of a generation is built, so a refused reload leaves
 /// no name behind.
@@ -218,7 +229,11 @@ impl Shared {
             Some(a) => metrics.with_access_log(Arc::clone(&a.dropped)),
             None => metrics,
         };
+        // One bounded first fetch per bucket with a credentials source; a failure leaves that
+        // bucket not ready (503) and the refresh thread retrying.
+        let credentials = crate::credentials::cells_for(&config);
         let slots = bucket_slots(&config, &metrics, &tiers)?;
+        show_refresh_counts(&metrics, &slots, &credentials);
         let nofile = fdlimit::current().map_or(1024, |(soft, _)| soft);
         let fd_budget = fdlimit::Budget::new(&config, workers, nofile);
         Ok(Arc::new(Shared {
@@ -242,6 +257,7 @@ impl Shared {
             clock,
             access_log,
             reloads: None,
+            credentials,
         }))
     }
 
@@ -252,7 +268,23 @@ impl Shared {
     /// files): the reload thread only. `Err` names the key at fault; nothing changed then.
     pub fn reloaded(&self, config: Config) -> Result<Arc<Shared>, String> {
         let per = PerConfig::build(&config)?;
+        // A bucket whose credentials settings did not change keeps its cell (and lease); a new
+        // or changed one gets a first fetch here.
+        let credentials: Vec<Arc<crate::credentials::Cell>> = config
+            .buckets
+            .iter()
+            .map(|b| {
+                let same = self.config.buckets.iter().position(|o| {
+                    o.name == b.name && o.credentials == b.credentials && o.region == b.region
+                });
+                match same {
+                    Some(j) => Arc::clone(&self.credentials[j]),
+                    None => crate::credentials::Cell::for_bucket(b),
+                }
+            })
+            .collect();
         let slots = bucket_slots(&config, &self.metrics, &self.tiers)?;
+        show_refresh_counts(&self.metrics, &slots, &credentials);
         Ok(Arc::new(Shared {
             fd_budget: self.fd_budget,
             verifier: per.verifier,
@@ -274,6 +306,7 @@ impl Shared {
             clock: self.clock.clone(),
             access_log: self.access_log.clone(),
             reloads: self.reloads.clone(),
+            credentials,
         }))
     }
 }
@@ -302,6 +335,9 @@ struct Generations {
     /// The running generation's origin monitor's stop flag.
     stop_monitor: parking_lot::Mutex<Arc<AtomicBool>>,
     controls: parking_lot::Mutex<Vec<flume::Sender<Control>>>,
+    /// The `corvid-credentials` thread for the running generation's cells, when a bucket has
+    /// a credentials source.
+    refresher: parking_lot::Mutex<Option<crate::credentials::refresh::Refresher>>,
 }
 
 impl Generations {
@@ -322,6 +358,18 @@ impl Generations {
                 return Outcome::Refused(e);
             }
         };
+        // The refresh thread takes over the new generation's cells (kept ones keep their
+        // lease and schedule from it). An attempt in progress finishes first (bounded).
+        let refresher = match crate::credentials::refresh::Refresher::start(&next.credentials) {
+            Ok(r) => r,
+            Err(e) => {
+                running.metrics.reload(false);
+                return Outcome::Refused(e);
+            }
+        };
+        if let Some(mut old) = std::mem::replace(&mut *self.refresher.lock(), refresher) {
+            old.stop();
+        }
         let stop = Arc::new(AtomicBool::new(false));
         next.origins
             .spawn_monitor(ORIGIN_CHECK_INTERVAL, Arc::clone(&stop));
@@ -388,11 +436,13 @@ impl Server {
         shared
             .origins
             .spawn_monitor(ORIGIN_CHECK_INTERVAL, Arc::clone(&stop_monitor));
+        let refresher = crate::credentials::refresh::Refresher::start(&shared.credentials)?;
         let generations = Arc::new(Generations {
             current: parking_lot::Mutex::new(Arc::clone(&shared)),
             reloading: parking_lot::Mutex::new(()),
             stop_monitor: parking_lot::Mutex::new(stop_monitor),
             controls: parking_lot::Mutex::new(Vec::new()),
+            refresher: parking_lot::Mutex::new(refresher),
         });
         let mut server = Server {
             local_addr: shared.config.server.listen,
@@ -493,6 +543,9 @@ impl Server {
             .lock()
             .store(true, Ordering::Relaxed);
         self.generations.controls.lock().clear();
+        if let Some(mut r) = self.generations.refresher.lock().take() {
+            r.stop();
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod admin;
 mod auth;
 mod cache;
 mod common;
+mod credentials;
 mod disk;
 mod harness_smoke;
 mod hostile;

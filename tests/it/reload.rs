@@ -316,3 +316,26 @@ fn a_request_in_flight_finishes_on_the_config_it_started_with() {
     assert_eq!((r.status, r.body.len()), (200, body.len()));
     assert_eq!(r.body, body.as_bytes());
 }
+
+/// Changed credentials apply on reload: a bucket signing with a wrong secret (the origin
+/// answers 403) signs with the right one after the reload, on the same keep-alive connection.
+#[test]
+fn changed_credentials_apply_on_reload() {
+    let s = Setup::new();
+    let right = s.config("", "", false, "");
+    let wrong = right.replace(&toml_str(SECRET_KEY), &toml_str("not-the-secret"));
+    assert_ne!(wrong, right);
+    let corvid = Corvid::start(&wrong);
+    let addr = corvid.addr();
+    let mut conn = Conn::connect(addr);
+    assert_eq!(conn.request("GET", "/a/k", &[]).status, 403);
+
+    std::fs::write(corvid.config_path(), &right).unwrap();
+    let (status, v) = admin_reload(addr, &s.admin_token());
+    assert_eq!(
+        (status, v["applied"].clone()),
+        (200, json!(["buckets.a (changed)"]))
+    );
+    let r = conn.request("GET", "/a/k", &[]);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"bkt-a/k"[..]));
+}

@@ -19,6 +19,7 @@
               re-exports are expected, not dead code to delete"
 )]
 
+pub mod aws_fakes;
 pub mod http;
 pub mod inproc;
 pub mod moto;

@@ -593,6 +593,9 @@ pub struct OriginConfig {
     pub dir: Option<PathBuf>,
     pub access_key: String,
     pub secret_key: String,
+    /// More key pairs the origin accepts besides `access_key`/`secret_key` (credential
+    /// rotation tests).
+    pub extra_keys: Vec<(String, String)>,
 }
 
 impl Default for OriginConfig {
@@ -602,6 +605,7 @@ impl Default for OriginConfig {
             dir: None,
             access_key: ACCESS_KEY.to_owned(),
             secret_key: SECRET_KEY.to_owned(),
+            extra_keys: Vec::new(),
         }
     }
 }
@@ -631,6 +635,7 @@ pub struct Origin {
     data: DataDir,
     access_key: String,
     secret_key: String,
+    extra_keys: Vec<(String, String)>,
     stats: Arc<Stats>,
     running: Option<Running>,
 }
@@ -668,6 +673,7 @@ impl Origin {
             data,
             access_key: cfg.access_key,
             secret_key: cfg.secret_key,
+            extra_keys: cfg.extra_keys,
             stats: Arc::new(Stats::default()),
             running: None,
         };
@@ -685,10 +691,11 @@ impl Origin {
         self.addr = listener.local_addr().expect("local_addr");
 
         let mut builder = S3ServiceBuilder::new(KeyMappingFs::new(self.data.path()));
-        builder.set_auth(SimpleAuth::from_single(
-            self.access_key.as_str(),
-            self.secret_key.as_str(),
-        ));
+        let mut auth = SimpleAuth::from_single(self.access_key.as_str(), self.secret_key.as_str());
+        for (ak, sk) in &self.extra_keys {
+            auth.register(ak.clone(), sk.as_str().into());
+        }
+        builder.set_auth(auth);
         let service = Recorder {
             inner: builder.build(),
             stats: self.stats.clone(),
