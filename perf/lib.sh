@@ -36,7 +36,8 @@ free_port() {
 
 # wait_http URL: polls until the URL answers (any status), at most ~20 s.
 wait_http() {
-  for _ in $(seq 1 200); do
+  # WAIT_TRIES x 0.1 s (20 s by default; valgrind on a busy machine needs more).
+  for _ in $(seq 1 "${WAIT_TRIES:-200}"); do
     if curl -s -o /dev/null "$1"; then return 0; fi
     sleep 0.1
   done
