@@ -4,7 +4,7 @@
 //! A reload (SIGHUP, `POST /admin/reload`) reads the config file again and validates it fully
 //! — parsing, every key, the JWT keys, the TLS files of the origins — before anything changes;
 //! a file that fails is refused, logged, counted (`corvid_config_reloads_total{outcome="error"}`)
-//! and the running config stays. An accepted one becomes a new [`crate::context::Shared`]
+//! and the running config stays. An accepted one becomes a new `Shared`
 //! generation that every worker switches to between requests: requests already in flight
 //! finish on the generation they started with, connections stay open, the cache stays.
 //!

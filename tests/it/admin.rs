@@ -2,21 +2,12 @@
 //! purges of every scope (hard and soft), exact stats, metrics, the separate admin listener,
 //! and a purge reaching a second instance through Redis.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde_json::{json, Value};
 
 use crate::common::http::{self, RawResponse};
 use crate::common::redis_server::RedisServer;
 use crate::common::*;
 use crate::jwt_support::{key, TestKey};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 struct Setup {
     origin: Origin,

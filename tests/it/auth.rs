@@ -2,20 +2,11 @@
 //! (tests/jwt_support, `ring` directly), verified by corvid. A hit is not a bypass, a query
 //! token never reaches the origin or the cache key, failures are counted by reason.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde_json::{json, Value};
 
 use crate::common::http;
 use crate::common::*;
 use crate::jwt_support::key;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn bearer(t: &str) -> String {
     format!("Bearer {t}")

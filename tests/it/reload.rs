@@ -5,20 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::common::http::{self, Conn, RawResponse};
 use crate::common::*;
 use crate::jwt_support::{key, TestKey};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// An origin with buckets `bkt-a` (key `k`) and `bkt-b` (key `k`), and an HS256 admin key.
 struct Setup {

@@ -165,3 +165,11 @@ pub fn metrics_counting(addr: std::net::SocketAddr, requests: u64) -> String {
     assert!(done, "{requests} requests never counted:\n{text}");
     text
 }
+
+/// Seconds since the Unix epoch (token `exp` and `nbf` claims).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
