@@ -317,8 +317,44 @@ struct Ring {
 /// Where a record is: segment id and offset within it ([`Slot::position`]).
 type Position = (u64, u32);
 
+/// The file in the cache directory whose lock says a process has the directory open.
+pub const LOCK_FILE: &str = "corvid.lock";
+
+/// Takes the directory's lock, or fails naming the directory when another process holds it
+/// (a second corvid on the same `cache.disk.dir`, as in a zero-downtime replacement where each
+/// instance needs its own). The lock goes with the process, so a crash never leaves it taken.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "start-up, in `DiskCache::open`, before the workers start"
+)]
+fn lock_dir(dir: &std::path::Path) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    // SAFETY: `file` is open for the whole call; flock(2) only reads the descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(io::Error::other(format!(
+                "disk cache: {} is in use by another process (another corvid?); give each \
+                 instance its own cache.disk.dir",
+                dir.display()
+            )));
+        }
+        return Err(e);
+    }
+    Ok(file)
+}
+
 /// The disk tier. `Send + Sync`; share it through an `Arc`.
 pub struct DiskCache {
+    /// Holds an exclusive `flock(2)` on [`LOCK_FILE`] in `dir` while the cache is open: two
+    /// processes writing the same segments would serve each other's half-written records.
+    _lock: std::fs::File,
     dir: PathBuf,
     capacity: u64,
     segment_size: u64,
@@ -367,6 +403,7 @@ impl DiskCache {
             ));
         }
         std::fs::create_dir_all(&opts.dir)?;
+        let lock = lock_dir(&opts.dir)?;
         let rec = recover::recover(&opts.dir)?;
         let disk_bytes = rec.segments.iter().map(|s| s.len() as u64).sum();
         let mut next_id = rec.next_id;
@@ -394,6 +431,7 @@ impl DiskCache {
         let segment_thread =
             SegmentThread::start(opts.dir.clone(), opts.segment_size, Arc::clone(&ring))?;
         let mut cache = DiskCache {
+            _lock: lock,
             dir: opts.dir,
             capacity: opts.capacity,
             segment_size: opts.segment_size,

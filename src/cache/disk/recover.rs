@@ -68,6 +68,9 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     let mut next_id = 1u64;
     for ent in std::fs::read_dir(dir)? {
         let ent = ent?;
+        if ent.file_name() == super::LOCK_FILE {
+            continue;
+        }
         let tmp = ent
             .file_name()
             .to_str()

@@ -748,7 +748,7 @@ fn a_crash_with_a_spare_ready_reopens_cleanly() {
     let o = opts(dir.path(), 1 << 14, 16);
     let mut rng = Rng(5);
     let mut stored = Vec::new();
-    let (c, _) = open(&o);
+    let (mut c, _) = open(&o);
     for i in 0..40u32 {
         let key = format!("k{i}").into_bytes();
         let len = 1000 + rng.below(2000) as usize;
@@ -761,7 +761,9 @@ fn a_crash_with_a_spare_ready_reopens_cleanly() {
     assert!(spare.exists());
     let (torn_key, _) = stored.pop().unwrap();
     let loc = c.locate(&torn_key).unwrap();
-    // The crash: no destructor runs (the segment thread and the mappings leak with it).
+    // The crash: no destructor runs (the segment thread and the mappings leak with it); the
+    // directory's lock goes with the process, as the kernel releases it when one dies.
+    c._lock = File::open("/dev/null").unwrap();
     std::mem::forget(c);
     // A spare was being created at that moment...
     std::fs::write(dir.path().join(segment::tmp_file_name(1000)), [0u8; 100]).unwrap();
@@ -793,4 +795,19 @@ fn a_crash_with_a_spare_ready_reopens_cleanly() {
     assert_eq!(r.entries, stored.len() as u64 + 1);
     assert_eq!(&c.get(b"after").unwrap().value[..], b"crash");
     assert_eq!(&c.get(&stored[0].0).unwrap().value[..], &stored[0].1[..]);
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path(), 1 << 14, 16);
+    let (c, _) = open(&o);
+    let e = DiskCache::open(o.clone())
+        .err()
+        .expect("the directory is locked");
+    assert!(e.to_string().contains("in use by another process"), "{e}");
+    drop(c);
+    let (again, report) = open(&o);
+    assert_eq!(report.ignored_files, 0, "the lock file is not a stray file");
+    drop(again);
 }
