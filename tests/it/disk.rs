@@ -236,3 +236,23 @@ fn write_behind_fills_memory_at_once_and_disk_in_the_background() {
     assert_eq!(r.header("x-cache-layer"), Some("disk"));
     assert!(r.body == pattern_bytes(10_000, 5));
 }
+
+/// A second instance on the same `cache.disk.dir` (a replacement configured carelessly)
+/// refuses to start and names the directory; the first keeps serving from it.
+#[test]
+fn a_second_instance_on_the_same_disk_dir_refuses_to_start() {
+    let origin = Origin::start();
+    origin.create_bucket("dsk");
+    origin.put("dsk", "k", b"kept");
+    let dir = tempfile::tempdir().unwrap();
+    let first = Corvid::start(&config(free_port(), &origin, dir.path(), "\"0\""));
+    let mut second = Corvid::spawn(&config(free_port(), &origin, dir.path(), "\"0\""));
+    let status = second
+        .wait_exit(Duration::from_secs(20))
+        .expect("the second exits");
+    assert_eq!(status.code(), Some(1), "{}", second.stderr());
+    let log = second.stderr();
+    assert!(log.contains("in use by another process"), "{log}");
+    assert!(log.contains(&dir.path().display().to_string()), "{log}");
+    assert_eq!(http::get(first.addr(), "/dsk/k", &[]).body, b"kept");
+}
