@@ -1,5 +1,10 @@
-//! The state a request runs with: [`Shared`] (one per process, behind an `Arc`) and
-//! [`Worker`] (one per worker thread, behind an `Rc`).
+//! The state a request runs with: [`Shared`] (one per process and config generation, behind an
+//! `Arc`) and [`Worker`] (one per worker thread and generation, behind an `Rc`).
+//!
+//! A config reload makes a new generation of both ([`Worker::next`]): what lasts as long as the
+//! process (tiers, metrics, connections, the cache front, buffers) is carried over by `Arc`/`Rc`,
+//! what the config decides is built anew. A worker thread's [`Current`] holds its running
+//! generation; each request takes the one current when it starts and keeps it to the end.
 //!
 //! A [`Worker`] is built inside its own thread and shared by that thread's tasks through an
 //! `Rc` (ARCHITECTURE rule 1): upstream pools, signers with their signing-key caches, the cache

@@ -7,7 +7,7 @@
 //! the oldest waiting connections are closed, and at shutdown the keep-alive ones are; a new
 //! connection's first request and a head in progress still get their answer, with
 //! `Connection: close`, as does every request answered after shutdown began. A connection
-//! closed at shutdown is never reset ([`lingering_close`]): a keep-alive client whose next
+//! closed at shutdown is never reset (`lingering_close`): a keep-alive client whose next
 //! request crossed the close sees a clean EOF and can retry it on a new connection.
 //!
 //! Pipelined requests are answered strictly in order because one connection handles one request

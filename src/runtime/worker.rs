@@ -3,7 +3,7 @@
 //!
 //! At shutdown a listener never resets a connection the kernel queued for it: it stops taking
 //! new ones first (a SYN-dropping socket filter), serves what is queued and the handshakes in
-//! progress for [`HANDOVER`], and only then closes (see [`stop_listening`]). With another
+//! progress for `HANDOVER`, and only then closes (see `stop_listening`). With another
 //! instance on the port (SO_REUSEPORT), new connections go to it, the dropped SYNs after their
 //! retransmission; with none, they are refused.
 
