@@ -253,7 +253,17 @@ impl Cell {
     /// sources' timeouts); a failure is logged and leaves the cell empty. This is the entry
     /// point a config reload uses for a new or changed bucket.
     pub fn for_bucket(b: &BucketConfig) -> Arc<Cell> {
-        let cell = Arc::new(Cell::new(b));
+        Cell::for_bucket_counting(b, Arc::default())
+    }
+
+    /// [`Cell::for_bucket`], counting refreshes into `counts`: a reload that changes a
+    /// bucket's credentials settings passes the old cell's, so the bucket's
+    /// `corvid_credentials_refresh_total` series never goes back.
+    pub fn for_bucket_counting(b: &BucketConfig, counts: Arc<RefreshCounts>) -> Arc<Cell> {
+        let cell = Arc::new(Cell {
+            counts,
+            ..Cell::new(b)
+        });
         if cell.source.is_some() {
             match cell.fetch(&process_env) {
                 Ok(lease) => {

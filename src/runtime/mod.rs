@@ -269,17 +269,23 @@ impl Shared {
     pub fn reloaded(&self, config: Config) -> Result<Arc<Shared>, String> {
         let per = PerConfig::build(&config)?;
         // A bucket whose credentials settings did not change keeps its cell (and lease); a new
-        // or changed one gets a first fetch here.
+        // or changed one gets a first fetch here (a changed one keeps counting its refreshes
+        // where it was).
         let credentials: Vec<Arc<crate::credentials::Cell>> = config
             .buckets
             .iter()
             .map(|b| {
-                let same = self.config.buckets.iter().position(|o| {
+                let unchanged = self.config.buckets.iter().position(|o| {
                     o.name == b.name && o.credentials == b.credentials && o.region == b.region
                 });
-                match same {
-                    Some(j) => Arc::clone(&self.credentials[j]),
-                    None => crate::credentials::Cell::for_bucket(b),
+                let same_name = self.config.buckets.iter().position(|o| o.name == b.name);
+                match (unchanged, same_name) {
+                    (Some(j), _) => Arc::clone(&self.credentials[j]),
+                    (None, Some(j)) => crate::credentials::Cell::for_bucket_counting(
+                        b,
+                        Arc::clone(&self.credentials[j].counts),
+                    ),
+                    (None, None) => crate::credentials::Cell::for_bucket(b),
                 }
             })
             .collect();
