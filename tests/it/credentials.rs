@@ -562,3 +562,41 @@ fn web_identity_rereads_the_token_file_at_each_refresh() {
     }));
     assert_eq!(refresh_count(&c, "error"), 0);
 }
+
+/// A reload that changes a source-based bucket's credentials settings fetches from the new
+/// settings at once and keeps counting refreshes in the bucket's series.
+#[test]
+fn a_reload_switches_the_credentials_source() {
+    let origin = origin();
+    let home = tempfile::tempdir().unwrap();
+    let aws = home.path().join(".aws");
+    std::fs::create_dir(&aws).unwrap();
+    write(
+        &aws.join("credentials"),
+        &format!(
+            "[first]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n\
+             [second]\naws_access_key_id = {ACCESS_KEY_2}\naws_secret_access_key = {SECRET_KEY_2}\n"
+        ),
+    );
+    let first = config(&origin, "credentials = \"profile\"\nprofile = \"first\"");
+    let c = start(&first, home.path(), &[]);
+    assert_served(&c);
+    assert_eq!(last_signer(&origin), ACCESS_KEY);
+    assert_eq!(refresh_count(&c, "ok"), 1);
+
+    let second = first.replace("profile = \"first\"", "profile = \"second\"");
+    std::fs::write(c.config_path(), second).unwrap();
+    c.signal(libc::SIGHUP);
+    let reloaded = wait_until(Duration::from_secs(10), || {
+        http::get(c.addr(), "/metrics", &[])
+            .text()
+            .contains("corvid_config_reloads_total{outcome=\"ok\"} 1")
+    });
+    assert!(reloaded, "{}", c.stderr());
+    // A key not cached yet, so the origin is asked (and sees who signed).
+    origin.put(BUCKET, "after-reload", BODY);
+    let r = http::get(c.addr(), &format!("/{BUCKET}/after-reload"), &[]);
+    assert_eq!((r.status, r.body.as_slice()), (200, BODY), "{}", r.text());
+    assert_eq!(last_signer(&origin), ACCESS_KEY_2);
+    assert_eq!(refresh_count(&c, "ok"), 2, "one series across the reload");
+}
