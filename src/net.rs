@@ -167,6 +167,19 @@ pub fn idle_socket_usable(fd: RawFd) -> bool {
     err == Some(libc::EAGAIN) || err == Some(libc::EWOULDBLOCK)
 }
 
+/// Whether `fd` is readable right now (a listener: a connection is queued; a connection: bytes
+/// or its end are waiting), without waiting.
+pub fn readable_now(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, count 1, timeout 0: poll(2) only writes `revents`.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & libc::POLLIN != 0
+}
+
 #[cfg(test)]
 #[allow(clippy::disallowed_methods, reason = "tests may block")]
 mod tests {

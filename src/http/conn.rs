@@ -318,9 +318,14 @@ async fn wait_readable(
         return false;
     }
     monoio::select! {
-        r = tcp.readable(false) => r.is_ok(),
-        _ = env.idle.wait(conn.idle_since, Some(deadline), ends_on_shutdown) => false,
+        r = tcp.readable(false) => return r.is_ok(),
+        _ = env.idle.wait(conn.idle_since, Some(deadline), ends_on_shutdown) => {},
     }
+    // Released (reclaimed, timed out, shutdown) — but a request that arrived meanwhile is
+    // answered, not dropped: closing a socket with unread bytes resets it, and a connection
+    // whose client already sent its request is not idle any more. (Seen as a reset request
+    // while an accept flood made the worker reclaim its idle connections in batches.)
+    crate::net::readable_now(std::os::fd::AsRawFd::as_raw_fd(tcp))
 }
 
 /// The busy phase: buffers from the pool, requests answered until the connection is idle

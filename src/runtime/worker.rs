@@ -27,7 +27,7 @@ use crate::cache::purge_broadcast;
 use crate::cache::redis::{subscribe_with, StopSignal};
 use crate::context::{Current, Worker};
 use crate::handler::{Surface, WorkerApp};
-use crate::net::MaybeTls;
+use crate::net::{readable_now, MaybeTls};
 
 /// Applies the purges other instances announce over Redis (see
 /// [`crate::cache::purge_broadcast`]) until this worker shuts down. One subscription per
@@ -322,18 +322,6 @@ fn drop_syns(fd: std::os::fd::RawFd) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-/// Whether `fd` is readable right now (for a listener: a connection is queued), without waiting.
-fn readable_now(fd: std::os::fd::RawFd) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, count 1, timeout 0: poll(2) only writes `revents`.
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n == 1 && p.revents & libc::POLLIN != 0
 }
 
 /// Serves one accepted connection in its own task (TLS handshake first, when configured).
