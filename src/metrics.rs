@@ -71,6 +71,8 @@ pub struct WorkerMetrics {
     upstream_bytes: Vec<AtomicU64>,
     cache_misses: Vec<AtomicU64>,
     coalesced: Vec<AtomicU64>,
+    /// 304s that selected no stored response (the object was fetched again), per bucket.
+    revalidation_mismatches: Vec<AtomicU64>,
     /// Per [`AuthFailure::ALL`] entry.
     auth_failures: [AtomicU64; AuthFailure::ALL.len()],
     /// Per [`PURGE_SCOPES`] × (hard, soft).
@@ -107,6 +109,7 @@ impl WorkerMetrics {
             upstream_bytes: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             cache_misses: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             coalesced: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
+            revalidation_mismatches: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             auth_failures: Default::default(),
             purges: Default::default(),
             admin_requests: Default::default(),
@@ -158,6 +161,10 @@ impl WorkerMetrics {
 
     fn coalesced(&self, bucket: usize) {
         self.coalesced[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn revalidation_mismatch(&self, bucket: usize) {
+        self.revalidation_mismatches[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A purge through the admin API (`scope` one of [`PURGE_SCOPES`]).
@@ -241,6 +248,11 @@ impl Recorder<'_> {
 
     pub fn coalesced(&self, bucket: usize) {
         self.m.coalesced(self.slot(bucket));
+    }
+
+    /// A `304` that selected no stored response: the object is fetched again.
+    pub fn revalidation_mismatch(&self, bucket: usize) {
+        self.m.revalidation_mismatch(self.slot(bucket));
     }
 }
 
@@ -509,6 +521,11 @@ impl Registry {
                 "corvid_coalesced_requests_total",
                 "Requests that joined another request's origin fetch",
                 |w: &WorkerMetrics, b: usize| w.coalesced[b].load(Ordering::Relaxed),
+            ),
+            (
+                "corvid_revalidation_mismatches_total",
+                "304 answers that selected no stored response (another version): fetched again",
+                |w: &WorkerMetrics, b: usize| w.revalidation_mismatches[b].load(Ordering::Relaxed),
             ),
         ] {
             header(&mut out, name, "counter", help);

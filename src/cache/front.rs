@@ -95,7 +95,7 @@ impl Cache {
     }
 
     /// The table that coalesces fills and revalidations of one key across workers.
-    pub fn inflight(&self) -> &Inflight {
+    pub fn inflight(&self) -> &Arc<Inflight> {
         &self.tiers.inflight
     }
 

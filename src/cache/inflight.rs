@@ -11,6 +11,15 @@
 //! (too large, `no-store`, not a 200) the leader publishes [`Event::Bypass`] and followers make
 //! their own request, so corvid never holds a whole uncacheable body in memory for followers.
 //!
+//! The leader's own client reads the fill the same way, through a [`Subscription`] of its own
+//! ([`Leader::subscribe`]): the fill itself runs in a task of its own at the origin's pace
+//! (`object::fill`), so no client — the one that started it included — paces the others.
+//! A fill's events stay in memory while anyone still reads them: at most the object (and the
+//! object is at most `cache.max_object_size`, since only cacheable fills keep followers).
+//!
+//! A [`Leader::detached`] fill is published the same way without being in the table (a fill
+//! that no other request may join: the revalidation of a Range or HEAD request).
+//!
 //! The table is sharded; each lock is held for a hash-map operation or a vector push. Wakers of
 //! followers on other workers are woken across threads (monoio's `sync` feature).
 
@@ -153,8 +162,8 @@ impl Default for Inflight {
 }
 
 /// The role a request gets for a missing key.
-pub enum Role<'a> {
-    Leader(Leader<'a>),
+pub enum Role {
+    Leader(Leader),
     Follower(Subscription),
 }
 
@@ -165,7 +174,7 @@ impl Inflight {
     }
 
     /// Joins the fill for `key`, creating it (and leading it) when there is none.
-    pub fn join(&self, key: &[u8]) -> Role<'_> {
+    pub fn join(self: &Arc<Self>, key: &[u8]) -> Role {
         let mut shard = self.shard(key);
         if let Some(fill) = shard.get(key) {
             return Role::Follower(fill.subscribe());
@@ -173,7 +182,7 @@ impl Inflight {
         let fill = Arc::new(Fill::default());
         shard.insert(key.to_vec(), Arc::clone(&fill));
         Role::Leader(Leader {
-            table: self,
+            table: Some(Arc::clone(self)),
             key: key.to_vec(),
             fill,
             closed: false,
@@ -199,20 +208,37 @@ impl Inflight {
 }
 
 /// The leader's handle. Dropping it without [`Leader::end`] fails the fill, so followers are
-/// never left waiting.
-pub struct Leader<'a> {
-    table: &'a Inflight,
+/// never left waiting. It owns its place in the table, so a task of its own can carry it.
+pub struct Leader {
+    /// None for a [`Leader::detached`] fill.
+    table: Option<Arc<Inflight>>,
     key: Vec<u8>,
     fill: Arc<Fill>,
     closed: bool,
 }
 
-impl Leader<'_> {
+impl Leader {
+    /// A fill outside the table: published to its own subscriptions only.
+    pub fn detached() -> Leader {
+        Leader {
+            table: None,
+            key: Vec::new(),
+            fill: Arc::default(),
+            closed: true,
+        }
+    }
+
+    /// A cursor over this fill's events from the beginning (the leader's own client).
+    pub fn subscribe(&self) -> Subscription {
+        self.fill.subscribe()
+    }
+
     /// Stops new followers from joining (the entry is in the cache now, or will not be).
     fn close(&mut self) {
         if !self.closed {
             self.closed = true;
-            let mut shard = self.table.shard(&self.key);
+            let Some(table) = &self.table else { return };
+            let mut shard = table.shard(&self.key);
             if shard
                 .get(&self.key)
                 .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
@@ -241,18 +267,28 @@ impl Leader<'_> {
         self.fill.publish(Event::End);
     }
 
+    /// The last piece of the body, then the end: the fill leaves the table *before* anyone can
+    /// read the last piece, so a request a client sends once it has its whole answer finds the
+    /// stored entry (call after storing it) instead of joining this fill.
+    pub fn finish(mut self, last: Bytes) {
+        self.close();
+        if !last.is_empty() {
+            self.fill.publish(Event::Chunk(last));
+        }
+        self.end();
+    }
+
     /// Publishes a whole object at once — an entry a 304 confirmed, or one a background
     /// refresh fetched — and ends the fill. Call after the entry was stored, as for `end`.
-    pub fn complete(self, meta: Arc<Meta>, body: Bytes, revalidated: bool) {
+    pub fn complete(mut self, meta: Arc<Meta>, body: Bytes, revalidated: bool) {
+        // Out of the table first: a follower may answer as soon as it has the head.
+        self.close();
         self.fill.publish(Event::Head {
             meta,
             len: body.len() as u64,
             revalidated,
         });
-        if !body.is_empty() {
-            self.fill.publish(Event::Chunk(body));
-        }
-        self.end();
+        self.finish(body);
     }
 
     pub fn fail(mut self, e: Error) {
@@ -266,7 +302,7 @@ impl Leader<'_> {
     }
 }
 
-impl Drop for Leader<'_> {
+impl Drop for Leader {
     fn drop(&mut self) {
         self.close();
         self.fill.publish(Event::Failed(Error::upstream(
@@ -333,7 +369,7 @@ mod tests {
 
     #[test]
     fn dropped_leader_fails_followers_and_bypass_is_terminal() {
-        let table = Inflight::default();
+        let table = Arc::new(Inflight::default());
         let Role::Leader(leader) = table.join(b"a") else {
             panic!()
         };

@@ -79,7 +79,7 @@ pub struct Hit {
 pub struct Tiers {
     pub memory: MemoryCache<CachedObject>,
     pub disk: Option<Arc<DiskCache>>,
-    pub inflight: Inflight,
+    pub inflight: Arc<Inflight>,
     /// Largest object stored (`cache.max_object_size`).
     pub max_object_size: u64,
     write_behind: Option<crossbeam_channel::Sender<Pending>>,
@@ -172,7 +172,7 @@ impl Tiers {
         Ok(Arc::new(Tiers {
             memory,
             disk,
-            inflight: Inflight::default(),
+            inflight: Arc::default(),
             max_object_size: cfg.max_object_size,
             write_behind,
             generation,

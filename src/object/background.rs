@@ -4,13 +4,13 @@
 //! Either runs in its own task, unless a fill or revalidation of the key is already running
 //! somewhere in the process. The task leads the key in the coalescing table, so requests that
 //! need the object meanwhile follow it — at most one such fetch per key in the whole process;
-//! having no client to stream to, it reads a `200` body whole before publishing it.
+//! a `200` is filled at the origin's pace and published piece by piece (`super::fill::run`).
 
 use std::rc::Rc;
 
 use super::exchange::Target;
-use super::fill::publish_whole;
-use super::revalidate::{confirmed, validators};
+use super::fill::publish;
+use super::revalidate::{conditional_fetch, confirmed};
 use super::upstream::fetch_origin;
 use crate::cache::entry::CachedObject;
 use crate::cache::inflight::Role;
@@ -30,15 +30,15 @@ pub fn fetch(w: &Rc<Worker>, bucket: usize, t: &Target<'_>, stale: Option<Cached
         let Role::Leader(leader) = w.cache.inflight().join(t.ckey) else {
             return;
         };
-        let cond = stale.as_ref().map(validators).unwrap_or_default();
-        match (
-            fetch_origin(&w, bucket, false, t.key, t.params, &cond).await,
-            &stale,
-        ) {
+        let answer = match &stale {
+            Some(stale) => conditional_fetch(&w, bucket, &t, &stale.meta).await,
+            None => fetch_origin(&w, bucket, false, t.key, t.params, &[]).await,
+        };
+        match (answer, &stale) {
             (Ok((head, body)), Some(stale)) if head.status == 304 => {
                 confirmed(&w, bucket, &t, stale, &head, body, Some(leader)).await;
             }
-            (Ok((head, body)), _) => publish_whole(&w, bucket, &t, head, body, leader).await,
+            (Ok((head, body)), _) => publish(&w, bucket, &t, head, body, leader).await,
             (Err(e), _) => {
                 log::warn!("background fetch of a cache entry failed: {e}");
                 leader.fail(e);

@@ -109,6 +109,74 @@ pub fn after_not_modified(
     )))
 }
 
+/// RFC 9111 §4.3.4: whether a `304` selects `stored`, i.e. may freshen it.
+///
+/// - A 304 with an `ETag` selects the stored response only when it has the same entity tag:
+///   compared strongly (RFC 9110 §8.8.3.2) when the 304's tag is strong, weakly when the 304
+///   offers only a weak one. A stored response without an ETag is not selected by one.
+/// - A 304 without an `ETag` but with `Last-Modified` selects it only when the stored
+///   `Last-Modified` is the same date.
+/// - A 304 with neither validator answers the conditional corvid sent for this very entry, and
+///   selects it.
+///
+/// An origin that evaluates `If-Modified-Since` beside `If-None-Match` can answer 304 for an
+/// object replaced within the same second as the stored one (Last-Modified has one-second
+/// granularity) and carry the *new* ETag: such a 304 selects nothing, and the stored body must
+/// never be served under the new validator (the caller fetches the object again).
+pub fn selects(stored: &Meta, head: &UpstreamHead) -> bool {
+    selects_validators(
+        stored.etag(),
+        stored.last_modified(),
+        head.header("etag"),
+        head.header("last-modified"),
+    )
+}
+
+fn selects_validators(
+    stored_etag: Option<&str>,
+    stored_lm: Option<&str>,
+    etag_304: Option<&str>,
+    lm_304: Option<&str>,
+) -> bool {
+    let opaque = |t: &str| t.trim().strip_prefix("W/").unwrap_or(t.trim()).to_owned();
+    let weak = |t: &str| t.trim().starts_with("W/");
+    match (etag_304, stored_etag) {
+        (Some(new), Some(old)) if weak(new) => opaque(new) == opaque(old),
+        (Some(new), Some(old)) => !weak(old) && new.trim() == old.trim(),
+        (Some(_), None) => false,
+        (None, _) => match lm_304 {
+            None => true,
+            Some(new) => stored_lm.is_some_and(|old| same_date(old, new)),
+        },
+    }
+}
+
+/// Two HTTP-dates name the same second (any of the three formats), or are the same text.
+fn same_date(a: &str, b: &str) -> bool {
+    match (
+        httpdate::parse_http_date(a.trim()),
+        httpdate::parse_http_date(b.trim()),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a.trim() == b.trim(),
+    }
+}
+
+/// The conditional headers that revalidate `stored` (RFC 9111 §4.3.1): `If-None-Match` with its
+/// ETag when it has one — S3's ETags are strong, and an origin that also evaluates
+/// `If-Modified-Since` could answer 304 for an object replaced within the stored
+/// Last-Modified's second — else `If-Modified-Since` with its Last-Modified. Empty: an
+/// unconditional GET.
+pub fn validators(stored: &Meta) -> Vec<(&'static str, &str)> {
+    if let Some(e) = stored.etag() {
+        vec![("if-none-match", e)]
+    } else if let Some(lm) = stored.last_modified() {
+        vec![("if-modified-since", lm)]
+    } else {
+        Vec::new()
+    }
+}
+
 /// The request and response times of an origin answer received at `now_ms`.
 fn times(head: &UpstreamHead, now_ms: u64) -> Times {
     let request_ms = match head.sent_at_ms {
@@ -214,6 +282,145 @@ mod tests {
             40,
             "the response delay counts as age"
         );
+    }
+
+    #[test]
+    fn a_304_selects_the_stored_response_only_by_its_validators() {
+        const A: &str = "\"aaa\"";
+        const B: &str = "\"bbb\"";
+        const T: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+        const T_RFC850: &str = "Sunday, 06-Nov-94 08:49:37 GMT";
+        const T2: &str = "Sun, 06 Nov 1994 08:49:38 GMT";
+        // (name, stored ETag, stored Last-Modified, 304 ETag, 304 Last-Modified, selects)
+        type Case = (
+            &'static str,
+            Option<&'static str>,
+            Option<&'static str>,
+            Option<&'static str>,
+            Option<&'static str>,
+            bool,
+        );
+        let cases: [Case; 13] = [
+            ("same strong ETag", Some(A), Some(T), Some(A), None, true),
+            (
+                "another ETag, same date",
+                Some(A),
+                Some(T),
+                Some(B),
+                Some(T),
+                false,
+            ),
+            ("another ETag, no date", Some(A), None, Some(B), None, false),
+            (
+                "weak 304 tag, same opaque",
+                Some(A),
+                None,
+                Some("W/\"aaa\""),
+                None,
+                true,
+            ),
+            (
+                "strong 304 tag vs weak stored",
+                Some("W/\"aaa\""),
+                None,
+                Some(A),
+                None,
+                false,
+            ),
+            (
+                "ETag in 304, none stored",
+                None,
+                Some(T),
+                Some(A),
+                Some(T),
+                false,
+            ),
+            ("no ETag, same date", None, Some(T), None, Some(T), true),
+            (
+                "no ETag, same date other format",
+                None,
+                Some(T),
+                None,
+                Some(T_RFC850),
+                true,
+            ),
+            (
+                "no ETag, another date",
+                None,
+                Some(T),
+                None,
+                Some(T2),
+                false,
+            ),
+            (
+                "no ETag, date but none stored",
+                None,
+                None,
+                None,
+                Some(T),
+                false,
+            ),
+            (
+                "no ETag in 304, stored ETag, another date",
+                Some(A),
+                Some(T),
+                None,
+                Some(T2),
+                false,
+            ),
+            (
+                "no validators in the 304",
+                Some(A),
+                Some(T),
+                None,
+                None,
+                true,
+            ),
+            ("no validators anywhere", None, None, None, None, true),
+        ];
+        for (name, se, sl, ne, nl, want) in cases {
+            assert_eq!(selects_validators(se, sl, ne, nl), want, "{name}");
+        }
+        let stored = Meta::new(
+            vec![
+                ("ETag".into(), A.into()),
+                ("Last-Modified".into(), T.into()),
+            ],
+            NOW,
+            NOW,
+        );
+        let other = head(304, &[("etag", B), ("last-modified", T)]);
+        assert!(!selects(&stored, &other), "read from the 304's head");
+        assert!(selects(&stored, &head(304, &[("etag", A)])));
+    }
+
+    #[test]
+    fn revalidation_sends_if_none_match_alone_when_an_etag_is_stored() {
+        let both = Meta::new(
+            vec![
+                ("ETag".into(), "\"v1\"".into()),
+                (
+                    "Last-Modified".into(),
+                    "Sun, 06 Nov 1994 08:49:37 GMT".into(),
+                ),
+            ],
+            NOW,
+            NOW,
+        );
+        assert_eq!(validators(&both), vec![("if-none-match", "\"v1\"")]);
+        let date_only = Meta::new(
+            vec![(
+                "Last-Modified".into(),
+                "Sun, 06 Nov 1994 08:49:37 GMT".into(),
+            )],
+            NOW,
+            NOW,
+        );
+        assert_eq!(
+            validators(&date_only),
+            vec![("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]
+        );
+        assert!(validators(&Meta::new(Vec::new(), NOW, NOW)).is_empty());
     }
 
     #[test]

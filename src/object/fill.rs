@@ -1,13 +1,32 @@
-//! Filling the cache from the origin while the client (and any coalesced followers) receive the
-//! bytes as they arrive.
+//! Filling the cache from the origin while the clients (the one whose request started the fill
+//! and any coalesced followers) receive the bytes as they arrive.
 //!
-//! The leader reads the origin body into one buffer sized from `Content-Length` (the future
-//! cache entry, so the body is copied once per fill, not per request), hands each new piece to
-//! its followers and its own client, and when the body is complete stores the entry in every
-//! tier before passing on the last piece and announcing the end (so whatever a client sends
-//! after receiving its answer finds the entry cached).
-//! If the leader's client goes away mid-body, the fill goes on: followers and the cache still
-//! want the object.
+//! # A fill runs at the origin's pace
+//! A cacheable `200` is read by a task of its own ([`start`], [`run`]) as fast as the origin
+//! sends it, into one buffer sized from `Content-Length` (the future cache entry: the body is
+//! copied into it once per fill, not per request). Each new piece is published to the
+//! coalescing entry (`cache::inflight`), and every client — the one whose request started the
+//! fill included — reads the pieces through a subscription of its own, at its own pace
+//! ([`follow`]). A slow reader therefore neither slows the fill nor the other readers (Varnish's
+//! and nginx's buffered fetch behave the same), and a client that goes away neither aborts the
+//! fill nor its followers: the cache still wants the object.
+//!
+//! Memory: the buffer is the object, and the pieces a reader has not yet written stay while it
+//! needs them, so a fill holds at most twice the object while slow readers remain — bounded,
+//! since only objects up to `cache.max_object_size` are filled this way (larger ones stream
+//! from the origin to their one client with backpressure, [`super::upstream`]).
+//!
+//! When the body is complete the entry is stored in every tier, then the fill leaves the
+//! coalescing table, and only then is its last piece published: whatever a client sends after
+//! receiving its whole answer finds the entry, not this fill.
+//!
+//! # Unknown length
+//! A `200` without `Content-Length` (chunked, as some S3-compatible gateways answer, or
+//! delimited by the connection's close) that RFC 9111 lets corvid store is streamed to its one
+//! client (re-chunked) while a copy is kept, and stored when the body ends within
+//! `cache.max_object_size`; a larger body is streamed on and not stored. Requests for the key
+//! meanwhile do not wait for it (they make their own request): nothing would bound what such
+//! followers hold if the body turned out larger than any entry.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -19,7 +38,10 @@ use super::answer::{client_precondition, write_object_head};
 use super::decide;
 use super::exchange::{Exchange, Target, XCache};
 use super::origin_error;
-use super::upstream::{drain_error_body, fetch_origin, respond_upstream, stored_headers};
+use super::upstream::{
+    drain_error_body, fetch_origin, respond_upstream, respond_upstream_keeping, stored_headers,
+    Keep,
+};
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::freshness::Freshness;
 use crate::cache::inflight::{Event, Leader, Subscription};
@@ -34,7 +56,7 @@ use crate::s3::client::Body;
 pub async fn lead<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, S>,
     t: &Target<'_>,
-    leader: Leader<'_>,
+    leader: Leader,
 ) -> Result<Sent, Error> {
     match fetch_origin(x.w, x.bucket, false, t.key, t.params, &[]).await {
         Ok((head, body)) => fill_from(x, t, head, body, Some(leader)).await,
@@ -45,27 +67,18 @@ pub async fn lead<S: AsyncWriteRent>(
     }
 }
 
-/// What the client is sent while the body streams into the cache.
-enum ClientPlan {
-    /// Status line + head written; body follows.
-    Body,
-    /// A 304 or a HEAD: the head alone.
-    HeadOnly,
-    /// Nothing more (the client got an error answer, or went away).
-    Nothing,
-}
-
-/// Stores an origin 200 answer in the cache while streaming it to the client; any other answer
-/// (or an uncacheable 200) is passed through and, for a leader, shared with its followers as
-/// an error or a bypass.
+/// Stores an origin 200 answer in the cache while the client reads it (see the module docs);
+/// any other answer (or an uncacheable 200) is passed through and, for a leader, shared with
+/// its followers as an error or a bypass. `leader` is None for a request whose fill nobody may
+/// join (a revalidating Range or HEAD request).
 pub async fn fill_from<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, S>,
     t: &Target<'_>,
     head: UpstreamHead,
-    mut body: Body,
-    mut leader: Option<Leader<'_>>,
+    body: Body,
+    leader: Option<Leader>,
 ) -> Result<Sent, Error> {
-    let (w, req, bucket, ckey) = (x.w, x.req, x.bucket, t.ckey);
+    let (w, bucket, ckey) = (x.w, x.bucket, t.ckey);
     x.note_upstream(&head, XCache::Miss);
     if head.status != 200 {
         let negative = (head.status == 404).then(|| negative_entry(w, bucket, &head));
@@ -82,131 +95,139 @@ pub async fn fill_from<S: AsyncWriteRent>(
         if let Some(l) = leader {
             l.bypass();
         }
-        return respond_upstream(x, head, body, XCache::Miss).await;
+        return match unknown_length_meta(w, bucket, &head, &body) {
+            Some(meta) => stream_and_store(x, t, head, body, meta).await,
+            None => respond_upstream(x, head, body, XCache::Miss).await,
+        };
     };
-    if let Some(l) = &leader {
-        l.head(Arc::clone(&meta), len);
-    }
+    let leader = leader.unwrap_or_else(Leader::detached);
+    let sub = leader.subscribe();
+    start(w, bucket, t, meta, len, body, leader);
+    follow(x, sub).await.unwrap_or_else(|| {
+        Err(Error::internal(
+            "a cacheable fill told its own client to fetch elsewhere",
+        ))
+    })
+}
 
-    // The client's own preconditions are evaluated against what the origin just sent.
-    let mut status = 200;
-    let mut plan = match client_precondition(req, &meta) {
-        Precondition::Failed => {
-            status = 412;
-            let e = Error::client(
-                Kind::PreconditionFailed,
-                "a precondition of the request failed",
-            );
-            let _ = x.error(&e).await;
-            ClientPlan::Nothing
-        }
-        Precondition::NotModified => {
-            status = 304;
-            ClientPlan::HeadOnly
-        }
-        Precondition::Proceed if req.is_head() => ClientPlan::HeadOnly,
-        Precondition::Proceed => ClientPlan::Body,
-    };
-    if !matches!(plan, ClientPlan::Nothing) {
-        write_object_head(x, status, &meta, XCache::Miss, None);
-        if status == 200 {
-            write_header_u64(x.out, "Content-Length", len);
-            x.log.bytes = if req.is_head() { 0 } else { len };
-        }
-        end_head(x.out);
-        if matches!(plan, ClientPlan::HeadOnly) || len == 0 {
-            // The head is the whole answer (a 304, a HEAD, an empty object): nothing more to
-            // send whatever the flush did.
-            let _ = x.flush().await;
-            plan = ClientPlan::Nothing;
-        }
-    }
+/// Starts the fill of a cacheable 200 (`meta`, `len` from [`cacheable`]) in a task of its own;
+/// `leader`'s subscriptions read it.
+pub fn start(
+    w: &Rc<Worker>,
+    bucket: usize,
+    t: &Target<'_>,
+    meta: Arc<Meta>,
+    len: u64,
+    body: Body,
+    leader: Leader,
+) {
+    let (w, ckey, generation) = (Rc::clone(w), t.ckey.to_vec(), t.generation);
+    monoio::spawn(async move {
+        run(&w, bucket, &ckey, generation, meta, len, body, leader).await;
+    });
+}
 
+/// Reads a cacheable 200 body at the origin's pace, publishing each piece to `leader`'s
+/// subscriptions, and stores the entry once it is whole (see the module docs).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one fill's parts, each needed once; a struct would only rename them"
+)]
+pub async fn run(
+    w: &Rc<Worker>,
+    bucket: usize,
+    ckey: &[u8],
+    generation: u64,
+    meta: Arc<Meta>,
+    len: u64,
+    mut body: Body,
+    leader: Leader,
+) {
+    if len == 0 {
+        let empty = CachedObject {
+            meta: Arc::clone(&meta),
+            body: Bytes::new(),
+        };
+        w.cache.store(ckey, empty, generation).await;
+        leader.complete(meta, Bytes::new(), false);
+        return;
+    }
+    leader.head(Arc::clone(&meta), len);
     let mut all: Vec<u8> = Vec::with_capacity(len as usize);
-    let mut stored = false;
-    while !stored && !body.is_done() {
+    while !body.is_done() {
         let start = all.len();
         let (res, a) = body.read_into(all).await;
         all = a;
         let n = match res {
             Ok(0) => break,
-            Ok(n) => {
-                w.metrics().upstream_bytes(bucket, n as u64);
-                n
-            }
+            Ok(n) => n,
             Err(e) => {
                 log::warn!(
-                    "request {}: filling from the origin failed: {e}",
-                    req.id.as_str()
+                    "filling {} from the origin failed: {e}",
+                    String::from_utf8_lossy(ckey)
                 );
-                if let Some(l) = leader {
-                    l.fail(e);
-                }
-                return Ok(Sent {
-                    status,
-                    abort: true,
-                });
+                leader.fail(e);
+                return;
             }
         };
-        let chunk = Bytes::copy_from_slice(&all[start..start + n]);
+        w.metrics().upstream_bytes(bucket, n as u64);
+        let piece = Bytes::copy_from_slice(&all[start..start + n]);
         if all.len() as u64 == len {
-            // Stored before the client gets its last bytes, so that whatever the client
-            // sends after this answer finds the entry (on any worker, in any tier written
-            // through).
-            let body = Bytes::from(std::mem::take(&mut all));
             let obj = CachedObject {
-                meta: Arc::clone(&meta),
-                body,
+                meta,
+                body: Bytes::from(all),
             };
-            w.cache.store(ckey, obj, t.generation).await;
-            stored = true;
+            w.cache.store(ckey, obj, generation).await;
+            leader.finish(piece);
+            return;
         }
-        if let Some(l) = &leader {
-            l.chunk(chunk.clone());
-        }
-        if stored {
-            // The fill leaves the coalescing table before the client gets its last bytes
-            // too: a request the client sends next must find the stored entry, not join
-            // this fill as a follower (it would be answered as this miss, X-Cache: MISS).
-            if let Some(l) = leader.take() {
-                l.end();
-            }
-        }
-        if matches!(plan, ClientPlan::Body) && x.send_chunk(chunk).await.is_err() {
-            // The client went away; the fill goes on for the cache and the followers.
-            plan = ClientPlan::Nothing;
-        }
+        leader.chunk(piece);
     }
-    if len == 0 {
-        let empty = CachedObject {
+    leader.fail(Error::upstream(
+        Kind::BadGateway,
+        "the origin sent a short body",
+    ));
+}
+
+/// Streams a storable 200 of unknown length to the client while keeping a copy, and stores the
+/// copy when the whole body fit `cache.max_object_size` (see the module docs).
+async fn stream_and_store<S: AsyncWriteRent>(
+    x: &mut Exchange<'_, '_, S>,
+    t: &Target<'_>,
+    head: UpstreamHead,
+    body: Body,
+    meta: Arc<Meta>,
+) -> Result<Sent, Error> {
+    let w = x.w;
+    let mut keep = Keep::up_to(w.cache.max_object_size());
+    let sent = respond_upstream_keeping(x, head, body, XCache::Miss, Some(&mut keep)).await?;
+    if let Some(bytes) = keep.complete() {
+        let obj = CachedObject {
             meta,
-            body: Bytes::new(),
+            body: Bytes::from(bytes),
         };
-        w.cache.store(ckey, empty, t.generation).await;
-    } else if !stored {
-        if let Some(l) = leader {
-            l.fail(Error::upstream(
-                Kind::BadGateway,
-                "the origin sent a short body",
-            ));
-        }
-        return Ok(Sent {
-            status,
-            abort: true,
-        });
+        w.cache.store(t.ckey, obj, t.generation).await;
     }
-    if !x.out.is_empty() && matches!(plan, ClientPlan::Body) && x.flush().await.is_err() {
-        plan = ClientPlan::Nothing;
+    Ok(sent)
+}
+
+/// The entry's metadata for a 200 without `Content-Length` that RFC 9111 lets corvid store
+/// (its size is checked once the body has ended). None for answers of known length.
+fn unknown_length_meta(
+    w: &Worker,
+    bucket: usize,
+    head: &UpstreamHead,
+    body: &Body,
+) -> Option<Arc<Meta>> {
+    if body.content_length().is_some() {
+        return None;
     }
-    if let Some(l) = leader {
-        l.end();
-    }
-    let client_done =
-        matches!(plan, ClientPlan::Body) || status != 200 || len == 0 || req.is_head();
-    Ok(Sent {
-        status,
-        abort: !client_done,
-    })
+    let f = storable_for(w, bucket, head, 0)?;
+    Some(Arc::new(Meta::new(
+        stored_headers(head),
+        f.age_origin_ms,
+        f.expires_at_ms,
+    )))
 }
 
 /// The freshness of an object of `len` bytes answered with `head` (a 200, or a 206 that is
@@ -316,27 +337,26 @@ pub async fn follow<S: AsyncWriteRent>(
     Some(Ok(Sent { status, abort }))
 }
 
-/// A background task's origin answer: a cacheable `200` is read whole, stored and published
-/// to the followers of `leader`; anything else is their error (or their bypass).
-pub async fn publish_whole(
+/// A background task's origin answer: a cacheable `200` is filled ([`run`], streamed to the
+/// followers of `leader` as it arrives); anything else is their error (or their bypass).
+pub async fn publish(
     w: &Rc<Worker>,
     bucket: usize,
     t: &Target<'_>,
     head: UpstreamHead,
     body: Body,
-    leader: Leader<'_>,
+    leader: Leader,
 ) {
     if head.status != 200 {
         leader.fail(rejected(w, bucket, t.ckey, &head, body).await);
         return;
     }
-    match read_whole(w, bucket, &head, body).await {
-        Ok(Some(obj)) => {
-            w.cache.store(t.ckey, obj.clone(), t.generation).await;
-            leader.complete(obj.meta, obj.body, false);
+    match cacheable(w, bucket, &head, &body) {
+        Some((meta, len)) => run(w, bucket, t.ckey, t.generation, meta, len, body, leader).await,
+        None => {
+            drain_error_body(body).await;
+            leader.bypass();
         }
-        Ok(None) => leader.bypass(),
-        Err(e) => leader.fail(e),
     }
 }
 
@@ -355,38 +375,4 @@ pub async fn rejected(
         w.cache.remove_everywhere(ckey).await;
     }
     e
-}
-
-/// Reads a cacheable 200 answer whole (no client waits on it). `None` when it may not be
-/// cached; an error when the body ends short.
-async fn read_whole(
-    w: &Worker,
-    bucket: usize,
-    head: &UpstreamHead,
-    mut body: Body,
-) -> Result<Option<CachedObject>, Error> {
-    let Some((meta, len)) = cacheable(w, bucket, head, &body) else {
-        drain_error_body(body).await;
-        return Ok(None);
-    };
-    let mut all = Vec::with_capacity(len as usize);
-    while !body.is_done() {
-        let (res, a) = body.read_into(all).await;
-        all = a;
-        match res {
-            Ok(n) if n > 0 => w.metrics().upstream_bytes(bucket, n as u64),
-            Ok(_) => break,
-            Err(e) => return Err(e),
-        }
-    }
-    if all.len() as u64 != len {
-        return Err(Error::upstream(
-            Kind::BadGateway,
-            "the origin sent a short body",
-        ));
-    }
-    Ok(Some(CachedObject {
-        meta,
-        body: Bytes::from(all),
-    }))
 }

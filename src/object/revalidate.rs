@@ -3,11 +3,23 @@
 //!
 //! Whether an entry is stale, and what its staleness allows, is decided before this module is
 //! reached ([`super::decide`]); this module carries it out. A stale entry is revalidated with a
-//! conditional GET (`If-None-Match` with the stored ETag, `If-Modified-Since` with the stored
-//! Last-Modified, RFC 9111 §4.3.1). A `304` updates the stored header fields with its own and
-//! computes the freshness anew (§4.3.4; `Age` starts again from the 304), refreshes the entry
-//! in every tier — without moving the body unless header fields changed — and answers from it
-//! (`X-Cache: REVALIDATED`); a `200` replaces it (streamed like a fill); a `404` removes it.
+//! conditional GET (RFC 9111 §4.3.1): `If-None-Match` with the stored ETag, or — only for an
+//! entry without an ETag — `If-Modified-Since` with the stored Last-Modified
+//! ([`decide::validators`]). A `304` that selects the entry ([`decide::selects`]: the same
+//! ETag; without an ETag in the 304, the same Last-Modified) updates the stored header fields
+//! with its own and computes the freshness anew (§4.3.4; `Age` starts again from the 304),
+//! refreshes the entry in every tier — without moving the body unless header fields changed —
+//! and answers from it (`X-Cache: REVALIDATED`); a `200` replaces it (streamed like a fill); a
+//! `404` removes it.
+//!
+//! # A 304 for another version
+//! A `304` that selects nothing — it carries another ETag, as an origin that evaluates a date
+//! beside the entity tag can send for an object replaced within the same second — updates
+//! nothing: the object is fetched again without conditions (one more origin request, counted
+//! in `corvid_revalidation_mismatches_total`) and that answer replaces the entry. The stored
+//! body is never served under another version's validators. Every revalidation goes through
+//! [`conditional_fetch`]: the foreground, the background (stale-while-revalidate), entries a
+//! soft purge marked stale, entries from any tier, and so the followers of each.
 //! When the origin fails or times out within the entry's stale-if-error window, the stale copy
 //! is served (`X-Cache: STALE`); an entry that must be revalidated (`must-revalidate`,
 //! `proxy-revalidate`, `s-maxage`, `no-cache`) never is, and answers 504 when the origin cannot
@@ -24,8 +36,8 @@
 //! HEAD and Range requests revalidate on their own (they must never be answered with a full
 //! body by mistake; the same rule as for misses). A background refresh also holds the key in
 //! the table while it runs, so there is at most one per key in the whole process, and
-//! requests too stale to be served meanwhile follow it (they wait for its whole body on a
-//! `200`, since it reads that without a client to stream to).
+//! requests too stale to be served meanwhile follow it (on a `200` they read the new body as
+//! it arrives, like followers of any fill: `super::fill`).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -37,7 +49,7 @@ use super::decide;
 use super::exchange::{coalescible, Exchange, Target, XCache};
 use super::fill::{fill_from, follow, rejected};
 use super::upstream::{drain_error_body, fetch_origin, stored_headers};
-use crate::cache::entry::CachedObject;
+use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::{Leader, Role};
 use crate::cache::tiered::Hit;
 use crate::context::Worker;
@@ -93,8 +105,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
         }
     }
 
-    let failure = match fetch_origin(w, bucket, false, t.key, t.params, &validators(&hit.obj)).await
-    {
+    let failure = match conditional_fetch(w, bucket, t, &hit.obj.meta).await {
         Err(e) => e,
         Ok((head, body)) => match head.status {
             304 => {
@@ -137,7 +148,7 @@ pub async fn confirmed(
     stale: &CachedObject,
     head: &UpstreamHead,
     body: Body,
-    leader: Option<Leader<'_>>,
+    leader: Option<Leader>,
 ) -> CachedObject {
     drain_error_body(body).await;
     let policy = decide::policy(&w.shared.config, bucket);
@@ -174,17 +185,41 @@ pub async fn confirmed(
     obj
 }
 
-/// The conditional headers of a revalidation (RFC 9111 §4.3.1): the stored ETag as
-/// `If-None-Match`, the stored Last-Modified as `If-Modified-Since` (both when both are
-/// stored, as nginx sends them; the origin evaluates If-None-Match first). None: an
-/// unconditional GET.
-pub fn validators(obj: &CachedObject) -> Vec<(&'static str, &str)> {
-    let mut v = Vec::with_capacity(2);
-    if let Some(e) = obj.meta.etag() {
-        v.push(("if-none-match", e));
+/// The origin's answer to the revalidation of `stale`: a conditional GET
+/// ([`decide::validators`]); when its `304` selects nothing ([`decide::selects`]), the answer
+/// to a second, unconditional GET instead. A `304` returned from here always selects `stale`.
+pub async fn conditional_fetch(
+    w: &Rc<Worker>,
+    bucket: usize,
+    t: &Target<'_>,
+    stale: &Meta,
+) -> Result<(UpstreamHead, Body), Error> {
+    let (head, body) = fetch_origin(
+        w,
+        bucket,
+        false,
+        t.key,
+        t.params,
+        &decide::validators(stale),
+    )
+    .await?;
+    if head.status != 304 || decide::selects(stale, &head) {
+        return Ok((head, body));
     }
-    if let Some(lm) = obj.meta.last_modified() {
-        v.push(("if-modified-since", lm));
+    drain_error_body(body).await;
+    w.metrics().revalidation_mismatch(bucket);
+    log::debug!(
+        "a 304 with ETag {:?} does not select the stored entry (ETag {:?}): fetching it again",
+        head.header("etag"),
+        stale.etag()
+    );
+    let (head, body) = fetch_origin(w, bucket, false, t.key, t.params, &[]).await?;
+    if head.status == 304 {
+        drain_error_body(body).await;
+        return Err(Error::upstream(
+            Kind::BadGateway,
+            "the origin answered an unconditional GET with 304",
+        ));
     }
-    v
+    Ok((head, body))
 }

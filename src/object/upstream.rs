@@ -95,6 +95,56 @@ pub async fn respond_upstream<S: AsyncWriteRent>(
     body: Body,
     xcache: XCache,
 ) -> Result<Sent, Error> {
+    respond_upstream_keeping(x, head, body, xcache, None).await
+}
+
+/// A copy of a streamed origin body kept for the cache, up to a limit (a body of unknown
+/// length, `object::fill`).
+#[derive(Debug)]
+pub struct Keep {
+    bytes: Vec<u8>,
+    limit: u64,
+    over: bool,
+    ended: bool,
+}
+
+impl Keep {
+    pub fn up_to(limit: u64) -> Keep {
+        Keep {
+            bytes: Vec::new(),
+            limit,
+            over: false,
+            ended: false,
+        }
+    }
+
+    fn add(&mut self, piece: &[u8]) {
+        if self.over {
+            return;
+        }
+        if (self.bytes.len() + piece.len()) as u64 > self.limit {
+            // Too large for any entry: stop copying and give the memory back at once.
+            self.over = true;
+            self.bytes = Vec::new();
+            return;
+        }
+        self.bytes.extend_from_slice(piece);
+    }
+
+    /// The whole body, when the origin's body ended (not the client) within the limit.
+    pub fn complete(self) -> Option<Vec<u8>> {
+        (self.ended && !self.over).then_some(self.bytes)
+    }
+}
+
+/// [`respond_upstream`], keeping a copy of the body in `keep` when given.
+pub async fn respond_upstream_keeping<S: AsyncWriteRent>(
+    x: &mut Exchange<'_, '_, S>,
+    head: UpstreamHead,
+    body: Body,
+    xcache: XCache,
+    keep: Option<&mut Keep>,
+) -> Result<Sent, Error> {
     let req = x.req;
     x.note_upstream(&head, xcache);
     match head.status {
@@ -147,7 +197,7 @@ pub async fn respond_upstream<S: AsyncWriteRent>(
         let abort = x.flush().await.is_err();
         return Ok(Sent { status, abort });
     }
-    let abort = stream_body(x.w, x.bucket, x.io, x.out, body, chunked)
+    let abort = stream_body(x.w, x.bucket, x.io, x.out, body, chunked, keep)
         .await
         .is_err();
     Ok(Sent {
@@ -199,7 +249,8 @@ pub async fn fetch_origin(
 
 /// Streams the origin body to the client, `out` already holding the response head: each read
 /// from the origin is written before the next read (backpressure: a slow client slows the
-/// origin read, corvid never buffers the object). Errors mean the response is cut short.
+/// origin read, corvid never buffers the object; `keep` may copy it for the cache, bounded).
+/// Errors mean the response is cut short.
 async fn stream_body<S: AsyncWriteRent>(
     w: &Worker,
     bucket: usize,
@@ -207,9 +258,11 @@ async fn stream_body<S: AsyncWriteRent>(
     out: &mut Vec<u8>,
     mut body: Body,
     chunked: bool,
+    mut keep: Option<&mut Keep>,
 ) -> Result<(), ()> {
     let mut piece: Vec<u8> = Vec::new();
     loop {
+        let before = out.len();
         let n = if chunked {
             piece.clear();
             piece.reserve(STREAM_CHUNK);
@@ -217,6 +270,9 @@ async fn stream_body<S: AsyncWriteRent>(
             piece = p;
             let n = res.map_err(|e| log::warn!("origin body: {e}"))?;
             w.metrics().upstream_bytes(bucket, n as u64);
+            if let Some(k) = keep.as_deref_mut() {
+                k.add(&piece);
+            }
             if n > 0 {
                 out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
                 out.extend_from_slice(&piece);
@@ -233,8 +289,16 @@ async fn stream_body<S: AsyncWriteRent>(
             *out = o;
             let n = res.map_err(|e| log::warn!("origin body: {e}"))?;
             w.metrics().upstream_bytes(bucket, n as u64);
+            if let Some(k) = keep.as_deref_mut() {
+                k.add(&out[before..before + n]);
+            }
             n
         };
+        if n == 0 {
+            if let Some(k) = keep.as_deref_mut() {
+                k.ended = true;
+            }
+        }
         if !out.is_empty() {
             respond::flush(&w.http, io, out).await.map_err(|_| ())?;
         }

@@ -454,3 +454,79 @@ fn ttl_zero_revalidates_every_use_without_refetching_bodies() {
         Some("HIT")
     );
 }
+
+/// The `corvid_cache_entries` samples of `/metrics`, summed over the tiers.
+fn cache_entries(addr: std::net::SocketAddr) -> u64 {
+    http::get(addr, "/metrics", &[])
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("corvid_cache_entries{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A 200 sent chunked (no `Content-Length`, as some S3-compatible gateways answer).
+fn chunked_200(body: &str, cache_control: &str) -> FaultReply {
+    FaultReply {
+        status: 200,
+        body: body.to_owned(),
+        headers: vec![
+            ("content-type".into(), "text/plain".into()),
+            ("etag".into(), "\"chunked-1\"".into()),
+            ("cache-control".into(), cache_control.into()),
+        ],
+        chunked: true,
+        stall: None,
+    }
+}
+
+/// Issue 15 (RFC 9111 §3): a cacheable 200 without `Content-Length` is cached like any other
+/// (bounded by `cache.max_object_size`): the next request is a hit with a `Content-Length`, and
+/// the origin is not asked again (it does not even hold the key: a second origin request
+/// would be a 404).
+#[test]
+fn a_chunked_200_is_cached() {
+    let (origin, corvid) = origin_and_corvid("chk", "", "");
+    let body = "a body of unknown length, sent in chunks by the origin";
+    origin.fail_next_with(1, chunked_200(body, "max-age=3600"));
+    let r = http::get(corvid.addr(), "/chk/unsized.txt", &[]);
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("MISS")));
+    assert_eq!(r.body, body.as_bytes());
+    // The entry is stored once the origin's body has ended, after the client had it.
+    assert!(
+        wait_until(Duration::from_secs(5), || cache_entries(corvid.addr()) >= 1),
+        "the chunked answer was never stored"
+    );
+    let r = http::get(corvid.addr(), "/chk/unsized.txt", &[]);
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("HIT")));
+    assert_eq!(r.body, body.as_bytes());
+    assert_eq!(
+        r.header("content-length"),
+        Some(body.len().to_string().as_str())
+    );
+    assert_eq!(r.header("etag"), Some("\"chunked-1\""));
+    assert_eq!(origin.requests_for("chk", "unsized.txt").len(), 1);
+}
+
+/// The same for a chunked 200 larger than `cache.max_object_size`: streamed whole to its
+/// client, not stored; and one that says `no-store` is not stored either.
+#[test]
+fn a_chunked_200_too_large_or_no_store_is_not_cached() {
+    let (origin, corvid) = origin_and_corvid("chk", "", "[cache]\nmax_object_size = 64\n");
+    let large = "x".repeat(100);
+    let cases = [(large.as_str(), "max-age=3600"), ("small", "no-store")];
+    for (i, (body, cc)) in cases.into_iter().enumerate() {
+        let path = format!("/chk/unsized-{i}.txt");
+        origin.fail_next_with(1, chunked_200(body, cc));
+        let r = http::get(corvid.addr(), &path, &[]);
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, body.as_bytes()),
+            "{cc}"
+        );
+        // Asked again, the origin (which does not hold the key) answers 404: not cached.
+        let r = http::get(corvid.addr(), &path, &[]);
+        assert_eq!(r.status, 404, "{cc}: {}", r.text());
+    }
+    assert_eq!(cache_entries(corvid.addr()), 0);
+}

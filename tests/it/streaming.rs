@@ -64,3 +64,69 @@ fn large_object_streams_byte_exact_with_bounded_memory() {
     origin.put("big", "small", b"ok");
     assert_eq!(c.request("GET", "/big/small", &[]).body, b"ok");
 }
+
+/// Issue 15: a fill runs at the origin's pace, not at the pace of the client that started it.
+/// Client A starts a cold GET of a 12 MiB object and then stops reading (a phone on a bad
+/// network); client B asks for the same object while the fill runs and joins it. B must get
+/// the whole object in about the origin's time (the origin, behind a paced relay, takes about
+/// 1.5 s), while A still reads nothing; then A reads its copy at its own pace. One origin GET,
+/// both byte-exact, memory bounded by the object (not by how long A dawdles).
+#[test]
+fn a_slow_reader_does_not_pace_a_fast_one_on_the_same_fill() {
+    const OBJECT: usize = 12 << 20;
+    let origin = Origin::start();
+    origin.create_bucket("fill");
+    let body = pattern_bytes(OBJECT, 7);
+    origin.put("fill", "weights.bin", &body);
+    let relay = IdleRelay::paced(origin.addr(), 8 << 20);
+    let corvid = Corvid::start(&format!(
+        "{}send_timeout = \"60s\"\n{}",
+        server_toml(free_port()),
+        bucket_toml_for("fill", "/fill", &relay.endpoint(), "fill", "")
+    ));
+    let baseline = corvid.rss_kib();
+
+    let mut a = Conn::connect(corvid.addr());
+    a.set_timeout(Duration::from_secs(60));
+    a.send(b"GET /fill/weights.bin HTTP/1.1\r\nHost: x\r\n\r\n");
+    let head = a.read_head();
+    assert_eq!(head.status, 200);
+    let mut got_a = a.read_body_chunk(64 << 10);
+    // A reads nothing more until B is done: the pause is the stimulus under test.
+
+    let started = Instant::now();
+    let mut b = Conn::connect(corvid.addr());
+    // Well below the send timeout: a B paced by A (which reads nothing) would wait for that.
+    b.set_timeout(Duration::from_secs(20));
+    b.send(b"GET /fill/weights.bin HTTP/1.1\r\nHost: x\r\n\r\n");
+    let head_b = b.read_head();
+    assert_eq!(head_b.status, 200);
+    assert_eq!(
+        head_b.header("x-cache"),
+        Some("MISS"),
+        "B joined the fill in progress (it is not a hit yet)"
+    );
+    let got_b = b.read_body_to_end();
+    let took_b = started.elapsed();
+    assert!(got_b == body, "B's bytes differ from the object");
+    let during_pause = corvid.rss_kib();
+    eprintln!("B done in {took_b:?} while A paused; rss {baseline} -> {during_pause} KiB");
+
+    while !a.body_done() {
+        got_a.extend_from_slice(&a.read_body_chunk(1 << 20));
+    }
+    assert!(got_a == body, "A's bytes differ from the object");
+    let gets = origin
+        .requests_for("fill", "weights.bin")
+        .iter()
+        .filter(|r| r.method == "GET")
+        .count();
+    assert_eq!(gets, 1, "one origin GET for both clients");
+    // The fill's buffer, the stored entry and the pieces A has not read: a few times the
+    // object at most, never more while A waits.
+    let growth = during_pause.saturating_sub(baseline);
+    assert!(
+        growth < 5 * (OBJECT as u64 >> 10),
+        "RSS grew by {growth} KiB for one 12 MiB fill"
+    );
+}

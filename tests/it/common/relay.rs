@@ -1,6 +1,7 @@
 //! A TCP relay in front of an upstream that can close idle connections: what an nginx-fronted
 //! store with `keepalive_timeout`, or a Node/Go server with its own keep-alive timeout, does to
-//! corvid's pooled connections.
+//! corvid's pooled connections. It can also pace what the upstream sends ([`IdleRelay::paced`]):
+//! an origin whose answers take a known time to arrive.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -41,6 +42,8 @@ struct Link {
     /// Milliseconds since `started` at which a byte last moved.
     last_activity_ms: AtomicU64,
     idle: Option<Duration>,
+    /// Upstream → client bytes per second, when paced.
+    pace: Option<u64>,
     stop: Arc<AtomicBool>,
     /// The relay's count of connections that carried a byte from the client; `counted` says
     /// whether this one was added to it.
@@ -80,6 +83,12 @@ impl Link {
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }
+                    if let Some(rate) = self.pace.filter(|_| !from_client) {
+                        // The stimulus (a slow origin), not synchronisation.
+                        std::thread::sleep(Duration::from_nanos(
+                            n as u64 * 1_000_000_000 / rate.max(1),
+                        ));
+                    }
                     self.touch();
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -97,6 +106,16 @@ impl Link {
 
 impl IdleRelay {
     pub fn start(upstream: SocketAddr, idle: Option<Duration>) -> IdleRelay {
+        IdleRelay::start_with(upstream, idle, None)
+    }
+
+    /// A relay that never closes idle connections and passes what `upstream` sends at about
+    /// `bytes_per_sec` (in pieces of up to 64 KiB).
+    pub fn paced(upstream: SocketAddr, bytes_per_sec: u64) -> IdleRelay {
+        IdleRelay::start_with(upstream, None, Some(bytes_per_sec))
+    }
+
+    fn start_with(upstream: SocketAddr, idle: Option<Duration>, pace: Option<u64>) -> IdleRelay {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
         let addr = listener.local_addr().expect("local_addr");
         let stop = Arc::new(AtomicBool::new(false));
@@ -128,6 +147,7 @@ impl IdleRelay {
                         started: Instant::now(),
                         last_activity_ms: AtomicU64::new(0),
                         idle,
+                        pace,
                         stop: s.clone(),
                         carried: c.clone(),
                         counted: AtomicBool::new(false),
