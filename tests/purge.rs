@@ -24,7 +24,7 @@ use corvid::cache::entry::{CachedObject, Meta};
 use corvid::cache::policy::cache_key;
 use corvid::cache::purge::{purge, purge_as, Mode, Purged, RedisPurge, Scope};
 use corvid::cache::purge_broadcast;
-use corvid::cache::redis::{subscribe, RedisClient, RedisError, RedisOptions, StopSignal};
+use corvid::cache::redis::{RedisClient, RedisError, RedisOptions, StopSignal};
 use corvid::cache::redis_tier;
 use corvid::cache::tiered::{Layer, Tiers};
 use corvid::config::{CacheConfig, DiskConfig, MemoryConfig, WritePolicy};
@@ -318,37 +318,33 @@ fn a_store_that_began_before_a_purge_does_not_undo_it() {
     });
 }
 
-/// Subscribes instance `b` (tag `tag_b`) to `channel` the way worker 0 does, and waits until
-/// the subscription is active (seen from `a`'s Redis client). Returns the stop signal and the
-/// deadline (10 s from the start) that bounds this wait and the test's later ones.
-async fn listen_like_worker_0(
-    server: &RedisServer,
-    a: &World,
-    b: &World,
-    tag_b: u32,
-    channel: &str,
-) -> (StopSignal, Instant) {
+/// Runs instance `b`'s purge subscriber (tag `tag_b`) — the one worker 0 runs,
+/// [`purge_broadcast::listen`] — with `opts`, and waits until the subscription is active (seen
+/// from `a`'s Redis client). Returns the stop signal and the deadline (10 s from the start)
+/// that bounds this wait and the test's later ones.
+async fn listen(a: &World, b: &World, tag_b: u32, opts: RedisOptions) -> (StopSignal, Instant) {
     let stop = StopSignal::new();
-    let tiers_b = Arc::clone(&b.tiers);
-    let on_message = move |msg| {
-        let tiers = Arc::clone(&tiers_b);
-        monoio::spawn(async move {
-            purge_broadcast::apply(&tiers, tag_b, msg).await;
-        });
-    };
-    let opts = RedisOptions::new(server.url().parse().unwrap());
-    monoio::spawn(subscribe(
+    let channel = purge_broadcast::channel(&opts.key_prefix);
+    monoio::spawn(purge_broadcast::listen(
+        Arc::clone(&b.tiers),
         opts,
-        channel.to_string(),
-        on_message,
+        tag_b,
         stop.clone(),
     ));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while a.redis.subscribers(channel).await.unwrap() == 0 {
-        assert!(Instant::now() < deadline, "the subscriber never subscribed");
+    wait_for_subscribers(a, &channel, 1, deadline).await;
+    (stop, deadline)
+}
+
+/// Waits (bounded by `deadline`) until `channel` has `n` subscribers, as `a`'s client sees.
+async fn wait_for_subscribers(a: &World, channel: &str, n: u64, deadline: Instant) {
+    while a.redis.subscribers(channel).await.ok() != Some(n) {
+        assert!(
+            Instant::now() < deadline,
+            "{channel}: never {n} subscribers"
+        );
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
-    (stop, deadline)
 }
 
 #[test]
@@ -360,9 +356,9 @@ fn a_purge_reaches_the_memory_and_disk_of_another_instance() {
             World::filled(&server, Duration::from_secs(5)).await,
         );
         let (tag_a, tag_b) = (0xa, 0xb);
-        let channel = purge_broadcast::channel("corvid:");
-        // Instance b listens the way worker 0 does.
-        let (stop, deadline) = listen_like_worker_0(&server, &a, &b, tag_b, &channel).await;
+        // Instance b listens with worker 0's subscriber.
+        let opts = RedisOptions::new(server.url().parse().unwrap());
+        let (stop, deadline) = listen(&a, &b, tag_b, opts).await;
 
         let scope = object_scope("img", "logo.png");
         let done =
@@ -389,6 +385,93 @@ fn a_purge_reaches_the_memory_and_disk_of_another_instance() {
             .await
             .is_none());
         assert!((3..WORLD.len()).all(|i| !gone_from_b(i)));
+        stop.stop();
+    });
+}
+
+/// Pub/sub keeps nothing for an absent subscriber: a purge published while instance b's
+/// subscription is down never reaches b. When the subscription is back, b's subscriber marks
+/// every local entry stale (kept, not removed), so what was purged elsewhere meanwhile is
+/// revalidated rather than served as fresh.
+#[test]
+fn purges_missed_while_unsubscribed_leave_every_local_entry_stale() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let (a, b) = (
+            World::filled(&server, Duration::from_secs(5)).await,
+            World::filled(&server, Duration::from_secs(5)).await,
+        );
+        let (tag_a, tag_b) = (0xa, 0xb);
+        let mut opts = RedisOptions::new(server.url().parse().unwrap());
+        (opts.backoff_initial, opts.backoff_max) =
+            (Duration::from_millis(20), Duration::from_millis(100));
+        let channel = purge_broadcast::channel(&opts.key_prefix);
+        let (stop, deadline) = listen(&a, &b, tag_b, opts).await;
+        let cmd = |args: &[&str]| {
+            let mut c = redis::cmd(args[0]);
+            for arg in &args[1..] {
+                c.arg(*arg);
+            }
+            c
+        };
+        // Take b's subscription down and keep it down: a password keeps it from subscribing
+        // again, while a's connection stays logged in.
+        a.redis
+            .command(&cmd(&["CONFIG", "SET", "requirepass", "secret"]))
+            .await
+            .unwrap();
+        let killed = a
+            .redis
+            .command(&cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]))
+            .await;
+        assert!(matches!(killed, Ok(redis::Value::Int(1))), "{killed:?}");
+        wait_for_subscribers(&a, &channel, 0, deadline).await;
+
+        // Published while nobody listens: b does not hear of it.
+        let scope = object_scope("img", "logo.png");
+        let done =
+            purge_broadcast::purge_everywhere(&a.tiers, Some(&a.redis), "corvid:", tag_a, &scope)
+                .await;
+        assert_eq!(done.receivers, Some(0), "{done:?}");
+        // [memory, disk] of b: held, and fresh.
+        let local = |i: usize| {
+            let k = ckey(&WORLD[i]);
+            let now = corvid::cache::disk::now_ms();
+            let disk = b.tiers.disk.as_ref().unwrap();
+            let mem = b.tiers.memory.get(&k).map(|o| o.meta.is_fresh(now));
+            let on_disk = disk.get_stale(&k).map(|e| e.expires_at_ms > now);
+            [mem, on_disk]
+        };
+        assert!((0..WORLD.len()).all(|i| local(i) == [Some(true); 2]));
+
+        // Back: b marks everything it holds stale, and keeps it.
+        a.redis
+            .command(&cmd(&["CONFIG", "SET", "requirepass", ""]))
+            .await
+            .unwrap();
+        wait_for_subscribers(&a, &channel, 1, deadline).await;
+        while !(0..WORLD.len()).all(|i| local(i) == [Some(false); 2]) {
+            let fresh: Vec<_> = (0..WORLD.len()).map(local).collect();
+            assert!(
+                Instant::now() < deadline,
+                "b kept fresh copies after resubscribing: {fresh:?}"
+            );
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Only b's own tiers: Redis lost what a purged, and the rest is fresh there.
+        let retain = Duration::from_secs(3600);
+        for (i, e) in WORLD.iter().enumerate() {
+            let now = corvid::cache::disk::now_ms();
+            let shared = redis_tier::lookup(&a.redis, "corvid:", &ckey(e), retain, now)
+                .await
+                .unwrap();
+            assert_eq!(
+                shared.map(|o| o.meta.is_fresh(now)),
+                (i > 2).then_some(true),
+                "{e:?}"
+            );
+        }
+        a.check(&[0, 1, 2], "the purging instance").await;
         stop.stop();
     });
 }
@@ -614,8 +697,8 @@ fn a_soft_purge_reaches_the_memory_and_disk_of_another_instance() {
             World::filled(&server, Duration::from_secs(5)).await,
         );
         let (tag_a, tag_b) = (0xa, 0xb);
-        let channel = purge_broadcast::channel("corvid:");
-        let (stop, deadline) = listen_like_worker_0(&server, &a, &b, tag_b, &channel).await;
+        let opts = RedisOptions::new(server.url().parse().unwrap());
+        let (stop, deadline) = listen(&a, &b, tag_b, opts).await;
 
         let scope = prefix_scope("img", "logo");
         let done = purge_broadcast::purge_everywhere_as(
@@ -662,11 +745,10 @@ fn stats_are_exact_per_tier_and_per_bucket() {
         let mut cfg = cache_config(dir.path());
         cfg.memory.capacity = 16 << 10;
         cfg.max_object_size = 8 << 10;
-        let names = vec!["img".to_string(), "img2".to_string()];
-        let tiers = Tiers::with_buckets(&cfg, Buckets::new(names.clone())).unwrap();
-        let registry = Registry::new(names.clone(), 1);
+        let tiers = Tiers::with_buckets(&cfg, Buckets::new(["img", "img2"])).unwrap();
+        let registry = Registry::new(Arc::clone(tiers.buckets()), 1);
         let slots = [0, 1];
-        let named: Vec<(String, usize)> = names.into_iter().zip(slots).collect();
+        let named: Vec<(String, usize)> = tiers.buckets().names().into_iter().zip(slots).collect();
         let w = registry.worker(0, &slots);
         let bucket_of = |b: &str| usize::from(b == "img2");
         let body_len = |key: &str| match key {
