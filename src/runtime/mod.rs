@@ -826,7 +826,10 @@ async fn worker_main(
     monoio::spawn(async move {
         while let Ok(cmd) = control.recv_async().await {
             match cmd {
-                Control::Shutdown => http.begin_shutdown(),
+                Control::Shutdown => {
+                    http.begin_shutdown();
+                    log::info!("worker {id}: shutting down (no new connections; draining)");
+                }
                 Control::Reload(next, ack) => {
                     let w = on_control.get().next(next);
                     on_control.set(w);

@@ -226,9 +226,28 @@ fn ready_answers_503_as_soon_as_shutdown_begins() {
     assert_eq!(http::get(corvid.addr(), "/ready", &[]).status, 200);
     let mut conn = Conn::connect(corvid.addr());
     conn.send(b"GET /ready HTTP/1.1\r\nHost: corvid\r\n");
-    std::thread::sleep(Duration::from_millis(200));
+    // Taken by a worker (the gauge counts it and the probe's own connection)...
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let m = http::get(corvid.addr(), "/metrics", &[]).text();
+            m.lines()
+                .any(|l| l.starts_with("corvid_connections_open ") && l.ends_with(" 2"))
+        }),
+        "the connection was accepted"
+    );
     corvid.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(200));
+    // ...and every worker has begun its shutdown before the head is complete.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            corvid
+                .stderr()
+                .matches(": shutting down (no new connections")
+                .count()
+                == 2
+        }),
+        "the workers began shutting down: {}",
+        corvid.stderr()
+    );
     conn.send(b"\r\n");
     let r = conn.read_response();
     assert_eq!(r.status, 503, "{}", r.text());
