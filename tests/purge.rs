@@ -15,7 +15,6 @@
     reason = "tests run on the harness's threads, not on a worker: they may block"
 )]
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,20 +28,12 @@ use corvid::cache::redis_tier;
 use corvid::cache::tiered::{Layer, Tiers};
 use corvid::config::{CacheConfig, DiskConfig, MemoryConfig, WritePolicy};
 
-#[path = "it/common/redis_server.rs"]
-mod redis_server;
+mod tier_support;
 
-use redis_server::RedisServer;
+use tier_support::redis_server::RedisServer;
+use tier_support::run;
 
 const MIB: u64 = 1 << 20;
-
-fn run<F: Future>(f: F) -> F::Output {
-    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("monoio runtime")
-        .block_on(f)
-}
 
 fn cache_config(dir: &std::path::Path) -> CacheConfig {
     CacheConfig {

@@ -20,9 +20,7 @@ use corvid::cache::redis::{
 };
 use corvid::config::RedisTarget;
 
-// Shared with the corvid integration tests (tests/it), which start Redis the same way.
-#[path = "it/common/redis_server.rs"]
-mod redis_server;
+mod tier_support;
 
 // The integration tests' test PKI (rcgen): a CA and a server certificate for 127.0.0.1.
 #[path = "it/common/tls.rs"]
@@ -32,15 +30,9 @@ mod redis_server;
 )]
 mod tls;
 
-use redis_server::{free_port, RedisServer as Server};
-
-fn run<F: Future>(f: F) -> F::Output {
-    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("monoio runtime")
-        .block_on(f)
-}
+use tier_support::port::free_port;
+use tier_support::redis_server::RedisServer as Server;
+use tier_support::run;
 
 /// `cache.redis.url` parsed as the config parses it.
 fn target(url: &str) -> RedisTarget {
