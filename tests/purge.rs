@@ -309,22 +309,33 @@ fn a_store_that_began_before_a_purge_does_not_undo_it() {
     });
 }
 
-/// Runs instance `b`'s purge subscriber (tag `tag_b`) — the one worker 0 runs,
-/// [`purge_broadcast::listen`] — with `opts`, and waits until the subscription is active (seen
-/// from `a`'s Redis client). Returns the stop signal and the deadline (10 s from the start)
+/// The instance tags of the two instances.
+const TAG_A: u32 = 0xa;
+const TAG_B: u32 = 0xb;
+
+/// Two instances sharing `server`, both filled, with instance b running the purge subscriber
+/// worker 0 runs ([`purge_broadcast::listen`], tag [`TAG_B`]) with `opts`, subscribed once
+/// this returns. Also returns the subscriber's stop signal and the deadline (10 s from now)
 /// that bounds this wait and the test's later ones.
-async fn listen(a: &World, b: &World, tag_b: u32, opts: RedisOptions) -> (StopSignal, Instant) {
+async fn two_instances(
+    server: &RedisServer,
+    opts: RedisOptions,
+) -> (World, World, StopSignal, Instant) {
+    let (a, b) = (
+        World::filled(server, Duration::from_secs(5)).await,
+        World::filled(server, Duration::from_secs(5)).await,
+    );
     let stop = StopSignal::new();
     let channel = purge_broadcast::channel(&opts.key_prefix);
     monoio::spawn(purge_broadcast::listen(
         Arc::clone(&b.tiers),
         opts,
-        tag_b,
+        TAG_B,
         stop.clone(),
     ));
     let deadline = Instant::now() + Duration::from_secs(10);
-    wait_for_subscribers(a, &channel, 1, deadline).await;
-    (stop, deadline)
+    wait_for_subscribers(&a, &channel, 1, deadline).await;
+    (a, b, stop, deadline)
 }
 
 /// Waits (bounded by `deadline`) until `channel` has `n` subscribers, as `a`'s client sees.
@@ -338,22 +349,29 @@ async fn wait_for_subscribers(a: &World, channel: &str, n: u64, deadline: Instan
     }
 }
 
+/// Waits (bounded by `deadline`) until `cond` holds; `what` and `show()` explain a timeout.
+async fn until<T: std::fmt::Debug>(
+    deadline: Instant,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+    show: impl Fn() -> T,
+) {
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: {:?}", show());
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[test]
 fn a_purge_reaches_the_memory_and_disk_of_another_instance() {
     let server = RedisServer::start(&[]);
     run(async {
-        let (a, b) = (
-            World::filled(&server, Duration::from_secs(5)).await,
-            World::filled(&server, Duration::from_secs(5)).await,
-        );
-        let (tag_a, tag_b) = (0xa, 0xb);
-        // Instance b listens with worker 0's subscriber.
         let opts = RedisOptions::new(server.url().parse().unwrap());
-        let (stop, deadline) = listen(&a, &b, tag_b, opts).await;
+        let (a, b, stop, deadline) = two_instances(&server, opts).await;
 
         let scope = object_scope("img", "logo.png");
         let done =
-            purge_broadcast::purge_everywhere(&a.tiers, Some(&a.redis), "corvid:", tag_a, &scope)
+            purge_broadcast::purge_everywhere(&a.tiers, Some(&a.redis), "corvid:", TAG_A, &scope)
                 .await;
         assert_eq!(done.receivers, Some(1), "{done:?}");
         a.check(&[0, 1, 2], "the purging instance").await;
@@ -362,17 +380,17 @@ fn a_purge_reaches_the_memory_and_disk_of_another_instance() {
             b.tiers.memory.get(&k).is_none()
                 && b.tiers.disk.as_ref().unwrap().get_stale(&k).is_none()
         };
-        while !(0..3).all(gone_from_b) {
-            assert!(
-                Instant::now() < deadline,
-                "the other instance kept its copies"
-            );
-            monoio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until(
+            deadline,
+            "the other instance kept its copies",
+            || (0..3).all(gone_from_b),
+            || (),
+        )
+        .await;
         // Nothing else went, and an instance ignores its own announcements.
         assert!((3..WORLD.len()).all(|i| !gone_from_b(i)));
-        let own = purge_broadcast::encode(tag_b, &Scope::All);
-        assert!(purge_broadcast::apply(&b.tiers, tag_b, own.into())
+        let own = purge_broadcast::encode(TAG_B, &Scope::All);
+        assert!(purge_broadcast::apply(&b.tiers, TAG_B, own.into())
             .await
             .is_none());
         assert!((3..WORLD.len()).all(|i| !gone_from_b(i)));
@@ -388,16 +406,11 @@ fn a_purge_reaches_the_memory_and_disk_of_another_instance() {
 fn purges_missed_while_unsubscribed_leave_every_local_entry_stale() {
     let server = RedisServer::start(&[]);
     run(async {
-        let (a, b) = (
-            World::filled(&server, Duration::from_secs(5)).await,
-            World::filled(&server, Duration::from_secs(5)).await,
-        );
-        let (tag_a, tag_b) = (0xa, 0xb);
         let mut opts = RedisOptions::new(server.url().parse().unwrap());
         (opts.backoff_initial, opts.backoff_max) =
             (Duration::from_millis(20), Duration::from_millis(100));
         let channel = purge_broadcast::channel(&opts.key_prefix);
-        let (stop, deadline) = listen(&a, &b, tag_b, opts).await;
+        let (a, b, stop, deadline) = two_instances(&server, opts).await;
         let cmd = |args: &[&str]| {
             let mut c = redis::cmd(args[0]);
             for arg in &args[1..] {
@@ -421,7 +434,7 @@ fn purges_missed_while_unsubscribed_leave_every_local_entry_stale() {
         // Published while nobody listens: b does not hear of it.
         let scope = object_scope("img", "logo.png");
         let done =
-            purge_broadcast::purge_everywhere(&a.tiers, Some(&a.redis), "corvid:", tag_a, &scope)
+            purge_broadcast::purge_everywhere(&a.tiers, Some(&a.redis), "corvid:", TAG_A, &scope)
                 .await;
         assert_eq!(done.receivers, Some(0), "{done:?}");
         // [memory, disk] of b: held, and fresh.
@@ -441,14 +454,13 @@ fn purges_missed_while_unsubscribed_leave_every_local_entry_stale() {
             .await
             .unwrap();
         wait_for_subscribers(&a, &channel, 1, deadline).await;
-        while !(0..WORLD.len()).all(|i| local(i) == [Some(false); 2]) {
-            let fresh: Vec<_> = (0..WORLD.len()).map(local).collect();
-            assert!(
-                Instant::now() < deadline,
-                "b kept fresh copies after resubscribing: {fresh:?}"
-            );
-            monoio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until(
+            deadline,
+            "b kept fresh copies after resubscribing",
+            || (0..WORLD.len()).all(|i| local(i) == [Some(false); 2]),
+            || (0..WORLD.len()).map(local).collect::<Vec<_>>(),
+        )
+        .await;
         // Only b's own tiers: Redis lost what a purged, and the rest is fresh there.
         let retain = Duration::from_secs(3600);
         for (i, e) in WORLD.iter().enumerate() {
@@ -683,20 +695,15 @@ fn a_fill_that_began_before_a_soft_purge_does_not_undo_it() {
 fn a_soft_purge_reaches_the_memory_and_disk_of_another_instance() {
     let server = RedisServer::start(&[]);
     run(async {
-        let (a, b) = (
-            World::filled(&server, Duration::from_secs(5)).await,
-            World::filled(&server, Duration::from_secs(5)).await,
-        );
-        let (tag_a, tag_b) = (0xa, 0xb);
         let opts = RedisOptions::new(server.url().parse().unwrap());
-        let (stop, deadline) = listen(&a, &b, tag_b, opts).await;
+        let (a, b, stop, deadline) = two_instances(&server, opts).await;
 
         let scope = prefix_scope("img", "logo");
         let done = purge_broadcast::purge_everywhere_as(
             &a.tiers,
             Some(&a.redis),
             "corvid:",
-            tag_a,
+            TAG_A,
             &scope,
             Mode::Soft,
         )
@@ -710,13 +717,13 @@ fn a_soft_purge_reaches_the_memory_and_disk_of_another_instance() {
             let disk = b.tiers.disk.as_ref().unwrap();
             !b.tiers.memory.get(&k).unwrap().meta.is_fresh(now) && disk.get(&k).is_none()
         };
-        while !(0..4).all(stale_in_b) {
-            assert!(
-                Instant::now() < deadline,
-                "the other instance kept fresh copies"
-            );
-            monoio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until(
+            deadline,
+            "the other instance kept fresh copies",
+            || (0..4).all(stale_in_b),
+            || (),
+        )
+        .await;
         // Redis is shared: b sees it stale too; everything else is fresh and everything held.
         b.check_stale(&[0, 1, 2, 3], "the other instance").await;
         stop.stop();
