@@ -1,8 +1,11 @@
 //! The cost of one `/metrics` scrape (rendering every series) with 1, 10 and 100 buckets and two
 //! workers' counters, after some traffic has been counted. Scrapes read relaxed atomics only:
 //! no lock is taken that the request path also takes.
+use std::sync::Arc;
 use std::time::Duration;
 
+use corvid::cache::stats::Buckets;
+use corvid::cache::tiered::Tiers;
 use corvid::config::Config;
 use corvid::http::request::Method;
 use corvid::metrics::Registry;
@@ -24,8 +27,9 @@ fn scrape(c: &mut Criterion) {
     let mut group = c.benchmark_group("metrics_scrape");
     for n in [1usize, 10, 100] {
         let cfg = config(n);
-        let tiers = corvid::cache::tiered::Tiers::new(&cfg.cache).unwrap();
-        let registry = Registry::new(cfg.buckets.iter().map(|b| b.name.clone()).collect(), 2);
+        let buckets = Buckets::new(cfg.buckets.iter().map(|b| b.name.clone()));
+        let tiers = Tiers::with_buckets(&cfg.cache, Arc::clone(&buckets)).unwrap();
+        let registry = Registry::new(buckets, 2);
         let slots: Vec<usize> = (0..n).collect();
         for w in 0..2 {
             for b in 0..n {

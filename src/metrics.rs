@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::stats::{RequestCounts, Stats, RESERVED_BUCKETS};
+use crate::cache::stats::{Buckets, RequestCounts, Stats};
 use crate::cache::tiered::{Layer, Tiers};
 use crate::http::request::Method;
 
@@ -267,15 +267,18 @@ pub struct RefreshCounts {
 /// All workers' metric slots and the label values.
 ///
 /// Per-bucket counters live in *slots* that keep their bucket's name for the life of the
-/// process: the buckets configured at start take the first ones, and a config reload gives a
-/// new bucket the next free slot ([`Registry::slot_for`]; [`RESERVED_BUCKETS`] of them are
-/// allocated up front) and keeps a renamed or removed bucket's series as they were, so
-/// counters never go back. A worker records through a [`Recorder`], which maps its
-/// config's bucket index to the slot.
+/// process. The slots are the indices of the tiers' bucket table ([`Buckets`], the one table
+/// both use, so a bucket's metric series and its cache statistics have the same index): the
+/// buckets configured at start take the first ones, and a config reload gives a new bucket
+/// the next free slot ([`Buckets::add`]; [`crate::cache::stats::RESERVED_BUCKETS`] of them
+/// are allocated up front) and keeps a renamed or removed bucket's series as they were, so
+/// counters never go back. A worker records through a [`Recorder`], which maps its config's
+/// bucket index to the slot.
 pub struct Registry {
-    /// Slot → bucket name; grows on reloads, never shrinks.
-    bucket_names: parking_lot::RwLock<Vec<String>>,
-    /// Slots allocated per worker; the one past the last (`capacity`) is "no bucket".
+    /// Slot → bucket name; grows on reloads, never shrinks. Shared with the tiers.
+    buckets: Arc<Buckets>,
+    /// Slots allocated per worker; the one past the last (`capacity`, [`Buckets::other`]) is
+    /// "no bucket".
     capacity: usize,
     workers: Vec<WorkerMetrics>,
     /// Access log lines dropped (the writer fell behind), when the access log is on.
@@ -288,10 +291,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(bucket_names: Vec<String>, workers: usize) -> Self {
-        let capacity = bucket_names.len() + RESERVED_BUCKETS;
+    /// The registry of `workers` workers whose per-bucket slots are the indices of `buckets`
+    /// (the tiers' table: [`Tiers::buckets`]).
+    pub fn new(buckets: Arc<Buckets>, workers: usize) -> Self {
+        let capacity = buckets.other();
         Registry {
-            bucket_names: parking_lot::RwLock::new(bucket_names),
+            buckets,
             capacity,
             workers: (0..workers).map(|_| WorkerMetrics::new(capacity)).collect(),
             access_log_dropped: None,
@@ -322,20 +327,6 @@ impl Registry {
         }
     }
 
-    /// The slot of bucket `name`, the next free one when the name is new; `None` when the
-    /// reserve is used up (the reload that asks is refused).
-    pub fn slot_for(&self, name: &str) -> Option<usize> {
-        let mut names = self.bucket_names.write();
-        if let Some(i) = names.iter().position(|n| n == name) {
-            return Some(i);
-        }
-        if names.len() >= self.capacity {
-            return None;
-        }
-        names.push(name.to_owned());
-        Some(names.len() - 1)
-    }
-
     /// A config reload was applied (`ok`) or refused.
     pub fn reload(&self, ok: bool) {
         self.reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
@@ -343,8 +334,7 @@ impl Registry {
 
     /// The slots to render: every named one, then "no bucket", with their labels.
     fn labelled_slots(&self) -> Vec<(usize, String)> {
-        let names = self.bucket_names.read();
-        let mut v: Vec<(usize, String)> = names.iter().cloned().enumerate().collect();
+        let mut v: Vec<(usize, String)> = self.buckets.names().into_iter().enumerate().collect();
         v.push((self.capacity, String::new()));
         v
     }
@@ -757,13 +747,15 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::stats::RESERVED_BUCKETS;
 
     #[test]
     fn a_bucket_keeps_its_slot_and_series_across_generations() {
-        let r = Registry::new(vec!["a".into(), "b".into()], 1);
+        let buckets = Buckets::new(["a", "b"]);
+        let r = Registry::new(Arc::clone(&buckets), 1);
         r.worker(0, &[0, 1]).cache_miss(1);
         // The next generation: "b" first, a new "c", "a" removed.
-        let slots: Vec<usize> = ["b", "c"].iter().map(|n| r.slot_for(n).unwrap()).collect();
+        let slots: Vec<usize> = ["b", "c"].iter().map(|n| buckets.add(n).unwrap()).collect();
         assert_eq!(slots, [1, 2]);
         r.worker(0, &slots).cache_miss(0);
         r.worker(0, &slots).cache_miss(1);
@@ -794,14 +786,14 @@ mod tests {
         );
         // The reserve is bounded: a reload adding past it is refused.
         for i in 0..RESERVED_BUCKETS - 1 {
-            assert!(r.slot_for(&format!("n{i}")).is_some());
+            assert!(buckets.add(&format!("n{i}")).is_some());
         }
-        assert_eq!(r.slot_for("one-too-many"), None);
+        assert_eq!(buckets.add("one-too-many"), None);
     }
 
     #[test]
     fn sums_workers_and_renders_labels() {
-        let r = Registry::new(vec!["assets".into()], 2);
+        let r = Registry::new(Buckets::new(["assets"]), 2);
         r.worker(0, &[0])
             .request(Some(0), Method::Get, 200, Duration::from_millis(2));
         r.worker(1, &[0])

@@ -15,7 +15,6 @@
     reason = "tests run on the harness's threads, not on a worker: they may block"
 )]
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,25 +23,17 @@ use corvid::cache::entry::{CachedObject, Meta};
 use corvid::cache::policy::cache_key;
 use corvid::cache::purge::{purge, purge_as, Mode, Purged, RedisPurge, Scope};
 use corvid::cache::purge_broadcast;
-use corvid::cache::redis::{subscribe, RedisClient, RedisError, RedisOptions, StopSignal};
+use corvid::cache::redis::{RedisClient, RedisError, RedisOptions, StopSignal};
 use corvid::cache::redis_tier;
 use corvid::cache::tiered::{Layer, Tiers};
 use corvid::config::{CacheConfig, DiskConfig, MemoryConfig, WritePolicy};
 
-#[path = "it/common/redis_server.rs"]
-mod redis_server;
+mod tier_support;
 
-use redis_server::RedisServer;
+use tier_support::redis_server::RedisServer;
+use tier_support::run;
 
 const MIB: u64 = 1 << 20;
-
-fn run<F: Future>(f: F) -> F::Output {
-    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("monoio runtime")
-        .block_on(f)
-}
 
 fn cache_config(dir: &std::path::Path) -> CacheConfig {
     CacheConfig {
@@ -318,55 +309,69 @@ fn a_store_that_began_before_a_purge_does_not_undo_it() {
     });
 }
 
-/// Subscribes instance `b` (tag `tag_b`) to `channel` the way worker 0 does, and waits until
-/// the subscription is active (seen from `a`'s Redis client). Returns the stop signal and the
-/// deadline (10 s from the start) that bounds this wait and the test's later ones.
-async fn listen_like_worker_0(
+/// The instance tags of the two instances.
+const TAG_A: u32 = 0xa;
+const TAG_B: u32 = 0xb;
+
+/// Two instances sharing `server`, both filled, with instance b running the purge subscriber
+/// worker 0 runs ([`purge_broadcast::listen`], tag [`TAG_B`]) with `opts`, subscribed once
+/// this returns. Also returns the subscriber's stop signal and the deadline (10 s from now)
+/// that bounds this wait and the test's later ones.
+async fn two_instances(
     server: &RedisServer,
-    a: &World,
-    b: &World,
-    tag_b: u32,
-    channel: &str,
-) -> (StopSignal, Instant) {
+    opts: RedisOptions,
+) -> (World, World, StopSignal, Instant) {
+    let (a, b) = (
+        World::filled(server, Duration::from_secs(5)).await,
+        World::filled(server, Duration::from_secs(5)).await,
+    );
     let stop = StopSignal::new();
-    let tiers_b = Arc::clone(&b.tiers);
-    let on_message = move |msg| {
-        let tiers = Arc::clone(&tiers_b);
-        monoio::spawn(async move {
-            purge_broadcast::apply(&tiers, tag_b, msg).await;
-        });
-    };
-    let opts = RedisOptions::new(server.url().parse().unwrap());
-    monoio::spawn(subscribe(
+    let channel = purge_broadcast::channel(&opts.key_prefix);
+    monoio::spawn(purge_broadcast::listen(
+        Arc::clone(&b.tiers),
         opts,
-        channel.to_string(),
-        on_message,
+        TAG_B,
         stop.clone(),
     ));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while a.redis.subscribers(channel).await.unwrap() == 0 {
-        assert!(Instant::now() < deadline, "the subscriber never subscribed");
+    wait_for_subscribers(&a, &channel, 1, deadline).await;
+    (a, b, stop, deadline)
+}
+
+/// Waits (bounded by `deadline`) until `channel` has `n` subscribers, as `a`'s client sees.
+async fn wait_for_subscribers(a: &World, channel: &str, n: u64, deadline: Instant) {
+    while a.redis.subscribers(channel).await.ok() != Some(n) {
+        assert!(
+            Instant::now() < deadline,
+            "{channel}: never {n} subscribers"
+        );
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
-    (stop, deadline)
+}
+
+/// Waits (bounded by `deadline`) until `cond` holds; `what` and `show()` explain a timeout.
+async fn until<T: std::fmt::Debug>(
+    deadline: Instant,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+    show: impl Fn() -> T,
+) {
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: {:?}", show());
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[test]
 fn a_purge_reaches_the_memory_and_disk_of_another_instance() {
     let server = RedisServer::start(&[]);
     run(async {
-        let (a, b) = (
-            World::filled(&server, Duration::from_secs(5)).await,
-            World::filled(&server, Duration::from_secs(5)).await,
-        );
-        let (tag_a, tag_b) = (0xa, 0xb);
-        let channel = purge_broadcast::channel("corvid:");
-        // Instance b listens the way worker 0 does.
-        let (stop, deadline) = listen_like_worker_0(&server, &a, &b, tag_b, &channel).await;
+        let opts = RedisOptions::new(server.url().parse().unwrap());
+        let (a, b, stop, deadline) = two_instances(&server, opts).await;
 
         let scope = object_scope("img", "logo.png");
         let done =
-            purge_broadcast::purge_everywhere(&a.tiers, Some(&a.redis), "corvid:", tag_a, &scope)
+            purge_broadcast::purge_everywhere(&a.tiers, Some(&a.redis), "corvid:", TAG_A, &scope)
                 .await;
         assert_eq!(done.receivers, Some(1), "{done:?}");
         a.check(&[0, 1, 2], "the purging instance").await;
@@ -375,20 +380,101 @@ fn a_purge_reaches_the_memory_and_disk_of_another_instance() {
             b.tiers.memory.get(&k).is_none()
                 && b.tiers.disk.as_ref().unwrap().get_stale(&k).is_none()
         };
-        while !(0..3).all(gone_from_b) {
-            assert!(
-                Instant::now() < deadline,
-                "the other instance kept its copies"
-            );
-            monoio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until(
+            deadline,
+            "the other instance kept its copies",
+            || (0..3).all(gone_from_b),
+            || (),
+        )
+        .await;
         // Nothing else went, and an instance ignores its own announcements.
         assert!((3..WORLD.len()).all(|i| !gone_from_b(i)));
-        let own = purge_broadcast::encode(tag_b, &Scope::All);
-        assert!(purge_broadcast::apply(&b.tiers, tag_b, own.into())
+        let own = purge_broadcast::encode(TAG_B, &Scope::All);
+        assert!(purge_broadcast::apply(&b.tiers, TAG_B, own.into())
             .await
             .is_none());
         assert!((3..WORLD.len()).all(|i| !gone_from_b(i)));
+        stop.stop();
+    });
+}
+
+/// Pub/sub keeps nothing for an absent subscriber: a purge published while instance b's
+/// subscription is down never reaches b. When the subscription is back, b's subscriber marks
+/// every local entry stale (kept, not removed), so what was purged elsewhere meanwhile is
+/// revalidated rather than served as fresh.
+#[test]
+fn purges_missed_while_unsubscribed_leave_every_local_entry_stale() {
+    let server = RedisServer::start(&[]);
+    run(async {
+        let mut opts = RedisOptions::new(server.url().parse().unwrap());
+        (opts.backoff_initial, opts.backoff_max) =
+            (Duration::from_millis(20), Duration::from_millis(100));
+        let channel = purge_broadcast::channel(&opts.key_prefix);
+        let (a, b, stop, deadline) = two_instances(&server, opts).await;
+        let cmd = |args: &[&str]| {
+            let mut c = redis::cmd(args[0]);
+            for arg in &args[1..] {
+                c.arg(*arg);
+            }
+            c
+        };
+        // Take b's subscription down and keep it down: a password keeps it from subscribing
+        // again, while a's connection stays logged in.
+        a.redis
+            .command(&cmd(&["CONFIG", "SET", "requirepass", "secret"]))
+            .await
+            .unwrap();
+        let killed = a
+            .redis
+            .command(&cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]))
+            .await;
+        assert!(matches!(killed, Ok(redis::Value::Int(1))), "{killed:?}");
+        wait_for_subscribers(&a, &channel, 0, deadline).await;
+
+        // Published while nobody listens: b does not hear of it.
+        let scope = object_scope("img", "logo.png");
+        let done =
+            purge_broadcast::purge_everywhere(&a.tiers, Some(&a.redis), "corvid:", TAG_A, &scope)
+                .await;
+        assert_eq!(done.receivers, Some(0), "{done:?}");
+        // [memory, disk] of b: held, and fresh.
+        let local = |i: usize| {
+            let k = ckey(&WORLD[i]);
+            let now = corvid::cache::disk::now_ms();
+            let disk = b.tiers.disk.as_ref().unwrap();
+            let mem = b.tiers.memory.get(&k).map(|o| o.meta.is_fresh(now));
+            let on_disk = disk.get_stale(&k).map(|e| e.expires_at_ms > now);
+            [mem, on_disk]
+        };
+        assert!((0..WORLD.len()).all(|i| local(i) == [Some(true); 2]));
+
+        // Back: b marks everything it holds stale, and keeps it.
+        a.redis
+            .command(&cmd(&["CONFIG", "SET", "requirepass", ""]))
+            .await
+            .unwrap();
+        wait_for_subscribers(&a, &channel, 1, deadline).await;
+        until(
+            deadline,
+            "b kept fresh copies after resubscribing",
+            || (0..WORLD.len()).all(|i| local(i) == [Some(false); 2]),
+            || (0..WORLD.len()).map(local).collect::<Vec<_>>(),
+        )
+        .await;
+        // Only b's own tiers: Redis lost what a purged, and the rest is fresh there.
+        let retain = Duration::from_secs(3600);
+        for (i, e) in WORLD.iter().enumerate() {
+            let now = corvid::cache::disk::now_ms();
+            let shared = redis_tier::lookup(&a.redis, "corvid:", &ckey(e), retain, now)
+                .await
+                .unwrap();
+            assert_eq!(
+                shared.map(|o| o.meta.is_fresh(now)),
+                (i > 2).then_some(true),
+                "{e:?}"
+            );
+        }
+        a.check(&[0, 1, 2], "the purging instance").await;
         stop.stop();
     });
 }
@@ -609,20 +695,15 @@ fn a_fill_that_began_before_a_soft_purge_does_not_undo_it() {
 fn a_soft_purge_reaches_the_memory_and_disk_of_another_instance() {
     let server = RedisServer::start(&[]);
     run(async {
-        let (a, b) = (
-            World::filled(&server, Duration::from_secs(5)).await,
-            World::filled(&server, Duration::from_secs(5)).await,
-        );
-        let (tag_a, tag_b) = (0xa, 0xb);
-        let channel = purge_broadcast::channel("corvid:");
-        let (stop, deadline) = listen_like_worker_0(&server, &a, &b, tag_b, &channel).await;
+        let opts = RedisOptions::new(server.url().parse().unwrap());
+        let (a, b, stop, deadline) = two_instances(&server, opts).await;
 
         let scope = prefix_scope("img", "logo");
         let done = purge_broadcast::purge_everywhere_as(
             &a.tiers,
             Some(&a.redis),
             "corvid:",
-            tag_a,
+            TAG_A,
             &scope,
             Mode::Soft,
         )
@@ -636,13 +717,13 @@ fn a_soft_purge_reaches_the_memory_and_disk_of_another_instance() {
             let disk = b.tiers.disk.as_ref().unwrap();
             !b.tiers.memory.get(&k).unwrap().meta.is_fresh(now) && disk.get(&k).is_none()
         };
-        while !(0..4).all(stale_in_b) {
-            assert!(
-                Instant::now() < deadline,
-                "the other instance kept fresh copies"
-            );
-            monoio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until(
+            deadline,
+            "the other instance kept fresh copies",
+            || (0..4).all(stale_in_b),
+            || (),
+        )
+        .await;
         // Redis is shared: b sees it stale too; everything else is fresh and everything held.
         b.check_stale(&[0, 1, 2, 3], "the other instance").await;
         stop.stop();
@@ -662,11 +743,10 @@ fn stats_are_exact_per_tier_and_per_bucket() {
         let mut cfg = cache_config(dir.path());
         cfg.memory.capacity = 16 << 10;
         cfg.max_object_size = 8 << 10;
-        let names = vec!["img".to_string(), "img2".to_string()];
-        let tiers = Tiers::with_buckets(&cfg, Buckets::new(names.clone())).unwrap();
-        let registry = Registry::new(names.clone(), 1);
+        let tiers = Tiers::with_buckets(&cfg, Buckets::new(["img", "img2"])).unwrap();
+        let registry = Registry::new(Arc::clone(tiers.buckets()), 1);
         let slots = [0, 1];
-        let named: Vec<(String, usize)> = names.into_iter().zip(slots).collect();
+        let named: Vec<(String, usize)> = tiers.buckets().names().into_iter().zip(slots).collect();
         let w = registry.worker(0, &slots);
         let bucket_of = |b: &str| usize::from(b == "img2");
         let body_len = |key: &str| match key {

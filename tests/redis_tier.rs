@@ -9,7 +9,7 @@
     reason = "tests run on the harness's threads, not on a worker: they may block"
 )]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -20,9 +20,7 @@ use corvid::cache::redis::{
 };
 use corvid::config::RedisTarget;
 
-// Shared with the corvid integration tests (tests/it), which start Redis the same way.
-#[path = "it/common/redis_server.rs"]
-mod redis_server;
+mod tier_support;
 
 // The integration tests' test PKI (rcgen): a CA and a server certificate for 127.0.0.1.
 #[path = "it/common/tls.rs"]
@@ -32,15 +30,9 @@ mod redis_server;
 )]
 mod tls;
 
-use redis_server::{free_port, RedisServer as Server};
-
-fn run<F: Future>(f: F) -> F::Output {
-    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("monoio runtime")
-        .block_on(f)
-}
+use tier_support::port::free_port;
+use tier_support::redis_server::RedisServer as Server;
+use tier_support::run;
 
 /// `cache.redis.url` parsed as the config parses it.
 fn target(url: &str) -> RedisTarget {
@@ -337,25 +329,38 @@ fn redis_killed_mid_run_then_restarted() {
         let c = RedisClient::new(o).unwrap();
         c.set(b"k", b"v", Duration::from_secs(60)).await.unwrap();
 
-        // 20 tasks hammering the client while the server is SIGKILLed under them.
+        // 20 tasks hammering the client while the server is SIGKILLed under them; each counts
+        // its answers and its errors.
         let stop = StopSignal::new();
+        let counts: Vec<Rc<Cell<(u32, u32)>>> = (0..20).map(|_| Rc::default()).collect();
         let mut tasks = Vec::new();
-        for _ in 0..20 {
-            let (c, stop) = (c.clone(), stop.clone());
+        for n in &counts {
+            let (c, stop, n) = (c.clone(), stop.clone(), Rc::clone(n));
             tasks.push(monoio::spawn(async move {
-                let (mut ok, mut slowest_err) = (0u32, Duration::ZERO);
+                let mut slowest_err = Duration::ZERO;
                 while !stop.is_stopped() {
                     let t = Instant::now();
+                    let (ok, err) = n.get();
                     match c.get(b"k").await {
-                        Ok(_) => ok += 1,
-                        Err(_) => slowest_err = slowest_err.max(t.elapsed()),
+                        Ok(_) => n.set((ok + 1, err)),
+                        Err(_) => {
+                            slowest_err = slowest_err.max(t.elapsed());
+                            n.set((ok, err + 1));
+                        }
                     }
                     monoio::time::sleep(Duration::from_millis(1)).await;
                 }
-                (ok, slowest_err)
+                slowest_err
             }));
         }
-        monoio::time::sleep(Duration::from_millis(50)).await;
+        poll_until(
+            Duration::from_secs(5),
+            "every task got an answer",
+            || async { counts.iter().all(|n| n.get().0 > 0).then_some(()) },
+        )
+        .await;
+        let errors = |n: &Rc<Cell<(u32, u32)>>| n.get().1;
+        let before: Vec<u32> = counts.iter().map(errors).collect();
         server.kill();
         let killed = Instant::now();
         poll_until(Duration::from_secs(2), "client noticed", || async {
@@ -363,11 +368,18 @@ fn redis_killed_mid_run_then_restarted() {
         })
         .await;
         assert!(killed.elapsed() <= timeout + Duration::from_millis(100));
-        monoio::time::sleep(Duration::from_millis(300)).await;
+        // Every task ran into the dead server a few times.
+        poll_until(Duration::from_secs(5), "every task saw errors", || async {
+            let mut after = counts.iter().map(errors);
+            before
+                .iter()
+                .all(|b| after.next().unwrap() >= b + 3)
+                .then_some(())
+        })
+        .await;
         stop.stop();
         for t in tasks {
-            let (ok, slowest_err) = t.await;
-            assert!(ok > 0, "no op succeeded before the kill");
+            let slowest_err = t.await;
             assert!(
                 slowest_err <= timeout + Duration::from_millis(100),
                 "{slowest_err:?}"
@@ -456,6 +468,13 @@ fn stalled_redis_times_out_at_the_timeout_then_recovers() {
     });
 }
 
+/// Whether the server's main thread is asleep in `DEBUG SLEEP`: its kernel wait channel is
+/// nanosleep's (an idle server waits in `epoll_wait`).
+fn asleep(server: &Server) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/wchan", server.pid()))
+        .is_ok_and(|w| w.contains("nanosleep"))
+}
+
 #[test]
 fn debug_sleep_times_out_ops_but_not_later() {
     let server = Server::start(&["--enable-debug-command", "yes"]);
@@ -470,8 +489,10 @@ fn debug_sleep_times_out_ops_but_not_later() {
                 .command(redis::cmd("DEBUG").arg("SLEEP").arg("0.5"))
                 .await
         });
-        // Let the DEBUG SLEEP reach the server first.
-        monoio::time::sleep(Duration::from_millis(50)).await;
+        poll_until(Duration::from_secs(2), "DEBUG SLEEP began", || async {
+            asleep(&server).then_some(())
+        })
+        .await;
         let t = Instant::now();
         assert!(matches!(c.get(b"k").await, Err(RedisError::Timeout)));
         assert!(

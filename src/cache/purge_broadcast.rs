@@ -3,7 +3,7 @@
 //! Redis is shared, but each instance's memory and disk tiers are its own: a purge on one
 //! instance removes the object from Redis and from that instance only. So after purging, the
 //! instance publishes the purge on a Redis pub/sub channel, and every instance runs one
-//! subscriber that applies what others publish to its own memory and disk (not to Redis: the
+//! subscriber ([`listen`]) that applies what others publish to its own memory and disk (not to Redis: the
 //! publisher did that already).
 //!
 //! - **Channel:** `<cache.redis.key_prefix>purge` (e.g. `corvid:purge`), so deployments that
@@ -31,7 +31,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::cache::purge::{purge_as, Mode, Purged, Scope};
-use crate::cache::redis::RedisClient;
+use crate::cache::redis::{subscribe_with, RedisClient, RedisOptions, StopSignal};
 use crate::cache::tiered::Tiers;
 
 const MAGIC: &[u8] = b"corvid-purge/1";
@@ -198,6 +198,40 @@ pub async fn apply(tiers: &Arc<Tiers>, instance: u32, msg: Bytes) -> Option<Purg
     let purged = purge_as(tiers, None, &scope, mode).await;
     log::debug!("applied instance {from:08x}'s {mode:?} purge of {scope:?}: {purged:?}");
     Some(purged)
+}
+
+/// The subscriber: applies the purges other instances announce on `key_prefix`'s channel to
+/// `tiers` (see [`apply`]) until `stop` is set. Each message is applied in its own task, so a
+/// long purge does not hold up the next message. One subscriber per process is enough, since
+/// every worker shares the tiers it purges (the runtime runs it on worker 0). Run it as a
+/// monoio task.
+///
+/// Purges announced while the subscription was down were missed (pub/sub keeps nothing for
+/// an absent subscriber): when it is back, every local entry (memory and disk) is soft-purged
+/// ([`Mode::Soft`]), so each is revalidated with the origin on its next request (a 304 keeps
+/// the body) instead of served, possibly purged elsewhere, until its TTL.
+pub async fn listen(tiers: Arc<Tiers>, opts: RedisOptions, instance: u32, stop: StopSignal) {
+    let channel = channel(&opts.key_prefix);
+    let on_message = {
+        let tiers = Arc::clone(&tiers);
+        move |msg| {
+            let tiers = Arc::clone(&tiers);
+            monoio::spawn(async move {
+                apply(&tiers, instance, msg).await;
+            });
+        }
+    };
+    let on_resubscribed = move || {
+        let tiers = Arc::clone(&tiers);
+        monoio::spawn(async move {
+            let p = purge_as(&tiers, None, &Scope::All, Mode::Soft).await;
+            log::warn!(
+                "purge subscription was down: {} local entries marked stale (purges may have been missed)",
+                p.entries()
+            );
+        });
+    };
+    subscribe_with(opts, channel, on_message, on_resubscribed, stop).await
 }
 
 #[cfg(test)]

@@ -71,7 +71,9 @@ use crate::cache::tiered::{Layer, Tiers};
 /// Bucket names → indices. Built from the configured buckets at start; a config reload adds
 /// the names of new buckets ([`Buckets::add`]), up to [`RESERVED_BUCKETS`] over the process's
 /// life, and never removes one (a removed bucket's entries keep their counts until they go).
-/// Index [`Buckets::other`] is the "other" slot (keys of no known bucket).
+/// Index [`Buckets::other`] is the "other" slot (keys of no known bucket). The running
+/// process has one table: the tiers' per-bucket usage and the metrics registry's per-bucket
+/// slots ([`crate::metrics::Registry::new`]) are its indices, so both always agree.
 #[derive(Debug, Default)]
 pub struct Buckets {
     capacity: usize,

@@ -157,17 +157,15 @@ fn show_refresh_counts(
     }
 }
 
-/// Each bucket's metric slot, registering new names (in the registry and the tiers' bucket
-/// table). Called once everything else of a generation is built, so a refused reload leaves
-/// no name behind.
-fn bucket_slots(config: &Config, metrics: &Registry, tiers: &Tiers) -> Result<Vec<usize>, String> {
+/// Each bucket's metric slot: its index in the bucket table the tiers and the metrics registry
+/// share, new names registered there. Called once everything else of a generation is built, so
+/// a refused reload leaves no name behind.
+fn bucket_slots(config: &Config, tiers: &Tiers) -> Result<Vec<usize>, String> {
     config
         .buckets
         .iter()
         .map(|b| {
-            let slot = metrics.slot_for(&b.name);
-            let class = tiers.buckets().add(&b.name);
-            slot.filter(|_| class.is_some()).ok_or_else(|| {
+            tiers.buckets().add(&b.name).ok_or_else(|| {
                 format!(
                     "buckets.{}: more than {} buckets added since start; restart to add more",
                     b.name,
@@ -190,10 +188,6 @@ impl Shared {
                     .map_err(|e| format!("server.tls: {e}"))?,
             ),
         };
-        let metrics = Registry::new(
-            config.buckets.iter().map(|b| b.name.clone()).collect(),
-            workers,
-        );
         let limits = Limits {
             max_request_line: config.server.max_request_line,
             max_header_bytes: config.server.max_header_bytes,
@@ -215,12 +209,12 @@ impl Shared {
                 Some(opts)
             }
         };
-        // The tiers count entries and bytes per bucket (for the admin stats).
-        let tiers = Tiers::with_clock(
-            &config.cache,
-            crate::cache::stats::Buckets::new(config.buckets.iter().map(|b| b.name.clone())),
-            clock.clone(),
-        )?;
+        // One bucket table: the tiers count entries and bytes per bucket in it (for the admin
+        // stats) and the metrics registry's per-bucket slots are its indices.
+        let buckets =
+            crate::cache::stats::Buckets::new(config.buckets.iter().map(|b| b.name.clone()));
+        let tiers = Tiers::with_clock(&config.cache, Arc::clone(&buckets), clock.clone())?;
+        let metrics = Registry::new(buckets, workers);
         let access_log = match &config.log.access {
             None => None,
             Some(sink) => Some(AccessLog::start(sink, config.log.sample_ppm)?),
@@ -232,7 +226,7 @@ impl Shared {
         // One bounded first fetch per bucket with a credentials source; a failure leaves that
         // bucket not ready (503) and the refresh thread retrying.
         let credentials = crate::credentials::cells_for(&config);
-        let slots = bucket_slots(&config, &metrics, &tiers)?;
+        let slots = bucket_slots(&config, &tiers)?;
         show_refresh_counts(&metrics, &slots, &credentials);
         let nofile = fdlimit::current().map_or(1024, |(soft, _)| soft);
         let fd_budget = fdlimit::Budget::new(&config, workers, nofile);
@@ -289,7 +283,7 @@ impl Shared {
                 }
             })
             .collect();
-        let slots = bucket_slots(&config, &self.metrics, &self.tiers)?;
+        let slots = bucket_slots(&config, &self.tiers)?;
         show_refresh_counts(&self.metrics, &slots, &credentials);
         Ok(Arc::new(Shared {
             fd_budget: self.fd_budget,
@@ -832,7 +826,10 @@ async fn worker_main(
     monoio::spawn(async move {
         while let Ok(cmd) = control.recv_async().await {
             match cmd {
-                Control::Shutdown => http.begin_shutdown(),
+                Control::Shutdown => {
+                    http.begin_shutdown();
+                    log::info!("worker {id}: shutting down (no new connections; draining)");
+                }
                 Control::Reload(next, ack) => {
                     let w = on_control.get().next(next);
                     on_control.set(w);

@@ -22,48 +22,24 @@ use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use monoio::time::Instant;
 use monoio_rustls::TlsAcceptor;
 
-use crate::cache::purge;
 use crate::cache::purge_broadcast;
-use crate::cache::redis::{subscribe_with, StopSignal};
+use crate::cache::redis::StopSignal;
 use crate::context::{Current, Worker};
 use crate::handler::{Surface, WorkerApp};
 use crate::net::{readable_now, MaybeTls};
 
-/// Applies the purges other instances announce over Redis (see
-/// [`crate::cache::purge_broadcast`]) until this worker shuts down. One subscription per
-/// process is enough, since every worker shares the tiers it purges: worker 0 runs it.
+/// Runs the purge subscriber ([`purge_broadcast::listen`]) on this worker until it shuts
+/// down. One subscription per process is enough, since every worker shares the tiers it
+/// purges: worker 0 runs it.
 pub fn spawn_purge_subscriber(w: &Rc<Worker>) {
     let Some(opts) = w.shared.redis.clone() else {
         return;
     };
-    let channel = purge_broadcast::channel(&opts.key_prefix);
-    let (tiers, instance) = (Arc::clone(&w.shared.tiers), w.shared.instance_tag);
     let stop = StopSignal::new();
-    let on_message = move |msg| {
-        let tiers = Arc::clone(&tiers);
-        monoio::spawn(async move {
-            purge_broadcast::apply(&tiers, instance, msg).await;
-        });
-    };
-    // Purges announced while the subscription was down were missed: on its return every
-    // local entry (memory and disk) is marked stale, so each is revalidated with the origin on
-    // its next request (a 304 keeps the body) instead of served possibly purged until its TTL.
-    let tiers2 = Arc::clone(&w.shared.tiers);
-    let on_resubscribed = move || {
-        let tiers = Arc::clone(&tiers2);
-        monoio::spawn(async move {
-            let p = purge::purge_as(&tiers, None, &purge::Scope::All, purge::Mode::Soft).await;
-            log::warn!(
-                "purge subscription was down: {} local entries marked stale (purges may have been missed)",
-                p.entries()
-            );
-        });
-    };
-    monoio::spawn(subscribe_with(
+    monoio::spawn(purge_broadcast::listen(
+        Arc::clone(&w.shared.tiers),
         opts,
-        channel,
-        on_message,
-        on_resubscribed,
+        w.shared.instance_tag,
         stop.clone(),
     ));
     let w = Rc::clone(w);

@@ -64,6 +64,32 @@ fn start(config: &str, home: &Path, env: &[(&str, &str)]) -> Corvid {
     Corvid::start_with(config, Readiness::Http, &all)
 }
 
+/// The token an ECS / EKS Pod Identity agent expects, as [`start_with_ecs`] writes it.
+const ECS_TOKEN: &str = "pod-identity-token-1";
+
+/// A fake container credentials endpoint issuing `issuer`'s keys, and corvid (`config`) pointed
+/// at it the way ECS and EKS Pod Identity do: `AWS_CONTAINER_CREDENTIALS_FULL_URI` and
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` (a file in `home` holding [`ECS_TOKEN`]); `env` on
+/// top. The endpoint must outlive corvid.
+fn start_with_ecs(
+    config: &str,
+    home: &Path,
+    issuer: &Issuer,
+    env: &[(&str, &str)],
+) -> (Corvid, FakeServer) {
+    let token_file = home.join("container-authorization-token");
+    write(&token_file, ECS_TOKEN);
+    let ecs = aws_fakes::ecs(issuer.clone(), token_file.clone());
+    let uri = format!("{}/creds", ecs.url());
+    let token_file = token_file.to_string_lossy();
+    let mut all = vec![
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str()),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file),
+    ];
+    all.extend_from_slice(env);
+    (start(config, home, &all), ecs)
+}
+
 fn get(c: &Corvid) -> http::RawResponse {
     http::get(c.addr(), &format!("/{BUCKET}/obj"), &[])
 }
@@ -280,30 +306,16 @@ fn web_identity_error_from_sts_is_reported() {
 fn ecs_full_uri_with_authorization_token_file() {
     let origin = origin();
     let home = tempfile::tempdir().unwrap();
-    let auth_file = home.path().join("eks-pod-identity-token");
-    write(&auth_file, "pod-identity-token-1");
     let issuer = Issuer::new(&[(ACCESS_KEY, SECRET_KEY)], Duration::from_secs(3600));
-    let ecs = aws_fakes::ecs(issuer.clone(), auth_file.clone());
-    let c = start(
+    let (c, ecs) = start_with_ecs(
         &config(&origin, "credentials = \"ecs\""),
         home.path(),
-        &[
-            (
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                &format!("{}/creds", ecs.url()),
-            ),
-            (
-                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-                &auth_file.to_string_lossy(),
-            ),
-        ],
+        &issuer,
+        &[],
     );
     assert_served(&c);
     assert_eq!(issuer.issued(), 1);
-    assert_eq!(
-        ecs.requests()[0].header("authorization"),
-        Some("pod-identity-token-1")
-    );
+    assert_eq!(ecs.requests()[0].header("authorization"), Some(ECS_TOKEN));
 }
 
 #[test]
@@ -391,27 +403,15 @@ fn refresh_while_requests_flow() {
 fn failed_refresh_keeps_old_credentials_then_503_then_recovers() {
     let origin = origin();
     let home = tempfile::tempdir().unwrap();
-    let auth_file = home.path().join("auth");
-    write(&auth_file, "container-token");
     let issuer = Issuer::new(&[(ACCESS_KEY, SECRET_KEY)], Duration::from_secs(3));
-    let ecs = aws_fakes::ecs(issuer.clone(), auth_file.clone());
-    let c = start(
+    let (c, ecs) = start_with_ecs(
         &config(&origin, "credentials = \"ecs\"\nttl = \"0s\""),
         home.path(),
-        &[
-            (
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                &format!("{}/creds", ecs.url()),
-            ),
-            (
-                "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-                "ignored: the file wins",
-            ),
-            (
-                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-                &auth_file.to_string_lossy(),
-            ),
-        ],
+        &issuer,
+        &[(
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+            "ignored: the file wins",
+        )],
     );
     assert_served(&c);
     issuer.set_failing(true);

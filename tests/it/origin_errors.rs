@@ -10,21 +10,48 @@ use std::time::{Duration, Instant};
 use crate::common::http::{Conn, RawResponse};
 use crate::common::*;
 
-struct Setup {
+struct Setup<C = Corvid> {
     origin: Origin,
     relay: IdleRelay,
-    corvid: Corvid,
+    corvid: C,
 }
 
 /// An origin with `bucket`, a relay in front of it, and corvid with ONE worker (so one pool)
 /// serving it under `/{bucket}` through the relay.
 fn setup(bucket: &str, bucket_extra: &str, extra_toml: &str) -> Setup {
+    let (origin, relay, toml) = parts(bucket, bucket_extra, extra_toml, free_port());
+    Setup {
+        origin,
+        relay,
+        corvid: Corvid::start(&toml),
+    }
+}
+
+/// [`setup`] with corvid in-process on a manual clock, for the tests whose entries must go
+/// stale: they advance the clock past the TTL ([`past`]) instead of sleeping. The origin
+/// sends no `Date` for the bucket (see [`InProcess`]).
+fn setup_on_clock(bucket: &str, bucket_extra: &str, extra_toml: &str) -> Setup<InProcess> {
+    let (origin, relay, toml) = parts(bucket, bucket_extra, extra_toml, 0);
+    origin.set_bucket_headers(bucket, Overrides::new().remove("date"));
+    Setup {
+        origin,
+        relay,
+        corvid: InProcess::start(&toml),
+    }
+}
+
+/// The origin, its relay and the config of [`setup`], listening on `port`.
+fn parts(
+    bucket: &str,
+    bucket_extra: &str,
+    extra_toml: &str,
+    port: u16,
+) -> (Origin, IdleRelay, String) {
     let origin = Origin::start();
     origin.create_bucket(bucket);
     let relay = IdleRelay::start(origin.addr(), None);
-    let corvid = Corvid::start(&format!(
-        "[server]\nlisten = \"127.0.0.1:{}\"\nworkers = 1\n{}{extra_toml}",
-        free_port(),
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\n{}{extra_toml}",
         bucket_toml_for(
             bucket,
             &format!("/{bucket}"),
@@ -32,12 +59,8 @@ fn setup(bucket: &str, bucket_extra: &str, extra_toml: &str) -> Setup {
             bucket,
             bucket_extra
         ),
-    ));
-    Setup {
-        origin,
-        relay,
-        corvid,
-    }
+    );
+    (origin, relay, toml)
 }
 
 fn json(r: &RawResponse) -> serde_json::Value {
@@ -382,15 +405,15 @@ fn large_slow_or_broken_error_bodies_are_not_used() {
     );
 }
 
-/// Sleeps until an entry stored now with `ttl` is stale.
-fn past(ttl: Duration) {
-    std::thread::sleep(ttl + Duration::from_millis(100));
+/// Moves corvid's clock past `ttl`: an entry stored (or revalidated) before is stale.
+fn past(corvid: &InProcess, ttl: Duration) {
+    corvid.advance(ttl + Duration::from_secs(1));
 }
 
 #[test]
 fn revalidations_pass_origin_errors_on() {
-    let ttl = Duration::from_millis(200);
-    let s = setup("oerr", "ttl = \"200ms\"", "");
+    let ttl = Duration::from_secs(60);
+    let s = setup_on_clock("oerr", "ttl = \"60s\"", "");
     s.origin.put("oerr", "k", b"cached");
     let mut c = Conn::connect(s.corvid.addr());
     assert_eq!(
@@ -438,7 +461,7 @@ fn revalidations_pass_origin_errors_on() {
         ),
     ];
     for (what, reply, want) in cases {
-        past(ttl);
+        past(&s.corvid, ttl);
         s.origin.fail_next_with(1, reply);
         check(&c.request("GET", "/oerr/k", &[]), &want, what);
         // The entry stays; the next request revalidates it (304) on the same connections.
@@ -450,7 +473,7 @@ fn revalidations_pass_origin_errors_on() {
         );
     }
     // A 404 on revalidation carries its code and removes the entry.
-    past(ttl);
+    past(&s.corvid, ttl);
     s.origin
         .fail_next_with(1, FaultReply::xml(404, NO_SUCH_KEY));
     let want = Want {
@@ -470,16 +493,16 @@ fn revalidations_pass_origin_errors_on() {
 
 #[test]
 fn stale_if_error_still_stands_in_for_origin_5xx() {
-    let ttl = Duration::from_millis(200);
-    let s = setup(
+    let ttl = Duration::from_secs(60);
+    let s = setup_on_clock(
         "oerr",
-        "ttl = \"200ms\"",
+        "ttl = \"60s\"",
         "\n[cache]\nstale_if_error = \"1h\"\n",
     );
     s.origin.put("oerr", "k", b"cached");
     let mut c = Conn::connect(s.corvid.addr());
     assert_eq!(c.request("GET", "/oerr/k", &[]).status, 200);
-    past(ttl);
+    past(&s.corvid, ttl);
     // 5xx answers — passed on as such, or mapped to 502 — let the stale copy stand in.
     for (what, reply) in [
         ("503", slow_down("9")),

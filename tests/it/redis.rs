@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::http;
-use crate::common::redis_server::{free_port as redis_port, RedisServer};
+use crate::common::redis_server::RedisServer;
 use crate::common::*;
 
 fn config(port: u16, origin: &Origin, redis_url: &str) -> String {
@@ -58,7 +58,7 @@ fn a_second_instance_hits_entries_the_first_one_filled() {
 
 #[test]
 fn redis_down_killed_and_back_never_fails_a_request() {
-    let port = redis_port();
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let origin = Origin::start();
     origin.create_bucket("rds");
@@ -125,16 +125,23 @@ fn redis_has_keys(redis: &RedisServer) -> bool {
     reply.starts_with(':') && reply.trim_start_matches(':').trim() != "0"
 }
 
-/// Two corvids log into `redis` with the login in `url`: the first fills Redis, the second
-/// serves from it.
-fn fills_and_serves_with(redis: &RedisServer, url: &str, secret: &str) {
+/// Two corvids reach `redis` at `url` (the login in it, TLS for `rediss://`), each started
+/// with `config(port, origin)`: the first fills Redis, the second serves a whole Redis hit and
+/// a range of it; one origin GET for both, no Redis errors, and `secret` (the password, if any)
+/// never logged.
+pub(crate) fn fills_and_serves(
+    redis: &RedisServer,
+    url: &str,
+    secret: &str,
+    config: &dyn Fn(u16, &Origin) -> String,
+) {
     let origin = Origin::start();
     origin.create_bucket("rds");
-    let body = pattern_bytes(20_000, 7);
-    origin.put("rds", "login.bin", &body);
-    let a = Corvid::start(&config(free_port(), &origin, url));
-    let b = Corvid::start(&config(free_port(), &origin, url));
-    let r = http::get(a.addr(), "/rds/login.bin", &[]);
+    let body = pattern_bytes(300_000, 7);
+    origin.put("rds", "filled.bin", &body);
+    let a = Corvid::start(&config(free_port(), &origin));
+    let b = Corvid::start(&config(free_port(), &origin));
+    let r = http::get(a.addr(), "/rds/filled.bin", &[]);
     assert_eq!(
         (r.status, r.header("x-cache")),
         (200, Some("MISS")),
@@ -142,41 +149,48 @@ fn fills_and_serves_with(redis: &RedisServer, url: &str, secret: &str) {
     );
     assert!(
         wait_until(Duration::from_secs(5), || redis.key_count() == Some(1)),
-        "{url}: the fill reached Redis"
+        "{url}: the fill reached Redis\n{}",
+        a.stderr()
     );
-    let r = http::get(b.addr(), "/rds/login.bin", &[]);
+    let r = http::get(b.addr(), "/rds/filled.bin", &[]);
     assert_eq!(
         (r.status, r.header("x-cache"), r.header("x-cache-layer")),
         (200, Some("HIT"), Some("redis")),
-        "{url}: {:?}",
-        r.headers
+        "{url}: {:?}\n{}",
+        r.headers,
+        b.stderr()
     );
-    assert!(r.body == body, "{url}");
-    assert_eq!(origin.count("GET"), 1, "{url}");
+    assert!(r.body == body, "{url}: the body came back whole");
+    let r = http::get(b.addr(), "/rds/filled.bin", &[("range", "bytes=1000-1999")]);
+    assert_eq!((r.status, r.body.as_slice()), (206, &body[1000..2000]));
+    assert_eq!(origin.count("GET"), 1, "{url}: one origin GET for both");
     for c in [&a, &b] {
         let m = http::get(c.addr(), "/metrics", &[]).text();
         assert!(
             m.contains("corvid_cache_errors_total{layer=\"redis\"} 0"),
-            "{url}: no Redis errors with the right login\n{m}"
+            "{url}: no Redis errors\n{m}"
         );
-        assert!(!c.stderr().contains(secret), "{url}: secret logged");
+        let logs = c.stderr();
+        assert!(!logs.contains("redis down"), "{url}: {logs}");
+        assert!(
+            secret.is_empty() || !logs.contains(secret),
+            "{url}: secret logged"
+        );
     }
 }
 
 #[test]
 fn requirepass_and_acl_user_logins_fill_and_serve_from_redis() {
     let redis = RedisServer::start(&["--requirepass", "pa:ss@1"]);
-    fills_and_serves_with(
-        &redis,
-        &format!("redis://:pa%3Ass%401@127.0.0.1:{}", redis.port),
-        "pa:ss@1",
-    );
+    let url = format!("redis://:pa%3Ass%401@127.0.0.1:{}", redis.port);
+    fills_and_serves(&redis, &url, "pa:ss@1", &|port, origin| {
+        config(port, origin, &url)
+    });
     let redis = RedisServer::start_acl_user("alice", "s3cret");
-    fills_and_serves_with(
-        &redis,
-        &format!("redis://alice:s3cret@127.0.0.1:{}", redis.port),
-        "s3cret",
-    );
+    let url = format!("redis://alice:s3cret@127.0.0.1:{}", redis.port);
+    fills_and_serves(&redis, &url, "s3cret", &|port, origin| {
+        config(port, origin, &url)
+    });
 }
 
 #[test]
@@ -256,7 +270,7 @@ fn check_and_serve_agree_on_every_redis_url() {
     let origin = Origin::start();
     origin.create_bucket("rds");
     // Nothing listens here: a down Redis is a miss, not a start-up error.
-    let p = redis_port();
+    let p = free_port();
     let valid = [
         format!("redis://127.0.0.1:{p}"),
         format!("REDIS://127.0.0.1:{p}/"),
@@ -346,7 +360,7 @@ fn redis_as_the_only_tier_caches() {
 }
 
 /// The value of one Prometheus sample line (`name{labels} value`), 0 when absent.
-fn sample(metrics: &str, series: &str) -> u64 {
+pub(crate) fn sample(metrics: &str, series: &str) -> u64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))

@@ -12,7 +12,7 @@ use crate::common::http;
 use crate::common::redis_server::RedisServer;
 use crate::common::*;
 use crate::jwt_support::key;
-use crate::redis::{check_verdict, serve_verdict};
+use crate::redis::{check_verdict, fills_and_serves, sample, serve_verdict};
 
 const ERRORS: &str = "corvid_cache_errors_total{layer=\"redis\"}";
 
@@ -43,57 +43,11 @@ fn config(port: u16, origin: &Origin, url: &str, ca_file: Option<&Path>, extra: 
     )
 }
 
-/// The value of one Prometheus sample line (`name{labels} value`), 0 when absent.
-fn sample(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Two corvids reach `redis` at `url` over TLS: the first fills it, the second serves a Redis
-/// hit; no Redis errors, and `secret` (the password, if any) is never logged.
-fn fills_and_serves(redis: &RedisServer, url: &str, ca: &Path, secret: &str) {
-    let origin = Origin::start();
-    origin.create_bucket("rds");
-    let body = pattern_bytes(300_000, 3);
-    origin.put("rds", "tls.bin", &body);
-    let a = Corvid::start(&config(free_port(), &origin, url, Some(ca), ""));
-    let b = Corvid::start(&config(free_port(), &origin, url, Some(ca), ""));
-    let r = http::get(a.addr(), "/rds/tls.bin", &[]);
-    assert_eq!(
-        (r.status, r.header("x-cache")),
-        (200, Some("MISS")),
-        "{url}"
-    );
-    assert!(
-        wait_until(Duration::from_secs(5), || redis.key_count() == Some(1)),
-        "{url}: the fill reached Redis over TLS\n{}",
-        a.stderr()
-    );
-    let r = http::get(b.addr(), "/rds/tls.bin", &[]);
-    assert_eq!(
-        (r.status, r.header("x-cache"), r.header("x-cache-layer")),
-        (200, Some("HIT"), Some("redis")),
-        "{url}: {:?}\n{}",
-        r.headers,
-        b.stderr()
-    );
-    assert!(r.body == body, "{url}: the body came back whole");
-    let r = http::get(b.addr(), "/rds/tls.bin", &[("range", "bytes=1000-1999")]);
-    assert_eq!((r.status, r.body.as_slice()), (206, &body[1000..2000]));
-    assert_eq!(origin.count("GET"), 1, "{url}: one origin GET for both");
-    for c in [&a, &b] {
-        let m = http::get(c.addr(), "/metrics", &[]).text();
-        assert_eq!(sample(&m, ERRORS), 0, "{url}: no Redis errors\n{m}");
-        let logs = c.stderr();
-        assert!(!logs.contains("redis down"), "{url}: {logs}");
-        assert!(
-            secret.is_empty() || !logs.contains(secret),
-            "{url}: secret logged"
-        );
-    }
+/// [`fills_and_serves`] over TLS, trusting `ca`.
+fn fills_and_serves_tls(redis: &RedisServer, url: &str, ca: &Path, secret: &str) {
+    fills_and_serves(redis, url, secret, &|port, origin| {
+        config(port, origin, url, Some(ca), "")
+    });
 }
 
 #[test]
@@ -101,18 +55,18 @@ fn a_second_instance_hits_what_the_first_filled_over_tls() {
     let (redis, files) = tls_redis(&[]);
     assert!(redis.url().starts_with("rediss://127.0.0.1:"));
     // The certificate names 127.0.0.1 as an IP address SAN: that is what is verified.
-    fills_and_serves(&redis, &redis.url(), &files.ca_pem, "");
+    fills_and_serves_tls(&redis, &redis.url(), &files.ca_pem, "");
     // And "localhost" as a DNS name (resolved off the workers, verified by name).
     let url = format!("rediss://localhost:{}", redis.port);
     redis.command(&["FLUSHALL"]);
-    fills_and_serves(&redis, &url, &files.ca_pem, "");
+    fills_and_serves_tls(&redis, &url, &files.ca_pem, "");
 }
 
 #[test]
 fn rediss_with_a_password_logs_in_over_tls() {
     let (redis, files) = tls_redis(&["--requirepass", "tls:pa@ss"]);
     let url = format!("rediss://:tls%3Apa%40ss@127.0.0.1:{}", redis.port);
-    fills_and_serves(&redis, &url, &files.ca_pem, "tls:pa@ss");
+    fills_and_serves_tls(&redis, &url, &files.ca_pem, "tls:pa@ss");
 
     // The wrong password over TLS: misses, counted, the origin answers, nothing leaks.
     let origin = Origin::start();

@@ -261,7 +261,14 @@ fn a_new_instance_takes_over_under_load_without_a_failed_request() {
             }
         }));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    let answered = |n: u64| {
+        let tally = Arc::clone(&tally);
+        move || tally.lock().unwrap().ok >= n
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), answered(100)),
+        "the load runs on A"
+    );
 
     // B on the same address, same config: A is still serving, so readiness is B's own log.
     let mut b = Corvid::start_with(&config, Readiness::None, &[]);
@@ -272,7 +279,16 @@ fn a_new_instance_takes_over_under_load_without_a_failed_request() {
         "B listens:\n{}",
         b.stderr()
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // New connections reach B too before A is told to go.
+    assert!(
+        wait_until(Duration::from_secs(10), || tally
+            .lock()
+            .unwrap()
+            .by_instance
+            .iter()
+            .any(|(tag, &n)| *tag != tag_a && n > 0)),
+        "B answers"
+    );
     let before_term = tally.lock().unwrap().ok;
 
     a.signal(libc::SIGTERM);
@@ -281,7 +297,11 @@ fn a_new_instance_takes_over_under_load_without_a_failed_request() {
         .expect("A exits after its drain");
     assert_eq!(status.code(), Some(0), "{}", a.stderr());
     let at_exit = tally.lock().unwrap().ok;
-    std::thread::sleep(Duration::from_millis(1000));
+    // The load goes on, on B alone (every client reconnects to it).
+    assert!(
+        wait_until(Duration::from_secs(10), answered(at_exit + 200)),
+        "load continued on B after A exited"
+    );
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();

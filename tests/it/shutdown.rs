@@ -179,6 +179,16 @@ fn sighup_is_logged_and_the_process_keeps_serving() {
     assert!(r.body == body);
 }
 
+/// Waits (5 s at most) until corvid counts `n` open client connections besides the probe's
+/// own (the `corvid_connections_open` gauge): they were accepted.
+fn connections_open(corvid: &Corvid, n: u64) -> bool {
+    let line = format!("corvid_connections_open {}", n + 1);
+    wait_until(Duration::from_secs(5), || {
+        let m = http::get(corvid.addr(), "/metrics", &[]).text();
+        m.lines().any(|l| l == line)
+    })
+}
+
 /// Connections that never send a request do not hold the drain up to `header_timeout`: after a
 /// short last call they are closed and the process exits.
 #[test]
@@ -191,14 +201,9 @@ fn idle_connections_without_a_request_do_not_hold_the_drain() {
     let idle: Vec<TcpStream> = (0..50)
         .map(|_| TcpStream::connect(corvid.addr()).unwrap())
         .collect();
-    // Every one of them accepted by corvid (the gauge counts open client connections; the
-    // probe's own connection is counted too).
+    // Every one of them accepted by corvid.
     assert!(
-        wait_until(Duration::from_secs(5), || {
-            let m = http::get(corvid.addr(), "/metrics", &[]).text();
-            m.lines()
-                .any(|l| l.starts_with("corvid_connections_open ") && l.ends_with(" 51"))
-        }),
+        connections_open(&corvid, 50),
         "the idle connections were accepted"
     );
     let started = std::time::Instant::now();
@@ -226,9 +231,21 @@ fn ready_answers_503_as_soon_as_shutdown_begins() {
     assert_eq!(http::get(corvid.addr(), "/ready", &[]).status, 200);
     let mut conn = Conn::connect(corvid.addr());
     conn.send(b"GET /ready HTTP/1.1\r\nHost: corvid\r\n");
-    std::thread::sleep(Duration::from_millis(200));
+    // Taken by a worker...
+    assert!(connections_open(&corvid, 1), "the connection was accepted");
     corvid.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(200));
+    // ...and every worker has begun its shutdown before the head is complete.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            corvid
+                .stderr()
+                .matches(": shutting down (no new connections")
+                .count()
+                == 2
+        }),
+        "the workers began shutting down: {}",
+        corvid.stderr()
+    );
     conn.send(b"\r\n");
     let r = conn.read_response();
     assert_eq!(r.status, 503, "{}", r.text());

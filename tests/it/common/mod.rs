@@ -25,6 +25,7 @@ pub mod inproc;
 pub mod moto;
 pub mod net;
 pub mod origin;
+pub mod port;
 pub mod proc;
 pub mod redis_server;
 pub mod relay;
@@ -33,11 +34,12 @@ pub mod tls;
 
 pub use inproc::{origin_and_inprocess, InProcess};
 pub use moto::Moto;
-pub use net::{free_port, is_refused, wait_until, RefuseAddr, StallServer};
+pub use net::{is_refused, wait_until, RefuseAddr, StallServer};
 pub use origin::{
     pattern_bytes, storage_key, FaultReply, Origin, OriginConfig, Overrides, RecordedRequest,
     ACCESS_KEY, REGION, SECRET_KEY,
 };
+pub use port::free_port;
 pub use proc::{check, limit_open_files, CheckOutcome, Corvid, Readiness};
 pub use relay::IdleRelay;
 pub use s3client::{encode_key, S3Client};

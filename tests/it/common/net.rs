@@ -113,11 +113,6 @@ impl Default for RefuseAddr {
     }
 }
 
-/// A port that was free a moment ago (bind 127.0.0.1:0, read, release).
-pub fn free_port() -> u16 {
-    RefuseAddr::new().addr().port()
-}
-
 /// Polls `cond` with a short backoff until it holds or `timeout` passes.
 /// For conditions with no event to block on (another process's state).
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {

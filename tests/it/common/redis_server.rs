@@ -1,5 +1,6 @@
 //! A real `redis-server` child process on a free loopback port, for tests (shared by
-//! `tests/redis_tier.rs` and the corvid integration tests). Needs `redis-server` on PATH
+//! the corvid integration tests and, through `tests/tier_support`, tests/purge.rs and
+//! tests/redis_tier.rs). Needs `redis-server` on PATH
 //! (Debian: `apt-get install redis-server`; Debian's build has TLS). [`RedisServer::start_tls`]
 //! starts one that speaks only TLS (`--port 0 --tls-port P`), whose helper connections (PING,
 //! DBSIZE, ...) are TLS too.
@@ -10,11 +11,13 @@
 )]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use super::port::free_port;
 
 /// A redis-server child process, killed on drop.
 pub struct RedisServer {
@@ -360,12 +363,4 @@ fn read_line(s: &mut impl Read) -> Option<Vec<u8>> {
     }
     line.truncate(line.len() - 2);
     Some(line)
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
