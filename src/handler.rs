@@ -106,7 +106,7 @@ fn access_line<'a>(w: &'a Worker, done: &'a Finished<'a>) -> Line<'a> {
         bucket: log.bucket.map(|b| w.shared.config.buckets[b].name.as_str()),
         path,
         status: done.status,
-        bytes: log.bytes,
+        bytes: done.bytes,
         took: done.took,
         cache: log.cache,
         layer: log.layer,
