@@ -27,8 +27,6 @@
 //!   capped by `negative_ttl_ms` even when the origin grants more: a missing object that is
 //!   then uploaded should appear soon, whatever the origin said about the 404.
 
-use std::time::UNIX_EPOCH;
-
 /// The value `delta-seconds` saturate at (§1.2.2: "greater than the greatest integer it can
 /// represent … MUST consider the value to be 2147483648").
 const DELTA_SECONDS_MAX: u64 = 2_147_483_648;
@@ -206,10 +204,10 @@ fn age_seconds(age: Option<&str>) -> u64 {
     })
 }
 
-/// An HTTP-date (RFC 9110 §5.6.7, all three formats) in unix milliseconds; None when invalid.
+/// An HTTP-date (RFC 9110 §5.6.7, all three formats: [`crate::http::date`]) in unix
+/// milliseconds; None when invalid (or before 1970).
 fn http_date_ms(s: &str) -> Option<u64> {
-    let t = httpdate::parse_http_date(s.trim()).ok()?;
-    u64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
+    crate::http::date::parse_unix_secs(s)?.checked_mul(1000)
 }
 
 /// What the configuration says (per bucket).
@@ -1010,6 +1008,92 @@ mod tests {
             let f = store(&response(cc, *expires, *date, None), &policy, at(NOW))
                 .unwrap_or_else(|e| panic!("{name}: not stored: {e:?}"));
             assert_eq!(f.expires_at_ms - f.age_origin_ms, *lifetime, "{name}");
+        }
+    }
+
+    /// `ms` in the obsolete asctime format (`Sun Nov  6 08:49:37 1994`), from the IMF-fixdate.
+    fn asctime(ms: u64) -> String {
+        let imf = date(ms); // `Sun, 06 Nov 1994 08:49:37 GMT`
+        let day = imf[5..7].trim_start_matches('0');
+        format!(
+            "{} {} {day:>2} {} {}",
+            &imf[..3],
+            &imf[8..11],
+            &imf[17..25],
+            &imf[12..16]
+        )
+    }
+
+    /// `ms` in the obsolete RFC 850 format (`Sunday, 06-Nov-94 08:49:37 GMT`).
+    fn rfc850(ms: u64) -> String {
+        let imf = date(ms);
+        let wday = match &imf[..3] {
+            "Mon" => "Monday",
+            "Tue" => "Tuesday",
+            "Wed" => "Wednesday",
+            "Thu" => "Thursday",
+            "Fri" => "Friday",
+            "Sat" => "Saturday",
+            _ => "Sunday",
+        };
+        format!(
+            "{wday}, {}-{}-{} {} GMT",
+            &imf[5..7],
+            &imf[8..11],
+            &imf[14..16],
+            &imf[17..25]
+        )
+    }
+
+    // ---- RFC 9110 §5.6.7: recipients accept all three HTTP-date formats ----
+
+    #[test]
+    fn rfc9110_5_6_7_every_date_format_is_accepted() {
+        assert_eq!(asctime(784_111_777_000), "Sun Nov  6 08:49:37 1994");
+        assert_eq!(rfc850(784_111_777_000), "Sunday, 06-Nov-94 08:49:37 GMT");
+        assert_eq!(
+            http_date_ms("Sun Nov  6 08:49:37 1994"),
+            Some(784_111_777_000)
+        );
+        assert_eq!(
+            http_date_ms("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777_000)
+        );
+        // A day name that does not match the date (Aug 8 2050 is a Monday: the http-tests
+        // cache suite's asctime example) still names that date.
+        assert_eq!(
+            http_date_ms("Thu Aug  8 02:01:18 2050"),
+            Some(2_543_536_878_000)
+        );
+        // Two-digit years: 94 is 1994 (RFC 9110 §5.6.7: not more than 50 years ahead).
+        assert_eq!(
+            http_date_ms("Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(784_111_777_000)
+        );
+        let policy = Policy {
+            default_ttl_ms: 0,
+            ..POLICY
+        };
+        for (fmt, f) in [
+            ("IMF-fixdate", date as fn(u64) -> String),
+            ("asctime", asctime),
+            ("RFC 850", rfc850),
+        ] {
+            let (now, expires) = (f(NOW), f(NOW + 2 * HOUR));
+            // As Expires with an IMF Date, as Date with an IMF Expires, and both.
+            for (e, d) in [
+                (&expires, &date(NOW)),
+                (&date(NOW + 2 * HOUR), &now),
+                (&expires, &now),
+            ] {
+                let f = store(&response(&[], Some(e), Some(d), None), &policy, at(NOW + S))
+                    .unwrap_or_else(|e| panic!("{fmt}: not stored: {e:?}"));
+                assert_eq!(
+                    f.expires_at_ms - f.age_origin_ms,
+                    2 * HOUR,
+                    "{fmt}: {e} - {d}"
+                );
+            }
         }
     }
 

@@ -8,6 +8,7 @@ pub mod chunked;
 pub mod conditional;
 pub mod conn;
 pub mod counted;
+pub mod date;
 pub mod env;
 mod headers;
 pub mod idle;

@@ -740,3 +740,70 @@ fn case8_last_modified_alone_revalidates_with_if_modified_since() {
     );
     f.finish();
 }
+
+/// `secs` from now in the obsolete asctime format (`Sun Nov  6 08:49:37 1994`), built from the
+/// IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn asctime_date(secs: i64) -> String {
+    let imf = http_date(secs);
+    let day = imf[5..7].trim_start_matches('0');
+    format!(
+        "{} {} {day:>2} {} {}",
+        &imf[..3],
+        &imf[8..11],
+        &imf[17..25],
+        &imf[12..16]
+    )
+}
+
+/// RFC 9110 §5.6.7: a recipient accepts all three HTTP-date formats. An `Expires` in
+/// asctime format a day ahead is explicit freshness under `ttl = "0s"` (a HIT), and so is the
+/// http-tests cache suite's `Thu Aug  8 02:01:18 2050` (`freshness-expires-ansi-c`: Aug 8 2050
+/// is a Monday, the day name is not what the date is read from); one a month past is stale.
+/// A client's `If-Modified-Since` in that format is read by the same parser (a 304).
+#[test]
+fn rfc9110_an_asctime_expires_and_if_modified_since_are_understood() {
+    const SUITE: &str = "Thu Aug  8 02:01:18 2050";
+    let origin = origin_with(&["asc-later", "asc-suite", "asc-old"]);
+    let later = asctime_date(86_400);
+    assert_eq!(later.len(), 24, "{later}");
+    let old = asctime_date(-30 * 86_400);
+    for (key, expires) in [
+        ("asc-later", later.as_str()),
+        ("asc-suite", SUITE),
+        ("asc-old", &old),
+    ] {
+        origin.set_headers(BUCKET, key, Overrides::new().set("expires", expires));
+    }
+    let c = Corvid::start(&config(&origin.endpoint(), "ttl = \"0s\"", ""));
+    let mut f = Findings::new();
+    for key in ["asc-later", "asc-suite", "asc-old"] {
+        let r = get(&c, key);
+        assert_eq!((r.status, r.body.as_slice()), (200, BODY));
+    }
+    for (key, expires) in [("asc-later", later.as_str()), ("asc-suite", SUITE)] {
+        let r = get(&c, key);
+        f.check_answer(
+            x_cache(&r) == "HIT",
+            &format!("§4.2.1, RFC 9110 §5.6.7: `Expires: {expires}` (asctime, ahead) is fresh"),
+            &r,
+        );
+    }
+    let r = get(&c, "asc-old");
+    f.check_answer(
+        x_cache(&r) != "HIT",
+        &format!("§4.2.1: `Expires: {old}` (asctime) a month ago is stale"),
+        &r,
+    );
+    let lm = r.header("last-modified").expect("Last-Modified").to_owned();
+    let r = http::get(
+        c.addr(),
+        &format!("{PREFIX}/asc-later"),
+        &[("if-modified-since", SUITE)],
+    );
+    f.check_answer(
+        r.status == 304,
+        &format!("RFC 9110 §13.1.3: If-Modified-Since {SUITE:?} (asctime) after {lm} is a 304"),
+        &r,
+    );
+    f.finish();
+}
