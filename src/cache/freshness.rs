@@ -23,6 +23,9 @@
 //!   invalid (§4.2.1: either the first occurrence is used or the response is stale;
 //!   first-wins keeps such responses cacheable, and reads the same whether the field lines
 //!   arrive separately or already combined into one, RFC 9110 §5.3).
+//! - `Vary` is not part of the cache key (an S3 object does not vary with request fields),
+//!   but a response with `Vary: *` is not stored at all: per §4.1 it never matches a later
+//!   request, so it could only be served wrongly or not at all.
 //! - A 404 is only stored when the configuration enables negative caching, and its lifetime is
 //!   capped by `negative_ttl_ms` even when the origin grants more: a missing object that is
 //!   then uploaded should appear soon, whatever the origin said about the 404.
@@ -230,6 +233,8 @@ pub struct Policy {
 pub struct Response<'a> {
     pub status: u16,
     pub directives: Directives,
+    /// Its `Vary` has a `*` member ([`vary_star`]).
+    pub vary_star: bool,
     pub expires: Option<&'a str>,
     pub date: Option<&'a str>,
     pub age: Option<&'a str>,
@@ -263,11 +268,23 @@ pub enum NotStored {
     Status,
     /// A 404 while negative caching is off (`negative_ttl_ms == 0`).
     NegativeOff,
+    /// `Vary: *` (§4.1): a stored response with it never matches a later request, so storing
+    /// it would only fill the cache.
+    VaryStar,
+}
+
+/// Whether the `Vary` field lines have a `*` member (RFC 9110 §12.5.5: the response varies on
+/// more than request fields, so no later request is ever known to match it).
+pub fn vary_star<'a>(lines: impl IntoIterator<Item = &'a str>) -> bool {
+    lines
+        .into_iter()
+        .any(|line| ListMembers(line).any(|m| m.trim_matches([' ', '\t']) == "*"))
 }
 
 /// Whether a response may be stored and, if so, its [`Freshness`] (§3, §4.2).
 ///
-/// The status is checked first, then `no-store`, then `private`. The lifetime is, in order,
+/// The status is checked first, then `no-store`, then `private`, then `Vary: *`. The lifetime
+/// is, in order,
 /// `s-maxage`, `max-age`, `Expires` − `Date` (§4.2.1), else the configured heuristic
 /// `default_ttl_ms` (§4.2.2: only without explicit expiry); `no-cache` makes it zero. A 404's
 /// lifetime is capped by `negative_ttl_ms` (which is also its lifetime without explicit
@@ -285,6 +302,9 @@ pub fn store(resp: &Response<'_>, policy: &Policy, times: Times) -> Result<Fresh
     }
     if d.private {
         return Err(NotStored::Private);
+    }
+    if resp.vary_star {
+        return Err(NotStored::VaryStar);
     }
     let date_ms = resp.date.and_then(http_date_ms);
     let lifetime_ms = if d.no_cache {
@@ -564,6 +584,7 @@ mod tests {
         Response {
             status: 200,
             directives: parse_directives(cc.iter().copied()),
+            vary_star: false,
             expires,
             date,
             age,
@@ -1579,6 +1600,39 @@ mod tests {
         }
     }
 
+    // ---- §4.1: a stored response with `Vary: *` never matches, so it is not stored ----
+
+    #[test]
+    fn s4_1_vary_star_is_not_stored() {
+        for (lines, star) in [
+            (&[][..], false),
+            (&["*"][..], true),
+            (&[" * "][..], true),
+            (&["Accept-Encoding, *"][..], true),
+            (&["Origin", "*"][..], true),
+            (&["Origin"][..], false),
+            (&["Accept-Encoding, Origin"][..], false),
+            (&["\"*\""][..], false),
+            (&["x-*"][..], false),
+        ] {
+            assert_eq!(vary_star(lines.iter().copied()), star, "{lines:?}");
+        }
+        let resp = Response {
+            vary_star: true,
+            ..response(&["max-age=3600"], None, None, None)
+        };
+        assert_eq!(store(&resp, &POLICY, at(NOW)), Err(NotStored::VaryStar));
+        let negative = Policy {
+            negative_ttl_ms: HOUR,
+            ..POLICY
+        };
+        let resp = Response {
+            status: 404,
+            ..resp
+        };
+        assert_eq!(store(&resp, &negative, at(NOW)), Err(NotStored::VaryStar));
+    }
+
     // ---- Storing: statuses, no-store, private and negative caching (§3, §5.2.2.5, §5.2.2.7) ----
 
     #[test]
@@ -1875,6 +1929,7 @@ mod tests {
         let resp = Response {
             status: if status % 2 == 0 { 200 } else { 404 },
             directives: d,
+            vary_star: false,
             expires: Some(expires),
             date: Some(date),
             age: Some(age),

@@ -807,3 +807,40 @@ fn rfc9110_an_asctime_expires_and_if_modified_since_are_understood() {
     );
     f.finish();
 }
+
+/// RFC 9111 §4.1: a stored response whose `Vary` has a `*` member never matches a later
+/// request. Fresh for an hour otherwise, such a response is not reused: each GET goes to the
+/// origin whole (no stored entry to revalidate), and the answers are the origin's.
+#[test]
+fn s4_1_a_response_with_vary_star_is_never_reused() {
+    let origin = origin_with(&["star", "star-list"]);
+    let fresh = Overrides::new().set("cache-control", "max-age=3600");
+    origin.set_headers(BUCKET, "star", fresh.clone().set("vary", "*"));
+    origin.set_headers(BUCKET, "star-list", fresh.set("vary", "Accept-Encoding, *"));
+    let c = Corvid::start(&config(&origin.endpoint(), "ttl = \"1h\"", ""));
+    let mut f = Findings::new();
+    for key in ["star", "star-list"] {
+        for i in 0..3 {
+            let r = get(&c, key);
+            assert_eq!((r.status, r.body.as_slice()), (200, BODY), "{key} {i}");
+            f.check_answer(
+                !matches!(x_cache(&r), "HIT" | "REVALIDATED" | "STALE"),
+                &format!("§4.1: {key} (Vary with `*`) answer {i} does not come from the cache"),
+                &r,
+            );
+        }
+        let gets = origin_gets(&origin, key);
+        f.check(
+            gets.len() == 3,
+            format!(
+                "§4.1: each GET of {key} reaches the origin; it saw {}",
+                gets.len()
+            ),
+        );
+        f.check(
+            gets.iter().all(|g| g.header("if-none-match").is_none()),
+            format!("§4.1: nothing of {key} was stored to revalidate"),
+        );
+    }
+    f.finish();
+}
