@@ -844,3 +844,145 @@ fn s4_1_a_response_with_vary_star_is_never_reused() {
     }
     f.finish();
 }
+
+/// The Fetch standard's note on CORS and HTTP caches: an answer whose headers depend on the
+/// request's `Origin` says `Vary: Origin` on every response, so that a browser or CDN cache
+/// never reuses a non-CORS answer for a CORS fetch. With `cors` on the bucket that is every
+/// answer — no Origin, an allowed one, one not allowed; MISS, HIT, 206, 304, HEAD, errors,
+/// the origin's answers passed through, preflights — and with no `cors` none says it.
+#[test]
+fn cors_every_answer_of_a_cors_bucket_varies_on_origin() {
+    let origin = origin_with(&["obj", "other", "head-only"]);
+    let cors = "cors = { allow_origins = [\"https://app.example\"], max_age = \"1h\" }";
+    let toml = format!(
+        "{}{}{}",
+        server_toml(free_port()),
+        bucket_toml_for(BUCKET, PREFIX, &origin.endpoint(), BUCKET, cors),
+        bucket_toml_for("plain", "/plain", &origin.endpoint(), BUCKET, ""),
+    );
+    let c = Corvid::start(&toml);
+    let addr = c.addr();
+    let send = |method: &str, path: &str, headers: &[(&str, &str)]| {
+        let host = addr.to_string();
+        http::send_raw(
+            addr,
+            &http::request_bytes(method, path, &host, headers, &[]),
+        )
+    };
+    let varies = |r: &RawResponse| {
+        r.header_all("vary")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|m| m.trim().eq_ignore_ascii_case("origin"))
+    };
+    const APP: (&str, &str) = ("origin", "https://app.example");
+    const EVIL: (&str, &str) = ("origin", "https://evil.example");
+    let mut f = Findings::new();
+    let first = send("GET", "/rfc/obj", &[]);
+    assert_eq!((first.status, x_cache(&first)), (200, "MISS"));
+    let etag = first.header("etag").expect("ETag").to_owned();
+    let cases: Vec<(&str, RawResponse, u16)> = vec![
+        ("GET, MISS (fill), no Origin", first, 200),
+        ("GET, HIT, no Origin", send("GET", "/rfc/obj", &[]), 200),
+        (
+            "GET, HIT, allowed Origin",
+            send("GET", "/rfc/obj", &[APP]),
+            200,
+        ),
+        (
+            "GET, HIT, Origin not allowed",
+            send("GET", "/rfc/obj", &[EVIL]),
+            200,
+        ),
+        (
+            "206 from cache",
+            send("GET", "/rfc/obj", &[("range", "bytes=0-3")]),
+            206,
+        ),
+        (
+            "304 from cache",
+            send("GET", "/rfc/obj", &[("if-none-match", &etag)]),
+            304,
+        ),
+        ("HEAD from cache", send("HEAD", "/rfc/obj", &[EVIL]), 200),
+        (
+            "206 passed through (Range miss)",
+            send("GET", "/rfc/other", &[("range", "bytes=0-3")]),
+            206,
+        ),
+        (
+            "HEAD passed through (miss)",
+            send("HEAD", "/rfc/head-only", &[]),
+            200,
+        ),
+        ("404 error", send("GET", "/rfc/missing", &[]), 404),
+        ("404 error, HEAD", send("HEAD", "/rfc/missing", &[APP]), 404),
+        (
+            "412 error",
+            send("GET", "/rfc/obj", &[("if-match", "\"nope\"")]),
+            412,
+        ),
+        (
+            "416 error",
+            send("GET", "/rfc/obj", &[("range", "bytes=9999-")]),
+            416,
+        ),
+        ("405 error", send("DELETE", "/rfc/obj", &[APP]), 405),
+        (
+            "preflight, allowed",
+            send(
+                "OPTIONS",
+                "/rfc/obj",
+                &[APP, ("access-control-request-method", "GET")],
+            ),
+            204,
+        ),
+        (
+            "preflight, Origin not allowed",
+            send(
+                "OPTIONS",
+                "/rfc/obj",
+                &[EVIL, ("access-control-request-method", "GET")],
+            ),
+            403,
+        ),
+        (
+            "preflight without Origin",
+            send("OPTIONS", "/rfc/obj", &[]),
+            400,
+        ),
+    ];
+    for (name, r, status) in &cases {
+        assert_eq!(r.status, *status, "{name}: {}", summary(r));
+        f.check_answer(varies(r), &format!("{name}: Vary: Origin"), r);
+    }
+    let allowed = send("GET", "/rfc/obj", &[APP]);
+    f.check_answer(
+        allowed.header("access-control-allow-origin") == Some("https://app.example"),
+        "an allowed Origin is allowed",
+        &allowed,
+    );
+    let error = send("GET", "/rfc/missing", &[APP]);
+    f.check_answer(
+        error.header("access-control-allow-origin") == Some("https://app.example"),
+        "an error answer to an allowed Origin is readable by its script",
+        &error,
+    );
+    let denied = send("GET", "/rfc/obj", &[EVIL]);
+    f.check_answer(
+        denied.header("access-control-allow-origin").is_none(),
+        "an Origin not allowed gets no CORS grant",
+        &denied,
+    );
+    for (name, r) in [
+        ("no cors: GET", send("GET", "/plain/obj", &[APP])),
+        ("no cors: 404", send("GET", "/plain/missing", &[APP])),
+    ] {
+        f.check_answer(
+            !varies(&r) && r.header("access-control-allow-origin").is_none(),
+            &format!("{name}: a bucket without cors does not vary on Origin"),
+            &r,
+        );
+    }
+    f.finish();
+}
