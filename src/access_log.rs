@@ -15,7 +15,8 @@
 //! logged. The line format ([`format_line`], pure) has these fields, in this order:
 //! `time` (RFC 3339, UTC, ms), `id`, `client`, `method`, `bucket`, `path` (the request path as
 //! received, percent-encoded, without the query — so a token passed as a query parameter is
-//! never logged), `status`, `bytes` (body bytes announced or streamed), `ms` (duration),
+//! never logged), `status`, `bytes` (every byte written to the client for this answer, head included, counted
+//! by the stream: `http::counted`), `ms` (duration),
 //! `cache` and `layer` (`X-Cache`, `X-Cache-Layer`; null when not applicable), `upstream` and
 //! `upstream_ms` (the origin's status and time when it was asked for this request, else null),
 //! `ua` (User-Agent, at most [`MAX_UA`] bytes). Strings are JSON-escaped (control characters

@@ -4,9 +4,16 @@
 //! echoed back when every one is a valid token (browsers only ask for what the page will send,
 //! and corvid ignores headers it does not use). An origin not on the list gets no CORS headers on
 //! simple requests (the browser then blocks the read) and a 403 on preflight.
+//!
+//! Every answer of a bucket with `cors` says `Vary: Origin` ([`write_headers`]) — with or
+//! without an `Origin` in the request, allowed or not, 200, 206, 304, HEAD, errors and
+//! preflights alike — because its headers depend on that field: a browser or CDN cache that
+//! stored a non-CORS answer (no `Access-Control-Allow-Origin`) must not reuse it for a CORS
+//! fetch, or the other way round (the Fetch standard's note on CORS and HTTP caches).
 
 use crate::config::CorsConfig;
 use crate::error::{Error, Kind};
+use crate::http::response::write_header;
 
 /// Headers a browser script may read on a cross-origin response.
 pub const EXPOSE_HEADERS: &str =
@@ -21,6 +28,21 @@ pub fn allow_origin<'a>(cfg: &CorsConfig, origin: &'a str) -> Option<&'a str> {
         .iter()
         .any(|o| o.eq_ignore_ascii_case(origin))
         .then_some(origin)
+}
+
+/// Writes the CORS header lines of an answer of a bucket with `cfg`, for the request's
+/// `origin`: `Access-Control-Allow-Origin` and `Access-Control-Expose-Headers` when it is
+/// allowed, and `Vary: Origin` always (see the module docs).
+pub fn write_headers(out: &mut Vec<u8>, cfg: &CorsConfig, origin: Option<&str>) {
+    if let Some(o) = origin.and_then(|o| allow_origin(cfg, o)) {
+        write_header(out, "Access-Control-Allow-Origin", o.as_bytes());
+        write_header(
+            out,
+            "Access-Control-Expose-Headers",
+            EXPOSE_HEADERS.as_bytes(),
+        );
+    }
+    write_header(out, "Vary", b"Origin");
 }
 
 /// Response headers for a preflight (`OPTIONS` with `Access-Control-Request-Method`).
@@ -101,6 +123,25 @@ mod tests {
         );
         assert_eq!(allow_origin(&c, "https://b.example"), None);
         assert_eq!(allow_origin(&cfg(&["*"]), "https://b.example"), Some("*"));
+    }
+
+    #[test]
+    fn every_answer_varies_on_origin() {
+        let c = cfg(&["https://a.example"]);
+        let text = |origin: Option<&str>| {
+            let mut out = Vec::new();
+            write_headers(&mut out, &c, origin);
+            String::from_utf8(out).unwrap()
+        };
+        let allowed = text(Some("https://a.example"));
+        assert!(allowed.contains("Access-Control-Allow-Origin: https://a.example\r\n"));
+        assert!(allowed.contains("Access-Control-Expose-Headers: "));
+        for t in [allowed, text(Some("https://evil.example")), text(None)] {
+            assert!(t.ends_with("Vary: Origin\r\n"), "{t}");
+            assert_eq!(t.matches("Vary").count(), 1, "{t}");
+        }
+        assert!(!text(None).contains("Access-Control"));
+        assert!(!text(Some("https://evil.example")).contains("Access-Control"));
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! descriptors, and the rest for client connections, evenly per worker. A worker at its share
 //! closes its oldest idle connections to make room for new ones (`http::idle`), so running
 //! out of descriptors degrades into shorter keep-alive, not into refusing real clients.
+//!
+//! Left unset, `server.max_connections` is that share: the default is what fits, so a config
+//! that sets nothing starts without a warning. Only a configured value that does not fit is
+//! warned about (it is then lowered to the share).
 
 use crate::config::Config;
 
@@ -29,8 +33,8 @@ pub struct Budget {
     pub limit: u64,
     /// Descriptors kept for the process itself and the origin and Redis pools.
     pub reserve: u64,
-    /// Client connections one worker keeps open at most: `server.max_connections`, or less
-    /// when the limit cannot hold that many.
+    /// Client connections one worker keeps open at most: its share of the limit, or
+    /// `server.max_connections` when that is set and smaller.
     pub per_worker: usize,
 }
 
@@ -49,7 +53,8 @@ impl Budget {
         };
         let reserve = BASE_RESERVE + workers_u * (pools + redis);
         let share = (limit.saturating_sub(reserve) / workers_u).max(MIN_PER_WORKER);
-        let per_worker = share.min(config.server.max_connections as u64) as usize;
+        let wanted = config.server.max_connections.map_or(u64::MAX, |n| n as u64);
+        let per_worker = usize::try_from(share.min(wanted)).unwrap_or(usize::MAX);
         Budget {
             limit,
             reserve,
@@ -57,17 +62,19 @@ impl Budget {
         }
     }
 
-    /// What `corvid check` and the start-up log say when `server.max_connections` does not fit.
+    /// What `corvid check` and the start-up log say when a configured `server.max_connections`
+    /// does not fit (never when it is left unset: the default is what fits).
     pub fn warning(&self, config: &Config, workers: usize) -> Option<String> {
-        let wanted = config.server.max_connections as u64 * workers as u64;
-        (self.per_worker < config.server.max_connections).then(|| {
+        let configured = config.server.max_connections?;
+        let wanted = configured as u64 * workers as u64;
+        (self.per_worker < configured).then(|| {
             format!(
                 "server.max_connections = {} x {workers} worker(s) = {wanted} client connections, \
                  plus {} descriptors for the origin and Redis pools and corvid itself, do not \
                  fit the open-file limit of {}: at most {} client connections per worker will be \
                  kept open (the oldest idle ones are closed to make room); raise the limit \
                  (LimitNOFILE= in systemd, ulimit -n) or lower max_connections",
-                config.server.max_connections, self.reserve, self.limit, self.per_worker
+                configured, self.reserve, self.limit, self.per_worker
             )
         })
     }
@@ -107,9 +114,11 @@ pub fn raise_soft_limit() -> std::io::Result<(u64, u64)> {
 mod tests {
     use super::*;
 
-    fn config(max_connections: usize, buckets: usize, redis: bool) -> Config {
-        let mut text =
-            format!("[server]\nlisten = \"127.0.0.1:8080\"\nmax_connections = {max_connections}\n");
+    fn config(max_connections: Option<usize>, buckets: usize, redis: bool) -> Config {
+        let mut text = "[server]\nlisten = \"127.0.0.1:8080\"\n".to_string();
+        if let Some(n) = max_connections {
+            text.push_str(&format!("max_connections = {n}\n"));
+        }
         for i in 0..buckets {
             text.push_str(&format!(
                 "[[buckets]]\nname = \"b{i}\"\nprefix = \"/b{i}\"\nendpoint = \"http://127.0.0.1:9\"\n\
@@ -124,7 +133,7 @@ mod tests {
 
     #[test]
     fn a_roomy_limit_keeps_max_connections() {
-        let c = config(10_000, 1, true);
+        let c = config(Some(10_000), 1, true);
         let b = Budget::new(&c, 2, 1 << 20);
         // 64 + 2 workers x (64 pooled + 3 Redis)
         assert_eq!(b.reserve, 64 + 2 * 67);
@@ -134,7 +143,7 @@ mod tests {
 
     #[test]
     fn a_small_limit_caps_each_worker_and_warns() {
-        let c = config(10_000, 2, false);
+        let c = config(Some(10_000), 2, false);
         let b = Budget::new(&c, 4, 1024);
         assert_eq!(b.reserve, 64 + 4 * 128);
         assert_eq!(b.per_worker, (1024 - 64 - 512) / 4);
@@ -149,10 +158,27 @@ mod tests {
         // A limit below the reserve still leaves every worker a minimal share.
         assert_eq!(Budget::new(&c, 4, 100).per_worker, MIN_PER_WORKER as usize);
         // And max_connections below the share is kept as configured, without a warning.
-        let small = config(50, 2, false);
+        let small = config(Some(50), 2, false);
         let b = Budget::new(&small, 4, 1024);
         assert_eq!(b.per_worker, 50);
         assert_eq!(b.warning(&small, 4), None);
+    }
+
+    #[test]
+    fn unset_max_connections_is_what_fits_and_never_warns() {
+        let c = config(None, 1, false);
+        // The demo's case: a limit of 20000 shared by 2 workers after the pools.
+        let b = Budget::new(&c, 2, 20_000);
+        assert_eq!(b.reserve, 64 + 2 * 64);
+        assert_eq!(b.per_worker, (20_000 - 64 - 128) / 2);
+        assert_eq!(b.warning(&c, 2), None);
+        // However small the limit.
+        let b = Budget::new(&c, 4, 100);
+        assert_eq!(b.per_worker, MIN_PER_WORKER as usize);
+        assert_eq!(b.warning(&c, 4), None);
+        // And the same value configured explicitly, when it does not fit, still warns.
+        let set = config(Some(10_000), 1, false);
+        assert!(Budget::new(&set, 2, 20_000).warning(&set, 2).is_some());
     }
 
     #[test]

@@ -106,7 +106,7 @@ fn access_line<'a>(w: &'a Worker, done: &'a Finished<'a>) -> Line<'a> {
         bucket: log.bucket.map(|b| w.shared.config.buckets[b].name.as_str()),
         path,
         status: done.status,
-        bytes: log.bytes,
+        bytes: done.bytes,
         took: done.took,
         cache: log.cache,
         layer: log.layer,
@@ -182,28 +182,61 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
         }
         Route::Object { bucket, key } => {
             log.bucket = Some(bucket);
-            // Every request of a private bucket is checked, cache hits and coalesced followers
-            // included: this runs before any cache lookup.
-            if w.shared.config.buckets[bucket].auth {
-                if let Err(f) = authorize(w, req, query, bucket) {
-                    w.recycle_buf(key.into_bytes());
-                    w.metrics().auth_failure(f);
-                    return Err(f.into());
-                }
-            }
-            let mut x = crate::object::exchange::Exchange {
-                w,
-                io,
-                out,
-                req,
-                bucket,
-                log,
-            };
-            let sent = crate::object::serve(&mut x, &key, query).await;
+            let sent = object(w, io, out, req, log, bucket, &key, query).await;
             w.recycle_buf(key.into_bytes());
-            sent
+            match (sent, &w.shared.config.buckets[bucket].cors) {
+                // An error answer of a bucket with CORS carries its CORS headers too (`Vary:
+                // Origin` at least: see `cors`); other errors are the connection loop's.
+                (Err(e), Some(cfg)) => {
+                    let request = (req.id, req.close, req.is_head());
+                    let origin = req.header_str("origin");
+                    let written = respond::error_with(&w.http, io, out, request, &e, |out| {
+                        crate::cors::write_headers(out, cfg, origin)
+                    })
+                    .await;
+                    Ok(Sent {
+                        status: e.status(),
+                        abort: written.is_err(),
+                    })
+                }
+                (sent, _) => sent,
+            }
         }
     }
+}
+
+/// A request for an object of `bucket`: authorized when the bucket says so, then served.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of one request, passed on as they are"
+)]
+async fn object<S: AsyncReadRent + AsyncWriteRent>(
+    w: &Rc<Worker>,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    req: &Request<'_>,
+    log: &mut RequestLog,
+    bucket: usize,
+    key: &str,
+    query: Option<&str>,
+) -> Result<Sent, Error> {
+    // Every request of a private bucket is checked, cache hits and coalesced followers
+    // included: this runs before any cache lookup.
+    if w.shared.config.buckets[bucket].auth {
+        if let Err(f) = authorize(w, req, query, bucket) {
+            w.metrics().auth_failure(f);
+            return Err(f.into());
+        }
+    }
+    let mut x = crate::object::exchange::Exchange {
+        w,
+        io,
+        out,
+        req,
+        bucket,
+        log,
+    };
+    crate::object::serve(&mut x, key, query).await
 }
 
 /// Checks the token of a request for `bucket` (which has `auth = true`): found in the

@@ -23,11 +23,12 @@
 //!   invalid (§4.2.1: either the first occurrence is used or the response is stale;
 //!   first-wins keeps such responses cacheable, and reads the same whether the field lines
 //!   arrive separately or already combined into one, RFC 9110 §5.3).
+//! - `Vary` is not part of the cache key (an S3 object does not vary with request fields),
+//!   but a response with `Vary: *` is not stored at all: per §4.1 it never matches a later
+//!   request, so it could only be served wrongly or not at all.
 //! - A 404 is only stored when the configuration enables negative caching, and its lifetime is
 //!   capped by `negative_ttl_ms` even when the origin grants more: a missing object that is
 //!   then uploaded should appear soon, whatever the origin said about the 404.
-
-use std::time::UNIX_EPOCH;
 
 /// The value `delta-seconds` saturate at (§1.2.2: "greater than the greatest integer it can
 /// represent … MUST consider the value to be 2147483648").
@@ -206,10 +207,10 @@ fn age_seconds(age: Option<&str>) -> u64 {
     })
 }
 
-/// An HTTP-date (RFC 9110 §5.6.7, all three formats) in unix milliseconds; None when invalid.
+/// An HTTP-date (RFC 9110 §5.6.7, all three formats: [`crate::http::date`]) in unix
+/// milliseconds; None when invalid (or before 1970).
 fn http_date_ms(s: &str) -> Option<u64> {
-    let t = httpdate::parse_http_date(s.trim()).ok()?;
-    u64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
+    crate::http::date::parse_unix_secs(s)?.checked_mul(1000)
 }
 
 /// What the configuration says (per bucket).
@@ -232,6 +233,8 @@ pub struct Policy {
 pub struct Response<'a> {
     pub status: u16,
     pub directives: Directives,
+    /// Its `Vary` has a `*` member ([`vary_star`]).
+    pub vary_star: bool,
     pub expires: Option<&'a str>,
     pub date: Option<&'a str>,
     pub age: Option<&'a str>,
@@ -265,11 +268,23 @@ pub enum NotStored {
     Status,
     /// A 404 while negative caching is off (`negative_ttl_ms == 0`).
     NegativeOff,
+    /// `Vary: *` (§4.1): a stored response with it never matches a later request, so storing
+    /// it would only fill the cache.
+    VaryStar,
+}
+
+/// Whether the `Vary` field lines have a `*` member (RFC 9110 §12.5.5: the response varies on
+/// more than request fields, so no later request is ever known to match it).
+pub fn vary_star<'a>(lines: impl IntoIterator<Item = &'a str>) -> bool {
+    lines
+        .into_iter()
+        .any(|line| ListMembers(line).any(|m| m.trim_matches([' ', '\t']) == "*"))
 }
 
 /// Whether a response may be stored and, if so, its [`Freshness`] (§3, §4.2).
 ///
-/// The status is checked first, then `no-store`, then `private`. The lifetime is, in order,
+/// The status is checked first, then `no-store`, then `private`, then `Vary: *`. The lifetime
+/// is, in order,
 /// `s-maxage`, `max-age`, `Expires` − `Date` (§4.2.1), else the configured heuristic
 /// `default_ttl_ms` (§4.2.2: only without explicit expiry); `no-cache` makes it zero. A 404's
 /// lifetime is capped by `negative_ttl_ms` (which is also its lifetime without explicit
@@ -287,6 +302,9 @@ pub fn store(resp: &Response<'_>, policy: &Policy, times: Times) -> Result<Fresh
     }
     if d.private {
         return Err(NotStored::Private);
+    }
+    if resp.vary_star {
+        return Err(NotStored::VaryStar);
     }
     let date_ms = resp.date.and_then(http_date_ms);
     let lifetime_ms = if d.no_cache {
@@ -566,6 +584,7 @@ mod tests {
         Response {
             status: 200,
             directives: parse_directives(cc.iter().copied()),
+            vary_star: false,
             expires,
             date,
             age,
@@ -1010,6 +1029,92 @@ mod tests {
             let f = store(&response(cc, *expires, *date, None), &policy, at(NOW))
                 .unwrap_or_else(|e| panic!("{name}: not stored: {e:?}"));
             assert_eq!(f.expires_at_ms - f.age_origin_ms, *lifetime, "{name}");
+        }
+    }
+
+    /// `ms` in the obsolete asctime format (`Sun Nov  6 08:49:37 1994`), from the IMF-fixdate.
+    fn asctime(ms: u64) -> String {
+        let imf = date(ms); // `Sun, 06 Nov 1994 08:49:37 GMT`
+        let day = imf[5..7].trim_start_matches('0');
+        format!(
+            "{} {} {day:>2} {} {}",
+            &imf[..3],
+            &imf[8..11],
+            &imf[17..25],
+            &imf[12..16]
+        )
+    }
+
+    /// `ms` in the obsolete RFC 850 format (`Sunday, 06-Nov-94 08:49:37 GMT`).
+    fn rfc850(ms: u64) -> String {
+        let imf = date(ms);
+        let wday = match &imf[..3] {
+            "Mon" => "Monday",
+            "Tue" => "Tuesday",
+            "Wed" => "Wednesday",
+            "Thu" => "Thursday",
+            "Fri" => "Friday",
+            "Sat" => "Saturday",
+            _ => "Sunday",
+        };
+        format!(
+            "{wday}, {}-{}-{} {} GMT",
+            &imf[5..7],
+            &imf[8..11],
+            &imf[14..16],
+            &imf[17..25]
+        )
+    }
+
+    // ---- RFC 9110 §5.6.7: recipients accept all three HTTP-date formats ----
+
+    #[test]
+    fn rfc9110_5_6_7_every_date_format_is_accepted() {
+        assert_eq!(asctime(784_111_777_000), "Sun Nov  6 08:49:37 1994");
+        assert_eq!(rfc850(784_111_777_000), "Sunday, 06-Nov-94 08:49:37 GMT");
+        assert_eq!(
+            http_date_ms("Sun Nov  6 08:49:37 1994"),
+            Some(784_111_777_000)
+        );
+        assert_eq!(
+            http_date_ms("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777_000)
+        );
+        // A day name that does not match the date (Aug 8 2050 is a Monday: the http-tests
+        // cache suite's asctime example) still names that date.
+        assert_eq!(
+            http_date_ms("Thu Aug  8 02:01:18 2050"),
+            Some(2_543_536_878_000)
+        );
+        // Two-digit years: 94 is 1994 (RFC 9110 §5.6.7: not more than 50 years ahead).
+        assert_eq!(
+            http_date_ms("Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(784_111_777_000)
+        );
+        let policy = Policy {
+            default_ttl_ms: 0,
+            ..POLICY
+        };
+        for (fmt, f) in [
+            ("IMF-fixdate", date as fn(u64) -> String),
+            ("asctime", asctime),
+            ("RFC 850", rfc850),
+        ] {
+            let (now, expires) = (f(NOW), f(NOW + 2 * HOUR));
+            // As Expires with an IMF Date, as Date with an IMF Expires, and both.
+            for (e, d) in [
+                (&expires, &date(NOW)),
+                (&date(NOW + 2 * HOUR), &now),
+                (&expires, &now),
+            ] {
+                let f = store(&response(&[], Some(e), Some(d), None), &policy, at(NOW + S))
+                    .unwrap_or_else(|e| panic!("{fmt}: not stored: {e:?}"));
+                assert_eq!(
+                    f.expires_at_ms - f.age_origin_ms,
+                    2 * HOUR,
+                    "{fmt}: {e} - {d}"
+                );
+            }
         }
     }
 
@@ -1495,6 +1600,39 @@ mod tests {
         }
     }
 
+    // ---- §4.1: a stored response with `Vary: *` never matches, so it is not stored ----
+
+    #[test]
+    fn s4_1_vary_star_is_not_stored() {
+        for (lines, star) in [
+            (&[][..], false),
+            (&["*"][..], true),
+            (&[" * "][..], true),
+            (&["Accept-Encoding, *"][..], true),
+            (&["Origin", "*"][..], true),
+            (&["Origin"][..], false),
+            (&["Accept-Encoding, Origin"][..], false),
+            (&["\"*\""][..], false),
+            (&["x-*"][..], false),
+        ] {
+            assert_eq!(vary_star(lines.iter().copied()), star, "{lines:?}");
+        }
+        let resp = Response {
+            vary_star: true,
+            ..response(&["max-age=3600"], None, None, None)
+        };
+        assert_eq!(store(&resp, &POLICY, at(NOW)), Err(NotStored::VaryStar));
+        let negative = Policy {
+            negative_ttl_ms: HOUR,
+            ..POLICY
+        };
+        let resp = Response {
+            status: 404,
+            ..resp
+        };
+        assert_eq!(store(&resp, &negative, at(NOW)), Err(NotStored::VaryStar));
+    }
+
     // ---- Storing: statuses, no-store, private and negative caching (§3, §5.2.2.5, §5.2.2.7) ----
 
     #[test]
@@ -1791,6 +1929,7 @@ mod tests {
         let resp = Response {
             status: if status % 2 == 0 { 200 } else { 404 },
             directives: d,
+            vary_star: false,
             expires: Some(expires),
             date: Some(date),
             age: Some(age),

@@ -176,7 +176,8 @@ fn server(cx: &mut Ctx<'_>, mut s: Section) -> Option<ServerConfig> {
     let max_request_line = s.or(cx, "max_request_line", 8 << 10, head_limit);
     let send_timeout = s.or(cx, "send_timeout", secs(60), Ctx::timeout);
     let shutdown_grace = s.or(cx, "shutdown_grace", secs(30), Ctx::duration);
-    let max_connections = s.or(cx, "max_connections", 10_000, |cx, k, v| {
+    // Absent: as many as fit (`fdlimit::Budget`), so that a default config never warns.
+    let max_connections = s.opt(cx, "max_connections", |cx, k, v| {
         let n = cx.count(k, v)?;
         in_range(cx, k, n, 1, usize::MAX)
     });
@@ -195,7 +196,7 @@ fn server(cx: &mut Ctx<'_>, mut s: Section) -> Option<ServerConfig> {
         max_request_line: max_request_line?,
         send_timeout: send_timeout?,
         shutdown_grace: shutdown_grace?,
-        max_connections: max_connections?,
+        max_connections,
     })
 }
 

@@ -25,7 +25,7 @@
 //! | `server.max_header_bytes` | `16KiB` (1 B ..= 1 MiB) |
 //! | `server.max_request_line` | `8KiB` (1 B ..= 1 MiB) |
 //! | `server.max_headers` | `100` (1 ..= 256: the parser uses a fixed array) |
-//! | `server.max_connections` | `10000` per worker (> 0) |
+//! | `server.max_connections` | absent = what fits: each worker's share of the open-file limit after the origin and Redis pools (`fdlimit`); when set, per worker (> 0) |
 //! | `server.shutdown_grace` | `30s` (0 allowed: close at once) |
 //! | `buckets[].credentials` | `"chain"` when no `access_key`/`secret_key` is given |
 //! | `buckets[].profile` | `AWS_PROFILE`, else `default` |
@@ -204,8 +204,9 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     /// How long in-flight requests may finish after a shutdown signal.
     pub shutdown_grace: Duration,
-    /// Max concurrent client connections per worker.
-    pub max_connections: usize,
+    /// Max concurrent client connections per worker; `None` (not configured): what fits the
+    /// open-file limit (see `fdlimit::Budget`).
+    pub max_connections: Option<usize>,
 }
 
 impl ServerConfig {

@@ -98,7 +98,10 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(s.max_request_line, 8 * 1024);
     assert_eq!(s.send_timeout, Duration::from_secs(60));
     assert_eq!(s.shutdown_grace, Duration::from_secs(30));
-    assert_eq!(s.max_connections, 10_000);
+    assert_eq!(
+        s.max_connections, None,
+        "absent: what fits the open-file limit"
+    );
 
     let b = &c.buckets[0];
     assert_eq!(b.name, "assets");
@@ -248,7 +251,7 @@ timeout = "20ms"
     assert_eq!(s.max_request_line, 4096);
     assert_eq!(s.send_timeout, Duration::from_millis(1500));
     assert_eq!(s.shutdown_grace, Duration::ZERO);
-    assert_eq!(s.max_connections, 500);
+    assert_eq!(s.max_connections, Some(500));
 
     let b = &c.buckets[0];
     assert_eq!(b.name, "assets.v2_x-y");

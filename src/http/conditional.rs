@@ -95,7 +95,7 @@ fn parse_date_bytes(v: &[u8]) -> Option<SystemTime> {
 }
 
 fn parse_date(v: &str) -> Option<SystemTime> {
-    httpdate::parse_http_date(v.trim()).ok()
+    crate::http::date::parse(v)
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ use monoio::time::Instant;
 
 use crate::error::{Error, Kind};
 use crate::http::chunked::ChunkedDecoder;
+use crate::http::counted::Counted;
 use crate::http::env::ConnEnv;
 use crate::http::request::{parse_request, BodyFraming, Method, RequestHead};
 use crate::http::respond;
@@ -160,8 +161,6 @@ pub struct RequestLog {
     /// The answer's `X-Cache` and `X-Cache-Layer`, when it went through the cache path.
     pub cache: Option<&'static str>,
     pub layer: Option<&'static str>,
-    /// Body bytes the answer announced (or streamed, when its length was not known).
-    pub bytes: u64,
     /// The origin's status and time to its response head, when it was asked for this request.
     pub upstream: Option<(u16, Duration)>,
 }
@@ -176,6 +175,9 @@ pub struct Finished<'a> {
     pub peer: SocketAddr,
     pub method: Method,
     pub status: u16,
+    /// Bytes written to the client for this answer: head and body (chunk framing included),
+    /// counted by the stream ([`Counted`]), so every status and path is covered.
+    pub bytes: u64,
     pub took: Duration,
 }
 
@@ -334,14 +336,14 @@ async fn busy<A: App, S: ClientIo>(app: &A, io: &mut S, conn: &mut ConnState) ->
     let env = app.env();
     let mut buf = env.pools.read_buf();
     let mut out = env.pools.out_buf();
-    let next = requests(app, io, conn, &mut buf, &mut out).await;
+    let next = requests(app, &mut Counted::new(io), conn, &mut buf, &mut out).await;
     env.pools.give_back(buf, out);
     next
 }
 
 async fn requests<A: App, S: ClientIo>(
     app: &A,
-    io: &mut S,
+    io: &mut Counted<'_, S>,
     conn: &mut ConnState,
     bufref: &mut Vec<u8>,
     out: &mut Vec<u8>,
@@ -362,6 +364,7 @@ async fn requests<A: App, S: ClientIo>(
                     Err(e) => {
                         let id = env.next_request_id();
                         let started = Instant::now();
+                        let written = io.written();
                         let _ = respond::error(env, io, out, id, true, false, &e).await;
                         app.finished(&Finished {
                             log: &RequestLog::default(),
@@ -370,6 +373,7 @@ async fn requests<A: App, S: ClientIo>(
                             peer: conn.peer,
                             method: Method::Other,
                             status: e.status(),
+                            bytes: io.written() - written,
                             took: started.elapsed(),
                         });
                         break None;
@@ -484,6 +488,7 @@ async fn requests<A: App, S: ClientIo>(
             peer: conn.peer,
         };
         let mut log = RequestLog::default();
+        let written = io.written();
         let result = match early {
             Some(e) => Err(e),
             None => app.handle(io, out, &req, &mut log).await,
@@ -504,6 +509,7 @@ async fn requests<A: App, S: ClientIo>(
             peer: conn.peer,
             method,
             status,
+            bytes: io.written() - written,
             took: started.elapsed(),
         });
         // Shutdown may have begun during the answer, whose head then said `Connection: close`.

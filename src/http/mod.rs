@@ -1,12 +1,14 @@
 //! HTTP/1.1: sans-IO request parsing and framing rules ([`request`]), response heads
 //! ([`response`]), the chunked codec ([`chunked`]), and the IO edge that drives them over a
-//! socket ([`conn`], [`respond`]) for any application ([`conn::App`]), with what the
+//! socket ([`conn`], [`respond`], [`counted`]) for any application ([`conn::App`]), with what the
 //! connections of one worker share ([`env`]): idle-connection bookkeeping ([`idle`]) and
 //! recycled buffers and request futures ([`pool`]).
 
 pub mod chunked;
 pub mod conditional;
 pub mod conn;
+pub mod counted;
+pub mod date;
 pub mod env;
 mod headers;
 pub mod idle;

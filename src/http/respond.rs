@@ -95,6 +95,21 @@ pub async fn error<S: AsyncWriteRent>(
     head_only: bool,
     err: &Error,
 ) -> std::io::Result<()> {
+    error_with(env, io, out, (id, close, head_only), err, |_| {}).await
+}
+
+/// [`error`] with more header lines, written by `extra` (e.g. a bucket's CORS headers).
+/// `request` is the request's id, whether the connection closes after the answer, and whether
+/// it is a HEAD (no body).
+pub async fn error_with<S: AsyncWriteRent>(
+    env: &ConnEnv,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    request: (RequestId, bool, bool),
+    err: &Error,
+    extra: impl FnOnce(&mut Vec<u8>),
+) -> std::io::Result<()> {
+    let (id, close, head_only) = request;
     if err.status() >= 500 {
         log::warn!("request {}: {err}", id.as_str());
     } else {
@@ -114,6 +129,7 @@ pub async fn error<S: AsyncWriteRent>(
     write_header(out, "Content-Type", b"application/json");
     write_header_u64(out, "Content-Length", body.len() as u64);
     write_header(out, "Cache-Control", b"no-store");
+    extra(out);
     end_head(out);
     if !head_only {
         out.extend_from_slice(body.as_bytes());

@@ -60,9 +60,6 @@ pub async fn serve_cached<S: AsyncWriteRent>(
             write_header(out, "Content-Range", cr);
         }
         write_header_u64(out, "Content-Length", end - start);
-        if !req.is_head() {
-            x.log.bytes = end - start;
-        }
     }
     end_head(out);
     let send_body = body.filter(|(s, e)| !req.is_head() && e > s);

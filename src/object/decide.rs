@@ -73,6 +73,7 @@ pub fn storable(
     let resp = Response {
         status,
         directives,
+        vary_star: freshness::vary_star(head.header_values("vary")),
         expires: head.header("expires"),
         date: head.header("date"),
         age: head.header("age"),
@@ -96,6 +97,8 @@ pub fn after_not_modified(
         // The stored response is what is being refreshed.
         status: 200,
         directives: entry::directives_of(&headers),
+        // Vary is not stored: a 304 saying `Vary: *` makes the entry unusable (§4.1).
+        vary_star: freshness::vary_star(head.header_values("vary")),
         expires: entry::field(&headers, "expires"),
         // Date and Age are the 304's: the entry is as old as the origin's confirmation.
         date: head.header("date"),
@@ -274,6 +277,16 @@ mod tests {
         let f = storable(&aged, 200, &POLICY, NOW).unwrap();
         assert!(f.expires_at_ms <= NOW, "already stale on arrival");
         assert!(freshness::current_age_secs(&f, NOW) >= 7200);
+        for vary in ["*", "Accept-Encoding, *"] {
+            let h = head(200, &[("cache-control", "max-age=3600"), ("vary", vary)]);
+            assert_eq!(
+                storable(&h, 200, &POLICY, NOW),
+                Err(NotStored::VaryStar),
+                "{vary}"
+            );
+        }
+        let h = head(200, &[("vary", "Origin")]);
+        assert!(storable(&h, 200, &POLICY, NOW).is_ok());
         let plain = head(200, &[]);
         let f = storable(&plain, 200, &POLICY, NOW).unwrap();
         assert_eq!(f.expires_at_ms - f.age_origin_ms, POLICY.default_ttl_ms);
@@ -440,6 +453,12 @@ mod tests {
         assert_eq!(
             after_not_modified(&stale, &h, &no_store, &POLICY, NOW).err(),
             Some(NotStored::NoStore)
+        );
+        let star = head(304, &[("cache-control", "max-age=3600"), ("vary", "*")]);
+        assert_eq!(
+            after_not_modified(&stale, &star, &update, &POLICY, NOW).err(),
+            Some(NotStored::VaryStar),
+            "a 304 with Vary: * leaves an entry that never matches: it goes"
         );
     }
 }

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::http::conn::{Request, RequestLog};
 use crate::http::request::Method;
 use crate::http::respond;
-use crate::http::response::{write_header, UpstreamHead};
+use crate::http::response::UpstreamHead;
 
 /// Body bytes moved per read/write; bounds the memory one streaming response holds.
 pub const STREAM_CHUNK: usize = 64 * 1024;
@@ -42,17 +42,21 @@ impl<S: AsyncWriteRent> Exchange<'_, '_, S> {
         respond::flush(&self.w.http, self.io, self.out).await
     }
 
-    /// Answers `e` as a JSON error.
+    /// Answers `e` as a JSON error (with the bucket's CORS headers, [`Exchange::write_cors`]).
     pub async fn error(&mut self, e: &Error) -> std::io::Result<()> {
         let req = self.req;
-        respond::error(
+        let cors = self.w.shared.config.buckets[self.bucket].cors.as_ref();
+        respond::error_with(
             &self.w.http,
             self.io,
             self.out,
-            req.id,
-            req.close,
-            req.is_head(),
+            (req.id, req.close, req.is_head()),
             e,
+            |out| {
+                if let Some(cfg) = cors {
+                    cors::write_headers(out, cfg, req.header_str("origin"));
+                }
+            },
         )
         .await
     }
@@ -103,22 +107,11 @@ impl<S> Exchange<'_, '_, S> {
         self.log.layer = layer;
     }
 
-    /// The CORS headers for this request's `Origin`, when its bucket allows it.
+    /// The CORS headers of an answer of a bucket with `cors`: allow/expose for an allowed
+    /// `Origin`, and `Vary: Origin` on every answer (see [`cors`]).
     pub fn write_cors(&mut self) {
-        let allowed = self.w.shared.config.buckets[self.bucket]
-            .cors
-            .as_ref()
-            .zip(self.req.header_str("origin"))
-            .and_then(|(c, o)| cors::allow_origin(c, o));
-        if let Some(o) = allowed {
-            let out = &mut *self.out;
-            write_header(out, "Access-Control-Allow-Origin", o.as_bytes());
-            write_header(
-                out,
-                "Access-Control-Expose-Headers",
-                cors::EXPOSE_HEADERS.as_bytes(),
-            );
-            write_header(out, "Vary", b"Origin");
+        if let Some(cfg) = self.w.shared.config.buckets[self.bucket].cors.as_ref() {
+            cors::write_headers(self.out, cfg, self.req.header_str("origin"));
         }
     }
 }

@@ -309,7 +309,6 @@ pub async fn follow<S: AsyncWriteRent>(
     write_object_head(x, status, &meta, xcache, None);
     if status == 200 {
         write_header_u64(x.out, "Content-Length", len);
-        x.log.bytes = if req.is_head() { 0 } else { len };
     }
     end_head(x.out);
     if status == 304 || req.is_head() || len == 0 {

@@ -183,7 +183,6 @@ pub async fn respond_upstream_keeping<S: AsyncWriteRent>(
     if let Some(n) = length {
         write_header_u64(out, "Content-Length", n);
     }
-    x.log.bytes = if has_body { length.unwrap_or(0) } else { 0 };
     if chunked {
         write_header(out, "Transfer-Encoding", b"chunked");
     }

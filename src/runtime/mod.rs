@@ -594,8 +594,17 @@ pub fn serve(config: Config, path: &std::path::Path) -> Result<(), String> {
     let server = Server::start_full(config, Clock::system(), Some(reload_tx.clone()))?;
     spawn_reloader(Arc::clone(&server.generations), path.to_owned(), reload_rx)?;
     let shared = server.shared();
-    if let Some(w) = shared.fd_budget.warning(&shared.config, shared.workers) {
-        log::warn!("{w}");
+    match shared.fd_budget.warning(&shared.config, shared.workers) {
+        Some(w) => log::warn!("{w}"),
+        None => log::info!(
+            "at most {} client connections per worker ({})",
+            shared.fd_budget.per_worker,
+            if shared.config.server.max_connections.is_some() {
+                "server.max_connections"
+            } else {
+                "server.max_connections unset: the open-file limit's share after the pools"
+            }
+        ),
     }
     log::info!(
         "corvid {} listening on {}{} with {} worker(s)",

@@ -178,7 +178,7 @@ pub fn retry_after(value: &str) -> Option<&str> {
         return (v.len() <= MAX_DELTA_DIGITS).then_some(v);
     }
     let printable = v.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
-    (printable && httpdate::parse_http_date(v).is_ok()).then_some(v)
+    (printable && crate::http::date::parse(v).is_some()).then_some(v)
 }
 
 /// The origin response headers that bear on an error answer.

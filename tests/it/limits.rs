@@ -74,8 +74,11 @@ fn idle_flood_beyond_the_connection_share_does_not_lock_clients_out() {
     );
     let log = corvid.stderr();
     assert!(
-        log.contains("open-file limit: 256") && log.contains("do not fit the open-file limit"),
-        "the limit, and that max_connections does not fit it, are logged at start:\n{log}"
+        log.contains("open-file limit: 256")
+            && log.contains("client connections per worker (server.max_connections unset")
+            && !log.contains("do not fit"),
+        "the limit and each worker's share are logged at start; max_connections left at its \
+         default (what fits) is no warning:\n{log}"
     );
     let lines = accept_log_lines(&corvid);
     assert!(
@@ -137,11 +140,12 @@ fn accept_failing_for_lack_of_descriptors_reclaims_idle_connections() {
 fn check_warns_when_max_connections_do_not_fit_the_open_file_limit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    let run = |max_connections: usize, nofile: u64| {
+    let run = |max_connections: Option<usize>, nofile: u64| {
+        let line = max_connections.map_or(String::new(), |n| format!("max_connections = {n}\n"));
         std::fs::write(
             &path,
             format!(
-                "{}max_connections = {max_connections}\n{}",
+                "{}{line}{}",
                 server_toml(8080),
                 bucket_toml_for("b1", "/b1", "http://127.0.0.1:9", "b1", "")
             ),
@@ -152,17 +156,62 @@ fn check_warns_when_max_connections_do_not_fit_the_open_file_limit() {
         limit_open_files(&mut cmd, nofile);
         cmd.output().unwrap()
     };
-    let out = run(10_000, 1024);
+    let out = run(Some(10_000), 1024);
     assert_eq!(out.status.code(), Some(0), "a warning, not an error");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("warning") && err.contains("server.max_connections = 10000"),
         "{err}"
     );
-    let out = run(100, 1024);
+    let out = run(Some(100), 1024);
     assert_eq!(out.status.code(), Some(0));
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("warning"),
         "no warning when it fits"
+    );
+    // Left unset, max_connections is what fits: no warning, however small the limit.
+    for nofile in [1024, 64] {
+        let out = run(None, nofile);
+        assert_eq!(out.status.code(), Some(0));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("warning"), "nofile {nofile}: {err}");
+    }
+}
+
+/// `serve` with `max_connections` left unset starts without a warning (the demo's case: a
+/// limit of 20000 shared by two workers); a configured value that does not fit still warns.
+#[test]
+fn default_max_connections_starts_without_a_warning() {
+    let origin = Origin::start();
+    origin.create_bucket("quiet");
+    let toml = one_bucket_toml(free_port(), &origin, "quiet", "", "");
+    let corvid = Corvid::start_with_nofile(&toml, 20_000);
+    assert_eq!(http::get(corvid.addr(), "/quiet/none", &[]).status, 404);
+    // The share is logged where the warning would be, once the server runs.
+    let logged =
+        |c: &Corvid, what: &str| wait_until(Duration::from_secs(10), || c.stderr().contains(what));
+    assert!(
+        logged(&corvid, "client connections per worker"),
+        "{}",
+        corvid.stderr()
+    );
+    let log = corvid.stderr();
+    assert!(
+        !log.contains("WARN"),
+        "a default config starts quietly:\n{log}"
+    );
+    drop(corvid);
+
+    let toml = one_bucket_toml(free_port(), &origin, "quiet", "", "").replacen(
+        "[server]\n",
+        "[server]\nmax_connections = 10000\n",
+        1,
+    );
+    let corvid = Corvid::start_with_nofile(&toml, 20_000);
+    assert!(logged(&corvid, "server.max_connections = 10000"));
+    let log = corvid.stderr();
+    assert!(
+        log.contains("WARN") && log.contains("do not fit the open-file limit of 20000"),
+        "a configured value that does not fit warns:\n{log}"
     );
 }

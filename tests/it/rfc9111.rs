@@ -929,3 +929,249 @@ fn issue15_disk_a_304_with_another_etag_is_fetched_again() {
     let dir = tempfile::tempdir().unwrap();
     a_304_with_another_etag(&disk_only(dir.path()));
 }
+
+/// `secs` from now in the obsolete asctime format (`Sun Nov  6 08:49:37 1994`), built from the
+/// IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn asctime_date(secs: i64) -> String {
+    let imf = http_date(secs);
+    let day = imf[5..7].trim_start_matches('0');
+    format!(
+        "{} {} {day:>2} {} {}",
+        &imf[..3],
+        &imf[8..11],
+        &imf[17..25],
+        &imf[12..16]
+    )
+}
+
+/// RFC 9110 §5.6.7: a recipient accepts all three HTTP-date formats. An `Expires` in
+/// asctime format a day ahead is explicit freshness under `ttl = "0s"` (a HIT), and so is the
+/// http-tests cache suite's `Thu Aug  8 02:01:18 2050` (`freshness-expires-ansi-c`: Aug 8 2050
+/// is a Monday, the day name is not what the date is read from); one a month past is stale.
+/// A client's `If-Modified-Since` in that format is read by the same parser (a 304).
+#[test]
+fn rfc9110_an_asctime_expires_and_if_modified_since_are_understood() {
+    const SUITE: &str = "Thu Aug  8 02:01:18 2050";
+    let origin = origin_with(&["asc-later", "asc-suite", "asc-old"]);
+    let later = asctime_date(86_400);
+    assert_eq!(later.len(), 24, "{later}");
+    let old = asctime_date(-30 * 86_400);
+    for (key, expires) in [
+        ("asc-later", later.as_str()),
+        ("asc-suite", SUITE),
+        ("asc-old", &old),
+    ] {
+        origin.set_headers(BUCKET, key, Overrides::new().set("expires", expires));
+    }
+    let c = Corvid::start(&config(&origin.endpoint(), "ttl = \"0s\"", ""));
+    let mut f = Findings::new();
+    for key in ["asc-later", "asc-suite", "asc-old"] {
+        let r = get(&c, key);
+        assert_eq!((r.status, r.body.as_slice()), (200, BODY));
+    }
+    for (key, expires) in [("asc-later", later.as_str()), ("asc-suite", SUITE)] {
+        let r = get(&c, key);
+        f.check_answer(
+            x_cache(&r) == "HIT",
+            &format!("§4.2.1, RFC 9110 §5.6.7: `Expires: {expires}` (asctime, ahead) is fresh"),
+            &r,
+        );
+    }
+    let r = get(&c, "asc-old");
+    f.check_answer(
+        x_cache(&r) != "HIT",
+        &format!("§4.2.1: `Expires: {old}` (asctime) a month ago is stale"),
+        &r,
+    );
+    let lm = r.header("last-modified").expect("Last-Modified").to_owned();
+    let r = http::get(
+        c.addr(),
+        &format!("{PREFIX}/asc-later"),
+        &[("if-modified-since", SUITE)],
+    );
+    f.check_answer(
+        r.status == 304,
+        &format!("RFC 9110 §13.1.3: If-Modified-Since {SUITE:?} (asctime) after {lm} is a 304"),
+        &r,
+    );
+    f.finish();
+}
+
+/// RFC 9111 §4.1: a stored response whose `Vary` has a `*` member never matches a later
+/// request. Fresh for an hour otherwise, such a response is not reused: each GET goes to the
+/// origin whole (no stored entry to revalidate), and the answers are the origin's.
+#[test]
+fn s4_1_a_response_with_vary_star_is_never_reused() {
+    let origin = origin_with(&["star", "star-list"]);
+    let fresh = Overrides::new().set("cache-control", "max-age=3600");
+    origin.set_headers(BUCKET, "star", fresh.clone().set("vary", "*"));
+    origin.set_headers(BUCKET, "star-list", fresh.set("vary", "Accept-Encoding, *"));
+    let c = Corvid::start(&config(&origin.endpoint(), "ttl = \"1h\"", ""));
+    let mut f = Findings::new();
+    for key in ["star", "star-list"] {
+        for i in 0..3 {
+            let r = get(&c, key);
+            assert_eq!((r.status, r.body.as_slice()), (200, BODY), "{key} {i}");
+            f.check_answer(
+                !matches!(x_cache(&r), "HIT" | "REVALIDATED" | "STALE"),
+                &format!("§4.1: {key} (Vary with `*`) answer {i} does not come from the cache"),
+                &r,
+            );
+        }
+        let gets = origin_gets(&origin, key);
+        f.check(
+            gets.len() == 3,
+            format!(
+                "§4.1: each GET of {key} reaches the origin; it saw {}",
+                gets.len()
+            ),
+        );
+        f.check(
+            gets.iter().all(|g| g.header("if-none-match").is_none()),
+            format!("§4.1: nothing of {key} was stored to revalidate"),
+        );
+    }
+    f.finish();
+}
+
+/// The Fetch standard's note on CORS and HTTP caches: an answer whose headers depend on the
+/// request's `Origin` says `Vary: Origin` on every response, so that a browser or CDN cache
+/// never reuses a non-CORS answer for a CORS fetch. With `cors` on the bucket that is every
+/// answer — no Origin, an allowed one, one not allowed; MISS, HIT, 206, 304, HEAD, errors,
+/// the origin's answers passed through, preflights — and with no `cors` none says it.
+#[test]
+fn cors_every_answer_of_a_cors_bucket_varies_on_origin() {
+    let origin = origin_with(&["obj", "other", "head-only"]);
+    let cors = "cors = { allow_origins = [\"https://app.example\"], max_age = \"1h\" }";
+    let toml = format!(
+        "{}{}{}",
+        server_toml(free_port()),
+        bucket_toml_for(BUCKET, PREFIX, &origin.endpoint(), BUCKET, cors),
+        bucket_toml_for("plain", "/plain", &origin.endpoint(), BUCKET, ""),
+    );
+    let c = Corvid::start(&toml);
+    let addr = c.addr();
+    let send = |method: &str, path: &str, headers: &[(&str, &str)]| {
+        let host = addr.to_string();
+        http::send_raw(
+            addr,
+            &http::request_bytes(method, path, &host, headers, &[]),
+        )
+    };
+    let varies = |r: &RawResponse| {
+        r.header_all("vary")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|m| m.trim().eq_ignore_ascii_case("origin"))
+    };
+    const APP: (&str, &str) = ("origin", "https://app.example");
+    const EVIL: (&str, &str) = ("origin", "https://evil.example");
+    let mut f = Findings::new();
+    let first = send("GET", "/rfc/obj", &[]);
+    assert_eq!((first.status, x_cache(&first)), (200, "MISS"));
+    let etag = first.header("etag").expect("ETag").to_owned();
+    let cases: Vec<(&str, RawResponse, u16)> = vec![
+        ("GET, MISS (fill), no Origin", first, 200),
+        ("GET, HIT, no Origin", send("GET", "/rfc/obj", &[]), 200),
+        (
+            "GET, HIT, allowed Origin",
+            send("GET", "/rfc/obj", &[APP]),
+            200,
+        ),
+        (
+            "GET, HIT, Origin not allowed",
+            send("GET", "/rfc/obj", &[EVIL]),
+            200,
+        ),
+        (
+            "206 from cache",
+            send("GET", "/rfc/obj", &[("range", "bytes=0-3")]),
+            206,
+        ),
+        (
+            "304 from cache",
+            send("GET", "/rfc/obj", &[("if-none-match", &etag)]),
+            304,
+        ),
+        ("HEAD from cache", send("HEAD", "/rfc/obj", &[EVIL]), 200),
+        (
+            "206 passed through (Range miss)",
+            send("GET", "/rfc/other", &[("range", "bytes=0-3")]),
+            206,
+        ),
+        (
+            "HEAD passed through (miss)",
+            send("HEAD", "/rfc/head-only", &[]),
+            200,
+        ),
+        ("404 error", send("GET", "/rfc/missing", &[]), 404),
+        ("404 error, HEAD", send("HEAD", "/rfc/missing", &[APP]), 404),
+        (
+            "412 error",
+            send("GET", "/rfc/obj", &[("if-match", "\"nope\"")]),
+            412,
+        ),
+        (
+            "416 error",
+            send("GET", "/rfc/obj", &[("range", "bytes=9999-")]),
+            416,
+        ),
+        ("405 error", send("DELETE", "/rfc/obj", &[APP]), 405),
+        (
+            "preflight, allowed",
+            send(
+                "OPTIONS",
+                "/rfc/obj",
+                &[APP, ("access-control-request-method", "GET")],
+            ),
+            204,
+        ),
+        (
+            "preflight, Origin not allowed",
+            send(
+                "OPTIONS",
+                "/rfc/obj",
+                &[EVIL, ("access-control-request-method", "GET")],
+            ),
+            403,
+        ),
+        (
+            "preflight without Origin",
+            send("OPTIONS", "/rfc/obj", &[]),
+            400,
+        ),
+    ];
+    for (name, r, status) in &cases {
+        assert_eq!(r.status, *status, "{name}: {}", summary(r));
+        f.check_answer(varies(r), &format!("{name}: Vary: Origin"), r);
+    }
+    let allowed = send("GET", "/rfc/obj", &[APP]);
+    f.check_answer(
+        allowed.header("access-control-allow-origin") == Some("https://app.example"),
+        "an allowed Origin is allowed",
+        &allowed,
+    );
+    let error = send("GET", "/rfc/missing", &[APP]);
+    f.check_answer(
+        error.header("access-control-allow-origin") == Some("https://app.example"),
+        "an error answer to an allowed Origin is readable by its script",
+        &error,
+    );
+    let denied = send("GET", "/rfc/obj", &[EVIL]);
+    f.check_answer(
+        denied.header("access-control-allow-origin").is_none(),
+        "an Origin not allowed gets no CORS grant",
+        &denied,
+    );
+    for (name, r) in [
+        ("no cors: GET", send("GET", "/plain/obj", &[APP])),
+        ("no cors: 404", send("GET", "/plain/missing", &[APP])),
+    ] {
+        f.check_answer(
+            !varies(&r) && r.header("access-control-allow-origin").is_none(),
+            &format!("{name}: a bucket without cors does not vary on Origin"),
+            &r,
+        );
+    }
+    f.finish();
+}
