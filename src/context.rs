@@ -36,6 +36,7 @@ use crate::http::env::ConnEnv;
 use crate::http::request::Limits;
 use crate::http::vectored::HeadBody;
 use crate::metrics::{Recorder, Registry};
+use crate::object::freshness::Policy;
 use crate::reload::Outcome;
 use crate::router::Router;
 use crate::s3::client::{Pool, Timeouts};
@@ -48,6 +49,9 @@ use crate::Error;
 pub struct Shared {
     pub config: Config,
     pub router: Router,
+    /// Per bucket (parallel to `config.buckets`): its caching policy (the configured TTLs and
+    /// stale windows as the RFC 9111 rules take them), computed once per generation.
+    pub policies: Vec<Policy>,
     pub limits: Limits,
     pub origins: Arc<Origins>,
     /// Per bucket: the TLS client config and the name to verify, for https endpoints.

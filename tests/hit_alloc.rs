@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use corvid::cache::entry::{CachedObject, Meta};
-use corvid::cache::policy::cache_key;
+use corvid::cache::key::cache_key;
 use corvid::config::Config;
 use corvid::runtime::Server;
 

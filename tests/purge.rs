@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use corvid::cache::entry::{CachedObject, Meta};
-use corvid::cache::policy::cache_key;
+use corvid::cache::key::cache_key;
 use corvid::cache::purge::{purge, purge_as, Mode, Purged, RedisPurge, Scope};
 use corvid::cache::purge_broadcast;
 use corvid::cache::redis::{RedisClient, RedisError, RedisOptions, StopSignal};

@@ -7,7 +7,7 @@
 //! was zero (its *age origin*, RFC 9111 §4.2.3: `Age` is the time since) and the freshness
 //! deadline. The header lines are rendered once, when the entry is made, so a hit copies one
 //! prepared block into the response head instead of formatting each header; the `Cache-Control`
-//! directives are parsed then too ([`crate::cache::freshness`]), so a lookup decides without
+//! directives are parsed then too ([`crate::http::cache_control`]), so a lookup decides without
 //! parsing.
 //!
 //! `Date` is not stored as a header: the block carries `Date` rendered from the age origin,
@@ -38,7 +38,7 @@ use bytes::Bytes;
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::cache::freshness::{self, Directives, Freshness};
+use crate::http::cache_control::{self, Directives};
 use crate::http::response::write_header;
 
 const MAGIC: &[u8; 4] = b"CVE2";
@@ -46,6 +46,17 @@ const MAGIC: &[u8; 4] = b"CVE2";
 const MAGIC_V1: &[u8; 4] = b"CVE1";
 /// 9999-12-31T23:59:59Z, the last instant an HTTP-date can name.
 const MAX_HTTP_DATE_MS: u64 = 253_402_300_799_000;
+
+/// The freshness of a stored response: all a lookup needs to decide (computed by
+/// `object::freshness`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// The moment at which the response's age was zero, on our clock:
+    /// response_time - corrected_initial_age (RFC 9111 §4.2.3). current_age = now - age_origin.
+    pub age_origin_ms: u64,
+    /// age_origin + freshness_lifetime: fresh while now < expires_at.
+    pub expires_at_ms: u64,
+}
 
 /// Metadata of a cached object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +104,7 @@ impl Meta {
         Meta { status, ..self }
     }
 
-    /// The entry's freshness as [`crate::cache::freshness`] reads it.
+    /// The entry's freshness as `object::freshness` reads it.
     pub fn freshness(&self) -> Freshness {
         Freshness {
             age_origin_ms: self.stored_at_ms,
@@ -141,7 +152,7 @@ pub fn field<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str>
 
 /// The `Cache-Control` directives of stored `headers`, every field line counted.
 pub fn directives_of(headers: &[(String, String)]) -> Directives {
-    freshness::parse_directives(
+    cache_control::parse_directives(
         headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))

@@ -9,11 +9,10 @@
 
 pub mod disk;
 pub mod entry;
-pub mod freshness;
 pub mod front;
 pub mod inflight;
+pub mod key;
 pub mod memory;
-pub mod policy;
 pub mod purge;
 pub mod purge_broadcast;
 pub mod redis;

@@ -98,15 +98,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::disk::DiskCache;
+use crate::cache::key;
 use crate::cache::memory::RemovalStats;
-use crate::cache::policy;
 use crate::cache::redis::{RedisClient, RedisError};
 use crate::cache::tiered::Tiers;
 
 /// What to purge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
-    /// Exactly this cache key (from [`policy::cache_key`]), no other variant.
+    /// Exactly this cache key (from [`key::cache_key`]), no other variant.
     Key(Vec<u8>),
     /// One object of a bucket (by its configured `name`): its plain key and every variant.
     Object { bucket: String, key: String },
@@ -131,9 +131,9 @@ impl Selector {
     fn new(scope: &Scope) -> Selector {
         match scope {
             Scope::Key(k) => Selector::Exact(k.clone()),
-            Scope::Object { bucket, key } => Selector::Object(policy::cache_key(bucket, key, &[])),
+            Scope::Object { bucket, key } => Selector::Object(key::cache_key(bucket, key, &[])),
             Scope::Prefix { bucket, prefix } => {
-                Selector::Prefix(policy::bucket_prefix(bucket, prefix))
+                Selector::Prefix(key::bucket_prefix(bucket, prefix))
             }
             Scope::All => Selector::All,
         }
@@ -142,7 +142,7 @@ impl Selector {
     fn matches(&self, ckey: &[u8]) -> bool {
         match self {
             Selector::Exact(k) => ckey == &k[..],
-            Selector::Object(plain) => policy::is_variant_of(ckey, plain),
+            Selector::Object(plain) => key::is_variant_of(ckey, plain),
             Selector::Prefix(p) => ckey.starts_with(p),
             Selector::All => true,
         }
@@ -492,11 +492,11 @@ mod tests {
 
     #[test]
     fn scopes_select_exactly_their_keys() {
-        let v = |k: &str, q: &[(&str, &str)]| policy::cache_key("img", k, q);
+        let v = |k: &str, q: &[(&str, &str)]| key::cache_key("img", k, q);
         let plain = v("a/b", &[]);
         let version = v("a/b", &[("versionId", "3")]);
         let other = v("a/bc", &[]);
-        let other_bucket = policy::cache_key("img2", "a/b", &[]);
+        let other_bucket = key::cache_key("img2", "a/b", &[]);
 
         let object = sel(Scope::Object {
             bucket: "img".into(),

@@ -8,7 +8,7 @@
 //!   The memory tier moves them under the policy lock it already holds for those operations;
 //!   the disk tier where it moves its own entry and byte counters (publish, removal, reclaim,
 //!   and once at open for what recovery found). The bucket of an entry is its cache key up to
-//!   the first NUL ([`crate::cache::policy`]), mapped to an index once per insert through the
+//!   the first NUL ([`crate::cache::key`]), mapped to an index once per insert through the
 //!   [`Buckets`] table built from the configured bucket names at start; the memory tier keeps
 //!   that index in the entry, so removals and evictions do not look it up again. Keys of
 //!   buckets the table does not know (none, when the tiers were built without a bucket list)

@@ -4,6 +4,7 @@
 //! connections of one worker share ([`env`]): idle-connection bookkeeping ([`idle`]) and
 //! recycled buffers and request futures ([`pool`]).
 
+pub mod cache_control;
 pub mod chunked;
 pub mod conditional;
 pub mod conn;

@@ -5,8 +5,8 @@
 use monoio::io::AsyncWriteRent;
 
 use super::exchange::{Exchange, XCache};
+use super::freshness;
 use crate::cache::entry::{CachedObject, Meta};
-use crate::cache::freshness;
 use crate::cache::tiered::Layer;
 use crate::error::{Error, Kind};
 use crate::http::conditional::{self, Conditionals, Precondition};

@@ -1,15 +1,17 @@
 //! The cache decisions of the object path, as pure functions over stored metadata, origin
 //! heads, the bucket's policy and the time: what to do with a lookup's result ([`decide`]),
-//! whether and how fresh an origin answer is stored ([`storable`]), and what a `304` makes of a
-//! stored entry ([`after_not_modified`]). The RFC 9111 rules themselves are
-//! [`crate::cache::freshness`]'s; this module feeds them the facts the request path holds
+//! whether and how fresh an origin answer is stored ([`storable`], [`storable_object`],
+//! [`storable_404`]), how a stale entry is revalidated ([`validators`]), whether a `304`
+//! selects it ([`selects`]) and what the `304` makes of it ([`after_not_modified`]). The RFC 9111 rules themselves are
+//! [`super::freshness`]'s; this module feeds them the facts the request path holds
 //! (stored header fields, an [`UpstreamHead`]) and names the phases the path acts on.
 
 use std::sync::Arc;
 
-use crate::cache::entry::{self, Meta};
-use crate::cache::freshness::{self, Decision, NotStored, Policy, Response, Times};
+use super::freshness::{self, Decision, NotStored, Policy, Response, Times};
+use crate::cache::entry::{self, Freshness, Meta};
 use crate::config::Config;
+use crate::http::cache_control;
 use crate::http::response::UpstreamHead;
 
 /// What the object path does after looking the key up.
@@ -31,7 +33,8 @@ pub enum Phase {
     },
 }
 
-/// The bucket's caching policy from the configuration.
+/// The bucket's caching policy from the configuration (computed once per config generation:
+/// `Shared::policies`).
 pub fn policy(config: &Config, bucket: usize) -> Policy {
     let ms = |d: std::time::Duration| d.as_millis() as u64;
     Policy {
@@ -68,17 +71,43 @@ pub fn storable(
     status: u16,
     policy: &Policy,
     now_ms: u64,
-) -> Result<freshness::Freshness, NotStored> {
-    let directives = freshness::parse_directives(head.header_values("cache-control"));
+) -> Result<Freshness, NotStored> {
+    let directives = cache_control::parse_directives(head.header_values("cache-control"));
     let resp = Response {
         status,
         directives,
-        vary_star: freshness::vary_star(head.header_values("vary")),
+        vary_star: cache_control::vary_star(head.header_values("vary")),
         expires: head.header("expires"),
         date: head.header("date"),
         age: head.header("age"),
     };
     freshness::store(&resp, policy, times(head, now_ms))
+}
+
+/// Whether an origin `200` for an object of `len` bytes (None: not known until its body has
+/// ended) may be stored, and its freshness: RFC 9111 ([`storable`]) and
+/// `cache.max_object_size` (a body of unknown length is measured against it as it is kept).
+pub fn storable_object(
+    head: &UpstreamHead,
+    len: Option<u64>,
+    max_object_size: u64,
+    policy: &Policy,
+    now_ms: u64,
+) -> Option<Freshness> {
+    if len.is_some_and(|l| l > max_object_size) {
+        return None;
+    }
+    storable(head, 200, policy, now_ms).ok()
+}
+
+/// The freshness of a negative entry for an origin `404` (`cache.negative_ttl`, per bucket
+/// `negative_ttl`): fresh for the negative TTL, or less when the 404 itself says so. `None`
+/// when negative caching is off or the 404 may not be stored. A storm of requests for a
+/// missing key then costs one origin request per negative TTL; purges remove it like any
+/// entry, and once it is stale the next request asks the origin again (a 404 has no
+/// validators to revalidate with).
+pub fn storable_404(head: &UpstreamHead, policy: &Policy, now_ms: u64) -> Option<Freshness> {
+    storable(head, 404, policy, now_ms).ok()
 }
 
 /// A stored entry after a `304` (RFC 9111 §4.3.4): its header fields updated with the 304's
@@ -98,7 +127,7 @@ pub fn after_not_modified(
         status: 200,
         directives: entry::directives_of(&headers),
         // Vary is not stored: a 304 saying `Vary: *` makes the entry unusable (§4.1).
-        vary_star: freshness::vary_star(head.header_values("vary")),
+        vary_star: cache_control::vary_star(head.header_values("vary")),
         expires: entry::field(&headers, "expires"),
         // Date and Age are the 304's: the entry is as old as the origin's confirmation.
         date: head.header("date"),

@@ -42,8 +42,8 @@ use super::upstream::{
     drain_error_body, fetch_origin, respond_upstream, respond_upstream_keeping, stored_headers,
     Keep,
 };
+use crate::cache::entry::Freshness;
 use crate::cache::entry::{CachedObject, Meta};
-use crate::cache::freshness::Freshness;
 use crate::cache::inflight::{Event, Leader, Subscription};
 use crate::context::Worker;
 use crate::error::{Error, Kind};
@@ -222,7 +222,13 @@ fn unknown_length_meta(
     if body.content_length().is_some() {
         return None;
     }
-    let f = storable_for(w, bucket, head, 0)?;
+    let f = decide::storable_object(
+        head,
+        None,
+        w.cache.max_object_size(),
+        &w.shared.policies[bucket],
+        w.clock().now_ms(),
+    )?;
     Some(Arc::new(Meta::new(
         stored_headers(head),
         f.age_origin_ms,
@@ -231,25 +237,21 @@ fn unknown_length_meta(
 }
 
 /// The freshness of an object of `len` bytes answered with `head` (a 200, or a 206 that is
-/// part of it), received now: `None` when RFC 9111 forbids storing it
-/// ([`super::decide::storable`]) or it exceeds `cache.max_object_size`.
+/// part of it), received now ([`decide::storable_object`]).
 pub fn storable_for(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Freshness> {
-    if len > w.cache.max_object_size() {
-        return None;
-    }
-    let policy = decide::policy(&w.shared.config, bucket);
-    decide::storable(head, 200, &policy, w.clock().now_ms()).ok()
+    decide::storable_object(
+        head,
+        Some(len),
+        w.cache.max_object_size(),
+        &w.shared.policies[bucket],
+        w.clock().now_ms(),
+    )
 }
 
-/// A negative entry for an origin `404` (`cache.negative_ttl`, per bucket `negative_ttl`):
-/// no body, no header fields, fresh for the negative TTL (or less, when the 404 itself says
-/// so). `None` when negative caching is off or the 404 may not be stored. A storm of requests
-/// for a missing key then costs one origin request per negative TTL; purges remove it like
-/// any entry, and once it is stale the next request asks the origin again (a 404 has no
-/// validators to revalidate with).
+/// A negative entry for an origin `404` ([`decide::storable_404`]): no body, no header
+/// fields.
 fn negative_entry(w: &Worker, bucket: usize, head: &UpstreamHead) -> Option<CachedObject> {
-    let policy = decide::policy(&w.shared.config, bucket);
-    let f = decide::storable(head, 404, &policy, w.clock().now_ms()).ok()?;
+    let f = decide::storable_404(head, &w.shared.policies[bucket], w.clock().now_ms())?;
     let meta = Meta::new(Vec::new(), f.age_origin_ms, f.expires_at_ms).with_status(404);
     Some(CachedObject {
         meta: Arc::new(meta),

@@ -28,6 +28,7 @@ pub mod background;
 pub mod decide;
 pub mod exchange;
 pub mod fill;
+pub mod freshness;
 pub mod origin_error;
 pub mod revalidate;
 pub mod upstream;
@@ -35,7 +36,7 @@ pub mod upstream;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::cache::inflight::Role;
-use crate::cache::policy::cache_key_into;
+use crate::cache::key::cache_key_into;
 use crate::cors;
 use crate::error::{Error, Kind};
 use crate::http::conn::Sent;
@@ -98,8 +99,7 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
         let phase = if hit.obj.meta.is_fresh(now) {
             Phase::Fresh
         } else {
-            let policy = decide::policy(&w.shared.config, x.bucket);
-            decide::decide(Some(&hit.obj.meta), &policy, now)
+            decide::decide(Some(&hit.obj.meta), &w.shared.policies[x.bucket], now)
         };
         match phase {
             Phase::Fresh | Phase::Miss => {

@@ -151,7 +151,7 @@ pub async fn confirmed(
     leader: Option<Leader>,
 ) -> CachedObject {
     drain_error_body(body).await;
-    let policy = decide::policy(&w.shared.config, bucket);
+    let policy = w.shared.policies[bucket];
     let now = w.clock().now_ms();
     let update = stored_headers(head);
     let meta = match decide::after_not_modified(&stale.meta, head, &update, &policy, now) {

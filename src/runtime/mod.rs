@@ -51,6 +51,7 @@ use crate::fdlimit;
 use crate::handler::Surface;
 use crate::http::request::Limits;
 use crate::metrics::Registry;
+use crate::object::freshness::Policy;
 use crate::reload::Outcome;
 use crate::router::Router;
 use crate::s3::origins::Origins;
@@ -93,6 +94,7 @@ struct PerConfig {
     client_tls: Vec<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>>,
     origins: Arc<Origins>,
     verifier: Option<crate::auth::Verifier>,
+    policies: Vec<Policy>,
 }
 
 impl PerConfig {
@@ -137,11 +139,15 @@ impl PerConfig {
                 );
             }
         }
+        let policies = (0..config.buckets.len())
+            .map(|b| crate::object::decide::policy(config, b))
+            .collect();
         Ok(PerConfig {
             router,
             client_tls,
             origins,
             verifier,
+            policies,
         })
     }
 }
@@ -236,6 +242,7 @@ impl Shared {
             tiers,
             config,
             router: per.router,
+            policies: per.policies,
             limits,
             origins: per.origins,
             client_tls: per.client_tls,
@@ -291,6 +298,7 @@ impl Shared {
             tiers: Arc::clone(&self.tiers),
             config,
             router: per.router,
+            policies: per.policies,
             limits: self.limits,
             origins: per.origins,
             client_tls: per.client_tls,
