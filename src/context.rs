@@ -29,14 +29,13 @@ use crate::cache::redis::{RedisOptions, RedisTls};
 use crate::cache::tiered::Tiers;
 use crate::cache::Cache;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{CachePolicy, Config};
 use crate::credentials;
 use crate::fdlimit;
 use crate::http::env::ConnEnv;
 use crate::http::request::Limits;
 use crate::http::vectored::HeadBody;
 use crate::metrics::{Recorder, Registry};
-use crate::object::freshness::Policy;
 use crate::reload::Outcome;
 use crate::router::Router;
 use crate::s3::client::{Pool, Timeouts};
@@ -51,7 +50,7 @@ pub struct Shared {
     pub router: Router,
     /// Per bucket (parallel to `config.buckets`): its caching policy (the configured TTLs and
     /// stale windows as the RFC 9111 rules take them), computed once per generation.
-    pub policies: Vec<Policy>,
+    pub policies: Vec<CachePolicy>,
     pub limits: Limits,
     pub origins: Arc<Origins>,
     /// Per bucket: the TLS client config and the name to verify, for https endpoints.

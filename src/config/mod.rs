@@ -151,6 +151,21 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// A bucket's caching policy as the RFC 9111 rules (`object::freshness`) take it: what the
+/// configuration says, in milliseconds ([`Config::policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// Freshness for a response without explicit expiry (heuristic, §4.2.2); may be zero
+    /// (= stored but revalidated on every use).
+    pub default_ttl_ms: u64,
+    /// How long a 404 is cached; 0 = 404s are not stored.
+    pub negative_ttl_ms: u64,
+    /// `cache.stale_while_revalidate` / `stale_if_error`: the default for responses without the
+    /// directive and the cap for those with it (None = no default, no cap).
+    pub stale_while_revalidate_ms: Option<u64>,
+    pub stale_if_error_ms: Option<u64>,
+}
+
 /// `[log]`: the access log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -880,6 +895,17 @@ impl Config {
         self.buckets[bucket]
             .negative_ttl
             .unwrap_or(self.cache.negative_ttl)
+    }
+
+    /// `bucket`'s caching policy: its TTLs (or `[cache]`'s) and `[cache]`'s stale windows.
+    pub fn policy(&self, bucket: usize) -> CachePolicy {
+        let ms = |d: Duration| d.as_millis() as u64;
+        CachePolicy {
+            default_ttl_ms: ms(self.ttl(bucket)),
+            negative_ttl_ms: ms(self.negative_ttl(bucket)),
+            stale_while_revalidate_ms: self.cache.stale_while_revalidate.map(ms),
+            stale_if_error_ms: self.cache.stale_if_error.map(ms),
+        }
     }
 
     /// Reads and validates the config file at `path`, with `${ENV}` from the process

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use super::freshness::{self, Decision, NotStored, Policy, Response, Times};
 use crate::cache::entry::{self, Freshness, Meta};
-use crate::config::Config;
 use crate::http::cache_control;
 use crate::http::response::UpstreamHead;
 
@@ -31,18 +30,6 @@ pub enum Phase {
         stale_if_error_until_ms: Option<u64>,
         must_revalidate: bool,
     },
-}
-
-/// The bucket's caching policy from the configuration (computed once per config generation:
-/// `Shared::policies`).
-pub fn policy(config: &Config, bucket: usize) -> Policy {
-    let ms = |d: std::time::Duration| d.as_millis() as u64;
-    Policy {
-        default_ttl_ms: ms(config.ttl(bucket)),
-        negative_ttl_ms: ms(config.negative_ttl(bucket)),
-        stale_while_revalidate_ms: config.cache.stale_while_revalidate.map(ms),
-        stale_if_error_ms: config.cache.stale_if_error.map(ms),
-    }
 }
 
 /// The phase for a lookup's result at `now_ms`.

@@ -31,26 +31,14 @@
 //!   then uploaded should appear soon, whatever the origin said about the 404.
 
 use crate::cache::entry::Freshness;
+/// The rules' name for a bucket's [`crate::config::CachePolicy`].
+pub use crate::config::CachePolicy as Policy;
 use crate::http::cache_control::{age_seconds, Directives};
 
 /// An HTTP-date (RFC 9110 §5.6.7, all three formats: [`crate::http::date`]) in unix
 /// milliseconds; None when invalid (or before 1970).
 fn http_date_ms(s: &str) -> Option<u64> {
     crate::http::date::parse_unix_secs(s)?.checked_mul(1000)
-}
-
-/// What the configuration says (per bucket).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    /// Freshness for a response without explicit expiry (heuristic, §4.2.2); may be zero
-    /// (= stored but revalidated on every use).
-    pub default_ttl_ms: u64,
-    /// How long a 404 is cached; 0 = 404s are not stored.
-    pub negative_ttl_ms: u64,
-    /// `cache.stale_while_revalidate` / `stale_if_error`: the default for responses without the
-    /// directive and the cap for those with it (None = no default, no cap).
-    pub stale_while_revalidate_ms: Option<u64>,
-    pub stale_if_error_ms: Option<u64>,
 }
 
 /// The response facts the storing decision needs (raw header values; first field line for

@@ -51,7 +51,6 @@ use crate::fdlimit;
 use crate::handler::Surface;
 use crate::http::request::Limits;
 use crate::metrics::Registry;
-use crate::object::freshness::Policy;
 use crate::reload::Outcome;
 use crate::router::Router;
 use crate::s3::origins::Origins;
@@ -94,7 +93,7 @@ struct PerConfig {
     client_tls: Vec<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>>,
     origins: Arc<Origins>,
     verifier: Option<crate::auth::Verifier>,
-    policies: Vec<Policy>,
+    policies: Vec<crate::config::CachePolicy>,
 }
 
 impl PerConfig {
@@ -140,7 +139,7 @@ impl PerConfig {
             }
         }
         let policies = (0..config.buckets.len())
-            .map(|b| crate::object::decide::policy(config, b))
+            .map(|b| config.policy(b))
             .collect();
         Ok(PerConfig {
             router,
