@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use corvid::cache::stats::Buckets;
 use corvid::cache::tiered::Tiers;
+use corvid::cache::usage::Buckets;
 use corvid::config::Config;
 use corvid::http::request::Method;
 use corvid::metrics::Registry;

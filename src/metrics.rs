@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::stats::{Buckets, RequestCounts, Stats};
+use crate::cache::stats::{RequestCounts, Stats};
 use crate::cache::tiered::{Layer, Tiers};
+use crate::cache::usage::Buckets;
 use crate::http::request::Method;
 
 /// Histogram bucket upper bounds, in seconds.
@@ -270,7 +271,7 @@ pub struct RefreshCounts {
 /// process. The slots are the indices of the tiers' bucket table ([`Buckets`], the one table
 /// both use, so a bucket's metric series and its cache statistics have the same index): the
 /// buckets configured at start take the first ones, and a config reload gives a new bucket
-/// the next free slot ([`Buckets::add`]; [`crate::cache::stats::RESERVED_BUCKETS`] of them
+/// the next free slot ([`Buckets::add`]; [`crate::cache::usage::RESERVED_BUCKETS`] of them
 /// are allocated up front) and keeps a renamed or removed bucket's series as they were, so
 /// counters never go back. A worker records through a [`Recorder`], which maps its config's
 /// bucket index to the slot.
@@ -747,7 +748,7 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::stats::RESERVED_BUCKETS;
+    use crate::cache::usage::RESERVED_BUCKETS;
 
     #[test]
     fn a_bucket_keeps_its_slot_and_series_across_generations() {

@@ -735,7 +735,7 @@ fn a_soft_purge_reaches_the_memory_and_disk_of_another_instance() {
 /// (`proxy::serve_object`, `proxy::serve_cached`, the fill's body reads).
 #[test]
 fn stats_are_exact_per_tier_and_per_bucket() {
-    use corvid::cache::stats::Buckets;
+    use corvid::cache::usage::Buckets;
     use corvid::metrics::Registry;
 
     run(async {
@@ -925,7 +925,7 @@ fn stats_are_exact_per_tier_and_per_bucket() {
 /// bucket, and a reopened tier recounts what recovery found.
 #[test]
 fn disk_bucket_counts_follow_reclaim_and_survive_a_restart() {
-    use corvid::cache::stats::{Buckets, Usage};
+    use corvid::cache::usage::{Buckets, Usage};
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = cache_config(dir.path());

@@ -6,7 +6,7 @@
 //!   the separators are unambiguous: `bucket \0` selects one bucket, `bucket \0 key \0` the
 //!   variants of one object.
 //! - Only complete 200 answers to GET are stored, up to `cache.max_object_size`; whether and
-//!   for how long the origin's answer may be stored is RFC 9111's ([`super::freshness`]).
+//!   for how long the origin's answer may be stored is RFC 9111's (`object::freshness`).
 
 /// The cache key for an object request.
 pub fn cache_key(bucket: &str, key: &str, query: &[(&str, &str)]) -> Vec<u8> {

@@ -129,7 +129,7 @@ use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 
-use crate::cache::stats::{BucketUsage, Buckets, Usage};
+use crate::cache::usage::{BucketUsage, Buckets, Usage};
 
 /// What a cached value costs in bytes (body + metadata + per-entry overhead estimate).
 pub trait Weighted {
@@ -182,7 +182,7 @@ struct Meta {
     queue: AtomicU8,
     /// Bytes charged for the entry; written only under the policy lock.
     charge: AtomicU64,
-    /// The entry's bucket ([`crate::cache::stats::Buckets`]), found once at insertion.
+    /// The entry's bucket ([`crate::cache::usage::Buckets`]), found once at insertion.
     class: u32,
 }
 
@@ -379,7 +379,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
     }
 
     /// Counts entries, bytes and evictions per bucket of `buckets` (see
-    /// [`crate::cache::stats`]). Call before inserting anything.
+    /// [`crate::cache::usage`]). Call before inserting anything.
     pub fn with_buckets(mut self, buckets: Arc<Buckets>) -> Self {
         debug_assert!(self.is_empty());
         self.usage = BucketUsage::new(buckets);
@@ -824,7 +824,7 @@ mod tests {
     #[test]
     fn updates_in_place_and_bucket_counts_stay_exact() {
         let c = MemoryCache::with_shards(1 << 20, 16)
-            .with_buckets(crate::cache::stats::Buckets::new(["a", "b"]));
+            .with_buckets(crate::cache::usage::Buckets::new(["a", "b"]));
         for i in 0..30u64 {
             let k = format!("{}\0{i}", if i % 3 == 0 { "a" } else { "b" });
             assert!(c.insert(k.as_bytes(), obj(i, 100)));

@@ -19,5 +19,6 @@ pub mod redis;
 pub mod redis_tier;
 pub mod stats;
 pub mod tiered;
+pub mod usage;
 
 pub use front::Cache;

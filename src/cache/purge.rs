@@ -2,7 +2,7 @@
 //! variants, the keys of a bucket (optionally only those under a key prefix), or everything —
 //! and reporting what each tier removed.
 //!
-//! This module owns the meaning of each [`Scope`] over the key format of [`policy`] and the
+//! This module owns the meaning of each [`Scope`] over the key format of [`key`] and the
 //! order of the work; the tiers only offer "remove this key" and "remove what matches". The
 //! request path (an origin 404 in [`super::front::Cache::remove_everywhere`]) and the admin API both
 //! come through here, so the two cannot disagree on what "gone" means.
@@ -10,7 +10,7 @@
 //! # Decisions
 //!
 //! - **An object is all its variants.** A request with `versionId` or `response-*` overrides
-//!   is cached under its own key (`bucket \0 key \0 name=value…`, see [`policy`]). Purging an
+//!   is cached under its own key (`bucket \0 key \0 name=value…`, see [`key`]). Purging an
 //!   object removes the plain key and every variant: whoever purges an object wants the next
 //!   request to see the origin, whatever its query. Object keys never contain NUL (the router
 //!   refuses them), so `bucket \0 key \0` selects exactly the variants of that object and never

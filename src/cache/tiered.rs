@@ -32,7 +32,7 @@ use crate::cache::entry::{self, CachedObject, Meta};
 use crate::cache::inflight::Inflight;
 use crate::cache::memory::{MemoryCache, Weighted};
 use crate::cache::redis_tier;
-use crate::cache::stats::Buckets;
+use crate::cache::usage::Buckets;
 use crate::clock::Clock;
 use crate::config::{CacheConfig, WritePolicy};
 
@@ -91,7 +91,7 @@ pub struct Tiers {
     /// How long a Redis key outlives its entry's freshness ([`redis_tier::retain`]): a soft
     /// purge cuts a Redis TTL to this, which reads as "stale since now".
     pub redis_retain: Duration,
-    /// The configured bucket names, by index (per-bucket stats, [`crate::cache::stats`]).
+    /// The configured bucket names, by index (per-bucket usage, [`crate::cache::usage`]).
     buckets: Arc<Buckets>,
     /// Failed Redis operations of every worker (counted by the cache fronts).
     pub redis_errors: AtomicU64,

@@ -1,7 +1,7 @@
 //! HTTP/1.1: sans-IO request parsing and framing rules ([`request`]), response heads
 //! ([`response`]), the chunked codec ([`chunked`]), and the IO edge that drives them over a
 //! socket ([`conn`], [`respond`], [`counted`]) for any application ([`conn::App`]), with what the
-//! connections of one worker share ([`env`]): idle-connection bookkeeping ([`idle`]) and
+//! connections of one worker share ([`mod@env`]): idle-connection bookkeeping ([`idle`]) and
 //! recycled buffers and request futures ([`pool`]).
 
 pub mod cache_control;

@@ -47,7 +47,7 @@ fn http_date_ms(s: &str) -> Option<u64> {
 pub struct Response<'a> {
     pub status: u16,
     pub directives: Directives,
-    /// Its `Vary` has a `*` member ([`vary_star`]).
+    /// Its `Vary` has a `*` member ([`crate::http::cache_control::vary_star`]).
     pub vary_star: bool,
     pub expires: Option<&'a str>,
     pub date: Option<&'a str>,

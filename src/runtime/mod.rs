@@ -174,7 +174,7 @@ fn bucket_slots(config: &Config, tiers: &Tiers) -> Result<Vec<usize>, String> {
                 format!(
                     "buckets.{}: more than {} buckets added since start; restart to add more",
                     b.name,
-                    crate::cache::stats::RESERVED_BUCKETS
+                    crate::cache::usage::RESERVED_BUCKETS
                 )
             })
         })
@@ -217,7 +217,7 @@ impl Shared {
         // One bucket table: the tiers count entries and bytes per bucket in it (for the admin
         // stats) and the metrics registry's per-bucket slots are its indices.
         let buckets =
-            crate::cache::stats::Buckets::new(config.buckets.iter().map(|b| b.name.clone()));
+            crate::cache::usage::Buckets::new(config.buckets.iter().map(|b| b.name.clone()));
         let tiers = Tiers::with_clock(&config.cache, Arc::clone(&buckets), clock.clone())?;
         let metrics = Registry::new(buckets, workers);
         let access_log = match &config.log.access {

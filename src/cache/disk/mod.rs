@@ -124,7 +124,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::cache::stats::{BucketUsage, Buckets, Usage};
+use crate::cache::usage::{BucketUsage, Buckets, Usage};
 use format::{Kind, ENTRY_HEADER_LEN, MAX_KEY_LEN, SEGMENT_HEADER_LEN};
 use index::{Index, Slot};
 use reclaim::Counters;
@@ -461,7 +461,7 @@ impl DiskCache {
     }
 
     /// Counts entries, bytes and evictions per bucket of `buckets` from now on, starting
-    /// from what the index holds (see [`crate::cache::stats`]). Before the cache is shared.
+    /// from what the index holds (see [`crate::cache::usage`]). Before the cache is shared.
     pub fn with_buckets(mut self, buckets: Arc<Buckets>) -> DiskCache {
         self.count_buckets(buckets);
         self

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use super::index::Index;
 use super::segment::Segment;
 use super::RemovalStats;
-use crate::cache::stats::BucketUsage;
+use crate::cache::usage::BucketUsage;
 
 /// Pops the oldest segments from `sealed` until `needed` more bytes fit in `capacity` given
 /// `disk_bytes` in use (which it lowers accordingly). Returns the victims, oldest first.
@@ -54,7 +54,7 @@ pub fn make_room(
 pub struct Counters {
     pub entries: AtomicU64,
     pub bytes: AtomicU64,
-    /// The same per bucket, with evictions ([`crate::cache::stats`]).
+    /// The same per bucket, with evictions ([`crate::cache::usage`]).
     pub usage: BucketUsage,
 }
 
