@@ -11,6 +11,8 @@
 //! | [`recover`] | rebuilding the index from the files at start-up, and what it drops        |
 //! | [`reclaim`] | FIFO reclaim of whole segments when `capacity` is reached                 |
 //! | `rollover`  | the segment thread: the next segment made ahead, retired ones unmapped    |
+//! | [`outage`]  | not admitting writes when no segment can be made; its log lines           |
+//! | [`space`]   | the warning when `capacity` exceeds the volume's free space               |
 //!
 //! # Writing
 //!
@@ -107,10 +109,12 @@
 
 pub mod format;
 pub mod index;
+pub mod outage;
 pub mod reclaim;
 pub mod recover;
 mod rollover;
 pub mod segment;
+pub mod space;
 
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
@@ -119,14 +123,15 @@ use std::io;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::cache::stats::{BucketUsage, Buckets, Usage};
 use format::{Kind, ENTRY_HEADER_LEN, MAX_KEY_LEN, SEGMENT_HEADER_LEN};
 use index::{Index, Slot};
+use outage::Outage;
 use reclaim::Counters;
 use rollover::SegmentThread;
 use segment::Segment;
@@ -312,6 +317,11 @@ struct Ring {
     spare: Option<Arc<Segment>>,
     /// The id of the spare the segment thread is making, if any.
     spare_pending: Option<u64>,
+    /// What reclaim keeps `disk_bytes` within: the configured capacity, lowered when the
+    /// volume turned out to hold less ([`outage`]).
+    capacity: u64,
+    /// Whether the tier is admitting writes that need a new segment ([`outage`]).
+    outage: Outage,
 }
 
 /// Where a record is: segment id and offset within it ([`Slot::position`]).
@@ -356,7 +366,6 @@ pub struct DiskCache {
     /// processes writing the same segments would serve each other's half-written records.
     _lock: std::fs::File,
     dir: PathBuf,
-    capacity: u64,
     segment_size: u64,
     index: Index,
     /// Shared with the segment thread, which delivers spares into it.
@@ -367,6 +376,9 @@ pub struct DiskCache {
     segments_created: AtomicU64,
     /// Of those, created on the inserting thread (at roll-over).
     inline_rollovers: AtomicU64,
+    /// Removals and soft purges that could not be written to the log (the tier was not
+    /// admitting): they hold in the running index, but a restart would undo them.
+    unpersisted: AtomicU64,
     /// Declared last: dropped (stopped and joined) after everything above.
     segment_thread: SegmentThread,
 }
@@ -427,13 +439,14 @@ impl DiskCache {
             disk_bytes,
             spare,
             spare_pending: None,
+            capacity: opts.capacity,
+            outage: Outage::new(&opts.dir),
         }));
         let segment_thread =
             SegmentThread::start(opts.dir.clone(), opts.segment_size, Arc::clone(&ring))?;
         let mut cache = DiskCache {
             _lock: lock,
             dir: opts.dir,
-            capacity: opts.capacity,
             segment_size: opts.segment_size,
             index: rec.index,
             ring,
@@ -445,6 +458,7 @@ impl DiskCache {
             evictions: AtomicU64::new(0),
             segments_created: AtomicU64::new(0),
             inline_rollovers: AtomicU64::new(0),
+            unpersisted: AtomicU64::new(0),
             segment_thread,
         };
         cache.count_buckets(Buckets::none());
@@ -452,9 +466,12 @@ impl DiskCache {
         let victims = {
             let mut ring = cache.lock_ring();
             let Ring {
-                sealed, disk_bytes, ..
+                sealed,
+                disk_bytes,
+                capacity,
+                ..
             } = &mut *ring;
-            reclaim::make_room(sealed, disk_bytes, 0, cache.capacity)
+            reclaim::make_room(sealed, disk_bytes, 0, *capacity)
         };
         cache.evict(victims);
         Ok((cache, rec.report))
@@ -482,7 +499,7 @@ impl DiskCache {
         self.counters.usage.by_name(bucket)
     }
 
-    fn lock_ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+    fn lock_ring(&self) -> MutexGuard<'_, Ring> {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -516,9 +533,20 @@ impl DiskCache {
 
     /// Where `key`'s (unexpired) value lives on disk, for a positioned read.
     pub fn locate(&self, key: &[u8]) -> Option<Location> {
-        let now = now_ms();
+        self.locate_where(key, Some(now_ms()))
+    }
+
+    /// [`DiskCache::locate`], expired entries included (the counterpart of
+    /// [`DiskCache::get_stale`]).
+    pub fn locate_stale(&self, key: &[u8]) -> Option<Location> {
+        self.locate_where(key, None)
+    }
+
+    fn locate_where(&self, key: &[u8], now: Option<u64>) -> Option<Location> {
         let shard = self.index.read(key);
-        let slot = shard.get(key).filter(|s| s.expires_at_ms > now)?;
+        let slot = shard
+            .get(key)
+            .filter(|s| now.is_none_or(|now| s.expires_at_ms > now))?;
         let seg = &slot.segment;
         Some(Location {
             path: seg.path.clone(),
@@ -533,15 +561,22 @@ impl DiskCache {
         })
     }
 
-    /// Appends; replaces any older entry for the key. `Ok(false)` if the record cannot fit in
-    /// a segment (value larger than `segment_size` minus headers) or the key is over 64 KiB.
+    /// Appends; replaces any older entry for the key. `Ok(false)` if it was not stored: the
+    /// record cannot fit in a segment (value larger than `segment_size` minus headers), the
+    /// key is over 64 KiB, or the tier is not admitting writes (no segment could be made: see
+    /// [`outage`]; counted in [`DiskCache::refused_writes`]). `Err` if writing the record
+    /// failed (the tier then stops admitting until a new segment can be made).
     /// When it fills the active segment it also retires reclaimed segments, and creates the
     /// next segment itself if the segment thread has not made it yet (see the module docs).
     pub fn insert(&self, key: &[u8], value: &[u8], expires_at_ms: u64) -> io::Result<bool> {
         if !self.fits(key.len(), value.len()) {
             return Ok(false);
         }
-        let (seg, offset, written_at_ms) = self.append(Kind::Value, key, value, expires_at_ms)?;
+        let Some((seg, offset, written_at_ms)) =
+            self.append(Kind::Value, key, value, expires_at_ms)?
+        else {
+            return Ok(false);
+        };
         let slot = Slot {
             segment: seg,
             offset,
@@ -562,53 +597,87 @@ impl DiskCache {
                 <= self.segment_size - SEGMENT_HEADER_LEN as u64
     }
 
-    /// Writes one record and returns where, and its write time. The copy happens outside
-    /// every lock.
+    /// Writes one record and returns where, and its write time; `None` if the tier is not
+    /// admitting. The write happens outside every lock.
     fn append(
         &self,
         kind: Kind,
         key: &[u8],
         value: &[u8],
         expires_at_ms: u64,
-    ) -> io::Result<(Arc<Segment>, u32, u64)> {
+    ) -> io::Result<Option<(Arc<Segment>, u32, u64)>> {
         let written_at_ms = now_ms();
         let header = format::encode_header(kind, key, value, expires_at_ms, written_at_ms);
         let len = format::padded_len(key.len(), value.len());
-        let (seg, offset) = self.reserve(len)?;
-        // SAFETY: `reserve` handed this range to this call alone; the segment was created by
-        // this process (recovered segments are never active), so it is mapped writable.
-        unsafe { seg.write(offset, &[&header, key, value]) };
-        Ok((seg, offset as u32, written_at_ms))
+        let Some((seg, offset)) = self.reserve(len) else {
+            return Ok(None);
+        };
+        // SAFETY: `reserve` handed this range to this call alone, and nothing is published in
+        // it until this call returns.
+        if let Err(e) = unsafe { seg.write(offset, &[&header, key, value]) } {
+            self.write_failed(&seg, &e);
+            return Err(e);
+        }
+        Ok(Some((seg, offset as u32, written_at_ms)))
     }
 
-    /// Reserves `len` bytes in the active segment, rolling over (and reclaiming) if needed.
-    fn reserve(&self, len: usize) -> io::Result<(Arc<Segment>, usize)> {
+    /// A record could not be written into `seg`: nothing more goes into it, and the tier stops
+    /// admitting until a new segment can be made.
+    fn write_failed(&self, seg: &Arc<Segment>, e: &io::Error) {
+        let mut ring = self.lock_ring();
+        if ring.active.as_ref().is_some_and(|a| Arc::ptr_eq(a, seg)) {
+            ring.cursor = seg.len();
+        }
+        // A spare made before the failure says nothing about the disk now.
+        let stale_spare = ring.spare.take();
+        ring.outage.begin(e, Instant::now());
+        drop(ring);
+        if let Some(spare) = stale_spare {
+            self.segment_thread.discard(spare);
+        }
+    }
+
+    /// Reserves `len` bytes in the active segment, rolling over (and reclaiming) if needed;
+    /// `None` if the tier is not admitting (no segment could be made).
+    fn reserve(&self, len: usize) -> Option<(Arc<Segment>, usize)> {
         let mut ring = self.lock_ring();
         if let Some(active) = ring.active.clone() {
             if ring.cursor + len <= active.len() {
                 let at = ring.cursor;
                 ring.cursor += len;
-                return Ok((active, at));
+                return Some((active, at));
             }
         }
         let fresh = match ring.spare.take() {
             Some(spare) => spare,
+            // Not admitting: refuse at once rather than try (and fail) on this thread.
+            None if ring.outage.active() => return self.refuse(ring),
             None => {
-                // Not ready (or could not be made): create it here, under the ring lock, as
-                // before the segment thread existed. Create first: if it fails, nothing has
-                // changed.
-                let fresh = Arc::new(Segment::create(&self.dir, ring.next_id, self.segment_size)?);
-                ring.next_id += 1;
-                // A spare still being made now has an id older than this segment's: it will
-                // be discarded when it arrives.
-                ring.spare_pending = None;
-                self.inline_rollovers.fetch_add(1, Ordering::Relaxed);
-                fresh
+                // Not ready: create it here, under the ring lock, as before the segment thread
+                // existed. Create first: if it fails, nothing has changed.
+                match Segment::create(&self.dir, ring.next_id, self.segment_size) {
+                    Ok(fresh) => {
+                        ring.next_id += 1;
+                        // A spare still being made now has an id older than this segment's:
+                        // it will be discarded when it arrives.
+                        ring.spare_pending = None;
+                        self.inline_rollovers.fetch_add(1, Ordering::Relaxed);
+                        Arc::new(fresh)
+                    }
+                    Err(e) => {
+                        // The id is burnt: a file of that name may be half made.
+                        ring.next_id += 1;
+                        ring.outage.begin(&e, Instant::now());
+                        return self.refuse(ring);
+                    }
+                }
             }
         };
         self.segments_created.fetch_add(1, Ordering::Relaxed);
         let victims = {
             let r = &mut *ring;
+            let capacity = r.capacity;
+            r.outage.end(Instant::now(), capacity);
             if let Some(full) = r.active.take() {
                 r.sealed.push_back(full);
             }
@@ -616,18 +685,54 @@ impl DiskCache {
                 &mut r.sealed,
                 &mut r.disk_bytes,
                 fresh.len() as u64,
-                self.capacity,
+                capacity,
             );
             r.disk_bytes += fresh.len() as u64;
             r.active = Some(fresh.clone());
             r.cursor = SEGMENT_HEADER_LEN + len;
             victims
         };
-        self.want_spare(&mut ring);
-        // Retiring takes index locks and unlinks: not under the ring lock.
+        // Retiring takes index locks and unlinks: not under the ring lock. And it goes first,
+        // so the segment thread frees the victims' blocks before it makes the next spare in
+        // their place.
         drop(ring);
         self.evict(victims);
-        Ok((fresh, SEGMENT_HEADER_LEN))
+        self.want_spare(&mut self.lock_ring());
+        Some((fresh, SEGMENT_HEADER_LEN))
+    }
+
+    /// A write the tier cannot take while not admitting: counted; and at most every
+    /// [`outage::RETRY_AFTER`], the segment thread is asked for a segment again — after the
+    /// oldest segment is reclaimed and the capacity lowered to what is left, when the volume
+    /// is out of space (see [`outage`]).
+    fn refuse(&self, mut ring: MutexGuard<'_, Ring>) -> Option<(Arc<Segment>, usize)> {
+        ring.outage.refuse();
+        if ring.spare_pending.is_some() || !ring.outage.retry_due(Instant::now()) {
+            return None;
+        }
+        let mut victims = Vec::new();
+        if ring.outage.out_of_space() {
+            let r = &mut *ring;
+            // The full active segment goes too if it is all there is: a volume that holds
+            // one segment still serves as a cache of one.
+            if let Some(full) = r.active.take() {
+                r.sealed.push_back(full);
+                r.cursor = 0;
+            }
+            if let Some(oldest) = r.sealed.pop_front() {
+                r.disk_bytes -= oldest.len() as u64;
+                victims.push(oldest);
+                // Room for the next segment is the room the victim leaves.
+                r.capacity = r.disk_bytes.max(self.segment_size);
+                r.outage.reclaimed(1);
+            }
+        }
+        drop(ring);
+        // First the victims (their blocks are freed when the segment thread drops them),
+        // then the request for a segment in their place.
+        self.evict(victims);
+        self.want_spare(&mut self.lock_ring());
+        None
     }
 
     /// Asks the segment thread for the next spare unless one exists or is being made.
@@ -716,9 +821,9 @@ impl DiskCache {
             (slot.position(), slot.stamp_ms)
         };
         let payload = format::touch_payload(target.0, target.1, stamp);
-        if let Err(e) = self.append(Kind::Touch, key, &payload, expires_at_ms) {
-            log::warn!("disk cache: could not persist an expiry update: {e}");
-        }
+        // Not persisted while the tier is not admitting (the index holds the new expiry; a
+        // restart would bring back the old one); a failed write is logged by the outage.
+        let _ = self.append(Kind::Touch, key, &payload, expires_at_ms);
         true
     }
 
@@ -765,8 +870,8 @@ impl DiskCache {
             }
             for (k, (segment, offset), stamp) in touched {
                 let payload = format::touch_payload(segment, offset, stamp);
-                if let Err(e) = self.append(Kind::Touch, &k, &payload, at_ms) {
-                    log::warn!("disk cache: could not persist a soft purge: {e}");
+                if !matches!(self.append(Kind::Touch, &k, &payload, at_ms), Ok(Some(_))) {
+                    self.unpersisted.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -790,8 +895,8 @@ impl DiskCache {
 
     fn tombstone(&self, key: &[u8]) {
         // Written after the index removal, so it lands after every record it removes.
-        if let Err(e) = self.append(Kind::Tombstone, key, &[], 0) {
-            log::warn!("disk cache: could not persist a removal: {e}");
+        if !matches!(self.append(Kind::Tombstone, key, &[], 0), Ok(Some(_))) {
+            self.unpersisted.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -874,8 +979,21 @@ impl DiskCache {
         self.lock_ring().disk_bytes
     }
 
+    /// What reclaim keeps [`DiskCache::disk_bytes`] within: the configured capacity, or less
+    /// once the volume turned out to hold less ([`outage`]).
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.lock_ring().capacity
+    }
+
+    /// Whether the tier admits writes that need a new segment; `false` while no segment can
+    /// be made (a full volume, a removed directory: see [`outage`]).
+    pub fn admitting(&self) -> bool {
+        !self.lock_ring().outage.active()
+    }
+
+    /// Writes refused since open because the tier was not admitting.
+    pub fn refused_writes(&self) -> u64 {
+        self.lock_ring().outage.refused_total()
     }
 
     /// Entries dropped by reclaim since open.
@@ -892,6 +1010,12 @@ impl DiskCache {
     /// not ready).
     pub fn inline_rollovers(&self) -> u64 {
         self.inline_rollovers.load(Ordering::Relaxed)
+    }
+
+    /// Removals and soft purges not written to the log because the tier was not admitting
+    /// (a restart would bring those entries back; see [`outage`]).
+    pub fn unpersisted_removals(&self) -> u64 {
+        self.unpersisted.load(Ordering::Relaxed)
     }
 
     /// Blocks until the segment thread has done everything asked of it so far (the next
@@ -915,3 +1039,11 @@ impl DiskCache {
     reason = "tests may block, and report what they checked on stderr"
 )]
 mod tests;
+
+#[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    clippy::print_stderr,
+    reason = "tests may block, and say on stderr why they skipped"
+)]
+mod fault_tests;

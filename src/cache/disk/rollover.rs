@@ -28,6 +28,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
@@ -39,6 +40,8 @@ enum Job {
     Prepare(u64),
     /// Drop these retired segments (unmap and close them, freeing their pages).
     Release(Vec<Arc<Segment>>),
+    /// Delete this unused spare (made before a write failed) and drop it.
+    Discard(Arc<Segment>),
     /// Answer once every earlier job is done.
     Settle(Sender<()>),
 }
@@ -59,6 +62,10 @@ impl SegmentThread {
                     match job {
                         Job::Prepare(id) => prepare(&dir, size, &ring, id),
                         Job::Release(segments) => drop(segments),
+                        Job::Discard(seg) => {
+                            remove(&seg);
+                            drop(seg);
+                        }
                         Job::Settle(done) => {
                             let _ = done.send(());
                         }
@@ -83,6 +90,13 @@ impl SegmentThread {
         }
         if let Err(job) = self.send(Job::Release(segments)) {
             drop(job);
+        }
+    }
+
+    /// Deletes an unused spare on the segment thread (here if it is gone).
+    pub fn discard(&self, seg: Arc<Segment>) {
+        if let Err(Job::Discard(seg)) = self.send(Job::Discard(seg)) {
+            remove(&seg);
         }
     }
 
@@ -130,25 +144,28 @@ pub(super) fn prepare(dir: &std::path::Path, size: u64, ring: &Mutex<Ring>, id: 
         r.spare_pending = None;
     }
     match made {
-        Ok(seg) if wanted => r.spare = Some(Arc::new(seg)),
+        Ok(seg) if wanted => {
+            r.spare = Some(Arc::new(seg));
+            let capacity = r.capacity;
+            r.outage.end(Instant::now(), capacity);
+        }
         Ok(seg) => {
             // An inline roll-over overtook it: its id is older than the active segment's.
             drop(r);
-            discard(seg);
+            remove(&seg);
         }
-        Err(e) => {
-            drop(r);
-            log::warn!("disk cache: could not prepare the next segment: {e}");
-        }
+        // Logged once per episode, not once per attempt (see `outage`).
+        Err(e) => r.outage.begin(&e, Instant::now()),
     }
 }
 
 /// Deletes a segment nobody uses (a spare that lost its place).
 #[expect(
     clippy::disallowed_methods,
-    reason = "runs on the segment thread (`prepare`)"
+    reason = "runs on the segment thread (`prepare`, `Job::Discard`), or where a `DiskCache` \
+              is dropped when that thread is gone"
 )]
-pub(super) fn discard(seg: Segment) {
+pub(super) fn remove(seg: &Segment) {
     if let Err(e) = std::fs::remove_file(&seg.path) {
         log::warn!("disk cache: could not delete {}: {e}", seg.path.display());
     }
