@@ -72,7 +72,11 @@ fn main() -> ExitCode {
                     eprintln!("{}: warning: {w}", config.display());
                 }
                 if let Some(d) = &cfg.cache.disk {
-                    let w = corvid::cache::disk::space::capacity_warning(&d.dir, d.capacity);
+                    let w = corvid::cache::disk::space::capacity_warning(
+                        &d.dir,
+                        d.capacity,
+                        d.segment_size,
+                    );
                     if let Some(w) = w {
                         eprintln!("{}: warning: {w}", config.display());
                     }

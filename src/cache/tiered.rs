@@ -132,7 +132,9 @@ impl Tiers {
         let disk = match &cfg.disk {
             None => None,
             Some(d) => {
-                if let Some(w) = crate::cache::disk::space::capacity_warning(&d.dir, d.capacity) {
+                if let Some(w) =
+                    crate::cache::disk::space::capacity_warning(&d.dir, d.capacity, d.segment_size)
+                {
                     log::warn!("{w}");
                 }
                 let (disk, report) = DiskCache::open(DiskOptions {

@@ -67,7 +67,10 @@ fn load(
         .collect();
     workers
         .into_iter()
-        .flat_map(|w| w.join().unwrap_or_else(|_| vec!["a client panicked".into()]))
+        .flat_map(|w| {
+            w.join()
+                .unwrap_or_else(|_| vec!["a client panicked".into()])
+        })
         .collect()
 }
 
@@ -221,7 +224,11 @@ fn a_removed_disk_directory_under_load_is_logged_once_and_writes_resume_when_it_
         Some("MISS")
     );
     let r = http::get(addr, "/dsk/back", &[]);
-    assert_eq!(r.header("x-cache-layer"), Some("disk"), "stored on disk again");
+    assert_eq!(
+        r.header("x-cache-layer"),
+        Some("disk"),
+        "stored on disk again"
+    );
     assert!(r.body == pattern_bytes(70_000, 9));
     assert!(
         std::fs::read_dir(&dir).unwrap().count() > 0,

@@ -18,8 +18,9 @@
 //!
 //! An insert encodes its header (computing the CRCs from the caller's buffers), then reserves
 //! `padded_len` bytes in the active segment under a short mutex (a bump of the write cursor),
-//! copies header, key and value into the map *outside* the lock, and only then publishes the
-//! slot in the index: a reader can never see a half-written value. If the active segment has
+//! writes header, key and value into the file *outside* the lock (one `pwritev`; the mapping
+//! is read-only, see [`segment`]), and only then publishes the slot in the index: a reader can
+//! never see a half-written value. If the active segment has
 //! no room, the reservation rolls over: it installs the *spare*, an empty segment the segment
 //! thread created ahead of time, and asks for the next one; picks the oldest segments to
 //! reclaim, which the inserting thread then retires after releasing the lock (index entries and
@@ -56,8 +57,15 @@
 //! the segment is reclaimed (on Linux an unlinked file's mapping stays readable). Touching a
 //! value whose pages are not in the page cache is a major fault that stalls the worker's whole
 //! event loop; [`DiskHit::is_resident`] tells the caller beforehand (`mincore`), and
-//! [`DiskCache::locate`] + [`Location::verify`] let it read a cold value with a positioned
-//! read (io_uring) instead, checking it against the entry's checksums.
+//! [`DiskCache::locate`] (or [`DiskCache::locate_stale`]) + [`Location::verify`] let it read a
+//! cold value with a positioned read (io_uring) instead, checking it against the entry's
+//! checksums. Callers must not touch a value that is not resident: that is also what keeps a
+//! truncated file from raising `SIGBUS` (see *Faults* below).
+//!
+//! Records are written through the file, so a value's pages are in the page cache but not yet
+//! in this process's page tables until first read through the mapping; `mincore` then looks
+//! each page up (about 7 µs for 1 MiB against 1.2 µs once mapped, `cargo bench --bench disk`,
+//! perf/RESULTS.md) — paid once per value, by its first hit.
 //!
 //! Hits are not checksummed (that would cost a CRC of the value per hit); integrity is checked
 //! once, by recovery, when the data comes back from the disk after a restart. Between the two,
@@ -102,10 +110,41 @@
 //! - **Limits**: `segment_size` must be a multiple of 8 between 4 KiB and 4 GiB (offsets are
 //!   32-bit), `capacity` at least two segments; keys up to 64 KiB.
 //!
-//! # Assumptions
+//! # Faults: what holds
 //!
-//! Corvid owns `dir`. Another process truncating a mapped segment file would turn reads of the
-//! lost range into `SIGBUS`; deleting or replacing files is harmless to a running cache.
+//! No fault of the disk or of another process's doing raises a signal in corvid; each is an
+//! error the tier recovers from. In detail:
+//!
+//! - **Full volume** (or quota): a segment's blocks are reserved when it is made
+//!   ([`segment`]: `fallocate`, or zeros written through the file), so `ENOSPC` comes from
+//!   [`Segment::create`] — on the segment thread — and never from a page fault. The tier then
+//!   stops admitting writes, reclaims its oldest segment and lowers its capacity to what the
+//!   volume holds ([`outage`]). On filesystems that write out of place (btrfs, ZFS), a
+//!   reservation does not promise every later write room; such a write fails with an error,
+//!   still not a signal, because records are written with `pwritev`, never through the
+//!   mapping.
+//! - **Directory removed or unwritable**: segments already open stay readable and writable
+//!   (unlinked files); no new one can be made, so the tier stops admitting until the directory
+//!   is back ([`outage`]). corvid does not recreate it (it may be an unmounted volume's mount
+//!   point). The directory's lock ([`LOCK_FILE`]) is not taken again in a directory that comes
+//!   back; nothing stops a second instance from opening that one.
+//! - **Segment truncated from outside** while mapped: pages past the new end are not in the
+//!   page cache, so [`DiskHit::is_resident`] is false for any value that lost a page and the
+//!   caller reads it by position, which comes back short: an error and a miss. A write into a
+//!   truncated segment extends the file again (`pwritev`). What remains is a race: a truncation
+//!   between the residency check and the caller's reading of the value — or of a value already
+//!   handed out (promoted into the memory tier, being sent) — turns that read into a `SIGBUS`
+//!   when it is done by corvid itself (decoding the entry, TLS encryption); the kernel's own
+//!   copy (a plain socket write) sees `EFAULT` instead. Closing the race would cost a copy of
+//!   every hit, or a signal handler; corvid owns `dir` and assumes nobody truncates its files.
+//! - **Segment replaced or deleted** from outside (a rename over it, `rm`): corvid keeps the
+//!   file it has open; the new file is ignored until a restart, whose recovery checks it.
+//! - **I/O errors** on reading a page through the mapping (a failing disk, a detached network
+//!   volume) would be a `SIGBUS` too: a non-resident value is read with a positioned read,
+//!   whose `EIO` is an error, but a resident page is never read from the disk at all.
+//! - **A removal or soft purge while not admitting** is applied to the running index but not
+//!   written to the log ([`DiskCache::unpersisted_removals`]): a restart before the entry is
+//!   reclaimed would bring it back.
 
 pub mod format;
 pub mod index;
@@ -196,7 +235,9 @@ pub struct DiskHit {
 
 impl DiskHit {
     /// Whether every page of the value is in the page cache, so touching it cannot block on
-    /// the disk. (It can still be evicted a moment later; this is a hint, not a guarantee.)
+    /// the disk. False for a value whose file was truncated under it (its pages are gone): such
+    /// a value must be read by position ([`DiskCache::locate`]), never touched. (A page can
+    /// still be evicted, or the file truncated, a moment later: see the module's *Faults*.)
     pub fn is_resident(&self) -> bool {
         resident(&self.value)
     }
@@ -973,8 +1014,8 @@ impl DiskCache {
         self.counters.bytes.load(Ordering::Relaxed)
     }
 
-    /// Total size of the segment files (≤ `capacity`), not counting the spare: a sparse file
-    /// whose only written bytes are its header.
+    /// Total size of the segment files (≤ `capacity`), not counting the spare, which already
+    /// holds its blocks: on the volume the tier takes up to `capacity` + one segment.
     pub fn disk_bytes(&self) -> u64 {
         self.lock_ring().disk_bytes
     }

@@ -19,7 +19,9 @@
 //!   sent here. A reader still holding a value keeps the mapping until it lets go, wherever
 //!   that happens.
 //!
-//! A spare is a sparse file whose only written bytes are its 64-byte segment header. It is not
+//! A spare is a file whose only written bytes are its 64-byte segment header; its blocks are
+//! reserved (see [`Segment::create`]), so a full volume shows when the spare is made, on this
+//! thread, and the tier stops admitting before any write needs it ([`super::outage`]). It is not
 //! counted in `disk_bytes` or `segments()` until it becomes active (when reclaim makes room for
 //! it, as for any new segment). A crash leaves it on disk as a valid, empty segment, which
 //! recovery removes ([`super::recover`]); a crash while creating it leaves a `.tmp` file (see

@@ -194,9 +194,9 @@ impl Segment {
         assert!(start.checked_add(len).is_some_and(|end| end <= self.len()));
         // SAFETY: in bounds (asserted); the mapping lives as long as `self`; and by this
         // function's contract the range is not being written (see the module docs: every byte
-        // is written once, before publication). Corvid owns the directory: another process
-        // truncating the file would turn these reads into SIGBUS, an assumption documented in
-        // the parent module.
+        // is written once, before publication). Only recovery reads this way, at start-up, of
+        // a file whose length it has just checked; another process truncating the file in
+        // that moment would turn these reads into SIGBUS (the parent module's *Faults*).
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), len) }
     }
 

@@ -18,17 +18,23 @@ pub fn available(path: &Path) -> io::Result<u64> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+    #[allow(
+        clippy::useless_conversion,
+        reason = "fsblkcnt_t and c_ulong are 32-bit on some targets"
+    )]
+    let (blocks, size) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    Ok(blocks.saturating_mul(size))
 }
 
-/// The warning for a `capacity` larger than the volume of `dir` can give the tier: its free
-/// space plus what the tier's segment files already take there. `dir` need not exist yet (the
-/// nearest existing ancestor is asked). `None` when it fits or cannot be told.
+/// The warning for a tier larger than the volume of `dir` can hold: `capacity` plus one
+/// segment (the spare made ahead, see `rollover.rs`) against the volume's free space plus
+/// what the tier's segment files already take there. `dir` need not exist yet (the nearest
+/// existing ancestor is asked). `None` when it fits or cannot be told.
 #[expect(
     clippy::disallowed_methods,
     reason = "`corvid check` and start-up only, before the workers start"
 )]
-pub fn capacity_warning(dir: &Path, capacity: u64) -> Option<String> {
+pub fn capacity_warning(dir: &Path, capacity: u64, segment_size: u64) -> Option<String> {
     let existing = dir.ancestors().find(|p| p.exists())?;
     let free = available(existing).ok()?;
     let held: u64 = std::fs::read_dir(dir)
@@ -44,11 +50,12 @@ pub fn capacity_warning(dir: &Path, capacity: u64) -> Option<String> {
         })
         .unwrap_or(0);
     let room = free.saturating_add(held);
-    (capacity > room).then(|| {
+    (capacity.saturating_add(segment_size) > room).then(|| {
         format!(
-            "cache.disk.capacity ({capacity} bytes) exceeds what the volume of {} can give the \
-             disk tier ({free} bytes free + {held} in its segments): when the volume is full \
-             the tier reclaims its oldest segments and holds less than its capacity",
+            "cache.disk.capacity ({capacity} bytes, plus one {segment_size}-byte segment made \
+             ahead) exceeds what the volume of {} can give the disk tier ({free} bytes free + \
+             {held} in its segments): when the volume is full the tier reclaims its oldest \
+             segments and holds less than its capacity",
             dir.display()
         )
     })
@@ -62,8 +69,8 @@ mod tests {
     fn a_capacity_beyond_the_volume_is_warned_about_and_a_small_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("not/yet");
-        assert!(capacity_warning(&missing, 1 << 20).is_none());
-        let w = capacity_warning(&missing, u64::MAX).expect("warned");
+        assert!(capacity_warning(&missing, 1 << 20, 1 << 16).is_none());
+        let w = capacity_warning(&missing, u64::MAX - 10, 1 << 16).expect("warned");
         assert!(w.contains("not/yet"), "{w}");
     }
 }

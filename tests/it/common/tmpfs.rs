@@ -47,8 +47,8 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let target = std::ffi::CString::new(self.dir.path().to_str().unwrap_or_default())
-            .expect("no NUL");
+        let target =
+            std::ffi::CString::new(self.dir.path().to_str().unwrap_or_default()).expect("no NUL");
         // SAFETY: a NUL-terminated path alive for the call. MNT_DETACH: a process still holding
         // files there (a corvid not yet reaped) cannot keep the mount past the test.
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
