@@ -733,12 +733,13 @@ impl DiskCache {
             r.cursor = SEGMENT_HEADER_LEN + len;
             victims
         };
-        // Retiring takes index locks and unlinks: not under the ring lock. And it goes first,
-        // so the segment thread frees the victims' blocks before it makes the next spare in
-        // their place.
+        // The next spare is asked for before the victims are handed over, so the segment
+        // thread makes it before it spends milliseconds unmapping them (when the volume is
+        // full, it frees them first: see `rollover.rs`).
+        self.want_spare(&mut ring);
+        // Retiring takes index locks and unlinks: not under the ring lock.
         drop(ring);
         self.evict(victims);
-        self.want_spare(&mut self.lock_ring());
         Some((fresh, SEGMENT_HEADER_LEN))
     }
 

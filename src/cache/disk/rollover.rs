@@ -27,13 +27,15 @@
 //! recovery removes ([`super::recover`]); a crash while creating it leaves a `.tmp` file (see
 //! [`Segment::create`]), which recovery removes too.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
+use super::outage::is_out_of_space;
 use super::segment::Segment;
 use super::Ring;
 
@@ -60,17 +62,23 @@ impl SegmentThread {
         let handle = std::thread::Builder::new()
             .name("corvid-disk-segments".into())
             .spawn(move || {
-                for job in rx {
+                // Jobs taken off the channel early (while freeing space for a spare), to be
+                // done next, in their order.
+                let mut later: VecDeque<Job> = VecDeque::new();
+                loop {
+                    let job = match later.pop_front() {
+                        Some(job) => job,
+                        None => match rx.recv() {
+                            Ok(job) => job,
+                            Err(_) => break,
+                        },
+                    };
                     match job {
-                        Job::Prepare(id) => prepare(&dir, size, &ring, id),
-                        Job::Release(segments) => drop(segments),
-                        Job::Discard(seg) => {
-                            remove(&seg);
-                            drop(seg);
+                        Job::Prepare(id) => {
+                            let free = || free_queued(&rx, &mut later);
+                            prepare_or_free(&dir, size, &ring, id, free)
                         }
-                        Job::Settle(done) => {
-                            let _ = done.send(());
-                        }
+                        other => run(other),
                     }
                 }
             })?;
@@ -138,8 +146,63 @@ impl Drop for SegmentThread {
     }
 }
 
+/// Does a job other than `Prepare`.
+fn run(job: Job) {
+    match job {
+        Job::Prepare(_) => unreachable!("prepared by the loop"),
+        Job::Release(segments) => drop(segments),
+        Job::Discard(seg) => {
+            remove(&seg);
+            drop(seg);
+        }
+        Job::Settle(done) => {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Releases and discards already queued, done ahead of their turn (other jobs are kept in
+/// `later`, in order); whether there were any. A roll-over asks for the next spare before it
+/// hands over its victims (so the spare is not late behind milliseconds of `munmap`); when the
+/// volume is full, the spare fits only once those victims are gone.
+fn free_queued(rx: &Receiver<Job>, later: &mut VecDeque<Job>) -> bool {
+    let mut freed = false;
+    while let Ok(job) = rx.try_recv() {
+        match job {
+            Job::Release(_) | Job::Discard(_) => {
+                run(job);
+                freed = true;
+            }
+            other => later.push_back(other),
+        }
+    }
+    freed
+}
+
+/// [`prepare`], retrying once after `free` when the volume is full and `free` released
+/// something.
+fn prepare_or_free(
+    dir: &std::path::Path,
+    size: u64,
+    ring: &Mutex<Ring>,
+    id: u64,
+    free: impl FnOnce() -> bool,
+) {
+    let made = match Segment::create(dir, id, size) {
+        Err(e) if is_out_of_space(&e) && free() => Segment::create(dir, id, size),
+        made => made,
+    };
+    deliver(ring, id, made);
+}
+
+/// Creates segment `id` as the spare and hands it over (see the module docs), with nothing
+/// queued to free: what the thread does, for tests that drive it by hand.
+#[cfg(test)]
 pub(super) fn prepare(dir: &std::path::Path, size: u64, ring: &Mutex<Ring>, id: u64) {
-    let made = Segment::create(dir, id, size);
+    deliver(ring, id, Segment::create(dir, id, size));
+}
+
+fn deliver(ring: &Mutex<Ring>, id: u64, made: std::io::Result<Segment>) {
     let mut r = ring.lock().unwrap_or_else(|e| e.into_inner());
     let wanted = r.spare_pending == Some(id);
     if wanted {
