@@ -65,14 +65,7 @@ impl SegmentThread {
                 // Jobs taken off the channel early (while freeing space for a spare), to be
                 // done next, in their order.
                 let mut later: VecDeque<Job> = VecDeque::new();
-                loop {
-                    let job = match later.pop_front() {
-                        Some(job) => job,
-                        None => match rx.recv() {
-                            Ok(job) => job,
-                            Err(_) => break,
-                        },
-                    };
+                while let Some(job) = next_job(&rx, &mut later) {
                     match job {
                         Job::Prepare(id) => {
                             let free = || free_queued(&rx, &mut later);
@@ -144,6 +137,16 @@ impl Drop for SegmentThread {
             }
         }
     }
+}
+
+/// The next job: one taken early first, else the next from the channel (waiting for it);
+/// `None` once the cache is dropped.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the segment thread waiting for work, never a worker"
+)]
+fn next_job(rx: &Receiver<Job>, later: &mut VecDeque<Job>) -> Option<Job> {
+    later.pop_front().or_else(|| rx.recv().ok())
 }
 
 /// Does a job other than `Prepare`.
