@@ -196,6 +196,41 @@ fn a_removed_directory_refuses_writes_until_it_comes_back() {
     assert_exact(&c, &oracle);
 }
 
+/// A volume already full at start-up: the tier opens, serves what it recovered, refuses writes
+/// (no inline attempt per write) and admits once there is room.
+#[test]
+fn a_volume_full_at_start_up_opens_not_admitting() {
+    let Some(fs) = Tmpfs::mount("256k") else {
+        return;
+    };
+    let dir = fs.path().join("disk");
+    std::fs::create_dir(&dir).unwrap();
+    let filler = fs.path().join("filler");
+    let fill = std::fs::write(&filler, vec![1u8; 512 * 1024]);
+    assert!(fill.is_err(), "the filler fills the volume");
+    let seg = 64 * 1024;
+    let (c, _) = DiskCache::open(DiskOptions {
+        dir,
+        capacity: 4 * seg,
+        segment_size: seg,
+    })
+    .unwrap();
+    assert!(!c.admitting());
+    assert!(!c.insert(b"k", &value(1, 1000), FAR).unwrap());
+    assert_eq!(
+        c.inline_rollovers(),
+        0,
+        "nothing tried on the inserting thread"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    c.lock_ring().outage.retry_now();
+    assert!(!c.insert(b"k", &value(1, 1000), FAR).unwrap());
+    c.settle();
+    assert!(c.admitting());
+    assert!(c.insert(b"k", &value(1, 1000), FAR).unwrap());
+    assert_eq!(&c.get(b"k").unwrap().value[..], &value(1, 1000)[..]);
+}
+
 fn segment_paths(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()

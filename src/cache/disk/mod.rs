@@ -461,14 +461,17 @@ impl DiskCache {
         let disk_bytes = rec.segments.iter().map(|s| s.len() as u64).sum();
         let mut next_id = rec.next_id;
         // The first spare is made here (start-up may block), so that even the first insert
-        // finds its segment ready. Not fatal: that insert would create one itself.
+        // finds its segment ready. Not fatal: the tier starts not admitting (logged once) and
+        // the first write that needs a segment asks for one again.
+        let mut outage = Outage::new(&opts.dir);
         let spare = match Segment::create(&opts.dir, next_id, opts.segment_size) {
             Ok(s) => {
                 next_id += 1;
                 Some(Arc::new(s))
             }
             Err(e) => {
-                log::warn!("disk cache: could not prepare a segment: {e}");
+                next_id += 1;
+                outage.begin(&e, Instant::now());
                 None
             }
         };
@@ -481,7 +484,7 @@ impl DiskCache {
             spare,
             spare_pending: None,
             capacity: opts.capacity,
-            outage: Outage::new(&opts.dir),
+            outage,
         }));
         let segment_thread =
             SegmentThread::start(opts.dir.clone(), opts.segment_size, Arc::clone(&ring))?;
