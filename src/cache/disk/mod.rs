@@ -417,9 +417,6 @@ pub struct DiskCache {
     segments_created: AtomicU64,
     /// Of those, created on the inserting thread (at roll-over).
     inline_rollovers: AtomicU64,
-    /// Removals and soft purges that could not be written to the log (the tier was not
-    /// admitting): they hold in the running index, but a restart would undo them.
-    unpersisted: AtomicU64,
     /// Declared last: dropped (stopped and joined) after everything above.
     segment_thread: SegmentThread,
 }
@@ -502,7 +499,6 @@ impl DiskCache {
             evictions: AtomicU64::new(0),
             segments_created: AtomicU64::new(0),
             inline_rollovers: AtomicU64::new(0),
-            unpersisted: AtomicU64::new(0),
             segment_thread,
         };
         cache.count_buckets(Buckets::none());
@@ -916,7 +912,7 @@ impl DiskCache {
             for (k, (segment, offset), stamp) in touched {
                 let payload = format::touch_payload(segment, offset, stamp);
                 if !matches!(self.append(Kind::Touch, &k, &payload, at_ms), Ok(Some(_))) {
-                    self.unpersisted.fetch_add(1, Ordering::Relaxed);
+                    self.lock_ring().outage.unpersisted();
                 }
             }
         }
@@ -941,7 +937,7 @@ impl DiskCache {
     fn tombstone(&self, key: &[u8]) {
         // Written after the index removal, so it lands after every record it removes.
         if !matches!(self.append(Kind::Tombstone, key, &[], 0), Ok(Some(_))) {
-            self.unpersisted.fetch_add(1, Ordering::Relaxed);
+            self.lock_ring().outage.unpersisted();
         }
     }
 
@@ -1060,7 +1056,7 @@ impl DiskCache {
     /// Removals and soft purges not written to the log because the tier was not admitting
     /// (a restart would bring those entries back; see [`outage`]).
     pub fn unpersisted_removals(&self) -> u64 {
-        self.unpersisted.load(Ordering::Relaxed)
+        self.lock_ring().outage.unpersisted_total()
     }
 
     /// Blocks until the segment thread has done everything asked of it so far (the next

@@ -30,6 +30,7 @@ struct Episode {
     retry_at: Instant,
     refused: u64,
     reclaimed: u64,
+    unpersisted: u64,
 }
 
 /// The state, kept in the ring (under its lock).
@@ -39,6 +40,8 @@ pub(super) struct Outage {
     current: Option<Episode>,
     /// Writes refused since open (`corvid_cache_disk_refused_writes_total`).
     refused_total: u64,
+    /// Removals and soft purges not written to the log since open.
+    unpersisted_total: u64,
 }
 
 /// Whether `e` says the volume (or the user's quota on it) is full.
@@ -53,6 +56,7 @@ impl Outage {
             dir: dir.display().to_string(),
             current: None,
             refused_total: 0,
+            unpersisted_total: 0,
         }
     }
 
@@ -92,6 +96,7 @@ impl Outage {
             retry_at: if out_of_space { now } else { now + RETRY_AFTER },
             refused: 0,
             reclaimed: 0,
+            unpersisted: 0,
         });
     }
 
@@ -101,11 +106,12 @@ impl Outage {
             return;
         };
         log::warn!(
-            "disk tier {}: admitting writes again after {:.1?} ({} writes refused, {} segments \
-             reclaimed; capacity now {} bytes)",
+            "disk tier {}: admitting writes again after {:.1?} ({} writes refused, {} removals \
+             not persisted, {} segments reclaimed; capacity now {} bytes)",
             self.dir,
             now.saturating_duration_since(ep.since),
             ep.refused,
+            ep.unpersisted,
             ep.reclaimed,
             capacity
         );
@@ -117,6 +123,19 @@ impl Outage {
         if let Some(ep) = &mut self.current {
             ep.refused += 1;
         }
+    }
+
+    /// Counts a removal or soft purge that could not be written to the log (it holds in the
+    /// running index; a restart would undo it).
+    pub fn unpersisted(&mut self) {
+        self.unpersisted_total += 1;
+        if let Some(ep) = &mut self.current {
+            ep.unpersisted += 1;
+        }
+    }
+
+    pub fn unpersisted_total(&self) -> u64 {
+        self.unpersisted_total
     }
 
     /// Whether a refused write should ask for a segment now (at most once per
