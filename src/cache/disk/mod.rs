@@ -754,8 +754,9 @@ impl DiskCache {
         let mut victims = Vec::new();
         if ring.outage.out_of_space() {
             let r = &mut *ring;
-            // The full active segment goes too if it is all there is: a volume that holds
-            // one segment still serves as a cache of one.
+            // The active segment (full for this write) is sealed, so that it can go too when
+            // it is all there is: a volume that holds one segment still serves as a cache of
+            // one.
             if let Some(full) = r.active.take() {
                 r.sealed.push_back(full);
                 r.cursor = 0;
