@@ -103,7 +103,7 @@ fn main() {
         let mut at = corvid::cache::disk::format::SEGMENT_HEADER_LEN;
         while at + value.len() <= segment as usize {
             // SAFETY: a fresh segment of this thread's alone; ranges do not overlap.
-            unsafe { seg.write(at, &[&value]) };
+            unsafe { seg.write(at, &[&value]) }.unwrap();
             at += value.len();
         }
         let t = Instant::now();

@@ -71,6 +71,16 @@ fn main() -> ExitCode {
                 if let Some(w) = corvid::runtime::fd_limit_warning(&cfg) {
                     eprintln!("{}: warning: {w}", config.display());
                 }
+                if let Some(d) = &cfg.cache.disk {
+                    let w = corvid::cache::disk::space::capacity_warning(
+                        &d.dir,
+                        d.capacity,
+                        d.segment_size,
+                    );
+                    if let Some(w) = w {
+                        eprintln!("{}: warning: {w}", config.display());
+                    }
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

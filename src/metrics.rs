@@ -690,6 +690,30 @@ impl Registry {
 
         header(
             &mut out,
+            "corvid_cache_disk_not_admitting",
+            "gauge",
+            "1 while the disk tier refuses new writes because no segment can be made (full volume, removed directory)",
+        );
+        let disk = tiers.disk.as_ref();
+        let _ = writeln!(
+            out,
+            "corvid_cache_disk_not_admitting {}",
+            u8::from(disk.is_some_and(|d| !d.admitting()))
+        );
+        header(
+            &mut out,
+            "corvid_cache_disk_refused_writes_total",
+            "counter",
+            "Disk tier writes refused while it was not admitting (the object is still served)",
+        );
+        let _ = writeln!(
+            out,
+            "corvid_cache_disk_refused_writes_total {}",
+            disk.map_or(0, |d| d.refused_writes())
+        );
+
+        header(
+            &mut out,
             "corvid_connections_open",
             "gauge",
             "Client connections currently open",

@@ -19,7 +19,14 @@
 //! Cold disk pages: touching an mmap page that is not resident would block the whole worker
 //! on a disk read, so a disk hit whose value is not in the page cache (`mincore`) is read with
 //! a positioned read through the worker's io_uring instead, verified against the record's
-//! checksum, and only then served.
+//! checksum, and only then served. The same check keeps a segment truncated from outside from
+//! raising `SIGBUS`: pages past the file's end are never resident, so such a hit becomes a
+//! positioned read that comes back short — an error, counted, and a miss (see the disk
+//! module's "Faults" section for what remains).
+//!
+//! A disk tier that is not admitting (full volume, removed directory) refuses writes without
+//! an error; the disk module logs the condition once per change and counts the refusals, so
+//! nothing is logged here per request.
 
 use std::sync::atomic::{AtomicU64, Ordering, Ordering::SeqCst};
 use std::sync::Arc;
@@ -125,6 +132,11 @@ impl Tiers {
         let disk = match &cfg.disk {
             None => None,
             Some(d) => {
+                if let Some(w) =
+                    crate::cache::disk::space::capacity_warning(&d.dir, d.capacity, d.segment_size)
+                {
+                    log::warn!("{w}");
+                }
                 let (disk, report) = DiskCache::open(DiskOptions {
                     dir: d.dir.clone(),
                     capacity: d.capacity,
@@ -237,10 +249,9 @@ impl Tiers {
         if hit.is_resident() {
             return Some(hit.value);
         }
-        let Some(loc) = disk.locate(key) else {
-            // Stale and cold: rare; touch the mapping.
-            return Some(hit.value);
-        };
+        // Never touch a cold mapping: its pages may be gone (a truncated file) or need a
+        // disk read that would stall the worker.
+        let loc = disk.locate_stale(key)?;
         let file = loc.file.try_clone().ok()?;
         let file = monoio::fs::File::from_std(file).ok()?;
         let buf = Vec::with_capacity(loc.record_len as usize);
@@ -372,8 +383,10 @@ fn unless_purged<W, U>(
 type Pending = (Vec<u8>, CachedObject, u64);
 
 fn write_disk(disk: &DiskCache, key: &[u8], obj: &CachedObject, errors: &AtomicU64) {
+    // `Ok(false)` (not admitting, too large) is counted by the disk tier itself; a failed
+    // write is an error here, and the disk tier logs it once as the start of an outage.
     if let Err(e) = disk.insert(key, &entry::encode(obj), obj.meta.expires_at_ms) {
         errors.fetch_add(1, Ordering::Relaxed);
-        log::warn!("disk tier write failed: {e}");
+        log::debug!("disk tier write failed: {e}");
     }
 }

@@ -14,6 +14,7 @@ mod cache;
 mod common;
 mod credentials;
 mod disk;
+mod disk_full;
 mod harness_smoke;
 mod hostile;
 #[path = "../jwt_support/mod.rs"]

@@ -44,8 +44,8 @@
 //! does not check ends the scan of its segment, because nothing after it can be located.
 //! Chained, the two cover header fields, key and value, as the spec asks.
 //!
-//! An all-zero header is not corruption: segment files are created at full size (sparse), so
-//! zeros are simply where writing stopped.
+//! An all-zero header is not corruption: segment files are created at full size (their
+//! blocks reserved, reading as zeros), so zeros are simply where writing stopped.
 
 /// Version written in both headers; a reader refuses other versions (as corruption, so an
 /// old-format segment is skipped rather than misread).

@@ -11,13 +11,16 @@
 //! | [`recover`] | rebuilding the index from the files at start-up, and what it drops        |
 //! | [`reclaim`] | FIFO reclaim of whole segments when `capacity` is reached                 |
 //! | `rollover`  | the segment thread: the next segment made ahead, retired ones unmapped    |
+//! | [`outage`]  | not admitting writes when no segment can be made; its log lines           |
+//! | [`space`]   | the warning when `capacity` exceeds the volume's free space               |
 //!
 //! # Writing
 //!
 //! An insert encodes its header (computing the CRCs from the caller's buffers), then reserves
 //! `padded_len` bytes in the active segment under a short mutex (a bump of the write cursor),
-//! copies header, key and value into the map *outside* the lock, and only then publishes the
-//! slot in the index: a reader can never see a half-written value. If the active segment has
+//! writes header, key and value into the file *outside* the lock (one `pwritev`; the mapping
+//! is read-only, see [`segment`]), and only then publishes the slot in the index: a reader can
+//! never see a half-written value. If the active segment has
 //! no room, the reservation rolls over: it installs the *spare*, an empty segment the segment
 //! thread created ahead of time, and asks for the next one; picks the oldest segments to
 //! reclaim, which the inserting thread then retires after releasing the lock (index entries and
@@ -54,8 +57,15 @@
 //! the segment is reclaimed (on Linux an unlinked file's mapping stays readable). Touching a
 //! value whose pages are not in the page cache is a major fault that stalls the worker's whole
 //! event loop; [`DiskHit::is_resident`] tells the caller beforehand (`mincore`), and
-//! [`DiskCache::locate`] + [`Location::verify`] let it read a cold value with a positioned
-//! read (io_uring) instead, checking it against the entry's checksums.
+//! [`DiskCache::locate`] (or [`DiskCache::locate_stale`]) + [`Location::verify`] let it read a
+//! cold value with a positioned read (io_uring) instead, checking it against the entry's
+//! checksums. Callers must not touch a value that is not resident: that is also what keeps a
+//! truncated file from raising `SIGBUS` (see *Faults* below).
+//!
+//! Records are written through the file, so a value's pages are in the page cache but not yet
+//! in this process's page tables until first read through the mapping; `mincore` then looks
+//! each page up (about 7 µs for 1 MiB against 1.2 µs once mapped, `cargo bench --bench disk`,
+//! perf/RESULTS.md) — paid once per value, by its first hit.
 //!
 //! Hits are not checksummed (that would cost a CRC of the value per hit); integrity is checked
 //! once, by recovery, when the data comes back from the disk after a restart. Between the two,
@@ -100,17 +110,50 @@
 //! - **Limits**: `segment_size` must be a multiple of 8 between 4 KiB and 4 GiB (offsets are
 //!   32-bit), `capacity` at least two segments; keys up to 64 KiB.
 //!
-//! # Assumptions
+//! # Faults: what holds
 //!
-//! Corvid owns `dir`. Another process truncating a mapped segment file would turn reads of the
-//! lost range into `SIGBUS`; deleting or replacing files is harmless to a running cache.
+//! No fault of the disk or of another process's doing raises a signal in corvid; each is an
+//! error the tier recovers from. In detail:
+//!
+//! - **Full volume** (or quota): a segment's blocks are reserved when it is made
+//!   ([`segment`]: `fallocate`, or zeros written through the file), so `ENOSPC` comes from
+//!   [`Segment::create`] — on the segment thread — and never from a page fault. The tier then
+//!   stops admitting writes, reclaims its oldest segment and lowers its capacity to what the
+//!   volume holds ([`outage`]). On filesystems that write out of place (btrfs, ZFS), a
+//!   reservation does not promise every later write room; such a write fails with an error,
+//!   still not a signal, because records are written with `pwritev`, never through the
+//!   mapping.
+//! - **Directory removed or unwritable**: segments already open stay readable and writable
+//!   (unlinked files); no new one can be made, so the tier stops admitting until the directory
+//!   is back ([`outage`]). corvid does not recreate it (it may be an unmounted volume's mount
+//!   point). The directory's lock ([`LOCK_FILE`]) is not taken again in a directory that comes
+//!   back; nothing stops a second instance from opening that one.
+//! - **Segment truncated from outside** while mapped: pages past the new end are not in the
+//!   page cache, so [`DiskHit::is_resident`] is false for any value that lost a page and the
+//!   caller reads it by position, which comes back short: an error and a miss. A write into a
+//!   truncated segment extends the file again (`pwritev`). What remains is a race: a truncation
+//!   between the residency check and the caller's reading of the value — or of a value already
+//!   handed out (promoted into the memory tier, being sent) — turns that read into a `SIGBUS`
+//!   when it is done by corvid itself (decoding the entry, TLS encryption); the kernel's own
+//!   copy (a plain socket write) sees `EFAULT` instead. Closing the race would cost a copy of
+//!   every hit, or a signal handler; corvid owns `dir` and assumes nobody truncates its files.
+//! - **Segment replaced or deleted** from outside (a rename over it, `rm`): corvid keeps the
+//!   file it has open; the new file is ignored until a restart, whose recovery checks it.
+//! - **I/O errors** on reading a page through the mapping (a failing disk, a detached network
+//!   volume) would be a `SIGBUS` too: a non-resident value is read with a positioned read,
+//!   whose `EIO` is an error, but a resident page is never read from the disk at all.
+//! - **A removal or soft purge while not admitting** is applied to the running index but not
+//!   written to the log ([`DiskCache::unpersisted_removals`]): a restart before the entry is
+//!   reclaimed would bring it back.
 
 pub mod format;
 pub mod index;
+pub mod outage;
 pub mod reclaim;
 pub mod recover;
 mod rollover;
 pub mod segment;
+pub mod space;
 
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
@@ -119,14 +162,15 @@ use std::io;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::cache::usage::{BucketUsage, Buckets, Usage};
 use format::{Kind, ENTRY_HEADER_LEN, MAX_KEY_LEN, SEGMENT_HEADER_LEN};
 use index::{Index, Slot};
+use outage::Outage;
 use reclaim::Counters;
 use rollover::SegmentThread;
 use segment::Segment;
@@ -191,7 +235,9 @@ pub struct DiskHit {
 
 impl DiskHit {
     /// Whether every page of the value is in the page cache, so touching it cannot block on
-    /// the disk. (It can still be evicted a moment later; this is a hint, not a guarantee.)
+    /// the disk. False for a value whose file was truncated under it (its pages are gone): such
+    /// a value must be read by position ([`DiskCache::locate`]), never touched. (A page can
+    /// still be evicted, or the file truncated, a moment later: see the module's *Faults*.)
     pub fn is_resident(&self) -> bool {
         resident(&self.value)
     }
@@ -312,6 +358,11 @@ struct Ring {
     spare: Option<Arc<Segment>>,
     /// The id of the spare the segment thread is making, if any.
     spare_pending: Option<u64>,
+    /// What reclaim keeps `disk_bytes` within: the configured capacity, lowered when the
+    /// volume turned out to hold less ([`outage`]).
+    capacity: u64,
+    /// Whether the tier is admitting writes that need a new segment ([`outage`]).
+    outage: Outage,
 }
 
 /// Where a record is: segment id and offset within it ([`Slot::position`]).
@@ -356,7 +407,6 @@ pub struct DiskCache {
     /// processes writing the same segments would serve each other's half-written records.
     _lock: std::fs::File,
     dir: PathBuf,
-    capacity: u64,
     segment_size: u64,
     index: Index,
     /// Shared with the segment thread, which delivers spares into it.
@@ -408,14 +458,17 @@ impl DiskCache {
         let disk_bytes = rec.segments.iter().map(|s| s.len() as u64).sum();
         let mut next_id = rec.next_id;
         // The first spare is made here (start-up may block), so that even the first insert
-        // finds its segment ready. Not fatal: that insert would create one itself.
+        // finds its segment ready. Not fatal: the tier starts not admitting (logged once) and
+        // the first write that needs a segment asks for one again.
+        let mut outage = Outage::new(&opts.dir);
         let spare = match Segment::create(&opts.dir, next_id, opts.segment_size) {
             Ok(s) => {
                 next_id += 1;
                 Some(Arc::new(s))
             }
             Err(e) => {
-                log::warn!("disk cache: could not prepare a segment: {e}");
+                next_id += 1;
+                outage.begin(&e, Instant::now());
                 None
             }
         };
@@ -427,13 +480,14 @@ impl DiskCache {
             disk_bytes,
             spare,
             spare_pending: None,
+            capacity: opts.capacity,
+            outage,
         }));
         let segment_thread =
             SegmentThread::start(opts.dir.clone(), opts.segment_size, Arc::clone(&ring))?;
         let mut cache = DiskCache {
             _lock: lock,
             dir: opts.dir,
-            capacity: opts.capacity,
             segment_size: opts.segment_size,
             index: rec.index,
             ring,
@@ -452,9 +506,12 @@ impl DiskCache {
         let victims = {
             let mut ring = cache.lock_ring();
             let Ring {
-                sealed, disk_bytes, ..
+                sealed,
+                disk_bytes,
+                capacity,
+                ..
             } = &mut *ring;
-            reclaim::make_room(sealed, disk_bytes, 0, cache.capacity)
+            reclaim::make_room(sealed, disk_bytes, 0, *capacity)
         };
         cache.evict(victims);
         Ok((cache, rec.report))
@@ -482,7 +539,7 @@ impl DiskCache {
         self.counters.usage.by_name(bucket)
     }
 
-    fn lock_ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+    fn lock_ring(&self) -> MutexGuard<'_, Ring> {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -516,9 +573,20 @@ impl DiskCache {
 
     /// Where `key`'s (unexpired) value lives on disk, for a positioned read.
     pub fn locate(&self, key: &[u8]) -> Option<Location> {
-        let now = now_ms();
+        self.locate_where(key, Some(now_ms()))
+    }
+
+    /// [`DiskCache::locate`], expired entries included (the counterpart of
+    /// [`DiskCache::get_stale`]).
+    pub fn locate_stale(&self, key: &[u8]) -> Option<Location> {
+        self.locate_where(key, None)
+    }
+
+    fn locate_where(&self, key: &[u8], now: Option<u64>) -> Option<Location> {
         let shard = self.index.read(key);
-        let slot = shard.get(key).filter(|s| s.expires_at_ms > now)?;
+        let slot = shard
+            .get(key)
+            .filter(|s| now.is_none_or(|now| s.expires_at_ms > now))?;
         let seg = &slot.segment;
         Some(Location {
             path: seg.path.clone(),
@@ -533,15 +601,22 @@ impl DiskCache {
         })
     }
 
-    /// Appends; replaces any older entry for the key. `Ok(false)` if the record cannot fit in
-    /// a segment (value larger than `segment_size` minus headers) or the key is over 64 KiB.
+    /// Appends; replaces any older entry for the key. `Ok(false)` if it was not stored: the
+    /// record cannot fit in a segment (value larger than `segment_size` minus headers), the
+    /// key is over 64 KiB, or the tier is not admitting writes (no segment could be made: see
+    /// [`outage`]; counted in [`DiskCache::refused_writes`]). `Err` if writing the record
+    /// failed (the tier then stops admitting until a new segment can be made).
     /// When it fills the active segment it also retires reclaimed segments, and creates the
     /// next segment itself if the segment thread has not made it yet (see the module docs).
     pub fn insert(&self, key: &[u8], value: &[u8], expires_at_ms: u64) -> io::Result<bool> {
         if !self.fits(key.len(), value.len()) {
             return Ok(false);
         }
-        let (seg, offset, written_at_ms) = self.append(Kind::Value, key, value, expires_at_ms)?;
+        let Some((seg, offset, written_at_ms)) =
+            self.append(Kind::Value, key, value, expires_at_ms)?
+        else {
+            return Ok(false);
+        };
         let slot = Slot {
             segment: seg,
             offset,
@@ -562,53 +637,87 @@ impl DiskCache {
                 <= self.segment_size - SEGMENT_HEADER_LEN as u64
     }
 
-    /// Writes one record and returns where, and its write time. The copy happens outside
-    /// every lock.
+    /// Writes one record and returns where, and its write time; `None` if the tier is not
+    /// admitting. The write happens outside every lock.
     fn append(
         &self,
         kind: Kind,
         key: &[u8],
         value: &[u8],
         expires_at_ms: u64,
-    ) -> io::Result<(Arc<Segment>, u32, u64)> {
+    ) -> io::Result<Option<(Arc<Segment>, u32, u64)>> {
         let written_at_ms = now_ms();
         let header = format::encode_header(kind, key, value, expires_at_ms, written_at_ms);
         let len = format::padded_len(key.len(), value.len());
-        let (seg, offset) = self.reserve(len)?;
-        // SAFETY: `reserve` handed this range to this call alone; the segment was created by
-        // this process (recovered segments are never active), so it is mapped writable.
-        unsafe { seg.write(offset, &[&header, key, value]) };
-        Ok((seg, offset as u32, written_at_ms))
+        let Some((seg, offset)) = self.reserve(len) else {
+            return Ok(None);
+        };
+        // SAFETY: `reserve` handed this range to this call alone, and nothing is published in
+        // it until this call returns.
+        if let Err(e) = unsafe { seg.write(offset, &[&header, key, value]) } {
+            self.write_failed(&seg, &e);
+            return Err(e);
+        }
+        Ok(Some((seg, offset as u32, written_at_ms)))
     }
 
-    /// Reserves `len` bytes in the active segment, rolling over (and reclaiming) if needed.
-    fn reserve(&self, len: usize) -> io::Result<(Arc<Segment>, usize)> {
+    /// A record could not be written into `seg`: nothing more goes into it, and the tier stops
+    /// admitting until a new segment can be made.
+    fn write_failed(&self, seg: &Arc<Segment>, e: &io::Error) {
+        let mut ring = self.lock_ring();
+        if ring.active.as_ref().is_some_and(|a| Arc::ptr_eq(a, seg)) {
+            ring.cursor = seg.len();
+        }
+        // A spare made before the failure says nothing about the disk now.
+        let stale_spare = ring.spare.take();
+        ring.outage.begin(e, Instant::now());
+        drop(ring);
+        if let Some(spare) = stale_spare {
+            self.segment_thread.discard(spare);
+        }
+    }
+
+    /// Reserves `len` bytes in the active segment, rolling over (and reclaiming) if needed;
+    /// `None` if the tier is not admitting (no segment could be made).
+    fn reserve(&self, len: usize) -> Option<(Arc<Segment>, usize)> {
         let mut ring = self.lock_ring();
         if let Some(active) = ring.active.clone() {
             if ring.cursor + len <= active.len() {
                 let at = ring.cursor;
                 ring.cursor += len;
-                return Ok((active, at));
+                return Some((active, at));
             }
         }
         let fresh = match ring.spare.take() {
             Some(spare) => spare,
+            // Not admitting: refuse at once rather than try (and fail) on this thread.
+            None if ring.outage.active() => return self.refuse(ring),
             None => {
-                // Not ready (or could not be made): create it here, under the ring lock, as
-                // before the segment thread existed. Create first: if it fails, nothing has
-                // changed.
-                let fresh = Arc::new(Segment::create(&self.dir, ring.next_id, self.segment_size)?);
-                ring.next_id += 1;
-                // A spare still being made now has an id older than this segment's: it will
-                // be discarded when it arrives.
-                ring.spare_pending = None;
-                self.inline_rollovers.fetch_add(1, Ordering::Relaxed);
-                fresh
+                // Not ready: create it here, under the ring lock, as before the segment thread
+                // existed. Create first: if it fails, nothing has changed.
+                match Segment::create(&self.dir, ring.next_id, self.segment_size) {
+                    Ok(fresh) => {
+                        ring.next_id += 1;
+                        // A spare still being made now has an id older than this segment's:
+                        // it will be discarded when it arrives.
+                        ring.spare_pending = None;
+                        self.inline_rollovers.fetch_add(1, Ordering::Relaxed);
+                        Arc::new(fresh)
+                    }
+                    Err(e) => {
+                        // The id is burnt: a file of that name may be half made.
+                        ring.next_id += 1;
+                        ring.outage.begin(&e, Instant::now());
+                        return self.refuse(ring);
+                    }
+                }
             }
         };
         self.segments_created.fetch_add(1, Ordering::Relaxed);
         let victims = {
             let r = &mut *ring;
+            let capacity = r.capacity;
+            r.outage.end(Instant::now(), capacity);
             if let Some(full) = r.active.take() {
                 r.sealed.push_back(full);
             }
@@ -616,18 +725,56 @@ impl DiskCache {
                 &mut r.sealed,
                 &mut r.disk_bytes,
                 fresh.len() as u64,
-                self.capacity,
+                capacity,
             );
             r.disk_bytes += fresh.len() as u64;
             r.active = Some(fresh.clone());
             r.cursor = SEGMENT_HEADER_LEN + len;
             victims
         };
+        // The next spare is asked for before the victims are handed over, so the segment
+        // thread makes it before it spends milliseconds unmapping them (when the volume is
+        // full, it frees them first: see `rollover.rs`).
         self.want_spare(&mut ring);
         // Retiring takes index locks and unlinks: not under the ring lock.
         drop(ring);
         self.evict(victims);
-        Ok((fresh, SEGMENT_HEADER_LEN))
+        Some((fresh, SEGMENT_HEADER_LEN))
+    }
+
+    /// A write the tier cannot take while not admitting: counted; and at most every
+    /// [`outage::RETRY_AFTER`], the segment thread is asked for a segment again — after the
+    /// oldest segment is reclaimed and the capacity lowered to what is left, when the volume
+    /// is out of space (see [`outage`]).
+    fn refuse(&self, mut ring: MutexGuard<'_, Ring>) -> Option<(Arc<Segment>, usize)> {
+        ring.outage.refuse();
+        if ring.spare_pending.is_some() || !ring.outage.retry_due(Instant::now()) {
+            return None;
+        }
+        let mut victims = Vec::new();
+        if ring.outage.out_of_space() {
+            let r = &mut *ring;
+            // The active segment (full for this write) is sealed, so that it can go too when
+            // it is all there is: a volume that holds one segment still serves as a cache of
+            // one.
+            if let Some(full) = r.active.take() {
+                r.sealed.push_back(full);
+                r.cursor = 0;
+            }
+            if let Some(oldest) = r.sealed.pop_front() {
+                r.disk_bytes -= oldest.len() as u64;
+                victims.push(oldest);
+                // Room for the next segment is the room the victim leaves.
+                r.capacity = r.disk_bytes.max(self.segment_size);
+                r.outage.reclaimed(1);
+            }
+        }
+        drop(ring);
+        // First the victims (their blocks are freed when the segment thread drops them),
+        // then the request for a segment in their place.
+        self.evict(victims);
+        self.want_spare(&mut self.lock_ring());
+        None
     }
 
     /// Asks the segment thread for the next spare unless one exists or is being made.
@@ -716,9 +863,9 @@ impl DiskCache {
             (slot.position(), slot.stamp_ms)
         };
         let payload = format::touch_payload(target.0, target.1, stamp);
-        if let Err(e) = self.append(Kind::Touch, key, &payload, expires_at_ms) {
-            log::warn!("disk cache: could not persist an expiry update: {e}");
-        }
+        // Not persisted while the tier is not admitting (the index holds the new expiry; a
+        // restart would bring back the old one); a failed write is logged by the outage.
+        let _ = self.append(Kind::Touch, key, &payload, expires_at_ms);
         true
     }
 
@@ -765,8 +912,8 @@ impl DiskCache {
             }
             for (k, (segment, offset), stamp) in touched {
                 let payload = format::touch_payload(segment, offset, stamp);
-                if let Err(e) = self.append(Kind::Touch, &k, &payload, at_ms) {
-                    log::warn!("disk cache: could not persist a soft purge: {e}");
+                if !matches!(self.append(Kind::Touch, &k, &payload, at_ms), Ok(Some(_))) {
+                    self.lock_ring().outage.unpersisted();
                 }
             }
         }
@@ -790,8 +937,8 @@ impl DiskCache {
 
     fn tombstone(&self, key: &[u8]) {
         // Written after the index removal, so it lands after every record it removes.
-        if let Err(e) = self.append(Kind::Tombstone, key, &[], 0) {
-            log::warn!("disk cache: could not persist a removal: {e}");
+        if !matches!(self.append(Kind::Tombstone, key, &[], 0), Ok(Some(_))) {
+            self.lock_ring().outage.unpersisted();
         }
     }
 
@@ -868,14 +1015,27 @@ impl DiskCache {
         self.counters.bytes.load(Ordering::Relaxed)
     }
 
-    /// Total size of the segment files (≤ `capacity`), not counting the spare: a sparse file
-    /// whose only written bytes are its header.
+    /// Total size of the segment files (≤ `capacity`), not counting the spare, which already
+    /// holds its blocks: on the volume the tier takes up to `capacity` + one segment.
     pub fn disk_bytes(&self) -> u64 {
         self.lock_ring().disk_bytes
     }
 
+    /// What reclaim keeps [`DiskCache::disk_bytes`] within: the configured capacity, or less
+    /// once the volume turned out to hold less ([`outage`]).
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.lock_ring().capacity
+    }
+
+    /// Whether the tier admits writes that need a new segment; `false` while no segment can
+    /// be made (a full volume, a removed directory: see [`outage`]).
+    pub fn admitting(&self) -> bool {
+        !self.lock_ring().outage.active()
+    }
+
+    /// Writes refused since open because the tier was not admitting.
+    pub fn refused_writes(&self) -> u64 {
+        self.lock_ring().outage.refused_total()
     }
 
     /// Entries dropped by reclaim since open.
@@ -892,6 +1052,12 @@ impl DiskCache {
     /// not ready).
     pub fn inline_rollovers(&self) -> u64 {
         self.inline_rollovers.load(Ordering::Relaxed)
+    }
+
+    /// Removals and soft purges not written to the log because the tier was not admitting
+    /// (a restart would bring those entries back; see [`outage`]).
+    pub fn unpersisted_removals(&self) -> u64 {
+        self.lock_ring().outage.unpersisted_total()
     }
 
     /// Blocks until the segment thread has done everything asked of it so far (the next
@@ -915,3 +1081,11 @@ impl DiskCache {
     reason = "tests may block, and report what they checked on stderr"
 )]
 mod tests;
+
+#[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    clippy::print_stderr,
+    reason = "tests may block, and say on stderr why they skipped"
+)]
+mod fault_tests;

@@ -1,20 +1,31 @@
 //! One segment file: creating it, mapping it, copying records into it and slicing values out.
 //!
-//! A segment is created at its full size (`set_len`, a sparse file) and mapped once, whole, for
-//! its lifetime: the mapping never moves, so a `Bytes` sliced out of it stays valid for as long
-//! as it lives, and because that `Bytes` holds an `Arc` of the mapping, the mapping outlives the
-//! segment's removal from the cache. On Linux an unlinked file's pages stay readable through an
-//! existing mapping, so reclaiming (deleting) a segment never invalidates a value a reader holds.
+//! A segment is created at its full size with its blocks **reserved** (`fallocate`, or zeros
+//! written through the file where the filesystem has no `fallocate`), so that a full volume
+//! surfaces as `ENOSPC` from [`Segment::create`] — an ordinary error, on the segment thread —
+//! and never later as a `SIGBUS` from a page of a sparse file that the filesystem cannot back.
+//! It is mapped once, whole and **read-only**, for its lifetime: the mapping never moves, so a
+//! `Bytes` sliced out of it stays valid for as long as it lives, and because that `Bytes` holds
+//! an `Arc` of the mapping, the mapping outlives the segment's removal from the cache. On Linux
+//! an unlinked file's pages stay readable through an existing mapping, so reclaiming (deleting)
+//! a segment never invalidates a value a reader holds.
+//!
+//! Records are written with `pwritev(2)` through the file, not through the mapping: the page
+//! cache is shared, so readers of the mapping see the bytes, and whatever goes wrong in a write
+//! (no space on a filesystem that cannot reserve, an I/O error, a file truncated from outside)
+//! comes back as an `io::Error` instead of a signal. One syscall per record is also cheaper
+//! than a write fault per fresh page of the mapping.
 //!
 //! Bytes of a segment are written exactly once: the writer reserves a range under the cache's
-//! ring lock (see [`super`]), copies into it without a lock, and only then publishes it in the
+//! ring lock (see [`super`]), writes it without a lock, and only then publishes it in the
 //! index. Published ranges are immutable from then on; this is what makes handing out
 //! references into the map sound while other threads write other ranges.
 //!
-//! Segments found at start-up are mapped read-only (nothing is ever appended to them again).
+//! Segments found at start-up are never written again.
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -92,10 +103,11 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Creates segment `id` in `dir` at `size` bytes and writes its header. Blocking: a file
-    /// creation, a `set_len` (metadata only, the file is sparse), an `mmap` and a link —
-    /// milliseconds on some systems, which is why roll-over asks the segment thread for it
-    /// ahead of time (`rollover.rs`).
+    /// Creates segment `id` in `dir` at `size` bytes, its blocks reserved, and writes its
+    /// header. Blocking: a file creation, an `fallocate` (extent allocation: cheap on ext4 and
+    /// XFS; tmpfs allocates the pages), an `mmap` and a link — milliseconds on some systems,
+    /// which is why roll-over asks the segment thread for it ahead of time (`rollover.rs`).
+    /// `ENOSPC` (or `EDQUOT`) here is how the disk tier learns the volume is full.
     ///
     /// The file gets its segment name only once its header is in place (it is created as
     /// [`tmp_file_name`] and linked to its name), so a crash mid-creation never leaves a file that looks
@@ -114,14 +126,10 @@ impl Segment {
             .create_new(true)
             .open(&tmp)?;
         let made = (|| {
-            file.set_len(size)?;
-            let map = MmapOptions::new().map_raw(&file)?;
+            reserve_blocks(&file, size)?;
             let header = format::encode_segment_header(SegmentHeader { id, size });
-            // SAFETY: the mapping is `size` ≥ SEGMENT_HEADER_LEN bytes (checked by the caller's
-            // options validation), freshly created and not yet shared with anyone.
-            unsafe {
-                std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), header.len())
-            };
+            write_all_at(&file, 0, &[&header])?;
+            let map = MmapOptions::new().map_raw_read_only(&file)?;
             // A hard link, not `rename`: it fails atomically if the name exists (ids are never
             // reused, so such a file is not ours to replace), where a check before `rename`
             // would leave a window. A crash before the `.tmp` name is removed leaves a second
@@ -133,6 +141,7 @@ impl Segment {
         match made {
             Ok(map) => Ok(Segment::new(id, path, file, map)),
             Err(e) => {
+                // Frees whatever a partial reservation took.
                 let _ = std::fs::remove_file(&tmp);
                 Err(e)
             }
@@ -185,9 +194,9 @@ impl Segment {
         assert!(start.checked_add(len).is_some_and(|end| end <= self.len()));
         // SAFETY: in bounds (asserted); the mapping lives as long as `self`; and by this
         // function's contract the range is not being written (see the module docs: every byte
-        // is written once, before publication). Corvid owns the directory: another process
-        // truncating the file would turn these reads into SIGBUS, an assumption documented in
-        // the parent module.
+        // is written once, before publication). Only recovery reads this way, at start-up, of
+        // a file whose length it has just checked; another process truncating the file in
+        // that moment would turn these reads into SIGBUS (the parent module's *Faults*).
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), len) }
     }
 
@@ -196,24 +205,17 @@ impl Segment {
         self.whole.slice(start..start + len)
     }
 
-    /// Copies `parts` back to back into the map at `offset`.
+    /// Writes `parts` back to back into the file at `offset` (one `pwritev`, repeated only on
+    /// a short write). An error leaves the range partly written: the caller must not publish
+    /// it (recovery drops such a record by its checksums, as after a crash).
     ///
     /// # Safety
     /// `offset .. offset + total length of parts` must be within the segment and reserved by
-    /// the caller alone (nobody else reads or writes it until the caller publishes it), and the
-    /// segment must have been created by [`Segment::create`] (mapped writable).
-    pub unsafe fn write(&self, offset: usize, parts: &[&[u8]]) {
-        let mut at = offset;
-        for p in parts {
-            debug_assert!(at + p.len() <= self.len());
-            // SAFETY: the caller reserved this range exclusively (function contract), so no
-            // reference to it exists and no other thread touches it; source and destination
-            // cannot overlap because `p` is not in a reserved, unpublished range.
-            unsafe {
-                std::ptr::copy_nonoverlapping(p.as_ptr(), self.map.as_mut_ptr().add(at), p.len())
-            };
-            at += p.len();
-        }
+    /// the caller alone: nobody else writes it, and nobody reads it through the mapping (no
+    /// reference into it exists) until the caller publishes it.
+    pub unsafe fn write(&self, offset: usize, parts: &[&[u8]]) -> io::Result<()> {
+        debug_assert!(offset + parts.iter().map(|p| p.len()).sum::<usize>() <= self.len());
+        write_all_at(&self.file, offset as u64, parts)
     }
 
     /// Marks the segment retired; returns the keys published into it. After this returns no
@@ -244,6 +246,104 @@ impl Segment {
     }
 }
 
+/// Reserves the blocks of `file`'s first `size` bytes (and sets its length), so that writes
+/// into them cannot run out of space later: `fallocate(2)`, or, on a filesystem without it,
+/// zeros written through the file. Either fails with `ENOSPC` when the volume cannot hold
+/// `size` bytes.
+fn reserve_blocks(file: &File, size: u64) -> io::Result<()> {
+    let len =
+        libc::off_t::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    loop {
+        // SAFETY: `file` is an open descriptor for the whole call; fallocate(2) takes no
+        // pointers.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => return zero_fill(file, size),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// The fallback of [`reserve_blocks`]: writes zeros over the whole file, 1 MiB at a time.
+fn zero_fill(file: &File, size: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(size as usize)];
+    let mut at = 0u64;
+    while at < size {
+        let n = (size - at).min(zeros.len() as u64) as usize;
+        write_all_at(file, at, &[&zeros[..n]])?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Most parts one record write has (header, key, value), with room to spare.
+const MAX_PARTS: usize = 4;
+
+/// `pwritev(2)` of `parts` at `offset`, continuing after short writes and `EINTR`. A write
+/// that makes no progress (0 bytes) is an error rather than a loop.
+fn write_all_at(file: &File, mut offset: u64, parts: &[&[u8]]) -> io::Result<()> {
+    assert!(parts.len() <= MAX_PARTS);
+    // Where in `parts` the next byte to write is: part index and offset within it.
+    let (mut part, mut within) = (0usize, 0usize);
+    loop {
+        // Skip what is done (and empty parts), so a write of nothing is no syscall.
+        while part < parts.len() && parts[part].len() == within {
+            part += 1;
+            within = 0;
+        }
+        if part == parts.len() {
+            return Ok(());
+        }
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_PARTS];
+        let mut n = 0;
+        for (i, p) in parts[part..].iter().enumerate() {
+            let skip = if i == 0 { within } else { 0 };
+            iov[n] = libc::iovec {
+                iov_base: p[skip..].as_ptr() as *mut libc::c_void,
+                iov_len: p.len() - skip,
+            };
+            n += 1;
+        }
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the first `n` iovecs point into `parts`, which are live, initialised slices
+        // borrowed for the whole call; pwritev(2) only reads them. `file` is open.
+        let rc = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), n as libc::c_int, off) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if rc == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        let mut wrote = rc as usize;
+        offset += wrote as u64;
+        while wrote > 0 {
+            let left = parts[part].len() - within;
+            if wrote >= left {
+                wrote -= left;
+                part += 1;
+                within = 0;
+            } else {
+                within += wrote;
+                wrote = 0;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,7 +365,7 @@ mod tests {
         let seg = Segment::create(dir.path(), 7, 4096).unwrap();
         let rec = format::encode(format::Kind::Value, b"k", b"v", 1, 2);
         // SAFETY: fresh segment, range reserved by this test alone.
-        unsafe { seg.write(SEGMENT_HEADER_LEN, &[&rec]) };
+        unsafe { seg.write(SEGMENT_HEADER_LEN, &[&rec]) }.unwrap();
         let path = seg.path.clone();
         drop(seg);
         let again = Segment::open_existing(&path, 7).unwrap().unwrap();

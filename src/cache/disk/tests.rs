@@ -716,7 +716,8 @@ fn a_late_spare_is_discarded_and_ids_stay_in_write_order() {
         let mut r = c.lock_ring();
         let spare = r.spare.take().expect("spare ready after settle");
         let id = spare.id;
-        rollover::discard(Arc::into_inner(spare).unwrap());
+        rollover::remove(&spare);
+        drop(spare);
         r.spare_pending = Some(id);
         id
     };

@@ -31,6 +31,7 @@ pub mod redis_server;
 pub mod relay;
 pub mod s3client;
 pub mod tls;
+pub mod tmpfs;
 
 pub use inproc::{origin_and_inprocess, InProcess};
 pub use moto::Moto;
@@ -44,6 +45,7 @@ pub use proc::{check, limit_open_files, CheckOutcome, Corvid, Readiness};
 pub use relay::IdleRelay;
 pub use s3client::{encode_key, S3Client};
 pub use tls::{generate_server_cert_files, CertPair, ServerCertFiles, TestCa, TlsTerminator};
+pub use tmpfs::Tmpfs;
 
 /// Quotes a string as a TOML basic string.
 pub fn toml_str(s: &str) -> String {
