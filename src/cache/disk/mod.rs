@@ -385,10 +385,22 @@ fn lock_dir(dir: &std::path::Path) -> io::Result<std::fs::File> {
         .truncate(false)
         .write(true)
         .open(dir.join(LOCK_FILE))?;
-    // SAFETY: `file` is open for the whole call; flock(2) only reads the descriptor.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
+    // A process this one is spawning (a credential_process, a test's redis-server) holds a
+    // copy of every open file description between its fork and its exec, the lock's of a
+    // cache just closed included: so "in use" is asked again for a short while before it is
+    // believed. A second corvid holds its lock for its life, and is still refused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    let failed = loop {
+        // SAFETY: `file` is open for the whole call; flock(2) only reads the descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let e = (rc != 0).then(io::Error::last_os_error);
+        let busy = e.as_ref().and_then(io::Error::raw_os_error) == Some(libc::EWOULDBLOCK);
+        if !busy || std::time::Instant::now() >= deadline {
+            break e;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    if let Some(e) = failed {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             return Err(io::Error::other(format!(
                 "disk cache: {} is in use by another process (another corvid?); give each \
