@@ -994,7 +994,7 @@ fn a_refresh_restarts_the_age_on_disk_across_a_restart() {
         let m = &old.meta;
         let refreshed = CachedObject {
             meta: Arc::new(Meta::new(
-                m.headers.clone(),
+                m.header_pairs(),
                 origin + 7_200_000,
                 origin + 10_800_000,
             )),

@@ -58,50 +58,76 @@ pub struct Freshness {
     pub expires_at_ms: u64,
 }
 
+/// What a memory-tier entry costs beside its body, header lines and key: the `Meta` and its
+/// `Arc`, the table slot, the policy's queue record, the body's shared header, the allocator's
+/// own headers, and — once the tier is full and evicting — its share of the table's spare
+/// slots, the ghost queue and freed-block fragmentation. Measured by `perf/entry_overhead.sh`:
+/// 568 B per typical 1 KiB entry beyond the body while nothing is evicted (245 B of it header
+/// lines, ~40 B key); with this charge a full 16 MiB tier of 1 KiB objects holds 1.07x its
+/// capacity in RSS, a 64 MiB one 1.05x (perf/RESULTS.md).
+pub const ENTRY_OVERHEAD: usize = 352;
+
 /// Metadata of a cached object.
+///
+/// The passed origin header fields are kept only as the header lines a hit writes (one
+/// allocation, no per-field strings): [`Meta::header`] and [`Meta::headers`] read them back
+/// from there, and the `Cache-Control` directives are parsed from them when a stale entry is
+/// decided about ([`Meta::directives`]), not kept parsed. Issue 16 measured ~1.6 KiB per 1 KiB
+/// entry beyond the body with a vector of owned name/value strings, parsed directives and the
+/// rendered lines beside each other (`perf/entry_overhead.sh`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
-    /// Passed origin headers: (spelling corvid writes, value).
-    pub headers: Vec<(String, String)>,
     /// The entry's age origin (unix ms): when its age was zero, for `Age` and `Date`. (The
     /// name and encoding predate RFC 9111 ages: it was the fill time, which is the age origin of
     /// a response that arrived with no `Age` and a current `Date`.)
     pub stored_at_ms: u64,
     /// Fresh until (unix ms); after that a request revalidates.
     pub expires_at_ms: u64,
-    /// The `Cache-Control` directives of `headers`, parsed once.
-    pub directives: Directives,
     /// The origin's status: 200, or 404 for a negative entry (`cache.negative_ttl`), which has
     /// no body and answers the 404 from cache.
     pub status: u16,
-    /// The header lines rendered once (`Name: value\r\n`…), `Date` last.
-    block: Vec<u8>,
+    /// Where the passed fields end in `block` (the `Date` line follows).
+    fields: u32,
+    /// The header lines rendered once (`Name: value\r\n`…): the passed origin fields in
+    /// corvid's spelling, then `Date`.
+    block: Box<[u8]>,
 }
 
 impl Meta {
+    /// Metadata of passed origin `headers` (spelling corvid writes, value).
     pub fn new(headers: Vec<(String, String)>, stored_at_ms: u64, expires_at_ms: u64) -> Meta {
-        let mut block =
+        let mut fields =
             Vec::with_capacity(headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum());
         for (n, v) in &headers {
-            write_header(&mut block, n, v.as_bytes());
+            write_header(&mut fields, n, v.as_bytes());
         }
+        Meta::from_fields(&fields, stored_at_ms, expires_at_ms, 200)
+    }
+
+    /// `fields` (rendered header lines) with the `Date` line of `stored_at_ms` after them.
+    fn from_fields(fields: &[u8], stored_at_ms: u64, expires_at_ms: u64, status: u16) -> Meta {
         // HTTP-dates end at year 9999 (httpdate panics past it): a corrupt time is clamped.
         let date = UNIX_EPOCH + Duration::from_millis(stored_at_ms.min(MAX_HTTP_DATE_MS));
+        let mut block = Vec::with_capacity(fields.len() + 37);
+        block.extend_from_slice(fields);
         write_header(&mut block, "Date", httpdate::fmt_http_date(date).as_bytes());
-        let directives = directives_of(&headers);
         Meta {
-            headers,
             stored_at_ms,
             expires_at_ms,
-            directives,
-            status: 200,
-            block,
+            status,
+            fields: fields.len() as u32,
+            block: block.into_boxed_slice(),
         }
     }
 
     /// The same metadata for an answer with another status (a negative entry's 404).
     pub fn with_status(self, status: u16) -> Meta {
         Meta { status, ..self }
+    }
+
+    /// The same header fields with another age origin (and so `Date`) and deadline.
+    pub fn with_times(&self, stored_at_ms: u64, expires_at_ms: u64) -> Meta {
+        Meta::from_fields(self.fields(), stored_at_ms, expires_at_ms, self.status)
     }
 
     /// The entry's freshness as `object::freshness` reads it.
@@ -125,8 +151,41 @@ impl Meta {
         &self.block
     }
 
+    /// The passed origin fields' lines, without `Date`: equal for two entries exactly when
+    /// their stored header fields are.
+    pub fn fields(&self) -> &[u8] {
+        &self.block[..self.fields as usize]
+    }
+
+    /// The passed origin fields, (name as corvid writes it, value), in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        // Built from `&str`s by `new`, so every line is UTF-8 and has its `: `.
+        std::str::from_utf8(self.fields())
+            .unwrap_or("")
+            .split_terminator("\r\n")
+            .filter_map(|line| line.split_once(": "))
+    }
+
+    /// [`Meta::headers`] as owned pairs (a 304's update, an encoding).
+    pub fn header_pairs(&self) -> Vec<(String, String)> {
+        self.headers()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// The `Cache-Control` directives of the stored fields, every field line counted.
+    pub fn directives(&self) -> Directives {
+        cache_control::parse_directives(
+            self.headers()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
+                .map(|(_, v)| v),
+        )
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
-        field(&self.headers, name)
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     pub fn etag(&self) -> Option<&str> {
@@ -168,9 +227,11 @@ pub struct CachedObject {
 }
 
 impl CachedObject {
-    /// Bytes charged against a tier's capacity: body, headers and a fixed overhead.
+    /// Bytes charged against a tier's capacity: what the entry really costs in memory — its
+    /// body, its header lines and [`ENTRY_OVERHEAD`] (the memory tier adds the key's length),
+    /// so that a full tier's RSS is its capacity.
     pub fn weight(&self) -> usize {
-        self.body.len() + self.meta.block.len() * 2 + 256
+        self.body.len() + self.meta.block.len() + ENTRY_OVERHEAD
     }
 
     /// The same entry, stale from `at_ms` on (soft purge): `None` when it already is (its
@@ -203,8 +264,8 @@ pub fn encode(obj: &CachedObject) -> Vec<u8> {
     out.extend_from_slice(&m.stored_at_ms.to_le_bytes());
     out.extend_from_slice(&m.expires_at_ms.to_le_bytes());
     out.extend_from_slice(&m.status.to_le_bytes());
-    out.extend_from_slice(&(m.headers.len() as u16).to_le_bytes());
-    for (n, v) in &m.headers {
+    out.extend_from_slice(&(m.headers().count() as u16).to_le_bytes());
+    for (n, v) in m.headers() {
         out.extend_from_slice(&(n.len() as u16).to_le_bytes());
         out.extend_from_slice(n.as_bytes());
         out.extend_from_slice(&(v.len() as u32).to_le_bytes());

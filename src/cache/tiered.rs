@@ -35,7 +35,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::cache::disk::{DiskCache, DiskHit, DiskOptions};
-use crate::cache::entry::{self, CachedObject, Meta};
+use crate::cache::entry::{self, CachedObject};
 use crate::cache::inflight::Inflight;
 use crate::cache::memory::{MemoryCache, Weighted};
 use crate::cache::redis_tier;
@@ -230,8 +230,7 @@ impl Tiers {
         let moved_origin = hit.stamp_ms != 0 && hit.stamp_ms != obj.meta.stored_at_ms;
         if moved_origin {
             let m = &obj.meta;
-            let meta = Meta::new(m.headers.clone(), hit.stamp_ms, hit.expires_at_ms);
-            obj.meta = Arc::new(meta.with_status(m.status));
+            obj.meta = Arc::new(m.with_times(hit.stamp_ms, hit.expires_at_ms));
         } else if obj.meta.expires_at_ms != hit.expires_at_ms {
             obj.meta = Arc::new(obj.meta.refreshed(hit.expires_at_ms));
         }

@@ -37,7 +37,7 @@ pub fn decide(entry: Option<&Meta>, policy: &Policy, now_ms: u64) -> Phase {
     let Some(meta) = entry else {
         return Phase::Miss;
     };
-    match freshness::decide(&meta.freshness(), &meta.directives, policy, now_ms) {
+    match freshness::decide(&meta.freshness(), &meta.directives(), policy, now_ms) {
         Decision::Fresh => Phase::Fresh,
         Decision::StaleWhileRevalidate => Phase::StaleWhileRevalidate,
         Decision::Revalidate {
@@ -108,7 +108,7 @@ pub fn after_not_modified(
     policy: &Policy,
     now_ms: u64,
 ) -> Result<Arc<Meta>, NotStored> {
-    let headers = freshness::updated_headers(&stale.headers, stored_304);
+    let headers = freshness::updated_headers(&stale.header_pairs(), stored_304);
     let resp = Response {
         // The stored response is what is being refreshed.
         status: 200,

@@ -171,7 +171,7 @@ pub async fn confirmed(
             return obj;
         }
     };
-    let changed = meta.headers != stale.meta.headers;
+    let changed = meta.fields() != stale.meta.fields();
     let obj = CachedObject {
         meta,
         body: stale.body.clone(),
