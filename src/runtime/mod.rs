@@ -823,6 +823,17 @@ async fn worker_main(
     let http = std::rc::Rc::clone(&w.http);
     let sweeper = std::rc::Rc::clone(&http);
     monoio::spawn(async move { sweeper.sweep().await });
+    // The connection pools give a burst's memory back once it is over (`http::pool`).
+    let trimmer = std::rc::Rc::clone(&http);
+    monoio::spawn(async move {
+        loop {
+            monoio::select! {
+                _ = monoio::time::sleep(crate::http::pool::TRIM_INTERVAL) => {}
+                _ = trimmer.shutdown.wait() => break,
+            }
+            trimmer.pools.trim();
+        }
+    });
     let access = w.access.clone();
     if let Some(log) = access.clone() {
         // The access log buffer goes to the writer at least every FLUSH_EVERY.
