@@ -11,8 +11,8 @@ use std::time::Duration;
 use monoio::time::Instant;
 
 use crate::config::ServerConfig;
-use crate::http::conn::RequestId;
 use crate::http::idle::IdleConns;
+use crate::http::message::RequestId;
 use crate::http::pool::Pools;
 use crate::http::request::Limits;
 use crate::http::response::DateCache;

@@ -13,6 +13,7 @@ pub mod date;
 pub mod env;
 mod headers;
 pub mod idle;
+pub mod message;
 pub mod pool;
 pub mod range;
 pub mod request;

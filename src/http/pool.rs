@@ -9,7 +9,7 @@
 //!
 //! After a burst the memory is given back (issue 15): thousands of clients arriving at once
 //! make as many connections busy at once, and what they took must not stay with the worker
-//! once they are idle. Each free list is bounded ([`MAX_KEPT`]) and [`Pools::trim`] (run every
+//! once they are idle. Each free list is bounded (256 blocks) and [`Pools::trim`] (run every
 //! [`TRIM_INTERVAL`] by the worker) frees the entries no connection took during the last
 //! interval — the list's low-water mark — so a steady load keeps exactly what it cycles through
 //! and a burst's surplus is freed one interval after it. Freed memory goes to the allocator,

@@ -6,8 +6,8 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use std::time::SystemTime;
 
 use crate::error::Error;
-use crate::http::conn::{Request, RequestId, Sent};
 use crate::http::env::ConnEnv;
+use crate::http::message::{Request, RequestId, Sent};
 use crate::http::response::{end_head, write_header, write_header_u64, write_status_line};
 
 /// Starts a response head in `out` (cleared first): status line, Date, Server, X-Request-Id and,
