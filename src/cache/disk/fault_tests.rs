@@ -10,56 +10,10 @@ use super::*;
 
 const FAR: u64 = u64::MAX;
 
-/// A tmpfs of a few pages mounted on a temporary directory, unmounted on drop (panics
-/// included). `None`, with the reason printed, when this process may not mount.
-pub(super) struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    pub(super) fn mount(size: &str) -> Option<Tmpfs> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: mounting a tmpfs needs root");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let c = |s: &str| std::ffi::CString::new(s).unwrap();
-        let target = c(dir.path().to_str().unwrap());
-        let (fstype, data) = (c("tmpfs"), c(&format!("size={size}")));
-        // SAFETY: NUL-terminated strings alive for the call; mount(2) reads them only.
-        let rc = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                data.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            eprintln!(
-                "skipped: cannot mount a tmpfs: {}",
-                io::Error::last_os_error()
-            );
-            return None;
-        }
-        Some(Tmpfs { dir })
-    }
-
-    pub(super) fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let target = std::ffi::CString::new(self.dir.path().to_str().unwrap()).unwrap();
-        // SAFETY: a NUL-terminated path alive for the call. MNT_DETACH: files still open (a
-        // cache dropped after this guard) cannot keep the mount alive past the test.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-    }
-}
+/// The integration tests' tmpfs guard, the same file (one mount/unmount to keep right).
+#[path = "../../../tests/it/common/tmpfs.rs"]
+mod tmpfs;
+use tmpfs::Tmpfs;
 
 fn value(i: u32, len: usize) -> Vec<u8> {
     (0..len)
