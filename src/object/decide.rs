@@ -157,7 +157,10 @@ fn selects_validators(
     etag_304: Option<&str>,
     lm_304: Option<&str>,
 ) -> bool {
-    let opaque = |t: &str| t.trim().strip_prefix("W/").unwrap_or(t.trim()).to_owned();
+    fn opaque(t: &str) -> &str {
+        let t = t.trim();
+        t.strip_prefix("W/").unwrap_or(t)
+    }
     let weak = |t: &str| t.trim().starts_with("W/");
     match (etag_304, stored_etag) {
         (Some(new), Some(old)) if weak(new) => opaque(new) == opaque(old),
@@ -172,11 +175,8 @@ fn selects_validators(
 
 /// Two HTTP-dates name the same second (any of the three formats), or are the same text.
 fn same_date(a: &str, b: &str) -> bool {
-    match (
-        httpdate::parse_http_date(a.trim()),
-        httpdate::parse_http_date(b.trim()),
-    ) {
-        (Ok(x), Ok(y)) => x == y,
+    match (crate::http::date::parse(a), crate::http::date::parse(b)) {
+        (Some(x), Some(y)) => x == y,
         _ => a.trim() == b.trim(),
     }
 }

@@ -222,30 +222,40 @@ fn unknown_length_meta(
     if body.content_length().is_some() {
         return None;
     }
-    let f = decide::storable_object(
+    entry_meta(w, bucket, head, None)
+}
+
+/// The freshness of an object of `len` bytes (None: not known until its body ends) answered
+/// with `head` (a 200, or a 206 that is part of it), received now
+/// ([`decide::storable_object`]).
+pub fn storable_for(
+    w: &Worker,
+    bucket: usize,
+    head: &UpstreamHead,
+    len: Option<u64>,
+) -> Option<Freshness> {
+    decide::storable_object(
         head,
-        None,
+        len,
         w.cache.max_object_size(),
         &w.shared.policies[bucket],
         w.clock().now_ms(),
-    )?;
+    )
+}
+
+/// The metadata of the entry a storable 200 makes ([`storable_for`]).
+fn entry_meta(
+    w: &Worker,
+    bucket: usize,
+    head: &UpstreamHead,
+    len: Option<u64>,
+) -> Option<Arc<Meta>> {
+    let f = storable_for(w, bucket, head, len)?;
     Some(Arc::new(Meta::new(
         stored_headers(head),
         f.age_origin_ms,
         f.expires_at_ms,
     )))
-}
-
-/// The freshness of an object of `len` bytes answered with `head` (a 200, or a 206 that is
-/// part of it), received now ([`decide::storable_object`]).
-pub fn storable_for(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Freshness> {
-    decide::storable_object(
-        head,
-        Some(len),
-        w.cache.max_object_size(),
-        &w.shared.policies[bucket],
-        w.clock().now_ms(),
-    )
 }
 
 /// A negative entry for an origin `404` ([`decide::storable_404`]): no body, no header
@@ -267,9 +277,7 @@ pub fn cacheable(
     body: &Body,
 ) -> Option<(Arc<Meta>, u64)> {
     let len = body.content_length()?;
-    let f = storable_for(w, bucket, head, len)?;
-    let meta = Meta::new(stored_headers(head), f.age_origin_ms, f.expires_at_ms);
-    Some((Arc::new(meta), len))
+    Some((entry_meta(w, bucket, head, Some(len))?, len))
 }
 
 /// Follows another request's fill: the same head, then the chunks as they arrive. `None` means

@@ -154,7 +154,7 @@ fn fill_after_range_miss<S>(x: &Exchange<'_, '_, S>, t: &Target<'_>, head: &Upst
     let whole = head
         .header("content-range")
         .and_then(range::content_range_complete);
-    let storable = whole.and_then(|len| fill::storable_for(x.w, x.bucket, head, len));
+    let storable = whole.and_then(|len| fill::storable_for(x.w, x.bucket, head, Some(len)));
     if head.status == 206 && storable.is_some() {
         background::fetch(x.w, x.bucket, t, None);
     }

@@ -269,9 +269,6 @@ async fn stream_body<S: AsyncWriteRent>(
             piece = p;
             let n = res.map_err(|e| log::warn!("origin body: {e}"))?;
             w.metrics().upstream_bytes(bucket, n as u64);
-            if let Some(k) = keep.as_deref_mut() {
-                k.add(&piece);
-            }
             if n > 0 {
                 out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
                 out.extend_from_slice(&piece);
@@ -288,15 +285,16 @@ async fn stream_body<S: AsyncWriteRent>(
             *out = o;
             let n = res.map_err(|e| log::warn!("origin body: {e}"))?;
             w.metrics().upstream_bytes(bucket, n as u64);
-            if let Some(k) = keep.as_deref_mut() {
-                k.add(&out[before..before + n]);
-            }
             n
         };
-        if n == 0 {
-            if let Some(k) = keep.as_deref_mut() {
-                k.ended = true;
-            }
+        if let Some(k) = keep.as_deref_mut() {
+            // What this read brought: `piece` when re-chunking, else the tail of `out`.
+            k.add(if chunked {
+                &piece
+            } else {
+                &out[before..before + n]
+            });
+            k.ended |= n == 0;
         }
         if !out.is_empty() {
             respond::flush(&w.http, io, out).await.map_err(|_| ())?;
