@@ -38,7 +38,7 @@ use crate::context::Worker;
 use crate::error::{Error, Kind};
 use crate::http::conn::{Request, Sent};
 use crate::http::request::Method;
-use crate::http::respond::{self, Reply};
+use crate::http::writer::{Reply, Writer};
 use crate::reload::Outcome;
 
 /// The bounded `route` label of `corvid_admin_requests_total`.
@@ -154,8 +154,7 @@ fn authorize(w: &Worker, req: &Request<'_>, query: Option<&str>) -> Result<(), E
 /// Answers an admin request; `rest` is the raw path after `/admin`.
 pub async fn handle<S: AsyncWriteRent>(
     w: &Rc<Worker>,
-    io: &mut S,
-    out: &mut Vec<u8>,
+    answer: &mut Writer<'_, S>,
     req: &Request<'_>,
     rest: &str,
     query: Option<&str>,
@@ -180,24 +179,12 @@ pub async fn handle<S: AsyncWriteRent>(
                 return Err(Error::method_not_allowed("POST"));
             }
             let (status, body) = reload(w).await;
-            return respond::simple(
-                &w.http,
-                io,
-                out,
-                req,
-                Reply::no_store(status, "application/json", body.as_bytes()),
-            )
-            .await;
+            let reply = Reply::no_store(status, "application/json", body.as_bytes());
+            return answer.reply(req, reply).await;
         }
     };
-    respond::simple(
-        &w.http,
-        io,
-        out,
-        req,
-        Reply::no_store(200, "application/json", body.as_bytes()),
-    )
-    .await
+    let reply = Reply::no_store(200, "application/json", body.as_bytes());
+    answer.reply(req, reply).await
 }
 
 /// `POST /admin/reload`: asks the reload thread (re-reading the config file blocks, so never

@@ -13,7 +13,7 @@
 
 use crate::config::CorsConfig;
 use crate::error::{Error, Kind};
-use crate::http::response::write_header;
+use crate::http::writer::HeaderLines;
 
 /// Headers a browser script may read on a cross-origin response.
 pub const EXPOSE_HEADERS: &str =
@@ -33,16 +33,12 @@ pub fn allow_origin<'a>(cfg: &CorsConfig, origin: &'a str) -> Option<&'a str> {
 /// Writes the CORS header lines of an answer of a bucket with `cfg`, for the request's
 /// `origin`: `Access-Control-Allow-Origin` and `Access-Control-Expose-Headers` when it is
 /// allowed, and `Vary: Origin` always (see the module docs).
-pub fn write_headers(out: &mut Vec<u8>, cfg: &CorsConfig, origin: Option<&str>) {
+pub fn write_headers(out: &mut impl HeaderLines, cfg: &CorsConfig, origin: Option<&str>) {
     if let Some(o) = origin.and_then(|o| allow_origin(cfg, o)) {
-        write_header(out, "Access-Control-Allow-Origin", o.as_bytes());
-        write_header(
-            out,
-            "Access-Control-Expose-Headers",
-            EXPOSE_HEADERS.as_bytes(),
-        );
+        out.line("Access-Control-Allow-Origin", o.as_bytes());
+        out.line("Access-Control-Expose-Headers", EXPOSE_HEADERS.as_bytes());
     }
-    write_header(out, "Vary", b"Origin");
+    out.line("Vary", b"Origin");
 }
 
 /// Response headers for a preflight (`OPTIONS` with `Access-Control-Request-Method`).

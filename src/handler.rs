@@ -5,16 +5,17 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::AsyncWriteRent;
 
 use crate::access_log::Line;
 use crate::auth::{extract, AuthFailure};
 use crate::context::{Current, Worker};
 use crate::error::{Error, Kind};
-use crate::http::conn::{App, Finished, Request, RequestLog, Sent};
+use crate::http::conn::{App, Finished, Request, Sent};
 use crate::http::env::ConnEnv;
 use crate::http::request::Method;
-use crate::http::respond::{self, Reply};
+use crate::http::writer::{Reply, Writer};
+use crate::request_log::RequestLog;
 use crate::router::{split_target, Route};
 
 /// Which listener a connection came in on.
@@ -52,23 +53,24 @@ impl WorkerApp {
 }
 
 impl App for WorkerApp {
+    type Log = RequestLog;
+
     fn env(&self) -> &ConnEnv {
         &self.env
     }
 
-    async fn handle<S: AsyncReadRent + AsyncWriteRent>(
+    async fn handle<S: AsyncWriteRent>(
         &self,
-        io: &mut S,
-        out: &mut Vec<u8>,
+        answer: &mut Writer<'_, S>,
         req: &Request<'_>,
         log: &mut RequestLog,
     ) -> Result<Sent, Error> {
         let w = self.current.get();
         *self.serving.borrow_mut() = Some(Rc::clone(&w));
-        handle(&w, self.surface, io, out, req, log).await
+        handle(&w, self.surface, answer, req, log).await
     }
 
-    fn finished(&self, done: &Finished<'_>) {
+    fn finished(&self, done: &Finished<'_, RequestLog>) {
         let w = self
             .serving
             .borrow_mut()
@@ -88,7 +90,7 @@ impl App for WorkerApp {
 
 /// The access log's line for a finished request. The path is the request target's without
 /// its query, so a token passed as a query parameter is never logged.
-fn access_line<'a>(w: &'a Worker, done: &'a Finished<'a>) -> Line<'a> {
+fn access_line<'a>(w: &'a Worker, done: &'a Finished<'a, RequestLog>) -> Line<'a> {
     let log = done.log;
     let (path, user_agent) = match done.req {
         Some(req) => {
@@ -115,11 +117,10 @@ fn access_line<'a>(w: &'a Worker, done: &'a Finished<'a>) -> Line<'a> {
     }
 }
 
-pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
+pub async fn handle<S: AsyncWriteRent>(
     w: &Rc<Worker>,
     surface: Surface,
-    io: &mut S,
-    out: &mut Vec<u8>,
+    answer: &mut Writer<'_, S>,
     req: &Request<'_>,
     log: &mut RequestLog,
 ) -> Result<Sent, Error> {
@@ -158,31 +159,25 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
                 body: br#"{"status":"ok"}"#,
                 extra: &[],
             };
-            respond::simple(&w.http, io, out, req, reply).await
+            answer.reply(req, reply).await
         }
-        Route::Ready => ready(w, io, out, req).await,
+        Route::Ready => ready(w, answer, req).await,
         Route::Metrics => {
             let text = w.shared.metrics.render(&w.shared.tiers);
-            respond::simple(
-                &w.http,
-                io,
-                out,
-                req,
-                Reply::no_store(
-                    200,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    text.as_bytes(),
-                ),
-            )
-            .await
+            let reply = Reply::no_store(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text.as_bytes(),
+            );
+            answer.reply(req, reply).await
         }
         Route::Admin { rest } => {
             log.admin_route = Some(crate::admin::route_label(&rest));
-            crate::admin::handle(w, io, out, req, &rest, query).await
+            crate::admin::handle(w, answer, req, &rest, query).await
         }
         Route::Object { bucket, key } => {
             log.bucket = Some(bucket);
-            let sent = object(w, io, out, req, log, bucket, &key, query).await;
+            let sent = object(w, answer, req, log, bucket, &key, query).await;
             w.recycle_buf(key.into_bytes());
             match (sent, &w.shared.config.buckets[bucket].cors) {
                 // An error answer of a bucket with CORS carries its CORS headers too (`Vary:
@@ -190,10 +185,9 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
                 (Err(e), Some(cfg)) => {
                     let request = (req.id, req.close, req.is_head());
                     let origin = req.header_str("origin");
-                    let written = respond::error_with(&w.http, io, out, request, &e, |out| {
-                        crate::cors::write_headers(out, cfg, origin)
-                    })
-                    .await;
+                    let written = answer
+                        .error(request, &e, |a| crate::cors::write_headers(a, cfg, origin))
+                        .await;
                     Ok(Sent {
                         status: e.status(),
                         abort: written.is_err(),
@@ -206,14 +200,9 @@ pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
 }
 
 /// A request for an object of `bucket`: authorized when the bucket says so, then served.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the parts of one request, passed on as they are"
-)]
-async fn object<S: AsyncReadRent + AsyncWriteRent>(
+async fn object<S: AsyncWriteRent>(
     w: &Rc<Worker>,
-    io: &mut S,
-    out: &mut Vec<u8>,
+    answer: &mut Writer<'_, S>,
     req: &Request<'_>,
     log: &mut RequestLog,
     bucket: usize,
@@ -230,8 +219,7 @@ async fn object<S: AsyncReadRent + AsyncWriteRent>(
     }
     let mut x = crate::object::exchange::Exchange {
         w,
-        io,
-        out,
+        answer,
         req,
         bucket,
         log,
@@ -276,8 +264,7 @@ fn authorize(
 /// while shutting down. The body details each bucket.
 async fn ready<S: AsyncWriteRent>(
     w: &Rc<Worker>,
-    io: &mut S,
-    out: &mut Vec<u8>,
+    answer: &mut Writer<'_, S>,
     req: &Request<'_>,
 ) -> Result<Sent, Error> {
     let shared = &w.shared;
@@ -310,12 +297,6 @@ async fn ready<S: AsyncWriteRent>(
     })
     .to_string();
     let status = if ok { 200 } else { 503 };
-    respond::simple(
-        &w.http,
-        io,
-        out,
-        req,
-        Reply::no_store(status, "application/json", body.as_bytes()),
-    )
-    .await
+    let reply = Reply::no_store(status, "application/json", body.as_bytes());
+    answer.reply(req, reply).await
 }

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod net;
 pub mod object;
 pub mod reload;
+pub mod request_log;
 pub mod router;
 pub mod runtime;
 pub mod s3;

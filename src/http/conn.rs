@@ -37,28 +37,15 @@ use crate::http::counted::Counted;
 use crate::http::env::ConnEnv;
 pub use crate::http::message::{Request, RequestId, Sent};
 use crate::http::request::{parse_request, BodyFraming, Method, RequestHead};
-use crate::http::respond;
+use crate::http::writer::Writer;
 use crate::net::ClientIo;
 
 /// Largest request body corvid reads and throws away on a GET/HEAD/OPTIONS.
 pub const MAX_DISCARDED_BODY: u64 = 64 * 1024;
-/// Filled in by the handler so the connection loop can label metrics.
-#[derive(Default)]
-pub struct RequestLog {
-    pub bucket: Option<usize>,
-    /// For admin requests: the bounded route label.
-    pub admin_route: Option<&'static str>,
-    /// The answer's `X-Cache` and `X-Cache-Layer`, when it went through the cache path.
-    pub cache: Option<&'static str>,
-    pub layer: Option<&'static str>,
-    /// The origin's status and time to its response head, when it was asked for this request.
-    pub upstream: Option<(u16, Duration)>,
-}
-
 /// A request the connection loop has answered, for metrics and the access log.
-pub struct Finished<'a> {
-    /// What the application noted while answering.
-    pub log: &'a RequestLog,
+pub struct Finished<'a, L> {
+    /// What the application noted while answering ([`App::Log`]).
+    pub log: &'a L,
     /// The parsed request (`None` when its head was refused).
     pub req: Option<&'a Request<'a>>,
     pub id: &'a RequestId,
@@ -83,22 +70,27 @@ enum ReadOutcome {
 /// connection loop knows nothing of S3 or caches; it hands each parsed request to `handle` and
 /// reports each answered one to `finished`.
 pub trait App {
+    /// What the application notes about one request while answering it, for its own metrics
+    /// and access log (bucket, cache status, …): the connection loop only makes a default one
+    /// per request and hands it back in [`Finished`].
+    type Log: Default;
+
     /// What this application's connections share (one per worker).
     fn env(&self) -> &ConnEnv;
 
-    /// Answers one request on `io`. `out` is a reusable head buffer; `log` is filled in for
-    /// `finished`. An `Err` is answered by the connection loop as a JSON error.
-    fn handle<S: AsyncReadRent + AsyncWriteRent>(
+    /// Answers one request through `answer` (the connection's writer: head, body, timeouts);
+    /// `log` is filled in for `finished`. An `Err` is answered by the connection loop as a
+    /// JSON error.
+    fn handle<S: AsyncWriteRent>(
         &self,
-        io: &mut S,
-        out: &mut Vec<u8>,
+        answer: &mut Writer<'_, S>,
         req: &Request<'_>,
-        log: &mut RequestLog,
+        log: &mut Self::Log,
     ) -> impl std::future::Future<Output = Result<Sent, Error>>;
 
     /// Called once per answered request (including those refused before the handler, which
     /// have no `req`: their head did not parse).
-    fn finished(&self, done: &Finished<'_>);
+    fn finished(&self, done: &Finished<'_, Self::Log>);
 }
 
 /// Whether a plain keep-alive connection goes idle (buffers and busy state given back) when no
@@ -257,9 +249,11 @@ async fn requests<A: App, S: ClientIo>(
                         let id = env.next_request_id();
                         let started = Instant::now();
                         let written = io.written();
-                        let _ = respond::error(env, io, out, id, true, false, &e).await;
+                        let _ = Writer::new(env, io, out)
+                            .error((id, true, false), &e, |_| {})
+                            .await;
                         app.finished(&Finished {
-                            log: &RequestLog::default(),
+                            log: &A::Log::default(),
                             req: None,
                             id: &id,
                             peer: conn.peer,
@@ -324,7 +318,9 @@ async fn requests<A: App, S: ClientIo>(
                         Kind::RequestTimeout,
                         "the request head did not arrive in time",
                     );
-                    let _ = respond::error(env, io, out, id, true, false, &e).await;
+                    let _ = Writer::new(env, io, out)
+                        .error((id, true, false), &e, |_| {})
+                        .await;
                     break None;
                 }
                 _ => break None,
@@ -384,16 +380,18 @@ async fn requests<A: App, S: ClientIo>(
             close,
             peer: conn.peer,
         };
-        let mut log = RequestLog::default();
+        let mut log = A::Log::default();
         let written = io.written();
+        let mut answer = Writer::new(env, io, out);
         let result = match early {
             Some(e) => Err(e),
-            None => app.handle(io, out, &req, &mut log).await,
+            None => app.handle(&mut answer, &req, &mut log).await,
         };
         let (status, ok) = match result {
             Ok(sent) => (sent.status, !sent.abort),
             Err(e) => {
-                let ok = respond::error(env, io, out, id, close, req.is_head(), &e)
+                let ok = answer
+                    .error((id, close, req.is_head()), &e, |_| {})
                     .await
                     .is_ok();
                 (e.status(), ok)

@@ -1,6 +1,7 @@
 //! What the connections of one worker share, whatever application they serve: timeouts and
 //! limits, the cached `Date` header, request ids, the shutdown signal, the idle-connection
-//! registry and the recycled connection memory.
+//! registry and the recycled connection memory (buffers, request futures, vectored-write
+//! holders).
 //!
 //! It lives in the worker's thread (one per worker, shared by its connection tasks through the
 //! worker's `Rc`), so nothing in it needs a lock.
@@ -16,6 +17,7 @@ use crate::http::message::RequestId;
 use crate::http::pool::Pools;
 use crate::http::request::Limits;
 use crate::http::response::DateCache;
+use crate::http::writer::HeadBodies;
 use crate::signal::LocalSignal;
 
 /// The sweep that times idle connections out runs at most this far apart.
@@ -36,6 +38,8 @@ pub struct ConnEnv {
     /// waited too long, and the keep-alive ones at shutdown.
     pub idle: IdleConns,
     pub pools: Pools,
+    /// The vectored-write holders answers from cache reuse (`http::writer`).
+    pub head_bodies: HeadBodies,
     instance_tag: u32,
     worker: u16,
     next_request: Cell<u64>,
@@ -52,6 +56,7 @@ impl ConnEnv {
             shutdown: LocalSignal::default(),
             idle: IdleConns::default(),
             pools: Pools::default(),
+            head_bodies: HeadBodies::default(),
             instance_tag,
             worker,
             next_request: Cell::new(0),

@@ -1,6 +1,6 @@
 //! One request as an app sees it ([`Request`], its [`RequestId`]) and what the app says it did
 //! ([`Sent`]): the types the connection loop (`http::conn`), its per-worker environment
-//! (`http::env`) and the response writers (`http::respond`) share, kept apart from all three
+//! (`http::env`) and the answer writer (`http::writer`) share, kept apart from all three
 //! so that none of them imports another that imports it back.
 
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! HTTP/1.1: sans-IO request parsing and framing rules ([`request`]), response heads
 //! ([`response`]), the chunked codec ([`chunked`]), and the IO edge that drives them over a
-//! socket ([`conn`], [`respond`], [`counted`]) for any application ([`conn::App`]), with what the
+//! socket ([`conn`], [`writer`]: the one place answers are written, [`counted`]) for any application ([`conn::App`]), with what the
 //! connections of one worker share ([`mod@env`]): idle-connection bookkeeping ([`idle`]) and
 //! recycled buffers and request futures ([`pool`]).
 
@@ -17,6 +17,6 @@ pub mod message;
 pub mod pool;
 pub mod range;
 pub mod request;
-pub mod respond;
 pub mod response;
 pub mod vectored;
+pub mod writer;

@@ -12,14 +12,13 @@ use crate::error::{Error, Kind};
 use crate::http::conditional::{self, Conditionals, Precondition};
 use crate::http::conn::{Request, Sent};
 use crate::http::range::{self, RangeDecision};
-use crate::http::respond;
-use crate::http::response::{end_head, write_header, write_header_u64};
+use crate::http::writer::DateField;
 
 /// Answers from a cached object: client conditionals (304/412), ranges (206/416), HEAD, and
 /// otherwise the whole body — written together with the head in one vectored write, never
 /// copied.
 pub async fn serve_cached<S: AsyncWriteRent>(
-    x: &mut Exchange<'_, '_, S>,
+    x: &mut Exchange<'_, '_, '_, S>,
     obj: &CachedObject,
     xcache: XCache,
     layer: Option<Layer>,
@@ -52,16 +51,15 @@ pub async fn serve_cached<S: AsyncWriteRent>(
         }
     };
     write_object_head(x, status, meta, xcache, layer);
-    let out = &mut *x.out;
     if let Some((start, end)) = body {
         if status == 206 {
             let mut buf = [0u8; 72];
             let cr = format_content_range(&mut buf, start, end - 1, len);
-            write_header(out, "Content-Range", cr);
+            x.answer.header("Content-Range", cr);
         }
-        write_header_u64(out, "Content-Length", end - start);
+        x.answer.header_u64("Content-Length", end - start);
     }
-    end_head(out);
+    x.answer.end_head();
     let send_body = body.filter(|(s, e)| !req.is_head() && e > s);
     if let (Some((start, end)), Some(layer)) = (send_body, layer) {
         // Bytes served from cache (`corvid_cache_hit_bytes_total`, stats `bytes_served`):
@@ -69,10 +67,10 @@ pub async fn serve_cached<S: AsyncWriteRent>(
         x.w.metrics().cache_hit_bytes(x.bucket, layer, end - start);
     }
     let result = match send_body {
-        None => x.flush().await,
+        None => x.answer.flush().await,
         Some((start, end)) => {
-            x.send_with_head(obj.body.slice(start as usize..end as usize))
-                .await
+            let body = obj.body.slice(start as usize..end as usize);
+            x.answer.send_with_head(body).await
         }
     };
     Ok(Sent {
@@ -85,27 +83,26 @@ pub async fn serve_cached<S: AsyncWriteRent>(
 /// the stored origin headers, `Accept-Ranges`, `Age`, `X-Cache`, `X-Cache-Layer`, CORS.
 /// The caller adds the length headers and ends the head.
 pub fn write_object_head<S>(
-    x: &mut Exchange<'_, '_, S>,
+    x: &mut Exchange<'_, '_, '_, S>,
     status: u16,
     meta: &Meta,
     xcache: XCache,
     layer: Option<Layer>,
 ) {
-    let out = &mut *x.out;
+    let a = &mut *x.answer;
     // The stored response's Date is in the block (see `cache::entry`).
-    let date = respond::DateField::Elsewhere;
-    respond::head_start_dated(out, &x.w.http, status, &x.req.id, x.req.close, date);
-    out.extend_from_slice(meta.header_block());
-    write_header(out, "Accept-Ranges", b"bytes");
+    a.start(status, &x.req.id, x.req.close, DateField::Elsewhere);
+    a.lines(meta.header_block());
+    a.header("Accept-Ranges", b"bytes");
     // Age (RFC 9111 §5.1): on every answer from cache; on a miss only when the origin's answer
     // already had one (it came through another cache), which the age origin carries.
     let age = freshness::current_age_secs(&meta.freshness(), x.w.clock().now_ms());
     if xcache != XCache::Miss || age > 0 {
-        write_header_u64(out, "Age", age);
+        a.header_u64("Age", age);
     }
-    write_header(out, "X-Cache", xcache.as_bytes());
+    a.header("X-Cache", xcache.as_bytes());
     if let Some(l) = layer {
-        write_header(out, "X-Cache-Layer", l.name().as_bytes());
+        a.header("X-Cache-Layer", l.name().as_bytes());
     }
     x.note_cache(xcache, layer.map(Layer::name));
     x.write_cors();

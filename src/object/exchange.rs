@@ -1,34 +1,29 @@
-//! One object request being answered, and the writes every answer shares.
+//! One object request being answered.
 //!
-//! [`Exchange`] bundles what each step of the object path needs (the worker, the client
-//! stream, the reusable head buffer, the parsed request, its bucket); [`Target`] is the object
-//! the request names and its cache key. The writes here — the head alone, the head with a body
-//! in one vectored write, one more piece of body — all run within `server.send_timeout`, in
-//! one place.
+//! [`Exchange`] bundles what each step of the object path needs: the worker, the connection's
+//! [`Writer`] (every byte of the answer goes through it: `http::writer` owns framing, vectored
+//! writes and the send timeout), the parsed request, its bucket and what the access log learns.
+//! [`Target`] is the object the request names and its cache key.
 
 use std::rc::Rc;
-
-use bytes::Bytes;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 
 use crate::context::Worker;
 use crate::cors;
 use crate::error::Error;
-use crate::http::conn::{Request, RequestLog};
+use crate::http::conn::Request;
 use crate::http::request::Method;
-use crate::http::respond;
 use crate::http::response::UpstreamHead;
+use crate::http::writer::Writer;
+use crate::request_log::RequestLog;
 
 /// Body bytes moved per read/write; bounds the memory one streaming response holds.
 pub const STREAM_CHUNK: usize = 64 * 1024;
 
-/// One object request being answered: the worker answering it, the client stream and the
-/// worker's reusable head buffer the answer goes to, the parsed request and its bucket.
-pub struct Exchange<'a, 'r, S> {
+/// One object request being answered: the worker answering it, the connection's writer, the
+/// parsed request and its bucket.
+pub struct Exchange<'a, 'c, 'r, S> {
     pub w: &'a Rc<Worker>,
-    pub io: &'a mut S,
-    /// The response head being built; kept between requests so a hit allocates no head.
-    pub out: &'a mut Vec<u8>,
+    pub answer: &'a mut Writer<'c, S>,
     pub req: &'a Request<'r>,
     /// Index into `config.buckets`.
     pub bucket: usize,
@@ -36,65 +31,23 @@ pub struct Exchange<'a, 'r, S> {
     pub log: &'a mut RequestLog,
 }
 
-impl<S: AsyncWriteRent> Exchange<'_, '_, S> {
-    /// Writes the head pending in `out` within the send timeout.
-    pub async fn flush(&mut self) -> std::io::Result<()> {
-        respond::flush(&self.w.http, self.io, self.out).await
-    }
-
+impl<S: monoio::io::AsyncWriteRent> Exchange<'_, '_, '_, S> {
     /// Answers `e` as a JSON error (with the bucket's CORS headers, [`Exchange::write_cors`]).
     pub async fn error(&mut self, e: &Error) -> std::io::Result<()> {
         let req = self.req;
         let cors = self.w.shared.config.buckets[self.bucket].cors.as_ref();
-        respond::error_with(
-            &self.w.http,
-            self.io,
-            self.out,
-            (req.id, req.close, req.is_head()),
-            e,
-            |out| {
+        let request = (req.id, req.close, req.is_head());
+        self.answer
+            .error(request, e, |a| {
                 if let Some(cfg) = cors {
-                    cors::write_headers(out, cfg, req.header_str("origin"));
+                    cors::write_headers(a, cfg, req.header_str("origin"));
                 }
-            },
-        )
-        .await
-    }
-
-    /// Writes the head pending in `out` and `body` in one vectored write within the send
-    /// timeout, without copying the body; `out` comes back cleared for reuse.
-    pub async fn send_with_head(&mut self, body: Bytes) -> std::io::Result<()> {
-        let w = self.w;
-        let mut hb = w.head_body();
-        hb.set(self.out, body);
-        // On a timeout the write (and the buffer it owned) is gone; the connection is closed
-        // after this, so `out` starts again empty.
-        let (res, mut hb) = respond::within_send_timeout(&w.http, hb.write_all(self.io)).await?;
-        hb.take_head(self.out);
-        w.return_head_body(hb);
-        res
-    }
-
-    /// Sends one piece of body: the first one together with the pending head in `out`.
-    pub async fn send_chunk(&mut self, chunk: Bytes) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            if chunk.len() > COPY_WITH_HEAD {
-                return self.send_with_head(chunk).await;
-            }
-            self.out.extend_from_slice(&chunk);
-            return self.flush().await;
-        }
-        let (res, _) = respond::within_send_timeout(&self.w.http, self.io.write_all(chunk)).await?;
-        res.map(|_| ())
+            })
+            .await
     }
 }
 
-/// A first piece of body at most this large is copied behind the pending head and sent in
-/// one write; a larger one (a whole revalidated object) goes out with the head in one
-/// vectored write instead, uncopied.
-const COPY_WITH_HEAD: usize = 16 * 1024;
-
-impl<S> Exchange<'_, '_, S> {
+impl<S> Exchange<'_, '_, '_, S> {
     /// Notes the origin's answer and the cache status for the access log.
     pub fn note_upstream(&mut self, head: &UpstreamHead, xcache: XCache) {
         self.log.upstream = Some((head.status, head.took));
@@ -111,7 +64,7 @@ impl<S> Exchange<'_, '_, S> {
     /// `Origin`, and `Vary: Origin` on every answer (see [`cors`]).
     pub fn write_cors(&mut self) {
         if let Some(cfg) = self.w.shared.config.buckets[self.bucket].cors.as_ref() {
-            cors::write_headers(self.out, cfg, self.req.header_str("origin"));
+            cors::write_headers(self.answer, cfg, self.req.header_str("origin"));
         }
     }
 }

@@ -49,12 +49,12 @@ use crate::context::Worker;
 use crate::error::{Error, Kind};
 use crate::http::conditional::Precondition;
 use crate::http::conn::Sent;
-use crate::http::response::{end_head, write_header_u64, UpstreamHead};
+use crate::http::response::UpstreamHead;
 use crate::s3::client::Body;
 
 /// Leads the fill of a missing key: one origin GET for everyone who asks meanwhile.
 pub async fn lead<S: AsyncWriteRent>(
-    x: &mut Exchange<'_, '_, S>,
+    x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
     leader: Leader,
 ) -> Result<Sent, Error> {
@@ -72,7 +72,7 @@ pub async fn lead<S: AsyncWriteRent>(
 /// its followers as an error or a bypass. `leader` is None for a request whose fill nobody may
 /// join (a revalidating Range or HEAD request).
 pub async fn fill_from<S: AsyncWriteRent>(
-    x: &mut Exchange<'_, '_, S>,
+    x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
     head: UpstreamHead,
     body: Body,
@@ -192,7 +192,7 @@ pub async fn run(
 /// Streams a storable 200 of unknown length to the client while keeping a copy, and stores the
 /// copy when the whole body fit `cache.max_object_size` (see the module docs).
 async fn stream_and_store<S: AsyncWriteRent>(
-    x: &mut Exchange<'_, '_, S>,
+    x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
     head: UpstreamHead,
     body: Body,
@@ -283,7 +283,7 @@ pub fn cacheable(
 /// Follows another request's fill: the same head, then the chunks as they arrive. `None` means
 /// the answer will not be cached and the caller must make its own request.
 pub async fn follow<S: AsyncWriteRent>(
-    x: &mut Exchange<'_, '_, S>,
+    x: &mut Exchange<'_, '_, '_, S>,
     mut sub: Subscription,
 ) -> Option<Result<Sent, Error>> {
     let req = x.req;
@@ -318,17 +318,17 @@ pub async fn follow<S: AsyncWriteRent>(
     };
     write_object_head(x, status, &meta, xcache, None);
     if status == 200 {
-        write_header_u64(x.out, "Content-Length", len);
+        x.answer.header_u64("Content-Length", len);
     }
-    end_head(x.out);
+    x.answer.end_head();
     if status == 304 || req.is_head() || len == 0 {
-        let abort = x.flush().await.is_err();
+        let abort = x.answer.flush().await.is_err();
         return Some(Ok(Sent { status, abort }));
     }
     let abort = loop {
         match sub.next_event().await {
             Event::Chunk(c) => {
-                if x.send_chunk(c).await.is_err() {
+                if x.answer.send(c).await.is_err() {
                     break true;
                 }
             }

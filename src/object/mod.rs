@@ -17,8 +17,12 @@
 //!   └─ HEAD/Range miss, bypass ─► upstream    (sign, send, pass the answer through)
 //!                                   ▼
 //!                                origin_error (an origin's error answer, read and mapped)
-//!                                exchange     (the request being answered, timed writes)
+//!                                exchange     (the request being answered)
 //! ```
+//!
+//! Every byte of an answer goes out through the connection's `http::writer::Writer` (head,
+//! vectored body, chunked framing, send timeout): this path decides what an answer says, the
+//! writer how it is put on the wire.
 //!
 //! The cache itself — lookup order, promotion, write policy, purge generation — is
 //! `cache::Cache`, reached through the worker ([`crate::context::Worker::cache`]).
@@ -33,7 +37,7 @@ pub mod origin_error;
 pub mod revalidate;
 pub mod upstream;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::AsyncWriteRent;
 
 use crate::cache::inflight::Role;
 use crate::cache::key::cache_key_into;
@@ -42,8 +46,8 @@ use crate::error::{Error, Kind};
 use crate::http::conn::Sent;
 use crate::http::range;
 use crate::http::request::Method;
-use crate::http::respond::{self, Reply};
 use crate::http::response::UpstreamHead;
+use crate::http::writer::Reply;
 use crate::router::forwarded_query;
 use answer::serve_cached;
 use decide::Phase;
@@ -51,8 +55,8 @@ use exchange::{coalescible, Exchange, Target, XCache};
 use upstream::{fetch_as_asked, pass_through, respond_upstream};
 
 /// Answers one object request (see the module docs for the flow).
-pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
-    x: &mut Exchange<'_, '_, S>,
+pub async fn serve<S: AsyncWriteRent>(
+    x: &mut Exchange<'_, '_, '_, S>,
     key: &str,
     query: Option<&str>,
 ) -> Result<Sent, Error> {
@@ -150,7 +154,7 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
 /// that only ever ask for ranges (parallel downloaders, media players) get hits from then on.
 /// It costs one extra full GET per object, never one per range: the background fill holds the
 /// key in the coalescing table, and an object too large to cache is never fetched whole.
-fn fill_after_range_miss<S>(x: &Exchange<'_, '_, S>, t: &Target<'_>, head: &UpstreamHead) {
+fn fill_after_range_miss<S>(x: &Exchange<'_, '_, '_, S>, t: &Target<'_>, head: &UpstreamHead) {
     let whole = head
         .header("content-range")
         .and_then(range::content_range_complete);
@@ -162,7 +166,7 @@ fn fill_after_range_miss<S>(x: &Exchange<'_, '_, S>, t: &Target<'_>, head: &Upst
 
 /// `OPTIONS` on an object route: a CORS preflight for buckets with `cors`, else the allowed
 /// methods.
-async fn options<S: AsyncWriteRent>(x: &mut Exchange<'_, '_, S>) -> Result<Sent, Error> {
+async fn options<S: AsyncWriteRent>(x: &mut Exchange<'_, '_, '_, S>) -> Result<Sent, Error> {
     let allow = [("Allow", "GET, HEAD, OPTIONS")];
     let req = x.req;
     let Some(cfg) = x.w.shared.config.buckets[x.bucket].cors.as_ref() else {
@@ -172,7 +176,7 @@ async fn options<S: AsyncWriteRent>(x: &mut Exchange<'_, '_, S>) -> Result<Sent,
             body: b"",
             extra: &allow,
         };
-        return respond::simple(&x.w.http, x.io, x.out, req, reply).await;
+        return x.answer.reply(req, reply).await;
     };
     let headers = cors::preflight(
         cfg,
@@ -188,5 +192,5 @@ async fn options<S: AsyncWriteRent>(x: &mut Exchange<'_, '_, S>) -> Result<Sent,
         body: b"",
         extra: &extra,
     };
-    respond::simple(&x.w.http, x.io, x.out, req, reply).await
+    x.answer.reply(req, reply).await
 }

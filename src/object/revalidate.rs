@@ -69,7 +69,7 @@ pub struct OnFailure {
 
 /// Revalidates a stale entry before answering (see the module docs).
 pub async fn revalidate<S: AsyncWriteRent>(
-    x: &mut Exchange<'_, '_, S>,
+    x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
     hit: Hit,
     on_failure: OnFailure,

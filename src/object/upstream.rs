@@ -17,8 +17,8 @@ use super::origin_error;
 use crate::context::Worker;
 use crate::error::{Error, Kind};
 use crate::http::conn::Sent;
-use crate::http::respond;
-use crate::http::response::{end_head, write_header, write_header_u64, UpstreamHead};
+use crate::http::response::UpstreamHead;
+use crate::http::writer::{DateField, Writer};
 use crate::metrics::UpstreamOutcome;
 use crate::s3::client::Body;
 use crate::s3::request::{build_request, ObjectRequest, FORWARDED_HEADERS};
@@ -62,7 +62,7 @@ pub fn stored_headers(head: &UpstreamHead) -> Vec<(String, String)> {
 /// Forwards the request to the origin as it is (client conditionals and range included) and
 /// streams the answer back; nothing is cached.
 pub async fn pass_through<S: AsyncWriteRent>(
-    x: &mut Exchange<'_, '_, S>,
+    x: &mut Exchange<'_, '_, '_, S>,
     key: &str,
     params: &[(&str, &str)],
     xcache: XCache,
@@ -73,7 +73,7 @@ pub async fn pass_through<S: AsyncWriteRent>(
 
 /// Sends the client's request to the origin as it is: its conditionals and range included.
 pub async fn fetch_as_asked<S>(
-    x: &Exchange<'_, '_, S>,
+    x: &Exchange<'_, '_, '_, S>,
     key: &str,
     params: &[(&str, &str)],
 ) -> Result<(UpstreamHead, Body), Error> {
@@ -90,7 +90,7 @@ pub async fn fetch_as_asked<S>(
 
 /// Writes an origin answer to the client (status mapping, passed headers, streaming body).
 pub async fn respond_upstream<S: AsyncWriteRent>(
-    x: &mut Exchange<'_, '_, S>,
+    x: &mut Exchange<'_, '_, '_, S>,
     head: UpstreamHead,
     body: Body,
     xcache: XCache,
@@ -139,7 +139,7 @@ impl Keep {
 
 /// [`respond_upstream`], keeping a copy of the body in `keep` when given.
 pub async fn respond_upstream_keeping<S: AsyncWriteRent>(
-    x: &mut Exchange<'_, '_, S>,
+    x: &mut Exchange<'_, '_, '_, S>,
     head: UpstreamHead,
     body: Body,
     xcache: XCache,
@@ -165,38 +165,38 @@ pub async fn respond_upstream_keeping<S: AsyncWriteRent>(
     let chunked = has_body && length.is_none() && req.head.minor_version() == 1;
     let close = req.close || (has_body && length.is_none() && !chunked);
 
-    let out = &mut *x.out;
+    let a = &mut *x.answer;
     // The origin's Date and Age pass through (RFC 9110 §6.6.1, RFC 9111 §5.1).
     let date = match head.header("date") {
-        Some(d) => respond::DateField::Given(d.as_bytes()),
-        None => respond::DateField::Now,
+        Some(d) => DateField::Given(d.as_bytes()),
+        None => DateField::Now,
     };
-    respond::head_start_dated(out, &x.w.http, head.status, &req.id, close, date);
+    a.start(head.status, &req.id, close, date);
     for (name, value) in &head.headers {
         if let Some(display) = passed_header_name(name) {
-            write_header(out, display, value.as_bytes());
+            a.header(display, value.as_bytes());
         }
     }
     if let Some(age) = head.header("age") {
-        write_header(out, "Age", age.as_bytes());
+        a.header("Age", age.as_bytes());
     }
     if let Some(n) = length {
-        write_header_u64(out, "Content-Length", n);
+        a.header_u64("Content-Length", n);
     }
     if chunked {
-        write_header(out, "Transfer-Encoding", b"chunked");
+        a.chunked();
     }
-    write_header(out, "Accept-Ranges", b"bytes");
-    write_header(out, "X-Cache", xcache.as_bytes());
+    a.header("Accept-Ranges", b"bytes");
+    a.header("X-Cache", xcache.as_bytes());
     x.write_cors();
-    end_head(x.out);
+    x.answer.end_head();
 
     let status = head.status;
     if !has_body {
-        let abort = x.flush().await.is_err();
+        let abort = x.answer.flush().await.is_err();
         return Ok(Sent { status, abort });
     }
-    let abort = stream_body(x.w, x.bucket, x.io, x.out, body, chunked, keep)
+    let abort = stream_body(x.w, x.bucket, x.answer, body, chunked, keep)
         .await
         .is_err();
     Ok(Sent {
@@ -246,59 +246,58 @@ pub async fn fetch_origin(
     res
 }
 
-/// Streams the origin body to the client, `out` already holding the response head: each read
+/// Streams the origin body to the client, the response head pending in `answer`: each read
 /// from the origin is written before the next read (backpressure: a slow client slows the
 /// origin read, corvid never buffers the object; `keep` may copy it for the cache, bounded).
-/// Errors mean the response is cut short.
+/// A body of known length is read straight into the writer's buffer (behind the head, on the
+/// first read) and sent as read; an unknown-length one is re-chunked (`chunked`), each read
+/// one chunk. Errors mean the response is cut short.
 async fn stream_body<S: AsyncWriteRent>(
     w: &Worker,
     bucket: usize,
-    io: &mut S,
-    out: &mut Vec<u8>,
+    answer: &mut Writer<'_, S>,
     mut body: Body,
     chunked: bool,
     mut keep: Option<&mut Keep>,
 ) -> Result<(), ()> {
     let mut piece: Vec<u8> = Vec::new();
     loop {
-        let before = out.len();
-        let n = if chunked {
+        let (buf, before) = if chunked {
             piece.clear();
             piece.reserve(STREAM_CHUNK);
-            let (res, p) = body.read_into(std::mem::take(&mut piece)).await;
-            piece = p;
-            let n = res.map_err(|e| log::warn!("origin body: {e}"))?;
-            w.metrics().upstream_bytes(bucket, n as u64);
-            if n > 0 {
-                out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-                out.extend_from_slice(&piece);
-                out.extend_from_slice(b"\r\n");
-            } else {
-                out.extend_from_slice(b"0\r\n\r\n");
-            }
-            n
+            (std::mem::take(&mut piece), 0)
         } else {
-            if out.capacity() - out.len() < STREAM_CHUNK / 2 {
-                out.reserve(STREAM_CHUNK);
-            }
-            let (res, o) = body.read_into(std::mem::take(out)).await;
-            *out = o;
-            let n = res.map_err(|e| log::warn!("origin body: {e}"))?;
-            w.metrics().upstream_bytes(bucket, n as u64);
-            n
+            let buf = answer.body_buffer(STREAM_CHUNK);
+            let before = buf.len();
+            (buf, before)
         };
+        let (res, buf) = body.read_into(buf).await;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!("origin body: {e}");
+                if !chunked {
+                    // The response is cut short: what is pending is never sent.
+                    answer.discard(buf);
+                }
+                return Err(());
+            }
+        };
+        w.metrics().upstream_bytes(bucket, n as u64);
         if let Some(k) = keep.as_deref_mut() {
-            // What this read brought: `piece` when re-chunking, else the tail of `out`.
-            k.add(if chunked {
-                &piece
-            } else {
-                &out[before..before + n]
-            });
+            k.add(&buf[before..before + n]);
             k.ended |= n == 0;
         }
-        if !out.is_empty() {
-            respond::flush(&w.http, io, out).await.map_err(|_| ())?;
-        }
+        let sent = if chunked {
+            piece = buf;
+            match n {
+                0 => answer.finish().await,
+                _ => answer.send_slice(&piece).await,
+            }
+        } else {
+            answer.send_buffer(buf).await
+        };
+        sent.map_err(|_| ())?;
         if n == 0 {
             return Ok(());
         }
