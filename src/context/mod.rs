@@ -16,7 +16,7 @@
 //!   the buffers lent per request ([`Scratch`]);
 //! - `build.rs`: building the first generation ([`Shared::new`]) and the next one
 //!   ([`Shared::reloaded`]), the Redis options ([`redis_options`]);
-//! - `check.rs`: `corvid check` ([`check`]), the same builders without starting anything.
+//! - `check.rs`: `corvid check` ([`check()`]), the same builders without starting anything.
 //!
 //! `runtime` owns the threads, the control bus, signals and the reload thread, and calls into
 //! this module to build, plan and switch generations; the request path (`handler`, `object`,
