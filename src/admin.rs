@@ -10,7 +10,7 @@
 //! | `...?soft=true` on any purge | mark stale instead of remove: the next request revalidates |
 //! | `GET /admin/cache/stats` | totals, `layers`, `buckets` (see `cache::stats`) |
 //! | `GET /admin/cache/stats/{bucket}` | one bucket (404 unknown) |
-//! | `POST /admin/reload` | re-read the config file ([`crate::reload`]): 200 what applied, 422 why refused |
+//! | `POST /admin/reload` | re-read the config file ([`crate::context::reload`]): 200 what applied, 422 why refused |
 //!
 //! Who may: first the client's network (`admin.allow_networks`, 403 before any token work),
 //! then a JWT from `[jwt]`'s sources carrying `admin.claim` (none or invalid → 401, valid
@@ -34,12 +34,12 @@ use serde_json::json;
 
 use crate::auth::{extract, AuthFailure};
 use crate::cache::purge::{Mode, Purged, Scope};
+use crate::context::reload::Outcome;
 use crate::context::Worker;
 use crate::error::{Error, Kind};
 use crate::http::conn::{Request, Sent};
 use crate::http::request::Method;
 use crate::http::writer::{Reply, Writer};
-use crate::reload::Outcome;
 
 /// The bounded `route` label of `corvid_admin_requests_total`.
 pub fn route_label(rest: &str) -> &'static str {

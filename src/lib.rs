@@ -4,8 +4,10 @@
 //! frames requests; [`handler`] routes them ([`router`]) to the internal endpoints or to
 //! [`object`], which answers from the cache ([`cache`]) or signs ([`s3::sigv4`]) and sends
 //! ([`s3::client`]) the upstream request and streams the answer back, with the AWS credentials
-//! [`credentials`] fetches and renews off the workers. [`reload`] decides what a new config file
-//! changes while running. [`error`] is the one error type; [`config`] the TOML contract.
+//! [`credentials`] fetches and renews off the workers. A request runs with one config
+//! generation, [`context`]: defined, built, checked (`corvid check`) and planned on reload
+//! ([`context::reload`]: what a new config file changes while running) there, run and switched
+//! by [`runtime`]. [`error`] is the one error type; [`config`] the TOML contract.
 
 pub mod access_log;
 pub mod admin;
@@ -23,7 +25,6 @@ pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod object;
-pub mod reload;
 pub mod request_log;
 pub mod router;
 pub mod runtime;

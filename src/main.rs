@@ -56,34 +56,21 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(cfg) => {
-                // The key files' contents are parsed as `serve` does at start.
-                if let Some(Err(e)) = cfg.jwt.as_ref().map(corvid::auth::Verifier::new) {
-                    eprintln!("{}: invalid configuration:\n{e}", config.display());
-                    return ExitCode::from(1);
-                }
-                // So is a rediss:// Redis's `ca_file` (the options name the key at fault).
-                if let Some(Err(e)) = cfg.cache.redis.as_ref().map(corvid::context::redis_options) {
-                    eprintln!("{}: invalid configuration:\n{e}", config.display());
-                    return ExitCode::from(1);
-                }
-                // Warnings do not make a config invalid: they say how it will run here.
-                if let Some(w) = corvid::runtime::fd_limit_warning(&cfg) {
-                    eprintln!("{}: warning: {w}", config.display());
-                }
-                if let Some(d) = &cfg.cache.disk {
-                    let w = corvid::cache::disk::space::capacity_warning(
-                        &d.dir,
-                        d.capacity,
-                        d.segment_size,
-                    );
-                    if let Some(w) = w {
+            // What `serve` would refuse at start, or warn about on this machine.
+            Ok(cfg) => match corvid::context::check(&cfg) {
+                Ok(warnings) => {
+                    // Warnings do not make a config invalid: they say how it will run here.
+                    for w in warnings {
                         eprintln!("{}: warning: {w}", config.display());
                     }
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
                 }
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            }
+                Err(e) => {
+                    eprintln!("{}: invalid configuration:\n{e}", config.display());
+                    ExitCode::from(1)
+                }
+            },
             Err(e) => {
                 eprintln!("{}: invalid configuration:\n{e}", config.display());
                 ExitCode::from(1)

@@ -1,6 +1,9 @@
-//! Worker threads and their lifecycle.
+//! Worker threads and their lifecycle: starting and pinning them, the control bus, signals,
+//! shutdown, and the reload thread that switches them to a new config generation. What a
+//! generation is, and how it is built, checked and planned, is [`crate::context`]'s; this module
+//! only runs it.
 //!
-//! [`Server::start`] builds what all workers share ([`Shared`]) and starts one thread per
+//! [`Server::start`] has the first generation built ([`Shared::new`]) and starts one thread per
 //! worker — pinned to a core, running its own monoio runtime (io_uring, or the legacy epoll
 //! driver where io_uring cannot be set up) with its own SO_REUSEPORT listener on one shared
 //! port. [`serve`], the CLI's entry, starts a `Server` and waits for SIGTERM/SIGINT.
@@ -23,8 +26,8 @@
 //! `http::conn`'s `lingering_close`.
 //!
 //! **Reload** (SIGHUP, `POST /admin/reload`): the reload thread re-reads the file, plans it
-//! ([`crate::reload`]) and builds the next [`Shared`] generation ([`Shared::reloaded`]) in
-//! full before anything changes; then the origin monitor moves to the new origins and every
+//! ([`crate::context::reload`]) and has the next [`Shared`] generation built
+//! ([`Shared::reloaded`]) in full before anything changes; then the origin monitor moves to the new origins and every
 //! worker gets `Control::Reload`, switches between requests ([`crate::context::Current`]) and
 //! acks; the reload is answered once all have (or after 5 s, logged), so a request sent after
 //! the answer runs on the new config. One reload runs at a time.
@@ -40,20 +43,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rustls_pki_types::ServerName;
-
 use crate::access_log::AccessLog;
-use crate::cache::tiered::Tiers;
 use crate::clock::Clock;
-use crate::config::{Addressing, Config, Scheme};
+use crate::config::Config;
+use crate::context::reload::Outcome;
 use crate::context::Shared;
 use crate::fdlimit;
 use crate::handler::Surface;
-use crate::http::request::Limits;
-use crate::metrics::Registry;
-use crate::reload::Outcome;
-use crate::router::Router;
-use crate::s3::origins::Origins;
 
 /// How long a reload waits for every worker to switch before answering anyway.
 const RELOAD_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,255 +63,6 @@ pub enum Control {
     Shutdown,
     /// Switch to this config generation between requests (a reload), then ack.
     Reload(Arc<Shared>, flume::Sender<()>),
-}
-
-/// `server.workers`, with 0 resolved to the number of available cores.
-pub fn worker_count(config: &Config) -> usize {
-    match config.server.workers {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        n => n,
-    }
-}
-
-/// What `corvid check` warns about the open-file limit: the budget `serve` would have, with the
-/// soft limit raised to the hard one as `serve` does.
-pub fn fd_limit_warning(config: &Config) -> Option<String> {
-    let (_, hard) = fdlimit::current().ok()?;
-    let workers = worker_count(config);
-    fdlimit::Budget::new(config, workers, hard).warning(config, workers)
-}
-
-/// What one config generation builds from its buckets and `[jwt]` (see [`Shared::reloaded`]).
-struct PerConfig {
-    router: Router,
-    client_tls: Vec<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>>,
-    origins: Arc<Origins>,
-    verifier: Option<crate::auth::Verifier>,
-    policies: Vec<crate::config::CachePolicy>,
-}
-
-impl PerConfig {
-    /// Loads the origins' TLS files, the JWT keys, and resolves the endpoints (blocking: the
-    /// starting thread or the reload thread, never a worker).
-    fn build(config: &Config) -> Result<PerConfig, String> {
-        let prefixes: Vec<&str> = config.buckets.iter().map(|b| b.prefix.as_str()).collect();
-        let router = Router::new(&prefixes);
-        let mut client_tls = Vec::with_capacity(config.buckets.len());
-        for b in &config.buckets {
-            client_tls.push(match b.endpoint.scheme {
-                Scheme::Http => None,
-                Scheme::Https => {
-                    let cfg = crate::s3::tls::client_config(
-                        b.ca_file.as_deref(),
-                        crate::s3::tls::ALPN_HTTP1,
-                    )
-                    .map_err(|e| format!("buckets.{}: ca_file: {e}", b.name))?;
-                    let host = match b.addressing {
-                        Addressing::Path => b.endpoint.host.clone(),
-                        Addressing::Virtual => format!("{}.{}", b.bucket, b.endpoint.host),
-                    };
-                    let name = ServerName::try_from(host.clone())
-                        .map_err(|e| format!("buckets.{}: endpoint host {host:?}: {e}", b.name))?;
-                    Some((cfg, name))
-                }
-            });
-        }
-        let verifier = config
-            .jwt
-            .as_ref()
-            .map(crate::auth::Verifier::new)
-            .transpose()?;
-        let origins = Origins::new(config.buckets.iter().map(|b| &b.endpoint));
-        origins.refresh_all();
-        for (i, b) in config.buckets.iter().enumerate() {
-            if let Some(e) = origins.get(i).last_error() {
-                log::warn!(
-                    "bucket {}: origin {} not reachable yet: {e}",
-                    b.name,
-                    b.endpoint.authority()
-                );
-            }
-        }
-        let policies = (0..config.buckets.len())
-            .map(|b| config.policy(b))
-            .collect();
-        Ok(PerConfig {
-            router,
-            client_tls,
-            origins,
-            verifier,
-            policies,
-        })
-    }
-}
-
-/// Points each bucket's slot at its credentials cell's refresh counters (static keys: none).
-fn show_refresh_counts(
-    metrics: &Registry,
-    slots: &[usize],
-    cells: &[Arc<crate::credentials::Cell>],
-) {
-    for (slot, cell) in slots.iter().zip(cells) {
-        metrics.set_credentials(*slot, cell.source.map(|_| Arc::clone(&cell.counts)));
-    }
-}
-
-/// Each bucket's metric slot: its index in the bucket table the tiers and the metrics registry
-/// share, new names registered there. Called once everything else of a generation is built, so
-/// a refused reload leaves no name behind.
-fn bucket_slots(config: &Config, tiers: &Tiers) -> Result<Vec<usize>, String> {
-    config
-        .buckets
-        .iter()
-        .map(|b| {
-            tiers.buckets().add(&b.name).ok_or_else(|| {
-                format!(
-                    "buckets.{}: more than {} buckets added since start; restart to add more",
-                    b.name,
-                    crate::cache::usage::RESERVED_BUCKETS
-                )
-            })
-        })
-        .collect()
-}
-
-impl Shared {
-    /// Builds the shared state: TLS configs are loaded and endpoints resolved here, at start.
-    pub fn new(config: Config, clock: Clock) -> Result<Arc<Shared>, String> {
-        let workers = worker_count(&config);
-        let per = PerConfig::build(&config)?;
-        let server_tls = match &config.server.tls {
-            None => None,
-            Some(t) => Some(
-                crate::s3::tls::server_config(&t.cert, &t.key)
-                    .map_err(|e| format!("server.tls: {e}"))?,
-            ),
-        };
-        let limits = Limits {
-            max_request_line: config.server.max_request_line,
-            max_header_bytes: config.server.max_header_bytes,
-            max_headers: config.server.max_headers,
-        };
-        let instance_tag = (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ (std::process::id() as u64).rotate_left(32)) as u32;
-        // The config parsed and checked the URL; this builds the options from it once (the TLS
-        // config of a rediss:// Redis included) and checks them, so that a bad one is a
-        // start-up error rather than a tier silently disabled per worker.
-        let redis = match &config.cache.redis {
-            None => None,
-            Some(r) => {
-                let opts = crate::context::redis_options(r)?;
-                opts.check().map_err(|e| format!("cache.redis: {e}"))?;
-                Some(opts)
-            }
-        };
-        // One bucket table: the tiers count entries and bytes per bucket in it (for the admin
-        // stats) and the metrics registry's per-bucket slots are its indices.
-        let buckets =
-            crate::cache::usage::Buckets::new(config.buckets.iter().map(|b| b.name.clone()));
-        let tiers = Tiers::with_clock(&config.cache, Arc::clone(&buckets), clock.clone())?;
-        let metrics = Registry::new(buckets, workers);
-        let access_log = match &config.log.access {
-            None => None,
-            Some(sink) => Some(AccessLog::start(sink, config.log.sample_ppm)?),
-        };
-        let metrics = match &access_log {
-            Some(a) => metrics.with_access_log(Arc::clone(&a.dropped)),
-            None => metrics,
-        };
-        // One bounded first fetch per bucket with a credentials source; a failure leaves that
-        // bucket not ready (503) and the refresh thread retrying.
-        let credentials = crate::credentials::cells_for(&config);
-        let slots = bucket_slots(&config, &tiers)?;
-        show_refresh_counts(&metrics, &slots, &credentials);
-        let nofile = fdlimit::current().map_or(1024, |(soft, _)| soft);
-        let fd_budget = fdlimit::Budget::new(&config, workers, nofile);
-        Ok(Arc::new(Shared {
-            fd_budget,
-            verifier: per.verifier,
-            tiers,
-            config,
-            router: per.router,
-            policies: per.policies,
-            limits,
-            origins: per.origins,
-            client_tls: per.client_tls,
-            server_tls,
-            redis,
-            metrics: Arc::new(metrics),
-            slots,
-            generation: 0,
-            shutting_down: Arc::new(AtomicBool::new(false)),
-            workers,
-            started: Instant::now(),
-            instance_tag,
-            clock,
-            access_log,
-            reloads: None,
-            credentials,
-        }))
-    }
-
-    /// The next generation for `config` (already planned: restart-only settings kept at their
-    /// running values, [`crate::reload::plan`]): what depends on the buckets and `[jwt]` is built
-    /// anew, everything that lives as long as the process (tiers, metrics, access log,
-    /// listeners' settings, Redis options) is carried over. Blocking (endpoint resolution, key
-    /// files): the reload thread only. `Err` names the key at fault; nothing changed then.
-    pub fn reloaded(&self, config: Config) -> Result<Arc<Shared>, String> {
-        let per = PerConfig::build(&config)?;
-        // A bucket whose credentials settings did not change keeps its cell (and lease); a new
-        // or changed one gets a first fetch here (a changed one keeps counting its refreshes
-        // where it was).
-        let credentials: Vec<Arc<crate::credentials::Cell>> = config
-            .buckets
-            .iter()
-            .map(|b| {
-                let unchanged = self.config.buckets.iter().position(|o| {
-                    o.name == b.name && o.credentials == b.credentials && o.region == b.region
-                });
-                let same_name = self.config.buckets.iter().position(|o| o.name == b.name);
-                match (unchanged, same_name) {
-                    (Some(j), _) => Arc::clone(&self.credentials[j]),
-                    (None, Some(j)) => crate::credentials::Cell::for_bucket_counting(
-                        b,
-                        Arc::clone(&self.credentials[j].counts),
-                    ),
-                    (None, None) => crate::credentials::Cell::for_bucket(b),
-                }
-            })
-            .collect();
-        let slots = bucket_slots(&config, &self.tiers)?;
-        show_refresh_counts(&self.metrics, &slots, &credentials);
-        Ok(Arc::new(Shared {
-            fd_budget: self.fd_budget,
-            verifier: per.verifier,
-            tiers: Arc::clone(&self.tiers),
-            config,
-            router: per.router,
-            policies: per.policies,
-            limits: self.limits,
-            origins: per.origins,
-            client_tls: per.client_tls,
-            server_tls: self.server_tls.clone(),
-            redis: self.redis.clone(),
-            metrics: Arc::clone(&self.metrics),
-            slots,
-            generation: self.generation + 1,
-            shutting_down: Arc::clone(&self.shutting_down),
-            workers: self.workers,
-            started: self.started,
-            instance_tag: self.instance_tag,
-            clock: self.clock.clone(),
-            access_log: self.access_log.clone(),
-            reloads: self.reloads.clone(),
-            credentials,
-        }))
-    }
 }
 
 /// A running proxy: the shared state, the worker threads (all listening on one address) and
@@ -348,13 +95,13 @@ struct Generations {
 }
 
 impl Generations {
-    /// Applies `new` (see [`crate::reload`]): validated and built in full first; a refusal
+    /// Applies `new` (see [`crate::context::reload`]): validated and built in full first; a refusal
     /// changes nothing. Counted in `corvid_config_reloads_total`.
     fn reload(&self, new: Result<Config, String>) -> Outcome {
         let _one = self.reloading.lock();
         let running = Arc::clone(&self.current.lock());
         let built = new.and_then(|config| {
-            let plan = crate::reload::plan(&running.config, config);
+            let plan = crate::context::reload::plan(&running.config, config);
             let next = running.reloaded(plan.config)?;
             Ok((next, plan.applied, plan.restart_required))
         });
@@ -509,7 +256,7 @@ impl Server {
         Arc::clone(&self.generations.current.lock())
     }
 
-    /// Reloads with `config` (see [`crate::reload`]): applied in full, or refused with the
+    /// Reloads with `config` (see [`crate::context::reload`]): applied in full, or refused with the
     /// reason and nothing changed. Workers switch between requests. Blocking (endpoint
     /// resolution, key files): not from a worker.
     pub fn reload(&self, config: Config) -> Outcome {

@@ -1,96 +1,32 @@
-//! The state a request runs with: [`Shared`] (one per process and config generation, behind an
-//! `Arc`) and [`Worker`] (one per worker thread and generation, behind an `Rc`).
+//! One worker thread's side of a config generation: [`Worker`] (behind an `Rc`, shared by the
+//! thread's tasks), its per-bucket state [`WorkerBucket`], the [`Current`] cell a thread's
+//! requests take their generation from, and the per-request buffers it lends ([`Scratch`]).
 //!
-//! A config reload makes a new generation of both ([`Worker::next`]): what lasts as long as the
-//! process (tiers, metrics, connections, the cache front, buffers) is carried over by `Arc`/`Rc`,
-//! what the config decides is built anew. A worker thread's [`Current`] holds its running
-//! generation; each request takes the one current when it starts and keeps it to the end.
-//!
-//! A [`Worker`] is built inside its own thread and shared by that thread's tasks through an
-//! `Rc` (ARCHITECTURE rule 1): upstream pools, signers with their signing-key caches, the cache
-//! front with its Redis client, the Date header cache and the request-id counter never cross
-//! threads. What is shared across workers lives in [`Shared`], among it each bucket's
-//! credentials cell ([`crate::credentials::Cell`]), from which a worker rebuilds its signer
-//! when the credentials were renewed ([`WorkerBucket::signer`]). `runtime` builds both and runs
-//! the accept loops; the request path (`handler`, `object`, `admin`) only reads them, so this
-//! module sits below all of them and imports none.
+//! A [`Worker`] is built inside its own thread (ARCHITECTURE rule 1): upstream pools, signers
+//! with their signing-key caches, the cache front with its Redis client, the Date header cache
+//! and the request-id counter never cross threads. A reload makes the next one from the next
+//! [`Shared`] ([`Worker::next`]): what the config decides is built anew, what lasts as long as
+//! the thread (connections, the cache front, buffers, pooled connections to an unchanged
+//! origin) is carried over. Apart from [`Shared`] itself, this file knows nothing of how a
+//! generation is built (`build.rs`), so a worker only ever reads one.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use monoio_rustls::TlsConnector;
-use rustls_pki_types::ServerName;
 
-use crate::access_log::{AccessLog, WorkerLog};
-use crate::cache::redis::{RedisOptions, RedisTls};
-use crate::cache::tiered::Tiers;
+use super::shared::Shared;
+use crate::access_log::WorkerLog;
 use crate::cache::Cache;
 use crate::clock::Clock;
-use crate::config::{CachePolicy, Config};
 use crate::credentials;
-use crate::fdlimit;
 use crate::http::env::ConnEnv;
-use crate::http::request::Limits;
-use crate::http::vectored::HeadBody;
-use crate::metrics::{Recorder, Registry};
-use crate::reload::Outcome;
-use crate::router::Router;
+use crate::metrics::Recorder;
 use crate::s3::client::{Pool, Timeouts};
-use crate::s3::origins::Origins;
 use crate::s3::sigv4::Signer;
 use crate::Error;
-
-/// Read-only state shared by every worker (one `Arc`): the config snapshot, the router, TLS
-/// configs, origin addresses and the metric slots that `/metrics` sums.
-pub struct Shared {
-    pub config: Config,
-    pub router: Router,
-    /// Per bucket (parallel to `config.buckets`): its caching policy (the configured TTLs and
-    /// stale windows as the RFC 9111 rules take them), computed once per generation.
-    pub policies: Vec<CachePolicy>,
-    pub limits: Limits,
-    pub origins: Arc<Origins>,
-    /// Per bucket: the TLS client config and the name to verify, for https endpoints.
-    pub client_tls: Vec<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>>,
-    pub server_tls: Option<Arc<rustls::ServerConfig>>,
-    /// The Redis tier's client options (`cache.redis`), TLS config included, built once at
-    /// start ([`redis_options`]); each worker's client and the purge subscriber clone them.
-    pub redis: Option<RedisOptions>,
-    /// Process-wide: carried from one config generation to the next.
-    pub metrics: Arc<Registry>,
-    /// Per bucket of `config`: its slot in `metrics` (stable per bucket name across reloads).
-    pub slots: Vec<usize>,
-    /// 0 at start, one more per applied reload.
-    pub generation: u64,
-    /// The cache tiers and the coalescing table, shared by every worker.
-    pub tiers: Arc<Tiers>,
-    pub shutting_down: Arc<AtomicBool>,
-    pub workers: usize,
-    pub started: Instant,
-    /// Random-ish per-process tag that makes request ids unique across restarts.
-    pub instance_tag: u32,
-    /// How the open-file limit is shared: the client connections each worker keeps at most.
-    pub fd_budget: fdlimit::Budget,
-    /// `[jwt]`'s keys, parsed once at start: checks tokens for buckets with `auth = true` and
-    /// for the admin API.
-    pub verifier: Option<crate::auth::Verifier>,
-    /// The clock freshness is decided by (the system's, or a test's; [`crate::clock`]).
-    pub clock: Clock,
-    /// The access log's writer, when `[log] access` is on.
-    pub access_log: Option<Arc<AccessLog>>,
-    /// Where `POST /admin/reload` asks for a reload (`None`: no config file to re-read, as in
-    /// an in-process server).
-    pub reloads: Option<ReloadRequests>,
-    /// Per bucket (parallel to `config.buckets`): its current AWS credentials, renewed by the
-    /// `corvid-credentials` thread ([`crate::credentials`]).
-    pub credentials: Vec<Arc<credentials::Cell>>,
-}
-
-/// A reload request: the channel its [`Outcome`] is answered on.
-pub type ReloadRequests = flume::Sender<flume::Sender<Outcome>>;
 
 /// Per-bucket state of one worker.
 pub struct WorkerBucket {
@@ -183,10 +119,8 @@ pub struct Worker {
     /// Tokens this worker verified recently (no lock: per worker).
     pub tokens: crate::auth::TokenCache,
     pub connections: Rc<Cell<usize>>,
-    /// Reusable head+body vectored-write buffers (the hit path allocates none once warm).
-    head_bodies: Rc<RefCell<Vec<HeadBody>>>,
     /// Byte buffers lent per request (the decoded object key, the cache key) and given back
-    /// after the answer, for the same reason.
+    /// after the answer, so the hit path allocates none once warm.
     spare_bufs: Rc<RefCell<Vec<Vec<u8>>>>,
     /// This worker's front over the three tiers (the shared ones and its Redis client).
     pub cache: Rc<Cache>,
@@ -248,29 +182,6 @@ impl Drop for Scratch<'_> {
     }
 }
 
-/// The Redis client options for `cfg`, built once at start-up ([`Shared::redis`]) and cloned by
-/// every worker. For `rediss://` this builds the TLS client config, reading
-/// `cache.redis.ca_file` (blocking file IO: start-up only, never on a worker); `Err` names the
-/// key at fault. `corvid check` calls it too, so a CA file that is not PEM is caught there.
-pub fn redis_options(cfg: &crate::config::RedisConfig) -> Result<RedisOptions, String> {
-    let tls = if cfg.target.tls {
-        let config = crate::s3::tls::client_config(cfg.ca_file.as_deref(), &[])
-            .map_err(|e| format!("cache.redis.ca_file: {e}"))?;
-        Some(RedisTls::new(&cfg.target, config).map_err(|e| format!("cache.redis.url: {e}"))?)
-    } else {
-        None
-    };
-    Ok(RedisOptions {
-        tls,
-        timeout: cfg.timeout,
-        // Two pipelined connections per worker: with one, a large value holds up every reply
-        // queued behind it (64 KiB GETs: 8.5k/s on one connection, 25k/s on two; perf/RESULTS.md).
-        connections: 2,
-        max_value_size: usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX),
-        ..RedisOptions::new(cfg.target.clone())
-    })
-}
-
 impl Worker {
     pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Worker> {
         let buckets = (0..shared.config.buckets.len())
@@ -302,7 +213,6 @@ impl Worker {
             http: Rc::new(http),
             tokens: crate::auth::TokenCache::default(),
             connections: Rc::new(Cell::new(0)),
-            head_bodies: Rc::new(RefCell::new(Vec::new())),
             spare_bufs: Rc::new(RefCell::new(Vec::new())),
         })
     }
@@ -333,23 +243,10 @@ impl Worker {
             http: Rc::clone(&self.http),
             tokens: crate::auth::TokenCache::default(),
             connections: Rc::clone(&self.connections),
-            head_bodies: Rc::clone(&self.head_bodies),
             spare_bufs: Rc::clone(&self.spare_bufs),
             cache: Rc::clone(&self.cache),
             access: self.access.clone(),
         })
-    }
-
-    /// A vectored-write buffer from this worker's free list.
-    pub fn head_body(&self) -> HeadBody {
-        self.head_bodies.borrow_mut().pop().unwrap_or_default()
-    }
-
-    pub fn return_head_body(&self, hb: HeadBody) {
-        let mut list = self.head_bodies.borrow_mut();
-        if list.len() < 1024 {
-            list.push(hb);
-        }
     }
 
     /// An empty byte buffer from this worker's free list (or a new one, unallocated).
@@ -383,11 +280,5 @@ impl Worker {
     /// The clock freshness and token expiry are decided by.
     pub fn clock(&self) -> &Clock {
         &self.shared.clock
-    }
-}
-
-impl Shared {
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
     }
 }
