@@ -17,7 +17,7 @@ use crate::http::message::RequestId;
 use crate::http::pool::Pools;
 use crate::http::request::Limits;
 use crate::http::response::DateCache;
-use crate::http::writer::HeadBodies;
+use crate::http::vectored::HeadBodies;
 use crate::signal::LocalSignal;
 
 /// The sweep that times idle connections out runs at most this far apart.

@@ -6,6 +6,8 @@
 //! is allocated once per connection and reused, so the pointer the kernel reads stays put
 //! while monoio owns the value, and a hit allocates nothing.
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
 use monoio::buf::IoVecBuf;
 use monoio::io::AsyncWriteRent;
@@ -26,6 +28,26 @@ impl Default for HeadBody {
             body: Bytes::new(),
             iov: Box::new([empty_iovec(), empty_iovec()]),
             done: 0,
+        }
+    }
+}
+
+/// At most this many vectored-write holders are kept per worker for reuse.
+const MAX_POOLED_HEAD_BODIES: usize = 1024;
+
+/// A worker's free list of [`HeadBody`] holders, so that a hit allocates no `iovec` box.
+#[derive(Default)]
+pub struct HeadBodies(RefCell<Vec<HeadBody>>);
+
+impl HeadBodies {
+    pub fn take(&self) -> HeadBody {
+        self.0.borrow_mut().pop().unwrap_or_default()
+    }
+
+    pub fn give_back(&self, hb: HeadBody) {
+        let mut list = self.0.borrow_mut();
+        if list.len() < MAX_POOLED_HEAD_BODIES {
+            list.push(hb);
         }
     }
 }

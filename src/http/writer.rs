@@ -10,7 +10,7 @@
 //!   caller's fields ([`HeaderLines`]), built in the connection's reused head buffer;
 //! * **the body**: a cached body goes out together with the head in one vectored write, never
 //!   copied ([`Writer::send_with_head`], the hit path; its `iovec` holders are pooled per
-//!   worker, [`HeadBodies`]); pieces of a streamed body ([`Writer::send`]); bytes read straight
+//!   worker, `http::vectored::HeadBodies`); pieces of a streamed body ([`Writer::send`]); bytes read straight
 //!   into the head buffer ([`Writer::body_buffer`] / [`Writer::send_buffer`], a streamed miss);
 //!   chunked framing when the head said `Transfer-Encoding: chunked` ([`Writer::chunked`]);
 //! * **the send timeout**: every write must progress within `server.send_timeout`
@@ -22,7 +22,6 @@
 //! Which header fields an answer carries (stored origin fields, `Age`, `X-Cache`, CORS) is the
 //! application's business; how they are framed and when they are written is this module's.
 
-use std::cell::RefCell;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -32,7 +31,6 @@ use crate::error::Error;
 use crate::http::env::ConnEnv;
 use crate::http::message::{Request, RequestId, Sent};
 use crate::http::response::{end_head, write_header, write_header_u64, write_status_line};
-use crate::http::vectored::HeadBody;
 
 /// Where a response's `Date` comes from.
 #[derive(Debug, Clone, Copy)]
@@ -63,26 +61,6 @@ impl HeaderLines for Vec<u8> {
 /// one write; a larger one (a whole revalidated object) goes out with the head in one
 /// vectored write instead, uncopied.
 const COPY_WITH_HEAD: usize = 16 * 1024;
-
-/// At most this many vectored-write holders are kept per worker for reuse.
-const MAX_POOLED_HEAD_BODIES: usize = 1024;
-
-/// A worker's free list of [`HeadBody`] holders, so that a hit allocates no `iovec` box.
-#[derive(Default)]
-pub struct HeadBodies(RefCell<Vec<HeadBody>>);
-
-impl HeadBodies {
-    fn take(&self) -> HeadBody {
-        self.0.borrow_mut().pop().unwrap_or_default()
-    }
-
-    fn give_back(&self, hb: HeadBody) {
-        let mut list = self.0.borrow_mut();
-        if list.len() < MAX_POOLED_HEAD_BODIES {
-            list.push(hb);
-        }
-    }
-}
 
 /// One answer being written to a client connection. See the module docs.
 pub struct Writer<'a, S> {
