@@ -716,10 +716,21 @@ fn admin(cx: &mut Ctx<'_>, mut s: Section) -> Option<AdminConfig> {
     })
 }
 
+/// `cache.slice_size` when not set (see `object::slices` for the measurement behind it).
+pub const DEFAULT_SLICE_SIZE: u64 = 4 << 20;
+/// The most slices `cache.slice_readahead` may ask for: a sequential reader then has at most
+/// this many origin requests in flight for it.
+const MAX_SLICE_READAHEAD: usize = 64;
+
 fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
     let ttl = s.or(cx, "ttl", secs(3600), Ctx::duration);
     let negative_ttl = s.or(cx, "negative_ttl", Duration::ZERO, Ctx::duration);
     let max_object_size = s.or(cx, "max_object_size", 16 << 20, positive_size);
+    let slice_key = s.key("slice_size");
+    let slice_size = s.or(cx, "slice_size", DEFAULT_SLICE_SIZE, positive_size);
+    let max_sliced_object_size = s.or(cx, "max_sliced_object_size", 100 << 30, Ctx::size);
+    let readahead_key = s.key("slice_readahead");
+    let slice_readahead = s.or(cx, "slice_readahead", 4, Ctx::count);
     let write_policy = s.or(cx, "write_policy", WritePolicy::WriteThrough, |cx, k, v| {
         match cx.string(k, v)?.as_str() {
             "write-through" => Some(WritePolicy::WriteThrough),
@@ -765,10 +776,33 @@ fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
     {
         return None;
     }
+    let (max_object_size, slice_size) = (max_object_size?, slice_size?);
+    if slice_size > max_object_size {
+        cx.problem(
+            &slice_key,
+            format!(
+                "must not exceed cache.max_object_size ({} > {}): a slice is cached like an object",
+                units::format_size(slice_size),
+                units::format_size(max_object_size)
+            ),
+        );
+        return None;
+    }
+    let slice_readahead = slice_readahead?;
+    if slice_readahead > MAX_SLICE_READAHEAD {
+        cx.problem(
+            &readahead_key,
+            format!("must be at most {MAX_SLICE_READAHEAD} slices (got {slice_readahead})"),
+        );
+        return None;
+    }
     Some(CacheConfig {
         ttl: ttl?,
         negative_ttl: negative_ttl?,
-        max_object_size: max_object_size?,
+        max_object_size,
+        slice_size,
+        max_sliced_object_size: max_sliced_object_size?,
+        slice_readahead,
         write_policy: write_policy?,
         stale_if_error,
         stale_while_revalidate,

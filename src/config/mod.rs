@@ -46,6 +46,9 @@
 //! | `admin.listen` | absent = served on `server.listen` |
 //! | `cache.ttl` | `1h` |
 //! | `cache.max_object_size` | `16MiB` |
+//! | `cache.slice_size` | `4MiB` (≤ `max_object_size`) |
+//! | `cache.max_sliced_object_size` | `100GiB` (≤ `max_object_size` turns slicing off) |
+//! | `cache.slice_readahead` | `4` slices (at most 64) |
 //! | `cache.write_policy` | `"write-through"` |
 //! | `cache.stale_if_error`, `cache.stale_while_revalidate` | absent = off |
 //! | `cache.memory.capacity` | `256MiB` (also when `[cache]` or `[cache.memory]` is absent) |
@@ -729,8 +732,16 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// How long an origin `404` is cached (zero: not at all).
     pub negative_ttl: Duration,
-    /// Objects larger than this are streamed through, not cached.
+    /// Objects up to this size are cached whole; larger ones as slices (up to
+    /// `max_sliced_object_size`).
     pub max_object_size: u64,
+    /// The length of one slice of a large object (≤ `max_object_size`).
+    pub slice_size: u64,
+    /// Objects above `max_object_size` up to this size are cached as slices; larger ones stream
+    /// through uncached. At most `max_object_size` (e.g. 0) turns slicing off.
+    pub max_sliced_object_size: u64,
+    /// Slices fetched ahead of a reader of a sliced object (0 = only what it asks for).
+    pub slice_readahead: usize,
     pub write_policy: WritePolicy,
     /// Serve a stale copy for this long past expiry if the origin fails.
     pub stale_if_error: Option<Duration>,

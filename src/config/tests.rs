@@ -135,6 +135,9 @@ fn minimal_config_gets_documented_defaults() {
     let cache = &c.cache;
     assert_eq!(cache.ttl, Duration::from_secs(3600));
     assert_eq!(cache.max_object_size, 16 << 20);
+    assert_eq!(cache.slice_size, 4 << 20);
+    assert_eq!(cache.max_sliced_object_size, 100 << 30);
+    assert_eq!(cache.slice_readahead, 4);
     assert_eq!(cache.write_policy, WritePolicy::WriteThrough);
     assert_eq!(cache.stale_if_error, None);
     assert_eq!(cache.stale_while_revalidate, None);
@@ -1428,6 +1431,39 @@ fn cache_rules() {
         &cache("[cache]\nmemory = 5"),
         "cache.memory",
         "expected a table",
+    );
+    has_problem(
+        &cache("[cache]\nslice_size = \"32MiB\""),
+        "cache.slice_size",
+        "must not exceed cache.max_object_size (32MiB > 16MiB)",
+    );
+    has_problem(
+        &cache("[cache]\nslice_size = 0"),
+        "cache.slice_size",
+        "greater than 0",
+    );
+    has_problem(
+        &cache("[cache]\nslice_readahead = 65"),
+        "cache.slice_readahead",
+        "at most 64",
+    );
+    has_problem(
+        &cache("[cache]\nmax_sliced_object_size = \"lots\""),
+        "cache.max_sliced_object_size",
+        "lots",
+    );
+    let sliced = ok(&cache(
+        "[cache]\nmax_object_size = \"1MiB\"\nslice_size = \"256KiB\"\n\
+         max_sliced_object_size = 0\nslice_readahead = \"8\"",
+    ))
+    .cache;
+    assert_eq!(
+        (
+            sliced.slice_size,
+            sliced.max_sliced_object_size,
+            sliced.slice_readahead
+        ),
+        (256 << 10, 0, 8)
     );
     let disk = |body: &str| {
         cache(&format!(
