@@ -2,7 +2,7 @@
 # The whole test suite: formatting, lints, the production dependency rule, unit + integration
 # tests, the packaging checks (scripts/check_packaging.sh), and a short smoke run of every fuzz
 # target. This is what CI runs (.ci/run). It first installs what a fresh machine lacks
-# (redis-server, promtool, moto, cargo-fuzz, the rustfmt/clippy components).
+# (redis-server, promtool, moto, boto3, aria2c, cargo-fuzz, the rustfmt/clippy components).
 #
 #   scripts/test.sh            everything
 #   FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz smoke runs
@@ -53,6 +53,16 @@ if [ ! -x "$moto_venv/bin/moto_server" ]; then
   fi
   python3 -m venv "$moto_venv"
   "$moto_venv/bin/pip" install -q --disable-pip-version-check 'moto[server]'
+fi
+# boto3 (a dependency of moto) and aria2c (Debian package aria2): real clients of sliced objects
+# in tests/it/slices_clients.rs (multipart download_file; 16 parallel range connections).
+if ! "$moto_venv/bin/python3" -c 'import boto3' >/dev/null 2>&1; then
+  step "installing boto3 into $moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check boto3
+fi
+if ! command -v aria2c >/dev/null 2>&1; then
+  step "installing aria2c (aria2)"
+  apt_install aria2
 fi
 for tool in fmt:rustfmt clippy:clippy; do
   if ! cargo "${tool%%:*}" --version >/dev/null 2>&1; then
