@@ -35,6 +35,7 @@ pub mod fill;
 pub mod freshness;
 pub mod origin_error;
 pub mod revalidate;
+pub mod slices;
 pub mod upstream;
 
 use monoio::io::AsyncWriteRent;
