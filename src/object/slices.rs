@@ -5,13 +5,13 @@
 //! An object larger than `cache.max_object_size` (up to `cache.max_sliced_object_size`) is
 //! cached as one **object entry** (the stored headers, freshness and the object's length, no
 //! body) under the object's cache key, plus **slices** of `cache.slice_size` bytes (the last
-//! one short) under [`slice_key`] — the object's key + the slice's index — each tagged with the
-//! ETag of the version it was cut from. A slice whose tag differs from the object entry's ETag
-//! belongs to another version and is never served for it: the identity of a version is its
-//! ETag, so only objects with a strong ETag are sliced ([`sliceable`]); S3 gives every object
-//! one (multipart ETags `"…-N"` are strong too).
+//! one short) under [`slice_key`] — the object's key + the slice size and index — each tagged
+//! with the ETag of the version it was cut from. A slice whose tag differs from the object
+//! entry's ETag belongs to another version and is never served for it: the identity of a
+//! version is its ETag, so only objects with a strong ETag are sliced ([`sliceable`]); S3 gives
+//! every object one (multipart ETags `"…-N"` are strong too).
 //!
-//! Slice keys extend the object's key after a NUL (`key \0 #index`), like the variants of an
+//! Slice keys extend the object's key after a NUL (`key \0 #size.index`), like the variants of an
 //! object (`cache::key`): purging an object (or a prefix, a bucket) reaches its slices in
 //! every tier without an index of its own, and per-bucket usage counts them for the bucket.
 //! No forwarded query parameter name starts with `#`, so a slice key is never a variant's.
@@ -83,12 +83,14 @@ fn is_strong_etag(etag: &str) -> bool {
     etag.len() >= 2 && etag.starts_with('"') && etag.ends_with('"')
 }
 
-/// The cache key of slice `index` of the object cached under `ckey`, into `out` (cleared).
-pub fn slice_key(ckey: &[u8], index: u64, out: &mut Vec<u8>) {
+/// The cache key of slice `index` of the object cached under `ckey` cut by `g`, into `out`
+/// (cleared). The slice size is part of the key: a slice cut with another `cache.slice_size`
+/// (a config change, a disk tier from before it) holds other bytes under the same index.
+pub fn slice_key(ckey: &[u8], g: &Geometry, index: u64, out: &mut Vec<u8>) {
+    use std::io::Write;
     out.clear();
     out.extend_from_slice(ckey);
-    out.extend_from_slice(b"\0#");
-    out.extend_from_slice(index.to_string().as_bytes());
+    let _ = write!(out, "\0#{}.{index}", g.slice);
 }
 
 /// What an origin answer to a slice request (`GET`, `Range` of the run, `If-Match` the
@@ -212,14 +214,17 @@ mod tests {
     #[test]
     fn slice_keys_extend_the_object_key_like_variants() {
         let plain = crate::cache::key::cache_key("b", "k", &[]);
+        let g = Geometry::new(4096, 1 << 20);
         let mut k = Vec::new();
-        slice_key(&plain, 12, &mut k);
-        assert_eq!(k, b"b\0k\0#12");
+        slice_key(&plain, &g, 12, &mut k);
+        assert_eq!(k, b"b\0k\0#4096.12");
         assert!(crate::cache::key::is_variant_of(&k, &plain));
         assert!(k.starts_with(&crate::cache::key::bucket_prefix("b", "k")));
         let mut k2 = Vec::new();
-        slice_key(&plain, 1, &mut k2);
+        slice_key(&plain, &g, 1, &mut k2);
         assert_ne!(k, k2);
+        slice_key(&plain, &Geometry::new(2048, 1 << 20), 12, &mut k2);
+        assert_ne!(k, k2, "another slice size, other bytes");
     }
 
     #[test]

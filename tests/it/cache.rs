@@ -62,6 +62,7 @@ fn miss_fills_then_memory_hits_with_head_ranges_and_conditionals() {
     assert_eq!((r.status, r.body.as_slice()), (206, &body[99_995..]));
     let r = http::get(addr, "/hit/a/b.bin", &[("range", "bytes=200000-")]);
     assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range"), Some("bytes */100000"));
     let r = http::get(addr, "/hit/a/b.bin", &[("range", "bytes=0-1,5-6")]);
     assert_eq!(r.status, 200, "multi-range gets the whole object");
     let r = http::get(
