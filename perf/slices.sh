@@ -2,14 +2,16 @@
 # Large objects as slices (issue 17): one object of SIZE bytes (2 GiB by default), one run.
 #
 #   perf/slices.sh                                # 2 GiB, slice sizes 1 4 8 16 MiB
-#   SIZE=536870912 SLICES="4" READAHEADS="4" perf/slices.sh
+#   SIZE=536870912 SLICES="4" EXTRA_READAHEADS= REPEAT=1 perf/slices.sh
 #
 # 1. Cold: straight from the origin (signed headers, examples/sign_headers.rs), then through a
-#    fresh corvid per slice_size x slice_readahead: time to first byte and throughput of one
-#    `curl -o /dev/null`. The origin again at the end, to see the noise.
+#    fresh corvid, per slice_size x slice_readahead, REPEAT times in pairs (origin, corvid):
+#    time to first byte and throughput of one `curl -o /dev/null`; the ratio is the median of
+#    the pairs' ratios (this machine is shared and noisy: pairs cancel its slow moments).
 # 2. Warm: corvid from memory (slice_size 4MiB, memory tier 3 GiB), corvid from disk (memory
-#    tier off, disk tier 3 GiB in the work dir), and nginx proxy_cache with its slice module
-#    (`slice 4m`, cache in the work dir), each filled first and then read once more.
+#    tier off, disk tier 3 GiB in the work dir, its pages in the page cache), and nginx
+#    proxy_cache with its slice module (`slice 4m`, cache in the work dir), each filled and
+#    checked (SHA-256) first, then read REPEAT times in turn; medians and ratios to nginx.
 # 3. A parallel range client on the warm object: aria2c -x16 -s16 -k1M (into /dev/shm), and 16
 #    curl processes each reading one 16th with a Range, for corvid (memory, disk) and nginx.
 #
@@ -25,7 +27,8 @@ SIZE=${SIZE:-2147483648}
 SLICES=${SLICES:-"1 4 8 16"}
 READAHEADS=${READAHEADS:-4}
 # Extra readahead values tried with 4 MiB slices only.
-EXTRA_READAHEADS=${EXTRA_READAHEADS-"1 8 16"}
+EXTRA_READAHEADS=${EXTRA_READAHEADS-"1 8"}
+REPEAT=${REPEAT:-3}
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need nginx || ! need aria2c || ! need curl; then
@@ -70,6 +73,8 @@ if code not in ("200", "206") or got != size:
 print(f"{label}\t{ttfb * 1000:.1f}\t{got / total / 2**20:.0f}\t{total:.2f}")
 PY
 }
+# row LABEL...: like fetch, and the line is also kept in $WORK/rows.tsv for the summary.
+row() { fetch "$@" | tee -a "$WORK/rows.tsv"; }
 
 # check_sha LABEL URL: the body's SHA-256 against the origin's file.
 check_sha() {
@@ -102,47 +107,47 @@ stop_corvid() {
   wait "$corvid_pid" 2>/dev/null || true
 }
 
-sig=$(target/release/examples/sign_headers "127.0.0.1:$origin_port" /perf/big "$access_key" "$secret_key")
 origin_url="http://127.0.0.1:$origin_port/perf/big"
-origin_get() { eval "fetch \"\$1\" \"$origin_url\" $sig"; }
+# origin_get LABEL: signed just before (a signature is valid for 15 minutes).
+origin_get() {
+  local sig
+  sig=$(target/release/examples/sign_headers "127.0.0.1:$origin_port" /perf/big "$access_key" "$secret_key")
+  eval "row \"\$1\" \"$origin_url\" $sig"
+}
 
 machine_line
-echo "# object $SIZE bytes; $(nginx -v 2>&1 | sed 's/.*\///') nginx, $(aria2c --version | head -1), $(curl --version | head -1 | cut -d' ' -f1-2)"
+echo "# object $SIZE bytes; $(nginx -v 2>&1 | sed 's/.*\///') nginx, $(aria2c --version | head -1), $(curl --version | head -1 | cut -d' ' -f1-2); REPEAT=$REPEAT"
 printf 'run\tttfb ms\tMiB/s\tseconds\n'
-origin_get "origin warm-up" >/dev/null # the origin's file into the page cache, not reported
-origin_get "origin direct"
+origin_get "warm-up" >/dev/null # the origin's file into the page cache, not reported
 
 configs=()
 for s in $SLICES; do for r in $READAHEADS; do configs+=("$s:$r"); done; done
 for r in $EXTRA_READAHEADS; do configs+=("4:$r"); done
-for c in "${configs[@]}"; do
-  s=${c%%:*} r=${c#*:}
-  start_corvid "cold-$s-$r" 0 "slice_size = \"${s}MiB\"\nslice_readahead = $r"
-  fetch "corvid cold slice ${s}MiB readahead $r" "http://127.0.0.1:$corvid_port/perf/big"
-  stop_corvid
+for rep in $(seq 1 "$REPEAT"); do
+  for c in "${configs[@]}"; do
+    s=${c%%:*} r=${c#*:}
+    origin_get "origin/$s/$r"
+    start_corvid "cold-$s-$r" 0 "slice_size = \"${s}MiB\"\nslice_readahead = $r"
+    row "cold/$s/$r" "http://127.0.0.1:$corvid_port/perf/big"
+    stop_corvid
+  done
 done
-sig=$(target/release/examples/sign_headers "127.0.0.1:$origin_port" /perf/big "$access_key" "$secret_key")
-origin_get "origin direct (again)"
 
 # Warm from memory: default slice settings, a memory tier that holds the object.
 start_corvid mem '"3GiB"' 'slice_size = "4MiB"\nslice_readahead = 4'
 mem_port=$corvid_port mem_pid=$corvid_pid
-fetch "corvid cold (memory tier on)" "http://127.0.0.1:$mem_port/perf/big"
+fetch "fill memory" "http://127.0.0.1:$mem_port/perf/big"
 check_sha "corvid memory" "http://127.0.0.1:$mem_port/perf/big"
 echo "# memory: $(layer "http://127.0.0.1:$mem_port/perf/big")"
-fetch "corvid warm memory" "http://127.0.0.1:$mem_port/perf/big"
-fetch "corvid warm memory (again)" "http://127.0.0.1:$mem_port/perf/big"
 
 # Warm from disk: memory tier off, disk tier in the work dir (its pages in the page cache).
 mkdir -p "$WORK/disk"
 start_corvid disk 0 'slice_size = "4MiB"\nslice_readahead = 4' \
   "[cache.disk]\ndir = \"$WORK/disk\"\ncapacity = \"3GiB\"\nsegment_size = \"64MiB\""
 disk_port=$corvid_port disk_pid=$corvid_pid
-fetch "corvid cold (disk tier on)" "http://127.0.0.1:$disk_port/perf/big"
+fetch "fill disk" "http://127.0.0.1:$disk_port/perf/big"
 check_sha "corvid disk" "http://127.0.0.1:$disk_port/perf/big"
 echo "# disk: $(layer "http://127.0.0.1:$disk_port/perf/big")"
-fetch "corvid warm disk" "http://127.0.0.1:$disk_port/perf/big"
-fetch "corvid warm disk (again)" "http://127.0.0.1:$disk_port/perf/big"
 
 # nginx proxy_cache + slice module in front of a signing corvid (cache off).
 start_corvid signer 0 'max_sliced_object_size = 0'
@@ -186,10 +191,13 @@ NGINX
 nginx -c "$WORK/nginx.conf"
 nginx_url="http://127.0.0.1:$nginx_port/perf/big"
 wait_http "http://127.0.0.1:$nginx_port/health" # not the object: that would fill the cache
-fetch "nginx slice cold" "$nginx_url"
+fetch "fill nginx" "$nginx_url"
 check_sha "nginx" "$nginx_url"
-fetch "nginx slice warm" "$nginx_url"
-fetch "nginx slice warm (again)" "$nginx_url"
+for rep in $(seq 1 "$REPEAT"); do
+  row "warm/corvid memory" "http://127.0.0.1:$mem_port/perf/big"
+  row "warm/corvid disk" "http://127.0.0.1:$disk_port/perf/big"
+  row "warm/nginx slice" "$nginx_url"
+done
 
 # Parallel range clients on the warm object.
 # ranges16 LABEL URL: 16 curl processes, each one 16th of the object with a Range.
@@ -220,11 +228,46 @@ aria16() {
   [ "$got" = "$want_sha" ] || { echo "$1: aria2c's file differs" >&2; exit 1; }
   python3 -c "import sys; t=float(sys.argv[2])-float(sys.argv[1]); print(f'{sys.argv[3]}\t-\t{int(sys.argv[4])/t/2**20:.0f}\t{t:.2f}')" "$t0" "$t1" "$1" "$SIZE"
 }
-ranges16 "16 ranges corvid memory" "http://127.0.0.1:$mem_port/perf/big"
-ranges16 "16 ranges corvid disk" "http://127.0.0.1:$disk_port/perf/big"
-ranges16 "16 ranges nginx" "$nginx_url"
-aria16 "aria2c -x16 corvid memory" "http://127.0.0.1:$mem_port/perf/big"
-aria16 "aria2c -x16 corvid disk" "http://127.0.0.1:$disk_port/perf/big"
-aria16 "aria2c -x16 nginx" "$nginx_url"
+for rep in $(seq 1 "$REPEAT"); do
+  ranges16 "par/16 curl ranges corvid memory" "http://127.0.0.1:$mem_port/perf/big" | tee -a "$WORK/rows.tsv"
+  ranges16 "par/16 curl ranges corvid disk" "http://127.0.0.1:$disk_port/perf/big" | tee -a "$WORK/rows.tsv"
+  ranges16 "par/16 curl ranges nginx" "$nginx_url" | tee -a "$WORK/rows.tsv"
+  aria16 "par/aria2c -x16 corvid memory" "http://127.0.0.1:$mem_port/perf/big" | tee -a "$WORK/rows.tsv"
+  aria16 "par/aria2c -x16 corvid disk" "http://127.0.0.1:$disk_port/perf/big" | tee -a "$WORK/rows.tsv"
+  aria16 "par/aria2c -x16 nginx" "$nginx_url" | tee -a "$WORK/rows.tsv"
+done
 echo "# memory: $(layer "http://127.0.0.1:$mem_port/perf/big") disk: $(layer "http://127.0.0.1:$disk_port/perf/big")"
 echo "# RSS: corvid memory instance $(awk '/VmRSS/ {print $2, $3}' /proc/"$mem_pid"/status), disk instance $(awk '/VmRSS/ {print $2, $3}' /proc/"$disk_pid"/status)"
+
+# Summary: medians per run; cold ratios are medians of (corvid / the origin run just before).
+echo
+echo "# summary (median of $REPEAT)"
+python3 - "$WORK/rows.tsv" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+by = {}
+for label, ttfb, mibs, secs in rows:
+    by.setdefault(label, []).append((None if ttfb == "-" else float(ttfb), float(mibs)))
+print("run\tttfb ms\tMiB/s\tratio")
+cold = [l for l in by if l.startswith("cold/")]
+for label in cold:
+    _, s, r = label.split("/")
+    pairs = list(zip(by[f"origin/{s}/{r}"], by[label]))
+    ratio = med([c[1] / o[1] for o, c in pairs])
+    o = by[f"origin/{s}/{r}"]
+    print(f"origin (paired with {s} MiB / {r})\t{med([x[0] for x in o]):.1f}\t{med([x[1] for x in o]):.0f}\t")
+    print(f"corvid cold, slice {s} MiB, readahead {r}\t{med([x[0] for x in by[label]]):.1f}\t{med([x[1] for x in by[label]]):.0f}\t{ratio:.2f}x origin")
+def line(label, base):
+    xs = by[label]
+    t = med([x[0] for x in xs if x[0] is not None]) if xs[0][0] is not None else None
+    m = med([x[1] for x in xs])
+    ratio = "" if base is None or label == base else f"{m / med([x[1] for x in by[base]]):.2f}x nginx"
+    print(f"{label}\t{'-' if t is None else f'{t:.1f}'}\t{m:.0f}\t{ratio}")
+for label in ("warm/corvid memory", "warm/corvid disk", "warm/nginx slice"):
+    line(label, "warm/nginx slice")
+for kind in ("16 curl ranges", "aria2c -x16"):
+    for who in ("corvid memory", "corvid disk", "nginx"):
+        line(f"par/{kind} {who}", f"par/{kind} nginx")
+PY
