@@ -147,12 +147,9 @@ pub async fn begin<S: AsyncWriteRent>(
     leader: Option<Leader>,
 ) -> Result<Sent, Error> {
     let w = x.w;
-    store_entry(w, t, Arc::clone(&meta)).await;
-    if let Some(l) = leader {
-        // Its followers look the key up again and find the entry.
-        l.bypass();
-    }
-    let mut own = 0..0;
+    // The first slices are claimed before anyone can see the entry: the key's followers, sent
+    // to the entry below, then join these fills instead of fetching the same slices again.
+    let mut run = None;
     if let Some(v) = Version::of(w, &meta) {
         let window = (1 + w.shared.config.cache.slice_readahead as u64).min(v.g.count());
         let mut leaders = Vec::new();
@@ -163,9 +160,18 @@ pub async fn begin<S: AsyncWriteRent>(
             }
         }
         if !leaders.is_empty() {
-            own = 0..leaders.len() as u64;
-            start_run(w, x.bucket, t, &v, 0, leaders, Some(body));
+            run = Some((v, leaders));
         }
+    }
+    store_entry(w, t, Arc::clone(&meta)).await;
+    if let Some(l) = leader {
+        // Its followers look the key up again and find the entry.
+        l.bypass();
+    }
+    let mut own = 0..0;
+    if let Some((v, leaders)) = run {
+        own = 0..leaders.len() as u64;
+        start_run(w, x.bucket, t, &v, 0, leaders, Some(body));
     }
     match serve(x, t, &meta, XCache::Miss, None, own).await? {
         Served::Sent(sent) => Ok(sent),
