@@ -487,15 +487,28 @@ async fn obtain(
         Role::Leader(leader) => {
             let sub = leader.subscribe();
             let mut leaders = vec![leader];
-            for j in i + 1..run_end {
-                match lead_missing(w, v, t.ckey, j).await {
-                    Some(l) => leaders.push(l),
-                    None => break,
-                }
-            }
+            extend_run(w, v, t.ckey, &mut leaders, i, run_end).await;
             mine.add(i..i + leaders.len() as u64);
             start_run(w, bucket, t, v, i, leaders, None);
             Obtained::Following(sub)
+        }
+    }
+}
+
+/// Extends a run of led slices that starts at `first` over the next slices before `end` while
+/// each is neither cached nor in flight (adjacent missing slices: one origin request).
+async fn extend_run(
+    w: &Worker,
+    v: &Version,
+    ckey: &[u8],
+    leaders: &mut Vec<Leader>,
+    first: u64,
+    end: u64,
+) {
+    for j in first + leaders.len() as u64..end {
+        match lead_missing(w, v, ckey, j).await {
+            Some(l) => leaders.push(l),
+            None => return,
         }
     }
 }
@@ -538,14 +551,7 @@ fn prefetch(
                 continue;
             };
             let mut leaders = vec![first];
-            let mut j = i + 1;
-            while j < window.end {
-                match lead_missing(&w, &v, t.ckey, j).await {
-                    Some(l) => leaders.push(l),
-                    None => break,
-                }
-                j += 1;
-            }
+            extend_run(&w, &v, t.ckey, &mut leaders, i, window.end).await;
             let n = leaders.len() as u64;
             mine.add(i..i + n);
             start_run(&w, bucket, &t, &v, i, leaders, None);
