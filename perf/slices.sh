@@ -15,6 +15,12 @@
 # 3. A parallel range client on the warm object: aria2c -x16 -s16 -k1M (into /dev/shm), and 16
 #    curl processes each reading one 16th with a Range, for corvid (memory, disk) and nginx.
 #
+# Layouts: by default nothing is pinned and corvid runs 2 workers, so curl, corvid and the origin
+# (s3s-fs sends 4 KiB pieces: CPU-bound near 100-500 MiB/s here) compete for the two cores. With
+# PIN=1 the origin has core 1 to itself and curl plus corvid (1 worker) share core 0, the
+# production shape where S3 never loses CPU to the proxy (as in perf/passthrough.sh). WARM=0
+# stops after the cold runs.
+#
 # The origin is the s3s-fs example (SigV4 on); nginx cannot sign, so its upstream is a corvid
 # with its cache off (a signer), as in perf/hits.sh. Nothing is pinned: curl, the proxy and the
 # origin share this machine's cores. Needs curl, nginx (with ngx_http_slice_module) and aria2c
@@ -29,6 +35,12 @@ READAHEADS=${READAHEADS:-4}
 # Extra readahead values tried with 4 MiB slices only.
 EXTRA_READAHEADS=${EXTRA_READAHEADS-"1 8"}
 REPEAT=${REPEAT:-3}
+WARM=${WARM:-1}
+if [ "${PIN:-0}" = 1 ]; then
+  PIN_ORIGIN="taskset -c 1" pin_front="taskset -c 0" workers=1
+else
+  PIN_ORIGIN="" pin_front="" workers=2
+fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need nginx || ! need aria2c || ! need curl; then
@@ -42,7 +54,7 @@ nginx -V 2>&1 | grep -q -- --with-http_slice_module || {
 build_release --bin corvid --example origin --example sign_headers
 make_workdir
 
-start_origin "$WORK/data" "big=$SIZE"
+PIN_ORIGIN=$PIN_ORIGIN start_origin "$WORK/data" "big=$SIZE"
 pids+=("$origin_pid")
 # A 2 GiB object takes a while to make and PUT: wait for the origin's `ready` line.
 for _ in $(seq 1 1200); do grep -q '^ready' "$WORK/data.log" 2>/dev/null && break; sleep 0.25; done
@@ -63,7 +75,7 @@ PY
 fetch() {
   local label=$1 url=$2 out
   shift 2
-  out=$(curl -s -o /dev/null -w '%{http_code} %{time_starttransfer} %{time_total} %{size_download}' "$@" "$url")
+  out=$($pin_front curl -s -o /dev/null -w '%{http_code} %{time_starttransfer} %{time_total} %{size_download}' "$@" "$url")
   python3 - "$label" "$out" "$SIZE" <<'PY'
 import sys
 label, out, size = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
@@ -93,11 +105,11 @@ layer() {
 start_corvid() {
   corvid_port=$(free_port)
   {
-    corvid_toml "$corvid_port" 2 "$2"
+    corvid_toml "$corvid_port" "$workers" "$2"
     printf '%b\n' "${4:-}"
     printf '[cache]\n%b\n' "$3"
   } >"$WORK/$1.toml"
-  RUST_LOG=warn target/release/corvid serve -c "$WORK/$1.toml" 2>"$WORK/$1.log" &
+  RUST_LOG=warn $pin_front target/release/corvid serve -c "$WORK/$1.toml" 2>"$WORK/$1.log" &
   corvid_pid=$!
   pids+=("$corvid_pid")
   wait_http "http://127.0.0.1:$corvid_port/health"
@@ -116,7 +128,7 @@ origin_get() {
 }
 
 machine_line
-echo "# object $SIZE bytes; $(nginx -v 2>&1 | sed 's/.*\///') nginx, $(aria2c --version | head -1), $(curl --version | head -1 | cut -d' ' -f1-2); REPEAT=$REPEAT"
+echo "# object $SIZE bytes; $(nginx -v 2>&1 | sed 's/.*\///') nginx, $(aria2c --version | head -1), $(curl --version | head -1 | cut -d' ' -f1-2); REPEAT=$REPEAT PIN=${PIN:-0} (corvid workers $workers)"
 printf 'run\tttfb ms\tMiB/s\tseconds\n'
 origin_get "warm-up" >/dev/null # the origin's file into the page cache, not reported
 
@@ -132,6 +144,44 @@ for rep in $(seq 1 "$REPEAT"); do
     stop_corvid
   done
 done
+
+# summary: medians per run; cold ratios are medians of (corvid / the origin run just before).
+summary() {
+  echo
+  echo "# summary (median of $REPEAT)"
+  python3 - "$WORK/rows.tsv" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+by = {}
+for label, ttfb, mibs, secs in rows:
+    by.setdefault(label, []).append((None if ttfb == "-" else float(ttfb), float(mibs)))
+print("run\tttfb ms\tMiB/s\tratio")
+cold = [l for l in by if l.startswith("cold/")]
+for label in cold:
+    _, s, r = label.split("/")
+    pairs = list(zip(by[f"origin/{s}/{r}"], by[label]))
+    ratio = med([c[1] / o[1] for o, c in pairs])
+    o = by[f"origin/{s}/{r}"]
+    print(f"origin (paired with {s} MiB / {r})\t{med([x[0] for x in o]):.1f}\t{med([x[1] for x in o]):.0f}\t")
+    print(f"corvid cold, slice {s} MiB, readahead {r}\t{med([x[0] for x in by[label]]):.1f}\t{med([x[1] for x in by[label]]):.0f}\t{ratio:.2f}x origin")
+def line(label, base):
+    xs = by[label]
+    t = med([x[0] for x in xs if x[0] is not None]) if xs[0][0] is not None else None
+    m = med([x[1] for x in xs])
+    ratio = "" if base is None or label == base else f"{m / med([x[1] for x in by[base]]):.2f}x nginx"
+    print(f"{label}\t{'-' if t is None else f'{t:.1f}'}\t{m:.0f}\t{ratio}")
+if "warm/nginx slice" in by:
+    for label in ("warm/corvid memory", "warm/corvid disk", "warm/nginx slice"):
+        line(label, "warm/nginx slice")
+    for kind in ("16 curl ranges", "aria2c -x16"):
+        for who in ("corvid memory", "corvid disk", "nginx"):
+            line(f"par/{kind} {who}", f"par/{kind} nginx")
+PY
+}
+
+[ "$WARM" = 1 ] || { summary; exit 0; }
 
 # Warm from memory: default slice settings, a memory tier that holds the object.
 start_corvid mem '"3GiB"' 'slice_size = "4MiB"\nslice_readahead = 4'
@@ -238,36 +288,4 @@ for rep in $(seq 1 "$REPEAT"); do
 done
 echo "# memory: $(layer "http://127.0.0.1:$mem_port/perf/big") disk: $(layer "http://127.0.0.1:$disk_port/perf/big")"
 echo "# RSS: corvid memory instance $(awk '/VmRSS/ {print $2, $3}' /proc/"$mem_pid"/status), disk instance $(awk '/VmRSS/ {print $2, $3}' /proc/"$disk_pid"/status)"
-
-# Summary: medians per run; cold ratios are medians of (corvid / the origin run just before).
-echo
-echo "# summary (median of $REPEAT)"
-python3 - "$WORK/rows.tsv" <<'PY'
-import statistics, sys
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-def med(xs):
-    return statistics.median(xs) if xs else float("nan")
-by = {}
-for label, ttfb, mibs, secs in rows:
-    by.setdefault(label, []).append((None if ttfb == "-" else float(ttfb), float(mibs)))
-print("run\tttfb ms\tMiB/s\tratio")
-cold = [l for l in by if l.startswith("cold/")]
-for label in cold:
-    _, s, r = label.split("/")
-    pairs = list(zip(by[f"origin/{s}/{r}"], by[label]))
-    ratio = med([c[1] / o[1] for o, c in pairs])
-    o = by[f"origin/{s}/{r}"]
-    print(f"origin (paired with {s} MiB / {r})\t{med([x[0] for x in o]):.1f}\t{med([x[1] for x in o]):.0f}\t")
-    print(f"corvid cold, slice {s} MiB, readahead {r}\t{med([x[0] for x in by[label]]):.1f}\t{med([x[1] for x in by[label]]):.0f}\t{ratio:.2f}x origin")
-def line(label, base):
-    xs = by[label]
-    t = med([x[0] for x in xs if x[0] is not None]) if xs[0][0] is not None else None
-    m = med([x[1] for x in xs])
-    ratio = "" if base is None or label == base else f"{m / med([x[1] for x in by[base]]):.2f}x nginx"
-    print(f"{label}\t{'-' if t is None else f'{t:.1f}'}\t{m:.0f}\t{ratio}")
-for label in ("warm/corvid memory", "warm/corvid disk", "warm/nginx slice"):
-    line(label, "warm/nginx slice")
-for kind in ("16 curl ranges", "aria2c -x16"):
-    for who in ("corvid memory", "corvid disk", "nginx"):
-        line(f"par/{kind} {who}", f"par/{kind} nginx")
-PY
+summary
