@@ -608,8 +608,9 @@ fn replaced_between_slice_fetches(
     let half = 20 * S;
     let first_half = format!("bytes=0-{}", half - 1);
     for path in paths {
-        // The cold range records the object entry; the second one caches slices 0..20.
-        for _ in 0..2 {
+        // The cold range records the object entry; the second one caches slices 0..20, so
+        // the third finds them.
+        for round in 0..3 {
             let r = get(addr, path, &[("range", &first_half)]);
             assert_partial(
                 &r,
@@ -619,6 +620,9 @@ fn replaced_between_slice_fetches(
                 "the first half before the replacement",
             );
             assert_eq!(r.header("etag"), Some(old_etag));
+            if round > 0 {
+                assert_eq!(r.header("x-cache"), Some("HIT"), "{path} round {round}");
+            }
         }
     }
 
@@ -946,7 +950,7 @@ fn objects_not_sliced_stream_uncached() {
     origin.put("slno", "huge.bin", &huge);
     // Sliceable by size (above max_object_size, below max_sliced_object_size).
     let sliceable = pattern_bytes(700_001, 31);
-    for k in ["weak.bin", "none.bin"] {
+    for k in ["weak.bin", "none.bin", "strong.bin"] {
         origin.put("slno", k, &sliceable);
     }
     origin.set_headers(
@@ -987,6 +991,14 @@ fn objects_not_sliced_stream_uncached() {
         assert_partial(&r, 70_000, 140_000, body, key);
         assert_eq!(origin.count("GET"), 1, "{key}: ranges go to the origin");
     }
+
+    // The same bytes with the origin's strong ETag are sliced: the second GET is a hit.
+    fill(addr, "/slno/strong.bin", &sliceable);
+    origin.reset_counts();
+    let r = get(addr, "/slno/strong.bin", &[]);
+    assert_whole(&r, &sliceable, "strong ETag, second GET");
+    assert_eq!(r.header("x-cache"), Some("HIT"));
+    assert_eq!(origin.total_count(), 0);
 
     // max_sliced_object_size = 0 turns slicing off.
     let corvid = Corvid::start(&config(
