@@ -19,7 +19,8 @@
 //! by the stream: `http::counted`), `ms` (duration),
 //! `cache` and `layer` (`X-Cache`, `X-Cache-Layer`; null when not applicable), `upstream` and
 //! `upstream_ms` (the origin's status and time when it was asked for this request, else null),
-//! `ua` (User-Agent, at most [`MAX_UA`] bytes). Strings are JSON-escaped (control characters
+//! on answers of sliced objects only `slices_cached` and `slices_fetched` (how many slices the
+//! answer took from the cache and from fills: `object::sliced`), `ua` (User-Agent, at most [`MAX_UA`] bytes). Strings are JSON-escaped (control characters
 //! and non-UTF-8 bytes as `\u00XX`).
 
 use std::cell::{Cell, RefCell};
@@ -201,6 +202,8 @@ pub struct Line<'a> {
     pub layer: Option<&'static str>,
     /// The origin's status and time, when it was asked for this request.
     pub upstream: Option<(u16, Duration)>,
+    /// For an answer of a sliced object: slices taken from the cache, and from fills.
+    pub slices: Option<(u32, u32)>,
     pub user_agent: Option<&'a [u8]>,
 }
 
@@ -299,6 +302,12 @@ pub fn format_line(out: &mut Vec<u8>, line: &Line<'_>) {
         }
         None => out.extend_from_slice(b",\"upstream\":null,\"upstream_ms\":null"),
     }
+    if let Some((cached, fetched)) = line.slices {
+        let _ = write!(
+            out,
+            ",\"slices_cached\":{cached},\"slices_fetched\":{fetched}"
+        );
+    }
     out.extend_from_slice(b",\"ua\":");
     opt_str(out, line.user_agent.map(|u| &u[..u.len().min(MAX_UA)]));
     out.extend_from_slice(b"}\n");
@@ -378,6 +387,7 @@ mod tests {
             cache: Some("HIT"),
             layer: Some("memory"),
             upstream: None,
+            slices: None,
             user_agent: ua,
         }
     }

@@ -143,6 +143,9 @@ struct OriginDetail {
     code: Option<String>,
     /// A validated `Retry-After` value (delta-seconds or HTTP-date) to send to the client.
     retry_after: Option<String>,
+    /// A 416's representation length, for `Content-Range: bytes */len` (RFC 9110 §14.4). Not
+    /// the origin's words, but as rare, so it shares their box.
+    complete_length: Option<u64>,
 }
 
 /// Result alias over [`Error`].
@@ -235,6 +238,17 @@ impl Error {
     pub fn with_retry_after(mut self, value: impl Into<String>) -> Self {
         self.origin.get_or_insert_default().retry_after = Some(value.into());
         self
+    }
+
+    /// A 416 for a representation of `len` bytes: answered with `Content-Range: bytes */len`.
+    pub fn with_complete_length(mut self, len: u64) -> Self {
+        self.origin.get_or_insert_default().complete_length = Some(len);
+        self
+    }
+
+    /// The representation length a 416 names, if any.
+    pub fn complete_length(&self) -> Option<u64> {
+        self.origin.as_ref()?.complete_length
     }
 
     /// The origin's S3 error code, when the origin sent one.

@@ -113,6 +113,7 @@ fn access_line<'a>(w: &'a Worker, done: &'a Finished<'a, RequestLog>) -> Line<'a
         cache: log.cache,
         layer: log.layer,
         upstream: log.upstream,
+        slices: log.slices,
         user_agent,
     }
 }

@@ -74,6 +74,10 @@ pub struct WorkerMetrics {
     coalesced: Vec<AtomicU64>,
     /// 304s that selected no stored response (the object was fetched again), per bucket.
     revalidation_mismatches: Vec<AtomicU64>,
+    /// Slices of sliced objects sent from a cache tier, per bucket × layer.
+    slice_hits: Vec<AtomicU64>,
+    /// Slices of sliced objects sent from a fill (fetched from the origin), per bucket.
+    slice_misses: Vec<AtomicU64>,
     /// Per [`AuthFailure::ALL`] entry.
     auth_failures: [AtomicU64; AuthFailure::ALL.len()],
     /// Per [`PURGE_SCOPES`] × (hard, soft).
@@ -111,6 +115,10 @@ impl WorkerMetrics {
             cache_misses: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             coalesced: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             revalidation_mismatches: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
+            slice_hits: (0..nbuckets * Layer::ALL.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            slice_misses: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             auth_failures: Default::default(),
             purges: Default::default(),
             admin_requests: Default::default(),
@@ -166,6 +174,14 @@ impl WorkerMetrics {
 
     fn revalidation_mismatch(&self, bucket: usize) {
         self.revalidation_mismatches[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn slice_hit(&self, bucket: usize, layer: Layer) {
+        self.slice_hits[bucket * Layer::ALL.len() + layer.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn slice_miss(&self, bucket: usize) {
+        self.slice_misses[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A purge through the admin API (`scope` one of [`PURGE_SCOPES`]).
@@ -254,6 +270,16 @@ impl Recorder<'_> {
     /// A `304` that selected no stored response: the object is fetched again.
     pub fn revalidation_mismatch(&self, bucket: usize) {
         self.m.revalidation_mismatch(self.slot(bucket));
+    }
+
+    /// One slice of a sliced object sent from a cache tier.
+    pub fn slice_hit(&self, bucket: usize, layer: Layer) {
+        self.m.slice_hit(self.slot(bucket), layer);
+    }
+
+    /// One slice of a sliced object sent from a fill (its bytes came from the origin).
+    pub fn slice_miss(&self, bucket: usize) {
+        self.m.slice_miss(self.slot(bucket));
     }
 }
 
@@ -356,6 +382,10 @@ impl Registry {
                 self.sum(|w| w.cache_hit_bytes[i].load(Ordering::Relaxed));
         }
         c.misses = self.sum(|w| w.cache_misses[b].load(Ordering::Relaxed));
+        c.slice_hits = (0..Layer::ALL.len())
+            .map(|l| self.sum(|w| w.slice_hits[b * Layer::ALL.len() + l].load(Ordering::Relaxed)))
+            .sum();
+        c.slice_misses = self.sum(|w| w.slice_misses[b].load(Ordering::Relaxed));
         c.origin_bytes = self.sum(|w| w.upstream_bytes[b].load(Ordering::Relaxed));
         c
     }
@@ -456,43 +486,36 @@ impl Registry {
             });
         }
 
-        header(
-            &mut out,
-            "corvid_cache_hits_total",
-            "counter",
-            "Requests answered from a cache tier, by layer and bucket",
-        );
-        for (b, label) in named.iter().map(|(b, l)| (*b, l.as_str())) {
-            for layer in Layer::ALL {
-                let i = b * Layer::ALL.len() + layer.index();
-                let v = self.sum(|w| w.cache_hits[i].load(Ordering::Relaxed));
-                if v > 0 {
-                    let _ = writeln!(
-                        out,
-                        "corvid_cache_hits_total{{layer=\"{}\",bucket=\"{}\"}} {v}",
-                        layer.name(),
-                        escape(label)
-                    );
-                }
-            }
-        }
-        header(
-            &mut out,
-            "corvid_cache_hit_bytes_total",
-            "counter",
-            "Body bytes served from a cache tier (the egress saved), by layer and bucket",
-        );
-        for (b, label) in named.iter().map(|(b, l)| (*b, l.as_str())) {
-            for layer in Layer::ALL {
-                let i = b * Layer::ALL.len() + layer.index();
-                let v = self.sum(|w| w.cache_hit_bytes[i].load(Ordering::Relaxed));
-                if v > 0 {
-                    let _ = writeln!(
-                        out,
-                        "corvid_cache_hit_bytes_total{{layer=\"{}\",bucket=\"{}\"}} {v}",
-                        layer.name(),
-                        escape(label)
-                    );
+        for (name, help, f) in [
+            (
+                "corvid_cache_hits_total",
+                "Requests answered from a cache tier, by layer and bucket",
+                (|w: &WorkerMetrics, i: usize| w.cache_hits[i].load(Ordering::Relaxed))
+                    as fn(&WorkerMetrics, usize) -> u64,
+            ),
+            (
+                "corvid_cache_hit_bytes_total",
+                "Body bytes served from a cache tier (the egress saved), by layer and bucket",
+                |w: &WorkerMetrics, i: usize| w.cache_hit_bytes[i].load(Ordering::Relaxed),
+            ),
+            (
+                "corvid_cache_slice_hits_total",
+                "Slices of large objects sent from a cache tier, by layer and bucket",
+                |w: &WorkerMetrics, i: usize| w.slice_hits[i].load(Ordering::Relaxed),
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            for (b, label) in named.iter().map(|(b, l)| (*b, l.as_str())) {
+                for layer in Layer::ALL {
+                    let v = self.sum(|w| f(w, b * Layer::ALL.len() + layer.index()));
+                    if v > 0 {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{layer=\"{}\",bucket=\"{}\"}} {v}",
+                            layer.name(),
+                            escape(label)
+                        );
+                    }
                 }
             }
         }
@@ -517,6 +540,11 @@ impl Registry {
                 "corvid_revalidation_mismatches_total",
                 "304 answers that selected no stored response (another version): fetched again",
                 |w: &WorkerMetrics, b: usize| w.revalidation_mismatches[b].load(Ordering::Relaxed),
+            ),
+            (
+                "corvid_cache_slice_misses_total",
+                "Slices of large objects sent from a fill (fetched from the origin)",
+                |w: &WorkerMetrics, b: usize| w.slice_misses[b].load(Ordering::Relaxed),
             ),
         ] {
             header(&mut out, name, "counter", help);

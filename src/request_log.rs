@@ -19,4 +19,7 @@ pub struct RequestLog {
     pub layer: Option<&'static str>,
     /// The origin's status and time to its response head, when it was asked for this request.
     pub upstream: Option<(u16, Duration)>,
+    /// For an answer of a sliced object: the slices it took from the cache and from fills
+    /// (its own or coalesced ones).
+    pub slices: Option<(u32, u32)>,
 }

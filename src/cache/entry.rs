@@ -42,6 +42,10 @@ use crate::http::cache_control::{self, Directives};
 use crate::http::response::write_header;
 
 const MAGIC: &[u8; 4] = b"CVE2";
+/// The pseudo-field that carries a sliced object's length in the encoding (an object entry has
+/// no body). No origin field has this name (corvid stores only the fields it passes), and
+/// older corvid versions read it as one more stored field.
+const SLICED_LENGTH: &str = "x-corvid-sliced-length";
 /// Entries written before the status field (issue 10) still decode, as 200s.
 const MAGIC_V1: &[u8; 4] = b"CVE1";
 /// 9999-12-31T23:59:59Z, the last instant an HTTP-date can name.
@@ -88,6 +92,9 @@ pub struct Meta {
     pub status: u16,
     /// Where the passed fields end in `block` (the `Date` line follows).
     fields: u32,
+    /// For the object entry of a sliced object (`object::slices`): the object's length (its
+    /// bytes are in slices, the entry has no body); 0 for a whole entry.
+    object_len: u64,
     /// The header lines rendered once (`Name: value\r\n`…): the passed origin fields in
     /// corvid's spelling, then `Date`.
     block: Box<[u8]>,
@@ -116,6 +123,7 @@ impl Meta {
             expires_at_ms,
             status,
             fields: fields.len() as u32,
+            object_len: 0,
             block: block.into_boxed_slice(),
         }
     }
@@ -127,7 +135,23 @@ impl Meta {
 
     /// The same header fields with another age origin (and so `Date`) and deadline.
     pub fn with_times(&self, stored_at_ms: u64, expires_at_ms: u64) -> Meta {
-        Meta::from_fields(self.fields(), stored_at_ms, expires_at_ms, self.status)
+        Meta {
+            object_len: self.object_len,
+            ..Meta::from_fields(self.fields(), stored_at_ms, expires_at_ms, self.status)
+        }
+    }
+
+    /// The object entry of a sliced object of `len` bytes (see `object::slices`).
+    pub fn with_sliced_len(self, len: u64) -> Meta {
+        Meta {
+            object_len: len,
+            ..self
+        }
+    }
+
+    /// The object's length when this is the object entry of a sliced object.
+    pub fn sliced_len(&self) -> Option<u64> {
+        (self.object_len > 0).then_some(self.object_len)
     }
 
     /// The entry's freshness as `object::freshness` reads it.
@@ -264,8 +288,11 @@ pub fn encode(obj: &CachedObject) -> Vec<u8> {
     out.extend_from_slice(&m.stored_at_ms.to_le_bytes());
     out.extend_from_slice(&m.expires_at_ms.to_le_bytes());
     out.extend_from_slice(&m.status.to_le_bytes());
-    out.extend_from_slice(&(m.headers().count() as u16).to_le_bytes());
-    for (n, v) in m.headers() {
+    let object_len = m.sliced_len().map(|n| n.to_string());
+    let extra = object_len.as_deref().map(|v| (SLICED_LENGTH, v));
+    let count = m.headers().count() + usize::from(extra.is_some());
+    out.extend_from_slice(&(count as u16).to_le_bytes());
+    for (n, v) in m.headers().chain(extra) {
         out.extend_from_slice(&(n.len() as u16).to_le_bytes());
         out.extend_from_slice(n.as_bytes());
         out.extend_from_slice(&(v.len() as u32).to_le_bytes());
@@ -289,6 +316,7 @@ pub fn decode(bytes: Bytes) -> Option<CachedObject> {
     let status = if v2 { r.u16()? } else { 200 };
     let count = r.u16()? as usize;
     let mut headers = Vec::with_capacity(count.min(64));
+    let mut object_len = 0;
     for _ in 0..count {
         let n = r.u16()? as usize;
         let name = std::str::from_utf8(r.take(n)?).ok()?.to_string();
@@ -296,6 +324,10 @@ pub fn decode(bytes: Bytes) -> Option<CachedObject> {
         let value = std::str::from_utf8(r.take(n)?).ok()?.to_string();
         if !valid_header(&name, &value) {
             return None;
+        }
+        if name == SLICED_LENGTH {
+            object_len = value.parse().ok()?;
+            continue;
         }
         headers.push((name, value));
     }
@@ -305,8 +337,11 @@ pub fn decode(bytes: Bytes) -> Option<CachedObject> {
     if end != bytes.len() {
         return None;
     }
+    let meta = Meta::new(headers, stored_at_ms, expires_at_ms)
+        .with_status(status)
+        .with_sliced_len(object_len);
     Some(CachedObject {
-        meta: Arc::new(Meta::new(headers, stored_at_ms, expires_at_ms).with_status(status)),
+        meta: Arc::new(meta),
         body: bytes.slice(start..end),
     })
 }
@@ -393,6 +428,34 @@ mod tests {
         v1.drain(20..22);
         let d = decode(Bytes::from(v1)).unwrap();
         assert_eq!((d.meta.status, d.body.clone()), (200, obj().body));
+    }
+
+    #[test]
+    fn sliced_object_entries_round_trip_and_keep_their_length() {
+        let o = obj();
+        let m = Meta::clone(&o.meta).with_sliced_len(5 << 30);
+        let entry = CachedObject {
+            meta: Arc::new(m),
+            body: Bytes::new(),
+        };
+        let d = decode(Bytes::from(encode(&entry))).unwrap();
+        assert_eq!(d.meta.sliced_len(), Some(5 << 30));
+        assert_eq!(d.meta.header_block(), o.meta.header_block(), "not a header");
+        assert_eq!(d.meta.with_times(1, 2).sliced_len(), Some(5 << 30));
+        assert_eq!(
+            decode(Bytes::from(encode(&o))).unwrap().meta.sliced_len(),
+            None
+        );
+        // A malformed length is a corrupt entry, not a whole object.
+        let bad = encode(&entry);
+        let digits = (5u64 << 30).to_string();
+        let at = bad
+            .windows(digits.len())
+            .position(|w| w == digits.as_bytes())
+            .unwrap();
+        let mut bad = bad;
+        bad[at] = b'x';
+        assert!(decode(Bytes::from(bad)).is_none());
     }
 
     #[test]

@@ -33,7 +33,8 @@
 //! ```json
 //! {
 //!   "totals": {"entries": 12, "bytes": 40960, "hits": 30, "misses": 12, "evictions": 1,
-//!              "hit_ratio": 0.714, "bytes_served": 102400, "origin_bytes": 49152},
+//!              "hit_ratio": 0.714, "bytes_served": 102400, "origin_bytes": 49152,
+//!              "slice_hits": 40, "slice_misses": 8},
 //!   "layers": {
 //!     "memory": {"entries": 10, "bytes": 30000, "capacity": 1073741824, "hits": 25,
 //!                "misses": 17, "evictions": 1, "hit_ratio": 0.595, "bytes_served": 90000},
@@ -44,6 +45,7 @@
 //!   "buckets": {
 //!     "assets": {"entries": 7, "bytes": 20000, "hits": 20, "misses": 5, "evictions": 1,
 //!                "hit_ratio": 0.8, "bytes_served": 80000, "origin_bytes": 30000,
+//!                "slice_hits": 40, "slice_misses": 8,
 //!                "layers": {"memory": {...}, "disk": {...}, "redis": {...}}}
 //!   }
 //! }
@@ -69,6 +71,9 @@ pub struct RequestCounts {
     /// Body bytes served from each tier's entries, by [`Layer::index`].
     pub bytes_served: [u64; 3],
     pub origin_bytes: u64,
+    /// Slices of sliced objects sent from a cache tier / from a fill.
+    pub slice_hits: u64,
+    pub slice_misses: u64,
 }
 
 /// The whole snapshot; see the module docs for the JSON shape.
@@ -90,6 +95,11 @@ pub struct Totals {
     pub hit_ratio: Option<f64>,
     pub bytes_served: u64,
     pub origin_bytes: u64,
+    /// Slices of large objects sent from a cache tier (`corvid_cache_slice_hits_total`) and
+    /// from a fill (`corvid_cache_slice_misses_total`); their bytes count in `bytes_served` and
+    /// `origin_bytes` like any other.
+    pub slice_hits: u64,
+    pub slice_misses: u64,
 }
 
 /// The three tiers.
@@ -169,6 +179,8 @@ impl Stats {
             }
             all.misses += c.misses;
             all.origin_bytes += c.origin_bytes;
+            all.slice_hits += c.slice_hits;
+            all.slice_misses += c.slice_misses;
         }
         let whole = |layer: Layer| -> Option<Usage> {
             match layer {
@@ -231,6 +243,8 @@ impl Stats {
                 hit_ratio: ratio(hits, c.misses),
                 bytes_served: c.bytes_served.iter().sum(),
                 origin_bytes: c.origin_bytes,
+                slice_hits: c.slice_hits,
+                slice_misses: c.slice_misses,
             }
         };
 

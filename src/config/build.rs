@@ -727,6 +727,7 @@ fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
     let negative_ttl = s.or(cx, "negative_ttl", Duration::ZERO, Ctx::duration);
     let max_object_size = s.or(cx, "max_object_size", 16 << 20, positive_size);
     let slice_key = s.key("slice_size");
+    let slice_set = s.has("slice_size");
     let slice_size = s.or(cx, "slice_size", DEFAULT_SLICE_SIZE, positive_size);
     let max_sliced_object_size = s.or(cx, "max_sliced_object_size", 100 << 30, Ctx::size);
     let readahead_key = s.key("slice_readahead");
@@ -776,7 +777,12 @@ fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
     {
         return None;
     }
-    let (max_object_size, slice_size) = (max_object_size?, slice_size?);
+    let (max_object_size, mut slice_size) = (max_object_size?, slice_size?);
+    // Unset, the slice size follows a smaller `max_object_size` down (a slice is cached like
+    // an object); set, it must fit.
+    if !slice_set {
+        slice_size = slice_size.min(max_object_size);
+    }
     if slice_size > max_object_size {
         cx.problem(
             &slice_key,

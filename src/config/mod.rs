@@ -46,7 +46,7 @@
 //! | `admin.listen` | absent = served on `server.listen` |
 //! | `cache.ttl` | `1h` |
 //! | `cache.max_object_size` | `16MiB` |
-//! | `cache.slice_size` | `4MiB` (≤ `max_object_size`) |
+//! | `cache.slice_size` | `4MiB`, or `max_object_size` when smaller (set: ≤ `max_object_size`) |
 //! | `cache.max_sliced_object_size` | `100GiB` (≤ `max_object_size` turns slicing off) |
 //! | `cache.slice_readahead` | `4` slices (at most 64) |
 //! | `cache.write_policy` | `"write-through"` |

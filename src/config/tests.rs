@@ -1437,6 +1437,13 @@ fn cache_rules() {
         "cache.slice_size",
         "must not exceed cache.max_object_size (32MiB > 16MiB)",
     );
+    assert_eq!(
+        ok(&cache("[cache]\nmax_object_size = \"1MiB\""))
+            .cache
+            .slice_size,
+        1 << 20,
+        "an unset slice size follows a smaller max_object_size"
+    );
     has_problem(
         &cache("[cache]\nslice_size = 0"),
         "cache.slice_size",

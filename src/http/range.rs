@@ -31,6 +31,25 @@ pub fn content_range_complete(value: &str) -> Option<u64> {
     complete.parse().ok()
 }
 
+/// An origin's `Content-Range: bytes first-last/complete`, all three numbers (None for `*`, an
+/// unsatisfied-range form, or anything malformed).
+pub fn content_range(value: &str) -> Option<(u64, u64, u64)> {
+    let (unit, rest) = value.trim().split_once(' ')?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let (range, complete) = rest.trim().split_once('/')?;
+    let (first, last) = range.trim().split_once('-')?;
+    let num = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let (first, last, complete) = (num(first)?, num(last)?, num(complete)?);
+    (first <= last && last < complete).then_some((first, last, complete))
+}
+
 /// Evaluates `range` (the header value) against an object of `len` bytes.
 pub fn evaluate(range: Option<&[u8]>, len: u64) -> RangeDecision {
     let Some(value) = range.and_then(|r| std::str::from_utf8(r).ok()) else {
@@ -168,6 +187,19 @@ mod tests {
             e,
             lm
         ));
+    }
+
+    #[test]
+    fn origin_content_ranges() {
+        assert_eq!(content_range("bytes 0-9/12345"), Some((0, 9, 12345)));
+        assert_eq!(content_range("Bytes 5-5/6 "), Some((5, 5, 6)));
+        assert_eq!(content_range("bytes 0-9/*"), None);
+        assert_eq!(content_range("bytes */100"), None);
+        assert_eq!(content_range("bytes 5-4/100"), None, "last before first");
+        assert_eq!(content_range("bytes 0-100/100"), None, "past the end");
+        assert_eq!(content_range("bytes -1-3/100"), None);
+        assert_eq!(content_range("bytes 0-99999999999999999999999/1"), None);
+        assert_eq!(content_range("items 0-9/100"), None);
     }
 
     #[test]

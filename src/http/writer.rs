@@ -274,6 +274,10 @@ impl<S: AsyncWriteRent> Writer<'_, S> {
         if let Some(after) = err.retry_after() {
             self.header("Retry-After", after.as_bytes());
         }
+        if let Some(len) = err.complete_length() {
+            let mut buf = [0u8; 32];
+            self.header("Content-Range", unsatisfied_range(&mut buf, len));
+        }
         self.header("Content-Type", b"application/json");
         self.header_u64("Content-Length", body.len() as u64);
         self.header("Cache-Control", b"no-store");
@@ -305,6 +309,15 @@ impl<S: AsyncWriteRent> Writer<'_, S> {
         let abort = self.flush().await.is_err();
         Ok(Sent { status, abort })
     }
+}
+
+/// `bytes */len` into `buf`, without allocating.
+fn unsatisfied_range(buf: &mut [u8; 32], len: u64) -> &[u8] {
+    use std::io::Write;
+    let mut c = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(c, "bytes */{len}");
+    let n = c.position() as usize;
+    &buf[..n]
 }
 
 /// `{len:x}\r\n` into `buf`, without allocating.

@@ -24,42 +24,9 @@ pub async fn serve_cached<S: AsyncWriteRent>(
     layer: Option<Layer>,
 ) -> Result<Sent, Error> {
     let req = x.req;
-    let meta = &obj.meta;
     let len = obj.body.len() as u64;
-    let (status, body) = match client_precondition(req, meta) {
-        Precondition::Failed => {
-            return Err(Error::client(
-                Kind::PreconditionFailed,
-                "a precondition of the request failed",
-            ))
-        }
-        Precondition::NotModified => (304, None),
-        Precondition::Proceed => {
-            let range = req.header("range").filter(|_| {
-                range::if_range_allows(req.header("if-range"), meta.etag(), meta.last_modified())
-            });
-            match range::evaluate(range, len) {
-                RangeDecision::Full => (200, Some((0, len))),
-                RangeDecision::Partial { start, end } => (206, Some((start, end + 1))),
-                RangeDecision::Unsatisfiable => {
-                    return Err(Error::client(
-                        Kind::RangeNotSatisfiable,
-                        format!("the object has {len} bytes"),
-                    ))
-                }
-            }
-        }
-    };
-    write_object_head(x, status, meta, xcache, layer);
-    if let Some((start, end)) = body {
-        if status == 206 {
-            let mut buf = [0u8; 72];
-            let cr = format_content_range(&mut buf, start, end - 1, len);
-            x.answer.header("Content-Range", cr);
-        }
-        x.answer.header_u64("Content-Length", end - start);
-    }
-    x.answer.end_head();
+    let (status, body) = status_and_range(req, &obj.meta, len)?;
+    write_head(x, status, &obj.meta, xcache, layer, body, len);
     let send_body = body.filter(|(s, e)| !req.is_head() && e > s);
     if let (Some((start, end)), Some(layer)) = (send_body, layer) {
         // Bytes served from cache (`corvid_cache_hit_bytes_total`, stats `bytes_served`):
@@ -77,6 +44,60 @@ pub async fn serve_cached<S: AsyncWriteRent>(
         status,
         abort: result.is_err(),
     })
+}
+
+/// What to answer from a stored object of `len` bytes: the client's conditionals (412, 304)
+/// and its range (206 with `start..end`, 416), else 200 with the whole body. The body range is
+/// `None` for a 304.
+pub fn status_and_range(
+    req: &Request<'_>,
+    meta: &Meta,
+    len: u64,
+) -> Result<(u16, Option<(u64, u64)>), Error> {
+    match client_precondition(req, meta) {
+        Precondition::Failed => Err(Error::client(
+            Kind::PreconditionFailed,
+            "a precondition of the request failed",
+        )),
+        Precondition::NotModified => Ok((304, None)),
+        Precondition::Proceed => {
+            let range = req.header("range").filter(|_| {
+                range::if_range_allows(req.header("if-range"), meta.etag(), meta.last_modified())
+            });
+            match range::evaluate(range, len) {
+                RangeDecision::Full => Ok((200, Some((0, len)))),
+                RangeDecision::Partial { start, end } => Ok((206, Some((start, end + 1)))),
+                RangeDecision::Unsatisfiable => Err(Error::client(
+                    Kind::RangeNotSatisfiable,
+                    format!("the object has {len} bytes"),
+                )
+                .with_complete_length(len)),
+            }
+        }
+    }
+}
+
+/// The whole head of an answer from a stored object of `len` bytes ([`write_object_head`] and
+/// the length fields of `body`, the byte range sent), ended.
+pub fn write_head<S>(
+    x: &mut Exchange<'_, '_, '_, S>,
+    status: u16,
+    meta: &Meta,
+    xcache: XCache,
+    layer: Option<Layer>,
+    body: Option<(u64, u64)>,
+    len: u64,
+) {
+    write_object_head(x, status, meta, xcache, layer);
+    if let Some((start, end)) = body {
+        if status == 206 {
+            let mut buf = [0u8; 72];
+            let cr = format_content_range(&mut buf, start, end - 1, len);
+            x.answer.header("Content-Range", cr);
+        }
+        x.answer.header_u64("Content-Length", end - start);
+    }
+    x.answer.end_head();
 }
 
 /// The head lines shared by every answer that comes from (or goes into) the cache: status,

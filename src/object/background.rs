@@ -8,7 +8,7 @@
 
 use std::rc::Rc;
 
-use super::exchange::Target;
+use super::exchange::{OwnedTarget, Target};
 use super::fill::publish;
 use super::revalidate::{conditional_fetch, confirmed};
 use super::upstream::fetch_origin;
@@ -45,41 +45,4 @@ pub fn fetch(w: &Rc<Worker>, bucket: usize, t: &Target<'_>, stale: Option<Cached
             }
         }
     });
-}
-
-/// A [`Target`] that owns its parts, for a background task that outlives the request.
-struct OwnedTarget {
-    key: String,
-    params: Vec<(String, String)>,
-    ckey: Vec<u8>,
-    generation: u64,
-}
-
-impl OwnedTarget {
-    fn of(t: &Target<'_>) -> OwnedTarget {
-        OwnedTarget {
-            key: t.key.to_string(),
-            params: t
-                .params
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-            ckey: t.ckey.to_vec(),
-            generation: t.generation,
-        }
-    }
-
-    /// The parameters borrowed, for [`OwnedTarget::target`].
-    fn params(&self) -> Vec<(&str, &str)> {
-        self.params.iter().map(|(n, v)| (&n[..], &v[..])).collect()
-    }
-
-    fn target<'a>(&'a self, params: &'a [(&'a str, &'a str)]) -> Target<'a> {
-        Target {
-            key: &self.key,
-            params,
-            ckey: &self.ckey,
-            generation: self.generation,
-        }
-    }
 }

@@ -87,6 +87,24 @@ pub fn storable_object(
     storable(head, 200, policy, now_ms).ok()
 }
 
+/// Whether an origin answer for an object of `len` bytes (a `200`, or a `206` that is part of
+/// it) may be stored as a sliced object, and its freshness: larger than whole entries may be,
+/// within `max_sliced`, with a strong ETag ([`super::slices::sliceable`]), and storable by
+/// RFC 9111 ([`storable`]).
+pub fn storable_sliced(
+    head: &UpstreamHead,
+    len: u64,
+    max_object_size: u64,
+    max_sliced: u64,
+    policy: &Policy,
+    now_ms: u64,
+) -> Option<Freshness> {
+    if !super::slices::sliceable(len, head.header("etag"), max_object_size, max_sliced) {
+        return None;
+    }
+    storable(head, 200, policy, now_ms).ok()
+}
+
 /// The freshness of a negative entry for an origin `404` (`cache.negative_ttl`, per bucket
 /// `negative_ttl`): fresh for the negative TTL, or less when the 404 itself says so. `None`
 /// when negative caching is off or the 404 may not be stored. A storm of requests for a
@@ -121,11 +139,11 @@ pub fn after_not_modified(
         age: head.header("age"),
     };
     let f = freshness::store(&resp, policy, times(head, now_ms))?;
-    Ok(Arc::new(Meta::new(
-        headers,
-        f.age_origin_ms,
-        f.expires_at_ms,
-    )))
+    // A sliced object's entry stays one: the 304 confirmed the version its slices hold.
+    let object_len = stale.sliced_len().unwrap_or(0);
+    Ok(Arc::new(
+        Meta::new(headers, f.age_origin_ms, f.expires_at_ms).with_sliced_len(object_len),
+    ))
 }
 
 /// RFC 9111 §4.3.4: whether a `304` selects `stored`, i.e. may freshen it.

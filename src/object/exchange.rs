@@ -80,6 +80,43 @@ pub struct Target<'a> {
     pub generation: u64,
 }
 
+/// A [`Target`] that owns its parts, for a background task that outlives the request.
+pub struct OwnedTarget {
+    key: String,
+    params: Vec<(String, String)>,
+    ckey: Vec<u8>,
+    generation: u64,
+}
+
+impl OwnedTarget {
+    pub fn of(t: &Target<'_>) -> OwnedTarget {
+        OwnedTarget {
+            key: t.key.to_string(),
+            params: t
+                .params
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            ckey: t.ckey.to_vec(),
+            generation: t.generation,
+        }
+    }
+
+    /// The parameters borrowed, for [`OwnedTarget::target`].
+    pub fn params(&self) -> Vec<(&str, &str)> {
+        self.params.iter().map(|(n, v)| (&n[..], &v[..])).collect()
+    }
+
+    pub fn target<'a>(&'a self, params: &'a [(&'a str, &'a str)]) -> Target<'a> {
+        Target {
+            key: &self.key,
+            params,
+            ckey: &self.ckey,
+            generation: self.generation,
+        }
+    }
+}
+
 /// Whether concurrent requests for a key may share one origin GET: a full GET's answer is
 /// what every such request needs; a HEAD or a Range request must never get a full body by
 /// mistake, so those make their own requests.

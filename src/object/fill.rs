@@ -92,6 +92,11 @@ pub async fn fill_from<S: AsyncWriteRent>(
         return Err(e);
     }
     let Some((meta, len)) = cacheable(w, bucket, &head, &body) else {
+        let sliced = body.content_length();
+        if let Some(meta) = sliced.and_then(|len| super::sliced::entry_meta(w, bucket, &head, len))
+        {
+            return super::sliced::begin(x, t, meta, body, leader).await;
+        }
         if let Some(l) = leader {
             l.bypass();
         }

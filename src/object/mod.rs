@@ -35,7 +35,12 @@ pub mod fill;
 pub mod freshness;
 pub mod origin_error;
 pub mod revalidate;
+pub mod sliced;
+pub mod slices;
 pub mod upstream;
+
+use std::rc::Rc;
+use std::sync::Arc;
 
 use monoio::io::AsyncWriteRent;
 
@@ -105,25 +110,31 @@ pub async fn serve<S: AsyncWriteRent>(
         } else {
             decide::decide(Some(&hit.obj.meta), &w.shared.policies[x.bucket], now)
         };
-        match phase {
-            Phase::Fresh | Phase::Miss => {
-                w.metrics().cache_hit(x.bucket, hit.layer);
-                return serve_cached(x, &hit.obj, XCache::Hit, layer).await;
+        if hit.obj.meta.sliced_len().is_some() {
+            if let Some(sent) = sliced_hit(x, &target, &hit, phase).await? {
+                return Ok(sent);
             }
-            Phase::StaleWhileRevalidate => {
-                background::fetch(w, x.bucket, &target, Some(hit.obj.clone()));
-                w.metrics().cache_hit(x.bucket, hit.layer);
-                return serve_cached(x, &hit.obj, XCache::Stale, layer).await;
-            }
-            Phase::Revalidate {
-                stale_if_error_until_ms,
-                must_revalidate,
-            } => {
-                let on_failure = revalidate::OnFailure {
-                    stale_until_ms: stale_if_error_until_ms,
+        } else {
+            match phase {
+                Phase::Fresh | Phase::Miss => {
+                    w.metrics().cache_hit(x.bucket, hit.layer);
+                    return serve_cached(x, &hit.obj, XCache::Hit, layer).await;
+                }
+                Phase::StaleWhileRevalidate => {
+                    background::fetch(w, x.bucket, &target, Some(hit.obj.clone()));
+                    w.metrics().cache_hit(x.bucket, hit.layer);
+                    return serve_cached(x, &hit.obj, XCache::Stale, layer).await;
+                }
+                Phase::Revalidate {
+                    stale_if_error_until_ms,
                     must_revalidate,
-                };
-                return revalidate::revalidate(x, &target, hit, on_failure).await;
+                } => {
+                    let on_failure = revalidate::OnFailure {
+                        stale_until_ms: stale_if_error_until_ms,
+                        must_revalidate,
+                    };
+                    return revalidate::revalidate(x, &target, hit, on_failure).await;
+                }
             }
         }
     }
@@ -138,6 +149,18 @@ pub async fn serve<S: AsyncWriteRent>(
                 if let Some(result) = fill::follow(x, sub).await {
                     return result;
                 }
+                // The leader's object turned out sliced: its entry is stored now.
+                if let Some(hit) = cache.lookup(&ckey).await {
+                    if hit.obj.meta.sliced_len().is_some() {
+                        let meta = Arc::clone(&hit.obj.meta);
+                        let layer = Some(hit.layer);
+                        if let Some(sent) =
+                            sliced::answer(x, &target, &meta, XCache::Miss, layer).await?
+                        {
+                            return Ok(sent);
+                        }
+                    }
+                }
                 // The leader's answer is not cacheable: fetch our own.
             }
         }
@@ -149,6 +172,32 @@ pub async fn serve<S: AsyncWriteRent>(
     respond_upstream(x, head, body, XCache::Miss).await
 }
 
+/// Answers from a sliced object's entry according to its `phase`: fresh from the slices;
+/// stale after a conditional `HEAD` ([`sliced::revalidate`]; within stale-while-revalidate
+/// too: the HEAD is cheap and a stale large object is not worth serving while one is cut
+/// anew). `None` when the entry turned out to be of a version the origin no longer has: it is
+/// gone, and the request is answered as a miss.
+async fn sliced_hit<S: AsyncWriteRent>(
+    x: &mut Exchange<'_, '_, '_, S>,
+    target: &Target<'_>,
+    hit: &crate::cache::tiered::Hit,
+    phase: Phase,
+) -> Result<Option<Sent>, Error> {
+    let layer = Some(hit.layer);
+    match phase {
+        Phase::Fresh | Phase::Miss => {
+            x.w.metrics().cache_hit(x.bucket, hit.layer);
+            let meta = Arc::clone(&hit.obj.meta);
+            sliced::answer(x, target, &meta, XCache::Hit, layer).await
+        }
+        Phase::StaleWhileRevalidate => sliced::revalidate(x, target, hit, None).await,
+        Phase::Revalidate {
+            stale_if_error_until_ms,
+            ..
+        } => sliced::revalidate(x, target, hit, stale_if_error_until_ms).await,
+    }
+}
+
 /// A Range miss is answered by the origin as asked, and — when the 206 shows the whole object
 /// is cacheable — the whole object is fetched into the cache in the background, so clients
 /// that only ever ask for ranges (parallel downloaders, media players) get hits from then on.
@@ -158,6 +207,17 @@ fn fill_after_range_miss<S>(x: &Exchange<'_, '_, '_, S>, t: &Target<'_>, head: &
     let whole = head
         .header("content-range")
         .and_then(range::content_range_complete);
+    // A large object: its entry is made from the 206's head, and later requests (ranges or
+    // whole) are answered from slices.
+    let entry = whole.and_then(|len| sliced::entry_meta(x.w, x.bucket, head, len));
+    if let (206, Some(meta)) = (head.status, entry) {
+        let (w, owned) = (Rc::clone(x.w), exchange::OwnedTarget::of(t));
+        monoio::spawn(async move {
+            let params = owned.params();
+            sliced::store_entry(&w, &owned.target(&params), meta).await;
+        });
+        return;
+    }
     let storable = whole.and_then(|len| fill::storable_for(x.w, x.bucket, head, Some(len)));
     if head.status == 206 && storable.is_some() {
         background::fetch(x.w, x.bucket, t, None);

@@ -38,12 +38,18 @@ pub async fn read_and_map(w: &Worker, bucket: usize, head: &UpstreamHead, body: 
         bucket: &cfg.bucket,
         region: &cfg.region,
     };
-    errors::origin_error(
+    let e = errors::origin_error(
         head.status,
         parsed.as_ref(),
         &OriginHeaders::of(head),
         &configured,
-    )
+    );
+    // An origin's 416 names the object's length (`bytes */len`): the client's 416 does too.
+    let complete = head.header("content-range");
+    match complete.and_then(crate::http::range::content_range_complete) {
+        Some(len) if head.status == 416 => e.with_complete_length(len),
+        _ => e,
+    }
 }
 
 /// Reads `body` whole when it is at most `limit` bytes and arrives by `deadline`; reading it

@@ -62,6 +62,7 @@ fn miss_fills_then_memory_hits_with_head_ranges_and_conditionals() {
     assert_eq!((r.status, r.body.as_slice()), (206, &body[99_995..]));
     let r = http::get(addr, "/hit/a/b.bin", &[("range", "bytes=200000-")]);
     assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range"), Some("bytes */100000"));
     let r = http::get(addr, "/hit/a/b.bin", &[("range", "bytes=0-1,5-6")]);
     assert_eq!(r.status, 200, "multi-range gets the whole object");
     let r = http::get(
@@ -337,7 +338,11 @@ fn max_age_is_fresh_for_that_long_on_the_clock_and_age_follows_it() {
 
 #[test]
 fn a_range_miss_fills_the_whole_object_in_the_background() {
-    let (origin, corvid) = origin_and_corvid("rng", "", "\n[cache]\nmax_object_size = \"1MiB\"\n");
+    let (origin, corvid) = origin_and_corvid(
+        "rng",
+        "",
+        "\n[cache]\nmax_object_size = \"1MiB\"\nmax_sliced_object_size = \"1.5MiB\"\n",
+    );
     let small = pattern_bytes(200_000, 5);
     let large = pattern_bytes(2 << 20, 6);
     origin.put("rng", "small", &small);
@@ -369,7 +374,8 @@ fn a_range_miss_fills_the_whole_object_in_the_background() {
         "the range, then one whole-object GET"
     );
 
-    // Too large to cache: ranges are forwarded, and the whole object is never fetched.
+    // Too large to cache at all (above max_sliced_object_size): ranges are forwarded, and
+    // the whole object is never fetched.
     for _ in 0..3 {
         let r = http::get(addr, "/rng/large", &[("range", "bytes=0-99")]);
         assert_eq!((r.status, r.body.as_slice()), (206, &large[..100]));
@@ -380,7 +386,11 @@ fn a_range_miss_fills_the_whole_object_in_the_background() {
 
 #[test]
 fn uncacheable_answers_are_not_stored() {
-    let (origin, corvid) = origin_and_corvid("unc", "", "\n[cache]\nmax_object_size = \"64KiB\"\n");
+    let (origin, corvid) = origin_and_corvid(
+        "unc",
+        "",
+        "\n[cache]\nmax_object_size = \"64KiB\"\nmax_sliced_object_size = \"80KiB\"\n",
+    );
     origin.put_with(
         "unc",
         "private",

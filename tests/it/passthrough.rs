@@ -147,6 +147,14 @@ fn ranges_and_conditionals_pass_through() {
     assert_eq!(json(&r)["error"], "precondition_failed");
     let r = http::get(addr, "/cond/digits", &[("range", "bytes=50-60")]);
     assert_eq!(r.status, 416, "{}", r.text());
+    // An origin whose 416 names the length: the client's 416 does too (RFC 9110 §15.5.17).
+    s.origin.fail_next_with(
+        1,
+        FaultReply::status(416).header("Content-Range", "bytes */10"),
+    );
+    let r = http::get(addr, "/cond/digits", &[("range", "bytes=50-60")]);
+    assert_eq!(r.status, 416, "{}", r.text());
+    assert_eq!(r.header("content-range"), Some("bytes */10"));
     // The connection-level behaviour is intact after all of these.
     assert_eq!(http::get(addr, "/cond/digits", &[]).status, 200);
 }

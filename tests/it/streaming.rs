@@ -14,8 +14,9 @@ fn large_object_streams_byte_exact_with_bounded_memory() {
     origin.create_bucket("big");
     let body = pattern_bytes(SIZE, 42);
     origin.put("big", "model.bin", &body);
+    // Slicing off: this is the stream-through path (objects above max_sliced_object_size).
     let corvid = Corvid::start(&format!(
-        "{}{}",
+        "{}{}\n[cache]\nmax_sliced_object_size = 0\n",
         server_toml(free_port()),
         bucket_toml("big", "/big", &origin)
     ));
