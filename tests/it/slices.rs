@@ -495,6 +495,8 @@ fn a_whole_get_while_others_read_ranges_of_a_cold_object() {
     let corvid = Corvid::start(&config(free_port(), &origin.endpoint(), "slmix", "", ""));
     let addr = corvid.addr();
     origin.reset_counts();
+    // Every origin answer a little late, so that clients meet slices still in flight.
+    origin.set_delay(Duration::from_millis(20));
     let readers = 4;
     let barrier = Arc::new(Barrier::new(readers + 1));
     let mut threads = Vec::new();
@@ -548,6 +550,8 @@ fn sixteen_clients_on_a_cold_object_fetch_each_slice_once() {
     let corvid = Corvid::start(&config(free_port(), &origin.endpoint(), "sl16", "", ""));
     let addr = corvid.addr();
     origin.reset_counts();
+    // Every origin answer a little late, so that clients meet slices still in flight.
+    origin.set_delay(Duration::from_millis(20));
     let n = 16;
     let barrier = Arc::new(Barrier::new(n));
     let threads: Vec<_> = (0..n)
@@ -574,6 +578,127 @@ fn sixteen_clients_on_a_cold_object_fetch_each_slice_once() {
     let r = get(addr, "/sl16/big.bin", &[]);
     assert_whole(&r, &body, "afterwards");
     assert_eq!(r.header("x-cache"), Some("HIT"));
+    assert_eq!(origin.total_count(), before);
+}
+
+#[test]
+fn a_slow_reader_does_not_pace_another_on_the_same_cold_object() {
+    // Larger than what socket buffers hold, so the paused reader really stops corvid's writes.
+    let len = 12 * (1 << 20) + 4321;
+    let body = pattern_bytes(len, 33);
+    let (origin, etag) = origin_with("slslow", "big.bin", &body);
+    let corvid = Corvid::start(&config(free_port(), &origin.endpoint(), "slslow", "", ""));
+    let addr = corvid.addr();
+    origin.reset_counts();
+    let mut a = Conn::connect(addr);
+    a.set_timeout(Duration::from_secs(60));
+    a.send_request("GET", "/slslow/big.bin", &[], &[]);
+    let head = a.read_head();
+    assert_eq!(head.status, 200);
+    let mut got_a = a.read_body_chunk(64 << 10);
+    // A reads nothing more until B is done: the pause is the stimulus under test. B's bound is
+    // well below corvid's send timeout, which a B paced by A would wait for.
+    let mut b = Conn::connect(addr);
+    b.set_timeout(Duration::from_secs(20));
+    let r = b.request("GET", "/slslow/big.bin", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body == body, "B's bytes differ from the object");
+    while !a.body_done() {
+        got_a.extend_from_slice(&a.read_body_chunk(1 << 20));
+    }
+    assert!(got_a == body, "A's bytes differ from the object");
+    let view = origin_view(&origin, "slslow", "big.bin", &etag, len as u64);
+    view.assert_each_slice_once("a slow and a fast reader");
+}
+
+/// Flips one byte at `at` (a fraction of the file's length) in every segment file under `dir`
+/// that holds records; returns how many files it damaged.
+fn flip_segments(dir: &Path, at: &[f64]) -> usize {
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() || path.ends_with("corvid.lock") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        if bytes.iter().skip(64).all(|&b| b == 0) {
+            continue;
+        }
+        // Where the records end (the rest of a segment is zeros reserved ahead).
+        let used = bytes.iter().rposition(|&b| b != 0).unwrap_or(0);
+        for f in at {
+            let i = 64 + ((used - 64) as f64 * f) as usize;
+            bytes[i] ^= 0x20;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        damaged += 1;
+    }
+    damaged
+}
+
+#[test]
+fn torn_or_half_written_slices_on_disk_are_refetched_never_served() {
+    let body = pattern_bytes(LEN as usize, 34);
+    let (origin, etag) = origin_with("sltorn", "big.bin", &body);
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(
+        free_port(),
+        &origin.endpoint(),
+        "sltorn",
+        "slice_readahead = 1\n",
+        &disk_only(dir.path()),
+    );
+    // SIGKILL while slices are being written: a slow origin keeps the fill going.
+    let mut corvid = Corvid::start(&toml);
+    origin.set_delay(Duration::from_millis(30));
+    let addr = corvid.addr();
+    let reader = std::thread::spawn(move || {
+        let _ = http::try_request(addr, "GET", "/sltorn/big.bin", &[], Duration::from_secs(30));
+    });
+    assert!(
+        wait_until(Duration::from_secs(20), || origin
+            .requests_for("sltorn", "big.bin")
+            .iter()
+            .filter(|r| r.header("if-match").is_some())
+            .count()
+            >= 5),
+        "slices are being fetched"
+    );
+    corvid.signal(libc::SIGKILL);
+    let _ = reader.join();
+    let _ = corvid.wait_exit(Duration::from_secs(5));
+    origin.set_delay(Duration::ZERO);
+    let mut corvid = Corvid::start(&toml);
+    let r = get(corvid.addr(), "/sltorn/big.bin", &[]);
+    assert_whole(&r, &body, "after a SIGKILL mid-fill");
+    range_suite(corvid.addr(), "/sltorn/big.bin", &body, &etag, None);
+
+    // Every slice on disk now; damage them where the files hold records.
+    let r = get(corvid.addr(), "/sltorn/big.bin", &[]);
+    assert_eq!(
+        (r.header("x-cache"), r.header("x-cache-layer")),
+        (Some("HIT"), Some("disk"))
+    );
+    assert_eq!(
+        corvid
+            .terminate(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    let damaged = flip_segments(dir.path(), &[0.2, 0.45, 0.7, 0.95]);
+    assert!(damaged > 0, "the disk tier wrote segment files");
+    let corvid = Corvid::start(&toml);
+    origin.reset_counts();
+    let r = get(corvid.addr(), "/sltorn/big.bin", &[]);
+    assert_whole(&r, &body, "after bytes flipped on disk");
+    assert!(
+        origin.count("GET") >= 1,
+        "damaged slices were refetched ({damaged} segment files damaged)"
+    );
+    range_suite(corvid.addr(), "/sltorn/big.bin", &body, &etag, None);
+    let before = origin.total_count();
+    let r = get(corvid.addr(), "/sltorn/big.bin", &[]);
+    assert_whole(&r, &body, "refetched slices stored again");
     assert_eq!(origin.total_count(), before);
 }
 
