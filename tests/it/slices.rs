@@ -280,6 +280,8 @@ struct OriginView {
     plain: usize,
     /// `Range` values sent without `If-Match` (passed-through client ranges).
     passed: Vec<String>,
+    /// Every GET in order (`Range`, `If-Match`), for failure messages.
+    log: Vec<String>,
 }
 
 fn origin_view(origin: &Origin, bucket: &str, key: &str, etag: &str, len: u64) -> OriginView {
@@ -287,11 +289,17 @@ fn origin_view(origin: &Origin, bucket: &str, key: &str, etag: &str, len: u64) -
         by_range: BTreeMap::new(),
         plain: 0,
         passed: Vec::new(),
+        log: Vec::new(),
     };
     for r in origin.requests_for(bucket, key) {
         if r.method != "GET" {
             continue;
         }
+        view.log.push(format!(
+            "{} {}",
+            r.header("range").unwrap_or("(whole)"),
+            r.header("if-match").unwrap_or("")
+        ));
         let Some(range) = r.header("range") else {
             view.plain += 1;
             continue;
@@ -320,7 +328,12 @@ impl OriginView {
     /// No slice fetched twice, counting a plain GET as a fetch of slice 0 (its first slices
     /// are kept), and at most one plain GET.
     fn assert_each_slice_once(&self, what: &str) {
-        assert!(self.plain <= 1, "{what}: {} plain GETs", self.plain);
+        assert!(
+            self.plain <= 1,
+            "{what}: {} plain GETs:\n{}",
+            self.plain,
+            self.log.join("\n")
+        );
         let twice: Vec<_> = self
             .by_range
             .iter()
@@ -328,8 +341,8 @@ impl OriginView {
             .collect();
         assert!(
             twice.is_empty(),
-            "{what}: slices fetched more than once (index, range fetches): {twice:?}; plain GETs {}",
-            self.plain
+            "{what}: slices fetched more than once (index, range fetches): {twice:?}; origin GETs:\n{}",
+            self.log.join("\n")
         );
     }
 
@@ -700,6 +713,157 @@ fn torn_or_half_written_slices_on_disk_are_refetched_never_served() {
     let r = get(corvid.addr(), "/sltorn/big.bin", &[]);
     assert_whole(&r, &body, "refetched slices stored again");
     assert_eq!(origin.total_count(), before);
+}
+
+#[test]
+fn a_client_that_leaves_a_cold_object_does_not_cost_another_a_refetch() {
+    let body = pattern_bytes(LEN as usize, 35);
+    let (origin, etag) = origin_with("slleave", "big.bin", &body);
+    let corvid = Corvid::start(&config(free_port(), &origin.endpoint(), "slleave", "", ""));
+    let addr = corvid.addr();
+    origin.reset_counts();
+    origin.set_delay(Duration::from_millis(20));
+    {
+        let mut a = Conn::connect(addr);
+        a.send_request("GET", "/slleave/big.bin", &[], &[]);
+        assert_eq!(a.read_head().status, 200);
+        let _ = a.read_body_chunk(100_000);
+        // Dropped here: A closes its connection in the middle of the first slices.
+    }
+    let r = get(addr, "/slleave/big.bin", &[]);
+    assert_whole(&r, &body, "B after A left");
+    let r = get(addr, "/slleave/big.bin", &[("range", "bytes=0-99")]);
+    assert_partial(&r, 0, 99, &body, "slice 0 afterwards");
+    assert_eq!(r.header("x-cache"), Some("HIT"));
+    let view = origin_view(&origin, "slleave", "big.bin", &etag, LEN);
+    view.assert_each_slice_once("a client left, another read the whole object");
+}
+
+/// A whole GET of `/slfail/big.bin` while a slice cannot be fetched (`why`): a 200 that
+/// ends short with the object's bytes, or (when the failure shows before anything was sent)
+/// a 5xx.
+fn ended_or_refused(addr: SocketAddr, why: &str) {
+    let (head, got, complete) = get_maybe_short(addr, "/slfail/big.bin", &[]);
+    if head.status == 200 {
+        assert!(
+            !complete,
+            "{why}: an answer whose slice failed cannot be complete"
+        );
+        let body = pattern_bytes(LEN as usize, 36);
+        assert!(
+            got == body[..got.len()],
+            "{why}: the bytes sent are the object's"
+        );
+    } else {
+        assert!(
+            head.status >= 500,
+            "{why}: {} {:?}",
+            head.status,
+            head.headers
+        );
+    }
+}
+
+#[test]
+fn origin_failures_during_slice_fetches_end_or_refuse_answers_and_never_hang() {
+    let body = pattern_bytes(LEN as usize, 36);
+    let (mut origin, etag) = origin_with("slfail", "big.bin", &body);
+    let corvid = Corvid::start(&config(
+        free_port(),
+        &origin.endpoint(),
+        "slfail",
+        "slice_readahead = 0\n",
+        "",
+    ));
+    let addr = corvid.addr();
+    // The object entry and slices 0..4 cached.
+    for _ in 0..2 {
+        let r = get(addr, "/slfail/big.bin", &[("range", "bytes=0-262143")]);
+        assert_partial(&r, 0, 4 * S - 1, &body, "slices 0..4");
+    }
+    // Nothing sent yet when the slice fetch fails: an error answer, not a hang.
+    origin.fail_next(1, 500);
+    let range = format!("bytes={}-{}", 10 * S, 10 * S + 9);
+    let r = get(addr, "/slfail/big.bin", &[("range", &range)]);
+    assert!(r.status >= 500, "{}: {:?}", r.status, r.headers);
+    let r = get(addr, "/slfail/big.bin", &[("range", &range)]);
+    assert_partial(
+        &r,
+        10 * S,
+        10 * S + 9,
+        &body,
+        "the same range once the origin is well",
+    );
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+
+    // The origin fails after the cached slices were sent: the answer ends short.
+    origin.fail_next(1, 503);
+    ended_or_refused(addr, "an origin 503");
+    // The origin gone: the same, and corvid keeps serving what it has.
+    origin.stop();
+    ended_or_refused(addr, "the origin down");
+    let r = get(addr, "/slfail/big.bin", &[("range", "bytes=1000-2000")]);
+    assert_partial(
+        &r,
+        1000,
+        2000,
+        &body,
+        "cached slices while the origin is down",
+    );
+    origin.restart();
+    let r = get(addr, "/slfail/big.bin", &[]);
+    assert_whole(&r, &body, "the origin back");
+}
+
+#[test]
+fn a_changed_slice_size_never_mixes_cuts() {
+    let body = pattern_bytes(LEN as usize, 37);
+    let (origin, etag) = origin_with("slcut", "big.bin", &body);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let toml = config(
+        port,
+        &origin.endpoint(),
+        "slcut",
+        "",
+        &disk_only(dir.path()),
+    );
+    let mut corvid = Corvid::start(&toml);
+    fill(corvid.addr(), "/slcut/big.bin", &body);
+    assert_eq!(
+        corvid
+            .terminate(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    // The same disk tier, slices of 96 KiB: none of the 64 KiB cut fits the new one.
+    let toml = toml.replace("slice_size = \"64KiB\"", "slice_size = \"96KiB\"");
+    assert!(toml.contains("96KiB"));
+    let corvid = Corvid::start(&toml);
+    let addr = corvid.addr();
+    let r = get(addr, "/slcut/big.bin", &[]);
+    assert_whole(&r, &body, "after the slice size changed");
+    let before = origin.total_count();
+    let r = get(addr, "/slcut/big.bin", &[]);
+    assert_whole(&r, &body, "the new cut cached");
+    assert_eq!(
+        (r.header("x-cache"), r.header("x-cache-layer")),
+        (Some("HIT"), Some("disk"))
+    );
+    assert_eq!(origin.total_count(), before);
+    for (a, b) in [
+        (0, 96 * 1024),
+        (96 * 1024 - 1, 96 * 1024),
+        (LEN - 70_000, LEN - 1),
+    ] {
+        let r = get(
+            addr,
+            "/slcut/big.bin",
+            &[("range", &format!("bytes={a}-{b}"))],
+        );
+        assert_partial(&r, a, b, &body, "new cut");
+        assert_eq!(r.header("etag"), Some(etag.as_str()));
+    }
 }
 
 /// Which version `got` (the bytes of an answer starting at offset `at` of the object) is
@@ -1098,6 +1262,13 @@ fn objects_not_sliced_stream_uncached() {
         Overrides::new().set("etag", "W/\"weak-1\""),
     );
     origin.set_headers("slno", "none.bin", Overrides::new().remove("etag"));
+    // Not storable (RFC 9111): never sliced either.
+    for (k, cc) in [
+        ("nostore.bin", "no-store"),
+        ("private.bin", "private, max-age=600"),
+    ] {
+        origin.put_with("slno", k, &sliceable, None, &[("cache-control", cc)]);
+    }
     let corvid = Corvid::start(&config(
         free_port(),
         &origin.endpoint(),
@@ -1110,6 +1281,8 @@ fn objects_not_sliced_stream_uncached() {
         ("huge.bin", &huge),
         ("weak.bin", &sliceable),
         ("none.bin", &sliceable),
+        ("nostore.bin", &sliceable),
+        ("private.bin", &sliceable),
     ] {
         let path = format!("/slno/{key}");
         for round in 0..2 {
