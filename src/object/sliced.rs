@@ -31,6 +31,8 @@
 //! `REVALIDATED`, `STALE`; the access log counts the slices a response took from the cache and
 //! from the origin (`slices_cached`, `slices_fetched`).
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -145,11 +147,9 @@ pub async fn begin<S: AsyncWriteRent>(
     leader: Option<Leader>,
 ) -> Result<Sent, Error> {
     let w = x.w;
-    store_entry(w, t, Arc::clone(&meta)).await;
-    if let Some(l) = leader {
-        // Its followers look the key up again and find the entry.
-        l.bypass();
-    }
+    // The first slices are claimed before anyone can see the entry: the key's followers, sent
+    // to the entry below, then join these fills instead of fetching the same slices again.
+    let mut run = None;
     if let Some(v) = Version::of(w, &meta) {
         let window = (1 + w.shared.config.cache.slice_readahead as u64).min(v.g.count());
         let mut leaders = Vec::new();
@@ -160,13 +160,26 @@ pub async fn begin<S: AsyncWriteRent>(
             }
         }
         if !leaders.is_empty() {
-            start_run(w, x.bucket, t, &v, 0, leaders, Some(body));
+            run = Some((v, leaders));
         }
     }
-    match answer(x, t, &meta, XCache::Miss, None).await? {
-        Some(sent) => Ok(sent),
-        // Changed already: the caller's client gets an error rather than a loop.
-        None => Err(changed()),
+    store_entry(w, t, Arc::clone(&meta)).await;
+    if let Some(l) = leader {
+        // Its followers look the key up again and find the entry.
+        l.bypass();
+    }
+    let mut own = 0..0;
+    if let Some((v, leaders)) = run {
+        own = 0..leaders.len() as u64;
+        start_run(w, x.bucket, t, &v, 0, leaders, Some(body));
+    }
+    match serve(x, t, &meta, XCache::Miss, None, own).await? {
+        Served::Sent(sent) => Ok(sent),
+        // Changed already: the entry goes, and this client gets an error rather than a loop.
+        Served::Changed => {
+            w.cache.remove_everywhere(t.ckey).await;
+            Err(changed())
+        }
     }
 }
 
@@ -175,11 +188,11 @@ pub async fn begin<S: AsyncWriteRent>(
 pub async fn answer<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
-    meta: &Meta,
+    meta: &Arc<Meta>,
     xcache: XCache,
     layer: Option<Layer>,
 ) -> Result<Option<Sent>, Error> {
-    match serve(x, t, meta, xcache, layer).await? {
+    match serve(x, t, meta, xcache, layer, 0..0).await? {
         Served::Sent(sent) => Ok(Some(sent)),
         Served::Changed => {
             x.w.cache.remove_everywhere(t.ckey).await;
@@ -276,9 +289,10 @@ pub async fn revalidate<S: AsyncWriteRent>(
 pub async fn serve<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
-    meta: &Meta,
+    meta: &Arc<Meta>,
     xcache: XCache,
     layer: Option<Layer>,
+    own: Range<u64>,
 ) -> Result<Served, Error> {
     let Some(v) = Version::of(x.w, meta) else {
         return Err(Error::internal("a sliced entry without its length or ETag"));
@@ -294,7 +308,7 @@ pub async fn serve<S: AsyncWriteRent>(
         }
     };
     let mut sent_any = false;
-    let result = send_slices(x, t, &v, &bytes, &mut sent_any).await;
+    let result = send_slices(x, t, meta, &v, &bytes, own, &mut sent_any).await;
     match result {
         Ok(()) => Ok(Served::Sent(Sent {
             status,
@@ -337,27 +351,43 @@ enum SendError {
     Client,
 }
 
-/// Sends `bytes` of version `v`, slice after slice, with the pending head before the first.
+/// Sends `bytes` of version `v` (entry `meta`), slice after slice, with the pending head
+/// before the first; slices `own` are already being fetched for this response.
 async fn send_slices<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
+    meta: &Arc<Meta>,
     v: &Version,
     bytes: &Range<u64>,
+    own: Range<u64>,
     sent_any: &mut bool,
 ) -> Result<(), SendError> {
     let w = x.w;
     let needed = v.g.covering(bytes);
     let ahead = w.shared.config.cache.slice_readahead as u64;
-    let mut asked = needed.start;
+    let mut asked = needed.start.max(own.end.min(needed.end));
+    let mine = Fetching::default();
+    mine.add(own);
     for i in needed.clone() {
+        keep_entry(w, t, meta);
         let window = slices::readahead(i, &needed, ahead, asked);
         if !window.is_empty() {
-            prefetch(w, x.bucket, t, v, window.clone());
+            prefetch(w, x.bucket, t, v, window.clone(), &mine);
             asked = window.end;
         }
         let part = v.g.part(i, bytes);
         let run_end = (i + 1 + ahead).min(needed.end);
-        match obtain(w, x.bucket, t, v, i, run_end).await {
+        match obtain(w, x.bucket, t, v, i, run_end, &mine).await {
+            // A slice this response's own read-ahead fetched counts as fetched, wherever the
+            // reader finds it.
+            Obtained::Cached(body, _) if mine.take(i) => {
+                note(x, None);
+                *sent_any = true;
+                x.answer
+                    .send(body.slice(part))
+                    .await
+                    .map_err(|_| SendError::Client)?;
+            }
             Obtained::Cached(body, layer) => {
                 note(x, Some(layer));
                 w.metrics()
@@ -369,6 +399,7 @@ async fn send_slices<S: AsyncWriteRent>(
                     .map_err(|_| SendError::Client)?;
             }
             Obtained::Following(sub) => {
+                mine.take(i);
                 note(x, None);
                 follow_slice(x, v, i, sub, part, sent_any).await?;
             }
@@ -393,6 +424,41 @@ fn note<S>(x: &mut Exchange<'_, '_, '_, S>, layer: Option<Layer>) {
     }
 }
 
+/// The slices a response's own fills (its runs and read-ahead) are fetching from the origin,
+/// shared with the read-ahead tasks: found in the cache later, they still count as fetched.
+#[derive(Default, Clone)]
+struct Fetching(Rc<RefCell<BTreeSet<u64>>>);
+
+impl Fetching {
+    fn add(&self, slices: Range<u64>) {
+        self.0.borrow_mut().extend(slices);
+    }
+
+    /// Whether slice `i` was one of them (forgotten now: each is read once).
+    fn take(&self, i: u64) -> bool {
+        self.0.borrow_mut().remove(&i)
+    }
+}
+
+/// Keeps the object entry reachable in the memory tier while its slices are read: each slice
+/// counts as a use of the entry (so a long read of an object larger than the tier, whose
+/// slices pass through the tier's small queue, does not evict the entry that makes them
+/// usable), and an entry evicted anyway is put back — unless a purge began since the request
+/// did (the purge generation, as for any store).
+fn keep_entry(w: &Worker, t: &Target<'_>, meta: &Arc<Meta>) {
+    let memory = &w.cache.tiers().memory;
+    if memory.capacity() == 0 || memory.get(t.ckey).is_some() {
+        return;
+    }
+    if w.cache.generation() == t.generation {
+        let entry = CachedObject {
+            meta: Arc::clone(meta),
+            body: Bytes::new(),
+        };
+        memory.insert(t.ckey, entry);
+    }
+}
+
 /// Where slice `i` comes from.
 enum Obtained {
     Cached(Bytes, Layer),
@@ -408,6 +474,7 @@ async fn obtain(
     v: &Version,
     i: u64,
     run_end: u64,
+    mine: &Fetching,
 ) -> Obtained {
     let key = v.key(t.ckey, i);
     if let Some(hit) = w.cache.lookup(&key).await {
@@ -420,14 +487,28 @@ async fn obtain(
         Role::Leader(leader) => {
             let sub = leader.subscribe();
             let mut leaders = vec![leader];
-            for j in i + 1..run_end {
-                match lead_missing(w, v, t.ckey, j).await {
-                    Some(l) => leaders.push(l),
-                    None => break,
-                }
-            }
+            extend_run(w, v, t.ckey, &mut leaders, i, run_end).await;
+            mine.add(i..i + leaders.len() as u64);
             start_run(w, bucket, t, v, i, leaders, None);
             Obtained::Following(sub)
+        }
+    }
+}
+
+/// Extends a run of led slices that starts at `first` over the next slices before `end` while
+/// each is neither cached nor in flight (adjacent missing slices: one origin request).
+async fn extend_run(
+    w: &Worker,
+    v: &Version,
+    ckey: &[u8],
+    leaders: &mut Vec<Leader>,
+    first: u64,
+    end: u64,
+) {
+    for j in first + leaders.len() as u64..end {
+        match lead_missing(w, v, ckey, j).await {
+            Some(l) => leaders.push(l),
+            None => return,
         }
     }
 }
@@ -451,8 +532,15 @@ async fn lead_missing(w: &Worker, v: &Version, ckey: &[u8], j: u64) -> Option<Le
 
 /// Makes sure slices `window` of `v` are cached or in flight, in a task of its own (the
 /// reader does not wait for the lookups).
-fn prefetch(w: &Rc<Worker>, bucket: usize, t: &Target<'_>, v: &Version, window: Range<u64>) {
-    let (w, owned, v) = (Rc::clone(w), OwnedTarget::of(t), v.clone());
+fn prefetch(
+    w: &Rc<Worker>,
+    bucket: usize,
+    t: &Target<'_>,
+    v: &Version,
+    window: Range<u64>,
+    mine: &Fetching,
+) {
+    let (w, owned, v, mine) = (Rc::clone(w), OwnedTarget::of(t), v.clone(), mine.clone());
     monoio::spawn(async move {
         let params = owned.params();
         let t = owned.target(&params);
@@ -463,15 +551,9 @@ fn prefetch(w: &Rc<Worker>, bucket: usize, t: &Target<'_>, v: &Version, window: 
                 continue;
             };
             let mut leaders = vec![first];
-            let mut j = i + 1;
-            while j < window.end {
-                match lead_missing(&w, &v, t.ckey, j).await {
-                    Some(l) => leaders.push(l),
-                    None => break,
-                }
-                j += 1;
-            }
+            extend_run(&w, &v, t.ckey, &mut leaders, i, window.end).await;
             let n = leaders.len() as u64;
+            mine.add(i..i + n);
             start_run(&w, bucket, &t, &v, i, leaders, None);
             i += n + 1;
         }
