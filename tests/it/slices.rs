@@ -346,8 +346,11 @@ impl OriginView {
         );
     }
 
-    /// Every slice came from the origin: the plain GET's first slices, then range fetches of
-    /// every slice after them.
+    /// Every slice came from the origin exactly once, where every byte was served from these
+    /// fetches: the plain GET's first slices (a prefix), then range fetches of every slice
+    /// after them. A slice after the first range-fetched one that no range fetch covered can
+    /// only have come from the plain GET, which then also delivered the range-fetched slices
+    /// before it: those were fetched twice.
     fn assert_every_slice_fetched(&self, what: &str) {
         let first = if self.plain == 1 {
             self.by_range.keys().next().copied().unwrap_or(NSLICES)
@@ -359,9 +362,11 @@ impl OriginView {
             .collect();
         assert!(
             missing.is_empty() && (self.plain == 1 || first == 0),
-            "{what}: slices never fetched: {missing:?} (plain GETs {}, ranges {:?})",
+            "{what}: range fetches start at slice {first} but skip {missing:?}: those came from \
+             the first plain GET (plain GETs: {}), so it also delivered slices from {first} on, \
+             which were fetched again by range. Origin GETs:\n{}",
             self.plain,
-            self.by_range
+            self.log.join("\n")
         );
     }
 }
