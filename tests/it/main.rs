@@ -32,5 +32,6 @@ mod reload;
 mod replace;
 mod rfc9111;
 mod shutdown;
+mod slices;
 mod streaming;
 mod tls;
