@@ -95,7 +95,7 @@ pub fn write_object_head<S>(
     // The stored response's Date is in the block (see `cache::entry`).
     let date = respond::DateField::Elsewhere;
     respond::head_start_dated(out, &x.w.http, status, &x.req.id, x.req.close, date);
-    out.extend_from_slice(meta.header_block());
+    meta.write_header_block(out);
     write_header(out, "Accept-Ranges", b"bytes");
     // Age (RFC 9111 §5.1): on every answer from cache; on a miss only when the origin's answer
     // already had one (it came through another cache), which the age origin carries.
