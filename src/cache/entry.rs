@@ -19,10 +19,13 @@
 //!
 //! Why compact rather than the rendered lines (issue 16): the lines of a typical S3 object
 //! (Content-Type, ETag, Last-Modified, Cache-Control, two `x-amz-meta-*`, `Date`) are ~245 B,
-//! a 256 B allocation; the compact buffer of the same fields is ~130 B, and a hit renders it
-//! for about the instructions the copy of the block cost (`perf/callgrind_hits.sh`,
-//! perf/RESULTS.md). The disk and Redis encoding below is unchanged (names spelled out): the
-//! compact form is this process's own, converted at the tier boundary.
+//! a 256 B allocation; the compact buffer of the same fields is 132 B. A hit renders it in
+//! ~360 instructions where the copy of the block took ~40 (`perf/callgrind_hits.sh`: ~1.7% of
+//! a hit, perf/RESULTS.md), a price for ~110 B per entry. Values stay verbatim, ETag and
+//! Last-Modified too: binary forms would save ~41 B more but cost formatting on every hit and
+//! the `&str` that [`Meta::etag`] lends to the conditional checks. The disk and Redis encoding
+//! below is unchanged (names spelled out): the compact form is this process's own, converted
+//! at the tier boundary.
 //!
 //! Encoding (all integers little-endian):
 //!
@@ -63,14 +66,15 @@ pub struct Freshness {
 }
 
 /// What a memory-tier entry costs beside its body, stored fields and key: the `Meta` and its
-/// `Arc`, the table slot, the policy's queue record, the body's shared header, the allocator's
-/// own headers, and — once the tier is full and evicting — its share of the table's spare
-/// slots, the ghost queue and freed-block fragmentation. Measured by `perf/entry_overhead.sh`
-/// (perf/RESULTS.md, issue 16): a typical 1 KiB entry costs 460 B beyond its body while
-/// nothing is evicted (132 B of it stored fields, ~41 B key), and a full tier ~560 B beyond
-/// body and fields; with this charge a full 16 MiB tier of 1 KiB objects holds ~1.05x its
-/// capacity in RSS (also for 64 MiB, and for 200 B objects).
-pub const ENTRY_OVERHEAD: usize = 432;
+/// `Arc`, the table slot, the memory tier's node (queue state with the key), its place in a
+/// FIFO, the body's shared header, the allocator's own headers, and — once the tier is full
+/// and evicting — its share of the table's spare slots, the ghost queue and freed-block
+/// fragmentation. Measured by `perf/entry_overhead.sh` (perf/RESULTS.md, issue 16): a typical
+/// 1 KiB entry costs 427 B beyond its body while nothing is evicted (132 B of it stored
+/// fields, 41 B key), and ~400 B beyond body, fields and key in a full tier; with this charge
+/// a full 16 MiB or 64 MiB tier of 1 KiB objects, or a 16 MiB one of 200 B objects, holds
+/// 1.0–1.05x its capacity in RSS.
+pub const ENTRY_OVERHEAD: usize = 368;
 
 /// Metadata of a cached object.
 ///

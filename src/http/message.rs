@@ -43,6 +43,12 @@ fn hex8(v: u32) -> [u8; 8] {
     (x + 0x3030_3030_3030_3030 + letters * u64::from(b'a' - b'0' - 10)).to_be_bytes()
 }
 
+/// The 2 lowercase hex digits of `v`.
+fn hex2(v: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [DIGITS[usize::from(v >> 4)], DIGITS[usize::from(v & 0xf)]]
+}
+
 impl RequestId {
     /// `{tag:08x}{worker:02x}{n:010x}`, written by hand: `write!` with padded hex was a few
     /// hundred instructions of every request, a digit at a time ~160 (callgrind,
@@ -52,8 +58,8 @@ impl RequestId {
         let mut buf = [0u8; MAX_REQUEST_ID];
         let len = if worker < 0x100 && n < 1 << 40 {
             buf[..8].copy_from_slice(&hex8(tag));
-            buf[8..10].copy_from_slice(&hex8(u32::from(worker))[6..]);
-            buf[10..12].copy_from_slice(&hex8((n >> 32) as u32)[6..]);
+            buf[8..10].copy_from_slice(&hex2(worker as u8));
+            buf[10..12].copy_from_slice(&hex2((n >> 32) as u8));
             buf[12..20].copy_from_slice(&hex8(n as u32));
             20
         } else {
@@ -159,6 +165,9 @@ mod tests {
         }
         for v in [0, 9, 10, 15, 16, 0x0a0b_0c0d, 0x9f9f_9f9f, u32::MAX] {
             assert_eq!(hex8(v), format!("{v:08x}").as_bytes(), "{v:x}");
+        }
+        for v in 0..=u8::MAX {
+            assert_eq!(hex2(v), format!("{v:02x}").as_bytes(), "{v:x}");
         }
     }
 }
