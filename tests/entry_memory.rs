@@ -63,7 +63,10 @@ fn object(i: u64) -> (Vec<u8>, CachedObject) {
     let key = cache_key("assets", &format!("images/2026/12/photo-{i:08}.jpg"), &[]);
     let headers = [
         ("Content-Type", "image/jpeg".to_owned()),
-        ("ETag", format!("\"{:032x}\"", u128::from(i) * 0x9e37_79b9_7f4a_7c15)),
+        (
+            "ETag",
+            format!("\"{:032x}\"", u128::from(i) * 0x9e37_79b9_7f4a_7c15),
+        ),
         ("Last-Modified", "Sat, 05 Dec 2026 10:00:00 GMT".to_owned()),
         ("Cache-Control", "max-age=86400".to_owned()),
         ("x-amz-meta-owner", "team-photos".to_owned()),

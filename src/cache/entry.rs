@@ -20,8 +20,9 @@
 //! Why compact rather than the rendered lines (issue 16): the lines of a typical S3 object
 //! (Content-Type, ETag, Last-Modified, Cache-Control, two `x-amz-meta-*`, `Date`) are ~245 B,
 //! a 256 B allocation; the compact buffer of the same fields is 132 B. A hit renders it in
-//! ~360 instructions where the copy of the block took ~40 (`perf/callgrind_hits.sh`: ~1.7% of
-//! a hit, perf/RESULTS.md), a price for ~110 B per entry. Values stay verbatim, ETag and
+//! ~360 instructions where the copy of the block took ~40 (`perf/callgrind_hits.sh`: ~2.7% of
+//! a hit, of which a faster request id paid back ~110; perf/RESULTS.md), a price for ~110 B
+//! per entry. Values stay verbatim, ETag and
 //! Last-Modified too: binary forms would save ~41 B more but cost formatting on every hit and
 //! the `&str` that [`Meta::etag`] lends to the conditional checks. The disk and Redis encoding
 //! below is unchanged (names spelled out): the compact form is this process's own, converted
