@@ -225,8 +225,8 @@ impl Meta {
 ///
 /// | bytes | meaning |
 /// |---|---|
-/// | code | 1–9: a name of [`KNOWN`]; [`META`]: `x-amz-meta-` + a name; [`OTHER`]: a name |
-/// | length, name | for [`META`] and [`OTHER`] only |
+/// | code | 1–9: a name of [`KNOWN`](fields::KNOWN); [`META`](fields::META): `x-amz-meta-` + a name; [`OTHER`](fields::OTHER): a name |
+/// | length, name | for [`META`](fields::META) and [`OTHER`](fields::OTHER) only |
 /// | length, value | the value's bytes as received |
 ///
 /// A length is one byte below 255, else 255 and four bytes little-endian. The codes only

@@ -52,7 +52,7 @@ fn hex2(v: u8) -> [u8; 2] {
 impl RequestId {
     /// `{tag:08x}{worker:02x}{n:010x}`, written by hand: `write!` with padded hex was a few
     /// hundred instructions of every request, a digit at a time ~160 (callgrind,
-    /// perf/callgrind_hits.sh); eight digits at a time ([`hex8`]) when the widths are the
+    /// perf/callgrind_hits.sh); eight digits at a time (`hex8`) when the widths are the
     /// minimum ones, as they are but for a worker ≥ 256 or the 2^40-th request of a worker.
     pub fn generate(tag: u32, worker: u16, n: u64) -> RequestId {
         let mut buf = [0u8; MAX_REQUEST_ID];
