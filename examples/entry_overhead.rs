@@ -19,13 +19,12 @@
 )]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use corvid::cache::entry::{CachedObject, Meta};
 use corvid::cache::key::cache_key;
 use corvid::cache::tiered::Tiers;
-use corvid::config::{CacheConfig, MemoryConfig, WritePolicy};
+use corvid::config::CacheConfig;
 
 const MIB: u64 = 1 << 20;
 
@@ -41,20 +40,7 @@ fn rss_kib() -> u64 {
 }
 
 fn config(capacity: u64) -> CacheConfig {
-    CacheConfig {
-        negative_ttl: Duration::ZERO,
-        ttl: Duration::from_secs(3600),
-        max_object_size: MIB,
-        slice_size: MIB,
-        max_sliced_object_size: 0,
-        slice_readahead: 0,
-        write_policy: WritePolicy::WriteThrough,
-        stale_if_error: None,
-        stale_while_revalidate: None,
-        memory: MemoryConfig { capacity },
-        disk: None,
-        redis: None,
-    }
+    CacheConfig::memory_only(capacity, MIB)
 }
 
 /// Object `i` as a fill stores it: the passed origin headers and a body of `len` bytes.

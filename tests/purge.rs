@@ -26,7 +26,7 @@ use corvid::cache::purge_broadcast;
 use corvid::cache::redis::{RedisClient, RedisError, RedisOptions, StopSignal};
 use corvid::cache::redis_tier;
 use corvid::cache::tiered::{Layer, Tiers};
-use corvid::config::{CacheConfig, DiskConfig, MemoryConfig, WritePolicy};
+use corvid::config::{CacheConfig, DiskConfig};
 
 mod tier_support;
 
@@ -37,22 +37,12 @@ const MIB: u64 = 1 << 20;
 
 fn cache_config(dir: &std::path::Path) -> CacheConfig {
     CacheConfig {
-        negative_ttl: Duration::ZERO,
-        ttl: Duration::from_secs(3600),
-        max_object_size: MIB,
-        slice_size: MIB,
-        max_sliced_object_size: 0,
-        slice_readahead: 0,
-        write_policy: WritePolicy::WriteThrough,
-        stale_if_error: None,
-        stale_while_revalidate: None,
-        memory: MemoryConfig { capacity: 16 * MIB },
         disk: Some(DiskConfig {
             dir: dir.to_path_buf(),
             capacity: 8 * MIB,
             segment_size: MIB,
         }),
-        redis: None,
+        ..CacheConfig::memory_only(16 * MIB, MIB)
     }
 }
 

@@ -5,16 +5,28 @@
 //! Content-Type, ETag, Last-Modified, Cache-Control, Content-Encoding, Content-Disposition,
 //! Content-Language, Expires, x-amz-version-id, x-amz-meta-*), the moment the response's age
 //! was zero (its *age origin*, RFC 9111 §4.2.3: `Age` is the time since) and the freshness
-//! deadline. The header lines are rendered once, when the entry is made, so a hit copies one
-//! prepared block into the response head instead of formatting each header; the `Cache-Control`
-//! directives are parsed then too ([`crate::http::cache_control`]), so a lookup decides without
-//! parsing.
+//! deadline. The header fields are kept in one compact buffer (names corvid passes as one-byte
+//! codes, values byte for byte: [`fields`]) and rendered into the response head by the hit
+//! ([`Meta::write_header_block`]: a few copies per line, nothing allocated); the
+//! `Cache-Control` directives are parsed from it only when a stale entry is decided about
+//! ([`crate::http::cache_control`]).
 //!
-//! `Date` is not stored as a header: the block carries `Date` rendered from the age origin,
+//! `Date` is not stored as a header: the hit writes `Date` formatted from the age origin,
 //! which is the origin's `Date` whenever the origin's clock and `Age` agree with ours (the age
 //! origin is derived from them), and stays consistent with the `Age` corvid sends (Date + Age
 //! = now) when they do not. A revalidation moves the age origin, so it moves `Date` with it —
 //! without the stored header fields changing, so tiers keep the body where it is.
+//!
+//! Why compact rather than the rendered lines (issue 16): the lines of a typical S3 object
+//! (Content-Type, ETag, Last-Modified, Cache-Control, two `x-amz-meta-*`, `Date`) are ~245 B,
+//! a 256 B allocation; the compact buffer of the same fields is 132 B. A hit renders it in
+//! ~360 instructions where the copy of the block took ~40 (`perf/callgrind_hits.sh`: ~2.7% of
+//! a hit, of which a faster request id paid back ~110; perf/RESULTS.md), a price for ~110 B
+//! per entry. Values stay verbatim, ETag and
+//! Last-Modified too: binary forms would save ~41 B more but cost formatting on every hit and
+//! the `&str` that [`Meta::etag`] lends to the conditional checks. The disk and Redis encoding
+//! below is unchanged (names spelled out): the compact form is this process's own, converted
+//! at the tier boundary.
 //!
 //! Encoding (all integers little-endian):
 //!
@@ -36,10 +48,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use crate::http::cache_control::{self, Directives};
-use crate::http::response::write_header;
+use crate::http::date;
 
 const MAGIC: &[u8; 4] = b"CVE2";
 /// The pseudo-field that carries a sliced object's length in the encoding (an object entry has
@@ -48,8 +58,6 @@ const MAGIC: &[u8; 4] = b"CVE2";
 const SLICED_LENGTH: &str = "x-corvid-sliced-length";
 /// Entries written before the status field (issue 10) still decode, as 200s.
 const MAGIC_V1: &[u8; 4] = b"CVE1";
-/// 9999-12-31T23:59:59Z, the last instant an HTTP-date can name.
-const MAX_HTTP_DATE_MS: u64 = 253_402_300_799_000;
 
 /// The freshness of a stored response: all a lookup needs to decide (computed by
 /// `object::freshness`).
@@ -62,23 +70,31 @@ pub struct Freshness {
     pub expires_at_ms: u64,
 }
 
-/// What a memory-tier entry costs beside its body, header lines and key: the `Meta` and its
-/// `Arc`, the table slot, the policy's queue record, the body's shared header, the allocator's
-/// own headers, and — once the tier is full and evicting — its share of the table's spare
-/// slots, the ghost queue and freed-block fragmentation. Measured by `perf/entry_overhead.sh`:
-/// 568 B per typical 1 KiB entry beyond the body while nothing is evicted (245 B of it header
-/// lines, ~40 B key); with this charge a full 16 MiB tier of 1 KiB objects holds 1.07x its
-/// capacity in RSS, a 64 MiB one 1.05x (perf/RESULTS.md).
-pub const ENTRY_OVERHEAD: usize = 352;
+/// What a memory-tier entry costs beside its body, stored fields and key: the `Meta` and its
+/// `Arc`, the table slot, the memory tier's node (queue state with the key), its place in a
+/// FIFO, the body's shared header, the allocator's own headers, and — once the tier is full
+/// and evicting — its share of the table's spare slots, the ghost queue and freed-block
+/// fragmentation. Measured by `perf/entry_overhead.sh` (perf/RESULTS.md, issue 16): a typical
+/// 1 KiB entry costs 427 B beyond its body while nothing is evicted (132 B of it stored
+/// fields, 41 B key), and ~400 B beyond body, fields and key in a full tier; with this charge
+/// a full 16 MiB or 64 MiB tier of 1 KiB objects, or a 16 MiB one of 200 B objects, holds
+/// 1.0–1.05x its capacity in RSS.
+pub const ENTRY_OVERHEAD: usize = 368;
 
 /// Metadata of a cached object.
 ///
-/// The passed origin header fields are kept only as the header lines a hit writes (one
-/// allocation, no per-field strings): [`Meta::header`] and [`Meta::headers`] read them back
-/// from there, and the `Cache-Control` directives are parsed from them when a stale entry is
-/// decided about ([`Meta::directives`]), not kept parsed. Issue 16 measured ~1.6 KiB per 1 KiB
-/// entry beyond the body with a vector of owned name/value strings, parsed directives and the
-/// rendered lines beside each other (`perf/entry_overhead.sh`).
+/// The passed origin header fields are kept in one compact buffer ([`Meta::fields`]): each
+/// field is a one-byte code for a name corvid passes (`Content-Type`, `ETag`, …, and the
+/// `x-amz-meta-` prefix) followed by the value's bytes, and a name outside that list is kept
+/// verbatim. A hit renders the lines into the response head ([`Meta::write_header_block`]),
+/// with `Date` formatted from the age origin: no `Date` text is stored. Values are kept byte
+/// for byte as the origin sent them (so `ETag` and `Last-Modified` can be read back as text
+/// by the conditional checks, and a client sees exactly the header bytes it saw before); the
+/// `Cache-Control` directives are parsed from the buffer when a stale entry is decided about
+/// ([`Meta::directives`]), not kept parsed. Issue 16 measured ~1.6 KiB per 1 KiB entry beyond
+/// the body with a vector of owned name/value strings, parsed directives and the rendered
+/// lines beside each other, 568 B with the rendered lines alone, and less with this buffer
+/// (`perf/entry_overhead.sh`, perf/RESULTS.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
     /// The entry's age origin (unix ms): when its age was zero, for `Age` and `Date`. (The
@@ -90,41 +106,71 @@ pub struct Meta {
     /// The origin's status: 200, or 404 for a negative entry (`cache.negative_ttl`), which has
     /// no body and answers the 404 from cache.
     pub status: u16,
-    /// Where the passed fields end in `block` (the `Date` line follows).
-    fields: u32,
-    /// For the object entry of a sliced object (`object::slices`): the object's length (its
-    /// bytes are in slices, the entry has no body); 0 for a whole entry.
-    object_len: u64,
-    /// The header lines rendered once (`Name: value\r\n`…): the passed origin fields in
-    /// corvid's spelling, then `Date`.
-    block: Box<[u8]>,
+    /// Bytes of the rendered field lines (`Date` excluded): what a hit reserves at once. The
+    /// top bit ([`SLICED`]) marks the object entry of a sliced object.
+    lines: u32,
+    /// The passed fields, compact (see [`fields`]); for a sliced object's entry followed by
+    /// the object's length (8 bytes, little-endian): no field of its own in every entry for
+    /// what few entries have.
+    fields: Box<[u8]>,
 }
+
+/// The flag in [`Meta`]'s `lines` of a sliced object's entry (`object::slices`: its bytes are
+/// in slices, the entry has no body).
+const SLICED: u32 = 1 << 31;
+
+/// `Date: ` + IMF-fixdate + CRLF.
+const DATE_LINE: usize = 37;
 
 impl Meta {
     /// Metadata of passed origin `headers` (spelling corvid writes, value).
     pub fn new(headers: Vec<(String, String)>, stored_at_ms: u64, expires_at_ms: u64) -> Meta {
-        let mut fields =
-            Vec::with_capacity(headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum());
+        // Sized exactly: a shrinking `into_boxed_slice` would leave a fragment per entry.
+        let mut buf = Vec::with_capacity(headers.iter().map(|(n, v)| fields::len(n, v)).sum());
+        let mut lines = 0usize;
         for (n, v) in &headers {
-            write_header(&mut fields, n, v.as_bytes());
+            fields::push(&mut buf, n, v);
+            lines += n.len() + v.len() + 4;
         }
-        Meta::from_fields(&fields, stored_at_ms, expires_at_ms, 200)
-    }
-
-    /// `fields` (rendered header lines) with the `Date` line of `stored_at_ms` after them.
-    fn from_fields(fields: &[u8], stored_at_ms: u64, expires_at_ms: u64, status: u16) -> Meta {
-        // HTTP-dates end at year 9999 (httpdate panics past it): a corrupt time is clamped.
-        let date = UNIX_EPOCH + Duration::from_millis(stored_at_ms.min(MAX_HTTP_DATE_MS));
-        let mut block = Vec::with_capacity(fields.len() + 37);
-        block.extend_from_slice(fields);
-        write_header(&mut block, "Date", httpdate::fmt_http_date(date).as_bytes());
+        debug_assert_eq!(buf.len(), buf.capacity());
         Meta {
             stored_at_ms,
             expires_at_ms,
-            status,
-            fields: fields.len() as u32,
-            object_len: 0,
-            block: block.into_boxed_slice(),
+            status: 200,
+            lines: u32::try_from(lines).unwrap_or(u32::MAX).min(SLICED - 1),
+            fields: buf.into_boxed_slice(),
+        }
+    }
+
+    /// The object entry of a sliced object of `len` bytes (`len` 0: a whole entry, unchanged).
+    pub fn with_sliced_len(self, len: u64) -> Meta {
+        if len == 0 || self.sliced_len().is_some() {
+            return self;
+        }
+        let mut fields = Vec::with_capacity(self.fields.len() + 8);
+        fields.extend_from_slice(&self.fields);
+        fields.extend_from_slice(&len.to_le_bytes());
+        Meta {
+            lines: self.lines | SLICED,
+            fields: fields.into_boxed_slice(),
+            ..self
+        }
+    }
+
+    /// The object's length when this is the entry of a sliced object.
+    pub fn sliced_len(&self) -> Option<u64> {
+        if self.lines & SLICED == 0 {
+            return None;
+        }
+        let (_, len) = self.fields.split_last_chunk::<8>()?;
+        Some(u64::from_le_bytes(*len))
+    }
+
+    /// The compact fields without a sliced object's length.
+    fn field_bytes(&self) -> &[u8] {
+        match self.lines & SLICED {
+            0 => &self.fields,
+            _ => &self.fields[..self.fields.len() - 8],
         }
     }
 
@@ -136,22 +182,10 @@ impl Meta {
     /// The same header fields with another age origin (and so `Date`) and deadline.
     pub fn with_times(&self, stored_at_ms: u64, expires_at_ms: u64) -> Meta {
         Meta {
-            object_len: self.object_len,
-            ..Meta::from_fields(self.fields(), stored_at_ms, expires_at_ms, self.status)
+            stored_at_ms,
+            expires_at_ms,
+            ..self.clone()
         }
-    }
-
-    /// The object entry of a sliced object of `len` bytes (see `object::slices`).
-    pub fn with_sliced_len(self, len: u64) -> Meta {
-        Meta {
-            object_len: len,
-            ..self
-        }
-    }
-
-    /// The object's length when this is the object entry of a sliced object.
-    pub fn sliced_len(&self) -> Option<u64> {
-        (self.object_len > 0).then_some(self.object_len)
     }
 
     /// The entry's freshness as `object::freshness` reads it.
@@ -170,30 +204,37 @@ impl Meta {
         }
     }
 
-    /// The prepared header lines (`Date` included).
-    pub fn header_block(&self) -> &[u8] {
-        &self.block
+    /// Appends the header lines a hit sends (`Name: value\r\n`…): the passed origin fields in
+    /// corvid's spelling, then `Date` of the age origin. Allocation-free once `out` has room
+    /// (a hit's reused head buffer).
+    pub fn write_header_block(&self, out: &mut Vec<u8>) {
+        out.reserve((self.lines & !SLICED) as usize + DATE_LINE);
+        fields::render(self.field_bytes(), out);
+        let mut line = *b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n";
+        line[6..35].copy_from_slice(&date::cached_imf_fixdate(self.stored_at_ms / 1000));
+        out.extend_from_slice(&line);
     }
 
-    /// The passed origin fields' lines, without `Date`: equal for two entries exactly when
+    /// The passed origin fields in their compact form: equal for two entries exactly when
     /// their stored header fields are.
     pub fn fields(&self) -> &[u8] {
-        &self.block[..self.fields as usize]
+        self.field_bytes()
     }
 
-    /// The passed origin fields, (name as corvid writes it, value), in order.
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        // Built from `&str`s by `new`, so every line is UTF-8 and has its `: `.
-        std::str::from_utf8(self.fields())
-            .unwrap_or("")
-            .split_terminator("\r\n")
-            .filter_map(|line| line.split_once(": "))
+    /// Bytes this metadata keeps beside its fixed part (what [`CachedObject::weight`] adds).
+    pub fn stored_len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// The passed origin fields, in order.
+    pub fn headers(&self) -> fields::Iter<'_> {
+        fields::Iter::new(self.field_bytes())
     }
 
     /// [`Meta::headers`] as owned pairs (a 304's update, an encoding).
     pub fn header_pairs(&self) -> Vec<(String, String)> {
         self.headers()
-            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .map(|f| (f.name(), f.value.to_owned()))
             .collect()
     }
 
@@ -201,15 +242,13 @@ impl Meta {
     pub fn directives(&self) -> Directives {
         cache_control::parse_directives(
             self.headers()
-                .filter(|(n, _)| n.eq_ignore_ascii_case("cache-control"))
-                .map(|(_, v)| v),
+                .filter(|f| f.is("cache-control"))
+                .map(|f| f.value),
         )
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.headers().find(|f| f.is(name)).map(|f| f.value)
     }
 
     pub fn etag(&self) -> Option<&str> {
@@ -222,6 +261,201 @@ impl Meta {
 
     pub fn is_fresh(&self, now_ms: u64) -> bool {
         now_ms < self.expires_at_ms
+    }
+}
+
+/// The compact form of a set of header fields. Per field:
+///
+/// | bytes | meaning |
+/// |---|---|
+/// | code | 1–9: a name of [`KNOWN`](fields::KNOWN); [`META`](fields::META): `x-amz-meta-` + a name; [`OTHER`](fields::OTHER): a name |
+/// | length, name | for [`META`](fields::META) and [`OTHER`](fields::OTHER) only |
+/// | length, value | the value's bytes as received |
+///
+/// A length is one byte below 255, else 255 and four bytes little-endian. The codes only
+/// shorten names spelled exactly as corvid writes them; anything else is kept verbatim, so a
+/// field always reads back as it was given.
+pub mod fields {
+    /// Names that take one byte: the ones corvid passes (`object::upstream::PASSED_HEADERS`
+    /// spelling; `Content-Range` is never stored). Append only: the codes are positions.
+    pub const KNOWN: [&str; 9] = [
+        "Content-Type",
+        "ETag",
+        "Last-Modified",
+        "Cache-Control",
+        "Content-Encoding",
+        "Content-Disposition",
+        "Content-Language",
+        "Expires",
+        "x-amz-version-id",
+    ];
+    /// `x-amz-meta-` and the rest of the name.
+    pub const META: u8 = 0x40;
+    /// Any other name, verbatim.
+    pub const OTHER: u8 = 0x41;
+    const META_PREFIX: &str = "x-amz-meta-";
+
+    fn push_len(out: &mut Vec<u8>, n: usize) {
+        if n < 255 {
+            out.push(n as u8);
+        } else {
+            out.push(255);
+            out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+        }
+    }
+
+    fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
+        push_len(out, b.len());
+        out.extend_from_slice(b);
+    }
+
+    fn len_len(n: usize) -> usize {
+        if n < 255 {
+            1
+        } else {
+            5
+        }
+    }
+
+    /// The bytes [`push`] appends for `name: value`.
+    pub fn len(name: &str, value: &str) -> usize {
+        let name = if KNOWN.contains(&name) {
+            0
+        } else {
+            let n = name
+                .strip_prefix(META_PREFIX)
+                .filter(|r| !r.is_empty())
+                .unwrap_or(name);
+            len_len(n.len()) + n.len()
+        };
+        1 + name + len_len(value.len()) + value.len()
+    }
+
+    /// Appends the field `name: value` to `out`.
+    pub fn push(out: &mut Vec<u8>, name: &str, value: &str) {
+        if let Some(i) = KNOWN.iter().position(|k| *k == name) {
+            out.push(i as u8 + 1);
+        } else if let Some(rest) = name.strip_prefix(META_PREFIX).filter(|r| !r.is_empty()) {
+            out.push(META);
+            push_bytes(out, rest.as_bytes());
+        } else {
+            out.push(OTHER);
+            push_bytes(out, name.as_bytes());
+        }
+        push_bytes(out, value.as_bytes());
+    }
+
+    /// One stored field. The name is `prefix` + `rest` (`x-amz-meta-` is kept once for all).
+    #[derive(Debug, Clone, Copy)]
+    pub struct Field<'a> {
+        pub prefix: &'static str,
+        pub rest: &'a str,
+        pub value: &'a str,
+    }
+
+    impl Field<'_> {
+        /// Whether the name is `name`, ASCII case-insensitively.
+        pub fn is(&self, name: &str) -> bool {
+            let n = name.as_bytes();
+            n.len() == self.prefix.len() + self.rest.len()
+                && n[..self.prefix.len()].eq_ignore_ascii_case(self.prefix.as_bytes())
+                && n[self.prefix.len()..].eq_ignore_ascii_case(self.rest.as_bytes())
+        }
+
+        /// The name as corvid writes it.
+        pub fn name(&self) -> String {
+            [self.prefix, self.rest].concat()
+        }
+    }
+
+    /// A parsed field: (prefix, name rest, value) as bytes, or `None` at the end (or at
+    /// bytes this module did not write).
+    fn next_raw<'a>(b: &mut &'a [u8]) -> Option<(&'static str, &'a [u8], &'a [u8])> {
+        let (&code, rest) = b.split_first()?;
+        *b = rest;
+        let (prefix, name) = match code {
+            META => (META_PREFIX, take(b)?),
+            OTHER => ("", take(b)?),
+            c => (*KNOWN.get(usize::from(c).checked_sub(1)?)?, &b""[..]),
+        };
+        Some((prefix, name, take(b)?))
+    }
+
+    fn take<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let (&n, rest) = b.split_first()?;
+        let (n, rest) = if n < 255 {
+            (usize::from(n), rest)
+        } else {
+            let (l, rest) = rest.split_first_chunk::<4>()?;
+            (u32::from_le_bytes(*l) as usize, rest)
+        };
+        if n > rest.len() {
+            return None;
+        }
+        let (v, rest) = rest.split_at(n);
+        *b = rest;
+        Some(v)
+    }
+
+    /// `Name: ` of each code of [`KNOWN`], for [`render`].
+    pub(super) const KNOWN_HEADS: [&[u8]; 9] = [
+        b"Content-Type: ",
+        b"ETag: ",
+        b"Last-Modified: ",
+        b"Cache-Control: ",
+        b"Content-Encoding: ",
+        b"Content-Disposition: ",
+        b"Content-Language: ",
+        b"Expires: ",
+        b"x-amz-version-id: ",
+    ];
+
+    /// Appends `Name: value\r\n` for each field of `b` (a hit: kept to a few copies per line).
+    pub fn render(mut b: &[u8], out: &mut Vec<u8>) {
+        while let Some((&code, rest)) = b.split_first() {
+            b = rest;
+            match code {
+                META | OTHER => {
+                    let Some(name) = take(&mut b) else { return };
+                    if code == META {
+                        out.extend_from_slice(META_PREFIX.as_bytes());
+                    }
+                    out.extend_from_slice(name);
+                    out.extend_from_slice(b": ");
+                }
+                c => match KNOWN_HEADS.get(usize::from(c).wrapping_sub(1)) {
+                    Some(head) => out.extend_from_slice(head),
+                    None => return,
+                },
+            }
+            let Some(value) = take(&mut b) else { return };
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// The fields of a compact buffer, in order.
+    pub struct Iter<'a> {
+        b: &'a [u8],
+    }
+
+    impl<'a> Iter<'a> {
+        pub fn new(b: &'a [u8]) -> Iter<'a> {
+            Iter { b }
+        }
+    }
+
+    impl<'a> Iterator for Iter<'a> {
+        type Item = Field<'a>;
+        fn next(&mut self) -> Option<Field<'a>> {
+            let (prefix, rest, value) = next_raw(&mut self.b)?;
+            // Written from `&str`s by `push`, so both are UTF-8.
+            Some(Field {
+                prefix,
+                rest: std::str::from_utf8(rest).ok()?,
+                value: std::str::from_utf8(value).ok()?,
+            })
+        }
     }
 }
 
@@ -255,7 +489,7 @@ impl CachedObject {
     /// body, its header lines and [`ENTRY_OVERHEAD`] (the memory tier adds the key's length),
     /// so that a full tier's RSS is its capacity.
     pub fn weight(&self) -> usize {
-        self.body.len() + self.meta.block.len() + ENTRY_OVERHEAD
+        self.body.len() + self.meta.stored_len() + ENTRY_OVERHEAD
     }
 
     /// The same entry, stale from `at_ms` on (soft purge): `None` when it already is (its
@@ -283,20 +517,26 @@ pub fn encode_times(m: &Meta) -> [u8; 16] {
 /// Encodes `obj` for the disk and Redis tiers.
 pub fn encode(obj: &CachedObject) -> Vec<u8> {
     let m = &obj.meta;
-    let mut out = Vec::with_capacity(40 + m.block.len() + obj.body.len());
+    let mut out = Vec::with_capacity(40 + 2 * m.stored_len() + obj.body.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&m.stored_at_ms.to_le_bytes());
     out.extend_from_slice(&m.expires_at_ms.to_le_bytes());
     out.extend_from_slice(&m.status.to_le_bytes());
     let object_len = m.sliced_len().map(|n| n.to_string());
-    let extra = object_len.as_deref().map(|v| (SLICED_LENGTH, v));
-    let count = m.headers().count() + usize::from(extra.is_some());
+    let count = m.headers().count() + usize::from(object_len.is_some());
     out.extend_from_slice(&(count as u16).to_le_bytes());
-    for (n, v) in m.headers().chain(extra) {
-        out.extend_from_slice(&(n.len() as u16).to_le_bytes());
-        out.extend_from_slice(n.as_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        out.extend_from_slice(v.as_bytes());
+    let field = |out: &mut Vec<u8>, name: [&str; 2], value: &str| {
+        out.extend_from_slice(&((name[0].len() + name[1].len()) as u16).to_le_bytes());
+        out.extend_from_slice(name[0].as_bytes());
+        out.extend_from_slice(name[1].as_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value.as_bytes());
+    };
+    for f in m.headers() {
+        field(&mut out, [f.prefix, f.rest], f.value);
+    }
+    if let Some(len) = &object_len {
+        field(&mut out, [SLICED_LENGTH, ""], len);
     }
     out.extend_from_slice(&(obj.body.len() as u64).to_le_bytes());
     out.extend_from_slice(&obj.body);
@@ -326,7 +566,7 @@ pub fn decode(bytes: Bytes) -> Option<CachedObject> {
             return None;
         }
         if name == SLICED_LENGTH {
-            object_len = value.parse().ok()?;
+            object_len = value.parse().ok().filter(|n| *n > 0)?;
             continue;
         }
         headers.push((name, value));
@@ -383,6 +623,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn block(m: &Meta) -> Vec<u8> {
+        let mut out = Vec::new();
+        m.write_header_block(&mut out);
+        out
+    }
+
     fn obj() -> CachedObject {
         CachedObject {
             meta: Arc::new(Meta::new(
@@ -407,7 +653,7 @@ mod tests {
         assert_eq!(d.body, o.body);
         assert_eq!(d.meta.etag(), Some("\"abc\""));
         assert_eq!(
-            d.meta.header_block(),
+            block(&d.meta),
             &b"Content-Type: image/png\r\nETag: \"abc\"\r\nx-amz-meta-owner: \xc3\xbcn\xc3\xaf\r\nDate: Tue, 14 Nov 2023 22:13:20 GMT\r\n"[..]
         );
         // The body points into the encoded buffer.
@@ -434,26 +680,32 @@ mod tests {
     fn sliced_object_entries_round_trip_and_keep_their_length() {
         let o = obj();
         let m = Meta::clone(&o.meta).with_sliced_len(5 << 30);
+        assert_eq!(m.sliced_len(), Some(5 << 30));
+        assert_eq!(m.fields(), o.meta.fields(), "the length is not a field");
+        assert_eq!(m.header_pairs(), o.meta.header_pairs());
         let entry = CachedObject {
             meta: Arc::new(m),
             body: Bytes::new(),
         };
         let d = decode(Bytes::from(encode(&entry))).unwrap();
         assert_eq!(d.meta.sliced_len(), Some(5 << 30));
-        assert_eq!(d.meta.header_block(), o.meta.header_block(), "not a header");
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        d.meta.write_header_block(&mut a);
+        o.meta.write_header_block(&mut b);
+        assert_eq!(a, b, "not a header");
         assert_eq!(d.meta.with_times(1, 2).sliced_len(), Some(5 << 30));
+        assert_eq!(d.meta.refreshed(2).sliced_len(), Some(5 << 30));
         assert_eq!(
             decode(Bytes::from(encode(&o))).unwrap().meta.sliced_len(),
             None
         );
         // A malformed length is a corrupt entry, not a whole object.
-        let bad = encode(&entry);
+        let mut bad = encode(&entry);
         let digits = (5u64 << 30).to_string();
         let at = bad
             .windows(digits.len())
             .position(|w| w == digits.as_bytes())
             .unwrap();
-        let mut bad = bad;
         bad[at] = b'x';
         assert!(decode(Bytes::from(bad)).is_none());
     }
@@ -465,7 +717,92 @@ mod tests {
         assert!(!o.meta.is_fresh(1_700_000_060_000));
         let r = o.meta.refreshed(2_000_000_000_000);
         assert!(r.is_fresh(1_800_000_000_000));
-        assert_eq!(r.header_block(), o.meta.header_block());
+        assert_eq!(block(&r), block(&o.meta));
+    }
+
+    /// The fields of a typical S3 object (as `examples/entry_overhead.rs` stores them).
+    fn typical() -> Vec<(String, String)> {
+        [
+            ("Content-Type", "image/jpeg"),
+            ("ETag", "\"0123456789abcdef0123456789abcdef\""),
+            ("Last-Modified", "Sat, 05 Dec 2026 10:00:00 GMT"),
+            ("Cache-Control", "max-age=86400"),
+            ("x-amz-meta-owner", "team-photos"),
+            ("x-amz-meta-source", "upload-api"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .to_vec()
+    }
+
+    #[test]
+    fn known_heads_spell_the_known_names() {
+        for (name, head) in fields::KNOWN.iter().zip(fields::KNOWN_HEADS) {
+            assert_eq!(head, format!("{name}: ").as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_typical_entry_keeps_its_fields_in_few_bytes() {
+        let m = Meta::new(typical(), 1_700_000_000_000, 1_700_000_060_000);
+        // Values (107 B), the two x-amz-meta- name ends (11 B), 6 codes and 8 lengths;
+        // the rendered lines with Date were 245 B.
+        assert_eq!(m.stored_len(), 132);
+        let o = CachedObject {
+            meta: Arc::new(m),
+            body: Bytes::from(vec![0; 1024]),
+        };
+        assert_eq!(o.weight() - 1024, 132 + ENTRY_OVERHEAD);
+    }
+
+    /// What a hit wrote before the compact form: each field's line, then `Date`.
+    fn lines_of(headers: &[(String, String)], stored_at_ms: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (n, v) in headers {
+            crate::http::response::write_header(&mut out, n, v.as_bytes());
+        }
+        let date = std::time::UNIX_EPOCH + std::time::Duration::from_millis(stored_at_ms);
+        out.extend_from_slice(format!("Date: {}\r\n", httpdate::fmt_http_date(date)).as_bytes());
+        out
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(fields::KNOWN.to_vec()).prop_map(str::to_owned),
+            "x-amz-meta-[a-z0-9-]{0,12}",
+            "[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,30}",
+            Just("etag".to_owned()),
+            Just("x-amz-meta-".to_owned()),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ -~]{0,40}",
+            "[ -~ü]{250,300}",
+            "\\PC{0,8}".prop_map(|s: String| s.replace(['\r', '\n', '\0'], "")),
+        ]
+    }
+
+    proptest! {
+        /// A client sees exactly the header bytes it saw before the compact form, and the
+        /// fields read back (and encode for the disk and Redis tiers) exactly as given.
+        #[test]
+        fn fields_read_back_and_render_byte_for_byte(
+            headers in prop::collection::vec((name(), value()), 0..12),
+            stored_at_ms in 0u64..253_402_300_799_000,
+        ) {
+            let m = Meta::new(headers.clone(), stored_at_ms, stored_at_ms + 1);
+            prop_assert_eq!(block(&m), lines_of(&headers, stored_at_ms));
+            prop_assert_eq!(m.header_pairs(), headers.clone());
+            for (n, v) in &headers {
+                let first = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n));
+                prop_assert_eq!(m.header(n), first.map(|(_, v)| v.as_str()));
+                prop_assert!(m.header(&n.to_ascii_uppercase()).is_some(), "{} {}", n, v);
+            }
+            let o = CachedObject { meta: Arc::new(m), body: Bytes::from_static(b"b") };
+            let d = decode(Bytes::from(encode(&o))).unwrap();
+            prop_assert_eq!(&*d.meta, &*o.meta);
+        }
     }
 
     proptest! {

@@ -3,7 +3,7 @@
 //! # What it owns
 //! [`MemoryCache`] maps byte-string keys (`bucket \0 key [\0 version …]`) to cheap-to-clone
 //! values (`Bytes`/`Arc<…>` handles) under **one byte budget for the whole process**. It
-//! owns the keys (`Box<[u8]>`), the admission rule (objects larger than
+//! owns the keys (each in one allocation with its queue state: `Node`), the admission rule (objects larger than
 //! [`MemoryCache::max_object_size`], by default `capacity / 8`, are refused) and the
 //! eviction policy. The charge of an entry is `value.weight() + key.len()`.
 //!
@@ -93,8 +93,8 @@
 //! a shared *read* lock. `cargo bench --bench memory -- --warm-up-time 1
 //! --measurement-time 4`, two runs on the shared 2-vCPU dev VM (load 3–5): `get` hit over
 //! 64 hot entries 43–61 ns; over 10,000 entries 170–240 ns (dependent cache misses on the
-//! table slot, the key and the body's refcount; keeping short keys inline in the slot would
-//! save one); miss 33–45 ns; insert of a new key with eviction 120–190 ns. Two threads
+//! table slot, the key and the body's refcount — measured when the key had an allocation
+//! of its own; since issue 16 it shares one with the frequency, see `Node`); miss 33–45 ns; insert of a new key with eviction 120–190 ns. Two threads
 //! reading different keys took 250–580 ns per `get` each, but with two vCPUs shared by
 //! several busy compilers the threads rarely ran at once, so that figure shows nothing
 //! about lock contention; re-measure on an idle many-core machine.
@@ -128,6 +128,7 @@ use std::sync::Arc;
 use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
+use triomphe::ThinArc;
 
 use crate::cache::usage::{BucketUsage, Buckets, Usage};
 
@@ -174,16 +175,17 @@ const IN_SMALL: u8 = 0;
 const IN_MAIN: u8 = 1;
 const DEAD: u8 = 2;
 
-/// Queue state of one entry, shared by its table slot and the FIFO that holds it. The
-/// slot's `Arc` is only compared by address (to find a victim), never read on a hit.
+/// Queue state of one entry: the header of its [`Node`].
 struct Meta {
     hash: u64,
-    /// `IN_SMALL`, `IN_MAIN` or `DEAD`; written only under the policy lock.
-    queue: AtomicU8,
     /// Bytes charged for the entry; written only under the policy lock.
     charge: AtomicU64,
     /// The entry's bucket ([`crate::cache::usage::Buckets`]), found once at insertion.
     class: u32,
+    /// `IN_SMALL`, `IN_MAIN` or `DEAD`; written only under the policy lock.
+    queue: AtomicU8,
+    /// Bumped by readers under a shared lock; lost updates only make it less precise.
+    freq: AtomicU8,
 }
 
 impl Meta {
@@ -192,14 +194,40 @@ impl Meta {
     }
 }
 
-/// The frequency lives here rather than in [`Meta`] so that a hit touches one cache line
-/// fewer; eviction reads it under the shard lock it needs anyway to remove a victim.
+/// An entry's key and queue state in one allocation (a thin `Arc`: one pointer in the table
+/// slot and one in the FIFO that holds it), shared by the slot and the queue. A hit reads the
+/// key and bumps the frequency in it, one cache line for both when the key is short; the queue
+/// finds its slot by the node's address. Issue 16: a separate key `Box` (a fat pointer in the
+/// slot) and a separate `Arc<Meta>` cost ~35 B more per entry (`perf/entry_overhead.sh`).
+#[derive(Clone)]
+struct Node(ThinArc<Meta, u8>);
+
+impl Node {
+    fn new(meta: Meta, key: &[u8]) -> Node {
+        Node(ThinArc::from_header_and_slice(meta, key))
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.0.slice
+    }
+
+    /// The same allocation (not merely equal contents).
+    fn same(&self, other: &Node) -> bool {
+        self.0.ptr() == other.0.ptr()
+    }
+}
+
+impl std::ops::Deref for Node {
+    type Target = Meta;
+    fn deref(&self) -> &Meta {
+        &self.0.header.header
+    }
+}
+
+/// A table slot: the entry's node and its value.
 struct Entry<V> {
-    key: Box<[u8]>,
+    node: Node,
     value: V,
-    /// Bumped by readers under a shared lock; lost updates only make it less precise.
-    freq: AtomicU8,
-    meta: Arc<Meta>,
 }
 
 impl<V> Entry<V> {
@@ -207,10 +235,14 @@ impl<V> Entry<V> {
     fn touch(&self) {
         // Load-then-store rather than fetch_add: a saturated hot key is then never written,
         // so its cache line is not bounced between cores on every hit.
-        let f = self.freq.load(Relaxed);
+        let f = self.node.freq.load(Relaxed);
         if f < MAX_FREQ {
-            self.freq.store(f + 1, Relaxed);
+            self.node.freq.store(f + 1, Relaxed);
         }
+    }
+
+    fn key(&self) -> &[u8] {
+        self.node.key()
     }
 }
 
@@ -224,21 +256,21 @@ struct Shard<V> {
 /// reach the head; the queue is compacted when the dead outnumber the living.
 #[derive(Default)]
 struct Fifo {
-    queue: VecDeque<Arc<Meta>>,
+    queue: VecDeque<Node>,
     live: u64,
     bytes: u64,
     dead: usize,
 }
 
 impl Fifo {
-    fn push(&mut self, meta: Arc<Meta>, tag: u8) {
+    fn push(&mut self, meta: Node, tag: u8) {
         meta.queue.store(tag, Relaxed);
         self.live += 1;
         self.bytes += meta.charge();
         self.queue.push_back(meta);
     }
 
-    fn pop(&mut self) -> Option<Arc<Meta>> {
+    fn pop(&mut self) -> Option<Node> {
         while let Some(meta) = self.queue.pop_front() {
             if meta.queue.load(Relaxed) == DEAD {
                 self.dead -= 1;
@@ -425,7 +457,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         }
         let hash = self.hash(key);
         let table = self.shard(hash).table.read();
-        let entry = table.find(hash, |e| &*e.key == key)?;
+        let entry = table.find(hash, |e| e.key() == key)?;
         entry.touch();
         Some(entry.value.clone())
     }
@@ -445,24 +477,25 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             return false;
         }
         // Allocated before locking; wasted (and freed after unlocking) on a replace.
-        let mut fresh = Some((
-            Box::<[u8]>::from(key),
-            Arc::new(Meta {
+        let mut fresh = Some(Node::new(
+            Meta {
                 hash,
-                queue: AtomicU8::new(DEAD),
                 charge: AtomicU64::new(charge),
                 class: self.usage.class(key) as u32,
-            }),
+                queue: AtomicU8::new(DEAD),
+                freq: AtomicU8::new(0),
+            },
+            key,
         ));
         let mut old_value = None;
         let mut evicted = Vec::new();
         {
             let mut p = self.policy.lock();
             let mut table = self.shard(hash).table.write();
-            match table.entry(hash, |e| &*e.key == key, |e| e.meta.hash) {
+            match table.entry(hash, |e| e.key() == key, |e| e.node.hash) {
                 TableEntry::Occupied(mut o) => {
                     let e = o.get_mut();
-                    let meta = &e.meta;
+                    let meta = &e.node;
                     old_value = Some(std::mem::replace(&mut e.value, value));
                     let old = meta.charge.swap(charge, Relaxed);
                     let fifo = match meta.queue.load(Relaxed) {
@@ -475,12 +508,10 @@ impl<V: Clone + Weighted> MemoryCache<V> {
                     drop(table);
                 }
                 TableEntry::Vacant(v) => {
-                    let (key, meta) = fresh.take().expect("unused");
+                    let meta = fresh.take().expect("unused");
                     v.insert(Entry {
-                        key,
+                        node: meta.clone(),
                         value,
-                        freq: AtomicU8::new(0),
-                        meta: meta.clone(),
                     });
                     drop(table);
                     self.usage.added(meta.class as usize, charge);
@@ -512,9 +543,9 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             };
             let Some(meta) = popped else { break };
             let mut table = self.shard(meta.hash).table.write();
-            // A queued Meta always has its table entry (both change under the policy lock).
-            if let Ok(slot) = table.find_entry(meta.hash, |e| Arc::ptr_eq(&e.meta, &meta)) {
-                let freq = &slot.get().freq;
+            // A queued node always has its table entry (both change under the policy lock).
+            if let Ok(slot) = table.find_entry(meta.hash, |e| e.node.same(&meta)) {
+                let freq = &slot.get().node.freq;
                 let f = freq.load(Relaxed);
                 if from_small && f >= PROMOTE_FREQ {
                     freq.store(0, Relaxed);
@@ -560,9 +591,9 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         let entry = {
             let mut p = self.policy.lock();
             let mut table = self.shard(hash).table.write();
-            let entry = table.find_entry(hash, |e| &*e.key == key).ok()?.remove().0;
+            let entry = table.find_entry(hash, |e| e.key() == key).ok()?.remove().0;
             drop(table);
-            p.forget(&entry.meta, &self.usage);
+            p.forget(&entry.node, &self.usage);
             self.publish(&p);
             entry
         };
@@ -583,12 +614,12 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             {
                 let mut p = self.policy.lock();
                 let mut table = shard.table.write();
-                removed.extend(table.extract_if(|e| pred(&e.key)));
+                removed.extend(table.extract_if(|e| pred(e.key())));
                 drop(table);
                 for e in &removed {
-                    p.forget(&e.meta, &self.usage);
+                    p.forget(&e.node, &self.usage);
                     stats.entries += 1;
-                    stats.bytes += e.meta.charge();
+                    stats.bytes += e.node.charge();
                 }
                 self.publish(&p);
             }
@@ -645,17 +676,17 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         let mut table = shard.table.write();
         let mut apply = |e: &mut Entry<V>| {
             let charge = match f(&e.value) {
-                None => e.meta.charge(),
+                None => e.node.charge(),
                 Some(new) => {
-                    let charge = (new.weight() as u64).saturating_add(e.key.len() as u64);
-                    let was = e.meta.charge.swap(charge, Relaxed);
-                    let fifo = match e.meta.queue.load(Relaxed) {
+                    let charge = (new.weight() as u64).saturating_add(e.key().len() as u64);
+                    let was = e.node.charge.swap(charge, Relaxed);
+                    let fifo = match e.node.queue.load(Relaxed) {
                         IN_SMALL => &mut p.small,
                         _ => &mut p.main,
                     };
                     fifo.bytes = fifo.bytes - was + charge;
                     p.bytes = p.bytes - was + charge;
-                    self.usage.resized(e.meta.class as usize, was, charge);
+                    self.usage.resized(e.node.class as usize, was, charge);
                     old.push(std::mem::replace(&mut e.value, new));
                     charge
                 }
@@ -665,11 +696,11 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         };
         match hash {
             Some(h) => {
-                if let Some(e) = table.find_mut(h, |e| pred(&e.key)) {
+                if let Some(e) = table.find_mut(h, |e| pred(e.key())) {
                     apply(e);
                 }
             }
-            None => table.iter_mut().filter(|e| pred(&e.key)).for_each(apply),
+            None => table.iter_mut().filter(|e| pred(e.key())).for_each(apply),
         }
         drop(table);
         let mut evicted = Vec::new();
@@ -718,10 +749,10 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         for shard in self.shards.iter() {
             for e in shard.table.read().iter() {
                 len += 1;
-                bytes += e.meta.charge();
-                match e.meta.queue.load(Relaxed) {
-                    IN_SMALL => small += e.meta.charge(),
-                    IN_MAIN => main += e.meta.charge(),
+                bytes += e.node.charge();
+                match e.node.queue.load(Relaxed) {
+                    IN_SMALL => small += e.node.charge(),
+                    IN_MAIN => main += e.node.charge(),
                     q => panic!("table entry in queue {q}"),
                 }
             }

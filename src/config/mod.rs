@@ -752,6 +752,28 @@ pub struct CacheConfig {
     pub redis: Option<RedisConfig>,
 }
 
+impl CacheConfig {
+    /// A memory-only cache of `capacity` bytes storing objects up to `max_object_size` whole,
+    /// no slices, the other settings at their defaults: for tools and tests that build tiers
+    /// without a config file.
+    pub fn memory_only(capacity: u64, max_object_size: u64) -> CacheConfig {
+        CacheConfig {
+            ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::ZERO,
+            max_object_size,
+            slice_size: max_object_size,
+            max_sliced_object_size: 0,
+            slice_readahead: 0,
+            write_policy: WritePolicy::WriteThrough,
+            stale_if_error: None,
+            stale_while_revalidate: None,
+            memory: MemoryConfig { capacity },
+            disk: None,
+            redis: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum WritePolicy {
     /// Fill lower tiers before the response completes.

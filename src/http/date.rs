@@ -16,6 +16,7 @@
 //! A two-digit RFC 850 year is the year with those last two digits that is not more than 50
 //! years after the current one (§5.6.7) — the one place this module reads the clock.
 
+use std::cell::Cell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MONTHS: [&str; 12] = [
@@ -31,6 +32,110 @@ const LONG_DAYS: [&str; 7] = [
     "Saturday",
     "Sunday",
 ];
+
+/// The last second an HTTP-date can name (9999-12-31T23:59:59Z); later times are formatted as
+/// this one.
+pub const MAX_SECS: u64 = 253_402_300_799;
+
+thread_local! {
+    /// The last date [`cached_imf_fixdate`] formatted on this thread, and its second.
+    static LAST: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+}
+
+/// [`format_imf_fixdate`] through a one-entry cache per thread: a hit writes the stored
+/// response's `Date`, and hits in a row are often of one entry (or of entries stored the same
+/// day, which only need the time of day formatted).
+pub fn cached_imf_fixdate(secs: u64) -> [u8; 29] {
+    let secs = secs.min(MAX_SECS);
+    LAST.with(|last| {
+        let (at, mut text) = last.get();
+        if at == secs {
+            return text;
+        }
+        if at != u64::MAX && at / 86_400 == secs / 86_400 {
+            let sod = (secs % 86_400) as u32;
+            let d = |n: u32| b'0' + n as u8;
+            let (hh, mm, ss) = (sod / 3600, sod / 60 % 60, sod % 60);
+            text[17..25].copy_from_slice(&[
+                d(hh / 10),
+                d(hh % 10),
+                b':',
+                d(mm / 10),
+                d(mm % 10),
+                b':',
+                d(ss / 10),
+                d(ss % 10),
+            ]);
+        } else {
+            text = format_imf_fixdate(secs);
+        }
+        last.set((secs, text));
+        text
+    })
+}
+
+/// The IMF-fixdate of `secs` after the unix epoch (`Sun, 06 Nov 1994 08:49:37 GMT`), clamped
+/// to [`MAX_SECS`]. Written by hand, without `fmt` or a `String`, because a hit renders the
+/// stored response's `Date` (and the memory tier's entries do not keep it as text).
+pub fn format_imf_fixdate(secs: u64) -> [u8; 29] {
+    const DAY_NAMES: &[u8; 21] = b"MonTueWedThuFriSatSun";
+    const MONTH_NAMES: &[u8; 36] = b"JanFebMarAprMayJunJulAugSepOctNovDec";
+    let secs = secs.min(MAX_SECS);
+    let days = secs / 86_400;
+    let sod = (secs % 86_400) as u32;
+    // 1970-01-01 was a Thursday (index 3 of DAY_NAMES, which starts on Monday).
+    let wd = (days + 3) as usize % 7 * 3;
+    let (year, month, day) = civil_from_days(days);
+    let mo = (month as usize - 1) % 12 * 3;
+    let (y, hh, mm, ss) = (year as u32, sod / 3600, sod / 60 % 60, sod % 60);
+    let d = |n: u32| b'0' + n as u8;
+    [
+        DAY_NAMES[wd],
+        DAY_NAMES[wd + 1],
+        DAY_NAMES[wd + 2],
+        b',',
+        b' ',
+        d(day as u32 / 10),
+        d(day as u32 % 10),
+        b' ',
+        MONTH_NAMES[mo],
+        MONTH_NAMES[mo + 1],
+        MONTH_NAMES[mo + 2],
+        b' ',
+        d(y / 1000),
+        d(y / 100 % 10),
+        d(y / 10 % 10),
+        d(y % 10),
+        b' ',
+        d(hh / 10),
+        d(hh % 10),
+        b':',
+        d(mm / 10),
+        d(mm % 10),
+        b':',
+        d(ss / 10),
+        d(ss % 10),
+        b' ',
+        b'G',
+        b'M',
+        b'T',
+    ]
+}
+
+/// (year, month 1–12, day 1–31) of a day count since 1970-01-01 (H. Hinnant's
+/// civil_from_days, for days ≥ 0).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
 
 /// An HTTP-date in any of the three formats (surrounding spaces and tabs ignored); `None`
 /// when it is not one.
@@ -228,6 +333,44 @@ mod tests {
             let s = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
             assert_eq!(parse_unix_secs(&s), Some(secs), "{s}");
         }
+    }
+
+    #[test]
+    fn formats_as_httpdate_does() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut cases = vec![
+            0u64,
+            1,
+            59,
+            86_399,
+            86_400,
+            951_782_400,
+            951_868_800,
+            4_107_542_399,
+        ];
+        cases.extend([1_700_000_000, 2_147_483_648, MAX_SECS - 1, MAX_SECS]);
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push(x % (MAX_SECS + 1));
+        }
+        for secs in cases {
+            let want = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
+            assert_eq!(
+                std::str::from_utf8(&format_imf_fixdate(secs)),
+                Ok(want.as_str()),
+                "{secs}"
+            );
+        }
+        assert_eq!(format_imf_fixdate(u64::MAX), format_imf_fixdate(MAX_SECS));
+        // The cached form, over runs of one second, one day and jumps between days.
+        let mut secs = 1_700_000_000u64;
+        for step in [0u64, 1, 59, 3_599, 86_399, 86_400, 1, 0, 7_777_777, 13, 0] {
+            secs += step;
+            assert_eq!(cached_imf_fixdate(secs), format_imf_fixdate(secs), "{secs}");
+        }
+        assert_eq!(cached_imf_fixdate(u64::MAX), format_imf_fixdate(MAX_SECS));
     }
 
     /// The http-tests cache suite's `expires-parse` cases (cache-tests.fyi).

@@ -122,9 +122,10 @@ impl<'a, S> Writer<'a, S> {
         write_header_u64(self.buf, name, value);
     }
 
-    /// Appends prepared header lines (`Name: value\r\n`…), e.g. a cached entry's block.
-    pub fn lines(&mut self, prepared: &[u8]) {
-        self.buf.extend_from_slice(prepared);
+    /// Appends header lines that `write` renders straight into the head (`Name: value\r\n`…):
+    /// a cached entry's stored fields, without an intermediate copy.
+    pub fn prepared(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        write(self.buf);
     }
 
     /// Says `Transfer-Encoding: chunked`: the body that follows is framed as chunks and ended

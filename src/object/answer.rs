@@ -113,7 +113,7 @@ pub fn write_object_head<S>(
     let a = &mut *x.answer;
     // The stored response's Date is in the block (see `cache::entry`).
     a.start(status, &x.req.id, x.req.close, DateField::Elsewhere);
-    a.lines(meta.header_block());
+    a.prepared(|head| meta.write_header_block(head));
     a.header("Accept-Ranges", b"bytes");
     // Age (RFC 9111 §5.1): on every answer from cache; on a miss only when the origin's answer
     // already had one (it came through another cache), which the age origin carries.

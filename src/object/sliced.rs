@@ -485,6 +485,10 @@ async fn obtain(
     match w.cache.inflight().join(&key) {
         Role::Follower(sub) => Obtained::Following(sub),
         Role::Leader(leader) => {
+            let leader = match stored_meanwhile(w, v, &key, i, leader).await {
+                Ok((body, layer)) => return Obtained::Cached(body, layer),
+                Err(leader) => leader,
+            };
             let sub = leader.subscribe();
             let mut leaders = vec![leader];
             extend_run(w, v, t.ckey, &mut leaders, i, run_end).await;
@@ -524,9 +528,29 @@ async fn lead_missing(w: &Worker, v: &Version, ckey: &[u8], j: u64) -> Option<Le
             return None;
         }
     }
-    match w.cache.inflight().join(&key) {
-        Role::Leader(l) => Some(l),
-        Role::Follower(_) => None,
+    let Role::Leader(l) = w.cache.inflight().join(&key) else {
+        return None;
+    };
+    stored_meanwhile(w, v, &key, j, l).await.err()
+}
+
+/// A slice that a fill stored (and left the table) between a lookup that missed and the join
+/// that made this request the leader of slice `i`: looked up again before the origin is asked.
+/// Found, `leader` publishes it whole to anyone who joined meanwhile (`Ok`); else `leader`
+/// comes back to fetch it.
+async fn stored_meanwhile(
+    w: &Worker,
+    v: &Version,
+    key: &[u8],
+    i: u64,
+    leader: Leader,
+) -> Result<(Bytes, Layer), Leader> {
+    match w.cache.lookup(key).await.filter(|h| v.holds(&h.obj, i)) {
+        Some(hit) => {
+            leader.complete(Arc::clone(&hit.obj.meta), hit.obj.body.clone(), false);
+            Ok((hit.obj.body, hit.layer))
+        }
+        None => Err(leader),
     }
 }
 

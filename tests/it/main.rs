@@ -32,6 +32,7 @@ mod reload;
 mod replace;
 mod rfc9111;
 mod shutdown;
+mod slices;
 mod slices_clients;
 mod streaming;
 mod tls;
