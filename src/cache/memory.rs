@@ -159,6 +159,23 @@ pub struct RemovalStats {
 /// Fraction of the capacity given to the small (probationary) FIFO, in percent; 5 rather
 /// than the paper's 10, measured in the module docs.
 const SMALL_PERCENT: u64 = 5;
+/// What `corvid check` and start-up warn when a large object's slices do not fit this tier's
+/// small queue ([`SMALL_PERCENT`] of `capacity`): a slice read once is then evicted by the next
+/// insertion before anyone reads it again, and a sliced object is fetched again and again.
+/// `None` when the tier is off, slicing is off, or the slices fit.
+pub fn slice_warning(capacity: u64, slice_size: u64, slicing: bool) -> Option<String> {
+    let small = capacity * SMALL_PERCENT / 100;
+    (capacity > 0 && slicing && slice_size > small).then(|| {
+        format!(
+            "cache.slice_size: slices of {} are larger than the memory tier's admission queue \
+             ({SMALL_PERCENT}% of cache.memory.capacity = {}): a slice may be evicted before it \
+             is read again; raise cache.memory.capacity or lower cache.slice_size",
+            crate::config::units::format_size(slice_size),
+            crate::config::units::format_size(small)
+        )
+    })
+}
+
 /// Frequency saturates here: 2 bits, so a hot entry survives at most 3 passes of main.
 const MAX_FREQ: u8 = 3;
 /// A small-queue entry read at least this often since insertion is promoted to main.

@@ -26,6 +26,12 @@ pub fn check(config: &Config) -> Result<Vec<String>, String> {
     // Warnings do not make a config invalid: they say how it will run here.
     let mut warnings = Vec::new();
     warnings.extend(fd_limit_warning(config));
+    let c = &config.cache;
+    warnings.extend(crate::cache::memory::slice_warning(
+        c.memory.capacity,
+        c.slice_size,
+        c.max_sliced_object_size > c.max_object_size,
+    ));
     if let Some(d) = &config.cache.disk {
         warnings.extend(crate::cache::disk::space::capacity_warning(
             &d.dir,
@@ -63,6 +69,28 @@ mod tests {
     #[test]
     fn a_plain_config_passes_without_warnings() {
         assert_eq!(check(&config("")), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn slices_larger_than_the_memory_tiers_admission_queue_are_a_warning() {
+        // 5 % of 16 MiB is 819 KiB: 1 MiB slices do not fit, 512 KiB ones do.
+        let warned = check(&config(
+            "\n[cache]\nmax_object_size = \"4MiB\"\nslice_size = \"1MiB\"\n\
+             [cache.memory]\ncapacity = \"16MiB\"\n",
+        ))
+        .expect("valid");
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].starts_with("cache.slice_size"), "{warned:?}");
+        for quiet in [
+            "\n[cache]\nmax_object_size = \"4MiB\"\nslice_size = \"512KiB\"\n\
+             [cache.memory]\ncapacity = \"16MiB\"\n",
+            "\n[cache]\nmax_object_size = \"4MiB\"\nslice_size = \"1MiB\"\n\
+             max_sliced_object_size = 0\n[cache.memory]\ncapacity = \"16MiB\"\n",
+            "\n[cache]\nmax_object_size = \"4MiB\"\nslice_size = \"1MiB\"\n\
+             [cache.memory]\ncapacity = 0\n",
+        ] {
+            assert_eq!(check(&config(quiet)), Ok(Vec::new()), "{quiet}");
+        }
     }
 
     #[test]
