@@ -60,6 +60,7 @@ mod conn;
 pub mod pubsub;
 pub mod resolve;
 mod resp;
+pub mod slots;
 mod stream;
 
 use std::cell::{Cell, RefCell};
