@@ -254,3 +254,148 @@ fn a_master_killed_under_load_fails_no_request_and_hits_come_back() {
         "hits came back within 10 s of the failover ({back:?} vs {failed_over:?})"
     );
 }
+
+/// Fills every object through a fresh instance and waits until the cluster holds them all.
+fn fill(cluster: &RedisCluster, origin: &Origin, jwt: &TestKey) {
+    let a = Corvid::start(&config(free_port(), origin, cluster, "16MiB", jwt));
+    for i in 0..KEYS {
+        assert_eq!(
+            http::get(a.addr(), &format!("/rds/obj/{i}"), &[]).status,
+            200
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || cluster.key_count()
+            == Some(KEYS as u64)),
+        "every fill reached the cluster"
+    );
+}
+
+/// Every object answered by `c` as a Redis hit with its body (the objects not so, else).
+fn not_redis_hits(c: &Corvid) -> Vec<usize> {
+    (0..KEYS)
+        .filter(|&i| {
+            let r = http::get(c.addr(), &format!("/rds/obj/{i}"), &[]);
+            !(r.status == 200 && r.header("x-cache-layer") == Some("redis") && r.body == body_of(i))
+        })
+        .collect()
+}
+
+#[test]
+fn a_slot_in_migration_is_followed_by_ask_then_by_moved() {
+    let cluster = RedisCluster::start(2000);
+    let origin = origin_with_objects();
+    let jwt = key("HS256", 0);
+    fill(&cluster, &origin, &jwt);
+    let b = Corvid::start(&config(free_port(), &origin, &cluster, "0", &jwt));
+    assert_eq!(not_redis_hits(&b), Vec::<usize>::new(), "b reads every key");
+
+    // Migrate one key's slot by hand, as `redis-cli --cluster reshard` does, and stop half-way:
+    // the key is on the target, its slot still belongs to the source, which answers ASK.
+    let masters = cluster.masters();
+    let (src, dst) = (masters[0], masters[1]);
+    let key = cluster
+        .keys_of(src)
+        .into_iter()
+        .next()
+        .expect("a key on the source");
+    let slot = cluster.slot_of(&key).to_string();
+    let (src_id, dst_id) = (cluster.node_id(src), cluster.node_id(dst));
+    let ok = |port, args: &[&str]| {
+        let out = cluster.cli(port, args).unwrap_or_default();
+        assert!(out.trim() == "OK", "{args:?} on {port}: {out}");
+    };
+    ok(dst, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]);
+    ok(src, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]);
+    let dst_port = dst.to_string();
+    let migrated = cluster
+        .cli_with(
+            src,
+            &["MIGRATE", "127.0.0.1", &dst_port, "", "0", "5000", "KEYS"],
+            &key,
+        )
+        .unwrap_or_default();
+    assert_eq!(migrated.trim(), "OK");
+    assert!(cluster.keys_of(src).iter().all(|k| *k != key));
+    assert_eq!(
+        not_redis_hits(&b),
+        Vec::<usize>::new(),
+        "the migrated key is read from the target (ASKING)\n{}",
+        b.stderr()
+    );
+
+    // The migration ends: the slot is the target's, the source answers MOVED.
+    for m in &masters {
+        ok(*m, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]);
+    }
+    assert_eq!(
+        not_redis_hits(&b),
+        Vec::<usize>::new(),
+        "the key is read from its new master (MOVED)\n{}",
+        b.stderr()
+    );
+    assert!(redis_errors(&b).ends_with(" 0"), "{}", redis_errors(&b));
+}
+
+#[test]
+fn a_resharding_under_load_fails_no_request_and_hits_come_back() {
+    let cluster = RedisCluster::start(2000);
+    let origin = origin_with_objects();
+    let jwt = key("HS256", 0);
+    fill(&cluster, &origin, &jwt);
+    let b = Corvid::start(&config(free_port(), &origin, &cluster, "0", &jwt));
+    assert_eq!(not_redis_hits(&b), Vec::<usize>::new());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let addr = b.addr();
+    let load = {
+        let (stop, failed) = (Arc::clone(&stop), Arc::clone(&failed));
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let k = i % KEYS;
+                let path = format!("/rds/obj/{k}");
+                match http::try_request(addr, "GET", &path, &[], Duration::from_secs(10)) {
+                    Ok(r) if r.status == 200 && r.body == body_of(k) => {}
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+            }
+        })
+    };
+    // Move a third of the slots of one master to another.
+    let masters = cluster.masters();
+    let started = Instant::now();
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "reshard", &format!("127.0.0.1:{}", masters[0])])
+        .args(["--cluster-from", &cluster.node_id(masters[0])])
+        .args(["--cluster-to", &cluster.node_id(masters[1])])
+        .args(["--cluster-slots", "2000", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || not_redis_hits(&b).is_empty()),
+        "every key a Redis hit again: {:?}\n{}",
+        not_redis_hits(&b),
+        b.stderr()
+    );
+    let back = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    eprintln!(
+        "2000 slots resharded under load: every key a Redis hit again {back:?} after the start"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no client request failed"
+    );
+}

@@ -147,3 +147,53 @@ impl RedisCluster {
         format!("[{}]", seeds.join(", "))
     }
 }
+
+impl RedisCluster {
+    /// `CLUSTER MYID` of the node on `port`.
+    pub fn node_id(&self, port: u16) -> String {
+        self.cli(port, &["CLUSTER", "MYID"])
+            .expect("CLUSTER MYID")
+            .trim()
+            .to_string()
+    }
+
+    /// `redis-cli -x -p PORT ARGS… LAST`: `last` (any bytes, NUL included: corvid's keys
+    /// have one) goes through stdin as the last argument.
+    pub fn cli_with(&self, port: u16, args: &[&str], last: &[u8]) -> Option<String> {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = Command::new("redis-cli")
+            .args(["-x", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?;
+        child.stdin.take()?.write_all(last).ok()?;
+        let out = child.wait_with_output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The keys the node on `port` holds (`KEYS *`; corvid's keys have no newline).
+    pub fn keys_of(&self, port: u16) -> Vec<Vec<u8>> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "KEYS", "*"])
+            .output()
+            .expect("redis-cli");
+        out.stdout
+            .split(|&b| b == b'\n')
+            .filter(|k| !k.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
+    /// `CLUSTER KEYSLOT key`.
+    pub fn slot_of(&self, key: &[u8]) -> u16 {
+        let port = self.live_ports()[0];
+        self.cli_with(port, &["CLUSTER", "KEYSLOT"], key)
+            .and_then(|s| s.trim().parse().ok())
+            .expect("CLUSTER KEYSLOT")
+    }
+}
