@@ -381,17 +381,20 @@ fn a_resharding_under_load_fails_no_request_and_hits_come_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let resharded = started.elapsed();
+    let done = Instant::now();
     assert!(
         wait_until(Duration::from_secs(20), || not_redis_hits(&b).is_empty()),
         "every key a Redis hit again: {:?}\n{}",
         not_redis_hits(&b),
         b.stderr()
     );
-    let back = started.elapsed();
+    let back = done.elapsed();
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
     eprintln!(
-        "2000 slots resharded under load: every key a Redis hit again {back:?} after the start"
+        "2000 slots resharded under load in {resharded:?}: every key a Redis hit again {back:?} \
+         after the resharding ended"
     );
     assert_eq!(
         failed.load(Ordering::Relaxed),
