@@ -402,3 +402,48 @@ fn a_resharding_under_load_fails_no_request_and_hits_come_back() {
         "no client request failed"
     );
 }
+
+#[test]
+fn a_frozen_master_costs_one_timeout_then_misses_never_a_failed_or_stalled_request() {
+    // A node timeout far above the freeze: the cluster does not fail the node over, so only
+    // corvid's own timeout and down state protect the requests.
+    let cluster = RedisCluster::start(60_000);
+    let origin = origin_with_objects();
+    let jwt = key("HS256", 0);
+    fill(&cluster, &origin, &jwt);
+    let b = Corvid::start(&config(free_port(), &origin, &cluster, "0", &jwt));
+    assert_eq!(not_redis_hits(&b), Vec::<usize>::new());
+
+    let frozen = cluster.masters()[0];
+    let held = cluster.key_count_of(frozen).unwrap();
+    cluster.signal(frozen, libc::SIGSTOP);
+    let mut misses = 0;
+    for round in 0..2 {
+        for i in 0..KEYS {
+            let started = Instant::now();
+            let r = http::get(b.addr(), &format!("/rds/obj/{i}"), &[]);
+            let took = started.elapsed();
+            assert!(
+                r.status == 200 && r.body == body_of(i),
+                "obj/{i}: {}",
+                r.status
+            );
+            // The Redis timeout is 200 ms; the rest is the origin fetch on a loaded machine.
+            assert!(took < Duration::from_secs(3), "obj/{i} took {took:?}");
+            if round == 1 && r.header("x-cache-layer") != Some("redis") {
+                misses += 1;
+            }
+        }
+    }
+    // The frozen master's keys miss (at most its share), the others still hit.
+    assert!(
+        misses as u64 <= held && misses > 0,
+        "{misses} misses, the frozen master held {held}"
+    );
+    cluster.signal(frozen, libc::SIGCONT);
+    assert!(
+        wait_until(Duration::from_secs(20), || not_redis_hits(&b).is_empty()),
+        "Redis hits for every key once the master is back: {:?}",
+        not_redis_hits(&b)
+    );
+}

@@ -197,3 +197,11 @@ impl RedisCluster {
             .expect("CLUSTER KEYSLOT")
     }
 }
+
+impl RedisCluster {
+    /// Sends `sig` (e.g. SIGSTOP, SIGCONT) to the node on `port`.
+    pub fn signal(&self, port: u16, sig: libc::c_int) {
+        let i = self.ports.iter().position(|&p| p == port).expect("a node");
+        self.nodes[i].as_ref().expect("a running node").signal(sig);
+    }
+}
