@@ -368,6 +368,50 @@ pub(super) async fn subscribers(client: &RedisClient, channel: &str) -> Result<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::redis::RedisTls;
+    use crate::config::RedisTarget;
+
+    fn target(url: &str) -> RedisTarget {
+        url.parse().unwrap()
+    }
+
+    #[test]
+    fn node_options_keep_the_login_and_verify_each_node_by_its_own_host() {
+        let seeds = [
+            "rediss://:pw@10.0.0.1:7000",
+            "rediss://:pw@redis-b.internal:7001",
+        ];
+        let config = crate::s3::tls::client_config(None, &[]).unwrap();
+        let first = target(seeds[0]);
+        let opts = RedisOptions {
+            cluster: seeds.iter().map(|s| target(s)).collect(),
+            tls: Some(RedisTls::new(&first, config).unwrap()),
+            ..RedisOptions::new(first)
+        };
+        let client = RedisClient::new(opts.clone()).unwrap();
+        assert!(client.is_up(), "no node tried yet");
+        let c = cluster(&client);
+        assert_eq!(c.seeds.len(), 2);
+        let node = opts.for_node("redis-b.internal", 7001).unwrap();
+        assert_eq!(node.target.authority(), "redis-b.internal:7001");
+        assert_eq!(node.target.auth, opts.target.auth);
+        assert!(node.target.tls && node.cluster.is_empty());
+        assert_eq!(
+            format!("{:?}", node.tls.unwrap().server_name()),
+            format!(
+                "{:?}",
+                rustls::pki_types::ServerName::try_from("redis-b.internal").unwrap()
+            )
+        );
+        // Seeds that mix plain and TLS are refused by the options' check.
+        let mixed = RedisOptions {
+            cluster: vec![target("rediss://a"), target("redis://b")],
+            ..opts
+        };
+        assert!(RedisClient::new(mixed).is_err());
+        // Unknown slots go round-robin over the seeds until a map is known.
+        assert_ne!(c.route(Some(1)), c.route(Some(1)));
+    }
 
     #[test]
     fn commands_route_by_their_key() {
