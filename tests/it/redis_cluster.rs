@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::common::http;
-use crate::common::redis_cluster::RedisCluster;
+use crate::common::redis_cluster::{ClusterTls, RedisCluster};
 use crate::common::*;
 use crate::jwt_support::{key, TestKey};
 
@@ -446,4 +446,52 @@ fn a_frozen_master_costs_one_timeout_then_misses_never_a_failed_or_stalled_reque
         "Redis hits for every key once the master is back: {:?}",
         not_redis_hits(&b)
     );
+}
+
+#[test]
+fn a_tls_cluster_with_a_password_fills_and_serves() {
+    let files = ClusterTls::generate();
+    let cluster = RedisCluster::start_with(2000, Some("s3cr:et"), Some(&files));
+    assert!(cluster
+        .seeds_toml()
+        .contains("rediss://:s3cr:et@127.0.0.1:"));
+    let origin = origin_with_objects();
+    let jwt = key("HS256", 0);
+    // TLS handshakes of a debug build on a loaded machine: a roomier timeout.
+    let config = |memory: &str| {
+        config(free_port(), &origin, &cluster, memory, &jwt)
+            .replace("s3cr:et", "s3cr%3Aet")
+            .replace(
+                "timeout = \"200ms\"\n",
+                &format!(
+                    "timeout = \"1s\"\nca_file = {}\n",
+                    toml_str(&files.ca_pem.to_string_lossy())
+                ),
+            )
+    };
+    let a = Corvid::start(&config("16MiB"));
+    let b = Corvid::start(&config("0"));
+    for i in 0..KEYS {
+        assert_eq!(
+            http::get(a.addr(), &format!("/rds/obj/{i}"), &[]).status,
+            200
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || cluster.key_count()
+            == Some(KEYS as u64)),
+        "every fill reached the cluster: {:?}\n{}",
+        cluster.key_count(),
+        a.stderr()
+    );
+    assert_eq!(
+        not_redis_hits(&b),
+        Vec::<usize>::new(),
+        "b reads every key over TLS\n{}",
+        b.stderr()
+    );
+    for x in [&a, &b] {
+        assert!(redis_errors(x).ends_with(" 0"), "{}", redis_errors(x));
+        assert!(!x.stderr().contains("s3cr"), "the password is never logged");
+    }
 }

@@ -1,10 +1,11 @@
 //! A real Redis Cluster for tests: six `redis-server --cluster-enabled yes` children on free
 //! loopback ports (client and cluster-bus ports both picked free), joined by
 //! `redis-cli --cluster create … --cluster-replicas 1` into three masters with one replica
-//! each, and waited on until every node reports `cluster_state:ok`. Killed on drop (each
-//! node is a [`RedisServer`]). Needs `redis-server` and `redis-cli` (Redis 7: `cluster-port`)
+//! each, and waited on until every node reports `cluster_state:ok`; optionally with a password
+//! and speaking only TLS. Killed on drop (each node is a [`RedisServer`]). Needs `redis-server` and `redis-cli` (Redis 7: `cluster-port`)
 //! on PATH.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,6 +17,10 @@ pub struct RedisCluster {
     /// The nodes, `None` once killed by [`RedisCluster::kill`].
     pub nodes: Vec<Option<RedisServer>>,
     pub ports: Vec<u16>,
+    /// `requirepass` (and `masterauth`) of every node.
+    password: Option<String>,
+    /// The CA file `redis-cli` trusts when the cluster speaks only TLS.
+    tls_ca: Option<PathBuf>,
 }
 
 impl RedisCluster {
@@ -23,13 +28,23 @@ impl RedisCluster {
     /// node says `cluster_state:ok`. `node_timeout_ms` is `cluster-node-timeout` (how soon a
     /// dead master is failed over).
     pub fn start(node_timeout_ms: u32) -> RedisCluster {
+        Self::start_with(node_timeout_ms, None, None)
+    }
+
+    /// [`RedisCluster::start`] with every node requiring `password` (replicas log into their
+    /// masters with it), and speaking only TLS with `tls`'s certificate (client, replication
+    /// and cluster bus), when given.
+    pub fn start_with(
+        node_timeout_ms: u32,
+        password: Option<&str>,
+        tls: Option<&ClusterTls>,
+    ) -> RedisCluster {
         let timeout = node_timeout_ms.to_string();
         let mut nodes = Vec::new();
         let mut ports = Vec::new();
         for _ in 0..6 {
-            let port = free_port();
             let bus = free_port().to_string();
-            let extra = [
+            let mut extra = vec![
                 "--cluster-enabled",
                 "yes",
                 "--cluster-port",
@@ -37,25 +52,57 @@ impl RedisCluster {
                 "--cluster-node-timeout",
                 &timeout,
             ];
-            nodes.push(Some(RedisServer::start_on(port, &extra)));
-            ports.push(port);
+            if let Some(pw) = password {
+                extra.extend(["--requirepass", pw, "--masterauth", pw]);
+            }
+            let node = match tls {
+                None => RedisServer::start_on(free_port(), &extra),
+                Some(t) => {
+                    extra.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+                    RedisServer::start_tls(
+                        &t.cert_pem,
+                        &t.key_pem,
+                        &t.ca_pem,
+                        t.client_config.clone(),
+                        &extra,
+                    )
+                }
+            };
+            ports.push(node.port);
+            nodes.push(Some(node));
         }
-        let mut create = Command::new("redis-cli");
+        let cluster = RedisCluster {
+            nodes,
+            ports,
+            password: password.map(str::to_owned),
+            tls_ca: tls.map(|t| t.ca_pem.clone()),
+        };
+        let mut create = cluster.cli_command();
         create.arg("--cluster").arg("create");
-        for p in &ports {
+        for p in &cluster.ports {
             create.arg(format!("127.0.0.1:{p}"));
         }
-        let out = create
+        // `redis-cli --cluster create` waits forever for nodes that cannot join (a cluster
+        // bus that fails its TLS handshake, say): bounded here.
+        let mut child = create
             .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .expect("redis-cli runs (Debian: apt-get install redis-tools)");
+        let exited = wait_until(Duration::from_secs(60), || {
+            child.try_wait().ok().flatten().is_some()
+        });
+        if !exited {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("redis-cli output");
         assert!(
             out.status.success(),
             "redis-cli --cluster create failed:\n{}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = RedisCluster { nodes, ports };
         assert!(
             wait_until(Duration::from_secs(30), || cluster.is_ok()),
             "the cluster did not reach cluster_state:ok within 30 s"
@@ -63,9 +110,41 @@ impl RedisCluster {
         cluster
     }
 
+    /// `redis-cli` with the cluster's login and TLS options.
+    fn cli_command(&self) -> Command {
+        let mut c = Command::new("redis-cli");
+        if let Some(pw) = &self.password {
+            c.args(["--no-auth-warning", "-a", pw]);
+        }
+        if let Some(ca) = &self.tls_ca {
+            c.arg("--tls").arg("--cacert").arg(ca);
+        }
+        c
+    }
+
+    /// `redis[s]://[:password@]127.0.0.1:P` of every node, as a TOML array.
+    pub fn seeds_toml(&self) -> String {
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let login = self
+            .password
+            .as_ref()
+            .map_or(String::new(), |pw| format!(":{pw}@"));
+        let seeds = self
+            .ports
+            .iter()
+            .map(|p| format!("\"{scheme}://{login}127.0.0.1:{p}\""))
+            .collect::<Vec<_>>();
+        format!("[{}]", seeds.join(", "))
+    }
+
     /// `redis-cli -p PORT ARGS…`'s output (None when it fails).
     pub fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
+        let out = self
+            .cli_command()
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
             .args(args)
             .output()
@@ -136,16 +215,6 @@ impl RedisCluster {
             n.kill();
         }
     }
-
-    /// `["redis://127.0.0.1:P", …]` of every node, as a TOML array.
-    pub fn seeds_toml(&self) -> String {
-        let seeds = self
-            .ports
-            .iter()
-            .map(|p| format!("\"redis://127.0.0.1:{p}\""))
-            .collect::<Vec<_>>();
-        format!("[{}]", seeds.join(", "))
-    }
 }
 
 impl RedisCluster {
@@ -162,7 +231,8 @@ impl RedisCluster {
     pub fn cli_with(&self, port: u16, args: &[&str], last: &[u8]) -> Option<String> {
         use std::io::Write;
         use std::process::Stdio;
-        let mut child = Command::new("redis-cli")
+        let mut child = self
+            .cli_command()
             .args(["-x", "-h", "127.0.0.1", "-p", &port.to_string()])
             .args(args)
             .stdin(Stdio::piped())
@@ -178,7 +248,8 @@ impl RedisCluster {
 
     /// The keys the node on `port` holds (`KEYS *`; corvid's keys have no newline).
     pub fn keys_of(&self, port: u16) -> Vec<Vec<u8>> {
-        let out = Command::new("redis-cli")
+        let out = self
+            .cli_command()
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "KEYS", "*"])
             .output()
             .expect("redis-cli");
@@ -203,5 +274,77 @@ impl RedisCluster {
     pub fn signal(&self, port: u16, sig: libc::c_int) {
         let i = self.ports.iter().position(|&p| p == port).expect("a node");
         self.nodes[i].as_ref().expect("a running node").signal(sig);
+    }
+}
+
+/// A test CA and one certificate for 127.0.0.1 that every node of a TLS cluster presents, as
+/// a server and as a client (the cluster bus and replication are TLS too, and a node dials
+/// its peers with its own certificate: it needs the `clientAuth` usage as well, which the
+/// server-only certificates of [`super::tls`] lack), written as PEM files.
+pub struct ClusterTls {
+    _dir: tempfile::TempDir,
+    pub ca_pem: PathBuf,
+    pub cert_pem: PathBuf,
+    pub key_pem: PathBuf,
+    /// Trusts the CA (for [`RedisServer`]'s own helper connections).
+    pub client_config: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl ClusterTls {
+    pub fn generate() -> ClusterTls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose, SanType,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "corvid test cluster CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().expect("ca key");
+        let ca = ca.self_signed(&ca_key).expect("self-sign ca");
+        let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
+        leaf.subject_alt_names
+            .push(SanType::IpAddress(std::net::IpAddr::V4(
+                std::net::Ipv4Addr::LOCALHOST,
+            )));
+        leaf.distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        leaf.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().expect("leaf key");
+        let leaf = leaf.signed_by(&key, &ca, &ca_key).expect("sign leaf");
+        let dir = tempfile::Builder::new()
+            .prefix("corvid-cluster-tls-")
+            .tempdir()
+            .expect("tls temp dir");
+        let write = |name: &str, content: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, content).expect("write pem");
+            p
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).expect("add CA root");
+        let client_config = std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        );
+        ClusterTls {
+            ca_pem: write("ca.pem", &ca.pem()),
+            cert_pem: write("node.pem", &leaf.pem()),
+            key_pem: write("node.key", &key.serialize_pem()),
+            client_config,
+            _dir: dir,
+        }
     }
 }
