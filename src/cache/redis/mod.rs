@@ -593,7 +593,7 @@ impl RedisClient {
         h.backoff = (self.inner.opts.backoff_initial * 2).min(self.inner.opts.backoff_max);
         drop(h);
         log::warn!(
-            "redis down: {e} ({}); the cache tier is skipped, retrying in {:?}",
+            "redis down: {e} ({}); its keys are misses meanwhile, retrying in {:?}",
             self.inner.opts.target.authority(),
             self.inner.opts.backoff_initial
         );
