@@ -137,6 +137,7 @@ fn fills_on_one_instance_are_served_by_another_across_slots_and_purges_reach_all
     assert_eq!(r.status, 200, "{}", r.text());
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["layers"]["redis"]["reachable"], true, "{v}");
+    assert_eq!(v["instances"], 3, "every subscribed instance counted: {v}");
     assert!(
         wait_until(Duration::from_secs(5), || {
             http::get(c.addr(), "/rds/obj/0", &[]).header("x-cache") == Some("MISS")

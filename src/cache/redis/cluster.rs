@@ -30,8 +30,11 @@
 //! - **Pub/sub**: a `PUBLISH` on any node of a cluster reaches the subscribers of every node
 //!   (the cluster bus forwards it), so the purge subscription stays on one node — the first
 //!   seed, then the next seed each time the subscription drops ([`super::pubsub`]). The count a
-//!   `PUBLISH` answers is that node's subscribers only, a lower bound for the cluster;
-//!   [`RedisClient::subscribers`] sums `PUBSUB NUMSUB` over every node of the map.
+//!   `PUBLISH` answers is that node's subscribers only, so purges are published on the seeds
+//!   in the same order (the first that answers): while the first seed is up the count is
+//!   every instance's subscription; after it failed, a lower bound until the subscriptions
+//!   have all moved on. [`RedisClient::subscribers`] sums `PUBSUB NUMSUB` over every node of
+//!   the map.
 //!   Classic rather than sharded pub/sub (`SPUBLISH`, Redis 7): the purge channel is one key,
 //!   its messages are rare, and classic pub/sub works on every cluster version.
 //! - Replicas are not read from (every command goes to a master): reads from a replica may
@@ -234,6 +237,30 @@ pub(super) async fn call(
     Err(RedisError::Protocol(format!(
         "more than {MAX_REDIRECTS} cluster redirections"
     )))
+}
+
+/// `PUBLISH` on the seeds in order, the first that answers taking it, all within one
+/// `timeout`: the subscriptions ([`super::pubsub`]) sit on the first seed that is up, so the
+/// count it answers is every subscriber in the usual case. Any node would forward the message
+/// to the whole cluster; the order only makes the count meaningful.
+pub(super) async fn publish(
+    client: &RedisClient,
+    cmd: &redis::Cmd,
+) -> Result<redis::Value, RedisError> {
+    let c = cluster(client);
+    let deadline = Instant::now() + client.inner.opts.timeout;
+    let mut last_err = RedisError::Protocol("no cluster seed".into());
+    for addr in &c.seeds {
+        match c.node(addr)?.round_trip_at(cmd, false, deadline).await {
+            Ok(v) => return Ok(v),
+            Err(e @ RedisError::Server(_)) => return Err(e),
+            Err(e) => last_err = e,
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    Err(last_err)
 }
 
 /// Asks `CLUSTER SLOTS` of the known masters, the other known nodes, then the seeds, each

@@ -413,11 +413,17 @@ impl RedisClient {
         }
     }
 
-    /// `PUBLISH` on `channel` (not key-prefixed); returns how many subscribers received it.
+    /// `PUBLISH` on `channel` (not key-prefixed); returns how many subscribers received it
+    /// (on a cluster: published on the first seed that answers, where the subscriptions are
+    /// while that seed is up, so the count covers them; see the `cluster` module).
     pub async fn publish(&self, channel: &str, message: &[u8]) -> Result<u64, RedisError> {
-        let v = self
-            .call(redis::cmd("PUBLISH").arg(channel).arg(message))
-            .await?;
+        let cmd = redis::cmd("PUBLISH").arg(channel).arg(message).clone();
+        let v = match &self.inner.cluster {
+            Some(_) => cluster::publish(self, &cmd)
+                .await
+                .map_err(|e| self.count(e))?,
+            None => self.call(&cmd).await?,
+        };
         resp::int("PUBLISH", v)
             .map(|n| n.max(0) as u64)
             .map_err(|e| self.count(e))
