@@ -496,3 +496,39 @@ fn a_tls_cluster_with_a_password_fills_and_serves() {
         assert!(!x.stderr().contains("s3cr"), "the password is never logged");
     }
 }
+
+fn purge(c: &Corvid, jwt: &TestKey, path: &str) -> serde_json::Value {
+    let token = jwt.token(None, &json!({"exp": now() + 600, "role": "admin"}));
+    let r = http::try_request(
+        c.addr(),
+        "POST",
+        path,
+        &[
+            ("content-length", "0"),
+            ("authorization", &format!("Bearer {token}")),
+        ],
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+#[test]
+fn prefix_purges_walk_every_master() {
+    let cluster = RedisCluster::start(2000);
+    let origin = origin_with_objects();
+    let jwt = key("HS256", 0);
+    fill(&cluster, &origin, &jwt);
+    let b = Corvid::start(&config(free_port(), &origin, &cluster, "0", &jwt));
+    // Soft: every key of every master marked (a short TTL), none deleted.
+    let v = purge(&b, &jwt, "/admin/cache/purge/rds?soft=true");
+    assert_eq!(v["layers"]["redis"]["entries"], KEYS, "{v}");
+    assert_eq!(v["layers"]["redis"]["complete"], true, "{v}");
+    assert_eq!(cluster.key_count(), Some(KEYS as u64));
+    // Hard: every key of every master deleted.
+    let v = purge(&b, &jwt, "/admin/cache/purge/rds?prefix=obj/");
+    assert_eq!(v["layers"]["redis"]["entries"], KEYS, "{v}");
+    assert_eq!(v["layers"]["redis"]["complete"], true, "{v}");
+    assert_eq!(cluster.key_count(), Some(0));
+}
