@@ -844,10 +844,41 @@ fn disk(cx: &mut Ctx<'_>, mut s: Section) -> Option<DiskConfig> {
 }
 
 fn redis(cx: &mut Ctx<'_>, mut s: Section) -> Option<RedisConfig> {
-    let url = s.req(cx, "url", |cx, k, v| {
-        let u = cx.nonempty(k, v)?;
-        check(cx, k, parse_redis_url(&u))
-    });
+    let url_key = s.key("url");
+    let cluster_key = s.key("cluster");
+    let has_url = s.has("url");
+    let has_cluster = s.has("cluster");
+    // Exactly one of `url` (one server) and `cluster` (seed nodes of a Redis Cluster).
+    let (url, cluster) = match (has_url, has_cluster) {
+        (true, true) => {
+            cx.problem(
+                &cluster_key,
+                "give either `url` (one Redis server) or `cluster` (Redis Cluster seed nodes), \
+                 not both",
+            );
+            let _ = s.opt(cx, "url", |_, _, _| None::<()>);
+            let _ = s.opt(cx, "cluster", |_, _, _| None::<()>);
+            (None, None)
+        }
+        (false, true) => {
+            let seeds = s.opt(cx, "cluster", redis_cluster);
+            (seeds.as_ref().map(|s| s[0].clone()), seeds)
+        }
+        _ => {
+            if !has_url {
+                cx.problem(
+                    &url_key,
+                    "required key is missing: give `url` (one Redis server) or `cluster` \
+                     (Redis Cluster seed nodes)",
+                );
+            }
+            let url = s.opt(cx, "url", |cx, k, v| {
+                let u = cx.nonempty(k, v)?;
+                check(cx, k, parse_redis_url(&u))
+            });
+            (url, Some(Vec::new()))
+        }
+    };
     let ca_key = s.key("ca_file");
     let ca_present = s.has("ca_file");
     let ca_file = s.opt(cx, "ca_file", Ctx::existing_file);
@@ -860,15 +891,69 @@ fn redis(cx: &mut Ctx<'_>, mut s: Section) -> Option<RedisConfig> {
     let timeout = s.or(cx, "timeout", Duration::from_millis(50), Ctx::timeout);
     s.finish(cx);
     let target = url?;
+    let cluster = cluster?;
     if (ca_present && ca_file.is_none()) || (ca_file.is_some() && !target.tls) {
         return None;
     }
     Some(RedisConfig {
         target,
+        cluster,
         ca_file,
         max_object_size: max_object_size?,
         timeout: timeout?,
     })
+}
+
+/// `cache.redis.cluster`: a non-empty list of seed node URLs, each under the rules of `url`,
+/// all with the same scheme and login (one login for the whole cluster, as Redis Cluster
+/// shares ACLs only by configuration) and no database (a cluster has only database 0).
+fn redis_cluster(cx: &mut Ctx<'_>, key: &str, v: Value) -> Option<Vec<RedisTarget>> {
+    let seeds = cx.array(key, v, |cx, k, v| {
+        let u = cx.nonempty(k, v)?;
+        let t = check(cx, k, parse_redis_url(&u))?;
+        if t.db != 0 {
+            cx.problem(
+                k,
+                format!(
+                    "database {} requested, but a Redis Cluster has only database 0 \
+                     (drop the /{} path)",
+                    t.db, t.db
+                ),
+            );
+            return None;
+        }
+        Some(t)
+    })?;
+    let Some(first) = seeds.first() else {
+        cx.problem(
+            key,
+            "must list at least one seed node, e.g. [\"redis://10.0.0.1:6379\"]",
+        );
+        return None;
+    };
+    let mut ok = true;
+    for (i, t) in seeds.iter().enumerate().skip(1) {
+        let k = format!("{key}[{i}]");
+        if t.tls != first.tls {
+            cx.problem(
+                &k,
+                format!(
+                    "mixes redis:// and rediss:// (seed 0 is {}): every node of a cluster is \
+                     reached the same way",
+                    if first.tls { "rediss://" } else { "redis://" }
+                ),
+            );
+            ok = false;
+        } else if t.auth != first.auth {
+            cx.problem(
+                &k,
+                "has a different login than seed 0: one login is used for every node of the \
+                 cluster",
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(seeds)
 }
 
 // ---- value rules (pure, `Err` is the problem message) ----

@@ -120,6 +120,12 @@
 //!   as a user name and redis-cli as a password, and guessing could send a password as a user
 //!   name or silently not log in. An empty password (`redis://user:@host`, `redis://:@host`) is
 //!   refused too. Error messages never repeat the credentials.
+//! * **Redis Cluster** (`cache.redis.cluster`, instead of `url`; exactly one of the two, both
+//!   or neither is an error naming the key): a non-empty array of seed node URLs, each under
+//!   the rules of `url`, into [`RedisConfig::cluster`]. Every seed has the same scheme
+//!   (`redis://` or `rediss://`) and the same login, since one login and one TLS setting serve
+//!   every node corvid discovers; none has a database path other than `/0` (a cluster only has
+//!   database 0). `ca_file` applies to every node of a `rediss://` cluster.
 //! * **Credentials**: either static `access_key` + `secret_key` (+ `session_token`), or
 //!   `credentials = "env" | "profile" | "web_identity" | "ecs" | "imds" | "chain"` (+ `profile`
 //!   for `"profile"`/`"chain"`); with neither, `"chain"`. Both at once is an error naming
@@ -800,8 +806,12 @@ pub struct DiskConfig {
 /// `[cache.redis]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// The server and the login, parsed from `cache.redis.url`.
+    /// The server and the login, parsed from `cache.redis.url`; with `cache.redis.cluster`,
+    /// its first seed node (whose scheme and login every seed shares).
     pub target: RedisTarget,
+    /// `cache.redis.cluster`: the seed nodes of a Redis Cluster (`target` is the first); empty
+    /// for one server (`url`).
+    pub cluster: Vec<RedisTarget>,
     /// `cache.redis.ca_file`: a PEM file of CAs trusted for a `rediss://` server in addition
     /// to the public roots (only with `rediss://`; the file existed at load time).
     pub ca_file: Option<PathBuf>,

@@ -2074,3 +2074,86 @@ fn credentials_sources() {
         "{dbg}"
     );
 }
+
+#[test]
+fn redis_cluster_seeds() {
+    let redis = |body: &str| with_bucket("", &format!("[cache.redis]\n{body}"));
+    let r = ok(&redis(
+        "cluster = [\"redis://:pw@10.0.0.1:7000\", \"redis://:pw@[::1]:7001\"]",
+    ))
+    .cache
+    .redis
+    .unwrap();
+    assert_eq!(r.cluster.len(), 2);
+    assert_eq!(r.target, r.cluster[0]);
+    assert_eq!(r.cluster[1].authority(), "[::1]:7001");
+    assert_eq!(r.cluster[1].auth.as_ref().unwrap().password, "pw");
+    // A single server has no seeds.
+    assert!(ok(&redis("url = \"redis://r\""))
+        .cache
+        .redis
+        .unwrap()
+        .cluster
+        .is_empty());
+    // rediss:// seeds with a CA file.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "x").unwrap();
+    let r = ok(&redis(&format!(
+        "cluster = [\"rediss://a\", \"rediss://b:7000/0\"]\nca_file = {:?}",
+        ca.display().to_string()
+    )))
+    .cache
+    .redis
+    .unwrap();
+    assert!(r.cluster.iter().all(|t| t.tls) && r.ca_file.is_some());
+
+    for (body, key, needle) in [
+        (
+            "url = \"redis://r\"\ncluster = [\"redis://a\"]",
+            "cache.redis.cluster",
+            "not both",
+        ),
+        ("", "cache.redis.url", "`cluster`"),
+        ("cluster = []", "cache.redis.cluster", "at least one seed"),
+        ("cluster = \"redis://a\"", "cache.redis.cluster", "an array"),
+        ("cluster = [1]", "cache.redis.cluster[0]", "a string"),
+        (
+            "cluster = [\"redis://a/2\"]",
+            "cache.redis.cluster[0]",
+            "only database 0",
+        ),
+        (
+            "cluster = [\"redis://a\", \"http://b\"]",
+            "cache.redis.cluster[1]",
+            "not supported",
+        ),
+        (
+            "cluster = [\"redis://a\", \"rediss://b\"]",
+            "cache.redis.cluster[1]",
+            "mixes redis:// and rediss://",
+        ),
+        (
+            "cluster = [\"redis://:pw@a\", \"redis://b\"]",
+            "cache.redis.cluster[1]",
+            "different login",
+        ),
+        (
+            "cluster = [\"redis://:pw@a\", \"redis://:hunter2@b\"]",
+            "cache.redis.cluster[1]",
+            "different login",
+        ),
+        (
+            &format!(
+                "cluster = [\"redis://a\"]\nca_file = {:?}",
+                ca.display().to_string()
+            ),
+            "cache.redis.ca_file",
+            "only meaningful for a rediss://",
+        ),
+    ] {
+        has_problem(&redis(body), key, needle);
+        let ps = problems(&redis(body));
+        assert!(ps.iter().all(|p| !p.message.contains("hunter2")), "{ps:?}");
+    }
+}

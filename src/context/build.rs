@@ -265,7 +265,12 @@ pub fn redis_options(cfg: &crate::config::RedisConfig) -> Result<RedisOptions, S
     let tls = if cfg.target.tls {
         let config = crate::s3::tls::client_config(cfg.ca_file.as_deref(), &[])
             .map_err(|e| format!("cache.redis.ca_file: {e}"))?;
-        Some(RedisTls::new(&cfg.target, config).map_err(|e| format!("cache.redis.url: {e}"))?)
+        let key = if cfg.cluster.is_empty() {
+            "cache.redis.url"
+        } else {
+            "cache.redis.cluster[0]"
+        };
+        Some(RedisTls::new(&cfg.target, config).map_err(|e| format!("{key}: {e}"))?)
     } else {
         None
     };
@@ -276,6 +281,7 @@ pub fn redis_options(cfg: &crate::config::RedisConfig) -> Result<RedisOptions, S
         // queued behind it (64 KiB GETs: 8.5k/s on one connection, 25k/s on two; perf/RESULTS.md).
         connections: 2,
         max_value_size: usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX),
+        cluster: cfg.cluster.clone(),
         ..RedisOptions::new(cfg.target.clone())
     })
 }

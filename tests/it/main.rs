@@ -27,6 +27,7 @@ mod origin_errors;
 mod passthrough;
 mod pool;
 mod redis;
+mod redis_cluster;
 mod redis_tls;
 mod reload;
 mod replace;

@@ -10,6 +10,16 @@
 //! rules), which [`RedisOptions`] carries; this module only turns it into the `AUTH`/`SELECT`
 //! handshake of every new connection.
 //!
+//! # Redis Cluster (`cache.redis.cluster`)
+//! With seed nodes instead of one URL ([`RedisOptions::cluster`]) the same operations route
+//! each key to the master of its hash slot ([`slots`]: CRC16 with hash tags, the slot map,
+//! `MOVED`/`ASK`), through one single-server client per node (its own connections, timeout
+//! and down state, as below), following `MOVED` (map patched and refreshed) and `ASK`
+//! (`ASKING`, once), refreshing the map in the background on failures and periodically;
+//! prefix walks run on every master; the purge subscription stays on one seed node, since a
+//! `PUBLISH` on any node reaches every node's subscribers. The details and their reasons are
+//! in the `cluster` module. No other module of corvid knows about slots.
+//!
 //! # TLS (`rediss://`)
 //! [`RedisOptions::tls`] holds a [`RedisTls`]: the `rustls::ClientConfig` (public roots plus
 //! `cache.redis.ca_file`, built once at start-up by [`crate::s3::tls::client_config`], the
@@ -56,10 +66,12 @@
 //! buffered whole) and counts as a protocol error, which also takes the client down for one
 //! backoff step.
 
+mod cluster;
 mod conn;
 pub mod pubsub;
 pub mod resolve;
 mod resp;
+pub mod slots;
 mod stream;
 
 use std::cell::{Cell, RefCell};
@@ -80,8 +92,13 @@ pub use self::stream::RedisTls;
 /// Settings of the Redis tier (from `cache.redis.*`).
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// The server, login and database (from `cache.redis.url`).
+    /// The server, login and database (from `cache.redis.url`); for a cluster, the first
+    /// seed node.
     pub target: RedisTarget,
+    /// Seed nodes of a Redis Cluster (`cache.redis.cluster`); empty for one server. When not
+    /// empty the client routes by hash slot (see the `cluster` module) and `target` is only
+    /// the first seed.
+    pub cluster: Vec<RedisTarget>,
     /// TLS to the server: required for a `rediss://` target, refused for `redis://`
     /// ([`RedisClient::new`] checks). Built once, shared by every connection.
     pub tls: Option<RedisTls>,
@@ -101,12 +118,34 @@ pub struct RedisOptions {
 }
 
 impl RedisOptions {
+    /// The options of a connection to one node of a cluster (or to one seed): the same
+    /// login, timeout and limits, this node's address, TLS verified for this node's host.
+    pub(crate) fn for_node(&self, host: &str, port: u16) -> Result<RedisOptions, String> {
+        let target = RedisTarget {
+            host: host.to_string(),
+            port,
+            db: 0,
+            ..self.target.clone()
+        };
+        let tls = match &self.tls {
+            Some(tls) => Some(tls.for_target(&target)?),
+            None => None,
+        };
+        Ok(RedisOptions {
+            target,
+            cluster: Vec::new(),
+            tls,
+            ..self.clone()
+        })
+    }
+
     /// Options with corvid's defaults: 50 ms timeout, 4 MiB values, prefix `corvid:`, one
     /// connection per worker, backoff 100 ms doubling to 5 s, and no TLS (a `rediss://`
     /// target needs [`tls`](Self::tls) set).
     pub fn new(target: RedisTarget) -> RedisOptions {
         RedisOptions {
             target,
+            cluster: Vec::new(),
             tls: None,
             timeout: Duration::from_millis(50),
             max_value_size: 4 << 20,
@@ -126,6 +165,9 @@ impl RedisOptions {
     pub fn check(&self) -> Result<(), String> {
         if self.timeout.is_zero() {
             return Err("the redis timeout must be greater than zero".into());
+        }
+        if self.cluster.iter().any(|t| t.tls != self.target.tls) {
+            return Err("the cluster seeds mix redis:// and rediss://".into());
         }
         match (self.target.tls, &self.tls) {
             (true, None) => Err("a rediss:// target needs TLS settings (RedisOptions::tls)".into()),
@@ -192,6 +234,9 @@ struct Health {
 
 struct Inner {
     opts: RedisOptions,
+    /// Slot routing over per-node clients when `opts.cluster` is not empty; `conns` and
+    /// `health` are then unused (each node client has its own).
+    cluster: Option<cluster::Cluster>,
     conns: RefCell<Vec<Option<Rc<Conn>>>>,
     next_conn: Cell<usize>,
     health: RefCell<Health>,
@@ -210,8 +255,14 @@ impl RedisClient {
     pub fn new(opts: RedisOptions) -> Result<RedisClient, String> {
         opts.check()?;
         let n = opts.connections.max(1);
+        let cluster = if opts.cluster.is_empty() {
+            None
+        } else {
+            Some(cluster::Cluster::new(&opts)?)
+        };
         Ok(RedisClient {
             inner: Rc::new(Inner {
+                cluster,
                 conns: RefCell::new(vec![None; n]),
                 next_conn: Cell::new(0),
                 health: RefCell::new(Health {
@@ -333,6 +384,11 @@ impl RedisClient {
     ) -> Result<(), RedisError> {
         let mut pattern = glob_escape(&self.key(prefix));
         pattern.push(b'*');
+        if self.inner.cluster.is_some() {
+            return cluster::walk(self, &pattern, counted, what, op)
+                .await
+                .map_err(|e| self.count(e));
+        }
         let mut cursor: u64 = 0;
         loop {
             let v = self
@@ -357,19 +413,31 @@ impl RedisClient {
         }
     }
 
-    /// `PUBLISH` on `channel` (not key-prefixed); returns how many subscribers received it.
+    /// `PUBLISH` on `channel` (not key-prefixed); returns how many subscribers received it
+    /// (on a cluster: published on the first seed that answers, where the subscriptions are
+    /// while that seed is up, so the count covers them; see the `cluster` module).
     pub async fn publish(&self, channel: &str, message: &[u8]) -> Result<u64, RedisError> {
-        let v = self
-            .call(redis::cmd("PUBLISH").arg(channel).arg(message))
-            .await?;
+        let cmd = redis::cmd("PUBLISH").arg(channel).arg(message).clone();
+        let v = match &self.inner.cluster {
+            Some(_) => cluster::publish(self, &cmd)
+                .await
+                .map_err(|e| self.count(e))?,
+            None => self.call(&cmd).await?,
+        };
         resp::int("PUBLISH", v)
             .map(|n| n.max(0) as u64)
             .map_err(|e| self.count(e))
     }
 
     /// `PUBSUB NUMSUB channel`: how many subscriptions `channel` has (across all clients of
-    /// this Redis). For health checks and tests.
+    /// this Redis; for a cluster, summed over every node that answers, since each node counts
+    /// only its own subscribers). For health checks and tests.
     pub async fn subscribers(&self, channel: &str) -> Result<u64, RedisError> {
+        if self.inner.cluster.is_some() {
+            return cluster::subscribers(self, channel)
+                .await
+                .map_err(|e| self.count(e));
+        }
         let v = self
             .call(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel))
             .await?;
@@ -383,14 +451,19 @@ impl RedisClient {
     }
 
     /// Sends any command (keys are not prefixed): the reply, with error replies as
-    /// `Err(Server)`. Subject to the same timeout and down state as everything else.
+    /// `Err(Server)`. Subject to the same timeout and down state as everything else. On a
+    /// cluster it goes to the node serving its key (the first argument, or the first key of
+    /// `EVAL`/`EVALSHA`), or to any node for a command without arguments.
     pub async fn command(&self, cmd: &redis::Cmd) -> Result<redis::Value, RedisError> {
         self.call(cmd).await
     }
 
-    /// `false` while in the down state.
+    /// `false` while in the down state (for a cluster: while no node is known to be up).
     pub fn is_up(&self) -> bool {
-        self.inner.health.borrow().up
+        match &self.inner.cluster {
+            Some(c) => c.any_up(),
+            None => self.inner.health.borrow().up,
+        }
     }
 
     /// Operations that returned `Err` so far, fast-failed ones included.
@@ -411,22 +484,44 @@ impl RedisClient {
         e
     }
 
-    /// One round trip under the failure model; counts failures.
+    /// One round trip under the failure model (routed by slot on a cluster); counts failures.
     async fn call(&self, cmd: &redis::Cmd) -> Result<redis::Value, RedisError> {
-        self.round_trip(cmd).await.map_err(|e| self.count(e))
+        let r = match &self.inner.cluster {
+            Some(_) => cluster::call(self, cmd).await,
+            None => {
+                let deadline = Instant::now() + self.inner.opts.timeout;
+                self.round_trip_at(cmd, false, deadline).await
+            }
+        };
+        r.map_err(|e| self.count(e))
     }
 
-    async fn round_trip(&self, cmd: &redis::Cmd) -> Result<redis::Value, RedisError> {
-        let inner = &*self.inner;
+    /// One command on one of this client's connections, answered by `deadline`; with
+    /// `asking`, preceded by `ASKING` on the same connection (the one-shot permission of a
+    /// Redis Cluster `ASK` redirection).
+    async fn round_trip_at(
+        &self,
+        cmd: &redis::Cmd,
+        asking: bool,
+        deadline: Instant,
+    ) -> Result<redis::Value, RedisError> {
         let epoch = self.admit()?;
-        let deadline = Instant::now() + inner.opts.timeout;
         let conn = self.pick_conn();
+        // Both queued in one synchronous step: adjacent on the wire.
+        let asked = asking.then(|| conn.send(&redis::cmd("ASKING")));
         let slot = conn.send(cmd);
-        match monoio::time::timeout_at(deadline, slot.wait()).await {
+        let replies = async {
+            if let Some(asked) = asked {
+                resp::check(asked.wait().await?)?;
+            }
+            slot.wait().await
+        };
+        match monoio::time::timeout_at(deadline, replies).await {
             Ok(Ok(v)) => {
                 self.succeeded(epoch);
                 resp::check(v)
             }
+            Ok(Err(e @ RedisError::Server(_))) => Err(e),
             Ok(Err(e)) => {
                 self.failed(&e, epoch);
                 Err(e)
@@ -454,6 +549,16 @@ impl RedisClient {
         h.retry_at = now + h.backoff;
         h.backoff = (h.backoff * 2).min(self.inner.opts.backoff_max);
         Ok(h.epoch)
+    }
+
+    /// Closes every connection (a node that left the cluster); the next operation would open
+    /// new ones.
+    fn close_all(&self) {
+        for c in self.inner.conns.borrow_mut().iter_mut() {
+            if let Some(c) = c.take() {
+                c.close(&RedisError::Down);
+            }
+        }
     }
 
     fn pick_conn(&self) -> Rc<Conn> {
@@ -494,7 +599,8 @@ impl RedisClient {
         h.backoff = (self.inner.opts.backoff_initial * 2).min(self.inner.opts.backoff_max);
         drop(h);
         log::warn!(
-            "redis down: {e}; the cache tier is skipped, retrying in {:?}",
+            "redis down: {e} ({}); its keys are misses meanwhile, retrying in {:?}",
+            self.inner.opts.target.authority(),
             self.inner.opts.backoff_initial
         );
         // Other connections may be fine, but a probe should decide that: a slow Redis must not

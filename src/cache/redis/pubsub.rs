@@ -1,5 +1,7 @@
 //! The purge subscriber: one dedicated connection per process (or per worker, as the caller
-//! chooses) in `SUBSCRIBE` mode, reconnecting with backoff for as long as it runs.
+//! chooses) in `SUBSCRIBE` mode, reconnecting with backoff for as long as it runs. On a Redis
+//! Cluster it subscribes on one seed node (a `PUBLISH` on any node reaches the subscribers of
+//! all) and moves to the next seed each time the subscription drops.
 //!
 //! Pub/sub is at-most-once: purges published while the subscription is down are lost, so
 //! entries purged meanwhile elsewhere may be served until their TTL. The subscriber logs each
@@ -99,6 +101,24 @@ pub async fn subscribe_with(
         log::error!("redis subscription to {channel:?} not started: {e}");
         return;
     }
+    // A cluster's seeds, one after the other: a PUBLISH on any node reaches every node's
+    // subscribers, so one node is enough, and the next seed takes over when it fails.
+    let targets = if opts.cluster.is_empty() {
+        vec![opts.clone()]
+    } else {
+        let seeds = opts.cluster.iter();
+        match seeds
+            .map(|t| opts.for_node(&t.host, t.port))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("redis subscription to {channel:?} not started: {e}");
+                return;
+            }
+        }
+    };
+    let mut turn = 0;
     let mut backoff = opts.backoff_initial;
     // None until the first attempt settles, so a subscriber that never connects still warns.
     let mut up: Option<bool> = None;
@@ -114,9 +134,10 @@ pub async fn subscribe_with(
                 up = Some(true);
             }
         };
+        let node = &targets[turn % targets.len()];
         let attempt = session(
-            &opts.target,
-            &opts,
+            &node.target,
+            node,
             &channel,
             &mut on_message,
             &mut on_subscribed,
@@ -128,6 +149,7 @@ pub async fn subscribe_with(
         if subscribed {
             backoff = opts.backoff_initial;
         }
+        turn += 1;
         if up != Some(false) {
             log::warn!("redis subscription to {channel:?} down: {err}; reconnecting with backoff");
             up = Some(false);

@@ -113,7 +113,12 @@ impl RespReader {
 /// Turns an error reply into `Err(Server)`; passes every other reply through.
 pub fn check(v: redis::Value) -> Result<redis::Value, RedisError> {
     match v {
-        redis::Value::ServerError(e) => Err(RedisError::Server(e.to_string())),
+        // The wire form (`MOVED 3999 10.0.0.2:6379`, `ERR unknown command`): code, space,
+        // details, which is what the cluster client parses redirections from.
+        redis::Value::ServerError(e) => Err(RedisError::Server(match e.details() {
+            Some(d) => format!("{} {d}", e.code()),
+            None => e.code().to_string(),
+        })),
         v => Ok(v),
     }
 }

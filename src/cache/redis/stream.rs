@@ -71,6 +71,12 @@ impl RedisTls {
         })
     }
 
+    /// The same client config (shared, not rebuilt) for another server: a node of a Redis
+    /// Cluster is verified for its own host.
+    pub fn for_target(&self, target: &RedisTarget) -> Result<RedisTls, String> {
+        RedisTls::new(target, Arc::clone(&self.config))
+    }
+
     /// The name (or address) the server's certificate is verified for.
     pub fn server_name(&self) -> &ServerName<'static> {
         &self.server_name

@@ -177,3 +177,4 @@ pub fn now() -> u64 {
         .unwrap()
         .as_secs()
 }
+pub mod redis_cluster;
