@@ -160,7 +160,7 @@ pub struct RemovalStats {
 /// than the paper's 10, measured in the module docs.
 const SMALL_PERCENT: u64 = 5;
 /// What `corvid check` and start-up warn when a large object's slices do not fit this tier's
-/// small queue ([`SMALL_PERCENT`] of `capacity`): a slice read once is then evicted by the next
+/// small queue (5 % of `capacity`): a slice read once is then evicted by the next
 /// insertion before anyone reads it again, and a sliced object is fetched again and again.
 /// `None` when the tier is off, slicing is off, or the slices fit.
 pub fn slice_warning(capacity: u64, slice_size: u64, slicing: bool) -> Option<String> {

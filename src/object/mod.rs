@@ -14,6 +14,8 @@
 //!   │                               ▼
 //!   ├─ background ──────────────► revalidate / fill (no client waits: stale-while-revalidate,
 //!   │                                          the whole object after a Range miss)
+//!   ├─ sliced object entry ─────► sliced      (a large object's answer from its slices;
+//!   │                               │          slice_fill gets them, slices has the rules)
 //!   └─ HEAD/Range miss, bypass ─► upstream    (sign, send, pass the answer through)
 //!                                   ▼
 //!                                origin_error (an origin's error answer, read and mapped)
@@ -35,6 +37,7 @@ pub mod fill;
 pub mod freshness;
 pub mod origin_error;
 pub mod revalidate;
+pub mod slice_fill;
 pub mod sliced;
 pub mod slices;
 pub mod upstream;

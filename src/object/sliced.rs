@@ -1,27 +1,23 @@
 //! Answering requests for sliced objects (`super::slices` has the rules): a response is the
-//! object entry's head, then the requested bytes slice after slice, each from the cache, from
-//! a fill in flight, or fetched from the origin.
+//! object entry's head, then the requested bytes slice after slice, each taken from the cache,
+//! from a fill in flight, or fetched from the origin (`super::slice_fill`).
 //!
 //! # One slice at a time, in order
 //! For each slice the response needs, in order: a cached slice of this version (its ETag tag
-//! and length match the object entry's) is sent uncopied; otherwise the slice's key is joined
-//! in the coalescing table (`cache::inflight`, across workers) — a follower streams the fill
-//! in flight as it arrives, a leader starts one origin request for this slice and the next
-//! missing ones (adjacent slices merged, at most `1 + cache.slice_readahead`) and streams it
-//! the same way. The origin request runs in a task of its own ([`fetch_run`]) at the origin's
-//! pace and stores each slice as it completes: no client, however slow, paces a fill (the rule
-//! of `super::fill`, per slice). Memory per response: the slices in flight it reads, each at
-//! most `cache.slice_size`.
+//! and length match the object entry's) is sent uncopied; otherwise the response follows the
+//! slice's fill (its own or another request's, on any worker) as it arrives. Memory per
+//! response: the slices in flight it reads, each at most `cache.slice_size`.
 //!
 //! # Read-ahead
 //! When a response begins a slice it makes sure the next `cache.slice_readahead` slices it will
-//! need are cached or in flight ([`prefetch`]), so a sequential reader does not wait one origin
-//! round trip per slice.
+//! need are cached or in flight (`slice_fill::prefetch`), so a sequential reader does not wait
+//! one origin round trip per slice. Slices its own fills fetched count as fetched in the
+//! access log and metrics, wherever the reader finds them.
 //!
 //! # One version per response
 //! Every byte of a response comes from the object entry's version: slice requests carry
 //! `If-Match` with its ETag, and an answer of another version (`412`, another ETag or length)
-//! removes the object entry and fails every fill of the run with [`changed`]. A response that
+//! removes the object entry and fails every fill of the run (`slice_fill::changed`). A response that
 //! has sent no body byte yet starts again on the new version ([`Served::Changed`]); one that
 //! has is ended short — the client sees a truncated body, never a spliced one (as Apache
 //! Traffic Server's slice plugin does).
@@ -31,10 +27,7 @@
 //! `REVALIDATED`, `STALE`; the access log counts the slices a response took from the cache and
 //! from the origin (`slices_cached`, `slices_fetched`).
 
-use std::cell::RefCell;
-use std::collections::BTreeSet;
 use std::ops::Range;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -42,14 +35,17 @@ use monoio::io::AsyncWriteRent;
 
 use super::answer::{status_and_range, write_head};
 use super::decide;
-use super::exchange::{Exchange, OwnedTarget, Target, XCache};
-use super::slices::{self, check_run_answer, Geometry, RunAnswer};
+use super::exchange::{Exchange, Target, XCache};
+use super::slice_fill::{
+    changed, is_changed, obtain, prefetch, start_run, Fetching, Obtained, Version,
+};
+use super::slices;
 use super::upstream::{drain_error_body, fetch_origin, stored_headers};
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::{Event, Leader, Role, Subscription};
 use crate::cache::tiered::{Hit, Layer};
 use crate::context::Worker;
-use crate::error::{Error, Kind, Side};
+use crate::error::{Error, Kind};
 use crate::http::conn::Sent;
 use crate::http::response::UpstreamHead;
 use crate::s3::client::Body;
@@ -60,53 +56,6 @@ pub enum Served {
     /// The object changed at the origin before any body byte was sent: answer again, from the
     /// new version.
     Changed,
-}
-
-/// The version a response serves: the object entry's ETag and how it is cut.
-#[derive(Clone)]
-pub struct Version {
-    pub etag: String,
-    pub g: Geometry,
-    /// The object entry's age origin and deadline, which its slices are stored with (so a
-    /// tier that expires entries — Redis — keeps them about as long as the entry).
-    times: (u64, u64),
-}
-
-impl Version {
-    /// The version of a sliced object entry (`None` for a whole entry).
-    pub fn of(w: &Worker, meta: &Meta) -> Option<Version> {
-        let len = meta.sliced_len()?;
-        Some(Version {
-            etag: meta.etag()?.to_owned(),
-            g: Geometry::new(w.shared.config.cache.slice_size, len),
-            times: (meta.stored_at_ms, meta.expires_at_ms),
-        })
-    }
-
-    fn key(&self, ckey: &[u8], index: u64) -> Vec<u8> {
-        let mut k = Vec::with_capacity(ckey.len() + 24);
-        slices::slice_key(ckey, &self.g, index, &mut k);
-        k
-    }
-
-    /// Whether a cached slice is slice `index` of this version.
-    fn holds(&self, obj: &CachedObject, index: u64) -> bool {
-        obj.meta.etag() == Some(self.etag.as_str())
-            && obj.body.len() as u64 == self.g.slice_len(index)
-    }
-}
-
-/// The error a fill of a changed object fails with; see [`is_changed`].
-pub fn changed() -> Error {
-    Error::upstream(
-        Kind::PreconditionFailed,
-        "the object changed at the origin while it was read",
-    )
-}
-
-/// Whether `e` is [`changed`].
-pub fn is_changed(e: &Error) -> bool {
-    e.kind() == Kind::PreconditionFailed && e.side() == Side::Upstream
 }
 
 /// The object entry for an origin answer `head` (a `200` of `len` bytes, or a `206` of an
@@ -424,22 +373,6 @@ fn note<S>(x: &mut Exchange<'_, '_, '_, S>, layer: Option<Layer>) {
     }
 }
 
-/// The slices a response's own fills (its runs and read-ahead) are fetching from the origin,
-/// shared with the read-ahead tasks: found in the cache later, they still count as fetched.
-#[derive(Default, Clone)]
-struct Fetching(Rc<RefCell<BTreeSet<u64>>>);
-
-impl Fetching {
-    fn add(&self, slices: Range<u64>) {
-        self.0.borrow_mut().extend(slices);
-    }
-
-    /// Whether slice `i` was one of them (forgotten now: each is read once).
-    fn take(&self, i: u64) -> bool {
-        self.0.borrow_mut().remove(&i)
-    }
-}
-
 /// Keeps the object entry reachable in the memory tier while its slices are read: each slice
 /// counts as a use of the entry (so a long read of an object larger than the tier, whose
 /// slices pass through the tier's small queue, does not evict the entry that makes them
@@ -456,281 +389,6 @@ fn keep_entry(w: &Worker, t: &Target<'_>, meta: &Arc<Meta>) {
             body: Bytes::new(),
         };
         memory.insert(t.ckey, entry);
-    }
-}
-
-/// Where slice `i` comes from.
-enum Obtained {
-    Cached(Bytes, Layer),
-    Following(Subscription),
-}
-
-/// Slice `i` of `v`: from the cache, or a subscription to its fill (joined, or started together
-/// with the next missing slices before `run_end`).
-async fn obtain(
-    w: &Rc<Worker>,
-    bucket: usize,
-    t: &Target<'_>,
-    v: &Version,
-    i: u64,
-    run_end: u64,
-    mine: &Fetching,
-) -> Obtained {
-    let key = v.key(t.ckey, i);
-    if let Some(hit) = w.cache.lookup(&key).await {
-        if v.holds(&hit.obj, i) {
-            return Obtained::Cached(hit.obj.body, hit.layer);
-        }
-    }
-    match w.cache.inflight().join(&key) {
-        Role::Follower(sub) => Obtained::Following(sub),
-        Role::Leader(leader) => {
-            let leader = match stored_meanwhile(w, v, &key, i, leader).await {
-                Ok((body, layer)) => return Obtained::Cached(body, layer),
-                Err(leader) => leader,
-            };
-            let sub = leader.subscribe();
-            let mut leaders = vec![leader];
-            extend_run(w, v, t.ckey, &mut leaders, i, run_end).await;
-            mine.add(i..i + leaders.len() as u64);
-            start_run(w, bucket, t, v, i, leaders, None);
-            Obtained::Following(sub)
-        }
-    }
-}
-
-/// Extends a run of led slices that starts at `first` over the next slices before `end` while
-/// each is neither cached nor in flight (adjacent missing slices: one origin request).
-async fn extend_run(
-    w: &Worker,
-    v: &Version,
-    ckey: &[u8],
-    leaders: &mut Vec<Leader>,
-    first: u64,
-    end: u64,
-) {
-    for j in first + leaders.len() as u64..end {
-        match lead_missing(w, v, ckey, j).await {
-            Some(l) => leaders.push(l),
-            None => return,
-        }
-    }
-}
-
-/// The leadership of slice `j`'s fill when it is neither cached nor in flight.
-async fn lead_missing(w: &Worker, v: &Version, ckey: &[u8], j: u64) -> Option<Leader> {
-    let key = v.key(ckey, j);
-    if w.cache.inflight().contains(&key) {
-        return None;
-    }
-    if let Some(hit) = w.cache.lookup(&key).await {
-        if v.holds(&hit.obj, j) {
-            return None;
-        }
-    }
-    let Role::Leader(l) = w.cache.inflight().join(&key) else {
-        return None;
-    };
-    stored_meanwhile(w, v, &key, j, l).await.err()
-}
-
-/// A slice that a fill stored (and left the table) between a lookup that missed and the join
-/// that made this request the leader of slice `i`: looked up again before the origin is asked.
-/// Found, `leader` publishes it whole to anyone who joined meanwhile (`Ok`); else `leader`
-/// comes back to fetch it.
-async fn stored_meanwhile(
-    w: &Worker,
-    v: &Version,
-    key: &[u8],
-    i: u64,
-    leader: Leader,
-) -> Result<(Bytes, Layer), Leader> {
-    match w.cache.lookup(key).await.filter(|h| v.holds(&h.obj, i)) {
-        Some(hit) => {
-            leader.complete(Arc::clone(&hit.obj.meta), hit.obj.body.clone(), false);
-            Ok((hit.obj.body, hit.layer))
-        }
-        None => Err(leader),
-    }
-}
-
-/// Makes sure slices `window` of `v` are cached or in flight, in a task of its own (the
-/// reader does not wait for the lookups).
-fn prefetch(
-    w: &Rc<Worker>,
-    bucket: usize,
-    t: &Target<'_>,
-    v: &Version,
-    window: Range<u64>,
-    mine: &Fetching,
-) {
-    let (w, owned, v, mine) = (Rc::clone(w), OwnedTarget::of(t), v.clone(), mine.clone());
-    monoio::spawn(async move {
-        let params = owned.params();
-        let t = owned.target(&params);
-        let mut i = window.start;
-        while i < window.end {
-            let Some(first) = lead_missing(&w, &v, t.ckey, i).await else {
-                i += 1;
-                continue;
-            };
-            let mut leaders = vec![first];
-            extend_run(&w, &v, t.ckey, &mut leaders, i, window.end).await;
-            let n = leaders.len() as u64;
-            mine.add(i..i + n);
-            start_run(&w, bucket, &t, &v, i, leaders, None);
-            i += n + 1;
-        }
-    });
-}
-
-/// Starts the fill of slices `first..first + leaders.len()` of `v` in a task of its own: from
-/// `body` when given (an origin answer already streaming those slices from `first`'s start),
-/// else with one origin range request.
-pub fn start_run(
-    w: &Rc<Worker>,
-    bucket: usize,
-    t: &Target<'_>,
-    v: &Version,
-    first: u64,
-    leaders: Vec<Leader>,
-    body: Option<Body>,
-) {
-    let (w, owned, v) = (Rc::clone(w), OwnedTarget::of(t), v.clone());
-    monoio::spawn(async move {
-        let params = owned.params();
-        let t = owned.target(&params);
-        fetch_run(&w, bucket, &t, &v, first, leaders, body).await;
-    });
-}
-
-/// Fetches slices `first..first + leaders.len()` of `v` (see [`start_run`]) and stores each as
-/// it completes, publishing its bytes to its leader's subscriptions as they arrive.
-async fn fetch_run(
-    w: &Rc<Worker>,
-    bucket: usize,
-    t: &Target<'_>,
-    v: &Version,
-    first: u64,
-    leaders: Vec<Leader>,
-    body: Option<Body>,
-) {
-    let run = first..first + leaders.len() as u64;
-    let mut body = match body {
-        Some(b) => b,
-        None => match fetch_range(w, bucket, t, v, &run).await {
-            Ok(b) => b,
-            Err(e) => {
-                if is_changed(&e) {
-                    // Not this version any more: its entry goes, the next request sees the
-                    // new one.
-                    w.cache.remove_everywhere(t.ckey).await;
-                }
-                for l in leaders {
-                    l.fail(e.clone());
-                }
-                return;
-            }
-        },
-    };
-    let slice_meta = Arc::new(Meta::new(
-        vec![("ETag".to_owned(), v.etag.clone())],
-        v.times.0,
-        v.times.1,
-    ));
-    let mut leaders = leaders.into_iter();
-    for i in run {
-        let leader = leaders.next().expect("one leader per slice");
-        let len = v.g.slice_len(i);
-        leader.head(Arc::clone(&slice_meta), len);
-        match read_slice(w, bucket, &mut body, len, &leader).await {
-            Ok((all, last)) => {
-                let obj = CachedObject {
-                    meta: Arc::clone(&slice_meta),
-                    body: Bytes::from(all),
-                };
-                w.cache.store(&v.key(t.ckey, i), obj, t.generation).await;
-                leader.finish(last);
-            }
-            Err(e) => {
-                log::warn!(
-                    "filling slice {i} of {} failed: {e}",
-                    String::from_utf8_lossy(t.ckey)
-                );
-                leader.fail(e.clone());
-                for l in leaders {
-                    l.fail(e.clone());
-                }
-                return;
-            }
-        }
-    }
-}
-
-/// Reads one slice of `len` (> 0) bytes from `body`, publishing each piece to `leader` but the
-/// last, which is returned with the whole slice (published by `Leader::finish` once the slice
-/// is stored).
-async fn read_slice(
-    w: &Worker,
-    bucket: usize,
-    body: &mut Body,
-    len: u64,
-    leader: &Leader,
-) -> Result<(Vec<u8>, Bytes), Error> {
-    let mut all: Vec<u8> = Vec::with_capacity(len as usize);
-    loop {
-        let start = all.len();
-        let (res, a) = body.read_into(all).await;
-        all = a;
-        let n = match res? {
-            0 => {
-                return Err(Error::upstream(
-                    Kind::BadGateway,
-                    "the origin sent a short body",
-                ))
-            }
-            n => n,
-        };
-        w.metrics().upstream_bytes(bucket, n as u64);
-        let piece = Bytes::copy_from_slice(&all[start..start + n]);
-        if all.len() as u64 == len {
-            return Ok((all, piece));
-        }
-        leader.chunk(piece);
-    }
-}
-
-/// One origin request for slices `run` of `v`: `Range` + `If-Match`; the body when the answer
-/// is exactly those bytes of that version, else the error ([`changed`] for another version).
-async fn fetch_range(
-    w: &Rc<Worker>,
-    bucket: usize,
-    t: &Target<'_>,
-    v: &Version,
-    run: &Range<u64>,
-) -> Result<Body, Error> {
-    let range = v.g.range_value(run);
-    let headers = [("Range", range.as_str()), ("If-Match", v.etag.as_str())];
-    let (head, body) = fetch_origin(w, bucket, false, t.key, t.params, &headers).await?;
-    let verdict = check_run_answer(
-        &v.g,
-        run,
-        head.status,
-        head.header("content-range"),
-        head.header("etag"),
-        &v.etag,
-    );
-    match verdict {
-        RunAnswer::Matches => Ok(body),
-        RunAnswer::Changed => {
-            drain_error_body(body).await;
-            Err(changed())
-        }
-        RunAnswer::Unusable(why) if head.status >= 400 => {
-            log::debug!("slice request: {why}");
-            Err(super::origin_error::read_and_map(w, bucket, &head, body).await)
-        }
-        RunAnswer::Unusable(why) => Err(Error::upstream(Kind::BadGateway, why)),
     }
 }
 
