@@ -532,3 +532,79 @@ fn prefix_purges_walk_every_master() {
     assert_eq!(v["layers"]["redis"]["complete"], true, "{v}");
     assert_eq!(cluster.key_count(), Some(0));
 }
+
+/// `cmdstat_get`'s `calls` on one node (0 before its first GET).
+fn get_calls(cluster: &RedisCluster, port: u16) -> u64 {
+    let info = cluster
+        .cli(port, &["INFO", "commandstats"])
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn with_read_from_replicas_hits_are_answered_by_the_replicas() {
+    let cluster = RedisCluster::start(2000);
+    let origin = origin_with_objects();
+    let jwt = key("HS256", 0);
+    let a = Corvid::start(&config(free_port(), &origin, &cluster, "16MiB", &jwt));
+    for i in 0..KEYS {
+        let r = http::get(a.addr(), &format!("/rds/obj/{i}"), &[]);
+        assert_eq!(r.status, 200, "obj/{i}");
+    }
+    let masters = cluster.masters();
+    let replicas: Vec<u16> = cluster
+        .live_ports()
+        .into_iter()
+        .filter(|p| !masters.contains(p))
+        .collect();
+    assert_eq!(replicas.len(), 3, "three replicas: {replicas:?}");
+    let on =
+        |ports: &[u16]| -> Option<u64> { ports.iter().map(|&p| cluster.key_count_of(p)).sum() };
+    // Every fill replicated, so that a replica read cannot miss for lag.
+    assert!(
+        wait_until(Duration::from_secs(10), || on(&masters)
+            == Some(KEYS as u64)
+            && on(&replicas) == Some(KEYS as u64)),
+        "fills on the masters and the replicas: {:?} {:?}",
+        on(&masters),
+        on(&replicas)
+    );
+    let b = Corvid::start(&config(free_port(), &origin, &cluster, "0", &jwt).replace(
+        "[cache.redis]\n",
+        "[cache.redis]\nread_from_replicas = true\n",
+    ));
+    let gets = |ports: &[u16]| -> u64 { ports.iter().map(|&p| get_calls(&cluster, p)).sum() };
+    let (masters_before, replicas_before) = (gets(&masters), gets(&replicas));
+    for i in 0..KEYS {
+        let r = http::get(b.addr(), &format!("/rds/obj/{i}"), &[]);
+        assert_eq!(
+            (r.status, r.header("x-cache"), r.header("x-cache-layer")),
+            (200, Some("HIT"), Some("redis")),
+            "obj/{i}: {:?}\n{}",
+            r.headers,
+            b.stderr()
+        );
+        assert!(r.body == body_of(i), "obj/{i}: the body came back whole");
+    }
+    let (by_masters, by_replicas) = (
+        gets(&masters) - masters_before,
+        gets(&replicas) - replicas_before,
+    );
+    // Only the first reads, before b knows the slot map, may reach a master (a seed).
+    assert!(
+        by_replicas >= KEYS as u64 - 3 && by_masters <= 3,
+        "GETs answered by the replicas {by_replicas}, by the masters {by_masters}\n{}",
+        b.stderr()
+    );
+    for &p in &replicas {
+        assert!(
+            get_calls(&cluster, p) > 0,
+            "replica {p} answered some reads"
+        );
+    }
+    assert!(redis_errors(&b).ends_with(" 0"), "{}", redis_errors(&b));
+    assert_eq!(origin.count("GET"), KEYS as u64, "no origin GET for b");
+}
