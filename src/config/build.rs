@@ -889,6 +889,15 @@ fn redis(cx: &mut Ctx<'_>, mut s: Section) -> Option<RedisConfig> {
     }
     let max_object_size = s.or(cx, "max_object_size", 4 << 20, positive_size);
     let timeout = s.or(cx, "timeout", Duration::from_millis(50), Ctx::timeout);
+    let replicas_key = s.key("read_from_replicas");
+    let read_from_replicas = s.or(cx, "read_from_replicas", false, Ctx::boolean);
+    if read_from_replicas == Some(true) && !has_cluster {
+        cx.problem(
+            &replicas_key,
+            "only meaningful with `cluster` (a Redis Cluster's replicas); a single server \
+             (`url`) has none to read from",
+        );
+    }
     s.finish(cx);
     let target = url?;
     let cluster = cluster?;
@@ -901,6 +910,7 @@ fn redis(cx: &mut Ctx<'_>, mut s: Section) -> Option<RedisConfig> {
         ca_file,
         max_object_size: max_object_size?,
         timeout: timeout?,
+        read_from_replicas: read_from_replicas? && has_cluster,
     })
 }
 

@@ -126,6 +126,8 @@
 //!   (`redis://` or `rediss://`) and the same login, since one login and one TLS setting serve
 //!   every node corvid discovers; none has a database path other than `/0` (a cluster only has
 //!   database 0). `ca_file` applies to every node of a `rediss://` cluster.
+//!   `read_from_replicas` (boolean, default false) sends the tier's reads to the replicas of
+//!   each key's shard; it is an error naming the key with `url` (one server has no replicas).
 //! * **Credentials**: either static `access_key` + `secret_key` (+ `session_token`), or
 //!   `credentials = "env" | "profile" | "web_identity" | "ecs" | "imds" | "chain"` (+ `profile`
 //!   for `"profile"`/`"chain"`); with neither, `"chain"`. Both at once is an error naming
@@ -818,6 +820,9 @@ pub struct RedisConfig {
     pub max_object_size: u64,
     /// Per-operation timeout; a slow Redis counts as a miss.
     pub timeout: Duration,
+    /// `cache.redis.read_from_replicas` (default false; only with `cluster`): reads go to a
+    /// replica of the key's shard.
+    pub read_from_replicas: bool,
 }
 
 /// A parsed `cache.redis.url`: where the Redis server is and how to log into it. The one

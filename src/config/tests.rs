@@ -2107,6 +2107,32 @@ fn redis_cluster_seeds() {
     .redis
     .unwrap();
     assert!(r.cluster.iter().all(|t| t.tls) && r.ca_file.is_some());
+    // Reads from replicas: off by default, only with a cluster.
+    assert!(!r.read_from_replicas);
+    let r = ok(&redis(
+        "cluster = [\"redis://a\"]\nread_from_replicas = true",
+    ))
+    .cache
+    .redis
+    .unwrap();
+    assert!(r.read_from_replicas);
+    has_problem(
+        &redis("url = \"redis://r\"\nread_from_replicas = true"),
+        "cache.redis.read_from_replicas",
+        "only meaningful with `cluster`",
+    );
+    has_problem(
+        &redis("cluster = [\"redis://a\"]\nread_from_replicas = 1"),
+        "cache.redis.read_from_replicas",
+        "true or false",
+    );
+    assert!(
+        !ok(&redis("url = \"redis://r\"\nread_from_replicas = false"))
+            .cache
+            .redis
+            .unwrap()
+            .read_from_replicas
+    );
 
     for (body, key, needle) in [
         (

@@ -282,6 +282,7 @@ pub fn redis_options(cfg: &crate::config::RedisConfig) -> Result<RedisOptions, S
         connections: 2,
         max_value_size: usize::try_from(cfg.max_object_size).unwrap_or(usize::MAX),
         cluster: cfg.cluster.clone(),
+        read_from_replicas: cfg.read_from_replicas,
         ..RedisOptions::new(cfg.target.clone())
     })
 }

@@ -562,6 +562,10 @@ async fn worker_main(
         },
     };
     let w = crate::context::Worker::new(id, shared);
+    if let Some((redis, _)) = w.cache.redis() {
+        // A cluster's slot map stays fresh while the worker is idle.
+        redis.keep_map_fresh();
+    }
     if id == 0 {
         worker::spawn_purge_subscriber(&w);
     }

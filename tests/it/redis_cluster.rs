@@ -1,7 +1,9 @@
 //! The Redis tier on a real Redis Cluster (three masters, three replicas, started by the
 //! test): entries filled by one instance are served by another across every master, a purge
 //! on one instance reaches the others through the cluster's pub/sub, and a master killed
-//! under continuous load fails no request while its replica takes over.
+//! under continuous load fails no request while its replica takes over; with
+//! `read_from_replicas` hits are answered by the replicas; an idle instance refreshes its map
+//! on its own timer, so the first requests after a failover are hits.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -531,4 +533,165 @@ fn prefix_purges_walk_every_master() {
     assert_eq!(v["layers"]["redis"]["entries"], KEYS, "{v}");
     assert_eq!(v["layers"]["redis"]["complete"], true, "{v}");
     assert_eq!(cluster.key_count(), Some(0));
+}
+
+/// `cmdstat_get`'s `calls` on one node (0 before its first GET).
+fn get_calls(cluster: &RedisCluster, port: u16) -> u64 {
+    let info = cluster
+        .cli(port, &["INFO", "commandstats"])
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn with_read_from_replicas_hits_are_answered_by_the_replicas() {
+    let cluster = RedisCluster::start(2000);
+    let origin = origin_with_objects();
+    let jwt = key("HS256", 0);
+    let a = Corvid::start(&config(free_port(), &origin, &cluster, "16MiB", &jwt));
+    for i in 0..KEYS {
+        let r = http::get(a.addr(), &format!("/rds/obj/{i}"), &[]);
+        assert_eq!(r.status, 200, "obj/{i}");
+    }
+    let masters = cluster.masters();
+    let replicas: Vec<u16> = cluster
+        .live_ports()
+        .into_iter()
+        .filter(|p| !masters.contains(p))
+        .collect();
+    assert_eq!(replicas.len(), 3, "three replicas: {replicas:?}");
+    let on =
+        |ports: &[u16]| -> Option<u64> { ports.iter().map(|&p| cluster.key_count_of(p)).sum() };
+    // Every fill replicated, so that a replica read cannot miss for lag.
+    assert!(
+        wait_until(Duration::from_secs(10), || on(&masters)
+            == Some(KEYS as u64)
+            && on(&replicas) == Some(KEYS as u64)),
+        "fills on the masters and the replicas: {:?} {:?}",
+        on(&masters),
+        on(&replicas)
+    );
+    let b = Corvid::start(&config(free_port(), &origin, &cluster, "0", &jwt).replace(
+        "[cache.redis]\n",
+        "[cache.redis]\nread_from_replicas = true\n",
+    ));
+    let gets = |ports: &[u16]| -> u64 { ports.iter().map(|&p| get_calls(&cluster, p)).sum() };
+    let (masters_before, replicas_before) = (gets(&masters), gets(&replicas));
+    for i in 0..KEYS {
+        let r = http::get(b.addr(), &format!("/rds/obj/{i}"), &[]);
+        assert_eq!(
+            (r.status, r.header("x-cache"), r.header("x-cache-layer")),
+            (200, Some("HIT"), Some("redis")),
+            "obj/{i}: {:?}\n{}",
+            r.headers,
+            b.stderr()
+        );
+        assert!(r.body == body_of(i), "obj/{i}: the body came back whole");
+    }
+    let (by_masters, by_replicas) = (
+        gets(&masters) - masters_before,
+        gets(&replicas) - replicas_before,
+    );
+    // Only the first reads, before b knows the slot map, may reach a master (a seed).
+    assert!(
+        by_replicas >= KEYS as u64 - 3 && by_masters <= 3,
+        "GETs answered by the replicas {by_replicas}, by the masters {by_masters}\n{}",
+        b.stderr()
+    );
+    for &p in &replicas {
+        assert!(
+            get_calls(&cluster, p) > 0,
+            "replica {p} answered some reads"
+        );
+    }
+    assert!(redis_errors(&b).ends_with(" 0"), "{}", redis_errors(&b));
+    assert_eq!(origin.count("GET"), KEYS as u64, "no origin GET for b");
+}
+
+/// `CLUSTER SHARDS` calls answered by the running nodes.
+fn map_requests(cluster: &RedisCluster) -> u64 {
+    cluster
+        .live_ports()
+        .into_iter()
+        .map(|p| {
+            let info = cluster
+                .cli(p, &["INFO", "commandstats"])
+                .unwrap_or_default();
+            info.lines()
+                .find_map(|l| l.trim().strip_prefix("cmdstat_cluster|shards:calls="))
+                .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn an_idle_instance_learns_of_a_failover_before_its_next_request() {
+    let mut cluster = RedisCluster::start(2000);
+    let origin = origin_with_objects();
+    let jwt = key("HS256", 0);
+    // No memory tier: every hit is a Redis read.
+    let b = Corvid::start(&config(free_port(), &origin, &cluster, "0", &jwt));
+    for i in 0..KEYS {
+        assert_eq!(
+            http::get(b.addr(), &format!("/rds/obj/{i}"), &[]).status,
+            200
+        );
+    }
+    let masters = cluster.masters();
+    let replicas: Vec<u16> = cluster
+        .live_ports()
+        .into_iter()
+        .filter(|p| !masters.contains(p))
+        .collect();
+    let on = |c: &RedisCluster, ports: &[u16]| -> Option<u64> {
+        ports.iter().map(|&p| c.key_count_of(p)).sum()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || on(&cluster, &masters)
+            == Some(KEYS as u64)
+            && on(&cluster, &replicas) == Some(KEYS as u64)),
+        "every fill replicated"
+    );
+    // Both workers know the map (hits from any worker, no errors yet).
+    for i in 0..KEYS {
+        let r = http::get(b.addr(), &format!("/rds/obj/{i}"), &[]);
+        assert_eq!(r.header("x-cache-layer"), Some("redis"), "obj/{i}");
+    }
+    assert!(redis_errors(&b).ends_with(" 0"), "{}", redis_errors(&b));
+
+    // b is idle from here on: a master dies and its replica takes over.
+    let victim = masters[0];
+    cluster.kill(victim);
+    assert!(
+        wait_until(Duration::from_secs(30), || cluster.masters().len() == 3
+            && cluster.is_ok()),
+        "the cluster failed over"
+    );
+    // Each of b's two workers asks for the map on its own timer, with no request to prompt it.
+    let asked = map_requests(&cluster);
+    assert!(
+        wait_until(Duration::from_secs(15), || map_requests(&cluster)
+            >= asked + 2),
+        "b refreshed its map while idle: {} CLUSTER SHARDS since the failover",
+        map_requests(&cluster) - asked
+    );
+    // So the first requests after the failover are hits, none tried on the dead master.
+    for i in 0..KEYS {
+        let r = http::get(b.addr(), &format!("/rds/obj/{i}"), &[]);
+        assert_eq!(
+            (r.status, r.header("x-cache-layer")),
+            (200, Some("redis")),
+            "obj/{i}\n{}",
+            b.stderr()
+        );
+    }
+    assert!(
+        redis_errors(&b).ends_with(" 0"),
+        "no Redis error after the failover: {}",
+        redis_errors(&b)
+    );
 }

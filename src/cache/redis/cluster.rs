@@ -15,12 +15,14 @@
 //!   alone (the slot still belongs to the source until the migration ends).
 //! - At most two redirections per operation, and the whole operation — redirections included
 //!   — is bounded by one `timeout`, like a single-server operation.
-//! - **Map refresh** (`CLUSTER SLOTS`, asked of the known masters, then the other known nodes,
-//!   then the seeds, until one answers; a map covering every slot is preferred): in a
+//! - **Map refresh** (`CLUSTER SHARDS`, or `CLUSTER SLOTS` from a server older than Redis 7,
+//!   asked of the known masters, then the other known nodes, then the seeds, until one
+//!   answers; a map covering every slot is preferred): in a
 //!   background task of the worker, never in the request's path, when an operation failed on
 //!   a connection error, timeout or down node (a failover promotes a replica that only the new
-//!   map names), after a `MOVED` or `CLUSTERDOWN`, and at least every [`REFRESH_EVERY`] while
-//!   the client is used; error-triggered refreshes are at least `backoff_initial` apart. Nodes
+//!   map names), after a `MOVED` or `CLUSTERDOWN`, and every [`REFRESH_EVERY`] on a standing
+//!   timer of the worker ([`keep_fresh`]), idle or not, so a failover is in the map before the
+//!   first request after it; error-triggered refreshes are at least `backoff_initial` apart. Nodes
 //!   that left the map have their connections closed.
 //! - **Multi-key walks** (`del_prefix*`, `mark_stale_prefix*`): `SCAN` runs on every master of
 //!   the map; the keys found are deleted (marked) in one command per hash slot, since a
@@ -37,8 +39,22 @@
 //!   the map.
 //!   Classic rather than sharded pub/sub (`SPUBLISH`, Redis 7): the purge channel is one key,
 //!   its messages are rare, and classic pub/sub works on every cluster version.
-//! - Replicas are not read from (every command goes to a master): reads from a replica may
-//!   miss a fresh fill, and the tier's reads are cheap for a master.
+//! - **Reads from replicas** (`read_from_replicas`, off by default): `GET` and `PTTL` go to
+//!   a replica of the key's shard, round-robin over the replicas the map names whose node
+//!   client is not in its down state, and to the master when none is (or the map names none);
+//!   every write, delete, `EVAL`, walk and publish goes to the master as before. Each node
+//!   connection sends `READONLY` once, after the login, so a replica answers reads of its
+//!   master's slots instead of redirecting them (a `MOVED` from a replica is followed like
+//!   any other). Staleness: Redis replicates asynchronously, so a replica is behind its master
+//!   by the replication lag — usually well under a millisecond on one network, but Redis puts
+//!   no bound on it. A value just filled may miss once on another instance (a miss, never a
+//!   wrong body: each key's value is written whole); a purge (`DEL`, or a soft purge's mark)
+//!   may be unseen by a replica read for the same lag, i.e. a purged object may still be
+//!   served from Redis for that long (the memory and disk tiers are purged independently). A
+//!   replica cut off from its master keeps serving its old data (`replica-serve-stale-data
+//!   yes`, Redis's default) until it reconnects or the failover ends, up to about
+//!   `cluster-node-timeout`; set `replica-serve-stale-data no` on the replicas to turn those
+//!   reads into misses. Expiry is not stale: a replica reports an expired key as absent.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -49,7 +65,8 @@ use monoio::time::Instant;
 use super::slots::{self, NodeAddr, Redirect, SlotMap};
 use super::{resp, RedisClient, RedisError, RedisOptions};
 
-/// Longest time between two refreshes of the slot map while the client is used.
+/// Time between two refreshes of the slot map (the standing timer's period, and the longest
+/// gap while the client is used).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 /// Redirections followed per operation (a `MOVED` then an `ASK` is the longest useful chain).
@@ -68,6 +85,13 @@ pub(super) struct Cluster {
     refreshed_at: Cell<Option<Instant>>,
     /// Round-robin over masters (or seeds) for commands whose slot has no known master.
     next: Cell<usize>,
+    /// A node answered `CLUSTER SHARDS` with an error (Redis < 7): refreshes use
+    /// `CLUSTER SLOTS` from then on.
+    no_shards: Cell<bool>,
+    /// The standing refresh task was started ([`keep_fresh`]).
+    standing: Cell<bool>,
+    /// Round-robin over a shard's replicas for reads ([`RedisOptions::read_from_replicas`]).
+    next_replica: Cell<usize>,
 }
 
 impl Cluster {
@@ -93,6 +117,9 @@ impl Cluster {
             refreshing: Cell::new(false),
             refreshed_at: Cell::new(None),
             next: Cell::new(0),
+            next_replica: Cell::new(0),
+            no_shards: Cell::new(false),
+            standing: Cell::new(false),
         })
     }
 
@@ -131,6 +158,23 @@ impl Cluster {
         } else {
             masters[i % masters.len()].clone()
         }
+    }
+
+    /// Where a read for `slot` goes: a replica of its shard that is up (round-robin), else
+    /// its master, else as [`route`](Self::route).
+    fn route_read(&self, slot: Option<u16>) -> NodeAddr {
+        {
+            let map = self.map.borrow();
+            if let Some((s, master)) = slot.and_then(|s| Some((s, map.master(s)?))) {
+                let replicas = map.replicas(s).collect::<Vec<_>>();
+                let turn = self.next_replica.get();
+                self.next_replica.set(turn.wrapping_add(1));
+                let nodes = self.nodes.borrow();
+                let up = |a: &NodeAddr| nodes.get(a).is_none_or(RedisClient::is_up);
+                return read_node(master, &replicas, turn, up).clone();
+            }
+        }
+        self.route(slot)
     }
 
     /// Starts a background refresh unless one runs or the last began less than `min_gap`
@@ -199,6 +243,31 @@ fn routing_key(cmd: &redis::Cmd) -> Option<&[u8]> {
     args.next()
 }
 
+/// Whether `cmd` only reads (may be answered by a replica): `GET` and `PTTL`.
+fn is_read(cmd: &redis::Cmd) -> bool {
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(name)) => {
+            name.eq_ignore_ascii_case(b"GET") || name.eq_ignore_ascii_case(b"PTTL")
+        }
+        _ => false,
+    }
+}
+
+/// The node a read goes to: the first replica that `is_up`, trying them in turn from `turn`
+/// (modulo their number: round-robin when `turn` grows by one per read), else `master`.
+fn read_node<'a>(
+    master: &'a NodeAddr,
+    replicas: &[&'a NodeAddr],
+    turn: usize,
+    is_up: impl Fn(&NodeAddr) -> bool,
+) -> &'a NodeAddr {
+    let n = replicas.len();
+    (0..n)
+        .map(|i| replicas[(turn + i) % n])
+        .find(|r| is_up(r))
+        .unwrap_or(master)
+}
+
 /// One command, routed by slot, following `MOVED` and `ASK`, bounded by one `timeout`.
 /// Errors are not counted here (the caller does).
 pub(super) async fn call(
@@ -208,7 +277,18 @@ pub(super) async fn call(
     let c = cluster(client);
     let deadline = Instant::now() + client.inner.opts.timeout;
     c.refresh_after(client, REFRESH_EVERY);
-    let mut addr = c.route(routing_key(cmd).map(slots::key_slot));
+    let slot = routing_key(cmd).map(slots::key_slot);
+    let read = c.base.read_from_replicas && is_read(cmd);
+    let mut addr = if read {
+        c.route_read(slot)
+    } else {
+        c.route(slot)
+    };
+    // A read that went to a replica may go to the master once (see `LOADING` below).
+    let mut read_replica = read
+        && slot
+            .and_then(|s| c.map.borrow().master(s).cloned())
+            .is_some_and(|m| m != addr);
     let mut asking = false;
     for _ in 0..=MAX_REDIRECTS {
         let node = c.node(&addr)?;
@@ -221,6 +301,12 @@ pub(super) async fn call(
                     (addr, asking) = (to, false);
                 }
                 Some(Redirect::Ask(_, to)) => (addr, asking) = (to, true),
+                None if m.starts_with("LOADING") && read_replica => {
+                    // A replica still loading its data set (or one Redis 7.0 reported as
+                    // loading while it was in sync): this read goes to the master.
+                    read_replica = false;
+                    addr = c.route(slot);
+                }
                 None => {
                     if m.starts_with("CLUSTERDOWN") {
                         c.refresh_soon(client);
@@ -263,8 +349,31 @@ pub(super) async fn publish(
     Err(last_err)
 }
 
-/// Asks `CLUSTER SLOTS` of the known masters, the other known nodes, then the seeds, each
-/// bounded by `timeout`, and installs the first map that covers every slot (else the last
+/// Starts the standing refresh of `client`'s map (once; later calls do nothing): every
+/// [`REFRESH_EVERY`], used or idle, so that a failover or resharding is in the map before the
+/// first request after it rather than learnt from that request's failure. The task holds the
+/// client weakly and ends when the worker drops it.
+pub(super) fn keep_fresh(client: &RedisClient) {
+    if cluster(client).standing.replace(true) {
+        return;
+    }
+    let weak = std::rc::Rc::downgrade(&client.inner);
+    monoio::spawn(async move {
+        loop {
+            monoio::time::sleep(REFRESH_EVERY).await;
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            let client = RedisClient { inner };
+            // Unless a refresh runs already, or one started (after a failure, or by use)
+            // less than half a period ago.
+            cluster(&client).refresh_after(&client, REFRESH_EVERY / 2);
+        }
+    });
+}
+
+/// Asks for the map ([`ask_map`]) of the known masters, the other known nodes, then the
+/// seeds, each bounded by `timeout`, and installs the first map that covers every slot (else the last
 /// partial one).
 async fn refresh(client: &RedisClient) -> Result<(), RedisError> {
     let c = cluster(client);
@@ -283,9 +392,8 @@ async fn refresh(client: &RedisClient) -> Result<(), RedisError> {
         seen.push(addr.clone());
         let node = c.node(&addr)?;
         let deadline = Instant::now() + c.base.timeout;
-        let cmd = redis::cmd("CLUSTER").arg("SLOTS").clone();
-        match node.round_trip_at(&cmd, false, deadline).await {
-            Ok(v) => match SlotMap::from_cluster_slots(&v, &addr.host) {
+        match ask_map(c, &node, &addr.host, deadline).await {
+            Ok(v) => match v {
                 Ok(map) if map.covers_all() => {
                     c.install(map);
                     return Ok(());
@@ -303,6 +411,36 @@ async fn refresh(client: &RedisClient) -> Result<(), RedisError> {
         }
         None => Err(last_err),
     }
+}
+
+/// One node's map: `CLUSTER SHARDS` (Redis ≥ 7; it names replicas with their health), else
+/// `CLUSTER SLOTS` when the node answers that with an error, remembered for later refreshes.
+async fn ask_map(
+    c: &Cluster,
+    node: &RedisClient,
+    asked_host: &str,
+    deadline: Instant,
+) -> Result<Result<SlotMap, String>, RedisError> {
+    if !c.no_shards.get() {
+        let cmd = redis::cmd("CLUSTER").arg("SHARDS").clone();
+        match node.round_trip_at(&cmd, false, deadline).await {
+            Ok(v) => {
+                return Ok(SlotMap::from_cluster_shards(
+                    &v,
+                    asked_host,
+                    c.base.target.tls,
+                ))
+            }
+            Err(RedisError::Server(m)) => {
+                log::debug!("redis cluster: CLUSTER SHARDS refused ({m}), using CLUSTER SLOTS");
+                c.no_shards.set(true);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let cmd = redis::cmd("CLUSTER").arg("SLOTS").clone();
+    let v = node.round_trip_at(&cmd, false, deadline).await?;
+    Ok(SlotMap::from_cluster_slots(&v, asked_host))
 }
 
 /// The map, refreshed first (in the caller's path) when it does not cover every slot.
@@ -438,6 +576,81 @@ mod tests {
         assert!(RedisClient::new(mixed).is_err());
         // Unknown slots go round-robin over the seeds until a map is known.
         assert_ne!(c.route(Some(1)), c.route(Some(1)));
+    }
+
+    #[test]
+    fn reads_go_round_robin_to_replicas_that_are_up_else_to_the_master() {
+        let a = |p| NodeAddr {
+            host: "h".into(),
+            port: p,
+        };
+        let (m, r1, r2) = (a(1), a(2), a(3));
+        let all_up = |_: &NodeAddr| true;
+        // Round-robin over the replicas as the turn grows; never the master.
+        let picks: Vec<u16> = (0..4)
+            .map(|t| read_node(&m, &[&r1, &r2], t, all_up).port)
+            .collect();
+        assert_eq!(picks, [2, 3, 2, 3]);
+        // A replica down is skipped; the other takes every turn.
+        let r1_down = |n: &NodeAddr| n.port != 2;
+        for t in 0..3 {
+            assert_eq!(read_node(&m, &[&r1, &r2], t, r1_down).port, 3);
+        }
+        // None up, or none known: the master.
+        assert_eq!(read_node(&m, &[&r1, &r2], 7, |_| false).port, 1);
+        assert_eq!(read_node(&m, &[], 0, all_up).port, 1);
+        // Only reads may go to a replica.
+        assert!(is_read(redis::cmd("GET").arg("k")) && is_read(redis::cmd("pttl").arg("k")));
+        for w in ["SET", "DEL", "PEXPIRE", "EVAL", "GETDEL", "PUBLISH"] {
+            assert!(!is_read(redis::cmd(w).arg("k")), "{w}");
+        }
+    }
+
+    #[test]
+    fn a_client_reading_from_replicas_routes_reads_by_the_map() {
+        let seed = target("redis://127.0.0.1:30001");
+        let opts = RedisOptions {
+            cluster: vec![seed.clone()],
+            read_from_replicas: true,
+            ..RedisOptions::new(seed)
+        };
+        // Node clients send READONLY on their connections; they are not clusters themselves.
+        let node = opts.for_node("127.0.0.1", 30004).unwrap();
+        assert!(node.readonly && !node.read_from_replicas);
+        assert!(!RedisOptions::new(target("redis://a")).readonly);
+        let client = RedisClient::new(opts).unwrap();
+        let c = cluster(&client);
+        let n = |host: &str, port| {
+            redis::Value::Array(vec![
+                redis::Value::BulkString(host.as_bytes().to_vec()),
+                redis::Value::Int(port),
+            ])
+        };
+        let reply = redis::Value::Array(vec![
+            redis::Value::Array(vec![
+                redis::Value::Int(0),
+                redis::Value::Int(8000),
+                n("127.0.0.1", 30001),
+                n("127.0.0.1", 30004),
+            ]),
+            redis::Value::Array(vec![
+                redis::Value::Int(8001),
+                redis::Value::Int(16383),
+                n("127.0.0.1", 30002),
+            ]),
+        ]);
+        c.install(SlotMap::from_cluster_slots(&reply, "127.0.0.1").unwrap());
+        assert_eq!(c.route_read(Some(5)).port, 30004);
+        assert_eq!(c.route(Some(5)).port, 30001);
+        // A shard without replicas is read from its master.
+        assert_eq!(c.route_read(Some(9000)).port, 30002);
+        // The single-server form refuses the option.
+        let single = RedisOptions {
+            read_from_replicas: true,
+            ..RedisOptions::new(target("redis://a"))
+        };
+        let err = RedisClient::new(single).err().unwrap();
+        assert!(err.contains("read_from_replicas"), "{err}");
     }
 
     #[test]

@@ -90,6 +90,13 @@ impl Conn {
             cmd.write_packed_command(&mut conn.out.borrow_mut());
             conn.pending.borrow_mut().push_back(Pending::Setup(name));
         }
+        if opts.readonly {
+            // Once per connection: the permission lasts as long as the connection.
+            redis::cmd("READONLY").write_packed_command(&mut conn.out.borrow_mut());
+            conn.pending
+                .borrow_mut()
+                .push_back(Pending::Setup("READONLY"));
+        }
         monoio::spawn(writer(
             Rc::clone(&conn),
             opts.target.clone(),

@@ -16,7 +16,8 @@
 //! `MOVED`/`ASK`), through one single-server client per node (its own connections, timeout
 //! and down state, as below), following `MOVED` (map patched and refreshed) and `ASK`
 //! (`ASKING`, once), refreshing the map in the background on failures and periodically;
-//! prefix walks run on every master; the purge subscription stays on one seed node, since a
+//! prefix walks run on every master; with `read_from_replicas`, reads go to a replica of the
+//! slot's shard (after `READONLY`); the purge subscription stays on one seed node, since a
 //! `PUBLISH` on any node reaches every node's subscribers. The details and their reasons are
 //! in the `cluster` module. No other module of corvid knows about slots.
 //!
@@ -115,6 +116,14 @@ pub struct RedisOptions {
     pub backoff_initial: Duration,
     /// Retry delays double up to this.
     pub backoff_max: Duration,
+    /// Send reads (`GET`, `PTTL`) to a replica of the key's shard
+    /// (`cache.redis.read_from_replicas`; only with `cluster`); writes stay on the master. See
+    /// the `cluster` module for the staleness this allows.
+    pub read_from_replicas: bool,
+    /// Send `READONLY` on every new connection, after the login: set by the cluster on its
+    /// node clients when `read_from_replicas` (a replica then answers reads of its master's
+    /// slots instead of redirecting them; a master accepts it and ignores it).
+    pub readonly: bool,
 }
 
 impl RedisOptions {
@@ -135,6 +144,8 @@ impl RedisOptions {
             target,
             cluster: Vec::new(),
             tls,
+            read_from_replicas: false,
+            readonly: self.read_from_replicas,
             ..self.clone()
         })
     }
@@ -153,6 +164,8 @@ impl RedisOptions {
             connections: 1,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            read_from_replicas: false,
+            readonly: false,
         }
     }
 
@@ -168,6 +181,9 @@ impl RedisOptions {
         }
         if self.cluster.iter().any(|t| t.tls != self.target.tls) {
             return Err("the cluster seeds mix redis:// and rediss://".into());
+        }
+        if self.read_from_replicas && self.cluster.is_empty() {
+            return Err("read_from_replicas needs a Redis Cluster (cluster seeds)".into());
         }
         match (self.target.tls, &self.tls) {
             (true, None) => Err("a rediss:// target needs TLS settings (RedisOptions::tls)".into()),
@@ -456,6 +472,15 @@ impl RedisClient {
     /// `EVAL`/`EVALSHA`), or to any node for a command without arguments.
     pub async fn command(&self, cmd: &redis::Cmd) -> Result<redis::Value, RedisError> {
         self.call(cmd).await
+    }
+
+    /// For a cluster, starts the worker's standing refresh of the slot map (every 5 s, used or
+    /// not; see the `cluster` module); nothing for one server. Call it on the worker's
+    /// runtime; calling it again does nothing.
+    pub fn keep_map_fresh(&self) {
+        if self.inner.cluster.is_some() {
+            cluster::keep_fresh(self);
+        }
     }
 
     /// `false` while in the down state (for a cluster: while no node is known to be up).

@@ -1,5 +1,6 @@
 //! Redis Cluster's key space, as pure functions over bytes (no IO): which of the 16384 hash
-//! slots a key lives in, which node serves each slot (the map parsed from `CLUSTER SLOTS`),
+//! slots a key lives in, which node serves each slot and which replicas it has (the map
+//! parsed from `CLUSTER SHARDS`, or `CLUSTER SLOTS` before Redis 7),
 //! and the `MOVED`/`ASK` redirections a node answers when it does not serve a key's slot.
 //! The cluster client (`cluster`) does the IO around these; nothing outside `cache::redis`
 //! knows about slots.
@@ -113,7 +114,8 @@ pub fn parse_redirect(error: &str, asked_host: &str) -> Option<Redirect> {
     }
 }
 
-/// Which node serves each slot. Built from `CLUSTER SLOTS`; patched by `MOVED`.
+/// Which node serves each slot, and its replicas. Built from `CLUSTER SHARDS` or
+/// `CLUSTER SLOTS`; patched by `MOVED`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlotMap {
     /// The distinct nodes, masters and replicas; `master_of` indexes into it.
@@ -122,13 +124,16 @@ pub struct SlotMap {
     is_master: Vec<bool>,
     /// Per slot, the index of its master in `nodes`; empty when the map is unknown.
     master_of: Vec<u16>,
+    /// Per node (index into `nodes`), the indexes of its replicas: empty for a replica, for
+    /// a master without one, and for a master only a `MOVED` named.
+    replicas_of: Vec<Vec<u16>>,
 }
 
 /// No node known for this slot.
 const NONE: u16 = u16::MAX;
 
 impl SlotMap {
-    /// `true` until a `CLUSTER SLOTS` reply or a `MOVED` filled something in.
+    /// `true` until a map reply or a `MOVED` filled something in.
     pub fn is_empty(&self) -> bool {
         self.master_of.is_empty()
     }
@@ -137,6 +142,20 @@ impl SlotMap {
     pub fn master(&self, slot: u16) -> Option<&NodeAddr> {
         let i = *self.master_of.get(usize::from(slot))?;
         self.nodes.get(usize::from(i))
+    }
+
+    /// The replicas of `slot`'s master, as the last map named them (none when unknown).
+    pub fn replicas(&self, slot: u16) -> impl Iterator<Item = &NodeAddr> {
+        let m = self
+            .master_of
+            .get(usize::from(slot))
+            .copied()
+            .unwrap_or(NONE);
+        self.replicas_of
+            .get(usize::from(m))
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.nodes.get(usize::from(i)))
     }
 
     /// Every node serving at least one slot as master (for walks over the whole key space).
@@ -173,6 +192,7 @@ impl SlotMap {
             None => {
                 self.nodes.push(addr);
                 self.is_master.push(false);
+                self.replicas_of.push(Vec::new());
                 (self.nodes.len() - 1) as u16
             }
         }
@@ -214,10 +234,139 @@ impl SlotMap {
             map.is_master[usize::from(m)] = true;
             map.master_of[start..=end].fill(m);
             for replica in addrs {
-                map.index(replica);
+                let r = map.index(replica);
+                if !map.replicas_of[usize::from(m)].contains(&r) {
+                    map.replicas_of[usize::from(m)].push(r);
+                }
             }
         }
         Ok(map)
+    }
+}
+
+impl SlotMap {
+    /// Parses a `CLUSTER SHARDS` reply (Redis ≥ 7): an array of shards, each a map (a flat
+    /// array of name, value pairs in RESP2) with `slots` (a flat list of inclusive
+    /// `start, end` bounds) and `nodes` (maps with `endpoint`/`ip`, `port`, `tls-port`,
+    /// `role` and `health`). With `tls` the node's `tls-port` is used when it has one. A
+    /// shard's master is its node of role `master`; its replicas are the nodes of role
+    /// `replica` whose health is not `failed`. A `loading` one is kept: Redis 7.0 reports a
+    /// replica in sync as `loading` until its replication offset reached the asked node by
+    /// gossip (seen on the test cluster, offset 0, long after the data had replicated); a
+    /// replica really loading answers `LOADING`, and the read then goes to the master.
+    /// Unlike `CLUSTER SLOTS`, whose reply Redis 7.0 caches and which leaves out replicas
+    /// whose replication offset was still 0 when it was cached, this names every replica with
+    /// its health. Shards without slots or without a master are skipped (their slots stay
+    /// unknown).
+    pub fn from_cluster_shards(
+        reply: &redis::Value,
+        asked_host: &str,
+        tls: bool,
+    ) -> Result<SlotMap, String> {
+        use redis::Value;
+        let Value::Array(shards) = reply else {
+            return Err(format!("CLUSTER SHARDS: expected an array, got {reply:?}"));
+        };
+        let mut map = SlotMap {
+            master_of: vec![NONE; SLOTS],
+            ..SlotMap::default()
+        };
+        for shard in shards {
+            let fields =
+                pairs(shard).ok_or_else(|| format!("CLUSTER SHARDS: bad shard {shard:?}"))?;
+            let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+            let Some(Value::Array(bounds)) = get("slots") else {
+                return Err(format!("CLUSTER SHARDS: a shard without slots: {shard:?}"));
+            };
+            let Some(Value::Array(nodes)) = get("nodes") else {
+                return Err(format!("CLUSTER SHARDS: a shard without nodes: {shard:?}"));
+            };
+            if bounds.len() % 2 != 0 {
+                return Err(format!("CLUSTER SHARDS: odd slot bounds {bounds:?}"));
+            }
+            let mut ranges = Vec::with_capacity(bounds.len() / 2);
+            for b in bounds.chunks(2) {
+                let (start, end) = (slot_number(&b[0])?, slot_number(&b[1])?);
+                if start > end {
+                    return Err(format!("CLUSTER SHARDS: empty range {start}-{end}"));
+                }
+                ranges.push((start, end));
+            }
+            let mut master = None;
+            let mut replicas = Vec::new();
+            for node in nodes {
+                let f = pairs(node).ok_or_else(|| format!("CLUSTER SHARDS: bad node {node:?}"))?;
+                let get = |name: &str| f.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+                let text = |name: &str| match get(name) {
+                    Some(Value::BulkString(b)) => std::str::from_utf8(b).ok(),
+                    Some(Value::SimpleString(s)) => Some(s.as_str()),
+                    _ => None,
+                };
+                let port = |name: &str| match get(name) {
+                    Some(&Value::Int(p)) if (1..=65535).contains(&p) => Some(p as u16),
+                    _ => None,
+                };
+                let host = [text("endpoint"), text("ip")]
+                    .into_iter()
+                    .flatten()
+                    .find(|h| !h.is_empty() && *h != "?")
+                    .unwrap_or(asked_host);
+                let port = if tls {
+                    port("tls-port").or(port("port"))
+                } else {
+                    port("port")
+                }
+                .ok_or_else(|| format!("CLUSTER SHARDS: a node without a port: {node:?}"))?;
+                let addr = NodeAddr {
+                    host: host.to_ascii_lowercase(),
+                    port,
+                };
+                match (text("role"), text("health")) {
+                    (Some("master"), _) => master = Some(addr),
+                    (Some("replica"), Some(h)) if h != "failed" => replicas.push(addr),
+                    _ => {}
+                }
+            }
+            let Some(master) = master.filter(|_| !ranges.is_empty()) else {
+                continue;
+            };
+            let m = map.index(master);
+            map.is_master[usize::from(m)] = true;
+            for (start, end) in ranges {
+                map.master_of[start..=end].fill(m);
+            }
+            for replica in replicas {
+                let r = map.index(replica);
+                if !map.replicas_of[usize::from(m)].contains(&r) {
+                    map.replicas_of[usize::from(m)].push(r);
+                }
+            }
+        }
+        Ok(map)
+    }
+}
+
+/// A RESP map as name, value pairs: a RESP3 map, or a RESP2 flat array of pairs.
+fn pairs(v: &redis::Value) -> Option<Vec<(String, &redis::Value)>> {
+    use redis::Value;
+    let name = |k: &Value| match k {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match v {
+        Value::Array(a) if a.len() % 2 == 0 => {
+            a.chunks(2).map(|p| Some((name(&p[0])?, &p[1]))).collect()
+        }
+        Value::Map(m) => m.iter().map(|(k, v)| Some((name(k)?, v))).collect(),
+        _ => None,
+    }
+}
+
+fn slot_number(v: &redis::Value) -> Result<usize, String> {
+    match *v {
+        redis::Value::Int(n) if (0..SLOTS as i64).contains(&n) => Ok(n as usize),
+        ref other => Err(format!("CLUSTER SHARDS: bad slot number {other:?}")),
     }
 }
 
@@ -383,11 +532,18 @@ mod tests {
         let masters: Vec<u16> = map.masters().map(|n| n.port).collect();
         assert_eq!(masters, [30001, 30002, 30003]);
         assert_eq!(map.nodes().len(), 5);
+        let ports =
+            |it: &mut dyn Iterator<Item = &NodeAddr>| it.map(|n| n.port).collect::<Vec<_>>();
+        assert_eq!(ports(&mut map.replicas(0)), [30004]);
+        assert_eq!(ports(&mut map.replicas(10922)), [30005]);
+        assert!(ports(&mut map.replicas(16383)).is_empty());
 
         // A MOVED patches one slot and can add a master.
         let mut map = map;
         map.moved(0, NodeAddr::parse("127.0.0.1:30007", "x").unwrap());
         assert_eq!(map.master(0).unwrap().port, 30007);
+        // Its replicas are unknown until the next refresh: reads go to the master.
+        assert_eq!(map.replicas(0).count(), 0);
         assert_eq!(map.master(1).unwrap().port, 30001);
         assert_eq!(map.masters().count(), 4);
 
@@ -428,6 +584,130 @@ mod tests {
             ])]),
         ] {
             assert!(SlotMap::from_cluster_slots(&bad, "h").is_err(), "{bad:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod shards_tests {
+    use super::*;
+    use redis::Value;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn node(endpoint: &str, port: i64, tls_port: Option<i64>, role: &str, health: &str) -> Value {
+        let mut f = vec![
+            bulk("id"),
+            bulk("6c1677b938bdd3dc7e3cdf9a2d93d56bb9cd15d4"),
+            bulk("port"),
+            Value::Int(port),
+        ];
+        if let Some(t) = tls_port {
+            f.extend([bulk("tls-port"), Value::Int(t)]);
+        }
+        f.extend([
+            bulk("ip"),
+            bulk("10.0.0.1"),
+            bulk("endpoint"),
+            bulk(endpoint),
+            bulk("role"),
+            bulk(role),
+            bulk("replication-offset"),
+            Value::Int(38198),
+            bulk("health"),
+            bulk(health),
+        ]);
+        Value::Array(f)
+    }
+
+    fn shard(slots: &[i64], nodes: Vec<Value>) -> Value {
+        Value::Array(vec![
+            bulk("slots"),
+            Value::Array(slots.iter().map(|&s| Value::Int(s)).collect()),
+            bulk("nodes"),
+            Value::Array(nodes),
+        ])
+    }
+
+    #[test]
+    fn cluster_shards_reply_parses() {
+        // The shape redis-server 7.0 answers (RESP2: maps as flat name, value arrays).
+        let reply = Value::Array(vec![
+            shard(
+                &[0, 100, 200, 5460],
+                vec![
+                    node("127.0.0.1", 30001, None, "master", "online"),
+                    node("127.0.0.1", 30004, None, "replica", "online"),
+                    node("127.0.0.1", 30007, None, "replica", "failed"),
+                ],
+            ),
+            shard(
+                &[101, 199, 5461, 16383],
+                vec![
+                    node("127.0.0.1", 30005, None, "replica", "loading"),
+                    node("?", 30002, None, "master", "online"),
+                ],
+            ),
+            // A shard without slots (a new master, or the old one after a failover).
+            shard(
+                &[],
+                vec![node("127.0.0.1", 30009, None, "master", "online")],
+            ),
+        ]);
+        let map = SlotMap::from_cluster_shards(&reply, "h", false).unwrap();
+        assert!(map.covers_all());
+        let port = |s| map.master(s).unwrap().port;
+        assert_eq!(
+            [port(0), port(100), port(101), port(199), port(200)],
+            [30001, 30001, 30002, 30002, 30001]
+        );
+        assert_eq!(port(16383), 30002);
+        // "?" (unknown endpoint) falls back to the ip.
+        assert_eq!(map.master(6000).unwrap().host, "10.0.0.1");
+        let replicas = |s| map.replicas(s).map(|n| n.port).collect::<Vec<_>>();
+        assert_eq!(replicas(0), [30004], "a failed replica is left out");
+        assert_eq!(
+            replicas(150),
+            [30005],
+            "loading is kept (Redis 7.0 says it of synced ones)"
+        );
+        assert_eq!(
+            map.masters().map(|n| n.port).collect::<Vec<_>>(),
+            [30001, 30002]
+        );
+
+        // A TLS cluster is reached on the tls-port.
+        let tls = Value::Array(vec![shard(
+            &[0, 16383],
+            vec![
+                node("a", 7000, Some(17000), "master", "online"),
+                node("b", 7001, Some(17001), "replica", "online"),
+            ],
+        )]);
+        let map = SlotMap::from_cluster_shards(&tls, "h", true).unwrap();
+        assert_eq!(map.master(9).unwrap().port, 17000);
+        assert_eq!(map.replicas(9).next().unwrap().port, 17001);
+        let map = SlotMap::from_cluster_shards(&tls, "h", false).unwrap();
+        assert_eq!(map.master(9).unwrap().port, 7000);
+
+        for bad in [
+            Value::Int(1),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![shard(&[0], vec![])]),
+            Value::Array(vec![shard(&[5, 1], vec![])]),
+            Value::Array(vec![shard(&[0, 16384], vec![])]),
+            Value::Array(vec![shard(
+                &[0, 1],
+                vec![node("a", 0, None, "master", "online")],
+            )]),
+            Value::Array(vec![Value::Array(vec![bulk("slots")])]),
+        ] {
+            assert!(
+                SlotMap::from_cluster_shards(&bad, "h", false).is_err(),
+                "{bad:?}"
+            );
         }
     }
 }
