@@ -163,7 +163,9 @@ const SMALL_PERCENT: u64 = 5;
 /// small queue (5 % of `capacity`): a slice read once is then evicted by the next
 /// insertion before anyone reads it again, and a sliced object is fetched again and again.
 /// `None` when the tier is off, slicing is off, or the slices fit.
-pub fn slice_warning(capacity: u64, slice_size: u64, slicing: bool) -> Option<String> {
+pub fn slice_warning(cfg: &crate::config::CacheConfig) -> Option<String> {
+    let (capacity, slice_size) = (cfg.memory.capacity, cfg.slice_size);
+    let slicing = cfg.max_sliced_object_size > cfg.max_object_size;
     let small = capacity * SMALL_PERCENT / 100;
     (capacity > 0 && slicing && slice_size > small).then(|| {
         format!(

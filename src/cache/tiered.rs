@@ -126,11 +126,7 @@ impl Tiers {
         buckets: Arc<Buckets>,
         clock: Clock,
     ) -> Result<Arc<Tiers>, String> {
-        if let Some(w) = crate::cache::memory::slice_warning(
-            cfg.memory.capacity,
-            cfg.slice_size,
-            cfg.max_sliced_object_size > cfg.max_object_size,
-        ) {
+        if let Some(w) = crate::cache::memory::slice_warning(cfg) {
             log::warn!("{w}");
         }
         let memory = MemoryCache::new(cfg.memory.capacity)

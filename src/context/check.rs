@@ -26,12 +26,7 @@ pub fn check(config: &Config) -> Result<Vec<String>, String> {
     // Warnings do not make a config invalid: they say how it will run here.
     let mut warnings = Vec::new();
     warnings.extend(fd_limit_warning(config));
-    let c = &config.cache;
-    warnings.extend(crate::cache::memory::slice_warning(
-        c.memory.capacity,
-        c.slice_size,
-        c.max_sliced_object_size > c.max_object_size,
-    ));
+    warnings.extend(crate::cache::memory::slice_warning(&config.cache));
     if let Some(d) = &config.cache.disk {
         warnings.extend(crate::cache::disk::space::capacity_warning(
             &d.dir,

@@ -53,25 +53,29 @@ pub fn cached_imf_fixdate(secs: u64) -> [u8; 29] {
             return text;
         }
         if at != u64::MAX && at / 86_400 == secs / 86_400 {
-            let sod = (secs % 86_400) as u32;
-            let d = |n: u32| b'0' + n as u8;
-            let (hh, mm, ss) = (sod / 3600, sod / 60 % 60, sod % 60);
-            text[17..25].copy_from_slice(&[
-                d(hh / 10),
-                d(hh % 10),
-                b':',
-                d(mm / 10),
-                d(mm % 10),
-                b':',
-                d(ss / 10),
-                d(ss % 10),
-            ]);
+            text[17..25].copy_from_slice(&clock((secs % 86_400) as u32));
         } else {
             text = format_imf_fixdate(secs);
         }
         last.set((secs, text));
         text
     })
+}
+
+/// `hh:mm:ss` of the second of the day `sod`.
+fn clock(sod: u32) -> [u8; 8] {
+    let d = |n: u32| b'0' + n as u8;
+    let (hh, mm, ss) = (sod / 3600, sod / 60 % 60, sod % 60);
+    [
+        d(hh / 10),
+        d(hh % 10),
+        b':',
+        d(mm / 10),
+        d(mm % 10),
+        b':',
+        d(ss / 10),
+        d(ss % 10),
+    ]
 }
 
 /// The IMF-fixdate of `secs` after the unix epoch (`Sun, 06 Nov 1994 08:49:37 GMT`), clamped
@@ -87,8 +91,9 @@ pub fn format_imf_fixdate(secs: u64) -> [u8; 29] {
     let wd = (days + 3) as usize % 7 * 3;
     let (year, month, day) = civil_from_days(days);
     let mo = (month as usize - 1) % 12 * 3;
-    let (y, hh, mm, ss) = (year as u32, sod / 3600, sod / 60 % 60, sod % 60);
+    let y = year as u32;
     let d = |n: u32| b'0' + n as u8;
+    let [h1, h2, c1, m1, m2, c2, s1, s2] = clock(sod);
     [
         DAY_NAMES[wd],
         DAY_NAMES[wd + 1],
@@ -107,14 +112,14 @@ pub fn format_imf_fixdate(secs: u64) -> [u8; 29] {
         d(y / 10 % 10),
         d(y % 10),
         b' ',
-        d(hh / 10),
-        d(hh % 10),
-        b':',
-        d(mm / 10),
-        d(mm % 10),
-        b':',
-        d(ss / 10),
-        d(ss % 10),
+        h1,
+        h2,
+        c1,
+        m1,
+        m2,
+        c2,
+        s1,
+        s2,
         b' ',
         b'G',
         b'M',

@@ -122,14 +122,10 @@ pub async fn begin<S: AsyncWriteRent>(
         own = 0..leaders.len() as u64;
         start_run(w, x.bucket, t, &v, 0, leaders, Some(body));
     }
-    match serve(x, t, &meta, XCache::Miss, None, own).await? {
-        Served::Sent(sent) => Ok(sent),
-        // Changed already: the entry goes, and this client gets an error rather than a loop.
-        Served::Changed => {
-            w.cache.remove_everywhere(t.ckey).await;
-            Err(changed())
-        }
-    }
+    // Changed already: the entry is gone, and this client gets an error rather than a loop.
+    answer_owning(x, t, &meta, XCache::Miss, None, own)
+        .await?
+        .ok_or_else(changed)
 }
 
 /// [`serve`], with the object entry removed when its version turned out gone before any body
@@ -141,7 +137,19 @@ pub async fn answer<S: AsyncWriteRent>(
     xcache: XCache,
     layer: Option<Layer>,
 ) -> Result<Option<Sent>, Error> {
-    match serve(x, t, meta, xcache, layer, 0..0).await? {
+    answer_owning(x, t, meta, xcache, layer, 0..0).await
+}
+
+/// [`answer`] for a response whose own fills already fetch slices `own`.
+async fn answer_owning<S: AsyncWriteRent>(
+    x: &mut Exchange<'_, '_, '_, S>,
+    t: &Target<'_>,
+    meta: &Arc<Meta>,
+    xcache: XCache,
+    layer: Option<Layer>,
+    own: Range<u64>,
+) -> Result<Option<Sent>, Error> {
+    match serve(x, t, meta, xcache, layer, own).await? {
         Served::Sent(sent) => Ok(Some(sent)),
         Served::Changed => {
             x.w.cache.remove_everywhere(t.ckey).await;
