@@ -141,6 +141,14 @@ impl Fleet {
         }
     }
 
+    /// The owner of `key` by name, `None` when it is this instance (whatever its health: runs
+    /// of slices are cut where the owner changes).
+    pub fn owner_name(&self, key: &[u8]) -> Option<Arc<str>> {
+        let view = self.view();
+        let m = &view.members[owner::owner(key, &view.seeds)?];
+        (!m.is_self).then(|| Arc::clone(&m.name))
+    }
+
     /// Marks `m` down until a health check passes (see the module docs).
     pub fn mark_down(&self, m: &Member) {
         if !m.is_self && m.up.swap(false, Ordering::Relaxed) {

@@ -58,7 +58,11 @@ pub async fn lead<S: AsyncWriteRent>(
     t: &Target<'_>,
     leader: Leader,
 ) -> Result<Sent, Error> {
-    match fetch_origin(x.w, x.bucket, &Asked::of(t, false, &[])).await {
+    let asked = Asked {
+        want_entry: true,
+        ..Asked::of(t, false, &[])
+    };
+    match fetch_origin(x.w, x.bucket, &asked).await {
         Ok((head, body)) => fill_from(x, t, head, body, Some(leader)).await,
         Err(e) => {
             leader.fail(e.clone());
@@ -80,6 +84,11 @@ pub async fn fill_from<S: AsyncWriteRent>(
 ) -> Result<Sent, Error> {
     let (w, bucket, ckey) = (x.w, x.bucket, t.ckey);
     x.note_upstream(&head, XCache::Miss);
+    // The key's owner holds the object as slices: answered from slices here.
+    if let Some(len) = super::sliced::relayed_entry(&head) {
+        drain_error_body(body).await;
+        return super::sliced::begin_relayed(x, t, &head, len, leader).await;
+    }
     if head.status != 200 {
         let negative = (head.status == 404).then(|| negative_entry(w, bucket, &head));
         let e = origin_error::read_and_map(w, bucket, &head, body).await;

@@ -16,7 +16,7 @@ use super::exchange::{Exchange, Target, XCache, STREAM_CHUNK};
 use super::origin_error;
 use crate::context::Worker;
 use crate::error::{Error, Kind};
-use crate::fleet::client::{self, PeerRequest};
+use crate::fleet::client::{self, PeerRequest, SliceOf};
 use crate::fleet::Route;
 use crate::http::conn::Sent;
 use crate::http::response::UpstreamHead;
@@ -95,6 +95,9 @@ pub async fn fetch_as_asked<S>(
         key,
         query: params,
         headers: &forwarded,
+        // A GET this instance would answer from slices when the owner holds them.
+        want_entry: !x.req.is_head(),
+        slice: None,
     };
     fetch_origin(x.w, x.bucket, &asked).await
 }
@@ -228,6 +231,11 @@ pub struct Asked<'a> {
     pub query: &'a [(&'a str, &'a str)],
     /// Forwarded headers (`Range`, `If-*`), lowercase names.
     pub headers: &'a [(&'static str, &'a str)],
+    /// For an owner only: an entry head rather than a sliced object's bytes (a GET that
+    /// this instance will answer from slices; `crate::fleet::client::WANT`).
+    pub want_entry: bool,
+    /// For an owner only: this is a run of slices of that object (`crate::fleet::client::SLICE`).
+    pub slice: Option<SliceOf>,
 }
 
 impl<'a> Asked<'a> {
@@ -239,6 +247,8 @@ impl<'a> Asked<'a> {
             key: t.key,
             query: t.params,
             headers,
+            want_entry: false,
+            slice: None,
         }
     }
 }
@@ -263,6 +273,8 @@ pub async fn fetch_origin(
                     query: a.query,
                     headers: a.headers,
                     read_timeout: w.shared.config.buckets[bucket].read_timeout,
+                    want_entry: a.want_entry,
+                    slice: a.slice,
                 };
                 let (t0, sent_at_ms) = (Instant::now(), w.clock().now_ms());
                 let res = client::fetch(&w.peers, fleet, &m, &req, w.clock().now_secs()).await;
