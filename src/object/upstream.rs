@@ -12,7 +12,9 @@ use std::time::SystemTime;
 use monoio::io::AsyncWriteRent;
 use monoio::time::Instant;
 
+use super::answer::precondition_for;
 use super::exchange::{Exchange, Target, XCache, STREAM_CHUNK};
+use crate::http::conditional::Precondition;
 use super::origin_error;
 use crate::context::Worker;
 use crate::error::{Error, Kind};
@@ -164,6 +166,21 @@ pub async fn respond_upstream_keeping<S: AsyncWriteRent>(
     match head.status {
         200 | 206 | 304 => {}
         _ => return Err(origin_error::read_and_map(x.w, x.bucket, &head, body).await),
+    }
+    // A fleet member's 200 for a shared fill was asked for without this client's conditionals
+    // (a fill serves every coalesced client): they are evaluated here, as on a cached answer.
+    let mut head = head;
+    if head.peer.is_some() && head.status == 200 {
+        match precondition_for(req, head.header("etag"), head.header("last-modified")) {
+            Precondition::Proceed => {}
+            Precondition::NotModified => head.status = 304,
+            Precondition::Failed => {
+                return Err(Error::client(
+                    Kind::PreconditionFailed,
+                    "a precondition of the request failed",
+                ))
+            }
+        }
     }
     let length = if head.status == 304 {
         None
