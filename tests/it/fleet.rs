@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::common::fleet::{metric_sum, Fleet, FleetOptions, BUCKET, PRIVATE, SECRET};
+use crate::common::fleet::{metric_sum, Fleet, FleetOptions, BUCKET, CLIENT_UA, PRIVATE, SECRET};
 use crate::common::http::{self, Conn, RawResponse};
 use crate::common::*;
 
@@ -385,14 +385,14 @@ fn an_added_member_takes_about_a_quarter_of_the_keys_and_only_those_move() {
     // else the member that answered.
     let mut conns: Vec<Conn> = (0..3).map(|i| Conn::connect(fleet.addr(i))).collect();
     for (k, (key, body)) in objs.iter().enumerate() {
-        let r = conns[k % 3].request("GET", &path(key), &[]);
+        let r = conns[k % 3].request("GET", &path(key), &[("user-agent", CLIENT_UA)]);
         assert_object(&r, body, key);
     }
     assert_eq!(fleet.origin_gets(), N as u64);
     let mut owner_before: HashMap<String, String> = HashMap::new();
     let mut fill_lines = Vec::new();
     for i in 0..3 {
-        let lines = fleet.access_lines(i, N / 3);
+        let lines = fleet.client_lines(i, N / 3);
         assert_eq!(lines.len(), N / 3);
         for l in &lines {
             let owner = l["peer"]
@@ -446,7 +446,7 @@ fn an_added_member_takes_about_a_quarter_of_the_keys_and_only_those_move() {
     // previous owner (keys move only to the new member).
     let mut named: HashMap<String, BTreeSet<String>> = HashMap::new();
     for (i, skip) in fill_lines.iter().enumerate() {
-        let lines = fleet.access_lines(i, skip + N);
+        let lines = fleet.client_lines(i, skip + N);
         for (p, peers) in peers_named(&lines[*skip..]) {
             named.entry(p).or_default().extend(peers);
         }
@@ -706,7 +706,11 @@ fn peer_traffic_shows_in_metrics_access_log_and_admin_cluster() {
     fleet.origin.reset_counts();
     let x_cache: Vec<String> = (0..3)
         .map(|i| {
-            let r = http::get(fleet.addr(i), &path("obs.bin"), &[]);
+            let r = http::get(
+                fleet.addr(i),
+                &path("obs.bin"),
+                &[("user-agent", CLIENT_UA)],
+            );
             assert_object(&r, &body, &format!("through {i}"));
             r.header("x-cache").unwrap_or_default().to_owned()
         })
@@ -727,13 +731,15 @@ fn peer_traffic_shows_in_metrics_access_log_and_admin_cluster() {
         assert_eq!(metric_sum(&text, SERVED, &[]), 0, "{text}");
         assert_eq!(metric_sum(&text, FALLBACKS, &[]), 0, "{text}");
         assert_eq!(x_cache[i], "MISS", "the asking member's own X-Cache");
+        // An asking member's only line: its client's request (it served no peer).
         let lines = fleet.access_lines(i, 1);
         assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["ua"], CLIENT_UA, "{}", lines[0]);
         assert_eq!(lines[0]["peer"], fleet.peer(owner), "{}", lines[0]);
         assert_eq!(lines[0]["status"], 200, "{}", lines[0]);
     }
     assert_eq!(fleet.metric(owner, PEER_REQUESTS, &[]), 0);
-    let owner_line = &fleet.access_lines(owner, 1)[0];
+    let owner_line = &fleet.client_lines(owner, 1)[0];
     assert!(
         owner_line["peer"].as_str().is_none(),
         "the owner answered itself: {owner_line}"

@@ -21,6 +21,8 @@ pub const BUCKET: &str = "fleet";
 pub const PRIVATE: &str = "fpriv";
 /// `cluster.secret` of every member (>= 16 bytes).
 pub const SECRET: &str = "fleet-test-secret-0123456789abcdef";
+/// The `User-Agent` tests send, to tell their requests from peers' in an access log.
+pub const CLIENT_UA: &str = "fleet-test-client";
 /// How often a member re-checks peers marked down (`cluster.peers_refresh`).
 pub const PEERS_REFRESH: &str = "200ms";
 
@@ -176,8 +178,25 @@ impl Fleet {
     }
 
     /// The access log lines of member `i` for bucket requests (not the harness's probes), once
-    /// there are at least `n` (bounded wait: the log is written at least every 200 ms).
+    /// there are at least `n` (bounded wait: the log is written at least every 200 ms). An
+    /// owner also logs the requests it answered for its peers.
     pub fn access_lines(&self, i: usize, n: usize) -> Vec<Value> {
+        self.access_lines_where(i, n, |_| true)
+    }
+
+    /// The lines of requests sent with `user-agent: `[`CLIENT_UA`] (this test's clients, not
+    /// peers) on member `i`, once there are at least `n`.
+    pub fn client_lines(&self, i: usize, n: usize) -> Vec<Value> {
+        self.access_lines_where(i, n, |l| l["ua"] == CLIENT_UA)
+    }
+
+    /// The bucket-request lines of member `i` that pass `keep`, once there are at least `n`.
+    pub fn access_lines_where(
+        &self,
+        i: usize,
+        n: usize,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let path = self.access_log(i);
         let mut got = Vec::new();
         let ok = wait_until(Duration::from_secs(10), || {
@@ -186,6 +205,7 @@ impl Fleet {
                 .lines()
                 .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l}: {e}")))
                 .filter(|l| l["bucket"] == BUCKET || l["bucket"] == PRIVATE)
+                .filter(&keep)
                 .collect();
             got.len() >= n
         });
