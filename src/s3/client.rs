@@ -113,6 +113,11 @@ impl Pool {
         })
     }
 
+    /// Whether this pool connects to the addresses of `origin` (the same state, not a copy).
+    pub fn serves(&self, origin: &Arc<OriginState>) -> bool {
+        Arc::ptr_eq(&self.origin, origin)
+    }
+
     /// Number of idle connections currently pooled.
     pub fn idle_len(&self) -> usize {
         self.idle.borrow().len()
