@@ -209,7 +209,17 @@ impl Fleet {
                 .collect();
             got.len() >= n
         });
-        assert!(ok, "{} lines in {}, wanted {n}", got.len(), path.display());
+        if !ok {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            panic!(
+                "{} lines of interest in {}, wanted {n}; {} lines in all, last: {:?}; dropped: {}",
+                got.len(),
+                path.display(),
+                text.lines().count(),
+                text.lines().last(),
+                self.metric(i, "corvid_access_log_dropped_total", &[])
+            );
+        }
         got
     }
 
