@@ -22,6 +22,10 @@ use crate::s3::sigv4::{canonical_object_path, canonical_query};
 
 /// A member is on the same network: a connection that takes longer than this is a dead one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A member's answer body up to this size is read whole before the client sees a byte of it,
+/// so that a member that dies mid-answer sends the request to the origin instead of cutting the
+/// client's answer short. Larger bodies stream (a cut is then a cut, as from an origin).
+pub const BUFFERED_ANSWER: u64 = 1 << 20;
 /// Idle connections kept per member, and for how long.
 const MAX_IDLE: usize = 64;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
@@ -59,6 +63,36 @@ pub struct PeerRequest<'a> {
     pub headers: &'a [(&'static str, &'a str)],
     /// The body's read timeout (the bucket's `read_timeout`).
     pub read_timeout: Duration,
+}
+
+/// Sends `POST target` (an admin purge, repeated for the fleet) to member `m`; its status.
+pub async fn post(
+    peers: &Peers,
+    fleet: &Fleet,
+    m: &Member,
+    target: &str,
+    now_secs: u64,
+) -> Result<u16, Error> {
+    let mut request = format!(
+        "POST {target} HTTP/1.1\r\nhost: {}\r\n{}: {}\r\ncontent-length: 0\r\n\r\n",
+        m.name,
+        super::peer_auth::HEADER,
+        fleet.sign("POST", target, now_secs)
+    )
+    .into_bytes();
+    request.shrink_to_fit();
+    let timeouts = Timeouts {
+        connect: CONNECT_TIMEOUT.min(fleet.peer_timeout),
+        first_byte: fleet.peer_timeout,
+        read: fleet.peer_timeout,
+    };
+    let (res, _) = peers.pool(m).send(request, false, &timeouts).await;
+    let (head, mut body) = res?;
+    // Small JSON: read so the connection can be reused.
+    if let Some(len) = body.content_length().filter(|n| *n <= BUFFERED_ANSWER) {
+        body.read_all(len).await?;
+    }
+    Ok(head.status)
 }
 
 /// Sends `req` to member `m`; its answer head (with `peer` set) and body.
@@ -105,9 +139,16 @@ pub async fn fetch(
         first_byte: fleet.peer_timeout,
         read: req.read_timeout,
     };
-    let (res, _) = peers.pool(m).send(request, req.is_head, &timeouts).await;
-    res.map(|(mut head, body)| {
-        head.peer = Some(Arc::clone(&m.name));
-        (head, body)
-    })
+    let pool = peers.pool(m);
+    let (res, _) = pool.send(request, req.is_head, &timeouts).await;
+    let (mut head, mut body) = res?;
+    head.peer = Some(Arc::clone(&m.name));
+    if let Some(len) = body
+        .content_length()
+        .filter(|n| *n > 0 && *n <= BUFFERED_ANSWER)
+    {
+        let bytes = body.read_all(len).await?;
+        body = Body::complete(pool, bytes);
+    }
+    Ok((head, body))
 }
