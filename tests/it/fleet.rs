@@ -381,6 +381,48 @@ fn a_killed_owner_under_load_fails_no_request_is_marked_down_then_up_again() {
     assert!(served, "the restarted member serves its keys to its peers");
 }
 
+#[test]
+fn a_sliced_object_read_through_every_member_costs_each_slice_once() {
+    const SLICE: usize = 64 << 10;
+    const LEN: usize = 16 * SLICE + 12_345;
+    let fleet = Fleet::start(FleetOptions {
+        extra_toml: "[cache]\nmax_object_size = \"256KiB\"\nslice_size = \"64KiB\"\n".to_owned(),
+        ..FleetOptions::cluster(3)
+    });
+    let body = pattern_bytes(LEN, 17);
+    fleet.put("big.bin", &body);
+    fleet.origin.reset_counts();
+    for i in 0..3 {
+        let r = http::get(fleet.addr(i), &path("big.bin"), &[]);
+        assert_object(&r, &body, &format!("the sliced object through {i}"));
+    }
+    let r = http::get(
+        fleet.addr(1),
+        &path("big.bin"),
+        &[("range", "bytes=200000-300000")],
+    );
+    assert_eq!(r.status, 206);
+    assert!(r.body == body[200_000..=300_000], "a range across slices");
+    // Each slice once for the fleet: no range asked twice, at most one plain GET.
+    let mut by_range: HashMap<String, usize> = HashMap::new();
+    let gets = fleet.origin.requests_with("GET");
+    for g in &gets {
+        let range = g.header("range").unwrap_or("(whole)").to_owned();
+        *by_range.entry(range).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = by_range.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "origin GETs asked more than once: {twice:?} (all: {by_range:?})"
+    );
+    assert!(
+        gets.len() <= LEN.div_ceil(SLICE) + 1,
+        "{} origin GETs for {} slices: {by_range:?}",
+        gets.len(),
+        LEN.div_ceil(SLICE)
+    );
+}
+
 /// Member addresses named in `"peer"` by access log lines, per request path.
 fn peers_named(lines: &[Value]) -> HashMap<String, BTreeSet<String>> {
     let mut by_path: HashMap<String, BTreeSet<String>> = HashMap::new();

@@ -38,6 +38,8 @@ pub struct FleetOptions {
     pub access_log: bool,
     /// Appended inside `[cluster]` (e.g. `peer_timeout = "1s"`).
     pub cluster_extra: String,
+    /// Whole tables appended to every member's config (e.g. `[cache]` with slicing).
+    pub extra_toml: String,
 }
 
 impl FleetOptions {
@@ -49,6 +51,7 @@ impl FleetOptions {
             redis: false,
             access_log: false,
             cluster_extra: String::new(),
+            extra_toml: String::new(),
         }
     }
 
@@ -153,6 +156,7 @@ impl Fleet {
                 toml_str(&self.access_log(i).to_string_lossy())
             ));
         }
+        toml.push_str(&format!("\n{}\n", self.opts.extra_toml));
         if self.opts.cluster {
             let list = peers
                 .iter()
