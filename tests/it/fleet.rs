@@ -254,6 +254,18 @@ fn head_range_and_conditional_answer_correctly_through_owners() {
 
 #[test]
 fn a_killed_owner_under_load_fails_no_request_is_marked_down_then_up_again() {
+    an_owner_lost_under_load(libc::SIGKILL, "kill");
+}
+
+#[test]
+fn a_draining_owner_under_load_fails_no_request() {
+    an_owner_lost_under_load(libc::SIGTERM, "drain");
+}
+
+/// Three clients loop over 60 keys through members 0 and 1 while member 2 gets `sig`: no
+/// request fails, the survivors mark it down (and fall back to the origin for its keys), and
+/// once restarted on its port it is marked up and asked for its keys again.
+fn an_owner_lost_under_load(sig: libc::c_int, what: &str) {
     const THREADS: usize = 3;
     let mut fleet = Fleet::start(FleetOptions::cluster(3));
     let objs = Arc::new(objects(&fleet, "load", 60));
@@ -302,7 +314,7 @@ fn a_killed_owner_under_load_fails_no_request_is_marked_down_then_up_again() {
     );
     let fallbacks_before = fleet.metric(0, FALLBACKS, &[]) + fleet.metric(1, FALLBACKS, &[]);
     let gets_before = fleet.origin_gets();
-    fleet.kill(victim);
+    fleet.stop(victim, sig);
     let at_kill = done.load(Ordering::SeqCst);
     let down: Vec<_> = (0..2)
         .map(|i| fleet.wait_shows(i, victim, false, MEMBERSHIP_BOUND))
@@ -320,6 +332,10 @@ fn a_killed_owner_under_load_fails_no_request_is_marked_down_then_up_again() {
         fell_back,
         "requests for the dead member's keys went to the origin"
     );
+    for i in 0..2 {
+        assert_eq!(fleet.metric(i, "corvid_peers", &[("state", "down")]), 1);
+        assert_eq!(fleet.metric(i, "corvid_peers", &[("state", "up")]), 2);
+    }
     // More load with the member down, then stop.
     assert!(
         wait_until(Duration::from_secs(20), || {
@@ -350,7 +366,7 @@ fn a_killed_owner_under_load_fails_no_request_is_marked_down_then_up_again() {
         "later requests skip the member known to be down"
     );
     eprintln!(
-        "fleet kill: {total} requests ({} after the kill), 0 failed; marked down after {:?}",
+        "fleet {what}: {total} requests ({} after it), 0 failed; marked down after {:?}",
         total - at_kill,
         down
     );
@@ -366,7 +382,10 @@ fn a_killed_owner_under_load_fails_no_request_is_marked_down_then_up_again() {
         fleet.cluster(0),
         fleet.cluster(1)
     );
-    eprintln!("fleet kill: marked up again after {up:?}");
+    eprintln!("fleet {what}: marked up again after {up:?}");
+    for i in 0..2 {
+        assert_eq!(fleet.metric(i, "corvid_peers", &[("state", "up")]), 3);
+    }
     let fresh = objects(&fleet, "after", 30);
     for (n, (key, body)) in fresh.iter().enumerate() {
         assert_object(
@@ -421,6 +440,90 @@ fn a_sliced_object_read_through_every_member_costs_each_slice_once() {
         gets.len(),
         LEN.div_ceil(SLICE)
     );
+}
+
+#[test]
+fn a_stalled_owner_times_out_once_its_keys_go_to_the_origin_and_it_comes_back() {
+    let fleet = Fleet::start(FleetOptions {
+        cluster_extra: "peer_timeout = \"1s\"\n".to_owned(),
+        ..FleetOptions::cluster(3)
+    });
+    let objs = objects(&fleet, "stall", 40);
+    let victim = 2;
+    // Stopped, its port still accepts connections (the kernel's backlog) but never answers.
+    fleet.corvid(victim).signal(libc::SIGSTOP);
+    let mut slow = Vec::new();
+    let started = Instant::now();
+    for (n, (key, body)) in objs.iter().enumerate() {
+        let t0 = Instant::now();
+        let r = http::try_request(
+            fleet.addr(n % 2),
+            "GET",
+            &path(key),
+            &[],
+            Duration::from_secs(20),
+        );
+        let took = t0.elapsed();
+        let r = r.unwrap_or_else(|e| panic!("{key} with a stalled owner: {e}"));
+        assert_object(&r, body, &format!("{key} with a stalled owner"));
+        if took >= Duration::from_millis(900) {
+            slow.push((key.clone(), took));
+        }
+    }
+    let took_all = started.elapsed();
+    // Until a member is marked down each of its 2 workers may wait out one peer_timeout.
+    assert!(
+        !slow.is_empty() && slow.len() <= 4,
+        "requests that waited for the stalled owner: {slow:?} (all took {took_all:?})"
+    );
+    assert!(
+        slow.iter().all(|(_, t)| *t < Duration::from_secs(5)),
+        "{slow:?}"
+    );
+    for i in 0..2 {
+        assert!(
+            fleet
+                .wait_shows(i, victim, false, MEMBERSHIP_BOUND)
+                .is_some(),
+            "{}",
+            fleet.cluster(i)
+        );
+    }
+    let timeouts: u64 = (0..2)
+        .map(|i| fleet.metric(i, PEER_REQUESTS, &[("outcome", "timeout")]))
+        .sum();
+    let failed: u64 = (0..2)
+        .map(|i| fleet.metric(i, FALLBACKS, &[("reason", "failed")]))
+        .sum();
+    let down: u64 = (0..2)
+        .map(|i| fleet.metric(i, FALLBACKS, &[("reason", "down")]))
+        .sum();
+    assert!(
+        (1..=4).contains(&timeouts),
+        "{timeouts} peer timeouts: {slow:?}"
+    );
+    assert_eq!(
+        failed, timeouts,
+        "each timed-out request went to the origin"
+    );
+    assert!(down > 0, "later requests skip the stalled owner");
+    eprintln!(
+        "fleet stall: {} timed out, {down} skipped it, all took {took_all:?}",
+        slow.len()
+    );
+
+    fleet.corvid(victim).signal(libc::SIGCONT);
+    for i in 0..2 {
+        let up = fleet.wait_shows(i, victim, true, MEMBERSHIP_BOUND);
+        assert!(up.is_some(), "{}", fleet.cluster(i));
+    }
+    let fresh = objects(&fleet, "resumed", 30);
+    for (n, (key, body)) in fresh.iter().enumerate() {
+        assert_object(&http::get(fleet.addr(n % 2), &path(key), &[]), body, key);
+    }
+    settles("the resumed owner serves again", 1, || {
+        u64::from(fleet.metric(victim, SERVED, &[]) > 0)
+    });
 }
 
 /// Member addresses named in `"peer"` by access log lines, per request path.
@@ -632,6 +735,21 @@ fn forged_or_stale_peer_markers_are_refused_and_a_signed_one_is_trusted() {
     settles("served for peers", 1, || fleet.metric(0, SERVED, &[]));
     // Without the marker a client still needs a token.
     assert_eq!(http::get(addr, &target, &[]).status, 401);
+    // One hop: a signed request is answered where it arrives, owner or not, never forwarded.
+    let hop = path("hop.txt");
+    fleet.put("hop.txt", b"one hop");
+    for i in 0..3 {
+        let sender = fleet.peer((i + 1) % 3);
+        let value = marker(SECRET, "GET", &hop, now(), &sender);
+        let r = http::get(fleet.addr(i), &hop, &[("x-corvid-peer", &value)]);
+        assert_object(&r, b"one hop", &format!("a signed request to {i}"));
+    }
+    settles("served for peers", 4, || fleet.metric_all(SERVED, &[]));
+    assert_eq!(
+        fleet.metric_all(PEER_REQUESTS, &[]),
+        0,
+        "a peer's request is not forwarded again"
+    );
 
     // An instance without [cluster] trusts no marker, even a well-signed one.
     let alone = Fleet::start(FleetOptions::alone(1));

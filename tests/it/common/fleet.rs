@@ -229,14 +229,21 @@ impl Fleet {
 
     /// SIGKILL of member `i`, waiting until it is gone (its port then refuses connections).
     pub fn kill(&mut self, i: usize) {
+        self.stop(i, libc::SIGKILL);
+    }
+
+    /// Sends `sig` to member `i` (SIGKILL, or SIGTERM for a graceful drain) and waits until
+    /// it has exited.
+    pub fn stop(&mut self, i: usize, sig: libc::c_int) {
         let mut c = self.members[i]
             .corvid
             .take()
             .unwrap_or_else(|| panic!("member {i} is not running"));
-        c.signal(libc::SIGKILL);
+        c.signal(sig);
         assert!(
-            c.wait_exit(Duration::from_secs(10)).is_some(),
-            "member {i} survived SIGKILL"
+            c.wait_exit(Duration::from_secs(40)).is_some(),
+            "member {i} survived signal {sig}:\n{}",
+            c.stderr()
         );
     }
 
