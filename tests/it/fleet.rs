@@ -7,7 +7,6 @@
 //! the client arrived, `[cluster]` config errors, and the metrics and access log of peer traffic.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -156,6 +155,9 @@ fn concurrent_cold_misses_spread_over_the_fleet_make_one_origin_get() {
     assert_eq!(fleet.origin_gets(), 1, "{:?}", fleet.origin.requests());
 }
 
+/// What, method, key, the one request header, the status wanted.
+type Case<'a> = (&'a str, &'a str, &'a str, (&'a str, &'a str), u16);
+
 #[test]
 fn head_range_and_conditional_answer_correctly_through_owners() {
     let fleet = Fleet::start(FleetOptions::cluster(3));
@@ -177,7 +179,7 @@ fn head_range_and_conditional_answer_correctly_through_owners() {
     fleet.origin.reset_counts();
     // Each request goes through all three members in turn, each cold for that key (a single
     // instance answers all of them so): two of them do not own it and ask the owner.
-    let cases: [(&str, &str, &str, (&str, &str), u16); 5] = [
+    let cases: [Case<'_>; 5] = [
         ("HEAD", "HEAD", "head.bin", ("x-test", "head"), 200),
         ("Range", "GET", "range.bin", ("range", "bytes=100-199"), 206),
         (
