@@ -15,6 +15,7 @@ mod common;
 mod credentials;
 mod disk;
 mod disk_full;
+mod fleet;
 mod harness_smoke;
 mod hostile;
 #[path = "../jwt_support/mod.rs"]
