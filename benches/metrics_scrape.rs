@@ -42,10 +42,10 @@ fn scrape(c: &mut Criterion) {
                 registry.worker(w, &slots).cache_miss(b);
             }
         }
-        let text = registry.render(&tiers);
+        let text = registry.render(&tiers, None);
         assert!(text.contains(&format!("bucket=\"bucket-{}\"", n - 1)));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-            b.iter(|| registry.render(&tiers).len())
+            b.iter(|| registry.render(&tiers, None).len())
         });
     }
     group.finish();

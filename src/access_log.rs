@@ -20,7 +20,8 @@
 //! `cache` and `layer` (`X-Cache`, `X-Cache-Layer`; null when not applicable), `upstream` and
 //! `upstream_ms` (the origin's status and time when it was asked for this request, else null),
 //! on answers of sliced objects only `slices_cached` and `slices_fetched` (how many slices the
-//! answer took from the cache and from fills: `object::sliced`), `ua` (User-Agent, at most [`MAX_UA`] bytes). Strings are JSON-escaped (control characters
+//! answer took from the cache and from fills: `object::sliced`), on answers a fleet member gave
+//! only `peer` (that member's `host:port`: `crate::fleet`), `ua` (User-Agent, at most [`MAX_UA`] bytes). Strings are JSON-escaped (control characters
 //! and non-UTF-8 bytes as `\u00XX`).
 
 use std::cell::{Cell, RefCell};
@@ -204,6 +205,8 @@ pub struct Line<'a> {
     pub upstream: Option<(u16, Duration)>,
     /// For an answer of a sliced object: slices taken from the cache, and from fills.
     pub slices: Option<(u32, u32)>,
+    /// The fleet member that answered instead of the origin (`crate::fleet`).
+    pub peer: Option<&'a str>,
     pub user_agent: Option<&'a [u8]>,
 }
 
@@ -308,6 +311,10 @@ pub fn format_line(out: &mut Vec<u8>, line: &Line<'_>) {
             ",\"slices_cached\":{cached},\"slices_fetched\":{fetched}"
         );
     }
+    if let Some(peer) = line.peer {
+        out.extend_from_slice(b",\"peer\":");
+        opt_str(out, Some(peer.as_bytes()));
+    }
     out.extend_from_slice(b",\"ua\":");
     opt_str(out, line.user_agent.map(|u| &u[..u.len().min(MAX_UA)]));
     out.extend_from_slice(b"}\n");
@@ -388,6 +395,7 @@ mod tests {
             layer: Some("memory"),
             upstream: None,
             slices: None,
+            peer: None,
             user_agent: ua,
         }
     }

@@ -11,6 +11,7 @@
 //! | `GET /admin/cache/stats` | totals, `layers`, `buckets` (see `cache::stats`) |
 //! | `GET /admin/cache/stats/{bucket}` | one bucket (404 unknown) |
 //! | `POST /admin/reload` | re-read the config file ([`crate::context::reload`]): 200 what applied, 422 why refused |
+//! | `GET /admin/cluster` | the fleet's members and their state (`crate::fleet`; 404 without `[cluster]`) |
 //!
 //! Who may: first the client's network (`admin.allow_networks`, 403 before any token work),
 //! then a JWT from `[jwt]`'s sources carrying `admin.claim` (none or invalid → 401, valid
@@ -49,6 +50,8 @@ pub fn route_label(rest: &str) -> &'static str {
         "stats"
     } else if rest.starts_with("/reload") {
         "reload"
+    } else if rest.starts_with("/cluster") {
+        "cluster"
     } else {
         "other"
     }
@@ -60,6 +63,7 @@ enum Action {
     Purge(Target),
     Stats(Option<String>),
     Reload,
+    Cluster,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -81,6 +85,9 @@ fn parse(rest: &str) -> Result<Action, Error> {
     let not_found = || Error::client(Kind::NotFound, "no such admin route");
     if rest == "/reload" {
         return Ok(Action::Reload);
+    }
+    if rest == "/cluster" {
+        return Ok(Action::Cluster);
     }
     let rest = rest.strip_prefix("/cache/").ok_or_else(not_found)?;
     let (what, tail) = match rest.split_once('/') {
@@ -174,6 +181,12 @@ pub async fn handle<S: AsyncWriteRent>(
             }
             stats(w, bucket)?
         }
+        Action::Cluster => {
+            if !matches!(req.method(), Method::Get | Method::Head) {
+                return Err(Error::method_not_allowed("GET, HEAD"));
+            }
+            cluster(w)?
+        }
         Action::Reload => {
             if req.method() != Method::Post {
                 return Err(Error::method_not_allowed("POST"));
@@ -209,6 +222,23 @@ async fn reload(w: &Worker) -> (u16, String) {
             (503, Outcome::Refused(why.into()).to_json().to_string())
         }
     }
+}
+
+/// `GET /admin/cluster`: this instance's member name and every member with its state.
+fn cluster(w: &Worker) -> Result<String, Error> {
+    let Some(fleet) = w.shared.fleet.as_ref() else {
+        return Err(Error::client(
+            Kind::NotFound,
+            "this instance is no fleet member ([cluster])",
+        ));
+    };
+    let members: Vec<_> = fleet
+        .view()
+        .members
+        .iter()
+        .map(|m| json!({"addr": &*m.name, "self": m.is_self, "up": m.is_up()}))
+        .collect();
+    Ok(json!({"peer": &*fleet.me, "members": members}).to_string())
 }
 
 fn unknown_bucket(name: &str) -> Error {

@@ -114,6 +114,7 @@ fn access_line<'a>(w: &'a Worker, done: &'a Finished<'a, RequestLog>) -> Line<'a
         layer: log.layer,
         upstream: log.upstream,
         slices: log.slices,
+        peer: log.peer.as_deref(),
         user_agent,
     }
 }
@@ -164,7 +165,10 @@ pub async fn handle<S: AsyncWriteRent>(
         }
         Route::Ready => ready(w, answer, req).await,
         Route::Metrics => {
-            let text = w.shared.metrics.render(&w.shared.tiers);
+            let text = w
+                .shared
+                .metrics
+                .render(&w.shared.tiers, w.shared.fleet.as_ref().map(|f| f.counts()));
             let reply = Reply::no_store(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -210,9 +214,38 @@ async fn object<S: AsyncWriteRent>(
     key: &str,
     query: Option<&str>,
 ) -> Result<Sent, Error> {
+    // A request that says it comes from a fleet member is one, or is refused: never served
+    // as a client's (the header is also the hop marker, `crate::fleet::peer_auth`).
+    let from_peer = match req.header(crate::fleet::peer_auth::HEADER) {
+        None => false,
+        Some(value) => {
+            let verified = w.shared.fleet.as_ref().is_some_and(|f| {
+                let target = req.head.target(req.buf);
+                let method = if req.is_head() {
+                    "HEAD"
+                } else {
+                    req.method().as_str()
+                };
+                match f.verify(value, method, target, w.clock().now_secs()) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        log::warn!("request {}: peer header refused: {why:?}", req.id.as_str());
+                        false
+                    }
+                }
+            });
+            if !verified {
+                w.metrics().auth_failure(AuthFailure::Peer);
+                return Err(AuthFailure::Peer.into());
+            }
+            w.metrics().peer_served();
+            true
+        }
+    };
     // Every request of a private bucket is checked, cache hits and coalesced followers
-    // included: this runs before any cache lookup.
-    if w.shared.config.buckets[bucket].auth {
+    // included: this runs before any cache lookup. A member's request was checked where its
+    // client arrived.
+    if w.shared.config.buckets[bucket].auth && !from_peer {
         if let Err(f) = authorize(w, req, query, bucket) {
             w.metrics().auth_failure(f);
             return Err(f.into());
@@ -224,6 +257,7 @@ async fn object<S: AsyncWriteRent>(
         req,
         bucket,
         log,
+        from_peer,
     };
     crate::object::serve(&mut x, key, query).await
 }

@@ -20,6 +20,7 @@ pub mod cors;
 pub mod credentials;
 pub mod error;
 pub mod fdlimit;
+pub mod fleet;
 pub mod handler;
 pub mod http;
 pub mod metrics;

@@ -36,6 +36,15 @@ pub enum UpstreamOutcome {
     Error,
 }
 
+/// The index of `outcome` in [`OUTCOMES`].
+fn outcome_index(outcome: UpstreamOutcome) -> usize {
+    match outcome {
+        UpstreamOutcome::Status(s) => (s / 100).clamp(1, 5) as usize - 1,
+        UpstreamOutcome::Timeout => 5,
+        UpstreamOutcome::Error => 6,
+    }
+}
+
 #[derive(Default)]
 struct Histogram {
     buckets: [AtomicU64; LATENCY_BOUNDS.len()],
@@ -84,12 +93,28 @@ pub struct WorkerMetrics {
     purges: [AtomicU64; PURGE_SCOPES.len() * 2],
     /// Per [`ADMIN_ROUTES`] × status class.
     admin_requests: [AtomicU64; ADMIN_ROUTES.len() * CLASSES.len()],
+    /// Requests sent to a fleet member that owns the key, per [`OUTCOMES`] entry.
+    peer_requests: [AtomicU64; OUTCOMES.len()],
+    /// Requests for a key another member owns that went to the origin, per [`PeerFallback`].
+    peer_fallbacks: [AtomicU64; 2],
+    /// Requests this instance answered for fleet members.
+    peer_served: AtomicU64,
+}
+
+/// Why a request for a key another fleet member owns went to the origin instead
+/// (`corvid_peer_fallbacks_total{reason}`).
+#[derive(Debug, Clone, Copy)]
+pub enum PeerFallback {
+    /// The owner was already marked down.
+    Down,
+    /// The owner failed this request (refused, timed out, 5xx, 403).
+    Failed,
 }
 
 /// `scope` label values of `corvid_purges_total`.
 pub const PURGE_SCOPES: [&str; 4] = ["all", "bucket", "prefix", "object"];
 /// `route` label values of `corvid_admin_requests_total`.
-pub const ADMIN_ROUTES: [&str; 4] = ["purge", "stats", "reload", "other"];
+pub const ADMIN_ROUTES: [&str; 5] = ["purge", "stats", "reload", "cluster", "other"];
 
 impl WorkerMetrics {
     fn new(nbuckets: usize) -> Self {
@@ -122,6 +147,9 @@ impl WorkerMetrics {
             auth_failures: Default::default(),
             purges: Default::default(),
             admin_requests: Default::default(),
+            peer_requests: Default::default(),
+            peer_fallbacks: Default::default(),
+            peer_served: AtomicU64::new(0),
         }
     }
 
@@ -140,11 +168,7 @@ impl WorkerMetrics {
     }
 
     fn upstream(&self, bucket: usize, outcome: UpstreamOutcome, took: Duration) {
-        let o = match outcome {
-            UpstreamOutcome::Status(s) => (s / 100).clamp(1, 5) as usize - 1,
-            UpstreamOutcome::Timeout => 5,
-            UpstreamOutcome::Error => 6,
-        };
+        let o = outcome_index(outcome);
         self.upstream[bucket * OUTCOMES.len() + o].fetch_add(1, Ordering::Relaxed);
         self.upstream_duration[bucket].observe(took);
     }
@@ -193,7 +217,10 @@ impl WorkerMetrics {
 
     /// An answered admin request (`route` one of [`ADMIN_ROUTES`]).
     pub fn admin_request(&self, route: &str, status: u16) {
-        let r = ADMIN_ROUTES.iter().position(|x| *x == route).unwrap_or(3);
+        let r = ADMIN_ROUTES
+            .iter()
+            .position(|x| *x == route)
+            .unwrap_or(ADMIN_ROUTES.len() - 1);
         let c = (status / 100).clamp(1, 5) as usize - 1;
         self.admin_requests[r * CLASSES.len() + c].fetch_add(1, Ordering::Relaxed);
     }
@@ -203,6 +230,21 @@ impl WorkerMetrics {
         if let Some(i) = AuthFailure::ALL.iter().position(|f| *f == failure) {
             self.auth_failures[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A request sent to the fleet member that owns its key, by outcome.
+    pub fn peer_request(&self, outcome: UpstreamOutcome) {
+        self.peer_requests[outcome_index(outcome)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request for a key another member owns that went to the origin instead.
+    pub fn peer_fallback(&self, why: PeerFallback) {
+        self.peer_fallbacks[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request answered for a fleet member.
+    pub fn peer_served(&self) {
+        self.peer_served.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_opened(&self) {
@@ -403,7 +445,54 @@ impl Registry {
     }
 
     /// Renders the Prometheus text exposition format 0.0.4.
-    pub fn render(&self, tiers: &Tiers) -> String {
+    /// The fleet's series (`crate::fleet`): only rendered for a member of one.
+    fn render_fleet(&self, out: &mut String, up: usize, down: usize) {
+        header(
+            out,
+            "corvid_peer_requests_total",
+            "counter",
+            "Requests sent to the fleet member that owns the key, by outcome",
+        );
+        for (o, outcome) in OUTCOMES.iter().enumerate() {
+            let v = self.sum(|w| w.peer_requests[o].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "corvid_peer_requests_total{{outcome=\"{outcome}\"}} {v}"
+            );
+        }
+        header(
+            out,
+            "corvid_peer_fallbacks_total",
+            "counter",
+            "Requests for a key another member owns that went to the origin: owner down, or failed",
+        );
+        for (i, reason) in ["down", "failed"].iter().enumerate() {
+            let v = self.sum(|w| w.peer_fallbacks[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "corvid_peer_fallbacks_total{{reason=\"{reason}\"}} {v}"
+            );
+        }
+        header(
+            out,
+            "corvid_peer_requests_served_total",
+            "counter",
+            "Requests this instance answered for fleet members",
+        );
+        let v = self.sum(|w| w.peer_served.load(Ordering::Relaxed));
+        let _ = writeln!(out, "corvid_peer_requests_served_total {v}");
+        header(
+            out,
+            "corvid_peers",
+            "gauge",
+            "Fleet members by state (this instance counted up)",
+        );
+        let _ = writeln!(out, "corvid_peers{{state=\"up\"}} {up}");
+        let _ = writeln!(out, "corvid_peers{{state=\"down\"}} {down}");
+    }
+
+    /// `fleet`: the (up, down) member counts when this instance is one of a fleet.
+    pub fn render(&self, tiers: &Tiers, fleet: Option<(usize, usize)>) -> String {
         let mut out = String::with_capacity(4096);
         // Slots with their labels: named ones, then "no bucket" (internal routes).
         let all = self.labelled_slots();
@@ -640,6 +729,9 @@ impl Registry {
                 f.reason()
             );
         }
+        if let Some((up, down)) = fleet {
+            self.render_fleet(&mut out, up, down);
+        }
         header(
             &mut out,
             "corvid_access_log_dropped_total",
@@ -820,7 +912,7 @@ mod tests {
         .unwrap()
         .cache)
         .unwrap();
-        let text = r.render(&tiers);
+        let text = r.render(&tiers, None);
         assert!(
             text.contains("corvid_cache_misses_total{bucket=\"b\"} 2"),
             "{text}"
@@ -868,7 +960,7 @@ mod tests {
         .unwrap()
         .cache)
         .unwrap();
-        let text = r.render(&tiers);
+        let text = r.render(&tiers, None);
         assert!(text
             .contains("corvid_requests_total{bucket=\"assets\",method=\"GET\",status=\"2xx\"} 2"));
         assert!(

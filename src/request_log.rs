@@ -22,4 +22,6 @@ pub struct RequestLog {
     /// For an answer of a sliced object: the slices it took from the cache and from fills
     /// (its own or coalesced ones).
     pub slices: Option<(u32, u32)>,
+    /// The fleet member that answered instead of the origin (`crate::fleet`).
+    pub peer: Option<std::sync::Arc<str>>,
 }

@@ -442,7 +442,7 @@ fn memory_hits_allocate_nothing_on_the_worker() {
     );
 
     // Every answer was a memory hit and nothing reached the origin.
-    let text = shared.metrics.render(&shared.tiers);
+    let text = shared.metrics.render(&shared.tiers, None);
     let hits = cases.len() * (WARM_UP + N);
     let expected = format!("corvid_cache_hits_total{{layer=\"memory\",bucket=\"b\"}} {hits}\n");
     assert!(text.contains(&expected), "{text}");

@@ -35,6 +35,9 @@ pub enum AuthFailure {
     Claim,
     /// A valid token without the `[admin] claim` (403).
     AdminClaim,
+    /// An `x-corvid-peer` header that does not verify (`crate::fleet::peer_auth`), or one sent
+    /// to an instance that is no fleet member (403).
+    Peer,
 }
 
 /// `WWW-Authenticate` of a 401 without a token (RFC 6750 §3).
@@ -44,7 +47,7 @@ pub const CHALLENGE_INVALID: &str = "Bearer error=\"invalid_token\"";
 
 impl AuthFailure {
     /// Every outcome, e.g. to pre-register the metric's label values.
-    pub const ALL: [AuthFailure; 13] = [
+    pub const ALL: [AuthFailure; 14] = [
         AuthFailure::Missing,
         AuthFailure::Ambiguous,
         AuthFailure::Malformed,
@@ -58,6 +61,7 @@ impl AuthFailure {
         AuthFailure::Audience,
         AuthFailure::Claim,
         AuthFailure::AdminClaim,
+        AuthFailure::Peer,
     ];
 
     /// The bounded `reason` label of `corvid_auth_failures_total`.
@@ -76,13 +80,14 @@ impl AuthFailure {
             AuthFailure::Audience => "audience",
             AuthFailure::Claim => "claim",
             AuthFailure::AdminClaim => "admin_claim",
+            AuthFailure::Peer => "peer",
         }
     }
 
     /// 401 or 403.
     pub const fn status(self) -> u16 {
         match self {
-            AuthFailure::Claim | AuthFailure::AdminClaim => 403,
+            AuthFailure::Claim | AuthFailure::AdminClaim | AuthFailure::Peer => 403,
             _ => 401,
         }
     }
@@ -91,7 +96,7 @@ impl AuthFailure {
     pub const fn www_authenticate(self) -> Option<&'static str> {
         match self {
             AuthFailure::Missing => Some(CHALLENGE),
-            AuthFailure::Claim | AuthFailure::AdminClaim => None,
+            AuthFailure::Claim | AuthFailure::AdminClaim | AuthFailure::Peer => None,
             _ => Some(CHALLENGE_INVALID),
         }
     }
@@ -112,6 +117,7 @@ impl AuthFailure {
             AuthFailure::Audience => "the token audience is not accepted",
             AuthFailure::Claim => "the token does not grant access to this bucket",
             AuthFailure::AdminClaim => "the token does not grant admin access",
+            AuthFailure::Peer => "the peer signature is invalid",
         }
     }
 }

@@ -86,7 +86,12 @@ pub fn config(cx: &mut Ctx<'_>, table: Table) -> Option<Config> {
     };
     let log_present = root.has("log");
     let log = root.opt(cx, "log", section_with(log));
+    let cluster_present = root.has("cluster");
+    let cluster = root.opt(cx, "cluster", section_with(cluster));
     root.finish(cx);
+    if cluster_present && cluster.is_none() {
+        return None;
+    }
     if log_present && log.is_none() {
         return None;
     }
@@ -112,7 +117,97 @@ pub fn config(cx: &mut Ctx<'_>, table: Table) -> Option<Config> {
         admin,
         cache: cache_config?,
         log: log.unwrap_or_default(),
+        cluster,
     })
+}
+
+/// The shortest `cluster.secret` accepted: 16 bytes, 128 bits for an HMAC-SHA256 key.
+const MIN_PEER_SECRET: usize = 16;
+
+fn cluster(cx: &mut Ctx<'_>, mut s: Section) -> Option<ClusterConfig> {
+    let peers_key = s.key("peers");
+    let peer_addr = |cx: &mut Ctx<'_>, k: &str, v: Value| {
+        let text = cx.nonempty(k, v)?;
+        check(cx, k, parse_peer_addr(&text))
+    };
+    if !s.has("peer") {
+        cx.problem(
+            &s.key("peer"),
+            "required key is missing: this instance's address as its peers reach it              (host:port)",
+        );
+    }
+    let peer = s.opt(cx, "peer", peer_addr);
+    let members = match (s.has("peers"), s.has("peers_dns")) {
+        (true, false) => s
+            .opt(cx, "peers", |cx, k, v| {
+                let Value::Array(list) = v else {
+                    cx.problem(k, "must be a list of \"host:port\" strings");
+                    return None;
+                };
+                let mut addrs = Vec::new();
+                for (i, item) in list.into_iter().enumerate() {
+                    addrs.push(peer_addr(cx, &format!("{k}[{i}]"), item));
+                }
+                addrs.into_iter().collect::<Option<Vec<_>>>()
+            })
+            .map(PeerSource::Static),
+        (false, true) => s.opt(cx, "peers_dns", peer_addr).map(PeerSource::Dns),
+        (both, _) => {
+            cx.problem(
+                &peers_key,
+                if both {
+                    "give either `peers` (a list of host:port) or `peers_dns` (a name whose \
+                     addresses are the peers), not both"
+                } else {
+                    "required key is missing: give `peers` (a list of host:port) or \
+                     `peers_dns` (a name whose addresses are the peers)"
+                },
+            );
+            let _ = s.opt(cx, "peers", |_, _, _| None::<()>);
+            let _ = s.opt(cx, "peers_dns", |_, _, _| None::<()>);
+            None
+        }
+    };
+    if !s.has("secret") {
+        cx.problem(
+            &s.key("secret"),
+            "required key is missing: a shared secret of at least 16 bytes that \
+             authenticates requests between peers (e.g. \"${CORVID_PEER_SECRET}\")",
+        );
+    }
+    let secret = s.opt(cx, "secret", |cx, k, v| {
+        let text = cx.string(k, v)?;
+        if text.len() < MIN_PEER_SECRET {
+            cx.problem(
+                k,
+                format!(
+                    "must be at least {MIN_PEER_SECRET} bytes (got {}): it is the key that \
+                     lets one instance speak for another",
+                    text.len()
+                ),
+            );
+            return None;
+        }
+        Some(text)
+    });
+    let peers_refresh = s.or(cx, "peers_refresh", Duration::from_secs(2), Ctx::timeout);
+    let peer_timeout = s.or(cx, "peer_timeout", Duration::from_secs(5), Ctx::timeout);
+    s.finish(cx);
+    Some(ClusterConfig {
+        peer: peer?,
+        members: members?,
+        secret: secret?,
+        peers_refresh: peers_refresh?,
+        peer_timeout: peer_timeout?,
+    })
+}
+
+/// `host:port` or `[v6]:port` of a peer (`cluster.peer`, `cluster.peers`, `cluster.peers_dns`).
+pub(crate) fn parse_peer_addr(text: &str) -> Result<PeerAddr, String> {
+    match parse_authority(text)? {
+        (host, Some(port)) => Ok(PeerAddr { host, port }),
+        (_, None) => Err(format!("`{text}` has no port (expected host:port)")),
+    }
 }
 
 fn log(cx: &mut Ctx<'_>, mut s: Section) -> Option<LogConfig> {

@@ -160,6 +160,9 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    /// `[cluster]`: this instance is one of a fleet whose members each own a share of the
+    /// keys (`crate::fleet`); `None` = it works alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// A bucket's caching policy as the RFC 9111 rules (`object::freshness`) take it: what the
@@ -879,6 +882,72 @@ impl fmt::Debug for RedisAuth {
             .field("username", &self.username)
             .field("password", &Redacted)
             .finish()
+    }
+}
+
+/// `[cluster]`: the fleet this instance is a member of (`crate::fleet` has the rules).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `cluster.peer`: this instance's address as its peers reach it; its identity among the
+    /// members (the same spelling as in `peers`, or an address `peers_dns` resolves to).
+    pub peer: PeerAddr,
+    /// `cluster.peers` or `cluster.peers_dns`.
+    pub members: PeerSource,
+    /// `cluster.secret` (>= 16 bytes): the HMAC key of requests between peers.
+    pub secret: String,
+    /// `cluster.peers_refresh` (2 s): DNS re-resolution and health checks of peers marked down.
+    pub peers_refresh: Duration,
+    /// `cluster.peer_timeout` (5 s): the most a peer's answer head may take.
+    pub peer_timeout: Duration,
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("peer", &self.peer)
+            .field("members", &self.members)
+            .field("secret", &Redacted)
+            .field("peers_refresh", &self.peers_refresh)
+            .field("peer_timeout", &self.peer_timeout)
+            .finish()
+    }
+}
+
+/// Where a fleet's member list comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerSource {
+    /// `cluster.peers`: these addresses (this instance's `peer` is added when missing).
+    Static(Vec<PeerAddr>),
+    /// `cluster.peers_dns`: every address the name resolves to, with this port (a Kubernetes
+    /// headless Service lists one address per ready pod), re-resolved every `peers_refresh`.
+    Dns(PeerAddr),
+}
+
+/// A peer's `host:port`, as written in the config (lower-cased host, IPv6 without brackets).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for PeerAddr {
+    /// `host:port`, an IPv6 address in brackets: the member's name in ownership hashing,
+    /// peer signatures and `/admin/cluster`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for PeerAddr {
+    type Err = String;
+
+    /// `host:port` or `[v6]:port`; the port is required.
+    fn from_str(s: &str) -> Result<PeerAddr, String> {
+        build::parse_peer_addr(s)
     }
 }
 

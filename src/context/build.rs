@@ -33,6 +33,7 @@ struct PerConfig {
     origins: Arc<Origins>,
     verifier: Option<crate::auth::Verifier>,
     policies: Vec<crate::config::CachePolicy>,
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl PerConfig {
@@ -86,6 +87,7 @@ impl PerConfig {
             origins,
             verifier,
             policies,
+            fleet: config.cluster.as_ref().map(crate::fleet::Fleet::new),
         })
     }
 }
@@ -181,6 +183,7 @@ impl Shared {
             config,
             router: per.router,
             policies: per.policies,
+            fleet: per.fleet,
             limits,
             origins: per.origins,
             client_tls: per.client_tls,
@@ -237,6 +240,7 @@ impl Shared {
             config,
             router: per.router,
             policies: per.policies,
+            fleet: per.fleet,
             limits: self.limits,
             origins: per.origins,
             client_tls: per.client_tls,

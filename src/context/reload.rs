@@ -149,6 +149,7 @@ pub fn plan(running: &Config, mut new: Config) -> Plan {
     note!("cache.stale_while_revalidate", cache.stale_while_revalidate);
     note!("jwt", jwt);
     note!("log.level", log.level);
+    note!("cluster", cluster);
     let admin_rest = |c: &Config| {
         c.admin
             .as_ref()

@@ -36,6 +36,8 @@ pub struct Shared {
     pub policies: Vec<CachePolicy>,
     pub limits: Limits,
     pub origins: Arc<Origins>,
+    /// `[cluster]`: the fleet's members and their health (`crate::fleet`), per generation.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Per bucket: the TLS client config and the name to verify, for https endpoints.
     pub client_tls: Vec<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>>,
     pub server_tls: Option<Arc<rustls::ServerConfig>>,

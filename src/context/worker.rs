@@ -126,6 +126,8 @@ pub struct Worker {
     pub cache: Rc<Cache>,
     /// This worker's side of the access log, when `[log] access` is on.
     pub access: Option<Rc<WorkerLog>>,
+    /// This worker's connections to the other members of its fleet (`[cluster]`).
+    pub peers: crate::fleet::client::Peers,
 }
 
 /// A worker thread's [`Worker`] on the running config generation: a reload puts the next one
@@ -202,6 +204,7 @@ impl Worker {
         Rc::new(Worker {
             id,
             cache: Rc::new(cache),
+            peers: Default::default(),
             access: shared.access_log.as_ref().map(|a| {
                 Rc::new(WorkerLog::new(
                     Arc::clone(a),
@@ -246,6 +249,7 @@ impl Worker {
             spare_bufs: Rc::clone(&self.spare_bufs),
             cache: Rc::clone(&self.cache),
             access: self.access.clone(),
+            peers: Default::default(),
         })
     }
 

@@ -221,6 +221,9 @@ pub struct UpstreamHead {
     pub sent_at_ms: u64,
     /// From sending the request to this head (set by the sender), for the access log.
     pub took: std::time::Duration,
+    /// The fleet member that answered instead of the origin (`crate::fleet`), by name; set by
+    /// the peer client.
+    pub peer: Option<std::sync::Arc<str>>,
 }
 
 impl UpstreamHead {
@@ -370,6 +373,7 @@ pub fn parse_response(
             keep_alive,
             sent_at_ms: 0,
             took: std::time::Duration::ZERO,
+            peer: None,
         };
         return Ok(Some((head, at + end)));
     }

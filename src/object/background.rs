@@ -11,7 +11,7 @@ use std::rc::Rc;
 use super::exchange::{OwnedTarget, Target};
 use super::fill::publish;
 use super::revalidate::{conditional_fetch, confirmed};
-use super::upstream::fetch_origin;
+use super::upstream::{fetch_origin, Asked};
 use crate::cache::entry::CachedObject;
 use crate::cache::inflight::Role;
 use crate::context::Worker;
@@ -32,7 +32,7 @@ pub fn fetch(w: &Rc<Worker>, bucket: usize, t: &Target<'_>, stale: Option<Cached
         };
         let answer = match &stale {
             Some(stale) => conditional_fetch(&w, bucket, &t, &stale.meta).await,
-            None => fetch_origin(&w, bucket, false, t.key, t.params, &[]).await,
+            None => fetch_origin(&w, bucket, &Asked::of(&t, false, &[])).await,
         };
         match (answer, &stale) {
             (Ok((head, body)), Some(stale)) if head.status == 304 => {

@@ -250,6 +250,7 @@ mod tests {
             keep_alive: true,
             sent_at_ms: NOW - 40,
             took: std::time::Duration::ZERO,
+            peer: None,
         }
     }
 

@@ -29,6 +29,9 @@ pub struct Exchange<'a, 'c, 'r, S> {
     pub bucket: usize,
     /// What the access log and metrics learn about this answer.
     pub log: &'a mut RequestLog,
+    /// Sent by a member of this instance's fleet (a verified `x-corvid-peer`,
+    /// `crate::fleet::peer_auth`): answered from here, never forwarded again.
+    pub from_peer: bool,
 }
 
 impl<S: monoio::io::AsyncWriteRent> Exchange<'_, '_, '_, S> {
@@ -51,6 +54,7 @@ impl<S> Exchange<'_, '_, '_, S> {
     /// Notes the origin's answer and the cache status for the access log.
     pub fn note_upstream(&mut self, head: &UpstreamHead, xcache: XCache) {
         self.log.upstream = Some((head.status, head.took));
+        self.log.peer.clone_from(&head.peer);
         self.log.cache = Some(xcache.as_str());
     }
 
@@ -78,6 +82,16 @@ pub struct Target<'a> {
     /// The purge generation when the request began: what it fetches is stored only if no
     /// purge began since (`cache::tiered::Tiers::generation`).
     pub generation: u64,
+    /// Asked for by a fleet member: its fetches go to the origin (one hop, `crate::fleet`).
+    pub from_peer: bool,
+}
+
+impl Target<'_> {
+    /// The key a miss of this target is routed by in a fleet (`crate::fleet`): its cache key;
+    /// `None` for a peer's request, which is never forwarded again.
+    pub fn route(&self) -> Option<&[u8]> {
+        (!self.from_peer).then_some(self.ckey)
+    }
 }
 
 /// A [`Target`] that owns its parts, for a background task that outlives the request.
@@ -86,6 +100,7 @@ pub struct OwnedTarget {
     params: Vec<(String, String)>,
     ckey: Vec<u8>,
     generation: u64,
+    from_peer: bool,
 }
 
 impl OwnedTarget {
@@ -99,6 +114,7 @@ impl OwnedTarget {
                 .collect(),
             ckey: t.ckey.to_vec(),
             generation: t.generation,
+            from_peer: t.from_peer,
         }
     }
 
@@ -113,6 +129,7 @@ impl OwnedTarget {
             params,
             ckey: &self.ckey,
             generation: self.generation,
+            from_peer: self.from_peer,
         }
     }
 }

@@ -40,7 +40,7 @@ use super::exchange::{Exchange, Target, XCache};
 use super::origin_error;
 use super::upstream::{
     drain_error_body, fetch_origin, respond_upstream, respond_upstream_keeping, stored_headers,
-    Keep,
+    Asked, Keep,
 };
 use crate::cache::entry::Freshness;
 use crate::cache::entry::{CachedObject, Meta};
@@ -58,7 +58,7 @@ pub async fn lead<S: AsyncWriteRent>(
     t: &Target<'_>,
     leader: Leader,
 ) -> Result<Sent, Error> {
-    match fetch_origin(x.w, x.bucket, false, t.key, t.params, &[]).await {
+    match fetch_origin(x.w, x.bucket, &Asked::of(t, false, &[])).await {
         Ok((head, body)) => fill_from(x, t, head, body, Some(leader)).await,
         Err(e) => {
             leader.fail(e.clone());
@@ -239,6 +239,11 @@ pub fn storable_for(
     head: &UpstreamHead,
     len: Option<u64>,
 ) -> Option<Freshness> {
+    if head.peer.is_some() {
+        // A fleet member's answer: the member that owns the key stored it (`crate::fleet`),
+        // and one copy per fleet is the point.
+        return None;
+    }
     decide::storable_object(
         head,
         len,
@@ -266,6 +271,9 @@ fn entry_meta(
 /// A negative entry for an origin `404` ([`decide::storable_404`]): no body, no header
 /// fields.
 fn negative_entry(w: &Worker, bucket: usize, head: &UpstreamHead) -> Option<CachedObject> {
+    if head.peer.is_some() {
+        return None;
+    }
     let f = decide::storable_404(head, &w.shared.policies[bucket], w.clock().now_ms())?;
     let meta = Meta::new(Vec::new(), f.age_origin_ms, f.expires_at_ms).with_status(404);
     Some(CachedObject {

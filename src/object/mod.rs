@@ -94,6 +94,7 @@ pub async fn serve<S: AsyncWriteRent>(
         params: &params,
         ckey: &ckey,
         generation: cache.generation(),
+        from_peer: x.from_peer,
     };
     let found = cache.lookup(&ckey).await;
     let negative = found.as_ref().filter(|h| h.obj.meta.status != 200);
@@ -168,7 +169,7 @@ pub async fn serve<S: AsyncWriteRent>(
             }
         }
     }
-    let (head, body) = fetch_as_asked(x, key, &params).await?;
+    let (head, body) = fetch_as_asked(x, target.route(), key, &params).await?;
     if x.req.method() == Method::Get && x.req.header("range").is_some() {
         fill_after_range_miss(x, &target, &head);
     }

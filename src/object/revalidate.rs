@@ -48,7 +48,7 @@ use super::answer::serve_cached;
 use super::decide;
 use super::exchange::{coalescible, Exchange, Target, XCache};
 use super::fill::{fill_from, follow, rejected};
-use super::upstream::{drain_error_body, fetch_origin, stored_headers};
+use super::upstream::{drain_error_body, fetch_origin, stored_headers, Asked};
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::{Leader, Role};
 use crate::cache::tiered::Hit;
@@ -194,15 +194,8 @@ pub async fn conditional_fetch(
     t: &Target<'_>,
     stale: &Meta,
 ) -> Result<(UpstreamHead, Body), Error> {
-    let (head, body) = fetch_origin(
-        w,
-        bucket,
-        false,
-        t.key,
-        t.params,
-        &decide::validators(stale),
-    )
-    .await?;
+    let validators = decide::validators(stale);
+    let (head, body) = fetch_origin(w, bucket, &Asked::of(t, false, &validators)).await?;
     if head.status != 304 || decide::selects(stale, &head) {
         return Ok((head, body));
     }
@@ -213,7 +206,7 @@ pub async fn conditional_fetch(
         head.header("etag"),
         stale.etag()
     );
-    let (head, body) = fetch_origin(w, bucket, false, t.key, t.params, &[]).await?;
+    let (head, body) = fetch_origin(w, bucket, &Asked::of(t, false, &[])).await?;
     if head.status == 304 {
         drain_error_body(body).await;
         return Err(Error::upstream(

@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use super::exchange::{OwnedTarget, Target};
 use super::slices::{self, check_run_answer, Geometry, RunAnswer};
-use super::upstream::{drain_error_body, fetch_origin};
+use super::upstream::{drain_error_body, fetch_origin, Asked};
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::{Leader, Role, Subscription};
 use crate::cache::tiered::Layer;
@@ -344,7 +344,7 @@ pub(super) async fn fetch_range(
 ) -> Result<Body, Error> {
     let range = v.g.range_value(run);
     let headers = [("Range", range.as_str()), ("If-Match", v.etag.as_str())];
-    let (head, body) = fetch_origin(w, bucket, false, t.key, t.params, &headers).await?;
+    let (head, body) = fetch_origin(w, bucket, &Asked::of(t, false, &headers)).await?;
     let verdict = check_run_answer(
         &v.g,
         run,

@@ -40,7 +40,7 @@ use super::slice_fill::{
     changed, is_changed, obtain, prefetch, start_run, Fetching, Obtained, Version,
 };
 use super::slices;
-use super::upstream::{drain_error_body, fetch_origin, stored_headers};
+use super::upstream::{drain_error_body, fetch_origin, stored_headers, Asked};
 use crate::cache::entry::{CachedObject, Meta};
 use crate::cache::inflight::{Event, Leader, Role, Subscription};
 use crate::cache::tiered::{Hit, Layer};
@@ -62,6 +62,10 @@ pub enum Served {
 /// object of `len` bytes) when the object is to be cached as slices
 /// ([`decide::storable_sliced`]).
 pub fn entry_meta(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Arc<Meta>> {
+    if head.peer.is_some() {
+        // A fleet member's answer: the owner keeps the entry and its slices (`crate::fleet`).
+        return None;
+    }
     let cfg = &w.shared.config.cache;
     let f = decide::storable_sliced(
         head,
@@ -172,7 +176,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
     let (w, bucket) = (x.w, x.bucket);
     let stale = &hit.obj.meta;
     let layer = Some(hit.layer);
-    let asked = fetch_origin(w, bucket, true, t.key, t.params, &decide::validators(stale)).await;
+    let asked = fetch_origin(w, bucket, &Asked::of(t, true, &decide::validators(stale))).await;
     let failure = match asked {
         Ok((head, body)) => {
             drain_error_body(body).await;

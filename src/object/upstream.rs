@@ -12,14 +12,16 @@ use std::time::SystemTime;
 use monoio::io::AsyncWriteRent;
 use monoio::time::Instant;
 
-use super::exchange::{Exchange, XCache, STREAM_CHUNK};
+use super::exchange::{Exchange, Target, XCache, STREAM_CHUNK};
 use super::origin_error;
 use crate::context::Worker;
 use crate::error::{Error, Kind};
+use crate::fleet::client::{self, PeerRequest};
+use crate::fleet::Route;
 use crate::http::conn::Sent;
 use crate::http::response::UpstreamHead;
 use crate::http::writer::{DateField, Writer};
-use crate::metrics::UpstreamOutcome;
+use crate::metrics::{PeerFallback, UpstreamOutcome};
 use crate::s3::client::Body;
 use crate::s3::request::{build_request, ObjectRequest, FORWARDED_HEADERS};
 
@@ -67,13 +69,15 @@ pub async fn pass_through<S: AsyncWriteRent>(
     params: &[(&str, &str)],
     xcache: XCache,
 ) -> Result<Sent, Error> {
-    let (head, body) = fetch_as_asked(x, key, params).await?;
+    let (head, body) = fetch_as_asked(x, None, key, params).await?;
     respond_upstream(x, head, body, xcache).await
 }
 
-/// Sends the client's request to the origin as it is: its conditionals and range included.
+/// Sends the client's request to the origin as it is: its conditionals and range included
+/// (to the key's owner in a fleet when `route` is given: [`fetch_origin`]).
 pub async fn fetch_as_asked<S>(
     x: &Exchange<'_, '_, '_, S>,
+    route: Option<&[u8]>,
     key: &str,
     params: &[(&str, &str)],
 ) -> Result<(UpstreamHead, Body), Error> {
@@ -85,7 +89,14 @@ pub async fn fetch_as_asked<S>(
             forwarded.push((name, v));
         }
     }
-    fetch_origin(x.w, x.bucket, x.req.is_head(), key, params, &forwarded).await
+    let asked = Asked {
+        route,
+        is_head: x.req.is_head(),
+        key,
+        query: params,
+        headers: &forwarded,
+    };
+    fetch_origin(x.w, x.bucket, &asked).await
 }
 
 /// Writes an origin answer to the client (status mapping, passed headers, streaming body).
@@ -205,15 +216,92 @@ pub async fn respond_upstream_keeping<S: AsyncWriteRent>(
     })
 }
 
-/// Signs and sends the upstream request; returns the origin's head and body.
+/// What one request to the origin (or to the key's owner) asks for.
+pub struct Asked<'a> {
+    /// The key the request is routed by in a fleet (a cache key or a slice's key: `None`
+    /// always goes to the origin: a peer's request, a bypass).
+    pub route: Option<&'a [u8]>,
+    pub is_head: bool,
+    /// The decoded object key.
+    pub key: &'a str,
+    /// Forwarded query parameters (`versionId`, `response-*`).
+    pub query: &'a [(&'a str, &'a str)],
+    /// Forwarded headers (`Range`, `If-*`), lowercase names.
+    pub headers: &'a [(&'static str, &'a str)],
+}
+
+impl<'a> Asked<'a> {
+    /// A request for target `t` (routed by its [`Target::route`]).
+    pub fn of(t: &'a Target<'a>, is_head: bool, headers: &'a [(&'static str, &'a str)]) -> Self {
+        Asked {
+            route: t.route(),
+            is_head,
+            key: t.key,
+            query: t.params,
+            headers,
+        }
+    }
+}
+
+/// Asks for `a`: from the key's owner when this instance is one of a fleet and another member
+/// owns `a.route` (`crate::fleet`), else — or when the owner is down or fails before its answer
+/// head — from the bucket's origin, signed. A client request never fails because a peer did.
 pub async fn fetch_origin(
     w: &Rc<Worker>,
     bucket: usize,
-    is_head: bool,
-    key: &str,
-    query: &[(&str, &str)],
-    headers: &[(&'static str, &str)],
+    a: &Asked<'_>,
 ) -> Result<(UpstreamHead, Body), Error> {
+    if let (Some(route), Some(fleet)) = (a.route, w.shared.fleet.as_ref()) {
+        match fleet.route(route) {
+            Route::Local => {}
+            Route::Down(_) => w.metrics().peer_fallback(PeerFallback::Down),
+            Route::Peer(m) => {
+                let req = PeerRequest {
+                    is_head: a.is_head,
+                    prefix: &w.shared.config.buckets[bucket].prefix,
+                    key: a.key,
+                    query: a.query,
+                    headers: a.headers,
+                    read_timeout: w.shared.config.buckets[bucket].read_timeout,
+                };
+                let (t0, sent_at_ms) = (Instant::now(), w.clock().now_ms());
+                let res = client::fetch(&w.peers, fleet, &m, &req, w.clock().now_secs()).await;
+                let outcome = match &res {
+                    Ok((h, _)) => UpstreamOutcome::Status(h.status),
+                    Err(e) if e.kind() == Kind::GatewayTimeout => UpstreamOutcome::Timeout,
+                    Err(_) => UpstreamOutcome::Error,
+                };
+                w.metrics().peer_request(outcome);
+                match res {
+                    // A peer's 5xx is its failure or its origin's: the origin is asked
+                    // directly, and a peer that is draining, not ready (503) or that refuses
+                    // this instance's signature (403: another secret) is marked down.
+                    Ok((head, body)) if head.status < 500 && head.status != 403 => {
+                        let mut head = head;
+                        head.sent_at_ms = sent_at_ms;
+                        head.took = t0.elapsed();
+                        return Ok((head, body));
+                    }
+                    Ok((head, body)) => {
+                        drain_error_body(body).await;
+                        if matches!(head.status, 403 | 503) {
+                            fleet.mark_down(&m);
+                        }
+                        log::warn!(
+                            "peer {} answered {}: asking the origin",
+                            m.name,
+                            head.status
+                        );
+                    }
+                    Err(e) => {
+                        fleet.mark_down(&m);
+                        log::warn!("peer {} failed ({e}): asking the origin", m.name);
+                    }
+                }
+                w.metrics().peer_fallback(PeerFallback::Failed);
+            }
+        }
+    }
     let cfg = &w.shared.config.buckets[bucket];
     let wb = &w.buckets[bucket];
     let mut request = Vec::with_capacity(1024);
@@ -222,17 +310,17 @@ pub async fn fetch_origin(
         cfg,
         &*wb.signer(now)?,
         &ObjectRequest {
-            method: if is_head { "HEAD" } else { "GET" },
-            key,
-            query,
-            headers,
+            method: if a.is_head { "HEAD" } else { "GET" },
+            key: a.key,
+            query: a.query,
+            headers: a.headers,
         },
         now,
         &mut request,
     );
     let t0 = Instant::now();
     let sent_at_ms = w.clock().now_ms();
-    let (mut res, _) = wb.pool.send(request, is_head, &wb.timeouts).await;
+    let (mut res, _) = wb.pool.send(request, a.is_head, &wb.timeouts).await;
     if let Ok((head, _)) = &mut res {
         head.sent_at_ms = sent_at_ms;
         head.took = t0.elapsed();

@@ -127,6 +127,9 @@ impl Generations {
         let stop = Arc::new(AtomicBool::new(false));
         next.origins
             .spawn_monitor(ORIGIN_CHECK_INTERVAL, Arc::clone(&stop));
+        if let Some(fleet) = &next.fleet {
+            fleet.spawn_monitor(Arc::clone(&stop));
+        }
         let old_stop = std::mem::replace(&mut *self.stop_monitor.lock(), stop);
         old_stop.store(true, Ordering::Relaxed);
         *self.current.lock() = Arc::clone(&next);
@@ -190,6 +193,9 @@ impl Server {
         shared
             .origins
             .spawn_monitor(ORIGIN_CHECK_INTERVAL, Arc::clone(&stop_monitor));
+        if let Some(fleet) = &shared.fleet {
+            fleet.spawn_monitor(Arc::clone(&stop_monitor));
+        }
         let refresher = crate::credentials::refresh::Refresher::start(&shared.credentials)?;
         let generations = Arc::new(Generations {
             current: parking_lot::Mutex::new(Arc::clone(&shared)),

@@ -113,6 +113,11 @@ impl Pool {
         })
     }
 
+    /// Whether this pool connects to the addresses of `origin` (the same state, not a copy).
+    pub fn serves(&self, origin: &Arc<OriginState>) -> bool {
+        Arc::ptr_eq(&self.origin, origin)
+    }
+
     /// Number of idle connections currently pooled.
     pub fn idle_len(&self) -> usize {
         self.idle.borrow().len()
@@ -401,6 +406,40 @@ impl Body {
             body.finish();
         }
         body
+    }
+
+    /// A body already read whole (a fleet member's small answer, `crate::fleet::client`):
+    /// reading it returns `bytes`; it holds no connection.
+    pub fn complete(pool: Rc<Pool>, bytes: Vec<u8>) -> Body {
+        let state = match bytes.len() {
+            0 => BodyState::Done,
+            n => BodyState::Length(n as u64),
+        };
+        Body {
+            pool,
+            conn: None,
+            keep_alive: false,
+            pending: bytes,
+            pos: 0,
+            state,
+            read_timeout: Duration::ZERO,
+        }
+    }
+
+    /// Reads the whole body (of announced length `len`, which the caller bounds).
+    pub async fn read_all(&mut self, len: u64) -> Result<Vec<u8>, Error> {
+        let mut all = Vec::with_capacity(len as usize);
+        while all.len() < all.capacity() {
+            let (res, a) = self.read_into(all).await;
+            all = a;
+            if res? == 0 {
+                break;
+            }
+        }
+        if (all.len() as u64) < len {
+            return Err(truncated());
+        }
+        Ok(all)
     }
 
     /// The body length announced by the origin, when it announced one.

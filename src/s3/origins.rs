@@ -58,6 +58,40 @@ impl OriginState {
             .clone()
     }
 
+    /// A fleet member's addresses (`crate::fleet`): resolved by [`OriginState::resolve`] on
+    /// the fleet's monitor thread; reachability is the fleet's business, not this state's.
+    pub fn peer(host: &str, port: u16) -> Arc<OriginState> {
+        let state = OriginState {
+            host: host.to_owned(),
+            port,
+            addrs: RwLock::new(Arc::from(Vec::new())),
+            reachable: AtomicBool::new(true),
+            checked_at_ms: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        };
+        // An IP address needs no resolver: usable before the first resolution.
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            *state.addrs.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::from(vec![SocketAddr::new(ip, port)]);
+        }
+        Arc::new(state)
+    }
+
+    /// Resolves the host (no connect check); a failure keeps the addresses known. Blocking:
+    /// a monitor thread or start-up only.
+    #[expect(clippy::disallowed_methods, reason = "monitor thread or start-up")]
+    pub fn resolve(&self) {
+        match (self.host.as_str(), self.port).to_socket_addrs() {
+            Ok(it) => {
+                let list: Vec<SocketAddr> = it.collect();
+                if !list.is_empty() {
+                    *self.addrs.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(list);
+                }
+            }
+            Err(e) => log::warn!("resolve {}: {e}", self.host),
+        }
+    }
+
     /// Resolves the host and tries one TCP connect. Blocking: monitor thread or start-up only.
     #[expect(clippy::disallowed_methods, reason = "monitor thread or start-up")]
     pub fn refresh(&self) {

@@ -1,0 +1,121 @@
+//! The peer client of one worker: a request for a key another member owns, sent to that member
+//! over pooled HTTP/1.1 (`s3::client::Pool`, as for an origin: keep-alive, the dead-connection
+//! check and the one retry), signed with the peer header.
+//!
+//! The request is the one the origin would get, in corvid's own terms: the same method, the
+//! bucket's prefix and the key (encoded once, `/` kept), the forwarded query (`versionId`,
+//! `response-*`) and the forwarded headers (`Range`, `If-*`). The owner routes it like a
+//! client's request, so members must share their bucket configuration (the same prefixes and
+//! names: one ConfigMap in Kubernetes).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Fleet, Member};
+use crate::error::Error;
+use crate::http::response::UpstreamHead;
+use crate::s3::client::{Body, Pool, Timeouts};
+use crate::s3::sigv4::{canonical_object_path, canonical_query};
+
+/// A member is on the same network: a connection that takes longer than this is a dead one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A member's answer body up to this size is read whole before the client sees a byte of it,
+/// so that a member that dies mid-answer sends the request to the origin instead of cutting the
+/// client's answer short. Larger bodies stream (a cut is then a cut, as from an origin).
+pub const BUFFERED_ANSWER: u64 = 1 << 20;
+/// Idle connections kept per member, and for how long.
+const MAX_IDLE: usize = 64;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// One worker's connection pools to the other members.
+#[derive(Default)]
+pub struct Peers {
+    /// By member, with the address state the pool was made for (a member that left and came
+    /// back gets a new pool).
+    pools: RefCell<HashMap<Arc<str>, Rc<Pool>>>,
+}
+
+impl Peers {
+    fn pool(&self, m: &Member) -> Rc<Pool> {
+        let mut pools = self.pools.borrow_mut();
+        let pool = pools
+            .entry(Arc::clone(&m.name))
+            .or_insert_with(|| Pool::new(Arc::clone(&m.addrs), None, MAX_IDLE, IDLE_TIMEOUT));
+        if !pool.serves(&m.addrs) {
+            *pool = Pool::new(Arc::clone(&m.addrs), None, MAX_IDLE, IDLE_TIMEOUT);
+        }
+        Rc::clone(pool)
+    }
+}
+
+/// What to ask a peer for.
+pub struct PeerRequest<'a> {
+    pub is_head: bool,
+    /// The bucket's prefix (`/assets`).
+    pub prefix: &'a str,
+    /// The decoded object key.
+    pub key: &'a str,
+    pub query: &'a [(&'a str, &'a str)],
+    /// Forwarded headers (lowercase name, value).
+    pub headers: &'a [(&'static str, &'a str)],
+    /// The body's read timeout (the bucket's `read_timeout`).
+    pub read_timeout: Duration,
+}
+
+/// Sends `req` to member `m`; its answer head (with `peer` set) and body.
+pub async fn fetch(
+    peers: &Peers,
+    fleet: &Fleet,
+    m: &Member,
+    req: &PeerRequest<'_>,
+    now_secs: u64,
+) -> Result<(UpstreamHead, Body), Error> {
+    let method = if req.is_head { "HEAD" } else { "GET" };
+    let mut target = String::with_capacity(req.prefix.len() + req.key.len() + 16);
+    target.push_str(req.prefix);
+    target.push_str(&canonical_object_path(None, req.key));
+    if !req.query.is_empty() {
+        target.push('?');
+        target.push_str(&canonical_query(req.query));
+    }
+    let mut out = Vec::with_capacity(256 + target.len());
+    let mut line = |name: &str, value: &str| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    };
+    line("host", &m.name);
+    line(
+        super::peer_auth::HEADER,
+        &fleet.sign(method, &target, now_secs),
+    );
+    for (n, v) in req.headers {
+        line(n, v);
+    }
+    line("user-agent", concat!("corvid/", env!("CARGO_PKG_VERSION")));
+    let mut request = Vec::with_capacity(out.len() + target.len() + 32);
+    request.extend_from_slice(method.as_bytes());
+    request.push(b' ');
+    request.extend_from_slice(target.as_bytes());
+    request.extend_from_slice(b" HTTP/1.1\r\n");
+    request.extend_from_slice(&out);
+    request.extend_from_slice(b"\r\n");
+    let timeouts = Timeouts {
+        connect: CONNECT_TIMEOUT.min(fleet.peer_timeout),
+        first_byte: fleet.peer_timeout,
+        read: req.read_timeout,
+    };
+    let pool = peers.pool(m);
+    let (res, _) = pool.send(request, req.is_head, &timeouts).await;
+    let (mut head, mut body) = res?;
+    head.peer = Some(Arc::clone(&m.name));
+    if let Some(len) = body.content_length().filter(|n| *n > 0 && *n <= BUFFERED_ANSWER) {
+        let bytes = body.read_all(len).await?;
+        body = Body::complete(pool, bytes);
+    }
+    Ok((head, body))
+}
