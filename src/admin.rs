@@ -24,10 +24,18 @@
 //! (`null` without Redis). It reaches every instance sharing the Redis tier through the purge
 //! broadcast; an instance not subscribed at that moment misses it (see README).
 //!
+//! In a fleet (`[cluster]`, `crate::fleet`) a purge is also repeated on every other member at
+//! once (the same path and query, signed with the peer header, which stands for the admin
+//! token there and reaches the admin routes on the members' listener even when `admin.listen`
+//! is separate), since an object is held by its owner, not by the member an operator asked:
+//! the answer adds `"peers": {"purged": [...], "not_cached": [...], "failed": [...]}` by
+//! member name, and an object purge is a 404 only when no member held the object.
+//!
 //! Path segments are percent-decoded once, like object keys (`+` is a literal plus); the
 //! `prefix` query value too.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use monoio::io::AsyncWriteRent;
 use percent_encoding::percent_decode_str;
@@ -165,15 +173,33 @@ pub async fn handle<S: AsyncWriteRent>(
     req: &Request<'_>,
     rest: &str,
     query: Option<&str>,
+    from_peer: bool,
 ) -> Result<Sent, Error> {
-    authorize(w, req, query)?;
+    // A fleet member's request (verified by the handler) repeats a purge an admin asked of it.
+    if !from_peer {
+        authorize(w, req, query)?;
+    }
     let action = parse(rest)?;
     let body = match action {
         Action::Purge(target) => {
             if req.method() != Method::Post {
                 return Err(Error::method_not_allowed("POST"));
             }
-            purge(w, target, query).await?
+            let (mut body, found) = purge(w, target, query).await?;
+            let mut found_elsewhere = false;
+            if let (false, Some(fleet)) = (from_peer, w.shared.fleet.as_ref()) {
+                let target = req.head.target(req.buf);
+                let (purged, not_cached, failed) = fan_out(w, fleet, target).await;
+                found_elsewhere = !purged.is_empty();
+                body["peers"] =
+                    json!({"purged": purged, "not_cached": not_cached, "failed": failed});
+            }
+            // An object purge found nowhere is a 404 (in a fleet the object is usually held by
+            // its owner, not by the member asked).
+            if !found && !found_elsewhere {
+                return Err(Error::client(Kind::NotFound, "the object was not cached"));
+            }
+            body.to_string()
         }
         Action::Stats(bucket) => {
             if !matches!(req.method(), Method::Get | Method::Head) {
@@ -245,7 +271,54 @@ fn unknown_bucket(name: &str) -> Error {
     Error::client(Kind::NotFound, format!("no bucket named {name:?}"))
 }
 
-async fn purge(w: &Rc<Worker>, target: Target, query: Option<&str>) -> Result<String, Error> {
+/// Repeats an admin purge (`target`: its path and query) on every other member of the fleet,
+/// at once: the members that purged something, those that held nothing of it (an object purge's
+/// 404), and those that could not be reached or refused. A
+/// member that was unreachable keeps what it had: the operator sees it in `failed` and purges
+/// again, or purges that member once it is back.
+async fn fan_out(
+    w: &Rc<Worker>,
+    fleet: &Arc<crate::fleet::Fleet>,
+    target: &str,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let now = w.clock().now_secs();
+    let mut asked = Vec::new();
+    for m in fleet.view().members.iter().filter(|m| !m.is_self) {
+        let (w, fleet, m, target) = (
+            Rc::clone(w),
+            Arc::clone(fleet),
+            Arc::clone(m),
+            target.to_owned(),
+        );
+        asked.push(monoio::spawn(async move {
+            let res = crate::fleet::client::post(&w.peers, &fleet, &m, &target, now).await;
+            (m.name.to_string(), res)
+        }));
+    }
+    let (mut purged, mut not_cached, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for handle in asked {
+        match handle.await {
+            (name, Ok(200)) => purged.push(name),
+            // An object purge that found nothing there.
+            (name, Ok(404)) => not_cached.push(name),
+            (name, Ok(status)) => {
+                log::warn!("purge: member {name} answered {status}");
+                failed.push(name);
+            }
+            (name, Err(e)) => {
+                log::warn!("purge: member {name} not reached: {e}");
+                failed.push(name);
+            }
+        }
+    }
+    (purged, not_cached, failed)
+}
+
+async fn purge(
+    w: &Rc<Worker>,
+    target: Target,
+    query: Option<&str>,
+) -> Result<(serde_json::Value, bool), Error> {
     let (soft, prefix) = query_options(query)?;
     let known = |b: &str| w.shared.config.buckets.iter().any(|c| c.name == b);
     let (scope, label) = match target {
@@ -261,13 +334,11 @@ async fn purge(w: &Rc<Worker>, target: Target, query: Option<&str>) -> Result<St
     };
     let done = w.cache.purge_everywhere(&scope, Mode::soft(soft)).await;
     w.metrics().purge(label, soft);
-    if label == "object" && done.purged.entries() == 0 {
-        return Err(Error::client(Kind::NotFound, "the object was not cached"));
-    }
-    Ok(purge_json(&done.purged, soft, done.receivers))
+    let found = label != "object" || done.purged.entries() > 0;
+    Ok((purge_json(&done.purged, soft, done.receivers), found))
 }
 
-fn purge_json(p: &Purged, soft: bool, receivers: Option<u64>) -> String {
+fn purge_json(p: &Purged, soft: bool, receivers: Option<u64>) -> serde_json::Value {
     let redis_configured = !matches!(p.redis, crate::cache::purge::RedisPurge::Disabled);
     json!({
         "purged": p.entries(),
@@ -284,7 +355,6 @@ fn purge_json(p: &Purged, soft: bool, receivers: Option<u64>) -> String {
         },
         "instances": receivers,
     })
-    .to_string()
 }
 
 fn stats(w: &Worker, bucket: Option<String>) -> Result<String, Error> {

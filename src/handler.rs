@@ -137,7 +137,10 @@ pub async fn handle<S: AsyncWriteRent>(
         .admin
         .as_ref()
         .is_some_and(|a| a.listen.is_some());
+    // A fleet member's purge reaches the admin routes where members reach each other.
+    let peer_admin = matches!(route, Route::Admin { .. }) && from_peer(w, req)?;
     let elsewhere = match (&route, surface) {
+        (Route::Admin { .. }, Surface::Public) if peer_admin => false,
         (Route::Admin { .. } | Route::Metrics, Surface::Public) => separate_admin,
         (Route::Object { .. }, Surface::Admin) => true,
         _ => false,
@@ -178,7 +181,7 @@ pub async fn handle<S: AsyncWriteRent>(
         }
         Route::Admin { rest } => {
             log.admin_route = Some(crate::admin::route_label(&rest));
-            crate::admin::handle(w, answer, req, &rest, query).await
+            crate::admin::handle(w, answer, req, &rest, query, peer_admin).await
         }
         Route::Object { bucket, key } => {
             log.bucket = Some(bucket);
@@ -214,34 +217,7 @@ async fn object<S: AsyncWriteRent>(
     key: &str,
     query: Option<&str>,
 ) -> Result<Sent, Error> {
-    // A request that says it comes from a fleet member is one, or is refused: never served
-    // as a client's (the header is also the hop marker, `crate::fleet::peer_auth`).
-    let from_peer = match req.header(crate::fleet::peer_auth::HEADER) {
-        None => false,
-        Some(value) => {
-            let verified = w.shared.fleet.as_ref().is_some_and(|f| {
-                let target = req.head.target(req.buf);
-                let method = if req.is_head() {
-                    "HEAD"
-                } else {
-                    req.method().as_str()
-                };
-                match f.verify(value, method, target, w.clock().now_secs()) {
-                    Ok(()) => true,
-                    Err(why) => {
-                        log::warn!("request {}: peer header refused: {why:?}", req.id.as_str());
-                        false
-                    }
-                }
-            });
-            if !verified {
-                w.metrics().auth_failure(AuthFailure::Peer);
-                return Err(AuthFailure::Peer.into());
-            }
-            w.metrics().peer_served();
-            true
-        }
-    };
+    let from_peer = from_peer(w, req)?;
     // Every request of a private bucket is checked, cache hits and coalesced followers
     // included: this runs before any cache lookup. A member's request was checked where its
     // client arrived.
@@ -260,6 +236,31 @@ async fn object<S: AsyncWriteRent>(
         from_peer,
     };
     crate::object::serve(&mut x, key, query).await
+}
+
+/// Whether `req` comes from a member of this instance's fleet: a request that says so (an
+/// `x-corvid-peer` header) is one, or is refused (403, `reason="peer"`), never served as a
+/// client's. The header is also the hop marker (`crate::fleet::peer_auth`).
+fn from_peer(w: &Worker, req: &Request<'_>) -> Result<bool, Error> {
+    let Some(value) = req.header(crate::fleet::peer_auth::HEADER) else {
+        return Ok(false);
+    };
+    let verified = w.shared.fleet.as_ref().is_some_and(|f| {
+        let target = req.head.target(req.buf);
+        match f.verify(value, req.method().as_str(), target, w.clock().now_secs()) {
+            Ok(()) => true,
+            Err(why) => {
+                log::warn!("request {}: peer header refused: {why:?}", req.id.as_str());
+                false
+            }
+        }
+    });
+    if !verified {
+        w.metrics().auth_failure(AuthFailure::Peer);
+        return Err(AuthFailure::Peer.into());
+    }
+    w.metrics().peer_served();
+    Ok(true)
 }
 
 /// Checks the token of a request for `bucket` (which has `auth = true`): found in the

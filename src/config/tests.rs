@@ -2215,7 +2215,10 @@ fn cluster_members_come_from_a_list_or_a_name() {
          peers_refresh = \"200ms\"\npeer_timeout = \"1s\""
     )));
     let c = c.cluster.unwrap();
-    assert_eq!(c.members, PeerSource::Dns("corvid-peers.ns.svc:8080".parse().unwrap()));
+    assert_eq!(
+        c.members,
+        PeerSource::Dns("corvid-peers.ns.svc:8080".parse().unwrap())
+    );
     assert_eq!(c.peers_refresh, Duration::from_millis(200));
 }
 
@@ -2223,9 +2226,21 @@ fn cluster_members_come_from_a_list_or_a_name() {
 fn cluster_errors_name_the_key() {
     let peers = "peers = [\"a:1\", \"b:1\"]";
     for (body, key, needle) in [
-        (format!("{peers}\n{SECRET_LINE}"), "cluster.peer", "required"),
-        (format!("peer = \"a\"\n{peers}\n{SECRET_LINE}"), "cluster.peer", "no port"),
-        (format!("peer = \"a:1\"\n{SECRET_LINE}"), "cluster.peers", "required"),
+        (
+            format!("{peers}\n{SECRET_LINE}"),
+            "cluster.peer",
+            "required",
+        ),
+        (
+            format!("peer = \"a\"\n{peers}\n{SECRET_LINE}"),
+            "cluster.peer",
+            "no port",
+        ),
+        (
+            format!("peer = \"a:1\"\n{SECRET_LINE}"),
+            "cluster.peers",
+            "required",
+        ),
         (
             format!("peer = \"a:1\"\n{peers}\npeers_dns = \"x:1\"\n{SECRET_LINE}"),
             "cluster.peers",
@@ -2236,9 +2251,21 @@ fn cluster_errors_name_the_key() {
             "cluster.peers[1]",
             "no port",
         ),
-        (format!("peer = \"a:1\"\npeers = \"a:1\"\n{SECRET_LINE}"), "cluster.peers", "list"),
-        (format!("peer = \"a:1\"\n{peers}"), "cluster.secret", "required"),
-        (format!("peer = \"a:1\"\n{peers}\nsecret = \"short\""), "cluster.secret", "at least 16"),
+        (
+            format!("peer = \"a:1\"\npeers = \"a:1\"\n{SECRET_LINE}"),
+            "cluster.peers",
+            "list",
+        ),
+        (
+            format!("peer = \"a:1\"\n{peers}"),
+            "cluster.secret",
+            "required",
+        ),
+        (
+            format!("peer = \"a:1\"\n{peers}\nsecret = \"short\""),
+            "cluster.secret",
+            "at least 16",
+        ),
         (
             format!("peer = \"a:1\"\n{peers}\n{SECRET_LINE}\npeer_timeout = 0"),
             "cluster.peer_timeout",
@@ -2249,7 +2276,11 @@ fn cluster_errors_name_the_key() {
             "",
             "",
         ),
-        (format!("peer = \"a:1\"\n{peers}\n{SECRET_LINE}\nfoo = 1"), "cluster.foo", "unknown"),
+        (
+            format!("peer = \"a:1\"\n{peers}\n{SECRET_LINE}\nfoo = 1"),
+            "cluster.foo",
+            "unknown",
+        ),
     ] {
         if key.is_empty() {
             // A duplicate key is a TOML error, reported for the file.

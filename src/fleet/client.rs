@@ -65,6 +65,36 @@ pub struct PeerRequest<'a> {
     pub read_timeout: Duration,
 }
 
+/// Sends `POST target` (an admin purge, repeated for the fleet) to member `m`; its status.
+pub async fn post(
+    peers: &Peers,
+    fleet: &Fleet,
+    m: &Member,
+    target: &str,
+    now_secs: u64,
+) -> Result<u16, Error> {
+    let mut request = format!(
+        "POST {target} HTTP/1.1\r\nhost: {}\r\n{}: {}\r\ncontent-length: 0\r\n\r\n",
+        m.name,
+        super::peer_auth::HEADER,
+        fleet.sign("POST", target, now_secs)
+    )
+    .into_bytes();
+    request.shrink_to_fit();
+    let timeouts = Timeouts {
+        connect: CONNECT_TIMEOUT.min(fleet.peer_timeout),
+        first_byte: fleet.peer_timeout,
+        read: fleet.peer_timeout,
+    };
+    let (res, _) = peers.pool(m).send(request, false, &timeouts).await;
+    let (head, mut body) = res?;
+    // Small JSON: read so the connection can be reused.
+    if let Some(len) = body.content_length().filter(|n| *n <= BUFFERED_ANSWER) {
+        body.read_all(len).await?;
+    }
+    Ok(head.status)
+}
+
 /// Sends `req` to member `m`; its answer head (with `peer` set) and body.
 pub async fn fetch(
     peers: &Peers,
@@ -113,7 +143,10 @@ pub async fn fetch(
     let (res, _) = pool.send(request, req.is_head, &timeouts).await;
     let (mut head, mut body) = res?;
     head.peer = Some(Arc::clone(&m.name));
-    if let Some(len) = body.content_length().filter(|n| *n > 0 && *n <= BUFFERED_ANSWER) {
+    if let Some(len) = body
+        .content_length()
+        .filter(|n| *n > 0 && *n <= BUFFERED_ANSWER)
+    {
         let bytes = body.read_all(len).await?;
         body = Body::complete(pool, bytes);
     }
