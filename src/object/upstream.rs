@@ -14,12 +14,12 @@ use monoio::time::Instant;
 
 use super::answer::precondition_for;
 use super::exchange::{Exchange, Target, XCache, STREAM_CHUNK};
-use crate::http::conditional::Precondition;
 use super::origin_error;
 use crate::context::Worker;
 use crate::error::{Error, Kind};
 use crate::fleet::client::{self, PeerRequest, SliceOf};
 use crate::fleet::Route;
+use crate::http::conditional::Precondition;
 use crate::http::conn::Sent;
 use crate::http::response::UpstreamHead;
 use crate::http::writer::{DateField, Writer};

@@ -972,3 +972,87 @@ fn peer_traffic_shows_in_metrics_access_log_and_admin_cluster() {
     let r = http::get(fleet.addr(0), "/admin/cluster", &[]);
     assert_eq!(r.status, 401, "{}", r.text());
 }
+
+/// `POST` of an admin purge `path` through member `i`, with an admin token.
+fn purge(fleet: &Fleet, i: usize, path: &str) -> (u16, Value) {
+    let auth = format!("Bearer {}", fleet.admin_token());
+    let r = Conn::connect(fleet.addr(i)).request("POST", path, &[("authorization", &auth)]);
+    let json = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    (r.status, json)
+}
+
+#[test]
+fn a_purge_through_any_member_reaches_the_member_that_holds_the_object() {
+    let mut fleet = Fleet::start(FleetOptions::cluster(3));
+    let objs = objects(&fleet, "p", 12);
+    fetch_everywhere(&fleet, &objs, 1, true);
+    assert_eq!(fleet.origin_gets(), 12);
+
+    // Each object purged through a member chosen regardless of its owner: the member that
+    // held it (its owner, the only one) purged it, and the next GET anywhere refetches it.
+    for (k, (key, body)) in objs.iter().enumerate().take(6) {
+        let (status, j) = purge(&fleet, k % 3, &format!("/admin/cache/purge/{BUCKET}/{key}"));
+        assert_eq!(status, 200, "{key}: {j}");
+        let held_here = u64::from(j["purged"].as_u64().unwrap() > 0);
+        let held_elsewhere = j["peers"]["purged"].as_array().unwrap().len() as u64;
+        assert_eq!(held_here + held_elsewhere, 1, "one member held {key}: {j}");
+        assert_eq!(j["peers"]["failed"].as_array().unwrap().len(), 0, "{j}");
+        let before = fleet.origin_gets();
+        let r = http::get(fleet.addr((k + 1) % 3), &path(key), &[]);
+        assert_object(&r, body, key);
+        assert_eq!(
+            fleet.origin_gets(),
+            before + 1,
+            "{key} fetched again after its purge"
+        );
+    }
+    // An object no member holds: 404, every member asked.
+    let (status, j) = purge(&fleet, 0, &format!("/admin/cache/purge/{BUCKET}/p/none"));
+    assert_eq!(status, 404, "{j}");
+
+    // A prefix purge through one member empties every member of it.
+    let (status, j) = purge(&fleet, 1, &format!("/admin/cache/purge/{BUCKET}?prefix=p/"));
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["peers"]["failed"].as_array().unwrap().len(), 0, "{j}");
+    let before = fleet.origin_gets();
+    fetch_everywhere(&fleet, &objs, 1, false);
+    assert_eq!(
+        fleet.origin_gets(),
+        before + 12,
+        "every object fetched again once"
+    );
+
+    // A member that cannot be reached is named in the answer; the others still purge.
+    fleet.kill(2);
+    let (status, j) = purge(&fleet, 0, "/admin/cache/purge");
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(
+        j["peers"]["failed"],
+        serde_json::json!([fleet.peer(2)]),
+        "{j}"
+    );
+    assert_eq!(
+        j["peers"]["purged"],
+        serde_json::json!([fleet.peer(1)]),
+        "{j}"
+    );
+}
+
+#[test]
+fn a_forged_peer_header_on_an_admin_route_is_refused() {
+    let fleet = Fleet::start(FleetOptions::cluster(2));
+    let objs = objects(&fleet, "f", 2);
+    fetch_everywhere(&fleet, &objs, 1, true);
+    let secs = now().to_string();
+    let forged = format!("{} {secs} {}", fleet.peer(1), "ab".repeat(32));
+    let r = Conn::connect(fleet.addr(0)).request(
+        "POST",
+        "/admin/cache/purge",
+        &[("x-corvid-peer", &forged)],
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Nothing was purged: a second round costs no origin GET.
+    let before = fleet.origin_gets();
+    fetch_everywhere(&fleet, &objs, 1, false);
+    assert_eq!(fleet.origin_gets(), before);
+}
