@@ -9,6 +9,18 @@
 //! [`Fleet::route`] where a key's miss goes; the request handler checks a received
 //! `x-corvid-peer` header with [`Fleet::verify`].
 //!
+//! # What is owned, and what the asking member keeps
+//! A whole object belongs to its cache key's owner, which alone stores it (in its tiers, and
+//! in Redis when there is a Redis tier): the asking member relays the answer and keeps no copy,
+//! so a fleet holds each object once and its memory adds up. The price: a hot object asked of a
+//! member that does not own it costs one hop per request (a few hundred µs on a LAN; measured
+//! in `perf/RESULTS.md`). Keeping relayed answers briefly would save the hop but put the copies
+//! back, and with a Redis tier the owner's copy there is already found before any hop.
+//! A sliced object's entry (metadata) belongs to its key's owner and is copied by every member
+//! that serves it; each slice belongs to the owner of the slice's own key (`object::sliced`,
+//! `object::slice_fill`), so a large object's slices are spread over the fleet and each is
+//! fetched from the origin once. An admin purge is repeated on every member (`admin`).
+//!
 //! # Failures never fail a client request
 //! A member that refuses the connection, does not answer within `cluster.peer_timeout`, or
 //! answers `503` (draining, or not ready) is marked **down**: its keys keep their owner (they are
