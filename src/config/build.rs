@@ -205,7 +205,14 @@ fn cluster(cx: &mut Ctx<'_>, mut s: Section) -> Option<ClusterConfig> {
 /// `host:port` or `[v6]:port` of a peer (`cluster.peer`, `cluster.peers`, `cluster.peers_dns`).
 pub(crate) fn parse_peer_addr(text: &str) -> Result<PeerAddr, String> {
     match parse_authority(text)? {
-        (host, Some(port)) => Ok(PeerAddr { host, port }),
+        // An IP address in its canonical spelling, the one a resolver gives for `peers_dns`:
+        // a member's name must be the same however it was written.
+        (host, Some(port)) => Ok(PeerAddr {
+            host: host
+                .parse::<std::net::IpAddr>()
+                .map_or(host, |ip| ip.to_string()),
+            port,
+        }),
         (_, None) => Err(format!("`{text}` has no port (expected host:port)")),
     }
 }

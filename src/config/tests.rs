@@ -2206,6 +2206,9 @@ fn cluster_members_come_from_a_list_or_a_name() {
     };
     let names: Vec<String> = list.iter().map(|p| p.to_string()).collect();
     assert_eq!(names, ["10.0.0.1:8080", "[::1]:8081", "corvid-b:80"]);
+    // IP addresses in the spelling a resolver gives, so that a member is named one way.
+    let p: PeerAddr = "[0:0::1]:8081".parse().unwrap();
+    assert_eq!(p.to_string(), "[::1]:8081");
     assert_eq!(c.peers_refresh, Duration::from_secs(2));
     assert_eq!(c.peer_timeout, Duration::from_secs(5));
     // The secret never shows in a debug print.
