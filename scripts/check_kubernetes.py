@@ -231,7 +231,7 @@ def check(render, out_dir):
 
     # Probes on the listener's port, the right paths.
     listen_port = int(str(cfg.get("server", {}).get("listen", ":0")).rsplit(":", 1)[1])
-    for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/health")):
+    for probe, path in (("readinessProbe", "/ready?origins=ignore"), ("livenessProbe", "/health")):
         get = corvid.get(probe, {}).get("httpGet", {})
         port = ports.get(get.get("port"), get.get("port"))
         if get.get("path") != path or port != listen_port:

@@ -166,7 +166,7 @@ pub async fn handle<S: AsyncWriteRent>(
             };
             answer.reply(req, reply).await
         }
-        Route::Ready => ready(w, answer, req).await,
+        Route::Ready => ready(w, answer, req, query).await,
         Route::Metrics => {
             let text = w
                 .shared
@@ -298,12 +298,23 @@ fn authorize(
 /// `/ready`: 200 while workers run, every origin answered the last check and every bucket has
 /// valid credentials (`"credentials": "ok" | "none" | "expired"` per bucket); 503 otherwise or
 /// while shutting down. The body details each bucket.
+///
+/// `/ready?origins=ignore` leaves the origins and credentials out: 200 while this instance
+/// serves. For a load balancer or a fleet that should keep sending requests to an instance whose
+/// origin is down — its cache still answers what it holds, and a miss gets a 502/504 — rather
+/// than take every instance out at once when the origin they share fails (the fleet's own
+/// health checks use it: `crate::fleet`).
 async fn ready<S: AsyncWriteRent>(
     w: &Rc<Worker>,
     answer: &mut Writer<'_, S>,
     req: &Request<'_>,
+    query: Option<&str>,
 ) -> Result<Sent, Error> {
     let shared = &w.shared;
+    let origins_count = !query
+        .unwrap_or("")
+        .split('&')
+        .any(|p| p == "origins=ignore");
     let mut buckets = serde_json::Map::new();
     let mut all = true;
     let now = std::time::SystemTime::now();
@@ -311,7 +322,7 @@ async fn ready<S: AsyncWriteRent>(
         let o = shared.origins.get(i);
         let cell = &shared.credentials[i];
         let credentials = cell.state(now);
-        all &= o.reachable() && credentials == crate::credentials::State::Ok;
+        all &= !origins_count || (o.reachable() && credentials == crate::credentials::State::Ok);
         buckets.insert(
             b.name.clone(),
             serde_json::json!({

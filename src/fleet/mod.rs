@@ -25,7 +25,7 @@
 //! A member that refuses the connection, does not answer within `cluster.peer_timeout`, or
 //! answers `503` (draining, or not ready) is marked **down**: its keys keep their owner (they are
 //! not moved to another member, which would shuffle them twice), but requests for them go to the
-//! origin directly until a health check (`GET /ready` every `peers_refresh`, off the workers)
+//! origin directly until a health check (`GET /ready?origins=ignore` every `peers_refresh`, off the workers)
 //! answers `200`. A membership change (DNS, or a reload with a new `peers` list) moves only the
 //! keys of the members that came or went.
 //!
@@ -280,7 +280,8 @@ impl Fleet {
     }
 }
 
-/// Whether the member at `addrs` answers `GET /ready` with 200 within [`CHECK_TIMEOUT`].
+/// Whether the member at `addrs` answers `GET /ready?origins=ignore` with 200 within
+/// [`CHECK_TIMEOUT`]: a member serves its keys from its cache even while the origin is down.
 #[expect(clippy::disallowed_methods, reason = "the monitor thread")]
 fn ready(addrs: &[SocketAddr], name: &str) -> bool {
     let Some(addr) = addrs.first() else {
@@ -291,7 +292,8 @@ fn ready(addrs: &[SocketAddr], name: &str) -> bool {
     };
     let _ = s.set_read_timeout(Some(CHECK_TIMEOUT));
     let _ = s.set_write_timeout(Some(CHECK_TIMEOUT));
-    let req = format!("GET /ready HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("GET /ready?origins=ignore HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).is_err() {
         return false;
     }
