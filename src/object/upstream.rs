@@ -171,7 +171,7 @@ pub async fn respond_upstream_keeping<S: AsyncWriteRent>(
     // (a fill serves every coalesced client): they are evaluated here, as on a cached answer.
     let mut head = head;
     if head.peer.is_some() && head.status == 200 {
-        match precondition_for(req, head.header("etag"), head.header("last-modified")) {
+        match precondition_for(req, || (head.header("etag"), head.header("last-modified"))) {
             Precondition::Proceed => {}
             Precondition::NotModified => head.status = 304,
             Precondition::Failed => {
