@@ -12,6 +12,9 @@
 //! | `GET /admin/cache/stats/{bucket}` | one bucket (404 unknown) |
 //! | `POST /admin/reload` | re-read the config file ([`crate::context::reload`]): 200 what applied, 422 why refused |
 //! | `GET /admin/cluster` | the fleet's members and their state (`crate::fleet`; 404 without `[cluster]`) |
+//! | `POST /admin/cache/warm/{bucket}` | start warming the bucket (`?prefix=p`: keys starting with `p`): 202 `{"job": ID, ...}` (`crate::warm`; 404 unknown bucket, 503 too many jobs running) |
+//! | `GET /admin/cache/warm/{ID}` | that job's progress (404 unknown or forgotten job) |
+//! | `DELETE /admin/cache/warm/{ID}` | cancel it: its progress, `state` `cancelling` then `cancelled` |
 //!
 //! Who may: first the client's network (`admin.allow_networks`, 403 before any token work),
 //! then a JWT from `[jwt]`'s sources carrying `admin.claim` (none or invalid → 401, valid
@@ -60,6 +63,8 @@ pub fn route_label(rest: &str) -> &'static str {
         "reload"
     } else if rest.starts_with("/cluster") {
         "cluster"
+    } else if rest.starts_with("/cache/warm") {
+        "warm"
     } else {
         "other"
     }
@@ -72,6 +77,8 @@ enum Action {
     Stats(Option<String>),
     Reload,
     Cluster,
+    /// `/cache/warm/{x}`: a bucket name (POST) or a job id (GET, DELETE).
+    Warm(String),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -111,6 +118,7 @@ fn parse(rest: &str) -> Result<Action, Error> {
             }
             _ => Err(not_found()),
         },
+        ("warm", Some(x)) if !x.is_empty() && !x.contains('/') => Ok(Action::Warm(decode(x)?)),
         ("stats", None) => Ok(Action::Stats(None)),
         ("stats", Some(b)) if !b.is_empty() && !b.contains('/') => {
             Ok(Action::Stats(Some(decode(b)?)))
@@ -213,6 +221,11 @@ pub async fn handle<S: AsyncWriteRent>(
             }
             cluster(w)?
         }
+        Action::Warm(name) => {
+            let (status, body) = warm(w, req, &name, query)?;
+            let reply = Reply::no_store(status, "application/json", body.as_bytes());
+            return answer.reply(req, reply).await;
+        }
         Action::Reload => {
             if req.method() != Method::Post {
                 return Err(Error::method_not_allowed("POST"));
@@ -224,6 +237,57 @@ pub async fn handle<S: AsyncWriteRent>(
     };
     let reply = Reply::no_store(200, "application/json", body.as_bytes());
     answer.reply(req, reply).await
+}
+
+/// `/admin/cache/warm/{x}` (`crate::warm`): `POST` starts a job warming bucket `x` (202 and
+/// its progress, which names its id), `GET`/`HEAD` answers job `x`'s progress, `DELETE`
+/// cancels it and answers its progress.
+fn warm(
+    w: &Rc<Worker>,
+    req: &Request<'_>,
+    x: &str,
+    query: Option<&str>,
+) -> Result<(u16, String), Error> {
+    let jobs = &w.shared.warm_jobs;
+    let job = || {
+        jobs.get(x)
+            .ok_or_else(|| Error::client(Kind::NotFound, format!("no warm job {x:?}")))
+    };
+    match req.method() {
+        Method::Post => {
+            let buckets = &w.shared.config.buckets;
+            let bucket = buckets
+                .iter()
+                .position(|b| b.name == x)
+                .ok_or_else(|| unknown_bucket(x))?;
+            if !w.cache.enabled() {
+                return Err(Error::client(
+                    Kind::BadRequest,
+                    "every cache tier is disabled: there is nothing to warm",
+                ));
+            }
+            let (_, prefix) = query_options(query)?;
+            let concurrency = crate::warm::concurrency(
+                w.shared.config.cache.warm_concurrency,
+                buckets[bucket].max_idle_connections,
+            );
+            let prefix = prefix.unwrap_or_default();
+            let job = jobs.add(x, &prefix, concurrency, w.clock().now_ms())?;
+            log::info!(
+                "warm job {} started: bucket {x}, prefix {prefix:?}, concurrency {concurrency}",
+                job.id
+            );
+            crate::warm::run::spawn(w, bucket, std::sync::Arc::clone(&job), req.peer);
+            Ok((202, job.progress().to_string()))
+        }
+        Method::Get | Method::Head => Ok((200, job()?.progress().to_string())),
+        Method::Delete => {
+            let job = job()?;
+            job.cancel();
+            Ok((200, job.progress().to_string()))
+        }
+        _ => Err(Error::method_not_allowed("GET, HEAD, POST, DELETE")),
+    }
 }
 
 /// `POST /admin/reload`: asks the reload thread (re-reading the config file blocks, so never
@@ -417,6 +481,12 @@ mod tests {
         }
         assert_eq!(p("/cache/purge/%ff"), Err(400));
         assert_eq!(p("/reload"), Ok(Action::Reload));
+        assert_eq!(p("/cache/warm/assets"), Ok(Action::Warm("assets".into())));
+        assert_eq!(p("/cache/warm/0a1b-2"), Ok(Action::Warm("0a1b-2".into())));
+        for bad in ["/cache/warm", "/cache/warm/", "/cache/warm/a/b"] {
+            assert_eq!(p(bad), Err(404), "{bad}");
+        }
+        assert_eq!(route_label("/cache/warm/x"), "warm");
         assert_eq!(route_label("/cache/purge/x"), "purge");
         assert_eq!(route_label("/cache/stats"), "stats");
         assert_eq!(route_label("/whatever"), "other");

@@ -116,6 +116,7 @@ fn access_line<'a>(w: &'a Worker, done: &'a Finished<'a, RequestLog>) -> Line<'a
         slices: log.slices,
         peer: log.peer.as_deref(),
         user_agent,
+        warm: None,
     }
 }
 

@@ -823,6 +823,8 @@ pub const DEFAULT_SLICE_SIZE: u64 = 4 << 20;
 /// The most slices `cache.slice_readahead` may ask for: a sequential reader then has at most
 /// this many origin requests in flight for it.
 const MAX_SLICE_READAHEAD: usize = 64;
+/// The most objects `cache.warm_concurrency` lets one warm job fetch at once.
+const MAX_WARM_CONCURRENCY: usize = 64;
 
 fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
     let ttl = s.or(cx, "ttl", secs(3600), Ctx::duration);
@@ -834,6 +836,8 @@ fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
     let max_sliced_object_size = s.or(cx, "max_sliced_object_size", 100 << 30, Ctx::size);
     let readahead_key = s.key("slice_readahead");
     let slice_readahead = s.or(cx, "slice_readahead", 4, Ctx::count);
+    let warm_key = s.key("warm_concurrency");
+    let warm_concurrency = s.or(cx, "warm_concurrency", 4, Ctx::count);
     let write_policy = s.or(cx, "write_policy", WritePolicy::WriteThrough, |cx, k, v| {
         match cx.string(k, v)?.as_str() {
             "write-through" => Some(WritePolicy::WriteThrough),
@@ -904,6 +908,14 @@ fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
         );
         return None;
     }
+    let warm_concurrency = warm_concurrency?;
+    if !(1..=MAX_WARM_CONCURRENCY).contains(&warm_concurrency) {
+        cx.problem(
+            &warm_key,
+            format!("must be 1 to {MAX_WARM_CONCURRENCY} objects (got {warm_concurrency})"),
+        );
+        return None;
+    }
     Some(CacheConfig {
         ttl: ttl?,
         negative_ttl: negative_ttl?,
@@ -911,6 +923,7 @@ fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
         slice_size,
         max_sliced_object_size: max_sliced_object_size?,
         slice_readahead,
+        warm_concurrency,
         write_policy: write_policy?,
         stale_if_error,
         stale_while_revalidate,

@@ -1454,6 +1454,20 @@ fn cache_rules() {
         "cache.slice_readahead",
         "at most 64",
     );
+    assert_eq!(ok(&cache("[cache]")).cache.warm_concurrency, 4);
+    assert_eq!(
+        ok(&cache("[cache]\nwarm_concurrency = 16"))
+            .cache
+            .warm_concurrency,
+        16
+    );
+    for bad in ["0", "65"] {
+        has_problem(
+            &cache(&format!("[cache]\nwarm_concurrency = {bad}")),
+            "cache.warm_concurrency",
+            "must be 1 to 64",
+        );
+    }
     has_problem(
         &cache("[cache]\nmax_sliced_object_size = \"lots\""),
         "cache.max_sliced_object_size",

@@ -17,6 +17,8 @@
 //!   ├─ sliced object entry ─────► sliced      (a large object's answer from its slices;
 //!   │                               │          slice_fill gets them, slices has the rules)
 //!   └─ HEAD/Range miss, bypass ─► upstream    (sign, send, pass the answer through)
+//!
+//! warm (no client: a warm job's object — fresh: left; else joined and filled as a miss is)
 //!                                   ▼
 //!                                origin_error (an origin's error answer, read and mapped)
 //!                                exchange     (the request being answered)
@@ -41,6 +43,7 @@ pub mod slice_fill;
 pub mod sliced;
 pub mod slices;
 pub mod upstream;
+pub mod warm;
 
 use std::rc::Rc;
 use std::sync::Arc;

@@ -259,12 +259,14 @@ pub fn start_run(
     monoio::spawn(async move {
         let params = owned.params();
         let t = owned.target(&params);
-        fetch_run(&w, bucket, &t, &v, first, leaders, body).await;
+        // A failure reached the slices' readers through their leaders.
+        let _ = fetch_run(&w, bucket, &t, &v, first, leaders, body).await;
     });
 }
 
 /// Fetches slices `first..first + leaders.len()` of `v` (see [`start_run`]) and stores each as
-/// it completes, publishing its bytes to its leader's subscriptions as they arrive.
+/// it completes, publishing its bytes to its leader's subscriptions as they arrive. `Err`: the
+/// run did not arrive whole (every unfinished slice's readers got the same error).
 pub(super) async fn fetch_run(
     w: &Rc<Worker>,
     bucket: usize,
@@ -273,7 +275,7 @@ pub(super) async fn fetch_run(
     first: u64,
     leaders: Vec<Leader>,
     body: Option<Body>,
-) {
+) -> Result<(), Error> {
     let run = first..first + leaders.len() as u64;
     // `relayed`: the slices came from their owner in a fleet, which stored them.
     let (mut body, relayed) = match body {
@@ -289,7 +291,7 @@ pub(super) async fn fetch_run(
                 for l in leaders {
                     l.fail(e.clone());
                 }
-                return;
+                return Err(e);
             }
         },
     };
@@ -323,10 +325,11 @@ pub(super) async fn fetch_run(
                 for l in leaders {
                     l.fail(e.clone());
                 }
-                return;
+                return Err(e);
             }
         }
     }
+    Ok(())
 }
 
 /// Reads one slice of `len` (> 0) bytes from `body`, publishing each piece to `leader` but the

@@ -73,7 +73,12 @@ pub fn entry_meta(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> O
 }
 
 /// [`entry_meta`] for any answer, a fleet member's entry head included.
-fn storable_entry(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Arc<Meta>> {
+pub fn storable_entry(
+    w: &Worker,
+    bucket: usize,
+    head: &UpstreamHead,
+    len: u64,
+) -> Option<Arc<Meta>> {
     let cfg = &w.shared.config.cache;
     let f = decide::storable_sliced(
         head,
