@@ -1056,3 +1056,50 @@ fn a_forged_peer_header_on_an_admin_route_is_refused() {
     fetch_everywhere(&fleet, &objs, 1, false);
     assert_eq!(fleet.origin_gets(), before);
 }
+
+/// `state` of warm job `job` on member `i`, polled until it is no longer running.
+fn warm_done(fleet: &Fleet, i: usize, job: &str) -> Value {
+    let auth = format!("Bearer {}", fleet.admin_token());
+    let mut last = Value::Null;
+    wait_until(Duration::from_secs(30), || {
+        let r = http::get(
+            fleet.addr(i),
+            &format!("/admin/cache/warm/{job}"),
+            &[("authorization", &auth)],
+        );
+        last = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        last["state"] != "running"
+    });
+    last
+}
+
+#[test]
+fn a_prefix_warmed_through_one_member_is_held_by_each_object_s_owner() {
+    let fleet = Fleet::start(FleetOptions::cluster(3));
+    let objs = objects(&fleet, "w", 24);
+    fleet.origin.reset_counts();
+    let auth = format!("Bearer {}", fleet.admin_token());
+    let r = Conn::connect(fleet.addr(0)).request(
+        "POST",
+        &format!("/admin/cache/warm/{BUCKET}?prefix=w/"),
+        &[("authorization", &auth)],
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let started: Value = serde_json::from_slice(&r.body).unwrap();
+    let job = started["job"].as_str().expect("a job id").to_owned();
+    let p = warm_done(&fleet, 0, &job);
+    assert_eq!(p["state"], "done", "{p}");
+    // One origin GET per object for the warming (plus the listing).
+    let per = origin_gets_per_key(&fleet);
+    for (key, _) in &objs {
+        assert_eq!(per.get(key), Some(&1), "{key}: {per:?}");
+    }
+    // Every object through every member: each held by its owner, no origin GET.
+    let before = fleet.origin_gets();
+    fetch_everywhere(&fleet, &objs, 1, false);
+    assert_eq!(
+        fleet.origin_gets(),
+        before,
+        "warmed objects are found at their owners"
+    );
+}
