@@ -161,8 +161,7 @@ pub async fn handle<S: AsyncWriteRent>(
     if !matches!(
         route,
         Route::Object { .. } | Route::Bucket { .. } | Route::Admin { .. }
-    )
-        && !matches!(req.method(), Method::Get | Method::Head)
+    ) && !matches!(req.method(), Method::Get | Method::Head)
     {
         return Err(Error::method_not_allowed("GET, HEAD"));
     }

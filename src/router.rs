@@ -516,11 +516,21 @@ mod tests {
     fn virtual_hosts() {
         let r = router().with_hosts(&[Some("assets.example.com"), None, Some("a.test")]);
         assert!(r.has_hosts() && !router().has_hosts());
-        let route = |host: &str, path: &str| r.route_host(Some(host.as_bytes()), path, &mut Vec::new());
-        assert_eq!(route("assets.example.com", "/").unwrap(), Route::Bucket { bucket: 0 });
-        assert_eq!(route("Assets.Example.COM:8080", "/x/y%20z").unwrap(), obj(0, "x/y z"));
+        let route =
+            |host: &str, path: &str| r.route_host(Some(host.as_bytes()), path, &mut Vec::new());
+        assert_eq!(
+            route("assets.example.com", "/").unwrap(),
+            Route::Bucket { bucket: 0 }
+        );
+        assert_eq!(
+            route("Assets.Example.COM:8080", "/x/y%20z").unwrap(),
+            obj(0, "x/y z")
+        );
         // The whole path is the key, internal routes and other prefixes included.
-        assert_eq!(route("assets.example.com", "/health").unwrap(), obj(0, "health"));
+        assert_eq!(
+            route("assets.example.com", "/health").unwrap(),
+            obj(0, "health")
+        );
         assert_eq!(route("a.test", "/img/x").unwrap(), obj(2, "img/x"));
         assert_eq!(route("a.test", "//x").unwrap(), obj(2, "/x"));
         assert_eq!(kind(route("a.test", "/a/../b")), Kind::BadRequest);
@@ -528,8 +538,14 @@ mod tests {
         assert_eq!(route("other.test", "/img/x").unwrap(), obj(1, "x"));
         assert_eq!(route("127.0.0.1:80", "/health").unwrap(), Route::Health);
         assert_eq!(route("[::1]:80", "/img/x").unwrap(), obj(1, "x"));
-        assert_eq!(route("assets.example.com.evil", "/img/x").unwrap(), obj(1, "x"));
-        assert_eq!(r.route_host(None, "/img/x", &mut Vec::new()).unwrap(), obj(1, "x"));
+        assert_eq!(
+            route("assets.example.com.evil", "/img/x").unwrap(),
+            obj(1, "x")
+        );
+        assert_eq!(
+            r.route_host(None, "/img/x", &mut Vec::new()).unwrap(),
+            obj(1, "x")
+        );
     }
 
     #[test]

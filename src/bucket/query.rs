@@ -135,7 +135,11 @@ pub fn classify(query: Option<&str>) -> Result<Operation, Error> {
     let v2 = match list_type.map(|(_, v)| v.as_str()) {
         None => false,
         Some("2") => true,
-        Some(_) => return Err(bad("list-type must be 2 (ListObjectsV2) or absent (ListObjects)")),
+        Some(_) => {
+            return Err(bad(
+                "list-type must be 2 (ListObjectsV2) or absent (ListObjects)",
+            ))
+        }
     };
     let known: &[&'static str] = if v2 { &V2_PARAMS } else { &V1_PARAMS };
     let mut params: Vec<(&'static str, String)> = Vec::new();
@@ -207,7 +211,13 @@ mod tests {
 
     #[test]
     fn v1_is_the_default_and_keeps_its_own_parameters() {
-        assert_eq!(classify(None).unwrap(), Operation::List(List { v2: false, params: vec![] }));
+        assert_eq!(
+            classify(None).unwrap(),
+            Operation::List(List {
+                v2: false,
+                params: vec![]
+            })
+        );
         let l = list("prefix=p&marker=m%2B&start-after=s&continuation-token=c&fetch-owner=true");
         assert!(!l.v2);
         assert_eq!(l.params, owned(&[("marker", "m+"), ("prefix", "p")]));
@@ -218,12 +228,18 @@ mod tests {
     fn location_and_sub_resources() {
         assert_eq!(classify(Some("location")).unwrap(), Operation::Location);
         assert_eq!(classify(Some("location=")).unwrap(), Operation::Location);
-        assert_eq!(classify(Some("acl")).unwrap(), Operation::Unsupported("acl"));
+        assert_eq!(
+            classify(Some("acl")).unwrap(),
+            Operation::Unsupported("acl")
+        );
         assert_eq!(
             classify(Some("versions&prefix=a")).unwrap(),
             Operation::Unsupported("versions")
         );
-        assert_eq!(classify(Some("uploads=")).unwrap(), Operation::Unsupported("uploads"));
+        assert_eq!(
+            classify(Some("uploads=")).unwrap(),
+            Operation::Unsupported("uploads")
+        );
     }
 
     #[test]
@@ -241,7 +257,11 @@ mod tests {
             "prefix=%zz",
             "x=%4",
         ] {
-            assert_eq!(classify(Some(q)).unwrap_err().kind(), Kind::BadRequest, "{q}");
+            assert_eq!(
+                classify(Some(q)).unwrap_err().kind(),
+                Kind::BadRequest,
+                "{q}"
+            );
         }
         // A parameter of the other version is dropped, not checked.
         assert!(list("fetch-owner=yes").params.is_empty());

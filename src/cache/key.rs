@@ -84,7 +84,10 @@ mod tests {
         assert!(l.starts_with(&bucket_prefix("b", "photos/")));
         assert!(!l.starts_with(&bucket_prefix("b", "photos/2025")));
         assert!(!l.starts_with(&bucket_prefix("bb", "")));
-        assert_ne!(l, listing_key("b", "photos/2024/", "prefix=photos%2F2024%2F"));
+        assert_ne!(
+            l,
+            listing_key("b", "photos/2024/", "prefix=photos%2F2024%2F")
+        );
         // Never an object's key or variant.
         assert_ne!(l, cache_key("b", "photos/2024/", &[]));
     }

@@ -369,6 +369,13 @@ impl Stats {
 /// The mapping happens after signature verification, so clients (corvid)
 /// still sign and send the real key; only the on-disk name changes.
 /// ListObjects shows mapped names for such keys.
+///
+/// Listings: s3s-fs echoes `encoding-type=url` without encoding anything, so a client that
+/// asked for it (the AWS CLI, boto3 and rclone all do) would decode `%` and `+` in keys that
+/// were never encoded. [`KeyMappingFs`] encodes the answer as S3 (and moto) do —
+/// `Key`, `Prefix`, `Delimiter`, `StartAfter`, `Marker`, `NextMarker` and `CommonPrefixes`,
+/// percent-encoded with `/` kept — and serves ListObjects V1 from s3s-fs's V1 (itself built
+/// on V2), so the origin lists like S3 on the wire.
 pub fn storage_key(key: &str) -> String {
     let clean = key.len() <= 100
         && !key.is_empty()
@@ -440,7 +447,41 @@ impl s3s::S3 for KeyMappingFs {
         &self,
         req: S3Request<dto::ListObjectsV2Input>,
     ) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
-        self.inner.list_objects_v2(req).await
+        let url = is_url(&req.input.encoding_type);
+        let resp = self.inner.list_objects_v2(req).await?;
+        if !url {
+            return Ok(resp);
+        }
+        Ok(resp.map_output(|mut o| {
+            for f in [&mut o.prefix, &mut o.delimiter, &mut o.start_after] {
+                url_encode_field(f);
+            }
+            url_encode_listing(&mut o.contents, &mut o.common_prefixes);
+            o
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<dto::ListObjectsInput>,
+    ) -> S3Result<S3Response<dto::ListObjectsOutput>> {
+        let url = is_url(&req.input.encoding_type);
+        let resp = s3s::S3::list_objects(&self.inner, req).await?;
+        if !url {
+            return Ok(resp);
+        }
+        Ok(resp.map_output(|mut o| {
+            for f in [
+                &mut o.prefix,
+                &mut o.delimiter,
+                &mut o.marker,
+                &mut o.next_marker,
+            ] {
+                url_encode_field(f);
+            }
+            url_encode_listing(&mut o.contents, &mut o.common_prefixes);
+            o
+        }))
     }
 
     async fn get_object(
@@ -469,6 +510,28 @@ impl s3s::S3 for KeyMappingFs {
         req: S3Request<dto::DeleteObjectInput>,
     ) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
         self.inner.delete_object(map_key(req, |i| &mut i.key)).await
+    }
+}
+
+fn is_url(e: &Option<dto::EncodingType>) -> bool {
+    e.as_ref().is_some_and(|e| e.as_str() == "url")
+}
+
+fn url_encode_field(f: &mut Option<String>) {
+    if let Some(v) = f.as_mut() {
+        *v = super::s3client::encode_key(v);
+    }
+}
+
+fn url_encode_listing(
+    contents: &mut Option<Vec<dto::Object>>,
+    prefixes: &mut Option<Vec<dto::CommonPrefix>>,
+) {
+    for o in contents.iter_mut().flatten() {
+        url_encode_field(&mut o.key);
+    }
+    for p in prefixes.iter_mut().flatten() {
+        url_encode_field(&mut p.prefix);
     }
 }
 
