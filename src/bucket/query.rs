@@ -11,10 +11,11 @@
 //!   `fetch-owner`; V1 `prefix`, `delimiter`, `max-keys`, `marker`, `encoding-type`. Anything
 //!   else is dropped like on object routes (a query token, `x-id`, cache busters), so it
 //!   neither reaches the origin nor splits the cache.
+//! * An empty `delimiter` or `prefix` is dropped: S3 reads it as absent.
 //! * Values are checked where S3 defines them: `max-keys` a non-negative integer,
 //!   `encoding-type` only `url`, `fetch-owner` `true`/`false`; otherwise `400`. Names and
-//!   values are percent-decoded once, `+` staying `+` (as `router::forwarded_query` reads a
-//!   query); a forwarded parameter given twice, a value that is not UTF-8, or a `prefix` with
+//!   values are decoded as S3 decodes a query: `+` is a space, then `%XX` once (so a literal
+//!   `+` in a prefix is `%2B`, as every SDK sends it); a forwarded parameter given twice, a value that is not UTF-8, or a `prefix` with
 //!   NUL (it is part of the cache key, `cache::key::listing_key`) is `400`.
 //! * `location` is GetBucketLocation. A name in [`SUB_RESOURCES`] is a bucket sub-resource
 //!   (ACLs, policies, versions, multipart uploads, ...): [`Operation::Unsupported`] — corvid
@@ -110,9 +111,12 @@ fn bad(message: &'static str) -> Error {
     Error::client(Kind::BadRequest, message)
 }
 
+/// Form-decodes one query component: `+` is a space, then `%XX` escapes (how S3 reads a
+/// query; AWS SDK for Go v1 — rclone — sends a space in a prefix as `+`).
 fn decode(raw: &str) -> Result<String, Error> {
     let mut out = Vec::new();
-    percent_decode_into(raw.as_bytes(), &mut out)?;
+    let spaced = raw.replace('+', " ");
+    percent_decode_into(spaced.as_bytes(), &mut out)?;
     String::from_utf8(out).map_err(|_| bad("query parameter is not valid UTF-8"))
 }
 
@@ -151,6 +155,11 @@ pub fn classify(query: Option<&str>) -> Result<Operation, Error> {
             return Err(bad("query parameter given more than once"));
         }
         check_value(name, &value)?;
+        // S3 reads an empty delimiter or prefix as none (rclone sends `delimiter=`): dropped,
+        // so the origin sees what S3 would act on and both spellings share a cache entry.
+        if value.is_empty() && matches!(name, "delimiter" | "prefix") {
+            continue;
+        }
         params.push((name, value));
     }
     params.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -207,6 +216,8 @@ mod tests {
             ])
         );
         assert_eq!(l.prefix(), "a b+c/é");
+        // `+` is a space in a query (S3's reading; the Go SDK sends spaces so).
+        assert_eq!(list("prefix=data%2Fdir+0%2F").prefix(), "data/dir 0/");
     }
 
     #[test]
@@ -222,6 +233,11 @@ mod tests {
         assert!(!l.v2);
         assert_eq!(l.params, owned(&[("marker", "m+"), ("prefix", "p")]));
         assert_eq!(list("delimiter=/").prefix(), "");
+        // Empty delimiter and prefix are none (rclone sends `delimiter=`).
+        assert_eq!(
+            list("list-type=2&delimiter=&prefix=&max-keys=1000").params,
+            owned(&[("list-type", "2"), ("max-keys", "1000")])
+        );
     }
 
     #[test]

@@ -397,13 +397,22 @@ pub fn storage_key(key: &str) -> String {
 /// s3s-fs with [`storage_key`] applied to object operations.
 pub struct KeyMappingFs {
     inner: s3s_fs::FileSystem,
+    root: PathBuf,
 }
 
 impl KeyMappingFs {
     pub fn new(root: &Path) -> Self {
         KeyMappingFs {
             inner: s3s_fs::FileSystem::new(root).expect("s3s-fs root"),
+            root: root.to_path_buf(),
         }
+    }
+
+    /// s3s-fs answers a GET/HEAD of a key that is a "directory" of other keys (`data` when
+    /// `data/x` exists) with a 500; S3 has no such object: 404, as rclone expects when it
+    /// checks whether a remote path is a file.
+    fn is_directory(&self, bucket: &str, key: &str) -> bool {
+        !key.is_empty() && self.root.join(bucket).join(storage_key(key)).is_dir()
     }
 }
 
@@ -488,6 +497,9 @@ impl s3s::S3 for KeyMappingFs {
         &self,
         req: S3Request<dto::GetObjectInput>,
     ) -> S3Result<S3Response<dto::GetObjectOutput>> {
+        if self.is_directory(&req.input.bucket, &req.input.key) {
+            return Err(s3s::s3_error!(NoSuchKey));
+        }
         self.inner.get_object(map_key(req, |i| &mut i.key)).await
     }
 
@@ -495,6 +507,9 @@ impl s3s::S3 for KeyMappingFs {
         &self,
         req: S3Request<dto::HeadObjectInput>,
     ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
+        if self.is_directory(&req.input.bucket, &req.input.key) {
+            return Err(s3s::s3_error!(NoSuchKey));
+        }
         self.inner.head_object(map_key(req, |i| &mut i.key)).await
     }
 
