@@ -3,7 +3,7 @@
 # tests, the packaging checks (scripts/check_packaging.sh), the Kubernetes manifests
 # (scripts/check_kubernetes.sh), and a short smoke run of every fuzz target. This is what CI
 # runs (.ci/run). It first installs what a fresh machine lacks (redis-server, promtool, moto,
-# boto3, aria2c, kubectl, kubernetes-validate, cargo-fuzz, the rustfmt/clippy components).
+# boto3, aria2c, rclone, the AWS CLI, kubectl, kubernetes-validate, cargo-fuzz, the rustfmt/clippy components).
 #
 #   scripts/test.sh            everything
 #   FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz smoke runs
@@ -64,6 +64,18 @@ fi
 if ! command -v aria2c >/dev/null 2>&1; then
   step "installing aria2c (aria2)"
   apt_install aria2
+fi
+# The AWS CLI (`aws s3 ls`/`sync` in tests/it/listing.rs): the one on PATH, else PyPI awscli in
+# the venv (the tests look there first).
+if ! command -v aws >/dev/null 2>&1 && [ ! -x "$moto_venv/bin/aws" ]; then
+  step "installing the AWS CLI into $moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check awscli
+fi
+# rclone (Debian package rclone): a real client of bucket listings (`lsf`, `sync`) in
+# tests/it/listing.rs, beside the AWS CLI and boto3.
+if ! command -v rclone >/dev/null 2>&1; then
+  step "installing rclone"
+  apt_install rclone
 fi
 # kubectl (Debian package kubectl) renders deploy/kubernetes (`kubectl kustomize`), and
 # kubernetes-validate (PyPI, pinned: its version fixes the Kubernetes schemas it ships) checks

@@ -1,5 +1,6 @@
-//! Request dispatch: route the request, then hand it to the internal endpoints or the object
-//! path ([`crate::object`]). Internal routes answer GET and HEAD only.
+//! Request dispatch: route the request, then hand it to the internal endpoints, the object
+//! path ([`crate::object`]) or the bucket-level requests ([`crate::bucket`]: listings), both
+//! authorized the same way. Internal routes answer GET and HEAD only.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -130,7 +131,13 @@ pub async fn handle<S: AsyncWriteRent>(
     let (path, query) = split_target(req.head.target(req.buf))?;
     // The object key is decoded into a recycled buffer, given back after the answer.
     let mut spare = w.scratch();
-    let route = w.shared.router.route_reusing(path, &mut spare)?;
+    let router = &w.shared.router;
+    // Only with a virtual-host bucket configured does `Host` take part in routing.
+    let route = if router.has_hosts() {
+        router.route_host(req.header("host"), path, &mut spare)?
+    } else {
+        router.route_reusing(path, &mut spare)?
+    };
     drop(spare);
     let separate_admin = w
         .shared
@@ -143,7 +150,7 @@ pub async fn handle<S: AsyncWriteRent>(
     let elsewhere = match (&route, surface) {
         (Route::Admin { .. }, Surface::Public) if peer_admin => false,
         (Route::Admin { .. } | Route::Metrics, Surface::Public) => separate_admin,
-        (Route::Object { .. }, Surface::Admin) => true,
+        (Route::Object { .. } | Route::Bucket { .. }, Surface::Admin) => true,
         _ => false,
     };
     if elsewhere {
@@ -152,8 +159,10 @@ pub async fn handle<S: AsyncWriteRent>(
         }
         return Err(Error::client(Kind::NotFound, "not served on this listener"));
     }
-    if !matches!(route, Route::Object { .. } | Route::Admin { .. })
-        && !matches!(req.method(), Method::Get | Method::Head)
+    if !matches!(
+        route,
+        Route::Object { .. } | Route::Bucket { .. } | Route::Admin { .. }
+    ) && !matches!(req.method(), Method::Get | Method::Head)
     {
         return Err(Error::method_not_allowed("GET, HEAD"));
     }
@@ -186,36 +195,52 @@ pub async fn handle<S: AsyncWriteRent>(
         }
         Route::Object { bucket, key } => {
             log.bucket = Some(bucket);
-            let sent = object(w, answer, req, log, bucket, &key, query).await;
+            let sent = object(w, answer, req, log, bucket, Some(&key), query).await;
             w.recycle_buf(key.into_bytes());
-            match (sent, &w.shared.config.buckets[bucket].cors) {
-                // An error answer of a bucket with CORS carries its CORS headers too (`Vary:
-                // Origin` at least: see `cors`); other errors are the connection loop's.
-                (Err(e), Some(cfg)) => {
-                    let request = (req.id, req.close, req.is_head());
-                    let origin = req.header_str("origin");
-                    let written = answer
-                        .error(request, &e, |a| crate::cors::write_headers(a, cfg, origin))
-                        .await;
-                    Ok(Sent {
-                        status: e.status(),
-                        abort: written.is_err(),
-                    })
-                }
-                (sent, _) => sent,
-            }
+            with_cors(w, answer, req, bucket, sent).await
+        }
+        Route::Bucket { bucket } => {
+            log.bucket = Some(bucket);
+            let sent = object(w, answer, req, log, bucket, None, query).await;
+            with_cors(w, answer, req, bucket, sent).await
         }
     }
 }
 
-/// A request for an object of `bucket`: authorized when the bucket says so, then served.
+/// An error answer of a bucket with CORS carries its CORS headers too (`Vary: Origin` at
+/// least: see `cors`); other errors are the connection loop's.
+async fn with_cors<S: AsyncWriteRent>(
+    w: &Rc<Worker>,
+    answer: &mut Writer<'_, S>,
+    req: &Request<'_>,
+    bucket: usize,
+    sent: Result<Sent, Error>,
+) -> Result<Sent, Error> {
+    match (sent, &w.shared.config.buckets[bucket].cors) {
+        (Err(e), Some(cfg)) => {
+            let request = (req.id, req.close, req.is_head());
+            let origin = req.header_str("origin");
+            let written = answer
+                .error(request, &e, |a| crate::cors::write_headers(a, cfg, origin))
+                .await;
+            Ok(Sent {
+                status: e.status(),
+                abort: written.is_err(),
+            })
+        }
+        (sent, _) => sent,
+    }
+}
+
+/// A request for an object of `bucket` (`key`), or for the bucket itself (`None`: listings,
+/// `crate::bucket`): authorized when the bucket says so, then served.
 async fn object<S: AsyncWriteRent>(
     w: &Rc<Worker>,
     answer: &mut Writer<'_, S>,
     req: &Request<'_>,
     log: &mut RequestLog,
     bucket: usize,
-    key: &str,
+    key: Option<&str>,
     query: Option<&str>,
 ) -> Result<Sent, Error> {
     let from_peer = from_peer(w, req)?;
@@ -236,7 +261,10 @@ async fn object<S: AsyncWriteRent>(
         log,
         from_peer,
     };
-    crate::object::serve(&mut x, key, query).await
+    match key {
+        Some(key) => crate::object::serve(&mut x, key, query).await,
+        None => crate::bucket::serve(&mut x, query).await,
+    }
 }
 
 /// Whether `req` comes from a member of this instance's fleet: a request that says so (an

@@ -12,6 +12,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod bucket;
 pub mod cache;
 pub mod clock;
 pub mod config;

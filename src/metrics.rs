@@ -87,6 +87,10 @@ pub struct WorkerMetrics {
     slice_hits: Vec<AtomicU64>,
     /// Slices of sliced objects sent from a fill (fetched from the origin), per bucket.
     slice_misses: Vec<AtomicU64>,
+    /// Bucket listings answered from a cache tier / fetched from the origin (cacheable ones:
+    /// `list_ttl > 0`), per bucket (`crate::bucket`).
+    list_hits: Vec<AtomicU64>,
+    list_misses: Vec<AtomicU64>,
     /// Per [`AuthFailure::ALL`] entry.
     auth_failures: [AtomicU64; AuthFailure::ALL.len()],
     /// Per [`PURGE_SCOPES`] × (hard, soft).
@@ -162,6 +166,8 @@ impl WorkerMetrics {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             slice_misses: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
+            list_hits: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
+            list_misses: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
             auth_failures: Default::default(),
             purges: Default::default(),
             admin_requests: Default::default(),
@@ -236,6 +242,14 @@ impl WorkerMetrics {
 
     fn slice_miss(&self, bucket: usize) {
         self.slice_misses[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn list_hit(&self, bucket: usize) {
+        self.list_hits[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn list_miss(&self, bucket: usize) {
+        self.list_misses[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A purge through the admin API (`scope` one of [`PURGE_SCOPES`]).
@@ -358,6 +372,16 @@ impl Recorder<'_> {
     pub fn warmed(&self, bucket: usize, outcome: WarmOutcome, bytes: u64) {
         self.m.warmed(self.slot(bucket), outcome, bytes);
     }
+
+    /// A bucket listing answered from a cache tier.
+    pub fn list_hit(&self, bucket: usize) {
+        self.m.list_hit(self.slot(bucket));
+    }
+
+    /// A cacheable bucket listing no tier held (fetched, or joined another request's fetch).
+    pub fn list_miss(&self, bucket: usize) {
+        self.m.list_miss(self.slot(bucket));
+    }
 }
 
 /// One bucket's credential refresh attempts (`corvid_credentials_refresh_total`): written by
@@ -463,6 +487,8 @@ impl Registry {
             .map(|l| self.sum(|w| w.slice_hits[b * Layer::ALL.len() + l].load(Ordering::Relaxed)))
             .sum();
         c.slice_misses = self.sum(|w| w.slice_misses[b].load(Ordering::Relaxed));
+        c.list_hits = self.sum(|w| w.list_hits[b].load(Ordering::Relaxed));
+        c.list_misses = self.sum(|w| w.list_misses[b].load(Ordering::Relaxed));
         c.origin_bytes = self.sum(|w| w.upstream_bytes[b].load(Ordering::Relaxed));
         c
     }
@@ -669,6 +695,16 @@ impl Registry {
                 "corvid_cache_slice_misses_total",
                 "Slices of large objects sent from a fill (fetched from the origin)",
                 |w: &WorkerMetrics, b: usize| w.slice_misses[b].load(Ordering::Relaxed),
+            ),
+            (
+                "corvid_cache_list_hits_total",
+                "Bucket listings answered from a cache tier",
+                |w: &WorkerMetrics, b: usize| w.list_hits[b].load(Ordering::Relaxed),
+            ),
+            (
+                "corvid_cache_list_misses_total",
+                "Cacheable bucket listings no tier held (fetched from the origin or coalesced)",
+                |w: &WorkerMetrics, b: usize| w.list_misses[b].load(Ordering::Relaxed),
             ),
         ] {
             header(&mut out, name, "counter", help);

@@ -57,6 +57,11 @@ pub enum Route {
         bucket: usize,
         key: String,
     },
+    /// The bucket itself (a path equal to its prefix, or the prefix plus `/`; `/` on its
+    /// virtual host): listings, HeadBucket, GetBucketLocation (`crate::bucket`).
+    Bucket {
+        bucket: usize,
+    },
 }
 
 /// Maps request paths to routes; built once from the bucket prefixes.
@@ -69,6 +74,9 @@ pub struct Router {
     /// `has_len[n]`: some prefix is `n` bytes long. Lets `route` skip hashing candidate
     /// prefixes of lengths no bucket has, which is most of them.
     has_len: Vec<bool>,
+    /// Virtual-host names (lowercase) → bucket index; empty unless some bucket has `host`.
+    /// A few entries at most: a linear scan beats hashing a lowercased copy of `Host`.
+    by_host: Vec<(Box<str>, usize)>,
 }
 
 /// The set `encode_key` escapes: everything but RFC 3986 unreserved characters and `/`.
@@ -112,7 +120,64 @@ impl Router {
             has_len[p.len()] = true;
             by_prefix.entry(Box::from(*p)).or_insert(i);
         }
-        Router { by_prefix, has_len }
+        Router {
+            by_prefix,
+            has_len,
+            by_host: Vec::new(),
+        }
+    }
+
+    /// Adds virtual-host names: `hosts[i]` is bucket i's `host` (lowercase, unique: config
+    /// validates both).
+    pub fn with_hosts(mut self, hosts: &[Option<&str>]) -> Router {
+        self.by_host = hosts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.map(|h| (Box::from(h), i)))
+            .collect();
+        self
+    }
+
+    /// Whether some bucket is reached by its `Host` (then [`Router::route_host`] needs it).
+    pub fn has_hosts(&self) -> bool {
+        !self.by_host.is_empty()
+    }
+
+    /// The bucket whose virtual-host name `host` (a `Host` header value) is, port aside.
+    pub fn bucket_of_host(&self, host: &[u8]) -> Option<usize> {
+        if self.by_host.is_empty() {
+            return None;
+        }
+        let name = match memchr::memrchr(b':', host) {
+            // `[v6]:port` or `name:port`; a bare IPv6 literal never names a bucket anyway.
+            Some(i) if !host[i..].contains(&b']') => &host[..i],
+            _ => host,
+        };
+        self.by_host
+            .iter()
+            .find(|(h, _)| h.as_bytes().eq_ignore_ascii_case(name))
+            .map(|(_, b)| *b)
+    }
+
+    /// [`Router::route_reusing`] for a request whose `Host` is `host`: virtual-host style when
+    /// it names a bucket (see the module docs), else by path.
+    pub fn route_host(
+        &self,
+        host: Option<&[u8]>,
+        path: &str,
+        spare: &mut Vec<u8>,
+    ) -> Result<Route, Error> {
+        let Some(bucket) = host.and_then(|h| self.bucket_of_host(h)) else {
+            return self.route_reusing(path, spare);
+        };
+        let raw_key = path
+            .strip_prefix('/')
+            .ok_or_else(|| bad_request("path must start with '/'"))?;
+        if raw_key.is_empty() {
+            return Ok(Route::Bucket { bucket });
+        }
+        let key = decode_key_into(raw_key, spare)?;
+        Ok(Route::Object { bucket, key })
     }
 
     /// Routes the raw path of a request-target (no query); see the module docs for the rules.
@@ -145,7 +210,7 @@ impl Router {
         // `end` is the prefix length: the path ends there or continues with '/'.
         let raw_key = path.get(end + 1..).unwrap_or("");
         if raw_key.is_empty() {
-            return Err(Error::client(Kind::NotFound, "no object key in path"));
+            return Ok(Route::Bucket { bucket });
         }
         let key = decode_key_into(raw_key, spare)?;
         Ok(Route::Object { bucket, key })
@@ -240,7 +305,7 @@ fn hex_val(b: u8) -> Option<u8> {
 }
 
 /// Strict percent-decoding into `out`: every `%` must start a `%XX` escape.
-fn percent_decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+pub(crate) fn percent_decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
     out.reserve(raw.len());
     // A plain byte loop beats memchr-per-escape here: keys with unicode or spaces are dense
     // with escapes, so the runs between them are short.
@@ -429,11 +494,58 @@ mod tests {
     }
 
     #[test]
-    fn empty_key_is_not_found() {
+    fn empty_key_is_the_bucket() {
         let r = router();
-        for p in ["/assets", "/assets/", "/a/b", "/a/b/", "/a/"] {
+        for (p, bucket) in [
+            ("/assets", 0),
+            ("/assets/", 0),
+            ("/a/b", 3),
+            ("/a/b/", 3),
+            ("/a/", 2),
+            ("/a", 2),
+        ] {
+            assert_eq!(r.route(p).unwrap(), Route::Bucket { bucket }, "{p}");
+        }
+        // Not a bucket: a prefix of a prefix, or a longer segment.
+        for p in ["/v1/media", "/v1", "/assetsx", "/"] {
             assert_eq!(kind(r.route(p)), Kind::NotFound, "{p}");
         }
+    }
+
+    #[test]
+    fn virtual_hosts() {
+        let r = router().with_hosts(&[Some("assets.example.com"), None, Some("a.test")]);
+        assert!(r.has_hosts() && !router().has_hosts());
+        let route =
+            |host: &str, path: &str| r.route_host(Some(host.as_bytes()), path, &mut Vec::new());
+        assert_eq!(
+            route("assets.example.com", "/").unwrap(),
+            Route::Bucket { bucket: 0 }
+        );
+        assert_eq!(
+            route("Assets.Example.COM:8080", "/x/y%20z").unwrap(),
+            obj(0, "x/y z")
+        );
+        // The whole path is the key, internal routes and other prefixes included.
+        assert_eq!(
+            route("assets.example.com", "/health").unwrap(),
+            obj(0, "health")
+        );
+        assert_eq!(route("a.test", "/img/x").unwrap(), obj(2, "img/x"));
+        assert_eq!(route("a.test", "//x").unwrap(), obj(2, "/x"));
+        assert_eq!(kind(route("a.test", "/a/../b")), Kind::BadRequest);
+        // Other hosts (and no host) route by path.
+        assert_eq!(route("other.test", "/img/x").unwrap(), obj(1, "x"));
+        assert_eq!(route("127.0.0.1:80", "/health").unwrap(), Route::Health);
+        assert_eq!(route("[::1]:80", "/img/x").unwrap(), obj(1, "x"));
+        assert_eq!(
+            route("assets.example.com.evil", "/img/x").unwrap(),
+            obj(1, "x")
+        );
+        assert_eq!(
+            r.route_host(None, "/img/x", &mut Vec::new()).unwrap(),
+            obj(1, "x")
+        );
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //!   names (`A-Z a-z 0-9 _ . -`) and object keys (the router refuses NUL) never contain NUL, so
 //!   the separators are unambiguous: `bucket \0` selects one bucket, `bucket \0 key \0` the
 //!   variants of one object.
+//! - Listings (`crate::bucket`): `bucket name \0 listed prefix \0 ?` + the canonical query
+//!   of the forwarded list parameters. Filed under their prefix, so the bucket purge and every
+//!   prefix purge whose prefix starts the listing's prefix remove them with the objects
+//!   (`cache::purge` needs no rule of its own); `?` never starts a forwarded parameter's name,
+//!   so a listing is never taken for an object variant.
 //! - Only complete 200 answers to GET are stored, up to `cache.max_object_size`; whether and
 //!   for how long the origin's answer may be stored is RFC 9111's (`object::freshness`).
 
@@ -39,6 +44,15 @@ pub fn bucket_prefix(bucket: &str, prefix: &str) -> Vec<u8> {
     k
 }
 
+/// The cache key of a listing of `bucket` under `prefix` (no NUL: `bucket::query` refuses
+/// it) whose forwarded parameters canonicalise to `canonical_query`.
+pub fn listing_key(bucket: &str, prefix: &str, canonical_query: &str) -> Vec<u8> {
+    let mut k = bucket_prefix(bucket, prefix);
+    k.extend_from_slice(b"\0?");
+    k.extend_from_slice(canonical_query.as_bytes());
+    k
+}
+
 /// Whether `ckey` is `plain` (a [`cache_key`] without query) or one of its variants.
 pub fn is_variant_of(ckey: &[u8], plain: &[u8]) -> bool {
     ckey.strip_prefix(plain)
@@ -61,5 +75,20 @@ mod tests {
         assert!(is_variant_of(&plain, &plain) && is_variant_of(&v, &plain));
         assert!(!is_variant_of(&cache_key("b", "kk", &[]), &plain));
         assert!(!is_variant_of(&cache_key("bb", "k", &[]), &plain));
+    }
+
+    #[test]
+    fn listings_file_under_their_prefix() {
+        let l = listing_key("b", "photos/2024/", "list-type=2&prefix=photos%2F2024%2F");
+        assert!(l.starts_with(&bucket_prefix("b", "")));
+        assert!(l.starts_with(&bucket_prefix("b", "photos/")));
+        assert!(!l.starts_with(&bucket_prefix("b", "photos/2025")));
+        assert!(!l.starts_with(&bucket_prefix("bb", "")));
+        assert_ne!(
+            l,
+            listing_key("b", "photos/2024/", "prefix=photos%2F2024%2F")
+        );
+        // Never an object's key or variant.
+        assert_ne!(l, cache_key("b", "photos/2024/", &[]));
     }
 }

@@ -34,7 +34,7 @@
 //! {
 //!   "totals": {"entries": 12, "bytes": 40960, "hits": 30, "misses": 12, "evictions": 1,
 //!              "hit_ratio": 0.714, "bytes_served": 102400, "origin_bytes": 49152,
-//!              "slice_hits": 40, "slice_misses": 8},
+//!              "slice_hits": 40, "slice_misses": 8, "list_hits": 9, "list_misses": 3},
 //!   "layers": {
 //!     "memory": {"entries": 10, "bytes": 30000, "capacity": 1073741824, "hits": 25,
 //!                "misses": 17, "evictions": 1, "hit_ratio": 0.595, "bytes_served": 90000},
@@ -45,7 +45,7 @@
 //!   "buckets": {
 //!     "assets": {"entries": 7, "bytes": 20000, "hits": 20, "misses": 5, "evictions": 1,
 //!                "hit_ratio": 0.8, "bytes_served": 80000, "origin_bytes": 30000,
-//!                "slice_hits": 40, "slice_misses": 8,
+//!                "slice_hits": 40, "slice_misses": 8, "list_hits": 9, "list_misses": 3,
 //!                "layers": {"memory": {...}, "disk": {...}, "redis": {...}}}
 //!   }
 //! }
@@ -74,6 +74,9 @@ pub struct RequestCounts {
     /// Slices of sliced objects sent from a cache tier / from a fill.
     pub slice_hits: u64,
     pub slice_misses: u64,
+    /// Bucket listings answered from a cache tier / not found in any (`crate::bucket`).
+    pub list_hits: u64,
+    pub list_misses: u64,
 }
 
 /// The whole snapshot; see the module docs for the JSON shape.
@@ -100,6 +103,12 @@ pub struct Totals {
     /// `origin_bytes` like any other.
     pub slice_hits: u64,
     pub slice_misses: u64,
+    /// Bucket listings answered from a cache tier (`corvid_cache_list_hits_total`) and not
+    /// found in any (`corvid_cache_list_misses_total`). Counted apart from `hits` and
+    /// `misses`, which are the objects' (a listing's bytes still count in `bytes_served` and
+    /// `origin_bytes`).
+    pub list_hits: u64,
+    pub list_misses: u64,
 }
 
 /// The three tiers.
@@ -181,6 +190,8 @@ impl Stats {
             all.origin_bytes += c.origin_bytes;
             all.slice_hits += c.slice_hits;
             all.slice_misses += c.slice_misses;
+            all.list_hits += c.list_hits;
+            all.list_misses += c.list_misses;
         }
         let whole = |layer: Layer| -> Option<Usage> {
             match layer {
@@ -245,6 +256,8 @@ impl Stats {
                 origin_bytes: c.origin_bytes,
                 slice_hits: c.slice_hits,
                 slice_misses: c.slice_misses,
+                list_hits: c.list_hits,
+                list_misses: c.list_misses,
             }
         };
 

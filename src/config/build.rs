@@ -329,7 +329,18 @@ fn buckets(cx: &mut Ctx<'_>, key: &str, v: Value, jwt_present: bool) -> Option<V
     let mut ok = true;
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut prefixes: HashMap<&str, usize> = HashMap::new();
+    let mut hosts: HashMap<&str, usize> = HashMap::new();
     for (i, b) in list.iter().enumerate() {
+        if let Some(h) = b.host.as_deref() {
+            if let Some(first) = hosts.insert(h, i) {
+                hosts.insert(h, first);
+                cx.problem(
+                    &format!("{key}[{i}].host"),
+                    format!("duplicate host `{h}` (also buckets[{first}])"),
+                );
+                ok = false;
+            }
+        }
         if let Some(first) = names.insert(&b.name, i) {
             names.insert(&b.name, first);
             cx.problem(
@@ -348,6 +359,29 @@ fn buckets(cx: &mut Ctx<'_>, key: &str, v: Value, jwt_present: bool) -> Option<V
         }
     }
     ok.then_some(list)
+}
+
+/// A bucket's virtual-host name (`host`): a DNS name as clients send it in `Host`, lowercase
+/// (the router compares case-insensitively, so an uppercase name would only mislead), without
+/// a port (any port of the listener matches) or a trailing dot.
+fn validate_virtual_host(h: &str) -> Result<(), String> {
+    if h.len() > 253 {
+        return Err("must be at most 253 characters".into());
+    }
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if !h.split('.').all(ok_label) {
+        return Err(format!(
+            "`{h}` is not a lowercase DNS name (labels of a-z 0-9 -, no port, no trailing dot)"
+        ));
+    }
+    Ok(())
 }
 
 fn bucket(cx: &mut Ctx<'_>, mut s: Section, jwt_present: bool) -> Option<BucketConfig> {
@@ -429,6 +463,13 @@ fn bucket(cx: &mut Ctx<'_>, mut s: Section, jwt_present: bool) -> Option<BucketC
     let ttl = s.opt(cx, "ttl", Ctx::duration);
     let negative_present = s.has("negative_ttl");
     let negative_ttl = s.opt(cx, "negative_ttl", Ctx::duration);
+    let list_present = s.has("list_ttl");
+    let list_ttl = s.opt(cx, "list_ttl", Ctx::duration);
+    let host_present = s.has("host");
+    let host = s.opt(cx, "host", |cx, k, v| {
+        let h = cx.nonempty(k, v)?;
+        check(cx, k, validate_virtual_host(&h).map(|()| h))
+    });
     let cors_present = s.has("cors");
     let cors = s.opt(cx, "cors", section_with(cors));
     let connect_timeout = s.or(cx, "connect_timeout", secs(5), Ctx::timeout);
@@ -443,6 +484,8 @@ fn bucket(cx: &mut Ctx<'_>, mut s: Section, jwt_present: bool) -> Option<BucketC
     if (ca_present && ca_file.is_none())
         || (ttl_present && ttl.is_none())
         || (negative_present && negative_ttl.is_none())
+        || (list_present && list_ttl.is_none())
+        || (host_present && host.is_none())
         || (cors_present && cors.is_none())
     {
         return None;
@@ -460,6 +503,8 @@ fn bucket(cx: &mut Ctx<'_>, mut s: Section, jwt_present: bool) -> Option<BucketC
         claims: claims?,
         ttl,
         negative_ttl,
+        list_ttl,
+        host,
         cors,
         connect_timeout: connect_timeout?,
         first_byte_timeout: first_byte_timeout?,
@@ -829,6 +874,7 @@ const MAX_WARM_CONCURRENCY: usize = 64;
 fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
     let ttl = s.or(cx, "ttl", secs(3600), Ctx::duration);
     let negative_ttl = s.or(cx, "negative_ttl", Duration::ZERO, Ctx::duration);
+    let list_ttl = s.or(cx, "list_ttl", DEFAULT_LIST_TTL, Ctx::duration);
     let max_object_size = s.or(cx, "max_object_size", 16 << 20, positive_size);
     let slice_key = s.key("slice_size");
     let slice_set = s.has("slice_size");
@@ -919,6 +965,7 @@ fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
     Some(CacheConfig {
         ttl: ttl?,
         negative_ttl: negative_ttl?,
+        list_ttl: list_ttl?,
         max_object_size,
         slice_size,
         max_sliced_object_size: max_sliced_object_size?,

@@ -46,6 +46,9 @@
 //! | `admin.listen` | absent = served on `server.listen` |
 //! | `cache.ttl` | `1h` |
 //! | `cache.max_object_size` | `16MiB` |
+//! | `cache.list_ttl` | `10s` (listings change as objects are written: short by default) |
+//! | `buckets[].list_ttl` | absent = `cache.list_ttl` |
+//! | `buckets[].host` | absent = path-style requests only |
 //! | `cache.slice_size` | `4MiB`, or `max_object_size` when smaller (set: ≤ `max_object_size`) |
 //! | `cache.max_sliced_object_size` | `100GiB` (≤ `max_object_size` turns slicing off) |
 //! | `cache.slice_readahead` | `4` slices (at most 64) |
@@ -68,7 +71,7 @@
 //!   come from `${ENV}`; booleans must be real TOML booleans.
 //! * **Timeouts** must be > 0. `shutdown_grace`, `jwt.leeway`, `cors.max_age`,
 //!   `stale_if_error`, `stale_while_revalidate` and the TTLs (`cache.ttl`, `buckets[].ttl`,
-//!   `cache.negative_ttl`, `buckets[].negative_ttl`) may be 0: `ttl = 0` stores responses
+//!   `cache.negative_ttl`, `buckets[].negative_ttl`, `cache.list_ttl`, `buckets[].list_ttl`) may be 0: `ttl = 0` stores responses
 //!   without explicit freshness but revalidates them on every use (a cheap `304` from S3),
 //!   `negative_ttl = 0` (the default) caches no 404s.
 //! * **Relative paths** (`tls.cert`, `ca_file`, `jwt.public_key`, `cache.disk.dir`, ...) are
@@ -282,6 +285,11 @@ pub struct BucketConfig {
     pub ttl: Option<Duration>,
     /// Overrides `cache.negative_ttl` for this bucket.
     pub negative_ttl: Option<Duration>,
+    /// Overrides `cache.list_ttl` for this bucket (listings, `crate::bucket`).
+    pub list_ttl: Option<Duration>,
+    /// Virtual-host name: a request whose `Host` (port aside, any case) is this name is for
+    /// this bucket, its whole path the key (`crate::router`). Lowercase, unique.
+    pub host: Option<String>,
     pub cors: Option<CorsConfig>,
     pub connect_timeout: Duration,
     /// Max time from sending a request to the origin until the first byte of its response.
@@ -308,6 +316,9 @@ impl fmt::Debug for BucketConfig {
             .field("auth", &self.auth)
             .field("claims", &self.claims)
             .field("ttl", &self.ttl)
+            .field("negative_ttl", &self.negative_ttl)
+            .field("list_ttl", &self.list_ttl)
+            .field("host", &self.host)
             .field("cors", &self.cors)
             .field("connect_timeout", &self.connect_timeout)
             .field("first_byte_timeout", &self.first_byte_timeout)
@@ -736,6 +747,11 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// `cache.list_ttl` when not set: listings change whenever an object is written, so they are
+/// kept briefly — long enough for a paginating client or a burst of `ls`, short enough that a
+/// new object shows up soon without a purge.
+pub const DEFAULT_LIST_TTL: Duration = Duration::from_secs(10);
+
 /// `[cache]` and its tiers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
@@ -744,6 +760,8 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// How long an origin `404` is cached (zero: not at all).
     pub negative_ttl: Duration,
+    /// How long a bucket listing is cached (zero: listings pass through uncached).
+    pub list_ttl: Duration,
     /// Objects up to this size are cached whole; larger ones as slices (up to
     /// `max_sliced_object_size`).
     pub max_object_size: u64,
@@ -775,6 +793,7 @@ impl CacheConfig {
         CacheConfig {
             ttl: Duration::from_secs(3600),
             negative_ttl: Duration::ZERO,
+            list_ttl: DEFAULT_LIST_TTL,
             max_object_size,
             slice_size: max_object_size,
             max_sliced_object_size: 0,
@@ -1017,6 +1036,12 @@ impl Config {
         self.buckets[bucket]
             .negative_ttl
             .unwrap_or(self.cache.negative_ttl)
+    }
+
+    /// How long a listing of `bucket` stays fresh: the bucket's `list_ttl`, else
+    /// `cache.list_ttl` (zero: listings are not cached).
+    pub fn list_ttl(&self, bucket: usize) -> Duration {
+        self.buckets[bucket].list_ttl.unwrap_or(self.cache.list_ttl)
     }
 
     /// `bucket`'s caching policy: its TTLs (or `[cache]`'s) and `[cache]`'s stale windows.

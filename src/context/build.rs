@@ -41,7 +41,8 @@ impl PerConfig {
     /// starting thread or the reload thread, never a worker).
     fn build(config: &Config) -> Result<PerConfig, String> {
         let prefixes: Vec<&str> = config.buckets.iter().map(|b| b.prefix.as_str()).collect();
-        let router = Router::new(&prefixes);
+        let hosts: Vec<Option<&str>> = config.buckets.iter().map(|b| b.host.as_deref()).collect();
+        let router = Router::new(&prefixes).with_hosts(&hosts);
         let mut client_tls = Vec::with_capacity(config.buckets.len());
         for b in &config.buckets {
             client_tls.push(match b.endpoint.scheme {

@@ -244,9 +244,11 @@ fn fill_after_range_miss<S>(x: &Exchange<'_, '_, '_, S>, t: &Target<'_>, head: &
     }
 }
 
-/// `OPTIONS` on an object route: a CORS preflight for buckets with `cors`, else the allowed
-/// methods.
-async fn options<S: AsyncWriteRent>(x: &mut Exchange<'_, '_, '_, S>) -> Result<Sent, Error> {
+/// `OPTIONS` on an object (or bucket) route: a CORS preflight for buckets with `cors`, else
+/// the allowed methods.
+pub(crate) async fn options<S: AsyncWriteRent>(
+    x: &mut Exchange<'_, '_, '_, S>,
+) -> Result<Sent, Error> {
     let allow = [("Allow", "GET, HEAD, OPTIONS")];
     let req = x.req;
     let Some(cfg) = x.w.shared.config.buckets[x.bucket].cors.as_ref() else {

@@ -22,6 +22,7 @@ mod hostile;
 mod jwt_support;
 mod lifecycle;
 mod limits;
+mod listing;
 mod metrics;
 mod negative;
 mod origin_errors;

@@ -182,8 +182,8 @@ fn origin_statuses_map_to_json_errors() {
     let r = http::get(s.corvid.addr(), "/nope/x", &[]);
     assert_eq!(r.status, 404);
     assert_eq!(json(&r)["error"], "not_found");
-    let r = http::get(s.corvid.addr(), "/errs", &[]);
-    assert_eq!(r.status, 404, "a prefix without a key: {}", r.text());
+    let r = http::get(s.corvid.addr(), "/err", &[]);
+    assert_eq!(r.status, 404, "part of a prefix's segment: {}", r.text());
 }
 
 #[test]

@@ -382,6 +382,13 @@ impl Stats {
 /// The mapping happens after signature verification, so clients (corvid)
 /// still sign and send the real key; only the on-disk name changes.
 /// ListObjects shows mapped names for such keys.
+///
+/// Listings: s3s-fs echoes `encoding-type=url` without encoding anything, so a client that
+/// asked for it (the AWS CLI, boto3 and rclone all do) would decode `%` and `+` in keys that
+/// were never encoded. [`KeyMappingFs`] encodes the answer as S3 (and moto) do —
+/// `Key`, `Prefix`, `Delimiter`, `StartAfter`, `Marker`, `NextMarker` and `CommonPrefixes`,
+/// percent-encoded with `/` kept — and serves ListObjects V1 from s3s-fs's V1 (itself built
+/// on V2), so the origin lists like S3 on the wire.
 pub fn storage_key(key: &str) -> String {
     let clean = key.len() <= 100
         && !key.is_empty()
@@ -403,25 +410,23 @@ pub fn storage_key(key: &str) -> String {
 /// s3s-fs with [`storage_key`] applied to object operations.
 pub struct KeyMappingFs {
     inner: s3s_fs::FileSystem,
+    root: PathBuf,
 }
 
 impl KeyMappingFs {
     pub fn new(root: &Path) -> Self {
         KeyMappingFs {
             inner: s3s_fs::FileSystem::new(root).expect("s3s-fs root"),
+            root: root.to_path_buf(),
         }
     }
-}
 
-/// A key as an `encoding-type=url` listing carries it (Python's `urllib.parse.quote`, as moto).
-fn listing_encode(s: &str) -> String {
-    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~')
-        .remove(b'/');
-    percent_encoding::utf8_percent_encode(s, SET).to_string()
+    /// s3s-fs answers a GET/HEAD of a key that is a "directory" of other keys (`data` when
+    /// `data/x` exists) with a 500; S3 has no such object: 404, as rclone expects when it
+    /// checks whether a remote path is a file.
+    fn is_directory(&self, bucket: &str, key: &str) -> bool {
+        !key.is_empty() && self.root.join(bucket).join(storage_key(key)).is_dir()
+    }
 }
 
 fn map_key<T>(mut req: S3Request<T>, key: impl FnOnce(&mut T) -> &mut String) -> S3Request<T> {
@@ -464,44 +469,50 @@ impl s3s::S3 for KeyMappingFs {
         &self,
         req: S3Request<dto::ListObjectsV2Input>,
     ) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
-        // s3s-fs echoes `encoding-type=url` but leaves the keys as they are; S3 (and moto)
-        // URL-encode them then, and SDKs decode them (`+` is a space there). Encoded here as
-        // moto does (Python's `quote`: all but unreserved characters and `/`), so that the
-        // origin answers such a listing as S3 does.
-        let url = req
-            .input
-            .encoding_type
-            .as_ref()
-            .is_some_and(|e| e.as_str() == "url");
-        let mut resp = self.inner.list_objects_v2(req).await?;
-        if url {
-            let out = &mut resp.output;
-            let keys = out
-                .contents
-                .iter_mut()
-                .flatten()
-                .filter_map(|o| o.key.as_mut());
-            let prefixes = out
-                .common_prefixes
-                .iter_mut()
-                .flatten()
-                .filter_map(|p| p.prefix.as_mut());
-            for s in keys
-                .chain(prefixes)
-                .chain(out.prefix.as_mut())
-                .chain(out.start_after.as_mut())
-                .chain(out.delimiter.as_mut())
-            {
-                *s = listing_encode(s);
-            }
+        let url = is_url(&req.input.encoding_type);
+        let resp = self.inner.list_objects_v2(req).await?;
+        if !url {
+            return Ok(resp);
         }
-        Ok(resp)
+        Ok(resp.map_output(|mut o| {
+            for f in [&mut o.prefix, &mut o.delimiter, &mut o.start_after] {
+                url_encode_field(f);
+            }
+            url_encode_listing(&mut o.contents, &mut o.common_prefixes);
+            o
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<dto::ListObjectsInput>,
+    ) -> S3Result<S3Response<dto::ListObjectsOutput>> {
+        let url = is_url(&req.input.encoding_type);
+        let resp = s3s::S3::list_objects(&self.inner, req).await?;
+        if !url {
+            return Ok(resp);
+        }
+        Ok(resp.map_output(|mut o| {
+            for f in [
+                &mut o.prefix,
+                &mut o.delimiter,
+                &mut o.marker,
+                &mut o.next_marker,
+            ] {
+                url_encode_field(f);
+            }
+            url_encode_listing(&mut o.contents, &mut o.common_prefixes);
+            o
+        }))
     }
 
     async fn get_object(
         &self,
         req: S3Request<dto::GetObjectInput>,
     ) -> S3Result<S3Response<dto::GetObjectOutput>> {
+        if self.is_directory(&req.input.bucket, &req.input.key) {
+            return Err(s3s::s3_error!(NoSuchKey));
+        }
         self.inner.get_object(map_key(req, |i| &mut i.key)).await
     }
 
@@ -509,6 +520,9 @@ impl s3s::S3 for KeyMappingFs {
         &self,
         req: S3Request<dto::HeadObjectInput>,
     ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
+        if self.is_directory(&req.input.bucket, &req.input.key) {
+            return Err(s3s::s3_error!(NoSuchKey));
+        }
         self.inner.head_object(map_key(req, |i| &mut i.key)).await
     }
 
@@ -524,6 +538,28 @@ impl s3s::S3 for KeyMappingFs {
         req: S3Request<dto::DeleteObjectInput>,
     ) -> S3Result<S3Response<dto::DeleteObjectOutput>> {
         self.inner.delete_object(map_key(req, |i| &mut i.key)).await
+    }
+}
+
+fn is_url(e: &Option<dto::EncodingType>) -> bool {
+    e.as_ref().is_some_and(|e| e.as_str() == "url")
+}
+
+fn url_encode_field(f: &mut Option<String>) {
+    if let Some(v) = f.as_mut() {
+        *v = super::s3client::encode_key(v);
+    }
+}
+
+fn url_encode_listing(
+    contents: &mut Option<Vec<dto::Object>>,
+    prefixes: &mut Option<Vec<dto::CommonPrefix>>,
+) {
+    for o in contents.iter_mut().flatten() {
+        url_encode_field(&mut o.key);
+    }
+    for p in prefixes.iter_mut().flatten() {
+        url_encode_field(&mut p.prefix);
     }
 }
 
