@@ -240,7 +240,8 @@ fn failures_map_to_status_challenge_and_reason() {
                 assert_eq!(e.www_authenticate(), Some("Bearer"));
                 assert_eq!(e.kind(), Kind::Unauthenticated);
             }
-            AuthFailure::Claim | AuthFailure::AdminClaim => {
+            // A bad fleet peer header: no token was involved, no challenge.
+            AuthFailure::Claim | AuthFailure::AdminClaim | AuthFailure::Peer => {
                 assert_eq!((e.status(), e.www_authenticate()), (403, None));
                 assert_eq!(e.kind(), Kind::Forbidden);
             }
@@ -260,7 +261,7 @@ fn failures_map_to_status_challenge_and_reason() {
     ] {
         assert!(reasons.contains(r), "{r}");
     }
-    for r in ["audience", "algorithm", "kid", "claim"] {
+    for r in ["audience", "algorithm", "kid", "claim", "peer"] {
         assert!(reasons.contains(r), "{r}");
     }
 }
