@@ -1,7 +1,9 @@
 //! What is cached, under which key, for how long (pure).
 //!
 //! - Keys: `bucket name \0 object key`, plus `\0name=value` for each forwarded query parameter
-//!   (`versionId`, `response-*`), so an override never serves another variant's bytes. Bucket
+//!   (`versionId`), so a version never serves another version's bytes. The `response-*`
+//!   overrides are not part of the key: they change only the answer's head, which corvid
+//!   writes from the one entry (`object::overrides`). Bucket
 //!   names (`A-Z a-z 0-9 _ . -`) and object keys (the router refuses NUL) never contain NUL, so
 //!   the separators are unambiguous: `bucket \0` selects one bucket, `bucket \0 key \0` the
 //!   variants of one object.
