@@ -38,3 +38,4 @@ mod slices;
 mod slices_clients;
 mod streaming;
 mod tls;
+mod versions;
