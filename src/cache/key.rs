@@ -3,9 +3,8 @@
 //! - Keys: `bucket name \0 object key`, plus `\0name=value` for each forwarded query parameter
 //!   (`versionId`), so a version never serves another version's bytes. The `response-*`
 //!   overrides are not part of the key: they change only the answer's head, which corvid
-//!   writes from the one entry (`object::overrides`). Bucket
-//!   names (`A-Z a-z 0-9 _ . -`) and object keys (the router refuses NUL) never contain NUL, so
-//!   the separators are unambiguous: `bucket \0` selects one bucket, `bucket \0 key \0` the
+//!   writes from the one entry (`object::overrides`). Bucket names (`A-Z a-z 0-9 _ . -`) and
+//!   object keys (the router refuses NUL) never contain NUL, so the separators are unambiguous: `bucket \0` selects one bucket, `bucket \0 key \0` the
 //!   variants of one object.
 //! - Only complete 200 answers to GET are stored, up to `cache.max_object_size`; whether and
 //!   for how long the origin's answer may be stored is RFC 9111's (`object::freshness`).
