@@ -6,12 +6,15 @@
 # start-up and warm-up excluded. Prints the figure and the top functions of the larger run.
 #
 #   perf/callgrind_hits.sh                  # N1=2000 N2=12000
+#   QUERY='?response-content-type=text%2Fplain' perf/callgrind_hits.sh   # hits with overrides
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
 
 N1=${N1:-2000}
 N2=${N2:-12000}
+# Appended to the object's path (the fill and every hit): e.g. response-* overrides.
+export QUERY=${QUERY:-}
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 build_release --bin corvid --example origin
 make_workdir
@@ -29,11 +32,11 @@ run_once() {
   local pid=$!
   wait_http "http://127.0.0.1:$port/health"
   python3 - "$port" "$n" <<'PY'
-import http.client, sys
+import http.client, os, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
 c = http.client.HTTPConnection("127.0.0.1", port)
 def get():
-    c.request("GET", "/perf/1k")
+    c.request("GET", "/perf/1k" + os.environ["QUERY"])
     r = c.getresponse()
     body = r.read()
     assert r.status == 200 and len(body) == 1024, r.status
@@ -52,7 +55,7 @@ a=$ir
 run_once "$N2"
 b=$ir
 machine_line
-echo "# callgrind, corvid 1 worker (legacy driver), 1 KiB memory hits over one keep-alive connection"
+echo "# callgrind, corvid 1 worker (legacy driver), 1 KiB memory hits over one keep-alive connection${QUERY:+, query $QUERY}"
 echo "Ir($N1 hits) = $a; Ir($N2 hits) = $b"
 echo "instructions per hit: $(( (b - a) / (N2 - N1) ))"
 echo "# top functions, $N2-hit run (inclusive of start-up):"

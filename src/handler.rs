@@ -253,6 +253,22 @@ async fn object<S: AsyncWriteRent>(
             return Err(f.into());
         }
     }
+    let Some(key) = key else {
+        // The bucket itself (a listing, HeadBucket…): its own query rules (`bucket::query`).
+        let mut x = crate::object::exchange::Exchange {
+            w,
+            answer,
+            req,
+            bucket,
+            log,
+            from_peer,
+            overrides: Default::default(),
+        };
+        return crate::bucket::serve(&mut x, query).await;
+    };
+    // Decoded into a recycled buffer, like the cache key: a hit allocates nothing.
+    let mut decoded = w.scratch();
+    let q = crate::router::object_query(query, &mut decoded)?;
     let mut x = crate::object::exchange::Exchange {
         w,
         answer,
@@ -260,11 +276,9 @@ async fn object<S: AsyncWriteRent>(
         bucket,
         log,
         from_peer,
+        overrides: crate::object::overrides::Overrides::of(&q.overrides),
     };
-    match key {
-        Some(key) => crate::object::serve(&mut x, key, query).await,
-        None => crate::bucket::serve(&mut x, query).await,
-    }
+    crate::object::serve(&mut x, key, &q.forwarded).await
 }
 
 /// Whether `req` comes from a member of this instance's fleet: a request that says so (an
@@ -294,9 +308,9 @@ fn from_peer(w: &Worker, req: &Request<'_>) -> Result<bool, Error> {
 
 /// Checks the token of a request for `bucket` (which has `auth = true`): found in the
 /// configured sources, verified (through this worker's token cache), the bucket's claim rules
-/// held. The token itself goes no further: the forwarded query keeps only `versionId` and
-/// `response-*` (`router::forwarded_query`), so a query token never reaches the origin or the
-/// cache key, and headers are never forwarded.
+/// held. The token itself goes no further: the query keeps only `versionId` (forwarded) and
+/// the `response-*` overrides (applied by corvid: `router::object_query`), so a query token
+/// never reaches the origin or the cache key, and headers are never forwarded.
 fn authorize(
     w: &Worker,
     req: &Request<'_>,

@@ -24,14 +24,16 @@
 //!   (they cannot appear in a well-formed request line). Absolute-form targets
 //!   (`http://host/p`) are accepted with any host: which host a request was addressed to is not
 //!   the router's business. An empty query (`/p?`) is `Some("")`.
-//! * Query parameters forwarded upstream: `versionId` and the six S3 `response-*` overrides;
+//! * Query parameters of an object request: `versionId`, forwarded upstream and part of the
+//!   cache key, and the six S3 `response-*` overrides, which corvid applies to its own answer
+//!   (`object::overrides`) and never forwards nor keys, so one cached object serves them all;
 //!   everything else is dropped. Names and values are percent-decoded and `+` is a literal `+`
 //!   (not a space), matching how S3 and SigV4 canonicalisation read a query, so a signed
 //!   upstream request carries exactly what the client meant. Malformed percent-encoding anywhere
 //!   in the query is `400`, even in a parameter that would be dropped (a malformed request is
-//!   malformed). A forwarded value that is not UTF-8 or contains a control character is `400`,
-//!   since `response-*` values become response headers (no header injection). A forwarded
-//!   parameter given twice is `400` (ambiguous). The result is sorted by name, the order both
+//!   malformed). A kept value that is not UTF-8 or contains a control character is `400`,
+//!   since `response-*` values become response headers (no header injection). A kept
+//!   parameter given twice is `400` (ambiguous). Each list is sorted by name, the order both
 //!   SigV4 canonical queries and cache keys want.
 
 use std::collections::HashMap;
@@ -87,8 +89,9 @@ pub const KEY_ENCODE_SET: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'/');
 
-/// Query parameters forwarded upstream, sorted.
-const FORWARDED_PARAMS: [&str; 7] = [
+/// Query parameters an object request keeps, sorted: the `response-*` overrides
+/// ([`ObjectQuery::overrides`]) and `versionId` ([`ObjectQuery::forwarded`]).
+const KEPT_PARAMS: [&str; 7] = [
     "response-cache-control",
     "response-content-disposition",
     "response-content-encoding",
@@ -372,27 +375,36 @@ pub fn encode_key(key: &str) -> String {
     percent_encoding::utf8_percent_encode(key, KEY_ENCODE_SET).to_string()
 }
 
-/// The forwarded query parameters of one request (`versionId`, the S3 `response-*`
-/// overrides): canonical name and decoded value, sorted by name. Each name appears at most
-/// once, so they fit a fixed array and parsing them allocates nothing.
-pub type Params<'a> = ArrayVec<(&'static str, &'a str), { FORWARDED_PARAMS.len() }>;
+/// Query parameters of one request: canonical name and decoded value, sorted by name. Each
+/// name appears at most once, so they fit a fixed array and parsing them allocates nothing.
+pub type Params<'a> = ArrayVec<(&'static str, &'a str), { KEPT_PARAMS.len() }>;
 
-/// From the raw query string, the decoded parameters forwarded upstream, their values decoded
+/// The query parameters of an object request that corvid acts on.
+#[derive(Debug, Default)]
+pub struct ObjectQuery<'a> {
+    /// Forwarded upstream and part of the cache key: `versionId`.
+    pub forwarded: Params<'a>,
+    /// The S3 `response-*` overrides (`response-content-type`, ...): applied by corvid to its
+    /// answer, neither forwarded nor part of the cache key.
+    pub overrides: Params<'a>,
+}
+
+/// From the raw query string, the parameters an object request keeps, their values decoded
 /// into `scratch` (cleared first; a worker's recycled buffer on the request path); see the
 /// module docs for the decoding rules.
-pub fn forwarded_query<'a>(
+pub fn object_query<'a>(
     query: Option<&str>,
     scratch: &'a mut Vec<u8>,
-) -> Result<Params<'a>, Error> {
+) -> Result<ObjectQuery<'a>, Error> {
     scratch.clear();
-    let mut spans: ArrayVec<(&'static str, std::ops::Range<usize>), { FORWARDED_PARAMS.len() }> =
+    let mut spans: ArrayVec<(&'static str, std::ops::Range<usize>), { KEPT_PARAMS.len() }> =
         ArrayVec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
         // Compared while decoding, so that a dropped parameter (`?v=3` cache busting on a hit)
         // costs no copy.
         check_percent(raw_name.as_bytes())?;
-        let Some(&name) = FORWARDED_PARAMS
+        let Some(&name) = KEPT_PARAMS
             .iter()
             .find(|p| percent_decode(raw_name.as_bytes()).eq(p.bytes()))
         else {
@@ -405,11 +417,13 @@ pub fn forwarded_query<'a>(
         }
         let start = scratch.len();
         percent_decode_into(raw_value.as_bytes(), scratch)?;
-        // At most one span per name in FORWARDED_PARAMS (checked above): never full.
+        // At most one span per name in KEPT_PARAMS (checked above): never full.
         spans.push((name, start..scratch.len()));
     }
     let decoded: &'a [u8] = scratch;
-    let mut out = Params::new();
+    let mut out = ObjectQuery::default();
+    // Sorted here, so each list below is sorted too.
+    spans.sort_unstable_by(|a, b| a.0.cmp(b.0));
     for (name, span) in spans {
         let value = std::str::from_utf8(&decoded[span])
             .map_err(|_| bad_request("query parameter value is not valid UTF-8"))?;
@@ -418,9 +432,11 @@ pub fn forwarded_query<'a>(
                 "query parameter value contains a control character",
             ));
         }
-        out.push((name, value));
+        match name.starts_with("response-") {
+            true => out.overrides.push((name, value)),
+            false => out.forwarded.push((name, value)),
+        }
     }
-    out.sort_unstable_by(|a, b| a.0.cmp(b.0));
     Ok(out)
 }
 
@@ -669,12 +685,13 @@ mod tests {
         assert_eq!(decode_key("%").unwrap_err().kind(), Kind::BadRequest);
     }
 
-    /// `forwarded_query` with owned results, for comparisons.
+    /// `object_query` with owned results (overrides, then forwarded), for comparisons.
     fn fq(query: Option<&str>) -> Result<Vec<(String, String)>, Error> {
         let mut scratch = Vec::new();
-        let params = forwarded_query(query, &mut scratch)?;
-        Ok(params
+        let q = object_query(query, &mut scratch)?;
+        Ok(q.overrides
             .iter()
+            .chain(q.forwarded.iter())
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect())
     }
@@ -713,6 +730,22 @@ mod tests {
         assert_eq!(
             fq(Some("version%49d=x&VERSIONID=y")).unwrap(),
             vec![("versionId".into(), "x".into())]
+        );
+    }
+
+    /// `versionId` is forwarded (and keyed); the `response-*` overrides are corvid's to apply.
+    #[test]
+    fn overrides_are_kept_apart_from_forwarded_params() {
+        let mut scratch = Vec::new();
+        let q = object_query(
+            Some("response-expires=0&versionId=3&x=1&response-content-type=a%2Fb"),
+            &mut scratch,
+        )
+        .unwrap();
+        assert_eq!(q.forwarded.as_slice(), &[("versionId", "3")]);
+        assert_eq!(
+            q.overrides.as_slice(),
+            &[("response-content-type", "a/b"), ("response-expires", "0")]
         );
     }
 
@@ -763,7 +796,7 @@ mod tests {
         #[test]
         fn decode_never_panics(s in "[%0-9a-fA-F/.a-z\\x00]{0,32}") {
             let _ = decode_key(&s);
-            let _ = forwarded_query(Some(&s), &mut Vec::new());
+            let _ = object_query(Some(&s), &mut Vec::new());
             let _ = split_target(&s);
         }
     }

@@ -2,7 +2,7 @@
 //! the router hands out must be one corvid is willing to fetch (no NUL, no dot segments) and
 //! must survive an encode → decode round trip unchanged.
 #![no_main]
-use corvid::router::{decode_key, encode_key, forwarded_query, split_target, Route, Router};
+use corvid::router::{decode_key, encode_key, object_query, split_target, Route, Router};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let mut paths = vec![target];
     if let Ok((path, query)) = split_target(target) {
         paths.push(path);
-        let _ = forwarded_query(query, &mut Vec::new());
+        let _ = object_query(query, &mut Vec::new());
     }
     for path in paths {
         if let Ok(Route::Object { key, .. }) = router.route(path) {

@@ -210,6 +210,36 @@ impl Meta {
     pub fn write_header_block(&self, out: &mut Vec<u8>) {
         out.reserve((self.lines & !SLICED) as usize + DATE_LINE);
         fields::render(self.field_bytes(), out);
+        self.write_date(out);
+    }
+
+    /// [`Meta::write_header_block`] with the fields named in `replaced` (name, value) written
+    /// with the given values instead of the stored ones — a client's `response-*` overrides
+    /// (`object::overrides`), which are never stored: the stored fields of those names (any
+    /// case) are left out and the given lines follow the others. Slower than the plain block
+    /// (each stored field is compared with the replaced names), still allocation-free once
+    /// `out` has room.
+    pub fn write_header_block_replacing(&self, out: &mut Vec<u8>, replaced: &[(&str, &str)]) {
+        let given: usize = replaced.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        out.reserve((self.lines & !SLICED) as usize + given + DATE_LINE);
+        for f in self.headers() {
+            if replaced.iter().any(|(n, _)| f.is(n)) {
+                continue;
+            }
+            for part in [f.prefix, f.rest, ": ", f.value, "\r\n"] {
+                out.extend_from_slice(part.as_bytes());
+            }
+        }
+        for (n, v) in replaced {
+            for part in [n, ": ", v, "\r\n"] {
+                out.extend_from_slice(part.as_bytes());
+            }
+        }
+        self.write_date(out);
+    }
+
+    /// `Date: ` of the age origin, one line.
+    fn write_date(&self, out: &mut Vec<u8>) {
         let mut line = *b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n";
         line[6..35].copy_from_slice(&date::cached_imf_fixdate(self.stored_at_ms / 1000));
         out.extend_from_slice(&line);
@@ -658,6 +688,31 @@ mod tests {
         );
         // The body points into the encoded buffer.
         assert_eq!(d.body.as_ptr(), enc[enc.len() - o.body.len()..].as_ptr());
+    }
+
+    /// Replaced fields are left out whatever their case and the given lines follow; the rest
+    /// renders as the plain block does.
+    #[test]
+    fn header_block_replacing_leaves_out_the_replaced_fields() {
+        let m = obj().meta;
+        let mut plain = Vec::new();
+        m.write_header_block(&mut plain);
+        let mut same = Vec::new();
+        m.write_header_block_replacing(&mut same, &[]);
+        assert_eq!(plain, same);
+        let mut out = Vec::new();
+        m.write_header_block_replacing(
+            &mut out,
+            &[
+                ("content-type", "text/x-a"),
+                ("Content-Disposition", "inline"),
+            ],
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ETag: \"abc\"\r\nx-amz-meta-owner: \u{fc}n\u{ef}\r\ncontent-type: text/x-a\r\n\
+             Content-Disposition: inline\r\nDate: Tue, 14 Nov 2023 22:13:20 GMT\r\n"
+        );
     }
 
     #[test]

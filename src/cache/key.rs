@@ -1,9 +1,10 @@
 //! What is cached, under which key, for how long (pure).
 //!
 //! - Keys: `bucket name \0 object key`, plus `\0name=value` for each forwarded query parameter
-//!   (`versionId`, `response-*`), so an override never serves another variant's bytes. Bucket
-//!   names (`A-Z a-z 0-9 _ . -`) and object keys (the router refuses NUL) never contain NUL, so
-//!   the separators are unambiguous: `bucket \0` selects one bucket, `bucket \0 key \0` the
+//!   (`versionId`), so a version never serves another version's bytes. The `response-*`
+//!   overrides are not part of the key: they change only the answer's head, which corvid
+//!   writes from the one entry (`object::overrides`). Bucket names (`A-Z a-z 0-9 _ . -`) and
+//!   object keys (the router refuses NUL) never contain NUL, so the separators are unambiguous: `bucket \0` selects one bucket, `bucket \0 key \0` the
 //!   variants of one object.
 //! - Listings (`crate::bucket`): `bucket name \0 listed prefix \0 ?` + the canonical query
 //!   of the forwarded list parameters. Filed under their prefix, so the bucket purge and every

@@ -9,8 +9,9 @@
 //!
 //! # Decisions
 //!
-//! - **An object is all its variants.** A request with `versionId` or `response-*` overrides
-//!   is cached under its own key (`bucket \0 key \0 name=value…`, see [`key`]). Purging an
+//! - **An object is all its variants.** A request with `versionId` is cached under its own
+//!   key (`bucket \0 key \0 name=value…`, see [`key`]; entries written before issue 19 may
+//!   also carry `response-*` overrides, which are no longer keyed). Purging an
 //!   object removes the plain key and every variant: whoever purges an object wants the next
 //!   request to see the origin, whatever its query. Object keys never contain NUL (the router
 //!   refuses them), so `bucket \0 key \0` selects exactly the variants of that object and never

@@ -3,8 +3,9 @@
 //! check and the one retry), signed with the peer header.
 //!
 //! The request is the one the origin would get, in corvid's own terms: the same method, the
-//! bucket's prefix and the key (encoded once, `/` kept), the forwarded query (`versionId`,
-//! `response-*`) and the forwarded headers (`Range`, `If-*`). The owner routes it like a
+//! bucket's prefix and the key (encoded once, `/` kept), the forwarded query (`versionId`; a
+//! client's `response-*` overrides are applied by the member that answers the client) and the
+//! forwarded headers (`Range`, `If-*`). The owner routes it like a
 //! client's request, so members must share their bucket configuration (the same prefixes and
 //! names: one ConfigMap in Kubernetes).
 

@@ -224,6 +224,9 @@ pub struct UpstreamHead {
     /// The fleet member that answered instead of the origin (`crate::fleet`), by name; set by
     /// the peer client.
     pub peer: Option<std::sync::Arc<str>>,
+    /// The request named one version of the object (`versionId`), whose bytes never change:
+    /// its answer is stored as immutable (`object::freshness::of_version`). Set by the sender.
+    pub names_version: bool,
 }
 
 impl UpstreamHead {
@@ -374,6 +377,7 @@ pub fn parse_response(
             sent_at_ms: 0,
             took: std::time::Duration::ZERO,
             peer: None,
+            names_version: false,
         };
         return Ok(Some((head, at + end)));
     }

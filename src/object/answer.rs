@@ -101,7 +101,8 @@ pub fn write_head<S>(
 }
 
 /// The head lines shared by every answer that comes from (or goes into) the cache: status,
-/// the stored origin headers, `Accept-Ranges`, `Age`, `X-Cache`, `X-Cache-Layer`, CORS.
+/// the stored origin headers (those the client overrides replaced: [`super::overrides`]),
+/// `Accept-Ranges`, `Age`, `X-Cache`, `X-Cache-Layer`, CORS.
 /// The caller adds the length headers and ends the head.
 pub fn write_object_head<S>(
     x: &mut Exchange<'_, '_, '_, S>,
@@ -113,7 +114,13 @@ pub fn write_object_head<S>(
     let a = &mut *x.answer;
     // The stored response's Date is in the block (see `cache::entry`).
     a.start(status, &x.req.id, x.req.close, DateField::Elsewhere);
-    a.prepared(|head| meta.write_header_block(head));
+    // The common case, a request without `response-*` overrides, renders the block as is.
+    if x.overrides.is_empty() {
+        a.prepared(|head| meta.write_header_block(head));
+    } else {
+        let replaced = x.overrides.fields();
+        a.prepared(|head| meta.write_header_block_replacing(head, replaced));
+    }
     a.header("Accept-Ranges", b"bytes");
     // Age (RFC 9111 §5.1): on every answer from cache; on a miss only when the origin's answer
     // already had one (it came through another cache), which the age origin carries.

@@ -52,7 +52,9 @@ pub fn decide(entry: Option<&Meta>, policy: &Policy, now_ms: u64) -> Phase {
 
 /// Whether an origin answer may be stored, and its freshness: RFC 9111 over all its
 /// `Cache-Control` lines, `Expires`, `Date` and `Age`, received at `now_ms`. `status` is what
-/// would be stored: the head's own, or 200 for the whole object a `206` is part of.
+/// would be stored: the head's own, or 200 for the whole object a `206` is part of. An object
+/// asked for by version ([`UpstreamHead::names_version`]) is immutable
+/// ([`freshness::of_version`]); a 404 for a version is a 404 like any other.
 pub fn storable(
     head: &UpstreamHead,
     status: u16,
@@ -68,7 +70,11 @@ pub fn storable(
         date: head.header("date"),
         age: head.header("age"),
     };
-    freshness::store(&resp, policy, times(head, now_ms))
+    let f = freshness::store(&resp, policy, times(head, now_ms))?;
+    Ok(match head.names_version && status == 200 {
+        true => freshness::of_version(f, now_ms),
+        false => f,
+    })
 }
 
 /// Whether an origin `200` for an object of `len` bytes (None: not known until its body has
@@ -139,6 +145,10 @@ pub fn after_not_modified(
         age: head.header("age"),
     };
     let f = freshness::store(&resp, policy, times(head, now_ms))?;
+    let f = match head.names_version {
+        true => freshness::of_version(f, now_ms),
+        false => f,
+    };
     // A sliced object's entry stays one: the 304 confirmed the version its slices hold.
     let object_len = stale.sliced_len().unwrap_or(0);
     Ok(Arc::new(
@@ -251,6 +261,7 @@ mod tests {
             sent_at_ms: NOW - 40,
             took: std::time::Duration::ZERO,
             peer: None,
+            names_version: false,
         }
     }
 
@@ -330,6 +341,51 @@ mod tests {
             40,
             "the response delay counts as age"
         );
+    }
+
+    /// A version (`versionId`) is fresh for a year whatever its `Cache-Control` says, unless
+    /// it may not be stored at all; a 404 for a version is a plain negative answer.
+    #[test]
+    fn a_named_version_is_stored_as_immutable() {
+        let version = |status, headers: &[(&str, &str)]| UpstreamHead {
+            names_version: true,
+            ..head(status, headers)
+        };
+        let year = freshness::VERSION_LIFETIME_MS;
+        for cc in ["max-age=0", "no-cache", "max-age=60, must-revalidate", ""] {
+            let f = storable(&version(200, &[("cache-control", cc)]), 200, &POLICY, NOW).unwrap();
+            assert_eq!(f.expires_at_ms, NOW + year, "{cc:?}");
+            assert_eq!(
+                NOW - f.age_origin_ms,
+                40,
+                "{cc:?}: the age is still the answer's"
+            );
+        }
+        let longer = version(200, &[("cache-control", "max-age=63072000")]);
+        let f = storable(&longer, 200, &POLICY, NOW).unwrap();
+        assert!(
+            f.expires_at_ms > NOW + year,
+            "the origin's longer lifetime stands"
+        );
+        assert_eq!(
+            storable(
+                &version(200, &[("cache-control", "no-store")]),
+                200,
+                &POLICY,
+                NOW
+            ),
+            Err(NotStored::NoStore)
+        );
+        let negative = Policy {
+            negative_ttl_ms: 10_000,
+            ..POLICY
+        };
+        let f = storable(&version(404, &[]), 404, &negative, NOW).unwrap();
+        assert!(f.expires_at_ms <= NOW + 10_000, "a 404 keeps negative_ttl");
+        // A 304 confirming a version makes it fresh for a year again.
+        let stale = meta("no-cache", NOW - 120_000, NOW - 60_000);
+        let m = after_not_modified(&stale, &version(304, &[]), &[], &POLICY, NOW).unwrap();
+        assert_eq!(m.expires_at_ms, NOW + year);
     }
 
     #[test]

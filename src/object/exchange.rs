@@ -16,6 +16,8 @@ use crate::http::response::UpstreamHead;
 use crate::http::writer::Writer;
 use crate::request_log::RequestLog;
 
+use super::overrides::Overrides;
+
 /// Body bytes moved per read/write; bounds the memory one streaming response holds.
 pub const STREAM_CHUNK: usize = 64 * 1024;
 
@@ -32,6 +34,9 @@ pub struct Exchange<'a, 'c, 'r, S> {
     /// Sent by a member of this instance's fleet (a verified `x-corvid-peer`,
     /// `crate::fleet::peer_auth`): answered from here, never forwarded again.
     pub from_peer: bool,
+    /// The client's `response-*` overrides, applied to every successful answer's head
+    /// ([`super::overrides`]).
+    pub overrides: Overrides<'a>,
 }
 
 impl<S: monoio::io::AsyncWriteRent> Exchange<'_, '_, '_, S> {
@@ -74,7 +79,7 @@ impl<S> Exchange<'_, '_, '_, S> {
 }
 
 /// The object a request names: its key at the origin, the forwarded query parameters
-/// (`versionId`, `response-*`) and the cache key built from them.
+/// (`versionId`) and the cache key built from them.
 pub struct Target<'a> {
     pub key: &'a str,
     pub params: &'a [(&'a str, &'a str)],

@@ -127,6 +127,27 @@ pub fn store(resp: &Response<'_>, policy: &Policy, times: Times) -> Result<Fresh
     })
 }
 
+/// How long a stored version of an object stays fresh at least ([`of_version`]): a year, the
+/// lifetime `Cache-Control: immutable` resources conventionally get (`max-age=31536000`).
+pub const VERSION_LIFETIME_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// The freshness of a storable answer (`f`, from [`store`], received at `now_ms`) to a request
+/// that named one version of an object (S3 `versionId`). A version's bytes and metadata never
+/// change (S3 makes a new version for every write, metadata changes included), so revalidating
+/// it could only ever confirm it: it is fresh for [`VERSION_LIFETIME_MS`] from now, or longer
+/// when the origin said so, whatever its `max-age`, `Expires` or `no-cache` — it leaves the
+/// cache by eviction or purge (a deleted version too: purge it). Whether it may be stored at
+/// all is still [`store`]'s (`no-store`, `private`, `Vary: *` keep it out). After a year it is
+/// revalidated once, an `If-None-Match` that a `304` answers.
+pub fn of_version(f: Freshness, now_ms: u64) -> Freshness {
+    Freshness {
+        age_origin_ms: f.age_origin_ms,
+        expires_at_ms: f
+            .expires_at_ms
+            .max(now_ms.saturating_add(VERSION_LIFETIME_MS)),
+    }
+}
+
 /// The explicit freshness lifetime (§4.2.1), or None when the response has no explicit
 /// expiry. An invalid `s-maxage`/`max-age` is 0; so is an `Expires` that is not a valid
 /// HTTP-date (§5.3: "especially the value 0" means already expired).

@@ -38,6 +38,7 @@ pub mod exchange;
 pub mod fill;
 pub mod freshness;
 pub mod origin_error;
+pub mod overrides;
 pub mod revalidate;
 pub mod slice_fill;
 pub mod sliced;
@@ -60,17 +61,18 @@ use crate::http::range;
 use crate::http::request::Method;
 use crate::http::response::UpstreamHead;
 use crate::http::writer::Reply;
-use crate::router::forwarded_query;
 use answer::serve_cached;
 use decide::Phase;
 use exchange::{coalescible, Exchange, Target, XCache};
 use upstream::{fetch_as_asked, pass_through, respond_upstream};
 
-/// Answers one object request (see the module docs for the flow).
+/// Answers one object request (see the module docs for the flow): `params` are its forwarded
+/// query parameters (`versionId`: `router::ObjectQuery::forwarded`); its `response-*`
+/// overrides are in the exchange.
 pub async fn serve<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     key: &str,
-    query: Option<&str>,
+    params: &[(&str, &str)],
 ) -> Result<Sent, Error> {
     match x.req.method() {
         Method::Get | Method::Head => {}
@@ -78,12 +80,9 @@ pub async fn serve<S: AsyncWriteRent>(
         _ => return Err(Error::method_not_allowed("GET, HEAD, OPTIONS")),
     }
     let w = x.w;
-    // Decoded into a recycled buffer, like the cache key below: a hit allocates nothing.
-    let mut decoded = w.scratch();
-    let params = forwarded_query(query, &mut decoded)?;
     let cache = &w.cache;
     if !cache.enabled() {
-        return pass_through(x, key, &params, XCache::Bypass).await;
+        return pass_through(x, key, params, XCache::Bypass).await;
     }
     // In a recycled buffer: a hit allocates nothing (issue 4).
     let mut ckey = w.scratch();
@@ -91,11 +90,11 @@ pub async fn serve<S: AsyncWriteRent>(
         &mut ckey,
         &w.shared.config.buckets[x.bucket].name,
         key,
-        &params,
+        params,
     );
     let target = Target {
         key,
-        params: &params,
+        params,
         ckey: &ckey,
         generation: cache.generation(),
         from_peer: x.from_peer,
@@ -179,7 +178,7 @@ pub async fn serve<S: AsyncWriteRent>(
             }
         }
     }
-    let (head, body) = fetch_as_asked(x, target.route(), key, &params).await?;
+    let (head, body) = fetch_as_asked(x, target.route(), key, params).await?;
     // The key's owner holds the object as slices: answered from slices here.
     if let Some(len) = sliced::relayed_entry(&head) {
         upstream::drain_error_body(body).await;

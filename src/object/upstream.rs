@@ -2,7 +2,8 @@
 //! origin answer through to the client, and mapping origin statuses.
 //!
 //! Origin answers are mapped so that clients see corvid's contract, not S3's XML:
-//! 200/206/304 pass through with the headers in [`PASSED_HEADERS`] and `x-amz-meta-*`;
+//! 200/206/304 pass through with the headers in [`PASSED_HEADERS`] and `x-amz-meta-*` (those
+//! a client's `response-*` overrides replace excepted: [`super::overrides`]);
 //! any other status becomes a JSON error ([`super::origin_error`] reads the small XML error
 //! body; the table of what each status becomes is in [`crate::s3::errors`]).
 
@@ -205,8 +206,13 @@ pub async fn respond_upstream_keeping<S: AsyncWriteRent>(
     a.start(head.status, &req.id, close, date);
     for (name, value) in &head.headers {
         if let Some(display) = passed_header_name(name) {
-            a.header(display, value.as_bytes());
+            if !x.overrides.replaces(name) {
+                a.header(display, value.as_bytes());
+            }
         }
+    }
+    for (name, value) in x.overrides.fields() {
+        a.header(name, value.as_bytes());
     }
     if let Some(age) = head.header("age") {
         a.header("Age", age.as_bytes());
@@ -244,7 +250,7 @@ pub struct Asked<'a> {
     pub is_head: bool,
     /// The decoded object key.
     pub key: &'a str,
-    /// Forwarded query parameters (`versionId`, `response-*`).
+    /// Forwarded query parameters (`versionId`).
     pub query: &'a [(&'a str, &'a str)],
     /// Forwarded headers (`Range`, `If-*`), lowercase names.
     pub headers: &'a [(&'static str, &'a str)],
@@ -309,6 +315,7 @@ pub async fn fetch_origin(
                         let mut head = head;
                         head.sent_at_ms = sent_at_ms;
                         head.took = t0.elapsed();
+                        head.names_version = names_version(a);
                         return Ok((head, body));
                     }
                     Ok((head, body)) => {
@@ -353,6 +360,7 @@ pub async fn fetch_origin(
     if let Ok((head, _)) = &mut res {
         head.sent_at_ms = sent_at_ms;
         head.took = t0.elapsed();
+        head.names_version = names_version(a);
     }
     let outcome = match &res {
         Ok((h, _)) => UpstreamOutcome::Status(h.status),
@@ -361,6 +369,15 @@ pub async fn fetch_origin(
     };
     w.metrics().upstream(bucket, outcome, t0.elapsed());
     res
+}
+
+/// Whether `a` names one version of the object, whose stored answer is then immutable
+/// ([`UpstreamHead::names_version`]). Not `versionId=null`: the *null* version is what a PUT
+/// replaces in a bucket whose versioning is suspended (or was never enabled), so it can change.
+fn names_version(a: &Asked<'_>) -> bool {
+    a.query
+        .iter()
+        .any(|(n, v)| *n == "versionId" && !v.is_empty() && *v != "null")
 }
 
 /// Streams the origin body to the client, the response head pending in `answer`: each read

@@ -3,9 +3,10 @@
 //! What goes upstream, and why:
 //! - Path-style (`/{bucket}/{key}` on the endpoint host) by default, virtual-hosted style
 //!   (`/{key}` on `{bucket}.{host}`) per bucket. The key is encoded once with S3's rules, `/` kept.
-//! - Only `versionId` and the `response-*` overrides of the client's query string are forwarded
-//!   (and signed); everything else in the query is dropped, since S3 would treat unknown
-//!   parameters as sub-resources or reject them.
+//! - Only `versionId` of the client's query string is forwarded (and signed); everything else in
+//!   the query is dropped, since S3 would treat unknown parameters as sub-resources or reject
+//!   them. The `response-*` overrides are applied by corvid itself (`object::overrides`), so
+//!   one cached object serves them all.
 //! - Only these client headers are forwarded: `Range`, `If-None-Match`, `If-Modified-Since`,
 //!   `If-Match`, `If-Unmodified-Since`. The client's `Authorization`, `Cookie`, hop-by-hop and
 //!   every other header stay with corvid: the origin sees corvid's own credentials only.
@@ -30,7 +31,7 @@ pub struct ObjectRequest<'a> {
     pub method: &'a str,
     /// The decoded object key.
     pub key: &'a str,
-    /// Decoded query parameters to forward (`versionId`, `response-*`).
+    /// Decoded query parameters to forward (`versionId`).
     pub query: &'a [(&'a str, &'a str)],
     /// Forwarded client headers (lowercase name, value), a subset of [`FORWARDED_HEADERS`].
     pub headers: &'a [(&'static str, &'a str)],

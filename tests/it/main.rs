@@ -39,4 +39,5 @@ mod slices;
 mod slices_clients;
 mod streaming;
 mod tls;
+mod versions;
 mod warm;
