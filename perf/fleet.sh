@@ -42,18 +42,23 @@ SECRET=fleet-perf-secret-0123456789abcdef
 
 build_release --bin corvid --example origin
 make_workdir
+# The origin's objects (60k files with s3s-fs's sidecars) live in /dev/shm: on this shared
+# machine's busy disk, removing them from /tmp after a run took up to 3 minutes.
+SHM=$(mktemp -d /dev/shm/corvid-fleet.XXXXXX)
+trap 'cleanup_workdir; rm -rf "$SHM"' EXIT
 
 # The catalog: the zipf keys z00000… (the spread part uses the first SPREAD_KEYS of them, the
 # latency part its own object), PUT by the origin example before it says `ready`.
 n_keys=$ZIPF_KEYS
 [ "$SPREAD_KEYS" -gt "$n_keys" ] && n_keys=$SPREAD_KEYS
 mapfile -t catalog < <(python3 perf/fleet_client.py sizes "$n_keys")
-start_origin "$WORK/data" "${catalog[@]}" lat=1024
+start_origin "$SHM/data" "${catalog[@]}" lat=1024
 pids+=("$origin_pid")
-for _ in $(seq 1 1200); do grep -q '^ready' "$WORK/data.log" 2>/dev/null && break; sleep 0.25; done
-grep -q '^ready' "$WORK/data.log" || { echo "origin not ready" >&2; cat "$WORK/data.log" >&2; exit 1; }
-access_key=$(awk -F' = ' '/^access_key/ {print $2}' "$WORK/data.log")
-secret_key=$(awk -F' = ' '/^secret_key/ {print $2}' "$WORK/data.log")
+for _ in $(seq 1 1200); do grep -q '^ready' "$SHM/data.log" 2>/dev/null && break; sleep 0.25; done
+grep -q '^ready' "$SHM/data.log" || { echo "origin not ready" >&2; cat "$SHM/data.log" >&2; exit 1; }
+access_key=$(awk -F' = ' '/^access_key/ {print $2}' "$SHM/data.log")
+secret_key=$(awk -F' = ' '/^secret_key/ {print $2}' "$SHM/data.log")
+t_origin=$SECONDS
 
 # start_instances MODE MEMORY [N]: N (3) instances, 1 worker each, memory tier MEMORY (a TOML
 # value); MODE `fleet` gives them one [cluster] of the N, `alone` none. Sets ports (array)
@@ -127,9 +132,11 @@ check_peer_counts() {
 }
 
 machine_line
+echo "# set-up (build check, origin with $((n_keys + 1)) objects PUT) took ${t_origin} s"
 echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg); corvid $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo +dirty)"
 
 if [[ " $PARTS " == *" spread "* ]]; then
+  t0=$SECONDS
   echo
   echo "# 1. origin GETs per object: $SPREAD_KEYS objects x $SPREAD_ROUNDS rounds x 3 instances, $SPREAD_PROCS concurrent clients"
   printf 'mode\trequests\torigin GETs\tper object\tpeer requests\tseconds\n'
@@ -147,9 +154,11 @@ c = dict(kv.split("=") for kv in sys.argv[3].split())
 print(f"{mode}\t{r['requests']}\t{c['origin']}\t{int(c['origin']) / keys:.2f}\t{c['peer']}\t{r['seconds']}")
 PY
   done
+  echo "# part 1 took $((SECONDS - t0)) s"
 fi
 
 if [[ " $PARTS " == *" zipf "* ]]; then
+  t0=$SECONDS
   third=$((ZIPF_MEM * 1024 / 3))
   echo
   echo "# 2. hit ratio: Zipf($ZIPF_S) over $ZIPF_KEYS keys of 1-4 KiB, $ZIPF_REQUESTS requests round-robin, seed $ZIPF_SEED; memory C = $ZIPF_MEM MiB"
@@ -174,9 +183,11 @@ hit = 1 - int(c["origin"]) / r["requests"]
 print(f"{label}\t{r['requests']}\t{c['origin']}\t{hit * 100:.1f} %\t{c['peer']}\t{r['requests'] / r['seconds']:.0f}")
 PY
   done
+  echo "# part 2 took $((SECONDS - t0)) s"
 fi
 
 if [[ " $PARTS " == *" latency "* ]]; then
+  t0=$SECONDS
   echo
   echo "# 3. local hit vs peer hit: 1 KiB object, wrk -d$DURATION --latency, fleet of 3 (1 worker each)"
   start_instances fleet '"64MiB"'
@@ -215,4 +226,5 @@ if [[ " $PARTS " == *" latency "* ]]; then
   done
   echo "# after: $(counts)"
   stop_instances
+  echo "# part 3 took $((SECONDS - t0)) s"
 fi
