@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, the production dependency rule, unit + integration
-# tests, the packaging checks (scripts/check_packaging.sh), and a short smoke run of every fuzz
-# target. This is what CI runs (.ci/run). It first installs what a fresh machine lacks
-# (redis-server, promtool, moto, boto3, aria2c, cargo-fuzz, the rustfmt/clippy components).
+# tests, the packaging checks (scripts/check_packaging.sh), the Kubernetes manifests
+# (scripts/check_kubernetes.sh), and a short smoke run of every fuzz target. This is what CI
+# runs (.ci/run). It first installs what a fresh machine lacks (redis-server, promtool, moto,
+# boto3, aria2c, kubectl, kubernetes-validate, cargo-fuzz, the rustfmt/clippy components).
 #
 #   scripts/test.sh            everything
 #   FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz smoke runs
@@ -64,6 +65,17 @@ if ! command -v aria2c >/dev/null 2>&1; then
   step "installing aria2c (aria2)"
   apt_install aria2
 fi
+# kubectl (Debian package kubectl) renders deploy/kubernetes (`kubectl kustomize`), and
+# kubernetes-validate (PyPI, pinned: its version fixes the Kubernetes schemas it ships) checks
+# every rendered object offline; scripts/check_kubernetes.sh.
+if ! command -v kubectl >/dev/null 2>&1; then
+  step "installing kubectl"
+  apt_install kubectl
+fi
+if [ "$("$moto_venv/bin/kubernetes-validate" --version 2>/dev/null)" != "1.37.0" ]; then
+  step "installing kubernetes-validate into $moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check 'kubernetes-validate==1.37.0'
+fi
 for tool in fmt:rustfmt clippy:clippy; do
   if ! cargo "${tool%%:*}" --version >/dev/null 2>&1; then
     step "installing the ${tool#*:} component"
@@ -104,6 +116,12 @@ rm -f "$log"
 # it works) and the example production config (`corvid check`, with the binary just built).
 step "packaging checks (scripts/check_packaging.sh)"
 CORVID_BIN="${CARGO_TARGET_DIR:-target}/debug/corvid" scripts/check_packaging.sh
+
+# The Kubernetes manifests: rendered, validated against the pinned Kubernetes schemas, the
+# Prometheus Operator objects and the config checked against the rest (see the script).
+step "kubernetes checks (scripts/check_kubernetes.sh)"
+CORVID_BIN="${CARGO_TARGET_DIR:-target}/debug/corvid" KUBERNETES_VENV="$moto_venv" \
+  scripts/check_kubernetes.sh
 
 if [ "$FUZZ_SECONDS" != "0" ]; then
   for target in $(cd fuzz && ls fuzz_targets | sed 's/\.rs$//'); do

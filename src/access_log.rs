@@ -21,7 +21,10 @@
 //! `upstream_ms` (the origin's status and time when it was asked for this request, else null),
 //! on answers of sliced objects only `slices_cached` and `slices_fetched` (how many slices the
 //! answer took from the cache and from fills: `object::sliced`), on answers a fleet member gave
-//! only `peer` (that member's `host:port`: `crate::fleet`), `ua` (User-Agent, at most [`MAX_UA`] bytes). Strings are JSON-escaped (control characters
+//! only `peer` (that member's `host:port`: `crate::fleet`), `ua` (User-Agent, at most [`MAX_UA`] bytes),
+//! and on the lines of a warm job's fetches only `warm` (the job's id: `crate::warm`; such a
+//! line is no client's request: `client` is the address that started the job, `ua` null).
+//! Strings are JSON-escaped (control characters
 //! and non-UTF-8 bytes as `\u00XX`).
 
 use std::cell::{Cell, RefCell};
@@ -208,6 +211,8 @@ pub struct Line<'a> {
     /// The fleet member that answered instead of the origin (`crate::fleet`).
     pub peer: Option<&'a str>,
     pub user_agent: Option<&'a [u8]>,
+    /// A warm job's fetch (`crate::warm`), not a client's request: the job's id.
+    pub warm: Option<&'a str>,
 }
 
 /// One worker's side of the access log: its buffer and its sampling state.
@@ -317,6 +322,10 @@ pub fn format_line(out: &mut Vec<u8>, line: &Line<'_>) {
     }
     out.extend_from_slice(b",\"ua\":");
     opt_str(out, line.user_agent.map(|u| &u[..u.len().min(MAX_UA)]));
+    if let Some(job) = line.warm {
+        out.extend_from_slice(b",\"warm\":");
+        json_str(out, job.as_bytes());
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -397,6 +406,7 @@ mod tests {
             slices: None,
             peer: None,
             user_agent: ua,
+            warm: None,
         }
     }
 

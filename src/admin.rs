@@ -12,6 +12,9 @@
 //! | `GET /admin/cache/stats/{bucket}` | one bucket (404 unknown) |
 //! | `POST /admin/reload` | re-read the config file ([`crate::context::reload`]): 200 what applied, 422 why refused |
 //! | `GET /admin/cluster` | the fleet's members and their state (`crate::fleet`; 404 without `[cluster]`) |
+//! | `POST /admin/cache/warm/{bucket}` | start warming the bucket (`?prefix=p`: keys starting with `p`): 202 `{"job": ID, ...}` (`crate::warm`; 404 unknown bucket, 503 too many jobs running) |
+//! | `GET /admin/cache/warm/{ID}` | that job's progress (404 unknown or forgotten job) |
+//! | `DELETE /admin/cache/warm/{ID}` | cancel it: its progress, `state` `cancelling` then `cancelled` |
 //!
 //! Who may: first the client's network (`admin.allow_networks`, 403 before any token work),
 //! then a JWT from `[jwt]`'s sources carrying `admin.claim` (none or invalid → 401, valid
@@ -24,10 +27,18 @@
 //! (`null` without Redis). It reaches every instance sharing the Redis tier through the purge
 //! broadcast; an instance not subscribed at that moment misses it (see README).
 //!
+//! In a fleet (`[cluster]`, `crate::fleet`) a purge is also repeated on every other member at
+//! once (the same path and query, signed with the peer header, which stands for the admin
+//! token there and reaches the admin routes on the members' listener even when `admin.listen`
+//! is separate), since an object is held by its owner, not by the member an operator asked:
+//! the answer adds `"peers": {"purged": [...], "not_cached": [...], "failed": [...]}` by
+//! member name, and an object purge is a 404 only when no member held the object.
+//!
 //! Path segments are percent-decoded once, like object keys (`+` is a literal plus); the
 //! `prefix` query value too.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use monoio::io::AsyncWriteRent;
 use percent_encoding::percent_decode_str;
@@ -52,6 +63,8 @@ pub fn route_label(rest: &str) -> &'static str {
         "reload"
     } else if rest.starts_with("/cluster") {
         "cluster"
+    } else if rest.starts_with("/cache/warm") {
+        "warm"
     } else {
         "other"
     }
@@ -64,6 +77,8 @@ enum Action {
     Stats(Option<String>),
     Reload,
     Cluster,
+    /// `/cache/warm/{x}`: a bucket name (POST) or a job id (GET, DELETE).
+    Warm(String),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -103,6 +118,7 @@ fn parse(rest: &str) -> Result<Action, Error> {
             }
             _ => Err(not_found()),
         },
+        ("warm", Some(x)) if !x.is_empty() && !x.contains('/') => Ok(Action::Warm(decode(x)?)),
         ("stats", None) => Ok(Action::Stats(None)),
         ("stats", Some(b)) if !b.is_empty() && !b.contains('/') => {
             Ok(Action::Stats(Some(decode(b)?)))
@@ -165,15 +181,33 @@ pub async fn handle<S: AsyncWriteRent>(
     req: &Request<'_>,
     rest: &str,
     query: Option<&str>,
+    from_peer: bool,
 ) -> Result<Sent, Error> {
-    authorize(w, req, query)?;
+    // A fleet member's request (verified by the handler) repeats a purge an admin asked of it.
+    if !from_peer {
+        authorize(w, req, query)?;
+    }
     let action = parse(rest)?;
     let body = match action {
         Action::Purge(target) => {
             if req.method() != Method::Post {
                 return Err(Error::method_not_allowed("POST"));
             }
-            purge(w, target, query).await?
+            let (mut body, found) = purge(w, target, query).await?;
+            let mut found_elsewhere = false;
+            if let (false, Some(fleet)) = (from_peer, w.shared.fleet.as_ref()) {
+                let target = req.head.target(req.buf);
+                let (purged, not_cached, failed) = fan_out(w, fleet, target).await;
+                found_elsewhere = !purged.is_empty();
+                body["peers"] =
+                    json!({"purged": purged, "not_cached": not_cached, "failed": failed});
+            }
+            // An object purge found nowhere is a 404 (in a fleet the object is usually held by
+            // its owner, not by the member asked).
+            if !found && !found_elsewhere {
+                return Err(Error::client(Kind::NotFound, "the object was not cached"));
+            }
+            body.to_string()
         }
         Action::Stats(bucket) => {
             if !matches!(req.method(), Method::Get | Method::Head) {
@@ -187,6 +221,11 @@ pub async fn handle<S: AsyncWriteRent>(
             }
             cluster(w)?
         }
+        Action::Warm(name) => {
+            let (status, body) = warm(w, req, &name, query)?;
+            let reply = Reply::no_store(status, "application/json", body.as_bytes());
+            return answer.reply(req, reply).await;
+        }
         Action::Reload => {
             if req.method() != Method::Post {
                 return Err(Error::method_not_allowed("POST"));
@@ -198,6 +237,57 @@ pub async fn handle<S: AsyncWriteRent>(
     };
     let reply = Reply::no_store(200, "application/json", body.as_bytes());
     answer.reply(req, reply).await
+}
+
+/// `/admin/cache/warm/{x}` (`crate::warm`): `POST` starts a job warming bucket `x` (202 and
+/// its progress, which names its id), `GET`/`HEAD` answers job `x`'s progress, `DELETE`
+/// cancels it and answers its progress.
+fn warm(
+    w: &Rc<Worker>,
+    req: &Request<'_>,
+    x: &str,
+    query: Option<&str>,
+) -> Result<(u16, String), Error> {
+    let jobs = &w.shared.warm_jobs;
+    let job = || {
+        jobs.get(x)
+            .ok_or_else(|| Error::client(Kind::NotFound, format!("no warm job {x:?}")))
+    };
+    match req.method() {
+        Method::Post => {
+            let buckets = &w.shared.config.buckets;
+            let bucket = buckets
+                .iter()
+                .position(|b| b.name == x)
+                .ok_or_else(|| unknown_bucket(x))?;
+            if !w.cache.enabled() {
+                return Err(Error::client(
+                    Kind::BadRequest,
+                    "every cache tier is disabled: there is nothing to warm",
+                ));
+            }
+            let (_, prefix) = query_options(query)?;
+            let concurrency = crate::warm::concurrency(
+                w.shared.config.cache.warm_concurrency,
+                buckets[bucket].max_idle_connections,
+            );
+            let prefix = prefix.unwrap_or_default();
+            let job = jobs.add(x, &prefix, concurrency, w.clock().now_ms())?;
+            log::info!(
+                "warm job {} started: bucket {x}, prefix {prefix:?}, concurrency {concurrency}",
+                job.id
+            );
+            crate::warm::run::spawn(w, bucket, std::sync::Arc::clone(&job), req.peer);
+            Ok((202, job.progress().to_string()))
+        }
+        Method::Get | Method::Head => Ok((200, job()?.progress().to_string())),
+        Method::Delete => {
+            let job = job()?;
+            job.cancel();
+            Ok((200, job.progress().to_string()))
+        }
+        _ => Err(Error::method_not_allowed("GET, HEAD, POST, DELETE")),
+    }
 }
 
 /// `POST /admin/reload`: asks the reload thread (re-reading the config file blocks, so never
@@ -245,7 +335,54 @@ fn unknown_bucket(name: &str) -> Error {
     Error::client(Kind::NotFound, format!("no bucket named {name:?}"))
 }
 
-async fn purge(w: &Rc<Worker>, target: Target, query: Option<&str>) -> Result<String, Error> {
+/// Repeats an admin purge (`target`: its path and query) on every other member of the fleet,
+/// at once: the members that purged something, those that held nothing of it (an object purge's
+/// 404), and those that could not be reached or refused. A
+/// member that was unreachable keeps what it had: the operator sees it in `failed` and purges
+/// again, or purges that member once it is back.
+async fn fan_out(
+    w: &Rc<Worker>,
+    fleet: &Arc<crate::fleet::Fleet>,
+    target: &str,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let now = w.clock().now_secs();
+    let mut asked = Vec::new();
+    for m in fleet.view().members.iter().filter(|m| !m.is_self) {
+        let (w, fleet, m, target) = (
+            Rc::clone(w),
+            Arc::clone(fleet),
+            Arc::clone(m),
+            target.to_owned(),
+        );
+        asked.push(monoio::spawn(async move {
+            let res = crate::fleet::client::post(&w.peers, &fleet, &m, &target, now).await;
+            (m.name.to_string(), res)
+        }));
+    }
+    let (mut purged, mut not_cached, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for handle in asked {
+        match handle.await {
+            (name, Ok(200)) => purged.push(name),
+            // An object purge that found nothing there.
+            (name, Ok(404)) => not_cached.push(name),
+            (name, Ok(status)) => {
+                log::warn!("purge: member {name} answered {status}");
+                failed.push(name);
+            }
+            (name, Err(e)) => {
+                log::warn!("purge: member {name} not reached: {e}");
+                failed.push(name);
+            }
+        }
+    }
+    (purged, not_cached, failed)
+}
+
+async fn purge(
+    w: &Rc<Worker>,
+    target: Target,
+    query: Option<&str>,
+) -> Result<(serde_json::Value, bool), Error> {
     let (soft, prefix) = query_options(query)?;
     let known = |b: &str| w.shared.config.buckets.iter().any(|c| c.name == b);
     let (scope, label) = match target {
@@ -261,13 +398,11 @@ async fn purge(w: &Rc<Worker>, target: Target, query: Option<&str>) -> Result<St
     };
     let done = w.cache.purge_everywhere(&scope, Mode::soft(soft)).await;
     w.metrics().purge(label, soft);
-    if label == "object" && done.purged.entries() == 0 {
-        return Err(Error::client(Kind::NotFound, "the object was not cached"));
-    }
-    Ok(purge_json(&done.purged, soft, done.receivers))
+    let found = label != "object" || done.purged.entries() > 0;
+    Ok((purge_json(&done.purged, soft, done.receivers), found))
 }
 
-fn purge_json(p: &Purged, soft: bool, receivers: Option<u64>) -> String {
+fn purge_json(p: &Purged, soft: bool, receivers: Option<u64>) -> serde_json::Value {
     let redis_configured = !matches!(p.redis, crate::cache::purge::RedisPurge::Disabled);
     json!({
         "purged": p.entries(),
@@ -284,7 +419,6 @@ fn purge_json(p: &Purged, soft: bool, receivers: Option<u64>) -> String {
         },
         "instances": receivers,
     })
-    .to_string()
 }
 
 fn stats(w: &Worker, bucket: Option<String>) -> Result<String, Error> {
@@ -347,6 +481,12 @@ mod tests {
         }
         assert_eq!(p("/cache/purge/%ff"), Err(400));
         assert_eq!(p("/reload"), Ok(Action::Reload));
+        assert_eq!(p("/cache/warm/assets"), Ok(Action::Warm("assets".into())));
+        assert_eq!(p("/cache/warm/0a1b-2"), Ok(Action::Warm("0a1b-2".into())));
+        for bad in ["/cache/warm", "/cache/warm/", "/cache/warm/a/b"] {
+            assert_eq!(p(bad), Err(404), "{bad}");
+        }
+        assert_eq!(route_label("/cache/warm/x"), "warm");
         assert_eq!(route_label("/cache/purge/x"), "purge");
         assert_eq!(route_label("/cache/stats"), "stats");
         assert_eq!(route_label("/whatever"), "other");

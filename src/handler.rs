@@ -116,6 +116,7 @@ fn access_line<'a>(w: &'a Worker, done: &'a Finished<'a, RequestLog>) -> Line<'a
         slices: log.slices,
         peer: log.peer.as_deref(),
         user_agent,
+        warm: None,
     }
 }
 
@@ -137,7 +138,10 @@ pub async fn handle<S: AsyncWriteRent>(
         .admin
         .as_ref()
         .is_some_and(|a| a.listen.is_some());
+    // A fleet member's purge reaches the admin routes where members reach each other.
+    let peer_admin = matches!(route, Route::Admin { .. }) && from_peer(w, req)?;
     let elsewhere = match (&route, surface) {
+        (Route::Admin { .. }, Surface::Public) if peer_admin => false,
         (Route::Admin { .. } | Route::Metrics, Surface::Public) => separate_admin,
         (Route::Object { .. }, Surface::Admin) => true,
         _ => false,
@@ -163,7 +167,7 @@ pub async fn handle<S: AsyncWriteRent>(
             };
             answer.reply(req, reply).await
         }
-        Route::Ready => ready(w, answer, req).await,
+        Route::Ready => ready(w, answer, req, query).await,
         Route::Metrics => {
             let text = w
                 .shared
@@ -178,7 +182,7 @@ pub async fn handle<S: AsyncWriteRent>(
         }
         Route::Admin { rest } => {
             log.admin_route = Some(crate::admin::route_label(&rest));
-            crate::admin::handle(w, answer, req, &rest, query).await
+            crate::admin::handle(w, answer, req, &rest, query, peer_admin).await
         }
         Route::Object { bucket, key } => {
             log.bucket = Some(bucket);
@@ -214,34 +218,7 @@ async fn object<S: AsyncWriteRent>(
     key: &str,
     query: Option<&str>,
 ) -> Result<Sent, Error> {
-    // A request that says it comes from a fleet member is one, or is refused: never served
-    // as a client's (the header is also the hop marker, `crate::fleet::peer_auth`).
-    let from_peer = match req.header(crate::fleet::peer_auth::HEADER) {
-        None => false,
-        Some(value) => {
-            let verified = w.shared.fleet.as_ref().is_some_and(|f| {
-                let target = req.head.target(req.buf);
-                let method = if req.is_head() {
-                    "HEAD"
-                } else {
-                    req.method().as_str()
-                };
-                match f.verify(value, method, target, w.clock().now_secs()) {
-                    Ok(()) => true,
-                    Err(why) => {
-                        log::warn!("request {}: peer header refused: {why:?}", req.id.as_str());
-                        false
-                    }
-                }
-            });
-            if !verified {
-                w.metrics().auth_failure(AuthFailure::Peer);
-                return Err(AuthFailure::Peer.into());
-            }
-            w.metrics().peer_served();
-            true
-        }
-    };
+    let from_peer = from_peer(w, req)?;
     // Every request of a private bucket is checked, cache hits and coalesced followers
     // included: this runs before any cache lookup. A member's request was checked where its
     // client arrived.
@@ -260,6 +237,31 @@ async fn object<S: AsyncWriteRent>(
         from_peer,
     };
     crate::object::serve(&mut x, key, query).await
+}
+
+/// Whether `req` comes from a member of this instance's fleet: a request that says so (an
+/// `x-corvid-peer` header) is one, or is refused (403, `reason="peer"`), never served as a
+/// client's. The header is also the hop marker (`crate::fleet::peer_auth`).
+fn from_peer(w: &Worker, req: &Request<'_>) -> Result<bool, Error> {
+    let Some(value) = req.header(crate::fleet::peer_auth::HEADER) else {
+        return Ok(false);
+    };
+    let verified = w.shared.fleet.as_ref().is_some_and(|f| {
+        let target = req.head.target(req.buf);
+        match f.verify(value, req.method().as_str(), target, w.clock().now_secs()) {
+            Ok(()) => true,
+            Err(why) => {
+                log::warn!("request {}: peer header refused: {why:?}", req.id.as_str());
+                false
+            }
+        }
+    });
+    if !verified {
+        w.metrics().auth_failure(AuthFailure::Peer);
+        return Err(AuthFailure::Peer.into());
+    }
+    w.metrics().peer_served();
+    Ok(true)
 }
 
 /// Checks the token of a request for `bucket` (which has `auth = true`): found in the
@@ -297,12 +299,23 @@ fn authorize(
 /// `/ready`: 200 while workers run, every origin answered the last check and every bucket has
 /// valid credentials (`"credentials": "ok" | "none" | "expired"` per bucket); 503 otherwise or
 /// while shutting down. The body details each bucket.
+///
+/// `/ready?origins=ignore` leaves the origins and credentials out: 200 while this instance
+/// serves. For a load balancer or a fleet that should keep sending requests to an instance whose
+/// origin is down — its cache still answers what it holds, and a miss gets a 502/504 — rather
+/// than take every instance out at once when the origin they share fails (the fleet's own
+/// health checks use it: `crate::fleet`).
 async fn ready<S: AsyncWriteRent>(
     w: &Rc<Worker>,
     answer: &mut Writer<'_, S>,
     req: &Request<'_>,
+    query: Option<&str>,
 ) -> Result<Sent, Error> {
     let shared = &w.shared;
+    let origins_count = !query
+        .unwrap_or("")
+        .split('&')
+        .any(|p| p == "origins=ignore");
     let mut buckets = serde_json::Map::new();
     let mut all = true;
     let now = std::time::SystemTime::now();
@@ -310,7 +323,7 @@ async fn ready<S: AsyncWriteRent>(
         let o = shared.origins.get(i);
         let cell = &shared.credentials[i];
         let credentials = cell.state(now);
-        all &= o.reachable() && credentials == crate::credentials::State::Ok;
+        all &= !origins_count || (o.reachable() && credentials == crate::credentials::State::Ok);
         buckets.insert(
             b.name.clone(),
             serde_json::json!({

@@ -31,5 +31,6 @@ pub mod router;
 pub mod runtime;
 pub mod s3;
 pub mod signal;
+pub mod warm;
 
 pub use error::{Error, Kind, Result, Side};

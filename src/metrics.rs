@@ -99,6 +99,24 @@ pub struct WorkerMetrics {
     peer_fallbacks: [AtomicU64; 2],
     /// Requests this instance answered for fleet members.
     peer_served: AtomicU64,
+    /// Objects of warm jobs (`crate::warm`), per bucket × [`WARM_OUTCOMES`].
+    warm_objects: Vec<AtomicU64>,
+    /// Their bytes (the listed sizes), per bucket × [`WARM_OUTCOMES`].
+    warm_bytes: Vec<AtomicU64>,
+}
+
+/// `outcome` label values of `corvid_warm_objects_total` and `corvid_warm_bytes_total`.
+pub const WARM_OUTCOMES: [&str; 3] = ["filled", "skipped", "failed"];
+
+/// What warming did with one listed object (`crate::warm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmOutcome {
+    /// Fetched into the cache (or its fill, another request's, completed).
+    Filled = 0,
+    /// Already fresh in the cache: not fetched.
+    Skipped = 1,
+    /// Not cached: the origin failed, or the object may not be stored.
+    Failed = 2,
 }
 
 /// Why a request for a key another fleet member owns went to the origin instead
@@ -114,7 +132,7 @@ pub enum PeerFallback {
 /// `scope` label values of `corvid_purges_total`.
 pub const PURGE_SCOPES: [&str; 4] = ["all", "bucket", "prefix", "object"];
 /// `route` label values of `corvid_admin_requests_total`.
-pub const ADMIN_ROUTES: [&str; 5] = ["purge", "stats", "reload", "cluster", "other"];
+pub const ADMIN_ROUTES: [&str; 6] = ["purge", "stats", "reload", "cluster", "warm", "other"];
 
 impl WorkerMetrics {
     fn new(nbuckets: usize) -> Self {
@@ -150,7 +168,19 @@ impl WorkerMetrics {
             peer_requests: Default::default(),
             peer_fallbacks: Default::default(),
             peer_served: AtomicU64::new(0),
+            warm_objects: (0..nbuckets * WARM_OUTCOMES.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            warm_bytes: (0..nbuckets * WARM_OUTCOMES.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
+    }
+
+    fn warmed(&self, bucket: usize, outcome: WarmOutcome, bytes: u64) {
+        let i = bucket * WARM_OUTCOMES.len() + outcome as usize;
+        self.warm_objects[i].fetch_add(1, Ordering::Relaxed);
+        self.warm_bytes[i].fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Counts one answered request. `bucket` is None for internal routes.
@@ -322,6 +352,11 @@ impl Recorder<'_> {
     /// One slice of a sliced object sent from a fill (its bytes came from the origin).
     pub fn slice_miss(&self, bucket: usize) {
         self.m.slice_miss(self.slot(bucket));
+    }
+
+    /// One listed object of a warm job, and its size.
+    pub fn warmed(&self, bucket: usize, outcome: WarmOutcome, bytes: u64) {
+        self.m.warmed(self.slot(bucket), outcome, bytes);
     }
 }
 
@@ -640,6 +675,33 @@ impl Registry {
             for (b, label) in named.iter().map(|(b, l)| (*b, l.as_str())) {
                 let v = self.sum(|w| f(w, b));
                 let _ = writeln!(out, "{name}{{bucket=\"{}\"}} {v}", escape(label));
+            }
+        }
+        for (name, help, f) in [
+            (
+                "corvid_warm_objects_total",
+                "Listed objects of warm jobs, by bucket and outcome (filled, skipped: already fresh, failed)",
+                (|w: &WorkerMetrics, i: usize| w.warm_objects[i].load(Ordering::Relaxed))
+                    as fn(&WorkerMetrics, usize) -> u64,
+            ),
+            (
+                "corvid_warm_bytes_total",
+                "Listed bytes of warm jobs, by bucket and outcome",
+                |w: &WorkerMetrics, i: usize| w.warm_bytes[i].load(Ordering::Relaxed),
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            for (b, label) in named.iter().map(|(b, l)| (*b, l.as_str())) {
+                for (o, outcome) in WARM_OUTCOMES.iter().enumerate() {
+                    let v = self.sum(|w| f(w, b * WARM_OUTCOMES.len() + o));
+                    if v > 0 {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{bucket=\"{}\",outcome=\"{outcome}\"}} {v}",
+                            escape(label)
+                        );
+                    }
+                }
             }
         }
         header(

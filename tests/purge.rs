@@ -142,7 +142,7 @@ impl World {
         // The fresh-only disk lookup agrees with the index's expiry.
         assert_eq!(disk.get(&k).is_some(), on_disk.expires_at_ms > now);
         let retain = Duration::from_secs(3600);
-        let redis = redis_tier::lookup(&self.redis, "corvid:", &k, retain, now)
+        let redis = redis_tier::lookup(&self.redis, &k, retain, now)
             .await
             .unwrap()
             .expect("held in Redis");
@@ -458,7 +458,7 @@ fn purges_missed_while_unsubscribed_leave_every_local_entry_stale() {
         let retain = Duration::from_secs(3600);
         for (i, e) in WORLD.iter().enumerate() {
             let now = corvid::cache::disk::now_ms();
-            let shared = redis_tier::lookup(&a.redis, "corvid:", &ckey(e), retain, now)
+            let shared = redis_tier::lookup(&a.redis, &ckey(e), retain, now)
                 .await
                 .unwrap();
             assert_eq!(

@@ -698,7 +698,7 @@ fn refresh_moves_the_stored_times_in_place() {
         redis_tier::refresh(&c, &prefix, b"k", &new, retain, now)
             .await
             .unwrap();
-        let got = redis_tier::lookup(&c, &prefix, b"k", retain, now)
+        let got = redis_tier::lookup(&c, b"k", retain, now)
             .await
             .unwrap()
             .expect("still stored");

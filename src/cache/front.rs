@@ -133,7 +133,7 @@ impl Cache {
         }
         let r = self.redis.as_ref()?;
         let now = self.clock().now_ms();
-        match redis_tier::lookup(&r.client, &r.prefix, key, r.retain, now).await {
+        match redis_tier::lookup(&r.client, key, r.retain, now).await {
             Ok(Some(obj)) => {
                 self.tiers.store(key, obj.clone(), since);
                 Some(Hit {

@@ -4,8 +4,9 @@
 //! - Key: corvid's cache key behind the client's key prefix; value: the [`entry`] encoding.
 //! - A Redis key lives `retain` past its entry's freshness (see [`retain`]) so that stale
 //!   copies can still be revalidated. The freshness deadline is derived from the key's
-//!   remaining TTL (`PTTL`, pipelined with the `GET`), so a revalidation refreshes it with one
-//!   `PEXPIRE` and never sends the body again — for every instance sharing the Redis.
+//!   remaining TTL (`PTTL`, pipelined with the `GET` on one connection of one node, so the TTL
+//!   is the value's own), so a revalidation refreshes it with one `PEXPIRE` and never sends the
+//!   body again — for every instance sharing the Redis.
 //! - Every failure (down, timeout, protocol) is counted and treated as a miss or a skipped
 //!   write: Redis never fails a client request.
 
@@ -29,27 +30,22 @@ pub fn retain(cfg: &CacheConfig) -> Duration {
 /// Looks `key` up. `Ok(None)` is a miss; undecodable values count as misses too.
 pub async fn lookup(
     client: &RedisClient,
-    key_prefix: &str,
     key: &[u8],
     retain: Duration,
     now_ms: u64,
 ) -> Result<Option<CachedObject>, RedisError> {
-    let mut full = Vec::with_capacity(key_prefix.len() + key.len());
-    full.extend_from_slice(key_prefix.as_bytes());
-    full.extend_from_slice(key);
-    let pttl = redis::cmd("PTTL").arg(full).clone();
-    let (value, ttl) = monoio::join!(client.get(key), client.command(&pttl));
-    let Some(bytes) = value? else {
+    // One pipeline to one node: the TTL is the value's own (on a cluster reading from
+    // replicas, two separate reads could be answered by two replicas).
+    let (value, ttl_ms) = client.get_with_pttl(key).await?;
+    let Some(bytes) = value else {
         return Ok(None);
     };
     let Some(mut obj) = entry::decode(bytes) else {
         return Ok(None);
     };
-    if let Ok(redis::Value::Int(ms)) = ttl {
-        if ms > 0 {
-            let expires = (now_ms + ms as u64).saturating_sub(retain.as_millis() as u64);
-            obj.meta = std::sync::Arc::new(obj.meta.refreshed(expires));
-        }
+    if let Some(ms) = ttl_ms {
+        let expires = (now_ms + ms).saturating_sub(retain.as_millis() as u64);
+        obj.meta = std::sync::Arc::new(obj.meta.refreshed(expires));
     }
     Ok(Some(obj))
 }

@@ -205,7 +205,14 @@ fn cluster(cx: &mut Ctx<'_>, mut s: Section) -> Option<ClusterConfig> {
 /// `host:port` or `[v6]:port` of a peer (`cluster.peer`, `cluster.peers`, `cluster.peers_dns`).
 pub(crate) fn parse_peer_addr(text: &str) -> Result<PeerAddr, String> {
     match parse_authority(text)? {
-        (host, Some(port)) => Ok(PeerAddr { host, port }),
+        // An IP address in its canonical spelling, the one a resolver gives for `peers_dns`:
+        // a member's name must be the same however it was written.
+        (host, Some(port)) => Ok(PeerAddr {
+            host: host
+                .parse::<std::net::IpAddr>()
+                .map_or(host, |ip| ip.to_string()),
+            port,
+        }),
         (_, None) => Err(format!("`{text}` has no port (expected host:port)")),
     }
 }
@@ -816,6 +823,8 @@ pub const DEFAULT_SLICE_SIZE: u64 = 4 << 20;
 /// The most slices `cache.slice_readahead` may ask for: a sequential reader then has at most
 /// this many origin requests in flight for it.
 const MAX_SLICE_READAHEAD: usize = 64;
+/// The most objects `cache.warm_concurrency` lets one warm job fetch at once.
+const MAX_WARM_CONCURRENCY: usize = 64;
 
 fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
     let ttl = s.or(cx, "ttl", secs(3600), Ctx::duration);
@@ -827,6 +836,8 @@ fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
     let max_sliced_object_size = s.or(cx, "max_sliced_object_size", 100 << 30, Ctx::size);
     let readahead_key = s.key("slice_readahead");
     let slice_readahead = s.or(cx, "slice_readahead", 4, Ctx::count);
+    let warm_key = s.key("warm_concurrency");
+    let warm_concurrency = s.or(cx, "warm_concurrency", 4, Ctx::count);
     let write_policy = s.or(cx, "write_policy", WritePolicy::WriteThrough, |cx, k, v| {
         match cx.string(k, v)?.as_str() {
             "write-through" => Some(WritePolicy::WriteThrough),
@@ -897,6 +908,14 @@ fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
         );
         return None;
     }
+    let warm_concurrency = warm_concurrency?;
+    if !(1..=MAX_WARM_CONCURRENCY).contains(&warm_concurrency) {
+        cx.problem(
+            &warm_key,
+            format!("must be 1 to {MAX_WARM_CONCURRENCY} objects (got {warm_concurrency})"),
+        );
+        return None;
+    }
     Some(CacheConfig {
         ttl: ttl?,
         negative_ttl: negative_ttl?,
@@ -904,6 +923,7 @@ fn cache(cx: &mut Ctx<'_>, mut s: Section) -> Option<CacheConfig> {
         slice_size,
         max_sliced_object_size: max_sliced_object_size?,
         slice_readahead,
+        warm_concurrency,
         write_policy: write_policy?,
         stale_if_error,
         stale_while_revalidate,

@@ -49,6 +49,7 @@
 //! | `cache.slice_size` | `4MiB`, or `max_object_size` when smaller (set: ≤ `max_object_size`) |
 //! | `cache.max_sliced_object_size` | `100GiB` (≤ `max_object_size` turns slicing off) |
 //! | `cache.slice_readahead` | `4` slices (at most 64) |
+//! | `cache.warm_concurrency` | `4` objects per warm job (1 ..= 64; also at most half a bucket's `max_idle_connections`) |
 //! | `cache.write_policy` | `"write-through"` |
 //! | `cache.stale_if_error`, `cache.stale_while_revalidate` | absent = off |
 //! | `cache.memory.capacity` | `256MiB` (also when `[cache]` or `[cache.memory]` is absent) |
@@ -753,6 +754,9 @@ pub struct CacheConfig {
     pub max_sliced_object_size: u64,
     /// Slices fetched ahead of a reader of a sliced object (0 = only what it asks for).
     pub slice_readahead: usize,
+    /// Objects one warm job (`POST /admin/cache/warm/...`, `crate::warm`) fetches at once, at
+    /// most; never more than half a bucket's `max_idle_connections` (at least 1).
+    pub warm_concurrency: usize,
     pub write_policy: WritePolicy,
     /// Serve a stale copy for this long past expiry if the origin fails.
     pub stale_if_error: Option<Duration>,
@@ -775,6 +779,7 @@ impl CacheConfig {
             slice_size: max_object_size,
             max_sliced_object_size: 0,
             slice_readahead: 0,
+            warm_concurrency: 4,
             write_policy: WritePolicy::WriteThrough,
             stale_if_error: None,
             stale_while_revalidate: None,

@@ -1454,6 +1454,20 @@ fn cache_rules() {
         "cache.slice_readahead",
         "at most 64",
     );
+    assert_eq!(ok(&cache("[cache]")).cache.warm_concurrency, 4);
+    assert_eq!(
+        ok(&cache("[cache]\nwarm_concurrency = 16"))
+            .cache
+            .warm_concurrency,
+        16
+    );
+    for bad in ["0", "65"] {
+        has_problem(
+            &cache(&format!("[cache]\nwarm_concurrency = {bad}")),
+            "cache.warm_concurrency",
+            "must be 1 to 64",
+        );
+    }
     has_problem(
         &cache("[cache]\nmax_sliced_object_size = \"lots\""),
         "cache.max_sliced_object_size",
@@ -2181,5 +2195,115 @@ fn redis_cluster_seeds() {
         has_problem(&redis(body), key, needle);
         let ps = problems(&redis(body));
         assert!(ps.iter().all(|p| !p.message.contains("hunter2")), "{ps:?}");
+    }
+}
+
+// ---------- [cluster] ----------
+
+fn cluster(body: &str) -> String {
+    format!("{}\n[cluster]\n{body}\n", minimal())
+}
+
+const SECRET_LINE: &str = "secret = \"0123456789abcdef\"";
+
+#[test]
+fn cluster_members_come_from_a_list_or_a_name() {
+    assert_eq!(ok(&minimal()).cluster, None);
+    let c = ok(&cluster(&format!(
+        "peer = \"10.0.0.1:8080\"\npeers = [\"10.0.0.1:8080\", \"[::1]:8081\", \"Corvid-B:80\"]\n{SECRET_LINE}"
+    )))
+    .cluster
+    .unwrap();
+    assert_eq!(c.peer.to_string(), "10.0.0.1:8080");
+    let PeerSource::Static(list) = &c.members else {
+        panic!("{:?}", c.members)
+    };
+    let names: Vec<String> = list.iter().map(|p| p.to_string()).collect();
+    assert_eq!(names, ["10.0.0.1:8080", "[::1]:8081", "corvid-b:80"]);
+    // IP addresses in the spelling a resolver gives, so that a member is named one way.
+    let p: PeerAddr = "[0:0::1]:8081".parse().unwrap();
+    assert_eq!(p.to_string(), "[::1]:8081");
+    assert_eq!(c.peers_refresh, Duration::from_secs(2));
+    assert_eq!(c.peer_timeout, Duration::from_secs(5));
+    // The secret never shows in a debug print.
+    assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    let c = ok(&cluster(&format!(
+        "peer = \"${{HOST}}:8080\"\npeers_dns = \"corvid-peers.ns.svc:8080\"\n{SECRET_LINE}\n\
+         peers_refresh = \"200ms\"\npeer_timeout = \"1s\""
+    )));
+    let c = c.cluster.unwrap();
+    assert_eq!(
+        c.members,
+        PeerSource::Dns("corvid-peers.ns.svc:8080".parse().unwrap())
+    );
+    assert_eq!(c.peers_refresh, Duration::from_millis(200));
+}
+
+#[test]
+fn cluster_errors_name_the_key() {
+    let peers = "peers = [\"a:1\", \"b:1\"]";
+    for (body, key, needle) in [
+        (
+            format!("{peers}\n{SECRET_LINE}"),
+            "cluster.peer",
+            "required",
+        ),
+        (
+            format!("peer = \"a\"\n{peers}\n{SECRET_LINE}"),
+            "cluster.peer",
+            "no port",
+        ),
+        (
+            format!("peer = \"a:1\"\n{SECRET_LINE}"),
+            "cluster.peers",
+            "required",
+        ),
+        (
+            format!("peer = \"a:1\"\n{peers}\npeers_dns = \"x:1\"\n{SECRET_LINE}"),
+            "cluster.peers",
+            "not both",
+        ),
+        (
+            format!("peer = \"a:1\"\npeers = [\"a:1\", \"b\"]\n{SECRET_LINE}"),
+            "cluster.peers[1]",
+            "no port",
+        ),
+        (
+            format!("peer = \"a:1\"\npeers = \"a:1\"\n{SECRET_LINE}"),
+            "cluster.peers",
+            "list",
+        ),
+        (
+            format!("peer = \"a:1\"\n{peers}"),
+            "cluster.secret",
+            "required",
+        ),
+        (
+            format!("peer = \"a:1\"\n{peers}\nsecret = \"short\""),
+            "cluster.secret",
+            "at least 16",
+        ),
+        (
+            format!("peer = \"a:1\"\n{peers}\n{SECRET_LINE}\npeer_timeout = 0"),
+            "cluster.peer_timeout",
+            "greater than 0",
+        ),
+        (
+            format!("peer = \"a:1\"\n{peers}\n{SECRET_LINE}\npeer = 3"),
+            "",
+            "",
+        ),
+        (
+            format!("peer = \"a:1\"\n{peers}\n{SECRET_LINE}\nfoo = 1"),
+            "cluster.foo",
+            "unknown",
+        ),
+    ] {
+        if key.is_empty() {
+            // A duplicate key is a TOML error, reported for the file.
+            assert!(parse(&cluster(&body)).is_err());
+            continue;
+        }
+        has_problem(&cluster(&body), key, needle);
     }
 }

@@ -200,12 +200,13 @@ impl Shared {
             access_log,
             reloads: None,
             credentials,
+            warm_jobs: Arc::new(crate::warm::Jobs::new(instance_tag)),
         }))
     }
 
     /// The next generation for `config` (already planned: restart-only settings kept at their
     /// running values, [`super::reload::plan`]): what depends on the buckets and `[jwt]` is built
-    /// anew, everything that lives as long as the process (tiers, metrics, access log,
+    /// anew, everything that lives as long as the process (tiers, metrics, access log, warm jobs,
     /// listeners' settings, Redis options) is carried over. Blocking (endpoint resolution, key
     /// files): the reload thread only. `Err` names the key at fault; nothing changed then.
     pub fn reloaded(&self, config: Config) -> Result<Arc<Shared>, String> {
@@ -257,6 +258,7 @@ impl Shared {
             access_log: self.access_log.clone(),
             reloads: self.reloads.clone(),
             credentials,
+            warm_jobs: Arc::clone(&self.warm_jobs),
         }))
     }
 }

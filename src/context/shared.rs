@@ -73,6 +73,9 @@ pub struct Shared {
     /// Per bucket (parallel to `config.buckets`): its current AWS credentials, renewed by the
     /// `corvid-credentials` thread ([`crate::credentials`]).
     pub credentials: Vec<Arc<credentials::Cell>>,
+    /// Process-wide: the cache warming jobs (`crate::warm`), whichever worker runs them, so
+    /// that any worker answers their progress; carried from one generation to the next.
+    pub warm_jobs: Arc<crate::warm::Jobs>,
 }
 
 /// A reload request: the channel its [`Outcome`] is answered on.

@@ -9,11 +9,23 @@
 //! [`Fleet::route`] where a key's miss goes; the request handler checks a received
 //! `x-corvid-peer` header with [`Fleet::verify`].
 //!
+//! # What is owned, and what the asking member keeps
+//! A whole object belongs to its cache key's owner, which alone stores it (in its tiers, and
+//! in Redis when there is a Redis tier): the asking member relays the answer and keeps no copy,
+//! so a fleet holds each object once and its memory adds up. The price: a hot object asked of a
+//! member that does not own it costs one hop per request (a few hundred µs on a LAN; measured
+//! in `perf/RESULTS.md`). Keeping relayed answers briefly would save the hop but put the copies
+//! back, and with a Redis tier the owner's copy there is already found before any hop.
+//! A sliced object's entry (metadata) belongs to its key's owner and is copied by every member
+//! that serves it; each slice belongs to the owner of the slice's own key (`object::sliced`,
+//! `object::slice_fill`), so a large object's slices are spread over the fleet and each is
+//! fetched from the origin once. An admin purge is repeated on every member (`admin`).
+//!
 //! # Failures never fail a client request
 //! A member that refuses the connection, does not answer within `cluster.peer_timeout`, or
 //! answers `503` (draining, or not ready) is marked **down**: its keys keep their owner (they are
 //! not moved to another member, which would shuffle them twice), but requests for them go to the
-//! origin directly until a health check (`GET /ready` every `peers_refresh`, off the workers)
+//! origin directly until a health check (`GET /ready?origins=ignore` every `peers_refresh`, off the workers)
 //! answers `200`. A membership change (DNS, or a reload with a new `peers` list) moves only the
 //! keys of the members that came or went.
 //!
@@ -141,6 +153,14 @@ impl Fleet {
         }
     }
 
+    /// The owner of `key` by name, `None` when it is this instance (whatever its health: runs
+    /// of slices are cut where the owner changes).
+    pub fn owner_name(&self, key: &[u8]) -> Option<Arc<str>> {
+        let view = self.view();
+        let m = &view.members[owner::owner(key, &view.seeds)?];
+        (!m.is_self).then(|| Arc::clone(&m.name))
+    }
+
     /// Marks `m` down until a health check passes (see the module docs).
     pub fn mark_down(&self, m: &Member) {
         if !m.is_self && m.up.swap(false, Ordering::Relaxed) {
@@ -260,7 +280,8 @@ impl Fleet {
     }
 }
 
-/// Whether the member at `addrs` answers `GET /ready` with 200 within [`CHECK_TIMEOUT`].
+/// Whether the member at `addrs` answers `GET /ready?origins=ignore` with 200 within
+/// [`CHECK_TIMEOUT`]: a member serves its keys from its cache even while the origin is down.
 #[expect(clippy::disallowed_methods, reason = "the monitor thread")]
 fn ready(addrs: &[SocketAddr], name: &str) -> bool {
     let Some(addr) = addrs.first() else {
@@ -271,7 +292,8 @@ fn ready(addrs: &[SocketAddr], name: &str) -> bool {
     };
     let _ = s.set_read_timeout(Some(CHECK_TIMEOUT));
     let _ = s.set_write_timeout(Some(CHECK_TIMEOUT));
-    let req = format!("GET /ready HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("GET /ready?origins=ignore HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).is_err() {
         return false;
     }

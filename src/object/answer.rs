@@ -132,6 +132,16 @@ pub fn write_object_head<S>(
 /// The request's preconditions evaluated against `meta`. The stored validators are looked up
 /// only when the request carries conditionals: most carry none.
 pub fn client_precondition(req: &Request<'_>, meta: &Meta) -> Precondition {
+    precondition_for(req, || (meta.etag(), meta.last_modified()))
+}
+
+/// The request's preconditions evaluated against a representation's validators (a stored
+/// entry's, or those of an answer a fleet member relayed), which `validators` gives only when
+/// the request has a conditional: looking them up in an entry costs a hit ~1,400 instructions.
+pub fn precondition_for<'m>(
+    req: &Request<'_>,
+    validators: impl FnOnce() -> (Option<&'m str>, Option<&'m str>),
+) -> Precondition {
     let c = Conditionals {
         if_match: req.header("if-match"),
         if_none_match: req.header("if-none-match"),
@@ -141,7 +151,8 @@ pub fn client_precondition(req: &Request<'_>, meta: &Meta) -> Precondition {
     if c.is_empty() {
         return Precondition::Proceed;
     }
-    conditional::evaluate(&c, meta.etag(), meta.last_modified())
+    let (etag, last_modified) = validators();
+    conditional::evaluate(&c, etag, last_modified)
 }
 
 /// `bytes first-last/len` into `buf`, without allocating.

@@ -58,7 +58,11 @@ pub async fn lead<S: AsyncWriteRent>(
     t: &Target<'_>,
     leader: Leader,
 ) -> Result<Sent, Error> {
-    match fetch_origin(x.w, x.bucket, &Asked::of(t, false, &[])).await {
+    let asked = Asked {
+        want_entry: true,
+        ..Asked::of(t, false, &[])
+    };
+    match fetch_origin(x.w, x.bucket, &asked).await {
         Ok((head, body)) => fill_from(x, t, head, body, Some(leader)).await,
         Err(e) => {
             leader.fail(e.clone());
@@ -80,6 +84,11 @@ pub async fn fill_from<S: AsyncWriteRent>(
 ) -> Result<Sent, Error> {
     let (w, bucket, ckey) = (x.w, x.bucket, t.ckey);
     x.note_upstream(&head, XCache::Miss);
+    // The key's owner holds the object as slices: answered from slices here.
+    if let Some(len) = super::sliced::relayed_entry(&head) {
+        drain_error_body(body).await;
+        return super::sliced::begin_relayed(x, t, &head, len, leader).await;
+    }
     if head.status != 200 {
         let negative = (head.status == 404).then(|| negative_entry(w, bucket, &head));
         let e = origin_error::read_and_map(w, bucket, &head, body).await;
@@ -128,12 +137,14 @@ pub fn start(
 ) {
     let (w, ckey, generation) = (Rc::clone(w), t.ckey.to_vec(), t.generation);
     monoio::spawn(async move {
-        run(&w, bucket, &ckey, generation, meta, len, body, leader).await;
+        // A failure reached the fill's readers through `leader`.
+        let _ = run(&w, bucket, &ckey, generation, meta, len, body, leader).await;
     });
 }
 
 /// Reads a cacheable 200 body at the origin's pace, publishing each piece to `leader`'s
-/// subscriptions, and stores the entry once it is whole (see the module docs).
+/// subscriptions, and stores the entry once it is whole (see the module docs). `Err`: the
+/// body did not arrive whole (the followers got the same error).
 #[allow(
     clippy::too_many_arguments,
     reason = "one fill's parts, each needed once; a struct would only rename them"
@@ -147,7 +158,7 @@ pub async fn run(
     len: u64,
     mut body: Body,
     leader: Leader,
-) {
+) -> Result<(), Error> {
     if len == 0 {
         let empty = CachedObject {
             meta: Arc::clone(&meta),
@@ -155,7 +166,7 @@ pub async fn run(
         };
         w.cache.store(ckey, empty, generation).await;
         leader.complete(meta, Bytes::new(), false);
-        return;
+        return Ok(());
     }
     leader.head(Arc::clone(&meta), len);
     let mut all: Vec<u8> = Vec::with_capacity(len as usize);
@@ -171,8 +182,8 @@ pub async fn run(
                     "filling {} from the origin failed: {e}",
                     String::from_utf8_lossy(ckey)
                 );
-                leader.fail(e);
-                return;
+                leader.fail(e.clone());
+                return Err(e);
             }
         };
         w.metrics().upstream_bytes(bucket, n as u64);
@@ -184,14 +195,13 @@ pub async fn run(
             };
             w.cache.store(ckey, obj, generation).await;
             leader.finish(piece);
-            return;
+            return Ok(());
         }
         leader.chunk(piece);
     }
-    leader.fail(Error::upstream(
-        Kind::BadGateway,
-        "the origin sent a short body",
-    ));
+    let e = Error::upstream(Kind::BadGateway, "the origin sent a short body");
+    leader.fail(e.clone());
+    Err(e)
 }
 
 /// Streams a storable 200 of unknown length to the client while keeping a copy, and stores the
@@ -374,7 +384,10 @@ pub async fn publish(
         return;
     }
     match cacheable(w, bucket, &head, &body) {
-        Some((meta, len)) => run(w, bucket, t.ckey, t.generation, meta, len, body, leader).await,
+        Some((meta, len)) => {
+            // A failure reached the fill's readers through `leader`.
+            let _ = run(w, bucket, t.ckey, t.generation, meta, len, body, leader).await;
+        }
         None => {
             drain_error_body(body).await;
             leader.bypass();

@@ -17,6 +17,8 @@
 //!   ├─ sliced object entry ─────► sliced      (a large object's answer from its slices;
 //!   │                               │          slice_fill gets them, slices has the rules)
 //!   └─ HEAD/Range miss, bypass ─► upstream    (sign, send, pass the answer through)
+//!
+//! warm (no client: a warm job's object — fresh: left; else joined and filled as a miss is)
 //!                                   ▼
 //!                                origin_error (an origin's error answer, read and mapped)
 //!                                exchange     (the request being answered)
@@ -41,6 +43,7 @@ pub mod slice_fill;
 pub mod sliced;
 pub mod slices;
 pub mod upstream;
+pub mod warm;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -51,6 +54,7 @@ use crate::cache::inflight::Role;
 use crate::cache::key::cache_key_into;
 use crate::cors;
 use crate::error::{Error, Kind};
+use crate::fleet::client::{SliceOf, SLICE};
 use crate::http::conn::Sent;
 use crate::http::range;
 use crate::http::request::Method;
@@ -96,6 +100,12 @@ pub async fn serve<S: AsyncWriteRent>(
         generation: cache.generation(),
         from_peer: x.from_peer,
     };
+    // A fleet member asking for a run of slices this instance owns (`crate::fleet`).
+    if x.from_peer {
+        if let Some(of) = x.req.header(SLICE).and_then(SliceOf::parse) {
+            return sliced::serve_run(x, &target, of).await;
+        }
+    }
     let found = cache.lookup(&ckey).await;
     let negative = found.as_ref().filter(|h| h.obj.meta.status != 200);
     if let Some(hit) = negative {
@@ -170,6 +180,12 @@ pub async fn serve<S: AsyncWriteRent>(
         }
     }
     let (head, body) = fetch_as_asked(x, target.route(), key, &params).await?;
+    // The key's owner holds the object as slices: answered from slices here.
+    if let Some(len) = sliced::relayed_entry(&head) {
+        upstream::drain_error_body(body).await;
+        x.note_upstream(&head, XCache::Miss);
+        return sliced::begin_relayed(x, &target, &head, len, None).await;
+    }
     if x.req.method() == Method::Get && x.req.header("range").is_some() {
         fill_after_range_miss(x, &target, &head);
     }

@@ -27,6 +27,7 @@ use crate::cache::inflight::{Leader, Role, Subscription};
 use crate::cache::tiered::Layer;
 use crate::context::Worker;
 use crate::error::{Error, Kind, Side};
+use crate::fleet::client::SliceOf;
 use crate::s3::client::Body;
 
 /// The version a response serves: the object entry's ETag and how it is cut.
@@ -124,7 +125,7 @@ pub(super) async fn obtain(
             };
             let sub = leader.subscribe();
             let mut leaders = vec![leader];
-            extend_run(w, v, t.ckey, &mut leaders, i, run_end).await;
+            extend_run(w, v, t, &mut leaders, i, run_end).await;
             mine.add(i..i + leaders.len() as u64);
             start_run(w, bucket, t, v, i, leaders, None);
             Obtained::Following(sub)
@@ -132,18 +133,43 @@ pub(super) async fn obtain(
     }
 }
 
+/// Whether slice `i` of `v` is this instance's to fetch from the origin and store: always,
+/// but in a fleet (`crate::fleet`), where each slice has its own owner among the members
+/// (a member's own request is answered here whoever owns it: one hop).
+pub(super) fn owned_here(w: &Worker, t: &Target<'_>, v: &Version, i: u64) -> bool {
+    match (&w.shared.fleet, t.from_peer) {
+        (Some(fleet), false) => fleet.owner_name(&v.key(t.ckey, i)).is_none(),
+        _ => true,
+    }
+}
+
+/// Whether slices `a` and `b` of `v` have the same owner (always, outside a fleet): a run of
+/// slices is one request, to one owner.
+fn same_owner(w: &Worker, t: &Target<'_>, v: &Version, a: u64, b: u64) -> bool {
+    match (&w.shared.fleet, t.from_peer) {
+        (Some(fleet), false) => {
+            fleet.owner_name(&v.key(t.ckey, a)) == fleet.owner_name(&v.key(t.ckey, b))
+        }
+        _ => true,
+    }
+}
+
 /// Extends a run of led slices that starts at `first` over the next slices before `end` while
-/// each is neither cached nor in flight (adjacent missing slices: one origin request).
+/// each is neither cached nor in flight (adjacent missing slices: one origin request) and, in
+/// a fleet, has the same owner as `first`.
 pub(super) async fn extend_run(
     w: &Worker,
     v: &Version,
-    ckey: &[u8],
+    t: &Target<'_>,
     leaders: &mut Vec<Leader>,
     first: u64,
     end: u64,
 ) {
     for j in first + leaders.len() as u64..end {
-        match lead_missing(w, v, ckey, j).await {
+        if !same_owner(w, t, v, first, j) {
+            return;
+        }
+        match lead_missing(w, v, t.ckey, j).await {
             Some(l) => leaders.push(l),
             None => return,
         }
@@ -208,7 +234,7 @@ pub(super) fn prefetch(
                 continue;
             };
             let mut leaders = vec![first];
-            extend_run(&w, &v, t.ckey, &mut leaders, i, window.end).await;
+            extend_run(&w, &v, &t, &mut leaders, i, window.end).await;
             let n = leaders.len() as u64;
             mine.add(i..i + n);
             start_run(&w, bucket, &t, &v, i, leaders, None);
@@ -233,12 +259,14 @@ pub fn start_run(
     monoio::spawn(async move {
         let params = owned.params();
         let t = owned.target(&params);
-        fetch_run(&w, bucket, &t, &v, first, leaders, body).await;
+        // A failure reached the slices' readers through their leaders.
+        let _ = fetch_run(&w, bucket, &t, &v, first, leaders, body).await;
     });
 }
 
 /// Fetches slices `first..first + leaders.len()` of `v` (see [`start_run`]) and stores each as
-/// it completes, publishing its bytes to its leader's subscriptions as they arrive.
+/// it completes, publishing its bytes to its leader's subscriptions as they arrive. `Err`: the
+/// run did not arrive whole (every unfinished slice's readers got the same error).
 pub(super) async fn fetch_run(
     w: &Rc<Worker>,
     bucket: usize,
@@ -247,10 +275,11 @@ pub(super) async fn fetch_run(
     first: u64,
     leaders: Vec<Leader>,
     body: Option<Body>,
-) {
+) -> Result<(), Error> {
     let run = first..first + leaders.len() as u64;
-    let mut body = match body {
-        Some(b) => b,
+    // `relayed`: the slices came from their owner in a fleet, which stored them.
+    let (mut body, relayed) = match body {
+        Some(b) => (b, false),
         None => match fetch_range(w, bucket, t, v, &run).await {
             Ok(b) => b,
             Err(e) => {
@@ -262,7 +291,7 @@ pub(super) async fn fetch_run(
                 for l in leaders {
                     l.fail(e.clone());
                 }
-                return;
+                return Err(e);
             }
         },
     };
@@ -282,7 +311,9 @@ pub(super) async fn fetch_run(
                     meta: Arc::clone(&slice_meta),
                     body: Bytes::from(all),
                 };
-                w.cache.store(&v.key(t.ckey, i), obj, t.generation).await;
+                if !relayed {
+                    w.cache.store(&v.key(t.ckey, i), obj, t.generation).await;
+                }
                 leader.finish(last);
             }
             Err(e) => {
@@ -294,10 +325,11 @@ pub(super) async fn fetch_run(
                 for l in leaders {
                     l.fail(e.clone());
                 }
-                return;
+                return Err(e);
             }
         }
     }
+    Ok(())
 }
 
 /// Reads one slice of `len` (> 0) bytes from `body`, publishing each piece to `leader` but the
@@ -333,18 +365,31 @@ pub(super) async fn read_slice(
     }
 }
 
-/// One origin request for slices `run` of `v`: `Range` + `If-Match`; the body when the answer
-/// is exactly those bytes of that version, else the error ([`changed`] for another version).
+/// One origin request for slices `run` of `v`: `Range` + `If-Match` — in a fleet, to the
+/// slices' owner (the run has one, [`extend_run`]), which stores them; the body when the
+/// answer is exactly those bytes of that version (and whether an owner sent it), else the
+/// error ([`changed`] for another version).
 pub(super) async fn fetch_range(
     w: &Rc<Worker>,
     bucket: usize,
     t: &Target<'_>,
     v: &Version,
     run: &Range<u64>,
-) -> Result<Body, Error> {
+) -> Result<(Body, bool), Error> {
     let range = v.g.range_value(run);
     let headers = [("Range", range.as_str()), ("If-Match", v.etag.as_str())];
-    let (head, body) = fetch_origin(w, bucket, &Asked::of(t, false, &headers)).await?;
+    let route = t.route().map(|_| v.key(t.ckey, run.start));
+    let asked = Asked {
+        route: route.as_deref(),
+        slice: Some(SliceOf {
+            len: v.g.len,
+            stored_at_ms: v.times.0,
+            expires_at_ms: v.times.1,
+        }),
+        ..Asked::of(t, false, &headers)
+    };
+    let (head, body) = fetch_origin(w, bucket, &asked).await?;
+    let relayed = head.peer.is_some();
     let verdict = check_run_answer(
         &v.g,
         run,
@@ -354,7 +399,7 @@ pub(super) async fn fetch_range(
         &v.etag,
     );
     match verdict {
-        RunAnswer::Matches => Ok(body),
+        RunAnswer::Matches => Ok((body, relayed)),
         RunAnswer::Changed => {
             drain_error_body(body).await;
             Err(changed())

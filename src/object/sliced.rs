@@ -33,9 +33,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use monoio::io::AsyncWriteRent;
 
-use super::answer::{status_and_range, write_head};
+use super::answer::{status_and_range, write_head, write_object_head};
 use super::decide;
 use super::exchange::{Exchange, Target, XCache};
+use super::slice_fill;
 use super::slice_fill::{
     changed, is_changed, obtain, prefetch, start_run, Fetching, Obtained, Version,
 };
@@ -46,6 +47,7 @@ use crate::cache::inflight::{Event, Leader, Role, Subscription};
 use crate::cache::tiered::{Hit, Layer};
 use crate::context::Worker;
 use crate::error::{Error, Kind};
+use crate::fleet::client::{SliceOf, SLICED, WANT};
 use crate::http::conn::Sent;
 use crate::http::response::UpstreamHead;
 use crate::s3::client::Body;
@@ -63,9 +65,20 @@ pub enum Served {
 /// ([`decide::storable_sliced`]).
 pub fn entry_meta(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Arc<Meta>> {
     if head.peer.is_some() {
-        // A fleet member's answer: the owner keeps the entry and its slices (`crate::fleet`).
+        // A fleet member's bytes: the owner keeps the entry and its slices (`crate::fleet`);
+        // its entry head is [`relayed_entry`]'s.
         return None;
     }
+    storable_entry(w, bucket, head, len)
+}
+
+/// [`entry_meta`] for any answer, a fleet member's entry head included.
+pub fn storable_entry(
+    w: &Worker,
+    bucket: usize,
+    head: &UpstreamHead,
+    len: u64,
+) -> Option<Arc<Meta>> {
     let cfg = &w.shared.config.cache;
     let f = decide::storable_sliced(
         head,
@@ -88,6 +101,73 @@ pub async fn store_entry(w: &Worker, t: &Target<'_>, meta: Arc<Meta>) {
     w.cache.store(t.ckey, obj, t.generation).await;
 }
 
+/// The length of a sliced object whose owner answered with its entry head (a fleet member's
+/// `200` with `x-corvid-sliced` and no body: `crate::fleet::client::WANT`).
+pub fn relayed_entry(head: &UpstreamHead) -> Option<u64> {
+    head.peer.as_ref()?;
+    let len = head.header(SLICED)?.parse().ok()?;
+    (head.status == 200 && len > 0).then_some(len)
+}
+
+/// A request whose key's owner holds the object as slices ([`relayed_entry`]): the entry is
+/// made from the owner's head and stored here too (metadata only: every member can then cut
+/// the object the same way), and the answer is served from slices, each fetched from its own
+/// owner (`slice_fill`). `leader` is the key's fill here, whose followers find the entry.
+pub async fn begin_relayed<S: AsyncWriteRent>(
+    x: &mut Exchange<'_, '_, '_, S>,
+    t: &Target<'_>,
+    head: &UpstreamHead,
+    len: u64,
+    leader: Option<Leader>,
+) -> Result<Sent, Error> {
+    let Some(meta) = storable_entry(x.w, x.bucket, head, len) else {
+        let e = Error::upstream(
+            Kind::BadGateway,
+            "the key's owner holds the object as slices, which are not storable here",
+        );
+        if let Some(l) = leader {
+            l.fail(e.clone());
+        }
+        return Err(e);
+    };
+    store_entry(x.w, t, Arc::clone(&meta)).await;
+    if let Some(l) = leader {
+        l.bypass();
+    }
+    answer(x, t, &meta, XCache::Miss, None)
+        .await?
+        .ok_or_else(changed)
+}
+
+/// A fleet member's request for a run of slices this instance owns (`crate::fleet`): the
+/// slices of the version `If-Match` names, cut as `of` says, from the cache or the origin
+/// (stored here, their owner), answered as a `206` of those bytes. No object entry is needed or
+/// made here (the asking member has it).
+pub async fn serve_run<S: AsyncWriteRent>(
+    x: &mut Exchange<'_, '_, '_, S>,
+    t: &Target<'_>,
+    of: SliceOf,
+) -> Result<Sent, Error> {
+    let Some(etag) = x.req.header_str("if-match") else {
+        return Err(Error::client(
+            Kind::BadRequest,
+            "a slice request needs If-Match with the version's ETag",
+        ));
+    };
+    let fields = vec![("ETag".to_owned(), etag.to_owned())];
+    let meta = Meta::new(fields, of.stored_at_ms, of.expires_at_ms).with_sliced_len(of.len);
+    match serve(x, t, &Arc::new(meta), XCache::Miss, None, 0..0).await? {
+        Served::Sent(sent) => Ok(sent),
+        Served::Changed => Err(changed()),
+    }
+}
+
+/// Whether this request is a fleet member's that wants a sliced object's entry head rather
+/// than its bytes (`crate::fleet::client::WANT`).
+fn wants_entry<S>(x: &Exchange<'_, '_, '_, S>) -> bool {
+    x.from_peer && x.req.header(WANT) == Some(b"entry")
+}
+
 /// The first request for an object that turns out to be sliced: its origin `200` (`head`,
 /// `body`) made the object entry `meta`, stored now; the body fills the first slices (as many
 /// as a read-ahead window) and is then let go, and the answer is served from the slices like
@@ -103,10 +183,16 @@ pub async fn begin<S: AsyncWriteRent>(
     // The first slices are claimed before anyone can see the entry: the key's followers, sent
     // to the entry below, then join these fills instead of fetching the same slices again.
     let mut run = None;
-    if let Some(v) = Version::of(w, &meta) {
+    // A member that wants the entry head fetches the slices from their owners itself.
+    let version = Version::of(w, &meta).filter(|_| !wants_entry(x));
+    if let Some(v) = version {
         let window = (1 + w.shared.config.cache.slice_readahead as u64).min(v.g.count());
         let mut leaders = Vec::new();
         for i in 0..window {
+            // In a fleet, only the leading slices this instance owns are cut from the body.
+            if !slice_fill::owned_here(w, t, &v, i) {
+                break;
+            }
             match w.cache.inflight().join(&v.key(t.ckey, i)) {
                 Role::Leader(l) => leaders.push(l),
                 Role::Follower(_) => break,
@@ -122,9 +208,14 @@ pub async fn begin<S: AsyncWriteRent>(
         l.bypass();
     }
     let mut own = 0..0;
-    if let Some((v, leaders)) = run {
-        own = 0..leaders.len() as u64;
-        start_run(w, x.bucket, t, &v, 0, leaders, Some(body));
+    match run {
+        Some((v, leaders)) => {
+            own = 0..leaders.len() as u64;
+            start_run(w, x.bucket, t, &v, 0, leaders, Some(body));
+        }
+        // Nothing of it is cut here (another member owns the first slice, or wants only the
+        // entry): the connection is let go now, not after the answer.
+        None => drop(body),
     }
     // Changed already: the entry is gone, and this client gets an error rather than a loop.
     answer_owning(x, t, &meta, XCache::Miss, None, own)
@@ -259,6 +350,14 @@ pub async fn serve<S: AsyncWriteRent>(
         return Err(Error::internal("a sliced entry without its length or ETag"));
     };
     let req = x.req;
+    if wants_entry(x) {
+        write_object_head(x, 200, meta, xcache, layer);
+        x.answer.header_u64(SLICED, v.g.len);
+        x.answer.header_u64("Content-Length", 0);
+        x.answer.end_head();
+        let abort = x.answer.flush().await.is_err();
+        return Ok(Served::Sent(Sent { status: 200, abort }));
+    }
     let (status, body) = status_and_range(req, meta, v.g.len)?;
     write_head(x, status, meta, xcache, layer, body, v.g.len);
     let bytes = match body {
@@ -330,7 +429,10 @@ async fn send_slices<S: AsyncWriteRent>(
     let mine = Fetching::default();
     mine.add(own);
     for i in needed.clone() {
-        keep_entry(w, t, meta);
+        // A member's request (a run of slices) has no entry here to keep.
+        if !x.from_peer {
+            keep_entry(w, t, meta);
+        }
         let window = slices::readahead(i, &needed, ahead, asked);
         if !window.is_empty() {
             prefetch(w, x.bucket, t, v, window.clone(), &mine);

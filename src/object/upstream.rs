@@ -12,12 +12,14 @@ use std::time::SystemTime;
 use monoio::io::AsyncWriteRent;
 use monoio::time::Instant;
 
+use super::answer::precondition_for;
 use super::exchange::{Exchange, Target, XCache, STREAM_CHUNK};
 use super::origin_error;
 use crate::context::Worker;
 use crate::error::{Error, Kind};
-use crate::fleet::client::{self, PeerRequest};
+use crate::fleet::client::{self, PeerRequest, SliceOf};
 use crate::fleet::Route;
+use crate::http::conditional::Precondition;
 use crate::http::conn::Sent;
 use crate::http::response::UpstreamHead;
 use crate::http::writer::{DateField, Writer};
@@ -95,6 +97,9 @@ pub async fn fetch_as_asked<S>(
         key,
         query: params,
         headers: &forwarded,
+        // A GET this instance would answer from slices when the owner holds them.
+        want_entry: !x.req.is_head(),
+        slice: None,
     };
     fetch_origin(x.w, x.bucket, &asked).await
 }
@@ -162,6 +167,21 @@ pub async fn respond_upstream_keeping<S: AsyncWriteRent>(
         200 | 206 | 304 => {}
         _ => return Err(origin_error::read_and_map(x.w, x.bucket, &head, body).await),
     }
+    // A fleet member's 200 for a shared fill was asked for without this client's conditionals
+    // (a fill serves every coalesced client): they are evaluated here, as on a cached answer.
+    let mut head = head;
+    if head.peer.is_some() && head.status == 200 {
+        match precondition_for(req, || (head.header("etag"), head.header("last-modified"))) {
+            Precondition::Proceed => {}
+            Precondition::NotModified => head.status = 304,
+            Precondition::Failed => {
+                return Err(Error::client(
+                    Kind::PreconditionFailed,
+                    "a precondition of the request failed",
+                ))
+            }
+        }
+    }
     let length = if head.status == 304 {
         None
     } else if req.is_head() {
@@ -228,6 +248,11 @@ pub struct Asked<'a> {
     pub query: &'a [(&'a str, &'a str)],
     /// Forwarded headers (`Range`, `If-*`), lowercase names.
     pub headers: &'a [(&'static str, &'a str)],
+    /// For an owner only: an entry head rather than a sliced object's bytes (a GET that
+    /// this instance will answer from slices; `crate::fleet::client::WANT`).
+    pub want_entry: bool,
+    /// For an owner only: this is a run of slices of that object (`crate::fleet::client::SLICE`).
+    pub slice: Option<SliceOf>,
 }
 
 impl<'a> Asked<'a> {
@@ -239,6 +264,8 @@ impl<'a> Asked<'a> {
             key: t.key,
             query: t.params,
             headers,
+            want_entry: false,
+            slice: None,
         }
     }
 }
@@ -263,6 +290,8 @@ pub async fn fetch_origin(
                     query: a.query,
                     headers: a.headers,
                     read_timeout: w.shared.config.buckets[bucket].read_timeout,
+                    want_entry: a.want_entry,
+                    slice: a.slice,
                 };
                 let (t0, sent_at_ms) = (Instant::now(), w.clock().now_ms());
                 let res = client::fetch(&w.peers, fleet, &m, &req, w.clock().now_secs()).await;

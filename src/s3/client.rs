@@ -408,6 +408,40 @@ impl Body {
         body
     }
 
+    /// A body already read whole (a fleet member's small answer, `crate::fleet::client`):
+    /// reading it returns `bytes`; it holds no connection.
+    pub fn complete(pool: Rc<Pool>, bytes: Vec<u8>) -> Body {
+        let state = match bytes.len() {
+            0 => BodyState::Done,
+            n => BodyState::Length(n as u64),
+        };
+        Body {
+            pool,
+            conn: None,
+            keep_alive: false,
+            pending: bytes,
+            pos: 0,
+            state,
+            read_timeout: Duration::ZERO,
+        }
+    }
+
+    /// Reads the whole body (of announced length `len`, which the caller bounds).
+    pub async fn read_all(&mut self, len: u64) -> Result<Vec<u8>, Error> {
+        let mut all = Vec::with_capacity(len as usize);
+        while all.len() < all.capacity() {
+            let (res, a) = self.read_into(all).await;
+            all = a;
+            if res? == 0 {
+                break;
+            }
+        }
+        if (all.len() as u64) < len {
+            return Err(truncated());
+        }
+        Ok(all)
+    }
+
     /// The body length announced by the origin, when it announced one.
     pub fn content_length(&self) -> Option<u64> {
         match self.state {

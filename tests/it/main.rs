@@ -15,6 +15,7 @@ mod common;
 mod credentials;
 mod disk;
 mod disk_full;
+mod fleet;
 mod harness_smoke;
 mod hostile;
 #[path = "../jwt_support/mod.rs"]
@@ -37,3 +38,4 @@ mod slices;
 mod slices_clients;
 mod streaming;
 mod tls;
+mod warm;

@@ -375,6 +375,10 @@ fn dead_and_stalled_origins_map_to_502_and_504() {
     let v = json(&ready);
     assert_eq!(v["buckets"]["live"]["reachable"], true);
     assert_eq!(v["buckets"]["dead"]["reachable"], false);
+    // ...but an instance whose origin is down still serves: ready when origins are ignored.
+    let ready = http::get(corvid.addr(), "/ready?origins=ignore", &[]);
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(json(&ready)["status"], "ready");
 }
 
 #[test]

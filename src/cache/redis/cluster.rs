@@ -41,11 +41,14 @@
 //!   its messages are rare, and classic pub/sub works on every cluster version.
 //! - **Reads from replicas** (`read_from_replicas`, off by default): `GET` and `PTTL` go to
 //!   a replica of the key's shard, round-robin over the replicas the map names whose node
-//!   client is not in its down state, and to the master when none is (or the map names none);
-//!   every write, delete, `EVAL`, walk and publish goes to the master as before. Each node
-//!   connection sends `READONLY` once, after the login, so a replica answers reads of its
-//!   master's slots instead of redirecting them (a `MOVED` from a replica is followed like
-//!   any other). Staleness: Redis replicates asynchronously, so a replica is behind its master
+//!   client is not in its down state, and to the master when none is (or the map names none).
+//!   A lookup's `GET` and `PTTL` are one pipeline ([`call_all`]): one routing decision, one
+//!   connection, so the TTL is always the value's own replica's (replicas lag by different
+//!   amounts: another replica may have another TTL, or no key at all). Every write, delete,
+//!   `EVAL`, walk and publish goes to the master as before. Each node connection sends
+//!   `READONLY` once, after the login, so a replica answers reads of its master's slots
+//!   instead of redirecting them (a `MOVED` from a replica is followed like any other).
+//!   Staleness: Redis replicates asynchronously, so a replica is behind its master
 //!   by the replication lag — usually well under a millisecond on one network, but Redis puts
 //!   no bound on it. A value just filled may miss once on another instance (a miss, never a
 //!   wrong body: each key's value is written whole); a purge (`DEL`, or a soft purge's mark)
@@ -274,11 +277,35 @@ pub(super) async fn call(
     client: &RedisClient,
     cmd: &redis::Cmd,
 ) -> Result<redis::Value, RedisError> {
+    match call_all(client, &[cmd]).await?.into_iter().next() {
+        Some(r) => r,
+        None => Err(RedisError::Protocol("no reply from the cluster".into())),
+    }
+}
+
+/// Commands on one key, routed by its slot to ONE node and pipelined on one of its
+/// connections (so the replies of a `GET` and a `PTTL` read from replicas come from the same
+/// replica), following `MOVED` and `ASK` for all of them together, bounded by one `timeout`:
+/// a reply per command, error replies in their place. Errors are not counted here (the caller
+/// does).
+pub(super) async fn call_all(
+    client: &RedisClient,
+    cmds: &[&redis::Cmd],
+) -> Result<Vec<Result<redis::Value, RedisError>>, RedisError> {
     let c = cluster(client);
     let deadline = Instant::now() + client.inner.opts.timeout;
     c.refresh_after(client, REFRESH_EVERY);
-    let slot = routing_key(cmd).map(slots::key_slot);
-    let read = c.base.read_from_replicas && is_read(cmd);
+    let slot = cmds
+        .first()
+        .and_then(|cmd| routing_key(cmd))
+        .map(slots::key_slot);
+    debug_assert!(
+        cmds.iter()
+            .all(|cmd| routing_key(cmd).map(slots::key_slot) == slot),
+        "a pipeline goes to one node: its commands must share a hash slot"
+    );
+    let read = c.base.read_from_replicas && cmds.iter().all(|cmd| is_read(cmd));
+    // One routing decision for the whole pipeline: the round-robin over replicas turns once.
     let mut addr = if read {
         c.route_read(slot)
     } else {
@@ -292,31 +319,56 @@ pub(super) async fn call(
     let mut asking = false;
     for _ in 0..=MAX_REDIRECTS {
         let node = c.node(&addr)?;
-        match node.round_trip_at(cmd, asking, deadline).await {
-            Ok(v) => return Ok(v),
-            Err(RedisError::Server(m)) => match slots::parse_redirect(&m, &addr.host) {
-                Some(Redirect::Moved(slot, to)) => {
-                    c.map.borrow_mut().moved(slot, to.clone());
+        // The error that sends the whole pipeline elsewhere: a redirection (the commands share
+        // a key, so one redirected means all are), or a loading replica; any other error reply
+        // stays in its command's place.
+        let m = match node.pipeline_at(cmds, asking, deadline).await {
+            Ok(replies) => {
+                let clusterdown = replies.iter().any(
+                    |r| matches!(r, Err(RedisError::Server(m)) if m.starts_with("CLUSTERDOWN")),
+                );
+                if clusterdown {
                     c.refresh_soon(client);
-                    (addr, asking) = (to, false);
                 }
-                Some(Redirect::Ask(_, to)) => (addr, asking) = (to, true),
-                None if m.starts_with("LOADING") && read_replica => {
-                    // A replica still loading its data set (or one Redis 7.0 reported as
-                    // loading while it was in sync): this read goes to the master.
-                    read_replica = false;
-                    addr = c.route(slot);
-                }
-                None => {
-                    if m.starts_with("CLUSTERDOWN") {
-                        c.refresh_soon(client);
+                let elsewhere = replies.iter().find_map(|r| match r {
+                    Err(RedisError::Server(m))
+                        if slots::parse_redirect(m, &addr.host).is_some()
+                            || (read_replica && m.starts_with("LOADING")) =>
+                    {
+                        Some(m.clone())
                     }
-                    return Err(RedisError::Server(m));
+                    _ => None,
+                });
+                match elsewhere {
+                    Some(m) => m,
+                    None => return Ok(replies),
                 }
-            },
+            }
+            // `ASKING` itself refused.
+            Err(RedisError::Server(m)) => m,
             Err(e) => {
                 c.refresh_soon(client);
                 return Err(e);
+            }
+        };
+        match slots::parse_redirect(&m, &addr.host) {
+            Some(Redirect::Moved(slot, to)) => {
+                c.map.borrow_mut().moved(slot, to.clone());
+                c.refresh_soon(client);
+                (addr, asking) = (to, false);
+            }
+            Some(Redirect::Ask(_, to)) => (addr, asking) = (to, true),
+            None if m.starts_with("LOADING") && read_replica => {
+                // A replica still loading its data set (or one Redis 7.0 reported as
+                // loading while it was in sync): this read goes to the master.
+                read_replica = false;
+                addr = c.route(slot);
+            }
+            None => {
+                if m.starts_with("CLUSTERDOWN") {
+                    c.refresh_soon(client);
+                }
+                return Err(RedisError::Server(m));
             }
         }
     }
@@ -651,6 +703,139 @@ mod tests {
         };
         let err = RedisClient::new(single).err().unwrap();
         assert!(err.contains("read_from_replicas"), "{err}");
+    }
+
+    /// A fake cluster node on loopback (blocking, a thread per connection): one shard over
+    /// every slot, `master` with the replicas `replicas` (`CLUSTER SLOTS`; `CLUSTER SHARDS` is
+    /// refused as by Redis 6), and for any key `GET` answering `value` and `PTTL` answering
+    /// `pttl` — different on each node, as on replicas that lag their master differently.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "test server: blocking IO on its own threads, not on a worker"
+    )]
+    fn fake_node(
+        listener: std::net::TcpListener,
+        master: u16,
+        replicas: Vec<u16>,
+        value: Vec<u8>,
+        pttl: i64,
+    ) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        fn bulk(b: &[u8]) -> Vec<u8> {
+            let mut out = format!("${}\r\n", b.len()).into_bytes();
+            out.extend_from_slice(b);
+            out.extend_from_slice(b"\r\n");
+            out
+        }
+        let node = |port: u16| {
+            [
+                b"*2\r\n".to_vec(),
+                bulk(b"127.0.0.1"),
+                format!(":{port}\r\n").into_bytes(),
+            ]
+            .concat()
+        };
+        let mut slots = format!("*1\r\n*{}\r\n:0\r\n:16383\r\n", 3 + replicas.len()).into_bytes();
+        slots.extend(node(master));
+        for r in &replicas {
+            slots.extend(node(*r));
+        }
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (slots, value) = (slots.clone(), value.clone());
+                std::thread::spawn(move || {
+                    let mut w = conn.try_clone().unwrap();
+                    let mut r = BufReader::new(conn);
+                    let mut line = String::new();
+                    // One command: `*N` then N bulk strings.
+                    while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+                        let n: usize = line.trim_end()[1..].parse().unwrap();
+                        let mut args = Vec::new();
+                        for _ in 0..n {
+                            line.clear();
+                            r.read_line(&mut line).unwrap();
+                            let len: usize = line.trim_end()[1..].parse().unwrap();
+                            let mut arg = vec![0; len + 2];
+                            r.read_exact(&mut arg).unwrap();
+                            arg.truncate(len);
+                            args.push(String::from_utf8_lossy(&arg).to_ascii_uppercase());
+                        }
+                        line.clear();
+                        let reply = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+                            ["READONLY"] => b"+OK\r\n".to_vec(),
+                            ["CLUSTER", "SLOTS"] => slots.clone(),
+                            ["GET", _] => bulk(&value),
+                            ["PTTL", _] => format!(":{pttl}\r\n").into_bytes(),
+                            _ => b"-ERR unknown command\r\n".to_vec(),
+                        };
+                        if w.write_all(&reply).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn a_lookup_pairs_a_value_with_the_ttl_of_the_replica_that_had_it() {
+        use crate::cache::entry::{self, CachedObject, Meta};
+        use bytes::Bytes;
+        let listeners: Vec<_> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        // Each node's copy names the node in its body; its TTL is 1000 s x (node index + 1).
+        let pttl = |i: usize| 1_000_000 * (i as i64 + 1);
+        for (i, l) in listeners.into_iter().enumerate() {
+            let obj = CachedObject {
+                meta: std::sync::Arc::new(Meta::new(vec![], 1, 2)),
+                body: Bytes::from(format!("node {i}")),
+            };
+            fake_node(
+                l,
+                ports[0],
+                ports[1..].to_vec(),
+                entry::encode(&obj),
+                pttl(i),
+            );
+        }
+        let seed = target(&format!("redis://127.0.0.1:{}", ports[0]));
+        let opts = RedisOptions {
+            cluster: vec![seed.clone()],
+            read_from_replicas: true,
+            timeout: Duration::from_secs(5),
+            ..RedisOptions::new(seed)
+        };
+        let client = RedisClient::new(opts).unwrap();
+        let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build();
+        rt.unwrap().block_on(async {
+            full_map(&client).await.unwrap();
+            let (now, retain) = (10_000, Duration::ZERO);
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                let obj = crate::cache::redis_tier::lookup(&client, b"k", retain, now)
+                    .await
+                    .unwrap()
+                    .expect("every node has the key");
+                let i = usize::from(obj.body.last().unwrap() - b'0');
+                assert_eq!(
+                    obj.meta.expires_at_ms,
+                    now + pttl(i) as u64,
+                    "the value of node {i} with another node's TTL"
+                );
+                seen.push(i);
+            }
+            // Round-robin over the two replicas, never the master.
+            seen.sort_unstable();
+            assert_eq!(seen, [1, 1, 2, 2]);
+        });
     }
 
     #[test]

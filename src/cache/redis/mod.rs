@@ -303,6 +303,41 @@ impl RedisClient {
         }
     }
 
+    /// `GET` and `PTTL` of one key, pipelined on one connection of one node: the value, and
+    /// the key's remaining TTL in milliseconds when it has one (`None` also when the `PTTL`
+    /// alone failed). Both replies come from the same node — on a cluster reading from
+    /// replicas, the same replica — so a value is never paired with another node's TTL (two
+    /// replicas lag their master by different amounts; each read alone would be round-robin).
+    pub async fn get_with_pttl(
+        &self,
+        key: &[u8],
+    ) -> Result<(Option<Bytes>, Option<u64>), RedisError> {
+        let full = self.key(key);
+        let get = redis::cmd("GET").arg(&full).clone();
+        let pttl = redis::cmd("PTTL").arg(&full).clone();
+        let mut replies = self.call_all(&[&get, &pttl]).await?.into_iter();
+        let value = match replies.next() {
+            Some(Ok(redis::Value::Nil)) => None,
+            Some(Ok(redis::Value::BulkString(b))) => Some(Bytes::from(b)),
+            Some(Ok(v)) => return Err(self.count(resp::unexpected("GET", &v))),
+            Some(Err(e)) => return Err(self.count(e)),
+            None => return Err(self.count(missing_reply("GET"))),
+        };
+        let ttl = match replies.next() {
+            Some(Ok(redis::Value::Int(ms))) => u64::try_from(ms).ok().filter(|&ms| ms > 0),
+            Some(Ok(v)) => {
+                self.count(resp::unexpected("PTTL", &v));
+                None
+            }
+            Some(Err(e)) => {
+                self.count(e);
+                None
+            }
+            None => None,
+        };
+        Ok((value, ttl))
+    }
+
     /// `SET key value PX ttl` (a TTL under 1 ms is rounded up to 1 ms).
     pub async fn set(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<(), RedisError> {
         if value.len() > self.inner.opts.max_value_size {
@@ -509,13 +544,32 @@ impl RedisClient {
         e
     }
 
-    /// One round trip under the failure model (routed by slot on a cluster); counts failures.
+    /// One round trip under the failure model (routed by slot on a cluster); counts failures,
+    /// error replies included.
     async fn call(&self, cmd: &redis::Cmd) -> Result<redis::Value, RedisError> {
+        let r = match self.call_all(&[cmd]).await {
+            Ok(replies) => replies
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Err(missing_reply("a command"))),
+            Err(e) => return Err(e),
+        };
+        r.map_err(|e| self.count(e))
+    }
+
+    /// Commands on one key (one hash slot), pipelined on one connection under the failure
+    /// model (on a cluster, of the one node their slot routes to): a reply per command, error
+    /// replies as `Err(Server)` in their place. `Err` for the whole when the connection,
+    /// timeout or down state failed them all (counted here, once).
+    async fn call_all(
+        &self,
+        cmds: &[&redis::Cmd],
+    ) -> Result<Vec<Result<redis::Value, RedisError>>, RedisError> {
         let r = match &self.inner.cluster {
-            Some(_) => cluster::call(self, cmd).await,
+            Some(_) => cluster::call_all(self, cmds).await,
             None => {
                 let deadline = Instant::now() + self.inner.opts.timeout;
-                self.round_trip_at(cmd, false, deadline).await
+                self.pipeline_at(cmds, false, deadline).await
             }
         };
         r.map_err(|e| self.count(e))
@@ -530,21 +584,49 @@ impl RedisClient {
         asking: bool,
         deadline: Instant,
     ) -> Result<redis::Value, RedisError> {
+        match self.pipeline_at(&[cmd], asking, deadline).await?.pop() {
+            Some(r) => r,
+            None => Err(missing_reply("a command")),
+        }
+    }
+
+    /// Commands on one of this client's connections, queued in one synchronous step (adjacent
+    /// on the wire, so one server answers them in order), all answered by `deadline`: a reply
+    /// per command, error replies as `Err(Server)` in their place. With `asking`, each command
+    /// is preceded by `ASKING` on the same connection (the one-shot permission of a Redis
+    /// Cluster `ASK` redirection, good for one command; its error reply is the `Err` of the
+    /// whole).
+    async fn pipeline_at(
+        &self,
+        cmds: &[&redis::Cmd],
+        asking: bool,
+        deadline: Instant,
+    ) -> Result<Vec<Result<redis::Value, RedisError>>, RedisError> {
         let epoch = self.admit()?;
         let conn = self.pick_conn();
-        // Both queued in one synchronous step: adjacent on the wire.
-        let asked = asking.then(|| conn.send(&redis::cmd("ASKING")));
-        let slot = conn.send(cmd);
+        // All queued in one synchronous step: adjacent on the wire. `ASKING` allows only the
+        // one command after it, so each command gets its own.
+        let slots = cmds
+            .iter()
+            .map(|cmd| {
+                let asked = asking.then(|| conn.send(&redis::cmd("ASKING")));
+                (asked, conn.send(cmd))
+            })
+            .collect::<Vec<_>>();
         let replies = async {
-            if let Some(asked) = asked {
-                resp::check(asked.wait().await?)?;
+            let mut replies = Vec::with_capacity(slots.len());
+            for (asked, slot) in &slots {
+                if let Some(asked) = asked {
+                    resp::check(asked.wait().await?)?;
+                }
+                replies.push(slot.wait().await?);
             }
-            slot.wait().await
+            Ok(replies)
         };
         match monoio::time::timeout_at(deadline, replies).await {
             Ok(Ok(v)) => {
                 self.succeeded(epoch);
-                resp::check(v)
+                Ok(v.into_iter().map(resp::check).collect())
             }
             Ok(Err(e @ RedisError::Server(_))) => Err(e),
             Ok(Err(e)) => {
@@ -704,6 +786,12 @@ fn parse_scan(v: redis::Value) -> Result<(u64, Vec<Vec<u8>>), RedisError> {
         other => return Err(bad(&other.unwrap_or_default())),
     };
     Ok((cursor, keys))
+}
+
+/// A pipeline answered with fewer replies than commands (cannot happen on a healthy stream:
+/// a protocol error rather than a panic).
+fn missing_reply(what: &str) -> RedisError {
+    RedisError::Protocol(format!("no reply to {what}"))
 }
 
 #[cfg(test)]

@@ -177,4 +177,5 @@ pub fn now() -> u64 {
         .unwrap()
         .as_secs()
 }
+pub mod fleet;
 pub mod redis_cluster;

@@ -337,6 +337,19 @@ struct StatsInner {
     overrides: HashMap<(String, String), Overrides>,
     /// Response header rewrites for every object of a bucket, applied before the key's own.
     bucket_overrides: HashMap<String, Overrides>,
+    /// Requests being answered now (from arrival to the response head, the delay included),
+    /// and the most there were at once since the last reset.
+    in_flight: u64,
+    peak_in_flight: u64,
+}
+
+/// Counts a request as in flight until dropped (its response head is ready, or it failed).
+struct InFlight(Arc<Stats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
+    }
 }
 
 impl StatsInner {
@@ -400,6 +413,17 @@ impl KeyMappingFs {
     }
 }
 
+/// A key as an `encoding-type=url` listing carries it (Python's `urllib.parse.quote`, as moto).
+fn listing_encode(s: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b'/');
+    percent_encoding::utf8_percent_encode(s, SET).to_string()
+}
+
 fn map_key<T>(mut req: S3Request<T>, key: impl FnOnce(&mut T) -> &mut String) -> S3Request<T> {
     let k = key(&mut req.input);
     *k = storage_key(k);
@@ -440,7 +464,38 @@ impl s3s::S3 for KeyMappingFs {
         &self,
         req: S3Request<dto::ListObjectsV2Input>,
     ) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
-        self.inner.list_objects_v2(req).await
+        // s3s-fs echoes `encoding-type=url` but leaves the keys as they are; S3 (and moto)
+        // URL-encode them then, and SDKs decode them (`+` is a space there). Encoded here as
+        // moto does (Python's `quote`: all but unreserved characters and `/`), so that the
+        // origin answers such a listing as S3 does.
+        let url = req
+            .input
+            .encoding_type
+            .as_ref()
+            .is_some_and(|e| e.as_str() == "url");
+        let mut resp = self.inner.list_objects_v2(req).await?;
+        if url {
+            let out = &mut resp.output;
+            let keys = out
+                .contents
+                .iter_mut()
+                .flatten()
+                .filter_map(|o| o.key.as_mut());
+            let prefixes = out
+                .common_prefixes
+                .iter_mut()
+                .flatten()
+                .filter_map(|p| p.prefix.as_mut());
+            for s in keys
+                .chain(prefixes)
+                .chain(out.prefix.as_mut())
+                .chain(out.start_after.as_mut())
+                .chain(out.delimiter.as_mut())
+            {
+                *s = listing_encode(s);
+            }
+        }
+        Ok(resp)
     }
 
     async fn get_object(
@@ -511,6 +566,8 @@ impl hyper::service::Service<Request<Incoming>> for Recorder {
         let (fault, delay, overrides) = {
             let mut s = self.stats.lock();
             *s.counts.entry(rec.method.clone()).or_default() += 1;
+            s.in_flight += 1;
+            s.peak_in_flight = s.peak_in_flight.max(s.in_flight);
             let overrides = match rec.object() {
                 Some(object) if read => s.overrides_for(&object),
                 _ => Vec::new(),
@@ -529,7 +586,9 @@ impl hyper::service::Service<Request<Incoming>> for Recorder {
             (fault, s.delay, overrides)
         };
         let inner = self.inner.clone();
+        let in_flight = InFlight(self.stats.clone());
         Box::pin(async move {
+            let _in_flight = in_flight;
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -821,6 +880,13 @@ impl Origin {
         let mut s = self.stats.lock();
         s.counts.clear();
         s.recent.clear();
+        s.peak_in_flight = s.in_flight;
+    }
+
+    /// The most requests the origin was answering at once (from arrival to response head, a
+    /// [`Origin::set_delay`] included) since the start or the last [`Origin::reset_counts`].
+    pub fn peak_in_flight(&self) -> u64 {
+        self.stats.lock().peak_in_flight
     }
 
     /// The next `n` requests get `status` with an S3-style XML error body
