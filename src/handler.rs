@@ -268,7 +268,12 @@ async fn object<S: AsyncWriteRent>(
     };
     // Decoded into a recycled buffer, like the cache key: a hit allocates nothing.
     let mut decoded = w.scratch();
-    let q = crate::router::object_query(query, &mut decoded)?;
+    // In a block, so that the parsed query's overrides list is not kept in this future's state
+    // across the answer (each byte of it is moved with the future: callgrind).
+    let (forwarded, overrides) = {
+        let q = crate::router::object_query(query, &mut decoded)?;
+        (q.forwarded, crate::object::overrides::Overrides::of(&q.overrides))
+    };
     let mut x = crate::object::exchange::Exchange {
         w,
         answer,
@@ -276,9 +281,9 @@ async fn object<S: AsyncWriteRent>(
         bucket,
         log,
         from_peer,
-        overrides: crate::object::overrides::Overrides::of(&q.overrides),
+        overrides,
     };
-    crate::object::serve(&mut x, key, &q.forwarded).await
+    crate::object::serve(&mut x, key, &forwarded).await
 }
 
 /// Whether `req` comes from a member of this instance's fleet: a request that says so (an
