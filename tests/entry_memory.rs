@@ -10,7 +10,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use corvid::cache::entry::{CachedObject, Meta};
@@ -75,7 +74,7 @@ fn object(i: u64) -> (Vec<u8>, CachedObject) {
     .to_vec();
     let now = 1_765_000_000_000;
     let obj = CachedObject {
-        meta: Arc::new(Meta::new(headers, now, now + 3_600_000)),
+        meta: Meta::new(headers, now, now + 3_600_000),
         body: Bytes::from(vec![(i % 251) as u8; BODY]),
     };
     (key, obj)

@@ -44,9 +44,8 @@
 //! Integrity is the storing tier's business (the disk tier checksums whole entries); decode only
 //! guarantees it never panics and never returns a body past the input.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
+use triomphe::ThinArc;
 
 use crate::http::cache_control::{self, Directives};
 use crate::http::date;
@@ -95,8 +94,13 @@ pub const ENTRY_OVERHEAD: usize = 368;
 /// the body with a vector of owned name/value strings, parsed directives and the rendered
 /// lines beside each other, 568 B with the rendered lines alone, and less with this buffer
 /// (`perf/entry_overhead.sh`, perf/RESULTS.md).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Meta {
+#[derive(Clone)]
+pub struct Meta(ThinArc<MetaHead, u8>);
+
+/// The fixed part of a [`Meta`], in the same allocation as its fields (a [`Meta`] derefs to
+/// it: `meta.expires_at_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaHead {
     /// The entry's age origin (unix ms): when its age was zero, for `Age` and `Date`. (The
     /// name and encoding predate RFC 9111 ages: it was the fill time, which is the age origin of
     /// a response that arrived with no `Age` and a current `Date`.)
@@ -109,10 +113,30 @@ pub struct Meta {
     /// Bytes of the rendered field lines (`Date` excluded): what a hit reserves at once. The
     /// top bit ([`SLICED`]) marks the object entry of a sliced object.
     lines: u32,
-    /// The passed fields, compact (see [`fields`]); for a sliced object's entry followed by
-    /// the object's length (8 bytes, little-endian): no field of its own in every entry for
-    /// what few entries have.
-    fields: Box<[u8]>,
+}
+
+impl std::ops::Deref for Meta {
+    type Target = MetaHead;
+    fn deref(&self) -> &MetaHead {
+        &self.0.header.header
+    }
+}
+
+impl PartialEq for Meta {
+    fn eq(&self, other: &Meta) -> bool {
+        **self == **other && self.raw() == other.raw()
+    }
+}
+
+impl Eq for Meta {}
+
+impl std::fmt::Debug for Meta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meta")
+            .field("head", &**self)
+            .field("fields", &self.raw())
+            .finish()
+    }
 }
 
 /// The flag in [`Meta`]'s `lines` of a sliced object's entry (`object::slices`: its bytes are
@@ -125,21 +149,30 @@ const DATE_LINE: usize = 37;
 impl Meta {
     /// Metadata of passed origin `headers` (spelling corvid writes, value).
     pub fn new(headers: Vec<(String, String)>, stored_at_ms: u64, expires_at_ms: u64) -> Meta {
-        // Sized exactly: a shrinking `into_boxed_slice` would leave a fragment per entry.
         let mut buf = Vec::with_capacity(headers.iter().map(|(n, v)| fields::len(n, v)).sum());
         let mut lines = 0usize;
         for (n, v) in &headers {
             fields::push(&mut buf, n, v);
             lines += n.len() + v.len() + 4;
         }
-        debug_assert_eq!(buf.len(), buf.capacity());
-        Meta {
+        let head = MetaHead {
             stored_at_ms,
             expires_at_ms,
             status: 200,
             lines: u32::try_from(lines).unwrap_or(u32::MAX).min(SLICED - 1),
-            fields: buf.into_boxed_slice(),
-        }
+        };
+        Meta::of(head, &buf)
+    }
+
+    /// One allocation holding `head` and `raw` (the compact fields, then a sliced object's
+    /// length), sized exactly.
+    fn of(head: MetaHead, raw: &[u8]) -> Meta {
+        Meta(ThinArc::from_header_and_slice(head, raw))
+    }
+
+    /// The compact fields and, for a sliced object's entry, its length.
+    fn raw(&self) -> &[u8] {
+        &self.0.slice
     }
 
     /// The object entry of a sliced object of `len` bytes (`len` 0: a whole entry, unchanged).
@@ -147,14 +180,14 @@ impl Meta {
         if len == 0 || self.sliced_len().is_some() {
             return self;
         }
-        let mut fields = Vec::with_capacity(self.fields.len() + 8);
-        fields.extend_from_slice(&self.fields);
-        fields.extend_from_slice(&len.to_le_bytes());
-        Meta {
+        let mut raw = Vec::with_capacity(self.raw().len() + 8);
+        raw.extend_from_slice(self.raw());
+        raw.extend_from_slice(&len.to_le_bytes());
+        let head = MetaHead {
             lines: self.lines | SLICED,
-            fields: fields.into_boxed_slice(),
-            ..self
-        }
+            ..*self
+        };
+        Meta::of(head, &raw)
     }
 
     /// The object's length when this is the entry of a sliced object.
@@ -162,30 +195,35 @@ impl Meta {
         if self.lines & SLICED == 0 {
             return None;
         }
-        let (_, len) = self.fields.split_last_chunk::<8>()?;
+        let (_, len) = self.raw().split_last_chunk::<8>()?;
         Some(u64::from_le_bytes(*len))
     }
 
     /// The compact fields without a sliced object's length.
     fn field_bytes(&self) -> &[u8] {
+        let raw = self.raw();
         match self.lines & SLICED {
-            0 => &self.fields,
-            _ => &self.fields[..self.fields.len() - 8],
+            0 => raw,
+            _ => &raw[..raw.len() - 8],
         }
     }
 
     /// The same metadata for an answer with another status (a negative entry's 404).
     pub fn with_status(self, status: u16) -> Meta {
-        Meta { status, ..self }
+        if status == self.status {
+            return self;
+        }
+        Meta::of(MetaHead { status, ..*self }, self.raw())
     }
 
     /// The same header fields with another age origin (and so `Date`) and deadline.
     pub fn with_times(&self, stored_at_ms: u64, expires_at_ms: u64) -> Meta {
-        Meta {
+        let head = MetaHead {
             stored_at_ms,
             expires_at_ms,
-            ..self.clone()
-        }
+            ..**self
+        };
+        Meta::of(head, self.raw())
     }
 
     /// The entry's freshness as `object::freshness` reads it.
@@ -198,10 +236,7 @@ impl Meta {
 
     /// The same metadata with another freshness deadline (after a 304 revalidation).
     pub fn refreshed(&self, expires_at_ms: u64) -> Meta {
-        Meta {
-            expires_at_ms,
-            ..self.clone()
-        }
+        self.with_times(self.stored_at_ms, expires_at_ms)
     }
 
     /// Appends the header lines a hit sends (`Name: value\r\n`…): the passed origin fields in
@@ -223,7 +258,7 @@ impl Meta {
 
     /// Bytes this metadata keeps beside its fixed part (what [`CachedObject::weight`] adds).
     pub fn stored_len(&self) -> usize {
-        self.fields.len()
+        self.raw().len()
     }
 
     /// The passed origin fields, in order.
@@ -480,7 +515,7 @@ pub fn directives_of(headers: &[(String, String)]) -> Directives {
 /// A cached object: shared metadata and a reference-counted body (never copied per request).
 #[derive(Debug, Clone)]
 pub struct CachedObject {
-    pub meta: Arc<Meta>,
+    pub meta: Meta,
     pub body: Bytes,
 }
 
@@ -496,7 +531,7 @@ impl CachedObject {
     /// deadline is never moved later). Same body, same headers, so the same weight.
     pub fn stale_since(&self, at_ms: u64) -> Option<CachedObject> {
         (self.meta.expires_at_ms > at_ms).then(|| CachedObject {
-            meta: Arc::new(self.meta.refreshed(at_ms)),
+            meta: self.meta.refreshed(at_ms),
             body: self.body.clone(),
         })
     }
@@ -581,7 +616,7 @@ pub fn decode(bytes: Bytes) -> Option<CachedObject> {
         .with_status(status)
         .with_sliced_len(object_len);
     Some(CachedObject {
-        meta: Arc::new(meta),
+        meta,
         body: bytes.slice(start..end),
     })
 }
@@ -631,7 +666,7 @@ mod tests {
 
     fn obj() -> CachedObject {
         CachedObject {
-            meta: Arc::new(Meta::new(
+            meta: Meta::new(
                 vec![
                     ("Content-Type".into(), "image/png".into()),
                     ("ETag".into(), "\"abc\"".into()),
@@ -639,7 +674,7 @@ mod tests {
                 ],
                 1_700_000_000_000,
                 1_700_000_060_000,
-            )),
+            ),
             body: Bytes::from_static(b"\x00\x01binary body\xff"),
         }
     }
@@ -649,7 +684,7 @@ mod tests {
         let o = obj();
         let enc = Bytes::from(encode(&o));
         let d = decode(enc.clone()).unwrap();
-        assert_eq!(*d.meta, *o.meta);
+        assert_eq!(d.meta, o.meta);
         assert_eq!(d.body, o.body);
         assert_eq!(d.meta.etag(), Some("\"abc\""));
         assert_eq!(
@@ -663,7 +698,7 @@ mod tests {
     #[test]
     fn negative_entries_round_trip_and_v1_entries_read_as_200() {
         let neg = CachedObject {
-            meta: Arc::new(Meta::new(vec![], 1_000, 2_000).with_status(404)),
+            meta: Meta::new(vec![], 1_000, 2_000).with_status(404),
             body: Bytes::new(),
         };
         let d = decode(Bytes::from(encode(&neg))).unwrap();
@@ -684,7 +719,7 @@ mod tests {
         assert_eq!(m.fields(), o.meta.fields(), "the length is not a field");
         assert_eq!(m.header_pairs(), o.meta.header_pairs());
         let entry = CachedObject {
-            meta: Arc::new(m),
+            meta: m,
             body: Bytes::new(),
         };
         let d = decode(Bytes::from(encode(&entry))).unwrap();
@@ -748,7 +783,7 @@ mod tests {
         // the rendered lines with Date were 245 B.
         assert_eq!(m.stored_len(), 132);
         let o = CachedObject {
-            meta: Arc::new(m),
+            meta: m,
             body: Bytes::from(vec![0; 1024]),
         };
         assert_eq!(o.weight() - 1024, 132 + ENTRY_OVERHEAD);
@@ -799,9 +834,9 @@ mod tests {
                 prop_assert_eq!(m.header(n), first.map(|(_, v)| v.as_str()));
                 prop_assert!(m.header(&n.to_ascii_uppercase()).is_some(), "{} {}", n, v);
             }
-            let o = CachedObject { meta: Arc::new(m), body: Bytes::from_static(b"b") };
+            let o = CachedObject { meta: m, body: Bytes::from_static(b"b") };
             let d = decode(Bytes::from(encode(&o))).unwrap();
-            prop_assert_eq!(&*d.meta, &*o.meta);
+            prop_assert_eq!(&d.meta, &o.meta);
         }
     }
 

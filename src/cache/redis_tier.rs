@@ -48,7 +48,7 @@ pub async fn lookup(
     if let Ok(redis::Value::Int(ms)) = ttl {
         if ms > 0 {
             let expires = (now_ms + ms as u64).saturating_sub(retain.as_millis() as u64);
-            obj.meta = std::sync::Arc::new(obj.meta.refreshed(expires));
+            obj.meta = obj.meta.refreshed(expires);
         }
     }
     Ok(Some(obj))

@@ -28,7 +28,6 @@
 //! from the origin (`slices_cached`, `slices_fetched`).
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use monoio::io::AsyncWriteRent;
@@ -61,7 +60,7 @@ pub enum Served {
 /// The object entry for an origin answer `head` (a `200` of `len` bytes, or a `206` of an
 /// object of `len` bytes) when the object is to be cached as slices
 /// ([`decide::storable_sliced`]).
-pub fn entry_meta(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Arc<Meta>> {
+pub fn entry_meta(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Meta> {
     let cfg = &w.shared.config.cache;
     let f = decide::storable_sliced(
         head,
@@ -72,11 +71,11 @@ pub fn entry_meta(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> O
         w.clock().now_ms(),
     )?;
     let meta = Meta::new(stored_headers(head), f.age_origin_ms, f.expires_at_ms);
-    Some(Arc::new(meta.with_sliced_len(len)))
+    Some(meta.with_sliced_len(len))
 }
 
 /// Stores the object entry `meta` (no body: the bytes are in slices).
-pub async fn store_entry(w: &Worker, t: &Target<'_>, meta: Arc<Meta>) {
+pub async fn store_entry(w: &Worker, t: &Target<'_>, meta: Meta) {
     let obj = CachedObject {
         meta,
         body: Bytes::new(),
@@ -91,7 +90,7 @@ pub async fn store_entry(w: &Worker, t: &Target<'_>, meta: Arc<Meta>) {
 pub async fn begin<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
-    meta: Arc<Meta>,
+    meta: Meta,
     body: Body,
     leader: Option<Leader>,
 ) -> Result<Sent, Error> {
@@ -112,7 +111,7 @@ pub async fn begin<S: AsyncWriteRent>(
             run = Some((v, leaders));
         }
     }
-    store_entry(w, t, Arc::clone(&meta)).await;
+    store_entry(w, t, meta.clone()).await;
     if let Some(l) = leader {
         // Its followers look the key up again and find the entry.
         l.bypass();
@@ -133,7 +132,7 @@ pub async fn begin<S: AsyncWriteRent>(
 pub async fn answer<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
-    meta: &Arc<Meta>,
+    meta: &Meta,
     xcache: XCache,
     layer: Option<Layer>,
 ) -> Result<Option<Sent>, Error> {
@@ -144,7 +143,7 @@ pub async fn answer<S: AsyncWriteRent>(
 async fn answer_owning<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
-    meta: &Arc<Meta>,
+    meta: &Meta,
     xcache: XCache,
     layer: Option<Layer>,
     own: Range<u64>,
@@ -187,7 +186,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
                     {
                         let changed = meta.fields() != stale.fields();
                         let obj = CachedObject {
-                            meta: Arc::clone(&meta),
+                            meta: meta.clone(),
                             body: Bytes::new(),
                         };
                         w.cache.refresh(t.ckey, obj, t.generation, changed).await;
@@ -202,7 +201,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
                     let meta = len.and_then(|len| entry_meta(w, bucket, &head, len));
                     match meta {
                         Some(meta) if meta.etag() == stale.etag() => {
-                            store_entry(w, t, Arc::clone(&meta)).await;
+                            store_entry(w, t, meta.clone()).await;
                             return answer(x, t, &meta, XCache::Miss, None).await;
                         }
                         _ => {
@@ -246,7 +245,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
 pub async fn serve<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
-    meta: &Arc<Meta>,
+    meta: &Meta,
     xcache: XCache,
     layer: Option<Layer>,
     own: Range<u64>,
@@ -313,7 +312,7 @@ enum SendError {
 async fn send_slices<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
-    meta: &Arc<Meta>,
+    meta: &Meta,
     v: &Version,
     bytes: &Range<u64>,
     own: Range<u64>,
@@ -386,14 +385,14 @@ fn note<S>(x: &mut Exchange<'_, '_, '_, S>, layer: Option<Layer>) {
 /// slices pass through the tier's small queue, does not evict the entry that makes them
 /// usable), and an entry evicted anyway is put back — unless a purge began since the request
 /// did (the purge generation, as for any store).
-fn keep_entry(w: &Worker, t: &Target<'_>, meta: &Arc<Meta>) {
+fn keep_entry(w: &Worker, t: &Target<'_>, meta: &Meta) {
     let memory = &w.cache.tiers().memory;
     if memory.capacity() == 0 || memory.get(t.ckey).is_some() {
         return;
     }
     if w.cache.generation() == t.generation {
         let entry = CachedObject {
-            meta: Arc::clone(meta),
+            meta: meta.clone(),
             body: Bytes::new(),
         };
         memory.insert(t.ckey, entry);
