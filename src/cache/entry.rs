@@ -69,16 +69,17 @@ pub struct Freshness {
     pub expires_at_ms: u64,
 }
 
-/// What a memory-tier entry costs beside its body, stored fields and key: the `Meta` and its
-/// `Arc`, the table slot, the memory tier's node (queue state with the key), its place in a
-/// FIFO, the body's shared header, the allocator's own headers, and — once the tier is full
-/// and evicting — its share of the table's spare slots, the ghost queue and freed-block
+/// What a memory-tier entry costs beside its body, stored fields and key: the fixed part of
+/// its `Meta` and that allocation's count, the memory tier's node (queue state, the
+/// `CachedObject` handle, the key's length), its table slot and its place in a FIFO, the
+/// body's shared header, the allocator's own headers, and — once the tier is full and
+/// evicting — its share of the table's spare slots, the ghost queue and freed-block
 /// fragmentation. Measured by `perf/entry_overhead.sh` (perf/RESULTS.md, issue 16): a typical
-/// 1 KiB entry costs 427 B beyond its body while nothing is evicted (132 B of it stored
-/// fields, 41 B key), and ~400 B beyond body, fields and key in a full tier; with this charge
-/// a full 16 MiB or 64 MiB tier of 1 KiB objects, or a 16 MiB one of 200 B objects, holds
-/// 1.0–1.05x its capacity in RSS.
-pub const ENTRY_OVERHEAD: usize = 368;
+/// 1 KiB entry costs 389 B beyond its body while nothing is evicted (132 B of it stored
+/// fields, 40 B key), and ~260–290 B beyond body, fields and key in a full tier; with this
+/// charge a full 16 MiB or 64 MiB tier of 1 KiB objects, or a 16 MiB one of 200 B objects,
+/// holds about its capacity in RSS (0.96–1.01x).
+pub const ENTRY_OVERHEAD: usize = 288;
 
 /// Metadata of a cached object.
 ///
@@ -94,6 +95,13 @@ pub const ENTRY_OVERHEAD: usize = 368;
 /// the body with a vector of owned name/value strings, parsed directives and the rendered
 /// lines beside each other, 568 B with the rendered lines alone, and less with this buffer
 /// (`perf/entry_overhead.sh`, perf/RESULTS.md).
+///
+/// A `Meta` is one shared allocation, sized exactly: a count, the fixed part ([`MetaHead`]:
+/// age origin, deadline, status, rendered length), the buffer's length and the buffer, behind
+/// one pointer (`triomphe::ThinArc`; cloning it is one atomic increment, as cloning the
+/// `Arc<Meta>` it replaced). The `Arc<Meta>` with a boxed buffer was two allocations, a
+/// second count and a second pointer: 16 B more per 1 KiB entry (issue 16, perf/RESULTS.md).
+/// Nothing in it changes after it is built: a revalidation or soft purge builds another.
 #[derive(Clone)]
 pub struct Meta(ThinArc<MetaHead, u8>);
 
@@ -110,6 +118,9 @@ pub struct MetaHead {
     /// The origin's status: 200, or 404 for a negative entry (`cache.negative_ttl`), which has
     /// no body and answers the 404 from cache.
     pub status: u16,
+    /// Length of the body kept at the end of this allocation (0: none; see
+    /// [`CachedObject::inlined`]).
+    inline: u16,
     /// Bytes of the rendered field lines (`Date` excluded): what a hit reserves at once. The
     /// top bit ([`SLICED`]) marks the object entry of a sliced object.
     lines: u32,
@@ -123,8 +134,10 @@ impl std::ops::Deref for Meta {
 }
 
 impl PartialEq for Meta {
+    /// Same head and fields; where the body is kept does not matter.
     fn eq(&self, other: &Meta) -> bool {
-        **self == **other && self.raw() == other.raw()
+        let head = |m: &Meta| MetaHead { inline: 0, ..**m };
+        head(self) == head(other) && self.raw() == other.raw()
     }
 }
 
@@ -159,20 +172,32 @@ impl Meta {
             stored_at_ms,
             expires_at_ms,
             status: 200,
+            inline: 0,
             lines: u32::try_from(lines).unwrap_or(u32::MAX).min(SLICED - 1),
         };
         Meta::of(head, &buf)
     }
 
     /// One allocation holding `head` and `raw` (the compact fields, then a sliced object's
-    /// length), sized exactly.
+    /// length), sized exactly; no body.
     fn of(head: MetaHead, raw: &[u8]) -> Meta {
-        Meta(ThinArc::from_header_and_slice(head, raw))
+        Meta(ThinArc::from_header_and_slice(
+            MetaHead { inline: 0, ..head },
+            raw,
+        ))
     }
 
-    /// The compact fields and, for a sliced object's entry, its length.
+    /// The compact fields and, for a sliced object's entry, its length: the allocation's
+    /// bytes without a body kept in it.
     fn raw(&self) -> &[u8] {
-        &self.0.slice
+        let all = &self.0.slice;
+        &all[..all.len() - usize::from(self.inline)]
+    }
+
+    /// The body kept at the end of this allocation (empty when there is none).
+    fn inline_body(&self) -> &[u8] {
+        let all = &self.0.slice;
+        &all[all.len() - usize::from(self.inline)..]
     }
 
     /// The object entry of a sliced object of `len` bytes (`len` 0: a whole entry, unchanged).
@@ -519,7 +544,61 @@ pub struct CachedObject {
     pub body: Bytes,
 }
 
+/// Bodies of at most this many bytes are kept in their metadata's allocation by the memory
+/// tier ([`CachedObject::inlined`]). What that saves does not depend on the body's size (the
+/// body's own allocation header and rounding, ~16 B), so the bound only keeps the copy that
+/// packing makes (once per store, under 1 µs) small; 4 KiB covers the small objects whose
+/// bookkeeping matters (issue 16) and fits the `u16` that records the length.
+pub const INLINE_BODY_MAX: usize = 4096;
+const _: () = assert!(INLINE_BODY_MAX <= u16::MAX as usize);
+
+/// The owner of a body kept in its metadata's allocation: the `Bytes` that lends the body
+/// holds the metadata, so the allocation lives while either is used.
+struct InlineBody(Meta);
+
+impl AsRef<[u8]> for InlineBody {
+    fn as_ref(&self) -> &[u8] {
+        self.0.inline_body()
+    }
+}
+
 impl CachedObject {
+    /// The same entry with a small body (1 to [`INLINE_BODY_MAX`] bytes) copied into its
+    /// metadata's allocation: the memory tier keeps entries this way (`Weighted::packed`).
+    /// A body from a `Vec` costs its allocation's header and rounding and a 32-byte shared
+    /// header of its own; kept inline, the body lends itself through `Bytes::from_owner`,
+    /// whose owner record (a count and the `Meta` pointer, 32 B with the allocator's header)
+    /// replaces the shared header: ~16 B less per entry, one allocation fewer, and a body that
+    /// pins nothing else (a disk or Redis body is a slice of the whole record it was read
+    /// with). Clones and slices of the body stay reference-counted views, so a hit copies
+    /// nothing. Unchanged when already packed, larger, empty, or a sliced object's entry.
+    pub fn inlined(self) -> CachedObject {
+        let n = self.body.len();
+        let m = &self.meta;
+        if self.is_inlined() || n == 0 || n > INLINE_BODY_MAX || m.sliced_len().is_some() {
+            return self;
+        }
+        let raw = m.raw();
+        let mut all = Vec::with_capacity(raw.len() + n);
+        all.extend_from_slice(raw);
+        all.extend_from_slice(&self.body);
+        let head = MetaHead {
+            inline: n as u16,
+            ..**m
+        };
+        let meta = Meta(ThinArc::from_header_and_slice(head, &all));
+        let body = Bytes::from_owner(InlineBody(meta.clone()));
+        CachedObject { meta, body }
+    }
+
+    /// Whether the body is the one kept in the metadata's allocation ([`CachedObject::inlined`]).
+    pub fn is_inlined(&self) -> bool {
+        let m = &self.meta;
+        m.inline != 0
+            && usize::from(m.inline) == self.body.len()
+            && m.inline_body().as_ptr() == self.body.as_ptr()
+    }
+
     /// Bytes charged against a tier's capacity: what the entry really costs in memory — its
     /// body, its header lines and [`ENTRY_OVERHEAD`] (the memory tier adds the key's length),
     /// so that a full tier's RSS is its capacity.
@@ -787,6 +866,69 @@ mod tests {
             body: Bytes::from(vec![0; 1024]),
         };
         assert_eq!(o.weight() - 1024, 132 + ENTRY_OVERHEAD);
+    }
+
+    #[test]
+    fn small_bodies_are_kept_in_their_metadata_and_read_the_same() {
+        let o = CachedObject {
+            meta: Meta::new(typical(), 1_700_000_000_000, 1_700_000_060_000),
+            body: Bytes::from((0..1024u32).map(|i| i as u8).collect::<Vec<_>>()),
+        };
+        assert!(!o.is_inlined());
+        let p = o.clone().inlined();
+        assert!(p.is_inlined());
+        assert_eq!((&p.meta, &p.body), (&o.meta, &o.body));
+        assert_eq!(
+            p.weight(),
+            o.weight(),
+            "the charge does not depend on where it is kept"
+        );
+        assert_eq!(block(&p.meta), block(&o.meta));
+        assert_eq!(p.meta.fields(), o.meta.fields());
+        assert_eq!(encode(&p), encode(&o));
+        // The body is a view into the metadata's allocation, and stays one when cloned,
+        // sliced or packed again: nothing copied.
+        let at = p.meta.0.slice.as_ptr() as usize + p.meta.stored_len();
+        assert_eq!(p.body.as_ptr() as usize, at);
+        assert_eq!(p.body.slice(10..20).as_ptr() as usize, at + 10);
+        let again = p.clone().inlined();
+        assert_eq!(again.body.as_ptr(), p.body.as_ptr());
+        assert_eq!(again.meta.0.ptr(), p.meta.0.ptr());
+        // New times: another allocation without the body, equal in everything else.
+        let r = p.meta.refreshed(1_800_000_000_000);
+        assert_eq!(r.stored_len(), p.meta.stored_len());
+        assert_eq!(r.fields(), o.meta.fields());
+        let stale = p.stale_since(1_700_000_000_001).unwrap();
+        assert!(!stale.is_inlined());
+        assert!(stale.clone().inlined().is_inlined());
+        // The body outlives every other handle on the allocation.
+        let body = p.body.clone();
+        drop((p, again, stale));
+        assert_eq!(body, o.body);
+    }
+
+    #[test]
+    fn empty_large_and_sliced_entries_are_not_packed() {
+        let meta = Meta::new(typical(), 1, 2);
+        for len in [0, INLINE_BODY_MAX + 1] {
+            let o = CachedObject {
+                meta: meta.clone(),
+                body: Bytes::from(vec![7; len]),
+            };
+            let p = o.clone().inlined();
+            assert!(!p.is_inlined());
+            assert_eq!(p.body.as_ptr(), o.body.as_ptr());
+        }
+        let o = CachedObject {
+            meta: Meta::new(typical(), 1, 2).with_sliced_len(1 << 30),
+            body: Bytes::from_static(b"x"),
+        };
+        assert!(!o.inlined().is_inlined());
+        let o = CachedObject {
+            meta,
+            body: Bytes::from(vec![7; INLINE_BODY_MAX]),
+        };
+        assert!(o.inlined().is_inlined());
     }
 
     /// What a hit wrote before the compact form: each field's line, then `Date`.

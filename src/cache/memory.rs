@@ -145,6 +145,16 @@ use crate::cache::usage::{BucketUsage, Buckets, Usage};
 /// What a cached value costs in bytes (body + metadata + per-entry overhead estimate).
 pub trait Weighted {
     fn weight(&self) -> usize;
+
+    /// The value as the cache keeps it: a value may repack itself into fewer allocations
+    /// (`CachedObject` keeps a small body with its metadata). Called once per insert or
+    /// update, never on a hit; must not change the weight.
+    fn packed(self) -> Self
+    where
+        Self: Sized,
+    {
+        self
+    }
 }
 
 impl Weighted for bytes::Bytes {
@@ -558,6 +568,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             drop(self.remove_hashed(hash, key));
             return false;
         }
+        let value = value.packed();
         // Allocated before locking; wasted (and freed after unlocking) on a replace.
         let mut fresh = Some(Node::new(
             Meta {
@@ -770,6 +781,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             let charge = match f(unsafe { e.value() }) {
                 None => e.charge(),
                 Some(new) => {
+                    let new = new.packed();
                     let charge = (new.weight() as u64).saturating_add(e.key().len() as u64);
                     let was = e.charge.swap(charge, Relaxed);
                     let fifo = match e.queue.load(Relaxed) {

@@ -47,6 +47,10 @@ impl Weighted for CachedObject {
     fn weight(&self) -> usize {
         CachedObject::weight(self)
     }
+
+    fn packed(self) -> CachedObject {
+        self.inlined()
+    }
 }
 
 /// Pending background disk writes at most (write-behind).
