@@ -28,6 +28,14 @@
 //! below is unchanged (names spelled out): the compact form is this process's own, converted
 //! at the tier boundary.
 //!
+//! In memory an entry is at most two allocations of this module's making (issue 16): a
+//! [`Meta`] (count, fixed part, compact fields, and — for bodies up to [`INLINE_BODY_MAX`] that
+//! the memory tier keeps — the body itself, lent as a `Bytes` by `Bytes::from_owner`) and that
+//! `Bytes`' 16-byte owner record; the memory tier's node holds the key and the
+//! [`CachedObject`]. A typical 1 KiB entry was 427 B beyond its body with `Arc<Meta>`, a boxed
+//! field buffer and a `Vec` body with its shared header; 384 B this way
+//! (`perf/entry_overhead.sh`, perf/RESULTS.md).
+//!
 //! Encoding (all integers little-endian):
 //!
 //! | field | size |
@@ -75,10 +83,11 @@ pub struct Freshness {
 /// body's shared header, the allocator's own headers, and — once the tier is full and
 /// evicting — its share of the table's spare slots, the ghost queue and freed-block
 /// fragmentation. Measured by `perf/entry_overhead.sh` (perf/RESULTS.md, issue 16): a typical
-/// 1 KiB entry costs 389 B beyond its body while nothing is evicted (132 B of it stored
-/// fields, 40 B key), and ~260–290 B beyond body, fields and key in a full tier; with this
+/// 1 KiB entry costs 384 B beyond its body while nothing is evicted (132 B of it stored
+/// fields, 40 B key), and ~240–300 B beyond body, fields and key in a full tier; with this
 /// charge a full 16 MiB or 64 MiB tier of 1 KiB objects, or a 16 MiB one of 200 B objects,
-/// holds about its capacity in RSS (0.96–1.01x).
+/// holds 0.93–1.01x its capacity in RSS (368 B, before the value moved into the memory
+/// tier's node and small bodies into their `Meta`, left them at 0.86–0.95x).
 pub const ENTRY_OVERHEAD: usize = 288;
 
 /// Metadata of a cached object.
