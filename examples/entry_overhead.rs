@@ -18,8 +18,6 @@
     reason = "a measurement tool run from the command line: no worker to block, its output is the point"
 )]
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use corvid::cache::entry::{CachedObject, Meta};
 use corvid::cache::key::cache_key;
@@ -62,7 +60,7 @@ fn object(i: u64, len: usize) -> (Vec<u8>, CachedObject) {
     ];
     let now = corvid::clock::system_now_ms();
     let obj = CachedObject {
-        meta: Arc::new(Meta::new(headers, now, now + 3_600_000)),
+        meta: Meta::new(headers, now, now + 3_600_000),
         body: Bytes::from(vec![(i % 251) as u8; len]),
     };
     (key, obj)

@@ -7,6 +7,7 @@
 #
 #   perf/callgrind_hits.sh                  # N1=2000 N2=12000
 #   QUERY='?response-content-type=text%2Fplain' perf/callgrind_hits.sh   # hits with overrides
+#   CORVID_BIN=/tmp/corvid-base perf/callgrind_hits.sh   # another build's binary (A/B runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
@@ -17,6 +18,7 @@ N2=${N2:-12000}
 export QUERY=${QUERY:-}
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 build_release --bin corvid --example origin
+CORVID_BIN=${CORVID_BIN:-target/release/corvid}
 make_workdir
 start_origin "$WORK/data" 1k=1024
 pids+=("$origin_pid")
@@ -28,7 +30,7 @@ run_once() {
   port=$(free_port)
   corvid_toml "$port" 1 '"64MiB"' >"$WORK/corvid-$n.toml"
   RUST_LOG=warn CORVID_DRIVER=legacy valgrind --tool=callgrind --callgrind-out-file="$WORK/cg-$n.out" \
-    target/release/corvid serve -c "$WORK/corvid-$n.toml" 2>"$WORK/cg-$n.log" &
+    "$CORVID_BIN" serve -c "$WORK/corvid-$n.toml" 2>"$WORK/cg-$n.log" &
   local pid=$!
   wait_http "http://127.0.0.1:$port/health"
   python3 - "$port" "$n" <<'PY'

@@ -272,7 +272,10 @@ async fn object<S: AsyncWriteRent>(
     // across the answer (each byte of it is moved with the future: callgrind).
     let (forwarded, overrides) = {
         let q = crate::router::object_query(query, &mut decoded)?;
-        (q.forwarded, crate::object::overrides::Overrides::of(&q.overrides))
+        (
+            q.forwarded,
+            crate::object::overrides::Overrides::of(&q.overrides),
+        )
     };
     let mut x = crate::object::exchange::Exchange {
         w,

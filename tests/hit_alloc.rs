@@ -219,7 +219,7 @@ fn cached(body: Bytes) -> CachedObject {
         ),
     ];
     CachedObject {
-        meta: Arc::new(Meta::new(headers, now, now + 3_600_000)),
+        meta: Meta::new(headers, now, now + 3_600_000),
         body,
     }
 }

@@ -80,11 +80,11 @@ fn ckey(e: &Entry) -> Vec<u8> {
 fn object(i: usize) -> CachedObject {
     let now = corvid::cache::disk::now_ms();
     CachedObject {
-        meta: Arc::new(Meta::new(
+        meta: Meta::new(
             vec![("ETag".into(), format!("\"{i}\""))],
             now,
             now + 3_600_000,
-        )),
+        ),
         body: Bytes::from(vec![i as u8; 1000 + 100 * i]),
     }
 }
@@ -767,7 +767,7 @@ fn stats_are_exact_per_tier_and_per_bucket() {
                         let len = body_len(key);
                         w.upstream_bytes(b, len as u64);
                         let obj = CachedObject {
-                            meta: Arc::new(Meta::new(vec![], now, now + 3_600_000)),
+                            meta: Meta::new(vec![], now, now + 3_600_000),
                             body: Bytes::from(vec![7u8; len]),
                         };
                         assert!(tiers.store(&k, obj, tiers.generation()));
@@ -929,7 +929,7 @@ fn disk_bucket_counts_follow_reclaim_and_survive_a_restart() {
     let obj = |len: usize| {
         let now = corvid::cache::disk::now_ms();
         CachedObject {
-            meta: Arc::new(Meta::new(vec![], now, now + 3_600_000)),
+            meta: Meta::new(vec![], now, now + 3_600_000),
             body: Bytes::from(vec![1u8; len]),
         }
     };
@@ -986,11 +986,7 @@ fn a_refresh_restarts_the_age_on_disk_across_a_restart() {
         tiers.store(&key, old.clone(), tiers.generation());
         let m = &old.meta;
         let refreshed = CachedObject {
-            meta: Arc::new(Meta::new(
-                m.header_pairs(),
-                origin + 7_200_000,
-                origin + 10_800_000,
-            )),
+            meta: Meta::new(m.header_pairs(), origin + 7_200_000, origin + 10_800_000),
             body: old.body.clone(),
         };
         assert!(tiers.refresh(&key, refreshed, tiers.generation(), false));

@@ -675,7 +675,6 @@ fn a_host_name_url_is_resolved_and_used_by_client_and_subscriber() {
 fn refresh_moves_the_stored_times_in_place() {
     use corvid::cache::entry::{CachedObject, Meta};
     use corvid::cache::redis_tier;
-    use std::sync::Arc;
     let server = Server::start(&[]);
     run(async {
         let o = opts(server.url());
@@ -685,14 +684,14 @@ fn refresh_moves_the_stored_times_in_place() {
         let now = 1_700_000_000_000u64;
         let headers = vec![("ETag".to_string(), "\"e1\"".to_string())];
         let old = CachedObject {
-            meta: Arc::new(Meta::new(headers.clone(), now - 7_200_000, now - 3_600_000)),
+            meta: Meta::new(headers.clone(), now - 7_200_000, now - 3_600_000),
             body: Bytes::from_static(b"the body"),
         };
         redis_tier::store(&c, b"k", &old, 1 << 20, retain, now)
             .await
             .unwrap();
         let new = CachedObject {
-            meta: Arc::new(Meta::new(headers, now, now + 60_000)),
+            meta: Meta::new(headers, now, now + 60_000),
             body: old.body.clone(),
         };
         redis_tier::refresh(&c, &prefix, b"k", &new, retain, now)

@@ -37,8 +37,6 @@
 
 pub mod query;
 
-use std::sync::Arc;
-
 use monoio::io::AsyncWriteRent;
 
 use crate::cache::entry::{CachedObject, Meta};
@@ -222,11 +220,7 @@ async fn lead<S: AsyncWriteRent>(
         return Err(e);
     }
     let now = w.clock().now_ms();
-    let meta = Arc::new(Meta::new(
-        stored_headers(&head),
-        now,
-        now.saturating_add(ttl_ms),
-    ));
+    let meta = Meta::new(stored_headers(&head), now, now.saturating_add(ttl_ms));
     let max = w.cache.max_object_size();
     match body.content_length() {
         Some(len) if len <= max => {
@@ -256,7 +250,7 @@ async fn stream_and_store<S: AsyncWriteRent>(
     t: &Target<'_>,
     head: crate::http::response::UpstreamHead,
     body: Body,
-    meta: Arc<Meta>,
+    meta: Meta,
 ) -> Result<Sent, Error> {
     let w = x.w;
     let mut keep = Keep::up_to(w.cache.max_object_size());

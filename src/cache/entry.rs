@@ -28,6 +28,14 @@
 //! below is unchanged (names spelled out): the compact form is this process's own, converted
 //! at the tier boundary.
 //!
+//! In memory an entry is at most two allocations of this module's making (issue 16): a
+//! [`Meta`] (count, fixed part, compact fields, and — for bodies up to [`INLINE_BODY_MAX`] that
+//! the memory tier keeps — the body itself, lent as a `Bytes` by `Bytes::from_owner`) and that
+//! `Bytes`' 16-byte owner record; the memory tier's node holds the key and the
+//! [`CachedObject`]. A typical 1 KiB entry was 427 B beyond its body with `Arc<Meta>`, a boxed
+//! field buffer and a `Vec` body with its shared header; 384 B this way
+//! (`perf/entry_overhead.sh`, perf/RESULTS.md).
+//!
 //! Encoding (all integers little-endian):
 //!
 //! | field | size |
@@ -44,9 +52,8 @@
 //! Integrity is the storing tier's business (the disk tier checksums whole entries); decode only
 //! guarantees it never panics and never returns a body past the input.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
+use triomphe::ThinArc;
 
 use crate::http::cache_control::{self, Directives};
 use crate::http::date;
@@ -70,16 +77,18 @@ pub struct Freshness {
     pub expires_at_ms: u64,
 }
 
-/// What a memory-tier entry costs beside its body, stored fields and key: the `Meta` and its
-/// `Arc`, the table slot, the memory tier's node (queue state with the key), its place in a
-/// FIFO, the body's shared header, the allocator's own headers, and — once the tier is full
-/// and evicting — its share of the table's spare slots, the ghost queue and freed-block
+/// What a memory-tier entry costs beside its body, stored fields and key: the fixed part of
+/// its `Meta` and that allocation's count, the memory tier's node (queue state, the
+/// `CachedObject` handle, the key's length), its table slot and its place in a FIFO, the
+/// body's shared header, the allocator's own headers, and — once the tier is full and
+/// evicting — its share of the table's spare slots, the ghost queue and freed-block
 /// fragmentation. Measured by `perf/entry_overhead.sh` (perf/RESULTS.md, issue 16): a typical
-/// 1 KiB entry costs 427 B beyond its body while nothing is evicted (132 B of it stored
-/// fields, 41 B key), and ~400 B beyond body, fields and key in a full tier; with this charge
-/// a full 16 MiB or 64 MiB tier of 1 KiB objects, or a 16 MiB one of 200 B objects, holds
-/// 1.0–1.05x its capacity in RSS.
-pub const ENTRY_OVERHEAD: usize = 368;
+/// 1 KiB entry costs 384 B beyond its body while nothing is evicted (132 B of it stored
+/// fields, 40 B key), and ~240–300 B beyond body, fields and key in a full tier; with this
+/// charge a full 16 MiB or 64 MiB tier of 1 KiB objects, or a 16 MiB one of 200 B objects,
+/// holds 0.93–1.01x its capacity in RSS (368 B, before the value moved into the memory
+/// tier's node and small bodies into their `Meta`, left them at 0.86–0.95x).
+pub const ENTRY_OVERHEAD: usize = 288;
 
 /// Metadata of a cached object.
 ///
@@ -95,8 +104,20 @@ pub const ENTRY_OVERHEAD: usize = 368;
 /// the body with a vector of owned name/value strings, parsed directives and the rendered
 /// lines beside each other, 568 B with the rendered lines alone, and less with this buffer
 /// (`perf/entry_overhead.sh`, perf/RESULTS.md).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Meta {
+///
+/// A `Meta` is one shared allocation, sized exactly: a count, the fixed part ([`MetaHead`]:
+/// age origin, deadline, status, rendered length), the buffer's length and the buffer, behind
+/// one pointer (`triomphe::ThinArc`; cloning it is one atomic increment, as cloning the
+/// `Arc<Meta>` it replaced). The `Arc<Meta>` with a boxed buffer was two allocations, a
+/// second count and a second pointer: 16 B more per 1 KiB entry (issue 16, perf/RESULTS.md).
+/// Nothing in it changes after it is built: a revalidation or soft purge builds another.
+#[derive(Clone)]
+pub struct Meta(ThinArc<MetaHead, u8>);
+
+/// The fixed part of a [`Meta`], in the same allocation as its fields (a [`Meta`] derefs to
+/// it: `meta.expires_at_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaHead {
     /// The entry's age origin (unix ms): when its age was zero, for `Age` and `Date`. (The
     /// name and encoding predate RFC 9111 ages: it was the fill time, which is the age origin of
     /// a response that arrived with no `Age` and a current `Date`.)
@@ -106,13 +127,38 @@ pub struct Meta {
     /// The origin's status: 200, or 404 for a negative entry (`cache.negative_ttl`), which has
     /// no body and answers the 404 from cache.
     pub status: u16,
+    /// Length of the body kept at the end of this allocation (0: none; see
+    /// [`CachedObject::inlined`]).
+    inline: u16,
     /// Bytes of the rendered field lines (`Date` excluded): what a hit reserves at once. The
     /// top bit ([`SLICED`]) marks the object entry of a sliced object.
     lines: u32,
-    /// The passed fields, compact (see [`fields`]); for a sliced object's entry followed by
-    /// the object's length (8 bytes, little-endian): no field of its own in every entry for
-    /// what few entries have.
-    fields: Box<[u8]>,
+}
+
+impl std::ops::Deref for Meta {
+    type Target = MetaHead;
+    fn deref(&self) -> &MetaHead {
+        &self.0.header.header
+    }
+}
+
+impl PartialEq for Meta {
+    /// Same head and fields; where the body is kept does not matter.
+    fn eq(&self, other: &Meta) -> bool {
+        let head = |m: &Meta| MetaHead { inline: 0, ..**m };
+        head(self) == head(other) && self.raw() == other.raw()
+    }
+}
+
+impl Eq for Meta {}
+
+impl std::fmt::Debug for Meta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meta")
+            .field("head", &**self)
+            .field("fields", &self.raw())
+            .finish()
+    }
 }
 
 /// The flag in [`Meta`]'s `lines` of a sliced object's entry (`object::slices`: its bytes are
@@ -125,21 +171,42 @@ const DATE_LINE: usize = 37;
 impl Meta {
     /// Metadata of passed origin `headers` (spelling corvid writes, value).
     pub fn new(headers: Vec<(String, String)>, stored_at_ms: u64, expires_at_ms: u64) -> Meta {
-        // Sized exactly: a shrinking `into_boxed_slice` would leave a fragment per entry.
         let mut buf = Vec::with_capacity(headers.iter().map(|(n, v)| fields::len(n, v)).sum());
         let mut lines = 0usize;
         for (n, v) in &headers {
             fields::push(&mut buf, n, v);
             lines += n.len() + v.len() + 4;
         }
-        debug_assert_eq!(buf.len(), buf.capacity());
-        Meta {
+        let head = MetaHead {
             stored_at_ms,
             expires_at_ms,
             status: 200,
+            inline: 0,
             lines: u32::try_from(lines).unwrap_or(u32::MAX).min(SLICED - 1),
-            fields: buf.into_boxed_slice(),
-        }
+        };
+        Meta::of(head, &buf)
+    }
+
+    /// One allocation holding `head` and `raw` (the compact fields, then a sliced object's
+    /// length), sized exactly; no body.
+    fn of(head: MetaHead, raw: &[u8]) -> Meta {
+        Meta(ThinArc::from_header_and_slice(
+            MetaHead { inline: 0, ..head },
+            raw,
+        ))
+    }
+
+    /// The compact fields and, for a sliced object's entry, its length: the allocation's
+    /// bytes without a body kept in it.
+    fn raw(&self) -> &[u8] {
+        let all = &self.0.slice;
+        &all[..all.len() - usize::from(self.inline)]
+    }
+
+    /// The body kept at the end of this allocation (empty when there is none).
+    fn inline_body(&self) -> &[u8] {
+        let all = &self.0.slice;
+        &all[all.len() - usize::from(self.inline)..]
     }
 
     /// The object entry of a sliced object of `len` bytes (`len` 0: a whole entry, unchanged).
@@ -147,14 +214,14 @@ impl Meta {
         if len == 0 || self.sliced_len().is_some() {
             return self;
         }
-        let mut fields = Vec::with_capacity(self.fields.len() + 8);
-        fields.extend_from_slice(&self.fields);
-        fields.extend_from_slice(&len.to_le_bytes());
-        Meta {
+        let mut raw = Vec::with_capacity(self.raw().len() + 8);
+        raw.extend_from_slice(self.raw());
+        raw.extend_from_slice(&len.to_le_bytes());
+        let head = MetaHead {
             lines: self.lines | SLICED,
-            fields: fields.into_boxed_slice(),
-            ..self
-        }
+            ..*self
+        };
+        Meta::of(head, &raw)
     }
 
     /// The object's length when this is the entry of a sliced object.
@@ -162,30 +229,35 @@ impl Meta {
         if self.lines & SLICED == 0 {
             return None;
         }
-        let (_, len) = self.fields.split_last_chunk::<8>()?;
+        let (_, len) = self.raw().split_last_chunk::<8>()?;
         Some(u64::from_le_bytes(*len))
     }
 
     /// The compact fields without a sliced object's length.
     fn field_bytes(&self) -> &[u8] {
+        let raw = self.raw();
         match self.lines & SLICED {
-            0 => &self.fields,
-            _ => &self.fields[..self.fields.len() - 8],
+            0 => raw,
+            _ => &raw[..raw.len() - 8],
         }
     }
 
     /// The same metadata for an answer with another status (a negative entry's 404).
     pub fn with_status(self, status: u16) -> Meta {
-        Meta { status, ..self }
+        if status == self.status {
+            return self;
+        }
+        Meta::of(MetaHead { status, ..*self }, self.raw())
     }
 
     /// The same header fields with another age origin (and so `Date`) and deadline.
     pub fn with_times(&self, stored_at_ms: u64, expires_at_ms: u64) -> Meta {
-        Meta {
+        let head = MetaHead {
             stored_at_ms,
             expires_at_ms,
-            ..self.clone()
-        }
+            ..**self
+        };
+        Meta::of(head, self.raw())
     }
 
     /// The entry's freshness as `object::freshness` reads it.
@@ -198,10 +270,7 @@ impl Meta {
 
     /// The same metadata with another freshness deadline (after a 304 revalidation).
     pub fn refreshed(&self, expires_at_ms: u64) -> Meta {
-        Meta {
-            expires_at_ms,
-            ..self.clone()
-        }
+        self.with_times(self.stored_at_ms, expires_at_ms)
     }
 
     /// Appends the header lines a hit sends (`Name: value\r\n`…): the passed origin fields in
@@ -253,7 +322,7 @@ impl Meta {
 
     /// Bytes this metadata keeps beside its fixed part (what [`CachedObject::weight`] adds).
     pub fn stored_len(&self) -> usize {
-        self.fields.len()
+        self.raw().len()
     }
 
     /// The passed origin fields, in order.
@@ -510,11 +579,65 @@ pub fn directives_of(headers: &[(String, String)]) -> Directives {
 /// A cached object: shared metadata and a reference-counted body (never copied per request).
 #[derive(Debug, Clone)]
 pub struct CachedObject {
-    pub meta: Arc<Meta>,
+    pub meta: Meta,
     pub body: Bytes,
 }
 
+/// Bodies of at most this many bytes are kept in their metadata's allocation by the memory
+/// tier ([`CachedObject::inlined`]). What that saves does not depend on the body's size (the
+/// body's own allocation header and rounding, ~16 B), so the bound only keeps the copy that
+/// packing makes (once per store, under 1 µs) small; 4 KiB covers the small objects whose
+/// bookkeeping matters (issue 16) and fits the `u16` that records the length.
+pub const INLINE_BODY_MAX: usize = 4096;
+const _: () = assert!(INLINE_BODY_MAX <= u16::MAX as usize);
+
+/// The owner of a body kept in its metadata's allocation: the `Bytes` that lends the body
+/// holds the metadata, so the allocation lives while either is used.
+struct InlineBody(Meta);
+
+impl AsRef<[u8]> for InlineBody {
+    fn as_ref(&self) -> &[u8] {
+        self.0.inline_body()
+    }
+}
+
 impl CachedObject {
+    /// The same entry with a small body (1 to [`INLINE_BODY_MAX`] bytes) copied into its
+    /// metadata's allocation: the memory tier keeps entries this way (`Weighted::packed`).
+    /// A body from a `Vec` costs its allocation's header and rounding and a 32-byte shared
+    /// header of its own; kept inline, the body lends itself through `Bytes::from_owner`,
+    /// whose owner record (a count and the `Meta` pointer, 32 B with the allocator's header)
+    /// replaces the shared header: ~16 B less per entry, one allocation fewer, and a body that
+    /// pins nothing else (a disk or Redis body is a slice of the whole record it was read
+    /// with). Clones and slices of the body stay reference-counted views, so a hit copies
+    /// nothing. Unchanged when already packed, larger, empty, or a sliced object's entry.
+    pub fn inlined(self) -> CachedObject {
+        let n = self.body.len();
+        let m = &self.meta;
+        if self.is_inlined() || n == 0 || n > INLINE_BODY_MAX || m.sliced_len().is_some() {
+            return self;
+        }
+        let raw = m.raw();
+        let mut all = Vec::with_capacity(raw.len() + n);
+        all.extend_from_slice(raw);
+        all.extend_from_slice(&self.body);
+        let head = MetaHead {
+            inline: n as u16,
+            ..**m
+        };
+        let meta = Meta(ThinArc::from_header_and_slice(head, &all));
+        let body = Bytes::from_owner(InlineBody(meta.clone()));
+        CachedObject { meta, body }
+    }
+
+    /// Whether the body is the one kept in the metadata's allocation ([`CachedObject::inlined`]).
+    pub fn is_inlined(&self) -> bool {
+        let m = &self.meta;
+        m.inline != 0
+            && usize::from(m.inline) == self.body.len()
+            && m.inline_body().as_ptr() == self.body.as_ptr()
+    }
+
     /// Bytes charged against a tier's capacity: what the entry really costs in memory — its
     /// body, its header lines and [`ENTRY_OVERHEAD`] (the memory tier adds the key's length),
     /// so that a full tier's RSS is its capacity.
@@ -526,7 +649,7 @@ impl CachedObject {
     /// deadline is never moved later). Same body, same headers, so the same weight.
     pub fn stale_since(&self, at_ms: u64) -> Option<CachedObject> {
         (self.meta.expires_at_ms > at_ms).then(|| CachedObject {
-            meta: Arc::new(self.meta.refreshed(at_ms)),
+            meta: self.meta.refreshed(at_ms),
             body: self.body.clone(),
         })
     }
@@ -611,7 +734,7 @@ pub fn decode(bytes: Bytes) -> Option<CachedObject> {
         .with_status(status)
         .with_sliced_len(object_len);
     Some(CachedObject {
-        meta: Arc::new(meta),
+        meta,
         body: bytes.slice(start..end),
     })
 }
@@ -661,7 +784,7 @@ mod tests {
 
     fn obj() -> CachedObject {
         CachedObject {
-            meta: Arc::new(Meta::new(
+            meta: Meta::new(
                 vec![
                     ("Content-Type".into(), "image/png".into()),
                     ("ETag".into(), "\"abc\"".into()),
@@ -669,7 +792,7 @@ mod tests {
                 ],
                 1_700_000_000_000,
                 1_700_000_060_000,
-            )),
+            ),
             body: Bytes::from_static(b"\x00\x01binary body\xff"),
         }
     }
@@ -679,7 +802,7 @@ mod tests {
         let o = obj();
         let enc = Bytes::from(encode(&o));
         let d = decode(enc.clone()).unwrap();
-        assert_eq!(*d.meta, *o.meta);
+        assert_eq!(d.meta, o.meta);
         assert_eq!(d.body, o.body);
         assert_eq!(d.meta.etag(), Some("\"abc\""));
         assert_eq!(
@@ -718,7 +841,7 @@ mod tests {
     #[test]
     fn negative_entries_round_trip_and_v1_entries_read_as_200() {
         let neg = CachedObject {
-            meta: Arc::new(Meta::new(vec![], 1_000, 2_000).with_status(404)),
+            meta: Meta::new(vec![], 1_000, 2_000).with_status(404),
             body: Bytes::new(),
         };
         let d = decode(Bytes::from(encode(&neg))).unwrap();
@@ -739,7 +862,7 @@ mod tests {
         assert_eq!(m.fields(), o.meta.fields(), "the length is not a field");
         assert_eq!(m.header_pairs(), o.meta.header_pairs());
         let entry = CachedObject {
-            meta: Arc::new(m),
+            meta: m,
             body: Bytes::new(),
         };
         let d = decode(Bytes::from(encode(&entry))).unwrap();
@@ -803,10 +926,73 @@ mod tests {
         // the rendered lines with Date were 245 B.
         assert_eq!(m.stored_len(), 132);
         let o = CachedObject {
-            meta: Arc::new(m),
+            meta: m,
             body: Bytes::from(vec![0; 1024]),
         };
         assert_eq!(o.weight() - 1024, 132 + ENTRY_OVERHEAD);
+    }
+
+    #[test]
+    fn small_bodies_are_kept_in_their_metadata_and_read_the_same() {
+        let o = CachedObject {
+            meta: Meta::new(typical(), 1_700_000_000_000, 1_700_000_060_000),
+            body: Bytes::from((0..1024u32).map(|i| i as u8).collect::<Vec<_>>()),
+        };
+        assert!(!o.is_inlined());
+        let p = o.clone().inlined();
+        assert!(p.is_inlined());
+        assert_eq!((&p.meta, &p.body), (&o.meta, &o.body));
+        assert_eq!(
+            p.weight(),
+            o.weight(),
+            "the charge does not depend on where it is kept"
+        );
+        assert_eq!(block(&p.meta), block(&o.meta));
+        assert_eq!(p.meta.fields(), o.meta.fields());
+        assert_eq!(encode(&p), encode(&o));
+        // The body is a view into the metadata's allocation, and stays one when cloned,
+        // sliced or packed again: nothing copied.
+        let at = p.meta.0.slice.as_ptr() as usize + p.meta.stored_len();
+        assert_eq!(p.body.as_ptr() as usize, at);
+        assert_eq!(p.body.slice(10..20).as_ptr() as usize, at + 10);
+        let again = p.clone().inlined();
+        assert_eq!(again.body.as_ptr(), p.body.as_ptr());
+        assert_eq!(again.meta.0.ptr(), p.meta.0.ptr());
+        // New times: another allocation without the body, equal in everything else.
+        let r = p.meta.refreshed(1_800_000_000_000);
+        assert_eq!(r.stored_len(), p.meta.stored_len());
+        assert_eq!(r.fields(), o.meta.fields());
+        let stale = p.stale_since(1_700_000_000_001).unwrap();
+        assert!(!stale.is_inlined());
+        assert!(stale.clone().inlined().is_inlined());
+        // The body outlives every other handle on the allocation.
+        let body = p.body.clone();
+        drop((p, again, stale));
+        assert_eq!(body, o.body);
+    }
+
+    #[test]
+    fn empty_large_and_sliced_entries_are_not_packed() {
+        let meta = Meta::new(typical(), 1, 2);
+        for len in [0, INLINE_BODY_MAX + 1] {
+            let o = CachedObject {
+                meta: meta.clone(),
+                body: Bytes::from(vec![7; len]),
+            };
+            let p = o.clone().inlined();
+            assert!(!p.is_inlined());
+            assert_eq!(p.body.as_ptr(), o.body.as_ptr());
+        }
+        let o = CachedObject {
+            meta: Meta::new(typical(), 1, 2).with_sliced_len(1 << 30),
+            body: Bytes::from_static(b"x"),
+        };
+        assert!(!o.inlined().is_inlined());
+        let o = CachedObject {
+            meta,
+            body: Bytes::from(vec![7; INLINE_BODY_MAX]),
+        };
+        assert!(o.inlined().is_inlined());
     }
 
     /// What a hit wrote before the compact form: each field's line, then `Date`.
@@ -854,9 +1040,9 @@ mod tests {
                 prop_assert_eq!(m.header(n), first.map(|(_, v)| v.as_str()));
                 prop_assert!(m.header(&n.to_ascii_uppercase()).is_some(), "{} {}", n, v);
             }
-            let o = CachedObject { meta: Arc::new(m), body: Bytes::from_static(b"b") };
+            let o = CachedObject { meta: m, body: Bytes::from_static(b"b") };
             let d = decode(Bytes::from(encode(&o))).unwrap();
-            prop_assert_eq!(&*d.meta, &*o.meta);
+            prop_assert_eq!(&d.meta, &o.meta);
         }
     }
 

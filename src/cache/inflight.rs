@@ -44,7 +44,7 @@ pub enum Event {
     /// The object's metadata and body length: the origin answered 200, or (`revalidated`)
     /// confirmed a stale entry with a 304.
     Head {
-        meta: Arc<Meta>,
+        meta: Meta,
         len: u64,
         revalidated: bool,
     },
@@ -248,7 +248,7 @@ impl Leader {
         }
     }
 
-    pub fn head(&self, meta: Arc<Meta>, len: u64) {
+    pub fn head(&self, meta: Meta, len: u64) {
         self.fill.publish(Event::Head {
             meta,
             len,
@@ -280,7 +280,7 @@ impl Leader {
 
     /// Publishes a whole object at once — an entry a 304 confirmed, or one a background
     /// refresh fetched — and ends the fill. Call after the entry was stored, as for `end`.
-    pub fn complete(mut self, meta: Arc<Meta>, body: Bytes, revalidated: bool) {
+    pub fn complete(mut self, meta: Meta, body: Bytes, revalidated: bool) {
         // Out of the table first: a follower may answer as soon as it has the head.
         self.close();
         self.fill.publish(Event::Head {
@@ -317,8 +317,8 @@ impl Drop for Leader {
 mod tests {
     use super::*;
 
-    fn meta() -> Arc<Meta> {
-        Arc::new(Meta::new(vec![], 0, 1))
+    fn meta() -> Meta {
+        Meta::new(vec![], 0, 1)
     }
 
     #[test]

@@ -3,9 +3,18 @@
 //! # What it owns
 //! [`MemoryCache`] maps byte-string keys (`bucket \0 key [\0 version …]`) to cheap-to-clone
 //! values (`Bytes`/`Arc<…>` handles) under **one byte budget for the whole process**. It
-//! owns the keys (each in one allocation with its queue state: `Node`), the admission rule (objects larger than
-//! [`MemoryCache::max_object_size`], by default `capacity / 8`, are refused) and the
-//! eviction policy. The charge of an entry is `value.weight() + key.len()`.
+//! owns the keys, the admission rule (objects larger than [`MemoryCache::max_object_size`],
+//! by default `capacity / 8`, are refused) and the eviction policy. The charge of an entry is
+//! `value.weight() + key.len()`.
+//!
+//! # Layout: one allocation per entry
+//! An entry is one `Node`: a thin `Arc` (one pointer) holding its queue state (hash, charge,
+//! bucket, queue, frequency), its value and its key. A table slot is that one pointer and a
+//! FIFO holds a second one. The value is taken out of the node when the entry leaves the
+//! table, so a removed node waiting in a FIFO for its lazy deletion holds no body. Issue 16
+//! measured what this saves for a small object (`perf/entry_overhead.sh`, perf/RESULTS.md):
+//! a slot is 8 bytes instead of 48 (and the table keeps ~1.3–1.5 slots per entry), for 40
+//! more bytes in the node: ~21 B per 1 KiB entry.
 //!
 //! # Policy: S3-FIFO
 //! A small FIFO (5% of the bytes) takes new objects; those read again while in it are
@@ -120,6 +129,7 @@
 //! Lock order is always policy → one shard; values and keys that leave the cache are
 //! dropped after both locks are released.
 
+use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -135,6 +145,16 @@ use crate::cache::usage::{BucketUsage, Buckets, Usage};
 /// What a cached value costs in bytes (body + metadata + per-entry overhead estimate).
 pub trait Weighted {
     fn weight(&self) -> usize;
+
+    /// The value as the cache keeps it: a value may repack itself into fewer allocations
+    /// (`CachedObject` keeps a small body with its metadata). Called once per insert or
+    /// update, never on a hit; must not change the weight.
+    fn packed(self) -> Self
+    where
+        Self: Sized,
+    {
+        self
+    }
 }
 
 impl Weighted for bytes::Bytes {
@@ -194,8 +214,8 @@ const IN_SMALL: u8 = 0;
 const IN_MAIN: u8 = 1;
 const DEAD: u8 = 2;
 
-/// Queue state of one entry: the header of its [`Node`].
-struct Meta {
+/// Queue state and value of one entry: the header of its [`Node`].
+struct Meta<V> {
     hash: u64,
     /// Bytes charged for the entry; written only under the policy lock.
     charge: AtomicU64,
@@ -205,24 +225,42 @@ struct Meta {
     queue: AtomicU8,
     /// Bumped by readers under a shared lock; lost updates only make it less precise.
     freq: AtomicU8,
+    /// The cached value while the node is in its shard's table; taken out (`None`) when the
+    /// node leaves the table, so a removed node that waits in a FIFO for its lazy deletion
+    /// holds no body. Read under the shard's read lock, written under its write lock only
+    /// (see [`Node::value`] and [`Node::replace`]).
+    value: UnsafeCell<Option<V>>,
 }
 
-impl Meta {
+// SAFETY: the only field that is not `Sync` by itself is `value`, and it is accessed only
+// under the lock of the shard whose table holds the node: shared references (`Node::value`)
+// under the read lock, replacement (`Node::replace`) under the write lock, so no `&V` ever
+// coexists with a write, and `&V` is shared across threads only when `V: Sync`.
+unsafe impl<V: Send + Sync> Sync for Meta<V> {}
+
+impl<V> Meta<V> {
     fn charge(&self) -> u64 {
         self.charge.load(Relaxed)
     }
 }
 
-/// An entry's key and queue state in one allocation (a thin `Arc`: one pointer in the table
-/// slot and one in the FIFO that holds it), shared by the slot and the queue. A hit reads the
-/// key and bumps the frequency in it, one cache line for both when the key is short; the queue
+/// An entry in one allocation: its queue state, its value and its key (a thin `Arc`: one
+/// pointer in the table slot and one in the FIFO that holds it). A hit finds the slot, compares
+/// the key, bumps the frequency and clones the value, all in this one allocation; the queue
 /// finds its slot by the node's address. Issue 16: a separate key `Box` (a fat pointer in the
-/// slot) and a separate `Arc<Meta>` cost ~35 B more per entry (`perf/entry_overhead.sh`).
-#[derive(Clone)]
-struct Node(ThinArc<Meta, u8>);
+/// slot) and a separate `Arc<Meta>` cost ~35 B more per entry, and the value in the slot
+/// (48-byte slots, ~1.3–1.5 slots per entry at the table's load) ~20 B more than the value
+/// here (8-byte slots) (`perf/entry_overhead.sh`, perf/RESULTS.md).
+struct Node<V>(ThinArc<Meta<V>, u8>);
 
-impl Node {
-    fn new(meta: Meta, key: &[u8]) -> Node {
+impl<V> Clone for Node<V> {
+    fn clone(&self) -> Self {
+        Node(self.0.clone())
+    }
+}
+
+impl<V> Node<V> {
+    fn new(meta: Meta<V>, key: &[u8]) -> Node<V> {
         Node(ThinArc::from_header_and_slice(meta, key))
     }
 
@@ -231,65 +269,87 @@ impl Node {
     }
 
     /// The same allocation (not merely equal contents).
-    fn same(&self, other: &Node) -> bool {
+    fn same(&self, other: &Node<V>) -> bool {
         self.0.ptr() == other.0.ptr()
     }
-}
 
-impl std::ops::Deref for Node {
-    type Target = Meta;
-    fn deref(&self) -> &Meta {
-        &self.0.header.header
-    }
-}
-
-/// A table slot: the entry's node and its value.
-struct Entry<V> {
-    node: Node,
-    value: V,
-}
-
-impl<V> Entry<V> {
     #[inline]
     fn touch(&self) {
         // Load-then-store rather than fetch_add: a saturated hot key is then never written,
         // so its cache line is not bounced between cores on every hit.
-        let f = self.node.freq.load(Relaxed);
+        let f = self.freq.load(Relaxed);
         if f < MAX_FREQ {
-            self.node.freq.store(f + 1, Relaxed);
+            self.freq.store(f + 1, Relaxed);
         }
     }
 
-    fn key(&self) -> &[u8] {
-        self.node.key()
+    /// The value of a node in a table.
+    ///
+    /// # Safety
+    /// The caller holds the lock (read or write) of the shard whose table holds this node, and
+    /// the returned reference does not outlive that guard.
+    #[inline]
+    unsafe fn value(&self) -> &V {
+        // SAFETY: the caller holds the shard lock, so no `replace` runs meanwhile (it needs the
+        // write lock); a node in a table always has its value (taken only on removal).
+        unsafe { (*self.value.get()).as_ref() }.expect("a node in a table has its value")
+    }
+
+    /// Puts `value` in the node and returns what was there.
+    ///
+    /// # Safety
+    /// The caller holds the write lock of the shard whose table holds (or, just before,
+    /// held) this node, so no reference from [`Node::value`] is alive; a node that left its
+    /// table is never read again, so taking its value then needs only that its removal
+    /// happened under the write lock the caller still holds.
+    unsafe fn replace(&self, value: Option<V>) -> Option<V> {
+        // SAFETY: exclusive access to the cell by the caller's write lock (above).
+        unsafe { std::mem::replace(&mut *self.value.get(), value) }
+    }
+}
+
+impl<V> std::ops::Deref for Node<V> {
+    type Target = Meta<V>;
+    fn deref(&self) -> &Meta<V> {
+        &self.0.header.header
     }
 }
 
 /// Aligned so that two shards' lock words never share a cache line.
 #[repr(align(128))]
 struct Shard<V> {
-    table: RwLock<HashTable<Entry<V>>>,
+    table: RwLock<HashTable<Node<V>>>,
 }
 
 /// A FIFO with lazy deletion: removed entries are marked `DEAD` and skipped when they
 /// reach the head; the queue is compacted when the dead outnumber the living.
-#[derive(Default)]
-struct Fifo {
-    queue: VecDeque<Node>,
+struct Fifo<V> {
+    queue: VecDeque<Node<V>>,
     live: u64,
     bytes: u64,
     dead: usize,
 }
 
-impl Fifo {
-    fn push(&mut self, meta: Node, tag: u8) {
+impl<V> Default for Fifo<V> {
+    fn default() -> Self {
+        Fifo {
+            queue: VecDeque::new(),
+            live: 0,
+            bytes: 0,
+            dead: 0,
+        }
+    }
+}
+
+impl<V> Fifo<V> {
+    fn push(&mut self, meta: Node<V>, tag: u8) {
         meta.queue.store(tag, Relaxed);
         self.live += 1;
         self.bytes += meta.charge();
         self.queue.push_back(meta);
     }
 
-    fn pop(&mut self) -> Option<Node> {
+    fn pop(&mut self) -> Option<Node<V>> {
         while let Some(meta) = self.queue.pop_front() {
             if meta.queue.load(Relaxed) == DEAD {
                 self.dead -= 1;
@@ -303,7 +363,7 @@ impl Fifo {
     }
 
     /// Accounts for an entry of this queue that was removed from the table.
-    fn forget(&mut self, meta: &Meta) {
+    fn forget(&mut self, meta: &Meta<V>) {
         meta.queue.store(DEAD, Relaxed);
         self.live -= 1;
         self.bytes -= meta.charge();
@@ -359,17 +419,28 @@ impl Ghost {
     }
 }
 
-#[derive(Default)]
-struct Policy {
-    small: Fifo,
-    main: Fifo,
+struct Policy<V> {
+    small: Fifo<V>,
+    main: Fifo<V>,
     ghost: Ghost,
     len: u64,
     bytes: u64,
 }
 
-impl Policy {
-    fn forget(&mut self, meta: &Meta, usage: &BucketUsage) {
+impl<V> Default for Policy<V> {
+    fn default() -> Self {
+        Policy {
+            small: Fifo::default(),
+            main: Fifo::default(),
+            ghost: Ghost::default(),
+            len: 0,
+            bytes: 0,
+        }
+    }
+}
+
+impl<V> Policy<V> {
+    fn forget(&mut self, meta: &Meta<V>, usage: &BucketUsage) {
         match meta.queue.load(Relaxed) {
             IN_SMALL => self.small.forget(meta),
             IN_MAIN => self.main.forget(meta),
@@ -385,7 +456,7 @@ impl Policy {
 pub struct MemoryCache<V: Clone + Weighted> {
     shards: Box<[Shard<V>]>,
     hasher: foldhash::quality::RandomState,
-    policy: Mutex<Policy>,
+    policy: Mutex<Policy<V>>,
     capacity: u64,
     small_target: u64,
     max_object: u64,
@@ -476,9 +547,11 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         }
         let hash = self.hash(key);
         let table = self.shard(hash).table.read();
-        let entry = table.find(hash, |e| e.key() == key)?;
-        entry.touch();
-        Some(entry.value.clone())
+        let node = table.find(hash, |n| n.key() == key)?;
+        node.touch();
+        // SAFETY: the node is in this shard's table and `table` is its read guard, alive
+        // until after the clone.
+        Some(unsafe { node.value() }.clone())
     }
 
     /// Inserts or replaces; returns false when not admitted (too large / disabled).
@@ -495,6 +568,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             drop(self.remove_hashed(hash, key));
             return false;
         }
+        let value = value.packed();
         // Allocated before locking; wasted (and freed after unlocking) on a replace.
         let mut fresh = Some(Node::new(
             Meta {
@@ -503,19 +577,21 @@ impl<V: Clone + Weighted> MemoryCache<V> {
                 class: self.usage.class(key) as u32,
                 queue: AtomicU8::new(DEAD),
                 freq: AtomicU8::new(0),
+                value: UnsafeCell::new(None),
             },
             key,
         ));
+        let mut value = Some(value);
         let mut old_value = None;
         let mut evicted = Vec::new();
         {
             let mut p = self.policy.lock();
             let mut table = self.shard(hash).table.write();
-            match table.entry(hash, |e| e.key() == key, |e| e.node.hash) {
-                TableEntry::Occupied(mut o) => {
-                    let e = o.get_mut();
-                    let meta = &e.node;
-                    old_value = Some(std::mem::replace(&mut e.value, value));
+            match table.entry(hash, |n| n.key() == key, |n| n.hash) {
+                TableEntry::Occupied(o) => {
+                    let meta = o.get();
+                    // SAFETY: the node is in this shard's table, write-locked by `table`.
+                    old_value = unsafe { meta.replace(value.take()) };
                     let old = meta.charge.swap(charge, Relaxed);
                     let fifo = match meta.queue.load(Relaxed) {
                         IN_SMALL => &mut p.small,
@@ -528,10 +604,10 @@ impl<V: Clone + Weighted> MemoryCache<V> {
                 }
                 TableEntry::Vacant(v) => {
                     let meta = fresh.take().expect("unused");
-                    v.insert(Entry {
-                        node: meta.clone(),
-                        value,
-                    });
+                    // SAFETY: the node is not shared yet (only `meta` refers to it); it enters
+                    // the table under the write lock held by `table`.
+                    drop(unsafe { meta.replace(value.take()) });
+                    v.insert(meta.clone());
                     drop(table);
                     self.usage.added(meta.class as usize, charge);
                     if p.ghost.contains(hash) {
@@ -552,7 +628,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
 
     /// Evicts until the budget holds. Called with the policy lock held; each candidate
     /// takes its shard's write lock only to read its frequency and maybe remove it.
-    fn evict(&self, p: &mut Policy, out: &mut Vec<Entry<V>>) {
+    fn evict(&self, p: &mut Policy<V>, out: &mut Vec<V>) {
         while p.bytes > self.capacity {
             let from_small = p.small.bytes > self.small_target || p.main.live == 0;
             let popped = if from_small {
@@ -563,8 +639,8 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             let Some(meta) = popped else { break };
             let mut table = self.shard(meta.hash).table.write();
             // A queued node always has its table entry (both change under the policy lock).
-            if let Ok(slot) = table.find_entry(meta.hash, |e| e.node.same(&meta)) {
-                let freq = &slot.get().node.freq;
+            if let Ok(slot) = table.find_entry(meta.hash, |n| n.same(&meta)) {
+                let freq = &slot.get().freq;
                 let f = freq.load(Relaxed);
                 if from_small && f >= PROMOTE_FREQ {
                     freq.store(0, Relaxed);
@@ -578,7 +654,9 @@ impl<V: Clone + Weighted> MemoryCache<V> {
                     p.main.push(meta, IN_MAIN);
                     continue;
                 }
-                out.push(slot.remove().0);
+                let node = slot.remove().0;
+                // SAFETY: removed from the table under the write lock `table` still holds.
+                out.extend(unsafe { node.replace(None) });
             }
             drop(table);
             if from_small {
@@ -594,7 +672,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         debug_assert!(p.bytes <= self.capacity, "queues empty but bytes left");
     }
 
-    fn publish(&self, p: &Policy) {
+    fn publish(&self, p: &Policy<V>) {
         self.len.store(p.len, Relaxed);
         self.bytes.store(p.bytes, Relaxed);
     }
@@ -607,16 +685,16 @@ impl<V: Clone + Weighted> MemoryCache<V> {
     }
 
     fn remove_hashed(&self, hash: u64, key: &[u8]) -> Option<V> {
-        let entry = {
-            let mut p = self.policy.lock();
-            let mut table = self.shard(hash).table.write();
-            let entry = table.find_entry(hash, |e| e.key() == key).ok()?.remove().0;
-            drop(table);
-            p.forget(&entry.node, &self.usage);
-            self.publish(&p);
-            entry
-        };
-        Some(entry.value)
+        let mut p = self.policy.lock();
+        let mut table = self.shard(hash).table.write();
+        let node = table.find_entry(hash, |n| n.key() == key).ok()?.remove().0;
+        // SAFETY: removed from the table under the write lock `table` still holds.
+        let value = unsafe { node.replace(None) };
+        drop(table);
+        p.forget(&node, &self.usage);
+        self.publish(&p);
+        // Returned, so dropped by the caller after both locks are released.
+        value
     }
 
     /// Removes every entry whose key matches (used for purge by bucket / by prefix).
@@ -628,21 +706,25 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         if self.capacity == 0 {
             return stats;
         }
-        let mut removed: Vec<Entry<V>> = Vec::new();
+        let mut removed: Vec<Node<V>> = Vec::new();
+        let mut values: Vec<V> = Vec::new();
         for shard in self.shards.iter() {
             {
                 let mut p = self.policy.lock();
                 let mut table = shard.table.write();
-                removed.extend(table.extract_if(|e| pred(e.key())));
+                removed.extend(table.extract_if(|n| pred(n.key())));
+                // SAFETY: removed from the table under the write lock `table` still holds.
+                values.extend(removed.iter().filter_map(|n| unsafe { n.replace(None) }));
                 drop(table);
-                for e in &removed {
-                    p.forget(&e.node, &self.usage);
+                for n in &removed {
+                    p.forget(n, &self.usage);
                     stats.entries += 1;
-                    stats.bytes += e.node.charge();
+                    stats.bytes += n.charge();
                 }
                 self.publish(&p);
             }
             removed.clear();
+            values.clear();
         }
         stats
     }
@@ -693,20 +775,24 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         let mut old = Vec::new();
         let mut p = self.policy.lock();
         let mut table = shard.table.write();
-        let mut apply = |e: &mut Entry<V>| {
-            let charge = match f(&e.value) {
-                None => e.node.charge(),
+        let mut apply = |e: &mut Node<V>| {
+            // SAFETY: `e` is in this shard's table, write-locked by `table` for as long as
+            // `apply` runs; the reference is dropped before the `replace` below.
+            let charge = match f(unsafe { e.value() }) {
+                None => e.charge(),
                 Some(new) => {
+                    let new = new.packed();
                     let charge = (new.weight() as u64).saturating_add(e.key().len() as u64);
-                    let was = e.node.charge.swap(charge, Relaxed);
-                    let fifo = match e.node.queue.load(Relaxed) {
+                    let was = e.charge.swap(charge, Relaxed);
+                    let fifo = match e.queue.load(Relaxed) {
                         IN_SMALL => &mut p.small,
                         _ => &mut p.main,
                     };
                     fifo.bytes = fifo.bytes - was + charge;
                     p.bytes = p.bytes - was + charge;
-                    self.usage.resized(e.node.class as usize, was, charge);
-                    old.push(std::mem::replace(&mut e.value, new));
+                    self.usage.resized(e.class as usize, was, charge);
+                    // SAFETY: as above; no reference from `value` is alive here.
+                    old.extend(unsafe { e.replace(Some(new)) });
                     charge
                 }
             };
@@ -768,10 +854,10 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         for shard in self.shards.iter() {
             for e in shard.table.read().iter() {
                 len += 1;
-                bytes += e.node.charge();
-                match e.node.queue.load(Relaxed) {
-                    IN_SMALL => small += e.node.charge(),
-                    IN_MAIN => main += e.node.charge(),
+                bytes += e.charge();
+                match e.queue.load(Relaxed) {
+                    IN_SMALL => small += e.charge(),
+                    IN_MAIN => main += e.charge(),
                     q => panic!("table entry in queue {q}"),
                 }
             }
@@ -919,6 +1005,40 @@ mod tests {
         assert!(c.insert(&k, obj(3, 4000)));
         assert!(!c.insert(&key(8), obj(4, 5000)));
         c.check_invariants();
+    }
+
+    /// A value leaves memory when its entry leaves the table (removal, replacement, update,
+    /// purge, eviction), not when its node, which holds it, later leaves a FIFO's lazy
+    /// deletion: otherwise removed bodies would outlive their charge.
+    #[test]
+    fn values_are_dropped_when_their_entry_leaves_the_table() {
+        let c = MemoryCache::with_shards(10_000, 4);
+        let held = |i: u64| Arc::new(obj(i, 900));
+        let (a, b, d, e) = (held(1), held(2), held(3), held(4));
+        assert!(c.insert(&key(1), a.clone()));
+        assert!(c.insert(&key(2), b.clone()));
+        assert!(c.insert(&key(3), d.clone()));
+        assert!(c.insert(&key(4), e.clone()));
+        drop(c.remove(&key(1)));
+        assert_eq!(Arc::strong_count(&a), 1, "removed");
+        assert!(c.insert(&key(2), held(5)));
+        assert_eq!(Arc::strong_count(&b), 1, "replaced");
+        assert!(c.update(&key(3), |v| Some(Arc::new(obj(v.id, 800)))));
+        assert_eq!(Arc::strong_count(&d), 1, "updated");
+        c.remove_if(|k| k == key(4).as_slice());
+        assert_eq!(Arc::strong_count(&e), 1, "purged");
+        // Fill past the capacity: the oldest entries are evicted.
+        let many: Vec<_> = (10..40).map(held).collect();
+        for (i, v) in (10..).zip(&many) {
+            assert!(c.insert(&key(i), v.clone()));
+        }
+        let evicted = many.iter().filter(|v| Arc::strong_count(v) == 1).count();
+        let present = (10..40).filter(|&i| c.get(&key(i)).is_some()).count();
+        assert!(evicted > 0);
+        assert_eq!(evicted, 30 - present, "every evicted value is dropped");
+        c.check_invariants();
+        drop(c);
+        assert!(many.iter().all(|v| Arc::strong_count(v) == 1));
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub async fn lookup(
     };
     if let Some(ms) = ttl_ms {
         let expires = (now_ms + ms).saturating_sub(retain.as_millis() as u64);
-        obj.meta = std::sync::Arc::new(obj.meta.refreshed(expires));
+        obj.meta = obj.meta.refreshed(expires);
     }
     Ok(Some(obj))
 }

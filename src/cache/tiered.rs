@@ -47,6 +47,10 @@ impl Weighted for CachedObject {
     fn weight(&self) -> usize {
         CachedObject::weight(self)
     }
+
+    fn packed(self) -> CachedObject {
+        self.inlined()
+    }
 }
 
 /// Pending background disk writes at most (write-behind).
@@ -233,9 +237,9 @@ impl Tiers {
         let moved_origin = hit.stamp_ms != 0 && hit.stamp_ms != obj.meta.stored_at_ms;
         if moved_origin {
             let m = &obj.meta;
-            obj.meta = Arc::new(m.with_times(hit.stamp_ms, hit.expires_at_ms));
+            obj.meta = m.with_times(hit.stamp_ms, hit.expires_at_ms);
         } else if obj.meta.expires_at_ms != hit.expires_at_ms {
-            obj.meta = Arc::new(obj.meta.refreshed(hit.expires_at_ms));
+            obj.meta = obj.meta.refreshed(hit.expires_at_ms);
         }
         // Promoted like a store: a purge that began during the read must not be undone.
         self.insert_memory(key, obj.clone(), since);

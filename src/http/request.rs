@@ -219,6 +219,7 @@ impl RequestHead {
     }
 
     /// The value of the first field named `name` (ASCII case-insensitive), trimmed of OWS.
+    #[inline]
     pub fn header<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
         self.headers
             .iter()

@@ -6,8 +6,6 @@
 //! [`super::freshness`]'s; this module feeds them the facts the request path holds
 //! (stored header fields, an [`UpstreamHead`]) and names the phases the path acts on.
 
-use std::sync::Arc;
-
 use super::freshness::{self, Decision, NotStored, Policy, Response, Times};
 use crate::cache::entry::{self, Freshness, Meta};
 use crate::http::cache_control;
@@ -131,7 +129,7 @@ pub fn after_not_modified(
     stored_304: &[(String, String)],
     policy: &Policy,
     now_ms: u64,
-) -> Result<Arc<Meta>, NotStored> {
+) -> Result<Meta, NotStored> {
     let headers = freshness::updated_headers(&stale.header_pairs(), stored_304);
     let resp = Response {
         // The stored response is what is being refreshed.
@@ -151,9 +149,7 @@ pub fn after_not_modified(
     };
     // A sliced object's entry stays one: the 304 confirmed the version its slices hold.
     let object_len = stale.sliced_len().unwrap_or(0);
-    Ok(Arc::new(
-        Meta::new(headers, f.age_origin_ms, f.expires_at_ms).with_sliced_len(object_len),
-    ))
+    Ok(Meta::new(headers, f.age_origin_ms, f.expires_at_ms).with_sliced_len(object_len))
 }
 
 /// RFC 9111 §4.3.4: whether a `304` selects `stored`, i.e. may freshen it.

@@ -29,7 +29,6 @@
 //! followers hold if the body turned out larger than any entry.
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use monoio::io::AsyncWriteRent;
@@ -130,7 +129,7 @@ pub fn start(
     w: &Rc<Worker>,
     bucket: usize,
     t: &Target<'_>,
-    meta: Arc<Meta>,
+    meta: Meta,
     len: u64,
     body: Body,
     leader: Leader,
@@ -154,21 +153,21 @@ pub async fn run(
     bucket: usize,
     ckey: &[u8],
     generation: u64,
-    meta: Arc<Meta>,
+    meta: Meta,
     len: u64,
     mut body: Body,
     leader: Leader,
 ) -> Result<(), Error> {
     if len == 0 {
         let empty = CachedObject {
-            meta: Arc::clone(&meta),
+            meta: meta.clone(),
             body: Bytes::new(),
         };
         w.cache.store(ckey, empty, generation).await;
         leader.complete(meta, Bytes::new(), false);
         return Ok(());
     }
-    leader.head(Arc::clone(&meta), len);
+    leader.head(meta.clone(), len);
     let mut all: Vec<u8> = Vec::with_capacity(len as usize);
     while !body.is_done() {
         let start = all.len();
@@ -211,7 +210,7 @@ async fn stream_and_store<S: AsyncWriteRent>(
     t: &Target<'_>,
     head: UpstreamHead,
     body: Body,
-    meta: Arc<Meta>,
+    meta: Meta,
 ) -> Result<Sent, Error> {
     let w = x.w;
     let mut keep = Keep::up_to(w.cache.max_object_size());
@@ -233,7 +232,7 @@ fn unknown_length_meta(
     bucket: usize,
     head: &UpstreamHead,
     body: &Body,
-) -> Option<Arc<Meta>> {
+) -> Option<Meta> {
     if body.content_length().is_some() {
         return None;
     }
@@ -264,18 +263,13 @@ pub fn storable_for(
 }
 
 /// The metadata of the entry a storable 200 makes ([`storable_for`]).
-fn entry_meta(
-    w: &Worker,
-    bucket: usize,
-    head: &UpstreamHead,
-    len: Option<u64>,
-) -> Option<Arc<Meta>> {
+fn entry_meta(w: &Worker, bucket: usize, head: &UpstreamHead, len: Option<u64>) -> Option<Meta> {
     let f = storable_for(w, bucket, head, len)?;
-    Some(Arc::new(Meta::new(
+    Some(Meta::new(
         stored_headers(head),
         f.age_origin_ms,
         f.expires_at_ms,
-    )))
+    ))
 }
 
 /// A negative entry for an origin `404` ([`decide::storable_404`]): no body, no header
@@ -287,7 +281,7 @@ fn negative_entry(w: &Worker, bucket: usize, head: &UpstreamHead) -> Option<Cach
     let f = decide::storable_404(head, &w.shared.policies[bucket], w.clock().now_ms())?;
     let meta = Meta::new(Vec::new(), f.age_origin_ms, f.expires_at_ms).with_status(404);
     Some(CachedObject {
-        meta: Arc::new(meta),
+        meta,
         body: Bytes::new(),
     })
 }
@@ -298,7 +292,7 @@ pub fn cacheable(
     bucket: usize,
     head: &UpstreamHead,
     body: &Body,
-) -> Option<(Arc<Meta>, u64)> {
+) -> Option<(Meta, u64)> {
     let len = body.content_length()?;
     Some((entry_meta(w, bucket, head, Some(len))?, len))
 }

@@ -47,7 +47,6 @@ pub mod upstream;
 pub mod warm;
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use monoio::io::AsyncWriteRent;
 
@@ -165,7 +164,7 @@ pub async fn serve<S: AsyncWriteRent>(
                 // The leader's object turned out sliced: its entry is stored now.
                 if let Some(hit) = cache.lookup(&ckey).await {
                     if hit.obj.meta.sliced_len().is_some() {
-                        let meta = Arc::clone(&hit.obj.meta);
+                        let meta = hit.obj.meta.clone();
                         let layer = Some(hit.layer);
                         if let Some(sent) =
                             sliced::answer(x, &target, &meta, XCache::Miss, layer).await?
@@ -206,7 +205,7 @@ async fn sliced_hit<S: AsyncWriteRent>(
     match phase {
         Phase::Fresh | Phase::Miss => {
             x.w.metrics().cache_hit(x.bucket, hit.layer);
-            let meta = Arc::clone(&hit.obj.meta);
+            let meta = hit.obj.meta.clone();
             sliced::answer(x, target, &meta, XCache::Hit, layer).await
         }
         Phase::StaleWhileRevalidate => sliced::revalidate(x, target, hit, None).await,

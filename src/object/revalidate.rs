@@ -40,7 +40,6 @@
 //! it arrives, like followers of any fill: `super::fill`).
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use monoio::io::AsyncWriteRent;
 
@@ -159,14 +158,14 @@ pub async fn confirmed(
         // The confirmation says the response may no longer be stored (`no-store` now): it
         // still answers this request, and the entry goes.
         Err(_) => {
-            let meta = Arc::new(stale.meta.refreshed(now));
+            let meta = stale.meta.refreshed(now);
             w.cache.remove_everywhere(t.ckey).await;
             let obj = CachedObject {
                 meta,
                 body: stale.body.clone(),
             };
             if let Some(l) = leader {
-                l.complete(Arc::clone(&obj.meta), obj.body.clone(), true);
+                l.complete(obj.meta.clone(), obj.body.clone(), true);
             }
             return obj;
         }
@@ -180,7 +179,7 @@ pub async fn confirmed(
         .refresh(t.ckey, obj.clone(), t.generation, changed)
         .await;
     if let Some(l) = leader {
-        l.complete(Arc::clone(&obj.meta), obj.body.clone(), true);
+        l.complete(obj.meta.clone(), obj.body.clone(), true);
     }
     obj
 }

@@ -15,7 +15,6 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::ops::Range;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -206,7 +205,7 @@ pub(super) async fn stored_meanwhile(
 ) -> Result<(Bytes, Layer), Leader> {
     match w.cache.lookup(key).await.filter(|h| v.holds(&h.obj, i)) {
         Some(hit) => {
-            leader.complete(Arc::clone(&hit.obj.meta), hit.obj.body.clone(), false);
+            leader.complete(hit.obj.meta.clone(), hit.obj.body.clone(), false);
             Ok((hit.obj.body, hit.layer))
         }
         None => Err(leader),
@@ -295,20 +294,20 @@ pub(super) async fn fetch_run(
             }
         },
     };
-    let slice_meta = Arc::new(Meta::new(
+    let slice_meta = Meta::new(
         vec![("ETag".to_owned(), v.etag.clone())],
         v.times.0,
         v.times.1,
-    ));
+    );
     let mut leaders = leaders.into_iter();
     for i in run {
         let leader = leaders.next().expect("one leader per slice");
         let len = v.g.slice_len(i);
-        leader.head(Arc::clone(&slice_meta), len);
+        leader.head(slice_meta.clone(), len);
         match read_slice(w, bucket, &mut body, len, &leader).await {
             Ok((all, last)) => {
                 let obj = CachedObject {
-                    meta: Arc::clone(&slice_meta),
+                    meta: slice_meta.clone(),
                     body: Bytes::from(all),
                 };
                 if !relayed {

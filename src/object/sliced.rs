@@ -28,7 +28,6 @@
 //! from the origin (`slices_cached`, `slices_fetched`).
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use monoio::io::AsyncWriteRent;
@@ -63,7 +62,7 @@ pub enum Served {
 /// The object entry for an origin answer `head` (a `200` of `len` bytes, or a `206` of an
 /// object of `len` bytes) when the object is to be cached as slices
 /// ([`decide::storable_sliced`]).
-pub fn entry_meta(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Arc<Meta>> {
+pub fn entry_meta(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Meta> {
     if head.peer.is_some() {
         // A fleet member's bytes: the owner keeps the entry and its slices (`crate::fleet`);
         // its entry head is [`relayed_entry`]'s.
@@ -73,12 +72,7 @@ pub fn entry_meta(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> O
 }
 
 /// [`entry_meta`] for any answer, a fleet member's entry head included.
-pub fn storable_entry(
-    w: &Worker,
-    bucket: usize,
-    head: &UpstreamHead,
-    len: u64,
-) -> Option<Arc<Meta>> {
+pub fn storable_entry(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) -> Option<Meta> {
     let cfg = &w.shared.config.cache;
     let f = decide::storable_sliced(
         head,
@@ -89,11 +83,11 @@ pub fn storable_entry(
         w.clock().now_ms(),
     )?;
     let meta = Meta::new(stored_headers(head), f.age_origin_ms, f.expires_at_ms);
-    Some(Arc::new(meta.with_sliced_len(len)))
+    Some(meta.with_sliced_len(len))
 }
 
 /// Stores the object entry `meta` (no body: the bytes are in slices).
-pub async fn store_entry(w: &Worker, t: &Target<'_>, meta: Arc<Meta>) {
+pub async fn store_entry(w: &Worker, t: &Target<'_>, meta: Meta) {
     let obj = CachedObject {
         meta,
         body: Bytes::new(),
@@ -130,7 +124,7 @@ pub async fn begin_relayed<S: AsyncWriteRent>(
         }
         return Err(e);
     };
-    store_entry(x.w, t, Arc::clone(&meta)).await;
+    store_entry(x.w, t, meta.clone()).await;
     if let Some(l) = leader {
         l.bypass();
     }
@@ -156,7 +150,7 @@ pub async fn serve_run<S: AsyncWriteRent>(
     };
     let fields = vec![("ETag".to_owned(), etag.to_owned())];
     let meta = Meta::new(fields, of.stored_at_ms, of.expires_at_ms).with_sliced_len(of.len);
-    match serve(x, t, &Arc::new(meta), XCache::Miss, None, 0..0).await? {
+    match serve(x, t, &meta, XCache::Miss, None, 0..0).await? {
         Served::Sent(sent) => Ok(sent),
         Served::Changed => Err(changed()),
     }
@@ -175,7 +169,7 @@ fn wants_entry<S>(x: &Exchange<'_, '_, '_, S>) -> bool {
 pub async fn begin<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
-    meta: Arc<Meta>,
+    meta: Meta,
     body: Body,
     leader: Option<Leader>,
 ) -> Result<Sent, Error> {
@@ -202,7 +196,7 @@ pub async fn begin<S: AsyncWriteRent>(
             run = Some((v, leaders));
         }
     }
-    store_entry(w, t, Arc::clone(&meta)).await;
+    store_entry(w, t, meta.clone()).await;
     if let Some(l) = leader {
         // Its followers look the key up again and find the entry.
         l.bypass();
@@ -228,7 +222,7 @@ pub async fn begin<S: AsyncWriteRent>(
 pub async fn answer<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
-    meta: &Arc<Meta>,
+    meta: &Meta,
     xcache: XCache,
     layer: Option<Layer>,
 ) -> Result<Option<Sent>, Error> {
@@ -239,7 +233,7 @@ pub async fn answer<S: AsyncWriteRent>(
 async fn answer_owning<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
-    meta: &Arc<Meta>,
+    meta: &Meta,
     xcache: XCache,
     layer: Option<Layer>,
     own: Range<u64>,
@@ -282,7 +276,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
                     {
                         let changed = meta.fields() != stale.fields();
                         let obj = CachedObject {
-                            meta: Arc::clone(&meta),
+                            meta: meta.clone(),
                             body: Bytes::new(),
                         };
                         w.cache.refresh(t.ckey, obj, t.generation, changed).await;
@@ -297,7 +291,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
                     let meta = len.and_then(|len| entry_meta(w, bucket, &head, len));
                     match meta {
                         Some(meta) if meta.etag() == stale.etag() => {
-                            store_entry(w, t, Arc::clone(&meta)).await;
+                            store_entry(w, t, meta.clone()).await;
                             return answer(x, t, &meta, XCache::Miss, None).await;
                         }
                         _ => {
@@ -341,7 +335,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
 pub async fn serve<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
-    meta: &Arc<Meta>,
+    meta: &Meta,
     xcache: XCache,
     layer: Option<Layer>,
     own: Range<u64>,
@@ -416,7 +410,7 @@ enum SendError {
 async fn send_slices<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
-    meta: &Arc<Meta>,
+    meta: &Meta,
     v: &Version,
     bytes: &Range<u64>,
     own: Range<u64>,
@@ -492,14 +486,14 @@ fn note<S>(x: &mut Exchange<'_, '_, '_, S>, layer: Option<Layer>) {
 /// slices pass through the tier's small queue, does not evict the entry that makes them
 /// usable), and an entry evicted anyway is put back — unless a purge began since the request
 /// did (the purge generation, as for any store).
-fn keep_entry(w: &Worker, t: &Target<'_>, meta: &Arc<Meta>) {
+fn keep_entry(w: &Worker, t: &Target<'_>, meta: &Meta) {
     let memory = &w.cache.tiers().memory;
     if memory.capacity() == 0 || memory.get(t.ckey).is_some() {
         return;
     }
     if w.cache.generation() == t.generation {
         let entry = CachedObject {
-            meta: Arc::clone(meta),
+            meta: meta.clone(),
             body: Bytes::new(),
         };
         memory.insert(t.ckey, entry);

@@ -19,7 +19,6 @@
 //! calls in flight. `stop` is asked before each origin request: a cancelled job starts none.
 
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::exchange::Target;
@@ -174,7 +173,7 @@ async fn lead(
             let why = "the key's owner holds slices not storable here";
             return done(Warmed::Failed(Some(head.status), why.into()));
         };
-        sliced::store_entry(w, t, Arc::clone(&meta)).await;
+        sliced::store_entry(w, t, meta.clone()).await;
         leader.bypass();
         return done(slices(w, bucket, t, &meta, stop, true).await);
     }
@@ -218,7 +217,7 @@ async fn begin_sliced(
     w: &Rc<Worker>,
     bucket: usize,
     t: &Target<'_>,
-    meta: Arc<Meta>,
+    meta: Meta,
     body: Body,
     leader: Leader,
     stop: &dyn Fn() -> bool,
@@ -238,7 +237,7 @@ async fn begin_sliced(
             Role::Follower(_) => break,
         }
     }
-    sliced::store_entry(w, t, Arc::clone(&meta)).await;
+    sliced::store_entry(w, t, meta.clone()).await;
     // Its followers look the key up again and find the entry.
     leader.bypass();
     if leaders.is_empty() {

@@ -793,7 +793,7 @@ mod tests {
         let pttl = |i: usize| 1_000_000 * (i as i64 + 1);
         for (i, l) in listeners.into_iter().enumerate() {
             let obj = CachedObject {
-                meta: std::sync::Arc::new(Meta::new(vec![], 1, 2)),
+                meta: Meta::new(vec![], 1, 2),
                 body: Bytes::from(format!("node {i}")),
             };
             fake_node(
