@@ -379,11 +379,15 @@ pub fn encode_key(key: &str) -> String {
 /// name appears at most once, so they fit a fixed array and parsing them allocates nothing.
 pub type Params<'a> = ArrayVec<(&'static str, &'a str), { KEPT_PARAMS.len() }>;
 
+/// The forwarded parameters of an object request: `versionId` at most. Sized for it, since the
+/// list is kept in the request's future for the whole answer (moved with it: callgrind).
+pub type Forwarded<'a> = ArrayVec<(&'static str, &'a str), 1>;
+
 /// The query parameters of an object request that corvid acts on.
 #[derive(Debug, Default)]
 pub struct ObjectQuery<'a> {
     /// Forwarded upstream and part of the cache key: `versionId`.
-    pub forwarded: Params<'a>,
+    pub forwarded: Forwarded<'a>,
     /// The S3 `response-*` overrides (`response-content-type`, ...): applied by corvid to its
     /// answer, neither forwarded nor part of the cache key.
     pub overrides: Params<'a>,
