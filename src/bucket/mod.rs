@@ -39,7 +39,7 @@ pub mod query;
 
 use monoio::io::AsyncWriteRent;
 
-use crate::cache::entry::{CachedObject, Meta};
+use crate::cache::entry::Meta;
 use crate::cache::inflight::{Leader, Role};
 use crate::cache::key::listing_key;
 use crate::error::Error;
@@ -50,10 +50,7 @@ use crate::object::answer::serve_cached;
 use crate::object::exchange::{Exchange, Target, XCache};
 use crate::object::fill;
 use crate::object::origin_error;
-use crate::object::upstream::{
-    fetch_origin, respond_upstream, respond_upstream_keeping, stored_headers, Asked, Keep,
-};
-use crate::s3::client::Body;
+use crate::object::upstream::{fetch_origin, respond_upstream, stored_headers, Asked};
 use crate::s3::sigv4::canonical_query;
 use query::{List, Operation};
 
@@ -238,31 +235,9 @@ async fn lead<S: AsyncWriteRent>(
         }
         None => {
             leader.bypass();
-            stream_and_store(x, t, head, body, meta).await
+            fill::stream_and_store(x, t, head, body, meta).await
         }
     }
-}
-
-/// A listing of unknown length (chunked): streamed to its one client while a copy is kept,
-/// stored when it fit `cache.max_object_size`.
-async fn stream_and_store<S: AsyncWriteRent>(
-    x: &mut Exchange<'_, '_, '_, S>,
-    t: &Target<'_>,
-    head: crate::http::response::UpstreamHead,
-    body: Body,
-    meta: Meta,
-) -> Result<Sent, Error> {
-    let w = x.w;
-    let mut keep = Keep::up_to(w.cache.max_object_size());
-    let sent = respond_upstream_keeping(x, head, body, XCache::Miss, Some(&mut keep)).await?;
-    if let Some(bytes) = keep.complete() {
-        let obj = CachedObject {
-            meta,
-            body: bytes::Bytes::from(bytes),
-        };
-        w.cache.store(t.ckey, obj, t.generation).await;
-    }
-    Ok(sent)
 }
 
 #[cfg(test)]

@@ -204,8 +204,9 @@ pub async fn run(
 }
 
 /// Streams a storable 200 of unknown length to the client while keeping a copy, and stores the
-/// copy when the whole body fit `cache.max_object_size` (see the module docs).
-async fn stream_and_store<S: AsyncWriteRent>(
+/// copy when the whole body fit `cache.max_object_size` (see the module docs; a bucket
+/// listing of unknown length too).
+pub(crate) async fn stream_and_store<S: AsyncWriteRent>(
     x: &mut Exchange<'_, '_, '_, S>,
     t: &Target<'_>,
     head: UpstreamHead,

@@ -242,6 +242,25 @@ pub(super) fn prefetch(
     });
 }
 
+/// The leadership of the first slices of `v` that a first origin `200` streaming the object
+/// from byte 0 will fill: as many as a read-ahead window, claimed before the object's entry
+/// is visible (so requests sent to the entry join these fills), stopping at a slice in flight
+/// elsewhere or, in a fleet, at the first slice another member owns.
+pub(super) fn claim_leading(w: &Worker, t: &Target<'_>, v: &Version) -> Vec<Leader> {
+    let window = (1 + w.shared.config.cache.slice_readahead as u64).min(v.g.count());
+    let mut leaders = Vec::new();
+    for i in 0..window {
+        if !owned_here(w, t, v, i) {
+            break;
+        }
+        match w.cache.inflight().join(&v.key(t.ckey, i)) {
+            Role::Leader(l) => leaders.push(l),
+            Role::Follower(_) => break,
+        }
+    }
+    leaders
+}
+
 /// Starts the fill of slices `first..first + leaders.len()` of `v` in a task of its own: from
 /// `body` when given (an origin answer already streaming those slices from `first`'s start),
 /// else with one origin range request.

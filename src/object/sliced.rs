@@ -42,7 +42,7 @@ use super::slice_fill::{
 use super::slices;
 use super::upstream::{drain_error_body, fetch_origin, stored_headers, Asked};
 use crate::cache::entry::{CachedObject, Meta};
-use crate::cache::inflight::{Event, Leader, Role, Subscription};
+use crate::cache::inflight::{Event, Leader, Subscription};
 use crate::cache::tiered::{Hit, Layer};
 use crate::context::Worker;
 use crate::error::{Error, Kind};
@@ -180,18 +180,7 @@ pub async fn begin<S: AsyncWriteRent>(
     // A member that wants the entry head fetches the slices from their owners itself.
     let version = Version::of(w, &meta).filter(|_| !wants_entry(x));
     if let Some(v) = version {
-        let window = (1 + w.shared.config.cache.slice_readahead as u64).min(v.g.count());
-        let mut leaders = Vec::new();
-        for i in 0..window {
-            // In a fleet, only the leading slices this instance owns are cut from the body.
-            if !slice_fill::owned_here(w, t, &v, i) {
-                break;
-            }
-            match w.cache.inflight().join(&v.key(t.ckey, i)) {
-                Role::Leader(l) => leaders.push(l),
-                Role::Follower(_) => break,
-            }
-        }
+        let leaders = slice_fill::claim_leading(w, t, &v);
         if !leaders.is_empty() {
             run = Some((v, leaders));
         }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use super::exchange::Target;
 use super::fill;
 use super::revalidate::{conditional_fetch, confirmed};
-use super::slice_fill::{extend_run, fetch_run, lead_missing, owned_here, Version};
+use super::slice_fill::{claim_leading, extend_run, fetch_run, lead_missing, Version};
 use super::sliced;
 use super::upstream::{drain_error_body, fetch_origin, Asked};
 use crate::cache::entry::{CachedObject, Meta};
@@ -226,17 +226,7 @@ async fn begin_sliced(
         leader.bypass();
         return Warmed::Failed(Some(200), "a sliced entry without its ETag".into());
     };
-    let window = (1 + w.shared.config.cache.slice_readahead as u64).min(v.g.count());
-    let mut leaders = Vec::new();
-    for i in 0..window {
-        if !owned_here(w, t, &v, i) {
-            break;
-        }
-        match w.cache.inflight().join(&v.key(t.ckey, i)) {
-            Role::Leader(l) => leaders.push(l),
-            Role::Follower(_) => break,
-        }
-    }
+    let leaders = claim_leading(w, t, &v);
     sliced::store_entry(w, t, meta.clone()).await;
     // Its followers look the key up again and find the entry.
     leader.bypass();
