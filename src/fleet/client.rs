@@ -106,6 +106,16 @@ pub struct PeerRequest<'a> {
     pub slice: Option<SliceOf>,
 }
 
+/// A member's timeouts: a short connect (members share a network), `cluster.peer_timeout` for
+/// the answer head, `read` between body reads.
+fn timeouts(fleet: &Fleet, read: Duration) -> Timeouts {
+    Timeouts {
+        connect: CONNECT_TIMEOUT.min(fleet.peer_timeout),
+        first_byte: fleet.peer_timeout,
+        read,
+    }
+}
+
 /// Sends `POST target` (an admin purge, repeated for the fleet) to member `m`; its status.
 pub async fn post(
     peers: &Peers,
@@ -122,11 +132,7 @@ pub async fn post(
     )
     .into_bytes();
     request.shrink_to_fit();
-    let timeouts = Timeouts {
-        connect: CONNECT_TIMEOUT.min(fleet.peer_timeout),
-        first_byte: fleet.peer_timeout,
-        read: fleet.peer_timeout,
-    };
+    let timeouts = timeouts(fleet, fleet.peer_timeout);
     let (res, _) = peers.pool(m).send(request, false, &timeouts).await;
     let (head, mut body) = res?;
     // Small JSON: read so the connection can be reused.
@@ -184,11 +190,7 @@ pub async fn fetch(
     request.extend_from_slice(b" HTTP/1.1\r\n");
     request.extend_from_slice(&out);
     request.extend_from_slice(b"\r\n");
-    let timeouts = Timeouts {
-        connect: CONNECT_TIMEOUT.min(fleet.peer_timeout),
-        first_byte: fleet.peer_timeout,
-        read: req.read_timeout,
-    };
+    let timeouts = timeouts(fleet, req.read_timeout);
     let pool = peers.pool(m);
     let (res, _) = pool.send(request, req.is_head, &timeouts).await;
     let (mut head, mut body) = res?;

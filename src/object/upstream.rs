@@ -301,12 +301,7 @@ pub async fn fetch_origin(
                 };
                 let (t0, sent_at_ms) = (Instant::now(), w.clock().now_ms());
                 let res = client::fetch(&w.peers, fleet, &m, &req, w.clock().now_secs()).await;
-                let outcome = match &res {
-                    Ok((h, _)) => UpstreamOutcome::Status(h.status),
-                    Err(e) if e.kind() == Kind::GatewayTimeout => UpstreamOutcome::Timeout,
-                    Err(_) => UpstreamOutcome::Error,
-                };
-                w.metrics().peer_request(outcome);
+                w.metrics().peer_request(outcome_of(&res));
                 match res {
                     // A peer's 5xx is its failure or its origin's: the origin is asked
                     // directly, and a peer that is draining, not ready (503) or that refuses
@@ -362,13 +357,17 @@ pub async fn fetch_origin(
         head.took = t0.elapsed();
         head.names_version = names_version(a);
     }
-    let outcome = match &res {
+    w.metrics().upstream(bucket, outcome_of(&res), t0.elapsed());
+    res
+}
+
+/// What a request to an origin or a fleet member ended with, for the metrics.
+fn outcome_of(res: &Result<(UpstreamHead, Body), Error>) -> UpstreamOutcome {
+    match res {
         Ok((h, _)) => UpstreamOutcome::Status(h.status),
         Err(e) if e.kind() == Kind::GatewayTimeout => UpstreamOutcome::Timeout,
         Err(_) => UpstreamOutcome::Error,
-    };
-    w.metrics().upstream(bucket, outcome, t0.elapsed());
-    res
+    }
 }
 
 /// Whether `a` names one version of the object, whose stored answer is then immutable
