@@ -96,6 +96,8 @@ pub fn write_status_line(out: &mut Vec<u8>, status: u16) {
 
 /// Appends `name: value\r\n`. The caller guarantees a token name and a value without CR/LF
 /// (checked in debug builds): header injection is prevented where values are built.
+/// Inlined: a hit writes five to seven lines, each a few copies (callgrind, issue 19).
+#[inline]
 pub fn write_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     debug_assert!(
         !name.is_empty() && name.bytes().all(headers::is_tchar),
