@@ -8,6 +8,13 @@
 #   perf/callgrind_hits.sh                  # N1=2000 N2=12000
 #   QUERY='?response-content-type=text%2Fplain' perf/callgrind_hits.sh   # hits with overrides
 #   CORVID_BIN=/tmp/corvid-base perf/callgrind_hits.sh   # another build's binary (A/B runs)
+#   TASK_ONLY=1 perf/callgrind_hits.sh      # count only inside the connection's task (below)
+#
+# The totals include the runtime's own work between polls (monoio's driver, timer wheel and
+# park), which under valgrind depends on timing: one binary gives totals ±500 apart on a busy
+# machine. TASK_ONLY=1 counts only while the connection's task is polled (valgrind
+# --toggle-collect on `Pooled::poll`, the future every connection runs in): the request's own
+# work, steady to a few instructions between runs, for A/B comparisons of the hit path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
@@ -30,6 +37,7 @@ run_once() {
   port=$(free_port)
   corvid_toml "$port" 1 '"64MiB"' >"$WORK/corvid-$n.toml"
   RUST_LOG=warn CORVID_DRIVER=legacy valgrind --tool=callgrind --callgrind-out-file="$WORK/cg-$n.out" \
+    ${TASK_ONLY:+'--toggle-collect=<corvid::http::pool::Pooled<*>::poll'} \
     "$CORVID_BIN" serve -c "$WORK/corvid-$n.toml" 2>"$WORK/cg-$n.log" &
   local pid=$!
   wait_http "http://127.0.0.1:$port/health"
@@ -57,7 +65,7 @@ a=$ir
 run_once "$N2"
 b=$ir
 machine_line
-echo "# callgrind, corvid 1 worker (legacy driver), 1 KiB memory hits over one keep-alive connection${QUERY:+, query $QUERY}"
+echo "# callgrind, corvid 1 worker (legacy driver), 1 KiB memory hits over one keep-alive connection${QUERY:+, query $QUERY}${TASK_ONLY:+, counted inside the connection task only}"
 echo "Ir($N1 hits) = $a; Ir($N2 hits) = $b"
 echo "instructions per hit: $(( (b - a) / (N2 - N1) ))"
 echo "# top functions, $N2-hit run (inclusive of start-up):"
