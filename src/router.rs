@@ -27,9 +27,10 @@
 //! * Query parameters of an object request: `versionId`, forwarded upstream and part of the
 //!   cache key, and the six S3 `response-*` overrides, which corvid applies to its own answer
 //!   (`object::overrides`) and never forwards nor keys, so one cached object serves them all;
-//!   everything else is dropped. Names and values are percent-decoded and `+` is a literal `+`
-//!   (not a space), matching how S3 and SigV4 canonicalisation read a query, so a signed
-//!   upstream request carries exactly what the client meant. Malformed percent-encoding anywhere
+//!   everything else is dropped. Names and values are form-decoded as S3 reads a query: `+`
+//!   is a space and a literal plus is `%2B` (S3 answers `?response-content-type=a+b` with
+//!   `a b`; boto and SigV4 presigning issues record it), so the signed upstream request, which
+//!   encodes a space as `%20`, carries what S3 would have read. Malformed percent-encoding anywhere
 //!   in the query is `400`, even in a parameter that would be dropped (a malformed request is
 //!   malformed). A kept value that is not UTF-8 or contains a control character is `400`,
 //!   since `response-*` values become response headers (no header injection). A kept
@@ -309,6 +310,17 @@ fn hex_val(b: u8) -> Option<u8> {
 
 /// Strict percent-decoding into `out`: every `%` must start a `%XX` escape.
 pub(crate) fn percent_decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+    decode_into::<false>(raw, out)
+}
+
+/// Appends the form-decoded bytes of one query component to `out`: `+` is a space, then `%XX`
+/// escapes — how S3 reads a query (a literal plus is `%2B`; AWS SDK for Go v1, rclone's, sends
+/// a space as `+`).
+pub(crate) fn query_decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+    decode_into::<true>(raw, out)
+}
+
+fn decode_into<const PLUS_IS_SPACE: bool>(raw: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
     out.reserve(raw.len());
     // A plain byte loop beats memchr-per-escape here: keys with unicode or spaces are dense
     // with escapes, so the runs between them are short.
@@ -323,7 +335,7 @@ pub(crate) fn percent_decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), E
             out.push(byte.ok_or_else(|| bad_request("malformed percent-encoding"))?);
             i += 3;
         } else {
-            out.push(b);
+            out.push(if PLUS_IS_SPACE && b == b'+' { b' ' } else { b });
             i += 1;
         }
     }
@@ -420,7 +432,7 @@ pub fn object_query<'a>(
             return Err(bad_request("query parameter given more than once"));
         }
         let start = scratch.len();
-        percent_decode_into(raw_value.as_bytes(), scratch)?;
+        query_decode_into(raw_value.as_bytes(), scratch)?;
         // At most one span per name in KEPT_PARAMS (checked above): never full.
         spans.push((name, start..scratch.len()));
     }
@@ -714,7 +726,7 @@ mod tests {
             vec![
                 (
                     "response-content-disposition".into(),
-                    "attachment; filename=\"a+b.txt\"".into()
+                    "attachment; filename=\"a b.txt\"".into()
                 ),
                 (
                     "response-content-type".into(),
@@ -730,6 +742,17 @@ mod tests {
         .unwrap();
         assert_eq!(all.len(), 5);
         assert_eq!(all[4], ("versionId".into(), "".into()));
+        // `+` is a space, `%2B` a plus, as S3 reads a query.
+        assert_eq!(
+            fq(Some(
+                "response-content-type=application%2Fld+json&versionId=a%2Bb+c"
+            ))
+            .unwrap(),
+            vec![
+                ("response-content-type".into(), "application/ld json".into()),
+                ("versionId".into(), "a+b c".into()),
+            ]
+        );
         // Encoded names are decoded before matching; names are case-sensitive.
         assert_eq!(
             fq(Some("version%49d=x&VERSIONID=y")).unwrap(),

@@ -22,7 +22,7 @@
 //!   is a read-only cache of objects and their listings, not a bucket administration API.
 
 use crate::error::{Error, Kind};
-use crate::router::percent_decode_into;
+use crate::router::query_decode_into;
 
 /// Bucket sub-resources S3 defines (besides `location`), each refused as not implemented.
 pub const SUB_RESOURCES: &[&str] = &[
@@ -115,8 +115,7 @@ fn bad(message: &'static str) -> Error {
 /// query; AWS SDK for Go v1 — rclone — sends a space in a prefix as `+`).
 fn decode(raw: &str) -> Result<String, Error> {
     let mut out = Vec::new();
-    let spaced = raw.replace('+', " ");
-    percent_decode_into(spaced.as_bytes(), &mut out)?;
+    query_decode_into(raw.as_bytes(), &mut out)?;
     String::from_utf8(out).map_err(|_| bad("query parameter is not valid UTF-8"))
 }
 
