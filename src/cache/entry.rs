@@ -28,13 +28,16 @@
 //! below is unchanged (names spelled out): the compact form is this process's own, converted
 //! at the tier boundary.
 //!
-//! In memory an entry is at most two allocations of this module's making (issue 16): a
-//! [`Meta`] (count, fixed part, compact fields, and — for bodies up to [`INLINE_BODY_MAX`] that
-//! the memory tier keeps — the body itself, lent as a `Bytes` by `Bytes::from_owner`) and that
-//! `Bytes`' 16-byte owner record; the memory tier's node holds the key and the
-//! [`CachedObject`]. A typical 1 KiB entry was 427 B beyond its body with `Arc<Meta>`, a boxed
-//! field buffer and a `Vec` body with its shared header; 384 B this way
-//! (`perf/entry_overhead.sh`, perf/RESULTS.md).
+//! In memory an entry is one allocation of this module's making (issue 16): a [`Meta`] (count,
+//! fixed part, compact fields, and — for bodies up to [`INLINE_BODY_MAX`] that the memory tier
+//! keeps — the body itself); the memory tier's node holds the key and the [`CachedObject`]. A
+//! hit sends such a body lent by the `Meta`'s own count ([`CachedObject::send_body`] →
+//! `http::vectored::Body::Lent`), not as a `Bytes`: a `Bytes` over it needs an owner record of
+//! its own (`Bytes::from_owner`, 32 B per entry with the allocator's header). A typical 1 KiB
+//! entry was 427 B beyond its body with `Arc<Meta>`, a boxed field buffer and a `Vec` body with
+//! its shared header; 384 B with the body in the `Meta` lent through `Bytes::from_owner`; 344 B
+//! lent by the `Meta`'s count, which also costs a hit fewer instructions (no `Bytes` vtable
+//! calls; `perf/entry_overhead.sh`, `perf/callgrind_hits.sh`, perf/RESULTS.md "fourth step").
 //!
 //! Encoding (all integers little-endian):
 //!
@@ -57,6 +60,7 @@ use triomphe::ThinArc;
 
 use crate::http::cache_control::{self, Directives};
 use crate::http::date;
+use crate::http::vectored::{Body, Lent};
 
 const MAGIC: &[u8; 4] = b"CVE2";
 /// The pseudo-field that carries a sliced object's length in the encoding (an object entry has
@@ -80,15 +84,14 @@ pub struct Freshness {
 /// What a memory-tier entry costs beside its body, stored fields and key: the fixed part of
 /// its `Meta` and that allocation's count, the memory tier's node (queue state, the
 /// `CachedObject` handle, the key's length), its table slot and its place in a FIFO, the
-/// body's shared header, the allocator's own headers, and — once the tier is full and
-/// evicting — its share of the table's spare slots, the ghost queue and freed-block
-/// fragmentation. Measured by `perf/entry_overhead.sh` (perf/RESULTS.md, issue 16): a typical
-/// 1 KiB entry costs 384 B beyond its body while nothing is evicted (132 B of it stored
-/// fields, 40 B key), and ~240–300 B beyond body, fields and key in a full tier; with this
+/// allocator's own headers, and — once the tier is full and evicting — its share of the
+/// table's spare slots, the ghost queue and freed-block fragmentation. Measured by
+/// `perf/entry_overhead.sh` (perf/RESULTS.md, issue 16): a typical 1 KiB entry costs 344 B
+/// beyond its body while nothing is evicted (132 B of it stored fields, 40 B key); with this
 /// charge a full 16 MiB or 64 MiB tier of 1 KiB objects, or a 16 MiB one of 200 B objects,
-/// holds 0.93–1.01x its capacity in RSS (368 B, before the value moved into the memory
-/// tier's node and small bodies into their `Meta`, left them at 0.86–0.95x).
-pub const ENTRY_OVERHEAD: usize = 288;
+/// holds 0.94–1.01x its capacity in RSS (288 B, before a hit's body was lent without a
+/// `Bytes` owner record, left them at 0.88–0.96x).
+pub const ENTRY_OVERHEAD: usize = 240;
 
 /// Metadata of a cached object.
 ///
@@ -577,22 +580,29 @@ pub fn directives_of(headers: &[(String, String)]) -> Directives {
 }
 
 /// A cached object: shared metadata and a reference-counted body (never copied per request).
+///
+/// The body is a `Bytes` (a fill's, or a slice of a disk or Redis record), or — in the memory
+/// tier, for bodies up to [`INLINE_BODY_MAX`] — kept at the end of the [`Meta`]'s own
+/// allocation ([`CachedObject::inlined`]) and then lent to a hit by the `Meta`'s count
+/// ([`CachedObject::send_body`]). Both fields are private so that the two stay together.
 #[derive(Debug, Clone)]
 pub struct CachedObject {
-    pub meta: Meta,
-    pub body: Bytes,
+    meta: Meta,
+    /// The body, or empty when it is kept in `meta`'s allocation (`meta.inline` != 0).
+    body: Bytes,
 }
 
 /// Bodies of at most this many bytes are kept in their metadata's allocation by the memory
 /// tier ([`CachedObject::inlined`]). What that saves does not depend on the body's size (the
-/// body's own allocation header and rounding, ~16 B), so the bound only keeps the copy that
-/// packing makes (once per store, under 1 µs) small; 4 KiB covers the small objects whose
-/// bookkeeping matters (issue 16) and fits the `u16` that records the length.
+/// body's own allocation header and rounding, and the `Bytes` shared header), so the bound
+/// only keeps the copy that packing makes (once per store, under 1 µs) small; 4 KiB covers the
+/// small objects whose bookkeeping matters (issue 16) and fits the `u16` that records the
+/// length.
 pub const INLINE_BODY_MAX: usize = 4096;
 const _: () = assert!(INLINE_BODY_MAX <= u16::MAX as usize);
 
-/// The owner of a body kept in its metadata's allocation: the `Bytes` that lends the body
-/// holds the metadata, so the allocation lives while either is used.
+/// The owner of a body kept in its metadata's allocation when it is asked for as a `Bytes`
+/// ([`CachedObject::body_bytes`], off the hit path): the `Bytes` holds the metadata.
 struct InlineBody(Meta);
 
 impl AsRef<[u8]> for InlineBody {
@@ -601,16 +611,100 @@ impl AsRef<[u8]> for InlineBody {
     }
 }
 
+/// Gives up the `Meta` reference that [`CachedObject::send_body`] lent a body with.
+///
+/// # Safety
+/// `owner` came from `ThinArc::into_raw` of a `Meta`'s allocation and is given up once.
+unsafe fn release_meta(owner: *const ()) {
+    // SAFETY: the caller's contract: one counted reference, from `into_raw`.
+    drop(unsafe { ThinArc::<MetaHead, u8>::from_raw(owner.cast()) });
+}
+
 impl CachedObject {
+    /// An object of `meta` and `body`.
+    pub fn new(meta: Meta, body: Bytes) -> CachedObject {
+        // A `Meta` that keeps another object's body is paired with an empty one only by
+        // mistake; keep the pair consistent (the body is the one given).
+        let meta = match (meta.inline, body.is_empty()) {
+            (0, _) | (_, false) => meta,
+            _ => Meta::of(*meta, meta.raw()),
+        };
+        CachedObject { meta, body }
+    }
+
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// The same body with other metadata (new times, another status).
+    pub fn with_meta(&self, meta: Meta) -> CachedObject {
+        CachedObject::new(meta, self.body_bytes())
+    }
+
+    /// Gives the object other metadata (new times), keeping its body.
+    pub fn set_meta(&mut self, meta: Meta) {
+        let body = match self.is_inlined() {
+            true => self.body_bytes(),
+            false => std::mem::take(&mut self.body),
+        };
+        *self = CachedObject::new(meta, body);
+    }
+
+    /// The body's bytes.
+    pub fn body(&self) -> &[u8] {
+        if self.is_inlined() {
+            self.meta.inline_body()
+        } else {
+            &self.body
+        }
+    }
+
+    pub fn body_len(&self) -> usize {
+        self.body().len()
+    }
+
+    /// The body as a `Bytes` (a disk or Redis write, a slice handed to a waiting reader): a
+    /// clone, or for a body kept in the metadata a view that holds the metadata (one 32-byte
+    /// owner record allocated: not for the hit path, which uses [`CachedObject::send_body`]).
+    pub fn body_bytes(&self) -> Bytes {
+        if self.is_inlined() {
+            Bytes::from_owner(InlineBody(self.meta.clone()))
+        } else {
+            self.body.clone()
+        }
+    }
+
+    /// `range` of the body to send, never copied and never allocated: a slice of the `Bytes`,
+    /// or the bytes kept in the metadata lent with one count increment.
+    ///
+    /// # Panics
+    /// When `range` is not within the body.
+    pub fn send_body(&self, range: std::ops::Range<usize>) -> Body {
+        if !self.is_inlined() {
+            return Body::Shared(self.body.slice(range));
+        }
+        let b = &self.meta.inline_body()[range];
+        let owner = ThinArc::into_raw(self.meta.0.clone());
+        // SAFETY: `owner` is one counted reference to the allocation the bytes are in, given
+        // up once by `release_meta`; a `Meta` is never written after it is built, and its
+        // allocation does not move.
+        Body::Lent(unsafe { Lent::new(b.as_ptr(), b.len(), owner.cast(), release_meta) })
+    }
+
+    /// The metadata and the body as a `Bytes` ([`CachedObject::body_bytes`]).
+    pub fn into_parts(self) -> (Meta, Bytes) {
+        let body = self.body_bytes();
+        (self.meta, body)
+    }
+
     /// The same entry with a small body (1 to [`INLINE_BODY_MAX`] bytes) copied into its
     /// metadata's allocation: the memory tier keeps entries this way (`Weighted::packed`).
     /// A body from a `Vec` costs its allocation's header and rounding and a 32-byte shared
-    /// header of its own; kept inline, the body lends itself through `Bytes::from_owner`,
-    /// whose owner record (a count and the `Meta` pointer, 32 B with the allocator's header)
-    /// replaces the shared header: ~16 B less per entry, one allocation fewer, and a body that
-    /// pins nothing else (a disk or Redis body is a slice of the whole record it was read
-    /// with). Clones and slices of the body stay reference-counted views, so a hit copies
-    /// nothing. Unchanged when already packed, larger, empty, or a sliced object's entry.
+    /// header of its own; kept inline, it costs neither, and a hit lends it by the
+    /// metadata's count ([`CachedObject::send_body`]; a `Bytes::from_owner` view would add a
+    /// 32-byte owner record per entry). A body kept inline pins nothing else (a disk or
+    /// Redis body is a slice of the whole record it was read with). Unchanged when already
+    /// packed, larger, empty, or a sliced object's entry.
     pub fn inlined(self) -> CachedObject {
         let n = self.body.len();
         let m = &self.meta;
@@ -626,32 +720,28 @@ impl CachedObject {
             ..**m
         };
         let meta = Meta(ThinArc::from_header_and_slice(head, &all));
-        let body = Bytes::from_owner(InlineBody(meta.clone()));
-        CachedObject { meta, body }
+        CachedObject {
+            meta,
+            body: Bytes::new(),
+        }
     }
 
     /// Whether the body is the one kept in the metadata's allocation ([`CachedObject::inlined`]).
     pub fn is_inlined(&self) -> bool {
-        let m = &self.meta;
-        m.inline != 0
-            && usize::from(m.inline) == self.body.len()
-            && m.inline_body().as_ptr() == self.body.as_ptr()
+        self.meta.inline != 0 && self.body.is_empty()
     }
 
     /// Bytes charged against a tier's capacity: what the entry really costs in memory — its
     /// body, its header lines and [`ENTRY_OVERHEAD`] (the memory tier adds the key's length),
     /// so that a full tier's RSS is its capacity.
     pub fn weight(&self) -> usize {
-        self.body.len() + self.meta.stored_len() + ENTRY_OVERHEAD
+        self.body_len() + self.meta.stored_len() + ENTRY_OVERHEAD
     }
 
     /// The same entry, stale from `at_ms` on (soft purge): `None` when it already is (its
     /// deadline is never moved later). Same body, same headers, so the same weight.
     pub fn stale_since(&self, at_ms: u64) -> Option<CachedObject> {
-        (self.meta.expires_at_ms > at_ms).then(|| CachedObject {
-            meta: self.meta.refreshed(at_ms),
-            body: self.body.clone(),
-        })
+        (self.meta.expires_at_ms > at_ms).then(|| self.with_meta(self.meta.refreshed(at_ms)))
     }
 }
 
@@ -669,8 +759,9 @@ pub fn encode_times(m: &Meta) -> [u8; 16] {
 
 /// Encodes `obj` for the disk and Redis tiers.
 pub fn encode(obj: &CachedObject) -> Vec<u8> {
-    let m = &obj.meta;
-    let mut out = Vec::with_capacity(40 + 2 * m.stored_len() + obj.body.len());
+    let m = obj.meta();
+    let body = obj.body();
+    let mut out = Vec::with_capacity(40 + 2 * m.stored_len() + body.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&m.stored_at_ms.to_le_bytes());
     out.extend_from_slice(&m.expires_at_ms.to_le_bytes());
@@ -691,8 +782,8 @@ pub fn encode(obj: &CachedObject) -> Vec<u8> {
     if let Some(len) = &object_len {
         field(&mut out, [SLICED_LENGTH, ""], len);
     }
-    out.extend_from_slice(&(obj.body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&obj.body);
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(body);
     out
 }
 
@@ -733,10 +824,7 @@ pub fn decode(bytes: Bytes) -> Option<CachedObject> {
     let meta = Meta::new(headers, stored_at_ms, expires_at_ms)
         .with_status(status)
         .with_sliced_len(object_len);
-    Some(CachedObject {
-        meta,
-        body: bytes.slice(start..end),
-    })
+    Some(CachedObject::new(meta, bytes.slice(start..end)))
 }
 
 /// A stored header must still be writable as a header line (defence against bad bytes).
@@ -934,54 +1022,69 @@ mod tests {
 
     #[test]
     fn small_bodies_are_kept_in_their_metadata_and_read_the_same() {
-        let o = CachedObject {
-            meta: Meta::new(typical(), 1_700_000_000_000, 1_700_000_060_000),
-            body: Bytes::from((0..1024u32).map(|i| i as u8).collect::<Vec<_>>()),
-        };
+        let o = CachedObject::new(
+            Meta::new(typical(), 1_700_000_000_000, 1_700_000_060_000),
+            Bytes::from((0..1024u32).map(|i| i as u8).collect::<Vec<_>>()),
+        );
         assert!(!o.is_inlined());
         let p = o.clone().inlined();
         assert!(p.is_inlined());
-        assert_eq!((&p.meta, &p.body), (&o.meta, &o.body));
+        assert_eq!((p.meta(), p.body()), (o.meta(), o.body()));
         assert_eq!(
             p.weight(),
             o.weight(),
             "the charge does not depend on where it is kept"
         );
-        assert_eq!(block(&p.meta), block(&o.meta));
-        assert_eq!(p.meta.fields(), o.meta.fields());
+        assert_eq!(block(p.meta()), block(o.meta()));
+        assert_eq!(p.meta().fields(), o.meta().fields());
         assert_eq!(encode(&p), encode(&o));
-        // The body is a view into the metadata's allocation, and stays one when cloned,
-        // sliced or packed again: nothing copied.
+        // The body is in the metadata's allocation, and stays there when cloned, sent or
+        // packed again: nothing copied.
         let at = p.meta.0.slice.as_ptr() as usize + p.meta.stored_len();
-        assert_eq!(p.body.as_ptr() as usize, at);
-        assert_eq!(p.body.slice(10..20).as_ptr() as usize, at + 10);
+        assert_eq!(p.body().as_ptr() as usize, at);
+        let sent = p.send_body(10..20);
+        assert!(matches!(sent, Body::Lent(_)));
+        assert_eq!(sent.as_slice().as_ptr() as usize, at + 10);
+        assert_eq!(sent.as_slice(), &o.body()[10..20]);
         let again = p.clone().inlined();
-        assert_eq!(again.body.as_ptr(), p.body.as_ptr());
+        assert_eq!(again.body().as_ptr(), p.body().as_ptr());
         assert_eq!(again.meta.0.ptr(), p.meta.0.ptr());
+        // A lent body holds one count on the allocation, given back when it is dropped.
+        let count = || ThinArc::strong_count(&p.meta.0);
+        assert_eq!(count(), 3);
+        drop(sent);
+        assert_eq!(count(), 2);
+        // Asked for as a `Bytes` (off the hit path), it is a view into the same bytes.
+        let bytes = p.body_bytes();
+        assert_eq!(bytes.as_ptr() as usize, at);
         // New times: another allocation without the body, equal in everything else.
-        let r = p.meta.refreshed(1_800_000_000_000);
-        assert_eq!(r.stored_len(), p.meta.stored_len());
-        assert_eq!(r.fields(), o.meta.fields());
+        let r = p.meta().refreshed(1_800_000_000_000);
+        assert_eq!(r.stored_len(), p.meta().stored_len());
+        assert_eq!(r.fields(), o.meta().fields());
         let stale = p.stale_since(1_700_000_000_001).unwrap();
         assert!(!stale.is_inlined());
+        assert_eq!(stale.body(), o.body());
         assert!(stale.clone().inlined().is_inlined());
+        let mut moved = p.clone();
+        moved.set_meta(r);
+        assert!(!moved.is_inlined());
+        assert_eq!(moved.body(), o.body());
         // The body outlives every other handle on the allocation.
-        let body = p.body.clone();
-        drop((p, again, stale));
-        assert_eq!(body, o.body);
+        let sent = p.send_body(0..1024);
+        drop((p, again, stale, moved));
+        assert_eq!(bytes, o.body());
+        assert_eq!(sent.as_slice(), o.body());
     }
 
     #[test]
     fn empty_large_and_sliced_entries_are_not_packed() {
         let meta = Meta::new(typical(), 1, 2);
         for len in [0, INLINE_BODY_MAX + 1] {
-            let o = CachedObject {
-                meta: meta.clone(),
-                body: Bytes::from(vec![7; len]),
-            };
+            let o = CachedObject::new(meta.clone(), Bytes::from(vec![7; len]));
             let p = o.clone().inlined();
             assert!(!p.is_inlined());
-            assert_eq!(p.body.as_ptr(), o.body.as_ptr());
+            assert_eq!(p.body().as_ptr(), o.body().as_ptr());
+            assert!(matches!(p.send_body(0..len), Body::Shared(_)));
         }
         let o = CachedObject {
             meta: Meta::new(typical(), 1, 2).with_sliced_len(1 << 30),

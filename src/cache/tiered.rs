@@ -234,12 +234,13 @@ impl Tiers {
         };
         // A revalidation moved the entry's times in the index (its age origin in the stamp),
         // not in the stored value.
-        let moved_origin = hit.stamp_ms != 0 && hit.stamp_ms != obj.meta.stored_at_ms;
+        let moved_origin = hit.stamp_ms != 0 && hit.stamp_ms != obj.meta().stored_at_ms;
         if moved_origin {
-            let m = &obj.meta;
-            obj.meta = m.with_times(hit.stamp_ms, hit.expires_at_ms);
-        } else if obj.meta.expires_at_ms != hit.expires_at_ms {
-            obj.meta = obj.meta.refreshed(hit.expires_at_ms);
+            let meta = obj.meta().with_times(hit.stamp_ms, hit.expires_at_ms);
+            obj.set_meta(meta);
+        } else if obj.meta().expires_at_ms != hit.expires_at_ms {
+            let meta = obj.meta().refreshed(hit.expires_at_ms);
+            obj.set_meta(meta);
         }
         // Promoted like a store: a purge that began during the read must not be undone.
         self.insert_memory(key, obj.clone(), since);
@@ -330,7 +331,7 @@ impl Tiers {
         if fields_changed {
             return self.store(key, obj, since);
         }
-        let (expires, age_origin) = (obj.meta.expires_at_ms, obj.meta.stored_at_ms);
+        let (expires, age_origin) = (obj.meta().expires_at_ms, obj.meta().stored_at_ms);
         if !self.insert_memory(key, obj, since) {
             return false;
         }
@@ -391,7 +392,7 @@ type Pending = (Vec<u8>, CachedObject, u64);
 fn write_disk(disk: &DiskCache, key: &[u8], obj: &CachedObject, errors: &AtomicU64) {
     // `Ok(false)` (not admitting, too large) is counted by the disk tier itself; a failed
     // write is an error here, and the disk tier logs it once as the start of an outage.
-    if let Err(e) = disk.insert(key, &entry::encode(obj), obj.meta.expires_at_ms) {
+    if let Err(e) = disk.insert(key, &entry::encode(obj), obj.meta().expires_at_ms) {
         errors.fetch_add(1, Ordering::Relaxed);
         log::debug!("disk tier write failed: {e}");
     }

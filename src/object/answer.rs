@@ -24,9 +24,9 @@ pub async fn serve_cached<S: AsyncWriteRent>(
     layer: Option<Layer>,
 ) -> Result<Sent, Error> {
     let req = x.req;
-    let len = obj.body.len() as u64;
-    let (status, body) = status_and_range(req, &obj.meta, len)?;
-    write_head(x, status, &obj.meta, xcache, layer, body, len);
+    let len = obj.body_len() as u64;
+    let (status, body) = status_and_range(req, obj.meta(), len)?;
+    write_head(x, status, obj.meta(), xcache, layer, body, len);
     let send_body = body.filter(|(s, e)| !req.is_head() && e > s);
     if let (Some((start, end)), Some(layer)) = (send_body, layer) {
         // Bytes served from cache (`corvid_cache_hit_bytes_total`, stats `bytes_served`):
@@ -36,7 +36,7 @@ pub async fn serve_cached<S: AsyncWriteRent>(
     let result = match send_body {
         None => x.answer.flush().await,
         Some((start, end)) => {
-            let body = obj.body.slice(start as usize..end as usize);
+            let body = obj.send_body(start as usize..end as usize);
             x.answer.send_with_head(body).await
         }
     };

@@ -88,10 +88,7 @@ pub fn storable_entry(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) 
 
 /// Stores the object entry `meta` (no body: the bytes are in slices).
 pub async fn store_entry(w: &Worker, t: &Target<'_>, meta: Meta) {
-    let obj = CachedObject {
-        meta,
-        body: Bytes::new(),
-    };
+    let obj = CachedObject::new(meta, Bytes::new());
     w.cache.store(t.ckey, obj, t.generation).await;
 }
 
@@ -248,7 +245,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
     stale_until_ms: Option<u64>,
 ) -> Result<Option<Sent>, Error> {
     let (w, bucket) = (x.w, x.bucket);
-    let stale = &hit.obj.meta;
+    let stale = hit.obj.meta();
     let layer = Some(hit.layer);
     let asked = fetch_origin(w, bucket, &Asked::of(t, true, &decide::validators(stale))).await;
     let failure = match asked {
@@ -264,10 +261,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
                         decide::after_not_modified(stale, &head, &update, &policy, now)
                     {
                         let changed = meta.fields() != stale.fields();
-                        let obj = CachedObject {
-                            meta: meta.clone(),
-                            body: Bytes::new(),
-                        };
+                        let obj = CachedObject::new(meta.clone(), Bytes::new());
                         w.cache.refresh(t.ckey, obj, t.generation, changed).await;
                         return answer(x, t, &meta, XCache::Revalidated, layer).await;
                     }
@@ -481,10 +475,7 @@ fn keep_entry(w: &Worker, t: &Target<'_>, meta: &Meta) {
         return;
     }
     if w.cache.generation() == t.generation {
-        let entry = CachedObject {
-            meta: meta.clone(),
-            body: Bytes::new(),
-        };
+        let entry = CachedObject::new(meta.clone(), Bytes::new());
         memory.insert(t.ckey, entry);
     }
 }
