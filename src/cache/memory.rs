@@ -14,7 +14,11 @@
 //! table, so a removed node waiting in a FIFO for its lazy deletion holds no body. Issue 16
 //! measured what this saves for a small object (`perf/entry_overhead.sh`, perf/RESULTS.md):
 //! a slot is 8 bytes instead of 48 (and the table keeps ~1.3–1.5 slots per entry), for 40
-//! more bytes in the node: ~21 B per 1 KiB entry.
+//! more bytes in the node: ~21 B per 1 KiB entry. The node keeps its value in the form the
+//! cache's [`Slot`] type gives it: the value itself by default, and for the tiers' cached
+//! objects one word (`cache::entry::Packed`) instead of a 40-byte `CachedObject`, which takes a
+//! typical 1 KiB entry's node from a 128- to a 96-byte allocation (−40 B RSS per entry; issue
+//! 16, perf/RESULTS.md "fourth step"). A hit reads the value back with one count increment.
 //!
 //! # Policy: S3-FIFO
 //! A small FIFO (5% of the bytes) takes new objects; those read again while in it are
@@ -145,14 +149,30 @@ use crate::cache::usage::{BucketUsage, Buckets, Usage};
 /// What a cached value costs in bytes (body + metadata + per-entry overhead estimate).
 pub trait Weighted {
     fn weight(&self) -> usize;
+}
 
-    /// The value as the cache keeps it: a value may repack itself into fewer allocations
-    /// (`CachedObject` keeps a small body with its metadata). Called once per insert or
-    /// update, never on a hit; must not change the weight.
-    fn packed(self) -> Self
-    where
-        Self: Sized,
-    {
+/// How the cache keeps a value of type `V` in an entry's node: the value itself (the default,
+/// `MemoryCache<V>`), or a smaller form that gives the value back on a hit without allocating
+/// (`cache::entry::Packed`: a `CachedObject` in one word, issue 16).
+pub trait Slot<V>: Sized {
+    /// The form kept; made once per insert or update, never on a hit.
+    fn pack(value: V) -> Self;
+    /// The value, for a hit: must not allocate.
+    fn unpacked(&self) -> V;
+    /// The value, taken out of the cache (a removal).
+    fn into_value(self) -> V {
+        self.unpacked()
+    }
+}
+
+impl<V: Clone> Slot<V> for V {
+    fn pack(value: V) -> V {
+        value
+    }
+    fn unpacked(&self) -> V {
+        self.clone()
+    }
+    fn into_value(self) -> V {
         self
     }
 }
@@ -452,11 +472,12 @@ impl<V> Policy<V> {
     }
 }
 
-/// The sharded, byte-bounded S3-FIFO cache. See the module docs.
-pub struct MemoryCache<V: Clone + Weighted> {
-    shards: Box<[Shard<V>]>,
+/// The sharded, byte-bounded S3-FIFO cache of values `V`, kept in their nodes as `S` (see
+/// [`Slot`]). See the module docs.
+pub struct MemoryCache<V: Clone + Weighted, S: Slot<V> = V> {
+    shards: Box<[Shard<S>]>,
     hasher: foldhash::quality::RandomState,
-    policy: Mutex<Policy<V>>,
+    policy: Mutex<Policy<S>>,
     capacity: u64,
     small_target: u64,
     max_object: u64,
@@ -466,6 +487,7 @@ pub struct MemoryCache<V: Clone + Weighted> {
     evictions: AtomicU64,
     /// Entries, bytes and evictions per bucket; moved under the policy lock, never on a hit.
     usage: BucketUsage,
+    values: std::marker::PhantomData<fn(V) -> V>,
 }
 
 impl<V: Clone + Weighted> MemoryCache<V> {
@@ -473,14 +495,26 @@ impl<V: Clone + Weighted> MemoryCache<V> {
     /// most 1024): enough that workers rarely meet on a lock, few enough that empty shards
     /// cost nothing noticeable. 0 disables the cache.
     pub fn new(capacity_bytes: u64) -> Self {
-        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-        let shards = (cores * 16).clamp(64, 1024).next_power_of_two();
-        Self::with_shards(capacity_bytes, shards)
+        Self::keeping(capacity_bytes)
     }
 
     /// A cache with an explicit shard count (at least 1). Capacity is never divided
     /// among shards.
     pub fn with_shards(capacity_bytes: u64, shards: usize) -> Self {
+        Self::keeping_with_shards(capacity_bytes, shards)
+    }
+}
+
+impl<V: Clone + Weighted, S: Slot<V>> MemoryCache<V, S> {
+    /// [`MemoryCache::new`] keeping values as `S`.
+    pub fn keeping(capacity_bytes: u64) -> Self {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let shards = (cores * 16).clamp(64, 1024).next_power_of_two();
+        Self::keeping_with_shards(capacity_bytes, shards)
+    }
+
+    /// [`MemoryCache::with_shards`] keeping values as `S`.
+    pub fn keeping_with_shards(capacity_bytes: u64, shards: usize) -> Self {
         let shards = shards.max(1);
         Self {
             shards: (0..shards)
@@ -497,6 +531,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             bytes: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             usage: BucketUsage::new(Buckets::none()),
+            values: std::marker::PhantomData,
         }
     }
 
@@ -534,7 +569,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &Shard<V> {
+    fn shard(&self, hash: u64) -> &Shard<S> {
         // Bits 24..56 pick the shard: hashbrown uses the low bits for the bucket and the
         // top 7 for its tag, so those stay independent of the shard choice.
         let idx = (((hash >> 24) as u32 as u64 * self.shards.len() as u64) >> 32) as usize;
@@ -551,7 +586,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         node.touch();
         // SAFETY: the node is in this shard's table and `table` is its read guard, alive
         // until after the clone.
-        Some(unsafe { node.value() }.clone())
+        Some(unsafe { node.value() }.unpacked())
     }
 
     /// Inserts or replaces; returns false when not admitted (too large / disabled).
@@ -568,7 +603,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             drop(self.remove_hashed(hash, key));
             return false;
         }
-        let value = value.packed();
+        let value = S::pack(value);
         // Allocated before locking; wasted (and freed after unlocking) on a replace.
         let mut fresh = Some(Node::new(
             Meta {
@@ -628,7 +663,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
 
     /// Evicts until the budget holds. Called with the policy lock held; each candidate
     /// takes its shard's write lock only to read its frequency and maybe remove it.
-    fn evict(&self, p: &mut Policy<V>, out: &mut Vec<V>) {
+    fn evict(&self, p: &mut Policy<S>, out: &mut Vec<S>) {
         while p.bytes > self.capacity {
             let from_small = p.small.bytes > self.small_target || p.main.live == 0;
             let popped = if from_small {
@@ -672,7 +707,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         debug_assert!(p.bytes <= self.capacity, "queues empty but bytes left");
     }
 
-    fn publish(&self, p: &Policy<V>) {
+    fn publish(&self, p: &Policy<S>) {
         self.len.store(p.len, Relaxed);
         self.bytes.store(p.bytes, Relaxed);
     }
@@ -694,7 +729,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         p.forget(&node, &self.usage);
         self.publish(&p);
         // Returned, so dropped by the caller after both locks are released.
-        value
+        value.map(S::into_value)
     }
 
     /// Removes every entry whose key matches (used for purge by bucket / by prefix).
@@ -706,8 +741,8 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         if self.capacity == 0 {
             return stats;
         }
-        let mut removed: Vec<Node<V>> = Vec::new();
-        let mut values: Vec<V> = Vec::new();
+        let mut removed: Vec<Node<S>> = Vec::new();
+        let mut values: Vec<S> = Vec::new();
         for shard in self.shards.iter() {
             {
                 let mut p = self.policy.lock();
@@ -766,7 +801,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
     /// are dropped after unlocking. Returns what matched (charges after the update).
     fn update_in(
         &self,
-        shard: &Shard<V>,
+        shard: &Shard<S>,
         hash: Option<u64>,
         pred: &dyn Fn(&[u8]) -> bool,
         f: &dyn Fn(&V) -> Option<V>,
@@ -775,14 +810,14 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         let mut old = Vec::new();
         let mut p = self.policy.lock();
         let mut table = shard.table.write();
-        let mut apply = |e: &mut Node<V>| {
+        let mut apply = |e: &mut Node<S>| {
             // SAFETY: `e` is in this shard's table, write-locked by `table` for as long as
             // `apply` runs; the reference is dropped before the `replace` below.
-            let charge = match f(unsafe { e.value() }) {
+            let charge = match f(&unsafe { e.value() }.unpacked()) {
                 None => e.charge(),
                 Some(new) => {
-                    let new = new.packed();
                     let charge = (new.weight() as u64).saturating_add(e.key().len() as u64);
+                    let new = S::pack(new);
                     let was = e.charge.swap(charge, Relaxed);
                     let fifo = match e.queue.load(Relaxed) {
                         IN_SMALL => &mut p.small,
@@ -870,7 +905,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
     }
 }
 
-impl<V: Clone + Weighted> std::fmt::Debug for MemoryCache<V> {
+impl<V: Clone + Weighted, S: Slot<V>> std::fmt::Debug for MemoryCache<V, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryCache")
             .field("capacity", &self.capacity)

@@ -35,9 +35,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::cache::disk::{DiskCache, DiskHit, DiskOptions};
-use crate::cache::entry::{self, CachedObject};
+use crate::cache::entry::{self, CachedObject, Packed};
 use crate::cache::inflight::Inflight;
-use crate::cache::memory::{MemoryCache, Weighted};
+use crate::cache::memory::{MemoryCache, Slot, Weighted};
 use crate::cache::redis_tier;
 use crate::cache::usage::Buckets;
 use crate::clock::Clock;
@@ -47,9 +47,18 @@ impl Weighted for CachedObject {
     fn weight(&self) -> usize {
         CachedObject::weight(self)
     }
+}
 
-    fn packed(self) -> CachedObject {
-        self.inlined()
+/// The memory tier keeps an object as one word ([`Packed`]), its small body inlined.
+impl Slot<CachedObject> for Packed {
+    fn pack(obj: CachedObject) -> Packed {
+        Packed::new(obj.inlined())
+    }
+    fn unpacked(&self) -> CachedObject {
+        self.get()
+    }
+    fn into_value(self) -> CachedObject {
+        self.into_object()
     }
 }
 
@@ -88,7 +97,7 @@ pub struct Hit {
 
 /// The shared tiers (one per process).
 pub struct Tiers {
-    pub memory: MemoryCache<CachedObject>,
+    pub memory: MemoryCache<CachedObject, Packed>,
     pub disk: Option<Arc<DiskCache>>,
     pub inflight: Arc<Inflight>,
     /// Largest object stored (`cache.max_object_size`).
@@ -133,7 +142,7 @@ impl Tiers {
         if let Some(w) = crate::cache::memory::slice_warning(cfg) {
             log::warn!("{w}");
         }
-        let memory = MemoryCache::new(cfg.memory.capacity)
+        let memory = MemoryCache::keeping(cfg.memory.capacity)
             .with_max_object_size(cfg.max_object_size.min(cfg.memory.capacity))
             .with_buckets(Arc::clone(&buckets));
         let disk = match &cfg.disk {

@@ -62,7 +62,11 @@ pub fn status_and_range(
         Precondition::NotModified => Ok((304, None)),
         Precondition::Proceed => {
             let range = req.header("range").filter(|_| {
-                range::if_range_allows(req.header("if-range"), meta.etag(), meta.last_modified())
+                range::if_range_allows(
+                    req.header("if-range"),
+                    meta.etag().as_deref(),
+                    meta.last_modified().as_deref(),
+                )
             });
             match range::evaluate(range, len) {
                 RangeDecision::Full => Ok((200, Some((0, len)))),
@@ -145,9 +149,9 @@ pub fn client_precondition(req: &Request<'_>, meta: &Meta) -> Precondition {
 /// The request's preconditions evaluated against a representation's validators (a stored
 /// entry's, or those of an answer a fleet member relayed), which `validators` gives only when
 /// the request has a conditional: looking them up in an entry costs a hit ~1,400 instructions.
-pub fn precondition_for<'m>(
+pub fn precondition_for<V: std::ops::Deref<Target = str>>(
     req: &Request<'_>,
-    validators: impl FnOnce() -> (Option<&'m str>, Option<&'m str>),
+    validators: impl FnOnce() -> (Option<V>, Option<V>),
 ) -> Precondition {
     let c = Conditionals {
         if_match: req.header("if-match"),
@@ -159,7 +163,7 @@ pub fn precondition_for<'m>(
         return Precondition::Proceed;
     }
     let (etag, last_modified) = validators();
-    conditional::evaluate(&c, etag, last_modified)
+    conditional::evaluate(&c, etag.as_deref(), last_modified.as_deref())
 }
 
 /// `bytes first-last/len` into `buf`, without allocating.

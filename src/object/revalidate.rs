@@ -188,7 +188,8 @@ pub async fn conditional_fetch(
     stale: &Meta,
 ) -> Result<(UpstreamHead, Body), Error> {
     let validators = decide::validators(stale);
-    let (head, body) = fetch_origin(w, bucket, &Asked::of(t, false, &validators)).await?;
+    let headers = decide::as_headers(&validators);
+    let (head, body) = fetch_origin(w, bucket, &Asked::of(t, false, &headers)).await?;
     if head.status != 304 || decide::selects(stale, &head) {
         return Ok((head, body));
     }

@@ -44,7 +44,7 @@ impl Version {
     pub fn of(w: &Worker, meta: &Meta) -> Option<Version> {
         let len = meta.sliced_len()?;
         Some(Version {
-            etag: meta.etag()?.to_owned(),
+            etag: meta.etag()?.to_string(),
             g: Geometry::new(w.shared.config.cache.slice_size, len),
             times: (meta.stored_at_ms, meta.expires_at_ms),
         })
@@ -58,7 +58,7 @@ impl Version {
 
     /// Whether a cached slice is slice `index` of this version.
     pub(super) fn holds(&self, obj: &CachedObject, index: u64) -> bool {
-        obj.meta().etag() == Some(self.etag.as_str())
+        obj.meta().etag().as_deref() == Some(self.etag.as_str())
             && obj.body_len() as u64 == self.g.slice_len(index)
     }
 }

@@ -247,7 +247,9 @@ pub async fn revalidate<S: AsyncWriteRent>(
     let (w, bucket) = (x.w, x.bucket);
     let stale = hit.obj.meta();
     let layer = Some(hit.layer);
-    let asked = fetch_origin(w, bucket, &Asked::of(t, true, &decide::validators(stale))).await;
+    let validators = decide::validators(stale);
+    let headers = decide::as_headers(&validators);
+    let asked = fetch_origin(w, bucket, &Asked::of(t, true, &headers)).await;
     let failure = match asked {
         Ok((head, body)) => {
             drain_error_body(body).await;
@@ -491,7 +493,7 @@ async fn follow_slice<S: AsyncWriteRent>(
 ) -> Result<(), SendError> {
     match sub.next_event().await {
         Event::Head { meta, len, .. } => {
-            if meta.etag() != Some(v.etag.as_str()) || len != v.g.slice_len(i) {
+            if meta.etag().as_deref() != Some(v.etag.as_str()) || len != v.g.slice_len(i) {
                 return Err(SendError::Changed);
             }
         }
