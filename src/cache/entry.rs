@@ -90,11 +90,11 @@ pub struct Freshness {
 /// allocator's own headers, and — once the tier is full and evicting — its share of the
 /// table's spare slots, the ghost queue and freed-block fragmentation. Measured by
 /// `perf/entry_overhead.sh` (perf/RESULTS.md "fourth step", issue 16): a typical 1 KiB entry
-/// costs 269 B beyond its body while nothing is evicted (89 B of it stored fields, 40 B key);
+/// costs 248 B beyond its body while nothing is evicted (89 B of it stored fields, 40 B key);
 /// with this charge a full 16 MiB or 64 MiB tier of 1 KiB objects, or a 16 MiB one of 200 B
-/// objects, holds 0.95–1.01x its capacity in RSS (288 B, before this step's three savings,
+/// objects, holds 0.97–0.99x its capacity in RSS (288 B, before the fourth step's savings,
 /// left them at 0.87–0.97x).
-pub const ENTRY_OVERHEAD: usize = 192;
+pub const ENTRY_OVERHEAD: usize = 176;
 
 /// Metadata of a cached object.
 ///

@@ -8,7 +8,7 @@
 //! `value.weight() + key.len()`.
 //!
 //! # Layout: one allocation per entry
-//! An entry is one `Node`: a thin `Arc` (one pointer) holding its queue state (hash, charge,
+//! An entry is one `Node`: a thin `Arc` (one pointer) holding its queue state (charge,
 //! bucket, queue, frequency), its value and its key. A table slot is that one pointer and a
 //! FIFO holds a second one. The value is taken out of the node when the entry leaves the
 //! table, so a removed node waiting in a FIFO for its lazy deletion holds no body. Issue 16
@@ -19,6 +19,9 @@
 //! objects one word (`cache::entry::Packed`) instead of a 40-byte `CachedObject`, which takes a
 //! typical 1 KiB entry's node from a 128- to a 96-byte allocation (−40 B RSS per entry; issue
 //! 16, perf/RESULTS.md "fourth step"). A hit reads the value back with one count increment.
+//! The node keeps no hash of its key (computed again when its shard's table grows or the entry
+//! is evicted: a miss's work, never a hit's) and a 32-bit charge, which takes that node to an
+//! 80-byte allocation (−16 B per entry; no single entry of 4 GiB or more, [`MAX_CHARGE`]).
 //!
 //! # Policy: S3-FIFO
 //! A small FIFO (5% of the bytes) takes new objects; those read again while in it are
@@ -136,7 +139,7 @@
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 use hashbrown::hash_table::Entry as TableEntry;
@@ -234,23 +237,34 @@ const IN_SMALL: u8 = 0;
 const IN_MAIN: u8 = 1;
 const DEAD: u8 = 2;
 
-/// Queue state and value of one entry: the header of its [`Node`].
+/// Queue state and value of one entry: the header of its [`Node`]. 16 bytes beside the value
+/// (issue 16): the key's hash is not kept (it is computed again from the key when a table
+/// grows or an entry is evicted, never on a hit), the charge is 32 bits ([`MAX_CHARGE`]) and
+/// the bucket 16, so that the node of a typical 1 KiB object (a 40-byte key, a one-word
+/// value) is an 80-byte allocation rather than 96 (perf/RESULTS.md "fourth step").
 struct Meta<V> {
-    hash: u64,
-    /// Bytes charged for the entry; written only under the policy lock.
-    charge: AtomicU64,
-    /// The entry's bucket ([`crate::cache::usage::Buckets`]), found once at insertion.
-    class: u32,
-    /// `IN_SMALL`, `IN_MAIN` or `DEAD`; written only under the policy lock.
-    queue: AtomicU8,
-    /// Bumped by readers under a shared lock; lost updates only make it less precise.
-    freq: AtomicU8,
     /// The cached value while the node is in its shard's table; taken out (`None`) when the
     /// node leaves the table, so a removed node that waits in a FIFO for its lazy deletion
     /// holds no body. Read under the shard's read lock, written under its write lock only
     /// (see [`Node::value`] and [`Node::replace`]).
     value: UnsafeCell<Option<V>>,
+    /// Bytes charged for the entry; written only under the policy lock.
+    charge: AtomicU32,
+    /// The entry's bucket ([`crate::cache::usage::Buckets`]), found once at insertion;
+    /// [`NO_CLASS`] when its index does not fit (found again from the key when needed).
+    class: u16,
+    /// `IN_SMALL`, `IN_MAIN` or `DEAD`; written only under the policy lock.
+    queue: AtomicU8,
+    /// Bumped by readers under a shared lock; lost updates only make it less precise.
+    freq: AtomicU8,
 }
+
+/// The largest charge an entry can have: an entry's charge is kept in 32 bits, so the tier
+/// admits no single entry of 4 GiB or more (larger objects are sliced, `cache.slice_size`).
+pub const MAX_CHARGE: u64 = u32::MAX as u64;
+
+/// [`Meta::class`] of a bucket index that does not fit in 16 bits.
+const NO_CLASS: u16 = u16::MAX;
 
 // SAFETY: the only field that is not `Sync` by itself is `value`, and it is accessed only
 // under the lock of the shard whose table holds the node: shared references (`Node::value`)
@@ -260,7 +274,7 @@ unsafe impl<V: Send + Sync> Sync for Meta<V> {}
 
 impl<V> Meta<V> {
     fn charge(&self) -> u64 {
-        self.charge.load(Relaxed)
+        u64::from(self.charge.load(Relaxed))
     }
 }
 
@@ -286,6 +300,14 @@ impl<V> Node<V> {
 
     fn key(&self) -> &[u8] {
         &self.0.slice
+    }
+
+    /// The entry's bucket index in `usage`.
+    fn class(&self, usage: &BucketUsage) -> usize {
+        match self.class {
+            NO_CLASS => usage.class(self.key()),
+            c => usize::from(c),
+        }
     }
 
     /// The same allocation (not merely equal contents).
@@ -383,7 +405,7 @@ impl<V> Fifo<V> {
     }
 
     /// Accounts for an entry of this queue that was removed from the table.
-    fn forget(&mut self, meta: &Meta<V>) {
+    fn forget(&mut self, meta: &Node<V>) {
         meta.queue.store(DEAD, Relaxed);
         self.live -= 1;
         self.bytes -= meta.charge();
@@ -460,7 +482,7 @@ impl<V> Default for Policy<V> {
 }
 
 impl<V> Policy<V> {
-    fn forget(&mut self, meta: &Meta<V>, usage: &BucketUsage) {
+    fn forget(&mut self, meta: &Node<V>, usage: &BucketUsage) {
         match meta.queue.load(Relaxed) {
             IN_SMALL => self.small.forget(meta),
             IN_MAIN => self.main.forget(meta),
@@ -468,7 +490,7 @@ impl<V> Policy<V> {
         }
         self.len -= 1;
         self.bytes -= meta.charge();
-        usage.removed(meta.class as usize, meta.charge(), false);
+        usage.removed(meta.class(usage), meta.charge(), false);
     }
 }
 
@@ -526,7 +548,7 @@ impl<V: Clone + Weighted, S: Slot<V>> MemoryCache<V, S> {
             policy: Mutex::new(Policy::default()),
             capacity: capacity_bytes,
             small_target: capacity_bytes * SMALL_PERCENT / 100,
-            max_object: capacity_bytes / 8,
+            max_object: (capacity_bytes / 8).min(MAX_CHARGE),
             len: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -548,9 +570,9 @@ impl<V: Clone + Weighted, S: Slot<V>> MemoryCache<V, S> {
         self.usage.by_name(bucket)
     }
 
-    /// Sets the largest admitted entry charge (clamped to the capacity).
+    /// Sets the largest admitted entry charge (clamped to the capacity and [`MAX_CHARGE`]).
     pub fn with_max_object_size(mut self, max_bytes: u64) -> Self {
-        self.max_object = max_bytes.min(self.capacity);
+        self.max_object = max_bytes.min(self.capacity).min(MAX_CHARGE);
         self
     }
 
@@ -607,12 +629,12 @@ impl<V: Clone + Weighted, S: Slot<V>> MemoryCache<V, S> {
         // Allocated before locking; wasted (and freed after unlocking) on a replace.
         let mut fresh = Some(Node::new(
             Meta {
-                hash,
-                charge: AtomicU64::new(charge),
-                class: self.usage.class(key) as u32,
+                value: UnsafeCell::new(None),
+                // Admitted charges are at most `max_object` ≤ `MAX_CHARGE`.
+                charge: AtomicU32::new(charge as u32),
+                class: u16::try_from(self.usage.class(key)).unwrap_or(NO_CLASS),
                 queue: AtomicU8::new(DEAD),
                 freq: AtomicU8::new(0),
-                value: UnsafeCell::new(None),
             },
             key,
         ));
@@ -622,19 +644,19 @@ impl<V: Clone + Weighted, S: Slot<V>> MemoryCache<V, S> {
         {
             let mut p = self.policy.lock();
             let mut table = self.shard(hash).table.write();
-            match table.entry(hash, |n| n.key() == key, |n| n.hash) {
+            match table.entry(hash, |n| n.key() == key, |n| self.hash(n.key())) {
                 TableEntry::Occupied(o) => {
                     let meta = o.get();
                     // SAFETY: the node is in this shard's table, write-locked by `table`.
                     old_value = unsafe { meta.replace(value.take()) };
-                    let old = meta.charge.swap(charge, Relaxed);
+                    let old = u64::from(meta.charge.swap(charge as u32, Relaxed));
                     let fifo = match meta.queue.load(Relaxed) {
                         IN_SMALL => &mut p.small,
                         _ => &mut p.main,
                     };
                     fifo.bytes = fifo.bytes - old + charge;
                     p.bytes = p.bytes - old + charge;
-                    self.usage.resized(meta.class as usize, old, charge);
+                    self.usage.resized(meta.class(&self.usage), old, charge);
                     drop(table);
                 }
                 TableEntry::Vacant(v) => {
@@ -644,7 +666,7 @@ impl<V: Clone + Weighted, S: Slot<V>> MemoryCache<V, S> {
                     drop(unsafe { meta.replace(value.take()) });
                     v.insert(meta.clone());
                     drop(table);
-                    self.usage.added(meta.class as usize, charge);
+                    self.usage.added(meta.class(&self.usage), charge);
                     if p.ghost.contains(hash) {
                         p.main.push(meta, IN_MAIN);
                     } else {
@@ -672,9 +694,10 @@ impl<V: Clone + Weighted, S: Slot<V>> MemoryCache<V, S> {
                 p.main.pop()
             };
             let Some(meta) = popped else { break };
-            let mut table = self.shard(meta.hash).table.write();
+            let hash = self.hash(meta.key());
+            let mut table = self.shard(hash).table.write();
             // A queued node always has its table entry (both change under the policy lock).
-            if let Ok(slot) = table.find_entry(meta.hash, |n| n.same(&meta)) {
+            if let Ok(slot) = table.find_entry(hash, |n| n.same(&meta)) {
                 let freq = &slot.get().freq;
                 let f = freq.load(Relaxed);
                 if from_small && f >= PROMOTE_FREQ {
@@ -696,12 +719,13 @@ impl<V: Clone + Weighted, S: Slot<V>> MemoryCache<V, S> {
             drop(table);
             if from_small {
                 let limit = (p.main.live as usize * GHOST_PERCENT / 100).max(MIN_GHOST);
-                p.ghost.insert(meta.hash, limit);
+                p.ghost.insert(hash, limit);
             }
             meta.queue.store(DEAD, Relaxed);
             p.len -= 1;
             p.bytes -= meta.charge();
-            self.usage.removed(meta.class as usize, meta.charge(), true);
+            self.usage
+                .removed(meta.class(&self.usage), meta.charge(), true);
             self.evictions.fetch_add(1, Relaxed);
         }
         debug_assert!(p.bytes <= self.capacity, "queues empty but bytes left");
@@ -816,16 +840,18 @@ impl<V: Clone + Weighted, S: Slot<V>> MemoryCache<V, S> {
             let charge = match f(&unsafe { e.value() }.unpacked()) {
                 None => e.charge(),
                 Some(new) => {
-                    let charge = (new.weight() as u64).saturating_add(e.key().len() as u64);
+                    let charge = (new.weight() as u64)
+                        .saturating_add(e.key().len() as u64)
+                        .min(MAX_CHARGE);
                     let new = S::pack(new);
-                    let was = e.charge.swap(charge, Relaxed);
+                    let was = u64::from(e.charge.swap(charge as u32, Relaxed));
                     let fifo = match e.queue.load(Relaxed) {
                         IN_SMALL => &mut p.small,
                         _ => &mut p.main,
                     };
                     fifo.bytes = fifo.bytes - was + charge;
                     p.bytes = p.bytes - was + charge;
-                    self.usage.resized(e.class as usize, was, charge);
+                    self.usage.resized(e.class(&self.usage), was, charge);
                     // SAFETY: as above; no reference from `value` is alive here.
                     old.extend(unsafe { e.replace(Some(new)) });
                     charge
@@ -922,6 +948,40 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    /// A node's header is the one-word value and 8 bytes of queue state (issue 16): a
+    /// typical 1 KiB entry's node (40-byte key) is then 72 bytes requested, an 80-byte chunk.
+    #[test]
+    fn a_node_header_is_two_words_beside_a_one_word_value() {
+        assert_eq!(std::mem::size_of::<Meta<Box<u8>>>(), 16);
+        assert_eq!(std::mem::size_of::<Meta<crate::cache::entry::Packed>>(), 16);
+    }
+
+    /// Charges are 32 bits: no entry of 4 GiB or more is admitted, whatever the capacity.
+    #[test]
+    fn entries_of_4_gib_or_more_are_refused() {
+        let c = MemoryCache::<Obj>::with_shards(1 << 40, 1).with_max_object_size(1 << 40);
+        assert_eq!(c.max_object_size(), MAX_CHARGE);
+        assert!(!c.insert(
+            b"big",
+            Obj {
+                id: 1,
+                size: 1 << 32
+            }
+        ));
+        assert!(c.insert(
+            b"fits",
+            Obj {
+                id: 2,
+                size: (1 << 32) - 10
+            }
+        ));
+        assert_eq!(c.bytes(), (1 << 32) - 6);
+        assert_eq!(
+            MemoryCache::<Obj>::with_shards(1 << 40, 1).max_object_size(),
+            MAX_CHARGE
+        );
+    }
 
     /// A value whose weight is chosen by the test; the id tells values apart.
     #[derive(Clone, Debug, PartialEq)]
