@@ -33,14 +33,17 @@
 //!
 //! In memory an entry is one allocation of this module's making (issue 16): a [`Meta`] (count,
 //! fixed part, compact fields, and — for bodies up to [`INLINE_BODY_MAX`] that the memory tier
-//! keeps — the body itself); the memory tier's node holds the key and the [`CachedObject`]. A
-//! hit sends such a body lent by the `Meta`'s own count ([`CachedObject::send_body`] →
-//! `http::vectored::Body::Lent`), not as a `Bytes`: a `Bytes` over it needs an owner record of
-//! its own (`Bytes::from_owner`, 32 B per entry with the allocator's header). A typical 1 KiB
-//! entry was 427 B beyond its body with `Arc<Meta>`, a boxed field buffer and a `Vec` body with
-//! its shared header; 384 B with the body in the `Meta` lent through `Bytes::from_owner`; 344 B
-//! lent by the `Meta`'s count, which also costs a hit fewer instructions (no `Bytes` vtable
-//! calls; `perf/entry_overhead.sh`, `perf/callgrind_hits.sh`, perf/RESULTS.md "fourth step").
+//! keeps — the body itself); the memory tier's node holds the key and the object as one word
+//! ([`Packed`]). A hit sends such a body lent by the `Meta`'s own count
+//! ([`CachedObject::send_body`] → `http::vectored::Body::Lent`), not as a `Bytes`: a `Bytes`
+//! over it needs an owner record of its own (`Bytes::from_owner`, 32 B per entry with the
+//! allocator's header). A typical 1 KiB entry was 427 B beyond its body with `Arc<Meta>`, a
+//! boxed field buffer and a `Vec` body with its shared header; 384 B with the body in the
+//! `Meta` lent through `Bytes::from_owner`; 344 B lent by the `Meta`'s count; 309 B with the
+//! binary ETag and `Last-Modified`; 269 B with the object as one word in the node, and 248 B
+//! with the node's hash dropped (`cache::memory`). A hit costs fewer instructions than before
+//! these steps (`perf/entry_overhead.sh`, `perf/callgrind_hits.sh`, perf/RESULTS.md "fourth
+//! step").
 //!
 //! Encoding (all integers little-endian):
 //!
@@ -409,7 +412,7 @@ pub mod fields {
     pub const OTHER: u8 = 0x41;
     /// `ETag` whose value is `"` + 32 lowercase hex digits + `"`: the 16 bytes they spell.
     pub const ETAG_MD5: u8 = 0x42;
-    /// `Last-Modified` whose value is an IMF-fixdate: its parts packed in 6 bytes ([`Date`]).
+    /// `Last-Modified` whose value is an IMF-fixdate: its parts packed in 6 bytes (`Date`).
     pub const LAST_MODIFIED: u8 = 0x43;
     const META_PREFIX: &str = "x-amz-meta-";
     const ETAG: &str = "ETag";
