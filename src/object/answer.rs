@@ -61,13 +61,17 @@ pub fn status_and_range(
         )),
         Precondition::NotModified => Ok((304, None)),
         Precondition::Proceed => {
-            let range = req.header("range").filter(|_| {
-                range::if_range_allows(
-                    req.header("if-range"),
-                    meta.etag().as_deref(),
-                    meta.last_modified().as_deref(),
-                )
-            });
+            // The stored validators are looked up (and rendered) only for an `If-Range`.
+            let range = req
+                .header("range")
+                .filter(|_| match req.header("if-range") {
+                    None => true,
+                    if_range => range::if_range_allows(
+                        if_range,
+                        meta.etag().as_deref(),
+                        meta.last_modified().as_deref(),
+                    ),
+                });
             match range::evaluate(range, len) {
                 RangeDecision::Full => Ok((200, Some((0, len)))),
                 RangeDecision::Partial { start, end } => Ok((206, Some((start, end + 1)))),
