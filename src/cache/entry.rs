@@ -301,14 +301,11 @@ impl Meta {
     pub fn write_header_block_replacing(&self, out: &mut Vec<u8>, replaced: &[(&str, &str)]) {
         let given: usize = replaced.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
         out.reserve((self.lines & !SLICED) as usize + given + DATE_LINE);
-        for f in self.headers() {
-            if replaced.iter().any(|(n, _)| f.is(n)) {
-                continue;
-            }
-            for part in [f.prefix, f.rest, ": ", &*f.value, "\r\n"] {
-                out.extend_from_slice(part.as_bytes());
-            }
-        }
+        fields::render_except(self.field_bytes(), out, |prefix, rest| {
+            replaced
+                .iter()
+                .any(|(n, _)| fields::name_is(n, prefix, rest))
+        });
         for (n, v) in replaced {
             for part in [n, ": ", v, "\r\n"] {
                 out.extend_from_slice(part.as_bytes());
@@ -676,10 +673,7 @@ pub mod fields {
     impl Field<'_> {
         /// Whether the name is `name`, ASCII case-insensitively.
         pub fn is(&self, name: &str) -> bool {
-            let n = name.as_bytes();
-            n.len() == self.prefix.len() + self.rest.len()
-                && n[..self.prefix.len()].eq_ignore_ascii_case(self.prefix.as_bytes())
-                && n[self.prefix.len()..].eq_ignore_ascii_case(self.rest.as_bytes())
+            name_is(name, self.prefix, self.rest.as_bytes())
         }
 
         /// The name as corvid writes it.
@@ -748,7 +742,14 @@ pub mod fields {
     ];
 
     /// Appends `Name: value\r\n` for each field of `b` (a hit: kept to a few copies per line).
-    pub fn render(mut b: &[u8], out: &mut Vec<u8>) {
+    pub fn render(b: &[u8], out: &mut Vec<u8>) {
+        render_except(b, out, |_, _| false);
+    }
+
+    /// [`render`] without the fields whose name (`prefix` + `rest`) `skip` picks: a hit with
+    /// `response-*` overrides. The binary forms are rendered straight into `out` either way.
+    #[inline(always)]
+    pub fn render_except(mut b: &[u8], out: &mut Vec<u8>, skip: impl Fn(&str, &[u8]) -> bool) {
         while let Some((&code, rest)) = b.split_first() {
             b = rest;
             match code {
@@ -757,38 +758,61 @@ pub mod fields {
                         return;
                     };
                     b = rest;
+                    if skip(ETAG, b"") {
+                        continue;
+                    }
                     let mut line = *b"ETag: \"0123456789abcdef0123456789abcdef\"\r\n";
                     line[6..6 + ETAG_LEN].copy_from_slice(&render_etag(v));
                     out.extend_from_slice(&line);
-                    continue;
                 }
                 LAST_MODIFIED => {
                     let Some((v, rest)) = b.split_first_chunk::<6>() else {
                         return;
                     };
                     b = rest;
+                    if skip(LAST_MODIFIED_NAME, b"") {
+                        continue;
+                    }
                     let mut line = *b"Last-Modified: Thu, 01 Jan 1970 00:00:00 GMT\r\n";
                     line[15..15 + DATE_LEN].copy_from_slice(&Date::render(v));
                     out.extend_from_slice(&line);
-                    continue;
                 }
                 META | OTHER => {
                     let Some(name) = take(&mut b) else { return };
-                    if code == META {
-                        out.extend_from_slice(META_PREFIX.as_bytes());
+                    let Some(value) = take(&mut b) else { return };
+                    let prefix = if code == META { META_PREFIX } else { "" };
+                    if skip(prefix, name) {
+                        continue;
                     }
+                    out.extend_from_slice(prefix.as_bytes());
                     out.extend_from_slice(name);
                     out.extend_from_slice(b": ");
+                    out.extend_from_slice(value);
+                    out.extend_from_slice(b"\r\n");
                 }
-                c => match KNOWN_HEADS.get(usize::from(c).wrapping_sub(1)) {
-                    Some(head) => out.extend_from_slice(head),
-                    None => return,
-                },
+                c => {
+                    let i = usize::from(c).wrapping_sub(1);
+                    let (Some(head), Some(name)) = (KNOWN_HEADS.get(i), KNOWN.get(i)) else {
+                        return;
+                    };
+                    let Some(value) = take(&mut b) else { return };
+                    if skip(name, b"") {
+                        continue;
+                    }
+                    out.extend_from_slice(head);
+                    out.extend_from_slice(value);
+                    out.extend_from_slice(b"\r\n");
+                }
             }
-            let Some(value) = take(&mut b) else { return };
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
         }
+    }
+
+    /// Whether the name `prefix` + `rest` is `name`, ASCII case-insensitively.
+    pub fn name_is(name: &str, prefix: &str, rest: &[u8]) -> bool {
+        let n = name.as_bytes();
+        n.len() == prefix.len() + rest.len()
+            && n[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+            && n[prefix.len()..].eq_ignore_ascii_case(rest)
     }
 
     /// The fields of a compact buffer, in order.
@@ -1274,6 +1298,21 @@ mod tests {
             "ETag: \"abc\"\r\nx-amz-meta-owner: \u{fc}n\u{ef}\r\ncontent-type: text/x-a\r\n\
              Content-Disposition: inline\r\nDate: Tue, 14 Nov 2023 22:13:20 GMT\r\n"
         );
+        // Fields kept in binary forms are left out, or rendered, the same way.
+        let m = Meta::new(typical(), 1_700_000_000_000, 1);
+        let mut out = Vec::new();
+        m.write_header_block_replacing(&mut out, &[("etag", "\"x\""), ("X-AMZ-META-OWNER", "me")]);
+        let expected: Vec<(String, String)> = typical()
+            .into_iter()
+            .filter(|(n, _)| n != "ETag" && n != "x-amz-meta-owner")
+            .chain(
+                [("etag", "\"x\""), ("X-AMZ-META-OWNER", "me")].map(|(n, v)| (n.into(), v.into())),
+            )
+            .collect();
+        assert_eq!(out, lines_of(&expected, 1_700_000_000_000));
+        let mut out = Vec::new();
+        m.write_header_block_replacing(&mut out, &[("last-modified", "never")]);
+        assert!(!String::from_utf8(out).unwrap().contains("2026"));
     }
 
     #[test]
