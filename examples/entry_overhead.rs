@@ -59,10 +59,10 @@ fn object(i: u64, len: usize) -> (Vec<u8>, CachedObject) {
         ("x-amz-meta-source".to_string(), "upload-api".to_string()),
     ];
     let now = corvid::clock::system_now_ms();
-    let obj = CachedObject {
-        meta: Meta::new(headers, now, now + 3_600_000),
-        body: Bytes::from(vec![(i % 251) as u8; len]),
-    };
+    let obj = CachedObject::new(
+        Meta::new(headers, now, now + 3_600_000),
+        Bytes::from(vec![(i % 251) as u8; len]),
+    );
     (key, obj)
 }
 

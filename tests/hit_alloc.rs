@@ -231,10 +231,7 @@ fn cached(body: Bytes) -> CachedObject {
             "Mon, 01 Jan 2024 00:00:00 GMT".to_owned(),
         ),
     ];
-    CachedObject {
-        meta: Meta::new(headers, now, now + 3_600_000),
-        body,
-    }
+    CachedObject::new(Meta::new(headers, now, now + 3_600_000), body)
 }
 
 /// One kind of request and what its answer must be.

@@ -79,14 +79,14 @@ fn ckey(e: &Entry) -> Vec<u8> {
 
 fn object(i: usize) -> CachedObject {
     let now = corvid::cache::disk::now_ms();
-    CachedObject {
-        meta: Meta::new(
+    CachedObject::new(
+        Meta::new(
             vec![("ETag".into(), format!("\"{i}\""))],
             now,
             now + 3_600_000,
         ),
-        body: Bytes::from(vec![i as u8; 1000 + 100 * i]),
-    }
+        Bytes::from(vec![i as u8; 1000 + 100 * i]),
+    )
 }
 
 struct World {
@@ -107,7 +107,7 @@ impl World {
         for (i, e) in WORLD.iter().enumerate() {
             let (k, obj) = (ckey(e), object(i));
             assert!(tiers.store(&k, obj.clone(), tiers.generation()));
-            redis_tier::store(&redis, &k, &obj, 4 * MIB, retain, obj.meta.stored_at_ms)
+            redis_tier::store(&redis, &k, &obj, 4 * MIB, retain, obj.meta().stored_at_ms)
                 .await
                 .unwrap();
         }
@@ -147,9 +147,9 @@ impl World {
             .unwrap()
             .expect("held in Redis");
         [
-            mem.meta.is_fresh(now),
+            mem.meta().is_fresh(now),
             on_disk.expires_at_ms > now,
-            redis.meta.is_fresh(now),
+            redis.meta().is_fresh(now),
         ]
     }
 
@@ -435,7 +435,7 @@ fn purges_missed_while_unsubscribed_leave_every_local_entry_stale() {
             let k = ckey(&WORLD[i]);
             let now = corvid::cache::disk::now_ms();
             let disk = b.tiers.disk.as_ref().unwrap();
-            let mem = b.tiers.memory.get(&k).map(|o| o.meta.is_fresh(now));
+            let mem = b.tiers.memory.get(&k).map(|o| o.meta().is_fresh(now));
             let on_disk = disk.get_stale(&k).map(|e| e.expires_at_ms > now);
             [mem, on_disk]
         };
@@ -462,7 +462,7 @@ fn purges_missed_while_unsubscribed_leave_every_local_entry_stale() {
                 .await
                 .unwrap();
             assert_eq!(
-                shared.map(|o| o.meta.is_fresh(now)),
+                shared.map(|o| o.meta().is_fresh(now)),
                 (i > 2).then_some(true),
                 "{e:?}"
             );
@@ -608,22 +608,22 @@ fn a_soft_purge_marks_an_object_stale_in_every_tier_and_keeps_it() {
         let now = corvid::cache::disk::now_ms();
         let hit = w.tiers.lookup(&k).await.expect("still cached");
         assert_eq!(hit.layer, Layer::Memory);
-        assert!(!hit.obj.meta.is_fresh(now));
+        assert!(!hit.obj.meta().is_fresh(now));
         // Stale since the purge, not since the epoch: stale-while-revalidate windows apply
         // from the purge on.
-        assert!(now - hit.obj.meta.expires_at_ms < 10_000);
+        assert!(now - hit.obj.meta().expires_at_ms < 10_000);
         // Promoted from disk, it is still stale.
         w.tiers.memory.remove(&k);
         let hit = w.tiers.lookup(&k).await.expect("on disk");
         assert_eq!(hit.layer, Layer::Disk);
-        assert!(!hit.obj.meta.is_fresh(now));
-        assert!(!w.tiers.memory.get(&k).unwrap().meta.is_fresh(now));
+        assert!(!hit.obj.meta().is_fresh(now));
+        assert!(!w.tiers.memory.get(&k).unwrap().meta().is_fresh(now));
 
         // Marking again counts the same entries (still cached: the admin API answers 200),
         // and never moves a deadline later.
-        let before = w.tiers.memory.get(&k).unwrap().meta.expires_at_ms;
+        let before = w.tiers.memory.get(&k).unwrap().meta().expires_at_ms;
         w.soft_purge(object_scope("img", "logo.png"), 3).await;
-        assert_eq!(w.tiers.memory.get(&k).unwrap().meta.expires_at_ms, before);
+        assert_eq!(w.tiers.memory.get(&k).unwrap().meta().expires_at_ms, before);
         // An object not cached: nothing marked (404).
         w.soft_purge(object_scope("img", "nope"), 0).await;
         // One exact key.
@@ -708,7 +708,7 @@ fn a_soft_purge_reaches_the_memory_and_disk_of_another_instance() {
             let k = ckey(&WORLD[i]);
             let now = corvid::cache::disk::now_ms();
             let disk = b.tiers.disk.as_ref().unwrap();
-            !b.tiers.memory.get(&k).unwrap().meta.is_fresh(now) && disk.get(&k).is_none()
+            !b.tiers.memory.get(&k).unwrap().meta().is_fresh(now) && disk.get(&k).is_none()
         };
         until(
             deadline,
@@ -756,9 +756,9 @@ fn stats_are_exact_per_tier_and_per_bucket() {
                 let (b, k) = (bucket_of(bucket), cache_key(bucket, key, &[]));
                 let now = corvid::cache::disk::now_ms();
                 match tiers.lookup(&k).await {
-                    Some(hit) if hit.obj.meta.is_fresh(now) => {
+                    Some(hit) if hit.obj.meta().is_fresh(now) => {
                         w.cache_hit(b, hit.layer);
-                        w.cache_hit_bytes(b, hit.layer, hit.obj.body.len() as u64);
+                        w.cache_hit_bytes(b, hit.layer, hit.obj.body_len() as u64);
                         Some(hit.layer)
                     }
                     Some(_) => panic!("stale"),
@@ -766,10 +766,10 @@ fn stats_are_exact_per_tier_and_per_bucket() {
                         w.cache_miss(b);
                         let len = body_len(key);
                         w.upstream_bytes(b, len as u64);
-                        let obj = CachedObject {
-                            meta: Meta::new(vec![], now, now + 3_600_000),
-                            body: Bytes::from(vec![7u8; len]),
-                        };
+                        let obj = CachedObject::new(
+                            Meta::new(vec![], now, now + 3_600_000),
+                            Bytes::from(vec![7u8; len]),
+                        );
                         assert!(tiers.store(&k, obj, tiers.generation()));
                         None
                     }
@@ -928,10 +928,10 @@ fn disk_bucket_counts_follow_reclaim_and_survive_a_restart() {
     let buckets = || Buckets::new(["img", "img2"]);
     let obj = |len: usize| {
         let now = corvid::cache::disk::now_ms();
-        CachedObject {
-            meta: Meta::new(vec![], now, now + 3_600_000),
-            body: Bytes::from(vec![1u8; len]),
-        }
+        CachedObject::new(
+            Meta::new(vec![], now, now + 3_600_000),
+            Bytes::from(vec![1u8; len]),
+        )
     };
     let usage = |t: &Tiers, b: &str| t.disk.as_ref().unwrap().usage_of(b).unwrap();
     let (img, img2) = {
@@ -980,15 +980,15 @@ fn a_refresh_restarts_the_age_on_disk_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let key = cache_key("img", "aged.png", &[]);
     let old = object(3);
-    let origin = old.meta.stored_at_ms;
+    let origin = old.meta().stored_at_ms;
     run(async {
         let tiers = Tiers::new(&cache_config(dir.path())).unwrap();
         tiers.store(&key, old.clone(), tiers.generation());
-        let m = &old.meta;
-        let refreshed = CachedObject {
-            meta: Meta::new(m.header_pairs(), origin + 7_200_000, origin + 10_800_000),
-            body: old.body.clone(),
-        };
+        let m = &old.meta();
+        let refreshed = CachedObject::new(
+            Meta::new(m.header_pairs(), origin + 7_200_000, origin + 10_800_000),
+            old.body_bytes(),
+        );
         assert!(tiers.refresh(&key, refreshed, tiers.generation(), false));
         tiers.disk.as_ref().unwrap().flush().unwrap();
     });
@@ -996,8 +996,8 @@ fn a_refresh_restarts_the_age_on_disk_across_a_restart() {
         let tiers = Tiers::new(&cache_config(dir.path())).unwrap();
         let hit = tiers.lookup(&key).await.expect("on disk");
         assert_eq!(hit.layer, Layer::Disk);
-        assert_eq!(hit.obj.meta.stored_at_ms, origin + 7_200_000);
-        assert_eq!(hit.obj.meta.expires_at_ms, origin + 10_800_000);
-        assert_eq!(hit.obj.body, old.body);
+        assert_eq!(hit.obj.meta().stored_at_ms, origin + 7_200_000);
+        assert_eq!(hit.obj.meta().expires_at_ms, origin + 10_800_000);
+        assert_eq!(hit.obj.body(), old.body());
     });
 }

@@ -683,17 +683,14 @@ fn refresh_moves_the_stored_times_in_place() {
         let retain = Duration::from_secs(3600);
         let now = 1_700_000_000_000u64;
         let headers = vec![("ETag".to_string(), "\"e1\"".to_string())];
-        let old = CachedObject {
-            meta: Meta::new(headers.clone(), now - 7_200_000, now - 3_600_000),
-            body: Bytes::from_static(b"the body"),
-        };
+        let old = CachedObject::new(
+            Meta::new(headers.clone(), now - 7_200_000, now - 3_600_000),
+            Bytes::from_static(b"the body"),
+        );
         redis_tier::store(&c, b"k", &old, 1 << 20, retain, now)
             .await
             .unwrap();
-        let new = CachedObject {
-            meta: Meta::new(headers, now, now + 60_000),
-            body: old.body.clone(),
-        };
+        let new = CachedObject::new(Meta::new(headers, now, now + 60_000), old.body_bytes());
         redis_tier::refresh(&c, &prefix, b"k", &new, retain, now)
             .await
             .unwrap();
@@ -701,10 +698,10 @@ fn refresh_moves_the_stored_times_in_place() {
             .await
             .unwrap()
             .expect("still stored");
-        assert_eq!(got.meta.stored_at_ms, now, "age origin moved");
-        assert!(got.meta.expires_at_ms > now, "fresh again");
-        assert_eq!(got.body, old.body);
-        assert_eq!(got.meta.etag(), Some("\"e1\""));
+        assert_eq!(got.meta().stored_at_ms, now, "age origin moved");
+        assert!(got.meta().expires_at_ms > now, "fresh again");
+        assert_eq!(got.body(), old.body());
+        assert_eq!(got.meta().etag().as_deref(), Some("\"e1\""));
         // Gone meanwhile: nothing is recreated.
         c.del(b"gone").await.unwrap();
         redis_tier::refresh(&c, &prefix, b"gone", &new, retain, now)

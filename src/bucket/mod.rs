@@ -176,7 +176,7 @@ async fn listing<S: AsyncWriteRent>(
     let found = w.cache.lookup(&ckey).await;
     let now = w.clock().now_ms();
     // Stale is a miss: a listing has no validators to revalidate with.
-    if let Some(hit) = found.filter(|h| h.obj.meta.status == 200 && h.obj.meta.is_fresh(now)) {
+    if let Some(hit) = found.filter(|h| h.obj.meta().status == 200 && h.obj.meta().is_fresh(now)) {
         w.metrics().list_hit(x.bucket);
         return serve_cached(x, &hit.obj, XCache::Hit, Some(hit.layer)).await;
     }

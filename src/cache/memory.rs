@@ -8,13 +8,20 @@
 //! `value.weight() + key.len()`.
 //!
 //! # Layout: one allocation per entry
-//! An entry is one `Node`: a thin `Arc` (one pointer) holding its queue state (hash, charge,
+//! An entry is one `Node`: a thin `Arc` (one pointer) holding its queue state (charge,
 //! bucket, queue, frequency), its value and its key. A table slot is that one pointer and a
 //! FIFO holds a second one. The value is taken out of the node when the entry leaves the
 //! table, so a removed node waiting in a FIFO for its lazy deletion holds no body. Issue 16
 //! measured what this saves for a small object (`perf/entry_overhead.sh`, perf/RESULTS.md):
 //! a slot is 8 bytes instead of 48 (and the table keeps ~1.3–1.5 slots per entry), for 40
-//! more bytes in the node: ~21 B per 1 KiB entry.
+//! more bytes in the node: ~21 B per 1 KiB entry. The node keeps its value in the form the
+//! cache's [`Slot`] type gives it: the value itself by default, and for the tiers' cached
+//! objects one word (`cache::entry::Packed`) instead of a 40-byte `CachedObject`, which takes a
+//! typical 1 KiB entry's node from a 128- to a 96-byte allocation (−40 B RSS per entry; issue
+//! 16, perf/RESULTS.md "fourth step"). A hit reads the value back with one count increment.
+//! The node keeps no hash of its key (computed again when its shard's table grows or the entry
+//! is evicted: a miss's work, never a hit's) and a 32-bit charge, which takes that node to an
+//! 80-byte allocation (−16 B per entry; no single entry of 4 GiB or more, [`MAX_CHARGE`]).
 //!
 //! # Policy: S3-FIFO
 //! A small FIFO (5% of the bytes) takes new objects; those read again while in it are
@@ -132,7 +139,7 @@
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 use hashbrown::hash_table::Entry as TableEntry;
@@ -145,14 +152,30 @@ use crate::cache::usage::{BucketUsage, Buckets, Usage};
 /// What a cached value costs in bytes (body + metadata + per-entry overhead estimate).
 pub trait Weighted {
     fn weight(&self) -> usize;
+}
 
-    /// The value as the cache keeps it: a value may repack itself into fewer allocations
-    /// (`CachedObject` keeps a small body with its metadata). Called once per insert or
-    /// update, never on a hit; must not change the weight.
-    fn packed(self) -> Self
-    where
-        Self: Sized,
-    {
+/// How the cache keeps a value of type `V` in an entry's node: the value itself (the default,
+/// `MemoryCache<V>`), or a smaller form that gives the value back on a hit without allocating
+/// (`cache::entry::Packed`: a `CachedObject` in one word, issue 16).
+pub trait Slot<V>: Sized {
+    /// The form kept; made once per insert or update, never on a hit.
+    fn pack(value: V) -> Self;
+    /// The value, for a hit: must not allocate.
+    fn unpacked(&self) -> V;
+    /// The value, taken out of the cache (a removal).
+    fn into_value(self) -> V {
+        self.unpacked()
+    }
+}
+
+impl<V: Clone> Slot<V> for V {
+    fn pack(value: V) -> V {
+        value
+    }
+    fn unpacked(&self) -> V {
+        self.clone()
+    }
+    fn into_value(self) -> V {
         self
     }
 }
@@ -214,23 +237,34 @@ const IN_SMALL: u8 = 0;
 const IN_MAIN: u8 = 1;
 const DEAD: u8 = 2;
 
-/// Queue state and value of one entry: the header of its [`Node`].
+/// Queue state and value of one entry: the header of its [`Node`]. 16 bytes beside the value
+/// (issue 16): the key's hash is not kept (it is computed again from the key when a table
+/// grows or an entry is evicted, never on a hit), the charge is 32 bits ([`MAX_CHARGE`]) and
+/// the bucket 16, so that the node of a typical 1 KiB object (a 40-byte key, a one-word
+/// value) is an 80-byte allocation rather than 96 (perf/RESULTS.md "fourth step").
 struct Meta<V> {
-    hash: u64,
-    /// Bytes charged for the entry; written only under the policy lock.
-    charge: AtomicU64,
-    /// The entry's bucket ([`crate::cache::usage::Buckets`]), found once at insertion.
-    class: u32,
-    /// `IN_SMALL`, `IN_MAIN` or `DEAD`; written only under the policy lock.
-    queue: AtomicU8,
-    /// Bumped by readers under a shared lock; lost updates only make it less precise.
-    freq: AtomicU8,
     /// The cached value while the node is in its shard's table; taken out (`None`) when the
     /// node leaves the table, so a removed node that waits in a FIFO for its lazy deletion
     /// holds no body. Read under the shard's read lock, written under its write lock only
     /// (see [`Node::value`] and [`Node::replace`]).
     value: UnsafeCell<Option<V>>,
+    /// Bytes charged for the entry; written only under the policy lock.
+    charge: AtomicU32,
+    /// The entry's bucket ([`crate::cache::usage::Buckets`]), found once at insertion;
+    /// [`NO_CLASS`] when its index does not fit (found again from the key when needed).
+    class: u16,
+    /// `IN_SMALL`, `IN_MAIN` or `DEAD`; written only under the policy lock.
+    queue: AtomicU8,
+    /// Bumped by readers under a shared lock; lost updates only make it less precise.
+    freq: AtomicU8,
 }
+
+/// The largest charge an entry can have: an entry's charge is kept in 32 bits, so the tier
+/// admits no single entry of 4 GiB or more (larger objects are sliced, `cache.slice_size`).
+pub const MAX_CHARGE: u64 = u32::MAX as u64;
+
+/// [`Meta::class`] of a bucket index that does not fit in 16 bits.
+const NO_CLASS: u16 = u16::MAX;
 
 // SAFETY: the only field that is not `Sync` by itself is `value`, and it is accessed only
 // under the lock of the shard whose table holds the node: shared references (`Node::value`)
@@ -240,7 +274,7 @@ unsafe impl<V: Send + Sync> Sync for Meta<V> {}
 
 impl<V> Meta<V> {
     fn charge(&self) -> u64 {
-        self.charge.load(Relaxed)
+        u64::from(self.charge.load(Relaxed))
     }
 }
 
@@ -266,6 +300,14 @@ impl<V> Node<V> {
 
     fn key(&self) -> &[u8] {
         &self.0.slice
+    }
+
+    /// The entry's bucket index in `usage`.
+    fn class(&self, usage: &BucketUsage) -> usize {
+        match self.class {
+            NO_CLASS => usage.class(self.key()),
+            c => usize::from(c),
+        }
     }
 
     /// The same allocation (not merely equal contents).
@@ -363,7 +405,7 @@ impl<V> Fifo<V> {
     }
 
     /// Accounts for an entry of this queue that was removed from the table.
-    fn forget(&mut self, meta: &Meta<V>) {
+    fn forget(&mut self, meta: &Node<V>) {
         meta.queue.store(DEAD, Relaxed);
         self.live -= 1;
         self.bytes -= meta.charge();
@@ -440,7 +482,7 @@ impl<V> Default for Policy<V> {
 }
 
 impl<V> Policy<V> {
-    fn forget(&mut self, meta: &Meta<V>, usage: &BucketUsage) {
+    fn forget(&mut self, meta: &Node<V>, usage: &BucketUsage) {
         match meta.queue.load(Relaxed) {
             IN_SMALL => self.small.forget(meta),
             IN_MAIN => self.main.forget(meta),
@@ -448,15 +490,16 @@ impl<V> Policy<V> {
         }
         self.len -= 1;
         self.bytes -= meta.charge();
-        usage.removed(meta.class as usize, meta.charge(), false);
+        usage.removed(meta.class(usage), meta.charge(), false);
     }
 }
 
-/// The sharded, byte-bounded S3-FIFO cache. See the module docs.
-pub struct MemoryCache<V: Clone + Weighted> {
-    shards: Box<[Shard<V>]>,
+/// The sharded, byte-bounded S3-FIFO cache of values `V`, kept in their nodes as `S` (see
+/// [`Slot`]). See the module docs.
+pub struct MemoryCache<V: Clone + Weighted, S: Slot<V> = V> {
+    shards: Box<[Shard<S>]>,
     hasher: foldhash::quality::RandomState,
-    policy: Mutex<Policy<V>>,
+    policy: Mutex<Policy<S>>,
     capacity: u64,
     small_target: u64,
     max_object: u64,
@@ -466,6 +509,7 @@ pub struct MemoryCache<V: Clone + Weighted> {
     evictions: AtomicU64,
     /// Entries, bytes and evictions per bucket; moved under the policy lock, never on a hit.
     usage: BucketUsage,
+    values: std::marker::PhantomData<fn(V) -> V>,
 }
 
 impl<V: Clone + Weighted> MemoryCache<V> {
@@ -473,14 +517,26 @@ impl<V: Clone + Weighted> MemoryCache<V> {
     /// most 1024): enough that workers rarely meet on a lock, few enough that empty shards
     /// cost nothing noticeable. 0 disables the cache.
     pub fn new(capacity_bytes: u64) -> Self {
-        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-        let shards = (cores * 16).clamp(64, 1024).next_power_of_two();
-        Self::with_shards(capacity_bytes, shards)
+        Self::keeping(capacity_bytes)
     }
 
     /// A cache with an explicit shard count (at least 1). Capacity is never divided
     /// among shards.
     pub fn with_shards(capacity_bytes: u64, shards: usize) -> Self {
+        Self::keeping_with_shards(capacity_bytes, shards)
+    }
+}
+
+impl<V: Clone + Weighted, S: Slot<V>> MemoryCache<V, S> {
+    /// [`MemoryCache::new`] keeping values as `S`.
+    pub fn keeping(capacity_bytes: u64) -> Self {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let shards = (cores * 16).clamp(64, 1024).next_power_of_two();
+        Self::keeping_with_shards(capacity_bytes, shards)
+    }
+
+    /// [`MemoryCache::with_shards`] keeping values as `S`.
+    pub fn keeping_with_shards(capacity_bytes: u64, shards: usize) -> Self {
         let shards = shards.max(1);
         Self {
             shards: (0..shards)
@@ -492,11 +548,12 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             policy: Mutex::new(Policy::default()),
             capacity: capacity_bytes,
             small_target: capacity_bytes * SMALL_PERCENT / 100,
-            max_object: capacity_bytes / 8,
+            max_object: (capacity_bytes / 8).min(MAX_CHARGE),
             len: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             usage: BucketUsage::new(Buckets::none()),
+            values: std::marker::PhantomData,
         }
     }
 
@@ -513,9 +570,9 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         self.usage.by_name(bucket)
     }
 
-    /// Sets the largest admitted entry charge (clamped to the capacity).
+    /// Sets the largest admitted entry charge (clamped to the capacity and [`MAX_CHARGE`]).
     pub fn with_max_object_size(mut self, max_bytes: u64) -> Self {
-        self.max_object = max_bytes.min(self.capacity);
+        self.max_object = max_bytes.min(self.capacity).min(MAX_CHARGE);
         self
     }
 
@@ -534,7 +591,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &Shard<V> {
+    fn shard(&self, hash: u64) -> &Shard<S> {
         // Bits 24..56 pick the shard: hashbrown uses the low bits for the bucket and the
         // top 7 for its tag, so those stay independent of the shard choice.
         let idx = (((hash >> 24) as u32 as u64 * self.shards.len() as u64) >> 32) as usize;
@@ -551,7 +608,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         node.touch();
         // SAFETY: the node is in this shard's table and `table` is its read guard, alive
         // until after the clone.
-        Some(unsafe { node.value() }.clone())
+        Some(unsafe { node.value() }.unpacked())
     }
 
     /// Inserts or replaces; returns false when not admitted (too large / disabled).
@@ -568,16 +625,16 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             drop(self.remove_hashed(hash, key));
             return false;
         }
-        let value = value.packed();
+        let value = S::pack(value);
         // Allocated before locking; wasted (and freed after unlocking) on a replace.
         let mut fresh = Some(Node::new(
             Meta {
-                hash,
-                charge: AtomicU64::new(charge),
-                class: self.usage.class(key) as u32,
+                value: UnsafeCell::new(None),
+                // Admitted charges are at most `max_object` ≤ `MAX_CHARGE`.
+                charge: AtomicU32::new(charge as u32),
+                class: u16::try_from(self.usage.class(key)).unwrap_or(NO_CLASS),
                 queue: AtomicU8::new(DEAD),
                 freq: AtomicU8::new(0),
-                value: UnsafeCell::new(None),
             },
             key,
         ));
@@ -587,19 +644,19 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         {
             let mut p = self.policy.lock();
             let mut table = self.shard(hash).table.write();
-            match table.entry(hash, |n| n.key() == key, |n| n.hash) {
+            match table.entry(hash, |n| n.key() == key, |n| self.hash(n.key())) {
                 TableEntry::Occupied(o) => {
                     let meta = o.get();
                     // SAFETY: the node is in this shard's table, write-locked by `table`.
                     old_value = unsafe { meta.replace(value.take()) };
-                    let old = meta.charge.swap(charge, Relaxed);
+                    let old = u64::from(meta.charge.swap(charge as u32, Relaxed));
                     let fifo = match meta.queue.load(Relaxed) {
                         IN_SMALL => &mut p.small,
                         _ => &mut p.main,
                     };
                     fifo.bytes = fifo.bytes - old + charge;
                     p.bytes = p.bytes - old + charge;
-                    self.usage.resized(meta.class as usize, old, charge);
+                    self.usage.resized(meta.class(&self.usage), old, charge);
                     drop(table);
                 }
                 TableEntry::Vacant(v) => {
@@ -609,7 +666,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
                     drop(unsafe { meta.replace(value.take()) });
                     v.insert(meta.clone());
                     drop(table);
-                    self.usage.added(meta.class as usize, charge);
+                    self.usage.added(meta.class(&self.usage), charge);
                     if p.ghost.contains(hash) {
                         p.main.push(meta, IN_MAIN);
                     } else {
@@ -628,7 +685,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
 
     /// Evicts until the budget holds. Called with the policy lock held; each candidate
     /// takes its shard's write lock only to read its frequency and maybe remove it.
-    fn evict(&self, p: &mut Policy<V>, out: &mut Vec<V>) {
+    fn evict(&self, p: &mut Policy<S>, out: &mut Vec<S>) {
         while p.bytes > self.capacity {
             let from_small = p.small.bytes > self.small_target || p.main.live == 0;
             let popped = if from_small {
@@ -637,9 +694,10 @@ impl<V: Clone + Weighted> MemoryCache<V> {
                 p.main.pop()
             };
             let Some(meta) = popped else { break };
-            let mut table = self.shard(meta.hash).table.write();
+            let hash = self.hash(meta.key());
+            let mut table = self.shard(hash).table.write();
             // A queued node always has its table entry (both change under the policy lock).
-            if let Ok(slot) = table.find_entry(meta.hash, |n| n.same(&meta)) {
+            if let Ok(slot) = table.find_entry(hash, |n| n.same(&meta)) {
                 let freq = &slot.get().freq;
                 let f = freq.load(Relaxed);
                 if from_small && f >= PROMOTE_FREQ {
@@ -661,18 +719,19 @@ impl<V: Clone + Weighted> MemoryCache<V> {
             drop(table);
             if from_small {
                 let limit = (p.main.live as usize * GHOST_PERCENT / 100).max(MIN_GHOST);
-                p.ghost.insert(meta.hash, limit);
+                p.ghost.insert(hash, limit);
             }
             meta.queue.store(DEAD, Relaxed);
             p.len -= 1;
             p.bytes -= meta.charge();
-            self.usage.removed(meta.class as usize, meta.charge(), true);
+            self.usage
+                .removed(meta.class(&self.usage), meta.charge(), true);
             self.evictions.fetch_add(1, Relaxed);
         }
         debug_assert!(p.bytes <= self.capacity, "queues empty but bytes left");
     }
 
-    fn publish(&self, p: &Policy<V>) {
+    fn publish(&self, p: &Policy<S>) {
         self.len.store(p.len, Relaxed);
         self.bytes.store(p.bytes, Relaxed);
     }
@@ -694,7 +753,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         p.forget(&node, &self.usage);
         self.publish(&p);
         // Returned, so dropped by the caller after both locks are released.
-        value
+        value.map(S::into_value)
     }
 
     /// Removes every entry whose key matches (used for purge by bucket / by prefix).
@@ -706,8 +765,8 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         if self.capacity == 0 {
             return stats;
         }
-        let mut removed: Vec<Node<V>> = Vec::new();
-        let mut values: Vec<V> = Vec::new();
+        let mut removed: Vec<Node<S>> = Vec::new();
+        let mut values: Vec<S> = Vec::new();
         for shard in self.shards.iter() {
             {
                 let mut p = self.policy.lock();
@@ -766,7 +825,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
     /// are dropped after unlocking. Returns what matched (charges after the update).
     fn update_in(
         &self,
-        shard: &Shard<V>,
+        shard: &Shard<S>,
         hash: Option<u64>,
         pred: &dyn Fn(&[u8]) -> bool,
         f: &dyn Fn(&V) -> Option<V>,
@@ -775,22 +834,24 @@ impl<V: Clone + Weighted> MemoryCache<V> {
         let mut old = Vec::new();
         let mut p = self.policy.lock();
         let mut table = shard.table.write();
-        let mut apply = |e: &mut Node<V>| {
+        let mut apply = |e: &mut Node<S>| {
             // SAFETY: `e` is in this shard's table, write-locked by `table` for as long as
             // `apply` runs; the reference is dropped before the `replace` below.
-            let charge = match f(unsafe { e.value() }) {
+            let charge = match f(&unsafe { e.value() }.unpacked()) {
                 None => e.charge(),
                 Some(new) => {
-                    let new = new.packed();
-                    let charge = (new.weight() as u64).saturating_add(e.key().len() as u64);
-                    let was = e.charge.swap(charge, Relaxed);
+                    let charge = (new.weight() as u64)
+                        .saturating_add(e.key().len() as u64)
+                        .min(MAX_CHARGE);
+                    let new = S::pack(new);
+                    let was = u64::from(e.charge.swap(charge as u32, Relaxed));
                     let fifo = match e.queue.load(Relaxed) {
                         IN_SMALL => &mut p.small,
                         _ => &mut p.main,
                     };
                     fifo.bytes = fifo.bytes - was + charge;
                     p.bytes = p.bytes - was + charge;
-                    self.usage.resized(e.class as usize, was, charge);
+                    self.usage.resized(e.class(&self.usage), was, charge);
                     // SAFETY: as above; no reference from `value` is alive here.
                     old.extend(unsafe { e.replace(Some(new)) });
                     charge
@@ -870,7 +931,7 @@ impl<V: Clone + Weighted> MemoryCache<V> {
     }
 }
 
-impl<V: Clone + Weighted> std::fmt::Debug for MemoryCache<V> {
+impl<V: Clone + Weighted, S: Slot<V>> std::fmt::Debug for MemoryCache<V, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryCache")
             .field("capacity", &self.capacity)
@@ -887,6 +948,40 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    /// A node's header is the one-word value and 8 bytes of queue state (issue 16): a
+    /// typical 1 KiB entry's node (40-byte key) is then 72 bytes requested, an 80-byte chunk.
+    #[test]
+    fn a_node_header_is_two_words_beside_a_one_word_value() {
+        assert_eq!(std::mem::size_of::<Meta<Box<u8>>>(), 16);
+        assert_eq!(std::mem::size_of::<Meta<crate::cache::entry::Packed>>(), 16);
+    }
+
+    /// Charges are 32 bits: no entry of 4 GiB or more is admitted, whatever the capacity.
+    #[test]
+    fn entries_of_4_gib_or_more_are_refused() {
+        let c = MemoryCache::<Obj>::with_shards(1 << 40, 1).with_max_object_size(1 << 40);
+        assert_eq!(c.max_object_size(), MAX_CHARGE);
+        assert!(!c.insert(
+            b"big",
+            Obj {
+                id: 1,
+                size: 1 << 32
+            }
+        ));
+        assert!(c.insert(
+            b"fits",
+            Obj {
+                id: 2,
+                size: (1 << 32) - 10
+            }
+        ));
+        assert_eq!(c.bytes(), (1 << 32) - 6);
+        assert_eq!(
+            MemoryCache::<Obj>::with_shards(1 << 40, 1).max_object_size(),
+            MAX_CHARGE
+        );
+    }
 
     /// A value whose weight is chosen by the test; the id tells values apart.
     #[derive(Clone, Debug, PartialEq)]

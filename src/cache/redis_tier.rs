@@ -45,14 +45,15 @@ pub async fn lookup(
     };
     if let Some(ms) = ttl_ms {
         let expires = (now_ms + ms).saturating_sub(retain.as_millis() as u64);
-        obj.meta = obj.meta.refreshed(expires);
+        let meta = obj.meta().refreshed(expires);
+        obj.set_meta(meta);
     }
     Ok(Some(obj))
 }
 
 /// The key TTL for an entry: its remaining freshness plus `retain`.
 fn ttl(obj: &CachedObject, retain: Duration, now_ms: u64) -> Duration {
-    Duration::from_millis(obj.meta.expires_at_ms.saturating_sub(now_ms)) + retain
+    Duration::from_millis(obj.meta().expires_at_ms.saturating_sub(now_ms)) + retain
 }
 
 /// Stores `obj` unless it is larger than the tier's `max_object_size`.
@@ -64,7 +65,7 @@ pub async fn store(
     retain: Duration,
     now_ms: u64,
 ) -> Result<(), RedisError> {
-    if obj.body.len() as u64 > max_object_size {
+    if obj.body_len() as u64 > max_object_size {
         return Ok(());
     }
     client
@@ -95,7 +96,7 @@ pub async fn refresh(
     let cmd = redis::cmd("SETRANGE")
         .arg(full)
         .arg(entry::TIMES_OFFSET)
-        .arg(&entry::encode_times(&obj.meta)[..])
+        .arg(&entry::encode_times(obj.meta())[..])
         .clone();
     client.command(&cmd).await.map(|_| ())
 }

@@ -35,9 +35,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::cache::disk::{DiskCache, DiskHit, DiskOptions};
-use crate::cache::entry::{self, CachedObject};
+use crate::cache::entry::{self, CachedObject, Packed};
 use crate::cache::inflight::Inflight;
-use crate::cache::memory::{MemoryCache, Weighted};
+use crate::cache::memory::{MemoryCache, Slot, Weighted};
 use crate::cache::redis_tier;
 use crate::cache::usage::Buckets;
 use crate::clock::Clock;
@@ -47,9 +47,18 @@ impl Weighted for CachedObject {
     fn weight(&self) -> usize {
         CachedObject::weight(self)
     }
+}
 
-    fn packed(self) -> CachedObject {
-        self.inlined()
+/// The memory tier keeps an object as one word ([`Packed`]), its small body inlined.
+impl Slot<CachedObject> for Packed {
+    fn pack(obj: CachedObject) -> Packed {
+        Packed::new(obj.inlined())
+    }
+    fn unpacked(&self) -> CachedObject {
+        self.get()
+    }
+    fn into_value(self) -> CachedObject {
+        self.into_object()
     }
 }
 
@@ -88,7 +97,7 @@ pub struct Hit {
 
 /// The shared tiers (one per process).
 pub struct Tiers {
-    pub memory: MemoryCache<CachedObject>,
+    pub memory: MemoryCache<CachedObject, Packed>,
     pub disk: Option<Arc<DiskCache>>,
     pub inflight: Arc<Inflight>,
     /// Largest object stored (`cache.max_object_size`).
@@ -133,7 +142,7 @@ impl Tiers {
         if let Some(w) = crate::cache::memory::slice_warning(cfg) {
             log::warn!("{w}");
         }
-        let memory = MemoryCache::new(cfg.memory.capacity)
+        let memory = MemoryCache::keeping(cfg.memory.capacity)
             .with_max_object_size(cfg.max_object_size.min(cfg.memory.capacity))
             .with_buckets(Arc::clone(&buckets));
         let disk = match &cfg.disk {
@@ -234,12 +243,13 @@ impl Tiers {
         };
         // A revalidation moved the entry's times in the index (its age origin in the stamp),
         // not in the stored value.
-        let moved_origin = hit.stamp_ms != 0 && hit.stamp_ms != obj.meta.stored_at_ms;
+        let moved_origin = hit.stamp_ms != 0 && hit.stamp_ms != obj.meta().stored_at_ms;
         if moved_origin {
-            let m = &obj.meta;
-            obj.meta = m.with_times(hit.stamp_ms, hit.expires_at_ms);
-        } else if obj.meta.expires_at_ms != hit.expires_at_ms {
-            obj.meta = obj.meta.refreshed(hit.expires_at_ms);
+            let meta = obj.meta().with_times(hit.stamp_ms, hit.expires_at_ms);
+            obj.set_meta(meta);
+        } else if obj.meta().expires_at_ms != hit.expires_at_ms {
+            let meta = obj.meta().refreshed(hit.expires_at_ms);
+            obj.set_meta(meta);
         }
         // Promoted like a store: a purge that began during the read must not be undone.
         self.insert_memory(key, obj.clone(), since);
@@ -330,7 +340,7 @@ impl Tiers {
         if fields_changed {
             return self.store(key, obj, since);
         }
-        let (expires, age_origin) = (obj.meta.expires_at_ms, obj.meta.stored_at_ms);
+        let (expires, age_origin) = (obj.meta().expires_at_ms, obj.meta().stored_at_ms);
         if !self.insert_memory(key, obj, since) {
             return false;
         }
@@ -391,7 +401,7 @@ type Pending = (Vec<u8>, CachedObject, u64);
 fn write_disk(disk: &DiskCache, key: &[u8], obj: &CachedObject, errors: &AtomicU64) {
     // `Ok(false)` (not admitting, too large) is counted by the disk tier itself; a failed
     // write is an error here, and the disk tier logs it once as the start of an outage.
-    if let Err(e) = disk.insert(key, &entry::encode(obj), obj.meta.expires_at_ms) {
+    if let Err(e) = disk.insert(key, &entry::encode(obj), obj.meta().expires_at_ms) {
         errors.fetch_add(1, Ordering::Relaxed);
         log::debug!("disk tier write failed: {e}");
     }

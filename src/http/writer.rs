@@ -31,6 +31,7 @@ use crate::error::Error;
 use crate::http::env::ConnEnv;
 use crate::http::message::{Request, RequestId, Sent};
 use crate::http::response::{end_head, write_header, write_header_u64, write_status_line};
+use crate::http::vectored::Body;
 
 /// Where a response's `Date` comes from.
 #[derive(Debug, Clone, Copy)]
@@ -159,11 +160,12 @@ impl<S: AsyncWriteRent> Writer<'_, S> {
     }
 
     /// Writes the pending head and `body` in one vectored write within the send timeout,
-    /// without copying the body (the hit path).
-    pub async fn send_with_head(&mut self, body: Bytes) -> std::io::Result<()> {
+    /// without copying the body (the hit path: a `Bytes`, or a body lent by a cached entry,
+    /// [`Body::Lent`]).
+    pub async fn send_with_head(&mut self, body: impl Into<Body>) -> std::io::Result<()> {
         let pool = &self.env.head_bodies;
         let mut hb = pool.take();
-        hb.set(self.buf, body);
+        hb.set(self.buf, body.into());
         // On a timeout the write (and the buffer it owned) is gone; the connection is closed
         // after this, so the head buffer starts again empty.
         let (res, mut hb) = within_send_timeout(self.env, hb.write_all(self.io)).await?;

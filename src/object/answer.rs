@@ -24,9 +24,9 @@ pub async fn serve_cached<S: AsyncWriteRent>(
     layer: Option<Layer>,
 ) -> Result<Sent, Error> {
     let req = x.req;
-    let len = obj.body.len() as u64;
-    let (status, body) = status_and_range(req, &obj.meta, len)?;
-    write_head(x, status, &obj.meta, xcache, layer, body, len);
+    let len = obj.body_len() as u64;
+    let (status, body) = status_and_range(req, obj.meta(), len)?;
+    write_head(x, status, obj.meta(), xcache, layer, body, len);
     let send_body = body.filter(|(s, e)| !req.is_head() && e > s);
     if let (Some((start, end)), Some(layer)) = (send_body, layer) {
         // Bytes served from cache (`corvid_cache_hit_bytes_total`, stats `bytes_served`):
@@ -36,7 +36,7 @@ pub async fn serve_cached<S: AsyncWriteRent>(
     let result = match send_body {
         None => x.answer.flush().await,
         Some((start, end)) => {
-            let body = obj.body.slice(start as usize..end as usize);
+            let body = obj.send_body(start as usize..end as usize);
             x.answer.send_with_head(body).await
         }
     };
@@ -61,9 +61,17 @@ pub fn status_and_range(
         )),
         Precondition::NotModified => Ok((304, None)),
         Precondition::Proceed => {
-            let range = req.header("range").filter(|_| {
-                range::if_range_allows(req.header("if-range"), meta.etag(), meta.last_modified())
-            });
+            // The stored validators are looked up (and rendered) only for an `If-Range`.
+            let range = req
+                .header("range")
+                .filter(|_| match req.header("if-range") {
+                    None => true,
+                    if_range => range::if_range_allows(
+                        if_range,
+                        meta.etag().as_deref(),
+                        meta.last_modified().as_deref(),
+                    ),
+                });
             match range::evaluate(range, len) {
                 RangeDecision::Full => Ok((200, Some((0, len)))),
                 RangeDecision::Partial { start, end } => Ok((206, Some((start, end + 1)))),
@@ -145,9 +153,9 @@ pub fn client_precondition(req: &Request<'_>, meta: &Meta) -> Precondition {
 /// The request's preconditions evaluated against a representation's validators (a stored
 /// entry's, or those of an answer a fleet member relayed), which `validators` gives only when
 /// the request has a conditional: looking them up in an entry costs a hit ~1,400 instructions.
-pub fn precondition_for<'m>(
+pub fn precondition_for<V: std::ops::Deref<Target = str>>(
     req: &Request<'_>,
-    validators: impl FnOnce() -> (Option<&'m str>, Option<&'m str>),
+    validators: impl FnOnce() -> (Option<V>, Option<V>),
 ) -> Precondition {
     let c = Conditionals {
         if_match: req.header("if-match"),
@@ -159,7 +167,7 @@ pub fn precondition_for<'m>(
         return Precondition::Proceed;
     }
     let (etag, last_modified) = validators();
-    conditional::evaluate(&c, etag, last_modified)
+    conditional::evaluate(&c, etag.as_deref(), last_modified.as_deref())
 }
 
 /// `bytes first-last/len` into `buf`, without allocating.

@@ -31,7 +31,7 @@ pub fn fetch(w: &Rc<Worker>, bucket: usize, t: &Target<'_>, stale: Option<Cached
             return;
         };
         let answer = match &stale {
-            Some(stale) => conditional_fetch(&w, bucket, &t, &stale.meta).await,
+            Some(stale) => conditional_fetch(&w, bucket, &t, stale.meta()).await,
             None => fetch_origin(&w, bucket, &Asked::of(&t, false, &[])).await,
         };
         match (answer, &stale) {

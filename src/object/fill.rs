@@ -159,10 +159,7 @@ pub async fn run(
     leader: Leader,
 ) -> Result<(), Error> {
     if len == 0 {
-        let empty = CachedObject {
-            meta: meta.clone(),
-            body: Bytes::new(),
-        };
+        let empty = CachedObject::new(meta.clone(), Bytes::new());
         w.cache.store(ckey, empty, generation).await;
         leader.complete(meta, Bytes::new(), false);
         return Ok(());
@@ -188,10 +185,7 @@ pub async fn run(
         w.metrics().upstream_bytes(bucket, n as u64);
         let piece = Bytes::copy_from_slice(&all[start..start + n]);
         if all.len() as u64 == len {
-            let obj = CachedObject {
-                meta,
-                body: Bytes::from(all),
-            };
+            let obj = CachedObject::new(meta, Bytes::from(all));
             w.cache.store(ckey, obj, generation).await;
             leader.finish(piece);
             return Ok(());
@@ -217,10 +211,7 @@ pub(crate) async fn stream_and_store<S: AsyncWriteRent>(
     let mut keep = Keep::up_to(w.cache.max_object_size());
     let sent = respond_upstream_keeping(x, head, body, XCache::Miss, Some(&mut keep)).await?;
     if let Some(bytes) = keep.complete() {
-        let obj = CachedObject {
-            meta,
-            body: Bytes::from(bytes),
-        };
+        let obj = CachedObject::new(meta, Bytes::from(bytes));
         w.cache.store(t.ckey, obj, t.generation).await;
     }
     Ok(sent)
@@ -281,10 +272,7 @@ fn negative_entry(w: &Worker, bucket: usize, head: &UpstreamHead) -> Option<Cach
     }
     let f = decide::storable_404(head, &w.shared.policies[bucket], w.clock().now_ms())?;
     let meta = Meta::new(Vec::new(), f.age_origin_ms, f.expires_at_ms).with_status(404);
-    Some(CachedObject {
-        meta,
-        body: Bytes::new(),
-    })
+    Some(CachedObject::new(meta, Bytes::new()))
 }
 
 /// The entry's metadata and length when this 200 answer may be cached.

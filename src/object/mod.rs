@@ -105,24 +105,24 @@ pub async fn serve<S: AsyncWriteRent>(
         }
     }
     let found = cache.lookup(&ckey).await;
-    let negative = found.as_ref().filter(|h| h.obj.meta.status != 200);
+    let negative = found.as_ref().filter(|h| h.obj.meta().status != 200);
     if let Some(hit) = negative {
         // A negative entry answers its 404 while fresh; stale, the key is a miss again.
-        if hit.obj.meta.is_fresh(w.clock().now_ms()) {
+        if hit.obj.meta().is_fresh(w.clock().now_ms()) {
             w.metrics().cache_hit(x.bucket, hit.layer);
             return Err(Error::upstream(Kind::NotFound, "no such object (cached)"));
         }
     }
-    if let Some(hit) = found.filter(|h| h.obj.meta.status == 200) {
+    if let Some(hit) = found.filter(|h| h.obj.meta().status == 200) {
         let now = w.clock().now_ms();
         let layer = Some(hit.layer);
         // Fresh is the common case, decided without building the bucket's policy.
-        let phase = if hit.obj.meta.is_fresh(now) {
+        let phase = if hit.obj.meta().is_fresh(now) {
             Phase::Fresh
         } else {
-            decide::decide(Some(&hit.obj.meta), &w.shared.policies[x.bucket], now)
+            decide::decide(Some(hit.obj.meta()), &w.shared.policies[x.bucket], now)
         };
-        if hit.obj.meta.sliced_len().is_some() {
+        if hit.obj.meta().sliced_len().is_some() {
             if let Some(sent) = sliced_hit(x, &target, &hit, phase).await? {
                 return Ok(sent);
             }
@@ -163,8 +163,8 @@ pub async fn serve<S: AsyncWriteRent>(
                 }
                 // The leader's object turned out sliced: its entry is stored now.
                 if let Some(hit) = cache.lookup(&ckey).await {
-                    if hit.obj.meta.sliced_len().is_some() {
-                        let meta = hit.obj.meta.clone();
+                    if hit.obj.meta().sliced_len().is_some() {
+                        let meta = hit.obj.meta().clone();
                         let layer = Some(hit.layer);
                         if let Some(sent) =
                             sliced::answer(x, &target, &meta, XCache::Miss, layer).await?
@@ -205,7 +205,7 @@ async fn sliced_hit<S: AsyncWriteRent>(
     match phase {
         Phase::Fresh | Phase::Miss => {
             x.w.metrics().cache_hit(x.bucket, hit.layer);
-            let meta = hit.obj.meta.clone();
+            let meta = hit.obj.meta().clone();
             sliced::answer(x, target, &meta, XCache::Hit, layer).await
         }
         Phase::StaleWhileRevalidate => sliced::revalidate(x, target, hit, None).await,

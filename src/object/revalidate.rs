@@ -104,7 +104,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
         }
     }
 
-    let failure = match conditional_fetch(w, bucket, t, &hit.obj.meta).await {
+    let failure = match conditional_fetch(w, bucket, t, hit.obj.meta()).await {
         Err(e) => e,
         Ok((head, body)) => match head.status {
             304 => {
@@ -153,33 +153,27 @@ pub async fn confirmed(
     let policy = w.shared.policies[bucket];
     let now = w.clock().now_ms();
     let update = stored_headers(head);
-    let meta = match decide::after_not_modified(&stale.meta, head, &update, &policy, now) {
+    let meta = match decide::after_not_modified(stale.meta(), head, &update, &policy, now) {
         Ok(meta) => meta,
         // The confirmation says the response may no longer be stored (`no-store` now): it
         // still answers this request, and the entry goes.
         Err(_) => {
-            let meta = stale.meta.refreshed(now);
+            let meta = stale.meta().refreshed(now);
             w.cache.remove_everywhere(t.ckey).await;
-            let obj = CachedObject {
-                meta,
-                body: stale.body.clone(),
-            };
+            let obj = CachedObject::new(meta, stale.body_bytes());
             if let Some(l) = leader {
-                l.complete(obj.meta.clone(), obj.body.clone(), true);
+                l.complete(obj.meta().clone(), obj.body_bytes(), true);
             }
             return obj;
         }
     };
-    let changed = meta.fields() != stale.meta.fields();
-    let obj = CachedObject {
-        meta,
-        body: stale.body.clone(),
-    };
+    let changed = meta.fields() != stale.meta().fields();
+    let obj = CachedObject::new(meta, stale.body_bytes());
     w.cache
         .refresh(t.ckey, obj.clone(), t.generation, changed)
         .await;
     if let Some(l) = leader {
-        l.complete(obj.meta.clone(), obj.body.clone(), true);
+        l.complete(obj.meta().clone(), obj.body_bytes(), true);
     }
     obj
 }
@@ -194,7 +188,8 @@ pub async fn conditional_fetch(
     stale: &Meta,
 ) -> Result<(UpstreamHead, Body), Error> {
     let validators = decide::validators(stale);
-    let (head, body) = fetch_origin(w, bucket, &Asked::of(t, false, &validators)).await?;
+    let headers = decide::as_headers(&validators);
+    let (head, body) = fetch_origin(w, bucket, &Asked::of(t, false, &headers)).await?;
     if head.status != 304 || decide::selects(stale, &head) {
         return Ok((head, body));
     }

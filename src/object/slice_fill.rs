@@ -44,7 +44,7 @@ impl Version {
     pub fn of(w: &Worker, meta: &Meta) -> Option<Version> {
         let len = meta.sliced_len()?;
         Some(Version {
-            etag: meta.etag()?.to_owned(),
+            etag: meta.etag()?.to_string(),
             g: Geometry::new(w.shared.config.cache.slice_size, len),
             times: (meta.stored_at_ms, meta.expires_at_ms),
         })
@@ -58,8 +58,8 @@ impl Version {
 
     /// Whether a cached slice is slice `index` of this version.
     pub(super) fn holds(&self, obj: &CachedObject, index: u64) -> bool {
-        obj.meta.etag() == Some(self.etag.as_str())
-            && obj.body.len() as u64 == self.g.slice_len(index)
+        obj.meta().etag().as_deref() == Some(self.etag.as_str())
+            && obj.body_len() as u64 == self.g.slice_len(index)
     }
 }
 
@@ -112,7 +112,7 @@ pub(super) async fn obtain(
     let key = v.key(t.ckey, i);
     if let Some(hit) = w.cache.lookup(&key).await {
         if v.holds(&hit.obj, i) {
-            return Obtained::Cached(hit.obj.body, hit.layer);
+            return Obtained::Cached(hit.obj.body_bytes(), hit.layer);
         }
     }
     match w.cache.inflight().join(&key) {
@@ -205,8 +205,8 @@ pub(super) async fn stored_meanwhile(
 ) -> Result<(Bytes, Layer), Leader> {
     match w.cache.lookup(key).await.filter(|h| v.holds(&h.obj, i)) {
         Some(hit) => {
-            leader.complete(hit.obj.meta.clone(), hit.obj.body.clone(), false);
-            Ok((hit.obj.body, hit.layer))
+            leader.complete(hit.obj.meta().clone(), hit.obj.body_bytes(), false);
+            Ok((hit.obj.body_bytes(), hit.layer))
         }
         None => Err(leader),
     }
@@ -325,10 +325,7 @@ pub(super) async fn fetch_run(
         leader.head(slice_meta.clone(), len);
         match read_slice(w, bucket, &mut body, len, &leader).await {
             Ok((all, last)) => {
-                let obj = CachedObject {
-                    meta: slice_meta.clone(),
-                    body: Bytes::from(all),
-                };
+                let obj = CachedObject::new(slice_meta.clone(), Bytes::from(all));
                 if !relayed {
                     w.cache.store(&v.key(t.ckey, i), obj, t.generation).await;
                 }

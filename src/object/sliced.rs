@@ -88,10 +88,7 @@ pub fn storable_entry(w: &Worker, bucket: usize, head: &UpstreamHead, len: u64) 
 
 /// Stores the object entry `meta` (no body: the bytes are in slices).
 pub async fn store_entry(w: &Worker, t: &Target<'_>, meta: Meta) {
-    let obj = CachedObject {
-        meta,
-        body: Bytes::new(),
-    };
+    let obj = CachedObject::new(meta, Bytes::new());
     w.cache.store(t.ckey, obj, t.generation).await;
 }
 
@@ -248,9 +245,11 @@ pub async fn revalidate<S: AsyncWriteRent>(
     stale_until_ms: Option<u64>,
 ) -> Result<Option<Sent>, Error> {
     let (w, bucket) = (x.w, x.bucket);
-    let stale = &hit.obj.meta;
+    let stale = hit.obj.meta();
     let layer = Some(hit.layer);
-    let asked = fetch_origin(w, bucket, &Asked::of(t, true, &decide::validators(stale))).await;
+    let validators = decide::validators(stale);
+    let headers = decide::as_headers(&validators);
+    let asked = fetch_origin(w, bucket, &Asked::of(t, true, &headers)).await;
     let failure = match asked {
         Ok((head, body)) => {
             drain_error_body(body).await;
@@ -264,10 +263,7 @@ pub async fn revalidate<S: AsyncWriteRent>(
                         decide::after_not_modified(stale, &head, &update, &policy, now)
                     {
                         let changed = meta.fields() != stale.fields();
-                        let obj = CachedObject {
-                            meta: meta.clone(),
-                            body: Bytes::new(),
-                        };
+                        let obj = CachedObject::new(meta.clone(), Bytes::new());
                         w.cache.refresh(t.ckey, obj, t.generation, changed).await;
                         return answer(x, t, &meta, XCache::Revalidated, layer).await;
                     }
@@ -481,10 +477,7 @@ fn keep_entry(w: &Worker, t: &Target<'_>, meta: &Meta) {
         return;
     }
     if w.cache.generation() == t.generation {
-        let entry = CachedObject {
-            meta: meta.clone(),
-            body: Bytes::new(),
-        };
+        let entry = CachedObject::new(meta.clone(), Bytes::new());
         memory.insert(t.ckey, entry);
     }
 }
@@ -500,7 +493,7 @@ async fn follow_slice<S: AsyncWriteRent>(
 ) -> Result<(), SendError> {
     match sub.next_event().await {
         Event::Head { meta, len, .. } => {
-            if meta.etag() != Some(v.etag.as_str()) || len != v.g.slice_len(i) {
+            if meta.etag().as_deref() != Some(v.etag.as_str()) || len != v.g.slice_len(i) {
                 return Err(SendError::Changed);
             }
         }

@@ -71,7 +71,7 @@ pub async fn object(w: &Rc<Worker>, bucket: usize, key: &str, stop: &dyn Fn() ->
     };
     let mut stale = None;
     if let Some(hit) = w.cache.lookup(&ckey).await {
-        let meta = &hit.obj.meta;
+        let meta = hit.obj.meta();
         if meta.status == 200 && meta.is_fresh(w.clock().now_ms()) {
             let warmed = match meta.sliced_len() {
                 Some(_) => slices(w, bucket, &t, meta, stop, false).await,
@@ -122,8 +122,8 @@ async fn follow(
     }
     drop(sub);
     match w.cache.lookup(t.ckey).await {
-        Some(hit) if hit.obj.meta.status == 200 && hit.obj.meta.sliced_len().is_some() => {
-            slices(w, bucket, t, &hit.obj.meta, stop, true).await
+        Some(hit) if hit.obj.meta().status == 200 && hit.obj.meta().sliced_len().is_some() => {
+            slices(w, bucket, t, hit.obj.meta(), stop, true).await
         }
         _ => Warmed::Failed(None, "the origin's answer may not be cached".into()),
     }
@@ -139,7 +139,7 @@ async fn lead(
     stop: &dyn Fn() -> bool,
 ) -> Outcome {
     let answer = match &stale {
-        Some(s) => conditional_fetch(w, bucket, t, &s.meta).await,
+        Some(s) => conditional_fetch(w, bucket, t, s.meta()).await,
         // An owner holding the object as slices answers with its entry head only.
         None => {
             let asked = Asked {

@@ -792,10 +792,7 @@ mod tests {
         // Each node's copy names the node in its body; its TTL is 1000 s x (node index + 1).
         let pttl = |i: usize| 1_000_000 * (i as i64 + 1);
         for (i, l) in listeners.into_iter().enumerate() {
-            let obj = CachedObject {
-                meta: Meta::new(vec![], 1, 2),
-                body: Bytes::from(format!("node {i}")),
-            };
+            let obj = CachedObject::new(Meta::new(vec![], 1, 2), Bytes::from(format!("node {i}")));
             fake_node(
                 l,
                 ports[0],
@@ -824,9 +821,9 @@ mod tests {
                     .await
                     .unwrap()
                     .expect("every node has the key");
-                let i = usize::from(obj.body.last().unwrap() - b'0');
+                let i = usize::from(obj.body().last().unwrap() - b'0');
                 assert_eq!(
-                    obj.meta.expires_at_ms,
+                    obj.meta().expires_at_ms,
                     now + pttl(i) as u64,
                     "the value of node {i} with another node's TTL"
                 );
