@@ -175,6 +175,14 @@ impl std::fmt::Debug for Meta {
 /// in slices, the entry has no body).
 const SLICED: u32 = 1 << 31;
 
+/// The flag in [`Meta`]'s `lines` of a fleet member's local copy of an object another member
+/// owns (`cluster.local_ttl`, `crate::fleet`): kept in this instance's memory tier only, never
+/// written to disk or Redis.
+const LOCAL: u32 = 1 << 30;
+
+/// The bits of [`Meta`]'s `lines` that count rendered bytes.
+const LINES: u32 = LOCAL - 1;
+
 /// `Date: ` + IMF-fixdate + CRLF.
 const DATE_LINE: usize = 37;
 
@@ -192,7 +200,7 @@ impl Meta {
             expires_at_ms,
             status: 200,
             inline: 0,
-            lines: u32::try_from(lines).unwrap_or(u32::MAX).min(SLICED - 1),
+            lines: u32::try_from(lines).unwrap_or(u32::MAX).min(LINES),
         };
         Meta::of(head, &buf)
     }
@@ -232,6 +240,23 @@ impl Meta {
             ..*self
         };
         Meta::of(head, &raw)
+    }
+
+    /// A fleet member's local copy ([`Meta::is_local`]) of this metadata, fresh until
+    /// `until_ms` at the latest.
+    pub fn local_until(self, until_ms: u64) -> Meta {
+        let head = MetaHead {
+            expires_at_ms: self.expires_at_ms.min(until_ms),
+            lines: self.lines | LOCAL,
+            ..*self
+        };
+        Meta::of(head, self.raw())
+    }
+
+    /// Whether this is a fleet member's local copy of an object another member owns: the
+    /// tiers keep it in memory only (`cache::tiered`, `cache::front`).
+    pub fn is_local(&self) -> bool {
+        self.lines & LOCAL != 0
     }
 
     /// The object's length when this is the entry of a sliced object.
@@ -287,7 +312,7 @@ impl Meta {
     /// corvid's spelling, then `Date` of the age origin. Allocation-free once `out` has room
     /// (a hit's reused head buffer).
     pub fn write_header_block(&self, out: &mut Vec<u8>) {
-        out.reserve((self.lines & !SLICED) as usize + DATE_LINE);
+        out.reserve((self.lines & LINES) as usize + DATE_LINE);
         fields::render(self.field_bytes(), out);
         self.write_date(out);
     }
@@ -300,7 +325,7 @@ impl Meta {
     /// `out` has room.
     pub fn write_header_block_replacing(&self, out: &mut Vec<u8>, replaced: &[(&str, &str)]) {
         let given: usize = replaced.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
-        out.reserve((self.lines & !SLICED) as usize + given + DATE_LINE);
+        out.reserve((self.lines & LINES) as usize + given + DATE_LINE);
         fields::render_except(self.field_bytes(), out, |prefix, rest| {
             replaced
                 .iter()

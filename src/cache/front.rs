@@ -152,7 +152,8 @@ impl Cache {
     /// Stores a filled object in every tier per the write policy, unless a purge began after
     /// `since`, the generation the bytes were fetched in (see [`Tiers::generation`]).
     pub async fn store(&self, key: &[u8], obj: CachedObject, since: u64) {
-        if !self.tiers.store(key, obj.clone(), since) {
+        if !self.tiers.store(key, obj.clone(), since) || obj.meta().is_local() {
+            // A fleet member's local copy: the owner's copy is the fleet's (and Redis's).
             return;
         }
         self.to_redis(key, obj, since, Write::Store).await;
@@ -163,7 +164,7 @@ impl Cache {
     /// `fields_changed`: the `304` changed stored header fields, so tiers that keep them
     /// apart from the body rewrite the entry.
     pub async fn refresh(&self, key: &[u8], obj: CachedObject, since: u64, fields_changed: bool) {
-        if !self.tiers.refresh(key, obj.clone(), since, fields_changed) {
+        if !self.tiers.refresh(key, obj.clone(), since, fields_changed) || obj.meta().is_local() {
             return;
         }
         let write = if fields_changed {

@@ -311,7 +311,8 @@ impl Tiers {
         if !self.insert_memory(key, obj.clone(), since) {
             return false;
         }
-        let Some(disk) = &self.disk else {
+        // A fleet member's local copy stays in memory (`Meta::is_local`).
+        let Some(disk) = self.disk.as_ref().filter(|_| !obj.meta().is_local()) else {
             return true;
         };
         match &self.write_behind {
@@ -341,10 +342,11 @@ impl Tiers {
             return self.store(key, obj, since);
         }
         let (expires, age_origin) = (obj.meta().expires_at_ms, obj.meta().stored_at_ms);
+        let local = obj.meta().is_local();
         if !self.insert_memory(key, obj, since) {
             return false;
         }
-        if let Some(disk) = &self.disk {
+        if let Some(disk) = self.disk.as_ref().filter(|_| !local) {
             disk.set_times(key, expires, Some(age_origin));
         }
         true
@@ -404,5 +406,60 @@ fn write_disk(disk: &DiskCache, key: &[u8], obj: &CachedObject, errors: &AtomicU
     if let Err(e) = disk.insert(key, &entry::encode(obj), obj.meta().expires_at_ms) {
         errors.fetch_add(1, Ordering::Relaxed);
         log::debug!("disk tier write failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::Meta;
+    use crate::config::DiskConfig;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A fleet member's local copy (`Meta::is_local`) is kept in memory only; the same object
+    /// not marked local goes to disk too, and a refresh keeps the copy off the disk.
+    #[test]
+    fn local_copies_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = CacheConfig {
+            disk: Some(DiskConfig {
+                dir: dir.path().to_path_buf(),
+                capacity: 8 * MIB,
+                segment_size: MIB,
+            }),
+            ..CacheConfig::memory_only(16 * MIB, MIB)
+        };
+        let tiers = Tiers::new(&cfg).unwrap();
+        let now = crate::cache::disk::now_ms();
+        let meta = Meta::new(vec![("ETag".into(), "\"1\"".into())], now, now + 3_600_000);
+        let object = |meta: Meta| CachedObject::new(meta, bytes::Bytes::from(vec![7u8; 1500]));
+        let local = meta.clone().local_until(now + 5_000);
+        assert!(local.is_local() && !meta.is_local());
+        assert_eq!(local.expires_at_ms, now + 5_000, "capped");
+        assert_eq!(
+            meta.clone().local_until(now + 7_200_000).expires_at_ms,
+            now + 3_600_000
+        );
+
+        assert!(tiers.store(b"k-local", object(local.clone()), tiers.generation()));
+        assert!(tiers.store(b"k-owned", object(meta), tiers.generation()));
+        let disk = tiers.disk.as_ref().unwrap();
+        assert!(tiers.memory.get(b"k-local").is_some());
+        assert!(
+            disk.get_stale(b"k-local").is_none(),
+            "a local copy reached the disk"
+        );
+        assert!(disk.get_stale(b"k-owned").is_some());
+
+        let refreshed = local.refreshed(now + 4_000);
+        assert!(refreshed.is_local(), "a revalidated copy stays local");
+        assert!(tiers.refresh(b"k-local", object(refreshed), tiers.generation(), true));
+        assert!(
+            disk.get_stale(b"k-local").is_none(),
+            "a refreshed copy reached the disk"
+        );
+        let got = tiers.memory.get(b"k-local").unwrap();
+        assert!(got.meta().is_local() && got.meta().expires_at_ms == now + 4_000);
     }
 }

@@ -192,6 +192,7 @@ fn cluster(cx: &mut Ctx<'_>, mut s: Section) -> Option<ClusterConfig> {
     });
     let peers_refresh = s.or(cx, "peers_refresh", Duration::from_secs(2), Ctx::timeout);
     let peer_timeout = s.or(cx, "peer_timeout", Duration::from_secs(5), Ctx::timeout);
+    let local_ttl = s.or(cx, "local_ttl", Duration::ZERO, Ctx::duration);
     s.finish(cx);
     Some(ClusterConfig {
         peer: peer?,
@@ -199,6 +200,7 @@ fn cluster(cx: &mut Ctx<'_>, mut s: Section) -> Option<ClusterConfig> {
         secret: secret?,
         peers_refresh: peers_refresh?,
         peer_timeout: peer_timeout?,
+        local_ttl: local_ttl?,
     })
 }
 

@@ -923,6 +923,9 @@ pub struct ClusterConfig {
     pub peers_refresh: Duration,
     /// `cluster.peer_timeout` (5 s): the most a peer's answer head may take.
     pub peer_timeout: Duration,
+    /// `cluster.local_ttl` (0 = off): how long a member keeps, in its memory tier only, a copy
+    /// of an object another member owns and relayed to it (`crate::fleet`: local copies).
+    pub local_ttl: Duration,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -933,6 +936,7 @@ impl fmt::Debug for ClusterConfig {
             .field("secret", &Redacted)
             .field("peers_refresh", &self.peers_refresh)
             .field("peer_timeout", &self.peer_timeout)
+            .field("local_ttl", &self.local_ttl)
             .finish()
     }
 }

@@ -15,7 +15,12 @@
 //! so a fleet holds each object once and its memory adds up. The price: a hot object asked of a
 //! member that does not own it costs one hop per request (a few hundred µs on a LAN; measured
 //! in `perf/RESULTS.md`). Keeping relayed answers briefly would save the hop but put the copies
-//! back, and with a Redis tier the owner's copy there is already found before any hop.
+//! back, and with a Redis tier the owner's copy there is already found before any hop — so it
+//! is the operator's choice: `cluster.local_ttl` (0, off, by default) keeps a relayed whole
+//! object in the asking member's memory tier only (`Meta::is_local`: never written to disk or
+//! Redis), fresh for at most that long; a stale copy is revalidated with the owner and capped
+//! again (`object::fill::storable_for`, `object::revalidate::confirmed`). Purges already reach
+//! every member.
 //! A sliced object's entry (metadata) belongs to its key's owner and is copied by every member
 //! that serves it; each slice belongs to the owner of the slice's own key (`object::sliced`,
 //! `object::slice_fill`), so a large object's slices are spread over the fleet and each is

@@ -240,28 +240,45 @@ pub fn storable_for(
     head: &UpstreamHead,
     len: Option<u64>,
 ) -> Option<Freshness> {
-    if head.peer.is_some() {
-        // A fleet member's answer: the member that owns the key stored it (`crate::fleet`),
-        // and one copy per fleet is the point.
-        return None;
-    }
-    decide::storable_object(
+    let now = w.clock().now_ms();
+    // A fleet member's answer: the member that owns the key stored it (`crate::fleet`), and
+    // one copy per fleet is the point — unless `cluster.local_ttl` asks for a short local
+    // copy, which is never fresh longer than that ([`entry_meta`] marks it local).
+    let local_until = match &head.peer {
+        None => None,
+        Some(_) => Some(now.saturating_add(local_ttl_ms(w).filter(|&t| t > 0)?)),
+    };
+    let f = decide::storable_object(
         head,
         len,
         w.cache.max_object_size(),
         &w.shared.policies[bucket],
-        w.clock().now_ms(),
-    )
+        now,
+    )?;
+    Some(match local_until {
+        Some(until) => Freshness {
+            expires_at_ms: f.expires_at_ms.min(until),
+            ..f
+        },
+        None => f,
+    })
+}
+
+/// `cluster.local_ttl` in ms (`None` without a fleet).
+pub fn local_ttl_ms(w: &Worker) -> Option<u64> {
+    let c = w.shared.config.cluster.as_ref()?;
+    Some(u64::try_from(c.local_ttl.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The metadata of the entry a storable 200 makes ([`storable_for`]).
 fn entry_meta(w: &Worker, bucket: usize, head: &UpstreamHead, len: Option<u64>) -> Option<Meta> {
     let f = storable_for(w, bucket, head, len)?;
-    Some(Meta::new(
-        stored_headers(head),
-        f.age_origin_ms,
-        f.expires_at_ms,
-    ))
+    let meta = Meta::new(stored_headers(head), f.age_origin_ms, f.expires_at_ms);
+    Some(match head.peer {
+        // Already capped by `storable_for`.
+        Some(_) => meta.local_until(f.expires_at_ms),
+        None => meta,
+    })
 }
 
 /// A negative entry for an origin `404` ([`decide::storable_404`]): no body, no header

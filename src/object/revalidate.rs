@@ -167,6 +167,11 @@ pub async fn confirmed(
             return obj;
         }
     };
+    // A local copy stays one (`cluster.local_ttl`): never fresh longer than that from now.
+    let meta = match (stale.meta().is_local(), super::fill::local_ttl_ms(w)) {
+        (true, Some(ttl)) if head.peer.is_some() => meta.local_until(now.saturating_add(ttl)),
+        _ => meta,
+    };
     let changed = meta.fields() != stale.meta().fields();
     let obj = CachedObject::new(meta, stale.body_bytes());
     w.cache

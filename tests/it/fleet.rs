@@ -1103,3 +1103,82 @@ fn a_prefix_warmed_through_one_member_is_held_by_each_object_s_owner() {
         "warmed objects are found at their owners"
     );
 }
+
+/// `cluster.local_ttl`: a member keeps a copy of what an owner relayed, for at most that long
+/// — its next requests are memory hits with no hop —, then asks the owner again (a
+/// revalidation), and a purge through any member removes the copies with the object.
+#[test]
+fn local_copies_serve_hits_for_local_ttl_then_ask_the_owner_and_purge_with_the_object() {
+    const LOCAL_TTL: Duration = Duration::from_secs(3);
+    let fleet = Fleet::start(FleetOptions {
+        cluster_extra: "local_ttl = \"3s\"\n".to_owned(),
+        ..FleetOptions::cluster(3)
+    });
+    let body = pattern_bytes(2000, 9);
+    fleet.put("local.bin", &body);
+    fleet.origin.reset_counts();
+    let copied_after = Instant::now();
+    for i in 0..3 {
+        assert_object(
+            &http::get(fleet.addr(i), &path("local.bin"), &[]),
+            &body,
+            &format!("first GET through {i}"),
+        );
+    }
+    assert_eq!(fleet.origin_gets(), 1);
+    settles("served for peers", 2, || fleet.metric_all(SERVED, &[]));
+    let owner = (0..3)
+        .find(|&i| fleet.metric(i, SERVED, &[]) == 2)
+        .expect("one member served both peer requests");
+    let others: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
+
+    // Within local_ttl: memory hits where the client arrived, no hop.
+    for &i in &others {
+        let r = http::get(fleet.addr(i), &path("local.bin"), &[]);
+        assert_object(&r, &body, &format!("second GET through {i}"));
+        assert_eq!(r.header("x-cache"), Some("HIT"), "member {i}");
+        assert_eq!(r.header("x-cache-layer"), Some("memory"), "member {i}");
+    }
+    assert_eq!(
+        fleet.metric(owner, SERVED, &[]),
+        2,
+        "no hop for a local copy"
+    );
+    assert!(
+        copied_after.elapsed() < LOCAL_TTL,
+        "the hits above must come within local_ttl; the machine was too slow to tell"
+    );
+
+    // After local_ttl (not the object's own hour of freshness): the owner is asked again.
+    let asker = others[0];
+    let deadline = Instant::now() + LOCAL_TTL + Duration::from_secs(10);
+    let asked_after = loop {
+        let r = http::get(fleet.addr(asker), &path("local.bin"), &[]);
+        assert_object(&r, &body, "polling GET");
+        if fleet.metric(owner, SERVED, &[]) > 2 {
+            break copied_after.elapsed();
+        }
+        assert!(Instant::now() < deadline, "the local copy never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        asked_after >= LOCAL_TTL,
+        "the owner was asked again {asked_after:?} after the copy, before local_ttl"
+    );
+    assert_eq!(fleet.origin_gets(), 1, "the owner's copy is still fresh");
+
+    // A purge through any member: owner and both copies held it.
+    let (status, j) = purge(
+        &fleet,
+        asker,
+        &format!("/admin/cache/purge/{BUCKET}/local.bin"),
+    );
+    assert_eq!(status, 200, "{j}");
+    let held_here = u64::from(j["purged"].as_u64().unwrap() > 0);
+    let held_elsewhere = j["peers"]["purged"].as_array().unwrap().len() as u64;
+    assert_eq!(held_here + held_elsewhere, 3, "owner and two copies: {j}");
+    let r = http::get(fleet.addr(others[1]), &path("local.bin"), &[]);
+    assert_object(&r, &body, "after the purge");
+    assert_ne!(r.header("x-cache"), Some("HIT"), "the copy was purged");
+    assert_eq!(fleet.origin_gets(), 2, "the owner fetched it again");
+}
