@@ -4,6 +4,7 @@
 #
 #   perf/fleet.sh
 #   PARTS="spread zipf" ZIPF_REQUESTS=100000 perf/fleet.sh     # parts: spread zipf latency
+#   PARTS=latency LOCAL_TTL=60s perf/fleet.sh    # the fleet with cluster.local_ttl: peer hits are local copies
 #
 # 1. spread: SPREAD_KEYS objects (1-4 KiB) requested SPREAD_ROUNDS times through every
 #    instance by SPREAD_PROCS concurrent clients (each in its own order), fleet vs 3 instances
@@ -71,8 +72,8 @@ start_instances() {
   for i in "${!ports[@]}"; do peers+="${peers:+, }\"127.0.0.1:${ports[$i]}\""; done
   for i in "${!ports[@]}"; do
     local extra=""
-    [ "$mode" = fleet ] && extra=$(printf '\n[cluster]\npeer = "127.0.0.1:%s"\npeers = [%s]\nsecret = "%s"\n' \
-      "${ports[$i]}" "$peers" "$SECRET")
+    [ "$mode" = fleet ] && extra=$(printf '\n[cluster]\npeer = "127.0.0.1:%s"\npeers = [%s]\nsecret = "%s"\n%s' \
+      "${ports[$i]}" "$peers" "$SECRET" "${LOCAL_TTL:+local_ttl = \"$LOCAL_TTL\"}")
     corvid_toml "${ports[$i]}" 1 "$mem" "$extra" >"$WORK/$mode-$i.toml"
     RUST_LOG=warn target/release/corvid serve -c "$WORK/$mode-$i.toml" 2>>"$WORK/$mode-$i.log" &
     inst_pids+=($!)
@@ -217,7 +218,8 @@ if [[ " $PARTS " == *" latency "* ]]; then
         n=$(awk '/requests in/ {print $1}' "$WORK/wrk-$(echo "$kind c$conns r$r" | tr ' /' '__').txt")
         [ "$origin" = 0 ] || echo "CHECK: $kind c$conns r$r: $origin origin requests during a hit run"
         want=0
-        [ "$kind" = peer ] && want=$n
+        # With local_ttl the asker answers from its copy (made by the GETs above): no hop.
+        [ "$kind" = peer ] && [ -z "${LOCAL_TTL:-}" ] && want=$n
         # wrk counts only completed responses; up to $conns requests may be cut at the end.
         [ "$served" -ge "$want" ] && [ "$served" -le $((want + conns)) ] ||
           echo "CHECK: $kind c$conns r$r: owner served $served peer requests for $n client requests"
